@@ -1,0 +1,195 @@
+//! Membership changes on the leader (§6, thesis chapter 4): single-server changes, one at a
+//! time, only after the leader has committed an entry of its own term (the 2015 fix). A new
+//! server joins as a learner, catches up in rounds (thesis §4.2.1), then is promoted.
+
+use std::sync::Arc;
+
+use super::{Action, Core, Role};
+use crate::error::Error;
+use crate::message::{Configuration, Entry, Payload};
+use crate::types::{LogIndex, NodeId};
+
+/// A requested change to the cluster's membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MembershipChange {
+    /// Add a new server: as a learner first, promoted to voter once caught up.
+    AddNode(NodeId),
+    /// Remove a voter or learner. Removing the leader makes it step down once committed.
+    RemoveNode(NodeId),
+}
+
+/// How many catch-up rounds a new server gets before the addition fails (thesis §4.2.1).
+const MAX_CATCH_UP_ROUNDS: u32 = 10;
+/// The whole catch-up must finish within this many maximum election timeouts.
+const CATCH_UP_DEADLINE_TIMEOUTS: u64 = 50;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// The learner is replicating; `caught_up` once a round finished fast enough.
+    CatchingUp { caught_up: bool },
+    /// The configuration naming the new voter (or without the removed node) is committing.
+    Committing,
+    /// Catch-up failed; the configuration without the learner is committing.
+    Reverting,
+}
+
+/// The leader's bookkeeping for the change under way.
+#[derive(Clone, Debug)]
+pub(super) struct PendingChange {
+    change: MembershipChange,
+    stage: Stage,
+    round_target: LogIndex,
+    round_start: u64,
+    rounds: u32,
+    deadline: u64,
+}
+
+impl<C: Clone> Core<C> {
+    /// Validates a change request, then starts it.
+    pub(super) fn change_membership(&mut self, change: MembershipChange) {
+        if let Err(e) = self.check_change(change) {
+            return self.out.push(Action::ChangeDone(Err(e)));
+        }
+        let mut config = (**self.config()).clone();
+        let stage = match change {
+            MembershipChange::AddNode(id) => {
+                config.learners.insert(id);
+                Stage::CatchingUp { caught_up: false }
+            }
+            MembershipChange::RemoveNode(id) => {
+                config.voters.remove(&id);
+                config.learners.remove(&id);
+                Stage::Committing
+            }
+        };
+        let deadline = self.now + CATCH_UP_DEADLINE_TIMEOUTS * self.timing.election_ticks.end;
+        self.append_config(config);
+        let round_target = self.log.last_index();
+        let pending = PendingChange {
+            change,
+            stage,
+            round_target,
+            round_start: self.now,
+            rounds: 1,
+            deadline,
+        };
+        self.change = Some(pending);
+        self.maybe_advance_commit_index();
+    }
+
+    fn check_change(&self, change: MembershipChange) -> Result<(), Error> {
+        if self.role != Role::Leader {
+            return Err(self.not_leader());
+        }
+        if self.change.is_some() || self.membership.has_pending() {
+            return Err(Error::ChangeInProgress);
+        }
+        if self.commit_index < self.term_start {
+            return Err(Error::LeaderNotReady); // the 2015 fix
+        }
+        let config = self.config();
+        match change {
+            MembershipChange::AddNode(id) if config.contains(id) => Err(Error::AlreadyMember(id)),
+            MembershipChange::RemoveNode(id) if !config.contains(id) => Err(Error::NotMember(id)),
+            MembershipChange::RemoveNode(id)
+                if config.voters.len() == 1 && config.voters.contains(&id) =>
+            {
+                Err(Error::LastVoter(id))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn append_config(&mut self, config: Configuration) {
+        tracing::debug!(node = %self.id, voters = ?config.voters, learners = ?config.learners, "config");
+        self.append(Entry { term: self.term, payload: Payload::Config(Arc::new(config)) });
+        self.broadcast_append();
+    }
+
+    /// A catch-up round ends when the learner holds everything the leader had when it began.
+    pub(super) fn on_peer_progress(&mut self, peer: NodeId) {
+        let matched = self.progress.get(&peer).map_or(LogIndex(0), |p| p.matched);
+        let (now, fast) = (self.now, self.timing.election_ticks.start);
+        let last = self.log.last_index();
+        let Some(c) = self.change.as_mut() else { return };
+        let learning = matches!(c.stage, Stage::CatchingUp { caught_up: false });
+        if c.change != MembershipChange::AddNode(peer) || !learning || matched < c.round_target {
+            return;
+        }
+        if now - c.round_start <= fast {
+            c.stage = Stage::CatchingUp { caught_up: true };
+        } else {
+            c.rounds += 1;
+            c.round_target = last;
+            c.round_start = now;
+        }
+        self.advance_change();
+    }
+
+    pub(super) fn tick_change(&mut self) {
+        if self.change.is_some() {
+            self.advance_change();
+        }
+    }
+
+    /// After a commit on the leader: fold committed configurations, move the change along,
+    /// and step down if this leader is no longer a voter (§6).
+    pub(super) fn on_commit_advanced(&mut self) {
+        self.membership.on_commit(self.commit_index);
+        self.advance_change();
+        if self.role == Role::Leader && !self.membership.has_pending() && !self.is_voter() {
+            tracing::debug!(node = %self.id, "removed from the configuration; stepping down");
+            self.become_follower(self.term, None);
+        }
+    }
+
+    /// Moves the pending change to its next stage once the previous configuration committed.
+    fn advance_change(&mut self) {
+        let Some(c) = self.change.clone() else { return };
+        if self.membership.has_pending() {
+            return; // one configuration entry in flight at a time
+        }
+        let failed = c.rounds > MAX_CATCH_UP_ROUNDS || self.now > c.deadline;
+        match (c.stage, c.change) {
+            (Stage::CatchingUp { caught_up: true }, MembershipChange::AddNode(id)) => {
+                self.set_stage(Stage::Committing);
+                let mut config = (**self.config()).clone();
+                config.learners.remove(&id);
+                config.voters.insert(id);
+                self.append_config(config);
+                self.maybe_advance_commit_index();
+            }
+            (Stage::CatchingUp { .. }, MembershipChange::AddNode(id)) if failed => {
+                self.set_stage(Stage::Reverting);
+                let mut config = (**self.config()).clone();
+                config.learners.remove(&id);
+                self.append_config(config);
+                self.maybe_advance_commit_index();
+            }
+            (Stage::Committing, _) => self.finish_change(Ok((**self.config()).clone())),
+            (Stage::Reverting, MembershipChange::AddNode(id)) => {
+                self.finish_change(Err(Error::CatchUpFailed(id)))
+            }
+            _ => {}
+        }
+    }
+
+    fn set_stage(&mut self, stage: Stage) {
+        if let Some(c) = self.change.as_mut() {
+            c.stage = stage;
+        }
+    }
+
+    fn finish_change(&mut self, result: Result<Configuration, Error>) {
+        self.change = None;
+        self.out.push(Action::ChangeDone(result));
+    }
+
+    /// Leadership lost mid-change: the requester must look at the configuration to learn the
+    /// outcome, since the entry may still commit under the next leader.
+    pub(super) fn abandon_change(&mut self) {
+        if self.change.take().is_some() {
+            self.out.push(Action::ChangeDone(Err(Error::NotLeader { leader_hint: None })));
+        }
+    }
+}

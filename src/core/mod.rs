@@ -1,0 +1,440 @@
+//! The pure, deterministic Raft core: `Core::step(input) -> actions`.
+//!
+//! Owns every rule of the paper, once. Must not touch threads, channels, clocks, files, printing
+//! or OS randomness: time arrives as [`Input::Tick`] and randomness from a seeded RNG, so a run is
+//! a pure function of (seed, inputs). The runtime and the simulator both drive this same code.
+//!
+//! # The output contract
+//!
+//! [`Core::step`] appends [`Action`]s to a caller-owned buffer. The caller executes them **in the
+//! order given**. Persistence actions always come first in a step's output, so every message and
+//! every apply that depends on new state follows its durable write (SUB-8).
+
+mod changes;
+mod election;
+mod invariants;
+pub mod log;
+pub mod membership;
+pub mod progress;
+pub mod quorum;
+mod replication;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::message::{Body, Configuration, Message};
+use crate::storage::{HardState, PersistentState};
+use crate::types::{LogIndex, NodeId, Term};
+
+pub use changes::MembershipChange;
+use changes::PendingChange;
+use log::Log;
+use membership::Membership;
+use progress::Progress;
+
+/// What a server currently is (§5.1), plus the thesis's pre-candidate (§9.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Passive: answers leaders and candidates.
+    Follower,
+    /// Asking whether it could win, without raising its term (pre-vote).
+    PreCandidate,
+    /// Campaigning in its current term.
+    Candidate,
+    /// Handles all client requests and replicates the log.
+    Leader,
+}
+
+/// Everything that can happen to a node.
+#[derive(Clone, Debug)]
+pub enum Input<C> {
+    /// One tick of the logical clock elapsed.
+    Tick,
+    /// A message arrived from a peer.
+    Receive(Message<C>),
+    /// Client commands to append, as one batch (LEAD-2).
+    Propose(Vec<C>),
+    /// A membership change (section 6 / thesis chapter 4).
+    ChangeMembership(MembershipChange),
+    /// Start an election now, as if the election timer fired (skips pre-vote).
+    Campaign,
+}
+
+/// What the core asks its driver to do, in order. Persistence comes before any send or apply
+/// that depends on it; the driver must finish each action before starting the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<C> {
+    /// Durably store currentTerm and votedFor.
+    PersistHardState(HardState),
+    /// Durably replace the stored log from `from` onward with the core's log from `from`
+    /// (read it with [`Core::log`]): truncate, then append.
+    PersistEntries {
+        /// The first index that changed.
+        from: LogIndex,
+    },
+    /// Deliver a message to a peer (best effort: it may be lost).
+    Send(Message<C>),
+    /// The proposed batch was appended at `first..first+count` in `term`; reply when applied.
+    Proposed {
+        /// Index given to the first command of the batch.
+        first: LogIndex,
+        /// The leader's term.
+        term: Term,
+        /// How many commands the batch held.
+        count: usize,
+    },
+    /// The proposal or change was refused (for example `NotLeader`).
+    Rejected(Error),
+    /// Apply the committed entries `from..=to`, read from [`Core::log`], in order (ALL-1).
+    Apply {
+        /// First index to apply.
+        from: LogIndex,
+        /// Last index to apply.
+        to: LogIndex,
+    },
+    /// A membership change requested on this node finished (or failed).
+    ChangeDone(Result<Configuration, Error>),
+}
+
+/// A snapshot of a node's state for status displays and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// The node.
+    pub id: NodeId,
+    /// Its role.
+    pub role: Role,
+    /// Its current term.
+    pub term: Term,
+    /// The leader it knows of in this term.
+    pub leader: Option<NodeId>,
+    /// Highest index known committed.
+    pub commit_index: LogIndex,
+    /// Highest index handed to the state machine.
+    pub last_applied: LogIndex,
+    /// Last index in its log.
+    pub last_log_index: LogIndex,
+    /// The configuration it is using (the latest in its log).
+    pub config: Configuration,
+}
+
+/// Test-only switches that each break one rule, to show the checkers catch it. They compile
+/// away outside `cfg(test)`.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Bugs {
+    /// Grant votes regardless of log up-to-dateness (breaks SUB-2 / RV-2).
+    pub skip_election_restriction: bool,
+    /// Commit entries of earlier terms by counting replicas (breaks SUB-1 / LEAD-4).
+    pub commit_previous_terms: bool,
+    /// Truncate after the request's entries even when they all match (breaks SUB-6).
+    pub truncate_on_duplicate: bool,
+    /// Persist votedFor as none (breaks ST-P2 across restarts).
+    pub forget_voted_for: bool,
+    /// Apply entries as soon as they are appended (breaks ALL-1).
+    pub apply_before_commit: bool,
+}
+
+/// Timing and limits in ticks, derived once from [`Config`].
+#[derive(Clone, Debug)]
+struct Timing {
+    election_ticks: std::ops::Range<u64>,
+    heartbeat_ticks: u64,
+    max_entries: usize,
+    max_inflight: usize,
+    pre_vote: bool,
+    check_quorum: bool,
+}
+
+/// One Raft server's protocol state. See the module docs for the output contract.
+pub struct Core<C> {
+    id: NodeId,
+    timing: Timing,
+    rng: SmallRng,
+    /// Logical time in ticks since this incarnation started.
+    now: u64,
+    /// Latest term seen (ST-P1). Persisted before it is revealed.
+    term: Term,
+    /// Vote granted in `term` (ST-P2). Reset whenever `term` rises.
+    voted_for: Option<NodeId>,
+    log: Log<C>,
+    /// Invariant (I1): `commit_index <= log.last_index()`, never decreases (ST-V1).
+    commit_index: LogIndex,
+    /// Highest index handed out in an `Apply` action. Invariant (I2): `<= commit_index`.
+    last_applied: LogIndex,
+    role: Role,
+    /// The leader of `term`, once known. Invariant (I3): leader => `leader == Some(id)`.
+    leader: Option<NodeId>,
+    /// Ticks since the last valid sign of a leader (or since the last CheckQuorum round).
+    election_elapsed: u64,
+    /// This round's randomized timeout, drawn at each reset (§5.2).
+    election_timeout: u64,
+    heartbeat_elapsed: u64,
+    /// Votes (or pre-votes) received this election, by voter.
+    votes: BTreeMap<NodeId, bool>,
+    /// Leader only: replication progress per member other than self.
+    progress: BTreeMap<NodeId, Progress>,
+    membership: Membership,
+    /// Leader only: index of this term's no-op (SUB-4).
+    term_start: LogIndex,
+    /// Leader only: the membership change under way.
+    change: Option<PendingChange>,
+    /// Persistence owed before this step's other actions.
+    persist_hard_state: bool,
+    persist_from: Option<LogIndex>,
+    out: Vec<Action<C>>,
+    #[cfg(test)]
+    pub(crate) bugs: Bugs,
+}
+
+impl<C: Clone> Core<C> {
+    /// Builds a node from its persisted state; it starts as a follower (TLA `Restart`).
+    pub fn new(id: NodeId, config: &Config, state: PersistentState<C>) -> Self {
+        let membership = Membership::new(state.base_config, state.log_offset, &state.entries);
+        let seed = config.seed ^ id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ state.hard_state.term.0;
+        let mut core = Core {
+            id,
+            timing: Timing {
+                election_ticks: config.election_timeout_ticks(),
+                heartbeat_ticks: config.heartbeat_ticks(),
+                max_entries: config.max_entries_per_append,
+                max_inflight: config.max_inflight,
+                pre_vote: config.pre_vote,
+                check_quorum: config.check_quorum,
+            },
+            rng: SmallRng::seed_from_u64(seed),
+            now: 0,
+            term: state.hard_state.term,
+            voted_for: state.hard_state.voted_for,
+            log: Log::new(state.log_offset, state.offset_term, state.entries),
+            commit_index: state.log_offset,
+            last_applied: state.log_offset,
+            role: Role::Follower,
+            leader: None,
+            election_elapsed: 0,
+            election_timeout: 0,
+            heartbeat_elapsed: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            membership,
+            term_start: LogIndex(0),
+            change: None,
+            persist_hard_state: false,
+            persist_from: None,
+            out: Vec::new(),
+            #[cfg(test)]
+            bugs: Bugs::default(),
+        };
+        core.reset_election_timer();
+        core
+    }
+
+    /// Feeds one input and appends the resulting actions to `actions`, in execution order.
+    pub fn step(&mut self, input: Input<C>, actions: &mut Vec<Action<C>>) {
+        match input {
+            Input::Tick => self.tick(),
+            Input::Receive(msg) => self.receive(msg),
+            Input::Propose(commands) => self.propose(commands),
+            Input::ChangeMembership(change) => self.change_membership(change),
+            Input::Campaign => self.campaign(false, true),
+        }
+        self.maybe_apply();
+        self.flush(actions);
+        #[cfg(any(test, debug_assertions))]
+        self.check_invariants();
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The log, for executing `PersistEntries` and `Apply`.
+    pub fn log(&self) -> &Log<C> {
+        &self.log
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The current term.
+    pub fn term(&self) -> Term {
+        self.term
+    }
+
+    /// The configuration in force on this node.
+    pub fn config(&self) -> &Arc<Configuration> {
+        self.membership.current()
+    }
+
+    /// A snapshot of the node's state.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id,
+            role: self.role,
+            term: self.term,
+            leader: self.leader,
+            commit_index: self.commit_index,
+            last_applied: self.last_applied,
+            last_log_index: self.log.last_index(),
+            config: (**self.config()).clone(),
+        }
+    }
+
+    /// Persistence first, then everything else in the order it was produced (SUB-8).
+    fn flush(&mut self, actions: &mut Vec<Action<C>>) {
+        if std::mem::take(&mut self.persist_hard_state) {
+            actions.push(Action::PersistHardState(self.hard_state()));
+        }
+        if let Some(from) = self.persist_from.take() {
+            actions.push(Action::PersistEntries { from });
+        }
+        actions.append(&mut self.out);
+    }
+
+    fn hard_state(&self) -> HardState {
+        #[cfg(test)]
+        if self.bugs.forget_voted_for {
+            return HardState { term: self.term, voted_for: None };
+        }
+        HardState { term: self.term, voted_for: self.voted_for }
+    }
+
+    fn send(&mut self, to: NodeId, body: Body<C>) {
+        self.out.push(Action::Send(Message { from: self.id, to, term: self.term, body }));
+    }
+
+    fn reject(&mut self, error: Error) {
+        self.out.push(Action::Rejected(error));
+    }
+
+    fn not_leader(&self) -> Error {
+        Error::NotLeader { leader_hint: self.leader.filter(|&l| l != self.id) }
+    }
+
+    /// Records a log change from `from` onward, to be persisted before this step's sends.
+    fn log_changed(&mut self, from: LogIndex) {
+        self.persist_from = Some(self.persist_from.map_or(from, |f| f.min(from)));
+    }
+
+    /// ALL-1: hand newly committed entries to the state machine, in order.
+    fn maybe_apply(&mut self) {
+        let to = self.apply_limit();
+        if to > self.last_applied {
+            self.out.push(Action::Apply { from: self.last_applied.next(), to });
+            self.last_applied = to;
+        }
+    }
+
+    fn apply_limit(&self) -> LogIndex {
+        #[cfg(test)]
+        if self.bugs.apply_before_commit {
+            return self.commit_index.max(self.log.last_index());
+        }
+        self.commit_index
+    }
+
+    /// ALL-2 and role changes: adopt a higher term, forget the old vote and leader.
+    fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        if term > self.term {
+            self.term = term;
+            self.voted_for = None;
+            self.persist_hard_state = true;
+        }
+        if self.role == Role::Leader {
+            self.abandon_change();
+        }
+        self.role = Role::Follower;
+        self.leader = leader;
+        self.progress.clear();
+        self.votes.clear();
+        self.reset_election_timer();
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        self.election_timeout = self.rng.random_range(self.timing.election_ticks.clone());
+    }
+
+    fn is_voter(&self) -> bool {
+        self.config().voters.contains(&self.id)
+    }
+}
+
+impl<C: Clone> Core<C> {
+    /// The gateway for every message: term rules (ALL-2, AE-1, RV-1, SUB-5), then one handler
+    /// per RPC.
+    fn receive(&mut self, msg: Message<C>) {
+        if msg.to != self.id || msg.from == self.id {
+            return; // misrouted: nothing to learn from it
+        }
+        if msg.term > self.term && !self.adopt_term(&msg) {
+            return;
+        }
+        if msg.term < self.term {
+            return self.receive_stale(msg);
+        }
+        match msg.body {
+            Body::RequestVote(rv) => self.handle_request_vote(msg.from, msg.term, rv),
+            Body::RequestVoteReply(r) => self.handle_vote_reply(msg.from, msg.term, r),
+            Body::AppendEntries(ae) => self.handle_append_entries(msg.from, ae),
+            Body::AppendEntriesReply(r) => self.handle_append_reply(msg.from, r),
+            Body::TimeoutNow => self.campaign(true, true),
+        }
+    }
+
+    /// A message from a higher term. Returns whether to go on handling it.
+    fn adopt_term(&mut self, msg: &Message<C>) -> bool {
+        match &msg.body {
+            // Thesis §4.2.3: ignore disruptive candidates while a leader is known to be alive.
+            Body::RequestVote(rv) if !rv.transfer && self.leader_is_recent() => {
+                if rv.pre_vote {
+                    self.send(msg.from, vote_reply(false, true));
+                }
+                false
+            }
+            // A pre-vote request or a granted pre-vote reply changes no term (§9.6).
+            Body::RequestVote(rv) if rv.pre_vote => true,
+            Body::RequestVoteReply(r) if r.pre_vote && r.granted => true,
+            Body::AppendEntries(_) => {
+                self.become_follower(msg.term, Some(msg.from));
+                true
+            }
+            _ => {
+                self.become_follower(msg.term, None);
+                true
+            }
+        }
+    }
+
+    /// AE-1 and RV-1: answer stale requests with our term so the sender steps down; drop stale
+    /// replies (TLA `DropStaleResponse`).
+    fn receive_stale(&mut self, msg: Message<C>) {
+        match msg.body {
+            Body::AppendEntries(ae) => {
+                let reply = self.reject_reply(ae.prev_log_index);
+                self.send(msg.from, Body::AppendEntriesReply(reply));
+            }
+            Body::RequestVote(rv) => self.send(msg.from, vote_reply(false, rv.pre_vote)),
+            _ => {}
+        }
+    }
+
+    /// Whether a leader was heard from within the minimum election timeout (thesis §4.2.3).
+    fn leader_is_recent(&self) -> bool {
+        self.leader.is_some() && self.election_elapsed < self.timing.election_ticks.start
+    }
+}
+
+fn vote_reply<C>(granted: bool, pre_vote: bool) -> Body<C> {
+    Body::RequestVoteReply(crate::message::RequestVoteReply { granted, pre_vote })
+}
+
+#[cfg(test)]
+mod tests;

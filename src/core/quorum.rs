@@ -1,0 +1,42 @@
+//! Majority arithmetic, pure functions. Learners never count; only the configuration's voters.
+
+use crate::message::Configuration;
+use crate::types::LogIndex;
+
+/// The highest index stored on a majority of voters, given each voter's match index (LEAD-4's
+/// "majority of matchIndex[i] >= N"). A voter without a known match counts as 0.
+pub fn majority_index(
+    config: &Configuration,
+    matched: impl Fn(crate::NodeId) -> LogIndex,
+) -> LogIndex {
+    let mut indexes: Vec<LogIndex> = config.voters.iter().map(|&id| matched(id)).collect();
+    if indexes.is_empty() {
+        return LogIndex(0);
+    }
+    indexes.sort_unstable_by(|a, b| b.cmp(a));
+    indexes[indexes.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeId;
+
+    #[test]
+    fn majority_of_three_and_four() {
+        let three = Configuration::new([1, 2, 3].map(NodeId));
+        let m = |id: NodeId| LogIndex([0, 9, 5, 1][id.0 as usize]);
+        assert_eq!(majority_index(&three, m), LogIndex(5));
+        let four = Configuration::new([1, 2, 3, 4].map(NodeId));
+        let m = |id: NodeId| LogIndex([0, 9, 5, 1, 7][id.0 as usize]);
+        assert_eq!(majority_index(&four, m), LogIndex(5));
+    }
+
+    #[test]
+    fn learners_do_not_count() {
+        let mut c = Configuration::new([NodeId(1)]);
+        c.learners.insert(NodeId(2));
+        let m = |id: NodeId| if id == NodeId(2) { LogIndex(9) } else { LogIndex(1) };
+        assert_eq!(majority_index(&c, m), LogIndex(1));
+    }
+}

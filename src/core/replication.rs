@@ -1,0 +1,260 @@
+//! Log replication (§5.3) and commitment (§5.4.2): the leader's sending side, the follower's
+//! AppendEntries receiver, and the reply handling with fast backtracking (SUB-7).
+
+use super::progress::Mode;
+use super::{quorum, Action, Core, Role};
+use crate::message::{AppendEntries, AppendEntriesReply, Body, Entry, Payload};
+use crate::types::{LogIndex, NodeId};
+
+impl<C: Clone> Core<C> {
+    /// LEAD-2: append client commands; they are answered once applied.
+    pub(super) fn propose(&mut self, commands: Vec<C>) {
+        if self.role != Role::Leader {
+            return self.reject(self.not_leader());
+        }
+        let first = self.log.last_index().next();
+        let count = commands.len();
+        for command in commands {
+            self.append(Entry { term: self.term, payload: Payload::Command(command) });
+        }
+        self.out.push(Action::Proposed { first, term: self.term, count });
+        self.maybe_advance_commit_index(); // a one-voter cluster commits at once
+        self.broadcast_append();
+    }
+
+    /// Appends one entry of this leader's term and notes it for persistence.
+    pub(super) fn append(&mut self, entry: Entry<C>) {
+        let index = self.log.last_index().next();
+        self.membership.on_append(index, &entry);
+        self.log.push(entry);
+        self.log_changed(index);
+    }
+
+    /// Sends new entries to every peer whose window allows (pipelining, thesis §10.2.2).
+    pub(super) fn broadcast_append(&mut self) {
+        self.sync_progress_with_config();
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in peers {
+            self.maybe_send_append(to);
+        }
+    }
+
+    /// LEAD-1 plus retransmission: a peer that is behind and acknowledged nothing since the last
+    /// heartbeat probably lost a message, so resend from its match point.
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        let last = self.log.last_index();
+        let peers: Vec<NodeId> = self.progress.keys().copied().collect();
+        for to in peers {
+            let p = self.progress.get_mut(&to).expect("peer listed above");
+            if p.needs_retransmit(last) {
+                let from = p.matched.next();
+                p.probe_from(from);
+                self.maybe_send_append(to);
+            } else {
+                let prev = p.matched.min(p.next.prev());
+                self.send_append(to, prev, 0);
+            }
+        }
+    }
+
+    /// LEAD-3: send entries from nextIndex while the window has room.
+    fn maybe_send_append(&mut self, to: NodeId) {
+        let last = self.log.last_index();
+        loop {
+            let p = &self.progress[&to];
+            if !p.can_send(self.timing.max_inflight) {
+                return;
+            }
+            let probing = p.mode == Mode::Probe;
+            if !probing && p.next > last {
+                return; // nothing new to stream
+            }
+            let sent_last = self.send_append(to, p.next.prev(), self.timing.max_entries);
+            self.progress.get_mut(&to).expect("peer exists").on_sent(sent_last);
+            if probing {
+                return;
+            }
+        }
+    }
+
+    /// Sends one AppendEntries after `prev` with up to `max` entries; returns its last index.
+    fn send_append(&mut self, to: NodeId, prev: LogIndex, max: usize) -> LogIndex {
+        let prev_log_term =
+            self.log.term_at(prev).expect("prev is within the log (no compaction yet)");
+        let entries = self.log.entries_from(prev.next(), max).to_vec();
+        let ae = AppendEntries {
+            prev_log_index: prev,
+            prev_log_term,
+            entries,
+            leader_commit: self.commit_index,
+        };
+        let last = ae.last_index();
+        tracing::trace!(from = %self.id, to = %to, prev = %prev, n = ae.entries.len(), "append");
+        self.send(to, Body::AppendEntries(ae));
+        last
+    }
+
+    /// The receiver side of AppendEntries (AE-2..AE-5, CAN-3, SUB-6). `msg.term == self.term`.
+    pub(super) fn handle_append_entries(&mut self, from: NodeId, ae: AppendEntries<C>) {
+        assert!(
+            self.role != Role::Leader,
+            "n{} {}: two leaders in one term (SUB-9)",
+            self.id.0,
+            self.term
+        );
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(self.term, Some(from)); // CAN-3
+        }
+        self.reset_election_timer(); // SUB-3: a valid AppendEntries from the current leader
+        if self.log.term_at(ae.prev_log_index) != Some(ae.prev_log_term) {
+            let reply = self.reject_reply(ae.prev_log_index);
+            return self.send(from, Body::AppendEntriesReply(reply)); // AE-2
+        }
+        let last_new = ae.last_index();
+        self.merge_entries(ae.prev_log_index, ae.entries);
+        if ae.leader_commit > self.commit_index {
+            // AE-5: never past the last entry this request vouched for.
+            self.commit_index = self.commit_index.max(ae.leader_commit.min(last_new));
+            self.membership.on_commit(self.commit_index);
+        }
+        let reply = AppendEntriesReply::Success { match_index: last_new };
+        self.send(from, Body::AppendEntriesReply(reply));
+    }
+
+    /// AE-3 and AE-4: skip entries already present, truncate only at a real conflict (SUB-6).
+    fn merge_entries(&mut self, prev: LogIndex, entries: Vec<Entry<C>>) {
+        let mut index = prev;
+        let mut entries = entries.into_iter();
+        for entry in entries.by_ref() {
+            index = index.next();
+            match self.log.term_at(index) {
+                Some(term) if term == entry.term => continue,
+                Some(_) => self.truncate_from(index),
+                None => {}
+            }
+            self.append_follower(index, entry);
+            break;
+        }
+        #[cfg(test)]
+        if self.bugs.truncate_on_duplicate
+            && index < self.log.last_index()
+            && index > self.commit_index
+        {
+            self.truncate_from(index.next());
+        }
+        for entry in entries {
+            index = index.next();
+            self.append_follower(index, entry);
+        }
+    }
+
+    fn truncate_from(&mut self, index: LogIndex) {
+        assert!(
+            index > self.commit_index,
+            "n{} {}: truncating committed {index}",
+            self.id.0,
+            self.term
+        );
+        self.log.truncate_from(index);
+        self.membership.on_truncate(index);
+        self.log_changed(index);
+    }
+
+    fn append_follower(&mut self, index: LogIndex, entry: Entry<C>) {
+        debug_assert_eq!(index, self.log.last_index().next());
+        self.membership.on_append(index, &entry);
+        self.log.push(entry);
+        self.log_changed(index);
+    }
+
+    /// A rejection carrying the hints for fast backtracking (SUB-7).
+    pub(super) fn reject_reply(&self, prev: LogIndex) -> AppendEntriesReply {
+        let conflict = self.log.term_at(prev).map(|t| (t, self.log.first_index_of_term(t, prev)));
+        AppendEntriesReply::Reject {
+            rejected_index: prev,
+            conflict,
+            last_index: self.log.last_index(),
+        }
+    }
+
+    /// LEAD-3a / LEAD-3b, ignoring replies that arrive after the leader moved on (SUB-5).
+    pub(super) fn handle_append_reply(&mut self, from: NodeId, reply: AppendEntriesReply) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(p) = self.progress.get_mut(&from) else { return };
+        p.recent_active = true;
+        match reply {
+            AppendEntriesReply::Success { match_index } => {
+                if p.on_success(match_index) {
+                    self.maybe_advance_commit_index();
+                    self.on_peer_progress(from);
+                }
+            }
+            AppendEntriesReply::Reject { rejected_index, conflict, last_index } => {
+                if rejected_index < p.matched
+                    || (p.mode == Mode::Probe && rejected_index != p.next.prev())
+                {
+                    return; // stale: a newer reply already moved this peer on
+                }
+                let next = self.backtrack(rejected_index, conflict, last_index);
+                self.progress.get_mut(&from).expect("peer exists").probe_from(next);
+            }
+        }
+        self.maybe_send_append(from);
+    }
+
+    /// Where to probe next after a rejection (SUB-7): skip a whole conflicting term at once.
+    fn backtrack(
+        &self,
+        rejected: LogIndex,
+        conflict: Option<(crate::Term, LogIndex)>,
+        last: LogIndex,
+    ) -> LogIndex {
+        let next = match conflict {
+            None => last.next(),
+            Some((term, first)) => match self.log.last_index_of_term(term) {
+                Some(ours) => ours.next(),
+                None => first,
+            },
+        };
+        next.min(rejected).max(LogIndex(1))
+    }
+
+    /// LEAD-4: commit the highest index on a majority of voters, if it is of this term (SUB-1).
+    pub(super) fn maybe_advance_commit_index(&mut self) {
+        let me = self.id;
+        let own = self.log.last_index();
+        let majority = quorum::majority_index(self.config(), |id| {
+            if id == me {
+                own
+            } else {
+                self.progress.get(&id).map_or(LogIndex(0), |p| p.matched)
+            }
+        });
+        if majority <= self.commit_index {
+            return;
+        }
+        let current_term = self.log.term_at(majority) == Some(self.term);
+        #[cfg(test)]
+        let current_term = current_term || self.bugs.commit_previous_terms;
+        if current_term {
+            self.commit_index = majority;
+            self.on_commit_advanced();
+        }
+    }
+
+    /// Keeps `progress` in step with the configuration: new members get progress, removed
+    /// members lose it.
+    pub(super) fn sync_progress_with_config(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let config = std::sync::Arc::clone(self.config());
+        self.progress.retain(|id, _| config.contains(*id));
+        let last = self.log.last_index();
+        for id in config.members().filter(|&m| m != self.id) {
+            self.progress.entry(id).or_insert_with(|| super::progress::Progress::new(last));
+        }
+    }
+}

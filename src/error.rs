@@ -1,0 +1,157 @@
+//! The public error types: what a caller can act on. Broken invariants are panics, not errors.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::types::{LogIndex, NodeId, Term};
+
+/// Why a [`crate::Config`] was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The election timeout range holds no value (min == max).
+    EmptyElectionTimeout {
+        /// The range's lower bound.
+        min: Duration,
+    },
+    /// The election timeout range is inverted (min > max).
+    InvertedElectionTimeout {
+        /// The range's lower bound.
+        min: Duration,
+        /// The range's upper bound.
+        max: Duration,
+    },
+    /// The heartbeat interval is not below the minimum election timeout.
+    HeartbeatTooSlow {
+        /// The configured heartbeat interval.
+        heartbeat: Duration,
+        /// The minimum election timeout it must stay below.
+        min_election: Duration,
+    },
+    /// The tick is zero or longer than the heartbeat interval.
+    BadTick {
+        /// The configured tick.
+        tick: Duration,
+        /// The heartbeat interval it must not exceed.
+        heartbeat: Duration,
+    },
+    /// A limit that must be positive was zero.
+    ZeroLimit {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// A cluster needs at least one node.
+    NoNodes,
+    /// The same node id appears twice.
+    DuplicateNode(NodeId),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::EmptyElectionTimeout { min } => write!(
+                f,
+                "election timeout range {min:?}..{min:?} is empty: make max larger than min (the paper uses 150ms..300ms)"
+            ),
+            ConfigError::InvertedElectionTimeout { min, max } => write!(
+                f,
+                "election timeout range {min:?}..{max:?} is inverted: min must be below max"
+            ),
+            ConfigError::HeartbeatTooSlow { heartbeat, min_election } => write!(
+                f,
+                "heartbeat interval {heartbeat:?} must be below the minimum election timeout {min_election:?} (ideally a third of it or less)"
+            ),
+            ConfigError::BadTick { tick, heartbeat } => write!(
+                f,
+                "tick {tick:?} must be non-zero and no longer than the heartbeat interval {heartbeat:?}"
+            ),
+            ConfigError::ZeroLimit { field } => write!(f, "{field} must be at least 1"),
+            ConfigError::NoNodes => write!(f, "a cluster needs at least one node"),
+            ConfigError::DuplicateNode(id) => write!(f, "node id {id} appears more than once"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The errors a caller of the library can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// This node is not the leader; retry at `leader_hint` if known.
+    NotLeader {
+        /// The leader this node knows of, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// The operation did not finish within its deadline; its effect is unknown.
+    Timeout,
+    /// The cluster (or this handle's node) has been shut down.
+    Shutdown,
+    /// The node is not running (killed, or removed); restart it or ask another node.
+    NodeDown(NodeId),
+    /// No node with this id exists in the cluster.
+    UnknownNode(NodeId),
+    /// The configuration was invalid.
+    InvalidConfig(ConfigError),
+    /// The proposal was appended at `index` in `term` but a later leader replaced that entry: it
+    /// was never applied. Safe to retry.
+    ProposalDropped {
+        /// Where the proposal had been appended.
+        index: LogIndex,
+        /// The term it had been appended in.
+        term: Term,
+    },
+    /// A membership change is still in progress; wait for it to finish, then retry.
+    ChangeInProgress,
+    /// The leader has not yet committed an entry of its own term (2015 fix); retry shortly.
+    LeaderNotReady,
+    /// The node is already a member of the cluster configuration.
+    AlreadyMember(NodeId),
+    /// The node is not a member of the cluster configuration (never added, or already removed).
+    NotMember(NodeId),
+    /// Removing this node would leave no voters.
+    LastVoter(NodeId),
+    /// The new node did not catch up within the deadline; the configuration is unchanged.
+    CatchUpFailed(NodeId),
+    /// The persistent storage failed; the node stopped.
+    Storage(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::NotLeader { leader_hint: Some(id) } => write!(f, "not the leader; try {id}"),
+            Error::NotLeader { leader_hint: None } => {
+                write!(f, "not the leader and no leader known; retry after an election")
+            }
+            Error::Timeout => write!(f, "timed out; the operation's effect is unknown"),
+            Error::Shutdown => write!(f, "the cluster is shut down"),
+            Error::NodeDown(id) => write!(f, "node {id} is not running; restart it or use another"),
+            Error::UnknownNode(id) => write!(f, "no node {id} in this cluster"),
+            Error::InvalidConfig(e) => write!(f, "invalid config: {e}"),
+            Error::ProposalDropped { index, term } => write!(
+                f,
+                "proposal at {index} in {term} was replaced by a later leader and never applied; retry"
+            ),
+            Error::ChangeInProgress => {
+                write!(f, "a membership change is in progress; retry when it finishes")
+            }
+            Error::LeaderNotReady => {
+                write!(f, "the leader has not committed an entry of its term yet; retry shortly")
+            }
+            Error::AlreadyMember(id) => write!(f, "{id} is already a member"),
+            Error::NotMember(id) => write!(f, "{id} is not a member (never added or already removed)"),
+            Error::LastVoter(id) => write!(f, "removing {id} would leave the cluster with no voters"),
+            Error::CatchUpFailed(id) => {
+                write!(f, "{id} did not catch up in time; the configuration is unchanged")
+            }
+            Error::Storage(why) => write!(f, "storage failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::InvalidConfig(e)
+    }
+}

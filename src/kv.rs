@@ -1,0 +1,116 @@
+//! A key-value [`StateMachine`] used by the examples, tests, benchmarks and the simulator's
+//! linearizability check.
+//!
+//! Every command returns the key's value *after* it is applied, so a history records what each
+//! operation observed, writes included.
+
+use std::collections::BTreeMap;
+
+use crate::state_machine::StateMachine;
+use crate::types::LogIndex;
+
+/// A command on the key-value store.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KvCommand {
+    /// Sets `key` to `value`.
+    Put {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: String,
+    },
+    /// Appends `value` to the key's current value (empty if absent).
+    Append {
+        /// The key.
+        key: String,
+        /// The suffix.
+        value: String,
+    },
+    /// Reads `key` through the log (a linearizable read).
+    Get {
+        /// The key.
+        key: String,
+    },
+}
+
+impl KvCommand {
+    /// The key this command touches.
+    pub fn key(&self) -> &str {
+        match self {
+            KvCommand::Put { key, .. } | KvCommand::Append { key, .. } | KvCommand::Get { key } => {
+                key
+            }
+        }
+    }
+
+    /// The model's transition: the key's value after this command, given the value before.
+    pub fn step(&self, before: Option<&str>) -> Option<String> {
+        match self {
+            KvCommand::Put { value, .. } => Some(value.clone()),
+            KvCommand::Append { value, .. } => Some(format!("{}{}", before.unwrap_or(""), value)),
+            KvCommand::Get { .. } => before.map(str::to_owned),
+        }
+    }
+}
+
+/// The output of every [`KvCommand`]: the key's value after the command was applied.
+pub type KvOutput = Option<String>;
+
+/// An in-memory ordered map.
+#[derive(Clone, Debug, Default)]
+pub struct KvStateMachine {
+    data: BTreeMap<String, String>,
+}
+
+impl KvStateMachine {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current value of `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.data.get(key).map(String::as_str)
+    }
+
+    /// The number of keys stored.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether the store holds no keys.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+impl StateMachine for KvStateMachine {
+    type Command = KvCommand;
+    type Output = KvOutput;
+
+    fn apply(&mut self, _index: LogIndex, command: &KvCommand) -> KvOutput {
+        let after = command.step(self.get(command.key()));
+        if let Some(value) = &after {
+            if !matches!(command, KvCommand::Get { .. }) {
+                self.data.insert(command.key().to_owned(), value.clone());
+            }
+        }
+        after
+    }
+
+    fn digest(&self) -> u64 {
+        fnv1a(self.data.iter().flat_map(|(k, v)| [k.as_bytes(), &[0], v.as_bytes(), &[1]]))
+    }
+}
+
+/// FNV-1a over a sequence of byte slices: a stable, dependency-free digest.
+pub fn fnv1a<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for part in parts {
+        for &byte in part {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}

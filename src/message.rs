@@ -1,0 +1,154 @@
+//! The RPCs of the paper, named as in Figure 2, and the log entries they carry.
+//!
+//! Pure data, no wire format: in-process nodes move these values through channels. A future TCP
+//! transport serializes them at its own boundary, never inside the core.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::types::{LogIndex, NodeId, Term};
+
+/// One log entry: the term in which a leader created it and what it carries (ST-P3).
+/// Its index is implied by its position, so the log stores no index per entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry<C> {
+    /// The leader's term when it appended the entry.
+    pub term: Term,
+    /// The entry's content.
+    pub payload: Payload<C>,
+}
+
+/// What a log entry carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload<C> {
+    /// The blank entry a new leader appends at the start of its term (SUB-4).
+    Noop,
+    /// A client's command, for the state machine.
+    Command(C),
+    /// A new cluster configuration; it takes effect on every server as soon as it is appended.
+    Config(Arc<Configuration>),
+}
+
+/// The members of the cluster: voters decide elections and commitment; learners only replicate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Configuration {
+    /// Servers whose votes and acknowledgements count towards a majority.
+    pub voters: BTreeSet<NodeId>,
+    /// Non-voting members catching up (thesis §4.2.1); never counted in a majority.
+    pub learners: BTreeSet<NodeId>,
+}
+
+impl Configuration {
+    /// A configuration of the given voters and no learners.
+    pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Self {
+        Configuration { voters: voters.into_iter().collect(), learners: BTreeSet::new() }
+    }
+
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    /// Every member, voters first.
+    pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+
+    /// Whether the nodes for which `acked` is true form a majority of the voters.
+    ///
+    /// NB: the one place majority is computed, so joint consensus would change only this.
+    pub fn has_quorum(&self, acked: impl Fn(NodeId) -> bool) -> bool {
+        let yes = self.voters.iter().filter(|&&id| acked(id)).count();
+        yes * 2 > self.voters.len()
+    }
+}
+
+/// A message between two servers. `term` is the sender's current term (or, for a pre-vote
+/// request, the term it would campaign in).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message<C> {
+    /// The sender.
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// The sender's term, for ALL-2.
+    pub term: Term,
+    /// The RPC.
+    pub body: Body<C>,
+}
+
+/// The RPCs and their replies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body<C> {
+    /// Invoked by candidates to gather votes (§5.2).
+    RequestVote(RequestVote),
+    /// The answer to a [`RequestVote`].
+    RequestVoteReply(RequestVoteReply),
+    /// Invoked by leaders to replicate entries; also the heartbeat (§5.3, §5.2).
+    AppendEntries(AppendEntries<C>),
+    /// The answer to an [`AppendEntries`].
+    AppendEntriesReply(AppendEntriesReply),
+    /// Leadership transfer: start an election now (thesis §3.10).
+    TimeoutNow,
+}
+
+/// RequestVote arguments (Figure 2), plus the thesis's pre-vote and transfer flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestVote {
+    /// Index of the candidate's last log entry (§5.4).
+    pub last_log_index: LogIndex,
+    /// Term of the candidate's last log entry (§5.4).
+    pub last_log_term: Term,
+    /// A pre-vote (thesis §9.6): "would you vote for me?"; changes no state on the receiver.
+    pub pre_vote: bool,
+    /// Sent on a leadership transfer: bypasses the disruptive-server check (thesis §4.2.3).
+    pub transfer: bool,
+}
+
+/// RequestVote results (Figure 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestVoteReply {
+    /// True means the candidate received the vote.
+    pub granted: bool,
+    /// Echoes the request's flag, so a pre-vote reply is never counted as a vote.
+    pub pre_vote: bool,
+}
+
+/// AppendEntries arguments (Figure 2). `entries` are at `prev_log_index + 1 ..`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendEntries<C> {
+    /// Index of the entry immediately preceding the new ones.
+    pub prev_log_index: LogIndex,
+    /// Term of the entry at `prev_log_index`.
+    pub prev_log_term: Term,
+    /// Entries to store; empty for a heartbeat.
+    pub entries: Vec<Entry<C>>,
+    /// The leader's commit index.
+    pub leader_commit: LogIndex,
+}
+
+impl<C> AppendEntries<C> {
+    /// Index of the last entry this request carries (or `prev_log_index` if none).
+    pub fn last_index(&self) -> LogIndex {
+        LogIndex(self.prev_log_index.0 + self.entries.len() as u64)
+    }
+}
+
+/// AppendEntries results (Figure 2), plus the hints for fast backtracking (SUB-7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendEntriesReply {
+    /// The follower's log now matches the leader's through `match_index` = prev + entries.len().
+    Success {
+        /// Taken from the request, never from the follower's log length (SUB-5).
+        match_index: LogIndex,
+    },
+    /// The consistency check (AE-2) failed at `rejected_index` (the request's prev_log_index).
+    Reject {
+        /// The request's `prev_log_index`, to recognise stale rejections.
+        rejected_index: LogIndex,
+        /// The follower's term at `rejected_index` and the first index it holds for that term.
+        conflict: Option<(Term, LogIndex)>,
+        /// The follower's last log index.
+        last_index: LogIndex,
+    },
+}

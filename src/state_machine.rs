@@ -1,0 +1,23 @@
+//! The [`StateMachine`] trait: what a user implements to replicate their own state.
+//!
+//! Contract: `apply` is called with committed commands in log order, exactly once per entry per
+//! node incarnation, and must be deterministic (same commands, same order => same state and
+//! outputs on every node). No-op and configuration entries never reach it.
+
+use crate::types::LogIndex;
+
+/// A deterministic state machine replicated by Raft.
+pub trait StateMachine: Send + 'static {
+    /// A command proposed by clients and stored in the log. Cloned, never serialized, in-process.
+    type Command: Clone + Send + std::fmt::Debug + 'static;
+    /// What applying a command returns to the client that proposed it.
+    type Output: Clone + Send + std::fmt::Debug + 'static;
+
+    /// Applies the committed command at `index`. Called in strictly increasing index order.
+    fn apply(&mut self, index: LogIndex, command: &Self::Command) -> Self::Output;
+
+    /// A digest of the whole state, used to prove replicas identical. Defaults to 0 (unknown).
+    fn digest(&self) -> u64 {
+        0
+    }
+}

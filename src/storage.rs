@@ -1,0 +1,145 @@
+//! [`Storage`]: where a node keeps currentTerm, votedFor and the log (Figure 2's persistent
+//! state), and [`MemStorage`], an in-memory implementation that outlives the node's thread so a
+//! killed node restarts from exactly what it persisted.
+//!
+//! The runtime writes here when the core asks (`Action::PersistHardState`,
+//! `Action::PersistEntries`), always before sending the messages that depend on it (SUB-8).
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::message::{Configuration, Entry};
+use crate::types::{LogIndex, NodeId, Term};
+
+/// currentTerm and votedFor (ST-P1, ST-P2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HardState {
+    /// The latest term this server has seen.
+    pub term: Term,
+    /// The candidate that received this server's vote in `term`, if any.
+    pub voted_for: Option<NodeId>,
+}
+
+/// Everything a node needs to restart: what [`Storage::load`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PersistentState<C> {
+    /// currentTerm and votedFor.
+    pub hard_state: HardState,
+    /// The configuration in force before the first log entry (the bootstrap configuration; empty
+    /// for a node that joins later and learns its configuration from the log).
+    pub base_config: Configuration,
+    /// The index just before `entries[0]`: 0 until log compaction moves it.
+    pub log_offset: LogIndex,
+    /// The term of the entry at `log_offset` (0 when the offset is 0).
+    pub offset_term: Term,
+    /// The log entries from `log_offset + 1`.
+    pub entries: Vec<Entry<C>>,
+}
+
+/// Stable storage for one node. Every method returns only once the data is durable.
+pub trait Storage<C>: Send + 'static {
+    /// Reads back everything persisted so far.
+    fn load(&self) -> io::Result<PersistentState<C>>;
+    /// Durably records currentTerm and votedFor.
+    fn save_hard_state(&mut self, hard_state: HardState) -> io::Result<()>;
+    /// Durably replaces the log from index `first` onwards with `entries` (truncate, then append).
+    fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()>;
+}
+
+/// An in-memory [`Storage`]. Clones share the same data, so the [`crate::Cluster`] keeps one
+/// clone while the node's thread writes through another; a restarted node loads from it.
+#[derive(Debug)]
+pub struct MemStorage<C> {
+    inner: Arc<Mutex<PersistentState<C>>>,
+}
+
+impl<C> Clone for MemStorage<C> {
+    fn clone(&self) -> Self {
+        MemStorage { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<C: Clone> MemStorage<C> {
+    /// Empty storage whose bootstrap configuration is `base_config`.
+    pub fn new(base_config: Configuration) -> Self {
+        let state = PersistentState {
+            hard_state: HardState::default(),
+            base_config,
+            log_offset: LogIndex(0),
+            offset_term: Term(0),
+            entries: Vec::new(),
+        };
+        MemStorage { inner: Arc::new(Mutex::new(state)) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PersistentState<C>> {
+        // NB: a panic while holding the lock leaves data that was fully written; keep using it.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The persisted hard state.
+    pub fn hard_state(&self) -> HardState {
+        self.lock().hard_state
+    }
+
+    /// The number of log entries persisted (after the offset).
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether no log entries are persisted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<C: Clone + Send + 'static> Storage<C> for MemStorage<C> {
+    fn load(&self) -> io::Result<PersistentState<C>> {
+        Ok(self.lock().clone())
+    }
+
+    fn save_hard_state(&mut self, hard_state: HardState) -> io::Result<()> {
+        self.lock().hard_state = hard_state;
+        Ok(())
+    }
+
+    fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()> {
+        let mut state = self.lock();
+        let keep = first.0.checked_sub(state.log_offset.0 + 1).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "append below the log offset")
+        })?;
+        if keep > state.entries.len() as u64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "append leaves a gap"));
+        }
+        state.entries.truncate(keep as usize);
+        state.entries.extend_from_slice(entries);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Payload;
+
+    fn entry(term: u64) -> Entry<u32> {
+        Entry { term: Term(term), payload: Payload::Noop }
+    }
+
+    #[test]
+    fn append_truncates_then_appends_and_clones_share() {
+        let mut s = MemStorage::<u32>::new(Configuration::default());
+        let reader = s.clone();
+        s.append(LogIndex(1), &[entry(1), entry(1), entry(1)]).expect("append");
+        s.append(LogIndex(2), &[entry(2)]).expect("append");
+        let loaded = reader.load().expect("load");
+        assert_eq!(loaded.entries, vec![entry(1), entry(2)]);
+    }
+
+    #[test]
+    fn append_with_a_gap_is_refused() {
+        let mut s = MemStorage::<u32>::new(Configuration::default());
+        assert!(s.append(LogIndex(3), &[entry(1)]).is_err());
+        assert!(s.is_empty());
+    }
+}
