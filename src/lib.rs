@@ -31,6 +31,7 @@ pub mod core;
 pub mod error;
 pub mod kv;
 pub mod message;
+pub mod sim;
 pub mod state_machine;
 pub mod storage;
 pub mod types;
