@@ -111,6 +111,8 @@ pub enum Error {
     LastVoter(NodeId),
     /// The new node did not catch up within the deadline; the configuration is unchanged.
     CatchUpFailed(NodeId),
+    /// The node is already running; kill it before restarting it.
+    AlreadyRunning(NodeId),
     /// The persistent storage failed; the node stopped.
     Storage(String),
 }
@@ -143,6 +145,7 @@ impl fmt::Display for Error {
             Error::CatchUpFailed(id) => {
                 write!(f, "{id} did not catch up in time; the configuration is unchanged")
             }
+            Error::AlreadyRunning(id) => write!(f, "{id} is already running; kill it first"),
             Error::Storage(why) => write!(f, "storage failed: {why}"),
         }
     }

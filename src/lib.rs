@@ -30,6 +30,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod kv;
+pub mod linearizability;
 pub mod message;
 pub mod sim;
 pub mod state_machine;
