@@ -158,3 +158,47 @@ impl From<ConfigError> for Error {
         Error::InvalidConfig(e)
     }
 }
+
+/// Why a network fault setting was refused.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultError {
+    /// A probability outside [0, 1] (or NaN).
+    Probability {
+        /// The setting's name.
+        field: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A delay range whose start is after its end.
+    InvertedDelay {
+        /// The range's lower bound.
+        min: Duration,
+        /// The range's upper bound.
+        max: Duration,
+    },
+    /// A partition names a node the cluster does not have.
+    UnknownNode(NodeId),
+    /// A node appears in more than one partition group.
+    OverlappingGroups(NodeId),
+}
+
+impl fmt::Display for FaultError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FaultError::Probability { field, value } => {
+                write!(f, "{field} = {value} is not a probability: use a value in [0, 1]")
+            }
+            FaultError::InvertedDelay { min, max } => {
+                write!(f, "delay range {min:?}..{max:?} is inverted: min must not exceed max")
+            }
+            FaultError::UnknownNode(id) => {
+                write!(f, "partition names {id}, which is not in the cluster")
+            }
+            FaultError::OverlappingGroups(id) => {
+                write!(f, "{id} appears in two partition groups; each node belongs to one")
+            }
+        }
+    }
+}
+
+impl std::error::Error for FaultError {}

@@ -98,8 +98,17 @@ impl<C: Clone> Core<C> {
         let up_to_date = up_to_date || self.bugs.skip_election_restriction;
         if rv.pre_vote {
             // Would vote: a later term (or ours with no leader) and an up-to-date log.
-            let grant = up_to_date && (term > self.term || self.leader.is_none());
-            return self.send(from, vote_reply(grant, true));
+            // A grant carries the pre-vote's term so the pre-candidate counts it; a refusal
+            // carries ours, so a pre-candidate behind us catches up (ALL-2).
+            let grant = up_to_date && term > self.term;
+            let reply_term = if grant { term } else { self.term };
+            let msg = crate::message::Message {
+                from: self.id,
+                to: from,
+                term: reply_term,
+                body: vote_reply(grant, true),
+            };
+            return self.out.push(super::Action::Send(msg));
         }
         let free = self.voted_for.is_none_or(|v| v == from);
         let grant = free && up_to_date && self.leader.is_none_or(|l| l == from);

@@ -1,0 +1,111 @@
+//! The main example: a 5-node key-value cluster that loses its leader, then a second node,
+//! keeps serving writes with 3 of 5, and ends with every replica identical.
+//!
+//! Run with `cargo run --release --example kv_cluster` (set `RUST_LOG=ferraft=debug` to see
+//! every RPC).
+
+use std::time::{Duration, Instant};
+
+use ferraft::{Cluster, Config, Error, KvCommand, KvStateMachine, NodeId};
+
+fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let start = Instant::now();
+    let config = Config { seed: 7, ..Config::default() };
+    let mut cluster = Cluster::new(config, 5, |_| KvStateMachine::new())?;
+    say(start, "started 5 nodes (election timeout 150-300 ms, heartbeat 50 ms)");
+
+    let leader = elect(&cluster, start, "first election")?;
+    write_keys(&mut cluster, start, 0..20)?;
+
+    say(start, &format!("killing the leader {leader}"));
+    cluster.kill(leader)?;
+    let second = elect(&cluster, start, "re-election after the leader died")?;
+    write_keys(&mut cluster, start, 20..40)?;
+
+    say(start, &format!("killing {second} as well: 3 of 5 remain, still a majority"));
+    cluster.kill(second)?;
+    let third = elect(&cluster, start, "re-election with 3 of 5")?;
+    write_keys(&mut cluster, start, 40..60)?;
+
+    for id in [leader, second] {
+        cluster.restart(id)?;
+        say(start, &format!("restarted {id} from its persisted term, vote and log"));
+    }
+    write_keys(&mut cluster, start, 60..70)?;
+    wait_converged(&cluster, Duration::from_secs(10))?;
+    say(start, &format!("{third} still leads; every node caught up"));
+    print_table(&cluster);
+    cluster.shutdown();
+    say(start, "shut down; every node thread joined");
+    Ok(())
+}
+
+fn say(start: Instant, what: &str) {
+    println!("[{:>7.1} ms] {what}", start.elapsed().as_secs_f64() * 1e3);
+}
+
+fn elect(cluster: &Cluster<KvStateMachine>, start: Instant, what: &str) -> Result<NodeId, Error> {
+    let began = Instant::now();
+    let leader = cluster.wait_for_leader(Duration::from_secs(10))?;
+    let term = cluster.status(leader)?.core.term;
+    let took = began.elapsed().as_secs_f64() * 1e3;
+    say(start, &format!("{what}: {leader} leads in {term} (took {took:.0} ms)"));
+    Ok(leader)
+}
+
+fn write_keys(
+    cluster: &mut Cluster<KvStateMachine>,
+    start: Instant,
+    keys: std::ops::Range<u32>,
+) -> Result<(), Error> {
+    let (first, last) = (keys.start, keys.end - 1);
+    let mut at = None;
+    for k in keys {
+        let command = KvCommand::Put { key: format!("key{k:03}"), value: format!("value{k}") };
+        at = Some(cluster.propose(command)?.index);
+    }
+    let index = at.map_or(0, |i| i.0);
+    say(start, &format!("wrote key{first:03}..key{last:03}, committed through index {index}"));
+    Ok(())
+}
+
+fn wait_converged(cluster: &Cluster<KvStateMachine>, timeout: Duration) -> Result<(), Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let statuses = cluster.statuses();
+        let same = |f: &dyn Fn(&ferraft::NodeStatus) -> u64| {
+            statuses.windows(2).all(|w| f(&w[0]) == f(&w[1]))
+        };
+        if statuses.len() == 5 && same(&|s| s.core.last_applied.0) && same(&|s| s.digest) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn print_table(cluster: &Cluster<KvStateMachine>) {
+    println!("\n  node  role       term   commit  applied  state digest");
+    for s in cluster.statuses() {
+        let c = &s.core;
+        let role = format!("{:?}", c.role);
+        println!(
+            "  {:<5} {:<10} {:<6} {:<7} {:<8} {:016x}",
+            c.id.to_string(),
+            role,
+            c.term.to_string(),
+            c.commit_index.0,
+            c.last_applied.0,
+            s.digest
+        );
+    }
+    println!();
+}
