@@ -12,6 +12,7 @@
 
 mod changes;
 mod election;
+mod inspect;
 #[cfg(any(test, debug_assertions))]
 mod invariants;
 pub mod log;
@@ -262,11 +263,6 @@ impl<C: Clone> Core<C> {
     /// The current role.
     pub fn role(&self) -> Role {
         self.role
-    }
-
-    /// The leader this node knows of in its current term.
-    pub fn leader(&self) -> Option<NodeId> {
-        self.leader
     }
 
     /// The current term.

@@ -96,11 +96,7 @@ impl<S: StateMachine> NodeHandle<S> {
 
     /// Sends a proposal without waiting; the receipt tells its index and output later.
     pub fn propose_async(&self, command: S::Command) -> Result<Receipt<S::Output>, Error> {
-        let (reply, events) = bounded(2);
-        self.requests
-            .send(Request::Propose { command, reply })
-            .map_err(|_| Error::NodeDown(self.id))?;
-        Ok(Receipt { node: self.id, events, appended: None })
+        self.send_proposal(command, true)
     }
 
     /// Proposes and waits until the command is applied on this node (which must lead).
@@ -109,7 +105,18 @@ impl<S: StateMachine> NodeHandle<S> {
         command: S::Command,
         timeout: Duration,
     ) -> Result<Applied<S::Output>, Error> {
-        self.propose_async(command)?.wait(timeout)
+        self.send_proposal(command, false)?.wait(timeout)
+    }
+
+    fn send_proposal(
+        &self,
+        command: S::Command,
+        positioned: bool,
+    ) -> Result<Receipt<S::Output>, Error> {
+        let (reply, events) = bounded(2);
+        let request = Request::Propose { command, reply, positioned };
+        self.requests.send(request).map_err(|_| Error::NodeDown(self.id))?;
+        Ok(Receipt { node: self.id, events, appended: None })
     }
 
     /// The node's current status.

@@ -49,9 +49,19 @@ pub struct NodeStatus {
 
 /// Client requests to one node.
 pub(crate) enum Request<S: StateMachine> {
-    Propose { command: S::Command, reply: Sender<ProposalEvent<S::Output>> },
-    ChangeMembership { change: MembershipChange, reply: Sender<Result<Configuration, Error>> },
-    Status { reply: Sender<NodeStatus> },
+    /// `positioned`: also report `Appended` (costs the proposer a wake-up, so only on request).
+    Propose {
+        command: S::Command,
+        reply: Sender<ProposalEvent<S::Output>>,
+        positioned: bool,
+    },
+    ChangeMembership {
+        change: MembershipChange,
+        reply: Sender<Result<Configuration, Error>>,
+    },
+    Status {
+        reply: Sender<NodeStatus>,
+    },
 }
 
 /// How many queued client requests one step may batch into a single `Input::Propose`.
@@ -59,7 +69,8 @@ const MAX_PROPOSAL_BATCH: usize = 1024;
 /// How many peer messages to handle before looking at the other channels again.
 const MAX_MESSAGE_BURST: usize = 256;
 
-type Responder<O> = Sender<ProposalEvent<O>>;
+/// Where to send a proposal's events, and whether it wants `Appended`.
+type Responder<O> = (Sender<ProposalEvent<O>>, bool);
 
 /// Everything the node thread owns.
 pub(crate) struct NodeLoop<S: StateMachine, St: Storage<S::Command>> {
@@ -68,7 +79,7 @@ pub(crate) struct NodeLoop<S: StateMachine, St: Storage<S::Command>> {
     storage: St,
     router: Arc<Router<S::Command>>,
     /// Proposals waiting for their index to be applied, in index order.
-    pending: VecDeque<(LogIndex, Term, Responder<S::Output>)>,
+    pending: VecDeque<(LogIndex, Term, Sender<ProposalEvent<S::Output>>)>,
     /// Responders of the batch being stepped, until `Action::Proposed` names their indexes.
     batch: Vec<Responder<S::Output>>,
     change_reply: Option<Sender<Result<Configuration, Error>>>,
@@ -155,9 +166,9 @@ impl<S: StateMachine, St: Storage<S::Command>> NodeLoop<S, St> {
         let mut next = Some(first);
         while let Some(req) = next.take() {
             match req {
-                Request::Propose { command, reply } => {
+                Request::Propose { command, reply, positioned } => {
                     commands.push(command);
-                    self.batch.push(reply);
+                    self.batch.push((reply, positioned));
                 }
                 other => self.on_other_request(other)?,
             }
@@ -226,15 +237,17 @@ impl<S: StateMachine, St: Storage<S::Command>> NodeLoop<S, St> {
 
     fn on_proposed(&mut self, first: LogIndex, term: Term, count: usize) {
         debug_assert_eq!(count, self.batch.len());
-        for (i, reply) in self.batch.drain(..).enumerate() {
+        for (i, (reply, positioned)) in self.batch.drain(..).enumerate() {
             let index = LogIndex(first.0 + i as u64);
-            let _ = reply.send(ProposalEvent::Appended { index, term });
+            if positioned {
+                let _ = reply.send(ProposalEvent::Appended { index, term });
+            }
             self.pending.push_back((index, term, reply));
         }
     }
 
     fn reject_batch(&mut self, error: Error) {
-        for reply in self.batch.drain(..) {
+        for (reply, _) in self.batch.drain(..) {
             let _ = reply.send(ProposalEvent::Done(Err(error.clone())));
         }
     }

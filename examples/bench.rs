@@ -1,0 +1,174 @@
+//! Benchmarks, one JSON line per run:
+//!
+//! ```text
+//! cargo run --release --example bench -- latency    [--nodes N] [--ops N]
+//! cargo run --release --example bench -- throughput [--nodes N] [--clients C] [--ops N]
+//! cargo run --release --example bench -- memory     [--nodes N] [--clients C] [--ops N]
+//! ```
+//!
+//! In-memory storage, 8-byte commands, a trivial state machine (a running sum). `latency`: one
+//! client proposes, waits until applied on the leader, repeats. `throughput`: C proposals
+//! outstanding at all times; each completion starts the next. `memory`: resident memory growth
+//! per committed entry per node after a throughput run.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use ferraft::{Cluster, Config, LogIndex, NodeHandle, StateMachine};
+
+/// The trivial state machine: adds each command to a running sum.
+struct Sum(u64);
+
+impl StateMachine for Sum {
+    type Command = u64;
+    type Output = u64;
+
+    fn apply(&mut self, _index: LogIndex, command: &u64) -> u64 {
+        self.0 = self.0.wrapping_add(*command);
+        self.0
+    }
+
+    fn digest(&self) -> u64 {
+        self.0
+    }
+}
+
+struct Args {
+    workload: String,
+    nodes: usize,
+    clients: usize,
+    ops: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let workload = args.next().ok_or("usage: bench <latency|throughput|memory> [--nodes N] [--clients C] [--ops N]")?;
+    let mut parsed = Args { workload, nodes: 3, clients: 256, ops: 0 };
+    while let Some(flag) = args.next() {
+        let value: usize = args.next().and_then(|v| v.parse().ok()).ok_or(format!("{flag} needs a number"))?;
+        match flag.as_str() {
+            "--nodes" => parsed.nodes = value,
+            "--clients" => parsed.clients = value.max(1),
+            "--ops" => parsed.ops = value,
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(parsed)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let rss_before = rss_bytes();
+    let config = Config { max_inflight: 64, ..Config::default() };
+    let cluster = Cluster::new(config, args.nodes, |_| Sum(0)).expect("valid config");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).expect("a leader");
+    let handle = cluster.node(leader).expect("leader running");
+    warm_up(&handle);
+    match args.workload.as_str() {
+        "latency" => latency(&handle, args.nodes, if args.ops == 0 { 20_000 } else { args.ops }),
+        "throughput" => {
+            let ops = if args.ops == 0 { 1_000_000 } else { args.ops };
+            let secs = throughput(&handle, args.clients, ops);
+            println!(
+                "{{\"workload\":\"throughput\",\"nodes\":{},\"clients\":{},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0}}}",
+                args.nodes,
+                args.clients,
+                ops as f64 / secs
+            );
+        }
+        "memory" => memory(&cluster, &handle, &args, rss_before),
+        other => {
+            eprintln!("unknown workload {other}");
+            std::process::exit(2);
+        }
+    }
+    cluster.shutdown();
+}
+
+fn warm_up(handle: &NodeHandle<Sum>) {
+    for _ in 0..1000 {
+        handle.propose(1, Duration::from_secs(10)).expect("warm-up proposal");
+    }
+}
+
+fn latency(handle: &NodeHandle<Sum>, nodes: usize, ops: usize) {
+    let mut samples = Vec::with_capacity(ops);
+    let start = Instant::now();
+    for i in 0..ops {
+        let t = Instant::now();
+        handle.propose(i as u64, Duration::from_secs(10)).expect("proposal applied");
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    samples.sort_unstable();
+    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1e3;
+    println!(
+        "{{\"workload\":\"latency\",\"nodes\":{nodes},\"clients\":1,\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1}}}",
+        ops as f64 / secs,
+        pct(0.50),
+        pct(0.99),
+        pct(0.999)
+    );
+}
+
+/// Keeps `clients` proposals outstanding; entries apply in log order, so the oldest receipt
+/// is always the next to complete.
+fn throughput(handle: &NodeHandle<Sum>, clients: usize, ops: usize) -> f64 {
+    let mut inflight = VecDeque::with_capacity(clients);
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < ops.min(clients) {
+        inflight.push_back(handle.propose_async(8).expect("leader running"));
+        sent += 1;
+    }
+    while let Some(receipt) = inflight.pop_front() {
+        receipt.wait(Duration::from_secs(30)).expect("proposal applied");
+        if sent < ops {
+            inflight.push_back(handle.propose_async(8).expect("leader running"));
+            sent += 1;
+        }
+    }
+    start.elapsed().as_secs_f64()
+}
+
+fn memory(cluster: &Cluster<Sum>, handle: &NodeHandle<Sum>, args: &Args, rss_before: u64) {
+    let ops = if args.ops == 0 { 1_000_000 } else { args.ops };
+    let rss_start = rss_bytes();
+    let secs = throughput(handle, args.clients, ops);
+    wait_all_applied(cluster, ops as u64);
+    let rss_after = rss_bytes();
+    let per_entry_per_node = (rss_after.saturating_sub(rss_start)) as f64 / (ops * args.nodes) as f64;
+    println!(
+        "{{\"workload\":\"memory\",\"nodes\":{},\"ops\":{ops},\"secs\":{secs:.3},\"rss_before_mb\":{:.1},\"rss_after_mb\":{:.1},\"bytes_per_entry_per_node\":{per_entry_per_node:.1},\"command_bytes\":8,\"overhead_bytes\":{:.1}}}",
+        args.nodes,
+        rss_before as f64 / 1e6,
+        rss_after as f64 / 1e6,
+        per_entry_per_node - 8.0
+    );
+}
+
+fn wait_all_applied(cluster: &Cluster<Sum>, ops: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if cluster.statuses().iter().all(|s| s.core.last_applied.0 >= ops) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    kb * 1024
+}
