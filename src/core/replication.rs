@@ -61,7 +61,8 @@ impl<C: Clone> Core<C> {
     fn maybe_send_append(&mut self, to: NodeId) {
         let last = self.log.last_index();
         loop {
-            let p = &self.progress[&to];
+            // NB: a reply may have just removed this peer (or this leader) from the configuration.
+            let Some(p) = self.progress.get(&to) else { return };
             if !p.can_send(self.timing.max_inflight) {
                 return;
             }

@@ -444,31 +444,33 @@ impl<S: StateMachine> Cluster<S> {
     }
 
     /// Sends a membership change to the leader, following hints and retrying transient refusals
-    /// (`LeaderNotReady`, `ChangeInProgress`, leader changes) until [`DEFAULT_TIMEOUT`].
+    /// (`LeaderNotReady`, `ChangeInProgress`, leader changes) until the deadline.
     pub fn change_membership(&mut self, change: MembershipChange) -> Result<Configuration, Error> {
         let deadline = Instant::now() + DEFAULT_TIMEOUT.max(self.config.election_timeout.end * 60);
+        let mut retried = false;
         loop {
             let leader =
                 self.wait_for_leader(deadline.saturating_duration_since(Instant::now()))?;
             match self.node(leader).and_then(|n| n.change(change, deadline)) {
                 Ok(config) => return Ok(config),
-                Err(
-                    e @ (Error::AlreadyMember(_)
-                    | Error::NotMember(_)
-                    | Error::LastVoter(_)
-                    | Error::CatchUpFailed(_)),
-                ) => {
+                Err(e @ (Error::AlreadyMember(_) | Error::NotMember(_))) if retried => {
                     return self.settle_change(change, e);
                 }
-                Err(Error::Timeout) => return Err(Error::Timeout),
-                Err(_) if Instant::now() < deadline => std::thread::sleep(self.config.tick),
+                Err(e @ (Error::AlreadyMember(_) | Error::NotMember(_) | Error::LastVoter(_))) => {
+                    return Err(e)
+                }
+                Err(e @ (Error::CatchUpFailed(_) | Error::Timeout)) => return Err(e),
+                Err(_) if Instant::now() < deadline => {
+                    retried = true;
+                    std::thread::sleep(self.config.tick);
+                }
                 Err(e) => return Err(e),
             }
         }
     }
 
-    /// A definite refusal may follow a retry of a change that had in fact committed (the first
-    /// attempt's leader lost leadership after appending it); check the leader's configuration.
+    /// After a retry, "already a member" / "not a member" may mean an earlier attempt, whose
+    /// leader lost leadership after appending it, took effect: confirm on the leader.
     fn settle_change(
         &self,
         change: MembershipChange,
@@ -479,12 +481,8 @@ impl<S: StateMachine> Cluster<S> {
             return Err(error);
         };
         let done = match change {
-            MembershipChange::AddNode(id) => {
-                config.voters.contains(&id) && !matches!(error, Error::AlreadyMember(_))
-            }
-            MembershipChange::RemoveNode(id) => {
-                !config.contains(id) && !matches!(error, Error::NotMember(_))
-            }
+            MembershipChange::AddNode(id) => config.voters.contains(&id),
+            MembershipChange::RemoveNode(id) => !config.contains(id),
         };
         if done {
             Ok(config)

@@ -1,0 +1,140 @@
+//! Membership changes at runtime: nodes die, are removed from the configuration, and fresh nodes
+//! join as learners, catch up while writes continue, and are promoted to voters.
+//!
+//! Run with `cargo run --release --example membership`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferraft::{Cluster, Config, Error, KvCommand, KvStateMachine, NodeStatus};
+
+fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let start = Instant::now();
+    let cluster = Arc::new(Mutex::new(Cluster::new(Config::default(), 5, |_| KvStateMachine::new())?));
+    let leader = lock(&cluster).wait_for_leader(Duration::from_secs(10))?;
+    say(start, &format!("5 voters; {leader} leads"));
+    preload(&cluster, 50_000)?;
+    say(start, "preloaded 50,000 entries, so new nodes have a real log to catch up on");
+
+    let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let writer = spawn_writer(Arc::clone(&cluster), Arc::clone(&stop), Arc::clone(&written));
+
+    let victims: Vec<_> = lock(&cluster).ids().into_iter().filter(|&id| id != leader).take(2).collect();
+    for &id in &victims {
+        lock(&cluster).kill(id)?;
+        say(start, &format!("{id} crashed"));
+    }
+    for &id in &victims {
+        lock(&cluster).remove_node(id)?;
+        say(start, &format!("removed dead {id} from the configuration"));
+    }
+    for _ in 0..2 {
+        let began = Instant::now();
+        let id = lock(&cluster).add_node()?;
+        let took = began.elapsed().as_secs_f64() * 1e3;
+        say(start, &format!("added {id}: joined as a learner, caught up, promoted to voter in {took:.0} ms"));
+    }
+    let began = Instant::now();
+    lock(&cluster).remove_node(leader)?;
+    let new_leader = lock(&cluster).wait_for_leader(Duration::from_secs(10))?;
+    let took = began.elapsed().as_secs_f64() * 1e3;
+    say(start, &format!("removed the leader {leader}: it stepped down once that committed; {new_leader} leads ({took:.0} ms)"));
+    stop.store(true, Ordering::SeqCst);
+    let writes = writer.join().expect("writer thread")?;
+    say(start, &format!("{writes} writes completed during the changes"));
+    let cluster = Arc::into_inner(cluster).expect("writer joined").into_inner().expect("lock");
+    let statuses = wait_converged(&cluster)?;
+    print_table(&statuses);
+    cluster.shutdown();
+    Ok(())
+}
+
+fn preload(cluster: &Mutex<Cluster<KvStateMachine>>, n: u64) -> Result<(), Error> {
+    let mut c = lock(cluster);
+    let mut receipts = std::collections::VecDeque::new();
+    for i in 0..n {
+        receipts.push_back(c.propose_async(KvCommand::Put { key: format!("pre{}", i % 1000), value: i.to_string() })?);
+        if receipts.len() >= 256 {
+            receipts.pop_front().expect("non-empty").wait(Duration::from_secs(10))?;
+        }
+    }
+    receipts.into_iter().try_for_each(|r| r.wait(Duration::from_secs(10)).map(drop))
+}
+
+fn spawn_writer(
+    cluster: Arc<Mutex<Cluster<KvStateMachine>>>,
+    stop: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Result<u64, Error>> {
+    std::thread::spawn(move || {
+        let mut handle = None;
+        while !stop.load(Ordering::SeqCst) {
+            let n = written.load(Ordering::SeqCst);
+            let command = KvCommand::Put { key: format!("k{}", n % 100), value: n.to_string() };
+            if handle.is_none() {
+                let c = lock(&cluster);
+                handle = c.leader().and_then(|l| c.node(l).ok());
+            }
+            // NB: the wait happens outside the cluster lock, so writes go on during a change.
+            match handle.as_ref().map(|h| h.propose(command, Duration::from_secs(2))) {
+                Some(Ok(_)) => written.store(n + 1, Ordering::SeqCst),
+                _ => {
+                    handle = None;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        Ok(written.load(Ordering::SeqCst))
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn say(start: Instant, what: &str) {
+    println!("[{:>7.1} ms] {what}", start.elapsed().as_secs_f64() * 1e3);
+}
+
+fn wait_converged(cluster: &Cluster<KvStateMachine>) -> Result<Vec<NodeStatus>, Error> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = cluster.statuses();
+        let same = s.windows(2).all(|w| w[0].digest == w[1].digest && w[0].core.last_applied == w[1].core.last_applied);
+        if s.len() == cluster.ids().len() && same {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn print_table(statuses: &[NodeStatus]) {
+    println!("\n  node  role       term   commit  applied  voters            learners  digest");
+    for s in statuses {
+        let c = &s.core;
+        let voters: Vec<String> = c.config.voters.iter().map(|v| v.to_string()).collect();
+        let learners: Vec<String> = c.config.learners.iter().map(|v| v.to_string()).collect();
+        println!(
+            "  {:<5} {:<10} {:<6} {:<7} {:<8} {:<17} {:<9} {:016x}",
+            c.id.to_string(),
+            format!("{:?}", c.role),
+            c.term.to_string(),
+            c.commit_index.0,
+            c.last_applied.0,
+            voters.join(","),
+            learners.join(","),
+            s.digest
+        );
+    }
+    println!();
+}
