@@ -66,6 +66,8 @@ pub(crate) enum Request<S: StateMachine> {
 
 /// How many queued client requests one step may batch into a single `Input::Propose`.
 const MAX_PROPOSAL_BATCH: usize = 1024;
+/// How many times an idle node yields, polling its inbox, before it parks.
+const SPIN_ROUNDS: usize = 64;
 /// How many peer messages to handle before looking at the other channels again.
 const MAX_MESSAGE_BURST: usize = 256;
 
@@ -123,22 +125,67 @@ impl<S: StateMachine, St: Storage<S::Command>> NodeLoop<S, St> {
     pub fn run(mut self, channels: Channels<S>, tick: Duration) {
         let ticker = crossbeam_channel::tick(tick);
         loop {
-            let result = select! {
-                recv(channels.shutdown) -> _ => return,
-                recv(channels.inbox) -> msg => match msg {
-                    Ok(msg) => self.on_messages(msg, &channels.inbox),
-                    Err(_) => return,
-                },
-                recv(channels.requests) -> req => match req {
-                    Ok(req) => self.on_requests(req, &channels.requests),
-                    Err(_) => return,
-                },
-                recv(ticker) -> _ => self.step(Input::Tick),
+            let result = match self.poll_briefly(&channels) {
+                Some(result) => result.and_then(|()| self.poll_timers(&channels, &ticker)),
+                None => self.wait(&channels, &ticker),
             };
-            if let Err(e) = result {
-                tracing::error!(error = %e, "node stopping");
-                return;
+            match result {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "node stopping");
+                    return;
+                }
             }
+        }
+    }
+
+    /// Before parking, yield-spin a little: the next message of a round trip usually arrives
+    /// within microseconds, and a parked thread takes several to wake.
+    fn poll_briefly(&mut self, channels: &Channels<S>) -> Option<Result<(), Error>> {
+        for _ in 0..SPIN_ROUNDS {
+            if let Ok(msg) = channels.inbox.try_recv() {
+                return Some(self.on_messages(msg, &channels.inbox));
+            }
+            if let Ok(req) = channels.requests.try_recv() {
+                return Some(self.on_requests(req, &channels.requests));
+            }
+            std::thread::yield_now();
+        }
+        None
+    }
+
+    /// After work found by spinning: a due tick or a shutdown must not starve.
+    fn poll_timers(
+        &mut self,
+        channels: &Channels<S>,
+        ticker: &Receiver<std::time::Instant>,
+    ) -> Result<bool, Error> {
+        if channels.shutdown.try_recv().is_ok() {
+            return Ok(false);
+        }
+        if ticker.try_recv().is_ok() {
+            self.step(Input::Tick)?;
+        }
+        Ok(true)
+    }
+
+    fn wait(
+        &mut self,
+        channels: &Channels<S>,
+        ticker: &Receiver<std::time::Instant>,
+    ) -> Result<bool, Error> {
+        select! {
+            recv(channels.shutdown) -> _ => Ok(false),
+            recv(channels.inbox) -> msg => match msg {
+                Ok(msg) => self.on_messages(msg, &channels.inbox).map(|()| true),
+                Err(_) => Ok(false),
+            },
+            recv(channels.requests) -> req => match req {
+                Ok(req) => self.on_requests(req, &channels.requests).map(|()| true),
+                Err(_) => Ok(false),
+            },
+            recv(ticker) -> _ => self.step(Input::Tick).map(|()| true),
         }
     }
 
