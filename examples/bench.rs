@@ -4,7 +4,13 @@
 //! cargo run --release --example bench -- latency    [--nodes N] [--ops N]
 //! cargo run --release --example bench -- throughput [--nodes N] [--clients C] [--ops N]
 //! cargo run --release --example bench -- memory     [--nodes N] [--clients C] [--ops N]
+//! cargo run --release --example bench -- catchup    [--nodes N] [--ops N]
+//! cargo run --release --example bench -- reconfig   [--clients C]
 //! ```
+//!
+//! `catchup`: time for `add_node` when the new node must catch up `--ops` entries (default
+//! 100,000). `reconfig`: writes per second with C proposals outstanding, first in steady state,
+//! then during a 5 -> 3 -> 7 reconfiguration (remove two followers, add four nodes).
 //!
 //! In-memory storage, 8-byte commands, a trivial state machine (a running sum). `latency`: one
 //! client proposes, waits until applied on the leader, repeats. `throughput`: C proposals
@@ -42,10 +48,13 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let workload = args.next().ok_or("usage: bench <latency|throughput|memory> [--nodes N] [--clients C] [--ops N]")?;
+    let workload = args
+        .next()
+        .ok_or("usage: bench <latency|throughput|memory> [--nodes N] [--clients C] [--ops N]")?;
     let mut parsed = Args { workload, nodes: 3, clients: 256, ops: 0 };
     while let Some(flag) = args.next() {
-        let value: usize = args.next().and_then(|v| v.parse().ok()).ok_or(format!("{flag} needs a number"))?;
+        let value: usize =
+            args.next().and_then(|v| v.parse().ok()).ok_or(format!("{flag} needs a number"))?;
         match flag.as_str() {
             "--nodes" => parsed.nodes = value,
             "--clients" => parsed.clients = value.max(1),
@@ -66,15 +75,20 @@ fn main() {
     };
     let rss_before = rss_bytes();
     let config = Config { max_inflight: 64, ..Config::default() };
-    let cluster = Cluster::new(config, args.nodes, |_| Sum(0)).expect("valid config");
+    let nodes = if args.workload == "reconfig" { 5 } else { args.nodes };
+    let cluster = Cluster::new(config, nodes, |_| Sum(0)).expect("valid config");
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).expect("a leader");
     let handle = cluster.node(leader).expect("leader running");
     warm_up(&handle);
     match args.workload.as_str() {
-        "latency" => latency(&handle, args.nodes, if args.ops == 0 { 20_000 } else { args.ops }),
+        "latency" => {
+            latency(&handle, args.nodes, if args.ops == 0 { 20_000 } else { args.ops });
+            cluster.shutdown();
+        }
         "throughput" => {
             let ops = if args.ops == 0 { 1_000_000 } else { args.ops };
             let secs = throughput(&handle, args.clients, ops);
+            cluster.shutdown();
             println!(
                 "{{\"workload\":\"throughput\",\"nodes\":{},\"clients\":{},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0}}}",
                 args.nodes,
@@ -82,13 +96,17 @@ fn main() {
                 ops as f64 / secs
             );
         }
-        "memory" => memory(&cluster, &handle, &args, rss_before),
+        "memory" => {
+            memory(&cluster, &handle, &args, rss_before);
+            cluster.shutdown();
+        }
+        "catchup" => catchup(cluster, &handle, if args.ops == 0 { 100_000 } else { args.ops }),
+        "reconfig" => reconfig(cluster, handle, args.clients),
         other => {
             eprintln!("unknown workload {other}");
             std::process::exit(2);
         }
     }
-    cluster.shutdown();
 }
 
 fn warm_up(handle: &NodeHandle<Sum>) {
@@ -107,7 +125,8 @@ fn latency(handle: &NodeHandle<Sum>, nodes: usize, ops: usize) {
     }
     let secs = start.elapsed().as_secs_f64();
     samples.sort_unstable();
-    let pct = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1e3;
+    let pct =
+        |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1e3;
     println!(
         "{{\"workload\":\"latency\",\"nodes\":{nodes},\"clients\":1,\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1}}}",
         ops as f64 / secs,
@@ -143,7 +162,8 @@ fn memory(cluster: &Cluster<Sum>, handle: &NodeHandle<Sum>, args: &Args, rss_bef
     let secs = throughput(handle, args.clients, ops);
     wait_all_applied(cluster, ops as u64);
     let rss_after = rss_bytes();
-    let per_entry_per_node = (rss_after.saturating_sub(rss_start)) as f64 / (ops * args.nodes) as f64;
+    let per_entry_per_node =
+        (rss_after.saturating_sub(rss_start)) as f64 / (ops * args.nodes) as f64;
     println!(
         "{{\"workload\":\"memory\",\"nodes\":{},\"ops\":{ops},\"secs\":{secs:.3},\"rss_before_mb\":{:.1},\"rss_after_mb\":{:.1},\"bytes_per_entry_per_node\":{per_entry_per_node:.1},\"command_bytes\":8,\"overhead_bytes\":{:.1}}}",
         args.nodes,
@@ -171,4 +191,63 @@ fn rss_bytes() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap_or(0);
     kb * 1024
+}
+
+fn catchup(mut cluster: Cluster<Sum>, handle: &NodeHandle<Sum>, entries: usize) {
+    throughput(handle, 256, entries);
+    let start = Instant::now();
+    let id = cluster.add_node().expect("new node catches up and is promoted");
+    let secs = start.elapsed().as_secs_f64();
+    let status = cluster.status(id).expect("new node running").core;
+    assert!(status.is_voter(), "{id} promoted");
+    let log = status.last_log_index.0;
+    println!(
+        "{{\"workload\":\"catchup\",\"entries\":{entries},\"node\":\"{id}\",\"new_node_log\":{log},\"secs\":{secs:.3}}}"
+    );
+    cluster.shutdown();
+}
+
+/// Counts completions in a background pipeline while the main thread reconfigures.
+fn reconfig(mut cluster: Cluster<Sum>, handle: NodeHandle<Sum>, clients: usize) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let (stop, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let writer = {
+        let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let mut inflight = VecDeque::new();
+            while !stop.load(Ordering::Relaxed) {
+                while inflight.len() < clients {
+                    inflight.push_back(handle.propose_async(8).expect("leader running"));
+                }
+                let receipt: ferraft::Receipt<u64> = inflight.pop_front().expect("non-empty");
+                receipt.wait(Duration::from_secs(30)).expect("applied");
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let steady_start = (Instant::now(), done.load(Ordering::Relaxed));
+    std::thread::sleep(Duration::from_secs(1));
+    let steady = rate(steady_start, done.load(Ordering::Relaxed));
+    let change_start = (Instant::now(), done.load(Ordering::Relaxed));
+    let leader = cluster.leader().expect("a leader");
+    let followers: Vec<_> = cluster.ids().into_iter().filter(|&id| id != leader).take(2).collect();
+    for id in followers {
+        cluster.remove_node(id).expect("remove a follower");
+    }
+    for _ in 0..4 {
+        cluster.add_node().expect("add a node");
+    }
+    let during = rate(change_start, done.load(Ordering::Relaxed));
+    let secs = change_start.0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    writer.join().expect("writer thread");
+    println!(
+        "{{\"workload\":\"reconfig\",\"clients\":{clients},\"steady_ops_per_s\":{steady:.0},\"during_ops_per_s\":{during:.0},\"reconfig_secs\":{secs:.3}}}"
+    );
+    cluster.shutdown();
+}
+
+fn rate((start, before): (Instant, u64), after: u64) -> f64 {
+    (after - before) as f64 / start.elapsed().as_secs_f64()
 }

@@ -96,7 +96,7 @@ fn print_table(cluster: &Cluster<KvStateMachine>) {
     println!("\n  node  role       term   commit  applied  state digest");
     for s in cluster.statuses() {
         let c = &s.core;
-        let role = format!("{:?}", c.role);
+        let role = c.role_name().to_string();
         println!(
             "  {:<5} {:<10} {:<6} {:<7} {:<8} {:016x}",
             c.id.to_string(),

@@ -17,7 +17,8 @@ fn main() -> Result<(), Error> {
         )
         .init();
     let start = Instant::now();
-    let cluster = Arc::new(Mutex::new(Cluster::new(Config::default(), 5, |_| KvStateMachine::new())?));
+    let cluster =
+        Arc::new(Mutex::new(Cluster::new(Config::default(), 5, |_| KvStateMachine::new())?));
     let leader = lock(&cluster).wait_for_leader(Duration::from_secs(10))?;
     say(start, &format!("5 voters; {leader} leads"));
     preload(&cluster, 50_000)?;
@@ -26,7 +27,8 @@ fn main() -> Result<(), Error> {
     let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let writer = spawn_writer(Arc::clone(&cluster), Arc::clone(&stop), Arc::clone(&written));
 
-    let victims: Vec<_> = lock(&cluster).ids().into_iter().filter(|&id| id != leader).take(2).collect();
+    let victims: Vec<_> =
+        lock(&cluster).ids().into_iter().filter(|&id| id != leader).take(2).collect();
     for &id in &victims {
         lock(&cluster).kill(id)?;
         say(start, &format!("{id} crashed"));
@@ -39,7 +41,12 @@ fn main() -> Result<(), Error> {
         let began = Instant::now();
         let id = lock(&cluster).add_node()?;
         let took = began.elapsed().as_secs_f64() * 1e3;
-        say(start, &format!("added {id}: joined as a learner, caught up, promoted to voter in {took:.0} ms"));
+        say(
+            start,
+            &format!(
+                "added {id}: joined as a learner, caught up, promoted to voter in {took:.0} ms"
+            ),
+        );
     }
     let began = Instant::now();
     lock(&cluster).remove_node(leader)?;
@@ -60,7 +67,10 @@ fn preload(cluster: &Mutex<Cluster<KvStateMachine>>, n: u64) -> Result<(), Error
     let mut c = lock(cluster);
     let mut receipts = std::collections::VecDeque::new();
     for i in 0..n {
-        receipts.push_back(c.propose_async(KvCommand::Put { key: format!("pre{}", i % 1000), value: i.to_string() })?);
+        receipts.push_back(c.propose_async(KvCommand::Put {
+            key: format!("pre{}", i % 1000),
+            value: i.to_string(),
+        })?);
         if receipts.len() >= 256 {
             receipts.pop_front().expect("non-empty").wait(Duration::from_secs(10))?;
         }
@@ -107,7 +117,9 @@ fn wait_converged(cluster: &Cluster<KvStateMachine>) -> Result<Vec<NodeStatus>, 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let s = cluster.statuses();
-        let same = s.windows(2).all(|w| w[0].digest == w[1].digest && w[0].core.last_applied == w[1].core.last_applied);
+        let same = s.windows(2).all(|w| {
+            w[0].digest == w[1].digest && w[0].core.last_applied == w[1].core.last_applied
+        });
         if s.len() == cluster.ids().len() && same {
             return Ok(s);
         }
@@ -127,7 +139,7 @@ fn print_table(statuses: &[NodeStatus]) {
         println!(
             "  {:<5} {:<10} {:<6} {:<7} {:<8} {:<17} {:<9} {:016x}",
             c.id.to_string(),
-            format!("{:?}", c.role),
+            c.role_name().to_string(),
             c.term.to_string(),
             c.commit_index.0,
             c.last_applied.0,

@@ -124,6 +124,29 @@ pub struct Status {
     pub config: Configuration,
 }
 
+impl Status {
+    /// Whether this node is a voter in its own configuration.
+    pub fn is_voter(&self) -> bool {
+        self.config.voters.contains(&self.id)
+    }
+
+    /// Whether this node is a non-voting learner in its own configuration (catching up).
+    pub fn is_learner(&self) -> bool {
+        self.config.learners.contains(&self.id)
+    }
+
+    /// "Leader", "Candidate", "PreCandidate", "Follower", or "Learner" for a learner.
+    pub fn role_name(&self) -> &'static str {
+        match self.role {
+            Role::Follower if self.is_learner() => "Learner",
+            Role::Follower => "Follower",
+            Role::PreCandidate => "PreCandidate",
+            Role::Candidate => "Candidate",
+            Role::Leader => "Leader",
+        }
+    }
+}
+
 /// Test-only switches that each break one rule, to show the checkers catch it. They compile
 /// away outside `cfg(test)`.
 #[cfg(test)]

@@ -129,6 +129,18 @@ impl<S: StateMachine> NodeHandle<S> {
         })
     }
 
+    /// Asks this node (which must lead) to make a membership change, waiting up to `timeout`
+    /// for it to commit. Refusals are typed: `NotLeader`, `ChangeInProgress`, `LeaderNotReady`,
+    /// `AlreadyMember`, `NotMember`, `LastVoter`, `CatchUpFailed`. [`Cluster::add_node`] and
+    /// [`Cluster::remove_node`] wrap this with leader discovery and retries.
+    pub fn change_membership(
+        &self,
+        change: MembershipChange,
+        timeout: Duration,
+    ) -> Result<Configuration, Error> {
+        self.change(change, Instant::now() + timeout)
+    }
+
     fn change(&self, change: MembershipChange, deadline: Instant) -> Result<Configuration, Error> {
         let (reply, rx) = bounded(1);
         self.requests
