@@ -233,9 +233,11 @@ impl<S: StateMachine, St: Storage<S::Command>> NodeLoop<S, St> {
         match req {
             Request::Propose { .. } => unreachable!("handled by on_requests"),
             Request::ChangeMembership { change, reply } => {
-                if let Some(old) = self.change_reply.replace(reply) {
-                    let _ = old.send(Err(Error::ChangeInProgress));
+                if self.change_reply.is_some() {
+                    let _ = reply.send(Err(Error::ChangeInProgress)); // one change at a time
+                    return Ok(());
                 }
+                self.change_reply = Some(reply);
                 self.step(Input::ChangeMembership(change))
             }
             Request::Status { reply } => {
