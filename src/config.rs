@@ -28,6 +28,9 @@ pub struct Config {
     pub pre_vote: bool,
     /// A leader steps down when it has not heard from a majority for an election timeout.
     pub check_quorum: bool,
+    /// How long a new node may take to catch up as a learner before its addition fails
+    /// (`Error::CatchUpFailed`) and the configuration is restored.
+    pub catch_up_timeout: Duration,
     /// Capacity of each node's inbox; a message to a full inbox is dropped, as a lossy network.
     pub inbox_capacity: usize,
 }
@@ -43,6 +46,7 @@ impl Default for Config {
             seed: 0,
             pre_vote: true,
             check_quorum: true,
+            catch_up_timeout: Duration::from_secs(10),
             inbox_capacity: 65_536,
         }
     }
@@ -90,6 +94,11 @@ impl Config {
         let min = self.ticks(self.election_timeout.start).max(1);
         let max = self.ticks(self.election_timeout.end).max(min + 1);
         min..max
+    }
+
+    /// The catch-up timeout in ticks (at least one maximum election timeout).
+    pub fn catch_up_ticks(&self) -> u64 {
+        self.ticks(self.catch_up_timeout).max(self.election_timeout_ticks().end)
     }
 
     /// The heartbeat interval in ticks (at least 1).

@@ -10,6 +10,7 @@ fn config() -> Config {
         election_timeout: Duration::from_millis(100)..Duration::from_millis(200),
         heartbeat_interval: Duration::from_millis(20),
         tick: Duration::from_millis(5),
+        catch_up_timeout: Duration::from_secs(2),
         ..Config::default()
     }
 }

@@ -20,8 +20,6 @@ pub enum MembershipChange {
 
 /// How many catch-up rounds a new server gets before the addition fails (thesis §4.2.1).
 const MAX_CATCH_UP_ROUNDS: u32 = 10;
-/// The whole catch-up must finish within this many maximum election timeouts.
-const CATCH_UP_DEADLINE_TIMEOUTS: u64 = 50;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
@@ -62,7 +60,7 @@ impl<C: Clone> Core<C> {
                 Stage::Committing
             }
         };
-        let deadline = self.now + CATCH_UP_DEADLINE_TIMEOUTS * self.timing.election_ticks.end;
+        let deadline = self.now + self.timing.catch_up_ticks;
         self.append_config(config);
         let round_target = self.log.last_index();
         let pending = PendingChange {

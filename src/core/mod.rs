@@ -169,6 +169,7 @@ pub struct Bugs {
 struct Timing {
     election_ticks: std::ops::Range<u64>,
     heartbeat_ticks: u64,
+    catch_up_ticks: u64,
     max_entries: usize,
     max_inflight: usize,
     pre_vote: bool,
@@ -226,6 +227,7 @@ impl<C: Clone> Core<C> {
             timing: Timing {
                 election_ticks: config.election_timeout_ticks(),
                 heartbeat_ticks: config.heartbeat_ticks(),
+                catch_up_ticks: config.catch_up_ticks(),
                 max_entries: config.max_entries_per_append,
                 max_inflight: config.max_inflight,
                 pre_vote: config.pre_vote,
