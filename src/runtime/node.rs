@@ -71,6 +71,9 @@ const SPIN_ROUNDS: usize = 64;
 /// How many peer messages to handle before looking at the other channels again.
 const MAX_MESSAGE_BURST: usize = 256;
 
+/// A proposal appended at (index, term), waiting to be applied.
+type Pending<O> = (LogIndex, Term, Sender<ProposalEvent<O>>);
+
 /// Where to send a proposal's events, and whether it wants `Appended`.
 type Responder<O> = (Sender<ProposalEvent<O>>, bool);
 
@@ -81,7 +84,7 @@ pub(crate) struct NodeLoop<S: StateMachine, St: Storage<S::Command>> {
     storage: St,
     router: Arc<Router<S::Command>>,
     /// Proposals waiting for their index to be applied, in index order.
-    pending: VecDeque<(LogIndex, Term, Sender<ProposalEvent<S::Output>>)>,
+    pending: VecDeque<Pending<S::Output>>,
     /// Responders of the batch being stepped, until `Action::Proposed` names their indexes.
     batch: Vec<Responder<S::Output>>,
     change_reply: Option<Sender<Result<Configuration, Error>>>,

@@ -98,12 +98,15 @@ impl<C> Ord for Delayed<C> {
     }
 }
 
+/// The delayer thread and the channel feeding it.
+type Delayer<C> = (Sender<Delayed<C>>, JoinHandle<()>);
+
 /// Routes messages to node inboxes, applying faults.
 pub struct Router<C> {
     inboxes: RwLock<HashMap<NodeId, Sender<Message<C>>>>,
     faults: RwLock<FaultState>,
     rng: Mutex<SmallRng>,
-    delayer: Mutex<Option<(Sender<Delayed<C>>, JoinHandle<()>)>>,
+    delayer: Mutex<Option<Delayer<C>>>,
     seq: std::sync::atomic::AtomicU64,
 }
 
