@@ -104,29 +104,42 @@ impl<C: Clone> Core<C> {
         self.broadcast_append();
     }
 
-    /// A catch-up round ends when the learner holds everything the leader had when it began.
+    /// A catch-up round ends when the learner holds everything the leader had when it began
+    /// (thesis §4.2.1); called on the learner's progress and on every leader tick.
     pub(super) fn on_peer_progress(&mut self, peer: NodeId) {
-        let matched = self.progress.get(&peer).map_or(LogIndex(0), |p| p.matched);
-        let (now, fast) = (self.now, self.timing.election_ticks.start);
-        let last = self.log.last_index();
+        if self.change.as_ref().is_some_and(|c| c.change == MembershipChange::AddNode(peer)) {
+            self.check_catch_up_round();
+            self.advance_change();
+        }
+    }
+
+    pub(super) fn tick_change(&mut self) {
+        if self.change.is_some() {
+            self.check_catch_up_round();
+            self.advance_change();
+        }
+    }
+
+    fn check_catch_up_round(&mut self) {
+        let (now, fast, last) = (self.now, self.timing.election_ticks.start, self.log.last_index());
         let Some(c) = self.change.as_mut() else { return };
-        let learning = matches!(c.stage, Stage::CatchingUp { caught_up: false });
-        if c.change != MembershipChange::AddNode(peer) || !learning || matched < c.round_target {
+        let (Stage::CatchingUp { caught_up: false }, MembershipChange::AddNode(peer)) =
+            (c.stage, c.change)
+        else {
+            return;
+        };
+        let matched = self.progress.get(&peer).map_or(LogIndex(0), |p| p.matched);
+        if matched < c.round_target {
             return;
         }
-        if now - c.round_start <= fast {
+        // A round as short as an election timeout means the learner keeps up. A new round the
+        // learner has already finished (an idle leader) counts as short.
+        if now - c.round_start <= fast || matched >= last {
             c.stage = Stage::CatchingUp { caught_up: true };
         } else {
             c.rounds += 1;
             c.round_target = last;
             c.round_start = now;
-        }
-        self.advance_change();
-    }
-
-    pub(super) fn tick_change(&mut self) {
-        if self.change.is_some() {
-            self.advance_change();
         }
     }
 

@@ -367,8 +367,15 @@ impl<C: Clone> Core<C> {
         self.commit_index
     }
 
-    /// ALL-2 and role changes: adopt a higher term, forget the old vote and leader.
+    /// Steps down (or stays) as follower of `leader` in `term`, with a fresh election timeout.
     fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        self.update_term(term, leader);
+        self.reset_election_timer();
+    }
+
+    /// ALL-2: adopt a higher term as a follower, forgetting the old vote and leader. Leaves the
+    /// election timer alone: only a current leader or a granted vote resets it (SUB-3).
+    fn update_term(&mut self, term: Term, leader: Option<NodeId>) {
         if term > self.term {
             self.term = term;
             self.voted_for = None;
@@ -381,7 +388,6 @@ impl<C: Clone> Core<C> {
         self.leader = leader;
         self.progress.clear();
         self.votes.clear();
-        self.reset_election_timer();
     }
 
     fn reset_election_timer(&mut self) {
@@ -434,7 +440,7 @@ impl<C: Clone> Core<C> {
                 true
             }
             _ => {
-                self.become_follower(msg.term, None);
+                self.update_term(msg.term, None);
                 true
             }
         }

@@ -16,6 +16,15 @@ pub enum Mode {
     Replicate,
 }
 
+/// What a heartbeat round should send a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// Entries from `next` (a probe, or a retransmission).
+    Resend,
+    /// An empty AppendEntries at the match point.
+    Beat,
+}
+
 /// Replication state for one peer.
 #[derive(Clone, Debug)]
 pub struct Progress {
@@ -94,12 +103,23 @@ impl Progress {
         self.inflight.clear();
     }
 
-    /// At a heartbeat: whether the peer is behind and nothing was acknowledged since the last
-    /// one, i.e. something was probably lost; then it restarts from `matched + 1`.
-    pub fn needs_retransmit(&mut self, last_index: LogIndex) -> bool {
+    /// At a heartbeat: what to send this peer. A lost probe is re-sent at the same point (its
+    /// backtracking is kept); a peer that is behind and acknowledged nothing since the last
+    /// heartbeat probably lost a message, so it restarts from `matched + 1`.
+    pub fn on_heartbeat(&mut self, last_index: LogIndex) -> Heartbeat {
         let stalled = self.matched < last_index && !self.advanced;
         self.advanced = false;
-        stalled || (self.mode == Mode::Probe && self.probe_sent)
+        match self.mode {
+            Mode::Probe if self.probe_sent => {
+                self.probe_sent = false;
+                Heartbeat::Resend
+            }
+            Mode::Replicate if stalled => {
+                self.probe_from(self.matched.next());
+                Heartbeat::Resend
+            }
+            _ => Heartbeat::Beat,
+        }
     }
 
     /// Number of AppendEntries awaiting acknowledgement.

@@ -1,7 +1,7 @@
 //! Log replication (§5.3) and commitment (§5.4.2): the leader's sending side, the follower's
 //! AppendEntries receiver, and the reply handling with fast backtracking (SUB-7).
 
-use super::progress::Mode;
+use super::progress::{Heartbeat, Mode};
 use super::{quorum, Action, Core, Role};
 use crate::message::{AppendEntries, AppendEntriesReply, Body, Entry, Payload};
 use crate::types::{LogIndex, NodeId};
@@ -46,13 +46,12 @@ impl<C: Clone> Core<C> {
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for to in peers {
             let p = self.progress.get_mut(&to).expect("peer listed above");
-            if p.needs_retransmit(last) {
-                let from = p.matched.next();
-                p.probe_from(from);
-                self.maybe_send_append(to);
-            } else {
-                let prev = p.matched.min(p.next.prev());
-                self.send_append(to, prev, 0);
+            match p.on_heartbeat(last) {
+                Heartbeat::Resend => self.maybe_send_append(to),
+                Heartbeat::Beat => {
+                    let prev = p.matched.min(p.next.prev());
+                    self.send_append(to, prev, 0);
+                }
             }
         }
     }

@@ -1,0 +1,111 @@
+//! The AppendEntries receiver (Figure 2, AE-1..AE-5) and SUB-6, on a single follower n2 of
+//! {n1, n2, n3} receiving crafted requests from leader n1.
+
+use super::harness::*;
+
+#[test]
+fn ae1_stale_term_rejected_with_current_term_and_nothing_changes() {
+    let mut f = boot(2).term(3).log(&[1, 2]).start();
+    // prev matches the log, so only the term check can refuse it.
+    let acts = f.recv(ae(1, 2, 2).prev(2, 2).entries(&[2]).commit(2));
+    assert_eq!(trace(&acts), ["n2->n1 t3 AppendEntriesReply reject at=i2 conflict=t2@i2 last=i2"]);
+    assert_eq!(f.log_terms(), [1, 2]);
+    let s = f.status();
+    assert_eq!((s.term, s.commit_index, s.leader), (Term(3), LogIndex(0), None));
+}
+
+#[test]
+fn ae2_prev_log_index_past_the_end_is_a_mismatch() {
+    let mut f = boot(2).term(2).log(&[1, 1]).start();
+    let acts = f.recv(ae(1, 2, 2).prev(3, 1).entries(&[2]).commit(3));
+    assert_eq!(trace(&acts), ["n2->n1 t2 AppendEntriesReply reject at=i3 conflict=- last=i2"]);
+    assert_eq!(f.log_terms(), [1, 1]);
+    assert_eq!(f.commit(), 0);
+}
+
+#[test]
+fn ae2_prev_log_term_mismatch_rejected_and_log_kept() {
+    let mut f = boot(2).term(3).log(&[1, 1, 2]).start();
+    let acts = f.recv(ae(1, 2, 3).prev(3, 3).entries(&[3]).commit(4));
+    assert_eq!(trace(&acts), ["n2->n1 t3 AppendEntriesReply reject at=i3 conflict=t2@i3 last=i3"]);
+    assert_eq!(f.log_terms(), [1, 1, 2]);
+    assert_eq!(f.commit(), 0);
+}
+
+#[test]
+fn ae2_prev_log_index_zero_always_matches() {
+    let mut f = boot(2).term(1).start();
+    let acts = f.recv(ae(1, 2, 1).prev(0, 0).entries(&[1]));
+    assert_eq!(trace(&acts), ["persist log from i1", "n2->n1 t1 AppendEntriesReply ok match=i1"]);
+    assert_eq!(f.log_terms(), [1]);
+}
+
+#[test]
+fn ae3_conflicting_entry_truncated_with_followers() {
+    let mut f = boot(2).term(3).log(&[1, 1, 2, 2, 2]).start();
+    let acts = f.recv(ae(1, 2, 3).prev(2, 1).entries(&[3]));
+    assert_eq!(trace(&acts), ["persist log from i3", "n2->n1 t3 AppendEntriesReply ok match=i3"]);
+    assert_eq!(f.log_terms(), [1, 1, 3]);
+    assert_eq!(f.entries()[2], entry(3, 3));
+}
+
+#[test]
+fn ae4_only_entries_not_already_in_the_log_are_appended() {
+    let mut f = boot(2).term(2).log(&[1, 1]).start();
+    // Index 2 is already there with the same term: kept, not rewritten ("persist from i3").
+    let acts = f.recv(ae(1, 2, 2).prev(1, 1).entries(&[1, 2, 2]));
+    assert_eq!(trace(&acts), ["persist log from i3", "n2->n1 t2 AppendEntriesReply ok match=i4"]);
+    assert_eq!(f.log_terms(), [1, 1, 2, 2]);
+}
+
+#[test]
+fn ae5_commit_is_min_of_leader_commit_and_last_new_entry_not_own_last_index() {
+    // i3 and i4 are left over from an old leader; this request vouches only up to i2.
+    let mut f = boot(2).term(3).log(&[1, 1, 2, 2]).start();
+    let acts = f.recv(ae(1, 2, 3).prev(2, 1).commit(4));
+    assert_eq!(trace(&acts), ["n2->n1 t3 AppendEntriesReply ok match=i2", "apply i1..=i2"]);
+    assert_eq!(f.commit(), 2);
+    // With entries, the bound is prev + len.
+    let acts = f.recv(ae(1, 2, 3).prev(2, 1).entries(&[3]).commit(4));
+    assert_eq!(f.commit(), 3);
+    assert_eq!(trace(&acts).last().map(String::as_str), Some("apply i3..=i3"));
+}
+
+#[test]
+fn ae5_commit_index_never_decreases() {
+    let mut f = boot(2).term(2).log(&[1, 1, 2]).start();
+    f.recv(ae(1, 2, 2).prev(3, 2).commit(3));
+    assert_eq!(f.commit(), 3);
+    // A delayed older heartbeat: lower leaderCommit, and a lower prev + len.
+    let acts = f.recv(ae(1, 2, 2).prev(1, 1).commit(1));
+    assert_eq!(trace(&acts), ["n2->n1 t2 AppendEntriesReply ok match=i1"]);
+    f.recv(ae(1, 2, 2).prev(1, 1).commit(3));
+    assert_eq!(f.commit(), 3);
+    // A heartbeat from a leader that knows only i1 of ours, with a higher leaderCommit.
+    f.recv(ae(1, 2, 2).prev(1, 1).commit(4));
+    assert_eq!(f.commit(), 3);
+    assert_eq!(f.status().last_applied, LogIndex(3));
+}
+
+#[test]
+fn sub6_duplicated_older_append_entries_never_truncates_later_entries() {
+    let mut f = boot(2).term(2).start();
+    f.recv(ae(1, 2, 2).prev(0, 0).entries(&[1, 2, 2]));
+    // The first, shorter request of the same leader arrives late (duplicated or reordered).
+    let acts = f.recv(ae(1, 2, 2).prev(0, 0).entries(&[1]));
+    assert_eq!(trace(&acts), ["n2->n1 t2 AppendEntriesReply ok match=i1"]);
+    assert_eq!(f.log_terms(), [1, 2, 2]);
+    // A stale heartbeat in the middle of the log changes nothing either.
+    f.recv(ae(1, 2, 2).prev(2, 2));
+    assert_eq!(f.log_terms(), [1, 2, 2]);
+}
+
+#[test]
+#[should_panic(expected = "sub6")]
+fn sub6_check_catches_the_truncate_on_duplicate_bug() {
+    let bugs = Bugs { truncate_on_duplicate: true, ..Bugs::default() };
+    let mut f = boot(2).term(2).start().with_bugs(bugs);
+    f.recv(ae(1, 2, 2).prev(0, 0).entries(&[1, 2, 2]));
+    f.recv(ae(1, 2, 2).prev(0, 0).entries(&[1]));
+    assert_eq!(f.log_terms(), [1, 2, 2], "sub6");
+}

@@ -1,0 +1,329 @@
+//! Rules for leaders (Figure 2: LEAD-1..LEAD-4) and the subtle points about them: the no-op
+//! (SUB-4), stale and reordered replies (SUB-5), persistence order (SUB-8), counting (SUB-9).
+
+use super::harness::*;
+
+/// n1 just won term 1 in {n1, n2, n3} with n2's vote; nothing it sent has arrived yet.
+fn fresh_leader() -> Node {
+    let mut c = boot(1).start();
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    assert_eq!(c.role(), Role::Leader);
+    c
+}
+
+#[test]
+fn lead1_new_leader_sends_append_entries_to_every_peer_at_once() {
+    let mut c = boot(1).start();
+    c.campaign();
+    let acts = c.recv(vote(2, 1, 1, true));
+    assert_eq!(
+        trace(&acts),
+        [
+            "persist log from i1",
+            "n1->n2 t1 AppendEntries prev=i0@t0 entries=[t1:noop] commit=i0",
+            "n1->n3 t1 AppendEntries prev=i0@t0 entries=[t1:noop] commit=i0",
+        ]
+    );
+}
+
+#[test]
+fn lead1_leader_sends_heartbeats_every_heartbeat_interval() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    let leader = net.node_mut(1);
+    for _ in 0..3 {
+        assert!(leader.tick(4).is_empty());
+        assert_eq!(
+            trace(&leader.tick(1)),
+            [
+                "n1->n2 t1 AppendEntries prev=i1@t1 entries=[] commit=i1",
+                "n1->n3 t1 AppendEntries prev=i1@t1 entries=[] commit=i1",
+            ]
+        );
+    }
+}
+
+#[test]
+fn lead2_proposal_on_the_leader_is_appended_and_applied_once_committed() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    let acts = net.propose(1, &[7, 8]);
+    assert_eq!(trace(&acts)[..2], ["persist log from i2", "proposed i2 x2 t1"]);
+    assert!(net.node(1).applied.is_empty());
+    net.deliver_all();
+    assert_eq!(net.node(1).applied, [(LogIndex(2), 7), (LogIndex(3), 8)]);
+}
+
+#[test]
+fn lead2_proposal_on_a_follower_is_rejected_with_the_known_leader() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    let acts = net.propose(2, &[7]);
+    assert_eq!(acts, [Action::Rejected(Error::NotLeader { leader_hint: Some(NodeId(1)) })]);
+    assert_eq!(net.node(2).status().last_log_index, LogIndex(1));
+}
+
+#[test]
+fn lead2_proposal_without_a_known_leader_is_rejected_without_a_hint() {
+    let mut f = boot(2).start();
+    assert_eq!(f.propose(&[7]), [Action::Rejected(Error::NotLeader { leader_hint: None })]);
+}
+
+#[test]
+fn lead3_pipelines_up_to_max_inflight_batches_of_max_entries_per_append() {
+    let config = Config { max_inflight: 2, max_entries_per_append: 2, ..Config::default() };
+    let mut net = Net::with_config(3, config);
+    net.elect(1);
+    let leader = net.node_mut(1);
+    // Seven commands at i2..=i8: two batches of two go out without waiting, then the window
+    // is full.
+    let acts = leader.propose(&[1, 2, 3, 4, 5, 6, 7]);
+    let batches = |acts: &[Action<u64>]| -> Vec<(u64, usize)> {
+        let sent = appends_to(acts, 2);
+        sent.iter().map(|ae| (ae.prev_log_index.0, ae.entries.len())).collect()
+    };
+    assert_eq!(batches(&acts), [(1, 2), (3, 2)]);
+    // Each acknowledgement frees one slot for the next batch.
+    assert_eq!(batches(&leader.recv(ae_ok(2, 1, 1, 3))), [(5, 2)]);
+    assert_eq!(batches(&leader.recv(ae_ok(2, 1, 1, 5))), [(7, 1)]);
+}
+
+#[test]
+fn lead3a_success_advances_match_index_and_next_index() {
+    let mut c = fresh_leader();
+    c.recv(ae_ok(2, 1, 1, 1));
+    assert_eq!(c.commit(), 1, "matchIndex[n2] = 1 counts towards the majority");
+    let acts = c.propose(&[9]);
+    assert_eq!(
+        sent(&acts),
+        ["n1->n2 t1 AppendEntries prev=i1@t1 entries=[t1:9] commit=i1"],
+        "nextIndex[n2] = 2; n3 is still being probed and gets nothing new"
+    );
+}
+
+#[test]
+fn lead3b_rejection_moves_next_index_back_and_retries() {
+    let mut net = Net::of([
+        boot(1).term(2).log(&[1, 1, 1]).start(),
+        boot(2).term(2).log(&[1, 1, 2, 2]).start(),
+        boot(3).log(&[1, 1, 1]).start(),
+    ]);
+    net.campaign(1);
+    let delivered = net.deliver_all();
+    assert_eq!(
+        replication_trace(&delivered, 1, 2),
+        [
+            "n1->n2 t3 AppendEntries prev=i3@t1 entries=[t3:noop] commit=i0",
+            "n2->n1 t3 AppendEntriesReply reject at=i3 conflict=t2@i3 last=i4",
+            "n1->n2 t3 AppendEntries prev=i2@t1 entries=[t1:103 t3:noop] commit=i0",
+            "n2->n1 t3 AppendEntriesReply ok match=i4",
+        ]
+    );
+    assert_eq!(net.node(2).log_terms(), [1, 1, 1, 3]);
+}
+
+#[test]
+fn lead4_sub9_current_term_entry_commits_once_on_a_majority_counting_the_leader() {
+    let mut c = boot(1).voters(&[1, 2, 3, 4, 5]).start();
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(vote(3, 1, 1, true));
+    let acts = c.recv(ae_ok(2, 1, 1, 1));
+    assert_eq!((trace(&acts), c.commit()), (vec![], 0), "2 of 5 is not a majority");
+    let acts = c.recv(ae_ok(3, 1, 1, 1));
+    assert_eq!((trace(&acts), c.commit()), (vec!["apply i1..=i1".to_string()], 1));
+}
+
+/// n1 leads term 3 with [1:1, 2:2]; n2 holds [1:1]; n3 never hears from n1. One entry per
+/// AppendEntries, so n1 learns that n2 has i2 (term 2) before n2 has i3 (term 3).
+fn previous_term_entry_on_a_majority(bugs: Bugs) -> Net {
+    let config = Config { max_entries_per_append: 1, ..Config::default() };
+    let node = |id, log: &[u64]| boot(id).term(2).log(log).config(config.clone()).start();
+    let mut net = Net::of([node(1, &[1, 2]), node(2, &[1]), node(3, &[1])]).with_bugs(bugs);
+    net.cut(1, 3);
+    net.campaign(1);
+    net.deliver_until(|n| n.node(2).log_terms() == [1, 2]);
+    net.deliver_next(); // n1 hears that n2 has i2
+    assert_eq!(net.node(1).commit(), 0, "LEAD-4: i2 is on n1 and n2 but from term 2");
+    net
+}
+
+#[test]
+fn lead4_sub1_previous_term_entry_not_committed_by_counting() {
+    let mut net = previous_term_entry_on_a_majority(Bugs::default());
+    assert!(net.node(1).applied.is_empty());
+    net.deliver_all(); // i3 (term 3) reaches n2: it commits, and i2 with it
+    assert_eq!(net.node(1).commit(), 3);
+    assert_eq!(net.node(1).applied, [(LogIndex(1), 101), (LogIndex(2), 202)]);
+}
+
+#[test]
+#[should_panic(expected = "LEAD-4")]
+fn lead4_check_catches_the_commit_previous_terms_bug() {
+    previous_term_entry_on_a_majority(Bugs { commit_previous_terms: true, ..Bugs::default() });
+}
+
+#[test]
+fn sub4_new_leader_appends_a_noop_that_never_reaches_the_state_machine_as_a_command() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.run(5); // the heartbeat carries the commit index
+    for id in 1..=3 {
+        let node = net.node(id);
+        assert_eq!(node.entries(), [Entry { term: Term(1), payload: Payload::Noop }], "n{id}");
+        assert!(trace(&node.history).contains(&"apply i1..=i1".to_string()), "n{id}");
+        assert!(node.applied.is_empty(), "n{id}: the no-op is not a command");
+    }
+    net.propose(1, &[5]);
+    net.run(5);
+    assert!((1..=3).all(|id| net.node(id).applied == [(LogIndex(2), 5)]));
+}
+
+#[test]
+fn sub5_append_reply_from_an_older_term_is_dropped() {
+    let mut c = boot(1).log(&[1]).start();
+    c.campaign();
+    c.recv(vote(2, 1, 2, true));
+    assert_eq!((c.role(), c.term()), (Role::Leader, 2));
+    assert!(c.recv(ae_ok(2, 1, 1, 2)).is_empty(), "a term-1 reply claiming i2 is ignored");
+    assert_eq!(c.commit(), 0);
+    c.recv(ae_ok(2, 1, 2, 2));
+    assert_eq!(c.commit(), 2, "the same reply in the current term counts");
+}
+
+#[test]
+fn sub5_vote_reply_from_an_older_term_is_not_counted() {
+    let mut c = boot(1).term(2).start();
+    c.campaign();
+    c.recv(vote(2, 1, 2, true));
+    assert_eq!(c.role(), Role::Candidate);
+    c.recv(vote(2, 1, 3, true));
+    assert_eq!(c.role(), Role::Leader);
+}
+
+#[test]
+fn sub5_vote_reply_after_the_election_ended_is_ignored() {
+    let mut c = boot(1).term(1).start();
+    c.campaign();
+    c.recv(ae(2, 1, 2)); // n2 won term 2
+    assert!(c.recv(vote(3, 1, 2, true)).is_empty());
+    assert_eq!(c.role(), Role::Follower);
+}
+
+#[test]
+fn sub5_reply_match_index_is_prev_plus_len_of_the_request_not_the_follower_log() {
+    let mut f = boot(2).term(2).log(&[1, 1, 1, 1, 1]).start();
+    let acts = f.recv(ae(1, 2, 2).prev(2, 1).entries(&[1]));
+    assert_eq!(sent(&acts), ["n2->n1 t2 AppendEntriesReply ok match=i3"]);
+}
+
+#[test]
+fn sub5_match_index_stays_monotonic_under_reordered_replies() {
+    let mut net = Net::new(5);
+    net.elect(1);
+    net.isolate(4);
+    net.isolate(5);
+    net.propose(1, &[7]); // i2
+    net.propose(1, &[8]); // i3, pipelined
+    for m in net.take(|m| m.to == NodeId(2)) {
+        net.deliver(m);
+    }
+    let mut replies = net.take(|m| m.from == NodeId(2));
+    assert_eq!(replies.len(), 2);
+    replies.reverse(); // "match i3" arrives before "match i2"
+    for m in replies {
+        net.deliver(m);
+    }
+    net.deliver_all(); // n3 acknowledges i3
+    assert_eq!(net.node(1).commit(), 3, "n1, n2, n3 hold i3 (n2's match must not fall to i2)");
+}
+
+#[test]
+fn sub8_follower_persists_term_and_entries_before_replying_and_applying() {
+    let mut f = boot(2).term(1).start();
+    let acts = f.recv(ae(1, 2, 2).entries(&[1, 2]).commit(2));
+    assert_eq!(
+        trace(&acts),
+        [
+            "persist t2 vote=-",
+            "persist log from i1",
+            "n2->n1 t2 AppendEntriesReply ok match=i2",
+            "apply i1..=i2",
+        ]
+    );
+}
+
+#[test]
+fn sub8_leader_persists_new_entries_before_sending_them() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    let acts = net.propose(1, &[4]);
+    assert_eq!(
+        trace(&acts),
+        [
+            "persist log from i2",
+            "proposed i2 x1 t1",
+            "n1->n2 t1 AppendEntries prev=i1@t1 entries=[t1:4] commit=i1",
+            "n1->n3 t1 AppendEntries prev=i1@t1 entries=[t1:4] commit=i1",
+        ]
+    );
+}
+
+#[test]
+fn sub8_every_step_of_a_busy_cluster_keeps_the_contract() {
+    // The harness checks persist-before-send/apply and disk == memory on every step.
+    let mut net = Net::new(5);
+    net.elect(1);
+    for c in 0..10 {
+        net.propose(1, &[c]);
+        net.run(2);
+    }
+    net.crash(1);
+    net.run(100);
+    let leader = net.leader().expect("a new leader after the crash");
+    net.propose(leader, &[10]);
+    net.restart(1);
+    net.run(20);
+    let want: Vec<u64> = (0..=10).collect();
+    for id in 2..=5 {
+        let applied: Vec<u64> = net.node(id).applied.iter().map(|&(_, c)| c).collect();
+        assert_eq!(applied, want, "n{id}");
+    }
+    assert_eq!(net.node(1).entries(), net.node(leader).entries());
+}
+
+#[test]
+#[should_panic(expected = "SUB-8 PersistEntries after a send")]
+fn sub8_harness_rejects_a_send_before_its_persist() {
+    let mut n = boot(1).start();
+    n.execute(&[Action::Send(vote(1, 2, 0, true)), Action::PersistEntries { from: LogIndex(1) }]);
+}
+
+#[test]
+fn sub9_single_voter_elects_itself_and_commits_alone() {
+    let mut n = boot(1).voters(&[1]).start();
+    let acts = n.campaign();
+    assert_eq!(trace(&acts), ["persist t1 vote=n1", "persist log from i1", "apply i1..=i1"]);
+    let acts = n.propose(&[5]);
+    assert_eq!(trace(&acts), ["persist log from i2", "proposed i2 x1 t1", "apply i2..=i2"]);
+    assert_eq!(n.applied, [(LogIndex(2), 5)]);
+}
+
+#[test]
+fn sub9_commit_follows_match_index_not_next_index() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, &[5]); // nextIndex moves past i2 for both peers at once (pipelining)
+    assert_eq!(net.node(1).commit(), 1);
+    net.deliver_all();
+    assert_eq!(net.node(1).commit(), 2);
+}
+
+#[test]
+#[should_panic(expected = "two leaders in one term")]
+fn sub9_append_entries_from_another_leader_of_the_same_term_is_a_bug() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.node_mut(1).recv(ae(2, 1, 1));
+}
