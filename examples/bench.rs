@@ -146,7 +146,7 @@ fn throughput(handle: &NodeHandle<Sum>, clients: usize, ops: usize) -> f64 {
         inflight.push_back(handle.propose_async(8).expect("leader running"));
         sent += 1;
     }
-    while let Some(receipt) = inflight.pop_front() {
+    while let Some(mut receipt) = inflight.pop_front() {
         receipt.wait(Duration::from_secs(30)).expect("proposal applied");
         if sent < ops {
             inflight.push_back(handle.propose_async(8).expect("leader running"));
@@ -220,7 +220,7 @@ fn reconfig(mut cluster: Cluster<Sum>, handle: NodeHandle<Sum>, clients: usize) 
                 while inflight.len() < clients {
                     inflight.push_back(handle.propose_async(8).expect("leader running"));
                 }
-                let receipt: ferraft::Receipt<u64> = inflight.pop_front().expect("non-empty");
+                let mut receipt: ferraft::Receipt<u64> = inflight.pop_front().expect("non-empty");
                 receipt.wait(Duration::from_secs(30)).expect("applied");
                 done.fetch_add(1, Ordering::Relaxed);
             }

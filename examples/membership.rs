@@ -75,7 +75,7 @@ fn preload(cluster: &Mutex<Cluster<KvStateMachine>>, n: u64) -> Result<(), Error
             receipts.pop_front().expect("non-empty").wait(Duration::from_secs(10))?;
         }
     }
-    receipts.into_iter().try_for_each(|r| r.wait(Duration::from_secs(10)).map(drop))
+    receipts.into_iter().try_for_each(|mut r| r.wait(Duration::from_secs(10)).map(drop))
 }
 
 fn spawn_writer(

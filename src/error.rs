@@ -66,7 +66,9 @@ impl fmt::Display for ConfigError {
             ),
             ConfigError::ZeroLimit { field } => write!(f, "{field} must be at least 1"),
             ConfigError::NoNodes => write!(f, "a cluster needs at least one node"),
-            ConfigError::DuplicateNode(id) => write!(f, "node id {id} appears more than once"),
+            ConfigError::DuplicateNode(id) => {
+                write!(f, "node id {id} appears more than once; give every node its own id")
+            }
         }
     }
 }
@@ -125,9 +127,11 @@ impl fmt::Display for Error {
                 write!(f, "not the leader and no leader known; retry after an election")
             }
             Error::Timeout => write!(f, "timed out; the operation's effect is unknown"),
-            Error::Shutdown => write!(f, "the cluster is shut down"),
+            Error::Shutdown => write!(f, "the cluster is shut down; start a new one"),
             Error::NodeDown(id) => write!(f, "node {id} is not running; restart it or use another"),
-            Error::UnknownNode(id) => write!(f, "no node {id} in this cluster"),
+            Error::UnknownNode(id) => {
+                write!(f, "no node {id} in this cluster; use an id from Cluster::ids()")
+            }
             Error::InvalidConfig(e) => write!(f, "invalid config: {e}"),
             Error::ProposalDropped { index, term } => write!(
                 f,

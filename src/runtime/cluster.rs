@@ -33,46 +33,58 @@ pub struct Receipt<O> {
     node: NodeId,
     events: Receiver<ProposalEvent<O>>,
     appended: Option<(LogIndex, Term)>,
+    /// The final outcome, once received: later calls return it again.
+    done: Option<Result<Applied<O>, Error>>,
 }
 
-impl<O> Receipt<O> {
+impl<O: Clone> Receipt<O> {
+    fn new(node: NodeId, events: Receiver<ProposalEvent<O>>) -> Self {
+        Receipt { node, events, appended: None, done: None }
+    }
+
     /// The node the proposal was sent to.
     pub fn node(&self) -> NodeId {
         self.node
     }
 
+    /// Whether the node reported appending the entry (then its fate is decided by the log).
+    pub fn was_appended(&self) -> bool {
+        self.appended.is_some() || matches!(self.done, Some(Ok(_)))
+    }
+
     /// The log index and term the entry was given, waiting up to `timeout` for the leader to
     /// append it. Fails with the leader's refusal (e.g. `NotLeader`) if it was not appended.
     pub fn position(&mut self, timeout: Duration) -> Result<(LogIndex, Term), Error> {
-        if let Some(position) = self.appended {
-            return Ok(position);
+        let deadline = Instant::now() + timeout;
+        while self.appended.is_none() && self.done.is_none() {
+            self.receive(deadline)?;
         }
-        match self.next_event(Instant::now() + timeout)? {
-            ProposalEvent::Appended { index, term } => {
-                self.appended = Some((index, term));
-                Ok((index, term))
-            }
-            ProposalEvent::Done(result) => result.map(|a| (a.index, a.term)),
+        match (&self.appended, &self.done) {
+            (Some(position), _) => Ok(*position),
+            (None, Some(result)) => result.clone().map(|a| (a.index, a.term)),
+            (None, None) => unreachable!("loop ends with one of them set"),
         }
     }
 
     /// Waits up to `timeout` for the command to be applied on the leader; returns its output.
-    pub fn wait(mut self, timeout: Duration) -> Result<Applied<O>, Error> {
+    /// `Err(Timeout)` or `Err(NodeDown)` after the entry was appended mean the outcome is
+    /// unknown: the entry may still commit.
+    pub fn wait(&mut self, timeout: Duration) -> Result<Applied<O>, Error> {
         let deadline = Instant::now() + timeout;
-        loop {
-            match self.next_event(deadline)? {
-                ProposalEvent::Appended { index, term } => self.appended = Some((index, term)),
-                ProposalEvent::Done(result) => return result,
-            }
+        while self.done.is_none() {
+            self.receive(deadline)?;
         }
+        self.done.clone().expect("loop ends once done")
     }
 
-    fn next_event(&self, deadline: Instant) -> Result<ProposalEvent<O>, Error> {
+    fn receive(&mut self, deadline: Instant) -> Result<(), Error> {
         match self.events.recv_deadline(deadline) {
-            Ok(event) => Ok(event),
-            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::NodeDown(self.node)),
+            Ok(ProposalEvent::Appended { index, term }) => self.appended = Some((index, term)),
+            Ok(ProposalEvent::Done(result)) => self.done = Some(result),
+            Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout),
+            Err(RecvTimeoutError::Disconnected) => return Err(Error::NodeDown(self.node)),
         }
+        Ok(())
     }
 }
 
@@ -116,7 +128,7 @@ impl<S: StateMachine> NodeHandle<S> {
         let (reply, events) = bounded(2);
         let request = Request::Propose { command, reply, positioned };
         self.requests.send(request).map_err(|_| Error::NodeDown(self.id))?;
-        Ok(Receipt { node: self.id, events, appended: None })
+        Ok(Receipt::new(self.id, events))
     }
 
     /// The node's current status.
@@ -152,6 +164,16 @@ impl<S: StateMachine> NodeHandle<S> {
             Err(RecvTimeoutError::Disconnected) => Err(Error::NodeDown(self.id)),
         }
     }
+}
+
+/// What to do after a failed proposal attempt.
+enum Retry {
+    /// Try the leader this node named.
+    At(NodeId),
+    /// Try another node.
+    Elsewhere,
+    /// Give up with this error (the outcome may be unknown).
+    No(Error),
 }
 
 /// A running node thread.
@@ -190,7 +212,7 @@ impl<S: StateMachine> Cluster<S> {
         Self::with_ids(config, &ids, factory)
     }
 
-    /// Starts one node per id; ids must be distinct and non-zero.
+    /// Starts one node per id; ids must be distinct.
     pub fn with_ids(
         config: Config,
         ids: &[NodeId],
@@ -348,29 +370,47 @@ impl<S: StateMachine> Cluster<S> {
         let mut target = self.leader_hint.or_else(|| self.ids().first().copied());
         let mut attempt = 0usize;
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+            if Instant::now() >= deadline {
                 return Err(Error::Timeout);
             }
             let id = target.ok_or(Error::Shutdown)?;
-            match self.node(id).and_then(|n| n.propose(command.clone(), remaining)) {
+            match self.try_propose(id, command.clone(), deadline) {
                 Ok(applied) => {
                     self.leader_hint = Some(id);
                     return Ok(applied);
                 }
-                // Not appended, or appended and then replaced: never applied, safe to retry.
-                Err(Error::NotLeader { leader_hint: Some(hint) }) if hint != id => {
-                    target = Some(hint)
-                }
-                Err(
-                    Error::NotLeader { .. } | Error::NodeDown(_) | Error::ProposalDropped { .. },
-                ) => {
+                Err(Retry::At(hint)) => target = Some(hint),
+                Err(Retry::Elsewhere) => {
                     attempt += 1;
                     target = self.next_candidate(id, attempt);
                     std::thread::sleep(self.config.tick.min(Duration::from_millis(5)));
                 }
-                Err(e) => return Err(e),
+                Err(Retry::No(e)) => return Err(e),
             }
+        }
+    }
+
+    /// One attempt at node `id`. Retrying is safe only when the command was never applied: it was
+    /// never appended (not the leader, node down before taking it) or a later leader replaced it
+    /// (`ProposalDropped`). Once appended, a timeout or a crash leaves the outcome unknown, and a
+    /// retry could apply the command twice (exactly-once needs client sessions, §8).
+    fn try_propose(
+        &self,
+        id: NodeId,
+        command: S::Command,
+        deadline: Instant,
+    ) -> Result<Applied<S::Output>, Retry> {
+        let mut receipt = self
+            .node(id)
+            .and_then(|n| n.send_proposal(command, true))
+            .map_err(|_| Retry::Elsewhere)?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match receipt.wait(remaining) {
+            Ok(applied) => Ok(applied),
+            Err(Error::NotLeader { leader_hint: Some(hint) }) if hint != id => Err(Retry::At(hint)),
+            Err(Error::NotLeader { .. } | Error::ProposalDropped { .. }) => Err(Retry::Elsewhere),
+            Err(Error::NodeDown(_)) if !receipt.was_appended() => Err(Retry::Elsewhere),
+            Err(e) => Err(Retry::No(e)),
         }
     }
 
@@ -401,13 +441,13 @@ impl<S: StateMachine> Cluster<S> {
     }
 
     /// Splits the cluster into groups that cannot reach each other; nodes not named share one
-    /// further group.
+    /// further group. Replaces any partition in force; [`Cluster::heal`] removes it.
     pub fn partition(&self, groups: &[Vec<NodeId>]) -> Result<(), FaultError> {
         let known: Vec<NodeId> = self.slots.keys().copied().collect();
         self.router.partition(groups, &known)
     }
 
-    /// Cuts one node off from all others.
+    /// Cuts one node off from all others (replacing any partition in force).
     pub fn isolate(&self, id: NodeId) -> Result<(), FaultError> {
         self.partition(&[vec![id]])
     }
