@@ -25,14 +25,17 @@ impl<C: Clone> Core<C> {
     /// Appends one entry of this leader's term and notes it for persistence.
     pub(super) fn append(&mut self, entry: Entry<C>) {
         let index = self.log.last_index().next();
+        let is_config = matches!(entry.payload, Payload::Config(_));
         self.membership.on_append(index, &entry);
         self.log.push(entry);
         self.log_changed(index);
+        if is_config {
+            self.sync_progress_with_config();
+        }
     }
 
     /// Sends new entries to every peer whose window allows (pipelining, thesis §10.2.2).
     pub(super) fn broadcast_append(&mut self) {
-        self.sync_progress_with_config();
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for to in peers {
             self.maybe_send_append(to);
