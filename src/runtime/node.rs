@@ -15,8 +15,8 @@ use super::router::Router;
 use crate::config::Config;
 use crate::core::{Action, Core, Input, MembershipChange, Role, Status};
 use crate::error::Error;
-use crate::message::{Configuration, Message, Payload};
-use crate::state_machine::StateMachine;
+use crate::message::{Configuration, Message};
+use crate::state_machine::{apply_entry, StateMachine};
 use crate::storage::Storage;
 use crate::types::{LogIndex, NodeId, Term};
 
@@ -309,10 +309,7 @@ impl<S: StateMachine, St: Storage<S::Command>> NodeLoop<S, St> {
         for index in from.0..=to.0 {
             let index = LogIndex(index);
             let entry = self.core.log().entry(index).expect("committed entries are in the log");
-            let output = match &entry.payload {
-                Payload::Command(command) => Some(self.state_machine.apply(index, command)),
-                Payload::Noop | Payload::Config(_) => None,
-            };
+            let output = apply_entry(&mut self.state_machine, index, entry);
             let term = entry.term;
             tracing::trace!(index = %index, term = %term, "applied");
             self.answer(index, term, output);
