@@ -16,8 +16,9 @@ impl<C: Clone> Core<C> {
         }
         if self.election_elapsed >= self.election_timeout {
             self.reset_election_timer();
-            // FOL-2 / CAN-4: time out into a (pre-)election; learners and removed nodes never do.
-            if self.is_voter() {
+            // FOL-2 / CAN-4: time out into a (pre-)election; learners and nodes whose removal
+            // committed never do.
+            if self.may_campaign() {
                 self.campaign(false, !self.timing.pre_vote);
             }
         }
@@ -34,6 +35,16 @@ impl<C: Clone> Core<C> {
             self.maybe_step_down_without_quorum();
         }
         self.tick_change();
+    }
+
+    /// Voters campaign; so does a server whose own removal is still uncommitted (thesis §4.2.2:
+    /// it "should still start elections" but not count its own vote, which `maybe_win` ensures
+    /// by counting only the configuration's voters).
+    // NB (sim fix, seeds 286 and 11 of the membership schedules): a leader that appended its
+    // own removal and crashed could never be replaced: it would not campaign, and the remaining
+    // voter's shorter log could not win its vote.
+    fn may_campaign(&self) -> bool {
+        self.is_voter() || self.membership.votes_in_any(self.id)
     }
 
     /// CheckQuorum (thesis §6.2): a leader that has not heard from a majority in an election
@@ -54,7 +65,7 @@ impl<C: Clone> Core<C> {
     /// CAN-1: start an election. With `real` false this is the pre-vote round (§9.6), which
     /// does not raise the term. `transfer` marks a campaign that may disrupt a live leader.
     pub(super) fn campaign(&mut self, transfer: bool, real: bool) {
-        if !self.is_voter() || self.role == Role::Leader {
+        if !self.may_campaign() || self.role == Role::Leader {
             return;
         }
         self.votes.clear();

@@ -38,6 +38,12 @@ impl Membership {
         self.pending.last().map_or(self.base.0, |(i, _)| *i)
     }
 
+    /// Whether `id` votes in the committed configuration or in one still pending, as a
+    /// server being removed does until its removal commits (thesis §4.2.2).
+    pub fn votes_in_any(&self, id: crate::types::NodeId) -> bool {
+        self.base.1.voters.contains(&id) || self.pending.iter().any(|(_, c)| c.voters.contains(&id))
+    }
+
     /// Whether a configuration entry is still uncommitted.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()

@@ -1,1 +1,340 @@
-//! The deterministic simulator (placeholder; being written).
+//! A seeded, single-threaded simulator: N [`Core`]s in virtual time over a lossy, reordering,
+//! duplicating, partitionable network, with crashes and restarts, virtual clients, a safety
+//! checker that watches every step, and a linearizability check of the clients' history.
+//!
+//! Owns: virtual time (microseconds), the event queue, each node's [`MemStorage`] and state
+//! machine, and every random choice (one [`SmallRng`] seeded from [`SimConfig::seed`]). No OS
+//! randomness, no threads, no wall clock, no `HashMap` iteration: a run is a pure function of
+//! (config, schedule), and [`Simulator::trace_hash`] proves it.
+//!
+//! Actions are executed exactly per the core's output contract: in order, persistence first;
+//! `PersistEntries { from }` writes `core.log().entries_from(from, ..)` through
+//! [`Storage::append`](crate::storage::Storage::append); `Apply { from, to }` hands the
+//! commands of `from..=to` to the state machine, skipping no-op and configuration entries.
+//!
+//! Entry points: [`run_kv`] runs one seeded scenario end to end (fault phase, heal, quiet
+//! period, convergence, linearizability); [`Simulator`] offers the same pieces one by one for
+//! users testing their own [`StateMachine`].
+//!
+//! ```
+//! use ferraft::sim::{run_kv, Schedule, SimConfig};
+//!
+//! let config = SimConfig::new(42, 5);
+//! let report = run_kv(&config, &Schedule::random(&config)).unwrap_or_else(|f| panic!("{f}"));
+//! assert!(report.ops_completed > 0);
+//! ```
+//!
+//! A failure ([`SimFailure`]) names the seed and shows the last 50 traced events; rerunning
+//! the same config and schedule reproduces it exactly.
+
+mod checker;
+mod churn;
+mod client;
+mod config;
+mod kv;
+mod membership;
+mod network;
+mod node;
+mod run;
+mod schedule;
+mod trace;
+
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
+
+use crate::core::{Core, Role, Status};
+use crate::message::Message;
+use crate::state_machine::StateMachine;
+use crate::storage::MemStorage;
+use crate::types::NodeId;
+
+pub use checker::{Checker, Rule, Violation};
+pub use client::{HistoryOp, Workload};
+pub use config::{Churn, FaultError, NetworkConfig, SimConfig};
+pub use kv::{check_kv_history, KvWorkload};
+pub use run::{run_kv, FailureKind, RunReport, SimFailure};
+pub use schedule::{Fault, Schedule, Target};
+
+use client::{ClientEvent, Clients};
+use membership::Admin;
+use network::{micros, Network};
+use node::SimNode;
+use trace::{Trace, TraceEvent, TraceLine};
+
+/// Something that happens at a virtual instant.
+enum Event<S: StateMachine> {
+    /// A node's clock ticks (ignored if the node restarted since it was scheduled).
+    Tick { node: NodeId, incarnation: u64 },
+    /// A message reaches its receiver (if the partition and the receiver allow).
+    Deliver(Message<S::Command>),
+    /// A client's request, reply, retry or timeout.
+    Client(ClientEvent<S::Output>),
+    /// An attempt at a pending membership change.
+    Admin(usize),
+    /// Churn: crash `node` if it is still in this incarnation and term.
+    Churn { node: NodeId, incarnation: u64, term: crate::types::Term },
+    /// Churn: restart `node` if it is still down in this incarnation.
+    Revive { node: NodeId, incarnation: u64 },
+}
+
+/// An event with its time and insertion number, ordered so the heap pops the earliest first
+/// and, at equal times, the one scheduled first: that tie-break keeps runs deterministic.
+struct Scheduled<S: StateMachine> {
+    at: u64,
+    seq: u64,
+    event: Event<S>,
+}
+
+impl<S: StateMachine> PartialEq for Scheduled<S> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl<S: StateMachine> Eq for Scheduled<S> {}
+
+impl<S: StateMachine> PartialOrd for Scheduled<S> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<S: StateMachine> Ord for Scheduled<S> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq)) // reversed: BinaryHeap is a max-heap
+    }
+}
+
+/// Counters reported at the end of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Core steps executed.
+    pub steps: u64,
+    /// Messages sent by cores.
+    pub messages: u64,
+    /// Messages lost (random drop, partition, or a down receiver).
+    pub dropped: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+}
+
+/// N cores driven on one thread in virtual time. See the module docs.
+pub struct Simulator<S: StateMachine> {
+    config: SimConfig,
+    rng: SmallRng,
+    /// Virtual time in microseconds.
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Scheduled<S>>,
+    nodes: BTreeMap<NodeId, SimNode<S>>,
+    /// The next id an added node gets: ids are never reused (SUB-9).
+    next_id: u64,
+    network: Network,
+    checker: Checker,
+    trace: Trace,
+    clients: Clients<S>,
+    admin: Admin,
+    factory: Box<dyn Fn(NodeId) -> S>,
+    stats: Stats,
+    /// The first failure; once set, the run is over.
+    failure: Option<SimFailure>,
+    /// Whether leader churn is on (only during the fault phase).
+    churning: bool,
+    #[cfg(test)]
+    bugs: crate::core::Bugs,
+}
+
+impl<S: StateMachine> Simulator<S> {
+    /// A cluster of `config.nodes` nodes, all started, each with a state machine from
+    /// `factory`. No clients until [`Simulator::start_clients`].
+    ///
+    /// # Errors
+    ///
+    /// A [`FaultError`] if the config is out of range.
+    pub fn new(
+        config: SimConfig,
+        factory: impl Fn(NodeId) -> S + 'static,
+    ) -> Result<Self, FaultError> {
+        config.validate()?;
+        let mut sim = Simulator {
+            rng: SmallRng::seed_from_u64(config.seed),
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes: BTreeMap::new(),
+            next_id: config.nodes + 1,
+            network: Network::new(config.network.clone())?,
+            checker: Checker::new(),
+            trace: Trace::new(config.record_trace),
+            clients: Clients::new(),
+            admin: Admin::default(),
+            factory: Box::new(factory),
+            stats: Stats::default(),
+            failure: None,
+            churning: config.churn.is_some(),
+            #[cfg(test)]
+            bugs: crate::core::Bugs::default(),
+            config,
+        };
+        let voters = crate::message::Configuration::new((1..=sim.config.nodes).map(NodeId));
+        for id in voters.voters.clone() {
+            sim.add_storage(id, MemStorage::new(voters.clone()));
+        }
+        Ok(sim)
+    }
+
+    /// The settings this simulator was built with.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
+    /// Virtual time elapsed since the start.
+    pub fn now(&self) -> Duration {
+        Duration::from_micros(self.now)
+    }
+
+    /// Every node id ever created (crashed and removed ones included), in order.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Whether `id` is running (not crashed, not removed).
+    pub fn is_up(&self, id: NodeId) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.live.is_some())
+    }
+
+    /// The status of a running node.
+    pub fn status(&self, id: NodeId) -> Option<Status> {
+        self.core(id).map(Core::status)
+    }
+
+    /// The state machine of a running node.
+    pub fn state_machine(&self, id: NodeId) -> Option<&S> {
+        self.nodes.get(&id)?.live.as_ref().map(|l| &l.sm)
+    }
+
+    /// The running leader with the highest term, if any.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.nodes
+            .values()
+            .filter_map(|n| n.live.as_ref().map(|l| &l.core))
+            .filter(|c| c.role() == Role::Leader)
+            .max_by_key(|c| c.term())
+            .map(|c| c.id())
+    }
+
+    /// A deterministic hash of every traced event so far: equal for equal (config, schedule).
+    pub fn trace_hash(&self) -> u64 {
+        self.trace.hash()
+    }
+
+    /// The whole trace as text, if [`SimConfig::record_trace`] is on.
+    pub fn trace(&self) -> Option<&[String]> {
+        self.trace.full()
+    }
+
+    /// The last traced lines (at most 50), oldest first.
+    pub fn trace_excerpt(&self) -> Vec<String> {
+        self.trace.excerpt()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The clients' history so far, in invocation order.
+    pub fn history(&self) -> &[HistoryOp<S::Command, S::Output>] {
+        self.clients.history()
+    }
+
+    /// Runs every event up to `now + duration`.
+    ///
+    /// # Errors
+    ///
+    /// The first safety violation or core panic, with the seed and a trace excerpt.
+    pub fn run_for(&mut self, duration: Duration) -> Result<(), SimFailure> {
+        self.run_until(self.now + micros(duration))
+    }
+
+    /// Runs every event scheduled at or before `until` (virtual microseconds), then sets the
+    /// clock to `until`.
+    fn run_until(&mut self, until: u64) -> Result<(), SimFailure> {
+        self.check_failed()?;
+        while self.queue.peek().is_some_and(|s| s.at <= until) {
+            let next = self.queue.pop().expect("peeked above");
+            self.now = next.at;
+            if let Err(kind) = self.dispatch(next.event) {
+                return Err(self.fail(kind));
+            }
+        }
+        self.now = until;
+        Ok(())
+    }
+
+    fn dispatch(&mut self, event: Event<S>) -> Result<(), FailureKind> {
+        match event {
+            Event::Tick { node, incarnation } => self.on_tick(node, incarnation),
+            Event::Deliver(msg) => self.deliver(msg),
+            Event::Client(e) => self.on_client_event(e),
+            Event::Admin(op) => self.on_admin(op),
+            Event::Churn { node, incarnation, term } => self.on_churn(node, incarnation, term),
+            Event::Revive { node, incarnation } => self.on_revive(node, incarnation),
+        }
+    }
+
+    fn schedule(&mut self, after: u64, event: Event<S>) {
+        self.seq += 1;
+        self.queue.push(Scheduled { at: self.now + after, seq: self.seq, event });
+    }
+
+    fn note(&mut self, text: String) {
+        self.trace.record(TraceLine { at: self.now, event: TraceEvent::Note(text) });
+    }
+
+    fn core(&self, id: NodeId) -> Option<&Core<S::Command>> {
+        self.nodes.get(&id)?.live.as_ref().map(|l| &l.core)
+    }
+
+    /// Nodes neither removed nor never-started, in id order: the targets of faults and clients.
+    fn members(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|(_, n)| !n.removed).map(|(&id, _)| id).collect()
+    }
+
+    fn known_ids(&self) -> BTreeSet<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    fn check_failed(&self) -> Result<(), SimFailure> {
+        self.failure.clone().map_or(Ok(()), Err)
+    }
+
+    /// Records the first failure, with the seed, the time and the trace excerpt.
+    fn fail(&mut self, kind: FailureKind) -> SimFailure {
+        let failure = SimFailure {
+            seed: self.config.seed,
+            at: self.now(),
+            kind,
+            trace: self.trace.excerpt(),
+        };
+        self.failure.get_or_insert(failure).clone()
+    }
+
+    /// Test-only: switches a core bug on for every node, now and after each restart.
+    #[cfg(test)]
+    pub(crate) fn set_bugs(&mut self, bugs: crate::core::Bugs) {
+        self.bugs = bugs;
+        for node in self.nodes.values_mut() {
+            if let Some(live) = node.live.as_mut() {
+                live.core.bugs = bugs;
+            }
+        }
+    }
+}

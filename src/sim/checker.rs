@@ -1,0 +1,468 @@
+//! The safety checker: observes every step of every node and reports the FIRST violation of
+//! Figure 3's properties (SP-1..SP-5) or of the extra oracles of the spec's section 2.
+//!
+//! It reads cores only through accessors and the step's actions; it never changes a run. It
+//! assumes no fixed membership: each property is about logs, terms, votes and commits, never
+//! about quorum sizes.
+//!
+//! Logs are tracked incrementally. Every log change reaches the driver as
+//! `Action::PersistEntries { from }`, so the checker keeps a shadow of each node's log as a
+//! vector of *prefix hashes* (`h(i) = H(h(i-1), term(i), payload(i))`) and re-hashes only from
+//! `from`. Equal prefix hashes mean equal logs up to that index, which makes Log Matching one
+//! map lookup per new entry: the first time `(index, term)` is seen its prefix hash is stored,
+//! and any later log holding `(index, term)` must carry the same hash.
+
+use std::collections::btree_map::Entry as MapEntry;
+use std::collections::BTreeMap;
+use std::fmt::{self, Debug, Write as _};
+use std::hash::Hasher;
+
+use super::trace::Fnv;
+use crate::core::{Action, Core, Role};
+use crate::message::{Body, Entry};
+use crate::types::{LogIndex, NodeId, Term};
+
+/// Which property a run broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// SP-1: at most one leader per term, over the whole run.
+    ElectionSafety,
+    /// SP-2: a leader never overwrites or deletes entries of its log.
+    LeaderAppendOnly,
+    /// SP-3: logs agreeing on (index, term) agree on every entry up to index.
+    LogMatching,
+    /// SP-4: an entry committed in term T is in the log of every leader of a later term.
+    LeaderCompleteness,
+    /// SP-5: no two nodes apply different entries at one index; applies are consecutive.
+    StateMachineSafety,
+    /// Two nodes committed different entries at one index.
+    CommitAgreement,
+    /// ALL-1: only committed entries are applied.
+    ApplyCommitted,
+    /// ST-P1: a node's term never decreases, across restarts too.
+    TermMonotonic,
+    /// ST-P2: at most one vote granted per (node, term), across restarts too.
+    SingleVote,
+    /// ST-V1: the commit index never decreases within an incarnation (nor passes the log).
+    CommitMonotonic,
+    /// SUB-8: a restarted node's log is what it had persisted, and every log change is
+    /// persisted in the step that makes it.
+    Durability,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rule::ElectionSafety => "SP-1 Election Safety",
+            Rule::LeaderAppendOnly => "SP-2 Leader Append-Only",
+            Rule::LogMatching => "SP-3 Log Matching",
+            Rule::LeaderCompleteness => "SP-4 Leader Completeness",
+            Rule::StateMachineSafety => "SP-5 State Machine Safety",
+            Rule::CommitAgreement => "commit agreement (SP-3/SP-5)",
+            Rule::ApplyCommitted => "ALL-1 apply only committed entries",
+            Rule::TermMonotonic => "ST-P1 term never decreases",
+            Rule::SingleVote => "ST-P2 one vote per term",
+            Rule::CommitMonotonic => "ST-V1 commit index never decreases",
+            Rule::Durability => "SUB-8 durability",
+        })
+    }
+}
+
+/// A broken property: which, where, and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The property.
+    pub rule: Rule,
+    /// The node whose step revealed it.
+    pub node: NodeId,
+    /// What was observed, in words.
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} violated at {}: {}", self.rule, self.node, self.detail)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// What the checker remembers about one node.
+#[derive(Clone, Debug, Default)]
+struct NodeView {
+    /// `(term, prefix hash)` of each log entry, index 1 first. Survives crashes, like the log.
+    log: Vec<(Term, u64)>,
+    /// The highest term ever observed, across incarnations.
+    max_term: Term,
+    /// `Some(t)` while the node was last seen leading term `t`.
+    leader_of: Option<Term>,
+    /// This incarnation's commit index and last applied index.
+    commit: LogIndex,
+    applied: LogIndex,
+    /// Whether the node booted before (so a start is a restart).
+    booted: bool,
+}
+
+/// An entry known committed: its prefix hash, its term, and the lowest term of a node that
+/// observed it committed (an upper bound on the term in which it was committed).
+#[derive(Clone, Copy, Debug)]
+struct Committed {
+    prefix: u64,
+    term: Term,
+    commit_term: Term,
+}
+
+/// Facts shared by all nodes.
+#[derive(Debug, Default)]
+struct Global {
+    leaders: BTreeMap<Term, NodeId>,
+    votes: BTreeMap<(NodeId, Term), NodeId>,
+    /// Prefix hash of the first log seen holding `(index, term)`.
+    entries: BTreeMap<(LogIndex, Term), u64>,
+    /// Committed entries, index 1 first.
+    committed: Vec<Committed>,
+    /// Prefix hash of the entry applied at each index, index 1 first.
+    applied: Vec<u64>,
+}
+
+/// Observes cores step by step; see the module docs.
+#[derive(Debug, Default)]
+pub struct Checker {
+    nodes: BTreeMap<NodeId, NodeView>,
+    global: Global,
+}
+
+type Check = Result<(), Violation>;
+
+fn fail(rule: Rule, node: NodeId, detail: String) -> Check {
+    Err(Violation { rule, node, detail })
+}
+
+impl Checker {
+    /// An empty checker.
+    pub fn new() -> Self {
+        Checker::default()
+    }
+
+    /// A node started: first boot, or a restart that must find exactly its persisted log.
+    pub fn node_started<C: Clone + Debug>(&mut self, core: &Core<C>) -> Result<(), Violation> {
+        let id = core.id();
+        let log = hash_log(core);
+        let view = self.nodes.entry(id).or_default();
+        if view.booted && view.log != log {
+            let d = first_difference(&view.log, &log);
+            return fail(
+                Rule::Durability,
+                id,
+                format!("restarted log differs from the log before the crash at i{d}"),
+            );
+        }
+        view.log = log;
+        view.booted = true;
+        view.leader_of = None;
+        view.commit = core.commit_index();
+        view.applied = core.last_applied();
+        check_term(view, id, core.term())?;
+        register_entries(&mut self.global, id, &view.log, 1)
+    }
+
+    /// A node crashed: its volatile state is gone; the checker keeps its log shadow.
+    pub fn node_crashed(&mut self, id: NodeId) {
+        if let Some(view) = self.nodes.get_mut(&id) {
+            view.leader_of = None;
+        }
+    }
+
+    /// Checks everything one step of `core` (which produced `actions`) could have broken.
+    pub fn after_step<C: Clone + Debug>(
+        &mut self,
+        core: &Core<C>,
+        actions: &[Action<C>],
+    ) -> Result<(), Violation> {
+        let id = core.id();
+        let view = self.nodes.get_mut(&id).expect("node_started is called before any step");
+        let g = &mut self.global;
+        let was_leader_of = view.leader_of;
+        check_log_change(g, view, core, actions, was_leader_of)?;
+        check_term(view, id, core.term())?;
+        check_leadership(g, view, core, was_leader_of)?;
+        check_votes(g, id, actions)?;
+        check_commit(g, view, core)?;
+        check_applies(g, view, core, actions)
+    }
+}
+
+/// SP-2, SP-3 and durability: re-hash the log from the persisted index on, then check the
+/// shadow (what was persisted) ends where the core's log does.
+fn check_log_change<C: Clone + Debug>(
+    g: &mut Global,
+    view: &mut NodeView,
+    core: &Core<C>,
+    actions: &[Action<C>],
+    was_leader_of: Option<Term>,
+) -> Check {
+    let from = actions.iter().find_map(|a| match a {
+        Action::PersistEntries { from } => Some(*from),
+        _ => None,
+    });
+    if let Some(from) = from {
+        check_append_only(view, core, from, was_leader_of)?;
+        rehash_from(view, core, from);
+        register_entries(g, core.id(), &view.log, from.0)?;
+    }
+    check_persisted(view, core)
+}
+
+/// SP-2: a node that led this term before the step and still does only appends.
+fn check_append_only<C: Clone>(
+    view: &NodeView,
+    core: &Core<C>,
+    from: LogIndex,
+    was_leader_of: Option<Term>,
+) -> Check {
+    let still_leader = core.role() == Role::Leader && was_leader_of == Some(core.term());
+    if still_leader && from.0 <= view.log.len() as u64 {
+        let (term, last) = (core.term(), view.log.len());
+        let detail = format!("leader of {term} rewrote its log from {from} (last was i{last})");
+        return fail(Rule::LeaderAppendOnly, core.id(), detail);
+    }
+    Ok(())
+}
+
+/// Every log change is persisted in the step that makes it (`PersistEntries`).
+fn check_persisted<C: Clone>(view: &NodeView, core: &Core<C>) -> Check {
+    let shadow = (LogIndex(view.log.len() as u64), view.log.last().map_or(Term(0), |e| e.0));
+    let (last, term) = (core.log().last_index(), core.log().last_term());
+    if shadow != (last, term) {
+        let detail = format!(
+            "log ends at {last}@{term} but the persisted log ends at {}@{}",
+            shadow.0, shadow.1
+        );
+        return fail(Rule::Durability, core.id(), detail);
+    }
+    Ok(())
+}
+
+/// Replaces the shadow from `from` onward with hashes of the core's log.
+fn rehash_from<C: Clone + Debug>(view: &mut NodeView, core: &Core<C>, from: LogIndex) {
+    assert_eq!(core.log().offset(), LogIndex(0), "the checker predates log compaction");
+    view.log.truncate(from.0.saturating_sub(1) as usize);
+    let mut prev = view.log.last().map_or(0, |e| e.1);
+    for entry in core.log().entries_from(from, usize::MAX) {
+        prev = prefix_hash(prev, entry);
+        view.log.push((entry.term, prev));
+    }
+}
+
+/// SP-3: the first log holding `(index, term)` fixes the prefix every later one must have.
+fn register_entries(g: &mut Global, id: NodeId, log: &[(Term, u64)], from: u64) -> Check {
+    for (i, &(term, prefix)) in log.iter().enumerate().skip(from.saturating_sub(1) as usize) {
+        let index = LogIndex(i as u64 + 1);
+        match g.entries.entry((index, term)) {
+            MapEntry::Vacant(v) => {
+                v.insert(prefix);
+            }
+            MapEntry::Occupied(o) if *o.get() != prefix => {
+                let detail = format!("log holds {index}@{term} but differs from an earlier log holding {index}@{term} at or before {index}");
+                return fail(Rule::LogMatching, id, detail);
+            }
+            MapEntry::Occupied(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// ST-P1 across restarts.
+fn check_term(view: &mut NodeView, id: NodeId, term: Term) -> Check {
+    if term < view.max_term {
+        return fail(
+            Rule::TermMonotonic,
+            id,
+            format!("term fell from {} to {term}", view.max_term),
+        );
+    }
+    view.max_term = term;
+    Ok(())
+}
+
+/// SP-1 over the whole run, and SP-4 for each new leader.
+fn check_leadership<C: Clone>(
+    g: &mut Global,
+    view: &mut NodeView,
+    core: &Core<C>,
+    was_leader_of: Option<Term>,
+) -> Check {
+    let (id, term) = (core.id(), core.term());
+    if matches!(core.role(), Role::Candidate | Role::Leader) {
+        record_vote(g, id, term, id)?; // CAN-1(b): a candidate votes for itself
+    }
+    if core.role() != Role::Leader {
+        view.leader_of = None;
+        return Ok(());
+    }
+    let first = *g.leaders.entry(term).or_insert(id);
+    if first != id {
+        return fail(Rule::ElectionSafety, id, format!("{first} and {id} both led {term}"));
+    }
+    if was_leader_of != Some(term) {
+        check_completeness(g, view, id, term)?;
+    }
+    view.leader_of = Some(term);
+    Ok(())
+}
+
+/// SP-4: a new leader of `term` holds every entry committed in an earlier term. Committed
+/// entries form one chain of prefix hashes, so checking the highest one suffices.
+fn check_completeness(g: &Global, view: &NodeView, id: NodeId, term: Term) -> Check {
+    let Some(pos) = g.committed.iter().rposition(|c| c.commit_term < term) else { return Ok(()) };
+    let c = g.committed[pos];
+    if view.log.get(pos).map(|e| e.1) != Some(c.prefix) {
+        let index = LogIndex(pos as u64 + 1);
+        let detail = format!(
+            "new leader of {term} lacks committed {index}@{} (known committed in {}) or an entry before it; its log ends at i{}",
+            c.term,
+            c.commit_term,
+            view.log.len()
+        );
+        return fail(Rule::LeaderCompleteness, id, detail);
+    }
+    Ok(())
+}
+
+/// ST-P2: one granted (real) vote per (node, term), across restarts.
+fn check_votes<C>(g: &mut Global, id: NodeId, actions: &[Action<C>]) -> Check {
+    for action in actions {
+        let Action::Send(m) = action else { continue };
+        let Body::RequestVoteReply(r) = &m.body else { continue };
+        if r.granted && !r.pre_vote {
+            record_vote(g, id, m.term, m.to)?;
+        }
+    }
+    Ok(())
+}
+
+fn record_vote(g: &mut Global, voter: NodeId, term: Term, candidate: NodeId) -> Check {
+    let first = *g.votes.entry((voter, term)).or_insert(candidate);
+    if first != candidate {
+        return fail(
+            Rule::SingleVote,
+            voter,
+            format!("voted for {first} and {candidate} in {term}"),
+        );
+    }
+    Ok(())
+}
+
+/// ST-V1 within an incarnation, and agreement on every newly committed entry.
+fn check_commit<C: Clone>(g: &mut Global, view: &mut NodeView, core: &Core<C>) -> Check {
+    let (id, commit) = (core.id(), core.commit_index());
+    if commit < view.commit {
+        return fail(
+            Rule::CommitMonotonic,
+            id,
+            format!("commit fell from {} to {commit}", view.commit),
+        );
+    }
+    if commit.0 > view.log.len() as u64 {
+        let detail = format!("commit {commit} is past the last entry i{}", view.log.len());
+        return fail(Rule::CommitMonotonic, id, detail);
+    }
+    for i in view.commit.0 + 1..=commit.0 {
+        let (term, prefix) = view.log[i as usize - 1];
+        let seen = Committed { prefix, term, commit_term: core.term() };
+        record_commit(g, id, LogIndex(i), seen)?;
+    }
+    view.commit = commit;
+    Ok(())
+}
+
+fn record_commit(g: &mut Global, id: NodeId, index: LogIndex, seen: Committed) -> Check {
+    let pos = index.0 as usize - 1;
+    if let Some(c) = g.committed.get_mut(pos) {
+        if c.prefix != seen.prefix {
+            let detail = format!(
+                "committed {index}@{} differs from committed {index}@{}",
+                seen.term, c.term
+            );
+            return fail(Rule::CommitAgreement, id, detail);
+        }
+        c.commit_term = c.commit_term.min(seen.commit_term);
+        return Ok(());
+    }
+    assert_eq!(pos, g.committed.len(), "commits are recorded in index order");
+    g.committed.push(seen);
+    Ok(())
+}
+
+/// SP-5 and ALL-1: consecutive applies of committed entries, the same everywhere.
+fn check_applies<C: Clone>(
+    g: &mut Global,
+    view: &mut NodeView,
+    core: &Core<C>,
+    actions: &[Action<C>],
+) -> Check {
+    for action in actions {
+        let Action::Apply { from, to } = *action else { continue };
+        check_apply_range(view, core, from, to)?;
+        for i in from.0..=to.0 {
+            record_apply(g, core.id(), LogIndex(i), view.log[i as usize - 1])?;
+        }
+        view.applied = to;
+    }
+    Ok(())
+}
+
+/// Applies continue where this incarnation left off (SP-5) and stay within the commit (ALL-1).
+fn check_apply_range<C: Clone>(
+    view: &NodeView,
+    core: &Core<C>,
+    from: LogIndex,
+    to: LogIndex,
+) -> Check {
+    let (id, commit) = (core.id(), core.commit_index());
+    if from != view.applied.next() {
+        let detail = format!("applied {from}..={to} after {}", view.applied);
+        return fail(Rule::StateMachineSafety, id, detail);
+    }
+    if to > commit {
+        return fail(Rule::ApplyCommitted, id, format!("applied up to {to} with commit {commit}"));
+    }
+    Ok(())
+}
+
+fn record_apply(g: &mut Global, id: NodeId, index: LogIndex, (term, prefix): (Term, u64)) -> Check {
+    let pos = index.0 as usize - 1;
+    match g.applied.get(pos) {
+        Some(&first) if first != prefix => {
+            fail(Rule::StateMachineSafety, id, format!("applied {index}@{term}, another node applied a different entry (or history) at {index}"))
+        }
+        Some(_) => Ok(()),
+        None => {
+            assert_eq!(pos, g.applied.len(), "applies are checked consecutive first");
+            g.applied.push(prefix);
+            Ok(())
+        }
+    }
+}
+
+/// The shadow of a whole log.
+fn hash_log<C: Clone + Debug>(core: &Core<C>) -> Vec<(Term, u64)> {
+    let mut view = NodeView::default();
+    rehash_from(&mut view, core, LogIndex(1));
+    view.log
+}
+
+/// `H(prev, term, payload)`; the payload is hashed through its `Debug` form, the one thing
+/// every command type offers.
+fn prefix_hash<C: Debug>(prev: u64, entry: &Entry<C>) -> u64 {
+    let mut h = Fnv::default();
+    h.write_u64(prev);
+    h.write_u64(entry.term.0);
+    write!(h, "{:?}", entry.payload).expect("hashing never fails");
+    h.finish()
+}
+
+fn first_difference(a: &[(Term, u64)], b: &[(Term, u64)]) -> u64 {
+    let same = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    same as u64 + 1
+}

@@ -1,0 +1,237 @@
+//! Simulation settings: [`SimConfig`] (the cluster, the workload, the phases) and
+//! [`NetworkConfig`] (the lossy network), with [`FaultError`] for settings that make no sense.
+//!
+//! Owns validation only: nothing here draws random numbers or moves time.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::types::NodeId;
+
+/// How the simulated network treats each message. Reordering comes from the delay range:
+/// two messages on the same link overtake each other when their delays differ enough.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkConfig {
+    /// The shortest one-way delay.
+    pub min_delay: Duration,
+    /// The longest one-way delay (inclusive).
+    pub max_delay: Duration,
+    /// Probability that a request (RequestVote, AppendEntries, TimeoutNow) is lost.
+    pub drop_request: f64,
+    /// Probability that a reply is lost.
+    pub drop_reply: f64,
+    /// Probability that a message is delivered twice (each copy with its own delay).
+    pub duplicate: f64,
+    /// The most messages in flight on one directed link; more are dropped, as a full buffer
+    /// would. Bounds message storms (for example a ping-pong that duplication amplifies).
+    pub link_capacity: u32,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            min_delay: Duration::from_micros(500),
+            max_delay: Duration::from_millis(5),
+            drop_request: 0.02,
+            drop_reply: 0.02,
+            duplicate: 0.02,
+            link_capacity: 64,
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// A reliable network with the same delays: no loss, no duplication.
+    pub fn reliable(&self) -> Self {
+        NetworkConfig { drop_request: 0.0, drop_reply: 0.0, duplicate: 0.0, ..self.clone() }
+    }
+
+    /// Checks that probabilities lie in [0, 1] and the delay range is not inverted.
+    pub fn validate(&self) -> Result<(), FaultError> {
+        let probabilities = [
+            ("drop_request", self.drop_request),
+            ("drop_reply", self.drop_reply),
+            ("duplicate", self.duplicate),
+        ];
+        for (name, value) in probabilities {
+            check_probability(name, value)?;
+        }
+        check_range("message delay", self.min_delay, self.max_delay)
+    }
+}
+
+/// Leader churn, a reactive nemesis: every new leader crashes soon after winning, and some
+/// new candidates crash at once; each comes back after a short downtime. Short-lived leaders
+/// that replicate partially make Figure 8 shapes common; quick reboots of candidates test that
+/// votes survive restarts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Churn {
+    /// A new leader crashes after a uniformly drawn time in this range (inclusive).
+    pub leader_lifetime: (Duration, Duration),
+    /// Probability that a node crashes a moment (under a tick) after becoming a candidate.
+    pub candidate_crash: f64,
+    /// A node crashed by churn restarts after a uniformly drawn downtime in this range.
+    pub downtime: (Duration, Duration),
+}
+
+impl Default for Churn {
+    fn default() -> Self {
+        Churn {
+            leader_lifetime: (Duration::from_millis(2), Duration::from_millis(60)),
+            candidate_crash: 0.2,
+            downtime: (Duration::from_micros(100), Duration::from_millis(30)),
+        }
+    }
+}
+
+impl Churn {
+    /// Checks the probability and that neither range is inverted.
+    pub fn validate(&self) -> Result<(), FaultError> {
+        check_probability("candidate_crash", self.candidate_crash)?;
+        check_range("leader_lifetime", self.leader_lifetime.0, self.leader_lifetime.1)?;
+        check_range("downtime", self.downtime.0, self.downtime.1)
+    }
+}
+
+fn check_probability(name: &'static str, value: f64) -> Result<(), FaultError> {
+    // NB: written so that NaN fails too.
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(FaultError::ProbabilityOutOfRange { name, value })
+    }
+}
+
+fn check_range(name: &'static str, min: Duration, max: Duration) -> Result<(), FaultError> {
+    if min > max {
+        return Err(FaultError::InvertedDelay { name, min, max });
+    }
+    Ok(())
+}
+
+/// Everything one simulated run depends on: the same `SimConfig` (and schedule) replays the
+/// same run, byte for byte.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimConfig {
+    /// Seeds every random choice: the network, the workload, the fault schedule, the cores.
+    pub seed: u64,
+    /// Initial cluster size; nodes are `n1..=nN`.
+    pub nodes: u64,
+    /// The cores' timing, in virtual time (much shorter than wall-clock defaults is fine).
+    pub raft: Config,
+    /// The network during the fault phase.
+    pub network: NetworkConfig,
+    /// Number of virtual clients (0 for none).
+    pub clients: u64,
+    /// Number of distinct keys the KV workload touches (small, to force contention).
+    pub keys: u64,
+    /// A client gives up on an operation after this long and records its outcome as unknown.
+    pub op_timeout: Duration,
+    /// How long a client waits before retrying when no leader is known.
+    pub retry_backoff: Duration,
+    /// Length of the phase in which the fault schedule runs.
+    pub fault_phase: Duration,
+    /// Longest quiet period (healed, all restarted) allowed for convergence.
+    pub quiet_phase: Duration,
+    /// Leader churn (crash every new leader soon after it wins), or `None`.
+    pub churn: Option<Churn>,
+    /// Keep every trace line (slow; for replaying a failure). The hash is always kept.
+    pub record_trace: bool,
+}
+
+impl SimConfig {
+    /// Defaults tuned for fast, fault-heavy runs: 1 ms ticks, 10 ms heartbeats,
+    /// 50..100 ms election timeouts and a 1 s catch-up limit for new nodes, so a few virtual
+    /// seconds hold many elections.
+    pub fn new(seed: u64, nodes: u64) -> Self {
+        let raft = Config {
+            election_timeout: Duration::from_millis(50)..Duration::from_millis(100),
+            heartbeat_interval: Duration::from_millis(10),
+            tick: Duration::from_millis(1),
+            max_entries_per_append: 64,
+            max_inflight: 8,
+            catch_up_timeout: Duration::from_secs(1),
+            seed,
+            ..Config::default()
+        };
+        SimConfig {
+            seed,
+            nodes,
+            raft,
+            network: NetworkConfig::default(),
+            clients: 4,
+            keys: 3,
+            op_timeout: Duration::from_millis(200),
+            retry_backoff: Duration::from_millis(5),
+            fault_phase: Duration::from_millis(3000),
+            quiet_phase: Duration::from_millis(3000),
+            churn: None,
+            record_trace: false,
+        }
+    }
+
+    /// Checks the cores' config, the network and the cluster size.
+    pub fn validate(&self) -> Result<(), FaultError> {
+        self.raft.validate().map_err(FaultError::Raft)?;
+        if self.nodes == 0 {
+            return Err(FaultError::NoNodes);
+        }
+        if let Some(churn) = &self.churn {
+            churn.validate()?;
+        }
+        self.network.validate()
+    }
+}
+
+/// A fault or simulation setting that is out of range. Returned instead of panicking, so a
+/// generated schedule can be checked before it runs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultError {
+    /// A probability outside [0, 1] (or NaN).
+    ProbabilityOutOfRange {
+        /// The setting's name.
+        name: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A delay range has `min > max`.
+    InvertedDelay {
+        /// Which range.
+        name: &'static str,
+        /// The minimum delay given.
+        min: Duration,
+        /// The maximum delay given.
+        max: Duration,
+    },
+    /// A fault names a node the simulation never had.
+    UnknownNode(NodeId),
+    /// A node appears in more than one partition group.
+    OverlappingGroups(NodeId),
+    /// The cores' [`Config`] is invalid.
+    Raft(ConfigError),
+    /// A simulation needs at least one node.
+    NoNodes,
+}
+
+impl fmt::Display for FaultError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FaultError::ProbabilityOutOfRange { name, value } => {
+                write!(f, "{name} = {value} is not a probability: use a value in [0, 1]")
+            }
+            FaultError::InvertedDelay { name, min, max } => {
+                write!(f, "{name} range {min:?}..={max:?} is inverted: min must be <= max")
+            }
+            FaultError::UnknownNode(id) => write!(f, "no node {id} in this simulation"),
+            FaultError::OverlappingGroups(id) => {
+                write!(f, "{id} appears in two partition groups: groups must be disjoint")
+            }
+            FaultError::Raft(e) => write!(f, "invalid raft config: {e}"),
+            FaultError::NoNodes => write!(f, "a simulation needs at least one node"),
+        }
+    }
+}
+
+impl std::error::Error for FaultError {}

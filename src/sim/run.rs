@@ -1,0 +1,233 @@
+//! A whole run: the fault phase (schedule plus clients), the heal, the quiet period that must
+//! converge, and the verdicts ([`RunReport`] or the first [`SimFailure`]).
+//!
+//! Owns the phases and the convergence rule; the safety checker runs underneath throughout.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::checker::Violation;
+use super::config::{FaultError, SimConfig};
+use super::kv::{check_kv_history, KvWorkload};
+use super::schedule::Schedule;
+use super::{micros, Simulator, Stats};
+use crate::core::Core;
+use crate::kv::KvStateMachine;
+use crate::linearizability::{self, CheckOutcome};
+use crate::state_machine::StateMachine;
+use crate::types::{LogIndex, NodeId};
+
+/// How often the quiet period checks for convergence.
+const CONVERGENCE_POLL: Duration = Duration::from_millis(5);
+
+/// Why a run failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FailureKind {
+    /// The safety checker saw a property break.
+    Safety(Violation),
+    /// A core assertion fired (an invariant the core checks itself).
+    CorePanic {
+        /// The node that panicked.
+        node: NodeId,
+        /// The panic message.
+        message: String,
+    },
+    /// After healing everything, the live members did not agree within the quiet period.
+    NotConverged(String),
+    /// The clients' history has no linearization.
+    NotLinearizable(linearizability::Violation),
+    /// The configuration or a fault was out of range.
+    Fault(FaultError),
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailureKind::Safety(v) => write!(f, "{v}"),
+            FailureKind::CorePanic { node, message } => {
+                write!(f, "core {node} panicked: {message}")
+            }
+            FailureKind::NotConverged(why) => write!(f, "did not converge: {why}"),
+            FailureKind::NotLinearizable(v) => write!(f, "{v}"),
+            FailureKind::Fault(e) => write!(f, "bad fault setting: {e}"),
+        }
+    }
+}
+
+/// A failed run: the seed that replays it, when, why, and the last traced events.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimFailure {
+    /// The seed of the failing run.
+    pub seed: u64,
+    /// Virtual time of the failure.
+    pub at: Duration,
+    /// What went wrong.
+    pub kind: FailureKind,
+    /// The last traced events (at most 50), oldest first.
+    pub trace: Vec<String>,
+}
+
+impl fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "seed {} failed at {:?}: {}", self.seed, self.at, self.kind)?;
+        writeln!(f, "last {} events:", self.trace.len())?;
+        for line in &self.trace {
+            writeln!(f, "  {line}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SimFailure {}
+
+/// What a successful run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunReport {
+    /// The run's seed.
+    pub seed: u64,
+    /// Hash of the whole trace: equal for equal (config, schedule).
+    pub trace_hash: u64,
+    /// Number of traced events.
+    pub trace_lines: u64,
+    /// Virtual time simulated, quiet period included.
+    pub simulated: Duration,
+    /// Steps, messages, drops and crashes.
+    pub stats: Stats,
+    /// Client operations invoked.
+    pub ops: usize,
+    /// Of those, how many completed with a reply.
+    pub ops_completed: usize,
+    /// The commit index all members agreed on.
+    pub commit_index: LogIndex,
+    /// The linearizability verdict (`Unknown` if the search budget ran out).
+    pub linearizable: CheckOutcome,
+    /// The full trace, if [`SimConfig::record_trace`] was on.
+    pub trace: Option<Vec<String>>,
+}
+
+/// Runs one seeded KV scenario end to end: clients and `schedule` during the fault phase, then
+/// heal, restart everything, and wait for convergence; then check linearizability.
+///
+/// # Errors
+///
+/// The first [`SimFailure`]: a safety violation, a core panic, no convergence, a history that
+/// is not linearizable, or an out-of-range setting.
+pub fn run_kv(config: &SimConfig, schedule: &Schedule) -> Result<RunReport, SimFailure> {
+    let sim = Simulator::new(config.clone(), |_| KvStateMachine::new())
+        .map_err(|e| setup_failure(config.seed, e))?;
+    drive_kv(sim, schedule)
+}
+
+/// The body of [`run_kv`] for an already built simulator (tests switch bugs on first).
+pub(crate) fn drive_kv(
+    mut sim: Simulator<KvStateMachine>,
+    schedule: &Schedule,
+) -> Result<RunReport, SimFailure> {
+    sim.start_clients(KvWorkload { keys: sim.config.keys });
+    sim.run_schedule(schedule)?;
+    let commit_index = sim.settle()?;
+    match check_kv_history(sim.history()) {
+        Ok(linearizable) => Ok(sim.report(commit_index, linearizable)),
+        Err(v) => Err(sim.fail(FailureKind::NotLinearizable(v))),
+    }
+}
+
+fn setup_failure(seed: u64, e: FaultError) -> SimFailure {
+    SimFailure { seed, at: Duration::ZERO, kind: FailureKind::Fault(e), trace: Vec::new() }
+}
+
+impl<S: StateMachine> Simulator<S> {
+    /// Runs the fault phase: each fault at its offset from now, then to the phase's end.
+    ///
+    /// # Errors
+    ///
+    /// The first failure (an invalid fault included).
+    pub fn run_schedule(&mut self, schedule: &Schedule) -> Result<(), SimFailure> {
+        let start = self.now;
+        for (offset, fault) in &schedule.events {
+            self.run_until(start + micros(*offset))?;
+            if let Err(e) = self.apply_fault(fault) {
+                return Err(self.fail(FailureKind::Fault(e)));
+            }
+            self.check_failed()?;
+        }
+        self.run_until(start + micros(self.config.fault_phase))
+    }
+
+    /// Ends the faults: heals the network, makes it reliable (with the configured delays),
+    /// restarts every crashed member, stops new client operations and membership changes, and
+    /// runs until the cluster converges. Returns the commit index every member agrees on.
+    ///
+    /// # Errors
+    ///
+    /// [`FailureKind::NotConverged`] if the quiet period ends first, or any safety failure.
+    pub fn settle(&mut self) -> Result<LogIndex, SimFailure> {
+        self.churning = false;
+        self.heal();
+        let reliable = self.config.network.reliable(); // the base delays, not a lossy spell's
+        self.set_network(reliable).expect("a reliable copy of a valid network is valid");
+        self.restart_all().expect("members exist");
+        self.stop_clients();
+        self.close_changes();
+        self.note("quiet".to_owned());
+        let deadline = self.now + micros(self.config.quiet_phase);
+        loop {
+            self.run_for(CONVERGENCE_POLL)?;
+            match self.convergence() {
+                Ok(commit) => return Ok(commit),
+                Err(why) if self.now >= deadline => {
+                    return Err(self.fail(FailureKind::NotConverged(why)))
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Whether every member of the leader's configuration runs, has committed and applied the
+    /// leader's whole log, and holds the same state; `Err` says what is still missing.
+    pub fn convergence(&self) -> Result<LogIndex, String> {
+        if self.clients_busy() || self.changes_pending() {
+            return Err("clients or membership changes still busy".to_owned());
+        }
+        let leader = self.leader().ok_or("no leader")?;
+        let lc = self.core(leader).expect("the leader runs");
+        let target = lc.log().last_index();
+        let digest = self.state_machine(leader).expect("the leader runs").digest();
+        for id in lc.config().members() {
+            let core = self.core(id).ok_or_else(|| format!("member {id} is down"))?;
+            if !caught_up(core, target) {
+                return Err(format!(
+                    "{id} at commit {} applied {} (leader {leader} last {target})",
+                    core.commit_index(),
+                    core.last_applied()
+                ));
+            }
+            if self.state_machine(id).map(StateMachine::digest) != Some(digest) {
+                return Err(format!("{id}'s state machine differs from the leader's"));
+            }
+        }
+        Ok(target)
+    }
+
+    fn report(&self, commit_index: LogIndex, linearizable: CheckOutcome) -> RunReport {
+        let history = self.history();
+        RunReport {
+            seed: self.config.seed,
+            trace_hash: self.trace.hash(),
+            trace_lines: self.trace.lines(),
+            simulated: self.now(),
+            stats: self.stats,
+            ops: history.len(),
+            ops_completed: history.iter().filter(|op| op.completed.is_some()).count(),
+            commit_index,
+            linearizable,
+            trace: self.trace.full().map(<[String]>::to_vec),
+        }
+    }
+}
+
+fn caught_up<C: Clone>(core: &Core<C>, target: LogIndex) -> bool {
+    core.commit_index() == target
+        && core.last_applied() == target
+        && core.log().last_index() == target
+}

@@ -1,0 +1,309 @@
+//! Tests of the simulator itself: determinism, fault validation, crash and membership
+//! mechanics, and the core bug switches that the checkers must catch within a bounded number
+//! of seeds (while the same seeds pass without them).
+
+use std::time::Duration;
+
+use super::*;
+use crate::core::Bugs;
+use crate::kv::{KvCommand, KvStateMachine};
+
+/// A scenario: the config and fault schedule for one seed.
+type Scenario = fn(u64) -> (SimConfig, Schedule);
+
+/// Random faults (crashes, restarts, isolations, splits, lossy spells) on 3 or 5 nodes.
+fn faulty(seed: u64) -> (SimConfig, Schedule) {
+    let config = SimConfig::new(seed, 3 + 2 * (seed % 2));
+    let schedule = Schedule::random(&config);
+    (config, schedule)
+}
+
+/// Random faults plus churn with quick reboots of candidates (votes must survive restarts).
+fn reboots(seed: u64) -> (SimConfig, Schedule) {
+    let (mut config, schedule) = faulty(seed);
+    config.churn = Some(Churn::default());
+    (config, schedule)
+}
+
+/// The Figure 8 shape: short-lived leaders on 3 nodes, one entry per AppendEntries so a new
+/// leader replicates old-term entries before its no-op, and 20% loss so replication is partial.
+fn figure8(seed: u64) -> (SimConfig, Schedule) {
+    let mut config = SimConfig::new(seed, 3);
+    config.raft.max_entries_per_append = 1;
+    config.network.drop_request = 0.2;
+    config.network.drop_reply = 0.2;
+    config.churn = Some(Churn {
+        leader_lifetime: (Duration::from_micros(500), Duration::from_millis(15)),
+        candidate_crash: 0.0,
+        downtime: (Duration::from_micros(100), Duration::from_millis(20)),
+    });
+    (config, Schedule::default())
+}
+
+fn run_with_bugs(scenario: Scenario, seed: u64, bugs: Bugs) -> Result<RunReport, SimFailure> {
+    let (config, schedule) = scenario(seed);
+    let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("scenarios are valid");
+    sim.set_bugs(bugs);
+    run::drive_kv(sim, &schedule)
+}
+
+/// Whether a failure is a safety finding (not a liveness one, which bugs may also cause).
+fn is_safety(f: &SimFailure) -> bool {
+    matches!(
+        f.kind,
+        FailureKind::Safety(_) | FailureKind::NotLinearizable(_) | FailureKind::CorePanic { .. }
+    )
+}
+
+/// The first seed below `max_seeds` whose run with `bugs` fails on safety.
+fn hunt(scenario: Scenario, bugs: Bugs, max_seeds: u64) -> Option<SimFailure> {
+    (0..max_seeds).find_map(|seed| run_with_bugs(scenario, seed, bugs).err().filter(is_safety))
+}
+
+/// Asserts the bug is found, and returns the failure for rule-specific checks.
+fn assert_found(name: &str, scenario: Scenario, bugs: Bugs, max_seeds: u64) -> SimFailure {
+    let failure = hunt(scenario, bugs, max_seeds)
+        .unwrap_or_else(|| panic!("{name}: no violation in {max_seeds} seeds"));
+    println!("{name}: found at {failure}");
+    failure
+}
+
+fn rule_of(f: &SimFailure) -> Option<Rule> {
+    match &f.kind {
+        FailureKind::Safety(v) => Some(v.rule),
+        _ => None,
+    }
+}
+
+fn bugs(edit: impl FnOnce(&mut Bugs)) -> Bugs {
+    let mut b = Bugs::default();
+    edit(&mut b);
+    b
+}
+
+/// Every bug switch with the scenario and seed budget that finds it.
+fn hunts() -> Vec<(&'static str, Scenario, Bugs, u64)> {
+    vec![
+        (
+            "skip_election_restriction",
+            faulty as Scenario,
+            bugs(|b| b.skip_election_restriction = true),
+            200,
+        ),
+        ("commit_previous_terms", figure8, bugs(|b| b.commit_previous_terms = true), 500),
+        ("truncate_on_duplicate", faulty, bugs(|b| b.truncate_on_duplicate = true), 200),
+        ("forget_voted_for", reboots, bugs(|b| b.forget_voted_for = true), 300),
+        ("apply_before_commit", faulty, bugs(|b| b.apply_before_commit = true), 50),
+    ]
+}
+
+#[test]
+fn skip_election_restriction_is_caught() {
+    let (name, scenario, bugs, max) = hunts()[0];
+    let f = assert_found(name, scenario, bugs, max);
+    assert!(is_safety(&f));
+}
+
+#[test]
+fn commit_previous_terms_is_caught_as_figure_8() {
+    let (name, scenario, bugs, max) = hunts()[1];
+    let f = assert_found(name, scenario, bugs, max);
+    // A later leader lacks the entry an earlier one committed by counting old-term replicas.
+    assert_eq!(rule_of(&f), Some(Rule::LeaderCompleteness), "{f}");
+}
+
+#[test]
+fn truncate_on_duplicate_is_caught() {
+    let (name, scenario, bugs, max) = hunts()[2];
+    let f = assert_found(name, scenario, bugs, max);
+    assert!(is_safety(&f));
+}
+
+#[test]
+fn forget_voted_for_is_caught_across_restarts() {
+    let (name, scenario, bugs, max) = hunts()[3];
+    let f = assert_found(name, scenario, bugs, max);
+    let rule = rule_of(&f);
+    assert!(matches!(rule, Some(Rule::SingleVote | Rule::ElectionSafety)), "{f}");
+}
+
+#[test]
+fn apply_before_commit_is_caught() {
+    let (name, scenario, bugs, max) = hunts()[4];
+    let f = assert_found(name, scenario, bugs, max);
+    assert!(is_safety(&f));
+}
+
+/// The control: every seed each hunt ran up to its finding passes without the bug switch.
+#[test]
+fn hunted_seeds_pass_without_bug_switches() {
+    for (name, scenario, bugs, max) in hunts() {
+        let found = hunt(scenario, bugs, max).map_or(max, |f| f.seed);
+        for seed in 0..=found {
+            if let Err(f) = run_with_bugs(scenario, seed, Bugs::default()) {
+                panic!("{name} scenario, no bug switch: {f}");
+            }
+        }
+    }
+}
+
+#[test]
+fn same_seed_same_trace_byte_for_byte() {
+    let (mut config, schedule) = faulty(7);
+    config.record_trace = true;
+    let a = run_kv(&config, &schedule).unwrap_or_else(|f| panic!("{f}"));
+    let b = run_kv(&config, &schedule).unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert_eq!(a.trace, b.trace);
+    assert!(a.trace_lines > 1000, "a run traces many events: {}", a.trace_lines);
+}
+
+#[test]
+fn different_seeds_give_different_traces() {
+    let hashes: std::collections::BTreeSet<u64> = (0..5)
+        .map(|seed| {
+            let (config, schedule) = faulty(seed);
+            run_kv(&config, &schedule).unwrap_or_else(|f| panic!("{f}")).trace_hash
+        })
+        .collect();
+    assert_eq!(hashes.len(), 5);
+}
+
+#[test]
+fn probability_out_of_range_is_refused() {
+    let mut config = SimConfig::new(1, 3);
+    config.network.drop_request = 1.5;
+    let err = config.validate().expect_err("1.5 is no probability");
+    assert_eq!(err, FaultError::ProbabilityOutOfRange { name: "drop_request", value: 1.5 });
+    config.network.drop_request = f64::NAN;
+    assert!(config.validate().is_err(), "NaN is no probability");
+    let mut sim = Simulator::new(SimConfig::new(1, 3), |_| KvStateMachine::new()).expect("valid");
+    let net = NetworkConfig { duplicate: -0.1, ..NetworkConfig::default() };
+    assert!(matches!(sim.set_network(net), Err(FaultError::ProbabilityOutOfRange { .. })));
+}
+
+#[test]
+fn inverted_delay_range_is_refused() {
+    let net = NetworkConfig {
+        min_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(1),
+        ..NetworkConfig::default()
+    };
+    let err = net.validate().expect_err("inverted");
+    assert!(matches!(err, FaultError::InvertedDelay { name: "message delay", .. }), "{err}");
+    let churn = Churn { downtime: (Duration::from_secs(2), Duration::ZERO), ..Churn::default() };
+    assert!(matches!(churn.validate(), Err(FaultError::InvertedDelay { name: "downtime", .. })));
+}
+
+#[test]
+fn unknown_node_is_refused() {
+    let mut sim = Simulator::new(SimConfig::new(1, 3), |_| KvStateMachine::new()).expect("valid");
+    let ghost = crate::NodeId(9);
+    assert_eq!(
+        sim.partition(&[vec![crate::NodeId(1), ghost]]),
+        Err(FaultError::UnknownNode(ghost))
+    );
+    assert_eq!(sim.crash(ghost), Err(FaultError::UnknownNode(ghost)));
+    assert_eq!(sim.restart(ghost), Err(FaultError::UnknownNode(ghost)));
+    assert_eq!(sim.isolate(ghost), Err(FaultError::UnknownNode(ghost)));
+}
+
+#[test]
+fn overlapping_partition_groups_are_refused() {
+    let mut sim = Simulator::new(SimConfig::new(1, 3), |_| KvStateMachine::new()).expect("valid");
+    let (n1, n2, n3) = (crate::NodeId(1), crate::NodeId(2), crate::NodeId(3));
+    let err = sim.partition(&[vec![n1, n2], vec![n2, n3]]).expect_err("n2 twice");
+    assert_eq!(err, FaultError::OverlappingGroups(n2));
+    assert!(err.to_string().contains("disjoint"), "{err}");
+}
+
+#[test]
+fn bad_raft_config_and_empty_cluster_are_refused() {
+    let mut config = SimConfig::new(1, 0);
+    assert_eq!(config.validate(), Err(FaultError::NoNodes));
+    config.nodes = 3;
+    config.raft.max_inflight = 0;
+    assert!(matches!(config.validate(), Err(FaultError::Raft(_))));
+    assert!(Simulator::new(config, |_| KvStateMachine::new()).is_err());
+}
+
+#[test]
+fn crash_keeps_storage_and_restart_catches_up() {
+    let mut sim = Simulator::new(SimConfig::new(3, 3), |_| KvStateMachine::new()).expect("valid");
+    sim.start_clients(KvWorkload { keys: 2 });
+    sim.run_for(Duration::from_millis(500)).expect("safe");
+    let victim = sim.leader().expect("a leader after 500ms");
+    sim.crash(victim).expect("exists");
+    assert!(!sim.is_up(victim) && sim.status(victim).is_none());
+    sim.run_for(Duration::from_millis(500)).expect("safe");
+    assert_ne!(sim.leader(), Some(victim));
+    sim.restart(victim).expect("exists");
+    let commit = sim.settle().expect("converges");
+    assert_eq!(sim.status(victim).expect("up").commit_index, commit);
+}
+
+#[test]
+fn an_isolated_leader_is_replaced_and_rejoins() {
+    let mut sim = Simulator::new(SimConfig::new(4, 5), |_| KvStateMachine::new()).expect("valid");
+    sim.run_for(Duration::from_millis(300)).expect("safe");
+    let old = sim.leader().expect("a leader");
+    sim.isolate(old).expect("exists");
+    sim.run_for(Duration::from_millis(500)).expect("safe");
+    let new = sim.leader().expect("the majority elects a new leader");
+    assert_ne!(new, old);
+    sim.settle().expect("converges after heal");
+}
+
+#[test]
+fn added_node_joins_and_removed_leader_stops() {
+    let mut sim = Simulator::new(SimConfig::new(5, 3), |_| KvStateMachine::new()).expect("valid");
+    sim.start_clients(KvWorkload { keys: 2 });
+    sim.run_for(Duration::from_millis(300)).expect("safe");
+    let added = sim.add_node();
+    assert_eq!(added, crate::NodeId(4), "ids continue after the initial nodes");
+    sim.run_for(Duration::from_millis(300)).expect("safe");
+    let leader = sim.leader().expect("a leader");
+    sim.remove_node(leader).expect("exists");
+    sim.run_for(Duration::from_millis(300)).expect("safe");
+    assert!(!sim.changes_pending());
+    sim.settle().expect("converges");
+    let new = sim.leader().expect("a leader");
+    let config = sim.status(new).expect("up").config;
+    assert!(config.voters.contains(&added), "{config:?}");
+    assert!(!config.contains(leader) && !sim.is_up(leader), "{config:?}");
+}
+
+/// Regression (core fix in `election.rs`): a leader that appended its own removal and crashed
+/// must still campaign until the removal commits, or the cluster stalls forever.
+#[test]
+fn self_removal_interrupted_by_a_crash_recovers() {
+    for (seed, nodes) in [(286, 3), (11, 4)] {
+        let config = SimConfig::new(seed, nodes);
+        let schedule = Schedule::random_with_membership(&config);
+        run_kv(&config, &schedule).unwrap_or_else(|f| panic!("{f}"));
+    }
+}
+
+#[test]
+fn a_corrupted_history_is_not_linearizable() {
+    let (config, schedule) = faulty(2);
+    let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid");
+    sim.start_clients(KvWorkload { keys: 1 });
+    sim.run_schedule(&schedule).expect("safe");
+    let mut history = sim.history().to_vec();
+    assert!(check_kv_history(&history).is_ok());
+    let read = history
+        .iter_mut()
+        .rfind(|op| matches!(op.command, KvCommand::Get { .. }) && op.completed.is_some())
+        .expect("some read completed");
+    read.completed.as_mut().expect("completed").1 = Some("never-written;".to_owned());
+    assert!(check_kv_history(&history).is_err());
+}
+
+#[test]
+fn failures_carry_the_seed_and_a_trace_excerpt() {
+    let f = hunt(faulty, hunts()[4].2, 50).expect("apply_before_commit is caught");
+    assert!(!f.trace.is_empty() && f.trace.len() <= trace::RING);
+    let text = f.to_string();
+    assert!(text.contains(&format!("seed {}", f.seed)) && text.contains("ALL-1"), "{text}");
+}

@@ -1,0 +1,239 @@
+//! The run's trace: every step, drop and fault as a compact [`TraceLine`], folded into a
+//! deterministic hash, kept in a ring buffer of the last [`RING`] lines for failure reports, and
+//! optionally kept whole as text.
+//!
+//! Owns formatting and hashing only; lines are built by the simulator. Ticks that produce no
+//! action are not traced: they change only timers, which later traced steps reveal.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use crate::core::{MembershipChange, Role};
+use crate::message::{AppendEntriesReply, Body, Message};
+use crate::types::{LogIndex, NodeId, Term};
+
+/// How many lines a failure report shows.
+pub const RING: usize = 50;
+
+/// FNV-1a as a [`Hasher`]: stable across runs and platforms of one build, unlike `SipHash`
+/// with random keys.
+#[derive(Clone, Debug)]
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+impl fmt::Write for Fnv {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        Hasher::write(self, s.as_bytes());
+        Ok(())
+    }
+}
+
+/// A message reduced to the fields a reader of a trace needs.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) struct MsgSummary {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub term: Term,
+    pub body: BodySummary,
+}
+
+/// The RPC, without entry payloads.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum BodySummary {
+    Vote { last_index: LogIndex, last_term: Term, pre_vote: bool },
+    VoteReply { granted: bool, pre_vote: bool },
+    Append { prev_index: LogIndex, prev_term: Term, entries: u64, commit: LogIndex },
+    AppendOk { matched: LogIndex },
+    AppendReject { rejected: LogIndex },
+    TimeoutNow,
+}
+
+impl MsgSummary {
+    pub fn of<C>(m: &Message<C>) -> Self {
+        MsgSummary { from: m.from, to: m.to, term: m.term, body: BodySummary::of(&m.body) }
+    }
+}
+
+impl BodySummary {
+    fn of<C>(body: &Body<C>) -> Self {
+        match body {
+            Body::RequestVote(rv) => BodySummary::Vote {
+                last_index: rv.last_log_index,
+                last_term: rv.last_log_term,
+                pre_vote: rv.pre_vote,
+            },
+            Body::RequestVoteReply(r) => {
+                BodySummary::VoteReply { granted: r.granted, pre_vote: r.pre_vote }
+            }
+            Body::AppendEntries(ae) => BodySummary::Append {
+                prev_index: ae.prev_log_index,
+                prev_term: ae.prev_log_term,
+                entries: ae.entries.len() as u64,
+                commit: ae.leader_commit,
+            },
+            Body::AppendEntriesReply(AppendEntriesReply::Success { match_index }) => {
+                BodySummary::AppendOk { matched: *match_index }
+            }
+            Body::AppendEntriesReply(AppendEntriesReply::Reject { rejected_index, .. }) => {
+                BodySummary::AppendReject { rejected: *rejected_index }
+            }
+            Body::TimeoutNow => BodySummary::TimeoutNow,
+        }
+    }
+}
+
+/// What a node looked like after a step.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) struct NodeSummary {
+    pub role: Role,
+    pub term: Term,
+    pub commit: LogIndex,
+    pub last: LogIndex,
+}
+
+/// The input a step was given.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum InputSummary {
+    Tick,
+    Receive(MsgSummary),
+    Propose { client: u64, op: u64 },
+    Change(MembershipChange),
+}
+
+/// One traced event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(crate) enum TraceEvent {
+    /// A node stepped; `sends` counts the messages it produced.
+    Step { node: NodeId, input: InputSummary, after: NodeSummary, sends: u32 },
+    /// The network lost a message (random drop, partition, or a crashed receiver).
+    Dropped { msg: MsgSummary, why: &'static str },
+    /// A fault, a restart, a client event or a phase change, already in words.
+    Note(String),
+}
+
+/// A traced event and when it happened (virtual microseconds).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(crate) struct TraceLine {
+    pub at: u64,
+    pub event: TraceEvent,
+}
+
+/// The trace of one run.
+#[derive(Debug, Default)]
+pub(crate) struct Trace {
+    hash: Fnv,
+    lines: u64,
+    ring: VecDeque<TraceLine>,
+    full: Option<Vec<String>>,
+}
+
+impl Trace {
+    pub fn new(keep_full: bool) -> Self {
+        Trace { full: keep_full.then(Vec::new), ..Trace::default() }
+    }
+
+    pub fn record(&mut self, line: TraceLine) {
+        line.hash(&mut self.hash);
+        self.lines += 1;
+        if let Some(full) = &mut self.full {
+            full.push(line.to_string());
+        }
+        if self.ring.len() == RING {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(line);
+    }
+
+    pub fn hash(&self) -> u64 {
+        self.hash.finish()
+    }
+
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    pub fn excerpt(&self) -> Vec<String> {
+        self.ring.iter().map(ToString::to_string).collect()
+    }
+
+    pub fn full(&self) -> Option<&[String]> {
+        self.full.as_deref()
+    }
+}
+
+impl fmt::Display for TraceLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:>6}.{:03}ms ", self.at / 1000, self.at % 1000)?;
+        match &self.event {
+            TraceEvent::Step { node, input, after, sends } => {
+                write!(f, "{node} {input} => {after} sends={sends}")
+            }
+            TraceEvent::Dropped { msg, why } => write!(f, "drop ({why}) {msg}"),
+            TraceEvent::Note(text) => f.write_str(text),
+        }
+    }
+}
+
+impl fmt::Display for InputSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InputSummary::Tick => f.write_str("tick"),
+            InputSummary::Receive(m) => write!(f, "recv {m}"),
+            InputSummary::Propose { client, op } => write!(f, "propose c{client}#{op}"),
+            InputSummary::Change(c) => write!(f, "change {c:?}"),
+        }
+    }
+}
+
+impl fmt::Display for NodeSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let role = match self.role {
+            Role::Follower => "F",
+            Role::PreCandidate => "P",
+            Role::Candidate => "C",
+            Role::Leader => "L",
+        };
+        write!(f, "{role} {} commit={} last={}", self.term, self.commit, self.last)
+    }
+}
+
+impl fmt::Display for MsgSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}->{} {} ", self.from, self.to, self.term)?;
+        match self.body {
+            BodySummary::Vote { last_index, last_term, pre_vote } => {
+                let kind = if pre_vote { "PreVote" } else { "RequestVote" };
+                write!(f, "{kind} last={last_index}@{last_term}")
+            }
+            BodySummary::VoteReply { granted, pre_vote } => {
+                let kind = if pre_vote { "PreVoteReply" } else { "VoteReply" };
+                write!(f, "{kind} granted={granted}")
+            }
+            BodySummary::Append { prev_index, prev_term, entries, commit } => {
+                write!(f, "AppendEntries prev={prev_index}@{prev_term} +{entries} commit={commit}")
+            }
+            BodySummary::AppendOk { matched } => write!(f, "AppendOk match={matched}"),
+            BodySummary::AppendReject { rejected } => write!(f, "AppendReject at={rejected}"),
+            BodySummary::TimeoutNow => f.write_str("TimeoutNow"),
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Seed sweeps through the public simulator API: each seed is a few virtual seconds of faults
+//! (crashes, partitions, loss, duplication, reordering, sometimes leader churn and membership
+//! changes) under a KV client workload, and must end safe, linearizable and converged.
+//!
+//! `FERRAFT_SEEDS=n` sets the sweep size (default 1000 in release builds, 100 in debug).
+//! A failure prints a one-line replay command; `FERRAFT_SEED=s ... replay` reruns seed `s`
+//! with the full trace kept.
+
+use std::time::{Duration, Instant};
+
+use ferraft::linearizability::CheckOutcome;
+use ferraft::sim::{run_kv, Churn, Fault, RunReport, Schedule, SimConfig, SimFailure, Target};
+
+fn sweep_size() -> u64 {
+    let default = if cfg!(debug_assertions) { 100 } else { 1000 };
+    std::env::var("FERRAFT_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// Sizes 3, 5, 7 in turn; the core's options, batch size and nemesis vary with the seed too.
+fn scenario(seed: u64) -> (SimConfig, Schedule) {
+    let mut config = SimConfig::new(seed, [3, 5, 7][(seed % 3) as usize]);
+    config.raft.pre_vote = seed % 7 != 3;
+    config.raft.check_quorum = seed % 11 != 5;
+    config.raft.max_entries_per_append = [64, 1, 8][(seed / 3 % 3) as usize];
+    if seed % 4 == 3 {
+        config.churn = Some(Churn::default());
+    }
+    let schedule = if seed % 5 == 4 {
+        Schedule::random_with_membership(&config)
+    } else {
+        Schedule::random(&config)
+    };
+    (config, schedule)
+}
+
+/// From 4 nodes (where unsafe single-server changes could split the quorum), random
+/// additions and removals plus a burst of concurrent changes across a leader crash.
+fn membership_scenario(seed: u64) -> (SimConfig, Schedule) {
+    let mut config = SimConfig::new(seed, 4);
+    if seed % 2 == 1 {
+        config.churn = Some(Churn::default());
+    }
+    let mut events = Schedule::random_with_membership(&config).events;
+    let at = Duration::from_millis(150 + seed % 400);
+    let ms = Duration::from_millis;
+    events.extend([
+        (at, Fault::AddNode),
+        (at, Fault::Remove(Target::Nth(seed as usize))),
+        (at + ms(1), Fault::Crash(Target::Leader)),
+        (at + ms(2), Fault::Remove(Target::Leader)),
+        (at + ms(3), Fault::AddNode),
+        (at + ms(120), Fault::RestartAll),
+    ]);
+    (config, Schedule::new(events))
+}
+
+fn replay_hint(seed: u64) -> String {
+    format!(
+        "replay: FERRAFT_SEED={seed} cargo test --release --test sim_seeds replay -- --nocapture"
+    )
+}
+
+fn run(scenario: fn(u64) -> (SimConfig, Schedule), seed: u64) -> Result<RunReport, SimFailure> {
+    let (config, schedule) = scenario(seed);
+    run_kv(&config, &schedule)
+}
+
+/// Runs `seeds` and returns (seeds per second, simulated seconds per wall second).
+fn sweep(scenario: fn(u64) -> (SimConfig, Schedule), seeds: std::ops::Range<u64>) -> (f64, f64) {
+    let start = Instant::now();
+    let (mut count, mut simulated, mut undecided) = (0u64, Duration::ZERO, 0);
+    for seed in seeds {
+        match run(scenario, seed) {
+            Ok(report) => {
+                simulated += report.simulated;
+                undecided += usize::from(report.linearizable == CheckOutcome::Unknown);
+            }
+            Err(failure) => panic!("{failure}\n{}", replay_hint(seed)),
+        }
+        count += 1;
+    }
+    if undecided > 0 {
+        println!("{undecided} of {count} histories exhausted the linearizability search budget");
+    }
+    let wall = start.elapsed().as_secs_f64();
+    (count as f64 / wall, simulated.as_secs_f64() / wall)
+}
+
+#[test]
+fn seeds_are_safe_linearizable_and_converge() {
+    let n = sweep_size();
+    let (seeds_per_s, speedup) = sweep(scenario, 0..n);
+    println!(
+        "{n} seeds (3/5/7 nodes): {seeds_per_s:.0} seeds/s, {speedup:.0} simulated s per wall s"
+    );
+}
+
+#[test]
+fn membership_changes_from_four_nodes_are_safe() {
+    let n = sweep_size() / 4;
+    let (seeds_per_s, _) = sweep(membership_scenario, 0..n);
+    println!("{n} membership seeds (from 4 nodes): {seeds_per_s:.0} seeds/s");
+}
+
+/// The figures the README quotes: a 5-node cluster under faults.
+#[test]
+fn throughput_of_five_node_runs() {
+    let n = (sweep_size() / 10).max(10);
+    let five = |seed: u64| scenario(seed * 3 + 1); // seeds == 1 (mod 3) have 5 nodes
+    let (seeds_per_s, speedup) = sweep(five, 0..n);
+    println!("{n} 5-node seeds: {seeds_per_s:.1} seeds/s, {speedup:.0} simulated s per wall s");
+}
+
+#[test]
+fn replay() {
+    let Some(seed) = std::env::var("FERRAFT_SEED").ok().and_then(|s| s.parse().ok()) else {
+        return; // nothing to replay
+    };
+    for (name, scenario) in
+        [("sweep", scenario as fn(u64) -> _), ("membership", membership_scenario)]
+    {
+        let (mut config, schedule) = scenario(seed);
+        config.record_trace = true;
+        println!("{name} seed {seed}: {config:?}\n{schedule:?}");
+        match run_kv(&config, &schedule) {
+            Ok(report) => println!("{name} seed {seed} passed: {:?}", report.stats),
+            Err(failure) => panic!("{name} {failure}"),
+        }
+    }
+}
