@@ -163,7 +163,7 @@ impl From<ConfigError> for Error {
     }
 }
 
-/// Why a network fault setting was refused.
+/// Why a fault setting (threaded network or simulator) was refused.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FaultError {
     /// A probability outside [0, 1] (or NaN).
@@ -173,17 +173,23 @@ pub enum FaultError {
         /// The value given.
         value: f64,
     },
-    /// A delay range whose start is after its end.
-    InvertedDelay {
+    /// A range whose start is after its end.
+    InvertedRange {
+        /// The setting's name.
+        field: &'static str,
         /// The range's lower bound.
         min: Duration,
         /// The range's upper bound.
         max: Duration,
     },
-    /// A partition names a node the cluster does not have.
+    /// A fault names a node the cluster (or simulation) does not have.
     UnknownNode(NodeId),
     /// A node appears in more than one partition group.
     OverlappingGroups(NodeId),
+    /// The cores' configuration is invalid.
+    InvalidConfig(ConfigError),
+    /// A simulation needs at least one node.
+    NoNodes,
 }
 
 impl fmt::Display for FaultError {
@@ -192,17 +198,59 @@ impl fmt::Display for FaultError {
             FaultError::Probability { field, value } => {
                 write!(f, "{field} = {value} is not a probability: use a value in [0, 1]")
             }
-            FaultError::InvertedDelay { min, max } => {
-                write!(f, "delay range {min:?}..{max:?} is inverted: min must not exceed max")
+            FaultError::InvertedRange { field, min, max } => {
+                write!(f, "{field} range {min:?}..{max:?} is inverted: min must not exceed max")
             }
             FaultError::UnknownNode(id) => {
-                write!(f, "partition names {id}, which is not in the cluster")
+                write!(f, "{id} is not a node here; name nodes from the cluster's ids")
             }
             FaultError::OverlappingGroups(id) => {
                 write!(f, "{id} appears in two partition groups; each node belongs to one")
             }
+            FaultError::InvalidConfig(e) => write!(f, "invalid config: {e}"),
+            FaultError::NoNodes => write!(f, "a simulation needs at least one node"),
         }
     }
 }
 
 impl std::error::Error for FaultError {}
+
+/// Checks that `value` is a probability; NaN fails too.
+pub(crate) fn check_probability(field: &'static str, value: f64) -> Result<(), FaultError> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(FaultError::Probability { field, value })
+    }
+}
+
+/// Checks that a duration range is not inverted.
+pub(crate) fn check_range(
+    field: &'static str,
+    min: Duration,
+    max: Duration,
+) -> Result<(), FaultError> {
+    if min > max {
+        return Err(FaultError::InvertedRange { field, min, max });
+    }
+    Ok(())
+}
+
+/// Validates partition groups (known, disjoint) and maps each named node to its group.
+pub(crate) fn assign_groups(
+    groups: &[Vec<NodeId>],
+    known: impl Fn(NodeId) -> bool,
+) -> Result<std::collections::BTreeMap<NodeId, usize>, FaultError> {
+    let mut group_of = std::collections::BTreeMap::new();
+    for (g, group) in groups.iter().enumerate() {
+        for &id in group {
+            if !known(id) {
+                return Err(FaultError::UnknownNode(id));
+            }
+            if group_of.insert(id, g).is_some() {
+                return Err(FaultError::OverlappingGroups(id));
+            }
+        }
+    }
+    Ok(group_of)
+}

@@ -235,7 +235,7 @@ fn fault_settings_out_of_range_are_refused() {
     let inverted = NetworkFaults { delay: ms(10)..ms(5), ..NetworkFaults::default() };
     assert_eq!(
         cluster.set_faults(inverted),
-        Err(FaultError::InvertedDelay { min: ms(10), max: ms(5) })
+        Err(FaultError::InvertedRange { field: "delay", min: ms(10), max: ms(5) })
     );
 
     let ghost = NodeId(9);

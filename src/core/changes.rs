@@ -12,7 +12,8 @@ use crate::types::{LogIndex, NodeId};
 /// A requested change to the cluster's membership.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MembershipChange {
-    /// Add a new server: as a learner first, promoted to voter once caught up.
+    /// Add a new server: as a learner first, promoted to voter once caught up. Naming a
+    /// current learner (one whose addition a leader change interrupted) resumes its catch-up.
     AddNode(NodeId),
     /// Remove a voter or learner. Removing the leader makes it step down once committed.
     RemoveNode(NodeId),
@@ -61,7 +62,11 @@ impl<C: Clone> Core<C> {
             }
         };
         let deadline = self.now + self.timing.catch_up_ticks;
-        self.append_config(config);
+        // NB: re-adding a learner left behind by a leader change resumes its catch-up instead
+        // of appending the same configuration again.
+        if config != **self.config() {
+            self.append_config(config);
+        }
         let round_target = self.log.last_index();
         let pending = PendingChange {
             change,
@@ -87,7 +92,9 @@ impl<C: Clone> Core<C> {
         }
         let config = self.config();
         match change {
-            MembershipChange::AddNode(id) if config.contains(id) => Err(Error::AlreadyMember(id)),
+            MembershipChange::AddNode(id) if config.voters.contains(&id) => {
+                Err(Error::AlreadyMember(id))
+            }
             MembershipChange::RemoveNode(id) if !config.contains(id) => Err(Error::NotMember(id)),
             MembershipChange::RemoveNode(id)
                 if config.voters.len() == 1 && config.voters.contains(&id) =>

@@ -473,6 +473,10 @@ impl<S: StateMachine> Cluster<S> {
         match self.change_membership(MembershipChange::AddNode(id)) {
             Ok(_) => Ok(id),
             Err(e) => {
+                // Best effort: do not leave a learner nobody will promote in the configuration.
+                if !matches!(e, Error::CatchUpFailed(_)) {
+                    let _ = self.change_membership(MembershipChange::RemoveNode(id));
+                }
                 let _ = self.kill(id);
                 self.slot_mut(id)?.removed = true;
                 Err(e)

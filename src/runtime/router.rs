@@ -5,7 +5,7 @@
 //! network would; Raft retransmits. No node thread ever blocks sending. Delayed messages wait in
 //! one delayer thread, owned by the router and joined on shutdown.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::ops::Range;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::error::FaultError;
+use crate::error::{assign_groups, check_probability, check_range, FaultError};
 use crate::message::{Body, Message};
 use crate::types::NodeId;
 
@@ -35,19 +35,10 @@ pub struct NetworkFaults {
 impl NetworkFaults {
     /// Checks every setting; the error says which one is out of range.
     pub fn validate(&self) -> Result<(), FaultError> {
-        let probabilities = [
-            ("drop_requests", self.drop_requests),
-            ("drop_replies", self.drop_replies),
-            ("duplicate", self.duplicate),
-        ];
-        if let Some(&(field, value)) = probabilities.iter().find(|(_, p)| !(0.0..=1.0).contains(p))
-        {
-            return Err(FaultError::Probability { field, value });
-        }
-        if self.delay.start > self.delay.end {
-            return Err(FaultError::InvertedDelay { min: self.delay.start, max: self.delay.end });
-        }
-        Ok(())
+        check_probability("drop_requests", self.drop_requests)?;
+        check_probability("drop_replies", self.drop_replies)?;
+        check_probability("duplicate", self.duplicate)?;
+        check_range("delay", self.delay.start, self.delay.end)
     }
 
     fn is_clean(&self) -> bool {
@@ -58,7 +49,7 @@ impl NetworkFaults {
 /// Which partition group each node is in; nodes not named share one implicit group.
 #[derive(Clone, Debug, Default)]
 struct Partition {
-    group_of: HashMap<NodeId, usize>,
+    group_of: BTreeMap<NodeId, usize>,
 }
 
 impl Partition {
@@ -144,17 +135,7 @@ impl<C: Send + 'static> Router<C> {
     /// Splits the named nodes into groups that cannot reach each other. `known` lists the
     /// cluster's nodes, to reject unknown ids.
     pub fn partition(&self, groups: &[Vec<NodeId>], known: &[NodeId]) -> Result<(), FaultError> {
-        let mut group_of = HashMap::new();
-        for (g, group) in groups.iter().enumerate() {
-            for &id in group {
-                if !known.contains(&id) {
-                    return Err(FaultError::UnknownNode(id));
-                }
-                if group_of.insert(id, g).is_some() {
-                    return Err(FaultError::OverlappingGroups(id));
-                }
-            }
-        }
+        let group_of = assign_groups(groups, |id| known.contains(&id))?;
         let mut state = write(&self.faults);
         state.partition = Partition { group_of };
         state.clean = state.faults.is_clean() && state.partition.group_of.is_empty();

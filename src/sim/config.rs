@@ -3,12 +3,10 @@
 //!
 //! Owns validation only: nothing here draws random numbers or moves time.
 
-use std::fmt;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::error::ConfigError;
-use crate::types::NodeId;
+use crate::error::{check_probability, check_range, FaultError};
 
 /// How the simulated network treats each message. Reordering comes from the delay range:
 /// two messages on the same link overtake each other when their delays differ enough.
@@ -95,22 +93,6 @@ impl Churn {
     }
 }
 
-fn check_probability(name: &'static str, value: f64) -> Result<(), FaultError> {
-    // NB: written so that NaN fails too.
-    if (0.0..=1.0).contains(&value) {
-        Ok(())
-    } else {
-        Err(FaultError::ProbabilityOutOfRange { name, value })
-    }
-}
-
-fn check_range(name: &'static str, min: Duration, max: Duration) -> Result<(), FaultError> {
-    if min > max {
-        return Err(FaultError::InvertedDelay { name, min, max });
-    }
-    Ok(())
-}
-
 /// Everything one simulated run depends on: the same `SimConfig` (and schedule) replays the
 /// same run, byte for byte.
 #[derive(Clone, Debug, PartialEq)]
@@ -174,7 +156,7 @@ impl SimConfig {
 
     /// Checks the cores' config, the network and the cluster size.
     pub fn validate(&self) -> Result<(), FaultError> {
-        self.raft.validate().map_err(FaultError::Raft)?;
+        self.raft.validate().map_err(FaultError::InvalidConfig)?;
         if self.nodes == 0 {
             return Err(FaultError::NoNodes);
         }
@@ -184,54 +166,3 @@ impl SimConfig {
         self.network.validate()
     }
 }
-
-/// A fault or simulation setting that is out of range. Returned instead of panicking, so a
-/// generated schedule can be checked before it runs.
-#[derive(Clone, Debug, PartialEq)]
-pub enum FaultError {
-    /// A probability outside [0, 1] (or NaN).
-    ProbabilityOutOfRange {
-        /// The setting's name.
-        name: &'static str,
-        /// The value given.
-        value: f64,
-    },
-    /// A delay range has `min > max`.
-    InvertedDelay {
-        /// Which range.
-        name: &'static str,
-        /// The minimum delay given.
-        min: Duration,
-        /// The maximum delay given.
-        max: Duration,
-    },
-    /// A fault names a node the simulation never had.
-    UnknownNode(NodeId),
-    /// A node appears in more than one partition group.
-    OverlappingGroups(NodeId),
-    /// The cores' [`Config`] is invalid.
-    Raft(ConfigError),
-    /// A simulation needs at least one node.
-    NoNodes,
-}
-
-impl fmt::Display for FaultError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FaultError::ProbabilityOutOfRange { name, value } => {
-                write!(f, "{name} = {value} is not a probability: use a value in [0, 1]")
-            }
-            FaultError::InvertedDelay { name, min, max } => {
-                write!(f, "{name} range {min:?}..={max:?} is inverted: min must be <= max")
-            }
-            FaultError::UnknownNode(id) => write!(f, "no node {id} in this simulation"),
-            FaultError::OverlappingGroups(id) => {
-                write!(f, "{id} appears in two partition groups: groups must be disjoint")
-            }
-            FaultError::Raft(e) => write!(f, "invalid raft config: {e}"),
-            FaultError::NoNodes => write!(f, "a simulation needs at least one node"),
-        }
-    }
-}
-
-impl std::error::Error for FaultError {}

@@ -55,9 +55,10 @@ use crate::state_machine::StateMachine;
 use crate::storage::MemStorage;
 use crate::types::NodeId;
 
+pub use crate::error::FaultError;
 pub use checker::{Checker, Rule, Violation};
 pub use client::{HistoryOp, Workload};
-pub use config::{Churn, FaultError, NetworkConfig, SimConfig};
+pub use config::{Churn, NetworkConfig, SimConfig};
 pub use kv::{check_kv_history, KvWorkload};
 pub use run::{run_kv, FailureKind, RunReport, SimFailure};
 pub use schedule::{Fault, Schedule, Target};

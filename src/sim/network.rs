@@ -11,7 +11,8 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use super::config::{FaultError, NetworkConfig};
+use super::config::NetworkConfig;
+use crate::error::{assign_groups, FaultError};
 use crate::message::{Body, Message};
 use crate::types::NodeId;
 
@@ -55,17 +56,7 @@ impl Network {
         groups: &[Vec<NodeId>],
         known: &BTreeSet<NodeId>,
     ) -> Result<(), FaultError> {
-        let mut assigned = BTreeMap::new();
-        for (g, group) in groups.iter().enumerate() {
-            for &id in group {
-                if !known.contains(&id) {
-                    return Err(FaultError::UnknownNode(id));
-                }
-                if assigned.insert(id, g).is_some() {
-                    return Err(FaultError::OverlappingGroups(id));
-                }
-            }
-        }
+        let assigned = assign_groups(groups, |id| known.contains(&id))?;
         self.groups = assigned;
         Ok(())
     }

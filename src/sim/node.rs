@@ -13,8 +13,8 @@ use super::run::FailureKind;
 use super::trace::{InputSummary, MsgSummary, NodeSummary, TraceEvent, TraceLine};
 use super::{network::Fate, Event, FaultError, Simulator};
 use crate::core::{Action, Core, Input};
-use crate::message::{Message, Payload};
-use crate::state_machine::StateMachine;
+use crate::message::Message;
+use crate::state_machine::{apply_entry, StateMachine};
 use crate::storage::{MemStorage, Storage};
 use crate::types::{LogIndex, NodeId, Term};
 
@@ -199,10 +199,7 @@ impl<S: StateMachine> Simulator<S> {
         for i in from.0..=to.0 {
             let index = LogIndex(i);
             let entry = live.core.log().entry(index).expect("the core applies entries it holds");
-            let output = match &entry.payload {
-                Payload::Command(command) => Some(live.sm.apply(index, command)),
-                Payload::Noop | Payload::Config(_) => None,
-            };
+            let output = apply_entry(&mut live.sm, index, entry);
             if self.clients.is_awaited(id, incarnation, index) {
                 answered.push((index, entry.term, output));
             }

@@ -7,11 +7,12 @@ use std::fmt;
 use std::time::Duration;
 
 use super::checker::Violation;
-use super::config::{FaultError, SimConfig};
+use super::config::SimConfig;
 use super::kv::{check_kv_history, KvWorkload};
 use super::schedule::Schedule;
 use super::{micros, Simulator, Stats};
 use crate::core::Core;
+use crate::error::FaultError;
 use crate::kv::KvStateMachine;
 use crate::linearizability::{self, CheckOutcome};
 use crate::state_machine::StateMachine;

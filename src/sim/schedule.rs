@@ -9,8 +9,9 @@ use std::time::Duration;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::config::{FaultError, NetworkConfig, SimConfig};
+use super::config::{NetworkConfig, SimConfig};
 use super::Simulator;
+use crate::error::FaultError;
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 
@@ -188,7 +189,7 @@ impl<S: StateMachine> Simulator<S> {
     ///
     /// # Errors
     ///
-    /// [`FaultError::ProbabilityOutOfRange`] or [`FaultError::InvertedDelay`].
+    /// [`FaultError::Probability`] or [`FaultError::InvertedRange`].
     pub fn set_network(&mut self, config: NetworkConfig) -> Result<(), FaultError> {
         self.network.set_config(config)?;
         self.note(format!("network {:?}", self.network.config()));

@@ -174,12 +174,12 @@ fn probability_out_of_range_is_refused() {
     let mut config = SimConfig::new(1, 3);
     config.network.drop_request = 1.5;
     let err = config.validate().expect_err("1.5 is no probability");
-    assert_eq!(err, FaultError::ProbabilityOutOfRange { name: "drop_request", value: 1.5 });
+    assert_eq!(err, FaultError::Probability { field: "drop_request", value: 1.5 });
     config.network.drop_request = f64::NAN;
     assert!(config.validate().is_err(), "NaN is no probability");
     let mut sim = Simulator::new(SimConfig::new(1, 3), |_| KvStateMachine::new()).expect("valid");
     let net = NetworkConfig { duplicate: -0.1, ..NetworkConfig::default() };
-    assert!(matches!(sim.set_network(net), Err(FaultError::ProbabilityOutOfRange { .. })));
+    assert!(matches!(sim.set_network(net), Err(FaultError::Probability { .. })));
 }
 
 #[test]
@@ -190,9 +190,9 @@ fn inverted_delay_range_is_refused() {
         ..NetworkConfig::default()
     };
     let err = net.validate().expect_err("inverted");
-    assert!(matches!(err, FaultError::InvertedDelay { name: "message delay", .. }), "{err}");
+    assert!(matches!(err, FaultError::InvertedRange { field: "message delay", .. }), "{err}");
     let churn = Churn { downtime: (Duration::from_secs(2), Duration::ZERO), ..Churn::default() };
-    assert!(matches!(churn.validate(), Err(FaultError::InvertedDelay { name: "downtime", .. })));
+    assert!(matches!(churn.validate(), Err(FaultError::InvertedRange { field: "downtime", .. })));
 }
 
 #[test]
@@ -214,7 +214,7 @@ fn overlapping_partition_groups_are_refused() {
     let (n1, n2, n3) = (crate::NodeId(1), crate::NodeId(2), crate::NodeId(3));
     let err = sim.partition(&[vec![n1, n2], vec![n2, n3]]).expect_err("n2 twice");
     assert_eq!(err, FaultError::OverlappingGroups(n2));
-    assert!(err.to_string().contains("disjoint"), "{err}");
+    assert!(err.to_string().contains("each node belongs to one"), "{err}");
 }
 
 #[test]
@@ -223,7 +223,7 @@ fn bad_raft_config_and_empty_cluster_are_refused() {
     assert_eq!(config.validate(), Err(FaultError::NoNodes));
     config.nodes = 3;
     config.raft.max_inflight = 0;
-    assert!(matches!(config.validate(), Err(FaultError::Raft(_))));
+    assert!(matches!(config.validate(), Err(FaultError::InvalidConfig(_))));
     assert!(Simulator::new(config, |_| KvStateMachine::new()).is_err());
 }
 

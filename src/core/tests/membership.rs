@@ -187,3 +187,21 @@ fn membership_config_takes_effect_on_append_and_falls_back_when_truncated() {
     assert_eq!(f.log_terms(), [1, 2]);
     assert_eq!(f.status().config, conf(&[1, 2, 3], &[]));
 }
+
+#[test]
+fn membership_re_adding_a_learner_left_by_a_leader_change_resumes_its_catch_up() {
+    let mut net = three_and_a_spare();
+    net.cut(1, 4);
+    net.step(1, add(4));
+    net.run(5);
+    net.crash(1); // the change dies with its leader; n4 stays a learner in every log
+    net.run(100);
+    let leader = net.leader().expect("n2 or n3 took over");
+    assert_eq!(net.node(leader).status().config, conf(&[1, 2, 3], &[4]));
+    let actions = net.step(leader, add(4));
+    assert!(changes_done(&actions).is_empty(), "accepted, not AlreadyMember");
+    net.run(20);
+    assert_eq!(net.node(leader).status().config, conf(&[1, 2, 3, 4], &[]), "promoted");
+    let configs = config_entries(net.node(leader));
+    assert_eq!(configs.len(), 2, "no second learner entry: {configs:?}");
+}
