@@ -2,27 +2,33 @@
 //!
 //! A Raft consensus library in three layers:
 //!
-//! * [`core`]: the protocol as a pure, deterministic state machine, `Core::step(input) ->
-//!   actions`. Every rule of Figure 2 of the paper lives here, once.
-//! * `runtime`: one named OS thread per node, a crossbeam `select!` loop over its inbox,
-//!   client requests and a ticker; and the `Cluster` handle that starts, kills, restarts, adds
-//!   and removes nodes and routes their messages.
-//! * `sim`: a seeded simulator driving the same core on one thread in virtual time.
+//! * [`core`]: the protocol as a pure, deterministic state machine, [`Core::step`] taking an
+//!   [`Input`] (a tick, a message, a proposal, a membership change) and producing ordered
+//!   [`Action`]s (persist, send, apply, answer). Every rule of Figure 2 of the paper lives here,
+//!   once, with PreVote, CheckQuorum, pipelining and single-server membership changes.
+//! * [`runtime`]: one named OS thread per node running a crossbeam `select!` loop over its
+//!   inbox, client requests and a ticker; the [`Cluster`] handle that starts, kills, restarts,
+//!   adds and removes nodes, routes their messages and injects network faults.
+//! * [`sim`]: a seeded simulator driving the same core on one thread in virtual time, with a
+//!   safety checker and a linearizability checker ([`linearizability`]).
 //!
 //! Users replicate their own state by implementing [`StateMachine`].
 //!
 //! ## Map to the paper
 //!
-//! | paper | here |
-//! |---|---|
-//! | §5.1 terms, ALL-2 | `core::Core::receive`, `become_follower` |
-//! | §5.2 election, RV-1/2, CAN-1..4, FOL-2 | `core/election.rs` |
-//! | §5.3 replication, AE-1..5, LEAD-3 | `core/replication.rs` |
-//! | §5.4 safety, LEAD-4, Figure 8 | `core/replication.rs::maybe_advance_commit_index` |
-//! | §6 membership | `core/changes.rs`, `core/membership.rs` |
-//! | §8 clients | `runtime` |
+//! | paper | rules | here |
+//! |---|---|---|
+//! | §5.1 terms | ALL-2, AE-1, RV-1 | `Core::receive`, `adopt_term`, `receive_stale` |
+//! | §5.2 election | RV-2, FOL-2, CAN-1..4 | `core/election.rs` |
+//! | §5.3 replication | AE-2..5, LEAD-1..3, SUB-5..7 | `core/replication.rs`, `core/progress.rs` |
+//! | §5.4 safety | LEAD-4, SUB-1, SUB-2 | `maybe_advance_commit_index`, `Log::is_up_to_date` |
+//! | Figure 2 persistence | SUB-8 | `Core::flush` orders persistence first; `storage.rs` |
+//! | §6 membership, thesis ch. 4 | | `core/changes.rs`, `core/membership.rs`, `core/quorum.rs` |
+//! | thesis §9.6, §6.2 | PreVote, CheckQuorum | `core/election.rs` |
+//! | §8 clients | LEAD-2 | `runtime` (`Receipt`, `NotLeader` hints) |
+//! | Figure 3 properties | SP-1..5 | `sim` checker |
 //!
-//! See NOTES.md for the full rule-to-function-to-test table.
+//! NOTES.md has the full rule-to-function-to-test table.
 
 #![deny(missing_docs)]
 
@@ -47,3 +53,8 @@ pub use crate::runtime::{Applied, Cluster, NetworkFaults, NodeHandle, NodeStatus
 pub use crate::state_machine::StateMachine;
 pub use crate::storage::{HardState, MemStorage, PersistentState, Storage};
 pub use crate::types::{LogIndex, NodeId, Term};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -4,7 +4,7 @@ use crate::message::Configuration;
 use crate::types::LogIndex;
 
 /// The highest index stored on a majority of voters, given each voter's match index (LEAD-4's
-/// "majority of matchIndex[i] >= N"). A voter without a known match counts as 0.
+/// "majority of matchIndex\[i\] >= N"). A voter without a known match counts as 0.
 pub fn majority_index(
     config: &Configuration,
     matched: impl Fn(crate::NodeId) -> LogIndex,
