@@ -6,15 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{init_tracing, print_table, say, wait_converged};
 use ferraft::{Cluster, Config, Error, KvCommand, KvStateMachine, NodeId};
 
 fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    init_tracing();
     let start = Instant::now();
     let config = Config { seed: 7, ..Config::default() };
     let mut cluster = Cluster::new(config, 5, |_| KvStateMachine::new())?;
@@ -38,16 +36,12 @@ fn main() -> Result<(), Error> {
         say(start, &format!("restarted {id} from its persisted term, vote and log"));
     }
     write_keys(&mut cluster, start, 60..70)?;
-    wait_converged(&cluster, Duration::from_secs(10))?;
+    let statuses = wait_converged(&cluster, Duration::from_secs(10))?;
     say(start, &format!("{third} still leads; every node caught up"));
-    print_table(&cluster);
+    print_table(&statuses);
     cluster.shutdown();
     say(start, "shut down; every node thread joined");
     Ok(())
-}
-
-fn say(start: Instant, what: &str) {
-    println!("[{:>7.1} ms] {what}", start.elapsed().as_secs_f64() * 1e3);
 }
 
 fn elect(cluster: &Cluster<KvStateMachine>, start: Instant, what: &str) -> Result<NodeId, Error> {
@@ -73,39 +67,4 @@ fn write_keys(
     let index = at.map_or(0, |i| i.0);
     say(start, &format!("wrote key{first:03}..key{last:03}, committed through index {index}"));
     Ok(())
-}
-
-fn wait_converged(cluster: &Cluster<KvStateMachine>, timeout: Duration) -> Result<(), Error> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let statuses = cluster.statuses();
-        let same = |f: &dyn Fn(&ferraft::NodeStatus) -> u64| {
-            statuses.windows(2).all(|w| f(&w[0]) == f(&w[1]))
-        };
-        if statuses.len() == 5 && same(&|s| s.core.last_applied.0) && same(&|s| s.digest) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Timeout);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn print_table(cluster: &Cluster<KvStateMachine>) {
-    println!("\n  node  role       term   commit  applied  state digest");
-    for s in cluster.statuses() {
-        let c = &s.core;
-        let role = c.role_name().to_string();
-        println!(
-            "  {:<5} {:<10} {:<6} {:<7} {:<8} {:016x}",
-            c.id.to_string(),
-            role,
-            c.term.to_string(),
-            c.commit_index.0,
-            c.last_applied.0,
-            s.digest
-        );
-    }
-    println!();
 }

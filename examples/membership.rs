@@ -7,15 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferraft::{Cluster, Config, Error, KvCommand, KvStateMachine, NodeStatus};
+mod common;
+
+use common::{init_tracing, print_table, say, wait_converged};
+use ferraft::{Cluster, Config, Error, KvCommand, KvStateMachine};
 
 fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    init_tracing();
     let start = Instant::now();
     let cluster =
         Arc::new(Mutex::new(Cluster::new(Config::default(), 5, |_| KvStateMachine::new())?));
@@ -57,7 +55,7 @@ fn main() -> Result<(), Error> {
     let writes = writer.join().expect("writer thread")?;
     say(start, &format!("{writes} writes completed during the changes"));
     let cluster = Arc::into_inner(cluster).expect("writer joined").into_inner().expect("lock");
-    let statuses = wait_converged(&cluster)?;
+    let statuses = wait_converged(&cluster, Duration::from_secs(10))?;
     print_table(&statuses);
     cluster.shutdown();
     Ok(())
@@ -107,46 +105,4 @@ fn spawn_writer(
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn say(start: Instant, what: &str) {
-    println!("[{:>7.1} ms] {what}", start.elapsed().as_secs_f64() * 1e3);
-}
-
-fn wait_converged(cluster: &Cluster<KvStateMachine>) -> Result<Vec<NodeStatus>, Error> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = cluster.statuses();
-        let same = s.windows(2).all(|w| {
-            w[0].digest == w[1].digest && w[0].core.last_applied == w[1].core.last_applied
-        });
-        if s.len() == cluster.ids().len() && same {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Timeout);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn print_table(statuses: &[NodeStatus]) {
-    println!("\n  node  role       term   commit  applied  voters            learners  digest");
-    for s in statuses {
-        let c = &s.core;
-        let voters: Vec<String> = c.config.voters.iter().map(|v| v.to_string()).collect();
-        let learners: Vec<String> = c.config.learners.iter().map(|v| v.to_string()).collect();
-        println!(
-            "  {:<5} {:<10} {:<6} {:<7} {:<8} {:<17} {:<9} {:016x}",
-            c.id.to_string(),
-            c.role_name().to_string(),
-            c.term.to_string(),
-            c.commit_index.0,
-            c.last_applied.0,
-            voters.join(","),
-            learners.join(","),
-            s.digest
-        );
-    }
-    println!();
 }
