@@ -404,8 +404,8 @@ impl<C: Clone> Core<C> {
     /// The gateway for every message: term rules (ALL-2, AE-1, RV-1, SUB-5), then one handler
     /// per RPC.
     fn receive(&mut self, msg: Message<C>) {
-        if msg.to != self.id || msg.from == self.id {
-            return; // misrouted: nothing to learn from it
+        if msg.to != self.id || msg.from == self.id || !well_formed(&msg) {
+            return; // misrouted or malformed: nothing to learn from it
         }
         if msg.term > self.term && !self.adopt_term(&msg) {
             return;
@@ -463,6 +463,18 @@ impl<C: Clone> Core<C> {
     fn leader_is_recent(&self) -> bool {
         self.leader.is_some() && self.election_elapsed < self.timing.election_ticks.start
     }
+}
+
+/// Gateway check (validate once, trust inside): an AppendEntries whose entry terms decrease,
+/// precede `prev_log_term` or exceed the sender's term cannot come from a correct leader.
+fn well_formed<C>(msg: &Message<C>) -> bool {
+    let Body::AppendEntries(ae) = &msg.body else { return true };
+    let mut last = ae.prev_log_term;
+    ae.entries.iter().all(|e| {
+        let ok = last <= e.term && e.term <= msg.term;
+        last = e.term;
+        ok
+    })
 }
 
 fn vote_reply<C>(granted: bool, pre_vote: bool) -> Body<C> {

@@ -109,3 +109,16 @@ fn sub6_check_catches_the_truncate_on_duplicate_bug() {
     f.recv(ae(1, 2, 2).prev(0, 0).entries(&[1]));
     assert_eq!(f.log_terms(), [1, 2, 2], "sub6");
 }
+
+#[test]
+fn gateway_drops_append_entries_whose_terms_go_backwards_or_ahead_of_the_sender() {
+    let mut f = boot(2).term(3).log(&[1, 1]).start();
+    let backwards = f.recv(ae(1, 2, 3).prev(2, 1).entries(&[3, 2]));
+    assert!(backwards.is_empty(), "dropped, no reply: {:?}", trace(&backwards));
+    let ahead = f.recv(ae(1, 2, 3).prev(2, 1).entries(&[4]));
+    assert!(ahead.is_empty(), "dropped, no reply: {:?}", trace(&ahead));
+    assert_eq!(f.log_terms(), [1, 1], "log untouched");
+    let fine = f.recv(ae(1, 2, 3).prev(2, 1).entries(&[2, 3]));
+    assert!(!fine.is_empty(), "a well-formed request is handled");
+    assert_eq!(f.log_terms(), [1, 1, 2, 3]);
+}
