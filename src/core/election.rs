@@ -96,9 +96,7 @@ impl<C: Clone> Core<C> {
         let voters: Vec<NodeId> =
             self.config().voters.iter().copied().filter(|&v| v != self.id).collect();
         for to in voters {
-            let msg =
-                crate::message::Message { from: self.id, to, term, body: Body::RequestVote(rv) };
-            self.out.push(super::Action::Send(msg));
+            self.send_in(term, to, Body::RequestVote(rv));
         }
     }
 
@@ -113,13 +111,7 @@ impl<C: Clone> Core<C> {
             // carries ours, so a pre-candidate behind us catches up (ALL-2).
             let grant = up_to_date && term > self.term;
             let reply_term = if grant { term } else { self.term };
-            let msg = crate::message::Message {
-                from: self.id,
-                to: from,
-                term: reply_term,
-                body: vote_reply(grant, true),
-            };
-            return self.out.push(super::Action::Send(msg));
+            return self.send_in(reply_term, from, vote_reply(grant, true));
         }
         let free = self.voted_for.is_none_or(|v| v == from);
         let grant = free && up_to_date && self.leader.is_none_or(|l| l == from);

@@ -16,7 +16,7 @@ pub struct Log<C> {
 
 impl<C> Log<C> {
     /// A log holding `entries` at `offset + 1 ..`.
-    pub fn new(offset: LogIndex, offset_term: Term, entries: Vec<Entry<C>>) -> Self {
+    pub(crate) fn new(offset: LogIndex, offset_term: Term, entries: Vec<Entry<C>>) -> Self {
         Log { offset, offset_term, entries }
     }
 
@@ -57,7 +57,7 @@ impl<C> Log<C> {
     }
 
     /// Appends one entry at `last_index() + 1`.
-    pub fn push(&mut self, entry: Entry<C>) {
+    pub(crate) fn push(&mut self, entry: Entry<C>) {
         debug_assert!(
             entry.term >= self.last_term(),
             "L1: term {} after {}",
@@ -68,7 +68,7 @@ impl<C> Log<C> {
     }
 
     /// Deletes the entry at `from` and everything after it (AE-3).
-    pub fn truncate_from(&mut self, from: LogIndex) {
+    pub(crate) fn truncate_from(&mut self, from: LogIndex) {
         assert!(from > self.offset, "truncating compacted index {from} (offset {})", self.offset);
         self.entries.truncate(self.position(from));
     }

@@ -16,7 +16,7 @@ mod inspect;
 #[cfg(any(test, debug_assertions))]
 mod invariants;
 pub mod log;
-pub mod membership;
+mod membership;
 pub mod progress;
 pub mod quorum;
 mod replication;
@@ -334,7 +334,13 @@ impl<C: Clone> Core<C> {
     }
 
     fn send(&mut self, to: NodeId, body: Body<C>) {
-        self.out.push(Action::Send(Message { from: self.id, to, term: self.term, body }));
+        self.send_in(self.term, to, body);
+    }
+
+    /// Sends with an explicit term: a pre-vote request carries the term it would campaign in,
+    /// and a pre-vote grant echoes it.
+    fn send_in(&mut self, term: Term, to: NodeId, body: Body<C>) {
+        self.out.push(Action::Send(Message { from: self.id, to, term, body }));
     }
 
     fn reject(&mut self, error: Error) {
