@@ -42,6 +42,7 @@ pub mod runtime;
 pub mod sim;
 pub mod state_machine;
 pub mod storage;
+pub mod transport;
 pub mod types;
 
 pub use crate::config::Config;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use super::node::{Applied, Channels, NodeLoop, NodeStatus, ProposalEvent, Request};
-use super::router::{NetworkFaults, Router};
+use crate::transport::{NetworkFaults, Router};
 use crate::config::Config;
 use crate::core::{MembershipChange, Role};
 use crate::error::{ConfigError, Error, FaultError};

@@ -8,8 +8,7 @@
 
 mod cluster;
 mod node;
-mod router;
 
 pub use cluster::{Cluster, NodeHandle, Receipt, DEFAULT_TIMEOUT};
 pub use node::{Applied, NodeStatus};
-pub use router::{NetworkFaults, Router};
+pub use crate::transport::{NetworkFaults, Router};

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use super::router::Router;
+use crate::transport::Router;
 use crate::config::Config;
 use crate::core::{Action, Core, Input, MembershipChange, Role, Status};
 use crate::error::Error;

@@ -1,50 +1,12 @@
-//! [`Storage`]: where a node keeps currentTerm, votedFor and the log (Figure 2's persistent
-//! state), and [`MemStorage`], an in-memory implementation that outlives the node's thread so a
-//! killed node restarts from exactly what it persisted.
-//!
-//! The runtime writes here when the core asks (`Action::PersistHardState`,
-//! `Action::PersistEntries`), always before sending the messages that depend on it (SUB-8).
+//! [`MemStorage`]: the in-memory [`Storage`], the default for tests and in-process clusters.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::{PersistentState, Storage};
 use crate::message::{Configuration, Entry};
-use crate::types::{LogIndex, NodeId, Term};
-
-/// currentTerm and votedFor (ST-P1, ST-P2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HardState {
-    /// The latest term this server has seen.
-    pub term: Term,
-    /// The candidate that received this server's vote in `term`, if any.
-    pub voted_for: Option<NodeId>,
-}
-
-/// Everything a node needs to restart: what [`Storage::load`] returns.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PersistentState<C> {
-    /// currentTerm and votedFor.
-    pub hard_state: HardState,
-    /// The configuration in force before the first log entry (the bootstrap configuration; empty
-    /// for a node that joins later and learns its configuration from the log).
-    pub base_config: Configuration,
-    /// The index just before `entries[0]`: 0 until log compaction moves it.
-    pub log_offset: LogIndex,
-    /// The term of the entry at `log_offset` (0 when the offset is 0).
-    pub offset_term: Term,
-    /// The log entries from `log_offset + 1`.
-    pub entries: Vec<Entry<C>>,
-}
-
-/// Stable storage for one node. Every method returns only once the data is durable.
-pub trait Storage<C>: Send + 'static {
-    /// Reads back everything persisted so far.
-    fn load(&self) -> io::Result<PersistentState<C>>;
-    /// Durably records currentTerm and votedFor.
-    fn save_hard_state(&mut self, hard_state: HardState) -> io::Result<()>;
-    /// Durably replaces the log from index `first` onwards with `entries` (truncate, then append).
-    fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()>;
-}
+use super::HardState;
+use crate::types::{LogIndex, Term};
 
 /// An in-memory [`Storage`]. Clones share the same data, so the [`crate::Cluster`] keeps one
 /// clone while the node's thread writes through another; a restarted node loads from it.

@@ -1,0 +1,23 @@
+//! How a node's messages reach its peers: the [`Transport`] trait and its implementations, the
+//! in-process [`Router`] (`router.rs`, with the fault switches tests and users flip).
+//!
+//! A transport is best effort, like a network: a message may be lost, delayed, duplicated or
+//! reordered, and Raft retransmits. `send` must never block the node's thread.
+
+mod router;
+
+pub use router::{NetworkFaults, Router};
+
+use crate::message::Message;
+
+/// Sends a node's messages to its peers. Implementations drop rather than block.
+pub trait Transport<C>: Send + 'static {
+    /// Hands `msg` to the network for delivery to `msg.to` (best effort).
+    fn send(&mut self, msg: Message<C>);
+}
+
+impl<C: Clone + Send + 'static> Transport<C> for std::sync::Arc<Router<C>> {
+    fn send(&mut self, msg: Message<C>) {
+        Router::send(self, msg);
+    }
+}
