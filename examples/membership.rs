@@ -62,13 +62,13 @@ fn main() -> Result<(), Error> {
 }
 
 fn preload(cluster: &Mutex<Cluster<KvStateMachine>>, n: u64) -> Result<(), Error> {
-    let mut c = lock(cluster);
+    let c = lock(cluster);
     let mut receipts = std::collections::VecDeque::new();
     for i in 0..n {
         receipts.push_back(c.propose_async(KvCommand::Put {
             key: format!("pre{}", i % 1000),
             value: i.to_string(),
-        })?);
+        }));
         if receipts.len() >= 256 {
             receipts.pop_front().expect("non-empty").wait(Duration::from_secs(10))?;
         }

@@ -33,6 +33,10 @@ pub struct Config {
     pub catch_up_timeout: Duration,
     /// Capacity of each node's inbox; a message to a full inbox is dropped, as a lossy network.
     pub inbox_capacity: usize,
+    /// The deadline of every blocking call that takes none (`Cluster::propose`,
+    /// `Client::propose`, `Cluster::status`, finding a leader for a membership change). An
+    /// addition may take `catch_up_timeout` on top, while the new node catches up.
+    pub request_timeout: Duration,
 }
 
 impl Default for Config {
@@ -48,6 +52,7 @@ impl Default for Config {
             check_quorum: true,
             catch_up_timeout: Duration::from_secs(10),
             inbox_capacity: 65_536,
+            request_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -117,6 +117,24 @@ pub enum Error {
     AlreadyRunning(NodeId),
     /// The persistent storage failed; the node stopped.
     Storage(String),
+    /// The OS refused to start a node's thread.
+    Spawn(String),
+    /// The state machine panicked applying the entry at `index` on `node`.
+    StateMachinePanicked {
+        /// The node whose state machine panicked.
+        node: NodeId,
+        /// The index of the entry being applied.
+        index: LogIndex,
+        /// The panic's message.
+        message: String,
+    },
+    /// A proposed command is larger than `Config::max_command_bytes`.
+    CommandTooLarge {
+        /// The command's size, as `StateMachine::command_size` reports it.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -151,6 +169,13 @@ impl fmt::Display for Error {
             }
             Error::AlreadyRunning(id) => write!(f, "{id} is already running; kill it first"),
             Error::Storage(why) => write!(f, "storage failed: {why}"),
+            Error::Spawn(why) => write!(f, "could not start a node thread: {why}"),
+            Error::StateMachinePanicked { node, index, message } => {
+                write!(f, "the state machine on {node} panicked applying entry {index}: {message}")
+            }
+            Error::CommandTooLarge { size, max } => {
+                write!(f, "command of {size} bytes exceeds the limit of {max}")
+            }
         }
     }
 }

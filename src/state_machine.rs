@@ -16,6 +16,14 @@ pub trait StateMachine: Send + 'static {
     /// Applies the committed command at `index`. Called in strictly increasing index order.
     fn apply(&mut self, index: LogIndex, command: &Self::Command) -> Self::Output;
 
+    /// The size of `command` in bytes, for `Config::max_command_bytes` and the replication
+    /// limits by bytes. Defaults to `size_of::<Command>()`; override it when commands own heap
+    /// data (strings, vectors), or large commands pass unchecked.
+    fn command_size(command: &Self::Command) -> usize {
+        let _ = command;
+        std::mem::size_of::<Self::Command>()
+    }
+
     /// A digest of the whole state, used to prove replicas identical. Defaults to 0 (unknown).
     fn digest(&self) -> u64 {
         0

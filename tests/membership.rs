@@ -15,6 +15,24 @@ fn config() -> Config {
     }
 }
 
+/// Timing for tests that assert the absence of elections: roomy enough that a loaded 2-core
+/// machine starving a thread for 100 ms does not depose a healthy leader.
+fn roomy() -> Config {
+    Config {
+        election_timeout: Duration::from_millis(300)..Duration::from_millis(600),
+        heartbeat_interval: Duration::from_millis(30),
+        tick: Duration::from_millis(10),
+        catch_up_timeout: Duration::from_secs(2),
+        ..Config::default()
+    }
+}
+
+fn roomy_cluster(n: usize) -> Cluster<KvStateMachine> {
+    let c = Cluster::new(roomy(), n, |_| KvStateMachine::new()).expect("valid config");
+    c.wait_for_leader(Duration::from_secs(20)).expect("a leader");
+    c
+}
+
 fn cluster(n: usize) -> Cluster<KvStateMachine> {
     let c = Cluster::new(config(), n, |_| KvStateMachine::new()).expect("valid config");
     c.wait_for_leader(Duration::from_secs(20)).expect("a leader");
@@ -69,7 +87,7 @@ fn node_ids_are_never_reused() {
 
 #[test]
 fn removing_a_follower_shrinks_the_configuration() {
-    let mut c = cluster(5);
+    let mut c = roomy_cluster(5);
     let leader = c.leader().expect("leader");
     let victim = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
     c.remove_node(victim).expect("remove");
@@ -97,7 +115,7 @@ fn removing_the_leader_makes_it_step_down_and_others_elect() {
 
 #[test]
 fn removed_node_that_keeps_running_never_disrupts_the_leader() {
-    let mut c = cluster(5);
+    let mut c = roomy_cluster(5);
     let leader = c.leader().expect("leader");
     let victim = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
     // Cut it off first so it never learns of its removal, then let it time out on its own.
@@ -109,7 +127,7 @@ fn removed_node_that_keeps_running_never_disrupts_the_leader() {
     c.heal();
     let term = c.status(leader).expect("status").core.term;
     // Observe ten maximum election timeouts: the leader and its term must not change.
-    let watch = config().election_timeout.end * 10;
+    let watch = roomy().election_timeout.end * 10;
     let until = Instant::now() + watch;
     while Instant::now() < until {
         let s = c.status(leader).expect("leader status").core;
@@ -121,12 +139,12 @@ fn removed_node_that_keeps_running_never_disrupts_the_leader() {
 
 #[test]
 fn node_isolated_for_ten_election_timeouts_rejoins_without_deposing_the_leader() {
-    let mut c = cluster(5);
+    let mut c = roomy_cluster(5);
     let leader = c.leader().expect("leader");
     let term = c.status(leader).expect("status").core.term;
     let loner = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
     c.isolate(loner).expect("isolate");
-    std::thread::sleep(config().election_timeout.end * 10); // NB: the fault's duration, not a wait for an outcome
+    std::thread::sleep(roomy().election_timeout.end * 10); // NB: the fault's duration, not a wait for an outcome
     put(&mut c, "while", "isolated");
     c.heal();
     wait_until("the loner catches up", Duration::from_secs(20), || converged(&c));

@@ -1,179 +1,145 @@
 //! [`Cluster`]: the handle users and tests hold. It starts, kills, restarts, adds and removes
-//! node threads, routes their messages through the [`Router`], and offers proposals that find
-//! the leader themselves.
+//! node threads, hands out [`Client`]s and [`NodeHandle`]s, and flips the in-process network's
+//! fault switches.
 //!
-//! Ownership: the cluster owns every node's request and shutdown `Sender`, its `JoinHandle` and
-//! its `MemStorage` (so a killed node restarts from what it persisted). The router owns the
-//! inbox `Sender`s. Dropping the cluster shuts every node down and joins every thread.
+//! Storage and transport are chosen per node by factories ([`ClusterBuilder::storage`],
+//! [`ClusterBuilder::transport`]); the defaults are [`MemStorage`] and the in-process [`Router`].
+//! Ownership: the cluster owns every node's shutdown `Sender` and `JoinHandle`; the storage
+//! factory owns what a killed node restarts from. Dropping the cluster shuts every node down and
+//! joins every thread.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::io;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Sender};
 
-use super::node::{Applied, Channels, NodeLoop, NodeStatus, ProposalEvent, Request};
-use crate::transport::{NetworkFaults, Router};
+use super::client::{Client, NodeHandle};
+use super::thread::{self, Channels, Failure, NodeDriver};
 use crate::config::Config;
 use crate::core::{MembershipChange, Role};
 use crate::error::{ConfigError, Error, FaultError};
-use crate::message::Configuration;
+use crate::message::{Configuration, Message};
+use crate::node::{Applied, ApplyOn, Driver, NodeStatus, Receipt};
 use crate::state_machine::StateMachine;
-use crate::storage::MemStorage;
-use crate::types::{LogIndex, NodeId, Term};
-
-/// How long cluster-level operations keep retrying by default.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::storage::{MemStorage, Storage};
+use crate::transport::{NetworkFaults, Router, Transport};
+use crate::types::NodeId;
 
 type Factory<S> = Arc<dyn Fn(NodeId) -> S + Send + Sync>;
 
-/// A proposal in flight: tells where the entry went, and waits for its output.
-pub struct Receipt<O> {
-    node: NodeId,
-    events: Receiver<ProposalEvent<O>>,
-    appended: Option<(LogIndex, Term)>,
-    /// The final outcome, once received: later calls return it again.
-    done: Option<Result<Applied<O>, Error>>,
+/// Opens node `id`'s storage. Called at every start of the node, first start and restarts
+/// alike; `bootstrap` is the configuration a brand-new store begins with (empty for a node
+/// added later, which learns its configuration from the leader).
+pub type StorageFactory<C> =
+    Arc<dyn Fn(NodeId, &Configuration) -> io::Result<Box<dyn Storage<C>>> + Send + Sync>;
+
+/// Connects node `id` to the network: messages for it are to be put into `inbox`. Returns the
+/// node's sending half. Called at every start of the node.
+pub type TransportFactory<C> =
+    Arc<dyn Fn(NodeId, Sender<Message<C>>) -> Box<dyn Transport<C>> + Send + Sync>;
+
+/// The default storage: one [`MemStorage`] per node id, kept across restarts of the node.
+fn mem_storage<C: Clone + Send + 'static>() -> StorageFactory<C> {
+    let stores: Mutex<BTreeMap<NodeId, MemStorage<C>>> = Mutex::new(BTreeMap::new());
+    Arc::new(move |id, bootstrap: &Configuration| {
+        let mut stores = stores.lock().unwrap_or_else(|p| p.into_inner());
+        let store = stores.entry(id).or_insert_with(|| MemStorage::new(bootstrap.clone()));
+        Ok(Box::new(store.clone()) as Box<dyn Storage<C>>)
+    })
 }
 
-impl<O: Clone> Receipt<O> {
-    fn new(node: NodeId, events: Receiver<ProposalEvent<O>>) -> Self {
-        Receipt { node, events, appended: None, done: None }
-    }
-
-    /// The node the proposal was sent to.
-    pub fn node(&self) -> NodeId {
-        self.node
-    }
-
-    /// Whether the node reported appending the entry (then its fate is decided by the log).
-    pub fn was_appended(&self) -> bool {
-        self.appended.is_some() || matches!(self.done, Some(Ok(_)))
-    }
-
-    /// The log index and term the entry was given, waiting up to `timeout` for the leader to
-    /// append it. Fails with the leader's refusal (e.g. `NotLeader`) if it was not appended.
-    pub fn position(&mut self, timeout: Duration) -> Result<(LogIndex, Term), Error> {
-        let deadline = Instant::now() + timeout;
-        while self.appended.is_none() && self.done.is_none() {
-            self.receive(deadline)?;
-        }
-        match (&self.appended, &self.done) {
-            (Some(position), _) => Ok(*position),
-            (None, Some(result)) => result.clone().map(|a| (a.index, a.term)),
-            (None, None) => unreachable!("loop ends with one of them set"),
-        }
-    }
-
-    /// Waits up to `timeout` for the command to be applied on the leader; returns its output.
-    /// `Err(Timeout)` or `Err(NodeDown)` after the entry was appended mean the outcome is
-    /// unknown: the entry may still commit.
-    pub fn wait(&mut self, timeout: Duration) -> Result<Applied<O>, Error> {
-        let deadline = Instant::now() + timeout;
-        while self.done.is_none() {
-            self.receive(deadline)?;
-        }
-        self.done.clone().expect("loop ends once done")
-    }
-
-    fn receive(&mut self, deadline: Instant) -> Result<(), Error> {
-        match self.events.recv_deadline(deadline) {
-            Ok(ProposalEvent::Appended { index, term }) => self.appended = Some((index, term)),
-            Ok(ProposalEvent::Done(result)) => self.done = Some(result),
-            Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout),
-            Err(RecvTimeoutError::Disconnected) => return Err(Error::NodeDown(self.node)),
-        }
-        Ok(())
-    }
+/// Builds a [`Cluster`] with a choice of node ids, storage and transport.
+///
+/// ```
+/// use ferraft::{Cluster, Config, KvStateMachine, MemStorage, NodeId, Storage};
+///
+/// let cluster = Cluster::builder(Config::default(), |_| KvStateMachine::default())
+///     .ids(&[NodeId(10), NodeId(20), NodeId(30)])
+///     .storage(|_id, bootstrap| Ok(MemStorage::new(bootstrap.clone())))
+///     .start()
+///     .unwrap();
+/// assert_eq!(cluster.ids().len(), 3);
+/// ```
+pub struct ClusterBuilder<S: StateMachine> {
+    config: Config,
+    ids: Vec<NodeId>,
+    factory: Factory<S>,
+    storage: Option<StorageFactory<S::Command>>,
+    transport: Option<TransportFactory<S::Command>>,
 }
 
-/// A handle to one node: proposals sent here fail with `NotLeader` unless it leads.
-pub struct NodeHandle<S: StateMachine> {
-    id: NodeId,
-    requests: Sender<Request<S>>,
-}
-
-impl<S: StateMachine> Clone for NodeHandle<S> {
-    fn clone(&self) -> Self {
-        NodeHandle { id: self.id, requests: self.requests.clone() }
-    }
-}
-
-impl<S: StateMachine> NodeHandle<S> {
-    /// The node's id.
-    pub fn id(&self) -> NodeId {
-        self.id
+impl<S: StateMachine> ClusterBuilder<S> {
+    /// Nodes with ids `1..=n` (the default is 3).
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.ids = (1..=n as u64).map(NodeId).collect();
+        self
     }
 
-    /// Sends a proposal without waiting; the receipt tells its index and output later.
-    pub fn propose_async(&self, command: S::Command) -> Result<Receipt<S::Output>, Error> {
-        self.send_proposal(command, true)
+    /// Nodes with these ids, which must be distinct.
+    pub fn ids(mut self, ids: &[NodeId]) -> Self {
+        self.ids = ids.to_vec();
+        self
     }
 
-    /// Proposes and waits until the command is applied on this node (which must lead).
-    pub fn propose(
-        &self,
-        command: S::Command,
-        timeout: Duration,
-    ) -> Result<Applied<S::Output>, Error> {
-        self.send_proposal(command, false)?.wait(timeout)
+    /// Where each node keeps its persistent state (default: [`MemStorage`], which survives a
+    /// node's kill and restart but not the process). See [`StorageFactory`].
+    pub fn storage<St: Storage<S::Command>>(
+        mut self,
+        open: impl Fn(NodeId, &Configuration) -> io::Result<St> + Send + Sync + 'static,
+    ) -> Self {
+        self.storage = Some(Arc::new(move |id, bootstrap: &Configuration| {
+            Ok(Box::new(open(id, bootstrap)?) as Box<dyn Storage<S::Command>>)
+        }));
+        self
     }
 
-    fn send_proposal(
-        &self,
-        command: S::Command,
-        positioned: bool,
-    ) -> Result<Receipt<S::Output>, Error> {
-        let (reply, events) = bounded(2);
-        let request = Request::Propose { command, reply, positioned };
-        self.requests.send(request).map_err(|_| Error::NodeDown(self.id))?;
-        Ok(Receipt::new(self.id, events))
+    /// How each node reaches its peers (default: the in-process [`Router`], whose fault
+    /// switches the cluster's `partition`, `set_faults`, ... methods flip; with another
+    /// transport those switches affect nothing). See [`TransportFactory`].
+    pub fn transport<T: Transport<S::Command>>(
+        mut self,
+        connect: impl Fn(NodeId, Sender<Message<S::Command>>) -> T + Send + Sync + 'static,
+    ) -> Self {
+        self.transport = Some(Arc::new(move |id, inbox| {
+            Box::new(connect(id, inbox)) as Box<dyn Transport<S::Command>>
+        }));
+        self
     }
 
-    /// The node's current status.
-    pub fn status(&self, timeout: Duration) -> Result<NodeStatus, Error> {
-        let (reply, rx) = bounded(1);
-        self.requests.send(Request::Status { reply }).map_err(|_| Error::NodeDown(self.id))?;
-        rx.recv_timeout(timeout).map_err(|e| match e {
-            RecvTimeoutError::Timeout => Error::Timeout,
-            RecvTimeoutError::Disconnected => Error::NodeDown(self.id),
-        })
-    }
-
-    /// Asks this node (which must lead) to make a membership change, waiting up to `timeout`
-    /// for it to commit. Refusals are typed: `NotLeader`, `ChangeInProgress`, `LeaderNotReady`,
-    /// `AlreadyMember`, `NotMember`, `LastVoter`, `CatchUpFailed`. [`Cluster::add_node`] and
-    /// [`Cluster::remove_node`] wrap this with leader discovery and retries.
-    pub fn change_membership(
-        &self,
-        change: MembershipChange,
-        timeout: Duration,
-    ) -> Result<Configuration, Error> {
-        self.change(change, Instant::now() + timeout)
-    }
-
-    fn change(&self, change: MembershipChange, deadline: Instant) -> Result<Configuration, Error> {
-        let (reply, rx) = bounded(1);
-        self.requests
-            .send(Request::ChangeMembership { change, reply })
-            .map_err(|_| Error::NodeDown(self.id))?;
-        match rx.recv_deadline(deadline) {
-            Ok(result) => result,
-            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::NodeDown(self.id)),
+    /// Validates the configuration and the ids, then starts every node.
+    pub fn start(self) -> Result<Cluster<S>, Error> {
+        self.config.validate()?;
+        validate_ids(&self.ids)?;
+        let router = Arc::new(Router::new(self.config.seed));
+        Router::start_delayer(&router);
+        let transport = self.transport.unwrap_or_else(|| {
+            let router = Arc::clone(&router);
+            Arc::new(move |id, inbox| {
+                router.connect(id, inbox);
+                Box::new(Arc::clone(&router)) as Box<dyn Transport<S::Command>>
+            })
+        });
+        let retry_pause = self.config.tick.min(Duration::from_millis(5));
+        let mut cluster = Cluster {
+            next_id: self.ids.iter().map(|id| id.0).max().unwrap_or(0) + 1,
+            client: Client::new(self.config.request_timeout, retry_pause),
+            config: self.config,
+            factory: self.factory,
+            storage: self.storage.unwrap_or_else(mem_storage),
+            transport,
+            router,
+            slots: BTreeMap::new(),
+        };
+        let bootstrap = Configuration::new(self.ids.iter().copied());
+        for &id in &self.ids {
+            cluster.slots.insert(id, Slot::new(bootstrap.clone()));
+            cluster.spawn(id)?;
         }
+        Ok(cluster)
     }
-}
-
-/// What to do after a failed proposal attempt.
-enum Retry {
-    /// Try the leader this node named.
-    At(NodeId),
-    /// Try another node.
-    Elsewhere,
-    /// Give up with this error (the outcome may be unknown).
-    No(Error),
 }
 
 /// A running node thread.
@@ -181,35 +147,43 @@ struct Running<S: StateMachine> {
     handle: NodeHandle<S>,
     shutdown: Sender<()>,
     thread: JoinHandle<()>,
+    failure: Failure,
 }
 
-/// One node slot: its storage always; its thread while running.
+/// One node slot: the configuration its storage starts from; its thread while running.
 struct Slot<S: StateMachine> {
-    storage: MemStorage<S::Command>,
+    bootstrap: Configuration,
     running: Option<Running<S>>,
     removed: bool,
+}
+
+impl<S: StateMachine> Slot<S> {
+    fn new(bootstrap: Configuration) -> Self {
+        Slot { bootstrap, running: None, removed: false }
+    }
 }
 
 /// A cluster of node threads in this process.
 pub struct Cluster<S: StateMachine> {
     config: Config,
     factory: Factory<S>,
+    storage: StorageFactory<S::Command>,
+    transport: TransportFactory<S::Command>,
     router: Arc<Router<S::Command>>,
     slots: BTreeMap<NodeId, Slot<S>>,
     next_id: u64,
-    /// Last node seen leading, tried first by `propose`.
-    leader_hint: Option<NodeId>,
+    client: Client<S>,
 }
 
 impl<S: StateMachine> Cluster<S> {
-    /// Starts `nodes` nodes with ids 1..=nodes, each with a state machine from `factory`.
+    /// Starts `nodes` nodes with ids 1..=nodes, each with a state machine from `factory`, over
+    /// in-memory storage and the in-process network.
     pub fn new(
         config: Config,
         nodes: usize,
         factory: impl Fn(NodeId) -> S + Send + Sync + 'static,
     ) -> Result<Self, Error> {
-        let ids: Vec<NodeId> = (1..=nodes as u64).map(NodeId).collect();
-        Self::with_ids(config, &ids, factory)
+        Self::builder(config, factory).nodes(nodes).start()
     }
 
     /// Starts one node per id; ids must be distinct.
@@ -218,53 +192,53 @@ impl<S: StateMachine> Cluster<S> {
         ids: &[NodeId],
         factory: impl Fn(NodeId) -> S + Send + Sync + 'static,
     ) -> Result<Self, Error> {
-        config.validate()?;
-        validate_ids(ids)?;
-        let router = Arc::new(Router::new(config.seed));
-        Router::start_delayer(&router);
-        let mut cluster = Cluster {
-            next_id: ids.iter().map(|id| id.0).max().unwrap_or(0) + 1,
+        Self::builder(config, factory).ids(ids).start()
+    }
+
+    /// A [`ClusterBuilder`]: choose ids, storage and transport, then `start()`.
+    pub fn builder(
+        config: Config,
+        factory: impl Fn(NodeId) -> S + Send + Sync + 'static,
+    ) -> ClusterBuilder<S> {
+        ClusterBuilder {
             config,
+            ids: (1..=3).map(NodeId).collect(),
             factory: Arc::new(factory),
-            router,
-            slots: BTreeMap::new(),
-            leader_hint: None,
-        };
-        let base = Configuration::new(ids.iter().copied());
-        for &id in ids {
-            cluster.slots.insert(
-                id,
-                Slot { storage: MemStorage::new(base.clone()), running: None, removed: false },
-            );
-            cluster.spawn(id)?;
+            storage: None,
+            transport: None,
         }
-        Ok(cluster)
     }
 
     fn spawn(&mut self, id: NodeId) -> Result<(), Error> {
         let slot = self.slots.get(&id).ok_or(Error::UnknownNode(id))?;
+        let storage = (self.storage)(id, &slot.bootstrap)
+            .map_err(|e| Error::Storage(format!("opening {id}'s storage: {e}")))?;
         let (inbox_tx, inbox) = bounded(self.config.inbox_capacity);
         let (requests_tx, requests) = bounded(self.config.inbox_capacity);
         let (shutdown, shutdown_rx) = bounded(1);
-        let node = NodeLoop::new(
+        let transport = (self.transport)(id, inbox_tx);
+        let driver: NodeDriver<S> = Driver::new(
             id,
             &self.config,
             (self.factory)(id),
-            slot.storage.clone(),
-            Arc::clone(&self.router),
+            storage,
+            transport,
+            ApplyOn::Thread,
         )?;
         let channels = Channels { inbox, requests, shutdown: shutdown_rx };
         let tick = self.config.tick;
+        let failure = Failure::default();
+        let failed = Arc::clone(&failure);
         let thread = std::thread::Builder::new()
             .name(format!("raft-n{}", id.0))
             .spawn(move || {
                 let _span = tracing::info_span!("node", id = %id).entered();
-                node.run(channels, tick);
+                thread::run(driver, channels, tick, failed);
             })
-            .map_err(|e| Error::Storage(format!("spawning thread: {e}")))?;
-        self.router.connect(id, inbox_tx);
-        let handle = NodeHandle { id, requests: requests_tx };
-        self.slot_mut(id)?.running = Some(Running { handle, shutdown, thread });
+            .map_err(|e| Error::Spawn(e.to_string()))?;
+        let handle = NodeHandle::new(id, requests_tx);
+        self.client.node_started(handle.clone());
+        self.slot_mut(id)?.running = Some(Running { handle, shutdown, thread, failure });
         Ok(())
     }
 
@@ -283,14 +257,30 @@ impl<S: StateMachine> Cluster<S> {
         slot.running.as_ref().map(|r| r.handle.clone()).ok_or(Error::NodeDown(id))
     }
 
-    /// Whether the node's thread is running.
-    pub fn is_running(&self, id: NodeId) -> bool {
-        self.slots.get(&id).is_some_and(|s| s.running.is_some())
+    /// A client of the whole cluster, to clone and share among threads: it follows the
+    /// leader as nodes start, stop and fail over.
+    pub fn client(&self) -> Client<S> {
+        self.client.clone()
     }
 
-    /// Crashes a node: its thread stops; only what it persisted survives.
+    /// Whether the node's thread is running and has not failed.
+    pub fn is_running(&self, id: NodeId) -> bool {
+        self.slots
+            .get(&id)
+            .and_then(|s| s.running.as_ref())
+            .is_some_and(|r| lock(&r.failure).is_none() && !r.thread.is_finished())
+    }
+
+    /// Why a node stopped taking part, if it failed (its state machine panicked, or its
+    /// storage failed). Kill and restart it once the cause is fixed.
+    pub fn failure(&self, id: NodeId) -> Option<Error> {
+        self.slots.get(&id)?.running.as_ref().and_then(|r| lock(&r.failure).clone())
+    }
+
+    /// Crashes a node: its threads stop; only what it persisted survives.
     pub fn kill(&mut self, id: NodeId) -> Result<(), Error> {
         let running = self.slot_mut(id)?.running.take().ok_or(Error::NodeDown(id))?;
+        self.client.node_stopped(id);
         self.router.disconnect(id);
         let _ = running.shutdown.send(());
         drop(running.handle);
@@ -299,26 +289,29 @@ impl<S: StateMachine> Cluster<S> {
         Ok(())
     }
 
-    /// Restarts a killed node from its persisted state; its state machine is rebuilt by
-    /// re-applying the log as entries are known committed.
+    /// Restarts a killed (or failed) node from its persisted state; its state machine is
+    /// rebuilt by re-applying the log as entries are known committed.
     pub fn restart(&mut self, id: NodeId) -> Result<(), Error> {
         let slot = self.slots.get(&id).ok_or(Error::UnknownNode(id))?;
         if slot.removed {
             return Err(Error::NotMember(id));
         }
-        if slot.running.is_some() {
+        if self.failure(id).is_some() {
+            self.kill(id)?;
+        } else if self.slots[&id].running.is_some() {
             return Err(Error::AlreadyRunning(id));
         }
         tracing::info!(node = %id, "restarting");
         self.spawn(id)
     }
 
-    /// The status of one node (`Err(NodeDown)` if killed).
+    /// The status of one node (`Err(NodeDown)` if killed). A failed node's status names its
+    /// failure.
     pub fn status(&self, id: NodeId) -> Result<NodeStatus, Error> {
-        self.node(id)?.status(DEFAULT_TIMEOUT)
+        self.node(id)?.status(self.config.request_timeout)
     }
 
-    /// The status of every running node.
+    /// The status of every running node (failed ones included, with their failure).
     pub fn statuses(&self) -> Vec<NodeStatus> {
         let handles: Vec<_> = self
             .slots
@@ -326,7 +319,7 @@ impl<S: StateMachine> Cluster<S> {
             .filter_map(|s| s.running.as_ref())
             .map(|r| r.handle.clone())
             .collect();
-        handles.iter().filter_map(|h| h.status(DEFAULT_TIMEOUT).ok()).collect()
+        handles.iter().filter_map(|h| h.status(self.config.request_timeout).ok()).collect()
     }
 
     /// The running leader with the highest term, if any.
@@ -334,7 +327,7 @@ impl<S: StateMachine> Cluster<S> {
         let statuses = self.statuses();
         statuses
             .iter()
-            .filter(|s| s.core.role == Role::Leader)
+            .filter(|s| s.core.role == Role::Leader && s.failure.is_none())
             .max_by_key(|s| s.core.term)
             .map(|s| s.core.id)
     }
@@ -353,88 +346,27 @@ impl<S: StateMachine> Cluster<S> {
         }
     }
 
-    /// Proposes `command` to the cluster: finds the leader (following `NotLeader` hints),
-    /// retries until [`DEFAULT_TIMEOUT`], and returns the output once applied on the leader.
-    pub fn propose(&mut self, command: S::Command) -> Result<Applied<S::Output>, Error> {
-        self.propose_timeout(command, DEFAULT_TIMEOUT)
+    /// Proposes `command` through the cluster's [`Client`]: finds the leader, retries while
+    /// safe, waits up to [`Config::request_timeout`], and returns the output once applied.
+    pub fn propose(&self, command: S::Command) -> Result<Applied<S::Output>, Error> {
+        self.client.propose(command)
     }
 
     /// [`Cluster::propose`] with an explicit deadline. `Err(Timeout)` means the outcome is
     /// unknown: the command may still be applied.
     pub fn propose_timeout(
-        &mut self,
+        &self,
         command: S::Command,
         timeout: Duration,
     ) -> Result<Applied<S::Output>, Error> {
-        let deadline = Instant::now() + timeout;
-        let mut target = self.leader_hint.or_else(|| self.ids().first().copied());
-        let mut attempt = 0usize;
-        loop {
-            if Instant::now() >= deadline {
-                return Err(Error::Timeout);
-            }
-            let id = target.ok_or(Error::Shutdown)?;
-            match self.try_propose(id, command.clone(), deadline) {
-                Ok(applied) => {
-                    self.leader_hint = Some(id);
-                    return Ok(applied);
-                }
-                Err(Retry::At(hint)) => target = Some(hint),
-                Err(Retry::Elsewhere) => {
-                    attempt += 1;
-                    target = self.next_candidate(id, attempt);
-                    std::thread::sleep(self.config.tick.min(Duration::from_millis(5)));
-                }
-                Err(Retry::No(e)) => return Err(e),
-            }
-        }
+        self.client.propose_timeout(command, timeout)
     }
 
-    /// One attempt at node `id`. Retrying is safe only when the command was never applied: it was
-    /// never appended (not the leader, node down before taking it) or a later leader replaced it
-    /// (`ProposalDropped`). Once appended, a timeout or a crash leaves the outcome unknown, and a
-    /// retry could apply the command twice (exactly-once needs client sessions, §8).
-    fn try_propose(
-        &self,
-        id: NodeId,
-        command: S::Command,
-        deadline: Instant,
-    ) -> Result<Applied<S::Output>, Retry> {
-        let mut receipt = self
-            .node(id)
-            .and_then(|n| n.send_proposal(command, true))
-            .map_err(|_| Retry::Elsewhere)?;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match receipt.wait(remaining) {
-            Ok(applied) => Ok(applied),
-            Err(Error::NotLeader { leader_hint: Some(hint) }) if hint != id => Err(Retry::At(hint)),
-            Err(Error::NotLeader { .. } | Error::ProposalDropped { .. }) => Err(Retry::Elsewhere),
-            Err(Error::NodeDown(_)) if !receipt.was_appended() => Err(Retry::Elsewhere),
-            Err(e) => Err(Retry::No(e)),
-        }
+    /// Sends a proposal to the node believed to lead and returns at once (never blocks); the
+    /// receipt reports `NotLeader` if that belief is stale. See [`Client::propose_async`].
+    pub fn propose_async(&self, command: S::Command) -> Receipt<S::Output> {
+        self.client.propose_async(command)
     }
-
-    /// Sends a proposal to the node believed to lead, without waiting. The receipt reports
-    /// `NotLeader` if that belief is stale; use [`Cluster::propose`] to have retries done for you.
-    pub fn propose_async(&mut self, command: S::Command) -> Result<Receipt<S::Output>, Error> {
-        let id = match self.leader_hint {
-            Some(id) if self.is_running(id) => id,
-            _ => self.wait_for_leader(DEFAULT_TIMEOUT)?,
-        };
-        self.leader_hint = Some(id);
-        self.node(id)?.propose_async(command)
-    }
-
-    fn next_candidate(&self, after: NodeId, attempt: usize) -> Option<NodeId> {
-        let running: Vec<NodeId> =
-            self.ids().into_iter().filter(|&id| self.is_running(id)).collect();
-        if running.is_empty() {
-            return None;
-        }
-        let pos = running.iter().position(|&id| id == after).unwrap_or(0);
-        Some(running[(pos + attempt) % running.len()])
-    }
-
     /// Sets drop, duplication and delay faults on every message (threaded network).
     pub fn set_faults(&self, faults: NetworkFaults) -> Result<(), FaultError> {
         self.router.set_faults(faults)
@@ -467,10 +399,10 @@ impl<S: StateMachine> Cluster<S> {
     pub fn add_node(&mut self) -> Result<NodeId, Error> {
         let id = NodeId(self.next_id);
         self.next_id += 1;
-        let storage = MemStorage::new(Configuration::default());
-        self.slots.insert(id, Slot { storage, running: None, removed: false });
+        self.slots.insert(id, Slot::new(Configuration::default()));
         self.spawn(id)?;
-        match self.change_membership(MembershipChange::AddNode(id)) {
+        let timeout = self.config.request_timeout + self.config.catch_up_timeout;
+        match self.change_membership_timeout(MembershipChange::AddNode(id), timeout) {
             Ok(_) => Ok(id),
             Err(e) => {
                 // Best effort: do not leave a learner nobody will promote in the configuration.
@@ -500,13 +432,27 @@ impl<S: StateMachine> Cluster<S> {
     }
 
     /// Sends a membership change to the leader, following hints and retrying transient refusals
-    /// (`LeaderNotReady`, `ChangeInProgress`, leader changes) until the deadline.
+    /// (`LeaderNotReady`, `ChangeInProgress`, leader changes) for up to
+    /// [`Config::request_timeout`].
     pub fn change_membership(&mut self, change: MembershipChange) -> Result<Configuration, Error> {
-        let deadline = Instant::now() + DEFAULT_TIMEOUT.max(self.config.election_timeout.end * 60);
+        self.change_membership_timeout(change, self.config.request_timeout)
+    }
+
+    /// [`Cluster::change_membership`] with an explicit deadline.
+    pub fn change_membership_timeout(
+        &mut self,
+        change: MembershipChange,
+        timeout: Duration,
+    ) -> Result<Configuration, Error> {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        // NB: finding a leader never takes longer than a request may; only an addition's
+        // catch-up, which the leader bounds itself, may use the rest of `timeout`.
+        let leader_deadline = deadline.min(start + self.config.request_timeout);
         let mut retried = false;
         loop {
             let leader =
-                self.wait_for_leader(deadline.saturating_duration_since(Instant::now()))?;
+                self.wait_for_leader(leader_deadline.saturating_duration_since(Instant::now()))?;
             match self.node(leader).and_then(|n| n.change(change, deadline)) {
                 Ok(config) => return Ok(config),
                 Err(e @ (Error::AlreadyMember(_) | Error::NotMember(_))) if retried => {
@@ -559,6 +505,10 @@ impl<S: StateMachine> Cluster<S> {
         }
         self.router.stop_delayer();
     }
+}
+
+fn lock(failure: &Failure) -> std::sync::MutexGuard<'_, Option<Error>> {
+    failure.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<S: StateMachine> Drop for Cluster<S> {

@@ -1,14 +1,14 @@
-//! The thread runtime: one named OS thread per node (`raft-n<id>`), each running a crossbeam
-//! `select!` loop; the [`Router`] that moves messages between them with optional faults; and
-//! the [`Cluster`] handle.
+//! The thread runtime: one named OS thread per node (`thread.rs`, a crossbeam `select!` loop
+//! driving the node's [`Driver`](crate::node)), the [`Cluster`] handle that starts and stops
+//! them (`cluster.rs`), and the handles programs talk to nodes through (`client.rs`).
 //!
 //! This is the only layer that touches threads, channels and clocks. Rules of the protocol do
-//! not live here: the runtime executes the core's actions in order (persist, send, apply,
-//! answer) and nothing else.
+//! not live here, and neither does executing the core's actions: the shared node driver does
+//! that, for this runtime and the simulator alike.
 
+mod client;
 mod cluster;
-mod node;
+mod thread;
 
-pub use cluster::{Cluster, NodeHandle, Receipt, DEFAULT_TIMEOUT};
-pub use node::{Applied, NodeStatus};
-pub use crate::transport::{NetworkFaults, Router};
+pub use client::{Client, NodeHandle};
+pub use cluster::{Cluster, ClusterBuilder, StorageFactory, TransportFactory};

@@ -1,13 +1,12 @@
 //! Virtual clients: each issues one operation at a time to the node it believes leads,
 //! follows `NotLeader` hints, and records a [`HistoryOp`] with virtual invocation and
-//! completion times. An operation whose reply never comes within the timeout, or whose log
-//! entry was replaced, is recorded with an unknown outcome (`completed: None`).
+//! completion times. An operation whose reply never comes within the timeout is recorded with
+//! an unknown outcome (`completed: None`).
 //!
-//! A proposal is answered when its index is applied on the node that accepted it, in the same
-//! incarnation, and the applied entry's term is the one `Action::Proposed` reported: by Log
-//! Matching, (index, term) names exactly the entry that was proposed.
-
-use std::collections::BTreeMap;
+//! A request goes to the node's driver exactly as a `NodeHandle` sends it (a `Request` with a
+//! `Receipt`); only its delivery is virtual. Answers mean what [`crate::Receipt`] documents: a
+//! refusal redirects the client, `ProposalDropped` records the operation as never applied, and
+//! a crash or a timeout leaves its outcome unknown.
 
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -15,10 +14,11 @@ use rand::Rng;
 use super::run::FailureKind;
 use super::trace::InputSummary;
 use super::{Event, Simulator};
-use crate::core::Input;
+use super::node::Delivery;
 use crate::error::Error;
+use crate::node::{receipt, Applied, Receipt, Request};
 use crate::state_machine::StateMachine;
-use crate::types::{LogIndex, NodeId, Term};
+use crate::types::NodeId;
 
 /// Generates the clients' commands.
 pub trait Workload<S: StateMachine> {
@@ -36,8 +36,12 @@ pub struct HistoryOp<C, O> {
     pub command: C,
     /// When the client sent it.
     pub invoked_at: u64,
-    /// When the reply arrived and what it said; `None` if the outcome is unknown.
+    /// When the reply arrived and what it said; `None` if the outcome is unknown or the
+    /// operation was never applied.
     pub completed: Option<(u64, O)>,
+    /// The node answered that the command was never applied: refused, or its entry replaced
+    /// (`ProposalDropped`). Such an operation took no effect.
+    pub not_applied: bool,
 }
 
 /// Client traffic, carried by the event queue.
@@ -63,12 +67,12 @@ struct ClientState {
     current: Option<usize>,
 }
 
-/// A proposal waiting to be applied on the node that accepted it.
-#[derive(Clone, Copy, Debug)]
-struct Awaited {
+/// A proposal handed to a node's driver, waiting for its answer.
+struct Awaited<O> {
     client: u64,
     op: usize,
-    term: Term,
+    node: NodeId,
+    receipt: Receipt<O>,
 }
 
 /// All clients' state and the history they record.
@@ -76,11 +80,9 @@ pub(crate) struct Clients<S: StateMachine> {
     workload: Option<Box<dyn Workload<S>>>,
     states: Vec<ClientState>,
     history: Vec<HistoryOp<S::Command, S::Output>>,
-    /// Keyed by (node, incarnation, index).
-    awaiting: BTreeMap<(NodeId, u64, LogIndex), Awaited>,
+    /// Proposals handed to drivers and not yet answered, in the order they were sent.
+    awaiting: Vec<Awaited<S::Output>>,
     issuing: bool,
-    /// The client whose request the node being stepped is handling.
-    proposer: Option<(u64, usize)>,
 }
 
 impl<S: StateMachine> Clients<S> {
@@ -89,9 +91,8 @@ impl<S: StateMachine> Clients<S> {
             workload: None,
             states: Vec::new(),
             history: Vec::new(),
-            awaiting: BTreeMap::new(),
+            awaiting: Vec::new(),
             issuing: false,
-            proposer: None,
         }
     }
 
@@ -99,13 +100,9 @@ impl<S: StateMachine> Clients<S> {
         &self.history
     }
 
-    pub fn is_awaited(&self, node: NodeId, incarnation: u64, index: LogIndex) -> bool {
-        !self.awaiting.is_empty() && self.awaiting.contains_key(&(node, incarnation, index))
-    }
-
-    /// A crashed node answers nobody; its clients time out.
+    /// A crashed node answers nobody: its clients time out (their outcome stays unknown).
     pub fn forget_node(&mut self, node: NodeId) {
-        self.awaiting.retain(|&(n, _, _), _| n != node);
+        self.awaiting.retain(|a| a.node != node);
     }
 
     fn is_pending(&self, client: u64, op: usize) -> bool {
@@ -168,7 +165,8 @@ impl<S: StateMachine> Simulator<S> {
         let command = workload.command(client, seq, &mut self.rng);
         let op = self.clients.history.len();
         self.note(format!("c{client} invoke #{op} {command:?}"));
-        let record = HistoryOp { client, command, invoked_at: self.now, completed: None };
+        let record =
+            HistoryOp { client, command, invoked_at: self.now, completed: None, not_applied: false };
         self.clients.history.push(record);
         let state = &mut self.clients.states[client as usize];
         state.seq = seq;
@@ -184,7 +182,8 @@ impl<S: StateMachine> Simulator<S> {
         self.schedule(delay, Event::Client(ClientEvent::Arrive { client, op, node }));
     }
 
-    /// The request reaches `node`: propose it there, or bounce if the node is down.
+    /// The request reaches `node`: hand it to the node's driver, or bounce if the node is
+    /// down.
     fn arrive(&mut self, client: u64, op: usize, node: NodeId) -> Result<(), FailureKind> {
         if !self.clients.is_pending(client, op) {
             return Ok(());
@@ -194,32 +193,56 @@ impl<S: StateMachine> Simulator<S> {
             return Ok(());
         }
         let command = self.clients.history[op].command.clone();
-        self.clients.proposer = Some((client, op));
-        let result = self.step(
-            node,
-            Input::Propose(vec![command]),
-            InputSummary::Propose { client, op: op as u64 },
-        );
-        self.clients.proposer = None;
-        result
+        let (responder, receipt) = receipt(node);
+        self.clients.awaiting.push(Awaited { client, op, node, receipt });
+        let request = Request::Propose { command, responder };
+        let summary = InputSummary::Propose { client, op: op as u64 };
+        self.step(node, Delivery::Request(request), summary)
     }
 
-    /// `Action::Proposed`: wait for the entry to be applied on this node.
-    pub(crate) fn on_proposed(&mut self, node: NodeId, first: LogIndex, term: Term) {
-        let Some((client, op)) = self.clients.proposer else { return };
-        let incarnation = self.nodes[&node].incarnation;
-        self.clients.awaiting.insert((node, incarnation, first), Awaited { client, op, term });
-        self.clients.states[client as usize].guess = node;
+    /// After a step of `node`: pass on the answers it gave.
+    pub(crate) fn collect_answers(&mut self, node: NodeId) {
+        if !self.clients.awaiting.iter().any(|a| a.node == node) {
+            return;
+        }
+        let mut answered = Vec::new();
+        self.clients.awaiting.retain(|a| match a.receipt.try_result() {
+            Some(result) if a.node == node => {
+                answered.push((a.client, a.op, a.receipt.was_appended(), result));
+                false
+            }
+            _ => true,
+        });
+        for (client, op, appended, result) in answered {
+            if appended {
+                self.clients.states[client as usize].guess = node;
+            }
+            self.on_answer(client, op, result);
+        }
     }
 
-    /// `Action::Rejected`: send the refusal, with its hint, back to the client.
-    pub(crate) fn on_rejected(&mut self, error: Error) {
-        let Some((client, op)) = self.clients.proposer else { return };
-        let hint = match error {
-            Error::NotLeader { leader_hint } => leader_hint,
-            _ => None,
-        };
-        self.reply_later(ClientEvent::Redirect { client, op, hint });
+    /// What each answer means is [`crate::Receipt`]'s table, the same as for a `NodeHandle`.
+    fn on_answer(&mut self, client: u64, op: usize, result: Result<Applied<S::Output>, Error>) {
+        match result {
+            Ok(applied) => {
+                let output = applied.output;
+                self.reply_later(ClientEvent::Reply { client, op, output });
+            }
+            Err(Error::NotLeader { leader_hint }) => {
+                self.reply_later(ClientEvent::Redirect { client, op, hint: leader_hint });
+            }
+            // Appended, then another entry was committed at its index: never applied.
+            Err(Error::ProposalDropped { .. }) => {
+                self.clients.history[op].not_applied = true;
+                self.give_up(client, op, "entry replaced");
+            }
+            // The node went down with it: the outcome is unknown until the client times out.
+            Err(Error::NodeDown(_)) => {}
+            Err(e) => {
+                self.clients.history[op].not_applied = true;
+                self.give_up(client, op, &format!("refused: {e}"));
+            }
+        }
     }
 
     /// Retry at the hinted leader, or (no hint) at the next node after a backoff.
@@ -236,26 +259,6 @@ impl<S: StateMachine> Simulator<S> {
         };
         self.clients.states[client as usize].guess = node;
         self.send_request(client, op, node, backoff);
-    }
-
-    /// An applied index some client waits for: answer if it is that client's entry.
-    pub(crate) fn on_applied(
-        &mut self,
-        node: NodeId,
-        incarnation: u64,
-        index: LogIndex,
-        term: Term,
-        output: Option<S::Output>,
-    ) {
-        let Some(w) = self.clients.awaiting.remove(&(node, incarnation, index)) else { return };
-        match output {
-            Some(output) if term == w.term => {
-                self.reply_later(ClientEvent::Reply { client: w.client, op: w.op, output });
-            }
-            // Another leader's entry took the slot. The client cannot know whether its own
-            // command landed elsewhere, so the outcome stays unknown.
-            _ => self.give_up(w.client, w.op, "entry replaced"),
-        }
     }
 
     fn complete(&mut self, client: u64, op: usize, output: S::Output) {

@@ -44,6 +44,7 @@ pub fn check_kv_history(
 ) -> Result<CheckOutcome, Violation> {
     let ops: Vec<Operation> = history
         .iter()
+        .filter(|op| !op.not_applied) // took no effect: nothing to linearize
         .map(|op| Operation {
             client: op.client,
             command: op.command.clone(),

@@ -6,10 +6,14 @@
 //! The cores decide everything (quorums come from each core's own configuration); this module
 //! only carries requests and, once a removal is done, stops the removed node.
 
+use crossbeam_channel::{bounded, Receiver, TryRecvError};
+
+use super::node::Delivery;
 use super::run::FailureKind;
 use super::trace::InputSummary;
 use super::{Event, FaultError, Simulator};
-use crate::core::{Input, MembershipChange};
+use crate::core::MembershipChange;
+use crate::node::Request;
 use crate::error::Error;
 use crate::message::Configuration;
 use crate::state_machine::StateMachine;
@@ -22,22 +26,20 @@ const RETRY_US: u64 = 20_000;
 const DEADLINE_US: u64 = 3_000_000;
 
 /// One requested change.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct AdminOp {
     change: MembershipChange,
     deadline: u64,
-    /// The node (and incarnation) currently working on it.
-    in_flight: Option<(NodeId, u64)>,
+    /// The node currently working on it, and where its driver will answer.
+    in_flight: Option<(NodeId, Receiver<Result<Configuration, Error>>)>,
     /// Final outcome; `None` while under way.
     outcome: Option<Result<(), Error>>,
 }
 
 /// Every change requested so far.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Admin {
     ops: Vec<AdminOp>,
-    /// The op whose request the node being stepped is handling.
-    attempting: Option<usize>,
     /// Nodes whose removal finished during the current step; stopped right after it.
     retiring: Vec<NodeId>,
     /// No new attempts (the quiet period): changes not under way are given up.
@@ -103,12 +105,10 @@ impl<S: StateMachine> Simulator<S> {
             return Ok(());
         };
         let change = self.admin.ops[op].change;
-        self.admin.ops[op].in_flight = Some((leader, self.nodes[&leader].incarnation));
-        self.admin.attempting = Some(op);
-        let result =
-            self.step(leader, Input::ChangeMembership(change), InputSummary::Change(change));
-        self.admin.attempting = None;
-        result
+        let (reply, answer) = bounded(1);
+        self.admin.ops[op].in_flight = Some((leader, answer));
+        let request = Request::ChangeMembership { change, reply };
+        self.step(leader, Delivery::Request(request), InputSummary::Change(change))
     }
 
     /// Why change `op` should not be attempted any more, if so.
@@ -122,17 +122,23 @@ impl<S: StateMachine> Simulator<S> {
         }
     }
 
-    /// `Action::ChangeDone` from `node`: for the op being attempted in this step, else for the
-    /// op in flight on that node.
-    pub(crate) fn on_change_done(&mut self, node: NodeId, result: Result<Configuration, Error>) {
-        let incarnation = self.nodes[&node].incarnation;
-        let op = self.admin.attempting.or_else(|| {
-            self.admin
-                .ops
-                .iter()
-                .position(|a| a.outcome.is_none() && a.in_flight == Some((node, incarnation)))
-        });
-        let Some(op) = op else { return };
+    /// After a step of `node`: pass on the answers its driver gave to changes in flight there.
+    pub(crate) fn collect_change_answers(&mut self, node: NodeId) {
+        for op in 0..self.admin.ops.len() {
+            let answer = match &self.admin.ops[op].in_flight {
+                Some((n, answer)) if *n == node => answer.try_recv(),
+                _ => continue,
+            };
+            match answer {
+                Ok(result) => self.on_change_done(op, result),
+                Err(TryRecvError::Empty) => {}
+                // The node crashed with it: `forget_admin_node` retries it.
+                Err(TryRecvError::Disconnected) => {}
+            }
+        }
+    }
+
+    fn on_change_done(&mut self, op: usize, result: Result<Configuration, Error>) {
         self.admin.ops[op].in_flight = None;
         let change = self.admin.ops[op].change;
         match (result, change) {
@@ -166,7 +172,7 @@ impl<S: StateMachine> Simulator<S> {
     /// A crashed node finishes nothing: retry its changes elsewhere.
     pub(crate) fn forget_admin_node(&mut self, node: NodeId) {
         let stuck: Vec<usize> = (0..self.admin.ops.len())
-            .filter(|&i| self.admin.ops[i].in_flight.is_some_and(|(n, _)| n == node))
+            .filter(|&i| self.admin.ops[i].in_flight.as_ref().is_some_and(|(n, _)| *n == node))
             .collect();
         for op in stuck {
             self.admin.ops[op].in_flight = None;

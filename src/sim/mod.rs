@@ -218,14 +218,14 @@ impl<S: StateMachine> Simulator<S> {
 
     /// The state machine of a running node.
     pub fn state_machine(&self, id: NodeId) -> Option<&S> {
-        self.nodes.get(&id)?.live.as_ref().map(|l| &l.sm)
+        self.nodes.get(&id)?.live.as_ref().and_then(|l| l.driver.state_machine())
     }
 
     /// The running leader with the highest term, if any.
     pub fn leader(&self) -> Option<NodeId> {
         self.nodes
             .values()
-            .filter_map(|n| n.live.as_ref().map(|l| &l.core))
+            .filter_map(|n| n.live.as_ref().map(|l| l.core()))
             .filter(|c| c.role() == Role::Leader)
             .max_by_key(|c| c.term())
             .map(|c| c.id())
@@ -301,7 +301,7 @@ impl<S: StateMachine> Simulator<S> {
     }
 
     fn core(&self, id: NodeId) -> Option<&Core<S::Command>> {
-        self.nodes.get(&id)?.live.as_ref().map(|l| &l.core)
+        self.nodes.get(&id)?.live.as_ref().map(|l| l.core())
     }
 
     /// Nodes neither removed nor never-started, in id order: the targets of faults and clients.
@@ -334,7 +334,7 @@ impl<S: StateMachine> Simulator<S> {
         self.bugs = bugs;
         for node in self.nodes.values_mut() {
             if let Some(live) = node.live.as_mut() {
-                live.core.bugs = bugs;
+                live.driver.core_mut().bugs = bugs;
             }
         }
     }

@@ -1,6 +1,5 @@
-//! One simulated node: its durable [`MemStorage`] and, while it runs, its [`Core`] and state
-//! machine. Stepping a core and executing its actions per the output contract lives here, as do
-//! crash and restart.
+//! One simulated node: its durable [`MemStorage`] and, while it runs, its node [`Driver`] (the
+//! same type the thread runtime runs), stepped in virtual time. Crash and restart live here.
 //!
 //! Must not decide anything random except tick phases and message fates, both drawn from the
 //! simulator's one RNG.
@@ -12,16 +11,37 @@ use rand::Rng;
 use super::run::FailureKind;
 use super::trace::{InputSummary, MsgSummary, NodeSummary, TraceEvent, TraceLine};
 use super::{network::Fate, Event, FaultError, Simulator};
-use crate::core::{Action, Core, Input};
+use crate::core::{Action, Core};
 use crate::message::Message;
-use crate::state_machine::{apply_entry, StateMachine};
-use crate::storage::{MemStorage, Storage};
-use crate::types::{LogIndex, NodeId, Term};
+use crate::node::{ApplyOn, Driver, Execute, Request};
+use crate::state_machine::StateMachine;
+use crate::storage::MemStorage;
+use crate::transport::Transport;
+use crate::types::NodeId;
+
+/// The simulator's transport: a step's messages wait here until the simulator gives each its
+/// fate on the virtual network.
+pub(crate) struct Outbox<C>(Vec<Message<C>>);
+
+impl<C: Send + 'static> Transport<C> for Outbox<C> {
+    fn send(&mut self, msg: Message<C>) {
+        self.0.push(msg);
+    }
+}
+
+/// A running node's driver, applying inline.
+pub(crate) type SimDriver<S> =
+    Driver<S, MemStorage<<S as StateMachine>::Command>, Outbox<<S as StateMachine>::Command>>;
 
 /// A node's volatile half: lost on a crash.
 pub(crate) struct Live<S: StateMachine> {
-    pub core: Core<S::Command>,
-    pub sm: S,
+    pub driver: SimDriver<S>,
+}
+
+impl<S: StateMachine> Live<S> {
+    pub fn core(&self) -> &Core<S::Command> {
+        self.driver.core()
+    }
 }
 
 /// A node: durable storage, plus the volatile half while it runs.
@@ -32,6 +52,13 @@ pub(crate) struct SimNode<S: StateMachine> {
     pub incarnation: u64,
     /// Removed from the cluster by a membership change: never restarted.
     pub removed: bool,
+}
+
+/// What reaches a node's driver in one step.
+pub(crate) enum Delivery<S: StateMachine> {
+    Tick,
+    Message(Message<S::Command>),
+    Request(Request<S>),
 }
 
 impl<S: StateMachine> Simulator<S> {
@@ -82,22 +109,24 @@ impl<S: StateMachine> Simulator<S> {
     /// Boots `id` from its storage and schedules its first tick at a random phase.
     fn start_node(&mut self, id: NodeId) {
         let node = self.nodes.get(&id).expect("callers check the node exists");
-        let state = node.storage.load().expect("MemStorage::load never fails");
         let mut raft = self.config.raft.clone();
         // NB: a restart in the same term would otherwise replay the same election timeouts.
         raft.seed ^= node.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
         let incarnation = node.incarnation;
+        let storage = node.storage.clone();
+        let sm = (self.factory)(id);
+        let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new()), ApplyOn::Inline)
+            .expect("MemStorage::load never fails");
         #[allow(unused_mut)]
-        let mut core = Core::new(id, &raft, state);
+        let mut live = Live { driver };
         #[cfg(test)]
         {
-            core.bugs = self.bugs;
+            live.driver.core_mut().bugs = self.bugs;
         }
-        if let Err(v) = self.checker.node_started(&core) {
+        if let Err(v) = self.checker.node_started(live.core()) {
             self.fail(FailureKind::Safety(v));
         }
-        let sm = (self.factory)(id);
-        self.nodes.get_mut(&id).expect("looked up above").live = Some(Live { core, sm });
+        self.nodes.get_mut(&id).expect("looked up above").live = Some(live);
         let phase = self.rng.random_range(0..self.tick_us());
         self.schedule(phase, Event::Tick { node: id, incarnation });
     }
@@ -113,7 +142,7 @@ impl<S: StateMachine> Simulator<S> {
             return Ok(()); // the node crashed since: this clock stopped
         }
         self.schedule(self.tick_us(), Event::Tick { node: id, incarnation });
-        self.step(id, Input::Tick, InputSummary::Tick)
+        self.step(id, Delivery::Tick, InputSummary::Tick)
     }
 
     /// Hands a message to its receiver, unless the partition or a crash swallows it.
@@ -131,82 +160,63 @@ impl<S: StateMachine> Simulator<S> {
             return Ok(());
         }
         let summary = InputSummary::Receive(MsgSummary::of(&msg));
-        self.step(msg.to, Input::Receive(msg), summary)
+        self.step(msg.to, Delivery::Message(msg), summary)
     }
 
-    /// Steps a running node, lets the checker see the result, then executes the actions in
-    /// order. A core panic (a broken core assertion) ends the run like a violation.
+    /// Steps a running node's driver: the checker sees the core's state and actions before
+    /// the driver executes them. A core panic (a broken core assertion) ends the run like a
+    /// violation. Afterwards the step's messages go on the network and the clients and admins
+    /// waiting on this node learn their answers.
     pub(crate) fn step(
         &mut self,
         id: NodeId,
-        input: Input<S::Command>,
+        delivery: Delivery<S>,
         summary: InputSummary,
     ) -> Result<(), FailureKind> {
         let Some(live) = self.nodes.get_mut(&id).and_then(|n| n.live.as_mut()) else {
             return Ok(());
         };
-        let before = (live.core.role(), live.core.term());
-        let mut actions = Vec::new();
-        let stepped = catch_unwind(AssertUnwindSafe(|| live.core.step(input, &mut actions)));
-        if let Err(payload) = stepped {
-            return Err(FailureKind::CorePanic { node: id, message: panic_message(&*payload) });
+        let before = (live.core().role(), live.core().term());
+        let (checker, trace, stats, now) =
+            (&mut self.checker, &mut self.trace, &mut self.stats, self.now);
+        let mut verdict = Ok(());
+        let mut observe = |core: &Core<S::Command>, actions: &[Action<S::Command>]| {
+            stats.steps += 1;
+            if !(actions.is_empty() && summary == InputSummary::Tick) {
+                let event = step_event(core, summary.clone(), actions);
+                trace.record(TraceLine { at: now, event });
+            }
+            if let Err(v) = checker.after_step(core, actions) {
+                verdict = Err(FailureKind::Safety(v));
+            }
+            Execute::All
+        };
+        let driver = &mut live.driver;
+        let stepped = catch_unwind(AssertUnwindSafe(|| match delivery {
+            Delivery::Tick => driver.tick(&mut observe),
+            Delivery::Message(msg) => driver.receive(msg, &mut observe),
+            Delivery::Request(request) => {
+                driver.handle(request, &mut std::iter::empty(), &mut observe)
+            }
+        }));
+        let outbox = std::mem::take(&mut live.driver.transport_mut().0);
+        match stepped {
+            Err(payload) => {
+                let message = crate::node::panic_message(&*payload);
+                return Err(FailureKind::CorePanic { node: id, message });
+            }
+            Ok(Err(e)) => return Err(FailureKind::Driver { node: id, error: e.to_string() }),
+            Ok(Ok(())) => {}
         }
-        self.stats.steps += 1;
-        if !(actions.is_empty() && summary == InputSummary::Tick) {
-            let event = step_event(&live.core, summary, &actions);
-            self.trace.record(TraceLine { at: self.now, event });
+        verdict?;
+        for msg in outbox {
+            self.send(msg);
         }
-        self.checker.after_step(&live.core, &actions).map_err(FailureKind::Safety)?;
-        self.execute(id, actions);
+        self.collect_answers(id);
+        self.collect_change_answers(id);
         self.retire_removed();
         self.maybe_churn(id, before);
         Ok(())
-    }
-
-    /// Executes a step's actions in the order given (the core's output contract).
-    fn execute(&mut self, id: NodeId, actions: Vec<Action<S::Command>>) {
-        for action in actions {
-            match action {
-                Action::PersistHardState(hs) => {
-                    let node = self.nodes.get_mut(&id).expect("stepped node exists");
-                    node.storage.save_hard_state(hs).expect("MemStorage never fails");
-                }
-                Action::PersistEntries { from } => self.persist_entries(id, from),
-                Action::Send(msg) => self.send(msg),
-                Action::Proposed { first, term, .. } => self.on_proposed(id, first, term),
-                Action::Rejected(error) => self.on_rejected(error),
-                Action::Apply { from, to } => self.apply(id, from, to),
-                Action::ChangeDone(result) => self.on_change_done(id, result),
-            }
-        }
-    }
-
-    /// `PersistEntries { from }`: the stored log from `from` on becomes the core's.
-    fn persist_entries(&mut self, id: NodeId, from: LogIndex) {
-        let node = self.nodes.get_mut(&id).expect("stepped node exists");
-        let live = node.live.as_ref().expect("stepped node is running");
-        let entries = live.core.log().entries_from(from, usize::MAX);
-        node.storage.append(from, entries).expect("the core persists contiguous entries");
-    }
-
-    /// `Apply { from, to }`: commands go to the state machine in order; no-op and
-    /// configuration entries are skipped. Clients waiting on these indexes are answered.
-    fn apply(&mut self, id: NodeId, from: LogIndex, to: LogIndex) {
-        let node = self.nodes.get_mut(&id).expect("stepped node exists");
-        let incarnation = node.incarnation;
-        let live = node.live.as_mut().expect("stepped node is running");
-        let mut answered: Vec<(LogIndex, Term, Option<S::Output>)> = Vec::new();
-        for i in from.0..=to.0 {
-            let index = LogIndex(i);
-            let entry = live.core.log().entry(index).expect("the core applies entries it holds");
-            let output = apply_entry(&mut live.sm, index, entry);
-            if self.clients.is_awaited(id, incarnation, index) {
-                answered.push((index, entry.term, output));
-            }
-        }
-        for (index, term, output) in answered {
-            self.on_applied(id, incarnation, index, term, output);
-        }
     }
 
     /// Puts a message on the network: lost, or delivered once or twice after random delays.
@@ -239,14 +249,4 @@ fn step_event<C: Clone>(core: &Core<C>, input: InputSummary, actions: &[Action<C
         last: core.log().last_index(),
     };
     TraceEvent::Step { node: core.id(), input, after, sends }
-}
-
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
-    }
 }

@@ -33,6 +33,13 @@ pub enum FailureKind {
         /// The panic message.
         message: String,
     },
+    /// The node driver failed (a storage error, or the state machine panicked).
+    Driver {
+        /// The node whose driver failed.
+        node: NodeId,
+        /// What it reported.
+        error: String,
+    },
     /// After healing everything, the live members did not agree within the quiet period.
     NotConverged(String),
     /// The clients' history has no linearization.
@@ -48,6 +55,7 @@ impl fmt::Display for FailureKind {
             FailureKind::CorePanic { node, message } => {
                 write!(f, "core {node} panicked: {message}")
             }
+            FailureKind::Driver { node, error } => write!(f, "driver of {node} failed: {error}"),
             FailureKind::NotConverged(why) => write!(f, "did not converge: {why}"),
             FailureKind::NotLinearizable(v) => write!(f, "{v}"),
             FailureKind::Fault(e) => write!(f, "bad fault setting: {e}"),

@@ -49,3 +49,17 @@ pub trait Storage<C>: Send + 'static {
     /// Durably replaces the log from index `first` onwards with `entries` (truncate, then append).
     fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()>;
 }
+
+impl<C: 'static> Storage<C> for Box<dyn Storage<C>> {
+    fn load(&self) -> io::Result<PersistentState<C>> {
+        (**self).load()
+    }
+
+    fn save_hard_state(&mut self, hard_state: HardState) -> io::Result<()> {
+        (**self).save_hard_state(hard_state)
+    }
+
+    fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()> {
+        (**self).append(first, entries)
+    }
+}

@@ -21,3 +21,9 @@ impl<C: Clone + Send + 'static> Transport<C> for std::sync::Arc<Router<C>> {
         Router::send(self, msg);
     }
 }
+
+impl<C: 'static> Transport<C> for Box<dyn Transport<C>> {
+    fn send(&mut self, msg: Message<C>) {
+        (**self).send(msg);
+    }
+}

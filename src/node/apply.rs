@@ -1,0 +1,279 @@
+//! Applying committed entries: the [`Applier`] hands commands to the user's state machine in
+//! log order (ALL-1) and answers the proposals waiting on them.
+//!
+//! A proposal waits under the `(index, term)` its leader gave it. When index `i` is applied,
+//! every proposal waiting at `i` or below is decided: the one whose term matches the applied
+//! entry is answered with the output; any other was replaced by a different entry, which by
+//! State Machine Safety is the only entry ever applied at `i`, so it is answered
+//! `ProposalDropped` (never applied, safe to retry). Matching on the index alone would confuse
+//! a truncated proposal with a later one at the same index.
+//!
+//! A panic in `StateMachine::apply` is caught: the applier stops for good and every waiting and
+//! later proposal is answered `StateMachinePanicked`, since `apply` is deterministic and the
+//! same command panics on every replica.
+//!
+//! [`ApplyQueue`] runs an applier inline (the simulator) or on its own thread (the thread
+//! runtime, so a slow `apply` never delays heartbeats), with the same code either way.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{unbounded, Sender};
+
+use super::receipt::{Applied, Responder};
+use super::NodeStatus;
+use crate::error::Error;
+use crate::message::{Entry, Payload};
+use crate::state_machine::StateMachine;
+use crate::types::{LogIndex, NodeId, Term};
+
+/// The user's state machine, and the proposals waiting for it.
+pub(crate) struct Applier<S: StateMachine> {
+    node: NodeId,
+    state_machine: S,
+    waiting: BTreeMap<(LogIndex, Term), Responder<S::Output>>,
+    applied: LogIndex,
+    failure: Option<Error>,
+}
+
+impl<S: StateMachine> Applier<S> {
+    pub fn new(node: NodeId, state_machine: S, applied: LogIndex) -> Self {
+        Applier { node, state_machine, waiting: BTreeMap::new(), applied, failure: None }
+    }
+
+    pub fn state_machine(&self) -> &S {
+        &self.state_machine
+    }
+
+    /// The panic that stopped this applier, if any.
+    pub fn failure(&self) -> Option<&Error> {
+        self.failure.as_ref()
+    }
+
+    /// A proposal was appended at `(index, term)`: answer it when `index` is applied.
+    pub fn await_entry(&mut self, index: LogIndex, term: Term, responder: Responder<S::Output>) {
+        match &self.failure {
+            Some(failure) => responder.finish(Err(failure.clone())),
+            None => {
+                self.waiting.insert((index, term), responder);
+            }
+        }
+    }
+
+    /// Applies the committed entry at `index` (the next one) and answers its proposers.
+    pub fn apply(&mut self, index: LogIndex, entry: &Entry<S::Command>) -> Result<(), Error> {
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        debug_assert_eq!(index, self.applied.next(), "entries are applied in order");
+        let output = match &entry.payload {
+            Payload::Command(command) => {
+                let sm = &mut self.state_machine;
+                match catch_unwind(AssertUnwindSafe(|| sm.apply(index, command))) {
+                    Ok(output) => Some(output),
+                    Err(payload) => return Err(self.fail(index, panic_message(&*payload))),
+                }
+            }
+            Payload::Noop | Payload::Config(_) => None,
+        };
+        self.applied = index;
+        if !self.waiting.is_empty() {
+            self.answer(index, entry.term, output);
+        }
+        Ok(())
+    }
+
+    fn answer(&mut self, index: LogIndex, term: Term, output: Option<S::Output>) {
+        while let Some(waiting) = self.waiting.first_entry() {
+            let (i, t) = *waiting.key();
+            if i > index {
+                return;
+            }
+            let responder = waiting.remove();
+            let result = match &output {
+                Some(output) if (i, t) == (index, term) => {
+                    Ok(Applied { index, term, output: output.clone() })
+                }
+                _ => Err(Error::ProposalDropped { index: i, term: t }),
+            };
+            responder.finish(result);
+        }
+    }
+
+    fn fail(&mut self, index: LogIndex, message: String) -> Error {
+        let error = Error::StateMachinePanicked { node: self.node, index, message };
+        tracing::error!(error = %error, "state machine panicked; node stopping");
+        self.failure = Some(error.clone());
+        for (_, responder) in std::mem::take(&mut self.waiting) {
+            responder.finish(Err(error.clone()));
+        }
+        error
+    }
+}
+
+/// What the node thread hands its apply thread, in order.
+pub(crate) enum ApplyTask<S: StateMachine> {
+    Await { index: LogIndex, term: Term, responder: Responder<S::Output> },
+    Entries { first: LogIndex, entries: Vec<Entry<S::Command>> },
+    /// Fill in what only the applier knows (digest, applied index) and answer.
+    Status { status: NodeStatus, reply: Sender<NodeStatus> },
+}
+
+/// An [`Applier`] run inline, or on a thread of its own fed through a channel.
+pub(crate) enum ApplyQueue<S: StateMachine> {
+    Inline(Applier<S>),
+    Thread(ApplyThread<S>),
+}
+
+/// A node's apply thread (`raft-n<id>-apply`).
+pub(crate) struct ApplyThread<S: StateMachine> {
+    tasks: Option<Sender<ApplyTask<S>>>,
+    thread: Option<JoinHandle<()>>,
+    /// Set by the apply thread when the state machine panicked; read by the node loop.
+    failure: Arc<Mutex<Option<Error>>>,
+    failed: Arc<AtomicBool>,
+    /// Asks the apply thread to stop after the entry it is applying.
+    stop: Arc<AtomicBool>,
+}
+
+impl<S: StateMachine> ApplyQueue<S> {
+    /// Starts `applier` on its own thread.
+    pub fn spawn(applier: Applier<S>) -> Result<Self, Error> {
+        let (tx, rx) = unbounded::<ApplyTask<S>>();
+        let failure = Arc::new(Mutex::new(None));
+        let failed = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (f, fl, st) = (Arc::clone(&failure), Arc::clone(&failed), Arc::clone(&stop));
+        let mut applier = applier;
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-n{}-apply", applier.node.0))
+            .spawn(move || {
+                for task in rx {
+                    if st.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Err(e) = run_task(&mut applier, task, &st) {
+                        *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        fl.store(true, Ordering::Release);
+                    }
+                }
+            })
+            .map_err(|e| Error::Spawn(e.to_string()))?;
+        Ok(ApplyQueue::Thread(ApplyThread {
+            tasks: Some(tx),
+            thread: Some(thread),
+            failure,
+            failed,
+            stop,
+        }))
+    }
+
+    pub fn await_entry(&mut self, index: LogIndex, term: Term, responder: Responder<S::Output>) {
+        match self {
+            ApplyQueue::Inline(applier) => applier.await_entry(index, term, responder),
+            ApplyQueue::Thread(t) => t.send(ApplyTask::Await { index, term, responder }),
+        }
+    }
+
+    /// Applies `entries`, the committed entries from `first` on.
+    pub fn apply(&mut self, first: LogIndex, entries: &[Entry<S::Command>]) -> Result<(), Error> {
+        match self {
+            ApplyQueue::Inline(applier) => {
+                for (i, entry) in entries.iter().enumerate() {
+                    applier.apply(LogIndex(first.0 + i as u64), entry)?;
+                }
+                Ok(())
+            }
+            ApplyQueue::Thread(t) => {
+                t.send(ApplyTask::Entries { first, entries: entries.to_vec() });
+                Ok(())
+            }
+        }
+    }
+
+    /// The state machine panicked (on the apply thread, seen here some time after).
+    pub fn failure(&self) -> Option<Error> {
+        match self {
+            ApplyQueue::Inline(applier) => applier.failure().cloned(),
+            ApplyQueue::Thread(t) if t.failed.load(Ordering::Acquire) => {
+                t.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+            }
+            ApplyQueue::Thread(_) => None,
+        }
+    }
+
+    /// Completes `status` with the applier's view and sends it to `reply`.
+    pub fn status(&mut self, mut status: NodeStatus, reply: Sender<NodeStatus>) {
+        match self {
+            ApplyQueue::Inline(applier) => {
+                fill_status(applier, &mut status);
+                let _ = reply.send(status);
+            }
+            ApplyQueue::Thread(t) => t.send(ApplyTask::Status { status, reply }),
+        }
+    }
+}
+
+impl<S: StateMachine> ApplyThread<S> {
+    fn send(&self, task: ApplyTask<S>) {
+        if let Some(tasks) = &self.tasks {
+            // NB: fails only once the apply thread has stopped; the task's responders then
+            // answer `NodeDown` as they drop.
+            let _ = tasks.send(task);
+        }
+    }
+}
+
+impl<S: StateMachine> Drop for ApplyThread<S> {
+    /// Stops the apply thread after the entry it is applying, and joins it: a killed node leaves
+    /// no thread behind. Unapplied tasks are dropped (their proposers learn `NodeDown`).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        drop(self.tasks.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run_task<S: StateMachine>(
+    applier: &mut Applier<S>,
+    task: ApplyTask<S>,
+    stop: &AtomicBool,
+) -> Result<(), Error> {
+    match task {
+        ApplyTask::Await { index, term, responder } => applier.await_entry(index, term, responder),
+        ApplyTask::Entries { first, entries } => {
+            for (i, entry) in entries.iter().enumerate() {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                applier.apply(LogIndex(first.0 + i as u64), entry)?;
+            }
+        }
+        ApplyTask::Status { mut status, reply } => {
+            fill_status(applier, &mut status);
+            let _ = reply.send(status);
+        }
+    }
+    Ok(())
+}
+
+fn fill_status<S: StateMachine>(applier: &Applier<S>, status: &mut NodeStatus) {
+    status.digest = applier.state_machine.digest();
+    status.core.last_applied = applier.applied;
+    status.failure = applier.failure.clone();
+}
+
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,292 @@
+//! [`Driver`]: the one place that turns the core's actions into effects, for the thread runtime
+//! and the simulator alike.
+//!
+//! It owns a node's [`Core`], its [`Storage`], its [`Transport`], its state machine (through an
+//! [`ApplyQueue`]) and the client requests waiting for answers, and executes each step's
+//! actions in the contract's order: persist, send, apply, answer. It reads no clock: time
+//! arrives as [`Driver::tick`], from a ticker thread in the runtime and from virtual time in the
+//! simulator.
+
+use crossbeam_channel::Sender;
+
+use super::apply::{ApplyQueue, Applier};
+use super::receipt::Responder;
+use super::{NodeStatus, Request, RpcCounts};
+use crate::config::Config;
+use crate::core::{Action, Core, Input, MembershipChange, Role};
+use crate::error::Error;
+use crate::message::{Body, Configuration, Message};
+use crate::state_machine::StateMachine;
+use crate::storage::Storage;
+use crate::transport::Transport;
+use crate::types::{LogIndex, NodeId, Term};
+
+/// How many queued client requests one step may batch into a single `Input::Propose`.
+pub(crate) const MAX_PROPOSAL_BATCH: usize = 1024;
+
+/// Where a node's committed entries are applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ApplyOn {
+    /// In the driver's own step (the simulator: deterministic, one thread).
+    Inline,
+    /// On a thread of the node's own, so a slow `apply` never delays heartbeats.
+    Thread,
+}
+
+/// How much of a step's actions to execute: all of them, or only the first few (a simulated
+/// crash between two actions; the rest are lost with the node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Execute {
+    All,
+    First(usize),
+}
+
+/// Sees each step's core and actions before they are executed: the simulator's checkers and
+/// crash points. The runtime passes [`execute_all`].
+pub(crate) type Observer<'a, C> = dyn FnMut(&Core<C>, &[Action<C>]) -> Execute + 'a;
+
+/// The observer that lets every action run.
+pub(crate) fn execute_all<C>(_: &Core<C>, _: &[Action<C>]) -> Execute {
+    Execute::All
+}
+
+/// One node: core, storage, transport, state machine and pending requests. See the module docs.
+pub(crate) struct Driver<S: StateMachine, St, T> {
+    core: Core<S::Command>,
+    storage: St,
+    transport: T,
+    apply: ApplyQueue<S>,
+    /// Responders of the proposals being stepped, until `Action::Proposed` names their indexes.
+    batch: Vec<Responder<S::Output>>,
+    change_reply: Option<Sender<Result<Configuration, Error>>>,
+    /// The actions of the step being executed (kept to reuse the allocation).
+    actions: Vec<Action<S::Command>>,
+    rpcs: RpcCounts,
+    max_command_bytes: usize,
+    last_seen: (Role, Term, Option<NodeId>),
+}
+
+impl<S, St, T> Driver<S, St, T>
+where
+    S: StateMachine,
+    St: Storage<S::Command>,
+    T: Transport<S::Command>,
+{
+    /// Loads the node's persisted state and starts it as a follower.
+    pub fn new(
+        id: NodeId,
+        config: &Config,
+        state_machine: S,
+        storage: St,
+        transport: T,
+        apply_on: ApplyOn,
+    ) -> Result<Self, Error> {
+        let state = storage.load().map_err(|e| Error::Storage(e.to_string()))?;
+        let core = Core::new(id, config, state);
+        let applier = Applier::new(id, state_machine, core.status().last_applied);
+        let apply = match apply_on {
+            ApplyOn::Inline => ApplyQueue::Inline(applier),
+            ApplyOn::Thread => ApplyQueue::spawn(applier)?,
+        };
+        let last_seen = (core.role(), core.term(), None);
+        Ok(Driver {
+            core,
+            storage,
+            transport,
+            apply,
+            batch: Vec::new(),
+            change_reply: None,
+            actions: Vec::new(),
+            rpcs: RpcCounts::default(),
+            max_command_bytes: usize::MAX,
+            last_seen,
+        })
+    }
+
+    pub fn core(&self) -> &Core<S::Command> {
+        &self.core
+    }
+
+    #[cfg(test)]
+    pub fn core_mut(&mut self) -> &mut Core<S::Command> {
+        &mut self.core
+    }
+
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// The state machine, when applied inline (the simulator).
+    pub fn state_machine(&self) -> Option<&S> {
+        match &self.apply {
+            ApplyQueue::Inline(applier) => Some(applier.state_machine()),
+            ApplyQueue::Thread(_) => None,
+        }
+    }
+
+    /// The state machine's panic, once seen: the node must stop.
+    pub fn failure(&self) -> Option<Error> {
+        self.apply.failure()
+    }
+
+    /// One tick of the logical clock.
+    pub fn tick(&mut self, observe: &mut Observer<'_, S::Command>) -> Result<(), Error> {
+        self.step(Input::Tick, observe)
+    }
+
+    /// A message from a peer.
+    pub fn receive(
+        &mut self,
+        msg: Message<S::Command>,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        self.rpcs.count(&msg.body);
+        self.step(Input::Receive(msg), observe)
+    }
+
+    /// Handles `first` and whatever `more` holds, batching consecutive proposals into one
+    /// `Input::Propose` (thesis §10.2.2). Other requests are answered on the way.
+    pub fn handle(
+        &mut self,
+        first: Request<S>,
+        more: &mut dyn Iterator<Item = Request<S>>,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        let mut commands = Vec::new();
+        let mut next = Some(first);
+        while let Some(request) = next.take() {
+            match request {
+                Request::Propose { command, responder } => {
+                    let size = S::command_size(&command);
+                    if size > self.max_command_bytes {
+                        let max = self.max_command_bytes;
+                        responder.finish(Err(Error::CommandTooLarge { size, max }));
+                    } else {
+                        commands.push(command);
+                        self.batch.push(responder);
+                    }
+                }
+                Request::ChangeMembership { change, reply } => {
+                    self.change(change, reply, observe)?
+                }
+                Request::Status { reply } => self.status(reply),
+            }
+            if commands.len() < MAX_PROPOSAL_BATCH {
+                next = more.next();
+            }
+        }
+        if commands.is_empty() {
+            return Ok(());
+        }
+        self.step(Input::Propose(commands), observe)
+    }
+
+    fn change(
+        &mut self,
+        change: MembershipChange,
+        reply: Sender<Result<Configuration, Error>>,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        if self.change_reply.is_some() {
+            let _ = reply.send(Err(Error::ChangeInProgress)); // one change at a time
+            return Ok(());
+        }
+        self.change_reply = Some(reply);
+        self.step(Input::ChangeMembership(change), observe)
+    }
+
+    /// Sends the node's status to `reply` once the applier has filled in its part.
+    pub fn status(&mut self, reply: Sender<NodeStatus>) {
+        let status = NodeStatus {
+            core: self.core.status(),
+            digest: 0,
+            rpcs: self.rpcs,
+            failure: None,
+        };
+        self.apply.status(status, reply);
+    }
+
+    /// One core step, then its actions in order, as far as `observe` allows.
+    pub fn step(
+        &mut self,
+        input: Input<S::Command>,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        debug_assert!(self.actions.is_empty(), "the previous step was executed");
+        self.core.step(input, &mut self.actions);
+        let count = match observe(&self.core, &self.actions) {
+            Execute::All => self.actions.len(),
+            Execute::First(count) => count,
+        };
+        let mut actions = std::mem::take(&mut self.actions);
+        let result = actions.drain(..).take(count).try_for_each(|a| self.run(a));
+        actions.clear();
+        self.actions = actions;
+        self.trace_role_change();
+        result
+    }
+
+    fn run(&mut self, action: Action<S::Command>) -> Result<(), Error> {
+        match action {
+            Action::PersistHardState(hs) => {
+                self.storage.save_hard_state(hs).map_err(storage_error)?
+            }
+            Action::PersistEntries { from } => {
+                let entries = self.core.log().entries_from(from, usize::MAX);
+                self.storage.append(from, entries).map_err(storage_error)?;
+            }
+            Action::Send(msg) => self.transport.send(msg),
+            Action::Proposed { first, term, count } => self.on_proposed(first, term, count),
+            Action::Rejected(error) => {
+                for responder in self.batch.drain(..) {
+                    responder.finish(Err(error.clone()));
+                }
+            }
+            Action::Apply { from, to } => {
+                let count = (to.0 - from.0 + 1) as usize;
+                let entries = self.core.log().entries_from(from, count);
+                self.apply.apply(from, entries)?;
+            }
+            Action::ChangeDone(result) => {
+                if let Some(reply) = self.change_reply.take() {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_proposed(&mut self, first: LogIndex, term: Term, count: usize) {
+        debug_assert_eq!(count, self.batch.len());
+        for (i, responder) in self.batch.drain(..).enumerate() {
+            let index = LogIndex(first.0 + i as u64);
+            responder.appended(index, term);
+            self.apply.await_entry(index, term, responder);
+        }
+    }
+
+    fn trace_role_change(&mut self) {
+        let now = (self.core.role(), self.core.term(), self.core.leader());
+        if now != self.last_seen {
+            let (role, term, leader) = now;
+            tracing::info!(role = ?role, term = %term, leader = ?leader.map(|l| l.0), "state");
+            self.last_seen = now;
+        }
+    }
+}
+
+impl RpcCounts {
+    fn count<C>(&mut self, body: &Body<C>) {
+        match body {
+            Body::AppendEntries(_) => self.append_entries += 1,
+            Body::RequestVote(rv) if rv.pre_vote => self.pre_votes += 1,
+            Body::RequestVote(_) => self.request_votes += 1,
+            Body::TimeoutNow => self.timeout_nows += 1,
+            Body::AppendEntriesReply(_) | Body::RequestVoteReply(_) => self.replies += 1,
+        }
+    }
+}
+
+fn storage_error(e: std::io::Error) -> Error {
+    Error::Storage(e.to_string())
+}

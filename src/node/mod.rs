@@ -1,0 +1,69 @@
+//! The node driver: the single piece of code that executes a core's actions, shared by the
+//! thread runtime ([`crate::runtime`]) and the simulator ([`crate::sim`]), so the simulator's
+//! checkers watch the code users run.
+//!
+//! * `driver.rs`: [`Driver`] runs a step: persist, send, apply, answer.
+//! * `apply.rs`: the state machine side: applying committed entries in order, answering the
+//!   proposals waiting on them, inline or on a thread of the node's own.
+//! * `receipt.rs`: [`Receipt`], a proposal in flight, blocking or `async`; what each answer
+//!   means is documented there, once.
+
+mod apply;
+mod driver;
+mod receipt;
+
+use crossbeam_channel::Sender;
+
+pub(crate) use apply::panic_message;
+pub(crate) use driver::{execute_all, ApplyOn, Driver, Execute};
+pub use receipt::{Applied, Receipt};
+pub(crate) use receipt::{receipt, Responder};
+
+use crate::core::{MembershipChange, Status};
+use crate::error::Error;
+use crate::message::Configuration;
+use crate::state_machine::StateMachine;
+
+/// A client request to one node. Whoever delivers it (a node thread's channel, the simulator's
+/// virtual network), the driver handles it the same way.
+pub(crate) enum Request<S: StateMachine> {
+    Propose { command: S::Command, responder: Responder<S::Output> },
+    ChangeMembership { change: MembershipChange, reply: Sender<Result<Configuration, Error>> },
+    Status { reply: Sender<NodeStatus> },
+}
+
+/// A node's status: the core's view, the state machine's digest, and counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The core's view: role, term, leader, commit index, last applied, configuration.
+    pub core: Status,
+    /// `StateMachine::digest` of the node's state machine.
+    pub digest: u64,
+    /// RPCs this node received in this incarnation, by kind.
+    pub rpcs: RpcCounts,
+    /// Why the node stopped, if its state machine panicked.
+    pub failure: Option<Error>,
+}
+
+/// RPCs a node received, by kind (requests each, replies together): what test suites count per
+/// agreement to catch a chatty implementation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RpcCounts {
+    /// AppendEntries requests, heartbeats included.
+    pub append_entries: u64,
+    /// RequestVote requests (real votes).
+    pub request_votes: u64,
+    /// Pre-vote requests (thesis §9.6).
+    pub pre_votes: u64,
+    /// TimeoutNow requests (leadership transfer).
+    pub timeout_nows: u64,
+    /// Replies of every kind.
+    pub replies: u64,
+}
+
+impl RpcCounts {
+    /// All requests, of every kind.
+    pub fn requests(&self) -> u64 {
+        self.append_entries + self.request_votes + self.pre_votes + self.timeout_nows
+    }
+}

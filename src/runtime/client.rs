@@ -1,0 +1,263 @@
+//! The handles a program uses to talk to running nodes: [`NodeHandle`] (one node) and
+//! [`Client`] (the cluster: finds the leader itself, cloneable and shared across threads).
+//!
+//! Every blocking call takes its deadline from an argument, or from
+//! [`Config::request_timeout`](crate::Config::request_timeout) where it has none; nothing waits
+//! longer than that.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+
+use crate::core::MembershipChange;
+use crate::error::Error;
+use crate::message::Configuration;
+use crate::node::{receipt, Applied, NodeStatus, Receipt, Request};
+use crate::state_machine::StateMachine;
+use crate::types::NodeId;
+
+/// A handle to one node: proposals sent here fail with `NotLeader` unless it leads.
+pub struct NodeHandle<S: StateMachine> {
+    id: NodeId,
+    requests: Sender<Request<S>>,
+}
+
+impl<S: StateMachine> Clone for NodeHandle<S> {
+    fn clone(&self) -> Self {
+        NodeHandle { id: self.id, requests: self.requests.clone() }
+    }
+}
+
+impl<S: StateMachine> NodeHandle<S> {
+    pub(crate) fn new(id: NodeId, requests: Sender<Request<S>>) -> Self {
+        NodeHandle { id, requests }
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Sends a proposal without waiting; the receipt tells its index and output later.
+    pub fn propose_async(&self, command: S::Command) -> Result<Receipt<S::Output>, Error> {
+        let (responder, receipt) = receipt(self.id);
+        let request = Request::Propose { command, responder };
+        // NB: a failed send drops the responder, which answers the (discarded) receipt.
+        self.requests.send(request).map_err(|_| Error::NodeDown(self.id))?;
+        Ok(receipt)
+    }
+
+    /// Proposes and waits up to `timeout` until the command is applied (this node must lead).
+    pub fn propose(
+        &self,
+        command: S::Command,
+        timeout: Duration,
+    ) -> Result<Applied<S::Output>, Error> {
+        self.propose_async(command)?.wait(timeout)
+    }
+
+    /// The node's current status, waiting up to `timeout` for it.
+    pub fn status(&self, timeout: Duration) -> Result<NodeStatus, Error> {
+        let (reply, rx) = bounded(1);
+        self.requests.send(Request::Status { reply }).map_err(|_| Error::NodeDown(self.id))?;
+        rx.recv_timeout(timeout).map_err(|e| self.recv_error(e))
+    }
+
+    /// Asks this node (which must lead) to make a membership change, waiting up to `timeout`
+    /// for it to commit. Refusals are typed: `NotLeader`, `ChangeInProgress`, `LeaderNotReady`,
+    /// `AlreadyMember`, `NotMember`, `LastVoter`, `CatchUpFailed`. [`crate::Cluster::add_node`]
+    /// and [`crate::Cluster::remove_node`] wrap this with leader discovery and retries.
+    pub fn change_membership(
+        &self,
+        change: MembershipChange,
+        timeout: Duration,
+    ) -> Result<Configuration, Error> {
+        self.change(change, Instant::now() + timeout)
+    }
+
+    pub(crate) fn change(
+        &self,
+        change: MembershipChange,
+        deadline: Instant,
+    ) -> Result<Configuration, Error> {
+        let (reply, rx) = bounded(1);
+        self.requests
+            .send(Request::ChangeMembership { change, reply })
+            .map_err(|_| Error::NodeDown(self.id))?;
+        rx.recv_deadline(deadline).map_err(|e| self.recv_error(e))?
+    }
+
+    fn recv_error(&self, e: RecvTimeoutError) -> Error {
+        match e {
+            RecvTimeoutError::Timeout => Error::Timeout,
+            RecvTimeoutError::Disconnected => Error::NodeDown(self.id),
+        }
+    }
+}
+
+/// A client of the whole cluster: sends each proposal to the node it believes leads, follows
+/// `NotLeader` hints, and retries only when that is safe (see [`Receipt`] for what each answer
+/// means). Cheap to clone, `Send + Sync`: share one among many threads, no lock needed.
+pub struct Client<S: StateMachine> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: StateMachine> Clone for Client<S> {
+    fn clone(&self) -> Self {
+        Client { shared: Arc::clone(&self.shared) }
+    }
+}
+
+struct Shared<S: StateMachine> {
+    /// The running nodes, kept current by the cluster as nodes start and stop.
+    nodes: RwLock<BTreeMap<NodeId, NodeHandle<S>>>,
+    /// The node last seen leading (0: none known).
+    leader: AtomicU64,
+    timeout: Duration,
+    /// The pause before trying another node when no leader is known.
+    retry_pause: Duration,
+}
+
+/// What to do after a failed attempt.
+enum Retry {
+    /// Try the leader this node named.
+    At(NodeId),
+    /// Try another node.
+    Elsewhere,
+    /// Give up with this error (the outcome may be unknown).
+    No(Error),
+}
+
+impl<S: StateMachine> Client<S> {
+    pub(crate) fn new(timeout: Duration, retry_pause: Duration) -> Self {
+        let shared = Shared {
+            nodes: RwLock::new(BTreeMap::new()),
+            leader: AtomicU64::new(0),
+            timeout,
+            retry_pause,
+        };
+        Client { shared: Arc::new(shared) }
+    }
+
+    pub(crate) fn node_started(&self, handle: NodeHandle<S>) {
+        self.write().insert(handle.id, handle);
+    }
+
+    pub(crate) fn node_stopped(&self, id: NodeId) {
+        self.write().remove(&id);
+        let _ = self.shared.leader.compare_exchange(id.0, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, NodeHandle<S>>> {
+        self.shared.nodes.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handle(&self, id: NodeId) -> Option<NodeHandle<S>> {
+        self.shared.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    }
+
+    fn running(&self) -> Vec<NodeId> {
+        self.shared.nodes.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+    }
+
+    /// The node last seen leading, if any.
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        match self.shared.leader.load(Ordering::Relaxed) {
+            0 => None,
+            id => Some(NodeId(id)),
+        }
+    }
+
+    fn set_leader(&self, id: NodeId) {
+        self.shared.leader.store(id.0, Ordering::Relaxed);
+    }
+
+    /// The deadline used when a call takes none: [`Config::request_timeout`](crate::Config).
+    pub fn timeout(&self) -> Duration {
+        self.shared.timeout
+    }
+
+    /// Proposes `command` and waits until it is applied, up to the client's timeout
+    /// ([`Config::request_timeout`](crate::Config::request_timeout)). Finds the leader itself.
+    pub fn propose(&self, command: S::Command) -> Result<Applied<S::Output>, Error> {
+        self.propose_timeout(command, self.shared.timeout)
+    }
+
+    /// [`Client::propose`] with an explicit deadline. Retries (at the hinted leader, or another
+    /// node) only while the command cannot have been applied: refused before appending, or
+    /// replaced after (`ProposalDropped`). `Err(Timeout)`, or `Err(NodeDown)` after appending,
+    /// mean the outcome is unknown: the command may still be applied.
+    pub fn propose_timeout(
+        &self,
+        command: S::Command,
+        timeout: Duration,
+    ) -> Result<Applied<S::Output>, Error> {
+        let deadline = Instant::now() + timeout;
+        let mut target = self.leader_hint().or_else(|| self.running().first().copied());
+        let mut attempt = 0usize;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            let Some(id) = target else { return Err(Error::Shutdown) };
+            match self.try_propose(id, command.clone(), deadline) {
+                Ok(applied) => {
+                    self.set_leader(id);
+                    return Ok(applied);
+                }
+                Err(Retry::At(hint)) => target = Some(hint),
+                Err(Retry::Elsewhere) => {
+                    attempt += 1;
+                    target = self.next_candidate(id, attempt);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    std::thread::sleep(self.shared.retry_pause.min(left));
+                }
+                Err(Retry::No(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn try_propose(
+        &self,
+        id: NodeId,
+        command: S::Command,
+        deadline: Instant,
+    ) -> Result<Applied<S::Output>, Retry> {
+        let handle = self.handle(id).ok_or(Retry::Elsewhere)?;
+        let mut receipt = handle.propose_async(command).map_err(|_| Retry::Elsewhere)?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match receipt.wait(remaining) {
+            Ok(applied) => Ok(applied),
+            Err(Error::NotLeader { leader_hint: Some(hint) }) if hint != id => Err(Retry::At(hint)),
+            Err(Error::NotLeader { .. } | Error::ProposalDropped { .. }) => Err(Retry::Elsewhere),
+            Err(Error::NodeDown(_)) if !receipt.was_appended() => Err(Retry::Elsewhere),
+            Err(e) => Err(Retry::No(e)),
+        }
+    }
+
+    /// Sends a proposal to the node believed to lead (or any running node when none is known)
+    /// and returns at once: never blocks. The receipt reports `NotLeader` (with a hint) if the
+    /// belief was stale, and `Shutdown` if no node runs; [`Client::propose`] retries for you.
+    pub fn propose_async(&self, command: S::Command) -> Receipt<S::Output> {
+        let target = self.leader_hint().filter(|&id| self.handle(id).is_some());
+        let Some(id) = target.or_else(|| self.running().first().copied()) else {
+            return Receipt::failed(NodeId(0), Error::Shutdown);
+        };
+        match self.handle(id).map(|h| h.propose_async(command)) {
+            Some(Ok(receipt)) => receipt,
+            _ => Receipt::failed(id, Error::NodeDown(id)),
+        }
+    }
+
+    fn next_candidate(&self, after: NodeId, attempt: usize) -> Option<NodeId> {
+        let running = self.running();
+        if running.is_empty() {
+            return None;
+        }
+        let pos = running.iter().position(|&id| id == after).unwrap_or(0);
+        Some(running[(pos + attempt) % running.len()])
+    }
+}
