@@ -43,6 +43,16 @@ impl KvCommand {
         }
     }
 
+    /// The command's size in bytes: its key and value.
+    pub fn size(&self) -> usize {
+        match self {
+            KvCommand::Put { key, value } | KvCommand::Append { key, value } => {
+                key.len() + value.len()
+            }
+            KvCommand::Get { key } => key.len(),
+        }
+    }
+
     /// The model's transition: the key's value after this command, given the value before.
     pub fn step(&self, before: Option<&str>) -> Option<String> {
         match self {
@@ -96,6 +106,10 @@ impl StateMachine for KvStateMachine {
             }
         }
         after
+    }
+
+    fn command_size(command: &KvCommand) -> usize {
+        command.size()
     }
 
     fn digest(&self) -> u64 {

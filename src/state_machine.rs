@@ -1,8 +1,21 @@
 //! The [`StateMachine`] trait: what a user implements to replicate their own state.
 //!
-//! Contract: `apply` is called with committed commands in log order, exactly once per entry per
-//! node incarnation, and must be deterministic (same commands, same order => same state and
-//! outputs on every node). No-op and configuration entries never reach it.
+//! # Contract
+//!
+//! * **Order.** `apply` is called with committed commands in log order, exactly once per entry
+//!   per node incarnation. No-op and configuration entries never reach it. A restarted node
+//!   starts from a fresh state machine (from the cluster's factory) and re-applies the log.
+//! * **Determinism.** `apply` must be a pure function of the state and the command: same
+//!   commands in the same order give the same state and outputs on every node. No clocks, no
+//!   randomness, no iteration over a `HashMap` whose order differs between processes.
+//! * **Panics.** A panic in `apply` is caught. The node stops taking part (its status names
+//!   the failure, `Cluster::failure` returns it) and every proposal waiting on it is answered
+//!   `Error::StateMachinePanicked` with the entry's index. Since `apply` is deterministic, the
+//!   same command panics on every replica: make `apply` total (return an error *output* for a
+//!   bad command instead of panicking), then restart the nodes.
+//! * **Time.** `apply` runs on the node's apply thread (`raft-n<id>-apply`), not on the thread
+//!   that sends heartbeats, so a slow `apply` delays answers but causes no election. Committed
+//!   entries queue up (in memory) while it runs.
 
 use crate::types::LogIndex;
 
@@ -13,7 +26,8 @@ pub trait StateMachine: Send + 'static {
     /// What applying a command returns to the client that proposed it.
     type Output: Clone + Send + std::fmt::Debug + 'static;
 
-    /// Applies the committed command at `index`. Called in strictly increasing index order.
+    /// Applies the committed command at `index`. Called in strictly increasing index order; must
+    /// be deterministic. See the module docs for panics and slow applies.
     fn apply(&mut self, index: LogIndex, command: &Self::Command) -> Self::Output;
 
     /// The size of `command` in bytes, for `Config::max_command_bytes` and the replication

@@ -1,0 +1,160 @@
+//! The embedder's client surface: a `Client` shared by many threads without a lock, `Receipt`
+//! awaited as a `Future` with no async runtime, deadlines that come from arguments or
+//! `Config::request_timeout` (no hidden waits), and per-node RPC counters.
+
+mod common;
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferraft::{Cluster, Config, Error, KvStateMachine, NodeId};
+
+/// A minimal executor: polls `future`, parking the thread until its waker unparks it. Enough to
+/// show a `Receipt` is woken by the node thread, with no async runtime.
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    let deadline = Instant::now() + LONG;
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        assert!(Instant::now() < deadline, "future not woken within {LONG:?}");
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+}
+
+fn kv_cluster(n: usize, config: Config) -> Cluster<KvStateMachine> {
+    let cluster = Cluster::new(config, n, |_| KvStateMachine::new()).expect("start");
+    wait_for_agreement(&cluster, LONG);
+    cluster
+}
+
+#[test]
+fn one_client_shared_by_many_threads_applies_every_command_once() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(41));
+    let client = cluster.client();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let value = token(format!("t{t}-{i}"));
+                    client.propose(append("shared", &value)).expect("applied");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("client thread");
+    }
+    let read = client.propose(get("shared")).expect("read").output.expect("value");
+    let mut seen = tokens(&read);
+    assert_eq!(seen.len(), 8 * 25, "each command applied exactly once");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 8 * 25, "no command applied twice");
+}
+
+#[test]
+fn a_receipt_is_a_future_woken_by_the_node() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(42));
+    let client = cluster.client();
+    let first = block_on(client.propose_async(append("f", "a;"))).expect("applied");
+    let second = block_on(client.propose_async(append("f", "b;")));
+    let second = match second {
+        // The first guess may not lead; a client that awaits retries at the hint.
+        Err(Error::NotLeader { .. }) => unreachable!("the first success taught the leader"),
+        other => other.expect("applied"),
+    };
+    assert_eq!(second.output, Some("a;b;".to_owned()));
+    assert!(second.index > first.index);
+}
+
+#[test]
+fn propose_async_never_blocks_even_without_a_leader() {
+    let _serial = serial();
+    let mut cluster = kv_cluster(3, fast_config(43));
+    for id in cluster.ids().into_iter().skip(1) {
+        cluster.kill(id).expect("kill");
+    }
+    let started = Instant::now();
+    let mut receipt = cluster.propose_async(append("k", "v;"));
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "propose_async blocked for {took:?}");
+    // The lone node cannot commit: the receipt answers a refusal or times out, as asked.
+    match receipt.wait(Duration::from_millis(300)) {
+        Err(Error::Timeout | Error::NotLeader { .. }) => {}
+        other => panic!("a lone node of three cannot apply: {other:?}"),
+    }
+}
+
+#[test]
+fn blocking_calls_give_up_at_the_request_timeout() {
+    let _serial = serial();
+    let config = Config { request_timeout: Duration::from_millis(500), ..fast_config(44) };
+    let mut cluster = kv_cluster(3, config);
+    for id in cluster.ids().into_iter().skip(1) {
+        cluster.kill(id).expect("kill");
+    }
+    let started = Instant::now();
+    let added = cluster.add_node();
+    let took = started.elapsed();
+    assert!(matches!(added, Err(Error::Timeout)), "no majority, no addition: {added:?}");
+    // Generous slack for a loaded machine; before, this took 36 s.
+    assert!(took < Duration::from_secs(5), "add_node took {took:?}");
+
+    let started = Instant::now();
+    assert_eq!(cluster.propose(append("k", "v;")).err(), Some(Error::Timeout));
+    assert!(started.elapsed() < Duration::from_secs(5), "propose took {:?}", started.elapsed());
+}
+
+#[test]
+fn rpc_counters_count_requests_received_by_kind() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(45));
+    let leader = cluster.leader().expect("leader");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("follower");
+    let before = cluster.status(follower).expect("status").rpcs;
+    for i in 0..10 {
+        cluster.propose(append("c", &token(i))).expect("applied");
+    }
+    let after = cluster.status(follower).expect("status").rpcs;
+    assert!(
+        after.append_entries >= before.append_entries + 1,
+        "replication reaches the follower as AppendEntries: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.timeout_nows, 0, "no transfer was asked for");
+    let leader_rpcs = cluster.status(leader).expect("status").rpcs;
+    assert_eq!(leader_rpcs.append_entries, 0, "nobody replicates to the leader");
+    assert!(leader_rpcs.replies > 0, "the leader hears replies");
+    assert!(after.requests() >= after.append_entries);
+}
+
+#[test]
+fn unknown_node_and_stopped_cluster_are_typed_errors() {
+    let _serial = serial();
+    let mut cluster = kv_cluster(1, fast_config(46));
+    assert_eq!(cluster.node(NodeId(9)).err(), Some(Error::UnknownNode(NodeId(9))));
+    let client = cluster.client();
+    cluster.kill(NodeId(1)).expect("kill");
+    let mut receipt = client.propose_async(append("k", "v;"));
+    assert_eq!(receipt.wait(Duration::from_secs(1)).err(), Some(Error::Shutdown));
+    let err = client.propose(append("k", "v;")).expect_err("no node runs");
+    assert_eq!(err, Error::Shutdown);
+    assert!(err.to_string().contains("restart"), "the message says what to do: {err}");
+}

@@ -1,0 +1,134 @@
+//! What a user's state machine can do wrong, and what the library does about it: a panicking
+//! `apply` fails the node with a typed, explanatory error; a slow `apply` delays answers but
+//! causes no election; an oversized command is refused before it reaches the log.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferraft::{Cluster, Config, Error, LogIndex, NodeId, Role, StateMachine};
+
+/// Sums its commands; panics on `PANIC`; sleeps `SLOW` ms applying `SLOW`.
+struct Touchy {
+    sum: u64,
+}
+
+const PANIC: u64 = 666;
+const SLOW: u64 = 1000;
+
+impl StateMachine for Touchy {
+    type Command = u64;
+    type Output = u64;
+
+    fn apply(&mut self, _index: LogIndex, command: &u64) -> u64 {
+        match *command {
+            PANIC => panic!("cannot apply {PANIC}"),
+            SLOW => std::thread::sleep(Duration::from_millis(SLOW)),
+            _ => {}
+        }
+        self.sum += command;
+        self.sum
+    }
+
+    fn digest(&self) -> u64 {
+        self.sum
+    }
+}
+
+fn touchy(config: Config) -> Cluster<Touchy> {
+    let cluster = Cluster::new(config, 3, |_| Touchy { sum: 0 }).expect("start");
+    wait_for_agreement(&cluster, LONG);
+    cluster
+}
+
+#[test]
+fn a_panicking_apply_fails_the_node_with_a_typed_error_that_says_what_to_do() {
+    let _serial = serial();
+    let mut cluster = touchy(fast_config(51));
+    assert_eq!(cluster.propose(5).expect("applied").output, 5);
+    let leader = cluster.leader().expect("leader");
+    let mut receipt = cluster.node(leader).expect("leader").propose_async(PANIC).expect("sent");
+    let error = receipt.wait(LONG).expect_err("the state machine panicked");
+    let Error::StateMachinePanicked { node, index, message } = &error else {
+        panic!("expected StateMachinePanicked, got {error:?}");
+    };
+    assert_eq!(*node, leader);
+    assert!(message.contains("cannot apply 666"), "{message}");
+    let text = error.to_string();
+    assert!(text.contains(&format!("{index}")), "names the entry: {text}");
+    assert!(text.contains("every replica"), "says it will panic everywhere: {text}");
+
+    // Every node applies the same entry, so every node fails, each with its own status.
+    wait_until(LONG, "every node failed", || {
+        let failed: Vec<NodeId> =
+            cluster.ids().into_iter().filter(|&id| cluster.failure(id).is_some()).collect();
+        if failed.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("failed so far: {failed:?}"))
+        }
+    });
+    for id in cluster.ids() {
+        assert!(!cluster.is_running(id), "{id} is not counted as running");
+        let status = cluster.status(id).expect("a failed node still reports");
+        assert!(
+            matches!(status.failure, Some(Error::StateMachinePanicked { index: i, .. }) if i == *index),
+            "{id}: {status:?}"
+        );
+    }
+    // New proposals are answered with the failure, not left to time out.
+    let refused = cluster.node(leader).expect("handle").propose(1, LONG);
+    assert!(matches!(refused, Err(Error::StateMachinePanicked { .. })), "{refused:?}");
+    // After a restart the node re-applies the log and panics again: apply is deterministic.
+    cluster.restart(leader).expect("restart");
+    wait_until(LONG, "the restarted node fails again at the same entry", || {
+        match cluster.failure(leader) {
+            Some(Error::StateMachinePanicked { index: i, .. }) if i == *index => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+}
+
+#[test]
+fn an_apply_of_one_second_causes_no_election() {
+    let _serial = serial();
+    // Election timeouts of 150..300 ms: a one-second apply on the node thread would depose the
+    // leader several times over.
+    let config = Config {
+        election_timeout: Duration::from_millis(150)..Duration::from_millis(300),
+        heartbeat_interval: Duration::from_millis(30),
+        tick: Duration::from_millis(10),
+        ..fast_config(52)
+    };
+    let cluster = touchy(config);
+    let leader = cluster.leader().expect("leader");
+    let term = cluster.status(leader).expect("status").core.term;
+    let started = Instant::now();
+    let first = cluster.node(leader).expect("handle").propose_async(SLOW).expect("sent");
+    let second = cluster.node(leader).expect("handle").propose_async(SLOW).expect("sent");
+    for mut receipt in [first, second] {
+        receipt.wait(LONG).expect("applied");
+    }
+    assert!(started.elapsed() >= Duration::from_secs(2), "both applies ran");
+    for status in cluster.statuses() {
+        assert_eq!(status.core.term, term, "no election during slow applies: {status:?}");
+    }
+    let status = cluster.status(leader).expect("status").core;
+    assert_eq!((status.role, status.term), (Role::Leader, term));
+}
+
+#[test]
+fn a_command_above_the_size_limit_is_refused_before_the_log() {
+    let _serial = serial();
+    let config = Config { max_command_bytes: 1024, ..fast_config(53) };
+    let cluster = Cluster::new(config, 3, |_| ferraft::KvStateMachine::new()).expect("start");
+    wait_for_agreement(&cluster, LONG);
+    let big = "x".repeat(4096);
+    let refused = cluster.propose(append("k", &big));
+    assert_eq!(refused.err(), Some(Error::CommandTooLarge { size: 4097, max: 1024 }));
+    let text = Error::CommandTooLarge { size: 4097, max: 1024 }.to_string();
+    assert!(text.contains("max_command_bytes"), "says which knob: {text}");
+    let ok = cluster.propose(append("k", "small")).expect("a small command passes");
+    assert_eq!(ok.output.as_deref(), Some("small"));
+}
