@@ -53,9 +53,9 @@ pub use crate::kv::{KvCommand, KvOutput, KvStateMachine};
 pub use crate::message::{Configuration, Entry, Message, Payload};
 pub use crate::node::{Applied, NodeStatus, Receipt, RpcCounts};
 pub use crate::runtime::{Client, Cluster, ClusterBuilder, NodeHandle};
-pub use crate::transport::{NetworkFaults, Transport};
 pub use crate::state_machine::StateMachine;
 pub use crate::storage::{HardState, MemStorage, PersistentState, Storage};
+pub use crate::transport::{NetworkFaults, Transport};
 pub use crate::types::{LogIndex, NodeId, Term};
 
 /// The README's examples, compiled and run as doctests so they stay true.

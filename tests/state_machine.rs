@@ -80,12 +80,17 @@ fn a_panicking_apply_fails_the_node_with_a_typed_error_that_says_what_to_do() {
     // New proposals are answered with the failure, not left to time out.
     let refused = cluster.node(leader).expect("handle").propose(1, LONG);
     assert!(matches!(refused, Err(Error::StateMachinePanicked { .. })), "{refused:?}");
-    // After a restart the node re-applies the log and panics again: apply is deterministic.
-    cluster.restart(leader).expect("restart");
-    wait_until(LONG, "the restarted node fails again at the same entry", || {
-        match cluster.failure(leader) {
-            Some(Error::StateMachinePanicked { index: i, .. }) if i == *index => Ok(()),
-            other => Err(format!("{other:?}")),
+    // Restarted, the nodes re-apply the log and panic again: apply is deterministic.
+    for id in cluster.ids() {
+        cluster.restart(id).expect("restart");
+    }
+    wait_until(LONG, "the restarted nodes fail again at the same entry", || {
+        let failures: Vec<_> = cluster.ids().into_iter().map(|id| cluster.failure(id)).collect();
+        let same = |f: &Option<Error>| matches!(f, Some(Error::StateMachinePanicked { index: i, .. }) if i == index);
+        if failures.iter().all(same) {
+            Ok(())
+        } else {
+            Err(format!("{failures:?}"))
         }
     });
 }

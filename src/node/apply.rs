@@ -116,10 +116,20 @@ impl<S: StateMachine> Applier<S> {
 
 /// What the node thread hands its apply thread, in order.
 pub(crate) enum ApplyTask<S: StateMachine> {
-    Await { index: LogIndex, term: Term, responder: Responder<S::Output> },
-    Entries { first: LogIndex, entries: Vec<Entry<S::Command>> },
+    Await {
+        index: LogIndex,
+        term: Term,
+        responder: Responder<S::Output>,
+    },
+    Entries {
+        first: LogIndex,
+        entries: Vec<Entry<S::Command>>,
+    },
     /// Fill in what only the applier knows (digest, applied index) and answer.
-    Status { status: NodeStatus, reply: Sender<NodeStatus> },
+    Status {
+        status: NodeStatus,
+        reply: Sender<NodeStatus>,
+    },
 }
 
 /// An [`Applier`] run inline, or on a thread of its own fed through a channel.
@@ -275,5 +285,78 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         s.clone()
     } else {
         "non-string panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{KvCommand, KvStateMachine};
+    use crate::node::receipt::{receipt, Receipt};
+    use crate::types::Term;
+
+    fn put(value: &str) -> Entry<KvCommand> {
+        let command = KvCommand::Put { key: "k".into(), value: value.into() };
+        Entry { term: Term(3), payload: Payload::Command(command) }
+    }
+
+    fn awaiting(
+        applier: &mut Applier<KvStateMachine>,
+        index: u64,
+        term: u64,
+    ) -> Receipt<Option<String>> {
+        let (responder, receipt) = receipt(NodeId(1));
+        applier.await_entry(LogIndex(index), Term(term), responder);
+        receipt
+    }
+
+    /// The review's schedule: proposals at 4, 5, 6 in term 1 are truncated; a new proposal lands
+    /// at 4 in term 3 behind them. Matching on the index alone answered the new, applied proposal
+    /// `ProposalDropped` once index 6 was applied, and `Cluster::propose` retried it: applied
+    /// twice. Matching on (index, term) answers each one correctly.
+    #[test]
+    fn a_proposal_at_a_reused_index_is_matched_on_index_and_term() {
+        let mut applier = Applier::new(NodeId(1), KvStateMachine::new(), LogIndex(3));
+        let old: Vec<_> = (4..=6).map(|i| awaiting(&mut applier, i, 1)).collect();
+        let new = awaiting(&mut applier, 4, 3);
+        for (i, value) in [(4, "new"), (5, "x"), (6, "y")] {
+            applier.apply(LogIndex(i), &put(value)).expect("applied");
+        }
+        for (i, receipt) in (4..=6).zip(&old) {
+            let dropped = Error::ProposalDropped { index: LogIndex(i), term: Term(1) };
+            assert_eq!(receipt.try_result(), Some(Err(dropped)));
+        }
+        let applied = new.try_result().expect("answered").expect("applied");
+        assert_eq!((applied.index, applied.term), (LogIndex(4), Term(3)));
+        assert_eq!(applied.output.as_deref(), Some("new"));
+    }
+
+    #[test]
+    fn a_panic_in_apply_answers_every_waiting_proposal_and_every_later_one() {
+        struct Boom;
+        impl StateMachine for Boom {
+            type Command = u8;
+            type Output = u8;
+            fn apply(&mut self, _: LogIndex, c: &u8) -> u8 {
+                assert!(*c != 0, "zero is not allowed");
+                *c
+            }
+        }
+        let mut applier = Applier::new(NodeId(2), Boom, LogIndex(0));
+        let (responder, waiting) = receipt(NodeId(2));
+        applier.await_entry(LogIndex(2), Term(1), responder);
+        let zero = Entry { term: Term(1), payload: Payload::Command(0u8) };
+        let error = applier.apply(LogIndex(1), &zero).expect_err("panicked");
+        let Error::StateMachinePanicked { node, index, message } = &error else {
+            panic!("{error:?}")
+        };
+        assert_eq!((*node, *index), (NodeId(2), LogIndex(1)));
+        assert!(message.contains("zero is not allowed"), "{message}");
+        assert_eq!(waiting.try_result(), Some(Err(error.clone())));
+        let (responder, later) = receipt(NodeId(2));
+        applier.await_entry(LogIndex(3), Term(1), responder);
+        assert_eq!(later.try_result(), Some(Err(error.clone())));
+        let one = Entry { term: Term(1), payload: Payload::Command(1u8) };
+        assert_eq!(applier.apply(LogIndex(2), &one), Err(error));
     }
 }

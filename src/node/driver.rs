@@ -9,7 +9,7 @@
 
 use crossbeam_channel::Sender;
 
-use super::apply::{ApplyQueue, Applier};
+use super::apply::{Applier, ApplyQueue};
 use super::receipt::Responder;
 use super::{NodeStatus, Request, RpcCounts};
 use crate::config::Config;
@@ -197,12 +197,8 @@ where
 
     /// Sends the node's status to `reply` once the applier has filled in its part.
     pub fn status(&mut self, reply: Sender<NodeStatus>) {
-        let status = NodeStatus {
-            core: self.core.status(),
-            digest: 0,
-            rpcs: self.rpcs,
-            failure: None,
-        };
+        let status =
+            NodeStatus { core: self.core.status(), digest: 0, rpcs: self.rpcs, failure: None };
         self.apply.status(status, reply);
     }
 

@@ -16,8 +16,8 @@ use crossbeam_channel::Sender;
 
 pub(crate) use apply::panic_message;
 pub(crate) use driver::{execute_all, ApplyOn, Driver, Execute};
-pub use receipt::{Applied, Receipt};
 pub(crate) use receipt::{receipt, Responder};
+pub use receipt::{Applied, Receipt};
 
 use crate::core::{MembershipChange, Status};
 use crate::error::Error;

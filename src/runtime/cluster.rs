@@ -217,14 +217,8 @@ impl<S: StateMachine> Cluster<S> {
         let (requests_tx, requests) = bounded(self.config.inbox_capacity);
         let (shutdown, shutdown_rx) = bounded(1);
         let transport = (self.transport)(id, inbox_tx);
-        let driver: NodeDriver<S> = Driver::new(
-            id,
-            &self.config,
-            (self.factory)(id),
-            storage,
-            transport,
-            ApplyOn::Thread,
-        )?;
+        let driver: NodeDriver<S> =
+            Driver::new(id, &self.config, (self.factory)(id), storage, transport, ApplyOn::Thread)?;
         let channels = Channels { inbox, requests, shutdown: shutdown_rx };
         let tick = self.config.tick;
         let failure = Failure::default();

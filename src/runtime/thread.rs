@@ -68,7 +68,6 @@ pub(crate) fn run<S: StateMachine>(
     serve_failed(&mut driver, &channels, error);
 }
 
-
 /// A failed node answers every request with its failure until it is killed.
 fn serve_failed<S: StateMachine>(driver: &mut NodeDriver<S>, channels: &Channels<S>, error: Error) {
     let core = driver.core().status();

@@ -11,10 +11,10 @@
 use rand::rngs::SmallRng;
 use rand::Rng;
 
+use super::node::Delivery;
 use super::run::FailureKind;
 use super::trace::InputSummary;
 use super::{Event, Simulator};
-use super::node::Delivery;
 use crate::error::Error;
 use crate::node::{receipt, Applied, Receipt, Request};
 use crate::state_machine::StateMachine;
@@ -165,8 +165,13 @@ impl<S: StateMachine> Simulator<S> {
         let command = workload.command(client, seq, &mut self.rng);
         let op = self.clients.history.len();
         self.note(format!("c{client} invoke #{op} {command:?}"));
-        let record =
-            HistoryOp { client, command, invoked_at: self.now, completed: None, not_applied: false };
+        let record = HistoryOp {
+            client,
+            command,
+            invoked_at: self.now,
+            completed: None,
+            not_applied: false,
+        };
         self.clients.history.push(record);
         let state = &mut self.clients.states[client as usize];
         state.seq = seq;

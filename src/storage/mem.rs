@@ -3,9 +3,9 @@
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::HardState;
 use super::{PersistentState, Storage};
 use crate::message::{Configuration, Entry};
-use super::HardState;
 use crate::types::{LogIndex, Term};
 
 /// An in-memory [`Storage`]. Clones share the same data, so the [`crate::Cluster`] keeps one
