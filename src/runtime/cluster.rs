@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use super::node::{Applied, Channels, NodeLoop, NodeStatus, ProposalEvent, Request};
-use crate::transport::{NetworkFaults, Router};
+use crate::transport::Router;
 use crate::config::Config;
 use crate::core::{MembershipChange, Role};
-use crate::error::{ConfigError, Error, FaultError};
+use crate::error::{ConfigError, Error};
 use crate::message::Configuration;
 use crate::state_machine::StateMachine;
 use crate::storage::MemStorage;
@@ -435,26 +435,8 @@ impl<S: StateMachine> Cluster<S> {
         Some(running[(pos + attempt) % running.len()])
     }
 
-    /// Sets drop, duplication and delay faults on every message (threaded network).
-    pub fn set_faults(&self, faults: NetworkFaults) -> Result<(), FaultError> {
-        self.router.set_faults(faults)
-    }
-
-    /// Splits the cluster into groups that cannot reach each other; nodes not named share one
-    /// further group. Replaces any partition in force; [`Cluster::heal`] removes it.
-    pub fn partition(&self, groups: &[Vec<NodeId>]) -> Result<(), FaultError> {
-        let known: Vec<NodeId> = self.slots.keys().copied().collect();
-        self.router.partition(groups, &known)
-    }
-
-    /// Cuts one node off from all others (replacing any partition in force).
-    pub fn isolate(&self, id: NodeId) -> Result<(), FaultError> {
-        self.partition(&[vec![id]])
-    }
-
-    /// Removes every partition and fault.
-    pub fn heal(&self) {
-        self.router.heal();
+    pub(super) fn router(&self) -> &Router<S::Command> {
+        &self.router
     }
 
     /// The cluster's configuration.
