@@ -793,7 +793,7 @@ mod tests {
         let (router, inboxes) = network();
         let faults = NetworkFaults {
             long_hold: 1.0,
-            long_hold_delay: ms(500)..ms(600),
+            long_hold_delay: ms(2000)..ms(2100),
             ..NetworkFaults::default()
         };
         router.set_faults(faults).expect("valid");
@@ -806,7 +806,7 @@ mod tests {
         assert!(matches!(first.body, Body::AppendEntries(_)));
         let held = inboxes[&N2].recv_timeout(Duration::from_secs(20)).expect("held, not lost");
         assert!(matches!(held.body, Body::RequestVote(_)));
-        assert!(sent.elapsed() >= ms(500), "held only {:?}", sent.elapsed());
+        assert!(sent.elapsed() >= ms(2000), "held only {:?}", sent.elapsed());
         wait_drained(&router);
         router.stop_delayer();
     }
@@ -814,7 +814,8 @@ mod tests {
     #[test]
     fn a_cut_loses_messages_already_in_flight_on_that_link() {
         let (router, inboxes) = network();
-        let faults = NetworkFaults { delay: ms(50)..ms(50), ..NetworkFaults::default() };
+        // Long enough that the cut surely comes first, even on a loaded machine.
+        let faults = NetworkFaults { delay: ms(2000)..ms(2000), ..NetworkFaults::default() };
         router.set_faults(faults).expect("valid");
         router.send(heartbeat(N1, N2));
         router.send(heartbeat(N1, N3));
