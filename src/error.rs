@@ -215,6 +215,14 @@ pub enum FaultError {
     InvalidConfig(ConfigError),
     /// A simulation needs at least one node.
     NoNodes,
+    /// A fault that is switched on has a zero-length range, so it would do nothing (e.g.
+    /// `long_hold > 0` with `long_hold_delay` of `0..0`).
+    EmptyRange {
+        /// The setting's name.
+        field: &'static str,
+    },
+    /// A link fault names the same node at both ends; links join two different nodes.
+    SelfLink(NodeId),
 }
 
 impl fmt::Display for FaultError {
@@ -234,6 +242,12 @@ impl fmt::Display for FaultError {
             }
             FaultError::InvalidConfig(e) => write!(f, "invalid config: {e}"),
             FaultError::NoNodes => write!(f, "a simulation needs at least one node"),
+            FaultError::EmptyRange { field } => {
+                write!(f, "{field} is 0..0 while its fault is on: give it a non-zero range")
+            }
+            FaultError::SelfLink(id) => {
+                write!(f, "link {id} -> {id} joins a node to itself: name two different nodes")
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Threaded scenario tests under faults, in the spirit of the well-known Raft lab suites:
 //! an unreliable network, Figure 8 (leaders killed while proposals are in flight), churn, an
-//! old leader partitioned away and rejoining, and long reordering.
+//! old leader partitioned away and rejoining, and long reordering; then one test per fault
+//! switch: one-way cuts (a mute leader, a deaf leader), disconnect/connect composition, per-link
+//! per-kind faults, messages held for seconds, and the validation of every switch.
 //!
 //! Every write carries a unique value, so the final state tells exactly which writes were
 //! applied: an acknowledged write must appear exactly once, a write refused with `NotLeader` or
@@ -16,7 +18,8 @@ use std::time::Instant;
 
 use common::*;
 use ferraft::{
-    Applied, Cluster, Error, KvCommand, KvOutput, NetworkFaults, NodeHandle, NodeId, Receipt, Role,
+    Applied, Cluster, Error, FaultError, KvCommand, KvOutput, NetworkFaults, NodeHandle, NodeId,
+    NodeStatus, Receipt, Role,
 };
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -157,10 +160,11 @@ fn pause(rng: &mut SmallRng) {
     std::thread::sleep(ms(millis));
 }
 
-/// Heals the network, restarts every killed node, commits one more write, waits until all
-/// nodes converge, and returns the final value of [`KEY`] read through the log.
+/// Makes the network perfect (no cuts, no faults), restarts every killed node, commits one
+/// more write, waits until all nodes converge, and returns the final value of [`KEY`] read
+/// through the log.
 fn heal_and_read(cluster: &mut Cluster<Recorder>, history: &mut History) -> String {
-    cluster.heal();
+    cluster.reset_network();
     for id in cluster.ids() {
         if !cluster.is_running(id) {
             cluster.restart(id).expect("restart");
@@ -343,8 +347,9 @@ fn churn_with_concurrent_clients() {
                 cluster.set_faults(unreliable()).expect("faults");
             }
             _ => {
-                println!("heal");
+                println!("heal and clear faults");
                 cluster.heal();
+                cluster.clear_faults();
             }
         }
     }
@@ -491,5 +496,329 @@ fn long_reordering_with_duplicates() {
     settle(&mut history, receipts);
     println!("reordering: {} in {elapsed:?}", history.summary());
     history.check(&final_value, &records, &cluster.ids());
+    cluster.shutdown();
+}
+
+/// The statuses of `among`, or a description of who did not answer.
+fn statuses_of(cluster: &Cluster<Recorder>, among: &[NodeId]) -> Result<Vec<NodeStatus>, String> {
+    let all = cluster.statuses();
+    assert_one_leader_per_term(&all);
+    let statuses: Vec<NodeStatus> =
+        all.into_iter().filter(|s| among.contains(&s.core.id)).collect();
+    if statuses.len() != among.len() {
+        return Err(format!("expected {among:?} to answer: {}", describe(&statuses)));
+    }
+    Ok(statuses)
+}
+
+/// Waits until every node of `among` follows one leader in one term (the others may not).
+fn wait_agreement_among(cluster: &Cluster<Recorder>, among: &[NodeId]) -> Agreement {
+    wait_until(LONG, &format!("{among:?} to agree on one leader"), || {
+        agreement(statuses_of(cluster, among)?)
+    })
+}
+
+fn others(cluster: &Cluster<Recorder>, except: &[NodeId]) -> Vec<NodeId> {
+    cluster.ids().into_iter().filter(|id| !except.contains(id)).collect()
+}
+
+fn write_among(
+    cluster: &Cluster<Recorder>,
+    among: &[NodeId],
+    history: &mut History,
+    tag: &str,
+) -> Applied<KvOutput> {
+    let value = token(tag);
+    let applied = propose_among(cluster, among, append(KEY, &value));
+    history.record(value, Ok(applied.clone()));
+    applied
+}
+
+#[test]
+fn a_mute_leader_is_replaced_while_it_still_hears_everyone() {
+    let _serial = serial();
+    let (_, seed) = seeded_rng("a_mute_leader_is_replaced_while_it_still_hears_everyone");
+    let (mut cluster, records) = recording_cluster(fast_config(seed), 5);
+    let mut history = History::default();
+    write_among(&cluster, &cluster.ids(), &mut history, "before");
+    let before = wait_for_agreement(&cluster, LONG);
+    let old = before.leader;
+
+    // One-way cuts: the old leader's messages are lost, everyone else's still reach it.
+    for to in others(&cluster, &[old]) {
+        cluster.cut(old, to).expect("known nodes");
+    }
+    let majority = others(&cluster, &[old]);
+    let applied = write_among(&cluster, &majority, &mut history, "after");
+    assert!(applied.term > before.term, "the others elected a leader in a later term");
+    // The old leader hears the new leader, so it follows it in its term: all five agree.
+    let now = wait_for_agreement(&cluster, LONG);
+    assert_ne!(now.leader, old, "a leader nobody hears cannot lead");
+    assert!(now.term > before.term);
+
+    for to in others(&cluster, &[old]) {
+        cluster.restore(old, to).expect("known nodes");
+    }
+    assert_eq!(cluster.blocked_links(), vec![]);
+    let final_value = heal_and_read(&mut cluster, &mut history);
+    history.check(&final_value, &records, &cluster.ids());
+    cluster.shutdown();
+}
+
+#[test]
+fn a_deaf_leader_steps_down_and_the_others_elect_a_new_one() {
+    let _serial = serial();
+    let (_, seed) = seeded_rng("a_deaf_leader_steps_down_and_the_others_elect_a_new_one");
+    let config = fast_config(seed);
+    assert!(config.check_quorum && config.pre_vote, "this scenario relies on both");
+    let (mut cluster, records) = recording_cluster(config, 5);
+    let mut history = History::default();
+    let before = wait_for_agreement(&cluster, LONG);
+    let old = before.leader;
+
+    // The old leader still sends (its heartbeats arrive) but hears no acknowledgement:
+    // CheckQuorum makes it step down, and only then do the others time out and elect.
+    cluster.deafen(old).expect("known node");
+    let majority = others(&cluster, &[old]);
+    let new = wait_agreement_among(&cluster, &majority);
+    assert!(new.term > before.term);
+    let applied = write_among(&cluster, &majority, &mut history, "deaf");
+    let deaf = cluster.status(old).expect("still running");
+    let seen = describe(std::slice::from_ref(&deaf));
+    assert_ne!(deaf.core.role, Role::Leader, "CheckQuorum: {seen}");
+    // It heard nothing since: not the new term, not the write (and pre-vote kept its term).
+    assert_eq!(deaf.core.term, before.term, "{seen}");
+    assert!(deaf.core.last_log_index < applied.index, "{seen}");
+
+    cluster.connect(old).expect("known node");
+    let all = wait_for_agreement(&cluster, LONG);
+    assert_eq!(all.term, applied.term, "rejoining did not disrupt the new leader");
+    let final_value = heal_and_read(&mut cluster, &mut history);
+    history.check(&final_value, &records, &cluster.ids());
+    cluster.shutdown();
+}
+
+#[test]
+fn disconnect_and_connect_compose_node_by_node() {
+    let _serial = serial();
+    let (_, seed) = seeded_rng("disconnect_and_connect_compose_node_by_node");
+    let (mut cluster, records) = recording_cluster(fast_config(seed), 5);
+    let mut history = History::default();
+    let before = wait_for_agreement(&cluster, LONG);
+    let leader = before.leader;
+    let loner = others(&cluster, &[leader])[0];
+
+    cluster.disconnect(leader).expect("known node");
+    cluster.disconnect(loner).expect("known node");
+    let three = others(&cluster, &[leader, loner]);
+    let applied = write_among(&cluster, &three, &mut history, "three");
+    assert!(applied.term > before.term, "three of five elect a leader");
+
+    cluster.connect(leader).expect("known node");
+    let loner_links: Vec<(NodeId, NodeId)> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != loner)
+        .flat_map(|id| [(id, loner), (loner, id)])
+        .collect();
+    let mut blocked = cluster.blocked_links();
+    blocked.sort();
+    let mut expected = loner_links;
+    expected.sort();
+    assert_eq!(blocked, expected, "only the loner is still cut off, from the old leader too");
+
+    let four = others(&cluster, &[loner]);
+    let applied = write_among(&cluster, &four, &mut history, "four");
+    wait_agreement_among(&cluster, &four);
+    wait_until(LONG, "the old leader to apply the write made without it", || {
+        let s = cluster.status(leader).map_err(|e| e.to_string())?;
+        (s.core.last_applied >= applied.index).then_some(()).ok_or_else(|| describe(&[s]))
+    });
+    let lonely = cluster.status(loner).expect("running");
+    assert!(lonely.core.last_log_index < applied.index, "{}", describe(&[lonely]));
+
+    cluster.connect(loner).expect("known node");
+    assert_eq!(cluster.blocked_links(), vec![]);
+    let final_value = heal_and_read(&mut cluster, &mut history);
+    history.check(&final_value, &records, &cluster.ids());
+    cluster.shutdown();
+}
+
+#[test]
+fn link_faults_hit_one_direction_and_one_kind_of_message() {
+    let _serial = serial();
+    let (_, seed) = seeded_rng("link_faults_hit_one_direction_and_one_kind_of_message");
+    let (mut cluster, records) = recording_cluster(fast_config(seed), 5);
+    let mut history = History::default();
+    let before = wait_for_agreement(&cluster, LONG);
+    let followers = others(&cluster, &[before.leader]);
+    let (starved, fed) = (followers[0], followers[1]);
+
+    // Into `starved`, every request is lost (its replies still arrive); into `fed`, every reply
+    // is lost, which a follower never needs. Their own messages out are untouched.
+    let lose_requests = NetworkFaults { drop_requests: 1.0, ..NetworkFaults::default() };
+    let lose_replies = NetworkFaults { drop_replies: 1.0, ..NetworkFaults::default() };
+    for from in others(&cluster, &[starved]) {
+        cluster.set_link_faults(from, starved, lose_requests.clone()).expect("valid");
+    }
+    for from in others(&cluster, &[fed]) {
+        cluster.set_link_faults(from, fed, lose_replies.clone()).expect("valid");
+    }
+    let frozen = cluster.status(starved).expect("running").core.last_log_index;
+    let mut last = None;
+    for i in 0..5 {
+        last = Some(write_among(&cluster, &cluster.ids(), &mut history, &format!("l{i}")));
+    }
+    let last = last.expect("five writes").index;
+    wait_until(LONG, "the follower that loses only replies to keep up", || {
+        let s = cluster.status(fed).map_err(|e| e.to_string())?;
+        (s.core.commit_index >= last).then_some(()).ok_or_else(|| describe(&[s]))
+    });
+    let s = cluster.status(starved).expect("running");
+    let seen = describe(std::slice::from_ref(&s));
+    assert_eq!(s.core.last_log_index, frozen, "no AppendEntries reached it: {seen}");
+
+    for from in others(&cluster, &[starved]) {
+        cluster.clear_link_faults(from, starved).expect("known");
+    }
+    for from in others(&cluster, &[fed]) {
+        cluster.clear_link_faults(from, fed).expect("known");
+    }
+    wait_until(LONG, "the starved follower to catch up once its links are clean", || {
+        let s = cluster.status(starved).map_err(|e| e.to_string())?;
+        (s.core.commit_index >= last).then_some(()).ok_or_else(|| describe(&[s]))
+    });
+    let final_value = heal_and_read(&mut cluster, &mut history);
+    history.check(&final_value, &records, &cluster.ids());
+    cluster.shutdown();
+}
+
+#[test]
+fn messages_held_for_seconds_arrive_terms_late_without_harm() {
+    let _serial = serial();
+    let (_, seed) = seeded_rng("messages_held_for_seconds_arrive_terms_late_without_harm");
+    // Election timeouts above ordinary round trips; the held messages come seconds later.
+    let (mut cluster, records) = recording_cluster(roomy_config(seed), 5);
+    let mut history = History::default();
+    let faults = NetworkFaults {
+        long_hold: 0.1,
+        long_hold_delay: ms(1000)..ms(3000),
+        ..NetworkFaults::default()
+    };
+    cluster.set_faults(faults).expect("valid faults");
+
+    // Three leaders in a row, each left with proposals in flight: messages of earlier terms
+    // are still held while later terms begin.
+    let mut receipts = Vec::new();
+    let mut term = wait_for_agreement(&cluster, LONG).term;
+    for round in 0..3 {
+        let leader = wait_for_agreement(&cluster, LONG).leader;
+        let handle = cluster.node(leader).expect("running");
+        for i in 0..3 {
+            let value = token(format!("h{round}-{i}"));
+            receipts
+                .push((value.clone(), handle.propose_async(append(KEY, &value)).expect("sent")));
+        }
+        cluster.disconnect(leader).expect("known node");
+        let applied =
+            write_among(&cluster, &others(&cluster, &[leader]), &mut history, &format!("n{round}"));
+        assert!(applied.term > term, "a new leader in round {round}");
+        term = applied.term;
+        cluster.connect(leader).expect("known node");
+    }
+    assert!(cluster.messages_long_held() > 0, "the long hold held some messages");
+
+    // Clearing the faults does not recall what is already held: it arrives late, into a
+    // cluster that has moved on, and must change nothing.
+    cluster.clear_faults();
+    wait_until(LONG, "every held message to arrive", || {
+        let held = cluster.messages_in_flight();
+        (held == 0).then_some(()).ok_or_else(|| format!("{held} messages still held"))
+    });
+    let final_value = heal_and_read(&mut cluster, &mut history);
+    settle(&mut history, receipts);
+    println!("long hold: {} held; {}", cluster.messages_long_held(), history.summary());
+    history.check(&final_value, &records, &cluster.ids());
+    let digests: Vec<u64> = cluster.statuses().iter().map(|s| s.digest).collect();
+    assert_eq!(digests.len(), 5);
+    assert!(digests.windows(2).all(|w| w[0] == w[1]), "state machines differ: {digests:x?}");
+    cluster.shutdown();
+}
+
+#[test]
+fn every_fault_switch_refuses_bad_settings_with_a_typed_error() {
+    let _serial = serial();
+    let (cluster, _records) = recording_cluster(fast_config(3), 3);
+    let (n1, n2, ghost) = (NodeId(1), NodeId(2), NodeId(9));
+    let unknown = Err(FaultError::UnknownNode(ghost));
+    assert_eq!(cluster.cut(n1, ghost), unknown);
+    assert_eq!(cluster.cut(ghost, n1), unknown);
+    assert_eq!(cluster.restore(n1, ghost), unknown);
+    assert_eq!(cluster.disconnect(ghost), unknown);
+    assert_eq!(cluster.connect(ghost), unknown);
+    assert_eq!(cluster.deafen(ghost), unknown);
+    assert_eq!(cluster.mute(ghost), unknown);
+    assert_eq!(cluster.set_link_faults(ghost, n1, NetworkFaults::default()), unknown);
+    assert_eq!(cluster.clear_link_faults(n1, ghost), unknown);
+    assert_eq!(cluster.cut(n1, n1), Err(FaultError::SelfLink(n1)));
+    assert_eq!(
+        cluster.set_link_faults(n2, n2, NetworkFaults::default()),
+        Err(FaultError::SelfLink(n2))
+    );
+
+    let faults = |f: fn(&mut NetworkFaults)| {
+        let mut faults = NetworkFaults::default();
+        f(&mut faults);
+        faults
+    };
+    let refused = [
+        (faults(|f| f.long_hold = 1.5), FaultError::Probability { field: "long_hold", value: 1.5 }),
+        (
+            faults(|f| f.duplicate_requests = -0.1),
+            FaultError::Probability { field: "duplicate_requests", value: -0.1 },
+        ),
+        (
+            faults(|f| f.delay_requests = ms(10)..ms(5)),
+            FaultError::InvertedRange { field: "delay_requests", min: ms(10), max: ms(5) },
+        ),
+        (
+            faults(|f| f.delay_replies = ms(3)..ms(1)),
+            FaultError::InvertedRange { field: "delay_replies", min: ms(3), max: ms(1) },
+        ),
+        (
+            faults(|f| {
+                f.long_hold = 0.5;
+                f.long_hold_delay = ms(3000)..ms(1000);
+            }),
+            FaultError::InvertedRange { field: "long_hold_delay", min: ms(3000), max: ms(1000) },
+        ),
+        (faults(|f| f.long_hold = 0.5), FaultError::EmptyRange { field: "long_hold_delay" }),
+    ];
+    for (bad, error) in refused {
+        assert_eq!(cluster.set_faults(bad.clone()), Err(error.clone()));
+        assert_eq!(cluster.set_link_faults(n1, n2, bad), Err(error.clone()));
+        let field = match &error {
+            FaultError::Probability { field, .. }
+            | FaultError::InvertedRange { field, .. }
+            | FaultError::EmptyRange { field } => *field,
+            other => panic!("not a setting error: {other:?}"),
+        };
+        assert!(error.to_string().contains(field), "the message names {field}: {error}");
+    }
+    match cluster.set_faults(faults(|f| f.duplicate_replies = f64::NAN)) {
+        Err(FaultError::Probability { field: "duplicate_replies", value }) => {
+            assert!(value.is_nan())
+        }
+        other => panic!("NaN is not a probability: {other:?}"),
+    }
+    let edges = faults(|f| {
+        f.long_hold = 1.0;
+        f.long_hold_delay = ms(1000)..ms(1000);
+        f.duplicate_replies = 0.0;
+    });
+    assert_eq!(cluster.set_faults(edges), Ok(()), "a fixed hold and 0 and 1 are accepted");
+    assert!(FaultError::SelfLink(n1).to_string().contains("itself"));
+    assert_eq!(cluster.blocked_links(), vec![], "refused cuts changed nothing");
+    cluster.reset_network();
     cluster.shutdown();
 }

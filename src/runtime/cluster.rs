@@ -20,12 +20,12 @@ use super::client::{Client, NodeHandle};
 use super::thread::{self, Channels, Failure, NodeDriver};
 use crate::config::Config;
 use crate::core::{MembershipChange, Role};
-use crate::error::{ConfigError, Error, FaultError};
+use crate::error::{ConfigError, Error};
 use crate::message::{Configuration, Message};
 use crate::node::{Applied, ApplyOn, Driver, NodeStatus, Receipt};
 use crate::state_machine::StateMachine;
 use crate::storage::{MemStorage, Storage};
-use crate::transport::{NetworkFaults, Router, Transport};
+use crate::transport::{Router, Transport};
 use crate::types::NodeId;
 
 type Factory<S> = Arc<dyn Fn(NodeId) -> S + Send + Sync>;
@@ -361,26 +361,10 @@ impl<S: StateMachine> Cluster<S> {
     pub fn propose_async(&self, command: S::Command) -> Receipt<S::Output> {
         self.client.propose_async(command)
     }
-    /// Sets drop, duplication and delay faults on every message (threaded network).
-    pub fn set_faults(&self, faults: NetworkFaults) -> Result<(), FaultError> {
-        self.router.set_faults(faults)
-    }
 
-    /// Splits the cluster into groups that cannot reach each other; nodes not named share one
-    /// further group. Replaces any partition in force; [`Cluster::heal`] removes it.
-    pub fn partition(&self, groups: &[Vec<NodeId>]) -> Result<(), FaultError> {
-        let known: Vec<NodeId> = self.slots.keys().copied().collect();
-        self.router.partition(groups, &known)
-    }
-
-    /// Cuts one node off from all others (replacing any partition in force).
-    pub fn isolate(&self, id: NodeId) -> Result<(), FaultError> {
-        self.partition(&[vec![id]])
-    }
-
-    /// Removes every partition and fault.
-    pub fn heal(&self) {
-        self.router.heal();
+    /// The in-process network, for the fault switches in `faults.rs`.
+    pub(super) fn router(&self) -> &Router<S::Command> {
+        &self.router
     }
 
     /// The cluster's configuration.

@@ -1,6 +1,6 @@
 //! The thread runtime: one named OS thread per node (`thread.rs`, a crossbeam `select!` loop
 //! driving the node's [`Driver`](crate::node)), the [`Cluster`] handle that starts and stops
-//! them (`cluster.rs`), and the handles programs talk to nodes through (`client.rs`).
+//! them (`cluster.rs`; its network fault switches in `faults.rs`), and the handles programs talk to nodes through (`client.rs`).
 //!
 //! This is the only layer that touches threads, channels and clocks. Rules of the protocol do
 //! not live here, and neither does executing the core's actions: the shared node driver does
@@ -8,6 +8,7 @@
 
 mod client;
 mod cluster;
+mod faults;
 mod thread;
 
 pub use client::{Client, NodeHandle};
