@@ -6,7 +6,11 @@
 //! cargo run --release --example bench -- memory     [--nodes N] [--clients C] [--ops N]
 //! cargo run --release --example bench -- catchup    [--nodes N] [--ops N]
 //! cargo run --release --example bench -- reconfig   [--clients C]
+//! cargo run --release --example bench -- clients    --clients C [--nodes N] [--ops N]
 //! ```
+//!
+//! `clients`: C OS threads share one `Client` handle (no lock); each proposes, waits for its
+//! answer, and proposes again (closed loop), until `--ops` proposals (default 200,000) are done.
 //!
 //! `catchup`: time for `add_node` when the new node must catch up `--ops` entries (default
 //! 100,000). `reconfig`: writes per second with C proposals outstanding, first in steady state,
@@ -102,6 +106,11 @@ fn main() {
         }
         "catchup" => catchup(cluster, &handle, if args.ops == 0 { 100_000 } else { args.ops }),
         "reconfig" => reconfig(cluster, handle, args.clients),
+        "clients" => {
+            let ops = if args.ops == 0 { 200_000 } else { args.ops };
+            clients(&cluster, args.nodes, args.clients, ops);
+            cluster.shutdown();
+        }
         other => {
             eprintln!("unknown workload {other}");
             std::process::exit(2);
@@ -133,6 +142,41 @@ fn latency(handle: &NodeHandle<Sum>, nodes: usize, ops: usize) {
         pct(0.50),
         pct(0.99),
         pct(0.999)
+    );
+}
+
+/// C threads share one client; each waits for its answer before proposing again.
+fn clients(cluster: &Cluster<Sum>, nodes: usize, threads: usize, ops: usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let client = cluster.client();
+    let issued = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (client, issued) = (client.clone(), Arc::clone(&issued));
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                while issued.fetch_add(1, Ordering::Relaxed) < ops {
+                    let t = Instant::now();
+                    client.propose(8).expect("proposal applied");
+                    samples.push(t.elapsed().as_nanos() as u64);
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples: Vec<u64> =
+        workers.into_iter().flat_map(|w| w.join().expect("client thread")).collect();
+    let secs = start.elapsed().as_secs_f64();
+    samples.sort_unstable();
+    let pct =
+        |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1e3;
+    println!(
+        "{{\"workload\":\"clients\",\"nodes\":{nodes},\"clients\":{threads},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
+        samples.len() as f64 / secs,
+        pct(0.50),
+        pct(0.99)
     );
 }
 
