@@ -4,40 +4,39 @@
 //! Run with `cargo run --release --example membership`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::{init_tracing, print_table, say, wait_converged};
-use ferraft::{Cluster, Config, Error, KvCommand, KvStateMachine};
+use ferraft::{Client, Cluster, Config, Error, KvCommand, KvStateMachine};
 
 fn main() -> Result<(), Error> {
     init_tracing();
     let start = Instant::now();
-    let cluster =
-        Arc::new(Mutex::new(Cluster::new(Config::default(), 5, |_| KvStateMachine::new())?));
-    let leader = lock(&cluster).wait_for_leader(Duration::from_secs(10))?;
+    let mut cluster = Cluster::new(Config::default(), 5, |_| KvStateMachine::new())?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10))?;
     say(start, &format!("5 voters; {leader} leads"));
-    preload(&cluster, 50_000)?;
+    preload(&cluster.client(), 50_000)?;
     say(start, "preloaded 50,000 entries, so new nodes have a real log to catch up on");
 
     let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-    let writer = spawn_writer(Arc::clone(&cluster), Arc::clone(&stop), Arc::clone(&written));
+    // The writer shares the cluster's client: no lock, and it follows the leader by itself.
+    let writer = spawn_writer(cluster.client(), Arc::clone(&stop), Arc::clone(&written));
 
-    let victims: Vec<_> =
-        lock(&cluster).ids().into_iter().filter(|&id| id != leader).take(2).collect();
+    let victims: Vec<_> = cluster.ids().into_iter().filter(|&id| id != leader).take(2).collect();
     for &id in &victims {
-        lock(&cluster).kill(id)?;
+        cluster.kill(id)?;
         say(start, &format!("{id} crashed"));
     }
     for &id in &victims {
-        lock(&cluster).remove_node(id)?;
+        cluster.remove_node(id)?;
         say(start, &format!("removed dead {id} from the configuration"));
     }
     for _ in 0..2 {
         let began = Instant::now();
-        let id = lock(&cluster).add_node()?;
+        let id = cluster.add_node()?;
         let took = began.elapsed().as_secs_f64() * 1e3;
         say(
             start,
@@ -47,28 +46,24 @@ fn main() -> Result<(), Error> {
         );
     }
     let began = Instant::now();
-    lock(&cluster).remove_node(leader)?;
-    let new_leader = lock(&cluster).wait_for_leader(Duration::from_secs(10))?;
+    cluster.remove_node(leader)?;
+    let new_leader = cluster.wait_for_leader(Duration::from_secs(10))?;
     let took = began.elapsed().as_secs_f64() * 1e3;
     say(start, &format!("removed the leader {leader}: it stepped down once that committed; {new_leader} leads ({took:.0} ms)"));
     stop.store(true, Ordering::SeqCst);
     let writes = writer.join().expect("writer thread")?;
     say(start, &format!("{writes} writes completed during the changes"));
-    let cluster = Arc::into_inner(cluster).expect("writer joined").into_inner().expect("lock");
     let statuses = wait_converged(&cluster, Duration::from_secs(10))?;
     print_table(&statuses);
     cluster.shutdown();
     Ok(())
 }
 
-fn preload(cluster: &Mutex<Cluster<KvStateMachine>>, n: u64) -> Result<(), Error> {
-    let c = lock(cluster);
+fn preload(client: &Client<KvStateMachine>, n: u64) -> Result<(), Error> {
     let mut receipts = std::collections::VecDeque::new();
     for i in 0..n {
-        receipts.push_back(c.propose_async(KvCommand::Put {
-            key: format!("pre{}", i % 1000),
-            value: i.to_string(),
-        }));
+        let command = KvCommand::Put { key: format!("pre{}", i % 1000), value: i.to_string() };
+        receipts.push_back(client.propose_async(command));
         if receipts.len() >= 256 {
             receipts.pop_front().expect("non-empty").wait(Duration::from_secs(10))?;
         }
@@ -77,32 +72,21 @@ fn preload(cluster: &Mutex<Cluster<KvStateMachine>>, n: u64) -> Result<(), Error
 }
 
 fn spawn_writer(
-    cluster: Arc<Mutex<Cluster<KvStateMachine>>>,
+    client: Client<KvStateMachine>,
     stop: Arc<AtomicBool>,
     written: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<Result<u64, Error>> {
     std::thread::spawn(move || {
-        let mut handle = None;
         while !stop.load(Ordering::SeqCst) {
             let n = written.load(Ordering::SeqCst);
             let command = KvCommand::Put { key: format!("k{}", n % 100), value: n.to_string() };
-            if handle.is_none() {
-                let c = lock(&cluster);
-                handle = c.leader().and_then(|l| c.node(l).ok());
-            }
-            // NB: the wait happens outside the cluster lock, so writes go on during a change.
-            match handle.as_ref().map(|h| h.propose(command, Duration::from_secs(2))) {
-                Some(Ok(_)) => written.store(n + 1, Ordering::SeqCst),
-                _ => {
-                    handle = None;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+            match client.propose_timeout(command, Duration::from_secs(2)) {
+                Ok(_) => written.store(n + 1, Ordering::SeqCst),
+                // A timeout during a leader change leaves the outcome unknown; the next write
+                // is a new command, so nothing is applied twice.
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
         Ok(written.load(Ordering::SeqCst))
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -171,7 +171,7 @@ impl<S: StateMachine> Client<S> {
         }
     }
 
-    fn set_leader(&self, id: NodeId) {
+    pub(crate) fn learn_leader(&self, id: NodeId) {
         self.shared.leader.store(id.0, Ordering::Relaxed);
     }
 
@@ -205,10 +205,13 @@ impl<S: StateMachine> Client<S> {
             let Some(id) = target else { return Err(Error::Shutdown) };
             match self.try_propose(id, command.clone(), deadline) {
                 Ok(applied) => {
-                    self.set_leader(id);
+                    self.learn_leader(id);
                     return Ok(applied);
                 }
-                Err(Retry::At(hint)) => target = Some(hint),
+                Err(Retry::At(hint)) => {
+                    self.learn_leader(hint);
+                    target = Some(hint);
+                }
                 Err(Retry::Elsewhere) => {
                     attempt += 1;
                     target = self.next_candidate(id, attempt);

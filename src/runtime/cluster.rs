@@ -316,14 +316,18 @@ impl<S: StateMachine> Cluster<S> {
         handles.iter().filter_map(|h| h.status(self.config.request_timeout).ok()).collect()
     }
 
-    /// The running leader with the highest term, if any.
+    /// The running leader with the highest term, if any. The cluster's [`Client`]s learn it too.
     pub fn leader(&self) -> Option<NodeId> {
         let statuses = self.statuses();
-        statuses
+        let leader = statuses
             .iter()
             .filter(|s| s.core.role == Role::Leader && s.failure.is_none())
             .max_by_key(|s| s.core.term)
-            .map(|s| s.core.id)
+            .map(|s| s.core.id);
+        if let Some(id) = leader {
+            self.client.learn_leader(id);
+        }
+        leader
     }
 
     /// Waits until some node leads, up to `timeout`.
