@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
+/// The fewest distinct election timeouts, in ticks, a valid configuration offers (§5.2: with
+/// fewer, split votes become common; the paper measured 150..151ms to take seconds).
+pub const MIN_ELECTION_SPREAD_TICKS: u64 = 3;
+
 /// Timing and limits shared by every node of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -22,7 +26,10 @@ pub struct Config {
     pub max_entries_per_append: usize,
     /// The most AppendEntries a leader keeps unacknowledged per follower (pipelining window).
     pub max_inflight: usize,
-    /// Seeds each node's RNG (mixed with its id), so elections replay exactly in simulation.
+    /// Seeds each node's RNG (mixed with its id and term), from which election timeouts are
+    /// drawn. [`Config::default`] draws it from OS randomness, so every cluster in every process
+    /// times out differently; set it explicitly for determinism: the same seed and the same
+    /// inputs replay the same run (simulation, tests).
     pub seed: u64,
     /// Pre-vote before campaigning (thesis §9.6): a rejoining node cannot inflate terms.
     pub pre_vote: bool,
@@ -36,6 +43,7 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The paper's timing (election 150..300ms, heartbeat 50ms, tick 10ms) and a random `seed`.
     fn default() -> Self {
         Config {
             election_timeout: Duration::from_millis(150)..Duration::from_millis(300),
@@ -43,7 +51,7 @@ impl Default for Config {
             tick: Duration::from_millis(10),
             max_entries_per_append: 1024,
             max_inflight: 32,
-            seed: 0,
+            seed: rand::random::<u64>(),
             pre_vote: true,
             check_quorum: true,
             catch_up_timeout: Duration::from_secs(10),
@@ -74,7 +82,33 @@ impl Config {
                 heartbeat: self.heartbeat_interval,
             });
         }
+        self.validate_ticks()?;
         self.validate_limits()
+    }
+
+    /// The core counts whole ticks, so the checks that matter are on the rounded values: a
+    /// heartbeat must fire before the earliest election timeout, and timeouts must spread over
+    /// enough distinct ticks that nodes rarely time out together (§5.2).
+    fn validate_ticks(&self) -> Result<(), ConfigError> {
+        let (heartbeat, election) = (self.heartbeat_ticks(), self.election_timeout_ticks());
+        if heartbeat >= election.start {
+            return Err(ConfigError::HeartbeatTicksTooSlow {
+                heartbeat: self.heartbeat_interval,
+                heartbeat_ticks: heartbeat,
+                min_election: self.election_timeout.start,
+                min_election_ticks: election.start,
+                tick: self.tick,
+            });
+        }
+        if election.end - election.start < MIN_ELECTION_SPREAD_TICKS {
+            return Err(ConfigError::ElectionRangeTooNarrow {
+                election: self.election_timeout.clone(),
+                ticks: election,
+                tick: self.tick,
+                min_spread: MIN_ELECTION_SPREAD_TICKS,
+            });
+        }
+        Ok(())
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
@@ -156,6 +190,61 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::ZeroLimit { field: "max_inflight" }));
         let c = Config { max_entries_per_append: 0, ..Config::default() };
         assert_eq!(c.validate(), Err(ConfigError::ZeroLimit { field: "max_entries_per_append" }));
+    }
+
+    #[test]
+    fn heartbeat_that_rounds_to_the_minimum_election_ticks_is_rejected() {
+        // 11ms and 15..16ms all round to 1 tick of 10ms: an idle cluster would churn terms.
+        let c = Config {
+            heartbeat_interval: ms(11),
+            election_timeout: ms(15)..ms(16),
+            tick: ms(10),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::HeartbeatTicksTooSlow {
+                heartbeat: ms(11),
+                heartbeat_ticks: 1,
+                min_election: ms(15),
+                min_election_ticks: 1,
+                tick: ms(10),
+            })
+        );
+        let text = c.validate().unwrap_err().to_string();
+        assert!(text.contains("rounds to 1 ticks of 10ms"), "{text}");
+        assert!(text.contains("use a shorter tick or longer timeouts"), "{text}");
+    }
+
+    #[test]
+    fn election_range_under_three_ticks_wide_is_rejected() {
+        let narrow = |max| Config {
+            heartbeat_interval: ms(10),
+            election_timeout: ms(50)..ms(max),
+            tick: ms(10),
+            ..Config::default()
+        };
+        assert_eq!(
+            narrow(79).validate(),
+            Err(ConfigError::ElectionRangeTooNarrow {
+                election: ms(50)..ms(79),
+                ticks: 5..7,
+                tick: ms(10),
+                min_spread: 3,
+            })
+        );
+        assert_eq!(narrow(80).validate(), Ok(()), "5..8 ticks: three distinct timeouts");
+        let text = narrow(79).validate().unwrap_err().to_string();
+        assert!(text.contains("rounds to 5..7 ticks of 10ms"), "{text}");
+        assert!(text.contains("use a shorter tick or a wider range"), "{text}");
+    }
+
+    #[test]
+    fn default_seed_differs_between_configs_and_an_explicit_seed_is_kept() {
+        let seeds: std::collections::BTreeSet<u64> =
+            (0..8).map(|_| Config::default().seed).collect();
+        assert!(seeds.len() > 1, "Config::default() draws its seed: {seeds:?}");
+        assert_eq!(Config { seed: 7, ..Config::default() }.seed, 7);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The public error types: what a caller can act on. Broken invariants are panics, not errors.
 
 use std::fmt;
+use std::ops::Range;
 use std::time::Duration;
 
 use crate::types::{LogIndex, NodeId, Term};
@@ -34,6 +35,32 @@ pub enum ConfigError {
         /// The heartbeat interval it must not exceed.
         heartbeat: Duration,
     },
+    /// Rounded to whole ticks, the heartbeat interval is not below the minimum election
+    /// timeout, so followers would time out between heartbeats.
+    HeartbeatTicksTooSlow {
+        /// The configured heartbeat interval.
+        heartbeat: Duration,
+        /// The heartbeat interval in whole ticks (at least 1).
+        heartbeat_ticks: u64,
+        /// The configured minimum election timeout.
+        min_election: Duration,
+        /// The minimum election timeout in whole ticks (at least 1).
+        min_election_ticks: u64,
+        /// The configured tick.
+        tick: Duration,
+    },
+    /// Rounded to whole ticks, the election timeout range offers too few distinct values, so
+    /// nodes often time out together and split the vote.
+    ElectionRangeTooNarrow {
+        /// The configured election timeout range.
+        election: Range<Duration>,
+        /// The range in whole ticks (end exclusive).
+        ticks: Range<u64>,
+        /// The configured tick.
+        tick: Duration,
+        /// The fewest distinct ticks required.
+        min_spread: u64,
+    },
     /// A limit that must be positive was zero.
     ZeroLimit {
         /// The field's name.
@@ -63,6 +90,25 @@ impl fmt::Display for ConfigError {
             ConfigError::BadTick { tick, heartbeat } => write!(
                 f,
                 "tick {tick:?} must be non-zero and no longer than the heartbeat interval {heartbeat:?}"
+            ),
+            ConfigError::HeartbeatTicksTooSlow {
+                heartbeat,
+                heartbeat_ticks,
+                min_election,
+                min_election_ticks,
+                tick,
+            } => write!(
+                f,
+                "heartbeat interval {heartbeat:?} rounds to {heartbeat_ticks} ticks of {tick:?}, not below the minimum election timeout {min_election:?} which rounds to {min_election_ticks}; use a shorter tick or longer timeouts"
+            ),
+            ConfigError::ElectionRangeTooNarrow { election, ticks, tick, min_spread } => write!(
+                f,
+                "election timeout range {:?}..{:?} rounds to {}..{} ticks of {tick:?}, {} distinct value(s) where at least {min_spread} are needed; use a shorter tick or a wider range",
+                election.start,
+                election.end,
+                ticks.start,
+                ticks.end,
+                ticks.end - ticks.start
             ),
             ConfigError::ZeroLimit { field } => write!(f, "{field} must be at least 1"),
             ConfigError::NoNodes => write!(f, "a cluster needs at least one node"),
