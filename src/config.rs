@@ -26,6 +26,16 @@ pub struct Config {
     pub max_entries_per_append: usize,
     /// The most AppendEntries a leader keeps unacknowledged per follower (pipelining window).
     pub max_inflight: usize,
+    /// The largest command a node accepts, in bytes as the core's sizer measures them
+    /// ([`Core::command_size`](crate::core::Core::command_size)); larger ones are refused with
+    /// `Error::CommandTooLarge` by the driver (default 16 MiB).
+    pub max_command_bytes: usize,
+    /// The most bytes of commands one AppendEntries carries; at least one entry is always sent,
+    /// however large (default 1 MiB; thesis §10.2.2), so heartbeats stay frequent.
+    pub max_append_bytes: usize,
+    /// The most bytes of commands a leader keeps unacknowledged per follower: the pipelining
+    /// window closes once this many are in flight (default 8 MiB; at least `max_append_bytes`).
+    pub max_inflight_bytes: usize,
     /// Seeds each node's RNG (mixed with its id and term), from which election timeouts are
     /// drawn. [`Config::default`] draws it from OS randomness, so every cluster in every process
     /// times out differently; set it explicitly for determinism: the same seed and the same
@@ -51,6 +61,9 @@ impl Default for Config {
             tick: Duration::from_millis(10),
             max_entries_per_append: 1024,
             max_inflight: 32,
+            max_command_bytes: 16 << 20,
+            max_append_bytes: 1 << 20,
+            max_inflight_bytes: 8 << 20,
             seed: rand::random::<u64>(),
             pre_vote: true,
             check_quorum: true,
@@ -116,11 +129,20 @@ impl Config {
             ("max_entries_per_append", self.max_entries_per_append),
             ("max_inflight", self.max_inflight),
             ("inbox_capacity", self.inbox_capacity),
+            ("max_command_bytes", self.max_command_bytes),
+            ("max_append_bytes", self.max_append_bytes),
+            ("max_inflight_bytes", self.max_inflight_bytes),
         ];
-        match limits.iter().find(|(_, v)| *v == 0) {
-            Some((field, _)) => Err(ConfigError::ZeroLimit { field }),
-            None => Ok(()),
+        if let Some((field, _)) = limits.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::ZeroLimit { field });
         }
+        if self.max_append_bytes > self.max_inflight_bytes {
+            return Err(ConfigError::AppendBytesAboveInflight {
+                append: self.max_append_bytes,
+                inflight: self.max_inflight_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// The election timeout range in ticks (at least one tick wide).
@@ -245,6 +267,33 @@ mod tests {
             (0..8).map(|_| Config::default().seed).collect();
         assert!(seeds.len() > 1, "Config::default() draws its seed: {seeds:?}");
         assert_eq!(Config { seed: 7, ..Config::default() }.seed, 7);
+    }
+
+    #[test]
+    fn byte_limits_must_be_positive_and_one_append_must_fit_the_window() {
+        for field in ["max_command_bytes", "max_append_bytes", "max_inflight_bytes"] {
+            let mut c = Config::default();
+            match field {
+                "max_command_bytes" => c.max_command_bytes = 0,
+                "max_append_bytes" => c.max_append_bytes = 0,
+                _ => c.max_inflight_bytes = 0,
+            }
+            assert_eq!(c.validate(), Err(ConfigError::ZeroLimit { field }));
+        }
+        let c = Config { max_append_bytes: 9, max_inflight_bytes: 8, ..Config::default() };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::AppendBytesAboveInflight { append: 9, inflight: 8 })
+        );
+        let text = c.validate().unwrap_err().to_string();
+        assert!(text.contains("raise max_inflight_bytes or lower max_append_bytes"), "{text}");
+        let c = Config { max_append_bytes: 8, max_inflight_bytes: 8, ..Config::default() };
+        assert_eq!(c.validate(), Ok(()));
+        let d = Config::default();
+        assert_eq!(
+            (d.max_command_bytes, d.max_append_bytes, d.max_inflight_bytes),
+            (16 << 20, 1 << 20, 8 << 20)
+        );
     }
 
     #[test]
