@@ -17,6 +17,7 @@ mod inspect;
 mod invariants;
 pub mod log;
 mod membership;
+mod notice;
 pub mod progress;
 pub mod quorum;
 mod replication;
@@ -37,6 +38,7 @@ pub use changes::MembershipChange;
 use changes::PendingChange;
 use log::Log;
 use membership::Membership;
+pub use notice::Notice;
 use progress::Progress;
 
 /// What a server currently is (§5.1), plus the thesis's pre-candidate (§9.6).
@@ -101,6 +103,9 @@ pub enum Action<C> {
     },
     /// A membership change requested on this node finished (or failed).
     ChangeDone(Result<Configuration, Error>),
+    /// Something worth logging (the core itself never logs). Ordered like any other action;
+    /// executing it may be a no-op.
+    Notice(Notice),
 }
 
 /// A snapshot of a node's state for status displays and tests.
@@ -343,6 +348,16 @@ impl<C: Clone> Core<C> {
         self.out.push(Action::Send(Message { from: self.id, to, term, body }));
     }
 
+    fn notice(&mut self, notice: Notice) {
+        self.out.push(Action::Notice(notice));
+    }
+
+    /// Notes that the configuration in force changed (appended, or truncated away).
+    fn config_changed(&mut self) {
+        let config = Arc::clone(self.config());
+        self.notice(Notice::ConfigChanged { config });
+    }
+
     fn reject(&mut self, error: Error) {
         self.out.push(Action::Rejected(error));
     }
@@ -383,6 +398,9 @@ impl<C: Clone> Core<C> {
     /// election timer alone: only a current leader or a granted vote resets it (SUB-3).
     fn update_term(&mut self, term: Term, leader: Option<NodeId>) {
         if term > self.term {
+            if self.role == Role::Leader {
+                self.notice(Notice::SteppedDown { term: self.term, reason: "saw a higher term" });
+            }
             self.term = term;
             self.voted_for = None;
             self.persist_hard_state = true;

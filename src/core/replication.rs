@@ -1,6 +1,8 @@
 //! Log replication (§5.3) and commitment (§5.4.2): the leader's sending side, the follower's
 //! AppendEntries receiver, and the reply handling with fast backtracking (SUB-7).
 
+use std::sync::Arc;
+
 use super::progress::{Heartbeat, Mode};
 use super::{quorum, Action, Core, Role};
 use crate::message::{AppendEntries, AppendEntriesReply, Body, Entry, Payload};
@@ -30,6 +32,7 @@ impl<C: Clone> Core<C> {
         self.log.push(entry);
         self.log_changed(index);
         if is_config {
+            self.config_changed();
             self.sync_progress_with_config();
         }
     }
@@ -92,7 +95,6 @@ impl<C: Clone> Core<C> {
             leader_commit: self.commit_index,
         };
         let last = ae.last_index();
-        tracing::trace!(from = %self.id, to = %to, prev = %prev, n = ae.entries.len(), "append");
         self.send(to, Body::AppendEntries(ae));
         last
     }
@@ -158,16 +160,24 @@ impl<C: Clone> Core<C> {
             self.id.0,
             self.term
         );
+        let before = Arc::clone(self.config());
         self.log.truncate_from(index);
         self.membership.on_truncate(index);
         self.log_changed(index);
+        if !Arc::ptr_eq(&before, self.config()) {
+            self.config_changed();
+        }
     }
 
     fn append_follower(&mut self, index: LogIndex, entry: Entry<C>) {
         debug_assert_eq!(index, self.log.last_index().next());
+        let is_config = matches!(entry.payload, Payload::Config(_));
         self.membership.on_append(index, &entry);
         self.log.push(entry);
         self.log_changed(index);
+        if is_config {
+            self.config_changed();
+        }
     }
 
     /// A rejection carrying the hints for fast backtracking (SUB-7).
@@ -253,7 +263,7 @@ impl<C: Clone> Core<C> {
         if self.role != Role::Leader {
             return;
         }
-        let config = std::sync::Arc::clone(self.config());
+        let config = Arc::clone(self.config());
         self.progress.retain(|id, _| config.contains(*id));
         let last = self.log.last_index();
         for id in config.members().filter(|&m| m != self.id) {

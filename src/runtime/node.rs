@@ -283,6 +283,7 @@ impl<S: StateMachine, St: Storage<S::Command>> NodeLoop<S, St> {
                     let _ = reply.send(result);
                 }
             }
+            Action::Notice(_) => {}
         }
         Ok(())
     }

@@ -177,6 +177,7 @@ impl<S: StateMachine> Simulator<S> {
                 Action::Rejected(error) => self.on_rejected(error),
                 Action::Apply { from, to } => self.apply(id, from, to),
                 Action::ChangeDone(result) => self.on_change_done(id, result),
+                Action::Notice(_) => {}
             }
         }
     }

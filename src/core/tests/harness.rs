@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use crate::config::Config;
-pub use crate::core::{Action, Bugs, Core, Input, MembershipChange, Role, Status};
+pub use crate::core::{Action, Bugs, Core, Input, MembershipChange, Notice, Role, Status};
 pub use crate::error::Error;
 pub use crate::message::{
     AppendEntries, AppendEntriesReply, Body, Configuration, Entry, Message, Payload, RequestVote,
@@ -495,9 +495,23 @@ pub fn changes_done(actions: &[Action<u64>]) -> Vec<Result<Configuration, Error>
 
 /// One line per action, as in etcd's and toydb's golden scripts:
 /// `persist t3 vote=n1`, `n1->n2 t3 RequestVote last=i2@t2`, `apply i1..=i3`.
+/// Notices are left out (they are for logs); read them with [`notices`].
 pub fn trace(actions: &[Action<u64>]) -> Vec<String> {
-    actions.iter().map(show_action).collect()
+    let protocol = actions.iter().filter(|a| !matches!(a, Action::Notice(_)));
+    protocol.map(show_action).collect()
 }
+
+/// The notices among `actions`, in order.
+pub fn notices(actions: &[Action<u64>]) -> Vec<Notice> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Notice(n) => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 
 /// The AppendEntries traffic between `a` and `b` among `msgs`, as trace lines.
 pub fn replication_trace(msgs: &[Message<u64>], a: u64, b: u64) -> Vec<String> {
@@ -536,6 +550,7 @@ fn show_action(action: &Action<u64>) -> String {
         Action::Apply { from, to } => format!("apply {from}..={to}"),
         Action::ChangeDone(Ok(c)) => format!("change done {}", show_config(c)),
         Action::ChangeDone(Err(e)) => format!("change failed {e:?}"),
+        Action::Notice(n) => format!("notice: {n}"),
     }
 }
 

@@ -12,6 +12,7 @@ mod extensions;
 mod figures;
 mod leaders;
 mod membership;
+mod notices;
 mod request_vote;
 mod servers;
 
