@@ -126,16 +126,20 @@ impl<C: Clone> Core<C> {
 
     /// CAN-2: count a vote (or pre-vote) from this election.
     pub(super) fn handle_vote_reply(&mut self, from: NodeId, term: Term, reply: RequestVoteReply) {
-        let expected = match self.role {
-            Role::PreCandidate => reply.pre_vote && term == self.term.next(),
-            Role::Candidate => !reply.pre_vote && term == self.term,
-            _ => false,
-        };
-        if !expected {
+        if !self.counts_vote(term, &reply) {
             return; // stale or from another round
         }
         self.votes.insert(from, reply.granted);
         self.maybe_win();
+    }
+
+    /// Whether a vote reply in `term` belongs to the election this node is running.
+    pub(super) fn counts_vote(&self, term: Term, reply: &RequestVoteReply) -> bool {
+        match self.role {
+            Role::PreCandidate => reply.pre_vote && term == self.term.next(),
+            Role::Candidate => !reply.pre_vote && term == self.term,
+            _ => false,
+        }
     }
 
     fn maybe_win(&mut self) {

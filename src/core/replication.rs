@@ -85,8 +85,10 @@ impl<C: Clone> Core<C> {
 
     /// Sends one AppendEntries after `prev` with up to `max` entries; returns its last index.
     fn send_append(&mut self, to: NodeId, prev: LogIndex, max: usize) -> LogIndex {
-        let prev_log_term =
-            self.log.term_at(prev).expect("prev is within the log (no compaction yet)");
+        // NB: a follower behind the offset needs a snapshot (not implemented yet); probing at
+        // the offset keeps the leader from reading compacted entries meanwhile.
+        let prev = prev.max(self.log.offset());
+        let prev_log_term = self.log.term_at(prev).expect("prev is between the offset and last");
         let entries = self.log.entries_from(prev.next(), max).to_vec();
         let ae = AppendEntries {
             prev_log_index: prev,
@@ -101,9 +103,10 @@ impl<C: Clone> Core<C> {
 
     /// The receiver side of AppendEntries (AE-2..AE-5, CAN-3, SUB-6). `msg.term == self.term`.
     pub(super) fn handle_append_entries(&mut self, from: NodeId, ae: AppendEntries<C>) {
+        // The gateway drops an AppendEntries from a second leader of this term (SUB-9).
         assert!(
             self.role != Role::Leader,
-            "n{} {}: two leaders in one term (SUB-9)",
+            "n{} {}: AppendEntries to a leader",
             self.id.0,
             self.term
         );
@@ -225,13 +228,15 @@ impl<C: Clone> Core<C> {
         last: LogIndex,
     ) -> LogIndex {
         let next = match conflict {
-            None => last.next(),
+            // NB: `last` is the follower's word; `min` before `next` so it cannot overflow.
+            None => last.min(rejected.prev()).next(),
             Some((term, first)) => match self.log.last_index_of_term(term) {
                 Some(ours) => ours.next(),
                 None => first,
             },
         };
-        next.min(rejected).max(LogIndex(1))
+        // Never below the offset: the entries before it are gone (compaction).
+        next.min(rejected).max(self.log.offset().next())
     }
 
     /// LEAD-4: commit the highest index on a majority of voters, if it is of this term (SUB-1).

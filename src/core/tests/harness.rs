@@ -79,6 +79,7 @@ pub struct Boot {
     learners: Vec<u64>,
     term: u64,
     voted_for: Option<u64>,
+    offset: (u64, u64),
     entries: Vec<Entry<u64>>,
     config: Config,
 }
@@ -91,6 +92,7 @@ pub fn boot(id: u64) -> Boot {
         learners: Vec::new(),
         term: 0,
         voted_for: None,
+        offset: (0, 0),
         entries: Vec::new(),
         config: test_config(),
     }
@@ -118,9 +120,18 @@ impl Boot {
         self
     }
 
-    /// The log, one term per entry from index 1; entry `i` carries `cmd(i, term)`.
+    /// The log, one term per entry from index 1 (or after the offset); entry `i` carries
+    /// `cmd(i, term)`.
     pub fn log(mut self, terms: &[u64]) -> Self {
-        self.entries = terms.iter().zip(1..).map(|(&t, i)| entry(i, t)).collect();
+        let first = self.offset.0 + 1;
+        self.entries = terms.iter().zip(first..).map(|(&t, i)| entry(i, t)).collect();
+        self
+    }
+
+    /// A compacted prefix: the log starts after `index`, whose entry had `term`. Call before
+    /// [`Boot::log`].
+    pub fn offset(mut self, index: u64, term: u64) -> Self {
+        self.offset = (index, term);
         self
     }
 
@@ -130,15 +141,15 @@ impl Boot {
     }
 
     pub fn start(self) -> Node {
-        let last_term = self.entries.last().map_or(0, |e| e.term.0);
+        let last_term = self.entries.last().map_or(self.offset.1, |e| e.term.0);
         let state = PersistentState {
             hard_state: HardState {
                 term: Term(self.term.max(last_term)),
                 voted_for: self.voted_for.map(NodeId),
             },
             base_config: conf(&self.voters, &self.learners),
-            log_offset: LogIndex(0),
-            offset_term: Term(0),
+            log_offset: LogIndex(self.offset.0),
+            offset_term: Term(self.offset.1),
             entries: self.entries,
         };
         Node::from_disk(NodeId(self.id), self.config, state)
@@ -269,7 +280,8 @@ impl Node {
                 }
                 Action::PersistEntries { from } => {
                     assert!(!revealed, "{id}: SUB-8 PersistEntries after a send/apply");
-                    let keep = usize::try_from(from.0 - 1).expect("index fits");
+                    let keep = from.0 - 1 - self.disk.log_offset.0;
+                    let keep = usize::try_from(keep).expect("index fits");
                     assert!(
                         keep <= self.disk.entries.len(),
                         "{id}: persist leaves a gap at {from}"
@@ -511,7 +523,6 @@ pub fn notices(actions: &[Action<u64>]) -> Vec<Notice> {
         })
         .collect()
 }
-
 
 /// The AppendEntries traffic between `a` and `b` among `msgs`, as trace lines.
 pub fn replication_trace(msgs: &[Message<u64>], a: u64, b: u64) -> Vec<String> {

@@ -321,9 +321,11 @@ fn sub9_commit_follows_match_index_not_next_index() {
 }
 
 #[test]
-#[should_panic(expected = "two leaders in one term")]
-fn sub9_append_entries_from_another_leader_of_the_same_term_is_a_bug() {
+fn sub9_append_entries_from_another_leader_of_the_same_term_is_dropped_as_invalid() {
     let mut net = Net::new(3);
     net.elect(1);
-    net.node_mut(1).recv(ae(2, 1, 1));
+    let acts = net.node_mut(1).recv(ae(2, 1, 1));
+    let reason = "AppendEntries from a second leader of this term";
+    assert_eq!(acts, [Action::Notice(Notice::InvalidMessage { from: NodeId(2), reason })]);
+    assert_eq!((net.node(1).role(), net.node(1).term()), (Role::Leader, 1));
 }

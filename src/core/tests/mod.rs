@@ -10,6 +10,7 @@ mod harness;
 mod append_entries;
 mod extensions;
 mod figures;
+mod gateway;
 mod leaders;
 mod membership;
 mod notices;
