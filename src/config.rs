@@ -9,6 +9,10 @@ use std::time::Duration;
 
 use crate::error::ConfigError;
 
+/// The fewest distinct election timeouts, in ticks, a valid configuration offers (§5.2: with
+/// fewer, split votes become common; the paper measured 150..151ms to take seconds).
+pub const MIN_ELECTION_SPREAD_TICKS: u64 = 3;
+
 /// Timing and limits shared by every node of a cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -22,7 +26,20 @@ pub struct Config {
     pub max_entries_per_append: usize,
     /// The most AppendEntries a leader keeps unacknowledged per follower (pipelining window).
     pub max_inflight: usize,
-    /// Seeds each node's RNG (mixed with its id), so elections replay exactly in simulation.
+    /// The largest command a node accepts, in bytes as the core's sizer measures them
+    /// ([`Core::command_size`](crate::core::Core::command_size)); larger ones are refused with
+    /// `Error::CommandTooLarge` by the driver (default 16 MiB).
+    pub max_command_bytes: usize,
+    /// The most bytes of commands one AppendEntries carries; at least one entry is always sent,
+    /// however large (default 1 MiB; thesis §10.2.2), so heartbeats stay frequent.
+    pub max_append_bytes: usize,
+    /// The most bytes of commands a leader keeps unacknowledged per follower: the pipelining
+    /// window closes once this many are in flight (default 8 MiB; at least `max_append_bytes`).
+    pub max_inflight_bytes: usize,
+    /// Seeds each node's RNG (mixed with its id and term), from which election timeouts are
+    /// drawn. [`Config::default`] draws it from OS randomness, so every cluster in every process
+    /// times out differently; set it explicitly for determinism: the same seed and the same
+    /// inputs replay the same run (simulation, tests).
     pub seed: u64,
     /// Pre-vote before campaigning (thesis §9.6): a rejoining node cannot inflate terms.
     pub pre_vote: bool,
@@ -40,6 +57,7 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The paper's timing (election 150..300ms, heartbeat 50ms, tick 10ms) and a random `seed`.
     fn default() -> Self {
         Config {
             election_timeout: Duration::from_millis(150)..Duration::from_millis(300),
@@ -47,7 +65,10 @@ impl Default for Config {
             tick: Duration::from_millis(10),
             max_entries_per_append: 1024,
             max_inflight: 32,
-            seed: 0,
+            max_command_bytes: 16 << 20,
+            max_append_bytes: 1 << 20,
+            max_inflight_bytes: 8 << 20,
+            seed: rand::random::<u64>(),
             pre_vote: true,
             check_quorum: true,
             catch_up_timeout: Duration::from_secs(10),
@@ -79,7 +100,33 @@ impl Config {
                 heartbeat: self.heartbeat_interval,
             });
         }
+        self.validate_ticks()?;
         self.validate_limits()
+    }
+
+    /// The core counts whole ticks, so the checks that matter are on the rounded values: a
+    /// heartbeat must fire before the earliest election timeout, and timeouts must spread over
+    /// enough distinct ticks that nodes rarely time out together (§5.2).
+    fn validate_ticks(&self) -> Result<(), ConfigError> {
+        let (heartbeat, election) = (self.heartbeat_ticks(), self.election_timeout_ticks());
+        if heartbeat >= election.start {
+            return Err(ConfigError::HeartbeatTicksTooSlow {
+                heartbeat: self.heartbeat_interval,
+                heartbeat_ticks: heartbeat,
+                min_election: self.election_timeout.start,
+                min_election_ticks: election.start,
+                tick: self.tick,
+            });
+        }
+        if election.end - election.start < MIN_ELECTION_SPREAD_TICKS {
+            return Err(ConfigError::ElectionRangeTooNarrow {
+                election: self.election_timeout.clone(),
+                ticks: election,
+                tick: self.tick,
+                min_spread: MIN_ELECTION_SPREAD_TICKS,
+            });
+        }
+        Ok(())
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
@@ -87,11 +134,20 @@ impl Config {
             ("max_entries_per_append", self.max_entries_per_append),
             ("max_inflight", self.max_inflight),
             ("inbox_capacity", self.inbox_capacity),
+            ("max_command_bytes", self.max_command_bytes),
+            ("max_append_bytes", self.max_append_bytes),
+            ("max_inflight_bytes", self.max_inflight_bytes),
         ];
-        match limits.iter().find(|(_, v)| *v == 0) {
-            Some((field, _)) => Err(ConfigError::ZeroLimit { field }),
-            None => Ok(()),
+        if let Some((field, _)) = limits.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::ZeroLimit { field });
         }
+        if self.max_append_bytes > self.max_inflight_bytes {
+            return Err(ConfigError::AppendBytesAboveInflight {
+                append: self.max_append_bytes,
+                inflight: self.max_inflight_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// The election timeout range in ticks (at least one tick wide).
@@ -161,6 +217,88 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::ZeroLimit { field: "max_inflight" }));
         let c = Config { max_entries_per_append: 0, ..Config::default() };
         assert_eq!(c.validate(), Err(ConfigError::ZeroLimit { field: "max_entries_per_append" }));
+    }
+
+    #[test]
+    fn heartbeat_that_rounds_to_the_minimum_election_ticks_is_rejected() {
+        // 11ms and 15..16ms all round to 1 tick of 10ms: an idle cluster would churn terms.
+        let c = Config {
+            heartbeat_interval: ms(11),
+            election_timeout: ms(15)..ms(16),
+            tick: ms(10),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::HeartbeatTicksTooSlow {
+                heartbeat: ms(11),
+                heartbeat_ticks: 1,
+                min_election: ms(15),
+                min_election_ticks: 1,
+                tick: ms(10),
+            })
+        );
+        let text = c.validate().unwrap_err().to_string();
+        assert!(text.contains("rounds to 1 ticks of 10ms"), "{text}");
+        assert!(text.contains("use a shorter tick or longer timeouts"), "{text}");
+    }
+
+    #[test]
+    fn election_range_under_three_ticks_wide_is_rejected() {
+        let narrow = |max| Config {
+            heartbeat_interval: ms(10),
+            election_timeout: ms(50)..ms(max),
+            tick: ms(10),
+            ..Config::default()
+        };
+        assert_eq!(
+            narrow(79).validate(),
+            Err(ConfigError::ElectionRangeTooNarrow {
+                election: ms(50)..ms(79),
+                ticks: 5..7,
+                tick: ms(10),
+                min_spread: 3,
+            })
+        );
+        assert_eq!(narrow(80).validate(), Ok(()), "5..8 ticks: three distinct timeouts");
+        let text = narrow(79).validate().unwrap_err().to_string();
+        assert!(text.contains("rounds to 5..7 ticks of 10ms"), "{text}");
+        assert!(text.contains("use a shorter tick or a wider range"), "{text}");
+    }
+
+    #[test]
+    fn default_seed_differs_between_configs_and_an_explicit_seed_is_kept() {
+        let seeds: std::collections::BTreeSet<u64> =
+            (0..8).map(|_| Config::default().seed).collect();
+        assert!(seeds.len() > 1, "Config::default() draws its seed: {seeds:?}");
+        assert_eq!(Config { seed: 7, ..Config::default() }.seed, 7);
+    }
+
+    #[test]
+    fn byte_limits_must_be_positive_and_one_append_must_fit_the_window() {
+        for field in ["max_command_bytes", "max_append_bytes", "max_inflight_bytes"] {
+            let mut c = Config::default();
+            match field {
+                "max_command_bytes" => c.max_command_bytes = 0,
+                "max_append_bytes" => c.max_append_bytes = 0,
+                _ => c.max_inflight_bytes = 0,
+            }
+            assert_eq!(c.validate(), Err(ConfigError::ZeroLimit { field }));
+        }
+        let c = Config { max_append_bytes: 9, max_inflight_bytes: 8, ..Config::default() };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::AppendBytesAboveInflight { append: 9, inflight: 8 })
+        );
+        let text = c.validate().unwrap_err().to_string();
+        assert!(text.contains("raise max_inflight_bytes or lower max_append_bytes"), "{text}");
+        let c = Config { max_append_bytes: 8, max_inflight_bytes: 8, ..Config::default() };
+        assert_eq!(c.validate(), Ok(()));
+        let d = Config::default();
+        assert_eq!(
+            (d.max_command_bytes, d.max_append_bytes, d.max_inflight_bytes),
+            (16 << 20, 1 << 20, 8 << 20)
+        );
     }
 
     #[test]

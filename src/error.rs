@@ -1,6 +1,7 @@
 //! The public error types: what a caller can act on. Broken invariants are panics, not errors.
 
 use std::fmt;
+use std::ops::Range;
 use std::time::Duration;
 
 use crate::types::{LogIndex, NodeId, Term};
@@ -34,10 +35,43 @@ pub enum ConfigError {
         /// The heartbeat interval it must not exceed.
         heartbeat: Duration,
     },
+    /// Rounded to whole ticks, the heartbeat interval is not below the minimum election
+    /// timeout, so followers would time out between heartbeats.
+    HeartbeatTicksTooSlow {
+        /// The configured heartbeat interval.
+        heartbeat: Duration,
+        /// The heartbeat interval in whole ticks (at least 1).
+        heartbeat_ticks: u64,
+        /// The configured minimum election timeout.
+        min_election: Duration,
+        /// The minimum election timeout in whole ticks (at least 1).
+        min_election_ticks: u64,
+        /// The configured tick.
+        tick: Duration,
+    },
+    /// Rounded to whole ticks, the election timeout range offers too few distinct values, so
+    /// nodes often time out together and split the vote.
+    ElectionRangeTooNarrow {
+        /// The configured election timeout range.
+        election: Range<Duration>,
+        /// The range in whole ticks (end exclusive).
+        ticks: Range<u64>,
+        /// The configured tick.
+        tick: Duration,
+        /// The fewest distinct ticks required.
+        min_spread: u64,
+    },
     /// A limit that must be positive was zero.
     ZeroLimit {
         /// The field's name.
         field: &'static str,
+    },
+    /// One AppendEntries may carry more bytes than the whole in-flight window holds.
+    AppendBytesAboveInflight {
+        /// `max_append_bytes`.
+        append: usize,
+        /// `max_inflight_bytes`.
+        inflight: usize,
     },
     /// A cluster needs at least one node.
     NoNodes,
@@ -64,7 +98,30 @@ impl fmt::Display for ConfigError {
                 f,
                 "tick {tick:?} must be non-zero and no longer than the heartbeat interval {heartbeat:?}"
             ),
+            ConfigError::HeartbeatTicksTooSlow {
+                heartbeat,
+                heartbeat_ticks,
+                min_election,
+                min_election_ticks,
+                tick,
+            } => write!(
+                f,
+                "heartbeat interval {heartbeat:?} rounds to {heartbeat_ticks} ticks of {tick:?}, not below the minimum election timeout {min_election:?} which rounds to {min_election_ticks}; use a shorter tick or longer timeouts"
+            ),
+            ConfigError::ElectionRangeTooNarrow { election, ticks, tick, min_spread } => write!(
+                f,
+                "election timeout range {:?}..{:?} rounds to {}..{} ticks of {tick:?}, {} distinct value(s) where at least {min_spread} are needed; use a shorter tick or a wider range",
+                election.start,
+                election.end,
+                ticks.start,
+                ticks.end,
+                ticks.end - ticks.start
+            ),
             ConfigError::ZeroLimit { field } => write!(f, "{field} must be at least 1"),
+            ConfigError::AppendBytesAboveInflight { append, inflight } => write!(
+                f,
+                "max_append_bytes {append} exceeds max_inflight_bytes {inflight}: one AppendEntries must fit the window; raise max_inflight_bytes or lower max_append_bytes"
+            ),
             ConfigError::NoNodes => write!(f, "a cluster needs at least one node"),
             ConfigError::DuplicateNode(id) => {
                 write!(f, "node id {id} appears more than once; give every node its own id")
@@ -85,7 +142,8 @@ pub enum Error {
     },
     /// The operation did not finish within its deadline; its effect is unknown.
     Timeout,
-    /// The cluster (or this handle's node) has been shut down.
+    /// The cluster handle was shut down, or no node is running to serve the request (killed
+    /// nodes can be brought back with `Cluster::restart`).
     Shutdown,
     /// The node is not running (killed, or removed); restart it or ask another node.
     NodeDown(NodeId),
@@ -117,22 +175,23 @@ pub enum Error {
     AlreadyRunning(NodeId),
     /// The persistent storage failed; the node stopped.
     Storage(String),
-    /// The OS refused to start a node's thread.
+    /// The OS refused to start a node's thread; the text is the OS error.
     Spawn(String),
-    /// The state machine panicked applying the entry at `index` on `node`.
+    /// The state machine panicked applying a committed entry. Apply is deterministic, so the
+    /// same command panics on every replica: fix the state machine, then restart the node.
     StateMachinePanicked {
         /// The node whose state machine panicked.
         node: NodeId,
         /// The index of the entry being applied.
         index: LogIndex,
-        /// The panic's message.
+        /// The panic message.
         message: String,
     },
-    /// A proposed command is larger than `Config::max_command_bytes`.
+    /// A command is larger than `Config::max_command_bytes`.
     CommandTooLarge {
-        /// The command's size, as `StateMachine::command_size` reports it.
+        /// The command's size in bytes, as the core's sizer measures it.
         size: usize,
-        /// The configured limit.
+        /// The limit, `Config::max_command_bytes`.
         max: usize,
     },
 }
@@ -145,7 +204,10 @@ impl fmt::Display for Error {
                 write!(f, "not the leader and no leader known; retry after an election")
             }
             Error::Timeout => write!(f, "timed out; the operation's effect is unknown"),
-            Error::Shutdown => write!(f, "the cluster is shut down; start a new one"),
+            Error::Shutdown => write!(
+                f,
+                "the cluster handle was shut down, or no node is running (restart one with Cluster::restart)"
+            ),
             Error::NodeDown(id) => write!(f, "node {id} is not running; restart it or use another"),
             Error::UnknownNode(id) => {
                 write!(f, "no node {id} in this cluster; use an id from Cluster::ids()")
@@ -169,18 +231,54 @@ impl fmt::Display for Error {
             }
             Error::AlreadyRunning(id) => write!(f, "{id} is already running; kill it first"),
             Error::Storage(why) => write!(f, "storage failed: {why}"),
-            Error::Spawn(why) => write!(f, "could not start a node thread: {why}"),
-            Error::StateMachinePanicked { node, index, message } => {
-                write!(f, "the state machine on {node} panicked applying entry {index}: {message}")
-            }
-            Error::CommandTooLarge { size, max } => {
-                write!(f, "command of {size} bytes exceeds the limit of {max}")
-            }
+            Error::Spawn(why) => write!(
+                f,
+                "could not start the node's thread: {why}; the OS refused a thread, check ulimits"
+            ),
+            Error::StateMachinePanicked { node, index, message } => write!(
+                f,
+                "the state machine panicked applying the entry at {index} on {node}: {message}; apply is deterministic, so the same command panics on every replica: fix the state machine (make apply total for every command) and restart the node"
+            ),
+            Error::CommandTooLarge { size, max } => write!(
+                f,
+                "command of {size} bytes exceeds the limit of {max} bytes; split the command or raise Config::max_command_bytes"
+            ),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_does_not_tell_to_start_a_new_cluster_when_nodes_are_merely_down() {
+        let text = Error::Shutdown.to_string();
+        assert!(!text.contains("start a new one"), "{text}");
+        assert!(text.contains("Cluster::restart"), "{text}");
+    }
+
+    #[test]
+    fn new_errors_say_what_to_do() {
+        let spawn = Error::Spawn("Resource temporarily unavailable".into()).to_string();
+        assert!(spawn.contains("could not start the node's thread"), "{spawn}");
+        assert!(spawn.contains("check ulimits"), "{spawn}");
+        let panicked = Error::StateMachinePanicked {
+            node: NodeId(3),
+            index: LogIndex(42),
+            message: "divide by zero".into(),
+        }
+        .to_string();
+        for part in ["i42", "n3", "divide by zero", "every replica", "fix the state machine"] {
+            assert!(panicked.contains(part), "{part:?} missing: {panicked}");
+        }
+        let large = Error::CommandTooLarge { size: 20, max: 10 }.to_string();
+        assert!(large.contains("split the command"), "{large}");
+        assert!(large.contains("Config::max_command_bytes"), "{large}");
+    }
+}
 
 impl From<ConfigError> for Error {
     fn from(e: ConfigError) -> Self {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{Action, Core, Role};
+use super::{Action, Core, Notice, Role};
 use crate::error::Error;
 use crate::message::{Configuration, Entry, Payload};
 use crate::types::{LogIndex, NodeId};
@@ -106,7 +106,6 @@ impl<C: Clone> Core<C> {
     }
 
     fn append_config(&mut self, config: Configuration) {
-        tracing::debug!(node = %self.id, voters = ?config.voters, learners = ?config.learners, "config");
         self.append(Entry { term: self.term, payload: Payload::Config(Arc::new(config)) });
         self.broadcast_append();
     }
@@ -156,7 +155,8 @@ impl<C: Clone> Core<C> {
         self.membership.on_commit(self.commit_index);
         self.advance_change();
         if self.role == Role::Leader && !self.membership.has_pending() && !self.is_voter() {
-            tracing::debug!(node = %self.id, "removed from the configuration; stepping down");
+            let reason = "its removal from the configuration committed";
+            self.notice(Notice::SteppedDown { term: self.term, reason });
             self.become_follower(self.term, None);
         }
     }

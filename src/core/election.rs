@@ -1,7 +1,7 @@
 //! Leader election (§5.2, §5.4.1, thesis §9.6): timers, campaigns, votes, and CheckQuorum.
 
 use super::progress::Progress;
-use super::{vote_reply, Core, Role};
+use super::{vote_reply, Core, Notice, Role};
 use crate::message::{Body, Entry, Payload, RequestVote, RequestVoteReply};
 use crate::types::{NodeId, Term};
 
@@ -57,7 +57,8 @@ impl<C: Clone> Core<C> {
             p.recent_active = false;
         }
         if self.timing.check_quorum && !has_quorum {
-            tracing::debug!(node = %self.id, term = %self.term, "no quorum heard; stepping down");
+            let reason = "no quorum heard within an election timeout (CheckQuorum)";
+            self.notice(Notice::SteppedDown { term: self.term, reason });
             self.become_follower(self.term, None);
         }
     }
@@ -125,16 +126,20 @@ impl<C: Clone> Core<C> {
 
     /// CAN-2: count a vote (or pre-vote) from this election.
     pub(super) fn handle_vote_reply(&mut self, from: NodeId, term: Term, reply: RequestVoteReply) {
-        let expected = match self.role {
-            Role::PreCandidate => reply.pre_vote && term == self.term.next(),
-            Role::Candidate => !reply.pre_vote && term == self.term,
-            _ => false,
-        };
-        if !expected {
+        if !self.counts_vote(term, &reply) {
             return; // stale or from another round
         }
         self.votes.insert(from, reply.granted);
         self.maybe_win();
+    }
+
+    /// Whether a vote reply in `term` belongs to the election this node is running.
+    pub(super) fn counts_vote(&self, term: Term, reply: &RequestVoteReply) -> bool {
+        match self.role {
+            Role::PreCandidate => reply.pre_vote && term == self.term.next(),
+            Role::Candidate => !reply.pre_vote && term == self.term,
+            _ => false,
+        }
     }
 
     fn maybe_win(&mut self) {
@@ -153,12 +158,12 @@ impl<C: Clone> Core<C> {
     /// Won the election: fresh progress for everyone, then the term's no-op (SUB-4), which
     /// doubles as the first heartbeat (LEAD-1).
     fn become_leader(&mut self) {
-        tracing::debug!(node = %self.id, term = %self.term, "won election");
         self.role = Role::Leader;
         self.leader = Some(self.id);
         self.votes.clear();
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
+        self.notice(Notice::ElectionWon { term: self.term });
         let last = self.log.last_index();
         let peers: Vec<NodeId> = self.config().members().filter(|&m| m != self.id).collect();
         self.progress = peers.into_iter().map(|id| (id, Progress::new(last))).collect();

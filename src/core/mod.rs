@@ -12,11 +12,13 @@
 
 mod changes;
 mod election;
+mod gateway;
 mod inspect;
 #[cfg(any(test, debug_assertions))]
 mod invariants;
 pub mod log;
 mod membership;
+mod notice;
 pub mod progress;
 pub mod quorum;
 mod replication;
@@ -37,6 +39,7 @@ pub use changes::MembershipChange;
 use changes::PendingChange;
 use log::Log;
 use membership::Membership;
+pub use notice::Notice;
 use progress::Progress;
 
 /// What a server currently is (§5.1), plus the thesis's pre-candidate (§9.6).
@@ -101,6 +104,9 @@ pub enum Action<C> {
     },
     /// A membership change requested on this node finished (or failed).
     ChangeDone(Result<Configuration, Error>),
+    /// Something worth logging (the core itself never logs). Ordered like any other action;
+    /// executing it may be a no-op.
+    Notice(Notice),
 }
 
 /// A snapshot of a node's state for status displays and tests.
@@ -343,6 +349,16 @@ impl<C: Clone> Core<C> {
         self.out.push(Action::Send(Message { from: self.id, to, term, body }));
     }
 
+    fn notice(&mut self, notice: Notice) {
+        self.out.push(Action::Notice(notice));
+    }
+
+    /// Notes that the configuration in force changed (appended, or truncated away).
+    fn config_changed(&mut self) {
+        let config = Arc::clone(self.config());
+        self.notice(Notice::ConfigChanged { config });
+    }
+
     fn reject(&mut self, error: Error) {
         self.out.push(Action::Rejected(error));
     }
@@ -383,6 +399,9 @@ impl<C: Clone> Core<C> {
     /// election timer alone: only a current leader or a granted vote resets it (SUB-3).
     fn update_term(&mut self, term: Term, leader: Option<NodeId>) {
         if term > self.term {
+            if self.role == Role::Leader {
+                self.notice(Notice::SteppedDown { term: self.term, reason: "saw a higher term" });
+            }
             self.term = term;
             self.voted_for = None;
             self.persist_hard_state = true;
@@ -404,83 +423,6 @@ impl<C: Clone> Core<C> {
     fn is_voter(&self) -> bool {
         self.config().voters.contains(&self.id)
     }
-}
-
-impl<C: Clone> Core<C> {
-    /// The gateway for every message: term rules (ALL-2, AE-1, RV-1, SUB-5), then one handler
-    /// per RPC.
-    fn receive(&mut self, msg: Message<C>) {
-        if msg.to != self.id || msg.from == self.id || !well_formed(&msg) {
-            return; // misrouted or malformed: nothing to learn from it
-        }
-        if msg.term > self.term && !self.adopt_term(&msg) {
-            return;
-        }
-        if msg.term < self.term {
-            return self.receive_stale(msg);
-        }
-        match msg.body {
-            Body::RequestVote(rv) => self.handle_request_vote(msg.from, msg.term, rv),
-            Body::RequestVoteReply(r) => self.handle_vote_reply(msg.from, msg.term, r),
-            Body::AppendEntries(ae) => self.handle_append_entries(msg.from, ae),
-            Body::AppendEntriesReply(r) => self.handle_append_reply(msg.from, r),
-            Body::TimeoutNow => self.campaign(true, true),
-        }
-    }
-
-    /// A message from a higher term. Returns whether to go on handling it.
-    fn adopt_term(&mut self, msg: &Message<C>) -> bool {
-        match &msg.body {
-            // Thesis §4.2.3: ignore disruptive candidates while a leader is known to be alive.
-            Body::RequestVote(rv) if !rv.transfer && self.leader_is_recent() => {
-                if rv.pre_vote {
-                    self.send(msg.from, vote_reply(false, true));
-                }
-                false
-            }
-            // A pre-vote request or a granted pre-vote reply changes no term (§9.6).
-            Body::RequestVote(rv) if rv.pre_vote => true,
-            Body::RequestVoteReply(r) if r.pre_vote && r.granted => true,
-            Body::AppendEntries(_) => {
-                self.become_follower(msg.term, Some(msg.from));
-                true
-            }
-            _ => {
-                self.update_term(msg.term, None);
-                true
-            }
-        }
-    }
-
-    /// AE-1 and RV-1: answer stale requests with our term so the sender steps down; drop stale
-    /// replies (TLA `DropStaleResponse`).
-    fn receive_stale(&mut self, msg: Message<C>) {
-        match msg.body {
-            Body::AppendEntries(ae) => {
-                let reply = self.reject_reply(ae.prev_log_index);
-                self.send(msg.from, Body::AppendEntriesReply(reply));
-            }
-            Body::RequestVote(rv) => self.send(msg.from, vote_reply(false, rv.pre_vote)),
-            _ => {}
-        }
-    }
-
-    /// Whether a leader was heard from within the minimum election timeout (thesis §4.2.3).
-    fn leader_is_recent(&self) -> bool {
-        self.leader.is_some() && self.election_elapsed < self.timing.election_ticks.start
-    }
-}
-
-/// Gateway check (validate once, trust inside): an AppendEntries whose entry terms decrease,
-/// precede `prev_log_term` or exceed the sender's term cannot come from a correct leader.
-fn well_formed<C>(msg: &Message<C>) -> bool {
-    let Body::AppendEntries(ae) = &msg.body else { return true };
-    let mut last = ae.prev_log_term;
-    ae.entries.iter().all(|e| {
-        let ok = last <= e.term && e.term <= msg.term;
-        last = e.term;
-        ok
-    })
 }
 
 fn vote_reply<C>(granted: bool, pre_vote: bool) -> Body<C> {

@@ -1,6 +1,8 @@
 //! Log replication (§5.3) and commitment (§5.4.2): the leader's sending side, the follower's
 //! AppendEntries receiver, and the reply handling with fast backtracking (SUB-7).
 
+use std::sync::Arc;
+
 use super::progress::{Heartbeat, Mode};
 use super::{quorum, Action, Core, Role};
 use crate::message::{AppendEntries, AppendEntriesReply, Body, Entry, Payload};
@@ -30,6 +32,7 @@ impl<C: Clone> Core<C> {
         self.log.push(entry);
         self.log_changed(index);
         if is_config {
+            self.config_changed();
             self.sync_progress_with_config();
         }
     }
@@ -82,8 +85,10 @@ impl<C: Clone> Core<C> {
 
     /// Sends one AppendEntries after `prev` with up to `max` entries; returns its last index.
     fn send_append(&mut self, to: NodeId, prev: LogIndex, max: usize) -> LogIndex {
-        let prev_log_term =
-            self.log.term_at(prev).expect("prev is within the log (no compaction yet)");
+        // NB: a follower behind the offset needs a snapshot (not implemented yet); probing at
+        // the offset keeps the leader from reading compacted entries meanwhile.
+        let prev = prev.max(self.log.offset());
+        let prev_log_term = self.log.term_at(prev).expect("prev is between the offset and last");
         let entries = self.log.entries_from(prev.next(), max).to_vec();
         let ae = AppendEntries {
             prev_log_index: prev,
@@ -92,16 +97,16 @@ impl<C: Clone> Core<C> {
             leader_commit: self.commit_index,
         };
         let last = ae.last_index();
-        tracing::trace!(from = %self.id, to = %to, prev = %prev, n = ae.entries.len(), "append");
         self.send(to, Body::AppendEntries(ae));
         last
     }
 
     /// The receiver side of AppendEntries (AE-2..AE-5, CAN-3, SUB-6). `msg.term == self.term`.
     pub(super) fn handle_append_entries(&mut self, from: NodeId, ae: AppendEntries<C>) {
+        // The gateway drops an AppendEntries from a second leader of this term (SUB-9).
         assert!(
             self.role != Role::Leader,
-            "n{} {}: two leaders in one term (SUB-9)",
+            "n{} {}: AppendEntries to a leader",
             self.id.0,
             self.term
         );
@@ -158,16 +163,24 @@ impl<C: Clone> Core<C> {
             self.id.0,
             self.term
         );
+        let before = Arc::clone(self.config());
         self.log.truncate_from(index);
         self.membership.on_truncate(index);
         self.log_changed(index);
+        if !Arc::ptr_eq(&before, self.config()) {
+            self.config_changed();
+        }
     }
 
     fn append_follower(&mut self, index: LogIndex, entry: Entry<C>) {
         debug_assert_eq!(index, self.log.last_index().next());
+        let is_config = matches!(entry.payload, Payload::Config(_));
         self.membership.on_append(index, &entry);
         self.log.push(entry);
         self.log_changed(index);
+        if is_config {
+            self.config_changed();
+        }
     }
 
     /// A rejection carrying the hints for fast backtracking (SUB-7).
@@ -215,13 +228,15 @@ impl<C: Clone> Core<C> {
         last: LogIndex,
     ) -> LogIndex {
         let next = match conflict {
-            None => last.next(),
+            // NB: `last` is the follower's word; `min` before `next` so it cannot overflow.
+            None => last.min(rejected.prev()).next(),
             Some((term, first)) => match self.log.last_index_of_term(term) {
                 Some(ours) => ours.next(),
                 None => first,
             },
         };
-        next.min(rejected).max(LogIndex(1))
+        // Never below the offset: the entries before it are gone (compaction).
+        next.min(rejected).max(self.log.offset().next())
     }
 
     /// LEAD-4: commit the highest index on a majority of voters, if it is of this term (SUB-1).
@@ -253,7 +268,7 @@ impl<C: Clone> Core<C> {
         if self.role != Role::Leader {
             return;
         }
-        let config = std::sync::Arc::clone(self.config());
+        let config = Arc::clone(self.config());
         self.progress.retain(|id, _| config.contains(*id));
         let last = self.log.last_index();
         for id in config.members().filter(|&m| m != self.id) {

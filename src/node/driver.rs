@@ -98,7 +98,7 @@ where
             change_reply: None,
             actions: Vec::new(),
             rpcs: RpcCounts::default(),
-            max_command_bytes: usize::MAX,
+            max_command_bytes: config.max_command_bytes,
             last_seen,
         })
     }
@@ -248,6 +248,8 @@ where
                     let _ = reply.send(result);
                 }
             }
+            Action::Notice(notice) if notice.is_warning() => tracing::warn!("{notice}"),
+            Action::Notice(notice) => tracing::debug!("{notice}"),
         }
         Ok(())
     }

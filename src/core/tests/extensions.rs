@@ -108,7 +108,7 @@ fn checkquorum_leader_hearing_from_a_majority_keeps_leading() {
 
 #[test]
 fn checkquorum_off_an_isolated_leader_keeps_its_role() {
-    let mut net = Net::with_config(3, Config { check_quorum: false, ..Config::default() });
+    let mut net = Net::with_config(3, Config { check_quorum: false, ..test_config() });
     net.elect(1);
     net.isolate(1);
     net.node_mut(1).tick(100);

@@ -83,7 +83,7 @@ fn sub7_followers_with_extra_entries_are_truncated_in_one_round_trip() {
 /// between two entries. Initial state, (a) just after S1 (leader of term 2) crashed: S1 and S2
 /// hold [1:1, 2:2], S3..S5 hold [1:1].
 fn figure8_c(bugs: Bugs) -> Net {
-    let config = Config { max_entries_per_append: 1, ..Config::default() };
+    let config = Config { max_entries_per_append: 1, ..test_config() };
     let server = |id, log: &[u64]| {
         boot(id).voters(&[1, 2, 3, 4, 5]).term(2).log(log).config(config.clone()).start()
     };

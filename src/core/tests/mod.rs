@@ -10,8 +10,10 @@ mod harness;
 mod append_entries;
 mod extensions;
 mod figures;
+mod gateway;
 mod leaders;
 mod membership;
+mod notices;
 mod request_vote;
 mod servers;
 

@@ -1,0 +1,200 @@
+//! The gateway every message passes: validation first, then the term rules (ALL-2, AE-1, RV-1,
+//! SUB-5), then one handler per RPC.
+//!
+//! Validate once, trust inside: a message no correct peer sends (a misrouted one, one from a
+//! buggy or malicious peer) is dropped here with `Notice::InvalidMessage` before it touches any
+//! state. Past this point the handlers may assert on what a message says, because an assert can
+//! then only fire on a state the core produced itself. Must not mutate anything while checking.
+
+use super::{vote_reply, Core, Notice, Role};
+use crate::message::{AppendEntries, AppendEntriesReply, Body, Message};
+use crate::types::{NodeId, Term};
+
+/// Why a message was dropped: the text of `Notice::InvalidMessage`.
+type Invalid = &'static str;
+
+impl<C: Clone> Core<C> {
+    /// Handles one message from a peer.
+    pub(super) fn receive(&mut self, msg: Message<C>) {
+        if let Err(reason) = self.check_message(&msg) {
+            return self.notice(Notice::InvalidMessage { from: msg.from, reason });
+        }
+        if msg.term > self.term && !self.adopt_term(&msg) {
+            return;
+        }
+        if msg.term < self.term {
+            return self.receive_stale(msg);
+        }
+        match msg.body {
+            Body::RequestVote(rv) => self.handle_request_vote(msg.from, msg.term, rv),
+            Body::RequestVoteReply(r) => self.handle_vote_reply(msg.from, msg.term, r),
+            Body::AppendEntries(ae) => self.handle_append_entries(msg.from, ae),
+            Body::AppendEntriesReply(r) => self.handle_append_reply(msg.from, r),
+            Body::TimeoutNow => self.campaign(true, true),
+        }
+    }
+
+    /// A message from a higher term. Returns whether to go on handling it.
+    fn adopt_term(&mut self, msg: &Message<C>) -> bool {
+        match &msg.body {
+            // Thesis §4.2.3: ignore disruptive candidates while a leader is known to be alive.
+            Body::RequestVote(rv) if !rv.transfer && self.leader_is_recent() => {
+                if rv.pre_vote {
+                    self.send(msg.from, vote_reply(false, true));
+                }
+                false
+            }
+            // A pre-vote request or a granted pre-vote reply changes no term (§9.6).
+            Body::RequestVote(rv) if rv.pre_vote => true,
+            Body::RequestVoteReply(r) if r.pre_vote && r.granted => true,
+            Body::AppendEntries(_) => {
+                self.become_follower(msg.term, Some(msg.from));
+                true
+            }
+            _ => {
+                self.update_term(msg.term, None);
+                true
+            }
+        }
+    }
+
+    /// AE-1 and RV-1: answer stale requests with our term so the sender steps down; drop stale
+    /// replies (TLA `DropStaleResponse`).
+    fn receive_stale(&mut self, msg: Message<C>) {
+        match msg.body {
+            Body::AppendEntries(ae) => {
+                let reply = self.reject_reply(ae.prev_log_index);
+                self.send(msg.from, Body::AppendEntriesReply(reply));
+            }
+            Body::RequestVote(rv) => self.send(msg.from, vote_reply(false, rv.pre_vote)),
+            _ => {}
+        }
+    }
+
+    /// Whether a leader was heard from within the minimum election timeout (thesis §4.2.3).
+    fn leader_is_recent(&self) -> bool {
+        self.leader.is_some() && self.election_elapsed < self.timing.election_ticks.start
+    }
+
+    /// Everything a correct peer guarantees about a message, checked before any state changes.
+    fn check_message(&self, msg: &Message<C>) -> Result<(), Invalid> {
+        if msg.to != self.id {
+            return Err("addressed to another node");
+        }
+        if msg.from == self.id {
+            return Err("claims to come from this node");
+        }
+        if msg.term == Term(u64::MAX) {
+            return Err("term at the end of the term space"); // a campaign would overflow it
+        }
+        let current = msg.term >= self.term; // otherwise only answered or dropped as stale
+        match &msg.body {
+            Body::AppendEntries(ae) => {
+                check_append_shape(msg.term, ae)?;
+                if current {
+                    self.check_append_entries(msg.from, msg.term, ae)?;
+                }
+                Ok(())
+            }
+            Body::AppendEntriesReply(r) if msg.term == self.term && self.role == Role::Leader => {
+                self.check_append_reply(msg.term, r)
+            }
+            Body::RequestVote(rv) if rv.last_log_term > msg.term => {
+                Err("candidate's last log term ahead of its term")
+            }
+            Body::RequestVoteReply(r)
+                if self.counts_vote(msg.term, r) && !self.config().voters.contains(&msg.from) =>
+            {
+                Err("vote from a non-voter")
+            }
+            Body::TimeoutNow if current && !(msg.term == self.term && self.is_leader(msg.from)) => {
+                Err("TimeoutNow from a node that is not this term's leader")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// An AppendEntries in our term or later: one leader per term (SUB-9), and committed
+    /// entries are never replaced (Leader Completeness, §5.4).
+    fn check_append_entries(
+        &self,
+        from: NodeId,
+        term: Term,
+        ae: &AppendEntries<C>,
+    ) -> Result<(), Invalid> {
+        let other_leader = self.leader.is_some_and(|l| l != from);
+        if term == self.term && (self.role == Role::Leader || other_leader) {
+            return Err("AppendEntries from a second leader of this term");
+        }
+        if self.log.term_at(ae.prev_log_index) != Some(ae.prev_log_term) {
+            return Ok(()); // AE-2 rejects it without touching the log
+        }
+        let mut index = ae.prev_log_index;
+        for entry in &ae.entries {
+            index = index.next();
+            if index > self.commit_index {
+                break;
+            }
+            if self.log.term_at(index) != Some(entry.term) {
+                return Err("AppendEntries would overwrite a committed entry");
+            }
+        }
+        Ok(())
+    }
+
+    /// A reply to this leader: it can only acknowledge or reject what this leader holds.
+    fn check_append_reply(&self, term: Term, reply: &AppendEntriesReply) -> Result<(), Invalid> {
+        let last = self.log.last_index();
+        match *reply {
+            AppendEntriesReply::Success { match_index } if match_index > last => {
+                Err("acknowledges entries past the leader's log")
+            }
+            AppendEntriesReply::Reject { rejected_index, .. } if rejected_index > last => {
+                Err("rejects an index past the leader's log")
+            }
+            AppendEntriesReply::Reject {
+                rejected_index,
+                conflict: Some((t, first)),
+                last_index,
+            } => {
+                if first > rejected_index {
+                    Err("conflict hint past the rejected index")
+                } else if rejected_index > last_index {
+                    Err("conflict hint past the follower's last index")
+                } else if t > term {
+                    Err("conflict term ahead of the sender's term")
+                } else {
+                    Ok(())
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn is_leader(&self, id: NodeId) -> bool {
+        self.leader == Some(id)
+    }
+}
+
+/// What any AppendEntries from a correct leader looks like, whatever our state: entry terms
+/// never decrease from `prev_log_term` (L1) and never exceed the sender's term, and the
+/// entries' indexes exist.
+fn check_append_shape<C>(term: Term, ae: &AppendEntries<C>) -> Result<(), Invalid> {
+    if ae.prev_log_term > term {
+        return Err("prev_log_term ahead of the sender's term");
+    }
+    if ae.prev_log_index.0.checked_add(ae.entries.len() as u64).is_none() {
+        return Err("entry indexes overflow");
+    }
+    let mut last = ae.prev_log_term;
+    for entry in &ae.entries {
+        if entry.term < last {
+            return Err("entry terms out of order");
+        }
+        if entry.term > term {
+            return Err("entry term ahead of the sender's term");
+        }
+        last = entry.term;
+    }
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! The gateway (validate once, trust inside): a message no correct peer sends is dropped before
+//! it touches any state, with one `Notice::InvalidMessage`, and never panics the core. Asserts
+//! inside the core are only about states the core produced itself.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::harness::*;
+
+/// n1 leads term 1 of {n1, n2, n3} with [1:noop, 2:5, 3:6], all committed via n2 (Replicate,
+/// matched 3); n3 is still being probed.
+fn leader() -> Node {
+    let mut c = boot(1).start();
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(ae_ok(2, 1, 1, 1));
+    c.propose(&[5, 6]);
+    c.recv(ae_ok(2, 1, 1, 3));
+    assert_eq!((c.role(), c.commit()), (Role::Leader, 3));
+    c
+}
+
+/// n2 follows n1 in term 2 with [1, 1, 2], committed through 2.
+fn follower() -> Node {
+    let mut f = boot(2).term(2).log(&[1, 1, 2]).start();
+    f.recv(ae(1, 2, 2).prev(3, 2).commit(2));
+    assert_eq!((f.status().leader, f.commit()), (Some(NodeId(1)), 2));
+    f
+}
+
+/// n1 campaigns in term 2 of {n1, n2, n3}.
+fn candidate() -> Node {
+    let mut c = boot(1).term(1).start();
+    c.campaign();
+    assert_eq!((c.role(), c.term()), (Role::Candidate, 2));
+    c
+}
+
+/// Everything a message could change: status (role, term, leader, commit, applied, config),
+/// vote, log, timers, votes and every peer's progress.
+fn fingerprint(n: &Node) -> String {
+    let c = &n.core;
+    format!(
+        "{:?} {:?} {:?} {} {} {} {:?} {:?} {:?}",
+        c.status(),
+        c.voted_for(),
+        n.entries(),
+        c.election_elapsed,
+        c.election_timeout,
+        c.heartbeat_elapsed,
+        c.votes,
+        c.progress,
+        c.change
+    )
+}
+
+fn append(from: u64, to: u64, term: u64, prev: (u64, u64), entries: &[u64]) -> Message<u64> {
+    let entries = entries.iter().map(|&t| Entry { term: Term(t), payload: Payload::Noop });
+    let body = Body::AppendEntries(AppendEntries {
+        prev_log_index: LogIndex(prev.0),
+        prev_log_term: Term(prev.1),
+        entries: entries.collect(),
+        leader_commit: LogIndex(0),
+    });
+    Message { from: NodeId(from), to: NodeId(to), term: Term(term), body }
+}
+
+fn reject(from: u64, to: u64, term: u64, at: u64, conflict: (u64, u64), last: u64) -> Message<u64> {
+    let body = Body::AppendEntriesReply(AppendEntriesReply::Reject {
+        rejected_index: LogIndex(at),
+        conflict: Some((Term(conflict.0), LogIndex(conflict.1))),
+        last_index: LogIndex(last),
+    });
+    Message { from: NodeId(from), to: NodeId(to), term: Term(term), body }
+}
+
+fn timeout_now(from: u64, to: u64, term: u64) -> Message<u64> {
+    Message { from: NodeId(from), to: NodeId(to), term: Term(term), body: Body::TimeoutNow }
+}
+
+#[test]
+fn gateway_drops_every_malformed_message_kind_without_panic_or_state_change() {
+    type Case = (&'static str, fn() -> Node, Message<u64>, &'static str);
+    let cases: Vec<Case> = vec![
+        ("misrouted", follower, ae(1, 3, 2).into(), "addressed to another node"),
+        ("from itself", follower, ae(2, 2, 2).into(), "claims to come from this node"),
+        (
+            "last possible term",
+            follower,
+            rv(3, 2, u64::MAX).into(),
+            "term at the end of the term space",
+        ),
+        (
+            "entry terms going backwards",
+            follower,
+            append(1, 2, 2, (3, 2), &[2, 1]),
+            "entry terms out of order",
+        ),
+        (
+            "entry term ahead of the sender",
+            follower,
+            append(1, 2, 2, (3, 2), &[3]),
+            "entry term ahead of the sender's term",
+        ),
+        (
+            "prev_log_term ahead of the sender",
+            follower,
+            append(1, 2, 2, (3, 5), &[]),
+            "prev_log_term ahead of the sender's term",
+        ),
+        (
+            "indexes past u64::MAX",
+            follower,
+            append(1, 2, 2, (u64::MAX, 2), &[2]),
+            "entry indexes overflow",
+        ),
+        (
+            "AppendEntries to the leader of the same term",
+            leader,
+            ae(2, 1, 1).into(),
+            "AppendEntries from a second leader of this term",
+        ),
+        (
+            "AppendEntries from a second leader, to a follower",
+            follower,
+            ae(3, 2, 2).prev(3, 2).into(),
+            "AppendEntries from a second leader of this term",
+        ),
+        (
+            "overwrites a committed entry",
+            follower,
+            append(1, 2, 2, (1, 1), &[2]),
+            "AppendEntries would overwrite a committed entry",
+        ),
+        (
+            "overwrites a committed entry, from a higher term",
+            follower,
+            append(1, 2, 3, (1, 1), &[3]),
+            "AppendEntries would overwrite a committed entry",
+        ),
+        (
+            "success past the leader's log",
+            leader,
+            ae_ok(3, 1, 1, 99),
+            "acknowledges entries past the leader's log",
+        ),
+        (
+            "rejection past the leader's log",
+            leader,
+            ae_reject(2, 1, 1, 50, 60),
+            "rejects an index past the leader's log",
+        ),
+        (
+            "conflict hint past the rejected index",
+            leader,
+            reject(2, 1, 1, 3, (1, 9), 9),
+            "conflict hint past the rejected index",
+        ),
+        (
+            "conflict hint beyond the follower's own log",
+            leader,
+            reject(2, 1, 1, 3, (1, 3), 2),
+            "conflict hint past the follower's last index",
+        ),
+        (
+            "conflict term ahead of the sender",
+            leader,
+            reject(2, 1, 1, 3, (4, 3), 3),
+            "conflict term ahead of the sender's term",
+        ),
+        ("vote from a non-voter", candidate, vote(9, 1, 2, true), "vote from a non-voter"),
+        (
+            "candidate's last log term ahead of its term",
+            follower,
+            rv(3, 2, 3).last(9, 4).into(),
+            "candidate's last log term ahead of its term",
+        ),
+        (
+            "TimeoutNow from a follower",
+            follower,
+            timeout_now(3, 2, 2),
+            "TimeoutNow from a node that is not this term's leader",
+        ),
+        (
+            "TimeoutNow from an unknown term",
+            follower,
+            timeout_now(1, 2, 3),
+            "TimeoutNow from a node that is not this term's leader",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, setup, msg, reason) in cases {
+        let from = msg.from;
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let mut n = setup();
+            let before = fingerprint(&n);
+            let acts = n.recv(msg);
+            (acts, before == fingerprint(&n))
+        }));
+        let expected = [Action::Notice(Notice::InvalidMessage { from, reason })];
+        match outcome {
+            Err(_) => failures.push(format!("{name}: panicked")),
+            Ok((acts, _)) if acts != expected => failures.push(format!("{name}: {acts:?}")),
+            Ok((_, false)) => failures.push(format!("{name}: state changed")),
+            Ok(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn gateway_valid_messages_near_the_limits_are_still_handled() {
+    // A rejection at the last index the leader sent is fine, and is answered with a probe.
+    let mut c = leader();
+    let acts = c.recv(reject(3, 1, 1, 0, (0, 0), 0));
+    assert!(notices(&acts).is_empty(), "{acts:?}");
+    // An AppendEntries that repeats committed entries with the same terms is fine.
+    let mut f = follower();
+    let acts = f.recv(ae(1, 2, 2).prev(0, 0).entries(&[1, 1, 2]).commit(2));
+    assert_eq!(trace(&acts), ["n2->n1 t2 AppendEntriesReply ok match=i3"]);
+}
+
+#[test]
+fn gateway_huge_last_index_in_a_rejection_does_not_overflow() {
+    let mut c = boot(1).start();
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(ae_ok(2, 1, 1, 1));
+    c.propose(&[5, 6]); // n2 is replicating: i2..=i3 in flight
+    let body = Body::AppendEntriesReply(AppendEntriesReply::Reject {
+        rejected_index: LogIndex(1),
+        conflict: None,
+        last_index: LogIndex(u64::MAX),
+    });
+    let msg = Message { from: NodeId(2), to: NodeId(1), term: Term(1), body };
+    let acts = c.recv(msg);
+    assert_eq!(
+        appends_to(&acts, 2).iter().map(|a| a.prev_log_index).collect::<Vec<_>>(),
+        [LogIndex(1)]
+    );
+}
+
+#[test]
+fn gateway_backtracking_hints_below_the_log_offset_probe_at_the_offset() {
+    // n1's log was compacted through i5 (term 1); it wins term 2 and appends its no-op at i8.
+    let leader = || {
+        let mut c = boot(1).offset(5, 1).log(&[1, 1]).start();
+        c.campaign();
+        c.recv(vote(2, 1, 2, true));
+        assert_eq!(c.status().last_log_index, LogIndex(8));
+        c
+    };
+    // n2 says its log ends at i1, or names a term n1 no longer holds, starting at i1.
+    for msg in [ae_reject(2, 1, 2, 7, 1), reject(2, 1, 2, 7, (0, 1), 7)] {
+        let acts = leader().recv(msg);
+        let prevs: Vec<LogIndex> = appends_to(&acts, 2).iter().map(|a| a.prev_log_index).collect();
+        assert_eq!(prevs, [LogIndex(5)], "never below the offset: {:?}", trace(&acts));
+    }
+}
