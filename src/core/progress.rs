@@ -42,6 +42,10 @@ pub struct Progress {
     pub advanced: bool,
     /// Heard from since the last CheckQuorum round.
     pub recent_active: bool,
+    /// In Replicate mode: where the last go-back resent from, so each gap is resent once.
+    resent_from: LogIndex,
+    /// The tick of that go-back.
+    resent_at: u64,
 }
 
 impl Progress {
@@ -55,6 +59,8 @@ impl Progress {
             probe_sent: false,
             advanced: false,
             recent_active: false,
+            resent_from: LogIndex(0),
+            resent_at: 0,
         }
     }
 
@@ -77,14 +83,19 @@ impl Progress {
         }
     }
 
-    /// Applies a success reply; returns whether `matched` advanced (LEAD-3a, SUB-5).
+    /// Applies a success reply; returns whether `matched` advanced (LEAD-3a, SUB-5). A stale
+    /// or duplicated success (not above `matched`) changes nothing: it acknowledges no
+    /// AppendEntries in flight (all end above `matched`) and is not the answer to a probe.
+    // NB (sim seed 10146954): it used to clear `probe_sent`, so every duplicate of an old
+    // success sent one more probe; under duplication probes multiplied and a follower fed one
+    // entry per AppendEntries fell ~80 entries behind.
     pub fn on_success(&mut self, match_index: LogIndex) -> bool {
+        if match_index <= self.matched {
+            return false;
+        }
         self.probe_sent = false;
         while self.inflight.front().is_some_and(|&last| last <= match_index) {
             self.inflight.pop_front();
-        }
-        if match_index <= self.matched {
-            return false;
         }
         self.matched = match_index;
         self.next = self.next.max(match_index.next());
@@ -101,6 +112,28 @@ impl Progress {
         self.mode = Mode::Probe;
         self.probe_sent = false;
         self.inflight.clear();
+        self.resent_from = LogIndex(0);
+    }
+
+    /// In Replicate mode, the follower's log ends at `follower_last` (at or above `matched`),
+    /// before the AppendEntries it rejected: an earlier one was reordered behind it or lost.
+    /// Go back to `follower_last + 1` and keep streaming (go-back-N, thesis §10.2.2), rather
+    /// than fall back to one probe per round trip, which under steady reordering would never
+    /// let a lagging follower catch up. Returns whether anything changed: a gap at or past
+    /// `next` has nothing to resend, and one gap is resent at most once per tick (`now`), so
+    /// the window's other rejections of the same gap cannot multiply the resends.
+    pub fn go_back(&mut self, follower_last: LogIndex, now: u64) -> bool {
+        debug_assert_eq!(self.mode, Mode::Replicate);
+        debug_assert!(follower_last >= self.matched, "stale rejections are dropped earlier");
+        let from = follower_last.next();
+        if from >= self.next || (from <= self.resent_from && now == self.resent_at) {
+            return false;
+        }
+        self.next = from;
+        self.resent_from = from;
+        self.resent_at = now;
+        self.inflight.retain(|&last| last < from);
+        true
     }
 
     /// At a heartbeat: what to send this peer. A lost probe is re-sent at the same point (its
@@ -155,6 +188,38 @@ mod tests {
         p.on_success(LogIndex(7));
         assert!(!p.on_success(LogIndex(3)));
         assert_eq!(p.matched, LogIndex(7));
+    }
+
+    #[test]
+    fn stale_success_keeps_the_probe_outstanding() {
+        let mut p = Progress::new(LogIndex(0));
+        p.on_success(LogIndex(5));
+        p.probe_from(LogIndex(6));
+        p.on_sent(LogIndex(8));
+        assert!(!p.can_send(4));
+        assert!(!p.on_success(LogIndex(5)), "a duplicate of the old acknowledgement");
+        assert!(!p.can_send(4), "the probe is still outstanding");
+        assert!(p.on_success(LogIndex(8)));
+        assert!(p.can_send(4));
+    }
+
+    #[test]
+    fn go_back_resends_a_gap_once_per_tick_and_stays_in_replicate() {
+        let mut p = Progress::new(LogIndex(0));
+        p.on_success(LogIndex(2));
+        for last in 3..=8 {
+            p.on_sent(LogIndex(last));
+        }
+        assert!(p.go_back(LogIndex(4), 7), "the follower holds i4: resend from i5");
+        assert_eq!((p.mode, p.next, p.inflight()), (Mode::Replicate, LogIndex(5), 2));
+        p.on_sent(LogIndex(8));
+        assert!(!p.go_back(LogIndex(4), 7), "the same gap in the same tick: already resent");
+        assert!(!p.go_back(LogIndex(3), 7), "an older view, same tick");
+        assert!(p.go_back(LogIndex(4), 8), "a tick later the gap may be resent again");
+        p.on_sent(LogIndex(6));
+        assert!(!p.go_back(LogIndex(6), 9), "nothing sent past i6");
+        assert!(p.go_back(LogIndex(5), 8), "a new gap, further on, at once");
+        assert_eq!(p.next, LogIndex(6));
     }
 
     #[test]

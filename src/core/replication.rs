@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::progress::{Heartbeat, Mode};
 use super::{quorum, Action, Core, Role};
 use crate::message::{AppendEntries, AppendEntriesReply, Body, Entry, Payload};
-use crate::types::{LogIndex, NodeId};
+use crate::types::{LogIndex, NodeId, Term};
 
 impl<C: Clone> Core<C> {
     /// LEAD-2: append client commands; they are answered once applied.
@@ -202,29 +202,52 @@ impl<C: Clone> Core<C> {
         p.recent_active = true;
         match reply {
             AppendEntriesReply::Success { match_index } => {
-                if p.on_success(match_index) {
-                    self.maybe_advance_commit_index();
-                    self.on_peer_progress(from);
+                if !p.on_success(match_index) {
+                    return; // stale or duplicated: a sign of life, nothing more (SUB-5)
                 }
+                self.maybe_advance_commit_index();
+                self.on_peer_progress(from);
             }
             AppendEntriesReply::Reject { rejected_index, conflict, last_index } => {
-                if rejected_index < p.matched
-                    || (p.mode == Mode::Probe && rejected_index != p.next.prev())
-                {
-                    return; // stale: a newer reply already moved this peer on
+                if !self.handle_append_reject(from, rejected_index, conflict, last_index) {
+                    return;
                 }
-                let next = self.backtrack(rejected_index, conflict, last_index);
-                self.progress.get_mut(&from).expect("peer exists").probe_from(next);
             }
         }
         self.maybe_send_append(from);
+    }
+
+    /// LEAD-3b; returns whether the peer's progress changed. The gateway checked that the
+    /// indexes are within this leader's log.
+    fn handle_append_reject(
+        &mut self,
+        from: NodeId,
+        rejected: LogIndex,
+        conflict: Option<(Term, LogIndex)>,
+        last: LogIndex,
+    ) -> bool {
+        let p = self.progress.get_mut(&from).expect("the caller found this peer");
+        // Stale: a newer reply already moved this peer on. A follower's log never shrinks
+        // below `matched` in this term, so a shorter `last` is old news too.
+        let stale = rejected < p.matched
+            || last < p.matched
+            || (p.mode == Mode::Probe && rejected != p.next.prev());
+        if stale {
+            return false;
+        }
+        if p.mode == Mode::Replicate && conflict.is_none() && last < rejected {
+            return p.go_back(last, self.now); // reordered or lost, not a conflict
+        }
+        let next = self.backtrack(rejected, conflict, last);
+        self.progress.get_mut(&from).expect("peer exists").probe_from(next);
+        true
     }
 
     /// Where to probe next after a rejection (SUB-7): skip a whole conflicting term at once.
     fn backtrack(
         &self,
         rejected: LogIndex,
-        conflict: Option<(crate::Term, LogIndex)>,
+        conflict: Option<(Term, LogIndex)>,
         last: LogIndex,
     ) -> LogIndex {
         let next = match conflict {
