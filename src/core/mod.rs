@@ -14,7 +14,6 @@ mod changes;
 mod election;
 mod gateway;
 mod inspect;
-#[cfg(any(test, debug_assertions))]
 mod invariants;
 pub mod log;
 mod membership;
@@ -37,6 +36,7 @@ use crate::types::{LogIndex, NodeId, Term};
 
 pub use changes::MembershipChange;
 use changes::PendingChange;
+pub use invariants::InvariantViolation;
 use log::Log;
 use membership::Membership;
 pub use notice::Notice;
@@ -219,6 +219,8 @@ pub struct Core<C> {
     persist_hard_state: bool,
     persist_from: Option<LogIndex>,
     out: Vec<Action<C>>,
+    /// Run the full invariant check after every step, even in release builds.
+    invariants_on: bool,
     #[cfg(test)]
     pub(crate) bugs: Bugs,
 }
@@ -259,6 +261,7 @@ impl<C: Clone> Core<C> {
             persist_hard_state: false,
             persist_from: None,
             out: Vec::new(),
+            invariants_on: false,
             #[cfg(test)]
             bugs: Bugs::default(),
         };
@@ -267,6 +270,12 @@ impl<C: Clone> Core<C> {
     }
 
     /// Feeds one input and appends the resulting actions to `actions`, in execution order.
+    ///
+    /// # Panics
+    ///
+    /// If the core's own state breaks an invariant (a bug, never a peer's message): the O(1)
+    /// ones (I1, I2, I3) are checked after every step in every build, the full set in debug
+    /// builds or after [`Core::set_check_invariants`].
     pub fn step(&mut self, input: Input<C>, actions: &mut Vec<Action<C>>) {
         match input {
             Input::Tick => self.tick(),
@@ -277,8 +286,7 @@ impl<C: Clone> Core<C> {
         }
         self.maybe_apply();
         self.flush(actions);
-        #[cfg(any(test, debug_assertions))]
-        self.check_invariants();
+        self.assert_invariants();
     }
 
     /// This node's id.

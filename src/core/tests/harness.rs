@@ -175,7 +175,8 @@ pub struct Node {
 
 impl Node {
     pub fn from_disk(id: NodeId, config: Config, disk: PersistentState<u64>) -> Self {
-        let core = Core::new(id, &config, disk.clone());
+        let mut core = Core::new(id, &config, disk.clone());
+        core.set_check_invariants(true); // release test builds too
         let (applied, history) = (Vec::new(), Vec::new());
         let applied_through = disk.log_offset;
         Node { core, config, disk, applied, history, applied_through, bugs: Bugs::default() }
@@ -234,6 +235,7 @@ impl Node {
     /// A crash and restart: only what the disk holds survives (TLA `Restart`).
     pub fn restart(&mut self) {
         self.core = Core::new(self.id(), &self.config, self.disk.clone());
+        self.core.set_check_invariants(true);
         self.core.bugs = self.bugs;
         self.applied.clear();
         self.applied_through = self.disk.log_offset;
