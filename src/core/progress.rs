@@ -1,5 +1,5 @@
 //! A leader's view of one follower: nextIndex, matchIndex (ST-L1, ST-L2) and the pipelining
-//! window of AppendEntries in flight.
+//! window of AppendEntries in flight, counted in messages and in bytes of commands.
 //!
 //! Invariant (P1): `matched < next`. Invariant (P2): `matched` never decreases within a term.
 
@@ -34,8 +34,10 @@ pub struct Progress {
     pub matched: LogIndex,
     /// Probe or Replicate.
     pub mode: Mode,
-    /// Last index carried by each unacknowledged AppendEntries, oldest first.
-    inflight: VecDeque<LogIndex>,
+    /// Last index and command bytes of each unacknowledged AppendEntries, oldest first.
+    inflight: VecDeque<(LogIndex, usize)>,
+    /// The sum of the bytes in `inflight`.
+    inflight_bytes: usize,
     /// In Probe mode: a probe is outstanding, so wait for its reply or the next heartbeat.
     probe_sent: bool,
     /// `matched` advanced since the last heartbeat: the pipeline is alive.
@@ -56,6 +58,7 @@ impl Progress {
             matched: LogIndex(0),
             mode: Mode::Probe,
             inflight: VecDeque::new(),
+            inflight_bytes: 0,
             probe_sent: false,
             advanced: false,
             recent_active: false,
@@ -64,21 +67,25 @@ impl Progress {
         }
     }
 
-    /// Whether the leader may send another AppendEntries with entries now.
-    pub fn can_send(&self, max_inflight: usize) -> bool {
+    /// Whether the leader may send another AppendEntries with entries now: in Replicate mode
+    /// the window closes at `max_inflight` messages or `max_inflight_bytes` bytes in flight.
+    pub fn can_send(&self, max_inflight: usize, max_inflight_bytes: usize) -> bool {
         match self.mode {
             Mode::Probe => !self.probe_sent,
-            Mode::Replicate => self.inflight.len() < max_inflight,
+            Mode::Replicate => {
+                self.inflight.len() < max_inflight && self.inflight_bytes < max_inflight_bytes
+            }
         }
     }
 
-    /// Records that an AppendEntries ending at `last` was sent.
-    pub fn on_sent(&mut self, last: LogIndex) {
+    /// Records that an AppendEntries ending at `last`, carrying `bytes` of commands, was sent.
+    pub fn on_sent(&mut self, last: LogIndex, bytes: usize) {
         match self.mode {
             Mode::Probe => self.probe_sent = true,
             Mode::Replicate => {
                 self.next = last.next();
-                self.inflight.push_back(last);
+                self.inflight.push_back((last, bytes));
+                self.inflight_bytes = self.inflight_bytes.saturating_add(bytes);
             }
         }
     }
@@ -94,8 +101,12 @@ impl Progress {
             return false;
         }
         self.probe_sent = false;
-        while self.inflight.front().is_some_and(|&last| last <= match_index) {
+        while let Some(&(last, bytes)) = self.inflight.front() {
+            if last > match_index {
+                break;
+            }
             self.inflight.pop_front();
+            self.inflight_bytes = self.inflight_bytes.saturating_sub(bytes);
         }
         self.matched = match_index;
         self.next = self.next.max(match_index.next());
@@ -112,6 +123,7 @@ impl Progress {
         self.mode = Mode::Probe;
         self.probe_sent = false;
         self.inflight.clear();
+        self.inflight_bytes = 0;
         self.resent_from = LogIndex(0);
     }
 
@@ -132,7 +144,9 @@ impl Progress {
         self.next = from;
         self.resent_from = from;
         self.resent_at = now;
-        self.inflight.retain(|&last| last < from);
+        self.inflight.retain(|&(last, _)| last < from);
+        self.inflight_bytes =
+            self.inflight.iter().fold(0, |sum, &(_, bytes)| sum.saturating_add(bytes));
         true
     }
 
@@ -159,6 +173,11 @@ impl Progress {
     pub fn inflight(&self) -> usize {
         self.inflight.len()
     }
+
+    /// Bytes of commands in the AppendEntries awaiting acknowledgement.
+    pub fn inflight_bytes(&self) -> usize {
+        self.inflight_bytes
+    }
 }
 
 #[cfg(test)]
@@ -168,18 +187,34 @@ mod tests {
     #[test]
     fn probe_sends_one_at_a_time_then_pipelines() {
         let mut p = Progress::new(LogIndex(10));
-        assert!(p.can_send(4));
-        p.on_sent(LogIndex(10));
-        assert!(!p.can_send(4), "probe waits for its reply");
+        assert!(p.can_send(4, usize::MAX));
+        p.on_sent(LogIndex(10), 0);
+        assert!(!p.can_send(4, usize::MAX), "probe waits for its reply");
         assert!(p.on_success(LogIndex(10)));
         assert_eq!(p.mode, Mode::Replicate);
         for last in [12, 14, 16, 18] {
-            p.on_sent(LogIndex(last));
+            p.on_sent(LogIndex(last), 0);
         }
-        assert!(!p.can_send(4), "window of 4 is full");
+        assert!(!p.can_send(4, usize::MAX), "window of 4 is full");
         assert_eq!(p.next, LogIndex(19));
         assert!(p.on_success(LogIndex(14)));
         assert_eq!(p.inflight(), 2);
+    }
+
+    #[test]
+    fn window_closes_at_max_inflight_bytes_and_reopens_on_acknowledgement() {
+        let mut p = Progress::new(LogIndex(0));
+        p.on_success(LogIndex(1));
+        p.on_sent(LogIndex(2), 60);
+        assert!(p.can_send(8, 100), "60 of 100 bytes in flight");
+        p.on_sent(LogIndex(3), 40);
+        assert!(!p.can_send(8, 100), "100 of 100 bytes in flight");
+        assert!(p.on_success(LogIndex(2)));
+        assert_eq!((p.inflight(), p.inflight_bytes()), (1, 40));
+        assert!(p.can_send(8, 100));
+        p.on_sent(LogIndex(4), 30);
+        assert!(p.go_back(LogIndex(2), 1), "i3.. is resent: its bytes leave the window");
+        assert_eq!((p.inflight(), p.inflight_bytes()), (0, 0));
     }
 
     #[test]
@@ -195,12 +230,12 @@ mod tests {
         let mut p = Progress::new(LogIndex(0));
         p.on_success(LogIndex(5));
         p.probe_from(LogIndex(6));
-        p.on_sent(LogIndex(8));
-        assert!(!p.can_send(4));
+        p.on_sent(LogIndex(8), 0);
+        assert!(!p.can_send(4, usize::MAX));
         assert!(!p.on_success(LogIndex(5)), "a duplicate of the old acknowledgement");
-        assert!(!p.can_send(4), "the probe is still outstanding");
+        assert!(!p.can_send(4, usize::MAX), "the probe is still outstanding");
         assert!(p.on_success(LogIndex(8)));
-        assert!(p.can_send(4));
+        assert!(p.can_send(4, usize::MAX));
     }
 
     #[test]
@@ -208,15 +243,15 @@ mod tests {
         let mut p = Progress::new(LogIndex(0));
         p.on_success(LogIndex(2));
         for last in 3..=8 {
-            p.on_sent(LogIndex(last));
+            p.on_sent(LogIndex(last), 0);
         }
         assert!(p.go_back(LogIndex(4), 7), "the follower holds i4: resend from i5");
         assert_eq!((p.mode, p.next, p.inflight()), (Mode::Replicate, LogIndex(5), 2));
-        p.on_sent(LogIndex(8));
+        p.on_sent(LogIndex(8), 0);
         assert!(!p.go_back(LogIndex(4), 7), "the same gap in the same tick: already resent");
         assert!(!p.go_back(LogIndex(3), 7), "an older view, same tick");
         assert!(p.go_back(LogIndex(4), 8), "a tick later the gap may be resent again");
-        p.on_sent(LogIndex(6));
+        p.on_sent(LogIndex(6), 0);
         assert!(!p.go_back(LogIndex(6), 9), "nothing sent past i6");
         assert!(p.go_back(LogIndex(5), 8), "a new gap, further on, at once");
         assert_eq!(p.next, LogIndex(6));

@@ -68,37 +68,56 @@ impl<C: Clone> Core<C> {
         loop {
             // NB: a reply may have just removed this peer (or this leader) from the configuration.
             let Some(p) = self.progress.get(&to) else { return };
-            if !p.can_send(self.timing.max_inflight) {
+            if !p.can_send(self.timing.max_inflight, self.timing.max_inflight_bytes) {
                 return;
             }
             let probing = p.mode == Mode::Probe;
             if !probing && p.next > last {
                 return; // nothing new to stream
             }
-            let sent_last = self.send_append(to, p.next.prev(), self.timing.max_entries);
-            self.progress.get_mut(&to).expect("peer exists").on_sent(sent_last);
+            let (sent_last, bytes) = self.send_append(to, p.next.prev(), self.timing.max_entries);
+            self.progress.get_mut(&to).expect("peer exists").on_sent(sent_last, bytes);
             if probing {
                 return;
             }
         }
     }
 
-    /// Sends one AppendEntries after `prev` with up to `max` entries; returns its last index.
-    fn send_append(&mut self, to: NodeId, prev: LogIndex, max: usize) -> LogIndex {
+    /// Sends one AppendEntries after `prev` with up to `max` entries and
+    /// `Config::max_append_bytes` of commands; returns its last index and its command bytes.
+    fn send_append(&mut self, to: NodeId, prev: LogIndex, max: usize) -> (LogIndex, usize) {
         // NB: a follower behind the offset needs a snapshot (not implemented yet); probing at
         // the offset keeps the leader from reading compacted entries meanwhile.
         let prev = prev.max(self.log.offset());
         let prev_log_term = self.log.term_at(prev).expect("prev is between the offset and last");
-        let entries = self.log.entries_from(prev.next(), max).to_vec();
+        let (count, bytes) = self.append_batch(prev.next(), max);
         let ae = AppendEntries {
             prev_log_index: prev,
             prev_log_term,
-            entries,
+            entries: self.log.entries_from(prev.next(), count).to_vec(),
             leader_commit: self.commit_index,
         };
         let last = ae.last_index();
         self.send(to, Body::AppendEntries(ae));
-        last
+        (last, bytes)
+    }
+
+    /// How many entries from `from` one AppendEntries carries, and their command bytes: up to
+    /// `max` entries and `max_append_bytes`, but at least one entry however large (thesis
+    /// §10.2.2: big batches would delay heartbeats, an unsendable entry would stall the log).
+    fn append_batch(&self, from: LogIndex, max: usize) -> (usize, usize) {
+        let mut bytes = 0usize;
+        for (count, entry) in self.log.entries_from(from, max).iter().enumerate() {
+            let size = match &entry.payload {
+                Payload::Command(c) => self.command_size(c),
+                Payload::Noop | Payload::Config(_) => 0,
+            };
+            if count > 0 && bytes.saturating_add(size) > self.timing.max_append_bytes {
+                return (count, bytes);
+            }
+            bytes = bytes.saturating_add(size);
+        }
+        (self.log.entries_from(from, max).len(), bytes)
     }
 
     /// The receiver side of AppendEntries (AE-2..AE-5, CAN-3, SUB-6). `msg.term == self.term`.

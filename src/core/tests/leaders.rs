@@ -409,3 +409,55 @@ fn sub5_rejection_older_than_the_match_index_changes_nothing() {
     assert!(c.recv(ae_reject(2, 1, 1, 4, 2)).is_empty());
     assert_eq!(format!("{:?} {:?}", c.status(), c.core.progress), before);
 }
+
+/// n1 leads {n1, n2, n3}, n2 replicating from i2; a command's size is its value.
+fn leader_sized_by_value(config: Config) -> Node {
+    let mut c = boot(1).config(config).start().with_sizer(|&command| command as usize);
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(ae_ok(2, 1, 1, 1));
+    c
+}
+
+fn batches_to(acts: &[Action<u64>], to: u64) -> Vec<Vec<u64>> {
+    let commands = |ae: &AppendEntries<u64>| -> Vec<u64> {
+        let command = |e: &Entry<u64>| match e.payload {
+            Payload::Command(c) => c,
+            _ => 0,
+        };
+        ae.entries.iter().map(command).collect()
+    };
+    appends_to(acts, to).into_iter().map(commands).collect()
+}
+
+#[test]
+fn lead3_one_append_entries_carries_at_most_max_append_bytes_but_always_one_entry() {
+    let config = Config { max_append_bytes: 100, max_inflight_bytes: 1000, ..test_config() };
+    let mut c = leader_sized_by_value(config);
+    let acts = c.propose(&[40, 40, 40, 500, 10, 30, 70]);
+    assert_eq!(
+        batches_to(&acts, 2),
+        [vec![40, 40], vec![40], vec![500], vec![10, 30], vec![70]],
+        "the oversized command goes alone, and nothing rides with it"
+    );
+    assert_eq!(c.core.progress[&NodeId(2)].inflight_bytes(), 730);
+}
+
+#[test]
+fn lead3_bytes_in_flight_close_the_window() {
+    let config = Config { max_append_bytes: 50, max_inflight_bytes: 100, ..test_config() };
+    let mut c = leader_sized_by_value(config);
+    let acts = c.propose(&[30, 30, 30, 30, 30, 30]); // i2..=i7
+    assert_eq!(batches_to(&acts, 2).len(), 4, "30+30+30 < 100 bytes: one more, then closed");
+    assert_eq!(c.core.progress[&NodeId(2)].inflight_bytes(), 120);
+    let acts = c.recv(ae_ok(2, 1, 1, 3)); // i2 and i3 acknowledged: 60 bytes in flight
+    assert_eq!(batches_to(&acts, 2), [vec![30], vec![30]], "i6, then i7 closes it again");
+}
+
+#[test]
+fn lead3_command_size_is_the_in_memory_size_unless_a_sizer_is_given() {
+    let plain = boot(1).start();
+    assert_eq!(plain.core.command_size(&12_345), std::mem::size_of::<u64>());
+    let sized = boot(1).start().with_sizer(|&c| c as usize * 2);
+    assert_eq!(sized.core.command_size(&21), 42);
+}
