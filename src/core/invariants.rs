@@ -1,91 +1,202 @@
-//! Invariants checked after every step in test and debug builds: one function per numbered
-//! invariant, each panicking with the node and term so a failing seed is easy to read.
+//! Invariants of a core's own state, one function per numbered invariant, each failing with the
+//! node, term and rule so a failing seed is easy to read.
+//!
+//! Compiled in every build. [`Core::step`] asserts a cheap O(1) subset (I1, I2, I3) after every
+//! step, always; the full set runs after every step in debug builds or when
+//! [`Core::set_check_invariants`] is on, and [`Core::check_invariants`] runs it on demand.
+//! Must not mutate anything: checking may never change a run.
+//!
+//! | id | invariant | cost |
+//! |---|---|---|
+//! | I1 | `commit_index <= log.last_index()` | O(1), always |
+//! | I2 | `last_applied <= commit_index` | O(1), always |
+//! | I3 | a leader knows itself as leader (always) and voted for itself | O(1) |
+//! | I4 | no log entry has a term above `term` | O(1) |
+//! | P1 | per peer: `matched < next`, `matched <= last index` | O(peers) |
+//! | P3 | a leader has progress for exactly its configuration's members but itself; others none | O(peers) |
+//! | V1 | votes are held only by a (pre-)candidate | O(1) |
+//! | C1 | a leader's commit index is matched by a quorum of its configuration (LEAD-4) | O(peers log peers) |
 
-use super::{Core, Role};
+use std::fmt;
+
+use super::{quorum, Core, Role};
+use crate::types::{LogIndex, NodeId, Term};
+
+/// A broken invariant of one core: a bug in the core (or in a driver that corrupted its input
+/// state), never something a peer's message can cause.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvariantViolation {
+    /// The node whose state is broken.
+    pub node: NodeId,
+    /// Its current term.
+    pub term: Term,
+    /// The invariant's id, as numbered in `core/invariants.rs` (I1, P3, C1, ...).
+    pub rule: &'static str,
+    /// What was found.
+    pub detail: String,
+}
+
+impl fmt::Display for InvariantViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {} {}", self.node, self.term, self.rule, self.detail)
+    }
+}
+
+impl std::error::Error for InvariantViolation {}
+
+type Check = Result<(), InvariantViolation>;
 
 impl<C: Clone> Core<C> {
-    /// Runs every invariant check. Skipped while a test-only bug switch is on, so the
-    /// simulator's checkers (not these asserts) must be the ones to notice.
-    pub(super) fn check_invariants(&self) {
+    /// Checks every invariant of this core's state; the first violation found is returned.
+    /// Costs O(peers · log peers); it never scans the log.
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        self.check_i1_commit_within_log()?;
+        self.check_i2_applied_within_commit()?;
+        self.check_i3_leader_knows_itself()?;
+        self.check_i4_log_terms_not_ahead()?;
+        self.check_p1_progress_ordered()?;
+        self.check_p3_progress_matches_config()?;
+        self.check_v1_votes_only_while_campaigning()?;
+        self.check_c1_commit_matched_by_a_quorum()
+    }
+
+    /// Turns on the full invariant check after every [`Core::step`] in any build (debug builds
+    /// always run it), panicking with the violation. For simulators and tests; costs
+    /// O(peers · log peers) per step.
+    pub fn set_check_invariants(&mut self, on: bool) {
+        self.invariants_on = on;
+    }
+
+    /// After every step: the O(1) subset always, the rest in debug builds or when switched on.
+    pub(super) fn assert_invariants(&self) {
         #[cfg(test)]
         if self.bugs_enabled() {
-            return;
+            return; // the simulator's checkers, not these asserts, must catch a planted bug
         }
-        self.check_i1_commit_within_log();
-        self.check_i2_applied_within_commit();
-        self.check_i3_leader_knows_itself();
-        self.check_i4_log_terms_not_ahead();
-        self.check_p1_progress_ordered();
-    }
-
-    fn check_i1_commit_within_log(&self) {
-        assert!(
-            self.commit_index <= self.log.last_index(),
-            "{} {}: I1 commit {} past last {}",
-            self.id,
-            self.term,
-            self.commit_index,
-            self.log.last_index()
-        );
-    }
-
-    fn check_i2_applied_within_commit(&self) {
-        assert!(
-            self.last_applied <= self.commit_index,
-            "{} {}: I2 applied {} past commit {}",
-            self.id,
-            self.term,
-            self.last_applied,
-            self.commit_index
-        );
-    }
-
-    fn check_i3_leader_knows_itself(&self) {
-        if self.role == Role::Leader {
-            assert_eq!(
-                self.leader,
-                Some(self.id),
-                "{} {}: I3 leader forgot itself",
-                self.id,
-                self.term
-            );
-            assert_eq!(
-                self.voted_for,
-                Some(self.id),
-                "{} {}: I3 leader without own vote",
-                self.id,
-                self.term
-            );
+        let cheap = self
+            .check_i1_commit_within_log()
+            .and_then(|()| self.check_i2_applied_within_commit())
+            .and_then(|()| self.check_i3_leader_is_self());
+        let full = || {
+            if cfg!(debug_assertions) || self.invariants_on {
+                self.check_invariants()
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(v) = cheap.and_then(|()| full()) {
+            panic!("{v}");
         }
     }
 
-    fn check_i4_log_terms_not_ahead(&self) {
-        assert!(
-            self.log.last_term() <= self.term,
-            "{} {}: I4 log holds future term {}",
-            self.id,
-            self.term,
-            self.log.last_term()
-        );
+    fn violation(&self, rule: &'static str, detail: String) -> Check {
+        Err(InvariantViolation { node: self.id, term: self.term, rule, detail })
     }
 
-    fn check_p1_progress_ordered(&self) {
+    fn check_i1_commit_within_log(&self) -> Check {
+        let (commit, last) = (self.commit_index, self.log.last_index());
+        if commit > last {
+            return self.violation("I1", format!("commit {commit} past last {last}"));
+        }
+        Ok(())
+    }
+
+    fn check_i2_applied_within_commit(&self) -> Check {
+        if self.last_applied > self.commit_index {
+            let detail = format!("applied {} past commit {}", self.last_applied, self.commit_index);
+            return self.violation("I2", detail);
+        }
+        Ok(())
+    }
+
+    fn check_i3_leader_is_self(&self) -> Check {
+        if self.role == Role::Leader && self.leader != Some(self.id) {
+            return self.violation("I3", format!("leader thinks {:?} leads", self.leader));
+        }
+        Ok(())
+    }
+
+    fn check_i3_leader_knows_itself(&self) -> Check {
+        self.check_i3_leader_is_self()?;
+        if self.role == Role::Leader && self.voted_for != Some(self.id) {
+            return self.violation("I3", format!("leader voted for {:?}", self.voted_for));
+        }
+        Ok(())
+    }
+
+    fn check_i4_log_terms_not_ahead(&self) -> Check {
+        if self.log.last_term() > self.term {
+            return self.violation("I4", format!("log holds future term {}", self.log.last_term()));
+        }
+        Ok(())
+    }
+
+    fn check_p1_progress_ordered(&self) -> Check {
+        let last = self.log.last_index();
         for (id, p) in &self.progress {
-            assert!(
-                p.matched < p.next,
-                "{} {}: P1 {id} match {} >= next {}",
-                self.id,
-                self.term,
-                p.matched,
-                p.next
-            );
-            assert!(
-                p.matched <= self.log.last_index(),
-                "{} {}: P1 {id} match past log",
-                self.id,
-                self.term
-            );
+            if p.matched >= p.next {
+                return self
+                    .violation("P1", format!("{id} match {} >= next {}", p.matched, p.next));
+            }
+            if p.matched > last {
+                return self.violation("P1", format!("{id} match {} past last {last}", p.matched));
+            }
         }
+        Ok(())
+    }
+
+    fn check_p3_progress_matches_config(&self) -> Check {
+        let config = self.config();
+        if self.role != Role::Leader {
+            if let Some(id) = self.progress.keys().next() {
+                return self.violation("P3", format!("{:?} keeps progress for {id}", self.role));
+            }
+            return Ok(());
+        }
+        if let Some(id) =
+            config.members().find(|&m| m != self.id && !self.progress.contains_key(&m))
+        {
+            return self.violation("P3", format!("no progress for member {id}"));
+        }
+        if let Some(id) = self.progress.keys().find(|&&id| !config.contains(id) || id == self.id) {
+            return self.violation("P3", format!("progress for non-member {id}"));
+        }
+        Ok(())
+    }
+
+    fn check_v1_votes_only_while_campaigning(&self) -> Check {
+        let campaigning = matches!(self.role, Role::Candidate | Role::PreCandidate);
+        if !campaigning && !self.votes.is_empty() {
+            return self.violation("V1", format!("{:?} holds votes {:?}", self.role, self.votes));
+        }
+        Ok(())
+    }
+
+    /// LEAD-4 as a state invariant. Checked once this leader has committed in its term (its
+    /// commit index reached its no-op) and no configuration entry is pending: then the last
+    /// commit advance counted this same configuration, and matchIndex only grows (P2), so a
+    /// quorum still holds everything up to the commit index. Before that, matchIndex values
+    /// restart from 0 at the election and a new configuration may lack the old quorum, so
+    /// nothing can be said.
+    fn check_c1_commit_matched_by_a_quorum(&self) -> Check {
+        let counted = self.role == Role::Leader
+            && self.commit_index >= self.term_start
+            && !self.membership.has_pending();
+        if !counted {
+            return Ok(());
+        }
+        let (me, own) = (self.id, self.log.last_index());
+        let matched = |id: NodeId| match self.progress.get(&id) {
+            _ if id == me => own,
+            Some(p) => p.matched,
+            None => LogIndex(0),
+        };
+        let quorum_index = quorum::majority_index(self.config(), matched);
+        if self.commit_index > quorum_index {
+            let detail = format!("commit {} above quorum match {quorum_index}", self.commit_index);
+            return self.violation("C1", detail);
+        }
+        Ok(())
     }
 
     #[cfg(test)]

@@ -14,7 +14,6 @@ mod changes;
 mod election;
 mod gateway;
 mod inspect;
-#[cfg(any(test, debug_assertions))]
 mod invariants;
 pub mod log;
 mod membership;
@@ -37,6 +36,7 @@ use crate::types::{LogIndex, NodeId, Term};
 
 pub use changes::MembershipChange;
 use changes::PendingChange;
+pub use invariants::InvariantViolation;
 use log::Log;
 use membership::Membership;
 pub use notice::Notice;
@@ -178,6 +178,8 @@ struct Timing {
     catch_up_ticks: u64,
     max_entries: usize,
     max_inflight: usize,
+    max_append_bytes: usize,
+    max_inflight_bytes: usize,
     pre_vote: bool,
     check_quorum: bool,
 }
@@ -219,6 +221,10 @@ pub struct Core<C> {
     persist_hard_state: bool,
     persist_from: Option<LogIndex>,
     out: Vec<Action<C>>,
+    /// Run the full invariant check after every step, even in release builds.
+    invariants_on: bool,
+    /// Measures a command in bytes, for the byte limits of replication.
+    sizer: fn(&C) -> usize,
     #[cfg(test)]
     pub(crate) bugs: Bugs,
 }
@@ -236,6 +242,8 @@ impl<C: Clone> Core<C> {
                 catch_up_ticks: config.catch_up_ticks(),
                 max_entries: config.max_entries_per_append,
                 max_inflight: config.max_inflight,
+                max_append_bytes: config.max_append_bytes,
+                max_inflight_bytes: config.max_inflight_bytes,
                 pre_vote: config.pre_vote,
                 check_quorum: config.check_quorum,
             },
@@ -259,6 +267,8 @@ impl<C: Clone> Core<C> {
             persist_hard_state: false,
             persist_from: None,
             out: Vec::new(),
+            invariants_on: false,
+            sizer: size_in_memory::<C>,
             #[cfg(test)]
             bugs: Bugs::default(),
         };
@@ -267,6 +277,12 @@ impl<C: Clone> Core<C> {
     }
 
     /// Feeds one input and appends the resulting actions to `actions`, in execution order.
+    ///
+    /// # Panics
+    ///
+    /// If the core's own state breaks an invariant (a bug, never a peer's message): the O(1)
+    /// ones (I1, I2, I3) are checked after every step in every build, the full set in debug
+    /// builds or after [`Core::set_check_invariants`].
     pub fn step(&mut self, input: Input<C>, actions: &mut Vec<Action<C>>) {
         match input {
             Input::Tick => self.tick(),
@@ -277,8 +293,21 @@ impl<C: Clone> Core<C> {
         }
         self.maybe_apply();
         self.flush(actions);
-        #[cfg(any(test, debug_assertions))]
-        self.check_invariants();
+        self.assert_invariants();
+    }
+
+    /// Measures commands with `sizer` (for example a serialized length) instead of
+    /// `std::mem::size_of::<C>()`, for `Config::max_append_bytes` and
+    /// `Config::max_inflight_bytes`. The core only ever calls it on commands in its log.
+    pub fn with_sizer(mut self, sizer: fn(&C) -> usize) -> Self {
+        self.sizer = sizer;
+        self
+    }
+
+    /// The size of `command` in bytes, as the sizer measures it: what a driver compares with
+    /// `Config::max_command_bytes` before proposing (refusing with `Error::CommandTooLarge`).
+    pub fn command_size(&self, command: &C) -> usize {
+        (self.sizer)(command)
     }
 
     /// This node's id.
@@ -423,6 +452,11 @@ impl<C: Clone> Core<C> {
     fn is_voter(&self) -> bool {
         self.config().voters.contains(&self.id)
     }
+}
+
+/// The default sizer: the command's in-memory size, ignoring anything it points to.
+fn size_in_memory<C>(_: &C) -> usize {
+    std::mem::size_of::<C>()
 }
 
 fn vote_reply<C>(granted: bool, pre_vote: bool) -> Body<C> {

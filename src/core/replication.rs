@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::progress::{Heartbeat, Mode};
 use super::{quorum, Action, Core, Role};
 use crate::message::{AppendEntries, AppendEntriesReply, Body, Entry, Payload};
-use crate::types::{LogIndex, NodeId};
+use crate::types::{LogIndex, NodeId, Term};
 
 impl<C: Clone> Core<C> {
     /// LEAD-2: append client commands; they are answered once applied.
@@ -68,37 +68,56 @@ impl<C: Clone> Core<C> {
         loop {
             // NB: a reply may have just removed this peer (or this leader) from the configuration.
             let Some(p) = self.progress.get(&to) else { return };
-            if !p.can_send(self.timing.max_inflight) {
+            if !p.can_send(self.timing.max_inflight, self.timing.max_inflight_bytes) {
                 return;
             }
             let probing = p.mode == Mode::Probe;
             if !probing && p.next > last {
                 return; // nothing new to stream
             }
-            let sent_last = self.send_append(to, p.next.prev(), self.timing.max_entries);
-            self.progress.get_mut(&to).expect("peer exists").on_sent(sent_last);
+            let (sent_last, bytes) = self.send_append(to, p.next.prev(), self.timing.max_entries);
+            self.progress.get_mut(&to).expect("peer exists").on_sent(sent_last, bytes);
             if probing {
                 return;
             }
         }
     }
 
-    /// Sends one AppendEntries after `prev` with up to `max` entries; returns its last index.
-    fn send_append(&mut self, to: NodeId, prev: LogIndex, max: usize) -> LogIndex {
+    /// Sends one AppendEntries after `prev` with up to `max` entries and
+    /// `Config::max_append_bytes` of commands; returns its last index and its command bytes.
+    fn send_append(&mut self, to: NodeId, prev: LogIndex, max: usize) -> (LogIndex, usize) {
         // NB: a follower behind the offset needs a snapshot (not implemented yet); probing at
         // the offset keeps the leader from reading compacted entries meanwhile.
         let prev = prev.max(self.log.offset());
         let prev_log_term = self.log.term_at(prev).expect("prev is between the offset and last");
-        let entries = self.log.entries_from(prev.next(), max).to_vec();
+        let (count, bytes) = self.append_batch(prev.next(), max);
         let ae = AppendEntries {
             prev_log_index: prev,
             prev_log_term,
-            entries,
+            entries: self.log.entries_from(prev.next(), count).to_vec(),
             leader_commit: self.commit_index,
         };
         let last = ae.last_index();
         self.send(to, Body::AppendEntries(ae));
-        last
+        (last, bytes)
+    }
+
+    /// How many entries from `from` one AppendEntries carries, and their command bytes: up to
+    /// `max` entries and `max_append_bytes`, but at least one entry however large (thesis
+    /// §10.2.2: big batches would delay heartbeats, an unsendable entry would stall the log).
+    fn append_batch(&self, from: LogIndex, max: usize) -> (usize, usize) {
+        let mut bytes = 0usize;
+        for (count, entry) in self.log.entries_from(from, max).iter().enumerate() {
+            let size = match &entry.payload {
+                Payload::Command(c) => self.command_size(c),
+                Payload::Noop | Payload::Config(_) => 0,
+            };
+            if count > 0 && bytes.saturating_add(size) > self.timing.max_append_bytes {
+                return (count, bytes);
+            }
+            bytes = bytes.saturating_add(size);
+        }
+        (self.log.entries_from(from, max).len(), bytes)
     }
 
     /// The receiver side of AppendEntries (AE-2..AE-5, CAN-3, SUB-6). `msg.term == self.term`.
@@ -202,29 +221,52 @@ impl<C: Clone> Core<C> {
         p.recent_active = true;
         match reply {
             AppendEntriesReply::Success { match_index } => {
-                if p.on_success(match_index) {
-                    self.maybe_advance_commit_index();
-                    self.on_peer_progress(from);
+                if !p.on_success(match_index) {
+                    return; // stale or duplicated: a sign of life, nothing more (SUB-5)
                 }
+                self.maybe_advance_commit_index();
+                self.on_peer_progress(from);
             }
             AppendEntriesReply::Reject { rejected_index, conflict, last_index } => {
-                if rejected_index < p.matched
-                    || (p.mode == Mode::Probe && rejected_index != p.next.prev())
-                {
-                    return; // stale: a newer reply already moved this peer on
+                if !self.handle_append_reject(from, rejected_index, conflict, last_index) {
+                    return;
                 }
-                let next = self.backtrack(rejected_index, conflict, last_index);
-                self.progress.get_mut(&from).expect("peer exists").probe_from(next);
             }
         }
         self.maybe_send_append(from);
+    }
+
+    /// LEAD-3b; returns whether the peer's progress changed. The gateway checked that the
+    /// indexes are within this leader's log.
+    fn handle_append_reject(
+        &mut self,
+        from: NodeId,
+        rejected: LogIndex,
+        conflict: Option<(Term, LogIndex)>,
+        last: LogIndex,
+    ) -> bool {
+        let p = self.progress.get_mut(&from).expect("the caller found this peer");
+        // Stale: a newer reply already moved this peer on. A follower's log never shrinks
+        // below `matched` in this term, so a shorter `last` is old news too.
+        let stale = rejected < p.matched
+            || last < p.matched
+            || (p.mode == Mode::Probe && rejected != p.next.prev());
+        if stale {
+            return false;
+        }
+        if p.mode == Mode::Replicate && conflict.is_none() && last < rejected {
+            return p.go_back(last, self.now); // reordered or lost, not a conflict
+        }
+        let next = self.backtrack(rejected, conflict, last);
+        self.progress.get_mut(&from).expect("peer exists").probe_from(next);
+        true
     }
 
     /// Where to probe next after a rejection (SUB-7): skip a whole conflicting term at once.
     fn backtrack(
         &self,
         rejected: LogIndex,
-        conflict: Option<(crate::Term, LogIndex)>,
+        conflict: Option<(Term, LogIndex)>,
         last: LogIndex,
     ) -> LogIndex {
         let next = match conflict {

@@ -171,14 +171,23 @@ pub struct Node {
     /// The last index an `Apply` covered (this incarnation).
     applied_through: LogIndex,
     bugs: Bugs,
+    sizer: Option<fn(&u64) -> usize>,
 }
 
 impl Node {
     pub fn from_disk(id: NodeId, config: Config, disk: PersistentState<u64>) -> Self {
-        let core = Core::new(id, &config, disk.clone());
+        let core = boot_core(id, &config, &disk, None);
         let (applied, history) = (Vec::new(), Vec::new());
         let applied_through = disk.log_offset;
-        Node { core, config, disk, applied, history, applied_through, bugs: Bugs::default() }
+        let bugs = Bugs::default();
+        Node { core, config, disk, applied, history, applied_through, bugs, sizer: None }
+    }
+
+    /// Measures commands with `sizer` (kept across restarts). Call right after start.
+    pub fn with_sizer(mut self, sizer: fn(&u64) -> usize) -> Self {
+        self.sizer = Some(sizer);
+        self.core = boot_core(self.id(), &self.config, &self.disk, self.sizer);
+        self
     }
 
     /// Turns on a test-only bug switch (kept across restarts).
@@ -233,7 +242,7 @@ impl Node {
 
     /// A crash and restart: only what the disk holds survives (TLA `Restart`).
     pub fn restart(&mut self) {
-        self.core = Core::new(self.id(), &self.config, self.disk.clone());
+        self.core = boot_core(self.id(), &self.config, &self.disk, self.sizer);
         self.core.bugs = self.bugs;
         self.applied.clear();
         self.applied_through = self.disk.log_offset;
@@ -321,6 +330,21 @@ impl Node {
         assert_eq!(self.disk.hard_state, in_memory, "{id}: SUB-8 hard state not persisted");
         assert!(self.disk.entries == self.entries(), "{id}: SUB-8 log not persisted");
     }
+}
+
+/// A core booted from `disk`, checking every invariant after every step in any build.
+fn boot_core(
+    id: NodeId,
+    config: &Config,
+    disk: &PersistentState<u64>,
+    sizer: Option<fn(&u64) -> usize>,
+) -> Core<u64> {
+    let mut core = Core::new(id, config, disk.clone());
+    if let Some(sizer) = sizer {
+        core = core.with_sizer(sizer);
+    }
+    core.set_check_invariants(true);
+    core
 }
 
 // ---------------------------------------------------------------------------------------------

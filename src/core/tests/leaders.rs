@@ -329,3 +329,135 @@ fn sub9_append_entries_from_another_leader_of_the_same_term_is_dropped_as_invali
     assert_eq!(acts, [Action::Notice(Notice::InvalidMessage { from: NodeId(2), reason })]);
     assert_eq!((net.node(1).role(), net.node(1).term()), (Role::Leader, 1));
 }
+
+#[test]
+fn sub5_duplicated_or_stale_success_in_probe_mode_changes_nothing() {
+    let mut c = boot(1).start();
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(ae_ok(2, 1, 1, 1)); // n2 matched i1: Replicate
+    c.propose(&[5, 6]); // i2..=i3 to n2: lost
+    c.tick(5); // n2 advanced since the last heartbeat: a plain heartbeat
+    let acts = c.tick(5); // nothing since: n2 stalled, back to probing from i2
+    let probes: Vec<u64> = appends_to(&acts, 2).iter().map(|a| a.prev_log_index.0).collect();
+    assert_eq!(probes, [1], "one probe after i1");
+    let before = format!("{:?} {:?}", c.status(), c.core.progress);
+    for _ in 0..3 {
+        // The old acknowledgement of i1, duplicated by the network.
+        let acts = c.recv(ae_ok(2, 1, 1, 1));
+        assert!(acts.is_empty(), "no extra probe: {:?}", trace(&acts));
+        assert_eq!(format!("{:?} {:?}", c.status(), c.core.progress), before);
+    }
+    // The probe's own answer still moves n2 on.
+    c.recv(ae_ok(2, 1, 1, 3));
+    assert_eq!(c.core.progress[&NodeId(2)].matched, LogIndex(3));
+}
+
+#[test]
+fn sub5_duplicated_success_in_replicate_mode_changes_nothing() {
+    let mut c = boot(1).start();
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(ae_ok(2, 1, 1, 1));
+    c.propose(&[5, 6]);
+    c.recv(ae_ok(2, 1, 1, 3));
+    let before = format!("{:?} {:?}", c.status(), c.core.progress);
+    for stale in [3, 1, 2] {
+        assert!(c.recv(ae_ok(2, 1, 1, stale)).is_empty(), "match i{stale}");
+        assert_eq!(format!("{:?} {:?}", c.status(), c.core.progress), before);
+    }
+}
+
+/// n1 leads {n1, n2, n3}; n2 acknowledged i1 and i2..=i5 are pipelined to it one per message.
+fn pipelining_leader() -> Node {
+    let config = Config { max_entries_per_append: 1, ..test_config() };
+    let mut c = boot(1).config(config).start();
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(ae_ok(2, 1, 1, 1));
+    let acts = c.propose(&[5, 6, 7, 8]);
+    assert_eq!(appends_to(&acts, 2).len(), 4);
+    c
+}
+
+#[test]
+fn lead3b_reordered_pipeline_goes_back_to_the_followers_end_without_probing() {
+    let mut c = pipelining_leader();
+    // i3 overtook i2: n2 (last i1) rejects prev=i2, and then prev=i3 and prev=i4.
+    let acts = c.recv(ae_reject(2, 1, 1, 2, 1));
+    let prevs: Vec<u64> = appends_to(&acts, 2).iter().map(|a| a.prev_log_index.0).collect();
+    assert_eq!(prevs, [1, 2, 3, 4], "i2..=i5 again, still pipelined");
+    let before = format!("{:?}", c.core.progress);
+    for rejected in [3, 4] {
+        assert!(c.recv(ae_reject(2, 1, 1, rejected, 1)).is_empty(), "the gap is being resent");
+    }
+    assert_eq!(format!("{:?}", c.core.progress), before);
+    c.tick(1);
+    let acts = c.recv(ae_reject(2, 1, 1, 3, 1));
+    assert_eq!(appends_to(&acts, 2).len(), 4, "a tick later the gap may be resent again");
+    c.recv(ae_ok(2, 1, 1, 5));
+    assert_eq!(c.core.progress[&NodeId(2)].matched, LogIndex(5));
+}
+
+#[test]
+fn sub5_rejection_older_than_the_match_index_changes_nothing() {
+    let mut c = pipelining_leader();
+    c.recv(ae_ok(2, 1, 1, 3));
+    let before = format!("{:?} {:?}", c.status(), c.core.progress);
+    // Sent when n2's log ended at i1 (prev=i3 overtook i2), delivered after "match i3".
+    assert!(c.recv(ae_reject(2, 1, 1, 3, 1)).is_empty());
+    assert!(c.recv(ae_reject(2, 1, 1, 4, 2)).is_empty());
+    assert_eq!(format!("{:?} {:?}", c.status(), c.core.progress), before);
+}
+
+/// n1 leads {n1, n2, n3}, n2 replicating from i2; a command's size is its value.
+fn leader_sized_by_value(config: Config) -> Node {
+    let mut c = boot(1).config(config).start().with_sizer(|&command| command as usize);
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(ae_ok(2, 1, 1, 1));
+    c
+}
+
+fn batches_to(acts: &[Action<u64>], to: u64) -> Vec<Vec<u64>> {
+    let commands = |ae: &AppendEntries<u64>| -> Vec<u64> {
+        let command = |e: &Entry<u64>| match e.payload {
+            Payload::Command(c) => c,
+            _ => 0,
+        };
+        ae.entries.iter().map(command).collect()
+    };
+    appends_to(acts, to).into_iter().map(commands).collect()
+}
+
+#[test]
+fn lead3_one_append_entries_carries_at_most_max_append_bytes_but_always_one_entry() {
+    let config = Config { max_append_bytes: 100, max_inflight_bytes: 1000, ..test_config() };
+    let mut c = leader_sized_by_value(config);
+    let acts = c.propose(&[40, 40, 40, 500, 10, 30, 70]);
+    assert_eq!(
+        batches_to(&acts, 2),
+        [vec![40, 40], vec![40], vec![500], vec![10, 30], vec![70]],
+        "the oversized command goes alone, and nothing rides with it"
+    );
+    assert_eq!(c.core.progress[&NodeId(2)].inflight_bytes(), 730);
+}
+
+#[test]
+fn lead3_bytes_in_flight_close_the_window() {
+    let config = Config { max_append_bytes: 50, max_inflight_bytes: 100, ..test_config() };
+    let mut c = leader_sized_by_value(config);
+    let acts = c.propose(&[30, 30, 30, 30, 30, 30]); // i2..=i7
+    assert_eq!(batches_to(&acts, 2).len(), 4, "30+30+30 < 100 bytes: one more, then closed");
+    assert_eq!(c.core.progress[&NodeId(2)].inflight_bytes(), 120);
+    let acts = c.recv(ae_ok(2, 1, 1, 3)); // i2 and i3 acknowledged: 60 bytes in flight
+    assert_eq!(batches_to(&acts, 2), [vec![30], vec![30]], "i6, then i7 closes it again");
+}
+
+#[test]
+fn lead3_command_size_is_the_in_memory_size_unless_a_sizer_is_given() {
+    let plain = boot(1).start();
+    assert_eq!(plain.core.command_size(&12_345), std::mem::size_of::<u64>());
+    let sized = boot(1).start().with_sizer(|&c| c as usize * 2);
+    assert_eq!(sized.core.command_size(&21), 42);
+}

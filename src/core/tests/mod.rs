@@ -11,6 +11,7 @@ mod append_entries;
 mod extensions;
 mod figures;
 mod gateway;
+mod invariants;
 mod leaders;
 mod membership;
 mod notices;
