@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferraft::{Cluster, Config, Error, LogIndex, NodeId, Role, StateMachine};
+use ferraft::{Cluster, Config, Error, LogIndex, Role, StateMachine};
 
 /// Sums its commands; panics on `PANIC`; sleeps `SLOW` ms applying `SLOW`.
 struct Touchy {

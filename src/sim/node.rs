@@ -117,8 +117,9 @@ impl<S: StateMachine> Simulator<S> {
         let sm = (self.factory)(id);
         let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new()), ApplyOn::Inline)
             .expect("MemStorage::load never fails");
-        #[allow(unused_mut)]
         let mut live = Live { driver };
+        // NB: the core's full invariant checks run on every simulated step, in every profile.
+        live.driver.core_mut().set_check_invariants(true);
         #[cfg(test)]
         {
             live.driver.core_mut().bugs = self.bugs;
