@@ -222,7 +222,7 @@ impl<S: StateMachine> ApplyQueue<S> {
                 fill_status(applier, &mut status);
                 let _ = reply.send(status);
             }
-            ApplyQueue::Thread(t) => t.send(ApplyTask::Status { status, reply }),
+            ApplyQueue::Thread(t) => t.send(ApplyTask::Status { status: Box::new(status), reply }),
         }
     }
 }
@@ -281,7 +281,7 @@ fn run_task<S: StateMachine>(
         }
         ApplyTask::Status { mut status, reply } => {
             fill_status(applier, &mut status);
-            let _ = reply.send(status);
+            let _ = reply.send(*status);
         }
     }
     Ok(())

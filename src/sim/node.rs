@@ -184,7 +184,7 @@ impl<S: StateMachine> Simulator<S> {
         let mut observe = |core: &Core<S::Command>, actions: &[Action<S::Command>]| {
             stats.steps += 1;
             if !(actions.is_empty() && summary == InputSummary::Tick) {
-                let event = step_event(core, summary.clone(), actions);
+                let event = step_event(core, summary, actions);
                 trace.record(TraceLine { at: now, event });
             }
             if let Err(v) = checker.after_step(core, actions) {
