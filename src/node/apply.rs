@@ -127,7 +127,7 @@ pub(crate) enum ApplyTask<S: StateMachine> {
     },
     /// Fill in what only the applier knows (digest, applied index) and answer.
     Status {
-        status: NodeStatus,
+        status: Box<NodeStatus>,
         reply: Sender<NodeStatus>,
     },
 }
