@@ -38,6 +38,16 @@ impl StateMachine for Sum {
         self.0
     }
 
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.to_le_bytes().to_vec()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let bytes = snapshot.try_into().map_err(|_| format!("{} bytes, not 8", snapshot.len()))?;
+        self.0 = u64::from_le_bytes(bytes);
+        Ok(())
+    }
+
     fn digest(&self) -> u64 {
         self.0
     }

@@ -54,6 +54,14 @@ pub struct Config {
     /// `Client::propose`, `Cluster::status`, finding a leader for a membership change). An
     /// addition may take `catch_up_timeout` on top, while the new node catches up.
     pub request_timeout: Duration,
+    /// Snapshot policy (thesis §5.1.2): take a snapshot once the log holds this many applied
+    /// entries beyond the last snapshot, then drop them from the log. 0 never snapshots
+    /// automatically (`NodeHandle::compact` still does).
+    pub snapshot_entries: u64,
+    /// The most snapshot bytes one InstallSnapshot chunk carries.
+    pub snapshot_chunk_bytes: usize,
+    /// The most InstallSnapshot chunks a leader keeps unacknowledged per follower.
+    pub snapshot_chunks_in_flight: usize,
 }
 
 impl Default for Config {
@@ -74,6 +82,9 @@ impl Default for Config {
             catch_up_timeout: Duration::from_secs(10),
             inbox_capacity: 65_536,
             request_timeout: Duration::from_secs(5),
+            snapshot_entries: 100_000,
+            snapshot_chunk_bytes: 1 << 20,
+            snapshot_chunks_in_flight: 4,
         }
     }
 }
@@ -135,6 +146,8 @@ impl Config {
             ("max_inflight", self.max_inflight),
             ("inbox_capacity", self.inbox_capacity),
             ("max_command_bytes", self.max_command_bytes),
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
+            ("snapshot_chunks_in_flight", self.snapshot_chunks_in_flight),
             ("max_append_bytes", self.max_append_bytes),
             ("max_inflight_bytes", self.max_inflight_bytes),
         ];

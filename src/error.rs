@@ -187,6 +187,16 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// The state machine could not read a snapshot (`StateMachine::restore` failed). The node
+    /// stopped before applying anything on top of a half-restored state.
+    RestoreFailed {
+        /// The node whose state machine refused the snapshot.
+        node: NodeId,
+        /// The snapshot's last included index.
+        index: LogIndex,
+        /// Why, as `restore` said.
+        message: String,
+    },
     /// A command is larger than `Config::max_command_bytes`.
     CommandTooLarge {
         /// The command's size in bytes, as the core's sizer measures it.
@@ -238,6 +248,10 @@ impl fmt::Display for Error {
             Error::StateMachinePanicked { node, index, message } => write!(
                 f,
                 "the state machine panicked applying the entry at {index} on {node}: {message}; apply is deterministic, so the same command panics on every replica: fix the state machine (make apply total for every command) and restart the node"
+            ),
+            Error::RestoreFailed { node, index, message } => write!(
+                f,
+                "the state machine on {node} could not restore the snapshot through {index}: {message}; the node stopped; fix `StateMachine::restore` (it must read what `snapshot` writes) and restart it"
             ),
             Error::CommandTooLarge { size, max } => write!(
                 f,

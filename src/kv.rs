@@ -108,12 +108,59 @@ impl StateMachine for KvStateMachine {
         after
     }
 
+    /// Length-prefixed keys and values, in key order (a stable byte form).
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&(self.data.len() as u64).to_le_bytes());
+        for (key, value) in &self.data {
+            for part in [key, value] {
+                out.extend_from_slice(&(part.len() as u64).to_le_bytes());
+                out.extend_from_slice(part.as_bytes());
+            }
+        }
+        out
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let mut reader = Reader(snapshot);
+        let count = reader.u64()?;
+        let mut data = BTreeMap::new();
+        for _ in 0..count {
+            let key = reader.string()?;
+            let value = reader.string()?;
+            data.insert(key, value);
+        }
+        if !reader.0.is_empty() {
+            return Err(format!("{} bytes after the last pair", reader.0.len()));
+        }
+        self.data = data; // NB: only once every pair was read: never half-restored
+        Ok(())
+    }
+
     fn command_size(command: &KvCommand) -> usize {
         command.size()
     }
 
     fn digest(&self) -> u64 {
         fnv1a(self.data.iter().flat_map(|(k, v)| [k.as_bytes(), &[0], v.as_bytes(), &[1]]))
+    }
+}
+
+/// Reads what `KvStateMachine::snapshot` wrote, refusing truncated or malformed bytes.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u64(&mut self) -> Result<u64, String> {
+        let (head, rest) = self.0.split_at_checked(8).ok_or("truncated length")?;
+        self.0 = rest;
+        Ok(u64::from_le_bytes(head.try_into().expect("8 bytes")))
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let len = usize::try_from(self.u64()?).map_err(|_| "length overflows")?;
+        let (head, rest) = self.0.split_at_checked(len).ok_or("truncated string")?;
+        self.0 = rest;
+        String::from_utf8(head.to_vec()).map_err(|e| format!("not UTF-8: {e}"))
     }
 }
 

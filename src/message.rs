@@ -90,6 +90,54 @@ pub enum Body<C> {
     AppendEntriesReply(AppendEntriesReply),
     /// Leadership transfer: start an election now (thesis §3.10).
     TimeoutNow,
+    /// Invoked by the leader to send a follower one chunk of a snapshot (§7, Figure 13).
+    InstallSnapshot(InstallSnapshot),
+    /// The answer to an [`InstallSnapshot`] chunk.
+    InstallSnapshotReply(InstallSnapshotReply),
+}
+
+/// What a snapshot stands for: the state machine after applying every entry through `index`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// The last entry the snapshot includes (Figure 13's lastIncludedIndex).
+    pub index: LogIndex,
+    /// That entry's term (lastIncludedTerm).
+    pub term: Term,
+    /// The configuration in force at `index` (thesis §5.1).
+    pub config: Arc<Configuration>,
+}
+
+/// A point-in-time image of a state machine, in the byte form `StateMachine::snapshot` gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// What it stands for.
+    pub meta: SnapshotMeta,
+    /// The state machine's bytes, shared: sending a chunk copies only the chunk.
+    pub data: Arc<[u8]>,
+}
+
+/// InstallSnapshot arguments (Figure 13): one chunk of `meta`'s snapshot at byte `offset`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstallSnapshot {
+    /// The snapshot this chunk belongs to.
+    pub meta: SnapshotMeta,
+    /// Where the chunk starts in the snapshot's bytes.
+    pub offset: u64,
+    /// The chunk.
+    pub data: Vec<u8>,
+    /// Whether this is the last chunk.
+    pub done: bool,
+}
+
+/// InstallSnapshot results: how much of the snapshot at `index` the follower holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstallSnapshotReply {
+    /// The snapshot's last included index, to recognise replies to an older transfer.
+    pub index: LogIndex,
+    /// Bytes received in order so far: the offset the follower expects next.
+    pub received: u64,
+    /// The follower has the whole snapshot (installed now, or already covered by its log).
+    pub done: bool,
 }
 
 /// RequestVote arguments (Figure 2), plus the thesis's pre-vote and transfer flags.

@@ -30,6 +30,19 @@ pub trait StateMachine: Send + 'static {
     /// be deterministic. See the module docs for panics and slow applies.
     fn apply(&mut self, index: LogIndex, command: &Self::Command) -> Self::Output;
 
+    /// A point-in-time image of the whole state, as bytes (log compaction, §7). The library
+    /// calls it on the node's apply thread, so it sees the state after exactly the entries
+    /// applied so far; while it runs, applies wait, but heartbeats do not.
+    ///
+    /// Contract: `restore(&snapshot())` on a fresh state machine must give a state machine that
+    /// behaves exactly like this one (same outputs for the same later commands, same digest).
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the whole state with a snapshot's (on restart from a snapshot, or when the
+    /// leader sends one). Returns an error, saying why, for bytes it cannot read; the node then
+    /// stops (`Error::RestoreFailed`) rather than apply anything on a half-restored state.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+
     /// The size of `command` in bytes, for `Config::max_command_bytes` and the replication
     /// limits by bytes. Defaults to `size_of::<Command>()`; override it when commands own heap
     /// data (strings, vectors), or large commands pass unchecked.

@@ -22,6 +22,7 @@ fn scenario(seed: u64) -> (SimConfig, Schedule) {
     config.raft.pre_vote = seed % 7 != 3;
     config.raft.check_quorum = seed % 11 != 5;
     config.raft.max_entries_per_append = [64, 1, 8][(seed / 3 % 3) as usize];
+    snapshots(&mut config, seed);
     if seed % 4 == 3 {
         config.churn = Some(Churn::default());
     }
@@ -33,10 +34,19 @@ fn scenario(seed: u64) -> (SimConfig, Schedule) {
     (config, schedule)
 }
 
+/// Log compaction on most seeds: snapshots every few dozen entries, sent in small chunks, so
+/// InstallSnapshot runs under the same faults as everything else.
+fn snapshots(config: &mut SimConfig, seed: u64) {
+    config.raft.snapshot_entries = [0, 10, 30, 100][(seed / 2 % 4) as usize];
+    config.raft.snapshot_chunk_bytes = [16, 64, 4096][(seed / 5 % 3) as usize];
+    config.raft.snapshot_chunks_in_flight = 1 + (seed % 3) as usize;
+}
+
 /// From 4 nodes (where unsafe single-server changes could split the quorum), random
 /// additions and removals plus a burst of concurrent changes across a leader crash.
 fn membership_scenario(seed: u64) -> (SimConfig, Schedule) {
     let mut config = SimConfig::new(seed, 4);
+    snapshots(&mut config, seed);
     if seed % 2 == 1 {
         config.churn = Some(Churn::default());
     }

@@ -31,6 +31,16 @@ impl StateMachine for Touchy {
         self.sum
     }
 
+    fn snapshot(&self) -> Vec<u8> {
+        self.sum.to_le_bytes().to_vec()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let bytes = snapshot.try_into().map_err(|_| format!("{} bytes, not 8", snapshot.len()))?;
+        self.sum = u64::from_le_bytes(bytes);
+        Ok(())
+    }
+
     fn digest(&self) -> u64 {
         self.sum
     }

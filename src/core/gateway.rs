@@ -7,7 +7,9 @@
 //! then only fire on a state the core produced itself. Must not mutate anything while checking.
 
 use super::{vote_reply, Core, Notice, Role};
-use crate::message::{AppendEntries, AppendEntriesReply, Body, Message};
+use crate::message::{
+    AppendEntries, AppendEntriesReply, Body, InstallSnapshot, InstallSnapshotReply, Message,
+};
 use crate::types::{NodeId, Term};
 
 /// Why a message was dropped: the text of `Notice::InvalidMessage`.
@@ -31,6 +33,8 @@ impl<C: Clone> Core<C> {
             Body::AppendEntries(ae) => self.handle_append_entries(msg.from, ae),
             Body::AppendEntriesReply(r) => self.handle_append_reply(msg.from, r),
             Body::TimeoutNow => self.campaign(true, true),
+            Body::InstallSnapshot(chunk) => self.handle_install_snapshot(msg.from, chunk),
+            Body::InstallSnapshotReply(r) => self.handle_snapshot_reply(msg.from, r),
         }
     }
 
@@ -47,7 +51,7 @@ impl<C: Clone> Core<C> {
             // A pre-vote request or a granted pre-vote reply changes no term (§9.6).
             Body::RequestVote(rv) if rv.pre_vote => true,
             Body::RequestVoteReply(r) if r.pre_vote && r.granted => true,
-            Body::AppendEntries(_) => {
+            Body::AppendEntries(_) | Body::InstallSnapshot(_) => {
                 self.become_follower(msg.term, Some(msg.from));
                 true
             }
@@ -67,6 +71,11 @@ impl<C: Clone> Core<C> {
                 self.send(msg.from, Body::AppendEntriesReply(reply));
             }
             Body::RequestVote(rv) => self.send(msg.from, vote_reply(false, rv.pre_vote)),
+            Body::InstallSnapshot(chunk) => {
+                let reply =
+                    InstallSnapshotReply { index: chunk.meta.index, received: 0, done: false };
+                self.send(msg.from, Body::InstallSnapshotReply(reply));
+            }
             _ => {}
         }
     }
@@ -106,6 +115,21 @@ impl<C: Clone> Core<C> {
                 if self.counts_vote(msg.term, r) && !self.config().voters.contains(&msg.from) =>
             {
                 Err("vote from a non-voter")
+            }
+            Body::InstallSnapshot(chunk) => {
+                check_snapshot_shape(msg.term, chunk)?;
+                let other_leader = self.leader.is_some_and(|l| l != msg.from);
+                if msg.term == self.term && (self.role == Role::Leader || other_leader) {
+                    return Err("InstallSnapshot from a second leader of this term");
+                }
+                Ok(())
+            }
+            Body::InstallSnapshotReply(r)
+                if msg.term == self.term
+                    && self.role == Role::Leader
+                    && r.index > self.log.last_index() =>
+            {
+                Err("snapshot reply for an index past the leader's log")
             }
             Body::TimeoutNow if current && !(msg.term == self.term && self.is_leader(msg.from)) => {
                 Err("TimeoutNow from a node that is not this term's leader")
@@ -195,6 +219,21 @@ fn check_append_shape<C>(term: Term, ae: &AppendEntries<C>) -> Result<(), Invali
             return Err("entry term ahead of the sender's term");
         }
         last = entry.term;
+    }
+    Ok(())
+}
+
+/// A snapshot chunk no correct leader sends: a snapshot of nothing, one whose last entry's term
+/// is beyond the sender's own term history, or a chunk whose end overflows.
+fn check_snapshot_shape(term: Term, chunk: &InstallSnapshot) -> Result<(), Invalid> {
+    if chunk.meta.index.0 == 0 {
+        return Err("snapshot of an empty log");
+    }
+    if chunk.meta.term > term || chunk.meta.term.0 == 0 {
+        return Err("snapshot's last term beyond the sender's term history");
+    }
+    if chunk.offset.checked_add(chunk.data.len() as u64).is_none() {
+        return Err("snapshot chunk past the end of the byte space");
     }
     Ok(())
 }

@@ -73,6 +73,25 @@ impl<C> Log<C> {
         self.entries.truncate(self.position(from));
     }
 
+    /// Drops the entries through `index` (covered by a snapshot): the offset moves to `index`.
+    pub(crate) fn compact_through(&mut self, index: LogIndex) {
+        assert!(
+            index > self.offset && index <= self.last_index(),
+            "compacting {index} outside the log"
+        );
+        let term = self.term_at(index).expect("inside the log");
+        self.entries.drain(..self.position(index.next()));
+        self.offset = index;
+        self.offset_term = term;
+    }
+
+    /// Replaces the whole log by an empty one after `index` (a snapshot that conflicts with it).
+    pub(crate) fn reset(&mut self, index: LogIndex, term: Term) {
+        self.entries.clear();
+        self.offset = index;
+        self.offset_term = term;
+    }
+
     /// The first index holding `term` at or before `at` (binary search, by L1).
     pub fn first_index_of_term(&self, term: Term, at: LogIndex) -> LogIndex {
         let end = self.position(at.next()).min(self.entries.len());

@@ -40,6 +40,11 @@ impl Membership {
     }
 
     /// Whether a configuration entry is still uncommitted.
+    /// The latest committed configuration.
+    pub fn committed(&self) -> &Arc<Configuration> {
+        &self.base.1
+    }
+
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }

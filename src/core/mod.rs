@@ -21,6 +21,7 @@ mod notice;
 pub mod progress;
 pub mod quorum;
 mod replication;
+mod snapshot;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::message::{Body, Configuration, Message};
+use crate::message::{Body, Configuration, Message, Snapshot, SnapshotMeta};
 use crate::storage::{HardState, PersistentState};
 use crate::types::{LogIndex, NodeId, Term};
 
@@ -68,6 +69,10 @@ pub enum Input<C> {
     ChangeMembership(MembershipChange),
     /// Start an election now, as if the election timer fired (skips pre-vote).
     Campaign,
+    /// Compact the log now: ask for a snapshot through the applied index (§7).
+    Compact,
+    /// The snapshot asked for by `Action::TakeSnapshot` was taken: drop the log prefix it covers.
+    SnapshotTaken(Arc<Snapshot>),
 }
 
 /// What the core asks its driver to do, in order. Persistence comes before any send or apply
@@ -107,6 +112,16 @@ pub enum Action<C> {
     /// Something worth logging (the core itself never logs). Ordered like any other action;
     /// executing it may be a no-op.
     Notice(Notice),
+    /// Take a snapshot of the state machine as it is once every `Apply` before this action is
+    /// done (it stands for `meta.index`), then feed it back as `Input::SnapshotTaken`. Taking it
+    /// may happen off the node's thread; the core goes on meanwhile.
+    TakeSnapshot(SnapshotMeta),
+    /// Durably store this snapshot as the latest and drop the stored log entries through its
+    /// index (a persistence action: it comes before any send or apply of the step).
+    PersistSnapshot(Arc<Snapshot>),
+    /// Replace the state machine's state with this snapshot's (InstallSnapshot, IS-8); applies
+    /// continue from `meta.index + 1`.
+    Restore(Arc<Snapshot>),
 }
 
 /// A snapshot of a node's state for status displays and tests.
@@ -128,6 +143,10 @@ pub struct Status {
     pub last_log_index: LogIndex,
     /// The configuration it is using (the latest in its log).
     pub config: Configuration,
+    /// The last index its latest snapshot covers (0: none); the log starts after it.
+    pub snapshot_index: LogIndex,
+    /// How many entries its log holds in memory (after the snapshot).
+    pub log_entries: u64,
 }
 
 impl Status {
@@ -168,6 +187,9 @@ pub struct Bugs {
     pub forget_voted_for: bool,
     /// Apply entries as soon as they are appended (breaks ALL-1).
     pub apply_before_commit: bool,
+    /// Keep the log after an installed snapshot even when its entry at the snapshot's index has
+    /// another term (breaks IS-7: a conflicting suffix survives).
+    pub snapshot_keeps_conflicting_log: bool,
 }
 
 /// Timing and limits in ticks, derived once from [`Config`].
@@ -182,6 +204,9 @@ struct Timing {
     max_inflight_bytes: usize,
     pre_vote: bool,
     check_quorum: bool,
+    snapshot_entries: u64,
+    snapshot_chunk_bytes: usize,
+    snapshot_chunks_in_flight: usize,
 }
 
 /// One Raft server's protocol state. See the module docs for the output contract.
@@ -219,8 +244,18 @@ pub struct Core<C> {
     change: Option<PendingChange>,
     /// Persistence owed before this step's other actions.
     persist_hard_state: bool,
+    persist_snapshot: Option<Arc<Snapshot>>,
     persist_from: Option<LogIndex>,
     out: Vec<Action<C>>,
+    /// The latest snapshot: what the log's offset stands for, and what a leader sends a
+    /// follower that needs compacted entries.
+    snapshot: Option<Arc<Snapshot>>,
+    /// An `Action::TakeSnapshot` is out and not yet answered.
+    snapshot_requested: bool,
+    /// Follower: the snapshot being received, chunk by chunk.
+    incoming: Option<(SnapshotMeta, Vec<u8>)>,
+    /// Leader: snapshot transfers under way, by follower.
+    sending: BTreeMap<NodeId, snapshot::SnapshotSend>,
     /// Run the full invariant check after every step, even in release builds.
     invariants_on: bool,
     /// Measures a command in bytes, for the byte limits of replication.
@@ -246,6 +281,9 @@ impl<C: Clone> Core<C> {
                 max_inflight_bytes: config.max_inflight_bytes,
                 pre_vote: config.pre_vote,
                 check_quorum: config.check_quorum,
+                snapshot_entries: config.snapshot_entries,
+                snapshot_chunk_bytes: config.snapshot_chunk_bytes,
+                snapshot_chunks_in_flight: config.snapshot_chunks_in_flight,
             },
             rng: SmallRng::seed_from_u64(seed),
             now: 0,
@@ -265,8 +303,13 @@ impl<C: Clone> Core<C> {
             term_start: LogIndex(0),
             change: None,
             persist_hard_state: false,
+            persist_snapshot: None,
             persist_from: None,
             out: Vec::new(),
+            snapshot: state.snapshot,
+            snapshot_requested: false,
+            incoming: None,
+            sending: BTreeMap::new(),
             invariants_on: false,
             sizer: size_in_memory::<C>,
             #[cfg(test)]
@@ -290,8 +333,13 @@ impl<C: Clone> Core<C> {
             Input::Propose(commands) => self.propose(commands),
             Input::ChangeMembership(change) => self.change_membership(change),
             Input::Campaign => self.campaign(false, true),
+            Input::Compact => {
+                self.request_snapshot();
+            }
+            Input::SnapshotTaken(snapshot) => self.snapshot_taken(snapshot),
         }
         self.maybe_apply();
+        self.maybe_snapshot();
         self.flush(actions);
         self.assert_invariants();
     }
@@ -346,13 +394,23 @@ impl<C: Clone> Core<C> {
             last_applied: self.last_applied,
             last_log_index: self.log.last_index(),
             config: (**self.config()).clone(),
+            snapshot_index: self.log.offset(),
+            log_entries: self.log.last_index().0 - self.log.offset().0,
         }
+    }
+
+    /// The latest snapshot this node took or installed.
+    pub fn snapshot(&self) -> Option<&Arc<Snapshot>> {
+        self.snapshot.as_ref()
     }
 
     /// Persistence first, then everything else in the order it was produced (SUB-8).
     fn flush(&mut self, actions: &mut Vec<Action<C>>) {
         if std::mem::take(&mut self.persist_hard_state) {
             actions.push(Action::PersistHardState(self.hard_state()));
+        }
+        if let Some(snapshot) = self.persist_snapshot.take() {
+            actions.push(Action::PersistSnapshot(snapshot));
         }
         if let Some(from) = self.persist_from.take() {
             actions.push(Action::PersistEntries { from });
@@ -441,6 +499,7 @@ impl<C: Clone> Core<C> {
         self.role = Role::Follower;
         self.leader = leader;
         self.progress.clear();
+        self.sending.clear();
         self.votes.clear();
     }
 

@@ -51,6 +51,10 @@ impl<C: Clone> Core<C> {
         let last = self.log.last_index();
         let peers: Vec<NodeId> = self.progress.keys().copied().collect();
         for to in peers {
+            if self.is_sending_snapshot(to) {
+                self.heartbeat_snapshot(to);
+                continue;
+            }
             let p = self.progress.get_mut(&to).expect("peer listed above");
             match p.on_heartbeat(last) {
                 Heartbeat::Resend => self.maybe_send_append(to),
@@ -68,6 +72,10 @@ impl<C: Clone> Core<C> {
         loop {
             // NB: a reply may have just removed this peer (or this leader) from the configuration.
             let Some(p) = self.progress.get(&to) else { return };
+            if self.is_sending_snapshot(to) || p.next <= self.log.offset() {
+                // It needs entries compacted away: a snapshot instead (§7).
+                return self.send_snapshot_chunks(to);
+            }
             if !p.can_send(self.timing.max_inflight, self.timing.max_inflight_bytes) {
                 return;
             }
@@ -133,6 +141,7 @@ impl<C: Clone> Core<C> {
             self.become_follower(self.term, Some(from)); // CAN-3
         }
         self.reset_election_timer(); // SUB-3: a valid AppendEntries from the current leader
+        let ae = self.skip_compacted(ae);
         if self.log.term_at(ae.prev_log_index) != Some(ae.prev_log_term) {
             let reply = self.reject_reply(ae.prev_log_index);
             return self.send(from, Body::AppendEntriesReply(reply)); // AE-2
@@ -149,6 +158,21 @@ impl<C: Clone> Core<C> {
     }
 
     /// AE-3 and AE-4: skip entries already present, truncate only at a real conflict (SUB-6).
+    /// Entries at or below this node's offset are covered by its snapshot: they are committed,
+    /// so equal to the leader's (Leader Completeness). The request is read as starting at the
+    /// offset, whose term the log still knows.
+    fn skip_compacted(&self, mut ae: AppendEntries<C>) -> AppendEntries<C> {
+        let offset = self.log.offset();
+        if ae.prev_log_index >= offset {
+            return ae;
+        }
+        let covered = (offset.0 - ae.prev_log_index.0) as usize;
+        ae.entries.drain(..covered.min(ae.entries.len()));
+        ae.prev_log_index = offset;
+        ae.prev_log_term = self.log.term_at(offset).expect("the offset's term is kept");
+        ae
+    }
+
     fn merge_entries(&mut self, prev: LogIndex, entries: Vec<Entry<C>>) {
         let mut index = prev;
         let mut entries = entries.into_iter();
@@ -277,8 +301,9 @@ impl<C: Clone> Core<C> {
                 None => first,
             },
         };
-        // Never below the offset: the entries before it are gone (compaction).
-        next.min(rejected).max(self.log.offset().next())
+        // At or below the offset, the entries it needs are compacted away: `maybe_send_append`
+        // sends the snapshot instead (§7).
+        next.min(rejected).max(LogIndex(1))
     }
 
     /// LEAD-4: commit the highest index on a majority of voters, if it is of this term (SUB-1).

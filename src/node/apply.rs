@@ -26,7 +26,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
 use super::receipt::{Applied, Responder};
 use super::NodeStatus;
 use crate::error::Error;
-use crate::message::{Entry, Payload};
+use crate::message::{Entry, Payload, Snapshot, SnapshotMeta};
 use crate::state_machine::StateMachine;
 use crate::types::{LogIndex, NodeId, Term};
 
@@ -86,6 +86,44 @@ impl<S: StateMachine> Applier<S> {
         Ok(())
     }
 
+    /// Takes a snapshot of the state machine as it is now, standing for `meta.index`.
+    pub fn snapshot(&mut self, meta: SnapshotMeta) -> Result<Arc<Snapshot>, Error> {
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        debug_assert_eq!(meta.index, self.applied, "the snapshot stands for what was applied");
+        let data: Arc<[u8]> = self.state_machine.snapshot().into();
+        Ok(Arc::new(Snapshot { meta, data }))
+    }
+
+    /// Replaces the state with `snapshot`'s. A failure stops this applier for good: nothing is
+    /// applied on a half-restored state. Proposals waiting at or below its index cannot tell
+    /// whether their entry is in it: their outcome is unknown (`Timeout`).
+    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<(), Error> {
+        if let Some(failure) = &self.failure {
+            return Err(failure.clone());
+        }
+        let index = snapshot.meta.index;
+        let sm = &mut self.state_machine;
+        let restored = catch_unwind(AssertUnwindSafe(|| sm.restore(&snapshot.data)));
+        let message = match restored {
+            Ok(Ok(())) => {
+                self.applied = index;
+                while let Some(waiting) = self.waiting.first_entry() {
+                    if waiting.key().0 > index {
+                        break;
+                    }
+                    waiting.remove().finish(Err(Error::Timeout));
+                }
+                return Ok(());
+            }
+            Ok(Err(message)) => message,
+            Err(payload) => format!("panicked: {}", panic_message(&*payload)),
+        };
+        let error = Error::RestoreFailed { node: self.node, index, message };
+        Err(self.stop(error))
+    }
+
     fn answer(&mut self, index: LogIndex, term: Term, output: Option<S::Output>) {
         while let Some(waiting) = self.waiting.first_entry() {
             let (i, t) = *waiting.key();
@@ -104,8 +142,11 @@ impl<S: StateMachine> Applier<S> {
     }
 
     fn fail(&mut self, index: LogIndex, message: String) -> Error {
-        let error = Error::StateMachinePanicked { node: self.node, index, message };
-        tracing::error!(error = %error, "state machine panicked; node stopping");
+        self.stop(Error::StateMachinePanicked { node: self.node, index, message })
+    }
+
+    fn stop(&mut self, error: Error) -> Error {
+        tracing::error!(error = %error, "state machine failed; node stopping");
         self.failure = Some(error.clone());
         for (_, responder) in std::mem::take(&mut self.waiting) {
             responder.finish(Err(error.clone()));
@@ -125,6 +166,8 @@ pub(crate) enum ApplyTask<S: StateMachine> {
         first: LogIndex,
         entries: Vec<Entry<S::Command>>,
     },
+    Snapshot(SnapshotMeta),
+    Restore(Arc<Snapshot>),
     /// Fill in what only the applier knows (digest, applied index) and answer.
     Status {
         status: Box<NodeStatus>,
@@ -150,13 +193,14 @@ pub(crate) struct ApplyThread<S: StateMachine> {
 }
 
 impl<S: StateMachine> ApplyQueue<S> {
-    /// Starts `applier` on its own thread.
-    pub fn spawn(applier: Applier<S>) -> Result<Self, Error> {
+    /// Starts `applier` on its own thread; snapshots it takes go to `taken`.
+    pub fn spawn(applier: Applier<S>, taken: Sender<Arc<Snapshot>>) -> Result<Self, Error> {
         let (tx, rx) = unbounded::<ApplyTask<S>>();
         let failure = Arc::new(Mutex::new(None));
         let failed = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let (f, fl, st) = (Arc::clone(&failure), Arc::clone(&failed), Arc::clone(&stop));
+        let out = taken;
         let mut applier = applier;
         let thread = std::thread::Builder::new()
             .name(format!("raft-n{}-apply", applier.node.0))
@@ -165,7 +209,7 @@ impl<S: StateMachine> ApplyQueue<S> {
                     if st.load(Ordering::Relaxed) {
                         return;
                     }
-                    if let Err(e) = run_task(&mut applier, task, &st) {
+                    if let Err(e) = run_task(&mut applier, task, &st, &out) {
                         *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                         fl.store(true, Ordering::Release);
                     }
@@ -199,6 +243,29 @@ impl<S: StateMachine> ApplyQueue<S> {
             }
             ApplyQueue::Thread(t) => {
                 t.send(ApplyTask::Entries { first, entries: entries.to_vec() });
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes a snapshot once every apply queued before is done. Inline, it is returned at
+    /// once; on the apply thread it arrives later through the node's `taken` channel.
+    pub fn snapshot(&mut self, meta: SnapshotMeta) -> Result<Option<Arc<Snapshot>>, Error> {
+        match self {
+            ApplyQueue::Inline(applier) => applier.snapshot(meta).map(Some),
+            ApplyQueue::Thread(t) => {
+                t.send(ApplyTask::Snapshot(meta));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Replaces the state machine's state with `snapshot`'s, in order with the applies.
+    pub fn restore(&mut self, snapshot: Arc<Snapshot>) -> Result<(), Error> {
+        match self {
+            ApplyQueue::Inline(applier) => applier.restore(&snapshot),
+            ApplyQueue::Thread(t) => {
+                t.send(ApplyTask::Restore(snapshot));
                 Ok(())
             }
         }
@@ -268,8 +335,14 @@ fn run_task<S: StateMachine>(
     applier: &mut Applier<S>,
     task: ApplyTask<S>,
     stop: &AtomicBool,
+    taken: &Sender<Arc<Snapshot>>,
 ) -> Result<(), Error> {
     match task {
+        ApplyTask::Snapshot(meta) => {
+            let snapshot = applier.snapshot(meta)?;
+            let _ = taken.send(snapshot); // NB: fails only while the node is stopping
+        }
+        ApplyTask::Restore(snapshot) => applier.restore(&snapshot)?,
         ApplyTask::Await { index, term, responder } => applier.await_entry(index, term, responder),
         ApplyTask::Entries { first, entries } => {
             for (i, entry) in entries.iter().enumerate() {
@@ -355,6 +428,12 @@ mod tests {
             fn apply(&mut self, _: LogIndex, c: &u8) -> u8 {
                 assert!(*c != 0, "zero is not allowed");
                 *c
+            }
+            fn snapshot(&self) -> Vec<u8> {
+                Vec::new()
+            }
+            fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+                Ok(())
             }
         }
         let mut applier = Applier::new(NodeId(2), Boom, LogIndex(0));

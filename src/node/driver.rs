@@ -7,15 +7,17 @@
 //! arrives as [`Driver::tick`], from a ticker thread in the runtime and from virtual time in the
 //! simulator.
 
-use crossbeam_channel::Sender;
+use std::sync::Arc;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::apply::{Applier, ApplyQueue};
 use super::receipt::Responder;
-use super::{NodeStatus, Request, RpcCounts};
+use super::{Compaction, NodeStatus, Request, RpcCounts};
 use crate::config::Config;
 use crate::core::{Action, Core, Input, MembershipChange, Role};
 use crate::error::Error;
-use crate::message::{Body, Configuration, Message};
+use crate::message::{Body, Configuration, Message, Snapshot};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
 use crate::transport::Transport;
@@ -61,6 +63,9 @@ pub(crate) struct Driver<S: StateMachine, St, T> {
     /// Responders of the proposals being stepped, until `Action::Proposed` names their indexes.
     batch: Vec<Responder<S::Output>>,
     change_reply: Option<Sender<Result<Configuration, Error>>>,
+    compact_replies: Vec<Sender<Result<Compaction, Error>>>,
+    /// Snapshots taken where the state machine lives, on their way back to the core.
+    taken: (Sender<Arc<Snapshot>>, Receiver<Arc<Snapshot>>),
     /// The actions of the step being executed (kept to reuse the allocation).
     actions: Vec<Action<S::Command>>,
     rpcs: RpcCounts,
@@ -84,11 +89,16 @@ where
         apply_on: ApplyOn,
     ) -> Result<Self, Error> {
         let state = storage.load().map_err(|e| Error::Storage(e.to_string()))?;
+        let snapshot = state.snapshot.clone();
         let core = Core::new(id, config, state).with_sizer(S::command_size);
-        let applier = Applier::new(id, state_machine, core.status().last_applied);
+        let mut applier = Applier::new(id, state_machine, core.status().last_applied);
+        if let Some(snapshot) = snapshot {
+            applier.restore(&snapshot)?; // restart from a snapshot: apply only the tail
+        }
+        let taken = unbounded();
         let apply = match apply_on {
             ApplyOn::Inline => ApplyQueue::Inline(applier),
-            ApplyOn::Thread => ApplyQueue::spawn(applier)?,
+            ApplyOn::Thread => ApplyQueue::spawn(applier, taken.0.clone())?,
         };
         let last_seen = (core.role(), core.term(), None);
         Ok(Driver {
@@ -98,6 +108,8 @@ where
             apply,
             batch: Vec::new(),
             change_reply: None,
+            compact_replies: Vec::new(),
+            taken,
             actions: Vec::new(),
             rpcs: RpcCounts::default(),
             max_command_bytes: config.max_command_bytes,
@@ -172,6 +184,7 @@ where
                     self.change(change, reply, observe)?
                 }
                 Request::Status { reply } => self.status(reply),
+                Request::Compact { reply } => self.compact(reply, observe)?,
             }
             if commands.len() < MAX_PROPOSAL_BATCH {
                 next = more.next();
@@ -197,6 +210,36 @@ where
         self.step(Input::ChangeMembership(change), observe)
     }
 
+    /// Snapshots through the applied index, unless a snapshot already covers it.
+    fn compact(
+        &mut self,
+        reply: Sender<Result<Compaction, Error>>,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        let status = self.core.status();
+        if status.last_applied <= status.snapshot_index {
+            let up_to_date = Compaction::UpToDate { snapshot_index: status.snapshot_index };
+            let _ = reply.send(Ok(up_to_date));
+            return Ok(());
+        }
+        self.compact_replies.push(reply);
+        self.step(Input::Compact, observe)
+    }
+
+    /// Where snapshots taken on the apply thread arrive; the runtime waits on it too.
+    pub fn taken(&self) -> &Receiver<Arc<Snapshot>> {
+        &self.taken.1
+    }
+
+    /// A snapshot taken off the node's thread is ready: the core compacts its log.
+    pub fn snapshot_taken(
+        &mut self,
+        snapshot: Arc<Snapshot>,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        self.step(Input::SnapshotTaken(snapshot), observe)
+    }
+
     /// Sends the node's status to `reply` once the applier has filled in its part.
     pub fn status(&mut self, reply: Sender<NodeStatus>) {
         let status =
@@ -204,8 +247,21 @@ where
         self.apply.status(status, reply);
     }
 
-    /// One core step, then its actions in order, as far as `observe` allows.
+    /// One core step, then its actions in order, as far as `observe` allows; then the core
+    /// learns of any snapshot taken meanwhile.
     pub fn step(
+        &mut self,
+        input: Input<S::Command>,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        self.step_once(input, observe)?;
+        while let Ok(snapshot) = self.taken.1.try_recv() {
+            self.step_once(Input::SnapshotTaken(snapshot), observe)?;
+        }
+        Ok(())
+    }
+
+    fn step_once(
         &mut self,
         input: Input<S::Command>,
         observe: &mut Observer<'_, S::Command>,
@@ -250,6 +306,25 @@ where
                     let _ = reply.send(result);
                 }
             }
+            Action::TakeSnapshot(meta) => {
+                if let Some(snapshot) = self.apply.snapshot(meta)? {
+                    let _ = self.taken.0.send(snapshot); // the receiver is ours: never fails
+                }
+            }
+            Action::PersistSnapshot(snapshot) => {
+                self.storage.save_snapshot(&snapshot).map_err(storage_error)?;
+                let status = self.core.status();
+                let done = Compaction::Snapshot {
+                    index: snapshot.meta.index,
+                    term: snapshot.meta.term,
+                    bytes: snapshot.data.len(),
+                    log_entries: status.log_entries,
+                };
+                for reply in self.compact_replies.drain(..) {
+                    let _ = reply.send(Ok(done.clone()));
+                }
+            }
+            Action::Restore(snapshot) => self.apply.restore(snapshot)?,
             Action::Notice(notice) if notice.is_warning() => tracing::warn!("{notice}"),
             Action::Notice(notice) => tracing::debug!("{notice}"),
         }
@@ -282,7 +357,10 @@ impl RpcCounts {
             Body::RequestVote(rv) if rv.pre_vote => self.pre_votes += 1,
             Body::RequestVote(_) => self.request_votes += 1,
             Body::TimeoutNow => self.timeout_nows += 1,
-            Body::AppendEntriesReply(_) | Body::RequestVoteReply(_) => self.replies += 1,
+            Body::InstallSnapshot(_) => self.install_snapshots += 1,
+            Body::AppendEntriesReply(_)
+            | Body::RequestVoteReply(_)
+            | Body::InstallSnapshotReply(_) => self.replies += 1,
         }
     }
 }

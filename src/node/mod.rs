@@ -23,6 +23,7 @@ use crate::core::{MembershipChange, Status};
 use crate::error::Error;
 use crate::message::Configuration;
 use crate::state_machine::StateMachine;
+use crate::types::{LogIndex, Term};
 
 /// A client request to one node. Whoever delivers it (a node thread's channel, the simulator's
 /// virtual network), the driver handles it the same way.
@@ -30,6 +31,28 @@ pub(crate) enum Request<S: StateMachine> {
     Propose { command: S::Command, responder: Responder<S::Output> },
     ChangeMembership { change: MembershipChange, reply: Sender<Result<Configuration, Error>> },
     Status { reply: Sender<NodeStatus> },
+    Compact { reply: Sender<Result<Compaction, Error>> },
+}
+
+/// What [`NodeHandle::compact`](crate::NodeHandle::compact) did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compaction {
+    /// A snapshot now covers the log through `index`; the entries before it left memory.
+    Snapshot {
+        /// The last index the snapshot covers.
+        index: LogIndex,
+        /// That entry's term.
+        term: Term,
+        /// The snapshot's size in bytes.
+        bytes: usize,
+        /// How many entries the log still holds after it.
+        log_entries: u64,
+    },
+    /// Nothing to do: the latest snapshot already covers every applied entry.
+    UpToDate {
+        /// The latest snapshot's last index.
+        snapshot_index: LogIndex,
+    },
 }
 
 /// A node's status: the core's view, the state machine's digest, and counters.
@@ -57,6 +80,8 @@ pub struct RpcCounts {
     pub pre_votes: u64,
     /// TimeoutNow requests (leadership transfer).
     pub timeout_nows: u64,
+    /// InstallSnapshot chunks.
+    pub install_snapshots: u64,
     /// Replies of every kind.
     pub replies: u64,
 }
@@ -64,6 +89,10 @@ pub struct RpcCounts {
 impl RpcCounts {
     /// All requests, of every kind.
     pub fn requests(&self) -> u64 {
-        self.append_entries + self.request_votes + self.pre_votes + self.timeout_nows
+        self.append_entries
+            + self.request_votes
+            + self.pre_votes
+            + self.timeout_nows
+            + self.install_snapshots
     }
 }

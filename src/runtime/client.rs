@@ -15,7 +15,7 @@ use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use crate::core::MembershipChange;
 use crate::error::Error;
 use crate::message::Configuration;
-use crate::node::{receipt, Applied, NodeStatus, Receipt, Request};
+use crate::node::{receipt, Applied, Compaction, NodeStatus, Receipt, Request};
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 
@@ -64,6 +64,15 @@ impl<S: StateMachine> NodeHandle<S> {
         let (reply, rx) = bounded(1);
         self.requests.send(Request::Status { reply }).map_err(|_| Error::NodeDown(self.id))?;
         rx.recv_timeout(timeout).map_err(|e| self.recv_error(e))
+    }
+
+    /// Compacts this node's log now: snapshots its state machine through the last applied
+    /// index and drops the entries before it from memory (the storage keeps the snapshot and
+    /// the tail). Says what it did; waits up to `timeout`. Any node may compact, leader or not.
+    pub fn compact(&self, timeout: Duration) -> Result<Compaction, Error> {
+        let (reply, rx) = bounded(1);
+        self.requests.send(Request::Compact { reply }).map_err(|_| Error::NodeDown(self.id))?;
+        rx.recv_timeout(timeout).map_err(|e| self.recv_error(e))?
     }
 
     /// Asks this node (which must lead) to make a membership change, waiting up to `timeout`

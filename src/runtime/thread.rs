@@ -78,6 +78,7 @@ fn serve_failed<S: StateMachine>(driver: &mut NodeDriver<S>, channels: &Channels
             recv(channels.requests) -> req => match req {
                 Ok(Request::Propose { responder, .. }) => responder.finish(Err(error.clone())),
                 Ok(Request::ChangeMembership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
+                Ok(Request::Compact { reply }) => { let _ = reply.send(Err(error.clone())); }
                 Ok(Request::Status { reply }) => {
                     let status = NodeStatus {
                         core: core.clone(),
@@ -142,6 +143,10 @@ fn wait<S: StateMachine>(
             Err(_) => Ok(false),
         },
         recv(ticker) -> _ => driver.tick(&mut execute_all).map(|()| true),
+        recv(driver.taken().clone()) -> snapshot => match snapshot {
+            Ok(snapshot) => driver.snapshot_taken(snapshot, &mut execute_all).map(|()| true),
+            Err(_) => Ok(false),
+        },
     }
 }
 

@@ -19,7 +19,7 @@ use std::hash::Hasher;
 
 use super::trace::Fnv;
 use crate::core::{Action, Core, Role};
-use crate::message::{Body, Entry};
+use crate::message::{Body, Entry, Snapshot};
 use crate::types::{LogIndex, NodeId, Term};
 
 /// Which property a run broke.
@@ -123,6 +123,8 @@ struct Global {
     committed: Vec<Committed>,
     /// Prefix hash of the entry applied at each index, index 1 first.
     applied: Vec<u64>,
+    /// Hash of the bytes of the first snapshot seen at each index.
+    snapshots: BTreeMap<LogIndex, u64>,
 }
 
 /// Observes cores step by step; see the module docs.
@@ -147,8 +149,22 @@ impl Checker {
     /// A node started: first boot, or a restart that must find exactly its persisted log.
     pub fn node_started<C: Clone + Debug>(&mut self, core: &Core<C>) -> Result<(), Violation> {
         let id = core.id();
-        let log = hash_log(core);
         let view = self.nodes.entry(id).or_default();
+        // NB: the shadow keeps the hashes of entries a snapshot compacted away; a node restarts
+        // with its log after the snapshot only.
+        let offset = core.log().offset().0 as usize;
+        let mut log = view.log.clone();
+        log.truncate(offset);
+        if log.len() < offset {
+            return fail(
+                Rule::Durability,
+                id,
+                format!("restarted from an unknown snapshot at i{offset}"),
+            );
+        }
+        let mut shadow = NodeView { log, ..NodeView::default() };
+        rehash_from(&mut shadow, core, LogIndex(offset as u64 + 1));
+        let log = shadow.log;
         if view.booted && view.log != log {
             let d = first_difference(&view.log, &log);
             return fail(
@@ -163,7 +179,7 @@ impl Checker {
         view.commit = core.commit_index();
         view.applied = core.last_applied();
         check_term(view, id, core.term())?;
-        register_entries(&mut self.global, id, &view.log, 1)
+        register_entries(&mut self.global, id, &view.log, offset as u64 + 1)
     }
 
     /// A node crashed: its volatile state is gone; the checker keeps its log shadow.
@@ -201,6 +217,13 @@ fn check_log_change<C: Clone + Debug>(
     actions: &[Action<C>],
     was_leader_of: Option<Term>,
 ) -> Check {
+    for action in actions {
+        match action {
+            Action::PersistSnapshot(snapshot) => check_snapshot(g, core.id(), snapshot)?,
+            Action::Restore(snapshot) => install_shadow(g, view, core, snapshot)?,
+            _ => {}
+        }
+    }
     let from = actions.iter().find_map(|a| match a {
         Action::PersistEntries { from } => Some(*from),
         _ => None,
@@ -243,9 +266,49 @@ fn check_persisted<C: Clone>(view: &NodeView, core: &Core<C>) -> Check {
     Ok(())
 }
 
+/// Every snapshot of index `i`, whoever took or installed it, holds the same bytes: the state
+/// machine after applying the committed log through `i` (SP-5 for snapshots).
+fn check_snapshot(g: &mut Global, id: NodeId, snapshot: &Snapshot) -> Check {
+    let mut h = Fnv::default();
+    h.write(&snapshot.data);
+    let hash = h.finish();
+    let first = *g.snapshots.entry(snapshot.meta.index).or_insert(hash);
+    if first != hash {
+        let detail =
+            format!("snapshot through {} differs from another node's", snapshot.meta.index);
+        return fail(Rule::StateMachineSafety, id, detail);
+    }
+    Ok(())
+}
+
+/// A follower installed `snapshot`: its log through the snapshot's index is now the committed
+/// log (which must hold the snapshot's last entry), followed by whatever it kept.
+fn install_shadow<C: Clone + Debug>(
+    g: &mut Global,
+    view: &mut NodeView,
+    core: &Core<C>,
+    snapshot: &Snapshot,
+) -> Check {
+    let (id, index) = (core.id(), snapshot.meta.index);
+    let pos = index.0 as usize;
+    match g.committed.get(pos.wrapping_sub(1)) {
+        Some(c) if c.term == snapshot.meta.term => {}
+        _ => {
+            let detail = format!(
+                "installed a snapshot through {index}@{} that is not the committed entry there",
+                snapshot.meta.term
+            );
+            return fail(Rule::StateMachineSafety, id, detail);
+        }
+    }
+    view.log = g.committed[..pos].iter().map(|c| (c.term, c.prefix)).collect();
+    rehash_from(view, core, index.next());
+    register_entries(g, id, &view.log, index.0 + 1)
+}
+
 /// Replaces the shadow from `from` onward with hashes of the core's log.
 fn rehash_from<C: Clone + Debug>(view: &mut NodeView, core: &Core<C>, from: LogIndex) {
-    assert_eq!(core.log().offset(), LogIndex(0), "the checker predates log compaction");
+    assert!(from > core.log().offset(), "compacted entries never change");
     view.log.truncate(from.0.saturating_sub(1) as usize);
     let mut prev = view.log.last().map_or(0, |e| e.1);
     for entry in core.log().entries_from(from, usize::MAX) {
@@ -402,6 +465,14 @@ fn check_applies<C: Clone>(
     actions: &[Action<C>],
 ) -> Check {
     for action in actions {
+        if let Action::Restore(snapshot) = action {
+            // Installing a snapshot applies, at once, every entry through its index.
+            for i in view.applied.0 + 1..=snapshot.meta.index.0 {
+                record_apply(g, core.id(), LogIndex(i), view.log[i as usize - 1])?;
+            }
+            view.applied = view.applied.max(snapshot.meta.index);
+            continue;
+        }
         let Action::Apply { from, to } = *action else { continue };
         check_apply_range(view, core, from, to)?;
         for i in from.0..=to.0 {
@@ -443,13 +514,6 @@ fn record_apply(g: &mut Global, id: NodeId, index: LogIndex, (term, prefix): (Te
             Ok(())
         }
     }
-}
-
-/// The shadow of a whole log.
-fn hash_log<C: Clone + Debug>(core: &Core<C>) -> Vec<(Term, u64)> {
-    let mut view = NodeView::default();
-    rehash_from(&mut view, core, LogIndex(1));
-    view.log
 }
 
 /// `H(prev, term, payload)`; the payload is hashed through its `Debug` form, the one thing

@@ -243,6 +243,8 @@ impl<S: StateMachine> Simulator<S> {
             }
             // The node went down with it: the outcome is unknown until the client times out.
             Err(Error::NodeDown(_)) => {}
+            // A snapshot covered its index before the node could tell: unknown.
+            Err(Error::Timeout) => self.give_up(client, op, "outcome unknown"),
             Err(e) => {
                 self.clients.history[op].not_applied = true;
                 self.give_up(client, op, &format!("refused: {e}"));

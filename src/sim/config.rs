@@ -136,6 +136,7 @@ impl SimConfig {
             max_inflight: 8,
             catch_up_timeout: Duration::from_secs(1),
             seed,
+            snapshot_entries: 0,
             ..Config::default()
         };
         SimConfig {

@@ -40,6 +40,8 @@ mod schedule;
 mod trace;
 
 #[cfg(test)]
+mod snapshot_tests;
+#[cfg(test)]
 mod tests;
 
 use std::cmp::Ordering;
@@ -124,6 +126,10 @@ pub struct Stats {
     pub dropped: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Snapshots taken (by policy or on demand) and persisted.
+    pub snapshots_taken: u64,
+    /// Snapshots installed from a leader (InstallSnapshot completed).
+    pub snapshots_installed: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.

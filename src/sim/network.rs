@@ -111,7 +111,10 @@ impl Network {
 }
 
 fn is_request<C>(body: &Body<C>) -> bool {
-    matches!(body, Body::RequestVote(_) | Body::AppendEntries(_) | Body::TimeoutNow)
+    matches!(
+        body,
+        Body::RequestVote(_) | Body::AppendEntries(_) | Body::TimeoutNow | Body::InstallSnapshot(_)
+    )
 }
 
 /// A duration in virtual microseconds.

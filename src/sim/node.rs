@@ -187,6 +187,13 @@ impl<S: StateMachine> Simulator<S> {
                 let event = step_event(core, summary, actions);
                 trace.record(TraceLine { at: now, event });
             }
+            for action in actions {
+                match action {
+                    Action::Restore(_) => stats.snapshots_installed += 1,
+                    Action::PersistSnapshot(_) => stats.snapshots_taken += 1,
+                    _ => {}
+                }
+            }
             if let Err(v) = checker.after_step(core, actions) {
                 verdict = Err(FailureKind::Safety(v));
             }

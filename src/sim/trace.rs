@@ -65,6 +65,8 @@ pub(crate) enum BodySummary {
     AppendOk { matched: LogIndex },
     AppendReject { rejected: LogIndex },
     TimeoutNow,
+    Snapshot { index: LogIndex, offset: u64, bytes: u64, done: bool },
+    SnapshotReply { index: LogIndex, received: u64, done: bool },
 }
 
 impl MsgSummary {
@@ -97,6 +99,15 @@ impl BodySummary {
                 BodySummary::AppendReject { rejected: *rejected_index }
             }
             Body::TimeoutNow => BodySummary::TimeoutNow,
+            Body::InstallSnapshot(c) => BodySummary::Snapshot {
+                index: c.meta.index,
+                offset: c.offset,
+                bytes: c.data.len() as u64,
+                done: c.done,
+            },
+            Body::InstallSnapshotReply(r) => {
+                BodySummary::SnapshotReply { index: r.index, received: r.received, done: r.done }
+            }
         }
     }
 }
@@ -234,6 +245,12 @@ impl fmt::Display for MsgSummary {
             BodySummary::AppendOk { matched } => write!(f, "AppendOk match={matched}"),
             BodySummary::AppendReject { rejected } => write!(f, "AppendReject at={rejected}"),
             BodySummary::TimeoutNow => f.write_str("TimeoutNow"),
+            BodySummary::Snapshot { index, offset, bytes, done } => {
+                write!(f, "InstallSnapshot {index} at={offset} +{bytes}B done={done}")
+            }
+            BodySummary::SnapshotReply { index, received, done } => {
+                write!(f, "SnapshotReply {index} received={received} done={done}")
+            }
         }
     }
 }

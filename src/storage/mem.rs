@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::HardState;
 use super::{PersistentState, Storage};
-use crate::message::{Configuration, Entry};
+use crate::message::{Configuration, Entry, Snapshot};
 use crate::types::{LogIndex, Term};
 
 /// An in-memory [`Storage`]. Clones share the same data, so the [`crate::Cluster`] keeps one
@@ -30,7 +30,13 @@ impl<C: Clone> MemStorage<C> {
             log_offset: LogIndex(0),
             offset_term: Term(0),
             entries: Vec::new(),
+            snapshot: None,
         };
+        MemStorage { inner: Arc::new(Mutex::new(state)) }
+    }
+
+    /// Storage holding `state`, as if it had been persisted.
+    pub fn from_state(state: PersistentState<C>) -> Self {
         MemStorage { inner: Arc::new(Mutex::new(state)) }
     }
 
@@ -75,6 +81,27 @@ impl<C: Clone + Send + 'static> Storage<C> for MemStorage<C> {
         }
         state.entries.truncate(keep as usize);
         state.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {
+        let mut state = self.lock();
+        let meta = &snapshot.meta;
+        if meta.index <= state.log_offset {
+            return Ok(()); // an older snapshot than the one kept
+        }
+        let covered = (meta.index.0 - state.log_offset.0) as usize;
+        let matches =
+            state.entries.get(covered.wrapping_sub(1)).is_some_and(|e| e.term == meta.term);
+        if matches {
+            state.entries.drain(..covered);
+        } else {
+            state.entries.clear(); // the log conflicts with the snapshot: it all goes
+        }
+        state.log_offset = meta.index;
+        state.offset_term = meta.term;
+        state.base_config = (*meta.config).clone();
+        state.snapshot = Some(Arc::clone(snapshot));
         Ok(())
     }
 }

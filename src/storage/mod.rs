@@ -12,7 +12,9 @@ mod mem;
 
 pub use mem::MemStorage;
 
-use crate::message::{Configuration, Entry};
+use std::sync::Arc;
+
+use crate::message::{Configuration, Entry, Snapshot};
 use crate::types::{LogIndex, NodeId, Term};
 
 /// currentTerm and votedFor (ST-P1, ST-P2).
@@ -38,6 +40,9 @@ pub struct PersistentState<C> {
     pub offset_term: Term,
     /// The log entries from `log_offset + 1`.
     pub entries: Vec<Entry<C>>,
+    /// The latest snapshot, if any: `log_offset` is its index and `base_config` its
+    /// configuration.
+    pub snapshot: Option<Arc<Snapshot>>,
 }
 
 /// Stable storage for one node. Every method returns only once the data is durable.
@@ -48,6 +53,10 @@ pub trait Storage<C>: Send + 'static {
     fn save_hard_state(&mut self, hard_state: HardState) -> io::Result<()>;
     /// Durably replaces the log from index `first` onwards with `entries` (truncate, then append).
     fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()>;
+    /// Durably stores `snapshot` as the latest and drops the log entries through its index;
+    /// entries after it stay. From then on `load` returns it, with `log_offset` at its index and
+    /// `base_config` its configuration.
+    fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()>;
 }
 
 impl<C: 'static> Storage<C> for Box<dyn Storage<C>> {
@@ -61,5 +70,9 @@ impl<C: 'static> Storage<C> for Box<dyn Storage<C>> {
 
     fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()> {
         (**self).append(first, entries)
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {
+        (**self).save_snapshot(snapshot)
     }
 }

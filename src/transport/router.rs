@@ -126,7 +126,10 @@ impl NetworkFaults {
             Body::RequestVote(_) | Body::RequestVoteReply(_) | Body::TimeoutNow => {
                 self.spare_elections
             }
-            Body::AppendEntries(_) | Body::AppendEntriesReply(_) => self.spare_replication,
+            Body::AppendEntries(_)
+            | Body::AppendEntriesReply(_)
+            | Body::InstallSnapshot(_)
+            | Body::InstallSnapshotReply(_) => self.spare_replication,
         }
     }
 

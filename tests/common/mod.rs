@@ -172,6 +172,14 @@ impl StateMachine for Recorder {
         self.kv.apply(index, command)
     }
 
+    fn snapshot(&self) -> Vec<u8> {
+        self.kv.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.kv.restore(snapshot)
+    }
+
     fn digest(&self) -> u64 {
         self.kv.digest()
     }

@@ -97,7 +97,7 @@ fn figure8_c(bugs: Bugs) -> Net {
     net.campaign(5);
     net.deliver_until(|n| n.node(5).role() == Role::Leader);
     net.crash(5);
-    assert_eq!(net.node(5).disk.entries, [entry(1, 1), noop(3)]);
+    assert_eq!(net.node(5).disk.load().expect("in memory").entries, [entry(1, 1), noop(3)]);
 
     // (c) S1 restarts and, cut off from S4, wins term 4 with S2 and S3 (its term-3 attempt
     // fails: S3 voted for S5 in term 3). Its no-op 3:4 reaches S2; S3, short of i2, first gets

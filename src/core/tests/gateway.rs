@@ -240,7 +240,7 @@ fn gateway_huge_last_index_in_a_rejection_does_not_overflow() {
 }
 
 #[test]
-fn gateway_backtracking_hints_below_the_log_offset_probe_at_the_offset() {
+fn gateway_backtracking_hints_below_the_log_offset_send_the_snapshot() {
     // n1's log was compacted through i5 (term 1); it wins term 2 and appends its no-op at i8.
     let leader = || {
         let mut c = boot(1).offset(5, 1).log(&[1, 1]).start();
@@ -250,9 +250,17 @@ fn gateway_backtracking_hints_below_the_log_offset_probe_at_the_offset() {
         c
     };
     // n2 says its log ends at i1, or names a term n1 no longer holds, starting at i1.
+    // It never reads below its offset: it sends the snapshot that covers it instead (§7).
     for msg in [ae_reject(2, 1, 2, 7, 1), reject(2, 1, 2, 7, (0, 1), 7)] {
         let acts = leader().recv(msg);
-        let prevs: Vec<LogIndex> = appends_to(&acts, 2).iter().map(|a| a.prev_log_index).collect();
-        assert_eq!(prevs, [LogIndex(5)], "never below the offset: {:?}", trace(&acts));
+        assert!(appends_to(&acts, 2).is_empty(), "no AppendEntries: {:?}", trace(&acts));
+        let chunks: Vec<_> = sends(&acts)
+            .into_iter()
+            .filter_map(|m| match &m.body {
+                Body::InstallSnapshot(c) => Some((c.meta.index, c.offset, c.done)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(chunks, [(LogIndex(5), 0, true)], "{:?}", trace(&acts));
     }
 }

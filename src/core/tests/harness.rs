@@ -18,9 +18,9 @@ pub use crate::core::{Action, Bugs, Core, Input, MembershipChange, Notice, Role,
 pub use crate::error::Error;
 pub use crate::message::{
     AppendEntries, AppendEntriesReply, Body, Configuration, Entry, Message, Payload, RequestVote,
-    RequestVoteReply,
+    RequestVoteReply, Snapshot, SnapshotMeta,
 };
-pub use crate::storage::{HardState, PersistentState};
+pub use crate::storage::{HardState, MemStorage, PersistentState, Storage};
 pub use crate::types::{LogIndex, NodeId, Term};
 
 /// The command stored at `index` in `term` by [`Boot::log`] and [`Ae::entries`]: equal (index,
@@ -151,6 +151,15 @@ impl Boot {
             log_offset: LogIndex(self.offset.0),
             offset_term: Term(self.offset.1),
             entries: self.entries,
+            // NB: a compacted log always comes with the snapshot that covers its prefix.
+            snapshot: (self.offset.0 > 0).then(|| {
+                let meta = SnapshotMeta {
+                    index: LogIndex(self.offset.0),
+                    term: Term(self.offset.1),
+                    config: Arc::new(conf(&self.voters, &self.learners)),
+                };
+                Arc::new(Snapshot { meta, data: Arc::from(&b"snapshot"[..]) })
+            }),
         };
         Node::from_disk(NodeId(self.id), self.config, state)
     }
@@ -162,8 +171,9 @@ impl Boot {
 pub struct Node {
     pub core: Core<u64>,
     config: Config,
-    /// What the driver made durable, changed only by persist actions.
-    pub disk: PersistentState<u64>,
+    /// What the driver made durable, changed only by persist actions, through the real
+    /// `Storage` implementation the runtime's default uses.
+    pub disk: MemStorage<u64>,
     /// Commands handed to the state machine by `Apply` actions, in order (this incarnation).
     pub applied: Vec<(LogIndex, u64)>,
     /// Every action this node produced since the test last took them.
@@ -175,10 +185,11 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn from_disk(id: NodeId, config: Config, disk: PersistentState<u64>) -> Self {
+    pub fn from_disk(id: NodeId, config: Config, state: PersistentState<u64>) -> Self {
+        let disk = MemStorage::from_state(state);
         let core = boot_core(id, &config, &disk, None);
         let (applied, history) = (Vec::new(), Vec::new());
-        let applied_through = disk.log_offset;
+        let applied_through = disk.load().expect("in memory").log_offset;
         let bugs = Bugs::default();
         Node { core, config, disk, applied, history, applied_through, bugs, sizer: None }
     }
@@ -245,7 +256,7 @@ impl Node {
         self.core = boot_core(self.id(), &self.config, &self.disk, self.sizer);
         self.core.bugs = self.bugs;
         self.applied.clear();
-        self.applied_through = self.disk.log_offset;
+        self.applied_through = self.disk.load().expect("in memory").log_offset;
     }
 
     pub fn status(&self) -> Status {
@@ -285,19 +296,21 @@ impl Node {
             match action {
                 Action::PersistHardState(hs) => {
                     assert!(!revealed, "{id}: SUB-8 PersistHardState after a send/apply");
-                    self.disk.hard_state = *hs;
+                    self.disk.save_hard_state(*hs).expect("in memory");
                 }
                 Action::PersistEntries { from } => {
                     assert!(!revealed, "{id}: SUB-8 PersistEntries after a send/apply");
-                    let keep = from.0 - 1 - self.disk.log_offset.0;
-                    let keep = usize::try_from(keep).expect("index fits");
-                    assert!(
-                        keep <= self.disk.entries.len(),
-                        "{id}: persist leaves a gap at {from}"
-                    );
-                    self.disk.entries.truncate(keep);
                     let new = self.core.log().entries_from(*from, usize::MAX);
-                    self.disk.entries.extend_from_slice(new);
+                    let stored = self.disk.append(*from, new);
+                    assert!(stored.is_ok(), "{id}: persist from {from}: {stored:?}");
+                }
+                Action::PersistSnapshot(snapshot) => {
+                    assert!(!revealed, "{id}: SUB-8 PersistSnapshot after a send/apply");
+                    self.disk.save_snapshot(snapshot).expect("in memory");
+                }
+                Action::Restore(snapshot) => {
+                    revealed = true;
+                    self.applied_through = snapshot.meta.index;
                 }
                 Action::Send(_) => revealed = true,
                 Action::Apply { from, to } => {
@@ -327,8 +340,10 @@ impl Node {
     fn check_disk_matches_core(&self) {
         let id = self.id();
         let in_memory = HardState { term: self.core.term(), voted_for: self.core.voted_for() };
-        assert_eq!(self.disk.hard_state, in_memory, "{id}: SUB-8 hard state not persisted");
-        assert!(self.disk.entries == self.entries(), "{id}: SUB-8 log not persisted");
+        let disk = self.disk.load().expect("in memory");
+        assert_eq!(disk.hard_state, in_memory, "{id}: SUB-8 hard state not persisted");
+        assert_eq!(disk.log_offset, self.core.log().offset(), "{id}: SUB-8 snapshot not persisted");
+        assert!(disk.entries == self.entries(), "{id}: SUB-8 log not persisted");
     }
 }
 
@@ -336,10 +351,10 @@ impl Node {
 fn boot_core(
     id: NodeId,
     config: &Config,
-    disk: &PersistentState<u64>,
+    disk: &MemStorage<u64>,
     sizer: Option<fn(&u64) -> usize>,
 ) -> Core<u64> {
-    let mut core = Core::new(id, config, disk.clone());
+    let mut core = Core::new(id, config, disk.load().expect("in memory"));
     if let Some(sizer) = sizer {
         core = core.with_sizer(sizer);
     }
@@ -586,6 +601,9 @@ fn show_action(action: &Action<u64>) -> String {
         Action::ChangeDone(Ok(c)) => format!("change done {}", show_config(c)),
         Action::ChangeDone(Err(e)) => format!("change failed {e:?}"),
         Action::Notice(n) => format!("notice: {n}"),
+        Action::TakeSnapshot(meta) => format!("take snapshot {}@{}", meta.index, meta.term),
+        Action::PersistSnapshot(s) => format!("persist snapshot {}@{}", s.meta.index, s.meta.term),
+        Action::Restore(s) => format!("restore snapshot {}@{}", s.meta.index, s.meta.term),
     }
 }
 
@@ -637,6 +655,22 @@ pub fn show_message(m: &Message<u64>) -> String {
             );
         }
         Body::TimeoutNow => s.push_str("TimeoutNow"),
+        Body::InstallSnapshot(c) => {
+            let _ = write!(
+                s,
+                "InstallSnapshot {}@{} at={} +{}",
+                c.meta.index,
+                c.meta.term,
+                c.offset,
+                c.data.len()
+            );
+            if c.done {
+                s.push_str(" done");
+            }
+        }
+        Body::InstallSnapshotReply(r) => {
+            let _ = write!(s, "SnapshotReply {} received={} done={}", r.index, r.received, r.done);
+        }
     }
     s
 }
