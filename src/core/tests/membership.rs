@@ -288,3 +288,24 @@ fn membership_leader_deposed_mid_change_reports_not_leader_and_forgets_the_chang
     assert!(c.core.change.is_none());
     assert!(changes_done(&c.tick(100)).is_empty(), "reported once");
 }
+
+#[test]
+fn membership_second_change_while_the_learner_catches_up_is_refused_change_in_progress() {
+    // The learner's configuration is committed (nothing pending), but its catch-up is not done.
+    let mut c = adding_n4(test_config());
+    assert_eq!(changes_done(&c.step(remove(3))), [Err(Error::ChangeInProgress)]);
+    assert_eq!(changes_done(&c.step(add(5))), [Err(Error::ChangeInProgress)]);
+    assert_eq!(c.status().config, conf(&[1, 2, 3], &[4]));
+}
+
+#[test]
+fn membership_change_on_a_leader_with_an_inherited_uncommitted_config_is_change_in_progress() {
+    // n1 holds {n1, n2, n3, n4} at i2, appended by the previous leader and not committed.
+    let mut c = boot(1).term(1).log(&[1]).start();
+    c.recv(ae(2, 1, 1).prev(1, 1).then(config_entry(1, &[1, 2, 3, 4], &[])));
+    c.campaign();
+    c.recv(vote(2, 1, 2, true));
+    c.recv(vote(3, 1, 2, true));
+    assert_eq!(c.role(), Role::Leader);
+    assert_eq!(changes_done(&c.step(add(5))), [Err(Error::ChangeInProgress)]);
+}
