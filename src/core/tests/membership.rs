@@ -2,6 +2,8 @@
 //! node's learner phase and promotion, removing the leader, and configurations that take effect
 //! on append and fall back on truncation.
 
+use std::time::Duration;
+
 use super::harness::*;
 
 fn add(id: u64) -> Input<u64> {
@@ -204,4 +206,106 @@ fn membership_re_adding_a_learner_left_by_a_leader_change_resumes_its_catch_up()
     assert_eq!(net.node(leader).status().config, conf(&[1, 2, 3, 4], &[]), "promoted");
     let configs = config_entries(net.node(leader));
     assert_eq!(configs.len(), 2, "no second learner entry: {configs:?}");
+}
+
+/// n1 leads {n1, n2, n3} at tick 0 without CheckQuorum (so a lone node can tick for long),
+/// its no-op committed; it has just appended {n1, n2, n3} + learner n4 at i2, and n2 has
+/// acknowledged it, so the catch-up of n4 (which acknowledges nothing yet) is under way.
+/// The minimum election timeout, the length of a fast round, is 15 ticks.
+fn adding_n4(config: Config) -> Node {
+    let config = Config { check_quorum: false, ..config };
+    let mut c = boot(1).config(config).start();
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(ae_ok(2, 1, 1, 1));
+    assert!(changes_done(&c.step(add(4))).is_empty());
+    c.recv(ae_ok(2, 1, 1, 2));
+    assert_eq!((c.commit(), c.core.now), (2, 0));
+    assert_eq!(c.status().config, conf(&[1, 2, 3], &[4]));
+    c
+}
+
+/// Each round: a new command (so n4 is never fully caught up), `ticks` ticks, then n4
+/// acknowledges everything the leader had when the round began.
+fn catch_up_round(c: &mut Node, ticks: u64) {
+    let target = c.status().last_log_index.0;
+    c.propose(&[1]);
+    c.tick(ticks);
+    c.recv(ae_ok(4, 1, 1, target));
+}
+
+#[test]
+fn membership_catch_up_round_lasting_the_minimum_election_timeout_promotes_the_learner() {
+    let mut c = adding_n4(test_config());
+    catch_up_round(&mut c, 15);
+    assert_eq!(c.status().config, conf(&[1, 2, 3, 4], &[]), "15 ticks is fast enough");
+}
+
+#[test]
+fn membership_catch_up_round_one_tick_longer_starts_another_round_from_its_end() {
+    let mut c = adding_n4(test_config());
+    catch_up_round(&mut c, 16);
+    assert_eq!(c.status().config, conf(&[1, 2, 3], &[4]), "16 ticks is slow: round 2");
+    c.tick(15);
+    c.recv(ae_ok(4, 1, 1, 3)); // round 2 began at tick 16 with the leader at i3
+    assert_eq!(c.status().config, conf(&[1, 2, 3, 4], &[]), "round 2 took 15 ticks");
+}
+
+#[test]
+fn membership_learner_gets_ten_catch_up_rounds_then_the_addition_fails() {
+    let mut c = adding_n4(test_config());
+    c.take_history();
+    for _ in 1..=9 {
+        catch_up_round(&mut c, 16);
+    }
+    assert_eq!(c.status().config, conf(&[1, 2, 3], &[4]), "round 10 is under way");
+    catch_up_round(&mut c, 16); // round 10 is slow too: no more rounds
+    assert_eq!(c.status().config, conf(&[1, 2, 3], &[]), "the learner is being removed");
+    assert!(changes_done(&c.take_history()).is_empty(), "not before the removal commits");
+    let last = c.status().last_log_index.0;
+    let done = changes_done(&c.recv(ae_ok(2, 1, 1, last)));
+    assert_eq!(done, [Err(Error::CatchUpFailed(NodeId(4)))]);
+    assert!(c.core.change.is_none());
+}
+
+#[test]
+fn membership_catch_up_fails_one_tick_after_its_deadline_and_not_before() {
+    // catch_up_timeout 300ms = 30 ticks, also the maximum election timeout: deadline tick 30.
+    let mut c = adding_n4(Config { catch_up_timeout: Duration::from_millis(300), ..test_config() });
+    c.tick(30);
+    assert_eq!(c.status().config, conf(&[1, 2, 3], &[4]), "at the deadline: still trying");
+    c.tick(1);
+    assert_eq!(c.status().config, conf(&[1, 2, 3], &[]), "past it: the learner is removed");
+    let done = changes_done(&c.recv(ae_ok(2, 1, 1, 3)));
+    assert_eq!(done, [Err(Error::CatchUpFailed(NodeId(4)))]);
+}
+
+#[test]
+fn membership_leader_deposed_mid_change_reports_not_leader_and_forgets_the_change() {
+    let mut c = adding_n4(test_config());
+    let done = changes_done(&c.recv(ae(2, 1, 2).prev(2, 1)));
+    assert_eq!(done, [Err(Error::NotLeader { leader_hint: None })]);
+    assert!(c.core.change.is_none());
+    assert!(changes_done(&c.tick(100)).is_empty(), "reported once");
+}
+
+#[test]
+fn membership_second_change_while_the_learner_catches_up_is_refused_change_in_progress() {
+    // The learner's configuration is committed (nothing pending), but its catch-up is not done.
+    let mut c = adding_n4(test_config());
+    assert_eq!(changes_done(&c.step(remove(3))), [Err(Error::ChangeInProgress)]);
+    assert_eq!(changes_done(&c.step(add(5))), [Err(Error::ChangeInProgress)]);
+    assert_eq!(c.status().config, conf(&[1, 2, 3], &[4]));
+}
+
+#[test]
+fn membership_change_on_a_leader_with_an_inherited_uncommitted_config_is_change_in_progress() {
+    // n1 holds {n1, n2, n3, n4} at i2, appended by the previous leader and not committed.
+    let mut c = boot(1).term(1).log(&[1]).start();
+    c.recv(ae(2, 1, 1).prev(1, 1).then(config_entry(1, &[1, 2, 3, 4], &[])));
+    c.campaign();
+    c.recv(vote(2, 1, 2, true));
+    c.recv(vote(3, 1, 2, true));
+    assert_eq!(c.role(), Role::Leader);
+    assert_eq!(changes_done(&c.step(add(5))), [Err(Error::ChangeInProgress)]);
 }
