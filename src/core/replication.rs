@@ -67,7 +67,7 @@ impl<C: Clone> Core<C> {
     }
 
     /// LEAD-3: send entries from nextIndex while the window has room.
-    fn maybe_send_append(&mut self, to: NodeId) {
+    pub(super) fn maybe_send_append(&mut self, to: NodeId) {
         let last = self.log.last_index();
         loop {
             // NB: a reply may have just removed this peer (or this leader) from the configuration.

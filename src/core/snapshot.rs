@@ -166,8 +166,10 @@ impl<C: Clone> Core<C> {
         }
     }
 
+    /// The follower holds the snapshot: replication goes on with the entries after it.
     fn on_snapshot_sent(&mut self, to: NodeId) {
         self.on_peer_progress(to);
+        self.maybe_send_append(to);
     }
 
     /// Follower: one chunk of the leader's snapshot (Figure 13's receiver rules, module docs).

@@ -453,4 +453,26 @@ mod tests {
         let one = Entry { term: Term(1), payload: Payload::Command(1u8) };
         assert_eq!(applier.apply(LogIndex(2), &one), Err(error));
     }
+
+    /// A snapshot the state machine cannot read stops the node before anything is applied on a
+    /// half-restored state; the error says what to fix.
+    #[test]
+    fn a_restore_that_fails_stops_the_applier() {
+        use crate::message::{Configuration, Snapshot, SnapshotMeta};
+        let mut applier = Applier::new(NodeId(3), KvStateMachine::new(), LogIndex(0));
+        applier.apply(LogIndex(1), &put("before")).expect("applied");
+        let meta = SnapshotMeta {
+            index: LogIndex(9),
+            term: Term(2),
+            config: std::sync::Arc::new(Configuration::default()),
+        };
+        let garbage = Snapshot { meta, data: std::sync::Arc::from(&[1u8, 2, 3][..]) };
+        let error = applier.restore(&garbage).expect_err("unreadable");
+        let Error::RestoreFailed { node, index, message } = &error else { panic!("{error:?}") };
+        assert_eq!((*node, *index), (NodeId(3), LogIndex(9)));
+        assert!(message.contains("truncated"), "{message}");
+        assert!(error.to_string().contains("restart"), "says what to do: {error}");
+        assert_eq!(applier.apply(LogIndex(2), &put("after")), Err(error.clone()));
+        assert_eq!(applier.state_machine().get("k"), Some("before"), "state left as it was");
+    }
 }

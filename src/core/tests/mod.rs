@@ -17,6 +17,7 @@ mod membership;
 mod notices;
 mod request_vote;
 mod servers;
+mod snapshot;
 
 use harness::*;
 
