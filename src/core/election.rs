@@ -106,6 +106,11 @@ impl<C: Clone> Core<C> {
         let up_to_date = self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
         #[cfg(test)]
         let up_to_date = up_to_date || self.bugs.skip_election_restriction;
+        if !up_to_date && !self.is_voter() {
+            // A voter that still counts this node cannot win without it: its removal may be
+            // uncommitted after all, so it may campaign again to finish it (issue 12).
+            self.membership.restore_campaign_right();
+        }
         if rv.pre_vote {
             // Would vote: a later term (or ours with no leader) and an up-to-date log.
             // A grant carries the pre-vote's term so the pre-candidate counts it; a refusal
