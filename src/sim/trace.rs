@@ -116,6 +116,7 @@ pub(crate) enum InputSummary {
     Tick,
     Receive(MsgSummary),
     Propose { client: u64, op: u64 },
+    Batch { count: u64 },
     Change(MembershipChange),
 }
 
@@ -199,6 +200,7 @@ impl fmt::Display for InputSummary {
             InputSummary::Tick => f.write_str("tick"),
             InputSummary::Receive(m) => write!(f, "recv {m}"),
             InputSummary::Propose { client, op } => write!(f, "propose c{client}#{op}"),
+            InputSummary::Batch { count } => write!(f, "propose batch of {count}"),
             InputSummary::Change(c) => write!(f, "change {c:?}"),
         }
     }
