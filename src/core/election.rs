@@ -69,7 +69,13 @@ impl<C: Clone> Core<C> {
         if !self.may_campaign() || self.role == Role::Leader {
             return;
         }
-        self.votes.clear();
+        #[cfg(test)]
+        let keep = self.bugs.keep_votes_across_elections;
+        #[cfg(not(test))]
+        let keep = false;
+        if !keep {
+            self.votes.clear();
+        }
         self.reset_election_timer(); // CAN-1(c), fresh random value
         if real {
             self.term = self.term.next(); // CAN-1(a)
@@ -120,6 +126,8 @@ impl<C: Clone> Core<C> {
             return self.send_in(reply_term, from, vote_reply(grant, true));
         }
         let free = self.voted_for.is_none_or(|v| v == from);
+        #[cfg(test)]
+        let free = free || self.bugs.ignore_voted_for;
         let grant = free && up_to_date && self.leader.is_none_or(|l| l == from);
         if grant {
             self.voted_for = Some(from);

@@ -40,6 +40,8 @@ mod schedule;
 mod trace;
 
 #[cfg(test)]
+mod bites;
+#[cfg(test)]
 mod tests;
 
 use std::cmp::Ordering;

@@ -9,17 +9,17 @@ use crate::core::Bugs;
 use crate::kv::{KvCommand, KvStateMachine};
 
 /// A scenario: the config and fault schedule for one seed.
-type Scenario = fn(u64) -> (SimConfig, Schedule);
+pub(super) type Scenario = fn(u64) -> (SimConfig, Schedule);
 
 /// Random faults (crashes, restarts, isolations, splits, lossy spells) on 3 or 5 nodes.
-fn faulty(seed: u64) -> (SimConfig, Schedule) {
+pub(super) fn faulty(seed: u64) -> (SimConfig, Schedule) {
     let config = SimConfig::new(seed, 3 + 2 * (seed % 2));
     let schedule = Schedule::random(&config);
     (config, schedule)
 }
 
 /// Random faults plus churn with quick reboots of candidates (votes must survive restarts).
-fn reboots(seed: u64) -> (SimConfig, Schedule) {
+pub(super) fn reboots(seed: u64) -> (SimConfig, Schedule) {
     let (mut config, schedule) = faulty(seed);
     config.churn = Some(Churn::default());
     (config, schedule)
@@ -27,7 +27,7 @@ fn reboots(seed: u64) -> (SimConfig, Schedule) {
 
 /// The Figure 8 shape: short-lived leaders on 3 nodes, one entry per AppendEntries so a new
 /// leader replicates old-term entries before its no-op, and 20% loss so replication is partial.
-fn figure8(seed: u64) -> (SimConfig, Schedule) {
+pub(super) fn figure8(seed: u64) -> (SimConfig, Schedule) {
     let mut config = SimConfig::new(seed, 3);
     config.raft.max_entries_per_append = 1;
     config.network.drop_request = 0.2;
@@ -40,7 +40,11 @@ fn figure8(seed: u64) -> (SimConfig, Schedule) {
     (config, Schedule::default())
 }
 
-fn run_with_bugs(scenario: Scenario, seed: u64, bugs: Bugs) -> Result<RunReport, SimFailure> {
+pub(super) fn run_with_bugs(
+    scenario: Scenario,
+    seed: u64,
+    bugs: Bugs,
+) -> Result<RunReport, SimFailure> {
     let (config, schedule) = scenario(seed);
     let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("scenarios are valid");
     sim.set_bugs(bugs);
@@ -48,7 +52,7 @@ fn run_with_bugs(scenario: Scenario, seed: u64, bugs: Bugs) -> Result<RunReport,
 }
 
 /// Whether a failure is a safety finding (not a liveness one, which bugs may also cause).
-fn is_safety(f: &SimFailure) -> bool {
+pub(super) fn is_safety(f: &SimFailure) -> bool {
     matches!(
         f.kind,
         FailureKind::Safety(_) | FailureKind::NotLinearizable(_) | FailureKind::CorePanic { .. }
@@ -58,6 +62,15 @@ fn is_safety(f: &SimFailure) -> bool {
 /// The first seed below `max_seeds` whose run with `bugs` fails on safety.
 fn hunt(scenario: Scenario, bugs: Bugs, max_seeds: u64) -> Option<SimFailure> {
     (0..max_seeds).find_map(|seed| run_with_bugs(scenario, seed, bugs).err().filter(is_safety))
+}
+
+/// The first seed in `seeds` whose run with `bugs` fails on safety.
+pub(super) fn hunt_range(
+    scenario: Scenario,
+    bugs: Bugs,
+    seeds: std::ops::Range<u64>,
+) -> Option<SimFailure> {
+    seeds.into_iter().find_map(|seed| run_with_bugs(scenario, seed, bugs).err().filter(is_safety))
 }
 
 /// Asserts the bug is found, and returns the failure for rule-specific checks.
