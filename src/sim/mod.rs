@@ -76,7 +76,7 @@ enum Event<S: StateMachine> {
     /// A node's clock ticks (ignored if the node restarted since it was scheduled).
     Tick { node: NodeId, incarnation: u64 },
     /// A message reaches its receiver (if the partition and the receiver allow).
-    Deliver(Message<S::Command>),
+    Deliver(Box<Message<S::Command>>),
     /// A client's request, reply, retry or timeout.
     Client(ClientEvent<S::Output>),
     /// An attempt at a pending membership change.
@@ -297,7 +297,7 @@ impl<S: StateMachine> Simulator<S> {
     fn dispatch(&mut self, event: Event<S>) -> Result<(), FailureKind> {
         match event {
             Event::Tick { node, incarnation } => self.on_tick(node, incarnation),
-            Event::Deliver(msg) => self.deliver(msg),
+            Event::Deliver(msg) => self.deliver(*msg),
             Event::Client(e) => self.on_client_event(e),
             Event::Admin(op) => self.on_admin(op),
             Event::Churn { node, incarnation, term } => self.on_churn(node, incarnation, term),
