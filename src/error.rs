@@ -335,6 +335,17 @@ pub enum FaultError {
     },
     /// A link fault names the same node at both ends; links join two different nodes.
     SelfLink(NodeId),
+    /// A clock drift bound outside (0, 1]: 0 means no drift (switch it off instead), and
+    /// above 1 a clock could run backwards.
+    DriftBound(f64),
+    /// A pause longer than the whole run (fault phase plus quiet period): the node would never
+    /// resume, which is a crash, not a pause.
+    PauseTooLong {
+        /// The pause asked for.
+        pause: Duration,
+        /// The run's length.
+        run: Duration,
+    },
 }
 
 impl fmt::Display for FaultError {
@@ -359,6 +370,12 @@ impl fmt::Display for FaultError {
             }
             FaultError::SelfLink(id) => {
                 write!(f, "link {id} -> {id} joins a node to itself: name two different nodes")
+            }
+            FaultError::DriftBound(value) => {
+                write!(f, "clock drift bound {value} is outside (0, 1]: use None for no drift")
+            }
+            FaultError::PauseTooLong { pause, run } => {
+                write!(f, "a pause of {pause:?} outlasts the {run:?} run: crash the node instead")
             }
         }
     }

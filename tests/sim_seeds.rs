@@ -126,9 +126,11 @@ fn replay() {
     let Some(seed) = std::env::var("FERRAFT_SEED").ok().and_then(|s| s.parse().ok()) else {
         return; // nothing to replay
     };
-    for (name, scenario) in
-        [("sweep", scenario as fn(u64) -> _), ("membership", membership_scenario)]
-    {
+    for (name, scenario) in [
+        ("sweep", scenario as fn(u64) -> _),
+        ("membership", membership_scenario),
+        ("nemesis", nemesis_scenario),
+    ] {
         let (mut config, schedule) = scenario(seed);
         config.record_trace = true;
         println!("{name} seed {seed}: {config:?}\n{schedule:?}");
@@ -137,4 +139,82 @@ fn replay() {
             Err(failure) => panic!("{name} {failure}"),
         }
     }
+}
+
+/// The issue-12 fault model on sizes 3, 5, 7, membership changes on a fifth of the seeds:
+/// one-way cuts, deaf nodes, pauses, crashes between a step's actions, removed nodes that
+/// restart, long-tail delays, drifting clocks and client batches, each on a share of seeds.
+fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
+    let (mut config, _) = scenario(seed);
+    config.clock_drift = (seed % 3 != 1).then_some([0.05, 0.2, 0.5][(seed / 3 % 3) as usize]);
+    config.network.long_tail = [0.0, 0.01, 0.05][(seed / 2 % 3) as usize];
+    if seed % 6 == 5 {
+        config.clients = 12;
+        config.batch_window = Some(Duration::from_millis(1));
+    }
+    let schedule = if seed % 5 == 4 {
+        Schedule::random_with_membership(&config)
+    } else {
+        Schedule::random(&config)
+    };
+    (config, schedule)
+}
+
+/// Soak: `FERRAFT_SOAK=n` runs n seeds of [`nemesis_scenario`] from `FERRAFT_SOAK_START`
+/// (default 0), printing progress every `FERRAFT_SOAK_EVERY` seconds (default 30) and a final
+/// summary line. Safety violations fail the test at once; liveness failures (safe, but not
+/// converged after healing) are listed and counted separately, and fail it at the end.
+/// Without `FERRAFT_SOAK` it runs a short smoke (50 seeds in release builds).
+#[test]
+fn soak_with_the_issue_12_fault_model() {
+    let env = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
+    let smoke = if cfg!(debug_assertions) { 5 } else { 50 };
+    let n = env("FERRAFT_SOAK").unwrap_or(smoke);
+    let first = env("FERRAFT_SOAK_START").unwrap_or(0);
+    let every = Duration::from_secs(env("FERRAFT_SOAK_EVERY").unwrap_or(30));
+    let start = Instant::now();
+    let mut last_print = Instant::now();
+    let (mut done, mut simulated, mut liveness) = (0u64, Duration::ZERO, Vec::new());
+    let mut stats = (0u64, 0u64, 0u64, 0u64); // mid-step crashes, batches, removed campaigns, crashes
+    for seed in first..first + n {
+        let (config, schedule) = nemesis_scenario(seed);
+        match run_kv(&config, &schedule) {
+            Ok(report) => {
+                simulated += report.simulated;
+                stats.0 += report.stats.mid_step_crashes;
+                stats.1 += report.stats.batches;
+                stats.2 += report.stats.removed_campaigns;
+                stats.3 += report.stats.crashes;
+            }
+            Err(f) if f.kind.is_liveness() => {
+                println!("LIVENESS seed {seed}: {}", f.kind);
+                liveness.push(seed);
+            }
+            Err(f) => panic!("SAFETY {f}\n{}", replay_hint(seed)),
+        }
+        done += 1;
+        if last_print.elapsed() >= every {
+            last_print = Instant::now();
+            let wall = start.elapsed().as_secs_f64();
+            println!(
+                "soak progress: {done}/{n} seeds (up to {seed}) in {wall:.0}s, {:.1} seeds/s, {:.0}x real time, 0 safety, {} liveness",
+                done as f64 / wall,
+                simulated.as_secs_f64() / wall,
+                liveness.len()
+            );
+        }
+    }
+    let wall = start.elapsed().as_secs_f64();
+    println!(
+        "soak summary: {done} seeds ({first}..{}) in {wall:.0}s: {:.1} seeds/s, {:.0} simulated s per wall s, 0 safety violations, {} liveness failures {liveness:?}; {} crashes ({} mid-step), {} client batches, {} removed-node campaigns",
+        first + n,
+        done as f64 / wall,
+        simulated.as_secs_f64() / wall,
+        liveness.len(),
+        stats.3,
+        stats.0,
+        stats.1,
+        stats.2
+    );
+    assert!(liveness.is_empty(), "liveness failures at seeds {liveness:?}");
 }

@@ -69,7 +69,13 @@ impl<C: Clone> Core<C> {
         if !self.may_campaign() || self.role == Role::Leader {
             return;
         }
-        self.votes.clear();
+        #[cfg(test)]
+        let keep = self.bugs.keep_votes_across_elections;
+        #[cfg(not(test))]
+        let keep = false;
+        if !keep {
+            self.votes.clear();
+        }
         self.reset_election_timer(); // CAN-1(c), fresh random value
         if real {
             self.term = self.term.next(); // CAN-1(a)
@@ -106,6 +112,11 @@ impl<C: Clone> Core<C> {
         let up_to_date = self.log.is_up_to_date(rv.last_log_index, rv.last_log_term);
         #[cfg(test)]
         let up_to_date = up_to_date || self.bugs.skip_election_restriction;
+        if !up_to_date && !self.is_voter() {
+            // A voter that still counts this node cannot win without it: its removal may be
+            // uncommitted after all, so it may campaign again to finish it (issue 12).
+            self.membership.restore_campaign_right();
+        }
         if rv.pre_vote {
             // Would vote: a later term (or ours with no leader) and an up-to-date log.
             // A grant carries the pre-vote's term so the pre-candidate counts it; a refusal
@@ -115,6 +126,8 @@ impl<C: Clone> Core<C> {
             return self.send_in(reply_term, from, vote_reply(grant, true));
         }
         let free = self.voted_for.is_none_or(|v| v == from);
+        #[cfg(test)]
+        let free = free || self.bugs.ignore_voted_for;
         let grant = free && up_to_date && self.leader.is_none_or(|l| l == from);
         if grant {
             self.voted_for = Some(from);

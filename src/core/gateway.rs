@@ -25,6 +25,12 @@ impl<C: Clone> Core<C> {
             return;
         }
         if msg.term < self.term {
+            #[cfg(test)]
+            if let (true, Body::AppendEntriesReply(r)) =
+                (self.bugs.accept_stale_append_replies, &msg.body)
+            {
+                return self.handle_append_reply(msg.from, *r);
+            }
             return self.receive_stale(msg);
         }
         match msg.body {

@@ -16,16 +16,26 @@ pub struct Membership {
     base: (LogIndex, Arc<Configuration>),
     /// Configuration entries not yet known committed, in log order.
     pending: Vec<(LogIndex, Arc<Configuration>)>,
+    /// Configurations before this index do not decide whether this node may campaign. On a
+    /// restart it is the latest configuration entry's: which earlier ones committed is unknown,
+    /// and the bootstrap configuration may still name a node whose removal is in the log.
+    since: LogIndex,
 }
 
 impl Membership {
     /// Starts from the bootstrap configuration, then replays configuration entries of the log.
     pub fn new<C>(base: Configuration, offset: LogIndex, entries: &[Entry<C>]) -> Self {
-        let mut m = Membership { base: (offset, Arc::new(base)), pending: Vec::new() };
+        let mut m =
+            Membership { base: (offset, Arc::new(base)), pending: Vec::new(), since: offset };
         for (i, entry) in entries.iter().enumerate() {
             m.on_append(LogIndex(offset.0 + 1 + i as u64), entry);
         }
+        m.since = m.latest_index(); // issue 12: a configuration takes effect on restart too
         m
+    }
+
+    fn latest_index(&self) -> LogIndex {
+        self.pending.last().map_or(self.base.0, |(i, _)| *i)
     }
 
     /// The configuration in force: the latest in the log.
@@ -35,8 +45,17 @@ impl Membership {
 
     /// Whether `id` votes in the committed configuration or in one still pending, as a
     /// server being removed does until its removal commits (thesis §4.2.2).
+    /// Only configurations from [`Membership::since`] on count.
     pub fn votes_in_any(&self, id: crate::types::NodeId) -> bool {
-        self.base.1.voters.contains(&id) || self.pending.iter().any(|(_, c)| c.voters.contains(&id))
+        let votes =
+            |(i, c): &(LogIndex, Arc<Configuration>)| *i >= self.since && c.voters.contains(&id);
+        votes(&self.base) || self.pending.iter().any(votes)
+    }
+
+    /// Lets every configuration in the log count again for [`Membership::votes_in_any`]: a
+    /// candidate still counting this node's vote asked for it.
+    pub fn restore_campaign_right(&mut self) {
+        self.since = LogIndex(0);
     }
 
     /// Whether a configuration entry is still uncommitted.
@@ -60,6 +79,7 @@ impl Membership {
     pub fn on_truncate(&mut self, from: LogIndex) {
         assert!(from > self.base.0, "truncating committed configuration at {}", self.base.0);
         self.pending.retain(|(i, _)| *i < from);
+        self.since = self.since.min(self.latest_index());
     }
 
     /// Folds configurations committed through `commit_index` into the base.

@@ -190,6 +190,28 @@ pub struct Bugs {
     /// Keep the log after an installed snapshot even when its entry at the snapshot's index has
     /// another term (breaks IS-7: a conflicting suffix survives).
     pub snapshot_keeps_conflicting_log: bool,
+    /// Accept a membership change before this term's no-op commits: the 2015 fix removed
+    /// (breaks thesis §4.3 / [RD]).
+    pub skip_2015_fix: bool,
+    /// Handle AppendEntries replies of an older term as if current (breaks SUB-5, TLA
+    /// `DropStaleResponse`).
+    pub accept_stale_append_replies: bool,
+    /// Keep the votes (and pre-votes) of the previous election when starting a new one
+    /// (breaks CAN-1/CAN-2: only this term's votes count).
+    pub keep_votes_across_elections: bool,
+    /// Grant a vote even after voting for another candidate this term (breaks RV-2).
+    pub ignore_voted_for: bool,
+    /// Follower commits up to leaderCommit even past the last entry the request vouched for
+    /// (breaks AE-5).
+    pub commit_beyond_last_new_entry: bool,
+    /// Accept AppendEntries when an entry exists at prevLogIndex, whatever its term (breaks
+    /// AE-2, the Log Matching check).
+    pub skip_prev_term_check: bool,
+    /// Leader sets a follower's matchIndex from its own last index instead of the reply's
+    /// (breaks SUB-5 / LEAD-3a).
+    pub match_index_from_leader_log: bool,
+    /// Persist new entries after the step's sends and applies, not before (breaks SUB-8).
+    pub persist_entries_after_sends: bool,
 }
 
 /// Timing and limits in ticks, derived once from [`Config`].
@@ -413,6 +435,10 @@ impl<C: Clone> Core<C> {
             actions.push(Action::PersistSnapshot(snapshot));
         }
         if let Some(from) = self.persist_from.take() {
+            #[cfg(test)]
+            if self.bugs.persist_entries_after_sends {
+                actions.append(&mut self.out);
+            }
             actions.push(Action::PersistEntries { from });
         }
         actions.append(&mut self.out);

@@ -142,13 +142,23 @@ impl<C: Clone> Core<C> {
         }
         self.reset_election_timer(); // SUB-3: a valid AppendEntries from the current leader
         let ae = self.skip_compacted(ae);
-        if self.log.term_at(ae.prev_log_index) != Some(ae.prev_log_term) {
+        let prev_ok = self.log.term_at(ae.prev_log_index) == Some(ae.prev_log_term);
+        #[cfg(test)]
+        let prev_ok = prev_ok
+            || (self.bugs.skip_prev_term_check && self.log.term_at(ae.prev_log_index).is_some());
+        if !prev_ok {
             let reply = self.reject_reply(ae.prev_log_index);
             return self.send(from, Body::AppendEntriesReply(reply)); // AE-2
         }
         let last_new = ae.last_index();
         self.merge_entries(ae.prev_log_index, ae.entries);
         if ae.leader_commit > self.commit_index {
+            #[cfg(test)]
+            let last_new = if self.bugs.commit_beyond_last_new_entry {
+                self.log.last_index()
+            } else {
+                last_new
+            };
             // AE-5: never past the last entry this request vouched for.
             self.commit_index = self.commit_index.max(ae.leader_commit.min(last_new));
             self.membership.on_commit(self.commit_index);
@@ -241,6 +251,13 @@ impl<C: Clone> Core<C> {
         if self.role != Role::Leader {
             return;
         }
+        #[cfg(test)]
+        let reply = match reply {
+            AppendEntriesReply::Success { .. } if self.bugs.match_index_from_leader_log => {
+                AppendEntriesReply::Success { match_index: self.log.last_index() }
+            }
+            other => other,
+        };
         let Some(p) = self.progress.get_mut(&from) else { return };
         p.recent_active = true;
         match reply {

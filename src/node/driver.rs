@@ -40,8 +40,6 @@ pub(crate) enum ApplyOn {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Execute {
     All,
-    // NB: the simulator's crash points (issue 12) construct it.
-    #[allow(dead_code)]
     First(usize),
 }
 

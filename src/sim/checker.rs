@@ -48,6 +48,9 @@ pub enum Rule {
     /// SUB-8: a restarted node's log is what it had persisted, and every log change is
     /// persisted in the step that makes it.
     Durability,
+    /// AE-3 / SP-4: a log that held a committed entry keeps it, in this incarnation or after
+    /// any number of restarts (commit agreement across incarnations).
+    CommittedEntryKept,
 }
 
 impl fmt::Display for Rule {
@@ -64,6 +67,7 @@ impl fmt::Display for Rule {
             Rule::SingleVote => "ST-P2 one vote per term",
             Rule::CommitMonotonic => "ST-V1 commit index never decreases",
             Rule::Durability => "SUB-8 durability",
+            Rule::CommittedEntryKept => "AE-3/SP-4 committed entries are never removed",
         })
     }
 }
@@ -203,8 +207,24 @@ impl Checker {
         check_term(view, id, core.term())?;
         check_leadership(g, view, core, was_leader_of)?;
         check_votes(g, id, actions)?;
+        let committed_before = g.committed.len();
         check_commit(g, view, core)?;
-        check_applies(g, view, core, actions)
+        check_applies(g, view, core, actions)?;
+        if g.committed.len() > committed_before {
+            self.check_leaders_complete()?;
+        }
+        Ok(())
+    }
+
+    /// SP-4 at every commit advance: each node leading now holds every entry committed in an
+    /// earlier term than its own, not only at the moment it was elected.
+    fn check_leaders_complete(&self) -> Check {
+        for (&id, view) in &self.nodes {
+            if let Some(term) = view.leader_of {
+                check_completeness(&self.global, view, id, term)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -230,10 +250,40 @@ fn check_log_change<C: Clone + Debug>(
     });
     if let Some(from) = from {
         check_append_only(view, core, from, was_leader_of)?;
+        let held = committed_held(g, view, from);
         rehash_from(view, core, from);
+        check_committed_kept(g, view, core.id(), held)?;
         register_entries(g, core.id(), &view.log, from.0)?;
     }
     check_persisted(view, core)
+}
+
+/// The highest index at or after `from` up to which this log holds the committed chain
+/// (committed entries share one chain of prefix hashes, so one match covers everything before).
+fn committed_held(g: &Global, view: &NodeView, from: LogIndex) -> u64 {
+    let top = view.log.len().min(g.committed.len());
+    (from.0.max(1)..=top as u64)
+        .rev()
+        .find(|&i| view.log[i as usize - 1].1 == g.committed[i as usize - 1].prefix)
+        .unwrap_or(0)
+}
+
+/// A log that held committed entries through `held` still holds them after a rewrite.
+fn check_committed_kept(g: &Global, view: &NodeView, id: NodeId, held: u64) -> Check {
+    if held == 0 {
+        return Ok(());
+    }
+    let c = g.committed[held as usize - 1];
+    if view.log.get(held as usize - 1).map(|e| e.1) != Some(c.prefix) {
+        let detail = format!(
+            "rewrote its log below committed i{held}@{} (known committed in {}); its log now ends at i{}",
+            c.term,
+            c.commit_term,
+            view.log.len()
+        );
+        return fail(Rule::CommittedEntryKept, id, detail);
+    }
+    Ok(())
 }
 
 /// SP-2: a node that led this term before the step and still does only appends.

@@ -56,6 +56,8 @@ pub(crate) enum ClientEvent<O> {
     Reply { client: u64, op: usize, output: O },
     /// The client stops waiting.
     Timeout { client: u64, op: usize },
+    /// The batching window at `node` closes: its waiting requests go in one step.
+    Flush { node: NodeId },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +85,8 @@ pub(crate) struct Clients<S: StateMachine> {
     /// Proposals handed to drivers and not yet answered, in the order they were sent.
     awaiting: Vec<Awaited<S::Output>>,
     issuing: bool,
+    /// Requests that reached a node and wait for its batching window to close.
+    inbox: std::collections::BTreeMap<NodeId, Vec<(u64, usize)>>,
 }
 
 impl<S: StateMachine> Clients<S> {
@@ -93,6 +97,7 @@ impl<S: StateMachine> Clients<S> {
             history: Vec::new(),
             awaiting: Vec::new(),
             issuing: false,
+            inbox: std::collections::BTreeMap::new(),
         }
     }
 
@@ -150,6 +155,7 @@ impl<S: StateMachine> Simulator<S> {
             ClientEvent::Redirect { client, op, hint } => self.redirect(client, op, hint),
             ClientEvent::Reply { client, op, output } => self.complete(client, op, output),
             ClientEvent::Timeout { client, op } => self.time_out(client, op),
+            ClientEvent::Flush { node } => return self.flush_batch(node),
         }
         Ok(())
     }
@@ -197,12 +203,59 @@ impl<S: StateMachine> Simulator<S> {
             self.reply_later(ClientEvent::Redirect { client, op, hint: None });
             return Ok(());
         }
+        if let Some(window) = self.config.batch_window {
+            let waiting = self.clients.inbox.entry(node).or_default();
+            waiting.push((client, op));
+            if waiting.len() == 1 {
+                let after = super::micros(window);
+                self.schedule(after, Event::Client(ClientEvent::Flush { node }));
+            }
+            return Ok(());
+        }
+        let request = self.proposal(client, op, node);
+        let summary = InputSummary::Propose { client, op: op as u64 };
+        self.step(node, Delivery::Request(request), summary)
+    }
+
+    /// The request for `op`, with its receipt awaited.
+    fn proposal(&mut self, client: u64, op: usize, node: NodeId) -> Request<S> {
         let command = self.clients.history[op].command.clone();
         let (responder, receipt) = receipt(node);
         self.clients.awaiting.push(Awaited { client, op, node, receipt });
-        let request = Request::Propose { command, responder };
-        let summary = InputSummary::Propose { client, op: op as u64 };
-        self.step(node, Delivery::Request(request), summary)
+        Request::Propose { command, responder }
+    }
+
+    /// Hands every request waiting at `node` to its driver in one step (one `Driver::handle`
+    /// call, so they become one `Input::Propose` batch).
+    fn flush_batch(&mut self, node: NodeId) -> Result<(), FailureKind> {
+        let waiting = self.clients.inbox.remove(&node).unwrap_or_default();
+        let waiting: Vec<(u64, usize)> =
+            waiting.into_iter().filter(|&(c, op)| self.clients.is_pending(c, op)).collect();
+        if !self.is_up(node) {
+            for (client, op) in waiting {
+                self.reply_later(ClientEvent::Redirect { client, op, hint: None });
+            }
+            return Ok(());
+        }
+        let requests: Vec<Request<S>> =
+            waiting.iter().map(|&(client, op)| self.proposal(client, op, node)).collect();
+        match requests.len() {
+            0 => Ok(()),
+            1 => {
+                let (client, op) = waiting[0];
+                let summary = InputSummary::Propose { client, op: op as u64 };
+                let request = requests.into_iter().next().expect("one request");
+                self.step(node, Delivery::Request(request), summary)
+            }
+            n => {
+                self.stats.batches += 1;
+                self.step(
+                    node,
+                    Delivery::Requests(requests),
+                    InputSummary::Batch { count: n as u64 },
+                )
+            }
+        }
     }
 
     /// After a step of `node`: pass on the answers it gave.

@@ -25,6 +25,11 @@ pub struct NetworkConfig {
     /// The most messages in flight on one directed link; more are dropped, as a full buffer
     /// would. Bounds message storms (for example a ping-pong that duplication amplifies).
     pub link_capacity: u32,
+    /// Probability that a message is held in the long tail instead: delivered after a delay
+    /// drawn from `long_delay`, several election timeouts later, when terms have moved on.
+    pub long_tail: f64,
+    /// The long tail's delays, `min..max` (half-open; must not be empty while `long_tail > 0`).
+    pub long_delay: (Duration, Duration),
 }
 
 impl Default for NetworkConfig {
@@ -36,6 +41,8 @@ impl Default for NetworkConfig {
             drop_reply: 0.02,
             duplicate: 0.02,
             link_capacity: 64,
+            long_tail: 0.0,
+            long_delay: (Duration::from_millis(150), Duration::from_secs(2)),
         }
     }
 }
@@ -56,7 +63,14 @@ impl NetworkConfig {
         for (name, value) in probabilities {
             check_probability(name, value)?;
         }
-        check_range("message delay", self.min_delay, self.max_delay)
+        check_probability("long_tail", self.long_tail)?;
+        check_range("message delay", self.min_delay, self.max_delay)?;
+        let (min, max) = self.long_delay;
+        check_range("long_delay", min, max)?;
+        if self.long_tail > 0.0 && min == max {
+            return Err(FaultError::EmptyRange { field: "long_delay" });
+        }
+        Ok(())
     }
 }
 
@@ -121,6 +135,12 @@ pub struct SimConfig {
     pub churn: Option<Churn>,
     /// Keep every trace line (slow; for replaying a failure). The hash is always kept.
     pub record_trace: bool,
+    /// Clock drift bound in (0, 1], or `None`: each node's tick period is the configured tick
+    /// scaled by a factor drawn once per node from `[1 - drift, 1 + drift]`.
+    pub clock_drift: Option<f64>,
+    /// Client requests reaching one node within this window are handed to its driver as one
+    /// batch (one `Driver::handle` call), or `None` for one request per step.
+    pub batch_window: Option<Duration>,
 }
 
 impl SimConfig {
@@ -152,6 +172,8 @@ impl SimConfig {
             quiet_phase: Duration::from_millis(3000),
             churn: None,
             record_trace: false,
+            clock_drift: None,
+            batch_window: None,
         }
     }
 
@@ -164,6 +186,19 @@ impl SimConfig {
         if let Some(churn) = &self.churn {
             churn.validate()?;
         }
+        if let Some(drift) = self.clock_drift {
+            if !(drift > 0.0 && drift <= 1.0) {
+                return Err(FaultError::DriftBound(drift));
+            }
+        }
+        if self.batch_window == Some(Duration::ZERO) {
+            return Err(FaultError::EmptyRange { field: "batch_window" });
+        }
         self.network.validate()
+    }
+
+    /// The whole run's length: the fault phase plus the longest quiet period.
+    pub fn run_length(&self) -> Duration {
+        self.fault_phase + self.quiet_phase
     }
 }

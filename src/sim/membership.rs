@@ -186,12 +186,37 @@ impl<S: StateMachine> Simulator<S> {
         self.admin.ops[op].outcome = Some(outcome);
     }
 
-    /// Stops removed nodes for good: they are out of the configuration, and ids are never
-    /// reused.
+    /// Marks nodes whose removal finished: no more clients or ordinary faults aim at them,
+    /// and ids are never reused, but they keep running (and may crash and restart) as a
+    /// removed server does until someone stops it.
     pub(crate) fn retire_removed(&mut self) {
         for id in std::mem::take(&mut self.admin.retiring) {
-            self.crash(id).expect("only existing nodes are removed");
-            self.nodes.get_mut(&id).expect("crashed above").removed = true;
+            self.note(format!("{id} removed (keeps running)"));
+            self.nodes.get_mut(&id).expect("only existing nodes are removed").removed = true;
         }
+    }
+
+    /// After a step of `id`: counts a removed node, holding its own removal in its log, that
+    /// started an election (thesis §4.2.3: it must not disrupt the cluster, issue 12).
+    pub(crate) fn watch_removed(
+        &mut self,
+        id: NodeId,
+        before: (crate::core::Role, crate::types::Term),
+    ) {
+        use crate::core::Role;
+        let Some(core) = self.core(id) else { return };
+        let campaigning = matches!(core.role(), Role::PreCandidate | Role::Candidate);
+        let started = campaigning && (core.role(), core.term()) != before;
+        if started && self.nodes[&id].removed && !core.config().contains(id) {
+            self.stats.removed_campaigns += 1;
+            self.note(format!("{id} was removed and campaigns"));
+        }
+    }
+
+    /// The n-th removed node in id order (modulo their number), if any, whether up or down.
+    pub(crate) fn nth_removed(&self, n: usize) -> Option<NodeId> {
+        let removed: Vec<NodeId> =
+            self.nodes.iter().filter(|(_, node)| node.removed).map(|(&id, _)| id).collect();
+        removed.get(n % removed.len().max(1)).copied()
     }
 }

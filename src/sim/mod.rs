@@ -40,6 +40,8 @@ mod schedule;
 mod trace;
 
 #[cfg(test)]
+mod bites;
+#[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]
 mod tests;
@@ -76,7 +78,7 @@ enum Event<S: StateMachine> {
     /// A node's clock ticks (ignored if the node restarted since it was scheduled).
     Tick { node: NodeId, incarnation: u64 },
     /// A message reaches its receiver (if the partition and the receiver allow).
-    Deliver(Message<S::Command>),
+    Deliver(Box<Message<S::Command>>),
     /// A client's request, reply, retry or timeout.
     Client(ClientEvent<S::Output>),
     /// An attempt at a pending membership change.
@@ -85,6 +87,8 @@ enum Event<S: StateMachine> {
     Churn { node: NodeId, incarnation: u64, term: crate::types::Term },
     /// Churn: restart `node` if it is still down in this incarnation.
     Revive { node: NodeId, incarnation: u64 },
+    /// A pause of `node` ends (if it is still this incarnation).
+    Resume { node: NodeId, incarnation: u64 },
 }
 
 /// An event with its time and insertion number, ordered so the heap pops the earliest first
@@ -130,6 +134,12 @@ pub struct Stats {
     pub snapshots_taken: u64,
     /// Snapshots installed from a leader (InstallSnapshot completed).
     pub snapshots_installed: u64,
+    /// Of those, crashes in the middle of a step (after its persist, before the rest).
+    pub mid_step_crashes: u64,
+    /// Times a removed node holding its own removal in its log started an election.
+    pub removed_campaigns: u64,
+    /// Client batches of more than one request handed to a driver at once.
+    pub batches: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -154,6 +164,9 @@ pub struct Simulator<S: StateMachine> {
     failure: Option<SimFailure>,
     /// Whether leader churn is on (only during the fault phase).
     churning: bool,
+    /// Nodes to crash in the middle of their next step that persists and then sends or
+    /// applies ([`Simulator::crash_mid_step`]).
+    crash_armed: BTreeSet<NodeId>,
     #[cfg(test)]
     bugs: crate::core::Bugs,
 }
@@ -186,6 +199,7 @@ impl<S: StateMachine> Simulator<S> {
             stats: Stats::default(),
             failure: None,
             churning: config.churn.is_some(),
+            crash_armed: BTreeSet::new(),
             #[cfg(test)]
             bugs: crate::core::Bugs::default(),
             config,
@@ -212,7 +226,7 @@ impl<S: StateMachine> Simulator<S> {
         self.nodes.keys().copied().collect()
     }
 
-    /// Whether `id` is running (not crashed, not removed).
+    /// Whether `id` is running (not crashed; removed nodes may still run).
     pub fn is_up(&self, id: NodeId) -> bool {
         self.nodes.get(&id).is_some_and(|n| n.live.is_some())
     }
@@ -289,11 +303,12 @@ impl<S: StateMachine> Simulator<S> {
     fn dispatch(&mut self, event: Event<S>) -> Result<(), FailureKind> {
         match event {
             Event::Tick { node, incarnation } => self.on_tick(node, incarnation),
-            Event::Deliver(msg) => self.deliver(msg),
+            Event::Deliver(msg) => self.deliver(*msg),
             Event::Client(e) => self.on_client_event(e),
             Event::Admin(op) => self.on_admin(op),
             Event::Churn { node, incarnation, term } => self.on_churn(node, incarnation, term),
             Event::Revive { node, incarnation } => self.on_revive(node, incarnation),
+            Event::Resume { node, incarnation } => self.on_resume(node, incarnation),
         }
     }
 

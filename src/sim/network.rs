@@ -31,12 +31,22 @@ pub(crate) struct Network {
     groups: BTreeMap<NodeId, usize>,
     /// Messages scheduled but not yet delivered, per (from, to).
     in_flight: BTreeMap<(NodeId, NodeId), u32>,
+    /// One-way cuts: `(from, to)` loses every message from `from` to `to`.
+    cuts: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes that can send but hear nothing.
+    deaf: BTreeSet<NodeId>,
 }
 
 impl Network {
     pub fn new(config: NetworkConfig) -> Result<Self, FaultError> {
         config.validate()?;
-        Ok(Network { config, groups: BTreeMap::new(), in_flight: BTreeMap::new() })
+        Ok(Network {
+            config,
+            groups: BTreeMap::new(),
+            in_flight: BTreeMap::new(),
+            cuts: BTreeSet::new(),
+            deaf: BTreeSet::new(),
+        })
     }
 
     pub fn config(&self) -> &NetworkConfig {
@@ -61,16 +71,32 @@ impl Network {
         Ok(())
     }
 
+    /// Cuts the link from `from` to `to` only: `to` still reaches `from`.
+    pub fn cut(&mut self, from: NodeId, to: NodeId) {
+        self.cuts.insert((from, to));
+    }
+
+    /// `id` hears nothing from now on, but what it sends still arrives.
+    pub fn deafen(&mut self, id: NodeId) {
+        self.deaf.insert(id);
+    }
+
+    /// Removes partitions, one-way cuts and deafness.
     pub fn heal(&mut self) {
         self.groups.clear();
+        self.cuts.clear();
+        self.deaf.clear();
     }
 
     pub fn is_partitioned(&self) -> bool {
-        !self.groups.is_empty()
+        !self.groups.is_empty() || !self.cuts.is_empty() || !self.deaf.is_empty()
     }
 
-    pub fn connected(&self, a: NodeId, b: NodeId) -> bool {
-        self.groups.get(&a) == self.groups.get(&b)
+    /// Whether a message from `from` reaches `to` (directed: faults may be one-way).
+    pub fn connected(&self, from: NodeId, to: NodeId) -> bool {
+        self.groups.get(&from) == self.groups.get(&to)
+            && !self.deaf.contains(&to)
+            && !self.cuts.contains(&(from, to))
     }
 
     /// Draws the message's fate: loss (requests and replies separately), delay, duplication;
@@ -81,9 +107,9 @@ impl Network {
         if rng.random_bool(drop) {
             return Err("loss");
         }
-        let first = self.delay(rng);
+        let first = self.message_delay(rng);
         let fate = if rng.random_bool(self.config.duplicate) {
-            Fate::Twice(first, self.delay(rng))
+            Fate::Twice(first, self.message_delay(rng))
         } else {
             Fate::Once(first)
         };
@@ -100,6 +126,16 @@ impl Network {
     pub fn landed(&mut self, from: NodeId, to: NodeId) {
         let n = self.in_flight.get_mut(&(from, to)).expect("landed messages were planned");
         *n -= 1;
+    }
+
+    /// A peer message's delay: usually [`Network::delay`], but with probability `long_tail`
+    /// one drawn from the long tail, so the message lands several elections late.
+    fn message_delay(&self, rng: &mut SmallRng) -> u64 {
+        if self.config.long_tail > 0.0 && rng.random_bool(self.config.long_tail) {
+            let (min, max) = self.config.long_delay;
+            return rng.random_range(micros(min)..micros(max)).max(1);
+        }
+        self.delay(rng)
     }
 
     /// A one-way delay in virtual microseconds, uniform over the configured range.

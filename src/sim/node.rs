@@ -50,8 +50,17 @@ pub(crate) struct SimNode<S: StateMachine> {
     pub live: Option<Live<S>>,
     /// Bumped on every crash, so ticks and replies meant for an old incarnation are ignored.
     pub incarnation: u64,
-    /// Removed from the cluster by a membership change: never restarted.
+    /// Removed from the cluster by a membership change: no longer a target of ordinary faults
+    /// or clients, but it keeps running and may still crash and restart.
     pub removed: bool,
+    /// This node's tick period in virtual microseconds (the configured tick, scaled by its
+    /// clock drift).
+    pub tick_us: u64,
+    /// Frozen (a long GC pause, a VM migration) until this virtual time: its clock does not
+    /// tick, and what reaches it waits in `deferred`.
+    pub paused_until: u64,
+    /// Inputs that arrived during a pause, handled in order when it ends.
+    pub deferred: Vec<(Delivery<S>, InputSummary)>,
 }
 
 /// What reaches a node's driver in one step.
@@ -59,12 +68,23 @@ pub(crate) enum Delivery<S: StateMachine> {
     Tick,
     Message(Message<S::Command>),
     Request(Request<S>),
+    /// Several client requests at once: one `Driver::handle` call batches them.
+    Requests(Vec<Request<S>>),
 }
 
 impl<S: StateMachine> Simulator<S> {
     /// Creates node `id` over `storage` and starts it.
     pub(crate) fn add_storage(&mut self, id: NodeId, storage: MemStorage<S::Command>) {
-        let node = SimNode { storage, live: None, incarnation: 0, removed: false };
+        let tick_us = self.drifted_tick_us();
+        let node = SimNode {
+            storage,
+            live: None,
+            incarnation: 0,
+            removed: false,
+            tick_us,
+            paused_until: 0,
+            deferred: Vec::new(),
+        };
         self.nodes.insert(id, node);
         self.start_node(id);
     }
@@ -81,6 +101,9 @@ impl<S: StateMachine> Simulator<S> {
             return Ok(());
         }
         node.incarnation += 1;
+        node.paused_until = 0; // a crash ends a pause; what waited is lost with the node
+        node.deferred.clear();
+        self.crash_armed.remove(&id);
         self.stats.crashes += 1;
         self.checker.node_crashed(id);
         self.clients.forget_node(id);
@@ -91,15 +114,16 @@ impl<S: StateMachine> Simulator<S> {
 
     /// Restarts a crashed node from its storage, with a fresh state machine from the factory
     /// (the core re-applies committed entries as it learns the commit index). Restarting a
-    /// running or removed node does nothing. A safety violation found on restart (its log
-    /// differs from what it persisted) ends the run; the next `run_for` reports it.
+    /// running node does nothing; a removed node restarts too (and must not disrupt). A safety
+    /// violation found on restart (its log differs from what it persisted) ends the run; the
+    /// next `run_for` reports it.
     ///
     /// # Errors
     ///
     /// [`FaultError::UnknownNode`] if the simulation never had `id`.
     pub fn restart(&mut self, id: NodeId) -> Result<(), FaultError> {
         let node = self.nodes.get(&id).ok_or(FaultError::UnknownNode(id))?;
-        if node.live.is_none() && !node.removed {
+        if node.live.is_none() {
             self.note(format!("restart {id}"));
             self.start_node(id);
         }
@@ -128,22 +152,109 @@ impl<S: StateMachine> Simulator<S> {
             self.fail(FailureKind::Safety(v));
         }
         self.nodes.get_mut(&id).expect("looked up above").live = Some(live);
-        let phase = self.rng.random_range(0..self.tick_us());
+        let phase = self.rng.random_range(0..self.tick_us(id));
         self.schedule(phase, Event::Tick { node: id, incarnation });
     }
 
-    fn tick_us(&self) -> u64 {
-        super::micros(self.config.raft.tick).max(1)
+    fn tick_us(&self, id: NodeId) -> u64 {
+        self.nodes[&id].tick_us
+    }
+
+    /// A new node's tick period: the configured tick, scaled within the drift bound.
+    fn drifted_tick_us(&mut self) -> u64 {
+        let base = super::micros(self.config.raft.tick).max(1) as f64;
+        let Some(drift) = self.config.clock_drift else { return base as u64 };
+        let scale = 1.0 + self.rng.random_range(-drift..=drift);
+        ((base * scale.max(0.05)) as u64).max(1)
     }
 
     pub(crate) fn on_tick(&mut self, id: NodeId, incarnation: u64) -> Result<(), FailureKind> {
-        let current =
-            self.nodes.get(&id).is_some_and(|n| n.live.is_some() && n.incarnation == incarnation);
-        if !current {
+        let Some(node) = self.nodes.get(&id) else { return Ok(()) };
+        if node.live.is_none() || node.incarnation != incarnation {
             return Ok(()); // the node crashed since: this clock stopped
         }
-        self.schedule(self.tick_us(), Event::Tick { node: id, incarnation });
+        let paused = node.paused_until > self.now;
+        self.schedule(node.tick_us, Event::Tick { node: id, incarnation });
+        if paused {
+            return Ok(()); // a frozen process misses its ticks
+        }
         self.step(id, Delivery::Tick, InputSummary::Tick)
+    }
+
+    /// Freezes a running node for `duration`: no ticks, and its inputs wait until it resumes
+    /// with its stale view. Pausing a down node does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`FaultError::UnknownNode`], or [`FaultError::PauseTooLong`] for a pause longer than
+    /// the whole run.
+    pub fn pause(&mut self, id: NodeId, duration: std::time::Duration) -> Result<(), FaultError> {
+        let run = self.config.run_length();
+        if duration > run {
+            return Err(FaultError::PauseTooLong { pause: duration, run });
+        }
+        let node = self.nodes.get_mut(&id).ok_or(FaultError::UnknownNode(id))?;
+        if node.live.is_none() {
+            return Ok(());
+        }
+        let until = self.now + super::micros(duration);
+        node.paused_until = node.paused_until.max(until);
+        let incarnation = node.incarnation;
+        self.note(format!("pause {id} for {duration:?}"));
+        self.schedule(until - self.now, Event::Resume { node: id, incarnation });
+        Ok(())
+    }
+
+    /// Ends a pause (if this incarnation is still paused and its time has come): the node
+    /// handles what waited, in arrival order.
+    pub(crate) fn on_resume(&mut self, id: NodeId, incarnation: u64) -> Result<(), FailureKind> {
+        let node = self.nodes.get_mut(&id).expect("paused nodes exist");
+        if node.incarnation != incarnation || node.paused_until > self.now {
+            return Ok(());
+        }
+        let deferred = std::mem::take(&mut node.deferred);
+        if node.paused_until > 0 {
+            self.note(format!("resume {id} ({} inputs waited)", deferred.len()));
+        }
+        self.nodes.get_mut(&id).expect("exists").paused_until = 0;
+        for (delivery, summary) in deferred {
+            self.step(id, delivery, summary)?;
+        }
+        Ok(())
+    }
+
+    /// Ends every pause now (the quiet period).
+    pub(crate) fn resume_all(&mut self) -> Result<(), FailureKind> {
+        let paused: Vec<(NodeId, u64)> = self
+            .nodes
+            .iter_mut()
+            .filter(|(_, n)| n.paused_until > 0)
+            .map(|(&id, n)| {
+                n.paused_until = 1;
+                (id, n.incarnation)
+            })
+            .collect();
+        for (id, incarnation) in paused {
+            self.on_resume(id, incarnation)?;
+        }
+        Ok(())
+    }
+
+    /// Crashes `id` in the middle of its next step that persists something and then sends or
+    /// applies: after the persist, before or between the rest (the driver executes only a
+    /// prefix of the actions).
+    ///
+    /// # Errors
+    ///
+    /// [`FaultError::UnknownNode`].
+    pub fn crash_mid_step(&mut self, id: NodeId) -> Result<(), FaultError> {
+        if !self.nodes.contains_key(&id) {
+            return Err(FaultError::UnknownNode(id));
+        }
+        if self.is_up(id) {
+            self.crash_armed.insert(id);
+        }
+        Ok(())
     }
 
     /// Hands a message to its receiver, unless the partition or a crash swallows it.
@@ -174,12 +285,17 @@ impl<S: StateMachine> Simulator<S> {
         delivery: Delivery<S>,
         summary: InputSummary,
     ) -> Result<(), FailureKind> {
-        let Some(live) = self.nodes.get_mut(&id).and_then(|n| n.live.as_mut()) else {
+        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        if node.live.is_some() && node.paused_until > self.now {
+            node.deferred.push((delivery, summary));
             return Ok(());
-        };
+        }
+        let Some(live) = node.live.as_mut() else { return Ok(()) };
         let before = (live.core().role(), live.core().term());
-        let (checker, trace, stats, now) =
-            (&mut self.checker, &mut self.trace, &mut self.stats, self.now);
+        let (checker, trace, stats, now, rng) =
+            (&mut self.checker, &mut self.trace, &mut self.stats, self.now, &mut self.rng);
+        let armed = self.crash_armed.contains(&id);
+        let mut crash_after = None;
         let mut verdict = Ok(());
         let mut observe = |core: &Core<S::Command>, actions: &[Action<S::Command>]| {
             stats.steps += 1;
@@ -197,6 +313,14 @@ impl<S: StateMachine> Simulator<S> {
             if let Err(v) = checker.after_step(core, actions) {
                 verdict = Err(FailureKind::Safety(v));
             }
+            // NB: past the leading persists, as the output contract puts every persist first;
+            // a core that persists later (a bug) can then lose a write it already revealed.
+            let persists = actions.iter().take_while(|a| is_persist(a)).count();
+            if armed && actions.iter().any(is_persist) && persists < actions.len() {
+                let executed = rng.random_range(persists..actions.len());
+                crash_after = Some((executed, actions.len()));
+                return Execute::First(executed);
+            }
             Execute::All
         };
         let driver = &mut live.driver;
@@ -205,6 +329,11 @@ impl<S: StateMachine> Simulator<S> {
             Delivery::Message(msg) => driver.receive(msg, &mut observe),
             Delivery::Request(request) => {
                 driver.handle(request, &mut std::iter::empty(), &mut observe)
+            }
+            Delivery::Requests(requests) => {
+                let mut requests = requests.into_iter();
+                let first = requests.next().expect("a batch holds at least one request");
+                driver.handle(first, &mut requests, &mut observe)
             }
         }));
         let outbox = std::mem::take(&mut live.driver.transport_mut().0);
@@ -220,6 +349,12 @@ impl<S: StateMachine> Simulator<S> {
         for msg in outbox {
             self.send(msg);
         }
+        if let Some((executed, of)) = crash_after {
+            self.note(format!("crash {id} mid-step after {executed} of {of} actions"));
+            self.stats.mid_step_crashes += 1;
+            self.crash(id).expect("the node exists");
+        }
+        self.watch_removed(id, before);
         self.collect_answers(id);
         self.collect_change_answers(id);
         self.retire_removed();
@@ -232,10 +367,10 @@ impl<S: StateMachine> Simulator<S> {
         self.stats.messages += 1;
         match self.network.plan(&msg, &mut self.rng) {
             Err(why) => self.dropped(&msg, why),
-            Ok(Fate::Once(delay)) => self.schedule(delay, Event::Deliver(msg)),
+            Ok(Fate::Once(delay)) => self.schedule(delay, Event::Deliver(Box::new(msg))),
             Ok(Fate::Twice(first, second)) => {
-                self.schedule(first, Event::Deliver(msg.clone()));
-                self.schedule(second, Event::Deliver(msg));
+                self.schedule(first, Event::Deliver(Box::new(msg.clone())));
+                self.schedule(second, Event::Deliver(Box::new(msg)));
             }
         }
     }
@@ -245,6 +380,13 @@ impl<S: StateMachine> Simulator<S> {
         let event = TraceEvent::Dropped { msg: MsgSummary::of(msg), why };
         self.trace.record(TraceLine { at: self.now, event });
     }
+}
+
+fn is_persist<C>(action: &Action<C>) -> bool {
+    matches!(
+        action,
+        Action::PersistHardState(_) | Action::PersistSnapshot(_) | Action::PersistEntries { .. }
+    )
 }
 
 /// The trace line of a step: its input, the node's state after it, how many messages it sent.

@@ -48,6 +48,24 @@ pub enum FailureKind {
     Fault(FaultError),
 }
 
+impl FailureKind {
+    /// Whether the run broke a safety property: a checker violation, a core assertion, or a
+    /// history with no linearization.
+    pub fn is_safety(&self) -> bool {
+        matches!(
+            self,
+            FailureKind::Safety(_)
+                | FailureKind::CorePanic { .. }
+                | FailureKind::NotLinearizable(_)
+        )
+    }
+
+    /// Whether the run stayed safe but did not converge after healing (liveness).
+    pub fn is_liveness(&self) -> bool {
+        matches!(self, FailureKind::NotConverged(_))
+    }
+}
+
 impl fmt::Display for FailureKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -56,7 +74,9 @@ impl fmt::Display for FailureKind {
                 write!(f, "core {node} panicked: {message}")
             }
             FailureKind::Driver { node, error } => write!(f, "driver of {node} failed: {error}"),
-            FailureKind::NotConverged(why) => write!(f, "did not converge: {why}"),
+            FailureKind::NotConverged(why) => {
+                write!(f, "liveness (safe, but did not converge after healing): {why}")
+            }
             FailureKind::NotLinearizable(v) => write!(f, "{v}"),
             FailureKind::Fault(e) => write!(f, "bad fault setting: {e}"),
         }
@@ -152,6 +172,9 @@ impl<S: StateMachine> Simulator<S> {
     ///
     /// The first failure (an invalid fault included).
     pub fn run_schedule(&mut self, schedule: &Schedule) -> Result<(), SimFailure> {
+        if let Err(e) = schedule.validate(&self.config) {
+            return Err(self.fail(FailureKind::Fault(e)));
+        }
         let start = self.now;
         for (offset, fault) in &schedule.events {
             self.run_until(start + micros(*offset))?;
@@ -172,6 +195,10 @@ impl<S: StateMachine> Simulator<S> {
     /// [`FailureKind::NotConverged`] if the quiet period ends first, or any safety failure.
     pub fn settle(&mut self) -> Result<LogIndex, SimFailure> {
         self.churning = false;
+        self.crash_armed.clear();
+        if let Err(kind) = self.resume_all() {
+            return Err(self.fail(kind));
+        }
         self.heal();
         let reliable = self.config.network.reliable(); // the base delays, not a lossy spell's
         self.set_network(reliable).expect("a reliable copy of a valid network is valid");
@@ -202,20 +229,22 @@ impl<S: StateMachine> Simulator<S> {
         let lc = self.core(leader).expect("the leader runs");
         let target = lc.log().last_index();
         let digest = self.state_machine(leader).expect("the leader runs").digest();
+        let mut behind = Vec::new();
         for id in lc.config().members() {
-            let core = self.core(id).ok_or_else(|| format!("member {id} is down"))?;
+            let Some(core) = self.core(id) else {
+                behind.push(format!("member {id} is down"));
+                continue;
+            };
             if !caught_up(core, target) {
-                return Err(format!(
-                    "{id} at commit {} applied {} (leader {leader} last {target})",
-                    core.commit_index(),
-                    core.last_applied()
-                ));
-            }
-            if self.state_machine(id).map(StateMachine::digest) != Some(digest) {
-                return Err(format!("{id}'s state machine differs from the leader's"));
+                behind.push(lag(id, core, target));
+            } else if self.state_machine(id).map(StateMachine::digest) != Some(digest) {
+                behind.push(format!("{id}'s state machine differs from the leader's"));
             }
         }
-        Ok(target)
+        if behind.is_empty() {
+            return Ok(target);
+        }
+        Err(format!("leader {leader} (term {}) at i{target}; {}", lc.term(), behind.join("; ")))
     }
 
     fn report(&self, commit_index: LogIndex, linearizable: CheckOutcome) -> RunReport {
@@ -233,6 +262,18 @@ impl<S: StateMachine> Simulator<S> {
             trace: self.trace.full().map(<[String]>::to_vec),
         }
     }
+}
+
+/// How far behind the leader's `target` a member is, in words.
+fn lag<C: Clone>(id: NodeId, core: &Core<C>, target: LogIndex) -> String {
+    let (commit, applied, last) =
+        (core.commit_index(), core.last_applied(), core.log().last_index());
+    let entries = target.0.saturating_sub(commit.0.min(last.0));
+    format!(
+        "{id} is {entries} entries behind ({:?} in term {}, commit {commit}, applied {applied}, last {last})",
+        core.role(),
+        core.term()
+    )
 }
 
 fn caught_up<C: Clone>(core: &Core<C>, target: LogIndex) -> bool {

@@ -22,6 +22,8 @@ pub enum Target {
     Leader,
     /// The n-th member in id order, modulo the number of members (removed nodes excluded).
     Nth(usize),
+    /// This node (an unknown id is refused with [`FaultError::UnknownNode`]).
+    Node(NodeId),
 }
 
 /// One fault.
@@ -46,6 +48,26 @@ pub enum Fault {
     AddNode,
     /// Remove a node from the cluster.
     Remove(Target),
+    /// Cut the link from one node to another, one way only: the reverse direction still works.
+    CutLink {
+        /// The sender whose messages are lost.
+        from: Target,
+        /// The receiver that no longer hears `from`.
+        to: Target,
+    },
+    /// Members whose bit is set in the mask (as in [`Fault::Split`]) still hear the others,
+    /// but the others no longer hear them.
+    OneWaySplit(u64),
+    /// A node can send but no longer receives anything.
+    Deafen(Target),
+    /// Freeze a node for this long (a GC pause, a VM migration), then resume it.
+    Pause(Target, Duration),
+    /// Crash a node in the middle of its next step that persists and then sends or applies.
+    CrashMidStep(Target),
+    /// Crash the n-th removed node (removed nodes keep running after their removal).
+    CrashRemoved(usize),
+    /// Restart the n-th removed node, if it is down.
+    RestartRemoved(usize),
 }
 
 /// Faults at offsets from the start of the fault phase, in time order.
@@ -63,18 +85,100 @@ impl Schedule {
     }
 
     /// A fault-heavy schedule drawn from the config's seed over its fault phase: crashes (often
-    /// of the leader), restarts, isolations, splits, heals and lossy-network spells.
+    /// of the leader), restarts, isolations, splits, heals and lossy-network spells; and, each
+    /// on a share of seeds, the issue-12 faults: one-way cuts and splits, deaf nodes, pauses,
+    /// crashes in the middle of a step, and long-tail delays in lossy spells.
     pub fn random(config: &SimConfig) -> Self {
-        generate(config, false)
+        generate(config, false, Families::draw(config.seed))
     }
 
-    /// Like [`Schedule::random`], plus node additions and removals (the leader's included).
+    /// Like [`Schedule::random`], plus node additions and removals (the leader's included),
+    /// and on a share of seeds crashes and restarts of removed nodes.
     pub fn random_with_membership(config: &SimConfig) -> Self {
-        generate(config, true)
+        generate(config, true, Families::draw(config.seed))
+    }
+
+    /// The generator as it was before issue 12 (symmetric faults only), kept so regression
+    /// seeds found with it replay unchanged.
+    pub fn classic(config: &SimConfig) -> Self {
+        generate(config, false, Families::default())
+    }
+
+    /// [`Schedule::classic`] with membership changes.
+    pub fn classic_with_membership(config: &SimConfig) -> Self {
+        generate(config, true, Families::default())
+    }
+
+    /// Checks every fault against `config` before a run: pauses no longer than the run,
+    /// known explicit nodes, network settings in range.
+    ///
+    /// # Errors
+    ///
+    /// The first [`FaultError`].
+    pub fn validate(&self, config: &SimConfig) -> Result<(), FaultError> {
+        let known = |t: &Target| match t {
+            Target::Node(id) if id.0 == 0 || id.0 > config.nodes => {
+                Err(FaultError::UnknownNode(*id))
+            }
+            _ => Ok(()),
+        };
+        for (_, fault) in &self.events {
+            match fault {
+                Fault::Crash(t) | Fault::Isolate(t) | Fault::Remove(t) | Fault::Deafen(t) => {
+                    known(t)?
+                }
+                Fault::CrashMidStep(t) => known(t)?,
+                Fault::CutLink { from, to } => {
+                    known(from)?;
+                    known(to)?;
+                }
+                Fault::Pause(t, d) => {
+                    known(t)?;
+                    if *d > config.run_length() {
+                        return Err(FaultError::PauseTooLong {
+                            pause: *d,
+                            run: config.run_length(),
+                        });
+                    }
+                }
+                Fault::Network(n) => n.validate()?,
+                _ => {}
+            }
+        }
+        Ok(())
     }
 }
 
-fn generate(config: &SimConfig, membership: bool) -> Schedule {
+/// Which issue-12 fault families a random schedule uses, drawn per seed so each family runs
+/// on a share of seeds (and a failure names a seed whose schedule shows which).
+#[derive(Clone, Copy, Debug, Default)]
+struct Families {
+    asymmetric: bool,
+    pauses: bool,
+    mid_step: bool,
+    long_tail: bool,
+    removed_restarts: bool,
+}
+
+impl Families {
+    fn draw(seed: u64) -> Self {
+        // NB: its own stream again, so the families do not shift the schedule's draws.
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0xfa3_11e5_0f12_2024);
+        Families {
+            asymmetric: rng.random_bool(0.5),
+            pauses: rng.random_bool(0.4),
+            mid_step: rng.random_bool(0.5),
+            long_tail: rng.random_bool(0.5),
+            removed_restarts: rng.random_bool(0.6),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.asymmetric || self.pauses || self.mid_step || self.removed_restarts
+    }
+}
+
+fn generate(config: &SimConfig, membership: bool, families: Families) -> Schedule {
     // NB: its own stream, so changing the schedule does not shift the network's draws.
     let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x5eed_fa17_5c4e_d01e);
     let end = config.fault_phase.as_millis() as u64;
@@ -87,14 +191,16 @@ fn generate(config: &SimConfig, membership: bool) -> Schedule {
         }
         let fault = if membership && rng.random_bool(0.15) {
             random_change(&mut rng)
+        } else if families.any() && rng.random_bool(0.3) {
+            random_new_fault(&mut rng, families, membership)
         } else {
-            random_fault(&mut rng, &config.network)
+            random_fault(&mut rng, &config.network, families.long_tail)
         };
         events.push((Duration::from_millis(at), fault));
     }
 }
 
-fn random_fault(rng: &mut SmallRng, network: &NetworkConfig) -> Fault {
+fn random_fault(rng: &mut SmallRng, network: &NetworkConfig, long_tail: bool) -> Fault {
     let nth = rng.random_range(0..64);
     match rng.random_range(0..100) {
         0..=14 => Fault::Crash(Target::Leader),
@@ -105,7 +211,39 @@ fn random_fault(rng: &mut SmallRng, network: &NetworkConfig) -> Fault {
         66..=71 => Fault::Isolate(Target::Nth(nth)),
         72..=81 => Fault::Split(rng.random()),
         82..=93 => Fault::Heal,
-        _ => Fault::Network(random_network(rng, network)),
+        _ => {
+            let mut spell = random_network(rng, network);
+            if long_tail {
+                spell.long_tail = rng.random_range(0.01..0.1);
+            }
+            Fault::Network(spell)
+        }
+    }
+}
+
+/// One of the issue-12 faults, from the families this seed uses (others fall back to a heal).
+fn random_new_fault(rng: &mut SmallRng, families: Families, membership: bool) -> Fault {
+    let nth = rng.random_range(0..64);
+    let target = if rng.random_bool(0.4) { Target::Leader } else { Target::Nth(nth) };
+    match rng.random_range(0..4) {
+        0 if families.asymmetric => match rng.random_range(0..3) {
+            0 => Fault::CutLink { from: target, to: Target::Nth(rng.random_range(0..64)) },
+            1 => Fault::OneWaySplit(rng.random()),
+            _ => Fault::Deafen(target),
+        },
+        1 if families.pauses => {
+            // Several election timeouts (50..100 ms each), up to seconds.
+            Fault::Pause(target, Duration::from_millis(rng.random_range(100..=1_500)))
+        }
+        2 if families.mid_step => Fault::CrashMidStep(target),
+        3 if families.removed_restarts && membership => {
+            if rng.random_bool(0.5) {
+                Fault::CrashRemoved(nth)
+            } else {
+                Fault::RestartRemoved(nth)
+            }
+        }
+        _ => Fault::Heal,
     }
 }
 
@@ -138,10 +276,10 @@ impl<S: StateMachine> Simulator<S> {
     /// A [`FaultError`] for out-of-range network settings.
     pub fn apply_fault(&mut self, fault: &Fault) -> Result<(), FaultError> {
         match fault {
-            Fault::Crash(t) => self.resolve(*t).map_or(Ok(()), |id| self.crash(id)),
+            Fault::Crash(t) => self.resolve(*t)?.map_or(Ok(()), |id| self.crash(id)),
             Fault::Restart(n) => self.nth_crashed(*n).map_or(Ok(()), |id| self.restart(id)),
             Fault::RestartAll => self.restart_all(),
-            Fault::Isolate(t) => self.resolve(*t).map_or(Ok(()), |id| self.isolate(id)),
+            Fault::Isolate(t) => self.resolve(*t)?.map_or(Ok(()), |id| self.isolate(id)),
             Fault::Split(mask) => self.split(*mask),
             Fault::Heal => {
                 self.heal();
@@ -152,7 +290,76 @@ impl<S: StateMachine> Simulator<S> {
                 self.add_node();
                 Ok(())
             }
-            Fault::Remove(t) => self.resolve(*t).map_or(Ok(()), |id| self.remove_node(id)),
+            Fault::Remove(t) => self.resolve(*t)?.map_or(Ok(()), |id| self.remove_node(id)),
+            Fault::CutLink { from, to } => match (self.resolve(*from)?, self.resolve(*to)?) {
+                (Some(a), Some(b)) if a != b => self.cut_link(a, b),
+                _ => Ok(()),
+            },
+            Fault::OneWaySplit(mask) => {
+                self.one_way_split(*mask);
+                Ok(())
+            }
+            Fault::Deafen(t) => self.resolve(*t)?.map_or(Ok(()), |id| self.deafen(id)),
+            Fault::Pause(t, d) => self.resolve(*t)?.map_or(Ok(()), |id| self.pause(id, *d)),
+            Fault::CrashMidStep(t) => {
+                self.resolve(*t)?.map_or(Ok(()), |id| self.crash_mid_step(id))
+            }
+            Fault::CrashRemoved(n) => self.nth_removed(*n).map_or(Ok(()), |id| self.crash(id)),
+            Fault::RestartRemoved(n) => self.nth_removed(*n).map_or(Ok(()), |id| self.restart(id)),
+        }
+    }
+
+    /// Cuts the link from `from` to `to`, one way: `to` still reaches `from`.
+    ///
+    /// # Errors
+    ///
+    /// [`FaultError::UnknownNode`], or [`FaultError::SelfLink`] if both are the same node.
+    pub fn cut_link(&mut self, from: NodeId, to: NodeId) -> Result<(), FaultError> {
+        self.check_known(from)?;
+        self.check_known(to)?;
+        if from == to {
+            return Err(FaultError::SelfLink(from));
+        }
+        self.network.cut(from, to);
+        self.note(format!("cut {from} -> {to}"));
+        Ok(())
+    }
+
+    /// `id` can still send, but hears nothing until the next heal.
+    ///
+    /// # Errors
+    ///
+    /// [`FaultError::UnknownNode`].
+    pub fn deafen(&mut self, id: NodeId) -> Result<(), FaultError> {
+        self.check_known(id)?;
+        self.network.deafen(id);
+        self.note(format!("deafen {id}"));
+        Ok(())
+    }
+
+    fn check_known(&self, id: NodeId) -> Result<(), FaultError> {
+        if self.nodes.contains_key(&id) {
+            Ok(())
+        } else {
+            Err(FaultError::UnknownNode(id))
+        }
+    }
+
+    /// The members on the mask's side hear the rest; the rest do not hear them.
+    fn one_way_split(&mut self, mask: u64) {
+        let members = self.members();
+        let (side, rest): (Vec<_>, Vec<_>) =
+            members.iter().enumerate().partition(|(i, _)| mask >> (i % 64) & 1 == 1);
+        for &(_, &a) in &side {
+            for &(_, &b) in &rest {
+                self.network.cut(a, b);
+            }
+        }
+        if !side.is_empty() && !rest.is_empty() {
+            self.note(format!(
+                "one-way split: {:?} unheard by the others",
+                side.iter().map(|(_, id)| **id).collect::<Vec<_>>()
+            ));
         }
     }
 
@@ -204,14 +411,18 @@ impl<S: StateMachine> Simulator<S> {
         Ok(())
     }
 
-    fn resolve(&self, target: Target) -> Option<NodeId> {
-        match target {
+    fn resolve(&self, target: Target) -> Result<Option<NodeId>, FaultError> {
+        Ok(match target {
             Target::Leader => self.leader(),
             Target::Nth(n) => {
                 let members = self.members();
                 members.get(n % members.len().max(1)).copied()
             }
-        }
+            Target::Node(id) => {
+                self.check_known(id)?;
+                Some(id)
+            }
+        })
     }
 
     fn nth_crashed(&self, n: usize) -> Option<NodeId> {

@@ -9,17 +9,17 @@ use crate::core::Bugs;
 use crate::kv::{KvCommand, KvStateMachine};
 
 /// A scenario: the config and fault schedule for one seed.
-type Scenario = fn(u64) -> (SimConfig, Schedule);
+pub(super) type Scenario = fn(u64) -> (SimConfig, Schedule);
 
 /// Random faults (crashes, restarts, isolations, splits, lossy spells) on 3 or 5 nodes.
-fn faulty(seed: u64) -> (SimConfig, Schedule) {
+pub(super) fn faulty(seed: u64) -> (SimConfig, Schedule) {
     let config = SimConfig::new(seed, 3 + 2 * (seed % 2));
     let schedule = Schedule::random(&config);
     (config, schedule)
 }
 
 /// Random faults plus churn with quick reboots of candidates (votes must survive restarts).
-fn reboots(seed: u64) -> (SimConfig, Schedule) {
+pub(super) fn reboots(seed: u64) -> (SimConfig, Schedule) {
     let (mut config, schedule) = faulty(seed);
     config.churn = Some(Churn::default());
     (config, schedule)
@@ -27,7 +27,7 @@ fn reboots(seed: u64) -> (SimConfig, Schedule) {
 
 /// The Figure 8 shape: short-lived leaders on 3 nodes, one entry per AppendEntries so a new
 /// leader replicates old-term entries before its no-op, and 20% loss so replication is partial.
-fn figure8(seed: u64) -> (SimConfig, Schedule) {
+pub(super) fn figure8(seed: u64) -> (SimConfig, Schedule) {
     let mut config = SimConfig::new(seed, 3);
     config.raft.max_entries_per_append = 1;
     config.network.drop_request = 0.2;
@@ -40,7 +40,11 @@ fn figure8(seed: u64) -> (SimConfig, Schedule) {
     (config, Schedule::default())
 }
 
-fn run_with_bugs(scenario: Scenario, seed: u64, bugs: Bugs) -> Result<RunReport, SimFailure> {
+pub(super) fn run_with_bugs(
+    scenario: Scenario,
+    seed: u64,
+    bugs: Bugs,
+) -> Result<RunReport, SimFailure> {
     let (config, schedule) = scenario(seed);
     let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("scenarios are valid");
     sim.set_bugs(bugs);
@@ -48,7 +52,7 @@ fn run_with_bugs(scenario: Scenario, seed: u64, bugs: Bugs) -> Result<RunReport,
 }
 
 /// Whether a failure is a safety finding (not a liveness one, which bugs may also cause).
-fn is_safety(f: &SimFailure) -> bool {
+pub(super) fn is_safety(f: &SimFailure) -> bool {
     matches!(
         f.kind,
         FailureKind::Safety(_) | FailureKind::NotLinearizable(_) | FailureKind::CorePanic { .. }
@@ -58,6 +62,15 @@ fn is_safety(f: &SimFailure) -> bool {
 /// The first seed below `max_seeds` whose run with `bugs` fails on safety.
 fn hunt(scenario: Scenario, bugs: Bugs, max_seeds: u64) -> Option<SimFailure> {
     (0..max_seeds).find_map(|seed| run_with_bugs(scenario, seed, bugs).err().filter(is_safety))
+}
+
+/// The first seed in `seeds` whose run with `bugs` fails on safety.
+pub(super) fn hunt_range(
+    scenario: Scenario,
+    bugs: Bugs,
+    seeds: std::ops::Range<u64>,
+) -> Option<SimFailure> {
+    seeds.into_iter().find_map(|seed| run_with_bugs(scenario, seed, bugs).err().filter(is_safety))
 }
 
 /// Asserts the bug is found, and returns the failure for rule-specific checks.
@@ -255,7 +268,7 @@ fn an_isolated_leader_is_replaced_and_rejoins() {
 }
 
 #[test]
-fn added_node_joins_and_removed_leader_stops() {
+fn added_node_joins_and_removed_leader_stays_quiet() {
     let mut sim = Simulator::new(SimConfig::new(5, 3), |_| KvStateMachine::new()).expect("valid");
     sim.start_clients(KvWorkload { keys: 2 });
     sim.run_for(Duration::from_millis(300)).expect("safe");
@@ -270,7 +283,17 @@ fn added_node_joins_and_removed_leader_stops() {
     let new = sim.leader().expect("a leader");
     let config = sim.status(new).expect("up").config;
     assert!(config.voters.contains(&added), "{config:?}");
-    assert!(!config.contains(leader) && !sim.is_up(leader), "{config:?}");
+    assert!(!config.contains(leader), "{config:?}");
+    // Issue 12: the removed leader keeps running, crashes and restarts, and never campaigns.
+    assert!(sim.is_up(leader), "removed nodes keep running");
+    sim.crash(leader).expect("exists");
+    sim.restart(leader).expect("exists");
+    sim.run_for(Duration::from_secs(2)).expect("safe");
+    let removed = sim.status(leader).expect("restarted");
+    assert_eq!(removed.role, crate::core::Role::Follower, "{removed:?}");
+    assert!(!removed.config.contains(leader), "its removal is in force after the restart");
+    assert_eq!(sim.stats().removed_campaigns, 0);
+    assert_eq!(sim.leader(), Some(new), "undisturbed");
 }
 
 /// Regression (core fix in `election.rs`): a leader that appended its own removal and crashed
@@ -279,7 +302,7 @@ fn added_node_joins_and_removed_leader_stops() {
 fn self_removal_interrupted_by_a_crash_recovers() {
     for (seed, nodes) in [(286, 3), (11, 4)] {
         let config = SimConfig::new(seed, nodes);
-        let schedule = Schedule::random_with_membership(&config);
+        let schedule = Schedule::classic_with_membership(&config);
         run_kv(&config, &schedule).unwrap_or_else(|f| panic!("{f}"));
     }
 }
@@ -306,4 +329,163 @@ fn failures_carry_the_seed_and_a_trace_excerpt() {
     assert!(!f.trace.is_empty() && f.trace.len() <= trace::RING);
     let text = f.to_string();
     assert!(text.contains(&format!("seed {}", f.seed)) && text.contains("ALL-1"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 12: the richer fault model, its bad input, and the liveness report.
+
+fn kv_sim(seed: u64, nodes: u64) -> Simulator<KvStateMachine> {
+    Simulator::new(SimConfig::new(seed, nodes), |_| KvStateMachine::new()).expect("valid")
+}
+
+#[test]
+fn drift_bound_of_zero_or_above_one_is_refused() {
+    for bad in [0.0, 1.5, -0.1, f64::NAN] {
+        let mut config = SimConfig::new(1, 3);
+        config.clock_drift = Some(bad);
+        let err = config.validate().expect_err("outside (0, 1]");
+        assert!(matches!(err, FaultError::DriftBound(v) if v.to_bits() == bad.to_bits()), "{err}");
+        assert!(err.to_string().contains("outside (0, 1]"), "{err}");
+    }
+    let mut config = SimConfig::new(1, 3);
+    config.clock_drift = Some(1.0);
+    assert_eq!(config.validate(), Ok(()));
+}
+
+#[test]
+fn empty_long_delay_range_is_refused() {
+    let ms = Duration::from_millis;
+    let net = NetworkConfig {
+        long_tail: 0.1,
+        long_delay: (ms(200), ms(200)),
+        ..NetworkConfig::default()
+    };
+    assert_eq!(net.validate(), Err(FaultError::EmptyRange { field: "long_delay" }));
+    let net = NetworkConfig {
+        long_tail: 0.1,
+        long_delay: (ms(300), ms(200)),
+        ..NetworkConfig::default()
+    };
+    assert!(matches!(net.validate(), Err(FaultError::InvertedRange { field: "long_delay", .. })));
+    let net = NetworkConfig { long_delay: (ms(200), ms(200)), ..NetworkConfig::default() };
+    assert_eq!(net.validate(), Ok(()), "an empty range is fine while the tail is off");
+}
+
+#[test]
+fn pause_longer_than_the_run_is_refused() {
+    let config = SimConfig::new(1, 3);
+    let run = config.run_length();
+    let too_long = run + Duration::from_millis(1);
+    let mut sim = kv_sim(1, 3);
+    let err = sim.pause(crate::NodeId(1), too_long).expect_err("outlasts the run");
+    assert_eq!(err, FaultError::PauseTooLong { pause: too_long, run });
+    let schedule = Schedule::new(vec![(Duration::ZERO, Fault::Pause(Target::Leader, too_long))]);
+    assert_eq!(schedule.validate(&config), Err(FaultError::PauseTooLong { pause: too_long, run }));
+    let f = run_kv(&config, &schedule).expect_err("refused before the run starts");
+    assert_eq!(f.kind, FailureKind::Fault(FaultError::PauseTooLong { pause: too_long, run }));
+}
+
+#[test]
+fn unknown_node_in_a_fault_is_refused() {
+    let config = SimConfig::new(1, 3);
+    let ghost = crate::NodeId(9);
+    for fault in [
+        Fault::Crash(Target::Node(ghost)),
+        Fault::CutLink { from: Target::Node(crate::NodeId(1)), to: Target::Node(ghost) },
+        Fault::Pause(Target::Node(ghost), Duration::from_millis(100)),
+        Fault::Deafen(Target::Node(ghost)),
+    ] {
+        let schedule = Schedule::new(vec![(Duration::from_millis(10), fault)]);
+        assert_eq!(schedule.validate(&config), Err(FaultError::UnknownNode(ghost)));
+        let f = run_kv(&config, &schedule).expect_err("unknown node");
+        assert_eq!(f.kind, FailureKind::Fault(FaultError::UnknownNode(ghost)));
+    }
+    let mut sim = kv_sim(1, 3);
+    assert_eq!(sim.cut_link(crate::NodeId(1), ghost), Err(FaultError::UnknownNode(ghost)));
+    assert_eq!(sim.deafen(ghost), Err(FaultError::UnknownNode(ghost)));
+    assert_eq!(sim.crash_mid_step(ghost), Err(FaultError::UnknownNode(ghost)));
+    let n1 = crate::NodeId(1);
+    assert_eq!(sim.cut_link(n1, n1), Err(FaultError::SelfLink(n1)));
+}
+
+#[test]
+fn not_converged_names_the_node_and_how_far_behind() {
+    let mut sim = kv_sim(3, 3);
+    sim.start_clients(KvWorkload { keys: 2 });
+    sim.run_for(Duration::from_millis(300)).expect("safe");
+    let leader = sim.leader().expect("a leader");
+    let lagging = sim.node_ids().into_iter().find(|&id| id != leader).expect("a follower");
+    sim.isolate(lagging).expect("exists");
+    sim.run_for(Duration::from_millis(300)).expect("safe");
+    sim.stop_clients();
+    sim.run_for(Duration::from_millis(300)).expect("safe");
+    let why = sim.convergence().expect_err("the isolated node lags");
+    assert!(why.contains(&format!("{lagging} is ")) && why.contains("entries behind"), "{why}");
+    let kind = FailureKind::NotConverged(why);
+    assert!(kind.is_liveness() && !kind.is_safety());
+    assert!(kind.to_string().starts_with("liveness"), "{kind}");
+}
+
+#[test]
+fn a_deaf_leader_is_replaced_and_a_one_way_cut_heals() {
+    let mut sim = kv_sim(4, 5);
+    sim.start_clients(KvWorkload { keys: 2 });
+    sim.run_for(Duration::from_millis(300)).expect("safe");
+    let old = sim.leader().expect("a leader");
+    sim.deafen(old).expect("exists"); // it still sends heartbeats, but hears no acks
+    let other = sim.node_ids().into_iter().find(|&id| id != old).expect("another node");
+    sim.cut_link(other, old).expect("exists");
+    sim.run_for(Duration::from_millis(800)).expect("safe");
+    let new = sim.leader().expect("CheckQuorum deposes the deaf leader");
+    assert_ne!(new, old);
+    sim.settle().expect("converges after heal");
+}
+
+#[test]
+fn a_paused_leader_resumes_with_a_stale_view_and_rejoins() {
+    let mut sim = kv_sim(5, 3);
+    sim.start_clients(KvWorkload { keys: 2 });
+    sim.run_for(Duration::from_millis(300)).expect("safe");
+    let old = sim.leader().expect("a leader");
+    sim.pause(old, Duration::from_millis(600)).expect("valid pause");
+    sim.run_for(Duration::from_millis(500)).expect("safe");
+    let new = sim.leader().expect("the others elect a leader meanwhile");
+    assert_ne!(new, old);
+    assert_eq!(sim.status(old).expect("paused, not down").role, crate::core::Role::Leader);
+    sim.run_for(Duration::from_millis(300)).expect("safe after the resume");
+    sim.settle().expect("converges");
+}
+
+#[test]
+fn crashes_between_the_actions_of_a_step_are_survived() {
+    let mut sim = kv_sim(6, 3);
+    sim.start_clients(KvWorkload { keys: 2 });
+    for round in 0..20u64 {
+        sim.run_for(Duration::from_millis(50)).expect("safe");
+        let id = crate::NodeId(1 + round % 3);
+        sim.crash_mid_step(id).expect("exists");
+        sim.run_for(Duration::from_millis(50)).expect("safe");
+        sim.restart_all().expect("members exist");
+    }
+    assert!(sim.stats().mid_step_crashes >= 10, "{:?}", sim.stats());
+    sim.settle().expect("converges");
+}
+
+#[test]
+fn client_batches_reach_the_driver_as_one_step() {
+    let mut config = SimConfig::new(7, 3);
+    config.clients = 12;
+    config.batch_window = Some(Duration::from_millis(1));
+    let report = run_kv(&config, &Schedule::random(&config)).unwrap_or_else(|f| panic!("{f}"));
+    assert!(report.stats.batches > 10, "{:?}", report.stats);
+}
+
+#[test]
+fn drifting_clocks_and_long_tails_stay_safe_and_converge() {
+    for seed in 0..6 {
+        let mut config = SimConfig::new(seed, 3 + 2 * (seed % 2));
+        config.clock_drift = Some(0.3);
+        config.network.long_tail = 0.05;
+        run_kv(&config, &Schedule::random(&config)).unwrap_or_else(|f| panic!("{f}"));
+    }
 }

@@ -309,3 +309,35 @@ fn membership_change_on_a_leader_with_an_inherited_uncommitted_config_is_change_
     assert_eq!(c.role(), Role::Leader);
     assert_eq!(changes_done(&c.step(add(5))), [Err(Error::ChangeInProgress)]);
 }
+
+/// Regression (issue 12): a configuration takes effect when appended, also on restart. A
+/// removed leader holds its committed removal; after a restart it must not fall back to the
+/// bootstrap configuration (which still names it) and campaign.
+#[test]
+fn membership_removed_node_does_not_campaign_after_a_restart() {
+    let mut net = three_and_a_spare();
+    net.step(1, remove(1));
+    net.run(10);
+    assert_eq!((net.node(1).role(), net.node(1).commit()), (Role::Follower, 2), "removed");
+    net.node_mut(1).restart();
+    assert_eq!(net.node(1).status().config, conf(&[2, 3], &[]), "in force after a restart");
+    assert_eq!(net.node_mut(1).ticks_until_campaign(1000), None, "a removed node never campaigns");
+}
+
+/// The other side of the restart rule: a removed leader whose removal never left it is asked
+/// for its vote by a voter that still counts it and whose log is behind; then it campaigns
+/// again (thesis §4.2.2), or {n1, n2} would wait for it forever.
+#[test]
+fn membership_restarted_node_whose_removal_is_needed_campaigns_again() {
+    let mut net = cluster_and_a_spare(&[1, 2]);
+    net.cut(1, 2);
+    net.step(1, remove(1));
+    net.crash(1);
+    net.restart(1);
+    assert_eq!(net.node(1).status().config, conf(&[2], &[]));
+    net.heal();
+    net.run(1000);
+    let leader = net.leader().expect("someone leads again");
+    assert_eq!(net.node(leader).status().config, conf(&[2], &[]));
+    assert_eq!(net.node(2).commit(), net.node(2).status().last_log_index.0, "removal committed");
+}
