@@ -9,6 +9,14 @@
 //! cargo run --release --example bench -- clients    --clients C [--nodes N] [--ops N]
 //! ```
 //!
+//! cargo run --release --example bench -- soak --ops 10000000 --keys 1000 [--nodes N]
+//! cargo run --release --example bench -- catchup-snapshot [--ops N]
+//!
+//! `soak`: a key-value state machine of `--keys` keys under `--ops` writes (256 outstanding)
+//! with the default snapshot policy; one line per 1M writes with resident memory, the leader's
+//! snapshot index and log length, then a summary. `catchup-snapshot`: `--ops` writes (default
+//! 1,000,000), then a node is added that can only catch up through a snapshot plus the tail.
+//!
 //! `clients`: C OS threads share one `Client` handle (no lock); each proposes, waits for its
 //! answer, and proposes again (closed loop), until `--ops` proposals (default 200,000) are done.
 //!
@@ -24,7 +32,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use ferraft::{Cluster, Config, LogIndex, NodeHandle, StateMachine};
+use ferraft::{Cluster, Config, KvCommand, KvStateMachine, LogIndex, NodeHandle, StateMachine};
 
 /// The trivial state machine: adds each command to a running sum.
 struct Sum(u64);
@@ -58,6 +66,7 @@ struct Args {
     nodes: usize,
     clients: usize,
     ops: usize,
+    keys: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -65,7 +74,7 @@ fn parse_args() -> Result<Args, String> {
     let workload = args
         .next()
         .ok_or("usage: bench <latency|throughput|memory> [--nodes N] [--clients C] [--ops N]")?;
-    let mut parsed = Args { workload, nodes: 3, clients: 256, ops: 0 };
+    let mut parsed = Args { workload, nodes: 3, clients: 256, ops: 0, keys: 1000 };
     while let Some(flag) = args.next() {
         let value: usize =
             args.next().and_then(|v| v.parse().ok()).ok_or(format!("{flag} needs a number"))?;
@@ -73,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
             "--nodes" => parsed.nodes = value,
             "--clients" => parsed.clients = value.max(1),
             "--ops" => parsed.ops = value,
+            "--keys" => parsed.keys = value.max(1),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -87,6 +97,11 @@ fn main() {
             std::process::exit(2);
         }
     };
+    match args.workload.as_str() {
+        "soak" => return soak(&args),
+        "catchup-snapshot" => return catchup_snapshot(&args),
+        _ => {}
+    }
     let rss_before = rss_bytes();
     let config = Config { max_inflight: 64, ..Config::default() };
     let nodes = if args.workload == "reconfig" { 5 } else { args.nodes };
@@ -304,4 +319,74 @@ fn reconfig(mut cluster: Cluster<Sum>, handle: NodeHandle<Sum>, clients: usize) 
 
 fn rate((start, before): (Instant, u64), after: u64) -> f64 {
     (after - before) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Writes `ops` puts over `keys` keys through the leader, 256 outstanding; calls `every` after
+/// each million.
+fn kv_writes(
+    cluster: &Cluster<KvStateMachine>,
+    ops: usize,
+    keys: usize,
+    mut every: impl FnMut(usize),
+) -> f64 {
+    let client = cluster.client();
+    cluster.wait_for_leader(Duration::from_secs(10)).expect("a leader");
+    let mut inflight = VecDeque::with_capacity(256);
+    let start = Instant::now();
+    for i in 0..ops {
+        let command = KvCommand::Put { key: format!("k{}", i % keys), value: i.to_string() };
+        inflight.push_back(client.propose_async(command));
+        if inflight.len() >= 256 {
+            inflight
+                .pop_front()
+                .expect("non-empty")
+                .wait(Duration::from_secs(30))
+                .expect("applied");
+        }
+        if (i + 1) % 1_000_000 == 0 {
+            every(i + 1);
+        }
+    }
+    for mut receipt in inflight {
+        receipt.wait(Duration::from_secs(30)).expect("applied");
+    }
+    start.elapsed().as_secs_f64()
+}
+
+fn soak(args: &Args) {
+    let ops = if args.ops == 0 { 10_000_000 } else { args.ops };
+    let cluster = Cluster::new(Config::default(), args.nodes, |_| KvStateMachine::new())
+        .expect("valid config");
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).expect("a leader");
+    let mut samples = Vec::new();
+    let secs = kv_writes(&cluster, ops, args.keys, |done| {
+        let rss = rss_bytes() as f64 / 1e6;
+        let status = cluster.status(leader).expect("leader status").core;
+        samples.push(rss);
+        println!(
+            "{{\"workload\":\"soak\",\"ops_done\":{done},\"rss_mb\":{rss:.1},\"snapshot_index\":{},\"log_len\":{}}}",
+            status.snapshot_index.0, status.log_entries
+        );
+    });
+    let first = samples.first().copied().unwrap_or(0.0);
+    let last = samples.last().copied().unwrap_or(0.0);
+    println!(
+        "{{\"workload\":\"soak\",\"ops\":{ops},\"rss_first_mb\":{first:.1},\"rss_last_mb\":{last:.1},\"ops_per_s\":{:.0}}}",
+        ops as f64 / secs
+    );
+    cluster.shutdown();
+}
+
+fn catchup_snapshot(args: &Args) {
+    let entries = if args.ops == 0 { 1_000_000 } else { args.ops };
+    let mut cluster = Cluster::new(Config::default(), args.nodes, |_| KvStateMachine::new())
+        .expect("valid config");
+    kv_writes(&cluster, entries, args.keys, |_| {});
+    let start = Instant::now();
+    let id = cluster.add_node().expect("the new node catches up and is promoted");
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let status = cluster.status(id).expect("running");
+    assert!(status.rpcs.install_snapshots > 0, "caught up through a snapshot");
+    println!("{{\"workload\":\"catchup-snapshot\",\"entries\":{entries},\"catchup_ms\":{ms:.0}}}");
+    cluster.shutdown();
 }
