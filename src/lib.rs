@@ -1,18 +1,22 @@
 //! # ferraft: Raft from the paper
 //!
-//! A Raft consensus library in three layers:
+//! The public surface has two layers.
 //!
-//! * [`core`]: the protocol as a pure, deterministic state machine, [`Core::step`] taking an
-//!   [`Input`] (a tick, a message, a proposal, a membership change) and producing ordered
-//!   [`Action`]s (persist, send, apply, answer). Every rule of Figure 2 of the paper lives here,
-//!   once, with PreVote, CheckQuorum, pipelining and single-server membership changes.
-//! * [`runtime`]: one named OS thread per node running a crossbeam `select!` loop over its
-//!   inbox, client requests and a ticker; the [`Cluster`] handle that starts, kills, restarts,
-//!   adds and removes nodes, routes their messages and injects network faults.
-//! * [`sim`]: a seeded simulator driving the same core on one thread in virtual time, with a
-//!   safety checker and a linearizability checker ([`linearizability`]).
+//! **The embedder's layer**, at the crate root: [`Cluster`] (and [`ClusterBuilder`] to choose
+//! ids, storage and transport), the shareable [`Client`], [`NodeHandle`], [`Receipt`] and
+//! [`Applied`], the [`StateMachine`] you implement, [`Config`], the errors ([`Error`],
+//! [`ConfigError`], [`FaultError`]), [`NetworkFaults`] for testing on real threads, and
+//! [`sim`] for testing your state machine in virtual time.
 //!
-//! Users replicate their own state by implementing [`StateMachine`].
+//! **The driver writer's layer**: [`core`], the protocol as a pure, deterministic state machine
+//! ([`Core::step`] takes an [`Input`] and yields ordered [`Action`]s: persist, send, apply,
+//! answer), the messages it exchanges ([`message`]), and the traits a node's effects go through,
+//! [`Storage`] and [`Transport`]. Everything else (the node driver, the thread runtime, the
+//! in-process router, the simulator's checkers) is internal.
+//!
+//! Inside, one node driver (`src/node/`) executes the core's actions for both the thread runtime
+//! (`src/runtime/`) and the simulator (`src/sim/`), so the simulator's checkers watch the code
+//! users run.
 //!
 //! ## Map to the paper
 //!
@@ -25,7 +29,8 @@
 //! | Figure 2 persistence | SUB-8 | `Core::flush` orders persistence first; `storage.rs` |
 //! | §6 membership, thesis ch. 4 | | `core/changes.rs`, `core/membership.rs`, `core/quorum.rs` |
 //! | thesis §9.6, §6.2 | PreVote, CheckQuorum | `core/election.rs` |
-//! | §8 clients | LEAD-2 | `runtime` (`Receipt`, `NotLeader` hints) |
+//! | §7 log compaction, Figure 13 | IS-1..8 | `core/snapshot.rs`, `node/apply.rs` |
+//! | §8 clients | LEAD-2 | `node/` (`Receipt`, `NotLeader` hints), `runtime/client.rs` |
 //! | Figure 3 properties | SP-1..5 | `sim` checker |
 //!
 //! NOTES.md has the full rule-to-function-to-test table.
@@ -39,7 +44,7 @@ pub mod kv;
 pub mod linearizability;
 pub mod message;
 mod node;
-pub mod runtime;
+mod runtime;
 pub mod sim;
 pub mod state_machine;
 pub mod storage;
@@ -52,7 +57,9 @@ pub use crate::error::{ConfigError, Error, FaultError};
 pub use crate::kv::{KvCommand, KvOutput, KvStateMachine};
 pub use crate::message::{Configuration, Entry, Message, Payload, Snapshot, SnapshotMeta};
 pub use crate::node::{Applied, Compaction, NodeStatus, Receipt, RpcCounts};
-pub use crate::runtime::{Client, Cluster, ClusterBuilder, NodeHandle};
+pub use crate::runtime::{
+    Client, Cluster, ClusterBuilder, NodeHandle, StorageFactory, TransportFactory,
+};
 pub use crate::state_machine::StateMachine;
 pub use crate::storage::{HardState, MemStorage, PersistentState, Storage};
 pub use crate::transport::{NetworkFaults, Transport};

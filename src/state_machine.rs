@@ -56,16 +56,3 @@ pub trait StateMachine: Send + 'static {
         0
     }
 }
-
-/// Applies one committed entry: a command goes to the state machine and yields its output;
-/// no-op and configuration entries yield `None` and never reach it.
-pub fn apply_entry<S: StateMachine>(
-    state_machine: &mut S,
-    index: LogIndex,
-    entry: &crate::message::Entry<S::Command>,
-) -> Option<S::Output> {
-    match &entry.payload {
-        crate::message::Payload::Command(command) => Some(state_machine.apply(index, command)),
-        crate::message::Payload::Noop | crate::message::Payload::Config(_) => None,
-    }
-}

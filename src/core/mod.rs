@@ -18,8 +18,8 @@ mod invariants;
 pub mod log;
 mod membership;
 mod notice;
-pub mod progress;
-pub mod quorum;
+mod progress;
+mod quorum;
 mod replication;
 mod snapshot;
 

@@ -170,11 +170,13 @@ impl Progress {
     }
 
     /// Number of AppendEntries awaiting acknowledgement.
+    #[cfg(test)]
     pub fn inflight(&self) -> usize {
         self.inflight.len()
     }
 
     /// Bytes of commands in the AppendEntries awaiting acknowledgement.
+    #[cfg(test)]
     pub fn inflight_bytes(&self) -> usize {
         self.inflight_bytes
     }

@@ -3,7 +3,7 @@
 //! fault switches.
 //!
 //! Storage and transport are chosen per node by factories ([`ClusterBuilder::storage`],
-//! [`ClusterBuilder::transport`]); the defaults are [`MemStorage`] and the in-process [`Router`].
+//! [`ClusterBuilder::transport`]); the defaults are [`MemStorage`] and the in-process router.
 //! Ownership: the cluster owns every node's shutdown `Sender` and `JoinHandle`; the storage
 //! factory owns what a killed node restarts from. Dropping the cluster shuts every node down and
 //! joins every thread.
@@ -96,7 +96,7 @@ impl<S: StateMachine> ClusterBuilder<S> {
         self
     }
 
-    /// How each node reaches its peers (default: the in-process [`Router`], whose fault
+    /// How each node reaches its peers (default: the in-process router, whose fault
     /// switches the cluster's `partition`, `set_faults`, ... methods flip; with another
     /// transport those switches affect nothing). See [`TransportFactory`].
     pub fn transport<T: Transport<S::Command>>(

@@ -10,7 +10,7 @@
 //! every cut operation edits that set. Links are between the nodes the cluster has when the cut
 //! is made: a node added later is connected to everyone.
 //!
-//! This file only names the cluster's nodes to the [`crate::transport::Router`], which validates
+//! This file only names the cluster's nodes to the router (`transport/router.rs`), which validates
 //! every setting (unknown nodes, probabilities, ranges) and applies it; nothing here touches a
 //! node's thread.
 

@@ -133,7 +133,7 @@ struct Global {
 
 /// Observes cores step by step; see the module docs.
 #[derive(Debug, Default)]
-pub struct Checker {
+pub(crate) struct Checker {
     nodes: BTreeMap<NodeId, NodeView>,
     global: Global,
 }

@@ -60,7 +60,8 @@ use crate::storage::MemStorage;
 use crate::types::NodeId;
 
 pub use crate::error::FaultError;
-pub use checker::{Checker, Rule, Violation};
+use checker::Checker;
+pub use checker::{Rule, Violation};
 pub use client::{HistoryOp, Workload};
 pub use config::{Churn, NetworkConfig, SimConfig};
 pub use kv::{check_kv_history, KvWorkload};

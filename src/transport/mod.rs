@@ -1,12 +1,13 @@
 //! How a node's messages reach its peers: the [`Transport`] trait and its implementations, the
-//! in-process [`Router`] (`router.rs`, with the fault switches tests and users flip).
+//! in-process router (`router.rs`, with the fault switches that `Cluster` methods flip).
 //!
 //! A transport is best effort, like a network: a message may be lost, delayed, duplicated or
 //! reordered, and Raft retransmits. `send` must never block the node's thread.
 
 mod router;
 
-pub use router::{NetworkFaults, Router};
+pub use router::NetworkFaults;
+pub(crate) use router::Router;
 
 use crate::message::Message;
 
