@@ -37,15 +37,24 @@ pub(crate) struct Applier<S: StateMachine> {
     waiting: BTreeMap<(LogIndex, Term), Responder<S::Output>>,
     applied: LogIndex,
     failure: Option<Error>,
+    /// A proposal was answered since `is_hot` last looked.
+    answered: bool,
 }
 
 impl<S: StateMachine> Applier<S> {
     pub fn new(node: NodeId, state_machine: S, applied: LogIndex) -> Self {
-        Applier { node, state_machine, waiting: BTreeMap::new(), applied, failure: None }
+        let waiting = BTreeMap::new();
+        Applier { node, state_machine, waiting, applied, failure: None, answered: false }
     }
 
     pub fn state_machine(&self) -> &S {
         &self.state_machine
+    }
+
+    /// Whether this applier serves proposers: some wait now, or one was just answered (a
+    /// leader's applier under load). Reading it forgets the "just answered".
+    pub fn is_hot(&mut self) -> bool {
+        !self.waiting.is_empty() || std::mem::take(&mut self.answered)
     }
 
     /// The panic that stopped this applier, if any.
@@ -131,6 +140,7 @@ impl<S: StateMachine> Applier<S> {
                 return;
             }
             let responder = waiting.remove();
+            self.answered = true;
             let result = match &output {
                 Some(output) if (i, t) == (index, term) => {
                     Ok(Applied { index, term, output: output.clone() })
@@ -205,7 +215,9 @@ impl<S: StateMachine> ApplyQueue<S> {
         let thread = std::thread::Builder::new()
             .name(format!("raft-n{}-apply", applier.node.0))
             .spawn(move || {
-                while let Some(task) = next_task(&rx) {
+                // NB: only an applier with proposals waiting spins: nobody waits on the others,
+                // and on a small machine their spinning would slow the threads that matter.
+                while let Some(task) = next_task(&rx, applier.is_hot()) {
                     if st.load(Ordering::Relaxed) {
                         return;
                     }
@@ -320,8 +332,8 @@ impl<S: StateMachine> Drop for ApplyThread<S> {
 /// in bursts microseconds apart, and waking a parked thread takes several.
 const SPIN_ROUNDS: usize = 64;
 
-fn next_task<T>(tasks: &Receiver<T>) -> Option<T> {
-    for _ in 0..SPIN_ROUNDS {
+fn next_task<T>(tasks: &Receiver<T>, spin: bool) -> Option<T> {
+    for _ in 0..if spin { SPIN_ROUNDS } else { 0 } {
         match tasks.try_recv() {
             Ok(task) => return Some(task),
             Err(TryRecvError::Disconnected) => return None,
