@@ -11,11 +11,15 @@
 //!
 //! cargo run --release --example bench -- soak --ops 10000000 --keys 1000 [--nodes N]
 //! cargo run --release --example bench -- catchup-snapshot [--ops N]
+//! cargo run --release --example bench -- restart-snapshot [--ops N]
 //!
 //! `soak`: a key-value state machine of `--keys` keys under `--ops` writes (256 outstanding)
 //! with the default snapshot policy; one line per 1M writes with resident memory, the leader's
 //! snapshot index and log length, then a summary. `catchup-snapshot`: `--ops` writes (default
 //! 1,000,000), then a node is added that can only catch up through a snapshot plus the tail.
+//! `restart-snapshot`: `--ops` writes (default 1,000,000), a follower is killed, 10,000 more
+//! are written, and the time for the restarted follower to reach the leader's commit index
+//! (restore its snapshot, then the tail) is printed.
 //!
 //! `clients`: C OS threads share one `Client` handle (no lock); each proposes, waits for its
 //! answer, and proposes again (closed loop), until `--ops` proposals (default 200,000) are done.
@@ -100,6 +104,7 @@ fn main() {
     match args.workload.as_str() {
         "soak" => return soak(&args),
         "catchup-snapshot" => return catchup_snapshot(&args),
+        "restart-snapshot" => return restart_snapshot(&args),
         _ => {}
     }
     let rss_before = rss_bytes();
@@ -388,5 +393,29 @@ fn catchup_snapshot(args: &Args) {
     let status = cluster.status(id).expect("running");
     assert!(status.rpcs.install_snapshots > 0, "caught up through a snapshot");
     println!("{{\"workload\":\"catchup-snapshot\",\"entries\":{entries},\"catchup_ms\":{ms:.0}}}");
+    cluster.shutdown();
+}
+
+fn restart_snapshot(args: &Args) {
+    let entries = if args.ops == 0 { 1_000_000 } else { args.ops };
+    let mut cluster = Cluster::new(Config::default(), args.nodes, |_| KvStateMachine::new())
+        .expect("valid config");
+    kv_writes(&cluster, entries, args.keys, |_| {});
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).expect("a leader");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    cluster.kill(follower).expect("kill");
+    kv_writes(&cluster, 10_000, args.keys, |_| {});
+    let target = cluster.status(leader).expect("leader").core.commit_index;
+    let start = Instant::now();
+    cluster.restart(follower).expect("restart");
+    let restored = cluster.status(follower).expect("restarted").core.last_applied;
+    while cluster.status(follower).expect("running").core.last_applied < target {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "{{\"workload\":\"restart-snapshot\",\"entries\":{entries},\"tail\":10000,\"restored_index\":{},\"catchup_ms\":{ms:.0}}}",
+        restored.0
+    );
     cluster.shutdown();
 }
