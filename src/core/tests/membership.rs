@@ -239,6 +239,13 @@ fn membership_catch_up_round_lasting_the_minimum_election_timeout_promotes_the_l
     let mut c = adding_n4(test_config());
     catch_up_round(&mut c, 15);
     assert_eq!(c.status().config, conf(&[1, 2, 3, 4], &[]), "15 ticks is fast enough");
+    // {n1..n4} at i4 commits with n2 and n4: the change is done, once.
+    let last = c.status().last_log_index;
+    c.recv(ae_ok(2, 1, 1, last.0));
+    let acts = c.recv(ae_ok(4, 1, 1, last.0));
+    assert_eq!(changes_done(&acts), [Ok(conf(&[1, 2, 3, 4], &[]))]);
+    assert_eq!((c.commit(), c.status().last_log_index), (last.0, last), "no further entry");
+    assert!(changes_done(&c.tick(20)).is_empty());
 }
 
 #[test]
