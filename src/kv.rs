@@ -10,7 +10,7 @@ use crate::state_machine::StateMachine;
 use crate::types::LogIndex;
 
 /// A command on the key-value store.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum KvCommand {
     /// Sets `key` to `value`.
     Put {

@@ -1,16 +1,19 @@
 //! The RPCs of the paper, named as in Figure 2, and the log entries they carry.
 //!
-//! Pure data, no wire format: in-process nodes move these values through channels. A future TCP
-//! transport serializes them at its own boundary, never inside the core.
+//! Pure data: in-process nodes move these values through channels. Every type derives serde's
+//! `Serialize`/`Deserialize` (for a command type that does), so the disk log and the TCP
+//! transport encode them at their own boundary, never inside the core.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use crate::types::{LogIndex, NodeId, Term};
 
 /// One log entry: the term in which a leader created it and what it carries (ST-P3).
 /// Its index is implied by its position, so the log stores no index per entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry<C> {
     /// The leader's term when it appended the entry.
     pub term: Term,
@@ -19,7 +22,7 @@ pub struct Entry<C> {
 }
 
 /// What a log entry carries.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Payload<C> {
     /// The blank entry a new leader appends at the start of its term (SUB-4).
     Noop,
@@ -30,7 +33,7 @@ pub enum Payload<C> {
 }
 
 /// The members of the cluster: voters decide elections and commitment; learners only replicate.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Configuration {
     /// Servers whose votes and acknowledgements count towards a majority.
     pub voters: BTreeSet<NodeId>,
@@ -65,7 +68,7 @@ impl Configuration {
 
 /// A message between two servers. `term` is the sender's current term (or, for a pre-vote
 /// request, the term it would campaign in).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message<C> {
     /// The sender.
     pub from: NodeId,
@@ -78,7 +81,7 @@ pub struct Message<C> {
 }
 
 /// The RPCs and their replies.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body<C> {
     /// Invoked by candidates to gather votes (§5.2).
     RequestVote(RequestVote),
@@ -97,7 +100,7 @@ pub enum Body<C> {
 }
 
 /// What a snapshot stands for: the state machine after applying every entry through `index`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotMeta {
     /// The last entry the snapshot includes (Figure 13's lastIncludedIndex).
     pub index: LogIndex,
@@ -108,7 +111,7 @@ pub struct SnapshotMeta {
 }
 
 /// A point-in-time image of a state machine, in the byte form `StateMachine::snapshot` gives.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// What it stands for.
     pub meta: SnapshotMeta,
@@ -117,7 +120,7 @@ pub struct Snapshot {
 }
 
 /// InstallSnapshot arguments (Figure 13): one chunk of `meta`'s snapshot at byte `offset`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallSnapshot {
     /// The snapshot this chunk belongs to.
     pub meta: SnapshotMeta,
@@ -130,7 +133,7 @@ pub struct InstallSnapshot {
 }
 
 /// InstallSnapshot results: how much of the snapshot at `index` the follower holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallSnapshotReply {
     /// The snapshot's last included index, to recognise replies to an older transfer.
     pub index: LogIndex,
@@ -141,7 +144,7 @@ pub struct InstallSnapshotReply {
 }
 
 /// RequestVote arguments (Figure 2), plus the thesis's pre-vote and transfer flags.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestVote {
     /// Index of the candidate's last log entry (§5.4).
     pub last_log_index: LogIndex,
@@ -154,7 +157,7 @@ pub struct RequestVote {
 }
 
 /// RequestVote results (Figure 2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestVoteReply {
     /// True means the candidate received the vote.
     pub granted: bool,
@@ -163,7 +166,7 @@ pub struct RequestVoteReply {
 }
 
 /// AppendEntries arguments (Figure 2). `entries` are at `prev_log_index + 1 ..`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppendEntries<C> {
     /// Index of the entry immediately preceding the new ones.
     pub prev_log_index: LogIndex,
@@ -183,7 +186,7 @@ impl<C> AppendEntries<C> {
 }
 
 /// AppendEntries results (Figure 2), plus the hints for fast backtracking (SUB-7).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AppendEntriesReply {
     /// The follower's log now matches the leader's through `match_index` = prev + entries.len().
     Success {

@@ -67,6 +67,8 @@ pub(crate) struct Driver<S: StateMachine, St, T> {
     /// The actions of the step being executed (kept to reuse the allocation).
     actions: Vec<Action<S::Command>>,
     rpcs: RpcCounts,
+    /// Whether storage holds writes not yet made durable by `Storage::sync`.
+    unsynced: bool,
     max_command_bytes: usize,
     last_seen: (Role, Term, Option<NodeId>),
 }
@@ -110,6 +112,7 @@ where
             taken,
             actions: Vec::new(),
             rpcs: RpcCounts::default(),
+            unsynced: false,
             max_command_bytes: config.max_command_bytes,
             last_seen,
         })
@@ -271,7 +274,12 @@ where
             Execute::First(count) => count,
         };
         let mut actions = std::mem::take(&mut self.actions);
-        let result = actions.drain(..).take(count).try_for_each(|a| self.run(a));
+        let actions_len = actions.len();
+        let mut result = actions.drain(..).take(count).try_for_each(|a| self.run(a));
+        if result.is_ok() && self.unsynced && count == actions_len {
+            result = self.storage.sync().map_err(storage_error);
+            self.unsynced = false;
+        }
         actions.clear();
         self.actions = actions;
         self.trace_role_change();
@@ -279,6 +287,17 @@ where
     }
 
     fn run(&mut self, action: Action<S::Command>) -> Result<(), Error> {
+        let persists = matches!(
+            action,
+            Action::PersistHardState(_) | Action::PersistEntries { .. } | Action::PersistSnapshot(_)
+        );
+        if self.unsynced && !persists {
+            // Group commit: one sync covers every write of the step, before anything that
+            // depends on them leaves the node (SUB-8).
+            self.storage.sync().map_err(storage_error)?;
+            self.unsynced = false;
+        }
+        self.unsynced |= persists;
         match action {
             Action::PersistHardState(hs) => {
                 self.storage.save_hard_state(hs).map_err(storage_error)?
@@ -311,6 +330,8 @@ where
             }
             Action::PersistSnapshot(snapshot) => {
                 self.storage.save_snapshot(&snapshot).map_err(storage_error)?;
+                self.storage.sync().map_err(storage_error)?; // the answer below depends on it
+                self.unsynced = false;
                 let status = self.core.status();
                 let done = Compaction::Snapshot {
                     index: snapshot.meta.index,

@@ -8,6 +8,8 @@
 
 use std::io;
 
+use serde::{Deserialize, Serialize};
+
 mod mem;
 
 pub use mem::MemStorage;
@@ -18,7 +20,7 @@ use crate::message::{Configuration, Entry, Snapshot};
 use crate::types::{LogIndex, NodeId, Term};
 
 /// currentTerm and votedFor (ST-P1, ST-P2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HardState {
     /// The latest term this server has seen.
     pub term: Term,
@@ -45,7 +47,13 @@ pub struct PersistentState<C> {
     pub snapshot: Option<Arc<Snapshot>>,
 }
 
-/// Stable storage for one node. Every method returns only once the data is durable.
+/// Stable storage for one node.
+///
+/// Writes (`save_hard_state`, `append`, `save_snapshot`) may be buffered; they count as persisted
+/// only once [`Storage::sync`] returns. The node driver calls `sync` once after the persist
+/// actions of a step and before any message or answer that depends on them (SUB-8), so one sync
+/// covers everything a step wrote (group commit). A store whose writes are durable on return
+/// (like [`MemStorage`]) keeps the default no-op `sync`.
 pub trait Storage<C>: Send + 'static {
     /// Reads back everything persisted so far.
     fn load(&self) -> io::Result<PersistentState<C>>;
@@ -57,6 +65,11 @@ pub trait Storage<C>: Send + 'static {
     /// entries after it stay. From then on `load` returns it, with `log_offset` at its index and
     /// `base_config` its configuration.
     fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()>;
+    /// Makes every write so far durable (fsync). Until it returns, a crash may lose or tear
+    /// any of them.
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<C: 'static> Storage<C> for Box<dyn Storage<C>> {
@@ -74,5 +87,9 @@ impl<C: 'static> Storage<C> for Box<dyn Storage<C>> {
 
     fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {
         (**self).save_snapshot(snapshot)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        (**self).sync()
     }
 }
