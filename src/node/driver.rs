@@ -289,7 +289,9 @@ where
     fn run(&mut self, action: Action<S::Command>) -> Result<(), Error> {
         let persists = matches!(
             action,
-            Action::PersistHardState(_) | Action::PersistEntries { .. } | Action::PersistSnapshot(_)
+            Action::PersistHardState(_)
+                | Action::PersistEntries { .. }
+                | Action::PersistSnapshot(_)
         );
         if self.unsynced && !persists {
             // Group commit: one sync covers every write of the step, before anything that

@@ -71,6 +71,17 @@ struct Args {
     clients: usize,
     ops: usize,
     keys: usize,
+    /// Flags with a text value (`--storage disk`, `--data-dir DIR`, `--mode lease`, ...), for the
+    /// workloads that read them through [`Args::text`].
+    text: Vec<(String, String)>,
+}
+
+impl Args {
+    /// The value of a text flag, if given.
+    #[allow(dead_code)]
+    fn text(&self, flag: &str) -> Option<&str> {
+        self.text.iter().rev().find(|(f, _)| f == flag).map(|(_, v)| v.as_str())
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -78,16 +89,18 @@ fn parse_args() -> Result<Args, String> {
     let workload = args
         .next()
         .ok_or("usage: bench <latency|throughput|memory> [--nodes N] [--clients C] [--ops N]")?;
-    let mut parsed = Args { workload, nodes: 3, clients: 256, ops: 0, keys: 1000 };
+    let mut parsed =
+        Args { workload, nodes: 3, clients: 256, ops: 0, keys: 1000, text: Vec::new() };
     while let Some(flag) = args.next() {
-        let value: usize =
-            args.next().and_then(|v| v.parse().ok()).ok_or(format!("{flag} needs a number"))?;
+        let text = args.next().ok_or(format!("{flag} needs a value"))?;
+        let number = || text.parse::<usize>().map_err(|_| format!("{flag} needs a number"));
         match flag.as_str() {
-            "--nodes" => parsed.nodes = value,
-            "--clients" => parsed.clients = value.max(1),
-            "--ops" => parsed.ops = value,
-            "--keys" => parsed.keys = value.max(1),
-            other => return Err(format!("unknown flag {other}")),
+            "--nodes" => parsed.nodes = number()?,
+            "--clients" => parsed.clients = number()?.max(1),
+            "--ops" => parsed.ops = number()?,
+            "--keys" => parsed.keys = number()?.max(1),
+            other if other.starts_with("--") => parsed.text.push((flag.clone(), text)),
+            other => return Err(format!("unexpected argument {other}")),
         }
     }
     Ok(parsed)
