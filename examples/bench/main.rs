@@ -12,13 +12,15 @@
 //! cargo run --release --example bench -- soak --ops 10000000 --keys 1000 [--nodes N]
 //! cargo run --release --example bench -- catchup-snapshot [--ops N]
 //! cargo run --release --example bench -- restart-snapshot [--ops N]
+//! cargo run --release --example bench -- compaction-cost [--ops N] [--keys K]
+//! cargo run --release --example bench -- snapshot-gap [--mb M]
 //!
 //! `soak`: a key-value state machine of `--keys` keys under `--ops` writes (256 outstanding)
 //! with the default snapshot policy; one line per 1M writes with resident memory, the leader's
 //! snapshot index and log length, then a summary. `catchup-snapshot`: `--ops` writes (default
 //! 1,000,000), then a node is added that can only catch up through a snapshot plus the tail.
-//! `restart-snapshot`: `--ops` writes (default 1,000,000), a follower is killed, 10,000 more
-//! are written, and the time for the restarted follower to reach the leader's commit index
+//! `restart-snapshot`: `--ops` writes (default 1,000,000), a follower snapshots everything it
+//! has applied and is killed, 10,000 more are written, and the time for the restarted follower to reach the leader's commit index
 //! (restore its snapshot, then the tail) is printed.
 //!
 //! `clients`: C OS threads share one `Client` handle (no lock); each proposes, waits for its
@@ -32,6 +34,8 @@
 //! client proposes, waits until applied on the leader, repeats. `throughput`: C proposals
 //! outstanding at all times; each completion starts the next. `memory`: resident memory growth
 //! per committed entry per node after a throughput run.
+
+mod compaction;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -65,12 +69,12 @@ impl StateMachine for Sum {
     }
 }
 
-struct Args {
-    workload: String,
-    nodes: usize,
-    clients: usize,
-    ops: usize,
-    keys: usize,
+pub(crate) struct Args {
+    pub workload: String,
+    pub nodes: usize,
+    pub clients: usize,
+    pub ops: usize,
+    pub keys: usize,
     /// Flags with a text value (`--storage disk`, `--data-dir DIR`, `--mode lease`, ...), for the
     /// workloads that read them through [`Args::text`].
     text: Vec<(String, String)>,
@@ -79,7 +83,7 @@ struct Args {
 impl Args {
     /// The value of a text flag, if given.
     #[allow(dead_code)]
-    fn text(&self, flag: &str) -> Option<&str> {
+    pub fn text(&self, flag: &str) -> Option<&str> {
         self.text.iter().rev().find(|(f, _)| f == flag).map(|(_, v)| v.as_str())
     }
 }
@@ -118,6 +122,8 @@ fn main() {
         "soak" => return soak(&args),
         "catchup-snapshot" => return catchup_snapshot(&args),
         "restart-snapshot" => return restart_snapshot(&args),
+        "compaction-cost" => return compaction::compaction_cost(&args),
+        "snapshot-gap" => return compaction::snapshot_gap(&args),
         _ => {}
     }
     let rss_before = rss_bytes();
@@ -341,7 +347,7 @@ fn rate((start, before): (Instant, u64), after: u64) -> f64 {
 
 /// Writes `ops` puts over `keys` keys through the leader, 256 outstanding; calls `every` after
 /// each million.
-fn kv_writes(
+pub(crate) fn kv_writes(
     cluster: &Cluster<KvStateMachine>,
     ops: usize,
     keys: usize,
@@ -416,6 +422,8 @@ fn restart_snapshot(args: &Args) {
     kv_writes(&cluster, entries, args.keys, |_| {});
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).expect("a leader");
     let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    // Its snapshot covers everything so far, so the restart restores it plus exactly the tail.
+    cluster.node(follower).expect("running").compact(Duration::from_secs(30)).expect("compacted");
     cluster.kill(follower).expect("kill");
     kv_writes(&cluster, 10_000, args.keys, |_| {});
     let target = cluster.status(leader).expect("leader").core.commit_index;
