@@ -13,9 +13,11 @@
 //!   `Error::StateMachinePanicked` with the entry's index. Since `apply` is deterministic, the
 //!   same command panics on every replica: make `apply` total (return an error *output* for a
 //!   bad command instead of panicking), then restart the nodes.
-//! * **Time.** `apply` runs on the node's apply thread (`raft-n<id>-apply`), not on the thread
-//!   that sends heartbeats, so a slow `apply` delays answers but causes no election. Committed
-//!   entries queue up (in memory) while it runs.
+//! * **Time.** `apply` runs off the node loop that sends heartbeats: each node has two worker
+//!   threads (`raft-n<id>`, `raft-n<id>-b`), and while one applies, the other takes over the
+//!   loop if the apply runs longer than a tick. So a slow `apply` delays answers but causes no
+//!   election, and a fast one is answered without a thread hop. Committed entries queue up (in
+//!   memory) while it runs.
 
 use crate::types::LogIndex;
 
@@ -31,7 +33,7 @@ pub trait StateMachine: Send + 'static {
     fn apply(&mut self, index: LogIndex, command: &Self::Command) -> Self::Output;
 
     /// A point-in-time image of the whole state, as bytes (log compaction, §7). The library
-    /// calls it on the node's apply thread, so it sees the state after exactly the entries
+    /// calls it where it applies (off the heartbeat loop), so it sees the state after exactly the entries
     /// applied so far; while it runs, applies wait, but heartbeats do not.
     ///
     /// Contract: `restore(&snapshot())` on a fresh state machine must give a state machine that

@@ -343,7 +343,7 @@ fn dropping_the_cluster_joins_every_thread() {
     let during = raft_threads();
     for id in ids {
         assert!(during.contains(&format!("raft-{id}")), "no thread for {id}: {during:?}");
-        assert!(during.contains(&format!("raft-{id}-apply")), "no apply thread: {during:?}");
+        assert!(during.contains(&format!("raft-{id}-b")), "no second worker: {during:?}");
     }
     assert!(during.contains(&"raft-net-delay".to_owned()), "{during:?}");
     assert_eq!(during.len(), before.len() + 2 * ids.len() + 1, "{during:?}");

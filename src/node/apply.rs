@@ -12,16 +12,16 @@
 //! later proposal is answered `StateMachinePanicked`, since `apply` is deterministic and the
 //! same command panics on every replica.
 //!
-//! [`ApplyQueue`] runs an applier inline (the simulator) or on its own thread (the thread
-//! runtime, so a slow `apply` never delays heartbeats), with the same code either way.
+//! [`ApplyQueue`] runs an applier inline (the simulator) or deferred through a [`Backlog`] (the
+//! thread runtime: run off the node loop, so a slow `apply` never delays heartbeats), with the
+//! same code either way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
-use crossbeam_channel::{unbounded, Receiver, Sender, TryRecvError};
+use crossbeam_channel::Sender;
 
 use super::receipt::{Applied, Responder};
 use super::NodeStatus;
@@ -37,24 +37,16 @@ pub(crate) struct Applier<S: StateMachine> {
     waiting: BTreeMap<(LogIndex, Term), Responder<S::Output>>,
     applied: LogIndex,
     failure: Option<Error>,
-    /// A proposal was answered since `is_hot` last looked.
-    answered: bool,
 }
 
 impl<S: StateMachine> Applier<S> {
     pub fn new(node: NodeId, state_machine: S, applied: LogIndex) -> Self {
         let waiting = BTreeMap::new();
-        Applier { node, state_machine, waiting, applied, failure: None, answered: false }
+        Applier { node, state_machine, waiting, applied, failure: None }
     }
 
     pub fn state_machine(&self) -> &S {
         &self.state_machine
-    }
-
-    /// Whether this applier serves proposers: some wait now, or one was just answered (a
-    /// leader's applier under load). Reading it forgets the "just answered".
-    pub fn is_hot(&mut self) -> bool {
-        !self.waiting.is_empty() || std::mem::take(&mut self.answered)
     }
 
     /// The panic that stopped this applier, if any.
@@ -140,7 +132,6 @@ impl<S: StateMachine> Applier<S> {
                 return;
             }
             let responder = waiting.remove();
-            self.answered = true;
             let result = match &output {
                 Some(output) if (i, t) == (index, term) => {
                     Ok(Applied { index, term, output: output.clone() })
@@ -165,7 +156,7 @@ impl<S: StateMachine> Applier<S> {
     }
 }
 
-/// What the node thread hands its apply thread, in order.
+/// What the node loop queues for the applier, in order.
 pub(crate) enum ApplyTask<S: StateMachine> {
     Await {
         index: LogIndex,
@@ -185,62 +176,53 @@ pub(crate) enum ApplyTask<S: StateMachine> {
     },
 }
 
-/// An [`Applier`] run inline, or on a thread of its own fed through a channel.
+/// An [`Applier`] run inline, or deferred: queued by the node loop and run off it.
 pub(crate) enum ApplyQueue<S: StateMachine> {
     Inline(Applier<S>),
-    Thread(ApplyThread<S>),
+    Deferred(Arc<Backlog<S>>),
 }
 
-/// A node's apply thread (`raft-n<id>-apply`).
-pub(crate) struct ApplyThread<S: StateMachine> {
-    tasks: Option<Sender<ApplyTask<S>>>,
-    thread: Option<JoinHandle<()>>,
-    /// Set by the apply thread when the state machine panicked; read by the node loop.
-    failure: Arc<Mutex<Option<Error>>>,
-    failed: Arc<AtomicBool>,
-    /// Asks the apply thread to stop after the entry it is applying.
-    stop: Arc<AtomicBool>,
+/// The applier and its work queue, shared by a node's two worker threads (`runtime/thread.rs`).
+///
+/// The node loop only queues tasks, in log order. Whichever worker runs the loop then leaves it
+/// and runs them with [`Backlog::drain`]: for a fast state machine that is the same thread, so
+/// an answer crosses no thread boundary. If an `apply` runs long, the other worker takes over
+/// the loop meanwhile, so heartbeats keep flowing however slow the state machine is.
+pub(crate) struct Backlog<S: StateMachine> {
+    tasks: Mutex<VecDeque<ApplyTask<S>>>,
+    /// How many tasks are queued (read without the lock, after every step).
+    queued: AtomicUsize,
+    /// A thread is running tasks (it also runs whatever is queued meanwhile).
+    draining: AtomicBool,
+    applier: Mutex<Applier<S>>,
+    /// Set when the state machine panicked or a restore failed; read by the node loop.
+    failure: Mutex<Option<Error>>,
+    failed: AtomicBool,
+    /// Asks `drain` to stop after the entry it is applying (the node is stopping).
+    stop: AtomicBool,
+    /// Where snapshots taken here go, back to the node loop.
+    taken: Sender<Arc<Snapshot>>,
 }
 
 impl<S: StateMachine> ApplyQueue<S> {
-    /// Starts `applier` on its own thread; snapshots it takes go to `taken`.
-    pub fn spawn(applier: Applier<S>, taken: Sender<Arc<Snapshot>>) -> Result<Self, Error> {
-        let (tx, rx) = unbounded::<ApplyTask<S>>();
-        let failure = Arc::new(Mutex::new(None));
-        let failed = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (f, fl, st) = (Arc::clone(&failure), Arc::clone(&failed), Arc::clone(&stop));
-        let out = taken;
-        let mut applier = applier;
-        let thread = std::thread::Builder::new()
-            .name(format!("raft-n{}-apply", applier.node.0))
-            .spawn(move || {
-                // NB: only an applier with proposals waiting spins: nobody waits on the others,
-                // and on a small machine their spinning would slow the threads that matter.
-                while let Some(task) = next_task(&rx, applier.is_hot()) {
-                    if st.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    if let Err(e) = run_task(&mut applier, task, &st, &out) {
-                        *f.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                        fl.store(true, Ordering::Release);
-                    }
-                }
-            })
-            .map_err(|e| Error::Spawn(e.to_string()))?;
-        Ok(ApplyQueue::Thread(ApplyThread {
-            tasks: Some(tx),
-            thread: Some(thread),
-            failure,
-            failed,
-            stop,
+    /// Defers `applier`'s work to [`Backlog::drain`]; snapshots it takes go to `taken`.
+    pub fn deferred(applier: Applier<S>, taken: Sender<Arc<Snapshot>>) -> Self {
+        ApplyQueue::Deferred(Arc::new(Backlog {
+            tasks: Mutex::new(VecDeque::new()),
+            queued: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+            applier: Mutex::new(applier),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            taken,
         }))
     }
 
     pub fn await_entry(&mut self, index: LogIndex, term: Term, responder: Responder<S::Output>) {
         match self {
             ApplyQueue::Inline(applier) => applier.await_entry(index, term, responder),
-            ApplyQueue::Thread(t) => t.send(ApplyTask::Await { index, term, responder }),
+            ApplyQueue::Deferred(b) => b.push(ApplyTask::Await { index, term, responder }),
         }
     }
 
@@ -253,20 +235,20 @@ impl<S: StateMachine> ApplyQueue<S> {
                 }
                 Ok(())
             }
-            ApplyQueue::Thread(t) => {
-                t.send(ApplyTask::Entries { first, entries: entries.to_vec() });
+            ApplyQueue::Deferred(b) => {
+                b.push(ApplyTask::Entries { first, entries: entries.to_vec() });
                 Ok(())
             }
         }
     }
 
     /// Takes a snapshot once every apply queued before is done. Inline, it is returned at
-    /// once; on the apply thread it arrives later through the node's `taken` channel.
+    /// once; deferred, it arrives later through the node's `taken` channel.
     pub fn snapshot(&mut self, meta: SnapshotMeta) -> Result<Option<Arc<Snapshot>>, Error> {
         match self {
             ApplyQueue::Inline(applier) => applier.snapshot(meta).map(Some),
-            ApplyQueue::Thread(t) => {
-                t.send(ApplyTask::Snapshot(meta));
+            ApplyQueue::Deferred(b) => {
+                b.push(ApplyTask::Snapshot(meta));
                 Ok(None)
             }
         }
@@ -276,21 +258,19 @@ impl<S: StateMachine> ApplyQueue<S> {
     pub fn restore(&mut self, snapshot: Arc<Snapshot>) -> Result<(), Error> {
         match self {
             ApplyQueue::Inline(applier) => applier.restore(&snapshot),
-            ApplyQueue::Thread(t) => {
-                t.send(ApplyTask::Restore(snapshot));
+            ApplyQueue::Deferred(b) => {
+                b.push(ApplyTask::Restore(snapshot));
                 Ok(())
             }
         }
     }
 
-    /// The state machine panicked (on the apply thread, seen here some time after).
+    /// The state machine panicked (seen here once the deferred work has run).
     pub fn failure(&self) -> Option<Error> {
         match self {
             ApplyQueue::Inline(applier) => applier.failure().cloned(),
-            ApplyQueue::Thread(t) if t.failed.load(Ordering::Acquire) => {
-                t.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
-            }
-            ApplyQueue::Thread(_) => None,
+            ApplyQueue::Deferred(b) if b.failed.load(Ordering::Acquire) => lock(&b.failure).clone(),
+            ApplyQueue::Deferred(_) => None,
         }
     }
 
@@ -301,46 +281,82 @@ impl<S: StateMachine> ApplyQueue<S> {
                 fill_status(applier, &mut status);
                 let _ = reply.send(status);
             }
-            ApplyQueue::Thread(t) => t.send(ApplyTask::Status { status: Box::new(status), reply }),
+            ApplyQueue::Deferred(b) => {
+                b.push(ApplyTask::Status { status: Box::new(status), reply })
+            }
         }
     }
 }
 
-impl<S: StateMachine> ApplyThread<S> {
-    fn send(&self, task: ApplyTask<S>) {
-        if let Some(tasks) = &self.tasks {
-            // NB: fails only once the apply thread has stopped; the task's responders then
-            // answer `NodeDown` as they drop.
-            let _ = tasks.send(task);
+impl<S: StateMachine> Backlog<S> {
+    fn push(&self, task: ApplyTask<S>) {
+        let mut tasks = lock(&self.tasks);
+        tasks.push_back(task);
+        self.queued.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether tasks wait to be run.
+    fn has_work(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) > 0
+    }
+
+    /// Whether tasks wait and no thread is running them: the caller should [`Backlog::drain`].
+    pub fn needs_drain(&self) -> bool {
+        // NB: SeqCst here and in `drain`: a task queued while a drainer finishes is either
+        // seen by that drainer's last look at the queue or seen here as not being drained.
+        self.has_work() && !self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Runs the queued tasks in order until none is left. If another thread is running them
+    /// already, returns at once: that thread also runs what was queued meanwhile, since it
+    /// looks at the queue again after letting go of the applier.
+    pub fn drain(&self) {
+        loop {
+            let mut applier = match self.applier.try_lock() {
+                Ok(applier) => applier,
+                Err(TryLockError::WouldBlock) => return,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            };
+            self.draining.store(true, Ordering::SeqCst);
+            loop {
+                let task = {
+                    let mut tasks = lock(&self.tasks);
+                    let task = tasks.pop_front();
+                    self.queued.store(tasks.len(), Ordering::SeqCst);
+                    task
+                };
+                let Some(task) = task else { break };
+                if self.stop.load(Ordering::Relaxed) {
+                    // Stopping: unrun tasks drop, their proposers learn `NodeDown`.
+                    self.draining.store(false, Ordering::SeqCst);
+                    return;
+                }
+                if let Err(e) = run_task(&mut applier, task, &self.stop, &self.taken) {
+                    *lock(&self.failure) = Some(e);
+                    self.failed.store(true, Ordering::Release);
+                }
+            }
+            self.draining.store(false, Ordering::SeqCst);
+            drop(applier);
+            if !self.has_work() {
+                return;
+            }
         }
     }
-}
 
-impl<S: StateMachine> Drop for ApplyThread<S> {
-    /// Stops the apply thread after the entry it is applying, and joins it: a killed node leaves
-    /// no thread behind. Unapplied tasks are dropped (their proposers learn `NodeDown`).
-    fn drop(&mut self) {
+    /// Stops `drain` after the entry it is applying; tasks not run are dropped.
+    pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
-        drop(self.tasks.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let mut tasks = lock(&self.tasks);
+        let dropped = std::mem::take(&mut *tasks);
+        self.queued.store(0, Ordering::SeqCst);
+        drop(tasks);
+        drop(dropped); // NB: outside the lock: dropping a responder answers its proposer
     }
 }
 
-/// How many times an idle apply thread yields, polling for work, before it parks: commits come
-/// in bursts microseconds apart, and waking a parked thread takes several.
-const SPIN_ROUNDS: usize = 64;
-
-fn next_task<T>(tasks: &Receiver<T>, spin: bool) -> Option<T> {
-    for _ in 0..if spin { SPIN_ROUNDS } else { 0 } {
-        match tasks.try_recv() {
-            Ok(task) => return Some(task),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => std::thread::yield_now(),
-        }
-    }
-    tasks.recv().ok()
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn run_task<S: StateMachine>(
@@ -464,6 +480,58 @@ mod tests {
         assert_eq!(later.try_result(), Some(Err(error.clone())));
         let one = Entry { term: Term(1), payload: Payload::Command(1u8) };
         assert_eq!(applier.apply(LogIndex(2), &one), Err(error));
+    }
+
+    /// Two threads share a backlog: while one runs a slow apply, the other queues more and is
+    /// told not to drain (someone is); the draining thread then runs what was queued meanwhile,
+    /// in order, so nothing queued is left behind.
+    #[test]
+    fn work_queued_while_another_thread_drains_is_run_by_that_thread_in_order() {
+        use std::sync::mpsc;
+        /// Blocks in `apply` until the test lets it go; records the order of applies.
+        struct Gate(mpsc::Receiver<()>, Arc<Mutex<Vec<u64>>>);
+        impl StateMachine for Gate {
+            type Command = u64;
+            type Output = ();
+            fn apply(&mut self, _: LogIndex, c: &u64) {
+                if *c == 1 {
+                    self.0.recv().expect("released");
+                }
+                self.1.lock().unwrap().push(*c);
+            }
+            fn snapshot(&self) -> Vec<u8> {
+                Vec::new()
+            }
+            fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let (release, gate) = mpsc::channel();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let applier = Applier::new(NodeId(1), Gate(gate, Arc::clone(&order)), LogIndex(0));
+        let (taken, _) = crossbeam_channel::unbounded();
+        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken) else {
+            unreachable!()
+        };
+        let entry = |c| Entry { term: Term(1), payload: Payload::Command(c) };
+        backlog.push(ApplyTask::Entries { first: LogIndex(1), entries: vec![entry(1)] });
+        assert!(backlog.needs_drain());
+        let slow = {
+            let backlog = Arc::clone(&backlog);
+            std::thread::spawn(move || backlog.drain())
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !backlog.draining.load(Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "the other thread never drained");
+            std::thread::yield_now();
+        }
+        backlog.push(ApplyTask::Entries { first: LogIndex(2), entries: vec![entry(2), entry(3)] });
+        assert!(!backlog.needs_drain(), "another thread drains: the loop carries on");
+        backlog.drain(); // returns at once: the applier is busy
+        release.send(()).expect("gate open");
+        slow.join().expect("drained");
+        assert_eq!(*order.lock().unwrap(), vec![1, 2, 3], "all applied, in log order");
+        assert!(!backlog.has_work() && !backlog.needs_drain());
     }
 
     /// A snapshot the state machine cannot read stops the node before anything is applied on a

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use super::apply::{Applier, ApplyQueue};
+use super::apply::{Applier, ApplyQueue, Backlog};
 use super::receipt::Responder;
 use super::{Compaction, NodeStatus, Request, RpcCounts};
 use crate::config::Config;
@@ -31,8 +31,9 @@ pub(crate) const MAX_PROPOSAL_BATCH: usize = 1024;
 pub(crate) enum ApplyOn {
     /// In the driver's own step (the simulator: deterministic, one thread).
     Inline,
-    /// On a thread of the node's own, so a slow `apply` never delays heartbeats.
-    Thread,
+    /// Queued for the runtime to run off the node loop (`Driver::backlog`), so a slow `apply`
+    /// never delays heartbeats.
+    Deferred,
 }
 
 /// How much of a step's actions to execute: all of them, or only the first few (a simulated
@@ -98,7 +99,7 @@ where
         let taken = unbounded();
         let apply = match apply_on {
             ApplyOn::Inline => ApplyQueue::Inline(applier),
-            ApplyOn::Thread => ApplyQueue::spawn(applier, taken.0.clone())?,
+            ApplyOn::Deferred => ApplyQueue::deferred(applier, taken.0.clone()),
         };
         let last_seen = (core.role(), core.term(), None);
         Ok(Driver {
@@ -135,7 +136,15 @@ where
     pub fn state_machine(&self) -> Option<&S> {
         match &self.apply {
             ApplyQueue::Inline(applier) => Some(applier.state_machine()),
-            ApplyQueue::Thread(_) => None,
+            ApplyQueue::Deferred(_) => None,
+        }
+    }
+
+    /// The deferred applier's work queue, for the runtime to drain off the node loop.
+    pub fn backlog(&self) -> Option<&Arc<Backlog<S>>> {
+        match &self.apply {
+            ApplyQueue::Inline(_) => None,
+            ApplyQueue::Deferred(backlog) => Some(backlog),
         }
     }
 
@@ -227,7 +236,7 @@ where
         self.step(Input::Compact, observe)
     }
 
-    /// Where snapshots taken on the apply thread arrive; the runtime waits on it too.
+    /// Where snapshots taken off the node loop arrive; the runtime waits on it too.
     pub fn taken(&self) -> &Receiver<Arc<Snapshot>> {
         &self.taken.1
     }

@@ -4,7 +4,8 @@
 //!
 //! * `driver.rs`: [`Driver`] runs a step: persist, send, apply, answer.
 //! * `apply.rs`: the state machine side: applying committed entries in order, answering the
-//!   proposals waiting on them, inline or on a thread of the node's own.
+//!   proposals waiting on them, inline (the simulator) or queued to run off the node loop (the
+//!   thread runtime).
 //! * `receipt.rs`: [`Receipt`], a proposal in flight, blocking or `async`; what each answer
 //!   means is documented there, once.
 
@@ -15,6 +16,7 @@ mod receipt;
 use crossbeam_channel::Sender;
 
 pub(crate) use apply::panic_message;
+pub(crate) use apply::Backlog;
 pub(crate) use driver::{execute_all, ApplyOn, Driver, Execute};
 pub(crate) use receipt::{receipt, Responder};
 pub use receipt::{Applied, Receipt};

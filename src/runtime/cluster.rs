@@ -11,13 +11,12 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
 
 use super::client::{Client, NodeHandle};
-use super::thread::{self, Channels, Failure, NodeDriver};
+use super::thread::{self, Channels, Failure, NodeDriver, NodeThreads};
 use crate::config::Config;
 use crate::core::{MembershipChange, Role};
 use crate::error::{ConfigError, Error};
@@ -142,11 +141,11 @@ impl<S: StateMachine> ClusterBuilder<S> {
     }
 }
 
-/// A running node thread.
+/// A running node's threads.
 struct Running<S: StateMachine> {
     handle: NodeHandle<S>,
     shutdown: Sender<()>,
-    thread: JoinHandle<()>,
+    thread: NodeThreads,
     failure: Failure,
 }
 
@@ -217,19 +216,18 @@ impl<S: StateMachine> Cluster<S> {
         let (requests_tx, requests) = bounded(self.config.inbox_capacity);
         let (shutdown, shutdown_rx) = bounded(1);
         let transport = (self.transport)(id, inbox_tx);
-        let driver: NodeDriver<S> =
-            Driver::new(id, &self.config, (self.factory)(id), storage, transport, ApplyOn::Thread)?;
+        let driver: NodeDriver<S> = Driver::new(
+            id,
+            &self.config,
+            (self.factory)(id),
+            storage,
+            transport,
+            ApplyOn::Deferred,
+        )?;
         let channels = Channels { inbox, requests, shutdown: shutdown_rx };
         let tick = self.config.tick;
         let failure = Failure::default();
-        let failed = Arc::clone(&failure);
-        let thread = std::thread::Builder::new()
-            .name(format!("raft-n{}", id.0))
-            .spawn(move || {
-                let _span = tracing::info_span!("node", id = %id).entered();
-                thread::run(driver, channels, tick, failed);
-            })
-            .map_err(|e| Error::Spawn(e.to_string()))?;
+        let thread = thread::spawn(id, driver, channels, tick, Arc::clone(&failure))?;
         let handle = NodeHandle::new(id, requests_tx);
         self.client.node_started(handle.clone());
         self.slot_mut(id)?.running = Some(Running { handle, shutdown, thread, failure });
@@ -278,7 +276,7 @@ impl<S: StateMachine> Cluster<S> {
         self.router.disconnect(id);
         let _ = running.shutdown.send(());
         drop(running.handle);
-        let _ = running.thread.join();
+        running.thread.join();
         tracing::info!(node = %id, "killed");
         Ok(())
     }

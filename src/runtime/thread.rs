@@ -1,22 +1,31 @@
-//! One node's thread (`raft-n<id>`): a crossbeam `select!` loop over its peer inbox, client
-//! requests, a shutdown channel and a ticker, feeding the node's [`Driver`]. The committed
-//! entries are applied on a second thread (`raft-n<id>-apply`), so a slow `apply` never holds
-//! up heartbeats.
+//! One node's two worker threads (`raft-n<id>` and `raft-n<id>-b`), which take turns running
+//! the node loop: a crossbeam `select!` over its peer inbox, client requests, a shutdown channel
+//! and a ticker, feeding the node's [`Driver`].
+//!
+//! The driver only queues committed entries (its `Backlog`). After a step that queued some, the
+//! worker running the loop lets go of it and applies them itself, then takes the loop back: for
+//! a fast state machine an answer crosses no thread, as if applied inline. Meanwhile the other
+//! worker waits, waking once per tick; if it finds the loop free (an `apply` is running long),
+//! it takes the loop over, so heartbeats keep flowing however slow `apply` is, and the workers
+//! swap roles.
 //!
 //! The only blocking the loop does is waiting in `select!`: sends go through the transport,
 //! which drops rather than blocks.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
 use crate::error::Error;
 use crate::message::Message;
-use crate::node::{execute_all, Driver, NodeStatus, Request};
+use crate::node::{execute_all, Backlog, Driver, NodeStatus, Request};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
 use crate::transport::Transport;
+use crate::types::NodeId;
 
 /// The driver as the thread runtime builds it: storage and transport chosen at run time.
 pub(crate) type NodeDriver<S> = Driver<
@@ -40,41 +49,160 @@ pub(crate) struct Channels<S: StateMachine> {
 /// Why a node stopped on its own, shared with the [`crate::Cluster`].
 pub(crate) type Failure = Arc<Mutex<Option<Error>>>;
 
-/// Runs `driver` until shutdown. A storage error stops the node; a state machine panic leaves it
-/// failed: it takes no part in the protocol any more but still answers requests with the panic.
-pub(crate) fn run<S: StateMachine>(
-    mut driver: NodeDriver<S>,
+/// What the worker running the loop owns.
+struct Node<S: StateMachine> {
+    driver: NodeDriver<S>,
+    channels: Channels<S>,
+    ticker: Receiver<Instant>,
+    /// Set once the node failed: from then on it only answers requests with this error.
+    failed: Option<Error>,
+}
+
+/// What a node's two workers share.
+struct Shared<S: StateMachine> {
+    node: Mutex<Node<S>>,
+    backlog: Arc<Backlog<S>>,
+    /// The node is stopping: both workers return.
+    done: AtomicBool,
+    /// Where the idle worker waits (woken early only when the node stops).
+    idle: (Mutex<()>, Condvar),
+    tick: Duration,
+    failure: Failure,
+}
+
+/// A node's running workers.
+pub(crate) struct NodeThreads {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl NodeThreads {
+    /// Whether both workers have returned.
+    pub fn is_finished(&self) -> bool {
+        self.threads.iter().all(|t| t.is_finished())
+    }
+
+    /// Waits for both workers to return (after a shutdown: within one `apply`).
+    pub fn join(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts `driver`'s two workers. They run until `channels.shutdown` fires or its sender drops.
+/// A storage error stops the node; a state machine panic leaves it failed: it takes no part in
+/// the protocol any more but still answers requests with the panic.
+pub(crate) fn spawn<S: StateMachine>(
+    id: NodeId,
+    driver: NodeDriver<S>,
     channels: Channels<S>,
     tick: Duration,
     failure: Failure,
-) {
+) -> Result<NodeThreads, Error> {
+    let backlog = Arc::clone(driver.backlog().expect("the thread runtime defers its applies"));
     let ticker = crossbeam_channel::tick(tick);
+    let node = Node { driver, channels, ticker, failed: None };
+    let shared = Arc::new(Shared {
+        node: Mutex::new(node),
+        backlog,
+        done: AtomicBool::new(false),
+        idle: (Mutex::new(()), Condvar::new()),
+        tick,
+        failure,
+    });
+    let mut threads = Vec::new();
+    for name in [format!("raft-n{}", id.0), format!("raft-n{}-b", id.0)] {
+        let worker = Arc::clone(&shared);
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let _span = tracing::info_span!("node", id = %id).entered();
+            work(&worker);
+        });
+        match thread {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                stop(&shared);
+                NodeThreads { threads }.join();
+                return Err(Error::Spawn(e.to_string()));
+            }
+        }
+    }
+    Ok(NodeThreads { threads })
+}
+
+/// One worker: runs the loop while it holds it, applies what the loop queued, and waits while
+/// the other worker holds the loop.
+fn work<S: StateMachine>(shared: &Shared<S>) {
+    while !shared.done.load(Ordering::Acquire) {
+        let mut node = match shared.node.try_lock() {
+            Ok(node) => node,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                wait_idle(shared);
+                continue;
+            }
+        };
+        let running = run_loop(&mut node, shared);
+        drop(node); // NB: before applying, so the other worker can take over a long apply
+        if running {
+            shared.backlog.drain();
+        } else {
+            stop(shared);
+        }
+    }
+}
+
+fn wait_idle<S: StateMachine>(shared: &Shared<S>) {
+    let (mutex, condvar) = &shared.idle;
+    let guard = mutex.lock().unwrap_or_else(|p| p.into_inner());
+    if !shared.done.load(Ordering::Acquire) {
+        let _ = condvar.wait_timeout(guard, shared.tick);
+    }
+}
+
+fn stop<S: StateMachine>(shared: &Shared<S>) {
+    shared.done.store(true, Ordering::Release);
+    shared.backlog.stop();
+    let _guard = shared.idle.0.lock().unwrap_or_else(|p| p.into_inner());
+    shared.idle.1.notify_all();
+}
+
+/// Runs the loop until a step queued work for the applier (true) or the node stops (false).
+fn run_loop<S: StateMachine>(node: &mut MutexGuard<'_, Node<S>>, shared: &Shared<S>) -> bool {
+    if let Some(error) = node.failed.clone() {
+        return serve_failed(node, error);
+    }
+    let Node { driver, channels, ticker, .. } = &mut **node;
     let error = loop {
-        let result = match poll_briefly(&mut driver, &channels) {
-            Some(result) => result.and_then(|()| poll_timers(&mut driver, &channels, &ticker)),
-            None => wait(&mut driver, &channels, &ticker),
+        let result = match poll_briefly(driver, channels) {
+            Some(result) => result.and_then(|()| poll_timers(driver, channels, ticker)),
+            None => wait(driver, channels, ticker),
         };
         match result {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => return false,
             Err(e) => break e,
         }
         if let Some(e) = driver.failure() {
             break e;
         }
+        if shared.backlog.needs_drain() {
+            return true;
+        }
     };
     tracing::error!(error = %error, "node failed");
-    *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
-    serve_failed(&mut driver, &channels, error);
+    *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
+    node.failed = Some(error.clone());
+    serve_failed(node, error)
 }
 
-/// A failed node answers every request with its failure until it is killed.
-fn serve_failed<S: StateMachine>(driver: &mut NodeDriver<S>, channels: &Channels<S>, error: Error) {
-    let core = driver.core().status();
+/// A failed node answers every request with its failure until it is killed (returns false).
+fn serve_failed<S: StateMachine>(node: &mut Node<S>, error: Error) -> bool {
+    let core = node.driver.core().status();
+    let channels = &node.channels;
     loop {
         select! {
-            recv(channels.shutdown) -> _ => return,
-            recv(channels.inbox) -> msg => if msg.is_err() { return },
+            recv(channels.shutdown) -> _ => return false,
+            recv(channels.inbox) -> msg => if msg.is_err() { return false },
             recv(channels.requests) -> req => match req {
                 Ok(Request::Propose { responder, .. }) => responder.finish(Err(error.clone())),
                 Ok(Request::ChangeMembership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
@@ -88,7 +216,7 @@ fn serve_failed<S: StateMachine>(driver: &mut NodeDriver<S>, channels: &Channels
                     };
                     let _ = reply.send(status);
                 }
-                Err(_) => return,
+                Err(_) => return false,
             },
         }
     }
