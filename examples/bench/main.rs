@@ -200,6 +200,7 @@ fn clients(cluster: &Cluster<Sum>, nodes: usize, threads: usize, ops: usize) {
     use std::sync::Arc;
     let client = cluster.client();
     let issued = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu_secs();
     let start = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
@@ -218,11 +219,12 @@ fn clients(cluster: &Cluster<Sum>, nodes: usize, threads: usize, ops: usize) {
     let mut samples: Vec<u64> =
         workers.into_iter().flat_map(|w| w.join().expect("client thread")).collect();
     let secs = start.elapsed().as_secs_f64();
+    let cpu_us_per_op = (cpu_secs() - cpu_before) * 1e6 / samples.len() as f64;
     samples.sort_unstable();
     let pct =
         |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1e3;
     println!(
-        "{{\"workload\":\"clients\",\"nodes\":{nodes},\"clients\":{threads},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
+        "{{\"workload\":\"clients\",\"nodes\":{nodes},\"clients\":{threads},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"cpu_us_per_op\":{cpu_us_per_op:.2}}}",
         samples.len() as f64 / secs,
         pct(0.50),
         pct(0.99)
@@ -274,6 +276,15 @@ fn wait_all_applied(cluster: &Cluster<Sum>, ops: u64) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// CPU time (user + system) this process has used, from `/proc/self/stat` (10 ms resolution).
+pub(crate) fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // NB: fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0 // utime, stime: fields 14 and 15, in USER_HZ (100)
 }
 
 fn rss_bytes() -> u64 {
