@@ -7,6 +7,7 @@
 //! cargo run --release --example bench -- catchup    [--nodes N] [--ops N]
 //! cargo run --release --example bench -- reconfig   [--clients C]
 //! cargo run --release --example bench -- clients    --clients C [--nodes N] [--ops N]
+//! cargo run --release --example bench -- async-clients --clients C [--ops N] [--workers W]
 //! ```
 //!
 //! cargo run --release --example bench -- soak --ops 10000000 --keys 1000 [--nodes N]
@@ -35,6 +36,7 @@
 //! outstanding at all times; each completion starts the next. `memory`: resident memory growth
 //! per committed entry per node after a throughput run.
 
+mod async_clients;
 mod compaction;
 
 use std::collections::VecDeque;
@@ -43,7 +45,7 @@ use std::time::{Duration, Instant};
 use ferraft::{Cluster, Config, KvCommand, KvStateMachine, LogIndex, NodeHandle, StateMachine};
 
 /// The trivial state machine: adds each command to a running sum.
-struct Sum(u64);
+pub(crate) struct Sum(u64);
 
 impl StateMachine for Sum {
     type Command = u64;
@@ -155,6 +157,10 @@ fn main() {
         }
         "catchup" => catchup(cluster, &handle, if args.ops == 0 { 100_000 } else { args.ops }),
         "reconfig" => reconfig(cluster, handle, args.clients),
+        "async-clients" => {
+            async_clients::async_clients(&cluster, &args);
+            cluster.shutdown();
+        }
         "clients" => {
             let ops = if args.ops == 0 { 200_000 } else { args.ops };
             clients(&cluster, args.nodes, args.clients, ops);

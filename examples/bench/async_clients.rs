@@ -1,0 +1,65 @@
+//! Async clients awaiting [`ferraft::Receipt`] directly:
+//!
+//! ```text
+//! cargo run --release --example bench -- async-clients --clients C [--ops N] [--workers W]
+//! ```
+//!
+//! C tokio tasks on a multi-threaded runtime of W worker threads (default 2, one per core here)
+//! share one `Client`; each proposes, awaits its receipt, and proposes again (closed loop) until
+//! `--ops` proposals (default 200,000) are done. Same JSON fields as `clients`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferraft::Cluster;
+
+use super::{cpu_secs, Args, Sum};
+
+pub fn async_clients(cluster: &Cluster<Sum>, args: &Args) {
+    let ops = if args.ops == 0 { 200_000 } else { args.ops };
+    let workers: usize =
+        args.text("--workers").map_or(2, |w| w.parse().expect("--workers needs a number"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .build()
+        .expect("a tokio runtime");
+    let client = cluster.client();
+    let issued = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu_secs();
+    let start = Instant::now();
+    let mut samples: Vec<u64> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..args.clients)
+            .map(|_| {
+                let (client, issued) = (client.clone(), Arc::clone(&issued));
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    while issued.fetch_add(1, Ordering::Relaxed) < ops {
+                        let t = Instant::now();
+                        client.propose_async(8).await.expect("proposal applied");
+                        samples.push(t.elapsed().as_nanos() as u64);
+                    }
+                    samples
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.expect("client task"));
+        }
+        all
+    });
+    let secs = start.elapsed().as_secs_f64();
+    let cpu_us_per_op = (cpu_secs() - cpu_before) * 1e6 / samples.len() as f64;
+    samples.sort_unstable();
+    let pct =
+        |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1e3;
+    println!(
+        "{{\"workload\":\"async-clients\",\"nodes\":{},\"clients\":{},\"workers\":{workers},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"cpu_us_per_op\":{cpu_us_per_op:.2}}}",
+        args.nodes,
+        args.clients,
+        samples.len() as f64 / secs,
+        pct(0.50),
+        pct(0.99)
+    );
+}
