@@ -726,6 +726,11 @@ impl<C: DeserializeOwned + Clone> Replay<C> {
                     let record: RecordOwned<C> = postcard::from_bytes(payload)
                         .map_err(|e| corrupt(format!("a record does not parse: {e}")))?;
                     self.record(record, path, seq, offset).map_err(corrupt)?;
+                    if self.state.is_none() {
+                        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                        let earliest = Some(path.to_path_buf());
+                        return Err(StorageError::FirstSegmentMissing { dir, earliest });
+                    }
                     offset = next;
                 }
             }
