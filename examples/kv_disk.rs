@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{init_tracing, say};
+use common::{init_tracing, print_table, say, wait_converged};
 use ferraft::{Cluster, Config, Error, KvCommand, KvStateMachine};
 
 fn main() -> Result<(), Error> {
@@ -45,6 +45,7 @@ fn main() -> Result<(), Error> {
     cluster.propose(KvCommand::Append { key: "runs".into(), value: stamp.clone() })?;
     say(start, &format!("appended {stamp:?}; committed on a majority, fsync'd on each"));
     say(start, &format!("now: {}", read(&cluster)?));
+    print_table(&wait_converged(&cluster, Duration::from_secs(10))?);
     cluster.shutdown();
     say(start, "shut down; run again with the same directory to see it resume");
     Ok(())
