@@ -111,8 +111,10 @@ pub fn restart(args: &Args) {
     let open = DiskStorage::<u64>::factory_with(&scratch.0, options);
     let mut store = open(NodeId(1), &Configuration::new([NodeId(1)])).expect("a new node dir");
     store.save_hard_state(HardState { term: Term(1), voted_for: Some(NodeId(1)) }).expect("hs");
+    // Full-width values: postcard writes a u64 as a varint, so small ones would flatter.
+    let command = |i: u64| Payload::Command(i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let batch: Vec<Entry<u64>> =
-        (0..1000).map(|i| Entry { term: Term(1), payload: Payload::Command(i) }).collect();
+        (0..1000).map(|i| Entry { term: Term(1), payload: command(i) }).collect();
     let mut first = 1;
     while first <= entries {
         let n = batch.len().min((entries - first + 1) as usize);
