@@ -61,7 +61,9 @@ pub use crate::runtime::{
     Client, Cluster, ClusterBuilder, NodeHandle, StorageFactory, TransportFactory,
 };
 pub use crate::state_machine::StateMachine;
-pub use crate::storage::{HardState, MemStorage, PersistentState, Storage};
+pub use crate::storage::{
+    DiskStorage, HardState, MemStorage, PersistentState, Storage, StorageError,
+};
 pub use crate::transport::{NetworkFaults, Transport};
 pub use crate::types::{LogIndex, NodeId, Term};
 

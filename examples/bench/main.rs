@@ -8,7 +8,12 @@
 //! cargo run --release --example bench -- reconfig   [--clients C]
 //! cargo run --release --example bench -- clients    --clients C [--nodes N] [--ops N]
 //! cargo run --release --example bench -- async-clients --clients C [--ops N] [--workers W]
+//! cargo run --release --example bench -- fsync      --data-dir DIR
+//! cargo run --release --example bench -- restart    --data-dir DIR [--entries N]
 //! ```
+//!
+//! `latency` and `throughput` take `--storage disk --data-dir DIR` (default: memory); see
+//! `disk.rs`.
 //!
 //! cargo run --release --example bench -- soak --ops 10000000 --keys 1000 [--nodes N]
 //! cargo run --release --example bench -- catchup-snapshot [--ops N]
@@ -38,6 +43,7 @@
 
 mod async_clients;
 mod compaction;
+mod disk;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -84,7 +90,6 @@ pub(crate) struct Args {
 
 impl Args {
     /// The value of a text flag, if given.
-    #[allow(dead_code)]
     pub fn text(&self, flag: &str) -> Option<&str> {
         self.text.iter().rev().find(|(f, _)| f == flag).map(|(_, v)| v.as_str())
     }
@@ -126,18 +131,26 @@ fn main() {
         "restart-snapshot" => return restart_snapshot(&args),
         "compaction-cost" => return compaction::compaction_cost(&args),
         "snapshot-gap" => return compaction::snapshot_gap(&args),
+        "fsync" => return disk::fsync(&args),
+        "restart" => return disk::restart(&args),
         _ => {}
     }
     let rss_before = rss_bytes();
     let config = Config { max_inflight: 64, ..Config::default() };
     let nodes = if args.workload == "reconfig" { 5 } else { args.nodes };
-    let cluster = Cluster::new(config, nodes, |_| Sum(0)).expect("valid config");
+    let (cluster, _scratch) = if disk::on_disk(&args) {
+        let (cluster, scratch) = disk::cluster(&args, config, nodes);
+        (cluster, Some(scratch))
+    } else {
+        (Cluster::new(config, nodes, |_| Sum(0)).expect("valid config"), None)
+    };
+    let storage = disk::json_field(&args);
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).expect("a leader");
     let handle = cluster.node(leader).expect("leader running");
     warm_up(&handle);
     match args.workload.as_str() {
         "latency" => {
-            latency(&handle, args.nodes, if args.ops == 0 { 20_000 } else { args.ops });
+            latency(&handle, args.nodes, if args.ops == 0 { 20_000 } else { args.ops }, storage);
             cluster.shutdown();
         }
         "throughput" => {
@@ -145,7 +158,7 @@ fn main() {
             let secs = throughput(&handle, args.clients, ops);
             cluster.shutdown();
             println!(
-                "{{\"workload\":\"throughput\",\"nodes\":{},\"clients\":{},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0}}}",
+                "{{\"workload\":\"throughput\",\"nodes\":{},\"clients\":{},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0}{storage}}}",
                 args.nodes,
                 args.clients,
                 ops as f64 / secs
@@ -179,7 +192,7 @@ fn warm_up(handle: &NodeHandle<Sum>) {
     }
 }
 
-fn latency(handle: &NodeHandle<Sum>, nodes: usize, ops: usize) {
+fn latency(handle: &NodeHandle<Sum>, nodes: usize, ops: usize, storage: &str) {
     let mut samples = Vec::with_capacity(ops);
     let start = Instant::now();
     for i in 0..ops {
@@ -192,7 +205,7 @@ fn latency(handle: &NodeHandle<Sum>, nodes: usize, ops: usize) {
     let pct =
         |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1e3;
     println!(
-        "{{\"workload\":\"latency\",\"nodes\":{nodes},\"clients\":1,\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1}}}",
+        "{{\"workload\":\"latency\",\"nodes\":{nodes},\"clients\":1,\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1}{storage}}}",
         ops as f64 / secs,
         pct(0.50),
         pct(0.99),

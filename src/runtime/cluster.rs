@@ -23,7 +23,7 @@ use crate::error::{ConfigError, Error};
 use crate::message::{Configuration, Message};
 use crate::node::{Applied, ApplyOn, Driver, NodeStatus, Receipt};
 use crate::state_machine::StateMachine;
-use crate::storage::{MemStorage, Storage};
+use crate::storage::{DiskStorage, MemStorage, Storage};
 use crate::transport::{Router, Transport};
 use crate::types::NodeId;
 
@@ -138,6 +138,19 @@ impl<S: StateMachine> ClusterBuilder<S> {
             cluster.spawn(id)?;
         }
         Ok(cluster)
+    }
+}
+
+impl<S: StateMachine> ClusterBuilder<S>
+where
+    S::Command: serde::Serialize + serde::de::DeserializeOwned,
+{
+    /// Keeps every node's state on disk: node `id` in `dir/n<id>` (a [`DiskStorage`], synced
+    /// on every step), so killed nodes, and a whole cluster started again in a new process
+    /// with the same ids and directory, resume from what they persisted. Shorthand for
+    /// `.storage(DiskStorage::factory(dir))`; use [`DiskStorage::factory_with`] for options.
+    pub fn data_dir(self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.storage(DiskStorage::factory(dir))
     }
 }
 

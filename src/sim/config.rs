@@ -141,6 +141,9 @@ pub struct SimConfig {
     /// Client requests reaching one node within this window are handed to its driver as one
     /// batch (one `Driver::handle` call), or `None` for one request per step.
     pub batch_window: Option<Duration>,
+    /// Model the sync boundary of stable storage: a crash loses writes not yet synced
+    /// (keeping at random a prefix of them, the last one torn). See `sim/storage.rs`.
+    pub storage_faults: bool,
 }
 
 impl SimConfig {
@@ -174,6 +177,7 @@ impl SimConfig {
             record_trace: false,
             clock_drift: None,
             batch_window: None,
+            storage_faults: false,
         }
     }
 

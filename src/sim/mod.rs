@@ -37,6 +37,7 @@ mod network;
 mod node;
 mod run;
 mod schedule;
+mod storage;
 mod trace;
 
 #[cfg(test)]

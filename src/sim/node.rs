@@ -1,4 +1,5 @@
-//! One simulated node: its durable [`MemStorage`] and, while it runs, its node [`Driver`] (the
+//! One simulated node: its durable storage (a [`MemStorage`] behind a [`SimStorage`], which
+//! may model the sync boundary) and, while it runs, its node [`Driver`] (the
 //! same type the thread runtime runs), stepped in virtual time. Crash and restart live here.
 //!
 //! Must not decide anything random except tick phases and message fates, both drawn from the
@@ -9,6 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use rand::Rng;
 
 use super::run::FailureKind;
+use super::storage::SimStorage;
 use super::trace::{InputSummary, MsgSummary, NodeSummary, TraceEvent, TraceLine};
 use super::{network::Fate, Event, FaultError, Simulator};
 use crate::core::{Action, Core};
@@ -31,7 +33,7 @@ impl<C: Send + 'static> Transport<C> for Outbox<C> {
 
 /// A running node's driver, applying inline.
 pub(crate) type SimDriver<S> =
-    Driver<S, MemStorage<<S as StateMachine>::Command>, Outbox<<S as StateMachine>::Command>>;
+    Driver<S, SimStorage<<S as StateMachine>::Command>, Outbox<<S as StateMachine>::Command>>;
 
 /// A node's volatile half: lost on a crash.
 pub(crate) struct Live<S: StateMachine> {
@@ -46,7 +48,7 @@ impl<S: StateMachine> Live<S> {
 
 /// A node: durable storage, plus the volatile half while it runs.
 pub(crate) struct SimNode<S: StateMachine> {
-    pub storage: MemStorage<S::Command>,
+    pub storage: SimStorage<S::Command>,
     pub live: Option<Live<S>>,
     /// Bumped on every crash, so ticks and replies meant for an old incarnation are ignored.
     pub incarnation: u64,
@@ -77,7 +79,7 @@ impl<S: StateMachine> Simulator<S> {
     pub(crate) fn add_storage(&mut self, id: NodeId, storage: MemStorage<S::Command>) {
         let tick_us = self.drifted_tick_us();
         let node = SimNode {
-            storage,
+            storage: SimStorage::new(storage, self.config.storage_faults),
             live: None,
             incarnation: 0,
             removed: false,
@@ -100,6 +102,11 @@ impl<S: StateMachine> Simulator<S> {
         if node.live.take().is_none() {
             return Ok(());
         }
+        if node.storage.pending() > 0 {
+            let (kept, torn) = node.storage.crash(&mut self.rng);
+            self.note(format!("crash {id} loses unsynced writes: kept {kept}, torn {torn}"));
+        }
+        let node = self.nodes.get_mut(&id).expect("looked up above");
         node.incarnation += 1;
         node.paused_until = 0; // a crash ends a pause; what waited is lost with the node
         node.deferred.clear();
@@ -140,7 +147,7 @@ impl<S: StateMachine> Simulator<S> {
         let storage = node.storage.clone();
         let sm = (self.factory)(id);
         let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new()), ApplyOn::Inline)
-            .expect("MemStorage::load never fails");
+            .expect("SimStorage::load never fails");
         let mut live = Live { driver };
         // NB: the core's full invariant checks run on every simulated step, in every profile.
         live.driver.core_mut().set_check_invariants(true);
@@ -295,6 +302,10 @@ impl<S: StateMachine> Simulator<S> {
         let (checker, trace, stats, now, rng) =
             (&mut self.checker, &mut self.trace, &mut self.stats, self.now, &mut self.rng);
         let armed = self.crash_armed.contains(&id);
+        // NB: with storage faults, cut only after the step's sync (its first send or apply):
+        // a cut between the persists and the sync would lose writes nobody saw, which is
+        // legal, but the checker's durability rule compares against the unsynced log.
+        let synced_cut = usize::from(self.config.storage_faults);
         let mut crash_after = None;
         let mut verdict = Ok(());
         let mut observe = |core: &Core<S::Command>, actions: &[Action<S::Command>]| {
@@ -317,7 +328,7 @@ impl<S: StateMachine> Simulator<S> {
             // a core that persists later (a bug) can then lose a write it already revealed.
             let persists = actions.iter().take_while(|a| is_persist(a)).count();
             if armed && actions.iter().any(is_persist) && persists < actions.len() {
-                let executed = rng.random_range(persists..actions.len());
+                let executed = rng.random_range(persists + synced_cut..actions.len() + synced_cut);
                 crash_after = Some((executed, actions.len()));
                 return Execute::First(executed);
             }

@@ -85,23 +85,7 @@ impl<C: Clone + Send + 'static> Storage<C> for MemStorage<C> {
     }
 
     fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {
-        let mut state = self.lock();
-        let meta = &snapshot.meta;
-        if meta.index <= state.log_offset {
-            return Ok(()); // an older snapshot than the one kept
-        }
-        let covered = (meta.index.0 - state.log_offset.0) as usize;
-        let matches =
-            state.entries.get(covered.wrapping_sub(1)).is_some_and(|e| e.term == meta.term);
-        if matches {
-            state.entries.drain(..covered);
-        } else {
-            state.entries.clear(); // the log conflicts with the snapshot: it all goes
-        }
-        state.log_offset = meta.index;
-        state.offset_term = meta.term;
-        state.base_config = (*meta.config).clone();
-        state.snapshot = Some(Arc::clone(snapshot));
+        super::apply_snapshot(&mut self.lock(), snapshot);
         Ok(())
     }
 }

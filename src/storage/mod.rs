@@ -1,7 +1,8 @@
 //! Stable storage: the [`Storage`] trait, where a node keeps currentTerm, votedFor and the log
 //! (Figure 2's persistent state), and its implementations: [`MemStorage`] (`mem.rs`), an
 //! in-memory store that outlives the node's thread so a killed node restarts from exactly what it
-//! persisted.
+//! persisted, and [`DiskStorage`] (`disk.rs`, record format in `wal.rs`), a checksummed,
+//! segmented write-ahead log in a directory per node, whose errors are [`StorageError`]s.
 //!
 //! The runtime writes here when the core asks (`Action::PersistHardState`,
 //! `Action::PersistEntries`), always before sending the messages that depend on it (SUB-8).
@@ -10,8 +11,13 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
+mod disk;
+mod error;
 mod mem;
+mod wal;
 
+pub use disk::{DiskOptions, DiskStorage, NodeIdentity, SyncPolicy};
+pub use error::StorageError;
 pub use mem::MemStorage;
 
 use std::sync::Arc;
@@ -92,4 +98,25 @@ impl<C: 'static> Storage<C> for Box<dyn Storage<C>> {
     fn sync(&mut self) -> io::Result<()> {
         (**self).sync()
     }
+}
+
+/// Makes `snapshot` the latest in `state`: the log through its index goes (all of it if the log
+/// conflicts with the snapshot), the offset and base configuration move to the snapshot's.
+/// An older snapshot than the one kept changes nothing.
+pub(crate) fn apply_snapshot<C>(state: &mut PersistentState<C>, snapshot: &Arc<Snapshot>) {
+    let meta = &snapshot.meta;
+    if meta.index <= state.log_offset {
+        return;
+    }
+    let covered = (meta.index.0 - state.log_offset.0) as usize;
+    let matches = state.entries.get(covered.wrapping_sub(1)).is_some_and(|e| e.term == meta.term);
+    if matches {
+        state.entries.drain(..covered);
+    } else {
+        state.entries.clear(); // the log conflicts with the snapshot: it all goes
+    }
+    state.log_offset = meta.index;
+    state.offset_term = meta.term;
+    state.base_config = (*meta.config).clone();
+    state.snapshot = Some(Arc::clone(snapshot));
 }

@@ -1,0 +1,223 @@
+//! [`SimStorage`]: a simulated node's stable storage, which can model the sync boundary
+//! (`SimConfig::storage_faults`): writes since the last [`Storage::sync`] are only pending,
+//! and a crash keeps a random prefix of them, the write at the cut torn (an append keeps a
+//! prefix of its entries), or none at all. So a driver that reveals a write (sends, answers)
+//! before syncing it loses it on a crash while the cluster believes it, and the checkers see
+//! the consequences. With the mode off every write is durable at once, as [`MemStorage`].
+//!
+//! Must not draw random numbers except at a crash with pending writes, so runs with the mode
+//! off replay exactly as before it existed.
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::Rng;
+
+use crate::message::{Entry, Snapshot};
+use crate::storage::{HardState, MemStorage, PersistentState, Storage};
+use crate::types::LogIndex;
+
+/// One write not yet synced.
+enum Write<C> {
+    HardState(HardState),
+    Append(LogIndex, Vec<Entry<C>>),
+    Snapshot(Arc<Snapshot>),
+}
+
+struct Inner<C> {
+    /// What survives a crash.
+    durable: MemStorage<C>,
+    /// What the node has written: `durable` plus `pending`.
+    written: MemStorage<C>,
+    pending: Vec<Write<C>>,
+    model_sync: bool,
+    /// Test-only bug: `sync` makes nothing durable (breaks SUB-8 once a crash comes).
+    sync_is_noop: bool,
+}
+
+/// A simulated node's storage; clones share it, so the node keeps it across crashes while
+/// its driver writes through another clone.
+pub(crate) struct SimStorage<C> {
+    inner: Arc<Mutex<Inner<C>>>,
+}
+
+impl<C> Clone for SimStorage<C> {
+    fn clone(&self) -> Self {
+        SimStorage { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<C: Clone + Send + 'static> SimStorage<C> {
+    /// Storage starting from `durable`; `model_sync` switches the sync boundary on.
+    pub fn new(durable: MemStorage<C>, model_sync: bool) -> Self {
+        let written = MemStorage::from_state(durable.load().expect("MemStorage::load never fails"));
+        let inner =
+            Inner { durable, written, pending: Vec::new(), model_sync, sync_is_noop: false };
+        SimStorage { inner: Arc::new(Mutex::new(inner)) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<C>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Test-only bug switch: `sync` does nothing.
+    #[cfg(test)]
+    pub fn set_sync_is_noop(&self, on: bool) {
+        self.lock().sync_is_noop = on;
+    }
+
+    /// Writes not yet synced (always 0 with the mode off).
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// A crash: pending writes are lost, except (at random) a prefix of them, the one at the
+    /// cut torn. Returns how many whole writes survived and whether one was torn.
+    pub fn crash(&self, rng: &mut impl Rng) -> (usize, bool) {
+        let mut inner = self.lock();
+        if inner.pending.is_empty() {
+            return (0, false);
+        }
+        let pending = std::mem::take(&mut inner.pending);
+        let keep = if rng.random_bool(0.5) { 0 } else { rng.random_range(0..=pending.len()) };
+        let mut torn = false;
+        for (i, write) in pending.into_iter().enumerate() {
+            match write {
+                _ if i > keep => break,
+                Write::Append(first, entries) if i == keep && entries.len() > 1 => {
+                    let part = rng.random_range(1..entries.len());
+                    let _ = inner.durable.append(first, &entries[..part]);
+                    torn = true;
+                }
+                _ if i == keep => break, // lost whole
+                write => apply(&mut inner.durable, write),
+            }
+        }
+        let state = inner.durable.load().expect("MemStorage::load never fails");
+        inner.written = MemStorage::from_state(state);
+        (keep, torn)
+    }
+}
+
+fn apply<C: Clone + Send + 'static>(store: &mut MemStorage<C>, write: Write<C>) {
+    // NB: each write succeeded on `written` first, so it succeeds on the same prefix here.
+    let _ = match write {
+        Write::HardState(hs) => store.save_hard_state(hs),
+        Write::Append(first, entries) => store.append(first, &entries),
+        Write::Snapshot(snapshot) => store.save_snapshot(&snapshot),
+    };
+}
+
+impl<C: Clone + Send + 'static> Storage<C> for SimStorage<C> {
+    fn load(&self) -> io::Result<PersistentState<C>> {
+        self.lock().written.load()
+    }
+
+    fn save_hard_state(&mut self, hard_state: HardState) -> io::Result<()> {
+        let mut inner = self.lock();
+        inner.written.save_hard_state(hard_state)?;
+        inner.record(Write::HardState(hard_state));
+        Ok(())
+    }
+
+    fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()> {
+        let mut inner = self.lock();
+        inner.written.append(first, entries)?;
+        inner.record(Write::Append(first, entries.to_vec()));
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {
+        let mut inner = self.lock();
+        inner.written.save_snapshot(snapshot)?;
+        inner.record(Write::Snapshot(Arc::clone(snapshot)));
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        let mut inner = self.lock();
+        if inner.sync_is_noop {
+            return Ok(());
+        }
+        for write in std::mem::take(&mut inner.pending) {
+            apply(&mut inner.durable, write);
+        }
+        Ok(())
+    }
+}
+
+impl<C: Clone + Send + 'static> Inner<C> {
+    fn record(&mut self, write: Write<C>) {
+        if self.model_sync {
+            self.pending.push(write);
+        } else {
+            apply(&mut self.durable, write);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::message::{Configuration, Payload};
+    use crate::sim::{run::drive_kv, Schedule, SimConfig, Simulator};
+    use crate::types::Term;
+    use crate::KvStateMachine;
+
+    fn entry(term: u64) -> Entry<u32> {
+        Entry { term: Term(term), payload: Payload::Noop }
+    }
+
+    #[test]
+    fn a_crash_keeps_what_was_synced_and_at_most_a_prefix_of_the_rest() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        for _ in 0..200 {
+            let mut s = SimStorage::new(MemStorage::<u32>::new(Configuration::default()), true);
+            s.append(LogIndex(1), &[entry(1), entry(1)]).expect("append");
+            s.sync().expect("sync");
+            s.save_hard_state(HardState { term: Term(2), voted_for: None }).expect("hs");
+            s.append(LogIndex(3), &[entry(2), entry(2), entry(2)]).expect("append");
+            assert_eq!(s.pending(), 2);
+            s.crash(&mut rng);
+            let state = s.load().expect("load");
+            let n = state.entries.len();
+            assert!((2..=5).contains(&n), "kept {n} entries");
+            assert!(n == 2 || state.hard_state.term == Term(2), "entries without their term");
+            assert_eq!(s.pending(), 0);
+        }
+    }
+
+    /// Runs the every-fault nemesis with the sync boundary modelled, optionally with the bug.
+    fn run(seed: u64, sync_is_noop: bool) -> Result<crate::sim::RunReport, crate::sim::SimFailure> {
+        let (mut config, schedule): (SimConfig, Schedule) = crate::sim::bites::nemesis(seed);
+        config.storage_faults = true;
+        let sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid config");
+        for node in sim.nodes.values() {
+            node.storage.set_sync_is_noop(sync_is_noop);
+        }
+        drive_kv(sim, &schedule)
+    }
+
+    #[test]
+    fn the_checkers_hold_with_the_sync_boundary_modelled() {
+        // FERRAFT_STORAGE_SEEDS=N runs more (e.g. 2000 for the full sweep).
+        let seeds = std::env::var("FERRAFT_STORAGE_SEEDS").ok().and_then(|s| s.parse().ok());
+        for seed in 0..seeds.unwrap_or(100u64) {
+            if let Err(failure) = run(seed, false) {
+                panic!("seed {seed} with storage faults: {failure}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_sync_that_does_nothing_is_caught_within_a_few_seeds() {
+        let found = (0..20).find_map(|seed| run(seed, true).err());
+        let failure = found.expect("sync_is_noop: no violation in 20 seeds");
+        println!("sync_is_noop caught: {failure}");
+        let safety = matches!(failure.kind, crate::sim::run::FailureKind::Safety(_));
+        assert!(safety, "caught, but not by a safety check: {failure}");
+    }
+}

@@ -1,0 +1,834 @@
+//! [`DiskStorage`]: a node's persistent state in a directory of its own, as a segmented,
+//! checksummed write-ahead log (the record format is documented in `wal.rs`) plus snapshot
+//! files.
+//!
+//! Layout of a node directory:
+//!
+//! ```text
+//! IDENTITY                 "ferraft node v1", the cluster id and the node id; checked on open
+//! LOCK                     held (flock) while a store has the directory open
+//! wal-<seq>.log            segments, seq = 1, 2, ... without gaps; the last one is appended to
+//! snap-<index>.snap        the latest snapshot, named by its last included index
+//! ```
+//!
+//! Writes are encoded into one reusable buffer and reach the file in one `write` per
+//! [`Storage::sync`], which then `fdatasync`s (group commit: the driver syncs once per step).
+//! Rotation to a new segment happens in `sync` once a segment passes
+//! [`DiskOptions::segment_bytes`]; the full segment is fsync'd before the next one is created,
+//! so only the last segment can ever end in a torn record. A snapshot is written to a
+//! temporary file, fsync'd, renamed, the directory fsync'd; then a new segment starts with a
+//! checkpoint of the whole state, and every older segment and snapshot file is deleted.
+//!
+//! The store keeps a copy of the persistent state in memory (what `load` returns and what a
+//! checkpoint writes), so it never reads its files after opening them.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::error::StorageError;
+use super::wal::{self, Checkpoint, Frame, Record, RecordOwned, RecordRef};
+use super::{HardState, PersistentState, Storage};
+use crate::message::{Configuration, Entry, Snapshot};
+use crate::types::{LogIndex, NodeId, Term};
+
+const IDENTITY: &str = "IDENTITY";
+const LOCK: &str = "LOCK";
+const CLUSTER: &str = "CLUSTER";
+const IDENTITY_MAGIC: &str = "ferraft node v1";
+/// Buffered bytes beyond which `append` writes them out before `sync` (bounds memory).
+const FLUSH_BYTES: usize = 8 << 20;
+
+/// When a disk store makes its writes durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// `fdatasync` in every [`Storage::sync`]: nothing counts as written before it is on disk
+    /// (the default; what Raft's safety needs, Figure 2 SUB-8).
+    #[default]
+    Always,
+    /// Never fsync: writes reach the OS but a power loss or OS crash may lose any of them, and
+    /// a node that forgets a vote or an acknowledged entry can break safety. For tests and
+    /// benchmarks only. A process crash alone loses nothing written.
+    Never,
+}
+
+/// Tuning for a [`DiskStorage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskOptions {
+    /// A segment is closed and a new one started once it holds this many bytes (default 64 MiB).
+    pub segment_bytes: u64,
+    /// When writes are made durable (default [`SyncPolicy::Always`]).
+    pub sync: SyncPolicy,
+}
+
+impl Default for DiskOptions {
+    fn default() -> Self {
+        DiskOptions { segment_bytes: 64 << 20, sync: SyncPolicy::Always }
+    }
+}
+
+/// Which cluster and node a directory belongs to; recorded when it is created and checked on
+/// every open, so a node never starts from another node's (or cluster's) log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// The cluster's id (any value shared by the cluster's nodes; [`DiskStorage::factory`]
+    /// draws one at random when it creates the cluster directory).
+    pub cluster: u64,
+    /// The node's id.
+    pub node: NodeId,
+}
+
+/// A [`Storage`] in a directory: see the module docs for the layout and `wal.rs` for the
+/// record format.
+///
+/// ```
+/// use ferraft::storage::{DiskOptions, DiskStorage, NodeIdentity, Storage};
+/// use ferraft::{Configuration, HardState, NodeId, Term};
+///
+/// let dir = std::env::temp_dir().join(format!("ferraft-doc-disk-{}", std::process::id()));
+/// let me = NodeIdentity { cluster: 7, node: NodeId(1) };
+/// let bootstrap = Configuration::new([NodeId(1)]);
+/// {
+///     let mut store: DiskStorage<u64> =
+///         DiskStorage::open(&dir, me, &bootstrap, DiskOptions::default()).unwrap();
+///     store.save_hard_state(HardState { term: Term(3), voted_for: Some(NodeId(1)) }).unwrap();
+///     store.sync().unwrap(); // durable from here on
+/// }
+/// let store: DiskStorage<u64> =
+///     DiskStorage::open(&dir, me, &bootstrap, DiskOptions::default()).unwrap();
+/// assert_eq!(store.load().unwrap().hard_state.term, Term(3));
+/// # drop(store);
+/// std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+pub struct DiskStorage<C> {
+    dir: PathBuf,
+    options: DiskOptions,
+    /// Held for the store's life: the directory's lock.
+    _lock: File,
+    /// What `load` returns: everything written so far.
+    state: PersistentState<C>,
+    /// The segment being appended to, its sequence number and length in the file.
+    segment: File,
+    segment_seq: u64,
+    segment_len: u64,
+    /// The oldest segment still on disk.
+    first_seq: u64,
+    /// Encoded records not yet written to the segment.
+    buf: Vec<u8>,
+    /// Set by the first failed write: the file's end is unknown, so every later call fails.
+    failed: Option<String>,
+    _command: PhantomData<fn() -> C>,
+}
+
+impl<C> std::fmt::Debug for DiskStorage<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStorage")
+            .field("dir", &self.dir)
+            .field("segment_seq", &self.segment_seq)
+            .field("entries", &self.state.entries.len())
+            .finish()
+    }
+}
+
+impl<C> DiskStorage<C>
+where
+    C: Serialize + DeserializeOwned + Clone + Send + 'static,
+{
+    /// Opens (creating it if needed) the node directory `dir` as `identity`; a new directory
+    /// starts from `bootstrap` (ignored when the directory already holds a log). Replays the
+    /// log: a torn last record is truncated away (with a warning); anything else wrong is a
+    /// [`StorageError`] naming the file and offset.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        identity: NodeIdentity,
+        bootstrap: &Configuration,
+        options: DiskOptions,
+    ) -> Result<Self, StorageError> {
+        let dir = dir.as_ref().to_path_buf();
+        prepare_dir(&dir)?;
+        let lock = lock_dir(&dir)?;
+        let listing = Listing::read(&dir)?;
+        let identity_path = dir.join(IDENTITY);
+        if !identity_path.exists() {
+            if !listing.segments.is_empty() && listing.segments != [1] {
+                let why = "missing although the directory holds log segments".to_string();
+                return Err(StorageError::BadIdentity { path: identity_path, why });
+            }
+            // NB: only segment 1 without an identity is an initialisation cut short.
+            return Self::create(dir, lock, identity, bootstrap, options);
+        }
+        check_identity(&identity_path, identity)?;
+        let recovered = recover::<C>(&dir, &listing.segments)?;
+        Self::resume(dir, lock, listing, recovered, options)
+    }
+
+    /// A storage factory for [`crate::ClusterBuilder::storage`]: node `id` lives in
+    /// `dir/n<id>`, and `dir/CLUSTER` holds the cluster's id (drawn at random the first time).
+    /// Restarting a node, or a whole cluster in a new process, reopens the same directories.
+    pub fn factory(
+        dir: impl Into<PathBuf>,
+    ) -> impl Fn(NodeId, &Configuration) -> io::Result<DiskStorage<C>> + Send + Sync + 'static {
+        Self::factory_with(dir, DiskOptions::default())
+    }
+
+    /// [`DiskStorage::factory`] with options.
+    pub fn factory_with(
+        dir: impl Into<PathBuf>,
+        options: DiskOptions,
+    ) -> impl Fn(NodeId, &Configuration) -> io::Result<DiskStorage<C>> + Send + Sync + 'static {
+        let dir = dir.into();
+        move |id, bootstrap| {
+            let cluster = cluster_id(&dir)?;
+            let identity = NodeIdentity { cluster, node: id };
+            Ok(DiskStorage::open(node_dir(&dir, id), identity, bootstrap, options)?)
+        }
+    }
+
+    /// The node directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes of every segment and snapshot file in the directory.
+    pub fn disk_bytes(&self) -> io::Result<u64> {
+        let mut total = 0;
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("wal-") || name.starts_with("snap-") {
+                total += entry.metadata()?.len();
+            }
+        }
+        Ok(total)
+    }
+
+    /// A brand-new directory: segment 1 with the bootstrap checkpoint, then the identity.
+    fn create(
+        dir: PathBuf,
+        lock: File,
+        identity: NodeIdentity,
+        bootstrap: &Configuration,
+        options: DiskOptions,
+    ) -> Result<Self, StorageError> {
+        let state = PersistentState {
+            hard_state: HardState::default(),
+            base_config: bootstrap.clone(),
+            log_offset: LogIndex(0),
+            offset_term: Term(0),
+            entries: Vec::new(),
+            snapshot: None,
+        };
+        let (segment, segment_len) = write_segment(&dir, 1, Some(&state), SyncPolicy::Always)?;
+        let text = format!(
+            "{IDENTITY_MAGIC}\ncluster={:016x}\nnode={}\n",
+            identity.cluster, identity.node.0
+        );
+        write_atomically(&dir, IDENTITY, text.as_bytes())?;
+        tracing::info!(dir = %dir.display(), "created a new node directory");
+        Ok(DiskStorage {
+            dir,
+            options,
+            _lock: lock,
+            state,
+            segment,
+            segment_seq: 1,
+            segment_len,
+            first_seq: 1,
+            buf: Vec::new(),
+            failed: None,
+            _command: PhantomData,
+        })
+    }
+
+    /// After replay: drop what the replay found garbage, cut the torn tail, reopen the last
+    /// segment for appending.
+    fn resume(
+        dir: PathBuf,
+        lock: File,
+        listing: Listing,
+        recovered: Recovered<C>,
+        options: DiskOptions,
+    ) -> Result<Self, StorageError> {
+        for &seq in listing.segments.iter().filter(|&&s| s < recovered.first_seq) {
+            remove(&segment_path(&dir, seq))?;
+        }
+        for &seq in listing.segments.iter().filter(|&&s| s > recovered.last_seq) {
+            remove(&segment_path(&dir, seq))?; // a segment whose header was torn
+        }
+        let keep = recovered.state.snapshot.as_ref().map(|s| s.meta.index);
+        for &index in listing.snapshots.iter().filter(|&&i| Some(LogIndex(i)) != keep) {
+            remove(&snapshot_path(&dir, LogIndex(index)))?;
+        }
+        let path = segment_path(&dir, recovered.last_seq);
+        let segment = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| StorageError::io(&path, "open", e))?;
+        let on_disk = segment.metadata().map_err(|e| StorageError::io(&path, "stat", e))?.len();
+        if on_disk != recovered.last_len {
+            segment
+                .set_len(recovered.last_len)
+                .map_err(|e| StorageError::io(&path, "truncate", e))?;
+            if options.sync == SyncPolicy::Always {
+                segment.sync_all().map_err(|e| StorageError::io(&path, "fsync", e))?;
+            }
+        }
+        if options.sync == SyncPolicy::Always {
+            sync_dir(&dir)?; // the deletions above
+        }
+        Ok(DiskStorage {
+            dir,
+            options,
+            _lock: lock,
+            state: recovered.state,
+            segment,
+            segment_seq: recovered.last_seq,
+            segment_len: recovered.last_len,
+            first_seq: recovered.first_seq,
+            buf: Vec::new(),
+            failed: None,
+            _command: PhantomData,
+        })
+    }
+
+    fn check_usable(&self) -> io::Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(why) => {
+                Err(StorageError::Failed { dir: self.dir.clone(), why: why.clone() }.into())
+            }
+        }
+    }
+
+    /// Records the first failure: from now on the store refuses everything.
+    fn fail(&mut self, error: StorageError) -> io::Error {
+        tracing::error!(error = %error, "disk store failed; it takes no more writes");
+        self.failed.get_or_insert_with(|| error.to_string());
+        error.into()
+    }
+
+    fn encode(&mut self, record: &RecordRef<'_, C>) -> io::Result<()> {
+        wal::append_frame(&mut self.buf, record)
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))
+    }
+
+    /// Writes the buffered records to the segment (no fsync).
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.segment.write_all(&self.buf) {
+            let path = segment_path(&self.dir, self.segment_seq);
+            return Err(self.fail(StorageError::io(path, "write", e)));
+        }
+        self.segment_len += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+
+    fn fsync_segment(&mut self) -> io::Result<()> {
+        if self.options.sync == SyncPolicy::Never {
+            return Ok(());
+        }
+        if let Err(e) = self.segment.sync_data() {
+            let path = segment_path(&self.dir, self.segment_seq);
+            return Err(self.fail(StorageError::io(path, "fsync", e)));
+        }
+        Ok(())
+    }
+
+    /// Closes the current segment (written and fsync'd) and starts the next, with a checkpoint
+    /// of the whole state if asked.
+    fn rotate(&mut self, checkpoint: bool) -> io::Result<()> {
+        self.flush()?;
+        self.fsync_segment()?;
+        let seq = self.segment_seq + 1;
+        let state = checkpoint.then_some(&self.state);
+        match write_segment(&self.dir, seq, state, self.options.sync) {
+            Ok((file, len)) => {
+                (self.segment, self.segment_seq, self.segment_len) = (file, seq, len);
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// Deletes every segment before the current one and every snapshot file but `keep`.
+    fn delete_before_current(&mut self, old_snapshot: Option<LogIndex>) -> io::Result<()> {
+        let result = (self.first_seq..self.segment_seq)
+            .try_for_each(|seq| remove(&segment_path(&self.dir, seq)))
+            .and_then(|()| match old_snapshot {
+                Some(index) => remove(&snapshot_path(&self.dir, index)),
+                None => Ok(()),
+            })
+            .and_then(|()| self.sync_dir_if_safe());
+        self.first_seq = self.segment_seq;
+        result.map_err(|e| self.fail(e))
+    }
+
+    fn sync_dir_if_safe(&self) -> Result<(), StorageError> {
+        match self.options.sync {
+            SyncPolicy::Always => sync_dir(&self.dir),
+            SyncPolicy::Never => Ok(()),
+        }
+    }
+}
+
+impl<C> Storage<C> for DiskStorage<C>
+where
+    C: Serialize + DeserializeOwned + Clone + Send + 'static,
+{
+    fn load(&self) -> io::Result<PersistentState<C>> {
+        self.check_usable()?;
+        Ok(self.state.clone())
+    }
+
+    fn save_hard_state(&mut self, hard_state: HardState) -> io::Result<()> {
+        self.check_usable()?;
+        self.encode(&Record::HardState(hard_state))?;
+        self.state.hard_state = hard_state;
+        Ok(())
+    }
+
+    fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()> {
+        self.check_usable()?;
+        let keep = kept_before(&self.state, first)
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
+        self.encode(&Record::Entries { first, entries })?;
+        self.state.entries.truncate(keep);
+        self.state.entries.extend_from_slice(entries);
+        if self.buf.len() >= FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {
+        self.check_usable()?;
+        if snapshot.meta.index <= self.state.log_offset {
+            return Ok(()); // an older snapshot than the one kept
+        }
+        let mut bytes = Vec::new();
+        wal::append_frame(&mut bytes, &**snapshot)
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
+        let name = snapshot_name(snapshot.meta.index);
+        if let Err(e) = write_atomically(&self.dir, &name, &bytes) {
+            return Err(self.fail(e));
+        }
+        let old_snapshot = self.state.snapshot.as_ref().map(|s| s.meta.index);
+        super::apply_snapshot(&mut self.state, snapshot);
+        self.rotate(true)?;
+        self.delete_before_current(old_snapshot)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.check_usable()?;
+        self.flush()?;
+        self.fsync_segment()?;
+        if self.segment_len >= self.options.segment_bytes {
+            self.rotate(false)?;
+        }
+        Ok(())
+    }
+}
+
+impl<C> Drop for DiskStorage<C> {
+    fn drop(&mut self) {
+        // Best effort, no fsync: what a process hands the OS survives its crash, not a power
+        // loss; nothing here counted as persisted anyway.
+        if self.failed.is_none() && !self.buf.is_empty() {
+            let _ = self.segment.write_all(&self.buf);
+        }
+    }
+}
+
+/// How many entries of `state` stay when the log is replaced from `first`.
+fn kept_before<C>(state: &PersistentState<C>, first: LogIndex) -> Result<usize, String> {
+    let keep = first.0.checked_sub(state.log_offset.0 + 1).ok_or_else(|| {
+        format!("entries from {first} start at or below the log offset {}", state.log_offset)
+    })?;
+    if keep > state.entries.len() as u64 {
+        let last = state.log_offset.0 + state.entries.len() as u64;
+        return Err(format!("entries from {first} leave a gap after the last index i{last}"));
+    }
+    Ok(keep as usize)
+}
+
+// ---- the directory ----
+
+fn node_dir(cluster_dir: &Path, id: NodeId) -> PathBuf {
+    cluster_dir.join(format!("n{}", id.0))
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("wal-{seq:020}.log"))
+}
+
+fn snapshot_name(index: LogIndex) -> String {
+    format!("snap-{:020}.snap", index.0)
+}
+
+fn snapshot_path(dir: &Path, index: LogIndex) -> PathBuf {
+    dir.join(snapshot_name(index))
+}
+
+/// Creates the directory if missing; refuses a path that is not a directory.
+fn prepare_dir(dir: &Path) -> Result<(), StorageError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(StorageError::NotADirectory { path: dir.to_path_buf() });
+    }
+    fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, "create", e))
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join(LOCK);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io(&path, "open", e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StorageError::Locked { path }),
+        Err(fs::TryLockError::Error(e)) => Err(StorageError::io(path, "lock", e)),
+    }
+}
+
+/// The segment and snapshot files of a directory, by number; leftover `.tmp` files go.
+struct Listing {
+    segments: Vec<u64>,
+    snapshots: Vec<u64>,
+}
+
+impl Listing {
+    fn read(dir: &Path) -> Result<Self, StorageError> {
+        let mut listing = Listing { segments: Vec::new(), snapshots: Vec::new() };
+        let entries = fs::read_dir(dir).map_err(|e| StorageError::io(dir, "read", e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::io(dir, "read", e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(seq) = number_in(&name, "wal-", ".log") {
+                listing.segments.push(seq);
+            } else if let Some(index) = number_in(&name, "snap-", ".snap") {
+                listing.snapshots.push(index);
+            } else if name.ends_with(".tmp") {
+                remove(&entry.path())?; // a write cut short before its rename
+            }
+        }
+        listing.segments.sort_unstable();
+        listing.snapshots.sort_unstable();
+        Ok(listing)
+    }
+}
+
+fn number_in(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    (digits.len() == 20).then(|| digits.parse().ok()).flatten()
+}
+
+fn check_identity(path: &Path, expected: NodeIdentity) -> Result<(), StorageError> {
+    let text = fs::read_to_string(path).map_err(|e| StorageError::io(path, "read", e))?;
+    let bad = |why: &str| StorageError::BadIdentity { path: path.to_path_buf(), why: why.into() };
+    let mut lines = text.lines();
+    if lines.next() != Some(IDENTITY_MAGIC) {
+        return Err(bad("it does not start with \"ferraft node v1\""));
+    }
+    let mut field = |key: &str| {
+        lines.next().and_then(|l| l.strip_prefix(key)).ok_or_else(|| bad("a field is missing"))
+    };
+    let cluster = u64::from_str_radix(field("cluster=")?, 16).map_err(|_| bad("bad cluster id"))?;
+    let node = NodeId(field("node=")?.parse().map_err(|_| bad("bad node id"))?);
+    if (cluster, node) != (expected.cluster, expected.node) {
+        return Err(StorageError::WrongIdentity {
+            path: path.to_path_buf(),
+            expected: (expected.cluster, expected.node),
+            found: (cluster, node),
+        });
+    }
+    Ok(())
+}
+
+/// The cluster directory's id, drawn and recorded the first time.
+fn cluster_id(dir: &Path) -> Result<u64, StorageError> {
+    prepare_dir(dir)?;
+    let path = dir.join(CLUSTER);
+    match fs::read_to_string(&path) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16).map_err(|_| StorageError::BadIdentity {
+            path: path.clone(),
+            why: "the cluster id is not a hexadecimal number".into(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let id = rand::random::<u64>();
+            write_atomically(dir, CLUSTER, format!("{id:016x}\n").as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(StorageError::io(path, "read", e)),
+    }
+}
+
+/// Writes `name` whole or not at all: a temp file, fsync'd, renamed, the directory fsync'd.
+fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = File::create(&tmp).map_err(|e| StorageError::io(&tmp, "create", e))?;
+    file.write_all(bytes).map_err(|e| StorageError::io(&tmp, "write", e))?;
+    file.sync_all().map_err(|e| StorageError::io(&tmp, "fsync", e))?;
+    let path = dir.join(name);
+    fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, "rename", e))?;
+    sync_dir(dir)
+}
+
+/// Creates segment `seq` holding only its header (with a checkpoint of `state`, if given).
+fn write_segment<C: Serialize>(
+    dir: &Path,
+    seq: u64,
+    state: Option<&PersistentState<C>>,
+    sync: SyncPolicy,
+) -> Result<(File, u64), StorageError> {
+    let checkpoint = state.map(|s| Checkpoint {
+        hard_state: s.hard_state,
+        base_config: s.base_config.clone(),
+        log_offset: s.log_offset,
+        offset_term: s.offset_term,
+        snapshot: s.snapshot.is_some(),
+        entries: &s.entries[..],
+    });
+    let mut bytes = Vec::new();
+    let header: RecordRef<'_, C> = Record::Header { seq, checkpoint };
+    let path = segment_path(dir, seq);
+    wal::append_frame(&mut bytes, &header).map_err(|why| StorageError::Corrupt {
+        path: path.clone(),
+        offset: 0,
+        why,
+    })?;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io(&path, "create", e))?;
+    file.write_all(&bytes).map_err(|e| StorageError::io(&path, "write", e))?;
+    if sync == SyncPolicy::Always {
+        file.sync_all().map_err(|e| StorageError::io(&path, "fsync", e))?;
+        sync_dir(dir)?;
+    }
+    Ok((file, bytes.len() as u64))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    let handle = File::open(dir).map_err(|e| StorageError::io(dir, "open", e))?;
+    handle.sync_all().map_err(|e| StorageError::io(dir, "fsync", e))
+}
+
+fn remove(path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StorageError::io(path, "delete", e)),
+        _ => Ok(()),
+    }
+}
+
+// ---- recovery ----
+
+/// What replay found.
+struct Recovered<C> {
+    state: PersistentState<C>,
+    /// The segment replay started from (the last with a checkpoint).
+    first_seq: u64,
+    /// The last segment and its valid length (shorter than the file after a torn write).
+    last_seq: u64,
+    last_len: u64,
+}
+
+/// Where the hard state was last set, for a contradiction's report.
+type Place = (PathBuf, u64);
+
+/// Replays `segments` (sorted) of `dir`. See `wal.rs` for what counts as torn.
+fn recover<C: DeserializeOwned + Clone>(
+    dir: &Path,
+    segments: &[u64],
+) -> Result<Recovered<C>, StorageError> {
+    let earliest = segments.first().map(|&s| segment_path(dir, s));
+    let Some(&first) = segments.first() else {
+        return Err(StorageError::FirstSegmentMissing { dir: dir.to_path_buf(), earliest });
+    };
+    if let Some(w) = segments.windows(2).find(|w| w[1] != w[0] + 1) {
+        return Err(StorageError::MissingSegment { path: segment_path(dir, w[0] + 1) });
+    }
+    let mut replay = Replay::<C> { state: None, first_seq: first, hard_state_at: None };
+    let mut last = (first, 0);
+    for (i, &seq) in segments.iter().enumerate() {
+        let is_last = i + 1 == segments.len();
+        let path = segment_path(dir, seq);
+        let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, "read", e))?;
+        match replay.segment(&path, seq, &bytes, is_last)? {
+            Some(len) => last = (seq, len),
+            None => break, // the last segment's header was torn: it never existed
+        }
+        if replay.state.is_none() {
+            return Err(StorageError::FirstSegmentMissing { dir: dir.to_path_buf(), earliest });
+        }
+    }
+    let Replay { state, first_seq, hard_state_at } = replay;
+    let Some(mut state) = state else {
+        return Err(StorageError::FirstSegmentMissing { dir: dir.to_path_buf(), earliest });
+    };
+    check_hard_state(&state, hard_state_at)?;
+    if state.snapshot.is_some() {
+        state.snapshot = Some(Arc::new(read_snapshot(dir, &state)?));
+    }
+    Ok(Recovered { state, first_seq, last_seq: last.0, last_len: last.1 })
+}
+
+struct Replay<C> {
+    /// None until the first checkpoint.
+    state: Option<PersistentState<C>>,
+    first_seq: u64,
+    hard_state_at: Option<Place>,
+}
+
+impl<C: DeserializeOwned + Clone> Replay<C> {
+    /// Replays one segment; returns its valid length, or None if it is the last and even its
+    /// header is torn.
+    fn segment(
+        &mut self,
+        path: &Path,
+        seq: u64,
+        bytes: &[u8],
+        is_last: bool,
+    ) -> Result<Option<u64>, StorageError> {
+        let mut offset = 0;
+        loop {
+            let corrupt = |why: String| StorageError::Corrupt {
+                path: path.to_path_buf(),
+                offset: offset as u64,
+                why,
+            };
+            match wal::read_frame(bytes, offset) {
+                Frame::End if offset == 0 && is_last => return Ok(None),
+                Frame::End if offset == 0 => return Err(corrupt("the segment is empty".into())),
+                Frame::End => return Ok(Some(offset as u64)),
+                Frame::Bad { why, torn } if torn && is_last => {
+                    tracing::warn!(
+                        file = %path.display(), offset, why,
+                        "truncating a torn record at the log's tail (a crash mid-write)"
+                    );
+                    return Ok((offset > 0).then_some(offset as u64));
+                }
+                Frame::Bad { why, .. } => return Err(corrupt(why.into())),
+                Frame::Whole { payload, next } => {
+                    let record: RecordOwned<C> = postcard::from_bytes(payload)
+                        .map_err(|e| corrupt(format!("a record does not parse: {e}")))?;
+                    self.record(record, path, seq, offset).map_err(corrupt)?;
+                    if self.state.is_none() {
+                        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                        let earliest = Some(path.to_path_buf());
+                        return Err(StorageError::FirstSegmentMissing { dir, earliest });
+                    }
+                    offset = next;
+                }
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        record: RecordOwned<C>,
+        path: &Path,
+        seq: u64,
+        offset: usize,
+    ) -> Result<(), String> {
+        match record {
+            Record::Header { seq: found, checkpoint } => {
+                if offset != 0 || found != seq {
+                    return Err(format!("a segment header for segment {found} is out of place"));
+                }
+                if let Some(c) = checkpoint {
+                    self.checkpoint(c, path, seq);
+                }
+            }
+            _ if offset == 0 => return Err("the segment does not start with its header".into()),
+            Record::HardState(hs) => {
+                let state = self.state.as_mut().ok_or("a record before any checkpoint")?;
+                state.hard_state = hs;
+                self.hard_state_at = Some((path.to_path_buf(), offset as u64));
+            }
+            Record::Entries { first, entries } => {
+                let state = self.state.as_mut().ok_or("a record before any checkpoint")?;
+                let keep = kept_before(state, first)?;
+                state.entries.truncate(keep);
+                state.entries.extend(entries);
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, c: Checkpoint<Vec<Entry<C>>>, path: &Path, seq: u64) {
+        self.state = Some(PersistentState {
+            hard_state: c.hard_state,
+            base_config: c.base_config,
+            log_offset: c.log_offset,
+            offset_term: c.offset_term,
+            entries: c.entries,
+            snapshot: None,
+        });
+        if c.snapshot {
+            // Marks that a snapshot file is to be read once replay ends.
+            let placeholder = Snapshot {
+                meta: crate::message::SnapshotMeta {
+                    index: c.log_offset,
+                    term: c.offset_term,
+                    config: Arc::new(Configuration::default()),
+                },
+                data: Arc::from(Vec::new()),
+            };
+            self.state.as_mut().expect("just set").snapshot = Some(Arc::new(placeholder));
+        }
+        self.first_seq = seq;
+        self.hard_state_at = Some((path.to_path_buf(), 0));
+    }
+}
+
+/// A node's term is never below the term of an entry in its log (it adopts a term before it
+/// accepts that term's entries, and persists the term first).
+fn check_hard_state<C>(state: &PersistentState<C>, at: Option<Place>) -> Result<(), StorageError> {
+    let last_term = state.entries.last().map_or(state.offset_term, |e| e.term);
+    if state.hard_state.term >= last_term {
+        return Ok(());
+    }
+    let (path, offset) = at.unwrap_or_default();
+    Err(StorageError::Contradiction {
+        path,
+        offset,
+        why: format!(
+            "current term {} is below the log's last term {last_term}",
+            state.hard_state.term
+        ),
+    })
+}
+
+fn read_snapshot<C>(dir: &Path, state: &PersistentState<C>) -> Result<Snapshot, StorageError> {
+    let path = snapshot_path(dir, state.log_offset);
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(StorageError::MissingSnapshot { path })
+        }
+        Err(e) => return Err(StorageError::io(path, "read", e)),
+    };
+    let corrupt = |why: String| StorageError::Corrupt { path: path.clone(), offset: 0, why };
+    let snapshot = wal::decode_snapshot(&bytes).map_err(corrupt)?;
+    if (snapshot.meta.index, snapshot.meta.term) != (state.log_offset, state.offset_term) {
+        return Err(corrupt(format!(
+            "it holds the snapshot through {} in {}, the log expects {} in {}",
+            snapshot.meta.index, snapshot.meta.term, state.log_offset, state.offset_term
+        )));
+    }
+    Ok(snapshot)
+}

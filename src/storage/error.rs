@@ -1,0 +1,202 @@
+//! [`StorageError`]: why a [`super::DiskStorage`] refused to open or to write, with the path
+//! (and byte offset) at fault and what to do. It travels inside an `io::Error` where the
+//! [`super::Storage`] trait requires one; [`StorageError::from_io`] gets it back.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use crate::types::NodeId;
+
+/// Why a disk store could not be opened or written. Every variant names the file.
+#[derive(Debug)]
+pub enum StorageError {
+    /// The data directory's path exists but is not a directory.
+    NotADirectory {
+        /// The path given as the data directory.
+        path: PathBuf,
+    },
+    /// The OS refused a file operation (permissions, a full disk, a failing device).
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done ("create", "read", "write", "fsync", ...).
+        action: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Another store (in this or another process) holds the directory's lock.
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// The directory belongs to another cluster or another node.
+    WrongIdentity {
+        /// The identity file.
+        path: PathBuf,
+        /// The cluster and node the caller opened it as.
+        expected: (u64, NodeId),
+        /// The cluster and node recorded in the directory.
+        found: (u64, NodeId),
+    },
+    /// The identity file is missing (while segments exist) or does not parse.
+    BadIdentity {
+        /// The identity file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The log's first segment is gone: the earliest segment left does not start from a
+    /// checkpoint (or no segment is left at all).
+    FirstSegmentMissing {
+        /// The data directory.
+        dir: PathBuf,
+        /// The earliest segment found, if any.
+        earliest: Option<PathBuf>,
+    },
+    /// A segment between two others is missing.
+    MissingSegment {
+        /// The segment file that should exist.
+        path: PathBuf,
+    },
+    /// Bytes that fail their checksum or do not parse, before the log's tail.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The byte offset of the bad record.
+        offset: u64,
+        /// What is wrong.
+        why: String,
+    },
+    /// The recorded hard state contradicts the log (a term below the log's last term).
+    Contradiction {
+        /// The file holding the hard state.
+        path: PathBuf,
+        /// The byte offset of the hard state's record.
+        offset: u64,
+        /// What contradicts what.
+        why: String,
+    },
+    /// A checkpoint names a snapshot file that is not there.
+    MissingSnapshot {
+        /// The snapshot file that should exist.
+        path: PathBuf,
+    },
+    /// An earlier write failed, so the file's end is unknown: the store takes no more writes.
+    Failed {
+        /// The data directory.
+        dir: PathBuf,
+        /// The first failure.
+        why: String,
+    },
+}
+
+impl StorageError {
+    /// The `StorageError` inside an `io::Error` returned through the [`super::Storage`] trait
+    /// or a storage factory, if it is one.
+    pub fn from_io(error: &io::Error) -> Option<&StorageError> {
+        error.get_ref().and_then(|inner| inner.downcast_ref::<StorageError>())
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: io::Error) -> Self {
+        StorageError::Io { path: path.into(), action, source }
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::NotADirectory { path } => write!(
+                f,
+                "data directory {} is not a directory: give a directory path (it is created if missing)",
+                path.display()
+            ),
+            StorageError::Io { path, action, source } => write!(
+                f,
+                "could not {action} {}: {source}; check the path's permissions and free space",
+                path.display()
+            ),
+            StorageError::Locked { path } => write!(
+                f,
+                "{} is locked by another running node: stop it first, or give this node its own directory",
+                path.display()
+            ),
+            StorageError::WrongIdentity { path, expected, found } => write!(
+                f,
+                "{} belongs to cluster {:016x} node {}, not cluster {:016x} node {}: use that node's directory, or an empty one for a new node",
+                path.display(),
+                found.0,
+                found.1,
+                expected.0,
+                expected.1
+            ),
+            StorageError::BadIdentity { path, why } => write!(
+                f,
+                "identity file {}: {why}; restore it from a backup, or start this node from an empty directory",
+                path.display()
+            ),
+            StorageError::FirstSegmentMissing { dir, earliest } => match earliest {
+                Some(first) => write!(
+                    f,
+                    "the log in {} lost its first segment: {} does not start from a checkpoint; restore the missing segments, or wipe the directory and let the node catch up from the leader",
+                    dir.display(),
+                    first.display()
+                ),
+                None => write!(
+                    f,
+                    "the log in {} has no segments although the directory was initialised; restore them, or wipe the directory and let the node catch up from the leader",
+                    dir.display()
+                ),
+            },
+            StorageError::MissingSegment { path } => write!(
+                f,
+                "segment {} is missing between two others; restore it, or wipe the directory and let the node catch up from the leader",
+                path.display()
+            ),
+            StorageError::Corrupt { path, offset, why } => write!(
+                f,
+                "{} is corrupt at byte {offset}: {why}; the node will not guess what it lost: restore the file, or wipe the directory and let the node catch up from the leader",
+                path.display()
+            ),
+            StorageError::Contradiction { path, offset, why } => write!(
+                f,
+                "{} at byte {offset}: the hard state contradicts the log ({why}); restore the directory, or wipe it and let the node catch up from the leader",
+                path.display()
+            ),
+            StorageError::MissingSnapshot { path } => write!(
+                f,
+                "snapshot file {} is missing; restore it, or wipe the directory and let the node catch up from the leader",
+                path.display()
+            ),
+            StorageError::Failed { dir, why } => write!(
+                f,
+                "the store in {} stopped after a failed write ({why}); fix the cause (free space?) and restart the node",
+                dir.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl From<StorageError> for io::Error {
+    fn from(error: StorageError) -> Self {
+        let kind = match &error {
+            StorageError::Io { source, .. } => source.kind(),
+            StorageError::NotADirectory { .. } => io::ErrorKind::NotADirectory,
+            StorageError::Locked { .. } => io::ErrorKind::WouldBlock,
+            StorageError::MissingSegment { .. } | StorageError::MissingSnapshot { .. } => {
+                io::ErrorKind::NotFound
+            }
+            _ => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, error)
+    }
+}

@@ -1,0 +1,482 @@
+//! Clusters on disk: nodes killed and restarted from their directories, a whole cluster
+//! reopened from its directory, a full disk, and every bad data directory refused with a typed
+//! error that names the path. Each test works in its own temp dir, removed afterwards.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use ferraft::storage::{DiskOptions, DiskStorage, NodeIdentity, StorageError, SyncPolicy};
+use ferraft::{
+    Cluster, Configuration, Entry, Error, HardState, KvCommand, KvStateMachine, LogIndex, NodeId,
+    Payload, PersistentState, Snapshot, Storage, Term,
+};
+
+/// A directory under the system temp dir, removed on drop (also when a test fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("ferraft-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn disk_cluster(seed: u64, nodes: usize, dir: &Path) -> Cluster<KvStateMachine> {
+    init_tracing();
+    Cluster::builder(fast_config(seed), |_| KvStateMachine::new())
+        .nodes(nodes)
+        .data_dir(dir)
+        .start()
+        .expect("starting a cluster on disk")
+}
+
+fn value_of(cluster: &Cluster<KvStateMachine>, key: &str) -> String {
+    let read = cluster.propose(get(key)).expect("a read through the log");
+    read.output.unwrap_or_default()
+}
+
+// ---- restarts from disk (mirroring tests/cluster.rs and tests/faults.rs on memory) ----
+
+#[test]
+fn a_restarted_node_applies_the_same_entries_in_the_same_order_from_disk() {
+    let _serial = serial();
+    init_tracing();
+    let dir = TempDir::new("disk-same-order");
+    let records = Records::default();
+    let mut cluster = Cluster::builder(fast_config(31), records.factory())
+        .data_dir(&dir.0)
+        .start()
+        .expect("start");
+    let mut proposed = Vec::new();
+    let mut write = |cluster: &mut Cluster<Recorder>, i: usize| {
+        let command = append(["x", "y"][i % 2], &token(i));
+        proposed.push(command.clone());
+        cluster.propose(command).unwrap_or_else(|e| panic!("proposing {i}: {e}"));
+    };
+    for i in 0..20 {
+        write(&mut cluster, i);
+    }
+    let old_leader = wait_for_agreement(&cluster, LONG).leader;
+    cluster.kill(old_leader).expect("kill");
+    for i in 20..40 {
+        write(&mut cluster, i);
+    }
+    cluster.restart(old_leader).expect("restart from its directory");
+    for i in 40..50 {
+        write(&mut cluster, i);
+    }
+    wait_converged(&cluster, 3, LONG);
+    let leader = wait_for_agreement(&cluster, LONG).leader;
+    let restarted = records.of(old_leader);
+    assert_strictly_increasing(old_leader, &restarted);
+    assert_eq!(restarted, records.of(leader), "{old_leader} and {leader} applied differently");
+    let commands: Vec<KvCommand> = restarted.into_iter().map(|(_, c)| c).collect();
+    assert_eq!(commands, proposed, "the log holds each proposal once, in proposal order");
+    cluster.shutdown();
+}
+
+#[test]
+fn no_commit_without_a_majority_then_recovery_from_disk() {
+    let _serial = serial();
+    let dir = TempDir::new("disk-majority");
+    let mut cluster = disk_cluster(32, 3, &dir.0);
+    cluster.propose(append("k", &token("before"))).expect("a first write");
+    let agreed = wait_for_agreement(&cluster, LONG);
+    let follower = cluster.ids().into_iter().find(|&id| id != agreed.leader).expect("follower");
+    let victims = [agreed.leader, follower];
+    for id in victims {
+        cluster.kill(id).expect("kill");
+    }
+    let result = cluster.propose_timeout(append("k", &token("minority")), ms(1000));
+    assert!(
+        matches!(result, Err(Error::Timeout | Error::NotLeader { .. })),
+        "a minority must not commit, got {result:?}"
+    );
+    for id in victims {
+        cluster.restart(id).expect("restart");
+    }
+    cluster.propose(append("k", &token("after"))).expect("a healed cluster commits");
+    let value = value_of(&cluster, "k");
+    assert!(value.starts_with("before;") && value.ends_with("after;"), "{value}");
+    assert!(tokens(&value).iter().filter(|t| *t == "minority;").count() <= 1, "{value}");
+    wait_converged(&cluster, 3, LONG);
+    cluster.shutdown();
+}
+
+#[test]
+fn a_killed_node_restarts_from_disk_with_its_persisted_term() {
+    let _serial = serial();
+    let dir = TempDir::new("disk-term");
+    let mut cluster = disk_cluster(33, 3, &dir.0);
+    let agreed = wait_for_agreement(&cluster, LONG);
+    cluster.propose(append("k", "v")).expect("write");
+    let victim = cluster.ids().into_iter().find(|&id| id != agreed.leader).expect("a follower");
+    let before = cluster.status(victim).expect("status").core;
+    cluster.kill(victim).expect("kill");
+    cluster.restart(victim).expect("restart");
+    let after = cluster.status(victim).expect("status after restart").core;
+    assert!(after.term >= before.term, "{} below {}", after.term, before.term);
+    assert!(after.last_log_index >= before.last_log_index, "the restarted log is shorter");
+    wait_converged(&cluster, 3, LONG);
+    cluster.shutdown();
+}
+
+#[test]
+fn a_whole_cluster_reopens_from_its_directory() {
+    let _serial = serial();
+    let dir = TempDir::new("disk-reopen");
+    let term = {
+        let cluster = disk_cluster(34, 3, &dir.0);
+        for i in 0..10 {
+            cluster.propose(append("k", &token(i))).expect("write");
+        }
+        let term = wait_for_agreement(&cluster, LONG).term;
+        cluster.shutdown();
+        term
+    };
+    let cluster = disk_cluster(35, 3, &dir.0);
+    let value = value_of(&cluster, "k");
+    let expected: String = (0..10).map(token).collect();
+    assert_eq!(value, expected, "the reopened cluster lost or reordered writes");
+    assert!(wait_for_agreement(&cluster, LONG).term > term, "terms move on after a reopen");
+    cluster.shutdown();
+}
+
+#[test]
+fn leaders_killed_over_and_over_lose_no_acknowledged_write_on_disk() {
+    let _serial = serial();
+    let dir = TempDir::new("disk-kills");
+    let (mut rng, seed) = seeded_rng("leaders_killed_over_and_over_on_disk");
+    let mut cluster = disk_cluster(seed, 5, &dir.0);
+    let mut acknowledged = Vec::new();
+    for round in 0..6 {
+        for i in 0..3 {
+            let value = token(format!("r{round}-{i}"));
+            if cluster.propose_timeout(append("k", &value), ms(2000)).is_ok() {
+                acknowledged.push(value);
+            }
+        }
+        if let Ok(leader) = cluster.wait_for_leader(LONG) {
+            cluster.kill(leader).expect("kill the leader");
+        }
+        let dead: Vec<NodeId> =
+            cluster.ids().into_iter().filter(|&id| !cluster.is_running(id)).collect();
+        if running(&cluster).len() < 3 || rand::Rng::random_bool(&mut rng, 0.5) {
+            let pick = dead[rand::Rng::random_range(&mut rng, 0..dead.len())];
+            cluster.restart(pick).expect("restart from disk");
+        }
+    }
+    for id in cluster.ids() {
+        if !cluster.is_running(id) {
+            cluster.restart(id).expect("restart");
+        }
+    }
+    let value = value_of(&cluster, "k");
+    let seen = tokens(&value);
+    for value in &acknowledged {
+        assert_eq!(seen.iter().filter(|t| *t == value).count(), 1, "{value} in {seen:?}");
+    }
+    wait_converged(&cluster, 5, LONG);
+    cluster.shutdown();
+}
+
+// ---- a full disk ----
+
+/// A store whose writes fail once its switch is on, as a full disk's would.
+struct FullDisk {
+    inner: DiskStorage<KvCommand>,
+    full: Arc<AtomicBool>,
+}
+
+impl FullDisk {
+    fn check(&self) -> io::Result<()> {
+        match self.full.load(Ordering::SeqCst) {
+            true => Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device")),
+            false => Ok(()),
+        }
+    }
+}
+
+impl Storage<KvCommand> for FullDisk {
+    fn load(&self) -> io::Result<PersistentState<KvCommand>> {
+        self.inner.load()
+    }
+    fn save_hard_state(&mut self, hs: HardState) -> io::Result<()> {
+        self.check()?;
+        self.inner.save_hard_state(hs)
+    }
+    fn append(&mut self, first: LogIndex, entries: &[Entry<KvCommand>]) -> io::Result<()> {
+        self.check()?;
+        self.inner.append(first, entries)
+    }
+    fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {
+        self.check()?;
+        self.inner.save_snapshot(snapshot)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.check()?;
+        self.inner.sync()
+    }
+}
+
+type Switches = Arc<Mutex<BTreeMap<NodeId, Arc<AtomicBool>>>>;
+
+fn full_disk_cluster(seed: u64, nodes: usize, dir: &Path) -> (Cluster<KvStateMachine>, Switches) {
+    init_tracing();
+    let switches = Switches::default();
+    let open = DiskStorage::factory(dir);
+    let shared = Arc::clone(&switches);
+    let cluster = Cluster::builder(fast_config(seed), |_| KvStateMachine::new())
+        .nodes(nodes)
+        .storage(move |id, bootstrap: &Configuration| {
+            let full = Arc::clone(shared.lock().expect("switches").entry(id).or_default());
+            Ok(FullDisk { inner: open(id, bootstrap)?, full })
+        })
+        .start()
+        .expect("start");
+    (cluster, switches)
+}
+
+fn fill(switches: &Switches, id: NodeId, full: bool) {
+    switches.lock().expect("switches")[&id].store(full, Ordering::SeqCst);
+}
+
+#[test]
+fn a_full_disk_stops_the_node_which_acknowledges_nothing_it_did_not_store() {
+    let _serial = serial();
+    let dir = TempDir::new("disk-full-one");
+    let (mut cluster, switches) = full_disk_cluster(36, 1, &dir.0);
+    cluster.propose(append("k", &token("stored"))).expect("a write before the disk fills");
+    fill(&switches, NodeId(1), true);
+    let result = cluster.propose_timeout(append("k", &token("lost")), ms(1500));
+    assert!(result.is_err(), "a write the disk refused was acknowledged: {result:?}");
+    let failure = wait_until(LONG, "the node to report its failure", || {
+        cluster.failure(NodeId(1)).ok_or_else(|| "no failure yet".to_string())
+    });
+    let text = failure.to_string();
+    assert!(matches!(failure, Error::Storage(_)) && text.contains("no space"), "{text}");
+    let again = cluster.propose_timeout(append("k", &token("refused")), ms(500));
+    assert!(again.is_err(), "a failed node accepted a write: {again:?}");
+    fill(&switches, NodeId(1), false); // space freed: restart from the directory
+    cluster.restart(NodeId(1)).expect("restart");
+    assert_eq!(value_of(&cluster, "k"), "stored;", "only the stored write survives");
+    cluster.shutdown();
+}
+
+#[test]
+fn a_leader_whose_disk_fills_stops_and_the_others_carry_on() {
+    let _serial = serial();
+    let dir = TempDir::new("disk-full-leader");
+    let (cluster, switches) = full_disk_cluster(37, 3, &dir.0);
+    cluster.propose(append("k", &token("a"))).expect("write");
+    let leader = wait_for_agreement(&cluster, LONG).leader;
+    fill(&switches, leader, true);
+    let _ = cluster.propose_timeout(append("k", &token("maybe")), ms(1000));
+    wait_until(LONG, "the full leader to fail", || {
+        cluster.failure(leader).map(|_| ()).ok_or_else(|| "still running".to_string())
+    });
+    wait_until(LONG, "a new leader among the two others", || match cluster.leader() {
+        Some(id) if id != leader => Ok(()),
+        other => Err(format!("leader {other:?}")),
+    });
+    cluster.propose(append("k", &token("b"))).expect("the two others commit");
+    let value = value_of(&cluster, "k");
+    assert!(value.starts_with("a;") && value.ends_with("b;"), "{value}");
+    cluster.shutdown();
+}
+
+// ---- bad data directories: each a typed error naming the path ----
+
+const ME: NodeIdentity = NodeIdentity { cluster: 0xabc, node: NodeId(1) };
+
+fn open_at(
+    dir: &Path,
+    me: NodeIdentity,
+    options: DiskOptions,
+) -> Result<DiskStorage<u64>, StorageError> {
+    DiskStorage::open(dir, me, &Configuration::new([NodeId(1)]), options)
+}
+
+fn names(error: &StorageError, path: &Path) {
+    let text = error.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text} does not name {}", path.display());
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_is_refused() {
+    let dir = TempDir::new("disk-file");
+    std::fs::create_dir_all(&dir.0).expect("mkdir");
+    let file = dir.0.join("not-a-dir");
+    std::fs::write(&file, b"x").expect("write");
+    let error = open_at(&file, ME, DiskOptions::default()).expect_err("a file is no data dir");
+    assert!(matches!(error, StorageError::NotADirectory { .. }), "{error}");
+    names(&error, &file);
+}
+
+#[test]
+fn an_unreadable_data_dir_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("disk-unreadable");
+    drop(open_at(&dir.0, ME, DiskOptions::default()).expect("create"));
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o000)).expect("chmod");
+    if std::fs::read_dir(&dir.0).is_ok() {
+        // NB: root reads any directory, so the case cannot arise (CI containers run as root).
+        println!("skipped: running as root, permissions do not stop reads");
+    } else {
+        let error = open_at(&dir.0, ME, DiskOptions::default()).expect_err("unreadable");
+        assert!(matches!(error, StorageError::Io { .. }), "{error}");
+        names(&error, &dir.0);
+    }
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod back");
+}
+
+#[test]
+fn a_locked_data_dir_is_refused_in_this_process_and_by_a_second_cluster() {
+    let dir = TempDir::new("disk-locked");
+    let first = open_at(&dir.0, ME, DiskOptions::default()).expect("first open");
+    let error = open_at(&dir.0, ME, DiskOptions::default()).expect_err("already locked");
+    assert!(matches!(error, StorageError::Locked { .. }), "{error}");
+    names(&error, &dir.0);
+    drop(first);
+    drop(open_at(&dir.0, ME, DiskOptions::default()).expect("free again once closed"));
+
+    let _serial = serial();
+    let cluster_dir = TempDir::new("disk-locked-cluster");
+    let running = disk_cluster(38, 1, &cluster_dir.0);
+    let second = Cluster::builder(fast_config(39), |_| KvStateMachine::new())
+        .nodes(1)
+        .data_dir(&cluster_dir.0)
+        .start();
+    match second {
+        Err(Error::Storage(text)) => assert!(text.contains("locked"), "{text}"),
+        Err(e) => panic!("expected a storage error, got {e}"),
+        Ok(_) => panic!("a second cluster opened a locked directory"),
+    }
+    running.shutdown();
+}
+
+#[test]
+fn a_directory_of_another_cluster_or_node_is_refused() {
+    let dir = TempDir::new("disk-identity");
+    drop(open_at(&dir.0, ME, DiskOptions::default()).expect("create"));
+    for other in [NodeIdentity { cluster: 0xdef, ..ME }, NodeIdentity { node: NodeId(2), ..ME }] {
+        let error = open_at(&dir.0, other, DiskOptions::default()).expect_err("wrong identity");
+        assert!(matches!(error, StorageError::WrongIdentity { .. }), "{error}");
+        names(&error, &dir.0);
+    }
+    // A node directory moved into another cluster's directory.
+    let (a, b) = (TempDir::new("disk-cluster-a"), TempDir::new("disk-cluster-b"));
+    let boot = Configuration::new([NodeId(1)]);
+    drop(DiskStorage::<u64>::factory(&a.0)(NodeId(1), &boot).expect("a/n1"));
+    drop(DiskStorage::<u64>::factory(&b.0)(NodeId(2), &boot).expect("b/n2"));
+    std::fs::rename(a.0.join("n1"), b.0.join("n1")).expect("move n1");
+    let error = DiskStorage::<u64>::factory(&b.0)(NodeId(1), &boot).expect_err("foreign node");
+    let typed = StorageError::from_io(&error).expect("a StorageError inside");
+    assert!(matches!(typed, StorageError::WrongIdentity { .. }), "{typed}");
+}
+
+/// A store with several segments (tiny ones), closed.
+fn several_segments(dir: &Path) -> Vec<PathBuf> {
+    let options = DiskOptions { segment_bytes: 64, sync: SyncPolicy::Never };
+    let mut store = open_at(dir, ME, options).expect("create");
+    store.save_hard_state(HardState { term: Term(1), voted_for: None }).expect("hs");
+    for i in 1..=10u64 {
+        let entry = Entry { term: Term(1), payload: Payload::Command(i) };
+        store.append(LogIndex(i), &[entry]).expect("append");
+        store.sync().expect("sync");
+    }
+    drop(store);
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("read")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("wal-")))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    segments
+}
+
+#[test]
+fn a_log_missing_its_first_or_a_middle_segment_is_refused() {
+    let dir = TempDir::new("disk-first");
+    let segments = several_segments(&dir.0);
+    std::fs::remove_file(&segments[0]).expect("rm");
+    let error = open_at(&dir.0, ME, DiskOptions::default()).expect_err("first segment gone");
+    assert!(matches!(error, StorageError::FirstSegmentMissing { .. }), "{error}");
+    names(&error, &segments[1]);
+
+    let dir = TempDir::new("disk-middle");
+    let segments = several_segments(&dir.0);
+    std::fs::remove_file(&segments[1]).expect("rm");
+    let error = open_at(&dir.0, ME, DiskOptions::default()).expect_err("middle segment gone");
+    assert!(matches!(error, StorageError::MissingSegment { .. }), "{error}");
+    names(&error, &segments[1]);
+
+    for segment in &segments {
+        let _ = std::fs::remove_file(segment);
+    }
+    let error = open_at(&dir.0, ME, DiskOptions::default()).expect_err("no segment at all");
+    assert!(matches!(error, StorageError::FirstSegmentMissing { .. }), "{error}");
+}
+
+#[test]
+fn a_hard_state_below_the_logs_last_term_is_a_contradiction() {
+    let dir = TempDir::new("disk-contradiction");
+    let mut store = open_at(&dir.0, ME, DiskOptions::default()).expect("create");
+    store.save_hard_state(HardState { term: Term(5), voted_for: None }).expect("hs");
+    let entry = Entry { term: Term(5), payload: Payload::Command(1) };
+    store.append(LogIndex(1), &[entry]).expect("append");
+    store.save_hard_state(HardState { term: Term(2), voted_for: None }).expect("a regression");
+    store.sync().expect("sync");
+    drop(store);
+    let error = open_at(&dir.0, ME, DiskOptions::default()).expect_err("contradiction");
+    assert!(matches!(error, StorageError::Contradiction { .. }), "{error}");
+    let text = error.to_string();
+    assert!(text.contains("wal-") && text.contains("at byte"), "{text}");
+}
+
+#[test]
+fn a_snapshot_survives_reopening_and_old_segments_go() {
+    let dir = TempDir::new("disk-snapshot");
+    let segments = several_segments(&dir.0);
+    let options = DiskOptions { segment_bytes: 64, sync: SyncPolicy::Always };
+    let mut store = open_at(&dir.0, ME, options).expect("reopen");
+    let meta = ferraft::SnapshotMeta {
+        index: LogIndex(7),
+        term: Term(1),
+        config: Arc::new(Configuration::new([NodeId(1)])),
+    };
+    let snapshot = Arc::new(Snapshot { meta, data: Arc::from(vec![1u8, 2, 3]) });
+    store.save_snapshot(&snapshot).expect("snapshot");
+    store.sync().expect("sync");
+    drop(store);
+    assert!(segments.iter().all(|s| !s.exists()), "segments covered by the snapshot remain");
+    let state = open_at(&dir.0, ME, options).expect("reopen").load().expect("load");
+    assert_eq!((state.log_offset, state.offset_term), (LogIndex(7), Term(1)));
+    assert_eq!(state.snapshot.as_deref(), Some(&*snapshot));
+    let tail: Vec<u64> = state
+        .entries
+        .iter()
+        .map(|e| match e.payload {
+            Payload::Command(c) => c,
+            _ => 0,
+        })
+        .collect();
+    assert_eq!(tail, vec![8, 9, 10]);
+    assert_eq!(state.hard_state.term, Term(1));
+}
