@@ -272,3 +272,34 @@ fn garbage_segments_never_panic() {
         }
     }
 }
+
+#[test]
+fn after_a_torn_tail_is_cut_new_writes_follow_the_last_whole_record() {
+    let (work, scratch) = (TempDir::new("torn-work"), TempDir::new("torn-scratch"));
+    let run = run_workload(&work.0);
+    let (files, done) = run.synced.last().expect("runs").clone();
+    let name = last_segment(&files).expect("segment");
+    let mut torn = files.clone();
+    let len = torn[&name].len();
+    torn.get_mut(&name).expect("segment").truncate(len - 3); // the last record, torn
+    restore(&scratch.0, &torn);
+    let mut store = open(&scratch.0, SyncPolicy::Always).expect("a torn tail is no error");
+    let mut model = MemStorage::from_state(store.load().expect("load"));
+    assert_eq!(model.load().expect("model"), run.models[done - 1], "only the torn record goes");
+    let last = {
+        let state = model.load().expect("model");
+        state.log_offset.0 + state.entries.len() as u64
+    };
+    let more = Op::Append(
+        LogIndex(last + 1),
+        (0..40).map(|i| Entry { term: Term(99), payload: Payload::Command(i) }).collect(),
+    );
+    apply(&mut store, &Op::Hard(HardState { term: Term(99), voted_for: None }));
+    apply(&mut model, &Op::Hard(HardState { term: Term(99), voted_for: None }));
+    apply(&mut store, &more);
+    apply(&mut model, &more);
+    store.sync().expect("sync");
+    drop(store);
+    let reopened = open(&scratch.0, SyncPolicy::Always).expect("reopen after new writes");
+    assert_eq!(reopened.load().expect("load"), model.load().expect("model"));
+}
