@@ -12,6 +12,10 @@
 //! cargo run --release --example bench -- soak --ops 10000000 --keys 1000 [--nodes N]
 //! cargo run --release --example bench -- catchup-snapshot [--ops N]
 //! cargo run --release --example bench -- restart-snapshot [--ops N]
+//! cargo run --release --example bench -- latency|throughput --transport tcp [--ops N]
+//! cargo run --release --example bench -- rtt [--ops N]
+//!
+//! `--transport tcp` and `rtt`: see `tcp.rs` (three `kv_server` processes on loopback).
 //!
 //! `soak`: a key-value state machine of `--keys` keys under `--ops` writes (256 outstanding)
 //! with the default snapshot policy; one line per 1M writes with resident memory, the leader's
@@ -37,6 +41,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use ferraft::{Cluster, Config, KvCommand, KvStateMachine, LogIndex, NodeHandle, StateMachine};
+
+mod tcp;
 
 /// The trivial state machine: adds each command to a running sum.
 struct Sum(u64);
@@ -118,6 +124,8 @@ fn main() {
         "soak" => return soak(&args),
         "catchup-snapshot" => return catchup_snapshot(&args),
         "restart-snapshot" => return restart_snapshot(&args),
+        "rtt" => return tcp::rtt(&args),
+        _ if args.text("--transport") == Some("tcp") => return tcp::run(&args),
         _ => {}
     }
     let rss_before = rss_bytes();

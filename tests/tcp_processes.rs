@@ -1,0 +1,177 @@
+//! Three `kv_server` processes on loopback TCP: writes through the client protocol, SIGKILL of
+//! the leader process, a new leader and continued writes, a restart of the killed process, and
+//! every node converging to the same state digest.
+//!
+//! The server is the `kv_server` example. `cargo test` builds the examples before it runs the
+//! tests and leaves them in `target/<profile>/examples/`, next to this test's `deps/`
+//! directory; when only this test was built (`cargo test --test tcp_processes`), the test builds
+//! the example itself with the same profile. A guard kills every process it started, also when
+//! the test fails.
+//!
+//! Until disk storage lands, a restarted server starts empty and catches up from the leader.
+
+#[path = "../examples/common/kv_wire.rs"]
+mod kv_wire;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kv_wire::{KvClient, KvRequest, KvResponse, KvStatus};
+
+const CLUSTER: u64 = 77;
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// The `kv_server` example binary, built if `cargo test` did not build it.
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let binary = profile_dir.join("examples").join("kv_server");
+    if !binary.exists() {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut build = Command::new(option_env!("CARGO").unwrap_or("cargo"));
+        build.args(["build", "--example", "kv_server"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build --example kv_server");
+        assert!(status.success(), "building the kv_server example failed");
+    }
+    assert!(binary.exists(), "no kv_server at {}", binary.display());
+    binary
+}
+
+/// The server processes; dropping it kills (SIGKILL) and reaps every one still running.
+struct Servers {
+    binary: PathBuf,
+    peers: BTreeMap<u64, SocketAddr>,
+    children: BTreeMap<u64, Child>,
+}
+
+impl Servers {
+    fn start(binary: PathBuf, n: u64) -> Self {
+        let peers = (1..=n).map(|id| (id, free_addr())).collect();
+        let mut servers = Servers { binary, peers, children: BTreeMap::new() };
+        for id in 1..=n {
+            servers.spawn(id);
+        }
+        servers
+    }
+
+    fn spawn(&mut self, id: u64) {
+        let peers: Vec<String> = self.peers.iter().map(|(id, a)| format!("{id}={a}")).collect();
+        let child = Command::new(&self.binary)
+            .args(["--id", &id.to_string(), "--peers", &peers.join(",")])
+            .args(["--cluster-id", &CLUSTER.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kv_server");
+        self.children.insert(id, child);
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    fn kill(&mut self, id: u64) {
+        let mut child = self.children.remove(&id).expect("running");
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+    }
+
+    fn addr(&self, id: u64) -> SocketAddr {
+        self.peers[&id]
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("bound address")
+}
+
+fn status(addr: SocketAddr) -> Result<KvStatus, String> {
+    match KvClient::connect(addr, CLUSTER, None)?.call(&KvRequest::Status)? {
+        KvResponse::Status(s) => Ok(s),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Puts `key`, trying the running servers in turn and following hints, until applied.
+fn put(servers: &Servers, key: &str, value: &str) {
+    let request = KvRequest::Put { key: key.into(), value: value.into() };
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = String::new();
+    for id in servers.children.keys().copied().cycle() {
+        assert!(Instant::now() < deadline, "put {key} never applied; last: {last}");
+        let answer = KvClient::connect(servers.addr(id), CLUSTER, None)
+            .and_then(|mut c| c.request(&request, Duration::from_secs(2)));
+        match answer {
+            Ok(KvResponse::Value(Some(v))) if v == value => return,
+            other => last = format!("{other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn leader(servers: &Servers) -> Option<u64> {
+    let statuses = servers.children.keys().filter_map(|&id| status(servers.addr(id)).ok());
+    statuses.filter(|s| s.role == "Leader").max_by_key(|s| s.term).map(|s| s.id)
+}
+
+fn wait_leader(servers: &Servers, not: Option<u64>) -> u64 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match leader(servers) {
+            Some(id) if Some(id) != not => return id,
+            _ if Instant::now() > deadline => panic!("no new leader within {DEADLINE:?}"),
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+/// Waits until every server has applied at least `entries` and all agree on commit, applied
+/// index and digest.
+fn wait_converged(servers: &Servers, entries: u64) -> Vec<KvStatus> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let statuses: Vec<_> =
+            servers.children.keys().filter_map(|&id| status(servers.addr(id)).ok()).collect();
+        let key = |s: &KvStatus| (s.commit, s.applied, s.digest);
+        let same = statuses.windows(2).all(|w| key(&w[0]) == key(&w[1]));
+        let done = statuses.iter().all(|s| s.applied >= entries && s.applied == s.commit);
+        if statuses.len() == servers.children.len() && same && done {
+            return statuses;
+        }
+        assert!(Instant::now() < deadline, "servers did not converge: {statuses:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn three_processes_survive_the_leader_being_killed() {
+    let mut servers = Servers::start(server_binary(), 3);
+    for i in 0..10 {
+        put(&servers, &format!("k{i}"), &format!("v{i}"));
+    }
+    let old = wait_leader(&servers, None);
+    servers.kill(old);
+    let new = wait_leader(&servers, Some(old));
+    assert_ne!(new, old);
+    for i in 10..20 {
+        put(&servers, &format!("k{i}"), &format!("v{i}"));
+    }
+    servers.spawn(old); // empty (memory storage): it catches up from the leader
+    put(&servers, "after-restart", "yes");
+    // 21 puts, plus at least one no-op entry per leader term.
+    let statuses = wait_converged(&servers, 23);
+    assert_eq!(statuses.len(), 3, "{statuses:?}");
+}
