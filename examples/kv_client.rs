@@ -4,6 +4,8 @@
 //! kv_client --server 127.0.0.1:7001 [--cluster-id 1] [--secret S] put KEY VALUE
 //! kv_client --server 127.0.0.1:7001 get KEY
 //! kv_client --server 127.0.0.1:7001 status
+//! kv_client --server 127.0.0.1:7001 add 4 127.0.0.1:7004   # a `kv_server --join` process
+//! kv_client --server 127.0.0.1:7001 remove 2
 //! ```
 //!
 //! `put` and `get` print the key's value after the command (`get` reads through the log);
@@ -18,7 +20,7 @@ mod kv_wire;
 
 use kv_wire::{KvClient, KvRequest, KvResponse};
 
-const USAGE: &str = "usage: kv_client --server HOST:PORT [--cluster-id N] [--secret S] (put KEY VALUE | get KEY | status)";
+const USAGE: &str = "usage: kv_client --server HOST:PORT [--cluster-id N] [--secret S] (put KEY VALUE | get KEY | status | add ID HOST:PORT | remove ID)";
 
 fn main() {
     match run() {
@@ -58,13 +60,20 @@ fn run() -> Result<String, String> {
         ["put", key, value] => KvRequest::Put { key: key.to_string(), value: value.to_string() },
         ["get", key] => KvRequest::Get { key: key.to_string() },
         ["status"] => KvRequest::Status,
+        ["add", id, addr] => KvRequest::AddNode {
+            id: id.parse().map_err(|_| format!("add {id}: not a node id"))?,
+            addr: addr.parse().map_err(|e| format!("add {id} {addr}: {e}"))?,
+        },
+        ["remove", id] => KvRequest::RemoveNode {
+            id: id.parse().map_err(|_| format!("remove {id}: not a node id"))?,
+        },
         _ => return Err(USAGE.into()),
     };
     let mut client = KvClient::connect(server, cluster_id, secret.as_deref().map(str::as_bytes))?;
     let answer = if request == KvRequest::Status {
         client.call(&request)?
     } else {
-        client.request(&request, Duration::from_secs(10))?
+        client.request(&request, Duration::from_secs(30))?
     };
     match answer {
         KvResponse::Value(Some(value)) => Ok(value),
@@ -80,6 +89,7 @@ fn run() -> Result<String, String> {
             s.voters,
             s.digest
         )),
+        KvResponse::Members(voters) => Ok(format!("voters {voters:?}")),
         KvResponse::NotLeader { .. } => Err("no leader known yet; retry shortly".into()),
         KvResponse::Error(e) => Err(e),
     }

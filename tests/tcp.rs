@@ -14,7 +14,7 @@ use common::{fast_config, init_tracing, serial, wait_converged, wait_until, LONG
 use crossbeam_channel::{bounded, Receiver};
 use ferraft::message::{Body, Message};
 use ferraft::transport::frame::{self, FrameKind, Peer};
-use ferraft::transport::{connect, ConnectError, TcpConfig, TcpTransport};
+use ferraft::transport::{connect, AddressBook, ConnectError, TcpConfig, TcpTransport};
 use ferraft::{Cluster, KvCommand, KvStateMachine, NodeId, Term, Transport};
 
 /// A loopback address whose port was free a moment ago (bound to port 0, then released).
@@ -39,7 +39,9 @@ fn lone_node(
     let (inbox_tx, inbox) = bounded(64);
     let transport = TcpTransport::start(NodeId(1), config.clone(), inbox_tx).expect("listen");
     let mut dial = config.clone();
-    dial.peers.insert(NodeId(1), transport.local_addr().expect("bound"));
+    let mut book = config.peers.all();
+    book.insert(NodeId(1), transport.local_addr().expect("bound"));
+    dial.peers = AddressBook::new(book); // the dialer's own book: the node's stays as it was
     (transport, inbox, dial)
 }
 
@@ -69,7 +71,7 @@ fn closed_by_peer(stream: &mut TcpStream) -> bool {
 
 /// After the bad input, the node still accepts a well-behaved peer and delivers its message.
 fn still_serves(dial: &TcpConfig, inbox: &Receiver<Message<u64>>) {
-    let addr = dial.peers[&NodeId(1)];
+    let addr = dial.peers.get(NodeId(1)).unwrap();
     let mut stream =
         connect(addr, Peer::Node(NodeId(2)), dial).expect("a good peer still connects");
     send_frame(&mut stream, &heartbeat(2, 1));
@@ -151,7 +153,7 @@ fn a_sender_reconnects_once_its_peer_comes_up() {
 fn a_handshake_with_the_wrong_cluster_id_is_refused() {
     let (_node, inbox, dial) = lone_node(|_| {});
     let wrong = TcpConfig { cluster_id: 8, ..dial.clone() };
-    match connect(dial.peers[&NodeId(1)], Peer::Node(NodeId(2)), &wrong) {
+    match connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &wrong) {
         Err(ConnectError::Refused(why)) => assert!(why.contains("cluster id 8"), "{why}"),
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
@@ -162,14 +164,14 @@ fn a_handshake_with_the_wrong_cluster_id_is_refused() {
 fn a_handshake_from_an_unknown_node_or_itself_is_refused() {
     let (_node, inbox, dial) = lone_node(|_| {});
     for (id, expected) in [(9, "not in this node's peer list"), (1, "this node itself")] {
-        match connect(dial.peers[&NodeId(1)], Peer::Node(NodeId(id)), &dial) {
+        match connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(id)), &dial) {
             Err(ConnectError::Refused(why)) => assert!(why.contains(expected), "{why}"),
             other => panic!("n{id}: expected a refusal, got {:?}", other.map(|_| ())),
         }
     }
     // Without a client handler, clients are refused too.
     assert!(matches!(
-        connect(dial.peers[&NodeId(1)], Peer::Client, &dial),
+        connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Client, &dial),
         Err(ConnectError::Refused(_))
     ));
     still_serves(&dial, &inbox);
@@ -181,8 +183,9 @@ fn a_peer_that_connects_and_never_speaks_is_dropped() {
     let start = Instant::now();
     // More silent peers than handshake slots: the extra ones are closed at once, the others
     // when the handshake timeout (300 ms) passes.
-    let mut silent: Vec<TcpStream> =
-        (0..6).map(|_| TcpStream::connect(dial.peers[&NodeId(1)]).expect("connect")).collect();
+    let mut silent: Vec<TcpStream> = (0..6)
+        .map(|_| TcpStream::connect(dial.peers.get(NodeId(1)).unwrap()).expect("connect"))
+        .collect();
     for stream in &mut silent {
         assert!(closed_by_peer(stream), "a silent connection is closed by the node");
     }
@@ -193,14 +196,16 @@ fn a_peer_that_connects_and_never_speaks_is_dropped() {
 #[test]
 fn an_oversized_frame_closes_the_connection_and_the_node_keeps_serving() {
     let (_node, inbox, dial) = lone_node(|c| c.max_frame_bytes = 1024);
-    let mut stream = connect(dial.peers[&NodeId(1)], Peer::Node(NodeId(2)), &dial).expect("hello");
+    let mut stream =
+        connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &dial).expect("hello");
     // A header announcing 1 GiB: refused from the header, nothing allocated for it.
     let mut head = (1u32 << 30).to_le_bytes().to_vec();
     head.extend_from_slice(&[frame::FRAME_VERSION, FrameKind::Message as u8, 0, 0, 0, 0]);
     stream.write_all(&head).expect("write the header");
     assert!(closed_by_peer(&mut stream));
     // A real message just over the bound, too.
-    let mut stream = connect(dial.peers[&NodeId(1)], Peer::Node(NodeId(2)), &dial).expect("hello");
+    let mut stream =
+        connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &dial).expect("hello");
     let mut out = Vec::new();
     frame::encode_frame(FrameKind::Message, &[0u8; 1025], &mut out);
     stream.write_all(&out).expect("write");
@@ -213,11 +218,12 @@ fn an_oversized_frame_closes_the_connection_and_the_node_keeps_serving() {
 fn garbage_on_the_port_closes_the_connection() {
     let (_node, inbox, dial) = lone_node(|_| {});
     // Before the handshake: bytes that are no hello.
-    let mut stream = TcpStream::connect(dial.peers[&NodeId(1)]).expect("connect");
+    let mut stream = TcpStream::connect(dial.peers.get(NodeId(1)).unwrap()).expect("connect");
     stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
     assert!(closed_by_peer(&mut stream));
     // After it: a frame with a broken checksum.
-    let mut stream = connect(dial.peers[&NodeId(1)], Peer::Node(NodeId(2)), &dial).expect("hello");
+    let mut stream =
+        connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &dial).expect("hello");
     let mut out = Vec::new();
     frame::encode_value(FrameKind::Message, &heartbeat(2, 1), &mut out);
     let last = out.len() - 1;
@@ -231,7 +237,8 @@ fn garbage_on_the_port_closes_the_connection() {
 #[test]
 fn a_message_claiming_another_sender_is_dropped() {
     let (_node, inbox, dial) = lone_node(|_| {});
-    let mut stream = connect(dial.peers[&NodeId(1)], Peer::Node(NodeId(2)), &dial).expect("hello");
+    let mut stream =
+        connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &dial).expect("hello");
     send_frame(&mut stream, &heartbeat(3, 1)); // authenticated as 2, claims 3
     send_frame(&mut stream, &heartbeat(2, 2)); // for another node
     send_frame(&mut stream, &heartbeat(2, 1)); // genuine

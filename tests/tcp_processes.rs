@@ -61,9 +61,14 @@ impl Servers {
     }
 
     fn spawn(&mut self, id: u64) {
+        self.spawn_with(id, &[]);
+    }
+
+    fn spawn_with(&mut self, id: u64, extra: &[&str]) {
         let peers: Vec<String> = self.peers.iter().map(|(id, a)| format!("{id}={a}")).collect();
         let child = Command::new(&self.binary)
             .args(["--id", &id.to_string(), "--peers", &peers.join(",")])
+            .args(extra)
             .args(["--cluster-id", &CLUSTER.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -105,21 +110,27 @@ fn status(addr: SocketAddr) -> Result<KvStatus, String> {
     }
 }
 
-/// Puts `key`, trying the running servers in turn and following hints, until applied.
-fn put(servers: &Servers, key: &str, value: &str) {
-    let request = KvRequest::Put { key: key.into(), value: value.into() };
+/// Sends `request`, trying the running servers in turn and following hints, until `done`
+/// accepts the answer.
+fn until(servers: &Servers, request: KvRequest, done: impl Fn(&KvResponse) -> bool) {
     let deadline = Instant::now() + DEADLINE;
     let mut last = String::new();
     for id in servers.children.keys().copied().cycle() {
-        assert!(Instant::now() < deadline, "put {key} never applied; last: {last}");
+        assert!(Instant::now() < deadline, "{request:?} never succeeded; last: {last}");
         let answer = KvClient::connect(servers.addr(id), CLUSTER, None)
             .and_then(|mut c| c.request(&request, Duration::from_secs(2)));
         match answer {
-            Ok(KvResponse::Value(Some(v))) if v == value => return,
+            Ok(answer) if done(&answer) => return,
             other => last = format!("{other:?}"),
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Puts `key` until applied.
+fn put(servers: &Servers, key: &str, value: &str) {
+    let request = KvRequest::Put { key: key.into(), value: value.into() };
+    until(servers, request, |a| *a == KvResponse::Value(Some(value.into())));
 }
 
 fn leader(servers: &Servers) -> Option<u64> {
@@ -174,4 +185,30 @@ fn three_processes_survive_the_leader_being_killed() {
     // 21 puts, plus at least one no-op entry per leader term.
     let statuses = wait_converged(&servers, 23);
     assert_eq!(statuses.len(), 3, "{statuses:?}");
+}
+
+#[test]
+fn a_fourth_process_joins_and_one_of_the_first_three_leaves() {
+    let mut servers = Servers::start(server_binary(), 3);
+    put(&servers, "before", "join");
+    let addr = free_addr();
+    servers.peers.insert(4, addr);
+    servers.spawn_with(4, &["--join"]); // empty configuration: waits to be added
+    until(&servers, KvRequest::AddNode { id: 4, addr }, |a| {
+        *a == KvResponse::Members(vec![1, 2, 3, 4])
+    });
+    put(&servers, "after", "join");
+    let statuses = wait_converged(&servers, 4);
+    assert!(statuses.iter().all(|s| s.voters == [1, 2, 3, 4]), "{statuses:?}");
+    // Remove a follower among the first three, then stop its process.
+    let leader = wait_leader(&servers, None);
+    let gone = (1..=3).find(|&id| id != leader).expect("a follower");
+    let left: Vec<u64> = (1..=4).filter(|&id| id != gone).collect();
+    until(&servers, KvRequest::RemoveNode { id: gone }, |a| {
+        *a == KvResponse::Members(left.clone())
+    });
+    servers.kill(gone);
+    put(&servers, "after", "leave");
+    let statuses = wait_converged(&servers, 6);
+    assert!(statuses.iter().all(|s| s.voters == left), "{statuses:?}");
 }

@@ -29,6 +29,12 @@ pub enum KvRequest {
     Get { key: String },
     /// The node's status.
     Status,
+    /// Adds node `id`, listening at `addr` (a `kv_server --join` process), to the cluster:
+    /// records its address on every server through the log, then adds it as a learner and
+    /// promotes it once caught up.
+    AddNode { id: u64, addr: SocketAddr },
+    /// Removes node `id` from the cluster (stop its process afterwards).
+    RemoveNode { id: u64 },
 }
 
 /// A node's status, as `kv_client status` prints it.
@@ -53,6 +59,8 @@ pub enum KvResponse {
     NotLeader { leader: Option<(u64, SocketAddr)> },
     /// The node's status.
     Status(KvStatus),
+    /// A membership change committed: the voters now.
+    Members(Vec<u64>),
     /// The request failed (timeout, node down, ...): the message says why.
     Error(String),
 }

@@ -70,6 +70,7 @@ pub struct ClusterBuilder<S: StateMachine> {
     storage: Option<StorageFactory<S::Command>>,
     transport: Option<TransportFactory<S::Command>>,
     local: Option<Vec<NodeId>>,
+    joining: bool,
 }
 
 impl<S: StateMachine> ClusterBuilder<S> {
@@ -121,6 +122,15 @@ impl<S: StateMachine> ClusterBuilder<S> {
         self
     }
 
+    /// The local nodes (see [`ClusterBuilder::local`]) join a cluster that already runs: they
+    /// start with an empty configuration, take part in nothing until its leader adds them
+    /// (`MembershipChange::AddNode`), and learn the configuration from it. For a process that
+    /// brings one new node to a cluster of other processes.
+    pub fn joining(mut self) -> Self {
+        self.joining = true;
+        self
+    }
+
     /// Validates the configuration and the ids, then starts every node.
     pub fn start(self) -> Result<Cluster<S>, Error> {
         self.config.validate()?;
@@ -149,7 +159,11 @@ impl<S: StateMachine> ClusterBuilder<S> {
             router,
             slots: BTreeMap::new(),
         };
-        let bootstrap = Configuration::new(self.ids.iter().copied());
+        let bootstrap = if self.joining {
+            Configuration::default()
+        } else {
+            Configuration::new(self.ids.iter().copied())
+        };
         for &id in self.ids.iter().filter(|id| local.contains(id)) {
             cluster.slots.insert(id, Slot::new(bootstrap.clone()));
             cluster.spawn(id)?;
@@ -223,6 +237,7 @@ impl<S: StateMachine> Cluster<S> {
             storage: None,
             transport: None,
             local: None,
+            joining: false,
         }
     }
 

@@ -61,7 +61,9 @@ pub struct TcpConfig {
     pub cluster_id: u64,
     /// Every node's address, this node's included: a node listens on its own entry (unless
     /// `listen` says otherwise) and accepts node handshakes only from the other ids here.
-    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// Shared by every clone of the configuration: add a node's address here before adding
+    /// the node to the cluster.
+    pub peers: AddressBook,
     /// Where to listen, if not this node's entry in `peers` (e.g. `0.0.0.0:7001`).
     pub listen: Option<SocketAddr>,
     /// The largest frame payload accepted; a larger frame closes the connection. Must exceed
@@ -94,7 +96,7 @@ impl TcpConfig {
     pub fn new(cluster_id: u64, peers: BTreeMap<NodeId, SocketAddr>) -> Self {
         TcpConfig {
             cluster_id,
-            peers,
+            peers: AddressBook::new(peers),
             listen: None,
             max_frame_bytes: 32 << 20,
             queue_capacity: 1024,
@@ -110,7 +112,7 @@ impl TcpConfig {
     }
 
     fn listen_addr(&self, id: NodeId) -> io::Result<SocketAddr> {
-        self.listen.or_else(|| self.peers.get(&id).copied()).ok_or_else(|| {
+        self.listen.or_else(|| self.peers.get(id)).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("{id} has no address in TcpConfig::peers and no TcpConfig::listen"),
@@ -120,6 +122,38 @@ impl TcpConfig {
 
     fn mac(&self, nonce: &[u8; frame::NONCE_BYTES], peer: Peer) -> Vec<u8> {
         self.secret.as_ref().map_or_else(Vec::new, |s| hello_mac(s, nonce, self.cluster_id, peer))
+    }
+}
+
+/// Node ids and their addresses, shared by every clone (one lock, read on connection setup
+/// only, never per message).
+#[derive(Clone, Debug, Default)]
+pub struct AddressBook(Arc<std::sync::RwLock<BTreeMap<NodeId, SocketAddr>>>);
+
+impl AddressBook {
+    /// A book holding `peers`.
+    pub fn new(peers: BTreeMap<NodeId, SocketAddr>) -> Self {
+        AddressBook(Arc::new(std::sync::RwLock::new(peers)))
+    }
+
+    /// The address of `id`, if known.
+    pub fn get(&self, id: NodeId) -> Option<SocketAddr> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).get(&id).copied()
+    }
+
+    /// Records (or changes) the address of `id`.
+    pub fn insert(&self, id: NodeId, addr: SocketAddr) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).insert(id, addr);
+    }
+
+    /// Forgets `id`: its handshakes are refused from now on.
+    pub fn remove(&self, id: NodeId) {
+        self.0.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    /// Every id and address, in id order.
+    pub fn all(&self) -> BTreeMap<NodeId, SocketAddr> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -296,12 +330,12 @@ where
         match self.queues.entry(to) {
             MapEntry::Occupied(e) => Some(e.into_mut()),
             MapEntry::Vacant(e) => {
-                let addr = *self.shared.config.peers.get(&to)?;
+                self.shared.config.peers.get(to)?;
                 let (tx, rx) = bounded(self.shared.config.queue_capacity.max(1));
                 let shared = Arc::clone(&self.shared);
                 std::thread::Builder::new()
                     .name(format!("raft-n{}-to-n{}", self.shared.id.0, to.0))
-                    .spawn(move || run_sender(&shared, to, addr, &rx))
+                    .spawn(move || run_sender(&shared, to, &rx))
                     .map_err(|e| tracing::error!(error = %e, peer = %to, "cannot start a sender"))
                     .ok()?;
                 Some(e.insert(tx))
@@ -360,16 +394,13 @@ impl<C> Drop for TcpTransport<C> {
 }
 
 /// The sender thread: connect, handshake, pump the queue; on failure back off and retry.
-fn run_sender<C: Serialize>(
-    shared: &Shared,
-    to: NodeId,
-    addr: SocketAddr,
-    queue: &Receiver<Message<C>>,
-) {
+fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &Receiver<Message<C>>) {
     let config = &shared.config;
     let mut backoff = config.backoff_min;
     let mut failures = 0u32;
     while !shared.stopped() {
+        // NB: looked up at each attempt: the address book may change (a node moved).
+        let Some(addr) = config.peers.get(to) else { return };
         match connect(addr, Peer::Node(shared.id), config) {
             Ok(stream) => {
                 tracing::debug!(peer = %to, %addr, "connected");
@@ -576,7 +607,7 @@ fn judge(shared: &Shared, nonce: &[u8; frame::NONCE_BYTES], hello: &Hello) -> Re
     }
     match hello.peer {
         Peer::Node(id) if id == shared.id => Err(format!("{id} is this node itself")),
-        Peer::Node(id) if !config.peers.contains_key(&id) => {
+        Peer::Node(id) if config.peers.get(id).is_none() => {
             Err(format!("{id} is not in this node's peer list"))
         }
         Peer::Client if config.clients.is_none() => Err("this node serves no clients".into()),
