@@ -247,3 +247,21 @@ fn a_message_claiming_another_sender_is_dropped() {
     assert_eq!(inbox.recv_timeout(LONG).expect("the genuine message"), heartbeat(2, 1));
     assert!(inbox.try_recv().is_err(), "the spoofed and misaddressed messages were dropped");
 }
+
+#[test]
+fn bad_setups_get_errors_that_say_what_to_fix() {
+    // A local id that is not one of the cluster's ids.
+    let err = Cluster::builder(fast_config(14), |_| KvStateMachine::new())
+        .ids(&[NodeId(1), NodeId(2), NodeId(3)])
+        .local(&[NodeId(4)])
+        .start()
+        .err()
+        .expect("refused");
+    assert_eq!(err, ferraft::Error::from(ferraft::ConfigError::LocalNotInIds(NodeId(4))));
+    assert!(err.to_string().contains("not one of the cluster's ids"), "{err}");
+    // A transport for a node with no address and no `listen`.
+    let (tx, _rx) = bounded::<Message<u64>>(1);
+    let err =
+        TcpTransport::start(NodeId(5), TcpConfig::new(1, peers(&[1])), tx).err().expect("refused");
+    assert!(err.to_string().contains("n5 has no address"), "{err}");
+}
