@@ -1,5 +1,5 @@
 //! The TCP wire format: frames, the handshake, and their checks. Pure encoding and decoding;
-//! no sockets live here except the blocking [`read_frame`] / [`write_frame`] helpers.
+//! no sockets live here except the blocking [`read_frame`] / [`write_value`] helpers.
 //!
 //! # Frames
 //!
