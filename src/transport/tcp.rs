@@ -666,7 +666,7 @@ fn read_messages<C: DeserializeOwned>(
                 return;
             }
         };
-        if msg.from != from || msg.to != shared.id {
+        if (msg.from != from && !bugs::accepts_spoofed_senders()) || msg.to != shared.id {
             tracing::warn!(peer = %from, claimed_from = %msg.from, to = %msg.to,
                 "message not from this connection's node or not for this node: dropped");
             continue;
@@ -675,5 +675,62 @@ fn read_messages<C: DeserializeOwned>(
             Ok(()) | Err(TrySendError::Full(_)) => {}
             Err(TrySendError::Disconnected(_)) => return,
         }
+    }
+}
+
+/// Test-only bug switch: accept messages whose `from` is not the connection's authenticated
+/// node, to show that the spoofing test below notices when the gateway check is gone.
+mod bugs {
+    #[cfg(test)]
+    pub static ACCEPT_SPOOFED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    #[cfg(test)]
+    pub fn accepts_spoofed_senders() -> bool {
+        ACCEPT_SPOOFED.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    pub fn accepts_spoofed_senders() -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Body;
+    use crate::types::Term;
+    use std::io::Write;
+
+    fn from(id: u64) -> Message<u64> {
+        Message { from: NodeId(id), to: NodeId(1), term: Term(1), body: Body::TimeoutNow }
+    }
+
+    /// Authenticated as n2, sends one message claiming n3, then a genuine one; returns what
+    /// node 1's inbox received first.
+    fn first_delivered() -> Message<u64> {
+        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        let mut config = TcpConfig::new(5, [(NodeId(2), loopback), (NodeId(3), loopback)].into());
+        config.listen = Some(loopback);
+        let (tx, inbox) = bounded(8);
+        let node = TcpTransport::start(NodeId(1), config.clone(), tx).expect("listen");
+        let addr = node.local_addr().expect("bound");
+        let mut stream = connect(addr, Peer::Node(NodeId(2)), &config).expect("handshake");
+        let mut out = Vec::new();
+        encode_value(FrameKind::Message, &from(3), &mut out);
+        encode_value(FrameKind::Message, &from(2), &mut out);
+        stream.write_all(&out).expect("write");
+        inbox.recv_timeout(Duration::from_secs(20)).expect("a message arrives")
+    }
+
+    #[test]
+    fn the_spoofing_check_is_what_drops_a_spoofed_sender() {
+        assert_eq!(first_delivered(), from(2), "the spoofed message was dropped");
+        bugs::ACCEPT_SPOOFED.store(true, Ordering::Relaxed);
+        let with_bug = first_delivered();
+        bugs::ACCEPT_SPOOFED.store(false, Ordering::Relaxed);
+        assert_eq!(with_bug, from(3), "without the check, the spoofed message gets through");
     }
 }
