@@ -77,6 +77,8 @@ pub enum ConfigError {
     NoNodes,
     /// The same node id appears twice.
     DuplicateNode(NodeId),
+    /// `ClusterBuilder::local` names an id that is not one of the cluster's ids.
+    LocalNotInIds(NodeId),
 }
 
 impl fmt::Display for ConfigError {
@@ -126,6 +128,10 @@ impl fmt::Display for ConfigError {
             ConfigError::DuplicateNode(id) => {
                 write!(f, "node id {id} appears more than once; give every node its own id")
             }
+            ConfigError::LocalNotInIds(id) => write!(
+                f,
+                "local node {id} is not one of the cluster's ids; list every node in `ids` and the ones this process runs in `local`"
+            ),
         }
     }
 }

@@ -11,7 +11,8 @@
 //! **The driver writer's layer**: [`core`], the protocol as a pure, deterministic state machine
 //! ([`Core::step`] takes an [`Input`] and yields ordered [`Action`]s: persist, send, apply,
 //! answer), the messages it exchanges ([`message`]), and the traits a node's effects go through,
-//! [`Storage`] and [`Transport`]. Everything else (the node driver, the thread runtime, the
+//! [`Storage`] and [`Transport`] (with [`transport::TcpTransport`] to run one node per process,
+//! see [`ClusterBuilder::local`]). Everything else (the node driver, the thread runtime, the
 //! in-process router, the simulator's checkers) is internal.
 //!
 //! Inside, one node driver (`src/node/`) executes the core's actions for both the thread runtime

@@ -20,6 +20,10 @@
 //! cargo run --release --example bench -- restart-snapshot [--ops N]
 //! cargo run --release --example bench -- compaction-cost [--ops N] [--keys K]
 //! cargo run --release --example bench -- snapshot-gap [--mb M]
+//! cargo run --release --example bench -- latency|throughput --transport tcp [--ops N]
+//! cargo run --release --example bench -- rtt [--ops N]
+//!
+//! `--transport tcp` and `rtt`: see `tcp.rs` (three `kv_server` processes on loopback).
 //!
 //! `soak`: a key-value state machine of `--keys` keys under `--ops` writes (256 outstanding)
 //! with the default snapshot policy; one line per 1M writes with resident memory, the leader's
@@ -49,6 +53,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use ferraft::{Cluster, Config, KvCommand, KvStateMachine, LogIndex, NodeHandle, StateMachine};
+
+mod tcp;
 
 /// The trivial state machine: adds each command to a running sum.
 pub(crate) struct Sum(u64);
@@ -133,6 +139,8 @@ fn main() {
         "snapshot-gap" => return compaction::snapshot_gap(&args),
         "fsync" => return disk::fsync(&args),
         "restart" => return disk::restart(&args),
+        "rtt" => return tcp::rtt(&args),
+        _ if args.text("--transport") == Some("tcp") => return tcp::run(&args),
         _ => {}
     }
     let rss_before = rss_bytes();

@@ -68,6 +68,8 @@ pub struct ClusterBuilder<S: StateMachine> {
     factory: Factory<S>,
     storage: Option<StorageFactory<S::Command>>,
     transport: Option<TransportFactory<S::Command>>,
+    local: Option<Vec<NodeId>>,
+    joining: bool,
 }
 
 impl<S: StateMachine> ClusterBuilder<S> {
@@ -108,10 +110,34 @@ impl<S: StateMachine> ClusterBuilder<S> {
         self
     }
 
+    /// Runs only these of the cluster's ids in this process; the others run elsewhere (other
+    /// processes or machines, reached through a transport such as
+    /// [`TcpTransport`](crate::transport::TcpTransport)). Every id still counts in the initial
+    /// configuration. The cluster's methods then see only the local nodes: `leader()` is `None`
+    /// while a remote node leads, and a local node refuses proposals with `NotLeader` and a hint.
+    /// Each must be one of the ids.
+    pub fn local(mut self, ids: &[NodeId]) -> Self {
+        self.local = Some(ids.to_vec());
+        self
+    }
+
+    /// The local nodes (see [`ClusterBuilder::local`]) join a cluster that already runs: they
+    /// start with an empty configuration, take part in nothing until its leader adds them
+    /// (`MembershipChange::AddNode`), and learn the configuration from it. For a process that
+    /// brings one new node to a cluster of other processes.
+    pub fn joining(mut self) -> Self {
+        self.joining = true;
+        self
+    }
+
     /// Validates the configuration and the ids, then starts every node.
     pub fn start(self) -> Result<Cluster<S>, Error> {
         self.config.validate()?;
         validate_ids(&self.ids)?;
+        let local = self.local.clone().unwrap_or_else(|| self.ids.clone());
+        if let Some(&stranger) = local.iter().find(|id| !self.ids.contains(id)) {
+            return Err(ConfigError::LocalNotInIds(stranger).into());
+        }
         let router = Arc::new(Router::new(self.config.seed));
         Router::start_delayer(&router);
         let transport = self.transport.unwrap_or_else(|| {
@@ -132,8 +158,12 @@ impl<S: StateMachine> ClusterBuilder<S> {
             router,
             slots: BTreeMap::new(),
         };
-        let bootstrap = Configuration::new(self.ids.iter().copied());
-        for &id in &self.ids {
+        let bootstrap = if self.joining {
+            Configuration::default()
+        } else {
+            Configuration::new(self.ids.iter().copied())
+        };
+        for &id in self.ids.iter().filter(|id| local.contains(id)) {
             cluster.slots.insert(id, Slot::new(bootstrap.clone()));
             cluster.spawn(id)?;
         }
@@ -218,6 +248,8 @@ impl<S: StateMachine> Cluster<S> {
             factory: Arc::new(factory),
             storage: None,
             transport: None,
+            local: None,
+            joining: false,
         }
     }
 

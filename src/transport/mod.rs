@@ -1,13 +1,17 @@
 //! How a node's messages reach its peers: the [`Transport`] trait and its implementations, the
-//! in-process router (`router.rs`, with the fault switches that `Cluster` methods flip).
+//! in-process router (`router.rs`, with the fault switches that `Cluster` methods flip), and
+//! TCP between processes ([`TcpTransport`] in `tcp.rs`, its wire format in [`frame`]).
 //!
 //! A transport is best effort, like a network: a message may be lost, delayed, duplicated or
 //! reordered, and Raft retransmits. `send` must never block the node's thread.
 
+pub mod frame;
 mod router;
+mod tcp;
 
 pub use router::NetworkFaults;
 pub(crate) use router::Router;
+pub use tcp::{connect, AddressBook, ClientHandler, ConnectError, TcpConfig, TcpTransport};
 
 use crate::message::Message;
 

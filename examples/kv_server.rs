@@ -1,0 +1,335 @@
+//! One node of a key-value cluster, one process per node, over TCP.
+//!
+//! ```text
+//! kv_server --id 1 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 \
+//!           [--cluster-id 1] [--secret S] [--data DIR] [--join]
+//! ```
+//!
+//! Membership across processes: start a new process with `--join` and `--peers` listing the
+//! running nodes and itself (it starts with an empty configuration and waits), then
+//! `kv_client add ID HOST:PORT`: the leader first writes `__peer/ID = HOST:PORT` through the log,
+//! so every server learns the address as it applies it (into the transport's address book),
+//! then adds the node as a learner and promotes it once caught up. `kv_client remove ID` removes
+//! one; stop its process afterwards. (Addresses learnt this way are not rebuilt from a
+//! snapshot on restart; a restarted server knows those in its `--peers`.)
+//!
+//! The node listens on its own entry in `--peers`. Clients (`kv_client`) connect to the same
+//! port with a client handshake (see `common/kv_wire.rs`); a node that does not lead answers
+//! with the leader's id and address. Runs until killed. `RUST_LOG=ferraft=info` logs elections
+//! and refused handshakes.
+//!
+//! `--data DIR`: the node keeps its log, hard state and snapshots in `DIR` (a `DiskStorage`
+//! stamped with the cluster id and node id, synced on every step), so a killed process restarts
+//! from what it persisted. Without it the node keeps its state in memory: a restarted process
+//! starts empty and catches up from the leader.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver};
+use ferraft::storage::{DiskOptions, NodeIdentity};
+use ferraft::transport::frame::{self, FrameKind};
+use ferraft::transport::{AddressBook, TcpConfig, TcpTransport};
+use ferraft::{
+    Cluster, Config, Configuration, DiskStorage, Error, KvCommand, KvOutput, KvStateMachine,
+    LogIndex, MemStorage, MembershipChange, NodeHandle, NodeId, Receipt, StateMachine, Storage,
+};
+
+#[path = "common/kv_wire.rs"]
+mod kv_wire;
+
+use kv_wire::{KvRequest, KvResponse, KvStatus, MAX_CLIENT_FRAME};
+
+struct Args {
+    id: NodeId,
+    peers: BTreeMap<NodeId, SocketAddr>,
+    cluster_id: u64,
+    secret: Option<String>,
+    data: Option<PathBuf>,
+    join: bool,
+}
+
+const USAGE: &str = "usage: kv_server --id N --peers 1=HOST:PORT,2=HOST:PORT,... [--cluster-id N] [--secret S] [--data DIR] [--join]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let (mut id, mut peers, mut cluster_id, mut secret, mut data) = (None, None, 1, None, None);
+    let mut join = false;
+    while let Some(flag) = args.next() {
+        if flag == "--join" {
+            join = true;
+            continue;
+        }
+        let value = args.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--id" => {
+                id = Some(NodeId(value.parse().map_err(|_| format!("--id {value}: not a number"))?))
+            }
+            "--peers" => peers = Some(parse_peers(&value)?),
+            "--cluster-id" => {
+                cluster_id =
+                    value.parse().map_err(|_| format!("--cluster-id {value}: not a number"))?
+            }
+            "--secret" => secret = Some(value),
+            "--data" => data = Some(PathBuf::from(value)),
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+        }
+    }
+    let id = id.ok_or(format!("--id is required\n{USAGE}"))?;
+    let peers: BTreeMap<NodeId, SocketAddr> =
+        peers.ok_or(format!("--peers is required\n{USAGE}"))?;
+    if !peers.contains_key(&id) {
+        return Err(format!(
+            "--peers has no address for this node's id {id}; list every node, this one included"
+        ));
+    }
+    Ok(Args { id, peers, cluster_id, secret, data, join })
+}
+
+/// `1=127.0.0.1:7001,2=...` into a map.
+fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').filter(|s| !s.is_empty()) {
+        let (id, addr) =
+            item.split_once('=').ok_or(format!("--peers item {item}: expected ID=HOST:PORT"))?;
+        let id = NodeId(
+            id.trim().parse().map_err(|_| format!("--peers item {item}: {id} is not a number"))?,
+        );
+        let addr = addr.trim().parse().map_err(|e| format!("--peers item {item}: {e}"))?;
+        if peers.insert(id, addr).is_some() {
+            return Err(format!("--peers names {id} twice"));
+        }
+    }
+    Ok(peers)
+}
+
+fn main() {
+    init_tracing();
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    });
+    if let Err(e) = serve(args) {
+        eprintln!("kv_server: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+type Node = NodeHandle<ServerMachine>;
+
+/// Keys under which the log records node addresses.
+const PEER_KEY: &str = "__peer/";
+
+/// The key-value store, plus the address book kept in the log: applying a `Put` of
+/// `__peer/<id>` = `<host:port>` records that node's address for the transport.
+struct ServerMachine {
+    kv: KvStateMachine,
+    book: AddressBook,
+}
+
+impl StateMachine for ServerMachine {
+    type Command = KvCommand;
+    type Output = KvOutput;
+
+    fn apply(&mut self, index: LogIndex, command: &KvCommand) -> KvOutput {
+        if let KvCommand::Put { key, value } = command {
+            let id = key.strip_prefix(PEER_KEY).and_then(|id| id.parse().ok());
+            if let (Some(id), Ok(addr)) = (id, value.parse()) {
+                self.book.insert(NodeId(id), addr);
+            }
+        }
+        self.kv.apply(index, command)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.kv.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.kv.restore(snapshot)
+    }
+
+    fn command_size(command: &KvCommand) -> usize {
+        KvStateMachine::command_size(command)
+    }
+
+    fn digest(&self) -> u64 {
+        self.kv.digest()
+    }
+}
+
+fn serve(args: Args) -> Result<(), String> {
+    let node: Arc<OnceLock<Node>> = Arc::default();
+    let mut tcp = TcpConfig::new(args.cluster_id, args.peers.clone());
+    tcp.secret = args.secret.as_ref().map(|s| Arc::from(s.as_bytes()));
+    tcp.clients = Some(client_handler(Arc::clone(&node), tcp.peers.clone()));
+    // Fail early and clearly if the port is taken (the transport would keep retrying).
+    drop(
+        std::net::TcpListener::bind(args.peers[&args.id])
+            .map_err(|e| format!("listening on {}: {e}", args.peers[&args.id]))?,
+    );
+    let ids: Vec<NodeId> = args.peers.keys().copied().collect();
+    let book = tcp.peers.clone();
+    let machine = move |_| ServerMachine { kv: KvStateMachine::new(), book: book.clone() };
+    let mut builder = Cluster::builder(Config::default(), machine)
+        .ids(&ids)
+        .local(&[args.id])
+        .storage(storage(args.data.clone(), args.cluster_id))
+        .transport(TcpTransport::factory(tcp.clone()));
+    if args.join {
+        builder = builder.joining();
+    }
+    let cluster = builder.start().map_err(|e| e.to_string())?;
+    let handle = cluster.node(args.id).map_err(|e| e.to_string())?;
+    let _ = node.set(handle);
+    println!("kv_server {} listening on {}", args.id, args.peers[&args.id]);
+    loop {
+        std::thread::park(); // until killed; the cluster's threads do the work
+    }
+}
+
+/// Opens the node's storage: on disk in `data` if given, else in memory.
+fn storage(
+    data: Option<PathBuf>,
+    cluster: u64,
+) -> impl Fn(NodeId, &Configuration) -> std::io::Result<Box<dyn Storage<KvCommand>>> {
+    move |node, bootstrap| match &data {
+        Some(dir) => {
+            let identity = NodeIdentity { cluster, node };
+            let disk = DiskStorage::open(dir, identity, bootstrap, DiskOptions::default())?;
+            Ok(Box::new(disk) as Box<dyn Storage<KvCommand>>)
+        }
+        None => Ok(Box::new(MemStorage::new(bootstrap.clone()))),
+    }
+}
+
+fn client_handler(
+    node: Arc<OnceLock<Node>>,
+    peers: AddressBook,
+) -> ferraft::transport::ClientHandler {
+    Arc::new(move |stream: TcpStream| {
+        let Some(node) = node.get().cloned() else { return }; // not started yet: the client retries
+        serve_client(stream, node, &peers);
+    })
+}
+
+/// An answer on its way: ready now, waiting for a proposal to apply, or a membership change
+/// to run (on the answering thread, in order).
+enum Pending {
+    Ready(KvResponse),
+    Proposal(Receipt<Option<String>>),
+    Change(Box<dyn FnOnce() -> KvResponse + Send>),
+}
+
+/// Reads requests and starts them at once; a writer thread answers them in order, so a client
+/// may keep many in flight.
+fn serve_client(stream: TcpStream, node: Node, peers: &AddressBook) {
+    let Ok(writer) = stream.try_clone() else { return };
+    let (tx, rx) = bounded(1024);
+    let peers_w = peers.clone();
+    let answer = std::thread::Builder::new()
+        .name("kv-client-out".into())
+        .spawn(move || write_answers(writer, &rx, &peers_w));
+    let Ok(answer) = answer else { return };
+    let mut reader = std::io::BufReader::new(stream);
+    while let Ok(request) =
+        frame::read_value::<KvRequest>(&mut reader, FrameKind::Request, MAX_CLIENT_FRAME)
+    {
+        if tx.send(start(&node, request, peers)).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = answer.join();
+}
+
+fn start(node: &Node, request: KvRequest, peers: &AddressBook) -> Pending {
+    let command = match request {
+        KvRequest::Put { key, value } => KvCommand::Put { key, value },
+        KvRequest::Get { key } => KvCommand::Get { key },
+        KvRequest::Status => return Pending::Ready(status(node)),
+        KvRequest::AddNode { id, addr } => {
+            let (node, peers) = (node.clone(), peers.clone());
+            return Pending::Change(Box::new(move || add_node(&node, NodeId(id), addr, &peers)));
+        }
+        KvRequest::RemoveNode { id } => {
+            let (node, peers) = (node.clone(), peers.clone());
+            let remove = MembershipChange::RemoveNode(NodeId(id));
+            return Pending::Change(Box::new(move || change(&node, remove, &peers)));
+        }
+    };
+    match node.propose_async(command) {
+        Ok(receipt) => Pending::Proposal(receipt),
+        Err(e) => Pending::Ready(KvResponse::Error(e.to_string())),
+    }
+}
+
+/// Records the new node's address on every server (through the log), then adds it.
+fn add_node(node: &Node, id: NodeId, addr: SocketAddr, peers: &AddressBook) -> KvResponse {
+    let record = KvCommand::Put { key: format!("{PEER_KEY}{}", id.0), value: addr.to_string() };
+    match node.propose(record, Duration::from_secs(10)) {
+        Ok(_) => change(node, MembershipChange::AddNode(id), peers),
+        Err(e) => refusal(e, peers),
+    }
+}
+
+fn change(node: &Node, change: MembershipChange, peers: &AddressBook) -> KvResponse {
+    match node.change_membership(change, Duration::from_secs(30)) {
+        Ok(config) => KvResponse::Members(config.voters.iter().map(|v| v.0).collect()),
+        Err(e) => refusal(e, peers),
+    }
+}
+
+fn refusal(e: Error, peers: &AddressBook) -> KvResponse {
+    match e {
+        Error::NotLeader { leader_hint } => KvResponse::NotLeader {
+            leader: leader_hint.and_then(|id| Some((id.0, peers.get(id)?))),
+        },
+        e => KvResponse::Error(e.to_string()),
+    }
+}
+
+fn write_answers(mut stream: TcpStream, pending: &Receiver<Pending>, peers: &AddressBook) {
+    for answer in pending {
+        let response = match answer {
+            Pending::Ready(response) => response,
+            Pending::Proposal(mut receipt) => match receipt.wait(Duration::from_secs(10)) {
+                Ok(applied) => KvResponse::Value(applied.output),
+                Err(e) => refusal(e, peers),
+            },
+            Pending::Change(run) => run(),
+        };
+        if frame::write_value(&mut stream, FrameKind::Response, &response).is_err() {
+            return;
+        }
+    }
+}
+
+fn status(node: &Node) -> KvResponse {
+    match node.status(Duration::from_secs(5)) {
+        Ok(s) => KvResponse::Status(KvStatus {
+            id: s.core.id.0,
+            role: s.core.role_name().to_string(),
+            term: s.core.term.0,
+            leader: s.core.leader.map(|l| l.0),
+            commit: s.core.commit_index.0,
+            applied: s.core.last_applied.0,
+            digest: s.digest,
+            voters: s.core.config.voters.iter().map(|v| v.0).collect(),
+        }),
+        Err(e) => KvResponse::Error(e.to_string()),
+    }
+}

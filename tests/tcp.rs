@@ -1,0 +1,267 @@
+//! The TCP transport: a cluster over loopback TCP, reconnection, and the bad input a listening
+//! port gets (wrong cluster, unknown node, silence, oversized frames, garbage, spoofed senders,
+//! a wrong shared secret). Ports are chosen free at run time on 127.0.0.1.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{fast_config, init_tracing, serial, wait_converged, wait_until, LONG};
+use crossbeam_channel::{bounded, Receiver};
+use ferraft::message::{Body, Message};
+use ferraft::transport::frame::{self, FrameKind, Peer};
+use ferraft::transport::{connect, AddressBook, ConnectError, TcpConfig, TcpTransport};
+use ferraft::{Cluster, KvCommand, KvStateMachine, NodeId, Term, Transport};
+
+/// A loopback address whose port was free a moment ago (bound to port 0, then released).
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("bound address")
+}
+
+fn peers(ids: &[u64]) -> BTreeMap<NodeId, SocketAddr> {
+    ids.iter().map(|&id| (NodeId(id), free_addr())).collect()
+}
+
+/// Node 1's transport alone, listening on an ephemeral port, knowing peers 2 and 3; messages it
+/// receives land in the returned inbox.
+fn lone_node(
+    configure: impl FnOnce(&mut TcpConfig),
+) -> (TcpTransport<u64>, Receiver<Message<u64>>, TcpConfig) {
+    let mut config = TcpConfig::new(7, peers(&[1, 2, 3]));
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.handshake_timeout = Duration::from_millis(300);
+    configure(&mut config);
+    let (inbox_tx, inbox) = bounded(64);
+    let transport = TcpTransport::start(NodeId(1), config.clone(), inbox_tx).expect("listen");
+    let mut dial = config.clone();
+    let mut book = config.peers.all();
+    book.insert(NodeId(1), transport.local_addr().expect("bound"));
+    dial.peers = AddressBook::new(book); // the dialer's own book: the node's stays as it was
+    (transport, inbox, dial)
+}
+
+fn heartbeat(from: u64, to: u64) -> Message<u64> {
+    Message { from: NodeId(from), to: NodeId(to), term: Term(3), body: Body::TimeoutNow }
+}
+
+fn send_frame(stream: &mut TcpStream, msg: &Message<u64>) {
+    let mut out = Vec::new();
+    frame::encode_value(FrameKind::Message, msg, &mut out);
+    stream.write_all(&out).expect("write a frame");
+}
+
+/// Whether the other side closed `stream` (EOF or reset) within a generous deadline.
+fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue, // e.g. the challenge
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// After the bad input, the node still accepts a well-behaved peer and delivers its message.
+fn still_serves(dial: &TcpConfig, inbox: &Receiver<Message<u64>>) {
+    let addr = dial.peers.get(NodeId(1)).unwrap();
+    let mut stream =
+        connect(addr, Peer::Node(NodeId(2)), dial).expect("a good peer still connects");
+    send_frame(&mut stream, &heartbeat(2, 1));
+    let got = inbox.recv_timeout(LONG).expect("the good peer's message arrives");
+    assert_eq!(got, heartbeat(2, 1));
+}
+
+#[test]
+fn three_nodes_over_loopback_tcp_elect_a_leader_and_commit() {
+    let _serial = serial();
+    init_tracing();
+    let peers = peers(&[1, 2, 3]);
+    let ids: Vec<NodeId> = peers.keys().copied().collect();
+    let mut cluster = Cluster::builder(fast_config(11), |_| KvStateMachine::new())
+        .ids(&ids)
+        .transport(TcpTransport::factory(TcpConfig::new(11, peers)))
+        .start()
+        .expect("start");
+    for i in 0..20 {
+        let put = KvCommand::Put { key: format!("k{i}"), value: i.to_string() };
+        cluster.propose(put).expect("committed over TCP");
+    }
+    wait_converged(&cluster, 3, LONG);
+    // A restarted node rebinds its port and catches up over fresh connections.
+    let leader = cluster.wait_for_leader(LONG).expect("a leader");
+    cluster.kill(leader).expect("kill");
+    cluster.propose(KvCommand::Put { key: "after".into(), value: "kill".into() }).expect("2 of 3");
+    cluster.restart(leader).expect("restart");
+    let statuses = wait_converged(&cluster, 3, LONG);
+    assert!(statuses.iter().all(|s| s.core.last_applied.0 >= 21), "every node applied all");
+}
+
+#[test]
+fn a_cluster_with_a_shared_secret_commits_and_refuses_outsiders() {
+    let _serial = serial();
+    init_tracing();
+    let peers = peers(&[1, 2, 3]);
+    let ids: Vec<NodeId> = peers.keys().copied().collect();
+    let mut config = TcpConfig::new(12, peers.clone());
+    config.secret = Some(Arc::from(&b"correct horse battery staple"[..]));
+    let cluster = Cluster::builder(fast_config(12), |_| KvStateMachine::new())
+        .ids(&ids)
+        .transport(TcpTransport::factory(config.clone()))
+        .start()
+        .expect("start");
+    cluster.propose(KvCommand::Put { key: "k".into(), value: "v".into() }).expect("committed");
+    let mut outsider = config.clone();
+    outsider.secret = Some(Arc::from(&b"guess"[..]));
+    for (who, config) in
+        [("wrong secret", outsider.clone()), ("no secret", TcpConfig { secret: None, ..outsider })]
+    {
+        match connect(peers[&NodeId(1)], Peer::Node(NodeId(2)), &config) {
+            Err(ConnectError::Refused(why)) => assert!(why.contains("secret"), "{who}: {why}"),
+            other => panic!("{who}: expected a refusal, got {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+#[test]
+fn a_sender_reconnects_once_its_peer_comes_up() {
+    init_tracing();
+    let mut config = TcpConfig::new(13, peers(&[1, 2]));
+    config.backoff_max = Duration::from_millis(50);
+    let (tx1, _inbox1) = bounded(64);
+    let mut one = TcpTransport::<u64>::start(NodeId(1), config.clone(), tx1).expect("listen");
+    for _ in 0..5 {
+        one.send(heartbeat(1, 2)); // node 2 is not up: lost, as on a real network
+    }
+    let (tx2, inbox2) = bounded(64);
+    let _two = TcpTransport::<u64>::start(NodeId(2), config, tx2).expect("listen");
+    let got = wait_until(LONG, "a message over the new connection", || {
+        one.send(heartbeat(1, 2));
+        inbox2.recv_timeout(Duration::from_millis(20)).map_err(|e| e.to_string())
+    });
+    assert_eq!(got, heartbeat(1, 2));
+}
+
+#[test]
+fn a_handshake_with_the_wrong_cluster_id_is_refused() {
+    let (_node, inbox, dial) = lone_node(|_| {});
+    let wrong = TcpConfig { cluster_id: 8, ..dial.clone() };
+    match connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &wrong) {
+        Err(ConnectError::Refused(why)) => assert!(why.contains("cluster id 8"), "{why}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    still_serves(&dial, &inbox);
+}
+
+#[test]
+fn a_handshake_from_an_unknown_node_or_itself_is_refused() {
+    let (_node, inbox, dial) = lone_node(|_| {});
+    for (id, expected) in [(9, "not in this node's peer list"), (1, "this node itself")] {
+        match connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(id)), &dial) {
+            Err(ConnectError::Refused(why)) => assert!(why.contains(expected), "{why}"),
+            other => panic!("n{id}: expected a refusal, got {:?}", other.map(|_| ())),
+        }
+    }
+    // Without a client handler, clients are refused too.
+    assert!(matches!(
+        connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Client, &dial),
+        Err(ConnectError::Refused(_))
+    ));
+    still_serves(&dial, &inbox);
+}
+
+#[test]
+fn a_peer_that_connects_and_never_speaks_is_dropped() {
+    let (_node, inbox, dial) = lone_node(|c| c.max_handshakes = 4);
+    let start = Instant::now();
+    // More silent peers than handshake slots: the extra ones are closed at once, the others
+    // when the handshake timeout (300 ms) passes.
+    let mut silent: Vec<TcpStream> = (0..6)
+        .map(|_| TcpStream::connect(dial.peers.get(NodeId(1)).unwrap()).expect("connect"))
+        .collect();
+    for stream in &mut silent {
+        assert!(closed_by_peer(stream), "a silent connection is closed by the node");
+    }
+    assert!(start.elapsed() < Duration::from_secs(10), "closed by the handshake timeout");
+    still_serves(&dial, &inbox);
+}
+
+#[test]
+fn an_oversized_frame_closes_the_connection_and_the_node_keeps_serving() {
+    let (_node, inbox, dial) = lone_node(|c| c.max_frame_bytes = 1024);
+    let mut stream =
+        connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &dial).expect("hello");
+    // A header announcing 1 GiB: refused from the header, nothing allocated for it.
+    let mut head = (1u32 << 30).to_le_bytes().to_vec();
+    head.extend_from_slice(&[frame::FRAME_VERSION, FrameKind::Message as u8, 0, 0, 0, 0]);
+    stream.write_all(&head).expect("write the header");
+    assert!(closed_by_peer(&mut stream));
+    // A real message just over the bound, too.
+    let mut stream =
+        connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &dial).expect("hello");
+    let mut out = Vec::new();
+    frame::encode_frame(FrameKind::Message, &[0u8; 1025], &mut out);
+    stream.write_all(&out).expect("write");
+    assert!(closed_by_peer(&mut stream));
+    assert!(inbox.try_recv().is_err(), "nothing delivered");
+    still_serves(&dial, &inbox);
+}
+
+#[test]
+fn garbage_on_the_port_closes_the_connection() {
+    let (_node, inbox, dial) = lone_node(|_| {});
+    // Before the handshake: bytes that are no hello.
+    let mut stream = TcpStream::connect(dial.peers.get(NodeId(1)).unwrap()).expect("connect");
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    assert!(closed_by_peer(&mut stream));
+    // After it: a frame with a broken checksum.
+    let mut stream =
+        connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &dial).expect("hello");
+    let mut out = Vec::new();
+    frame::encode_value(FrameKind::Message, &heartbeat(2, 1), &mut out);
+    let last = out.len() - 1;
+    out[last] ^= 1;
+    stream.write_all(&out).expect("write");
+    assert!(closed_by_peer(&mut stream));
+    assert!(inbox.try_recv().is_err(), "nothing delivered");
+    still_serves(&dial, &inbox);
+}
+
+#[test]
+fn a_message_claiming_another_sender_is_dropped() {
+    let (_node, inbox, dial) = lone_node(|_| {});
+    let mut stream =
+        connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &dial).expect("hello");
+    send_frame(&mut stream, &heartbeat(3, 1)); // authenticated as 2, claims 3
+    send_frame(&mut stream, &heartbeat(2, 2)); // for another node
+    send_frame(&mut stream, &heartbeat(2, 1)); // genuine
+                                               // Frames on one connection are handled in order: when the genuine one arrives, the two
+                                               // before it were already judged.
+    assert_eq!(inbox.recv_timeout(LONG).expect("the genuine message"), heartbeat(2, 1));
+    assert!(inbox.try_recv().is_err(), "the spoofed and misaddressed messages were dropped");
+}
+
+#[test]
+fn bad_setups_get_errors_that_say_what_to_fix() {
+    // A local id that is not one of the cluster's ids.
+    let err = Cluster::builder(fast_config(14), |_| KvStateMachine::new())
+        .ids(&[NodeId(1), NodeId(2), NodeId(3)])
+        .local(&[NodeId(4)])
+        .start()
+        .err()
+        .expect("refused");
+    assert_eq!(err, ferraft::Error::from(ferraft::ConfigError::LocalNotInIds(NodeId(4))));
+    assert!(err.to_string().contains("not one of the cluster's ids"), "{err}");
+    // A transport for a node with no address and no `listen`.
+    let (tx, _rx) = bounded::<Message<u64>>(1);
+    let err =
+        TcpTransport::start(NodeId(5), TcpConfig::new(1, peers(&[1])), tx).err().expect("refused");
+    assert!(err.to_string().contains("n5 has no address"), "{err}");
+}
