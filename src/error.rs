@@ -77,6 +77,22 @@ pub enum ConfigError {
     NoNodes,
     /// The same node id appears twice.
     DuplicateNode(NodeId),
+    /// `clock_drift_bound` is below 1 (or not a number): clocks cannot drift by less than not
+    /// at all.
+    DriftBoundBelowOne {
+        /// The configured bound.
+        bound: crate::config::ClockDrift,
+    },
+    /// `lease_reads` is on but `check_quorum` is off.
+    LeaseWithoutCheckQuorum,
+    /// The lease (minimum election timeout less two ticks, over the drift bound) rounds to
+    /// zero ticks.
+    LeaseTooShort {
+        /// The minimum election timeout in ticks.
+        min_election_ticks: u64,
+        /// The configured drift bound.
+        bound: crate::config::ClockDrift,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -126,6 +142,20 @@ impl fmt::Display for ConfigError {
             ConfigError::DuplicateNode(id) => {
                 write!(f, "node id {id} appears more than once; give every node its own id")
             }
+            ConfigError::DriftBoundBelowOne { bound } => write!(
+                f,
+                "clock_drift_bound {} must be a number of at least 1.0 (1.0: clocks never drift; 1.1: one clock may run 10% fast)",
+                bound.0
+            ),
+            ConfigError::LeaseWithoutCheckQuorum => write!(
+                f,
+                "lease_reads requires check_quorum: without it a deposed leader keeps serving reads; set check_quorum = true or lease_reads = false"
+            ),
+            ConfigError::LeaseTooShort { min_election_ticks, bound } => write!(
+                f,
+                "a lease of ({min_election_ticks} - 2) ticks / drift bound {} rounds to 0 ticks; use a shorter tick, a longer election timeout or a smaller bound",
+                bound.0
+            ),
         }
     }
 }

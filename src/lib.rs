@@ -51,16 +51,16 @@ pub mod storage;
 pub mod transport;
 pub mod types;
 
-pub use crate::config::Config;
+pub use crate::config::{ClockDrift, Config};
 pub use crate::core::{Action, Core, Input, MembershipChange, Role, Status};
 pub use crate::error::{ConfigError, Error, FaultError};
 pub use crate::kv::{KvCommand, KvOutput, KvStateMachine};
 pub use crate::message::{Configuration, Entry, Message, Payload, Snapshot, SnapshotMeta};
-pub use crate::node::{Applied, Compaction, NodeStatus, Receipt, RpcCounts};
+pub use crate::node::{Applied, Compaction, Metrics, NodeStatus, Receipt, RpcCounts};
 pub use crate::runtime::{
     Client, Cluster, ClusterBuilder, NodeHandle, StorageFactory, TransportFactory,
 };
-pub use crate::state_machine::StateMachine;
+pub use crate::state_machine::{ReadStateMachine, StateMachine};
 pub use crate::storage::{HardState, MemStorage, PersistentState, Storage};
 pub use crate::transport::{NetworkFaults, Transport};
 pub use crate::types::{LogIndex, NodeId, Term};

@@ -9,6 +9,7 @@
 mod client;
 mod cluster;
 mod faults;
+mod read;
 mod thread;
 
 pub use client::{Client, NodeHandle};

@@ -15,6 +15,7 @@ mod invariants;
 mod leaders;
 mod membership;
 mod notices;
+mod reads;
 mod request_vote;
 mod servers;
 mod snapshot;
