@@ -227,6 +227,19 @@ pub enum Error {
         /// Why, as `restore` said.
         message: String,
     },
+    /// A leadership transfer to `to` is under way: the leader takes no proposals (and no other
+    /// transfer) until it ends.
+    TransferInProgress {
+        /// The transfer's target.
+        to: NodeId,
+    },
+    /// A transfer of leadership to the node that already leads.
+    TransferToSelf(NodeId),
+    /// A transfer of leadership to a learner, which cannot lead.
+    TransferToLearner(NodeId),
+    /// The transfer did not finish in time (the target did not win); the leader resumed, or
+    /// another node leads.
+    TransferFailed(NodeId),
     /// A command is larger than `Config::max_command_bytes`.
     CommandTooLarge {
         /// The command's size in bytes, as the core's sizer measures it.
@@ -282,6 +295,21 @@ impl fmt::Display for Error {
             Error::RestoreFailed { node, index, message } => write!(
                 f,
                 "the state machine on {node} could not restore the snapshot through {index}: {message}; the node stopped; fix `StateMachine::restore` (it must read what `snapshot` writes) and restart it"
+            ),
+            Error::TransferInProgress { to } => write!(
+                f,
+                "a leadership transfer to {to} is in progress; retry once it finishes (at the new leader)"
+            ),
+            Error::TransferToSelf(id) => {
+                write!(f, "{id} already leads; transfer leadership to another voter")
+            }
+            Error::TransferToLearner(id) => write!(
+                f,
+                "{id} is a learner and cannot lead; transfer to a voter, or wait until it is promoted"
+            ),
+            Error::TransferFailed(id) => write!(
+                f,
+                "leadership did not move to {id} in time (is it running and reachable?); the leader resumed; retry or pick another voter"
             ),
             Error::CommandTooLarge { size, max } => write!(
                 f,

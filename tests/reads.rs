@@ -150,3 +150,73 @@ fn lease_reads_need_check_quorum_and_a_drift_bound_of_at_least_one() {
     assert_eq!(fine.lease_ticks(), 10, "(12 - 2) ticks / 1.0");
     let _ = Duration::ZERO;
 }
+
+/// Leadership transfer (thesis §3.10) on real threads: leadership moves, the cluster keeps
+/// serving, and bad targets get typed errors.
+#[test]
+fn leadership_moves_to_the_chosen_node_and_bad_targets_are_refused() {
+    let _serial = serial();
+    let mut cluster = kv_cluster(3, lease_config(77));
+    cluster.propose(append("k", "a;")).expect("applied");
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let target = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    cluster.transfer_leadership(target).expect("transferred");
+    wait_until(LONG, "the target leads", || match cluster.leader() {
+        Some(l) if l == target => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    cluster.propose(append("k", "b;")).expect("applied after the transfer");
+    assert_eq!(cluster.read("k".into()).expect("read").as_deref(), Some("a;b;"));
+
+    assert_eq!(cluster.transfer_leadership(target), Err(Error::TransferToSelf(target)));
+    assert_eq!(cluster.transfer_leadership(NodeId(9)), Err(Error::UnknownNode(NodeId(9))));
+    let other = cluster.ids().into_iter().find(|&id| id != target).expect("another");
+    cluster.kill(other).expect("kill");
+    assert_eq!(cluster.transfer_leadership(other), Err(Error::NodeDown(other)));
+    // The leader's own handle: a non-member.
+    let handle = cluster.node(target).expect("leader handle");
+    assert_eq!(handle.transfer_leadership(NodeId(9), LONG), Err(Error::NotMember(NodeId(9))));
+    // A node that does not lead refuses, naming the leader.
+    let follower = cluster.ids().into_iter().find(|&id| id != target && id != other).expect("f");
+    let refused = cluster.node(follower).expect("handle").transfer_leadership(target, LONG);
+    assert!(matches!(refused, Err(Error::NotLeader { .. })), "{refused:?}");
+}
+
+#[test]
+fn a_transfer_to_a_node_that_cannot_win_fails_and_the_leader_resumes() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(78));
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let target = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    cluster.cut(leader, target).expect("cut"); // TimeoutNow never arrives
+    let handle = cluster.node(leader).expect("handle");
+    let first = handle.transfer_leadership(target, LONG);
+    assert_eq!(first, Err(Error::TransferFailed(target)));
+    cluster.restore(leader, target).expect("restore");
+    cluster.propose(append("k", "after;")).expect("the cluster resumed");
+}
+
+#[test]
+fn a_second_transfer_while_one_is_in_progress_is_refused() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(79));
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let mut others = cluster.ids().into_iter().filter(|&id| id != leader);
+    let (a, b) = (others.next().expect("a"), others.next().expect("b"));
+    cluster.cut(leader, a).expect("cut"); // keeps the first transfer pending
+    let handle = cluster.node(leader).expect("handle");
+    let first = {
+        let handle = handle.clone();
+        std::thread::spawn(move || handle.transfer_leadership(a, LONG))
+    };
+    // While it runs, the leader refuses proposals, then a second transfer, with typed errors.
+    wait_until(LONG, "proposals refused during the transfer", || {
+        match handle.propose(append("k", "x;"), LONG) {
+            Err(Error::TransferInProgress { to }) if to == a => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let second = handle.transfer_leadership(b, LONG);
+    assert_eq!(second, Err(Error::TransferInProgress { to: a }));
+    assert_eq!(first.join().expect("thread"), Err(Error::TransferFailed(a)));
+}

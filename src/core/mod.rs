@@ -23,6 +23,7 @@ mod quorum;
 mod read;
 mod replication;
 mod snapshot;
+mod transfer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -79,6 +80,9 @@ pub enum Input<C> {
     /// confirmation round (or within its lease), a follower asks the leader for a read index.
     /// Each is answered by `Action::ReadReady` or `Action::ReadFailed`.
     Read(Vec<ReadId>),
+    /// Hand leadership to this voter (thesis §3.10); answered by `Action::TransferDone`.
+    /// Meanwhile the leader refuses proposals with `Error::TransferInProgress`.
+    TransferLeadership(NodeId),
 }
 
 /// What the core asks its driver to do, in order. Persistence comes before any send or apply
@@ -147,6 +151,8 @@ pub enum Action<C> {
         /// Why.
         error: Error,
     },
+    /// The leadership transfer asked for on this node finished: the new leader, or why not.
+    TransferDone(Result<NodeId, Error>),
 }
 
 /// A snapshot of a node's state for status displays and tests.
@@ -314,6 +320,8 @@ pub struct Core<C> {
     sizer: fn(&C) -> usize,
     /// Linearizable reads in progress (`read.rs`).
     reads: read::Reads,
+    /// The leadership transfer under way (`transfer.rs`).
+    transfer: Option<transfer::Transfer>,
     #[cfg(test)]
     pub(crate) bugs: Bugs,
 }
@@ -368,6 +376,7 @@ impl<C: Clone> Core<C> {
             invariants_on: false,
             sizer: size_in_memory::<C>,
             reads: read::Reads::default(),
+            transfer: None,
             #[cfg(test)]
             bugs: Bugs::default(),
         };
@@ -389,6 +398,10 @@ impl<C: Clone> Core<C> {
                 self.tick_reads();
             }
             Input::Receive(msg) => self.receive(msg),
+            Input::Propose(_) if self.transferring().is_some() => {
+                let to = self.transferring().expect("checked");
+                self.reject(Error::TransferInProgress { to });
+            }
             Input::Propose(commands) => self.propose(commands),
             Input::ChangeMembership(change) => self.change_membership(change),
             Input::Campaign => self.campaign(false, true),
@@ -397,8 +410,10 @@ impl<C: Clone> Core<C> {
             }
             Input::SnapshotTaken(snapshot) => self.snapshot_taken(snapshot),
             Input::Read(ids) => self.read(ids),
+            Input::TransferLeadership(to) => self.transfer_leadership(to),
         }
         self.sync_reads();
+        self.maybe_advance_transfer();
         self.maybe_apply();
         self.maybe_snapshot();
         self.flush(actions);

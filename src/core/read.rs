@@ -195,7 +195,8 @@ impl<C: Clone> Core<C> {
                 break;
             }
             self.reads.started.pop_front();
-            if r == majority && self.timing.lease_ticks > 0 {
+            // NB: no renewal while handing leadership over: the lease must run out first.
+            if r == majority && self.timing.lease_ticks > 0 && self.transfer.is_none() {
                 self.reads.lease_until = self.reads.lease_until.max(at + self.timing.lease_ticks);
             }
         }

@@ -78,6 +78,8 @@ pub(crate) struct Driver<S: StateMachine, St, T> {
     next_read: u64,
     metrics: Metrics,
     last_commit: LogIndex,
+    /// The transfer under way: its target and who waits for it.
+    transfer_reply: Option<(NodeId, Sender<Result<NodeId, Error>>)>,
 }
 
 impl<S, St, T> Driver<S, St, T>
@@ -126,6 +128,7 @@ where
             next_read: 0,
             metrics: Metrics::default(),
             last_commit: LogIndex(0),
+            transfer_reply: None,
         })
     }
 
@@ -199,6 +202,7 @@ where
                 Request::Status { reply } => self.status(reply),
                 Request::Compact { reply } => self.compact(reply, observe)?,
                 Request::Read { read } => reads.push(self.number_read(read)),
+                Request::TransferLeadership { to, reply } => self.transfer(to, reply, observe)?,
             }
             if commands.len() < MAX_PROPOSAL_BATCH {
                 next = more.next();
@@ -212,6 +216,21 @@ where
             self.step(Input::Read(reads), observe)?;
         }
         Ok(())
+    }
+
+    fn transfer(
+        &mut self,
+        to: NodeId,
+        reply: Sender<Result<NodeId, Error>>,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        if let Some((busy, _)) = &self.transfer_reply {
+            let busy = Error::TransferInProgress { to: *busy };
+            let _ = reply.send(Err(busy)); // the core answers one transfer at a time
+            return Ok(());
+        }
+        self.transfer_reply = Some((to, reply));
+        self.step(Input::TransferLeadership(to), observe)
     }
 
     fn number_read(&mut self, read: ReadFn<S>) -> ReadId {
@@ -399,6 +418,11 @@ where
             Action::Restore(snapshot) => self.apply.restore(snapshot)?,
             Action::ReadReady { ids, index, path } => self.read_ready(ids, index, path),
             Action::ReadFailed { ids, error } => self.read_failed(ids, error),
+            Action::TransferDone(result) => {
+                if let Some((_, reply)) = self.transfer_reply.take() {
+                    let _ = reply.send(result);
+                }
+            }
             Action::Notice(notice) if notice.is_warning() => tracing::warn!("{notice}"),
             Action::Notice(notice) => tracing::debug!("{notice}"),
         }

@@ -32,7 +32,7 @@ use crate::core::{MembershipChange, Status};
 use crate::error::Error;
 use crate::message::Configuration;
 use crate::state_machine::StateMachine;
-use crate::types::{LogIndex, Term};
+use crate::types::{LogIndex, NodeId, Term};
 
 /// A client request to one node. Whoever delivers it (a node thread's channel, the simulator's
 /// virtual network), the driver handles it the same way.
@@ -54,6 +54,11 @@ pub(crate) enum Request<S: StateMachine> {
     /// A linearizable read (thesis §6.4): `read` runs on the state machine once it is safe.
     Read {
         read: ReadFn<S>,
+    },
+    /// Hand leadership to `to` (thesis §3.10); answered with the new leader.
+    TransferLeadership {
+        to: NodeId,
+        reply: Sender<Result<NodeId, Error>>,
     },
 }
 

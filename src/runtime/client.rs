@@ -250,6 +250,8 @@ impl<S: StateMachine> Client<S> {
             Ok(applied) => Ok(applied),
             Err(Error::NotLeader { leader_hint: Some(hint) }) if hint != id => Err(Retry::At(hint)),
             Err(Error::NotLeader { .. } | Error::ProposalDropped { .. }) => Err(Retry::Elsewhere),
+            // Refused before appending while leadership moves: retry (at the new leader).
+            Err(Error::TransferInProgress { to }) => Err(Retry::At(to)),
             Err(Error::NodeDown(_)) if !receipt.was_appended() => Err(Retry::Elsewhere),
             Err(e) => Err(Retry::No(e)),
         }

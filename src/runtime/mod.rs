@@ -11,6 +11,7 @@ mod cluster;
 mod faults;
 mod read;
 mod thread;
+mod transfer;
 
 pub use client::{Client, NodeHandle};
 pub use cluster::{Cluster, ClusterBuilder, StorageFactory, TransportFactory};

@@ -80,6 +80,7 @@ fn serve_failed<S: StateMachine>(driver: &mut NodeDriver<S>, channels: &Channels
                 Ok(Request::ChangeMembership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
                 Ok(Request::Compact { reply }) => { let _ = reply.send(Err(error.clone())); }
                 Ok(Request::Read { read }) => crate::node::fail_read(read, error.clone()),
+                Ok(Request::TransferLeadership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
                 Ok(Request::Status { reply }) => {
                     let status = NodeStatus {
                         core: core.clone(),

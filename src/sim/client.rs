@@ -25,7 +25,18 @@ pub trait Workload<S: StateMachine> {
     /// The command of `client`'s `seq`-th operation (`seq` starts at 1). Making each write's
     /// value unique (for example `c{client}-{seq};`) makes duplicates and losses visible.
     fn command(&mut self, client: u64, seq: u64, rng: &mut SmallRng) -> S::Command;
+
+    /// If `command` is a read that may be served without the log (with
+    /// [`SimConfig::reads`](super::SimConfig::reads)), how to answer it from a state machine.
+    /// Default: no command is such a read.
+    fn read(&self, command: &S::Command) -> Option<ReadQuery<S>> {
+        let _ = command;
+        None
+    }
 }
+
+/// Answers a read command from a state machine (see [`Workload::read`]).
+pub type ReadQuery<S> = fn(&S, &<S as StateMachine>::Command) -> <S as StateMachine>::Output;
 
 /// One client operation as observed from outside, in virtual microseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,7 +233,16 @@ impl<S: StateMachine> Simulator<S> {
         let command = self.clients.history[op].command.clone();
         let (responder, receipt) = receipt(node);
         self.clients.awaiting.push(Awaited { client, op, node, receipt });
+        if let Some(query) = self.read_query(op) {
+            return Request::Read { read: super::reads::read_request(query, command, responder) };
+        }
         Request::Propose { command, responder }
+    }
+
+    /// How to serve `op` as a read without the log, if it is one and reads are on.
+    fn read_query(&self, op: usize) -> Option<ReadQuery<S>> {
+        let workload = self.clients.workload.as_ref()?;
+        self.config.reads.then(|| workload.read(&self.clients.history[op].command)).flatten()
     }
 
     /// Hands every request waiting at `node` to its driver in one step (one `Driver::handle`
@@ -281,6 +301,9 @@ impl<S: StateMachine> Simulator<S> {
 
     /// What each answer means is [`crate::Receipt`]'s table, the same as for a `NodeHandle`.
     fn on_answer(&mut self, client: u64, op: usize, result: Result<Applied<S::Output>, Error>) {
+        if result.is_err() && self.read_query(op).is_some() {
+            return self.on_read_failed(client, op, result.err().expect("checked"));
+        }
         match result {
             Ok(applied) => {
                 let output = applied.output;
@@ -301,6 +324,20 @@ impl<S: StateMachine> Simulator<S> {
             Err(e) => {
                 self.clients.history[op].not_applied = true;
                 self.give_up(client, op, &format!("refused: {e}"));
+            }
+        }
+    }
+
+    /// A read changes nothing: whatever failed, it took no effect; retry it elsewhere.
+    fn on_read_failed(&mut self, client: u64, op: usize, error: Error) {
+        match error {
+            Error::NotLeader { leader_hint } => {
+                self.reply_later(ClientEvent::Redirect { client, op, hint: leader_hint });
+            }
+            Error::NodeDown(_) => {}
+            e => {
+                self.clients.history[op].not_applied = true;
+                self.give_up(client, op, &format!("read failed: {e}"));
             }
         }
     }

@@ -141,6 +141,11 @@ pub struct SimConfig {
     /// Client requests reaching one node within this window are handed to its driver as one
     /// batch (one `Driver::handle` call), or `None` for one request per step.
     pub batch_window: Option<Duration>,
+    /// Serve the workload's reads ([`Workload::read`](super::Workload::read)) without the log,
+    /// through every path: at the leader by ReadIndex (or its lease, with
+    /// `raft.lease_reads`), at a follower by a follower read. Off: every command goes through
+    /// the log.
+    pub reads: bool,
 }
 
 impl SimConfig {
@@ -174,6 +179,7 @@ impl SimConfig {
             record_trace: false,
             clock_drift: None,
             batch_window: None,
+            reads: false,
         }
     }
 

@@ -600,6 +600,8 @@ fn show_action(action: &Action<u64>) -> String {
         Action::Apply { from, to } => format!("apply {from}..={to}"),
         Action::ChangeDone(Ok(c)) => format!("change done {}", show_config(c)),
         Action::ChangeDone(Err(e)) => format!("change failed {e:?}"),
+        Action::TransferDone(Ok(to)) => format!("transfer done: {to} leads"),
+        Action::TransferDone(Err(e)) => format!("transfer failed {e:?}"),
         Action::Notice(n) => format!("notice: {n}"),
         Action::TakeSnapshot(meta) => format!("take snapshot {}@{}", meta.index, meta.term),
         Action::PersistSnapshot(s) => format!("persist snapshot {}@{}", s.meta.index, s.meta.term),

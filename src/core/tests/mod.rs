@@ -19,6 +19,7 @@ mod reads;
 mod request_vote;
 mod servers;
 mod snapshot;
+mod transfer;
 
 use harness::*;
 
