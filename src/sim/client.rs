@@ -301,9 +301,10 @@ impl<S: StateMachine> Simulator<S> {
 
     /// What each answer means is [`crate::Receipt`]'s table, the same as for a `NodeHandle`.
     fn on_answer(&mut self, client: u64, op: usize, result: Result<Applied<S::Output>, Error>) {
-        if result.is_err() && self.read_query(op).is_some() {
-            return self.on_read_failed(client, op, result.err().expect("checked"));
-        }
+        let result = match result {
+            Err(e) if self.read_query(op).is_some() => return self.on_read_failed(client, op, e),
+            result => result,
+        };
         match result {
             Ok(applied) => {
                 let output = applied.output;
