@@ -7,7 +7,12 @@
 //! cargo run --release --example bench -- catchup    [--nodes N] [--ops N]
 //! cargo run --release --example bench -- reconfig   [--clients C]
 //! cargo run --release --example bench -- clients    --clients C [--nodes N] [--ops N]
+//! cargo run --release --example bench -- read --mode index|lease|follower --clients C [--nodes N] [--ops N]
+//! cargo run --release --example bench -- mix --read-percent 90 --clients C [--nodes N] [--ops N]
+//! cargo run --release --example bench -- transfer --trials 100 [--nodes N]
 //! ```
+//!
+//! `read`, `mix`, `transfer`: see `read.rs`.
 //!
 //! cargo run --release --example bench -- soak --ops 10000000 --keys 1000 [--nodes N]
 //! cargo run --release --example bench -- catchup-snapshot [--ops N]
@@ -32,6 +37,8 @@
 //! client proposes, waits until applied on the leader, repeats. `throughput`: C proposals
 //! outstanding at all times; each completion starts the next. `memory`: resident memory growth
 //! per committed entry per node after a throughput run.
+
+mod read;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -118,6 +125,9 @@ fn main() {
         "soak" => return soak(&args),
         "catchup-snapshot" => return catchup_snapshot(&args),
         "restart-snapshot" => return restart_snapshot(&args),
+        "read" => return read::read(&args),
+        "mix" => return read::mix(&args),
+        "transfer" => return read::transfer(&args),
         _ => {}
     }
     let rss_before = rss_bytes();
