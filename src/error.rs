@@ -240,6 +240,22 @@ pub enum Error {
     /// The transfer did not finish in time (the target did not win); the leader resumed, or
     /// another node leads.
     TransferFailed(NodeId),
+    /// The client session is gone: it expired (evicted by newer sessions) or was never
+    /// registered. Its earlier commands may have been applied; register a new session.
+    SessionExpired {
+        /// The client id.
+        client: u64,
+    },
+    /// A session command numbered below what the client said it no longer waits for: its
+    /// response was discarded, so a retry from the past cannot be answered.
+    SequenceTooOld {
+        /// The client id.
+        client: u64,
+        /// The command's number.
+        seq: u64,
+        /// Responses below this number were discarded.
+        discarded_below: u64,
+    },
     /// A command is larger than `Config::max_command_bytes`.
     CommandTooLarge {
         /// The command's size in bytes, as the core's sizer measures it.
@@ -295,6 +311,14 @@ impl fmt::Display for Error {
             Error::RestoreFailed { node, index, message } => write!(
                 f,
                 "the state machine on {node} could not restore the snapshot through {index}: {message}; the node stopped; fix `StateMachine::restore` (it must read what `snapshot` writes) and restart it"
+            ),
+            Error::SessionExpired { client } => write!(
+                f,
+                "client session {client} expired or was never registered; its earlier commands may have been applied: register a new session"
+            ),
+            Error::SequenceTooOld { client, seq, discarded_below } => write!(
+                f,
+                "command {seq} of session {client} is older than {discarded_below}, whose responses were discarded; never reuse a number after its answer arrived"
             ),
             Error::TransferInProgress { to } => write!(
                 f,

@@ -45,6 +45,7 @@ pub mod linearizability;
 pub mod message;
 mod node;
 mod runtime;
+pub mod session;
 pub mod sim;
 pub mod state_machine;
 pub mod storage;
@@ -60,6 +61,7 @@ pub use crate::node::{Applied, Compaction, Metrics, NodeStatus, Receipt, RpcCoun
 pub use crate::runtime::{
     Client, Cluster, ClusterBuilder, NodeHandle, StorageFactory, TransportFactory,
 };
+pub use crate::session::{ClientId, Session, SessionCommand, SessionOutput, Sessions};
 pub use crate::state_machine::{ReadStateMachine, StateMachine};
 pub use crate::storage::{HardState, MemStorage, PersistentState, Storage};
 pub use crate::transport::{NetworkFaults, Transport};
