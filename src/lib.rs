@@ -31,6 +31,9 @@
 //! | thesis §9.6, §6.2 | PreVote, CheckQuorum | `core/election.rs` |
 //! | §7 log compaction, Figure 13 | IS-1..8 | `core/snapshot.rs`, `node/apply.rs` |
 //! | §8 clients | LEAD-2 | `node/` (`Receipt`, `NotLeader` hints), `runtime/client.rs` |
+//! | thesis §6.4, §6.4.1 reads | ReadIndex, leases, follower reads | `core/read.rs`, `node/read.rs`, `runtime/read.rs` |
+//! | thesis §6.3, §8 sessions | exactly-once | `session.rs` |
+//! | thesis §3.10 transfer | TimeoutNow | `core/transfer.rs`, `runtime/transfer.rs` |
 //! | Figure 3 properties | SP-1..5 | `sim` checker |
 //!
 //! NOTES.md has the full rule-to-function-to-test table.
