@@ -319,9 +319,12 @@ where
                     return Err(Error::SequenceTooOld { client: client.0, seq, discarded_below })
                 }
                 Ok(SessionOutput::Registered(_)) => unreachable!("a command is never Registered"),
-                Err(e @ (Error::StateMachinePanicked { .. } | Error::CommandTooLarge { .. })) => {
-                    return Err(e)
-                }
+                // NB: `Shutdown`: no node runs at all; waiting would not help.
+                Err(
+                    e @ (Error::StateMachinePanicked { .. }
+                    | Error::CommandTooLarge { .. }
+                    | Error::Shutdown),
+                ) => return Err(e),
                 Err(_) => {} // unknown or refused: retrying is safe, the table deduplicates
             }
         }

@@ -74,3 +74,22 @@ fn expired_and_unknown_sessions_and_old_numbers_are_typed_errors() {
     assert!(matches!(old, Err(Error::SequenceTooOld { seq: 1, .. })), "{old:?}");
     assert_eq!(cluster.read("k".into()).expect("read").as_deref(), Some("z"));
 }
+
+#[test]
+fn a_session_command_with_no_node_running_is_a_typed_error() {
+    let _serial = serial();
+    let mut cluster =
+        Cluster::new(fast_config(83), 3, |_| Sessions::new(KvStateMachine::new(), 10))
+            .expect("start");
+    wait_for_agreement(&cluster, LONG);
+    let session = Session::register(&cluster.client()).expect("registered");
+    for id in cluster.ids() {
+        cluster.kill(id).expect("kill");
+    }
+    let put = KvCommand::Put { key: "k".into(), value: "v".into() };
+    assert_eq!(session.propose(put), Err(Error::Shutdown));
+    assert_eq!(
+        cluster.read_at(ferraft::NodeId(1), "k".into()),
+        Err(Error::NodeDown(ferraft::NodeId(1)))
+    );
+}
