@@ -98,6 +98,18 @@ impl<S: StateMachine> Sessions<S> {
         }
     }
 
+    /// Test setups (the simulator) with sessions open from the start, the same on every
+    /// replica, so clients need no registration round.
+    #[cfg(test)]
+    pub(crate) fn with_clients(inner: S, clients: impl IntoIterator<Item = u64>) -> Self {
+        let mut sessions = Sessions::new(inner, usize::MAX);
+        for id in clients {
+            let entry = Entry { last_active: 0, discarded_below: 1, responses: BTreeMap::new() };
+            sessions.table.insert(ClientId(id), entry);
+        }
+        sessions
+    }
+
     /// The wrapped state machine.
     pub fn inner(&self) -> &S {
         &self.inner

@@ -98,6 +98,8 @@ pub(crate) struct Clients<S: StateMachine> {
     issuing: bool,
     /// Requests that reached a node and wait for its batching window to close.
     inbox: std::collections::BTreeMap<NodeId, Vec<(u64, usize)>>,
+    /// How often each operation was resent after a timeout (`SimConfig::retry_timeouts`).
+    resent: std::collections::BTreeMap<usize, u32>,
 }
 
 impl<S: StateMachine> Clients<S> {
@@ -109,6 +111,7 @@ impl<S: StateMachine> Clients<S> {
             awaiting: Vec::new(),
             issuing: false,
             inbox: std::collections::BTreeMap::new(),
+            resent: std::collections::BTreeMap::new(),
         }
     }
 
@@ -119,6 +122,13 @@ impl<S: StateMachine> Clients<S> {
     /// A crashed node answers nobody: its clients time out (their outcome stays unknown).
     pub fn forget_node(&mut self, node: NodeId) {
         self.awaiting.retain(|a| a.node != node);
+    }
+
+    /// Counts one more resend of `op`; returns how many came before.
+    fn retries(&mut self, op: usize) -> u32 {
+        let count = self.resent.entry(op).or_insert(0);
+        *count += 1;
+        *count - 1
     }
 
     fn is_pending(&self, client: u64, op: usize) -> bool {
@@ -301,8 +311,12 @@ impl<S: StateMachine> Simulator<S> {
 
     /// What each answer means is [`crate::Receipt`]'s table, the same as for a `NodeHandle`.
     fn on_answer(&mut self, client: u64, op: usize, result: Result<Applied<S::Output>, Error>) {
+        let resent = self.clients.resent.contains_key(&op);
         let result = match result {
             Err(e) if self.read_query(op).is_some() => return self.on_read_failed(client, op, e),
+            // NB: one attempt of a resent operation failed; another may have been applied, so
+            // this says nothing about the operation: the timeout resends it.
+            Err(e) if resent && !matches!(e, Error::NotLeader { .. }) => return,
             result => result,
         };
         match result {
@@ -376,6 +390,12 @@ impl<S: StateMachine> Simulator<S> {
         let guess = self.clients.states[client as usize].guess;
         let next = self.next_member(guess);
         self.clients.states[client as usize].guess = next;
+        if self.config.retry_timeouts && self.clients.retries(op) < 10 {
+            self.note(format!("c{client} retry #{op}"));
+            let timeout = super::micros(self.config.op_timeout);
+            self.schedule(timeout, Event::Client(ClientEvent::Timeout { client, op }));
+            return self.send_request(client, op, next, 0);
+        }
         self.give_up(client, op, "timeout");
     }
 

@@ -146,6 +146,10 @@ pub struct SimConfig {
     /// `raft.lease_reads`), at a follower by a follower read. Off: every command goes through
     /// the log.
     pub reads: bool,
+    /// Clients resend an operation that timed out (the same command, up to 10 times) instead
+    /// of giving up: what a session client does, whose retries the session table must
+    /// deduplicate. Off: a timed-out operation's outcome stays unknown.
+    pub retry_timeouts: bool,
 }
 
 impl SimConfig {
@@ -180,6 +184,7 @@ impl SimConfig {
             clock_drift: None,
             batch_window: None,
             reads: false,
+            retry_timeouts: false,
         }
     }
 

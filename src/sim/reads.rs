@@ -25,3 +25,6 @@ pub(crate) fn read_request<S: StateMachine>(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod sessions;
