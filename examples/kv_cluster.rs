@@ -39,6 +39,21 @@ fn main() -> Result<(), Error> {
     let statuses = wait_converged(&cluster, Duration::from_secs(10))?;
     say(start, &format!("{third} still leads; every node caught up"));
     print_table(&statuses);
+    println!(
+        "\n  node  elections(started/won)  RPCs sent  RPCs received  applies  (this incarnation)"
+    );
+    for s in &statuses {
+        let m = &s.metrics;
+        println!(
+            "  {:<5} {:>8}/{:<14} {:>9}  {:>13}  {:>7}",
+            s.core.id.to_string(),
+            m.elections_started,
+            m.elections_won,
+            m.sent.requests() + m.sent.replies,
+            s.rpcs.requests() + s.rpcs.replies,
+            m.applies
+        );
+    }
     cluster.shutdown();
     say(start, "shut down; every node thread joined");
     Ok(())

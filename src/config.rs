@@ -62,6 +62,28 @@ pub struct Config {
     pub snapshot_chunk_bytes: usize,
     /// The most InstallSnapshot chunks a leader keeps unacknowledged per follower.
     pub snapshot_chunks_in_flight: usize,
+    /// Lease reads (thesis §6.4.1): a leader answers reads without a confirmation round while
+    /// its lease holds. Off by default; requires `check_quorum`. Safe only while every node's
+    /// clock runs within `clock_drift_bound` of every other's (see [`ClockDrift`]).
+    pub lease_reads: bool,
+    /// How much faster one node's clock may run than another's (at least 1): a lease lasts
+    /// the minimum election timeout divided by this bound. Default 1.1.
+    pub clock_drift_bound: ClockDrift,
+}
+
+/// A bound on clock drift between nodes, as a ratio of rates (1.0: perfect clocks; 1.1: one
+/// clock may run up to 10% faster than another). Lease reads assume it holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClockDrift(pub f64);
+
+// NB: `Config` is `Eq`; a drift bound is compared bit for bit, which is what equality of two
+// configurations means.
+impl Eq for ClockDrift {}
+
+impl Default for ClockDrift {
+    fn default() -> Self {
+        ClockDrift(1.1)
+    }
 }
 
 impl Default for Config {
@@ -85,6 +107,8 @@ impl Default for Config {
             snapshot_entries: 100_000,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_chunks_in_flight: 4,
+            lease_reads: false,
+            clock_drift_bound: ClockDrift::default(),
         }
     }
 }
@@ -112,7 +136,34 @@ impl Config {
             });
         }
         self.validate_ticks()?;
-        self.validate_limits()
+        self.validate_limits()?;
+        self.validate_lease()
+    }
+
+    /// Lease reads rely on CheckQuorum and a drift bound of at least 1 (thesis §6.4.1), and on
+    /// a lease of at least one tick.
+    fn validate_lease(&self) -> Result<(), ConfigError> {
+        let bound = self.clock_drift_bound.0;
+        if !(bound >= 1.0 && bound.is_finite()) {
+            return Err(ConfigError::DriftBoundBelowOne { bound: self.clock_drift_bound });
+        }
+        if self.lease_reads && !self.check_quorum {
+            return Err(ConfigError::LeaseWithoutCheckQuorum);
+        }
+        if self.lease_reads && self.lease_ticks() == 0 {
+            return Err(ConfigError::LeaseTooShort {
+                min_election_ticks: self.election_timeout_ticks().start,
+                bound: self.clock_drift_bound,
+            });
+        }
+        Ok(())
+    }
+
+    /// A leader's lease in ticks: the minimum election timeout, less two ticks for where
+    /// within a tick a timer starts and fires, divided by the drift bound (rounded down).
+    pub fn lease_ticks(&self) -> u64 {
+        let usable = self.election_timeout_ticks().start.saturating_sub(2);
+        (usable as f64 / self.clock_drift_bound.0.max(1.0)).floor() as u64
     }
 
     /// The core counts whole ticks, so the checks that matter are on the rounded values: a

@@ -79,6 +79,22 @@ pub enum ConfigError {
     DuplicateNode(NodeId),
     /// `ClusterBuilder::local` names an id that is not one of the cluster's ids.
     LocalNotInIds(NodeId),
+    /// `clock_drift_bound` is below 1 (or not a number): clocks cannot drift by less than not
+    /// at all.
+    DriftBoundBelowOne {
+        /// The configured bound.
+        bound: crate::config::ClockDrift,
+    },
+    /// `lease_reads` is on but `check_quorum` is off.
+    LeaseWithoutCheckQuorum,
+    /// The lease (minimum election timeout less two ticks, over the drift bound) rounds to
+    /// zero ticks.
+    LeaseTooShort {
+        /// The minimum election timeout in ticks.
+        min_election_ticks: u64,
+        /// The configured drift bound.
+        bound: crate::config::ClockDrift,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -131,6 +147,20 @@ impl fmt::Display for ConfigError {
             ConfigError::LocalNotInIds(id) => write!(
                 f,
                 "local node {id} is not one of the cluster's ids; list every node in `ids` and the ones this process runs in `local`"
+            ),
+            ConfigError::DriftBoundBelowOne { bound } => write!(
+                f,
+                "clock_drift_bound {} must be a number of at least 1.0 (1.0: clocks never drift; 1.1: one clock may run 10% fast)",
+                bound.0
+            ),
+            ConfigError::LeaseWithoutCheckQuorum => write!(
+                f,
+                "lease_reads requires check_quorum: without it a deposed leader keeps serving reads; set check_quorum = true or lease_reads = false"
+            ),
+            ConfigError::LeaseTooShort { min_election_ticks, bound } => write!(
+                f,
+                "a lease of ({min_election_ticks} - 2) ticks / drift bound {} rounds to 0 ticks; use a shorter tick, a longer election timeout or a smaller bound",
+                bound.0
             ),
         }
     }
@@ -203,6 +233,35 @@ pub enum Error {
         /// Why, as `restore` said.
         message: String,
     },
+    /// A leadership transfer to `to` is under way: the leader takes no proposals (and no other
+    /// transfer) until it ends.
+    TransferInProgress {
+        /// The transfer's target.
+        to: NodeId,
+    },
+    /// A transfer of leadership to the node that already leads.
+    TransferToSelf(NodeId),
+    /// A transfer of leadership to a learner, which cannot lead.
+    TransferToLearner(NodeId),
+    /// The transfer did not finish in time (the target did not win); the leader resumed, or
+    /// another node leads.
+    TransferFailed(NodeId),
+    /// The client session is gone: it expired (evicted by newer sessions) or was never
+    /// registered. Its earlier commands may have been applied; register a new session.
+    SessionExpired {
+        /// The client id.
+        client: u64,
+    },
+    /// A session command numbered below what the client said it no longer waits for: its
+    /// response was discarded, so a retry from the past cannot be answered.
+    SequenceTooOld {
+        /// The client id.
+        client: u64,
+        /// The command's number.
+        seq: u64,
+        /// Responses below this number were discarded.
+        discarded_below: u64,
+    },
     /// A command is larger than `Config::max_command_bytes`.
     CommandTooLarge {
         /// The command's size in bytes, as the core's sizer measures it.
@@ -258,6 +317,29 @@ impl fmt::Display for Error {
             Error::RestoreFailed { node, index, message } => write!(
                 f,
                 "the state machine on {node} could not restore the snapshot through {index}: {message}; the node stopped; fix `StateMachine::restore` (it must read what `snapshot` writes) and restart it"
+            ),
+            Error::SessionExpired { client } => write!(
+                f,
+                "client session {client} expired or was never registered; its earlier commands may have been applied: register a new session"
+            ),
+            Error::SequenceTooOld { client, seq, discarded_below } => write!(
+                f,
+                "command {seq} of session {client} is older than {discarded_below}, whose responses were discarded; never reuse a number after its answer arrived"
+            ),
+            Error::TransferInProgress { to } => write!(
+                f,
+                "a leadership transfer to {to} is in progress; retry once it finishes (at the new leader)"
+            ),
+            Error::TransferToSelf(id) => {
+                write!(f, "{id} already leads; transfer leadership to another voter")
+            }
+            Error::TransferToLearner(id) => write!(
+                f,
+                "{id} is a learner and cannot lead; transfer to a voter, or wait until it is promoted"
+            ),
+            Error::TransferFailed(id) => write!(
+                f,
+                "leadership did not move to {id} in time (is it running and reachable?); the leader resumed; retry or pick another voter"
             ),
             Error::CommandTooLarge { size, max } => write!(
                 f,

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::state_machine::StateMachine;
+use crate::state_machine::{ReadStateMachine, StateMachine};
 use crate::types::LogIndex;
 
 /// A command on the key-value store.
@@ -91,6 +91,16 @@ impl KvStateMachine {
     /// Whether the store holds no keys.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
+    }
+}
+
+/// Reads without the log: the query is a key, the answer its value.
+impl ReadStateMachine for KvStateMachine {
+    type Query = String;
+    type Answer = KvOutput;
+
+    fn query(&self, key: &String) -> KvOutput {
+        self.get(key).map(str::to_owned)
     }
 }
 

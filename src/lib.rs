@@ -32,6 +32,9 @@
 //! | thesis §9.6, §6.2 | PreVote, CheckQuorum | `core/election.rs` |
 //! | §7 log compaction, Figure 13 | IS-1..8 | `core/snapshot.rs`, `node/apply.rs` |
 //! | §8 clients | LEAD-2 | `node/` (`Receipt`, `NotLeader` hints), `runtime/client.rs` |
+//! | thesis §6.4, §6.4.1 reads | ReadIndex, leases, follower reads | `core/read.rs`, `node/read.rs`, `runtime/read.rs` |
+//! | thesis §6.3, §8 sessions | exactly-once | `session.rs` |
+//! | thesis §3.10 transfer | TimeoutNow | `core/transfer.rs`, `runtime/transfer.rs` |
 //! | Figure 3 properties | SP-1..5 | `sim` checker |
 //!
 //! NOTES.md has the full rule-to-function-to-test table.
@@ -46,22 +49,24 @@ pub mod linearizability;
 pub mod message;
 mod node;
 mod runtime;
+pub mod session;
 pub mod sim;
 pub mod state_machine;
 pub mod storage;
 pub mod transport;
 pub mod types;
 
-pub use crate::config::Config;
+pub use crate::config::{ClockDrift, Config};
 pub use crate::core::{Action, Core, Input, MembershipChange, Role, Status};
 pub use crate::error::{ConfigError, Error, FaultError};
 pub use crate::kv::{KvCommand, KvOutput, KvStateMachine};
 pub use crate::message::{Configuration, Entry, Message, Payload, Snapshot, SnapshotMeta};
-pub use crate::node::{Applied, Compaction, NodeStatus, Receipt, RpcCounts};
+pub use crate::node::{Applied, Compaction, Metrics, NodeStatus, Receipt, RpcCounts};
 pub use crate::runtime::{
     Client, Cluster, ClusterBuilder, NodeHandle, StorageFactory, TransportFactory,
 };
-pub use crate::state_machine::StateMachine;
+pub use crate::session::{ClientId, Session, SessionCommand, SessionOutput, Sessions};
+pub use crate::state_machine::{ReadStateMachine, StateMachine};
 pub use crate::storage::{
     DiskStorage, HardState, MemStorage, PersistentState, Storage, StorageError,
 };

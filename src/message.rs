@@ -97,6 +97,40 @@ pub enum Body<C> {
     InstallSnapshot(InstallSnapshot),
     /// The answer to an [`InstallSnapshot`] chunk.
     InstallSnapshotReply(InstallSnapshotReply),
+    /// Leader to voters: "am I still your leader?", confirming reads (thesis §6.4, step 3).
+    ReadConfirm(ReadConfirm),
+    /// The answer to a [`ReadConfirm`]: the follower still follows the sender in this term.
+    ReadConfirmReply(ReadConfirm),
+    /// Follower to leader: a read index for these reads, please (follower reads, thesis §6.4).
+    ReadIndex(ReadIndex),
+    /// The answer to a [`ReadIndex`]: the index to apply through before answering, or none
+    /// (the receiver does not lead).
+    ReadIndexReply(ReadIndexReply),
+}
+
+/// A leadership confirmation round: rounds are numbered per leader term, so a reply names the
+/// round it acknowledges and a late reply to an older round confirms only that older round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadConfirm {
+    /// The round number, from 1 in each term of a leader.
+    pub round: u64,
+}
+
+/// A follower's request for a read index, for the reads it numbered `ids`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndex {
+    /// The follower's own numbers for the reads (echoed in the reply).
+    pub ids: Vec<u64>,
+}
+
+/// The leader's answer to a [`ReadIndex`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadIndexReply {
+    /// The request's ids.
+    pub ids: Vec<u64>,
+    /// The read index (the leader's commit index once its leadership was confirmed after the
+    /// request arrived), or `None`: the sender does not lead; ask the leader of the reply's term.
+    pub index: Option<LogIndex>,
 }
 
 /// What a snapshot stands for: the state machine after applying every entry through `index`.

@@ -58,3 +58,24 @@ pub trait StateMachine: Send + 'static {
         0
     }
 }
+
+/// A [`StateMachine`] that answers queries without going through the log: what
+/// [`NodeHandle::read`](crate::NodeHandle::read), [`Client::read`](crate::Client::read) and
+/// [`Cluster::read`](crate::Cluster::read) need (linearizable reads, thesis §6.4). Opt-in:
+/// implement it only if you read.
+///
+/// A query names what to read (a key, a range) as a value of its own type, so the same query
+/// could later cross a process boundary; [`query`](ReadStateMachine::query) runs it on the
+/// state at a point where every write that completed before the read began is applied.
+///
+/// Contract: `query` only reads. It runs on the node's apply thread between two applies; a
+/// panic in it answers that read `NodeDown` and harms nothing else.
+pub trait ReadStateMachine: StateMachine {
+    /// What a client asks.
+    type Query: Send + 'static;
+    /// What a query returns.
+    type Answer: Clone + Send + std::fmt::Debug + 'static;
+
+    /// Answers `query` from the current state.
+    fn query(&self, query: &Self::Query) -> Self::Answer;
+}

@@ -14,6 +14,12 @@
 //!
 //! `latency` and `throughput` take `--storage disk --data-dir DIR` (default: memory); see
 //! `disk.rs`.
+//! cargo run --release --example bench -- read --mode index|lease|follower --clients C [--nodes N] [--ops N]
+//! cargo run --release --example bench -- mix --read-percent 90 --clients C [--nodes N] [--ops N]
+//! cargo run --release --example bench -- transfer --trials 100 [--nodes N]
+//! ```
+//!
+//! `read`, `mix`, `transfer`: see `read.rs`.
 //!
 //! cargo run --release --example bench -- soak --ops 10000000 --keys 1000 [--nodes N]
 //! cargo run --release --example bench -- catchup-snapshot [--ops N]
@@ -48,6 +54,7 @@
 mod async_clients;
 mod compaction;
 mod disk;
+mod read;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -141,6 +148,9 @@ fn main() {
         "restart" => return disk::restart(&args),
         "rtt" => return tcp::rtt(&args),
         _ if args.text("--transport") == Some("tcp") => return tcp::run(&args),
+        "read" => return read::read(&args),
+        "mix" => return read::mix(&args),
+        "transfer" => return read::transfer(&args),
         _ => {}
     }
     let rss_before = rss_bytes();

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferraft::{Cluster, Error, KvStateMachine, NodeStatus};
+use ferraft::{Cluster, Error, NodeStatus};
 
 /// Installs a tracing subscriber honouring `RUST_LOG` (default: warnings only).
 pub fn init_tracing() {
@@ -21,8 +21,8 @@ pub fn say(start: Instant, what: &str) {
 }
 
 /// Waits until every running member has applied the same entries into the same state.
-pub fn wait_converged(
-    cluster: &Cluster<KvStateMachine>,
+pub fn wait_converged<S: ferraft::StateMachine>(
+    cluster: &Cluster<S>,
     timeout: Duration,
 ) -> Result<Vec<NodeStatus>, Error> {
     let deadline = Instant::now() + timeout;

@@ -9,6 +9,7 @@
 use super::{vote_reply, Core, Notice, Role};
 use crate::message::{
     AppendEntries, AppendEntriesReply, Body, InstallSnapshot, InstallSnapshotReply, Message,
+    ReadIndex, ReadIndexReply,
 };
 use crate::types::{NodeId, Term};
 
@@ -41,6 +42,10 @@ impl<C: Clone> Core<C> {
             Body::TimeoutNow => self.campaign(true, true),
             Body::InstallSnapshot(chunk) => self.handle_install_snapshot(msg.from, chunk),
             Body::InstallSnapshotReply(r) => self.handle_snapshot_reply(msg.from, r),
+            Body::ReadConfirm(r) => self.handle_read_confirm(msg.from, r),
+            Body::ReadConfirmReply(r) => self.handle_read_confirm_reply(msg.from, r),
+            Body::ReadIndex(r) => self.handle_read_index(msg.from, r),
+            Body::ReadIndexReply(r) => self.handle_read_index_reply(r),
         }
     }
 
@@ -82,13 +87,22 @@ impl<C: Clone> Core<C> {
                     InstallSnapshotReply { index: chunk.meta.index, received: 0, done: false };
                 self.send(msg.from, Body::InstallSnapshotReply(reply));
             }
+            // A stale follower learns our term from the refusal and fails its reads at once.
+            Body::ReadIndex(r) => {
+                let reply = ReadIndexReply { ids: r.ids, index: None };
+                self.send(msg.from, Body::ReadIndexReply(reply));
+            }
             _ => {}
         }
     }
 
     /// Whether a leader was heard from within the minimum election timeout (thesis §4.2.3).
     fn leader_is_recent(&self) -> bool {
-        self.leader.is_some() && self.election_elapsed < self.timing.election_ticks.start
+        // NB: with leases, a node that may have acknowledged a leader's round (it forgot the
+        // leader on a term change or a restart) keeps refusing for a whole timeout, or the
+        // lease could be cut short (thesis §6.4.1).
+        let leader_known = self.leader.is_some() || self.timing.lease_ticks > 0;
+        leader_known && self.election_elapsed < self.timing.election_ticks.start
     }
 
     /// Everything a correct peer guarantees about a message, checked before any state changes.
@@ -139,6 +153,34 @@ impl<C: Clone> Core<C> {
             }
             Body::TimeoutNow if current && !(msg.term == self.term && self.is_leader(msg.from)) => {
                 Err("TimeoutNow from a node that is not this term's leader")
+            }
+            Body::ReadConfirm(_) if msg.term == self.term && self.role == Role::Leader => {
+                Err("ReadConfirm from a second leader of this term")
+            }
+            Body::ReadConfirm(_)
+                if msg.term == self.term && self.leader.is_some_and(|l| l != msg.from) =>
+            {
+                Err("ReadConfirm from a second leader of this term")
+            }
+            Body::ReadConfirmReply(r)
+                if msg.term == self.term
+                    && self.role == Role::Leader
+                    && r.round > self.reads_round() =>
+            {
+                Err("acknowledges a read round the leader never started")
+            }
+            Body::ReadIndex(ReadIndex { ids })
+            | Body::ReadIndexReply(ReadIndexReply { ids, .. })
+                if ids.is_empty() =>
+            {
+                Err("read index message for no reads")
+            }
+            Body::ReadIndexReply(r)
+                if r.index.is_some()
+                    && msg.term == self.term
+                    && self.leader.is_some_and(|l| l != msg.from) =>
+            {
+                Err("read index from a node that is not this term's leader")
             }
             _ => Ok(()),
         }

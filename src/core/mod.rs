@@ -20,8 +20,10 @@ mod membership;
 mod notice;
 mod progress;
 mod quorum;
+mod read;
 mod replication;
 mod snapshot;
+mod transfer;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,6 +44,7 @@ use log::Log;
 use membership::Membership;
 pub use notice::Notice;
 use progress::Progress;
+pub use read::{ReadId, ReadPath};
 
 /// What a server currently is (§5.1), plus the thesis's pre-candidate (§9.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,6 +76,13 @@ pub enum Input<C> {
     Compact,
     /// The snapshot asked for by `Action::TakeSnapshot` was taken: drop the log prefix it covers.
     SnapshotTaken(Arc<Snapshot>),
+    /// Linearizable reads (thesis §6.4), numbered by the driver: a leader answers them after a
+    /// confirmation round (or within its lease), a follower asks the leader for a read index.
+    /// Each is answered by `Action::ReadReady` or `Action::ReadFailed`.
+    Read(Vec<ReadId>),
+    /// Hand leadership to this voter (thesis §3.10); answered by `Action::TransferDone`.
+    /// Meanwhile the leader refuses proposals with `Error::TransferInProgress`.
+    TransferLeadership(NodeId),
 }
 
 /// What the core asks its driver to do, in order. Persistence comes before any send or apply
@@ -122,6 +132,27 @@ pub enum Action<C> {
     /// Replace the state machine's state with this snapshot's (InstallSnapshot, IS-8); applies
     /// continue from `meta.index + 1`.
     Restore(Arc<Snapshot>),
+    /// These reads may be answered once the state machine has applied through `index`: run
+    /// the query then (not before: the state must include every write that completed before
+    /// the read began).
+    ReadReady {
+        /// The reads, as numbered in `Input::Read`.
+        ids: Vec<ReadId>,
+        /// The read index.
+        index: LogIndex,
+        /// How the read was confirmed.
+        path: ReadPath,
+    },
+    /// These reads failed (this node lost or never had leadership, or the leader did not
+    /// answer); a read changes nothing, so retrying is always safe.
+    ReadFailed {
+        /// The reads, as numbered in `Input::Read`.
+        ids: Vec<ReadId>,
+        /// Why.
+        error: Error,
+    },
+    /// The leadership transfer asked for on this node finished: the new leader, or why not.
+    TransferDone(Result<NodeId, Error>),
 }
 
 /// A snapshot of a node's state for status displays and tests.
@@ -212,6 +243,9 @@ pub struct Bugs {
     pub match_index_from_leader_log: bool,
     /// Persist new entries after the step's sends and applies, not before (breaks SUB-8).
     pub persist_entries_after_sends: bool,
+    /// Leader answers reads at once, without a confirmation round (breaks thesis §6.4: a
+    /// deposed leader serves stale reads).
+    pub read_without_confirmation: bool,
 }
 
 /// Timing and limits in ticks, derived once from [`Config`].
@@ -229,6 +263,8 @@ struct Timing {
     snapshot_entries: u64,
     snapshot_chunk_bytes: usize,
     snapshot_chunks_in_flight: usize,
+    /// Lease length in ticks (0: lease reads off).
+    lease_ticks: u64,
 }
 
 /// One Raft server's protocol state. See the module docs for the output contract.
@@ -282,6 +318,10 @@ pub struct Core<C> {
     invariants_on: bool,
     /// Measures a command in bytes, for the byte limits of replication.
     sizer: fn(&C) -> usize,
+    /// Linearizable reads in progress (`read.rs`).
+    reads: read::Reads,
+    /// The leadership transfer under way (`transfer.rs`).
+    transfer: Option<transfer::Transfer>,
     #[cfg(test)]
     pub(crate) bugs: Bugs,
 }
@@ -306,6 +346,7 @@ impl<C: Clone> Core<C> {
                 snapshot_entries: config.snapshot_entries,
                 snapshot_chunk_bytes: config.snapshot_chunk_bytes,
                 snapshot_chunks_in_flight: config.snapshot_chunks_in_flight,
+                lease_ticks: if config.lease_reads { config.lease_ticks() } else { 0 },
             },
             rng: SmallRng::seed_from_u64(seed),
             now: 0,
@@ -334,6 +375,8 @@ impl<C: Clone> Core<C> {
             sending: BTreeMap::new(),
             invariants_on: false,
             sizer: size_in_memory::<C>,
+            reads: read::Reads::default(),
+            transfer: None,
             #[cfg(test)]
             bugs: Bugs::default(),
         };
@@ -350,8 +393,15 @@ impl<C: Clone> Core<C> {
     /// builds or after [`Core::set_check_invariants`].
     pub fn step(&mut self, input: Input<C>, actions: &mut Vec<Action<C>>) {
         match input {
-            Input::Tick => self.tick(),
+            Input::Tick => {
+                self.tick();
+                self.tick_reads();
+            }
             Input::Receive(msg) => self.receive(msg),
+            Input::Propose(_) if self.transferring().is_some() => {
+                let to = self.transferring().expect("checked");
+                self.reject(Error::TransferInProgress { to });
+            }
             Input::Propose(commands) => self.propose(commands),
             Input::ChangeMembership(change) => self.change_membership(change),
             Input::Campaign => self.campaign(false, true),
@@ -359,7 +409,11 @@ impl<C: Clone> Core<C> {
                 self.request_snapshot();
             }
             Input::SnapshotTaken(snapshot) => self.snapshot_taken(snapshot),
+            Input::Read(ids) => self.read(ids),
+            Input::TransferLeadership(to) => self.transfer_leadership(to),
         }
+        self.sync_reads();
+        self.maybe_advance_transfer();
         self.maybe_apply();
         self.maybe_snapshot();
         self.flush(actions);

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use crossbeam_channel::Sender;
 
+use super::read::{PendingReads, ReadFn};
 use super::receipt::{Applied, Responder};
 use super::NodeStatus;
 use crate::error::Error;
@@ -37,12 +38,15 @@ pub(crate) struct Applier<S: StateMachine> {
     waiting: BTreeMap<(LogIndex, Term), Responder<S::Output>>,
     applied: LogIndex,
     failure: Option<Error>,
+    /// Confirmed reads waiting to be applied through their index (`read.rs`).
+    reads: PendingReads<S>,
 }
 
 impl<S: StateMachine> Applier<S> {
     pub fn new(node: NodeId, state_machine: S, applied: LogIndex) -> Self {
         let waiting = BTreeMap::new();
-        Applier { node, state_machine, waiting, applied, failure: None }
+        let reads = PendingReads::default();
+        Applier { node, state_machine, waiting, applied, failure: None, reads }
     }
 
     pub fn state_machine(&self) -> &S {
@@ -84,7 +88,18 @@ impl<S: StateMachine> Applier<S> {
         if !self.waiting.is_empty() {
             self.answer(index, entry.term, output);
         }
+        if !self.reads.is_empty() {
+            self.reads.release(&self.state_machine, index);
+        }
         Ok(())
+    }
+
+    /// A read confirmed at `index`: run it once applied through `index`.
+    pub fn read(&mut self, index: LogIndex, read: ReadFn<S>) {
+        match &self.failure {
+            Some(failure) => super::read::run(read, Err(failure.clone())),
+            None => self.reads.add(index, read, &self.state_machine, self.applied),
+        }
     }
 
     /// Takes a snapshot of the state machine as it is now, standing for `meta.index`.
@@ -110,6 +125,7 @@ impl<S: StateMachine> Applier<S> {
         let message = match restored {
             Ok(Ok(())) => {
                 self.applied = index;
+                self.reads.release(&self.state_machine, index);
                 while let Some(waiting) = self.waiting.first_entry() {
                     if waiting.key().0 > index {
                         break;
@@ -152,6 +168,7 @@ impl<S: StateMachine> Applier<S> {
         for (_, responder) in std::mem::take(&mut self.waiting) {
             responder.finish(Err(error.clone()));
         }
+        self.reads.fail(&error);
         error
     }
 }
@@ -169,6 +186,11 @@ pub(crate) enum ApplyTask<S: StateMachine> {
     },
     Snapshot(SnapshotMeta),
     Restore(Arc<Snapshot>),
+    /// A confirmed read: run it once applied through `index`.
+    Read {
+        index: LogIndex,
+        read: ReadFn<S>,
+    },
     /// Fill in what only the applier knows (digest, applied index) and answer.
     Status {
         status: Box<NodeStatus>,
@@ -274,6 +296,14 @@ impl<S: StateMachine> ApplyQueue<S> {
         }
     }
 
+    /// Runs `read` once the state machine has applied through `index`.
+    pub fn read(&mut self, index: LogIndex, read: ReadFn<S>) {
+        match self {
+            ApplyQueue::Inline(applier) => applier.read(index, read),
+            ApplyQueue::Deferred(b) => b.push(ApplyTask::Read { index, read }),
+        }
+    }
+
     /// Completes `status` with the applier's view and sends it to `reply`.
     pub fn status(&mut self, mut status: NodeStatus, reply: Sender<NodeStatus>) {
         match self {
@@ -372,6 +402,7 @@ fn run_task<S: StateMachine>(
         }
         ApplyTask::Restore(snapshot) => applier.restore(&snapshot)?,
         ApplyTask::Await { index, term, responder } => applier.await_entry(index, term, responder),
+        ApplyTask::Read { index, read } => applier.read(index, read),
         ApplyTask::Entries { first, entries } => {
             for (i, entry) in entries.iter().enumerate() {
                 if stop.load(Ordering::Relaxed) {

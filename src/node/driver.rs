@@ -12,10 +12,12 @@ use std::sync::Arc;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::apply::{Applier, ApplyQueue, Backlog};
+use super::metrics::Metrics;
+use super::read::ReadFn;
 use super::receipt::Responder;
 use super::{Compaction, NodeStatus, Request, RpcCounts};
 use crate::config::Config;
-use crate::core::{Action, Core, Input, MembershipChange, Role};
+use crate::core::{Action, Core, Input, MembershipChange, ReadId, Role};
 use crate::error::Error;
 use crate::message::{Body, Configuration, Message, Snapshot};
 use crate::state_machine::StateMachine;
@@ -72,6 +74,13 @@ pub(crate) struct Driver<S: StateMachine, St, T> {
     unsynced: bool,
     max_command_bytes: usize,
     last_seen: (Role, Term, Option<NodeId>),
+    /// Reads handed to the core and not yet confirmed or failed, by the id they were given.
+    reads: std::collections::BTreeMap<ReadId, ReadFn<S>>,
+    next_read: u64,
+    metrics: Metrics,
+    last_commit: LogIndex,
+    /// The transfer under way: its target and who waits for it.
+    transfer_reply: Option<(NodeId, Sender<Result<NodeId, Error>>)>,
 }
 
 impl<S, St, T> Driver<S, St, T>
@@ -116,6 +125,11 @@ where
             unsynced: false,
             max_command_bytes: config.max_command_bytes,
             last_seen,
+            reads: std::collections::BTreeMap::new(),
+            next_read: 0,
+            metrics: Metrics::default(),
+            last_commit: LogIndex(0),
+            transfer_reply: None,
         })
     }
 
@@ -177,6 +191,7 @@ where
         observe: &mut Observer<'_, S::Command>,
     ) -> Result<(), Error> {
         let mut commands = Vec::new();
+        let mut reads = Vec::new();
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
@@ -195,15 +210,61 @@ where
                 }
                 Request::Status { reply } => self.status(reply),
                 Request::Compact { reply } => self.compact(reply, observe)?,
+                Request::Read { read } => reads.push(self.number_read(read)),
+                Request::TransferLeadership { to, reply } => self.transfer(to, reply, observe)?,
             }
             if commands.len() < MAX_PROPOSAL_BATCH {
                 next = more.next();
             }
         }
-        if commands.is_empty() {
+        if !commands.is_empty() {
+            self.metrics.proposals += commands.len() as u64;
+            self.step(Input::Propose(commands), observe)?;
+        }
+        if !reads.is_empty() {
+            self.step(Input::Read(reads), observe)?;
+        }
+        Ok(())
+    }
+
+    fn transfer(
+        &mut self,
+        to: NodeId,
+        reply: Sender<Result<NodeId, Error>>,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        if let Some((busy, _)) = &self.transfer_reply {
+            let busy = Error::TransferInProgress { to: *busy };
+            let _ = reply.send(Err(busy)); // the core answers one transfer at a time
             return Ok(());
         }
-        self.step(Input::Propose(commands), observe)
+        self.transfer_reply = Some((to, reply));
+        self.step(Input::TransferLeadership(to), observe)
+    }
+
+    fn number_read(&mut self, read: ReadFn<S>) -> ReadId {
+        self.next_read += 1;
+        let id = ReadId(self.next_read);
+        self.reads.insert(id, read);
+        id
+    }
+
+    fn read_ready(&mut self, ids: Vec<ReadId>, index: LogIndex, path: crate::core::ReadPath) {
+        self.metrics.count_reads(path, ids.len());
+        for id in ids {
+            if let Some(read) = self.reads.remove(&id) {
+                self.apply.read(index, read);
+            }
+        }
+    }
+
+    fn read_failed(&mut self, ids: Vec<ReadId>, error: Error) {
+        self.metrics.reads_failed += ids.len() as u64;
+        for id in ids {
+            if let Some(read) = self.reads.remove(&id) {
+                super::read::run(read, Err(error.clone()));
+            }
+        }
     }
 
     fn change(
@@ -252,8 +313,13 @@ where
 
     /// Sends the node's status to `reply` once the applier has filled in its part.
     pub fn status(&mut self, reply: Sender<NodeStatus>) {
-        let status =
-            NodeStatus { core: self.core.status(), digest: 0, rpcs: self.rpcs, failure: None };
+        let status = NodeStatus {
+            core: self.core.status(),
+            digest: 0,
+            rpcs: self.rpcs,
+            failure: None,
+            metrics: self.metrics,
+        };
         self.apply.status(status, reply);
     }
 
@@ -317,7 +383,10 @@ where
                 let entries = self.core.log().entries_from(from, usize::MAX);
                 self.storage.append(from, entries).map_err(storage_error)?;
             }
-            Action::Send(msg) => self.transport.send(msg),
+            Action::Send(msg) => {
+                self.metrics.sent.count(&msg.body);
+                self.transport.send(msg)
+            }
             Action::Proposed { first, term, count } => self.on_proposed(first, term, count),
             Action::Rejected(error) => {
                 for responder in self.batch.drain(..) {
@@ -326,6 +395,7 @@ where
             }
             Action::Apply { from, to } => {
                 let count = (to.0 - from.0 + 1) as usize;
+                self.metrics.applies += count as u64;
                 let entries = self.core.log().entries_from(from, count);
                 self.apply.apply(from, entries)?;
             }
@@ -355,6 +425,13 @@ where
                 }
             }
             Action::Restore(snapshot) => self.apply.restore(snapshot)?,
+            Action::ReadReady { ids, index, path } => self.read_ready(ids, index, path),
+            Action::ReadFailed { ids, error } => self.read_failed(ids, error),
+            Action::TransferDone(result) => {
+                if let Some((_, reply)) = self.transfer_reply.take() {
+                    let _ = reply.send(result);
+                }
+            }
             Action::Notice(notice) if notice.is_warning() => tracing::warn!("{notice}"),
             Action::Notice(notice) => tracing::debug!("{notice}"),
         }
@@ -372,7 +449,19 @@ where
 
     fn trace_role_change(&mut self) {
         let now = (self.core.role(), self.core.term(), self.core.leader());
+        let commit = self.core.commit_index();
+        self.metrics.commits += commit.0.saturating_sub(self.last_commit.0);
+        self.last_commit = commit;
         if now != self.last_seen {
+            let (role, term) = (now.0, now.1);
+            if role == Role::Candidate
+                && (self.last_seen.0 != Role::Candidate || term != self.last_seen.1)
+            {
+                self.metrics.elections_started += 1;
+            }
+            if role == Role::Leader && self.last_seen.0 != Role::Leader {
+                self.metrics.elections_won += 1;
+            }
             let (role, term, leader) = now;
             tracing::info!(role = ?role, term = %term, leader = ?leader.map(|l| l.0), "state");
             self.last_seen = now;
@@ -381,7 +470,7 @@ where
 }
 
 impl RpcCounts {
-    fn count<C>(&mut self, body: &Body<C>) {
+    pub(crate) fn count<C>(&mut self, body: &Body<C>) {
         match body {
             Body::AppendEntries(_) => self.append_entries += 1,
             Body::RequestVote(rv) if rv.pre_vote => self.pre_votes += 1,
@@ -390,7 +479,11 @@ impl RpcCounts {
             Body::InstallSnapshot(_) => self.install_snapshots += 1,
             Body::AppendEntriesReply(_)
             | Body::RequestVoteReply(_)
-            | Body::InstallSnapshotReply(_) => self.replies += 1,
+            | Body::InstallSnapshotReply(_)
+            | Body::ReadConfirmReply(_)
+            | Body::ReadIndexReply(_) => self.replies += 1,
+            Body::ReadConfirm(_) => self.read_confirms += 1,
+            Body::ReadIndex(_) => self.read_indexes += 1,
         }
     }
 }

@@ -11,6 +11,8 @@
 
 mod apply;
 mod driver;
+mod metrics;
+mod read;
 mod receipt;
 
 use crossbeam_channel::Sender;
@@ -18,6 +20,13 @@ use crossbeam_channel::Sender;
 pub(crate) use apply::panic_message;
 pub(crate) use apply::Backlog;
 pub(crate) use driver::{execute_all, ApplyOn, Driver, Execute};
+pub(crate) use read::ReadFn;
+
+/// Answers a read that will never run (the node failed).
+pub(crate) fn fail_read<S>(read: ReadFn<S>, error: Error) {
+    read::run(read, Err(error));
+}
+pub use metrics::Metrics;
 pub(crate) use receipt::{receipt, Responder};
 pub use receipt::{Applied, Receipt};
 
@@ -25,15 +34,34 @@ use crate::core::{MembershipChange, Status};
 use crate::error::Error;
 use crate::message::Configuration;
 use crate::state_machine::StateMachine;
-use crate::types::{LogIndex, Term};
+use crate::types::{LogIndex, NodeId, Term};
 
 /// A client request to one node. Whoever delivers it (a node thread's channel, the simulator's
 /// virtual network), the driver handles it the same way.
 pub(crate) enum Request<S: StateMachine> {
-    Propose { command: S::Command, responder: Responder<S::Output> },
-    ChangeMembership { change: MembershipChange, reply: Sender<Result<Configuration, Error>> },
-    Status { reply: Sender<NodeStatus> },
-    Compact { reply: Sender<Result<Compaction, Error>> },
+    Propose {
+        command: S::Command,
+        responder: Responder<S::Output>,
+    },
+    ChangeMembership {
+        change: MembershipChange,
+        reply: Sender<Result<Configuration, Error>>,
+    },
+    Status {
+        reply: Sender<NodeStatus>,
+    },
+    Compact {
+        reply: Sender<Result<Compaction, Error>>,
+    },
+    /// A linearizable read (thesis §6.4): `read` runs on the state machine once it is safe.
+    Read {
+        read: ReadFn<S>,
+    },
+    /// Hand leadership to `to` (thesis §3.10); answered with the new leader.
+    TransferLeadership {
+        to: NodeId,
+        reply: Sender<Result<NodeId, Error>>,
+    },
 }
 
 /// What [`NodeHandle::compact`](crate::NodeHandle::compact) did.
@@ -68,6 +96,8 @@ pub struct NodeStatus {
     pub rpcs: RpcCounts,
     /// Why the node stopped, if its state machine panicked.
     pub failure: Option<Error>,
+    /// Counters: RPCs sent, elections, proposals, reads by path, commits, applies.
+    pub metrics: Metrics,
 }
 
 /// RPCs a node received, by kind (requests each, replies together): what test suites count per
@@ -86,6 +116,10 @@ pub struct RpcCounts {
     pub install_snapshots: u64,
     /// Replies of every kind.
     pub replies: u64,
+    /// Read confirmation rounds (ReadIndex's heartbeat round, thesis §6.4).
+    pub read_confirms: u64,
+    /// Read index requests from followers (follower reads).
+    pub read_indexes: u64,
 }
 
 impl RpcCounts {
@@ -96,5 +130,7 @@ impl RpcCounts {
             + self.pre_votes
             + self.timeout_nows
             + self.install_snapshots
+            + self.read_confirms
+            + self.read_indexes
     }
 }

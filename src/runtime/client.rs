@@ -41,6 +41,11 @@ impl<S: StateMachine> NodeHandle<S> {
         self.id
     }
 
+    /// Hands `request` to the node's thread; fails only if the node is not running.
+    pub(crate) fn send_request(&self, request: Request<S>) -> Result<(), Error> {
+        self.requests.send(request).map_err(|_| Error::NodeDown(self.id))
+    }
+
     /// Sends a proposal without waiting; the receipt tells its index and output later.
     pub fn propose_async(&self, command: S::Command) -> Result<Receipt<S::Output>, Error> {
         let (responder, receipt) = receipt(self.id);
@@ -111,7 +116,7 @@ impl<S: StateMachine> NodeHandle<S> {
 /// `NotLeader` hints, and retries only when that is safe (see [`Receipt`] for what each answer
 /// means). Cheap to clone, `Send + Sync`: share one among many threads, no lock needed.
 pub struct Client<S: StateMachine> {
-    shared: Arc<Shared<S>>,
+    pub(super) shared: Arc<Shared<S>>,
 }
 
 impl<S: StateMachine> Clone for Client<S> {
@@ -120,14 +125,14 @@ impl<S: StateMachine> Clone for Client<S> {
     }
 }
 
-struct Shared<S: StateMachine> {
+pub(super) struct Shared<S: StateMachine> {
     /// The running nodes, kept current by the cluster as nodes start and stop.
     nodes: RwLock<BTreeMap<NodeId, NodeHandle<S>>>,
     /// The node last seen leading (0: none known).
     leader: AtomicU64,
     timeout: Duration,
     /// The pause before trying another node when no leader is known.
-    retry_pause: Duration,
+    pub(super) retry_pause: Duration,
 }
 
 /// What to do after a failed attempt.
@@ -164,11 +169,11 @@ impl<S: StateMachine> Client<S> {
         self.shared.nodes.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn handle(&self, id: NodeId) -> Option<NodeHandle<S>> {
+    pub(super) fn handle(&self, id: NodeId) -> Option<NodeHandle<S>> {
         self.shared.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
-    fn running(&self) -> Vec<NodeId> {
+    pub(super) fn running(&self) -> Vec<NodeId> {
         self.shared.nodes.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
     }
 
@@ -245,6 +250,8 @@ impl<S: StateMachine> Client<S> {
             Ok(applied) => Ok(applied),
             Err(Error::NotLeader { leader_hint: Some(hint) }) if hint != id => Err(Retry::At(hint)),
             Err(Error::NotLeader { .. } | Error::ProposalDropped { .. }) => Err(Retry::Elsewhere),
+            // Refused before appending while leadership moves: retry (at the new leader).
+            Err(Error::TransferInProgress { to }) => Err(Retry::At(to)),
             Err(Error::NodeDown(_)) if !receipt.was_appended() => Err(Retry::Elsewhere),
             Err(e) => Err(Retry::No(e)),
         }
@@ -264,7 +271,7 @@ impl<S: StateMachine> Client<S> {
         }
     }
 
-    fn next_candidate(&self, after: NodeId, attempt: usize) -> Option<NodeId> {
+    pub(super) fn next_candidate(&self, after: NodeId, attempt: usize) -> Option<NodeId> {
         let running = self.running();
         if running.is_empty() {
             return None;

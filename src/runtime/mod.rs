@@ -9,7 +9,9 @@
 mod client;
 mod cluster;
 mod faults;
+mod read;
 mod thread;
+mod transfer;
 
 pub use client::{Client, NodeHandle};
 pub use cluster::{Cluster, ClusterBuilder, StorageFactory, TransportFactory};

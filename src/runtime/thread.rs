@@ -207,12 +207,15 @@ fn serve_failed<S: StateMachine>(node: &mut Node<S>, error: Error) -> bool {
                 Ok(Request::Propose { responder, .. }) => responder.finish(Err(error.clone())),
                 Ok(Request::ChangeMembership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
                 Ok(Request::Compact { reply }) => { let _ = reply.send(Err(error.clone())); }
+                Ok(Request::Read { read }) => crate::node::fail_read(read, error.clone()),
+                Ok(Request::TransferLeadership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
                 Ok(Request::Status { reply }) => {
                     let status = NodeStatus {
                         core: core.clone(),
                         digest: 0,
                         rpcs: Default::default(),
                         failure: Some(error.clone()),
+                        metrics: Default::default(),
                     };
                     let _ = reply.send(status);
                 }

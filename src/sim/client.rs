@@ -25,7 +25,18 @@ pub trait Workload<S: StateMachine> {
     /// The command of `client`'s `seq`-th operation (`seq` starts at 1). Making each write's
     /// value unique (for example `c{client}-{seq};`) makes duplicates and losses visible.
     fn command(&mut self, client: u64, seq: u64, rng: &mut SmallRng) -> S::Command;
+
+    /// If `command` is a read that may be served without the log (with
+    /// [`SimConfig::reads`](super::SimConfig::reads)), how to answer it from a state machine.
+    /// Default: no command is such a read.
+    fn read(&self, command: &S::Command) -> Option<ReadQuery<S>> {
+        let _ = command;
+        None
+    }
 }
+
+/// Answers a read command from a state machine (see [`Workload::read`]).
+pub type ReadQuery<S> = fn(&S, &<S as StateMachine>::Command) -> <S as StateMachine>::Output;
 
 /// One client operation as observed from outside, in virtual microseconds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,6 +98,8 @@ pub(crate) struct Clients<S: StateMachine> {
     issuing: bool,
     /// Requests that reached a node and wait for its batching window to close.
     inbox: std::collections::BTreeMap<NodeId, Vec<(u64, usize)>>,
+    /// How often each operation was resent after a timeout (`SimConfig::retry_timeouts`).
+    resent: std::collections::BTreeMap<usize, u32>,
 }
 
 impl<S: StateMachine> Clients<S> {
@@ -98,6 +111,7 @@ impl<S: StateMachine> Clients<S> {
             awaiting: Vec::new(),
             issuing: false,
             inbox: std::collections::BTreeMap::new(),
+            resent: std::collections::BTreeMap::new(),
         }
     }
 
@@ -108,6 +122,13 @@ impl<S: StateMachine> Clients<S> {
     /// A crashed node answers nobody: its clients time out (their outcome stays unknown).
     pub fn forget_node(&mut self, node: NodeId) {
         self.awaiting.retain(|a| a.node != node);
+    }
+
+    /// Counts one more resend of `op`; returns how many came before.
+    fn retries(&mut self, op: usize) -> u32 {
+        let count = self.resent.entry(op).or_insert(0);
+        *count += 1;
+        *count - 1
     }
 
     fn is_pending(&self, client: u64, op: usize) -> bool {
@@ -222,7 +243,16 @@ impl<S: StateMachine> Simulator<S> {
         let command = self.clients.history[op].command.clone();
         let (responder, receipt) = receipt(node);
         self.clients.awaiting.push(Awaited { client, op, node, receipt });
+        if let Some(query) = self.read_query(op) {
+            return Request::Read { read: super::reads::read_request(query, command, responder) };
+        }
         Request::Propose { command, responder }
+    }
+
+    /// How to serve `op` as a read without the log, if it is one and reads are on.
+    fn read_query(&self, op: usize) -> Option<ReadQuery<S>> {
+        let workload = self.clients.workload.as_ref()?;
+        self.config.reads.then(|| workload.read(&self.clients.history[op].command)).flatten()
     }
 
     /// Hands every request waiting at `node` to its driver in one step (one `Driver::handle`
@@ -281,6 +311,14 @@ impl<S: StateMachine> Simulator<S> {
 
     /// What each answer means is [`crate::Receipt`]'s table, the same as for a `NodeHandle`.
     fn on_answer(&mut self, client: u64, op: usize, result: Result<Applied<S::Output>, Error>) {
+        let resent = self.clients.resent.contains_key(&op);
+        let result = match result {
+            Err(e) if self.read_query(op).is_some() => return self.on_read_failed(client, op, e),
+            // NB: one attempt of a resent operation failed; another may have been applied, so
+            // this says nothing about the operation: the timeout resends it.
+            Err(e) if resent && !matches!(e, Error::NotLeader { .. }) => return,
+            result => result,
+        };
         match result {
             Ok(applied) => {
                 let output = applied.output;
@@ -301,6 +339,20 @@ impl<S: StateMachine> Simulator<S> {
             Err(e) => {
                 self.clients.history[op].not_applied = true;
                 self.give_up(client, op, &format!("refused: {e}"));
+            }
+        }
+    }
+
+    /// A read changes nothing: whatever failed, it took no effect; retry it elsewhere.
+    fn on_read_failed(&mut self, client: u64, op: usize, error: Error) {
+        match error {
+            Error::NotLeader { leader_hint } => {
+                self.reply_later(ClientEvent::Redirect { client, op, hint: leader_hint });
+            }
+            Error::NodeDown(_) => {}
+            e => {
+                self.clients.history[op].not_applied = true;
+                self.give_up(client, op, &format!("read failed: {e}"));
             }
         }
     }
@@ -338,6 +390,12 @@ impl<S: StateMachine> Simulator<S> {
         let guess = self.clients.states[client as usize].guess;
         let next = self.next_member(guess);
         self.clients.states[client as usize].guess = next;
+        if self.config.retry_timeouts && self.clients.retries(op) < 10 {
+            self.note(format!("c{client} retry #{op}"));
+            let timeout = super::micros(self.config.op_timeout);
+            self.schedule(timeout, Event::Client(ClientEvent::Timeout { client, op }));
+            return self.send_request(client, op, next, 0);
+        }
         self.give_up(client, op, "timeout");
     }
 

@@ -144,6 +144,15 @@ pub struct SimConfig {
     /// Model the sync boundary of stable storage: a crash loses writes not yet synced
     /// (keeping at random a prefix of them, the last one torn). See `sim/storage.rs`.
     pub storage_faults: bool,
+    /// Serve the workload's reads ([`Workload::read`](super::Workload::read)) without the log,
+    /// through every path: at the leader by ReadIndex (or its lease, with
+    /// `raft.lease_reads`), at a follower by a follower read. Off: every command goes through
+    /// the log.
+    pub reads: bool,
+    /// Clients resend an operation that timed out (the same command, up to 10 times) instead
+    /// of giving up: what a session client does, whose retries the session table must
+    /// deduplicate. Off: a timed-out operation's outcome stays unknown.
+    pub retry_timeouts: bool,
 }
 
 impl SimConfig {
@@ -178,6 +187,8 @@ impl SimConfig {
             clock_drift: None,
             batch_window: None,
             storage_faults: false,
+            reads: false,
+            retry_timeouts: false,
         }
     }
 

@@ -32,6 +32,14 @@ impl Workload<KvStateMachine> for KvWorkload {
             _ => KvCommand::Get { key },
         }
     }
+
+    /// A `Get` may be served without the log (with `SimConfig::reads`).
+    fn read(&self, command: &KvCommand) -> Option<super::client::ReadQuery<KvStateMachine>> {
+        match command {
+            KvCommand::Get { .. } => Some(|sm, c| sm.get(c.key()).map(str::to_owned)),
+            _ => None,
+        }
+    }
 }
 
 /// Runs the linearizability checker over a KV history (times in virtual microseconds).

@@ -149,7 +149,12 @@ impl Network {
 fn is_request<C>(body: &Body<C>) -> bool {
     matches!(
         body,
-        Body::RequestVote(_) | Body::AppendEntries(_) | Body::TimeoutNow | Body::InstallSnapshot(_)
+        Body::RequestVote(_)
+            | Body::AppendEntries(_)
+            | Body::TimeoutNow
+            | Body::InstallSnapshot(_)
+            | Body::ReadConfirm(_)
+            | Body::ReadIndex(_)
     )
 }
 

@@ -89,6 +89,9 @@ pub(crate) enum BodySummary {
     TimeoutNow,
     Snapshot { index: LogIndex, offset: u64, bytes: u64, done: bool },
     SnapshotReply { index: LogIndex, received: u64, done: bool },
+    ReadConfirm { round: u64, reply: bool },
+    ReadIndex { reads: u64 },
+    ReadIndexReply { reads: u64, index: Option<LogIndex> },
 }
 
 impl MsgSummary {
@@ -129,6 +132,12 @@ impl BodySummary {
             },
             Body::InstallSnapshotReply(r) => {
                 BodySummary::SnapshotReply { index: r.index, received: r.received, done: r.done }
+            }
+            Body::ReadConfirm(r) => BodySummary::ReadConfirm { round: r.round, reply: false },
+            Body::ReadConfirmReply(r) => BodySummary::ReadConfirm { round: r.round, reply: true },
+            Body::ReadIndex(r) => BodySummary::ReadIndex { reads: r.ids.len() as u64 },
+            Body::ReadIndexReply(r) => {
+                BodySummary::ReadIndexReply { reads: r.ids.len() as u64, index: r.index }
             }
         }
     }
@@ -274,6 +283,14 @@ impl fmt::Display for MsgSummary {
             }
             BodySummary::SnapshotReply { index, received, done } => {
                 write!(f, "SnapshotReply {index} received={received} done={done}")
+            }
+            BodySummary::ReadConfirm { round, reply: false } => write!(f, "ReadConfirm r{round}"),
+            BodySummary::ReadConfirm { round, reply: true } => {
+                write!(f, "ReadConfirmReply r{round}")
+            }
+            BodySummary::ReadIndex { reads } => write!(f, "ReadIndex x{reads}"),
+            BodySummary::ReadIndexReply { reads, index } => {
+                write!(f, "ReadIndexReply x{reads} index={index:?}")
             }
         }
     }

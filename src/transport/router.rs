@@ -129,7 +129,11 @@ impl NetworkFaults {
             Body::AppendEntries(_)
             | Body::AppendEntriesReply(_)
             | Body::InstallSnapshot(_)
-            | Body::InstallSnapshotReply(_) => self.spare_replication,
+            | Body::InstallSnapshotReply(_)
+            | Body::ReadConfirm(_)
+            | Body::ReadConfirmReply(_)
+            | Body::ReadIndex(_)
+            | Body::ReadIndexReply(_) => self.spare_replication,
         }
     }
 

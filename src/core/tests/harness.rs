@@ -600,10 +600,20 @@ fn show_action(action: &Action<u64>) -> String {
         Action::Apply { from, to } => format!("apply {from}..={to}"),
         Action::ChangeDone(Ok(c)) => format!("change done {}", show_config(c)),
         Action::ChangeDone(Err(e)) => format!("change failed {e:?}"),
+        Action::TransferDone(Ok(to)) => format!("transfer done: {to} leads"),
+        Action::TransferDone(Err(e)) => format!("transfer failed {e:?}"),
         Action::Notice(n) => format!("notice: {n}"),
         Action::TakeSnapshot(meta) => format!("take snapshot {}@{}", meta.index, meta.term),
         Action::PersistSnapshot(s) => format!("persist snapshot {}@{}", s.meta.index, s.meta.term),
         Action::Restore(s) => format!("restore snapshot {}@{}", s.meta.index, s.meta.term),
+        Action::ReadReady { ids, index, path } => {
+            let ids: Vec<u64> = ids.iter().map(|id| id.0).collect();
+            format!("read ready {ids:?} at {index} by {path:?}")
+        }
+        Action::ReadFailed { ids, error } => {
+            let ids: Vec<u64> = ids.iter().map(|id| id.0).collect();
+            format!("read failed {ids:?}: {error:?}")
+        }
     }
 }
 
@@ -655,6 +665,18 @@ pub fn show_message(m: &Message<u64>) -> String {
             );
         }
         Body::TimeoutNow => s.push_str("TimeoutNow"),
+        Body::ReadConfirm(r) => {
+            let _ = write!(s, "ReadConfirm round={}", r.round);
+        }
+        Body::ReadConfirmReply(r) => {
+            let _ = write!(s, "ReadConfirmReply round={}", r.round);
+        }
+        Body::ReadIndex(r) => {
+            let _ = write!(s, "ReadIndex ids={:?}", r.ids);
+        }
+        Body::ReadIndexReply(r) => {
+            let _ = write!(s, "ReadIndexReply ids={:?} index={:?}", r.ids, r.index);
+        }
         Body::InstallSnapshot(c) => {
             let _ = write!(
                 s,

@@ -15,9 +15,11 @@ mod invariants;
 mod leaders;
 mod membership;
 mod notices;
+mod reads;
 mod request_vote;
 mod servers;
 mod snapshot;
+mod transfer;
 
 use harness::*;
 

@@ -1,0 +1,148 @@
+//! Read workloads (issue 9), one JSON line per run:
+//!
+//! ```text
+//! cargo run --release --example bench -- read --mode index|lease|follower --clients C [--nodes N] [--ops N]
+//! cargo run --release --example bench -- mix --read-percent 90 --clients C [--nodes N] [--ops N]
+//! cargo run --release --example bench -- transfer --trials 100 [--nodes N]
+//! ```
+//!
+//! `read`: C linearizable reads outstanding at all times on a key-value store holding one key,
+//! from one thread (each completion starts the next): at the leader by ReadIndex (`index`), at
+//! the leader with leases on (`lease`), or at a follower (`follower`). Latency is from sending
+//! a read to taking its answer. `mix`: the same pipeline with `--read-percent` ReadIndex reads
+//! and the rest writes (`Put`) at the leader. `transfer`: `--trials` leadership transfers, each
+//! to the next node, timed until the target leads.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use ferraft::{Cluster, Config, KvCommand, KvStateMachine, NodeHandle, NodeId, Receipt};
+
+use super::Args;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn kv_cluster(nodes: usize, lease: bool) -> Cluster<KvStateMachine> {
+    let config = Config { max_inflight: 64, lease_reads: lease, ..Config::default() };
+    let cluster = Cluster::new(config, nodes, |_| KvStateMachine::new()).expect("valid config");
+    cluster.wait_for_leader(WAIT).expect("a leader");
+    for i in 0..1000 {
+        let put = KvCommand::Put { key: "k".into(), value: format!("v{i}") };
+        cluster.propose(put).expect("warm-up write");
+    }
+    cluster
+}
+
+/// Runs `ops` operations with `clients` outstanding; `next(i)` sends the i-th. Returns the
+/// elapsed seconds and the latencies in nanoseconds.
+fn pipeline(
+    clients: usize,
+    ops: usize,
+    mut next: impl FnMut(usize) -> Receipt<Option<String>>,
+) -> (f64, Vec<u64>) {
+    let mut inflight = VecDeque::with_capacity(clients);
+    let mut samples = Vec::with_capacity(ops);
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < ops.min(clients) {
+        inflight.push_back((Instant::now(), next(sent)));
+        sent += 1;
+    }
+    while let Some((at, mut receipt)) = inflight.pop_front() {
+        receipt.wait(WAIT).expect("answered");
+        samples.push(at.elapsed().as_nanos() as u64);
+        if sent < ops {
+            inflight.push_back((Instant::now(), next(sent)));
+            sent += 1;
+        }
+    }
+    samples.sort_unstable();
+    (start.elapsed().as_secs_f64(), samples)
+}
+
+fn percentile(samples: &[u64], p: f64) -> u64 {
+    samples[((samples.len() as f64 * p) as usize).min(samples.len().saturating_sub(1))]
+}
+
+fn print_line(workload: &str, extra: &str, args: &Args, ops: usize, secs: f64, samples: &[u64]) {
+    println!(
+        "{{\"workload\":\"{workload}\",{extra}\"nodes\":{},\"clients\":{},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
+        args.nodes,
+        args.clients,
+        ops as f64 / secs,
+        percentile(samples, 0.50) as f64 / 1e3,
+        percentile(samples, 0.99) as f64 / 1e3
+    );
+}
+
+fn leader_and_follower(cluster: &Cluster<KvStateMachine>) -> (NodeHandle<KvStateMachine>, NodeId) {
+    let leader = cluster.wait_for_leader(WAIT).expect("a leader");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap_or(leader);
+    (cluster.node(leader).expect("leader running"), follower)
+}
+
+/// `read --mode index|lease|follower`.
+pub fn read(args: &Args) {
+    let mode = args.text("--mode").unwrap_or("index");
+    if !matches!(mode, "index" | "lease" | "follower") {
+        eprintln!("--mode must be index, lease or follower, not {mode}");
+        std::process::exit(2);
+    }
+    let ops = if args.ops == 0 { 200_000 } else { args.ops };
+    let cluster = kv_cluster(args.nodes, mode == "lease");
+    let (leader, follower) = leader_and_follower(&cluster);
+    let target = if mode == "follower" { cluster.node(follower).expect("running") } else { leader };
+    let (secs, samples) =
+        pipeline(args.clients, ops, |_| target.read_async("k".into()).expect("node running"));
+    let served = cluster.status(target.id()).expect("status").metrics;
+    cluster.shutdown();
+    eprintln!("served by path: {served:?}");
+    print_line("read", &format!("\"mode\":\"{mode}\","), args, ops, secs, &samples);
+}
+
+/// `mix --read-percent P`.
+pub fn mix(args: &Args) {
+    let percent: usize = args.text("--read-percent").map_or(90, |p| {
+        p.parse().unwrap_or_else(|_| {
+            eprintln!("--read-percent needs a number from 0 to 100");
+            std::process::exit(2)
+        })
+    });
+    let ops = if args.ops == 0 { 200_000 } else { args.ops };
+    let cluster = kv_cluster(args.nodes, false);
+    let (leader, _) = leader_and_follower(&cluster);
+    let (secs, samples) = pipeline(args.clients, ops, |i| {
+        if i % 100 < percent.min(100) {
+            leader.read_async("k".into()).expect("leader running")
+        } else {
+            let put = KvCommand::Put { key: "k".into(), value: format!("w{i}") };
+            leader.propose_async(put).expect("leader running")
+        }
+    });
+    cluster.shutdown();
+    print_line("mix", &format!("\"read_percent\":{percent},"), args, ops, secs, &samples);
+}
+
+/// `transfer --trials T`.
+pub fn transfer(args: &Args) {
+    let trials: usize = args.text("--trials").and_then(|t| t.parse().ok()).unwrap_or(100);
+    let cluster = kv_cluster(args.nodes, false);
+    let mut samples = Vec::with_capacity(trials);
+    for _ in 0..trials {
+        let leader = cluster.wait_for_leader(WAIT).expect("a leader");
+        let ids = cluster.ids();
+        let pos = ids.iter().position(|&id| id == leader).expect("a member");
+        let to = ids[(pos + 1) % ids.len()];
+        let start = Instant::now();
+        cluster.transfer_leadership(to).expect("transferred");
+        samples.push(start.elapsed().as_nanos() as u64);
+    }
+    cluster.shutdown();
+    samples.sort_unstable();
+    let ms = |p| percentile(&samples, p) as f64 / 1e6;
+    println!(
+        "{{\"workload\":\"transfer\",\"trials\":{trials},\"p50_ms\":{:.2},\"p99_ms\":{:.2}}}",
+        ms(0.50),
+        ms(0.99)
+    );
+}

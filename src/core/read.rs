@@ -1,0 +1,336 @@
+//! Linearizable reads without the log (thesis §6.4): ReadIndex on the leader, lease reads
+//! (§6.4.1) and follower reads.
+//!
+//! The leader answers a read at a *read index*: its commit index when the read arrived, but at
+//! least the index of its term's no-op (SUB-4), since before that commits the leader cannot know
+//! its commit index is current. It then confirms that a majority still follows it with a
+//! [`ReadConfirm`] round *started after the read arrived*, and emits [`Action::ReadReady`]; the
+//! driver answers once the state machine has applied through the index. Rounds are numbered, so
+//! a late reply confirms only the round it answers: every read queued while a round is in flight
+//! waits for the next one, and one round serves them all (batching).
+//!
+//! With `Config::lease_reads`, a majority's acknowledgement of a round started at tick `t` gives
+//! the leader a lease until `t + Config::lease_ticks()`: no other leader can be elected before,
+//! because every follower that acknowledged ignores candidates for a minimum election timeout
+//! (thesis §4.2.3, `leader_is_recent`). While it holds, reads skip the round.
+//!
+//! A follower forwards its reads' ids to the leader ([`ReadIndex`]), which treats them as its
+//! own reads and answers with the read index; the follower then waits until it has applied
+//! through it. Owns only read bookkeeping: it never touches the log.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::{Action, Core, Role};
+use crate::error::Error;
+use crate::message::{Body, ReadConfirm, ReadIndex, ReadIndexReply};
+use crate::types::{LogIndex, NodeId, Term};
+
+/// A read's number on the node that received it (the driver numbers them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReadId(pub u64);
+
+/// How a read was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadPath {
+    /// The leader confirmed its leadership with a round after the read arrived.
+    ReadIndex,
+    /// The leader answered within its lease, without a round.
+    Lease,
+    /// A follower got the read index from the leader.
+    Follower,
+}
+
+/// Who waits for a leader's read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Local,
+    Follower(NodeId),
+}
+
+/// Reads waiting for a confirmation round.
+#[derive(Clone, Debug)]
+struct Pending {
+    /// The first round that confirms them: the first one started after they arrived.
+    round: u64,
+    index: LogIndex,
+    origin: Origin,
+    ids: Vec<ReadId>,
+}
+
+/// A follower's reads sent to the leader.
+#[derive(Clone, Debug)]
+struct Asked {
+    leader: NodeId,
+    term: Term,
+    sent_at: u64,
+}
+
+/// The read state of one core.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Reads {
+    /// The leader term this state belongs to (leader state is reset on any other).
+    term: Term,
+    /// Leader: the last round started this term.
+    round: u64,
+    /// Leader: the highest round a majority acknowledged.
+    confirmed: u64,
+    /// Leader: the highest round each peer acknowledged.
+    acked: BTreeMap<NodeId, u64>,
+    /// Leader: the tick each round above `confirmed` started at.
+    started: VecDeque<(u64, u64)>,
+    /// Leader: the lease holds while `now < lease_until`.
+    lease_until: u64,
+    pending: VecDeque<Pending>,
+    /// Follower: reads asked of the leader, by id.
+    asked: BTreeMap<ReadId, Asked>,
+}
+
+impl<C: Clone> Core<C> {
+    /// `Input::Read`: serve `ids` as a leader, or ask the leader as a follower.
+    pub(super) fn read(&mut self, ids: Vec<ReadId>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.sync_reads();
+        match (self.role, self.leader) {
+            (Role::Leader, _) => self.leader_read(Origin::Local, ids),
+            (Role::Follower, Some(leader)) => self.ask_leader(leader, ids),
+            _ => self.out.push(Action::ReadFailed { ids, error: self.not_leader() }),
+        }
+    }
+
+    /// Whether this leader's lease holds now (thesis §6.4.1).
+    pub fn has_lease(&self) -> bool {
+        self.role == Role::Leader
+            && self.timing.lease_ticks > 0
+            && self.reads.term == self.term
+            && self.now < self.reads.lease_until
+    }
+
+    /// The last read round this leader started (for the gateway).
+    pub(super) fn reads_round(&self) -> u64 {
+        self.reads.round
+    }
+
+    fn leader_read(&mut self, origin: Origin, ids: Vec<ReadId>) {
+        // Before its no-op commits, a leader's commit index may be behind; the no-op's index is
+        // a safe read index since every entry committed before this term precedes it.
+        let index = self.commit_index.max(self.term_start);
+        #[cfg(test)]
+        if self.bugs.read_without_confirmation {
+            return self.read_ready(origin, ids, index, ReadPath::ReadIndex);
+        }
+        if self.has_lease() {
+            return self.read_ready(origin, ids, index, ReadPath::Lease);
+        }
+        let round = self.reads.round + 1;
+        self.reads.pending.push_back(Pending { round, index, origin, ids });
+        if self.reads.confirmed == self.reads.round {
+            self.start_read_round(); // none in flight: start one now
+        }
+    }
+
+    fn read_ready(&mut self, origin: Origin, ids: Vec<ReadId>, index: LogIndex, path: ReadPath) {
+        match origin {
+            Origin::Local => self.out.push(Action::ReadReady { ids, index, path }),
+            Origin::Follower(to) => {
+                let ids = ids.into_iter().map(|id| id.0).collect();
+                self.send(to, Body::ReadIndexReply(ReadIndexReply { ids, index: Some(index) }));
+            }
+        }
+    }
+
+    /// Sends a numbered ReadConfirm to every other voter. A one-voter cluster confirms at once.
+    fn start_read_round(&mut self) {
+        self.reads.round += 1;
+        let round = self.reads.round;
+        self.reads.started.push_back((round, self.now));
+        let voters: Vec<NodeId> =
+            self.config().voters.iter().copied().filter(|&v| v != self.id).collect();
+        for to in voters {
+            self.send(to, Body::ReadConfirm(ReadConfirm { round }));
+        }
+        self.maybe_confirm_reads();
+    }
+
+    /// A follower's side of a round: the sender leads this term (the gateway checked), so this
+    /// is a heartbeat too (CAN-3, SUB-3).
+    pub(super) fn handle_read_confirm(&mut self, from: NodeId, confirm: ReadConfirm) {
+        if self.role != Role::Follower || self.leader != Some(from) {
+            self.become_follower(self.term, Some(from));
+        }
+        self.reset_election_timer();
+        self.send(from, Body::ReadConfirmReply(confirm));
+    }
+
+    pub(super) fn handle_read_confirm_reply(&mut self, from: NodeId, confirm: ReadConfirm) {
+        if self.role != Role::Leader || self.reads.term != self.term {
+            return;
+        }
+        if let Some(p) = self.progress.get_mut(&from) {
+            p.recent_active = true; // a sign of life for CheckQuorum
+        }
+        let acked = self.reads.acked.entry(from).or_insert(0);
+        *acked = (*acked).max(confirm.round);
+        self.maybe_confirm_reads();
+    }
+
+    /// Releases the reads whose round a majority acknowledged, and renews the lease.
+    fn maybe_confirm_reads(&mut self) {
+        let (me, round) = (self.id, self.reads.round);
+        let acked = &self.reads.acked;
+        let majority = majority_round(self.config().voters.iter().map(|&v| {
+            if v == me {
+                round
+            } else {
+                acked.get(&v).copied().unwrap_or(0)
+            }
+        }));
+        if majority <= self.reads.confirmed {
+            return;
+        }
+        self.reads.confirmed = majority;
+        while let Some(&(r, at)) = self.reads.started.front() {
+            if r > majority {
+                break;
+            }
+            self.reads.started.pop_front();
+            // NB: no renewal while handing leadership over: the lease must run out first.
+            if r == majority && self.timing.lease_ticks > 0 && self.transfer.is_none() {
+                self.reads.lease_until = self.reads.lease_until.max(at + self.timing.lease_ticks);
+            }
+        }
+        while self.reads.pending.front().is_some_and(|p| p.round <= majority) {
+            let p = self.reads.pending.pop_front().expect("checked above");
+            self.read_ready(p.origin, p.ids, p.index, ReadPath::ReadIndex);
+        }
+        if !self.reads.pending.is_empty() && self.reads.confirmed == self.reads.round {
+            self.start_read_round();
+        }
+    }
+
+    /// Leader: a follower asks for a read index.
+    pub(super) fn handle_read_index(&mut self, from: NodeId, request: ReadIndex) {
+        self.sync_reads();
+        let ids = request.ids.into_iter().map(ReadId).collect();
+        if self.role == Role::Leader {
+            return self.leader_read(Origin::Follower(from), ids);
+        }
+        let ids = request_ids(ids);
+        self.send(from, Body::ReadIndexReply(ReadIndexReply { ids, index: None }));
+    }
+
+    fn ask_leader(&mut self, leader: NodeId, ids: Vec<ReadId>) {
+        let asked = Asked { leader, term: self.term, sent_at: self.now };
+        for &id in &ids {
+            self.reads.asked.insert(id, asked.clone());
+        }
+        self.send(leader, Body::ReadIndex(ReadIndex { ids: request_ids(ids) }));
+    }
+
+    /// Follower: the leader's answer. Ids this node no longer waits for are ignored.
+    pub(super) fn handle_read_index_reply(&mut self, reply: ReadIndexReply) {
+        let ids: Vec<ReadId> = reply
+            .ids
+            .into_iter()
+            .map(ReadId)
+            .filter(|id| self.reads.asked.remove(id).is_some())
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        match reply.index {
+            Some(index) => {
+                self.out.push(Action::ReadReady { ids, index, path: ReadPath::Follower })
+            }
+            None => self.out.push(Action::ReadFailed { ids, error: self.not_leader() }),
+        }
+    }
+
+    /// After every step: leader state belongs to one term of leadership, a follower's reads to
+    /// the leader it asked. Anything else fails with `NotLeader` (a read is always safe to
+    /// retry: it changed nothing).
+    pub(super) fn sync_reads(&mut self) {
+        let leading = self.role == Role::Leader;
+        if self.reads.term != self.term || !leading {
+            self.abandon_leader_reads(leading);
+        }
+        self.fail_asked(|a, core| Some(a.leader) != core.leader || a.term != core.term);
+    }
+
+    fn abandon_leader_reads(&mut self, leading: bool) {
+        let pending = std::mem::take(&mut self.reads.pending);
+        let asked = std::mem::take(&mut self.reads.asked);
+        self.reads =
+            Reads { term: if leading { self.term } else { Term(0) }, asked, ..Reads::default() };
+        let error = self.not_leader();
+        for p in pending {
+            match p.origin {
+                Origin::Local => {
+                    self.out.push(Action::ReadFailed { ids: p.ids, error: error.clone() })
+                }
+                Origin::Follower(to) => {
+                    let ids = request_ids(p.ids);
+                    self.send(to, Body::ReadIndexReply(ReadIndexReply { ids, index: None }));
+                }
+            }
+        }
+    }
+
+    fn fail_asked(&mut self, failed: impl Fn(&Asked, &Self) -> bool) {
+        if self.reads.asked.is_empty() {
+            return;
+        }
+        let asked = std::mem::take(&mut self.reads.asked);
+        let (gone, kept): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            asked.into_iter().partition(|(_, a)| failed(a, self));
+        self.reads.asked = kept;
+        if !gone.is_empty() {
+            let ids = gone.into_keys().collect();
+            self.out.push(Action::ReadFailed { ids, error: self.not_leader() });
+        }
+    }
+
+    /// Each tick: a leader retries an unanswered round with every heartbeat (and, with leases,
+    /// renews its lease); a follower gives up on reads the leader left unanswered for an
+    /// election timeout.
+    pub(super) fn tick_reads(&mut self) {
+        self.sync_reads();
+        if self.role == Role::Leader {
+            let heartbeat = self.heartbeat_elapsed == 0;
+            let lease = self.timing.lease_ticks > 0;
+            if heartbeat && (!self.reads.pending.is_empty() || lease) {
+                self.start_read_round();
+            }
+            return;
+        }
+        let (now, patience) = (self.now, self.timing.election_ticks.start);
+        let stale: Vec<ReadId> = self
+            .reads
+            .asked
+            .iter()
+            .filter(|(_, a)| now.saturating_sub(a.sent_at) >= patience)
+            .map(|(&id, _)| id)
+            .collect();
+        if !stale.is_empty() {
+            for id in &stale {
+                self.reads.asked.remove(id);
+            }
+            self.out.push(Action::ReadFailed { ids: stale, error: Error::Timeout });
+        }
+    }
+}
+
+fn request_ids(ids: Vec<ReadId>) -> Vec<u64> {
+    ids.into_iter().map(|id| id.0).collect()
+}
+
+/// The highest round acknowledged by a majority, given each voter's highest round.
+fn majority_round(rounds: impl Iterator<Item = u64>) -> u64 {
+    let mut rounds: Vec<u64> = rounds.collect();
+    if rounds.is_empty() {
+        return 0;
+    }
+    rounds.sort_unstable_by(|a, b| b.cmp(a));
+    rounds[rounds.len() / 2]
+}

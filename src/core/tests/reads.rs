@@ -1,0 +1,137 @@
+//! Linearizable reads (thesis §6.4): a leader answers a read only after a ReadConfirm round
+//! started after the read arrived; one round serves every read queued before it; a late reply
+//! to an older round confirms nothing newer; a follower asks the leader for a read index;
+//! leases (§6.4.1) skip the round only while they hold; losing leadership fails the reads.
+
+use super::harness::*;
+use crate::core::ReadId;
+use crate::message::{Message, ReadConfirm, ReadIndex, ReadIndexReply};
+
+fn read(ids: &[u64]) -> Input<u64> {
+    Input::Read(ids.iter().map(|&i| ReadId(i)).collect())
+}
+
+fn confirm_reply(from: u64, to: u64, term: u64, round: u64) -> Message<u64> {
+    let body = Body::ReadConfirmReply(ReadConfirm { round });
+    Message { from: NodeId(from), to: NodeId(to), term: Term(term), body }
+}
+
+/// n1 leads term 1 of {n1, n2, n3}, its no-op committed at i1.
+fn leader() -> Node {
+    let mut c = boot(1).start();
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(ae_ok(2, 1, 1, 1));
+    assert_eq!((c.role(), c.commit()), (Role::Leader, 1));
+    c
+}
+
+#[test]
+fn readindex_waits_for_a_round_and_one_round_serves_a_batch() {
+    let mut c = leader();
+    assert_eq!(
+        trace(&c.step(read(&[1]))),
+        ["n1->n2 t1 ReadConfirm round=1", "n1->n3 t1 ReadConfirm round=1"]
+    );
+    // Reads arriving while round 1 is in flight wait for round 2, started once 1 is answered.
+    assert!(trace(&c.step(read(&[2, 3]))).is_empty());
+    assert_eq!(
+        trace(&c.recv(confirm_reply(2, 1, 1, 1))),
+        [
+            "read ready [1] at i1 by ReadIndex",
+            "n1->n2 t1 ReadConfirm round=2",
+            "n1->n3 t1 ReadConfirm round=2"
+        ]
+    );
+    assert_eq!(trace(&c.recv(confirm_reply(3, 1, 1, 2))), ["read ready [2, 3] at i1 by ReadIndex"]);
+}
+
+#[test]
+fn a_late_reply_to_an_older_round_confirms_no_newer_read() {
+    let mut c = leader();
+    c.step(read(&[1]));
+    c.recv(confirm_reply(2, 1, 1, 1));
+    c.step(read(&[2])); // needs round 2 (started now: nothing in flight)
+                        // A duplicate of n2's round-1 reply, and n3's round-1 reply arriving late: not round 2.
+    assert!(trace(&c.recv(confirm_reply(2, 1, 1, 1))).is_empty());
+    assert!(trace(&c.recv(confirm_reply(3, 1, 1, 1))).is_empty());
+    assert_eq!(trace(&c.recv(confirm_reply(3, 1, 1, 2))), ["read ready [2] at i1 by ReadIndex"]);
+}
+
+#[test]
+fn a_new_leader_reads_at_its_noop_until_it_commits() {
+    let mut c = boot(1).log(&[1, 1]).term(1).start();
+    c.campaign();
+    c.recv(vote(2, 1, 2, true));
+    assert_eq!(c.commit(), 0);
+    c.step(read(&[7]));
+    // Confirmed, but the read index is the no-op's (i3), not the stale commit index 0.
+    assert_eq!(trace(&c.recv(confirm_reply(2, 1, 2, 1))), ["read ready [7] at i3 by ReadIndex"]);
+}
+
+#[test]
+fn a_leader_that_steps_down_fails_its_waiting_reads() {
+    let mut c = leader();
+    c.step(read(&[1]));
+    let acts = c.recv(ae(3, 1, 2).prev(1, 1));
+    assert!(trace(&acts).iter().any(|l| l.starts_with("read failed [1]: NotLeader")), "{acts:?}");
+}
+
+#[test]
+fn a_follower_asks_the_leader_and_reads_at_its_index() {
+    let mut f = boot(2).start();
+    f.recv(ae(1, 2, 1).entries(&[1]).commit(1));
+    assert_eq!(trace(&f.step(read(&[5, 6]))), ["n2->n1 t1 ReadIndex ids=[5, 6]"]);
+    let reply = ReadIndexReply { ids: vec![5, 6], index: Some(LogIndex(1)) };
+    let msg = Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        term: Term(1),
+        body: Body::ReadIndexReply(reply),
+    };
+    assert_eq!(trace(&f.recv(msg)), ["read ready [5, 6] at i1 by Follower"]);
+
+    // The leader's side: a follower's read joins the next round and is answered by message.
+    let mut c = leader();
+    let ask = Body::ReadIndex(ReadIndex { ids: vec![9] });
+    let msg = Message { from: NodeId(2), to: NodeId(1), term: Term(1), body: ask };
+    c.recv(msg);
+    assert_eq!(
+        trace(&c.recv(confirm_reply(3, 1, 1, 1))),
+        ["n1->n2 t1 ReadIndexReply ids=[9] index=Some(LogIndex(1))"]
+    );
+}
+
+#[test]
+fn a_follower_without_a_leader_refuses_and_gives_up_after_a_timeout() {
+    let mut f = boot(2).start();
+    let acts = f.step(read(&[1]));
+    assert_eq!(trace(&acts), ["read failed [1]: NotLeader { leader_hint: None }"]);
+    f.recv(ae(1, 2, 1).entries(&[1]).commit(1));
+    f.step(read(&[2]));
+    let acts = f.tick(15);
+    assert!(trace(&acts).iter().any(|l| l == "read failed [2]: Timeout"), "{:?}", trace(&acts));
+}
+
+#[test]
+fn a_lease_skips_the_round_only_while_it_holds() {
+    let config = Config { lease_reads: true, ..test_config() }; // lease (15 - 2) / 1.1 = 11
+    let mut c = boot(1).config(config).start();
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(ae_ok(2, 1, 1, 1));
+    c.step(read(&[1]));
+    c.recv(confirm_reply(2, 1, 1, 1)); // round 1 started at tick 0: lease until tick 11
+    assert_eq!(trace(&c.step(read(&[2]))), ["read ready [2] at i1 by Lease"]);
+    // No replies to the heartbeat rounds: the lease runs out and reads fall back to rounds.
+    c.tick(11);
+    let acts = c.step(read(&[3]));
+    assert!(!trace(&acts).iter().any(|l| l.contains("ready")), "{:?}", trace(&acts));
+}
+
+#[test]
+fn the_bug_switch_answers_without_a_round() {
+    let mut c = leader();
+    c.set_bugs(Bugs { read_without_confirmation: true, ..Bugs::default() });
+    assert_eq!(trace(&c.step(read(&[1]))), ["read ready [1] at i1 by ReadIndex"]);
+}

@@ -1,0 +1,114 @@
+//! Linearizable reads from the thread runtime (thesis §6.4): [`NodeHandle::read`],
+//! [`Client::read`] and [`Cluster::read`], for state machines that implement
+//! [`ReadStateMachine`].
+//!
+//! A read sent to the leader is confirmed by a heartbeat round (or its lease); a read sent to a
+//! follower asks the leader for a read index and is answered by the follower once it has
+//! applied through it (a follower read). A read changes nothing, so every failure is safe to
+//! retry; [`Client::read`] does so until its deadline.
+
+use std::time::{Duration, Instant};
+
+use super::client::{Client, NodeHandle};
+use super::cluster::Cluster;
+use crate::error::Error;
+use crate::node::{receipt, Applied, ReadFn, Receipt, Request};
+use crate::state_machine::ReadStateMachine;
+use crate::types::{NodeId, Term};
+
+impl<S: ReadStateMachine> NodeHandle<S> {
+    /// Sends a linearizable read to this node without waiting. On the leader it is confirmed
+    /// by a heartbeat round (or within its lease); on a follower it is a follower read. The
+    /// receipt's [`Applied`] holds the answer, and as `index` the log index the state had been
+    /// applied through when the query ran (`term` is 0: a read has no entry).
+    pub fn read_async(&self, query: S::Query) -> Result<Receipt<S::Answer>, Error> {
+        let (responder, receipt) = receipt(self.id());
+        let read: ReadFn<S> = Box::new(move |state| match state {
+            Ok((sm, index)) => {
+                let output = sm.query(&query);
+                responder.finish(Ok(Applied { index, term: Term(0), output }));
+            }
+            Err(error) => responder.finish(Err(error)),
+        });
+        self.send_request(Request::Read { read })?;
+        Ok(receipt)
+    }
+
+    /// A linearizable read at this node, waiting up to `timeout`. Fails with `NotLeader` when
+    /// neither this node nor a leader it knows can serve it; always safe to retry.
+    pub fn read(&self, query: S::Query, timeout: Duration) -> Result<S::Answer, Error> {
+        Ok(self.read_async(query)?.wait(timeout)?.output)
+    }
+}
+
+impl<S: ReadStateMachine> Client<S> {
+    /// A linearizable read at the leader (ReadIndex, or the lease if configured), retrying at
+    /// other nodes until the client's timeout ([`Config::request_timeout`](crate::Config)).
+    pub fn read(&self, query: S::Query) -> Result<S::Answer, Error>
+    where
+        S::Query: Clone,
+    {
+        self.read_timeout(query, self.timeout())
+    }
+
+    /// [`Client::read`] with an explicit deadline. Any failure is retried: a read changes
+    /// nothing.
+    pub fn read_timeout(&self, query: S::Query, timeout: Duration) -> Result<S::Answer, Error>
+    where
+        S::Query: Clone,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut target = self.leader_hint().or_else(|| self.running().first().copied());
+        let mut attempt = 0usize;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout);
+            }
+            let Some(id) = target else { return Err(Error::Shutdown) };
+            let answer = match self.handle(id) {
+                Some(node) => node.read_async(query.clone()).and_then(|mut r| r.wait(left)),
+                None => Err(Error::NodeDown(id)),
+            };
+            match answer {
+                Ok(applied) => {
+                    self.learn_leader(id);
+                    return Ok(applied.output);
+                }
+                Err(Error::NotLeader { leader_hint: Some(hint) }) if hint != id => {
+                    self.learn_leader(hint);
+                    target = Some(hint);
+                }
+                Err(e @ (Error::StateMachinePanicked { .. } | Error::RestoreFailed { .. }))
+                    if self.running().len() <= 1 =>
+                {
+                    return Err(e)
+                }
+                Err(_) => {
+                    attempt += 1;
+                    target = self.next_candidate(id, attempt);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    std::thread::sleep(self.shared.retry_pause.min(left));
+                }
+            }
+        }
+    }
+}
+
+impl<S: ReadStateMachine> Cluster<S> {
+    /// A linearizable read at the leader, retried until [`Config::request_timeout`](crate::Config);
+    /// see [`Client::read`].
+    pub fn read(&self, query: S::Query) -> Result<S::Answer, Error>
+    where
+        S::Query: Clone,
+    {
+        self.client().read(query)
+    }
+
+    /// A linearizable read at node `id` (a follower read if it does not lead), waiting up to
+    /// [`Config::request_timeout`](crate::Config). `UnknownNode` / `NodeDown` for a node that
+    /// does not exist or is not running.
+    pub fn read_at(&self, id: NodeId, query: S::Query) -> Result<S::Answer, Error> {
+        self.node(id)?.read(query, self.config().request_timeout)
+    }
+}

@@ -1,0 +1,364 @@
+//! Exactly-once client sessions (paper §8, thesis §6.3, Figure 6.1): [`Sessions`] wraps a
+//! [`StateMachine`] with a replicated session table, and [`Session`] is a client of it that
+//! retries a command through timeouts and leader changes until it gets the answer.
+//!
+//! A client registers through the log; its id is the index of its registration entry. Each
+//! command then carries (client id, sequence number) and the lowest sequence number the client
+//! still waits for. The table keeps each client's responses from that number on: a duplicate (a
+//! retry of a command that was applied already) is answered from the table, never applied
+//! again. Several commands may be in flight per client.
+//!
+//! Expiry is deterministic, from the log alone: the table holds at most `max_sessions`
+//! sessions; a registration beyond that evicts the session whose last command is oldest in the
+//! log (ties: the lower id). A command of an evicted (or never registered) client is answered
+//! [`SessionOutput::Expired`], never silently re-created, since its earlier commands may have
+//! been applied. The table is part of the snapshot, so it survives compaction and restarts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::runtime::Client;
+use crate::state_machine::{ReadStateMachine, StateMachine};
+use crate::types::LogIndex;
+
+/// A client's id: the log index of its registration entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClientId(pub u64);
+
+/// What a [`Sessions`] state machine's log holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionCommand<C> {
+    /// Open a session; the client's id is this entry's index.
+    Register,
+    /// A command in a session.
+    Command {
+        /// The registered client.
+        client: ClientId,
+        /// The command's number in the session, from 1.
+        seq: u64,
+        /// The lowest number the client still waits for: responses below it may be discarded.
+        lowest_pending: u64,
+        /// The command for the wrapped state machine.
+        command: C,
+    },
+}
+
+/// What a [`Sessions`] state machine answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SessionOutput<O> {
+    /// The session is open under this id.
+    Registered(ClientId),
+    /// The command's output: applied now, or (a duplicate) from the table.
+    Output(O),
+    /// No session with this id: it expired, or was never registered.
+    Expired(ClientId),
+    /// The command's number is below what the client said it no longer waits for, and its
+    /// response was discarded: a retry from the past.
+    SeqTooOld {
+        /// The client.
+        client: ClientId,
+        /// The command's number.
+        seq: u64,
+        /// Responses below this number were discarded.
+        discarded_below: u64,
+    },
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Entry<O> {
+    /// The index of the client's latest command (or registration), for expiry.
+    last_active: u64,
+    discarded_below: u64,
+    responses: BTreeMap<u64, O>,
+}
+
+/// A state machine with a replicated session table in front of it. See the module docs.
+pub struct Sessions<S: StateMachine> {
+    inner: S,
+    table: BTreeMap<ClientId, Entry<S::Output>>,
+    max_sessions: usize,
+    #[cfg(test)]
+    pub(crate) apply_duplicates: bool,
+}
+
+impl<S: StateMachine> Sessions<S> {
+    /// Wraps `inner`, keeping at most `max_sessions` sessions (at least 1).
+    pub fn new(inner: S, max_sessions: usize) -> Self {
+        Sessions {
+            inner,
+            table: BTreeMap::new(),
+            max_sessions: max_sessions.max(1),
+            #[cfg(test)]
+            apply_duplicates: false,
+        }
+    }
+
+    /// Test setups (the simulator) with sessions open from the start, the same on every
+    /// replica, so clients need no registration round.
+    #[cfg(test)]
+    pub(crate) fn with_clients(inner: S, clients: impl IntoIterator<Item = u64>) -> Self {
+        let mut sessions = Sessions::new(inner, usize::MAX);
+        for id in clients {
+            let entry = Entry { last_active: 0, discarded_below: 1, responses: BTreeMap::new() };
+            sessions.table.insert(ClientId(id), entry);
+        }
+        sessions
+    }
+
+    /// The wrapped state machine.
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// How many sessions are open.
+    pub fn sessions(&self) -> usize {
+        self.table.len()
+    }
+
+    fn register(&mut self, index: LogIndex) -> SessionOutput<S::Output> {
+        let id = ClientId(index.0);
+        let entry = Entry { last_active: index.0, discarded_below: 1, responses: BTreeMap::new() };
+        self.table.insert(id, entry);
+        while self.table.len() > self.max_sessions {
+            let oldest = self
+                .table
+                .iter()
+                .min_by_key(|(id, e)| (e.last_active, **id))
+                .map(|(id, _)| *id)
+                .expect("the table is not empty");
+            self.table.remove(&oldest);
+        }
+        SessionOutput::Registered(id)
+    }
+
+    fn command(
+        &mut self,
+        index: LogIndex,
+        client: ClientId,
+        seq: u64,
+        lowest_pending: u64,
+        command: &S::Command,
+    ) -> SessionOutput<S::Output> {
+        let Some(entry) = self.table.get_mut(&client) else {
+            return SessionOutput::Expired(client);
+        };
+        entry.last_active = index.0;
+        if lowest_pending > entry.discarded_below {
+            entry.discarded_below = lowest_pending;
+            entry.responses = entry.responses.split_off(&lowest_pending);
+        }
+        #[cfg(test)]
+        let cached = if self.apply_duplicates { None } else { entry.responses.get(&seq) };
+        #[cfg(not(test))]
+        let cached = entry.responses.get(&seq);
+        if let Some(output) = cached {
+            return SessionOutput::Output(output.clone()); // a duplicate: never applied twice
+        }
+        if seq < entry.discarded_below {
+            let discarded_below = entry.discarded_below;
+            return SessionOutput::SeqTooOld { client, seq, discarded_below };
+        }
+        let output = self.inner.apply(index, command);
+        let entry = self.table.get_mut(&client).expect("found above");
+        entry.responses.insert(seq, output.clone());
+        SessionOutput::Output(output)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Image<O> {
+    table: Vec<(ClientId, Entry<O>)>,
+    inner: Vec<u8>,
+}
+
+impl<S> StateMachine for Sessions<S>
+where
+    S: StateMachine,
+    S::Output: Serialize + DeserializeOwned,
+{
+    type Command = SessionCommand<S::Command>;
+    type Output = SessionOutput<S::Output>;
+
+    fn apply(&mut self, index: LogIndex, command: &Self::Command) -> Self::Output {
+        match command {
+            SessionCommand::Register => self.register(index),
+            SessionCommand::Command { client, seq, lowest_pending, command } => {
+                self.command(index, *client, *seq, *lowest_pending, command)
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let table = self.table.iter().map(|(id, e)| (*id, e.clone())).collect();
+        let image = Image { table, inner: self.inner.snapshot() };
+        postcard::to_stdvec(&image).expect("a session table always encodes")
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let image: Image<S::Output> =
+            postcard::from_bytes(snapshot).map_err(|e| format!("session table: {e}"))?;
+        self.inner.restore(&image.inner)?;
+        self.table = image.table.into_iter().collect();
+        Ok(())
+    }
+
+    fn command_size(command: &Self::Command) -> usize {
+        match command {
+            SessionCommand::Register => 8,
+            SessionCommand::Command { command, .. } => 24 + S::command_size(command),
+        }
+    }
+
+    fn digest(&self) -> u64 {
+        let table = postcard::to_stdvec(&self.table.keys().collect::<Vec<_>>()).unwrap_or_default();
+        self.inner.digest() ^ crate::kv::fnv1a([table.as_slice()])
+    }
+}
+
+impl<S> ReadStateMachine for Sessions<S>
+where
+    S: ReadStateMachine,
+    S::Output: Serialize + DeserializeOwned,
+{
+    type Query = S::Query;
+    type Answer = S::Answer;
+
+    fn query(&self, query: &S::Query) -> S::Answer {
+        self.inner.query(query)
+    }
+}
+
+/// A registered client of a [`Sessions`] cluster: its commands are applied exactly once, and
+/// [`Session::propose`] retries through timeouts and leader changes until it has the answer.
+/// Cheap to clone; clones share the session, so several threads may have commands in flight.
+pub struct Session<S: StateMachine>
+where
+    S::Output: Serialize + DeserializeOwned,
+{
+    client: Client<Sessions<S>>,
+    id: ClientId,
+    state: Arc<Mutex<Numbers>>,
+}
+
+impl<S: StateMachine> Clone for Session<S>
+where
+    S::Output: Serialize + DeserializeOwned,
+{
+    fn clone(&self) -> Self {
+        Session { client: self.client.clone(), id: self.id, state: Arc::clone(&self.state) }
+    }
+}
+
+#[derive(Default)]
+struct Numbers {
+    next: u64,
+    pending: BTreeSet<u64>,
+}
+
+impl<S: StateMachine> Session<S>
+where
+    S::Output: Serialize + DeserializeOwned,
+{
+    /// Registers a new session through `client` (one log entry), waiting up to the client's
+    /// timeout.
+    pub fn register(client: &Client<Sessions<S>>) -> Result<Self, Error> {
+        let id = match client.propose(SessionCommand::Register)?.output {
+            SessionOutput::Registered(id) => id,
+            other => unreachable!("a registration is answered Registered, not {other:?}"),
+        };
+        let state = Arc::new(Mutex::new(Numbers { next: 1, pending: BTreeSet::new() }));
+        Ok(Session { client: client.clone(), id, state })
+    }
+
+    /// Continues an existing session (for example after a client restart) from `next_seq`.
+    pub fn resume(client: &Client<Sessions<S>>, id: ClientId, next_seq: u64) -> Self {
+        let state =
+            Arc::new(Mutex::new(Numbers { next: next_seq.max(1), pending: BTreeSet::new() }));
+        Session { client: client.clone(), id, state }
+    }
+
+    /// This session's id.
+    pub fn id(&self) -> ClientId {
+        self.id
+    }
+
+    /// Applies `command` exactly once and returns its output, retrying (with the same sequence
+    /// number) through timeouts, crashes and leader changes until the client's timeout
+    /// ([`Config::request_timeout`](crate::Config::request_timeout)) runs out. Errors:
+    /// `SessionExpired` (the session was evicted), `Timeout` (no answer in time; the command
+    /// may still be applied once, and a retry with [`Session::propose_seq`] is still safe).
+    pub fn propose(&self, command: S::Command) -> Result<S::Output, Error> {
+        let seq = self.lock().take_next();
+        let result = self.propose_seq(seq, command, self.client.timeout());
+        self.lock().pending.remove(&seq);
+        result
+    }
+
+    /// Proposes `command` as number `seq` of this session, retrying until `timeout`. Safe to
+    /// call again with the same `seq` and command: it is applied at most once.
+    pub fn propose_seq(
+        &self,
+        seq: u64,
+        command: S::Command,
+        timeout: Duration,
+    ) -> Result<S::Output, Error> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout);
+            }
+            let lowest_pending = self.lock().lowest_pending(seq);
+            let wrapped = SessionCommand::Command {
+                client: self.id,
+                seq,
+                lowest_pending,
+                command: command.clone(),
+            };
+            // NB: short attempts, so a leader change costs one attempt, not the whole deadline.
+            let attempt = left.min(Duration::from_millis(500));
+            match self.client.propose_timeout(wrapped, attempt).map(|a| a.output) {
+                Ok(SessionOutput::Output(output)) => return Ok(output),
+                Ok(SessionOutput::Expired(client)) => {
+                    return Err(Error::SessionExpired { client: client.0 })
+                }
+                Ok(SessionOutput::SeqTooOld { client, seq, discarded_below }) => {
+                    return Err(Error::SequenceTooOld { client: client.0, seq, discarded_below })
+                }
+                Ok(SessionOutput::Registered(_)) => unreachable!("a command is never Registered"),
+                // NB: `Shutdown`: no node runs at all; waiting would not help.
+                Err(
+                    e @ (Error::StateMachinePanicked { .. }
+                    | Error::CommandTooLarge { .. }
+                    | Error::Shutdown),
+                ) => return Err(e),
+                Err(_) => {} // unknown or refused: retrying is safe, the table deduplicates
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Numbers> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Numbers {
+    fn take_next(&mut self) -> u64 {
+        let seq = self.next;
+        self.next += 1;
+        self.pending.insert(seq);
+        seq
+    }
+
+    fn lowest_pending(&self, seq: u64) -> u64 {
+        self.pending.first().copied().unwrap_or(seq).min(seq)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+//! Linearizable reads without the log (thesis §6.4): ReadIndex on the leader, lease reads,
+//! follower reads, many reads sharing one confirmation round, an isolated old leader that must
+//! not answer, the metrics that count each path, and the typed errors for bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ferraft::{ClockDrift, Cluster, Config, ConfigError, Error, KvStateMachine, NodeId};
+
+fn kv_cluster(n: usize, config: Config) -> Cluster<KvStateMachine> {
+    let cluster = Cluster::new(config, n, |_| KvStateMachine::new()).expect("start");
+    wait_for_agreement(&cluster, LONG);
+    cluster
+}
+
+fn lease_config(seed: u64) -> Config {
+    Config { lease_reads: true, ..fast_config(seed) }
+}
+
+#[test]
+fn a_read_sees_every_write_that_completed_before_it_on_every_path() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(71));
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    for i in 0..20 {
+        let value = token(format!("w{i}"));
+        cluster.propose(append("k", &value)).expect("applied");
+        let expected = cluster.read("k".to_string()).expect("read").expect("present");
+        assert!(expected.ends_with(&value), "leader read {expected} misses {value}");
+        for id in cluster.ids() {
+            // Follower reads too: each asks the leader for a read index, then waits to apply.
+            let seen = cluster.read_at(id, "k".to_string()).expect("read at node");
+            assert_eq!(seen.as_deref(), Some(expected.as_str()), "node {id}");
+        }
+    }
+    let metrics = cluster.status(leader).expect("status").metrics;
+    assert!(metrics.reads_read_index >= 20, "{metrics:?}");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let metrics = cluster.status(follower).expect("status").metrics;
+    assert!(metrics.reads_follower >= 20, "{metrics:?}");
+}
+
+#[test]
+fn many_reads_in_flight_share_confirmation_rounds() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(72));
+    cluster.propose(append("k", "x")).expect("applied");
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let node = cluster.node(leader).expect("handle");
+    let before = cluster.status(leader).expect("status").metrics.sent.read_confirms;
+    let receipts: Vec<_> =
+        (0..500).map(|_| node.read_async("k".to_string()).expect("sent")).collect();
+    for mut receipt in receipts {
+        let applied = receipt.wait(LONG).expect("read");
+        assert_eq!(applied.output.as_deref(), Some("x"));
+    }
+    let after = cluster.status(leader).expect("status").metrics.sent.read_confirms;
+    // Two followers per round; 500 reads must not need anywhere near 500 rounds.
+    assert!(after - before < 200, "{} ReadConfirm messages for 500 reads", after - before);
+}
+
+#[test]
+fn lease_reads_skip_the_round_while_the_lease_holds() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, lease_config(73));
+    cluster.propose(append("k", "v")).expect("applied");
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    wait_until(LONG, "lease reads", || {
+        let value = cluster.read("k".to_string()).map_err(|e| e.to_string())?;
+        assert_eq!(value.as_deref(), Some("v"));
+        let metrics = cluster.status(leader).map_err(|e| e.to_string())?.metrics;
+        if metrics.reads_lease > 0 {
+            Ok(())
+        } else {
+            Err(format!("{metrics:?}"))
+        }
+    });
+}
+
+/// The Jepsen scenario: the old leader, cut off from the others, must not answer a read
+/// (neither by ReadIndex nor from its lease) once the others may have moved on.
+#[test]
+fn an_isolated_old_leader_never_answers_a_stale_read() {
+    for (seed, config) in [(74, fast_config(74)), (75, lease_config(75))] {
+        let _serial = serial();
+        let cluster = kv_cluster(3, config);
+        cluster.propose(append("k", "old;")).expect("applied");
+        let old = cluster.wait_for_leader(LONG).expect("leader");
+        let old_handle = cluster.node(old).expect("handle");
+        cluster.isolate(old).expect("isolate");
+        // A read sent now to the isolated leader can only fail: it cannot confirm a majority.
+        let stale = old_handle.read_async("k".to_string()).expect("sent");
+        let others: Vec<NodeId> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+        let new = wait_until(LONG, "a new leader among the others", || {
+            let statuses: Vec<_> =
+                others.iter().filter_map(|&id| cluster.status(id).ok()).collect();
+            statuses
+                .iter()
+                .find(|s| s.core.role == ferraft::Role::Leader)
+                .map(|s| s.core.id)
+                .ok_or_else(|| describe(&statuses))
+        });
+        let write = token("new");
+        cluster.node(new).expect("handle").propose(append("k", &write), LONG).expect("write");
+        let mut stale = stale;
+        match stale.wait(LONG) {
+            Ok(applied) => panic!("seed {seed}: isolated leader answered {applied:?}"),
+            Err(Error::NotLeader { .. } | Error::Timeout) => {}
+            Err(e) => panic!("seed {seed}: unexpected {e}"),
+        }
+        let later = old_handle.read("k".to_string(), ms(500));
+        assert!(later.is_err(), "seed {seed}: isolated node answered {later:?}");
+        cluster.clear_faults();
+    }
+}
+
+#[test]
+fn a_read_at_a_dead_or_unknown_node_is_a_typed_error() {
+    let _serial = serial();
+    let mut cluster = kv_cluster(3, fast_config(76));
+    assert_eq!(cluster.read_at(NodeId(9), "k".into()), Err(Error::UnknownNode(NodeId(9))));
+    let handle = cluster.node(NodeId(2)).expect("handle");
+    cluster.kill(NodeId(2)).expect("kill");
+    assert_eq!(cluster.read_at(NodeId(2), "k".into()), Err(Error::NodeDown(NodeId(2))));
+    assert_eq!(handle.read("k".into(), LONG), Err(Error::NodeDown(NodeId(2))));
+}
+
+#[test]
+fn lease_reads_need_check_quorum_and_a_drift_bound_of_at_least_one() {
+    let no_quorum = Config { check_quorum: false, ..lease_config(1) };
+    assert_eq!(no_quorum.validate(), Err(ConfigError::LeaseWithoutCheckQuorum));
+    let text = ConfigError::LeaseWithoutCheckQuorum.to_string();
+    assert!(text.contains("check_quorum"), "{text}");
+    for bound in [0.5, 0.0, -1.0, f64::NAN] {
+        let c = Config { clock_drift_bound: ClockDrift(bound), ..lease_config(1) };
+        assert!(
+            matches!(c.validate(), Err(ConfigError::DriftBoundBelowOne { .. })),
+            "{bound}: {:?}",
+            c.validate()
+        );
+    }
+    let huge = Config { clock_drift_bound: ClockDrift(100.0), ..lease_config(1) };
+    assert!(matches!(huge.validate(), Err(ConfigError::LeaseTooShort { .. })));
+    let started = Cluster::new(no_quorum, 3, |_| KvStateMachine::new());
+    assert!(matches!(started, Err(Error::InvalidConfig(ConfigError::LeaseWithoutCheckQuorum))));
+    let fine = Config { clock_drift_bound: ClockDrift(1.0), ..lease_config(1) };
+    assert_eq!(fine.validate(), Ok(()));
+    assert_eq!(fine.lease_ticks(), 10, "(12 - 2) ticks / 1.0");
+    let _ = Duration::ZERO;
+}
+
+/// Leadership transfer (thesis §3.10) on real threads: leadership moves, the cluster keeps
+/// serving, and bad targets get typed errors.
+#[test]
+fn leadership_moves_to_the_chosen_node_and_bad_targets_are_refused() {
+    let _serial = serial();
+    let mut cluster = kv_cluster(3, lease_config(77));
+    cluster.propose(append("k", "a;")).expect("applied");
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let target = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    cluster.transfer_leadership(target).expect("transferred");
+    wait_until(LONG, "the target leads", || match cluster.leader() {
+        Some(l) if l == target => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    cluster.propose(append("k", "b;")).expect("applied after the transfer");
+    assert_eq!(cluster.read("k".into()).expect("read").as_deref(), Some("a;b;"));
+
+    assert_eq!(cluster.transfer_leadership(target), Err(Error::TransferToSelf(target)));
+    assert_eq!(cluster.transfer_leadership(NodeId(9)), Err(Error::UnknownNode(NodeId(9))));
+    let other = cluster.ids().into_iter().find(|&id| id != target).expect("another");
+    cluster.kill(other).expect("kill");
+    assert_eq!(cluster.transfer_leadership(other), Err(Error::NodeDown(other)));
+    // The leader's own handle: a non-member.
+    let handle = cluster.node(target).expect("leader handle");
+    assert_eq!(handle.transfer_leadership(NodeId(9), LONG), Err(Error::NotMember(NodeId(9))));
+    // A node that does not lead refuses, naming the leader.
+    let follower = cluster.ids().into_iter().find(|&id| id != target && id != other).expect("f");
+    let refused = cluster.node(follower).expect("handle").transfer_leadership(target, LONG);
+    assert!(matches!(refused, Err(Error::NotLeader { .. })), "{refused:?}");
+}
+
+#[test]
+fn a_transfer_to_a_node_that_cannot_win_fails_and_the_leader_resumes() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(78));
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let target = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    cluster.cut(leader, target).expect("cut"); // TimeoutNow never arrives
+    let handle = cluster.node(leader).expect("handle");
+    let first = handle.transfer_leadership(target, LONG);
+    assert_eq!(first, Err(Error::TransferFailed(target)));
+    cluster.restore(leader, target).expect("restore");
+    cluster.propose(append("k", "after;")).expect("the cluster resumed");
+}
+
+#[test]
+fn a_second_transfer_while_one_is_in_progress_is_refused() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(79));
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let mut others = cluster.ids().into_iter().filter(|&id| id != leader);
+    let (a, b) = (others.next().expect("a"), others.next().expect("b"));
+    cluster.cut(leader, a).expect("cut"); // keeps the first transfer pending
+    let handle = cluster.node(leader).expect("handle");
+    let first = {
+        let handle = handle.clone();
+        std::thread::spawn(move || handle.transfer_leadership(a, LONG))
+    };
+    // While it runs, the leader refuses proposals, then a second transfer, with typed errors.
+    wait_until(LONG, "proposals refused during the transfer", || {
+        match handle.propose(append("k", "x;"), LONG) {
+            Err(Error::TransferInProgress { to }) if to == a => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let second = handle.transfer_leadership(b, LONG);
+    assert_eq!(second, Err(Error::TransferInProgress { to: a }));
+    assert_eq!(first.join().expect("thread"), Err(Error::TransferFailed(a)));
+}
