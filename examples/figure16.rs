@@ -187,12 +187,14 @@ fn trial_downtime(line: Line, pre_vote: bool, seed: u64) -> Result<Duration, Str
     sim.start_clients(KvWorkload { keys: 3 });
     let leader = settled_leader(&mut sim, tick, max_timeout)?;
     // Logs of different lengths: one or two followers miss a stretch of writes.
-    let mut followers: Vec<NodeId> = sim.node_ids().into_iter().filter(|&id| id != leader).collect();
+    let mut followers: Vec<NodeId> =
+        sim.node_ids().into_iter().filter(|&id| id != leader).collect();
     let lagging = 1 + rng.random_range(0..2);
     for _ in 0..lagging {
         let victim = followers.remove(rng.random_range(0..followers.len()));
         sim.crash(victim).map_err(|e| e.to_string())?;
-        sim.run_for(Duration::from_millis(rng.random_range(150..300))).map_err(|f| f.to_string())?;
+        sim.run_for(Duration::from_millis(rng.random_range(150..300)))
+            .map_err(|f| f.to_string())?;
         sim.restart(victim).map_err(|e| e.to_string())?;
     }
     sim.stop_clients();
