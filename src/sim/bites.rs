@@ -70,7 +70,7 @@ pub(super) fn stale_leader_returns(seed: u64) -> (SimConfig, Schedule) {
     // Many impatient clients: the cut-off leader keeps appending what they retry.
     config.clients = 8;
     config.op_timeout = Duration::from_millis(20);
-    let mut rng = SmallRng::seed_from_u64(seed ^ 0x57a1_e5);
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x0057_a1e5);
     let ms = Duration::from_millis;
     let t = ms(rng.random_range(150..400));
     let held =
