@@ -3,8 +3,9 @@
 //! over seeds until a safety check fails.
 //!
 //! In CI each hunt starts at the seed that caught it in the last full sweep and may try a few
-//! more (`CI_SEEDS`), so the suite stays fast; `FERRAFT_BUG_SWEEP=1` hunts every switch from
-//! seed 0 up to `SWEEP_SEEDS` and prints the table: switch, rule, seed, seeds needed.
+//! more (`CI_SEEDS`), so the suite stays fast; `FERRAFT_BUG_SWEEP=1` runs every seed from 0 up
+//! to `SWEEP_SEEDS` (or `FERRAFT_BUG_SWEEP_SEEDS`) per switch and prints its row: switch, rule,
+//! first catching seed, catch rate, and the checks that caught it.
 
 use std::time::Duration;
 
