@@ -9,7 +9,10 @@
 use std::time::{Duration, Instant};
 
 use ferraft::linearizability::CheckOutcome;
-use ferraft::sim::{run_kv, Churn, Fault, RunReport, Schedule, SimConfig, SimFailure, Target};
+use ferraft::sim::{
+    run_kv, Churn, Fault, KvWorkload, RunReport, Schedule, SimConfig, SimFailure, Simulator, Target,
+};
+use ferraft::KvStateMachine;
 
 fn sweep_size() -> u64 {
     let default = if cfg!(debug_assertions) { 100 } else { 1000 };
@@ -134,11 +137,24 @@ fn replay() {
         let (mut config, schedule) = scenario(seed);
         config.record_trace = true;
         println!("{name} seed {seed}: {config:?}\n{schedule:?}");
+        if let Ok(file) = std::env::var("FERRAFT_TIMELINE") {
+            write_timeline(&config, &schedule, &format!("{name}-{file}"));
+        }
         match run_kv(&config, &schedule) {
             Ok(report) => println!("{name} seed {seed} passed: {:?}", report.stats),
             Err(failure) => panic!("{name} {failure}"),
         }
     }
+}
+
+/// Replays `config` and `schedule` and writes the run's timeline picture to `file`, whatever
+/// the verdict (a failing run is drawn up to its failure).
+fn write_timeline(config: &SimConfig, schedule: &Schedule, file: &str) {
+    let mut sim = Simulator::new(config.clone(), |_| KvStateMachine::new()).expect("valid");
+    sim.start_clients(KvWorkload { keys: config.keys });
+    let _ = sim.run_schedule(schedule).and_then(|()| sim.settle().map(|_| ()));
+    std::fs::write(file, sim.timeline_svg().expect("the trace was kept")).expect("writable");
+    println!("timeline written to {file}");
 }
 
 /// The issue-12 fault model on sizes 3, 5, 7, membership changes on a fifth of the seeds:

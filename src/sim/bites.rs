@@ -3,12 +3,16 @@
 //! over seeds until a safety check fails.
 //!
 //! In CI each hunt starts at the seed that caught it in the last full sweep and may try a few
-//! more (`CI_SEEDS`), so the suite stays fast; `FERRAFT_BUG_SWEEP=1` hunts every switch from
-//! seed 0 up to `SWEEP_SEEDS` and prints the table: switch, rule, seed, seeds needed.
+//! more (`CI_SEEDS`), so the suite stays fast; `FERRAFT_BUG_SWEEP=1` runs every seed from 0 up
+//! to `SWEEP_SEEDS` (or `FERRAFT_BUG_SWEEP_SEEDS`) per switch and prints its row: switch, rule,
+//! first catching seed, catch rate, and the checks that caught it.
 
 use std::time::Duration;
 
-use super::tests::{figure8, hunt_range, reboots, Scenario};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use super::tests::{figure8, hunt_range, reboots, run_with_bugs, Scenario};
 use super::*;
 use crate::core::Bugs;
 
@@ -29,33 +33,59 @@ pub(super) fn nemesis(seed: u64) -> (SimConfig, Schedule) {
     (config, schedule)
 }
 
-/// Stale messages everywhere: a tenth of all messages arrive hundreds of milliseconds to
-/// seconds late, with leader churn so terms move on meanwhile.
-fn stale(seed: u64) -> (SimConfig, Schedule) {
-    let (mut config, schedule) = nemesis(seed);
-    config.network.long_tail = 0.1;
-    config.churn = Some(Churn::default());
-    (config, schedule)
+/// The 2015 bug's shape (thesis §4.3; raft-dev, 2015) on 4 nodes: the leader is cut off and
+/// appends a removal nobody hears, then crashes. The other three elect a leader; the moment it
+/// wins, the network splits it and one follower from the other follower (and the old leader),
+/// and it is asked to remove that other follower. The old leader restarts on that side and
+/// campaigns under its own configuration. With the fix the new leader refuses the change
+/// until its no-op commits, which needs three of the four; without it, two configurations
+/// with disjoint majorities each commit an entry at the same index.
+pub(super) fn split_changes(seed: u64) -> (SimConfig, Schedule) {
+    let mut config = SimConfig::new(seed, 4);
+    config.raft.pre_vote = seed % 5 != 4;
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x2015_f1c5);
+    let ms = Duration::from_millis;
+    let t = ms(rng.random_range(150..400));
+    let kept = rng.random_range(0..2);
+    // At the win the old leader is down, so the new leader's followers are the other two.
+    let on_win = |f: Fault| (t + ms(1), Fault::OnNewLeader(Box::new(f)));
+    let events = vec![
+        (t, Fault::Isolate(Target::Leader)),
+        (t, Fault::Remove(Target::Follower(rng.random_range(0..3)))),
+        (t + ms(1), Fault::Crash(Target::Leader)),
+        on_win(Fault::Partition(vec![Target::Leader, Target::Follower(kept)])),
+        on_win(Fault::Remove(Target::Follower(1 - kept))),
+        (t + ms(rng.random_range(300..500)), Fault::Restart(0)),
+    ];
+    (config, Schedule::new(events))
 }
 
-/// From 4 nodes (where unsafe single-server changes can split the quorum): concurrent
-/// additions and removals across leader changes, with churn.
-fn membership(seed: u64) -> (SimConfig, Schedule) {
-    let mut config = SimConfig::new(seed, 4);
-    config.churn = Some(Churn::default());
-    let mut events = Schedule::random_with_membership(&config).events;
+/// Stale replies that matter (SUB-5): on 5 nodes, the leader is cut off with one follower
+/// while a tenth of all messages is held for up to a second, so the follower's
+/// acknowledgements of the old leader's growing log are still in flight when, after the heal,
+/// the majority's new leader has overwritten that log and crashed, and the old leader wins
+/// again with a shorter log.
+pub(super) fn stale_leader_returns(seed: u64) -> (SimConfig, Schedule) {
+    let mut config = SimConfig::new(seed, 5);
+    config.raft.check_quorum = seed % 3 == 2;
+    // Many impatient clients: the cut-off leader keeps appending what they retry.
+    config.clients = 8;
+    config.op_timeout = Duration::from_millis(20);
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x0057_a1e5);
     let ms = Duration::from_millis;
-    for k in 0..6u64 {
-        let at = ms(100 + 400 * k + seed % 97);
-        events.extend([
-            (at, Fault::AddNode),
-            (at, Fault::Remove(Target::Nth((seed + k) as usize))),
-            (at + ms(1), Fault::Crash(Target::Leader)),
-            (at + ms(2), Fault::Remove(Target::Leader)),
-            (at + ms(3), Fault::AddNode),
-            (at + ms(60), Fault::RestartAll),
-        ]);
-    }
+    let t = ms(rng.random_range(150..400));
+    let held =
+        NetworkConfig { long_tail: 0.1, long_delay: (ms(150), ms(1000)), ..config.network.clone() };
+    let follower = Target::Follower(rng.random_range(0..4));
+    let crash_new =
+        Fault::After(ms(rng.random_range(20..80)), Box::new(Fault::Crash(Target::Leader)));
+    let events = vec![
+        (t, Fault::Network(held)),
+        (t, Fault::Partition(vec![Target::Leader, follower])),
+        (t + ms(1), Fault::OnNewLeader(Box::new(Fault::Heal))),
+        (t + ms(1), Fault::OnNewLeader(Box::new(crash_new))),
+        (t + ms(rng.random_range(600..900)), Fault::RestartAll),
+    ];
     (config, Schedule::new(events))
 }
 
@@ -143,16 +173,16 @@ fn catalogue() -> Vec<Planted> {
         p(
             "skip_2015_fix",
             "membership: the 2015 fix (LeaderNotReady)",
-            membership,
+            split_changes,
             |b| b.skip_2015_fix = true,
-            0,
+            1,
         ),
         p(
             "accept_stale_append_replies",
             "stale replies: SUB-5/DropStaleResponse",
-            stale,
+            stale_leader_returns,
             |b| b.accept_stale_append_replies = true,
-            0,
+            45,
         ),
         p(
             "persist_entries_after_sends",
@@ -171,25 +201,65 @@ fn sweeping() -> bool {
 /// Hunts one switch: from seed 0 in a sweep, from its known seed in CI.
 fn bites(name: &str) {
     let planted = catalogue().into_iter().find(|p| p.name == name).expect("catalogued");
-    let sweep_seeds = std::env::var("FERRAFT_BUG_SWEEP_SEEDS").ok().and_then(|s| s.parse().ok());
-    let (start, budget) = if sweeping() {
-        (0, sweep_seeds.unwrap_or(SWEEP_SEEDS))
-    } else {
-        // NB: from seed 0 with slack past the known catching seed, so an unrelated change
-        // that moves the catching seed a little does not fail CI; still well under a second.
-        (0, planted.known_seed + CI_SEEDS)
-    };
-    let found = hunt_range(planted.scenario, planted.bugs, start..start + budget);
+    if sweeping() {
+        return sweep(&planted);
+    }
+    // NB: from seed 0 with slack past the known catching seed, so an unrelated change that
+    // moves the catching seed a little does not fail CI; still well under a second.
+    let budget = planted.known_seed + CI_SEEDS;
+    let found = hunt_range(planted.scenario, planted.bugs, 0..budget);
     let Some(f) = found else {
-        panic!("{name}: the simulator caught nothing in seeds {start}..{}", start + budget);
+        panic!("{name}: the simulator caught nothing in seeds 0..{budget}");
     };
     println!(
         "BITES | {name} | {} | seed {} | {} seeds | {}",
         planted.rule,
         f.seed,
-        f.seed - start + 1,
+        f.seed + 1,
         f.kind
     );
+}
+
+/// A full sweep: every seed of the budget, counting the seeds that catch the switch (the
+/// catch rate) and by which check; fails if none does.
+fn sweep(planted: &Planted) {
+    let budget = std::env::var("FERRAFT_BUG_SWEEP_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SWEEP_SEEDS);
+    let (mut first, mut caught) = (None, 0u64);
+    let mut by: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    for seed in 0..budget {
+        let Err(f) = run_with_bugs(planted.scenario, seed, planted.bugs) else { continue };
+        if !super::tests::is_safety(&f) {
+            continue;
+        }
+        first.get_or_insert(seed);
+        caught += 1;
+        *by.entry(check_name(&f.kind)).or_default() += 1;
+    }
+    let name = planted.name;
+    let Some(first) = first else {
+        panic!("{name}: the simulator caught nothing in seeds 0..{budget}");
+    };
+    println!(
+        "BITES | {name} | {} | first seed {first} | caught by {caught} of {budget} seeds ({:.1}%) | {by:?}",
+        planted.rule,
+        100.0 * caught as f64 / budget as f64
+    );
+}
+
+/// The check that caught a run, in a word (the rule, or the core invariant's id).
+fn check_name(kind: &FailureKind) -> String {
+    match kind {
+        FailureKind::Safety(v) => v.rule.to_string(),
+        FailureKind::CorePanic { message, .. } => {
+            let id = message.split_whitespace().nth(2).unwrap_or("?");
+            format!("core invariant {id}")
+        }
+        FailureKind::NotLinearizable(_) => "linearizability".to_owned(),
+        other => other.to_string(),
+    }
 }
 
 macro_rules! bite_tests {
@@ -216,12 +286,10 @@ mod caught {
         skip_prev_term_check,
         match_index_from_leader_log,
         commit_previous_terms,
-        #[ignore = "not caught within 150 seeds from 0 yet (issue 12: left open)"]
+        #[ignore = "latent: this leader never sends an AppendEntries that stops short of a follower's stale suffix (NOTES.md)"]
         commit_beyond_last_new_entry,
         apply_before_commit,
-        #[ignore = "not caught within 150 seeds from 0 yet (issue 12: left open)"]
         skip_2015_fix,
-        #[ignore = "not caught within 150 seeds from 0 yet (issue 12: left open)"]
         accept_stale_append_replies,
         persist_entries_after_sends,
     );
@@ -254,4 +322,30 @@ fn known_seeds_pass_without_bug_switches() {
             panic!("{} scenario, seed {}, no bug switch: {f}", p.name, p.known_seed);
         }
     }
+}
+
+/// Exploration aid (not a check): `FERRAFT_EXPLORE=<switch> FERRAFT_SEED=<s>` runs that
+/// switch's scenario on one seed with the full trace and prints the trace lines containing
+/// `FERRAFT_GREP` (default: every line), then the verdict.
+#[test]
+#[ignore = "exploration aid, run by hand"]
+fn explore() {
+    let Ok(name) = std::env::var("FERRAFT_EXPLORE") else { return };
+    let seed = std::env::var("FERRAFT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let grep = std::env::var("FERRAFT_GREP").unwrap_or_default();
+    let planted = catalogue().into_iter().find(|p| p.name == name).expect("catalogued");
+    let (mut config, schedule) = (planted.scenario)(seed);
+    config.record_trace = true;
+    println!("{config:?}\n{schedule:?}");
+    let mut sim = Simulator::new(config, |_| crate::kv::KvStateMachine::new()).expect("valid");
+    sim.set_bugs(planted.bugs);
+    let keys = sim.config().keys;
+    sim.start_clients(KvWorkload { keys });
+    let verdict = sim.run_schedule(&schedule).and_then(|()| sim.settle().map(|_| ()));
+    for line in sim.trace().unwrap_or_default() {
+        if grep.split('|').any(|g| line.contains(g)) {
+            println!("{line}");
+        }
+    }
+    println!("verdict: {verdict:?}");
 }

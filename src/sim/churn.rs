@@ -14,6 +14,7 @@ use crate::types::{NodeId, Term};
 impl<S: StateMachine> Simulator<S> {
     /// After a step: if `id` just became leader (or candidate), schedule its crash.
     pub(crate) fn maybe_churn(&mut self, id: NodeId, before: (Role, Term)) {
+        self.fire_on_new_leader(id, before);
         let Some(churn) = self.config.churn.as_ref().filter(|_| self.churning) else { return };
         let Some(core) = self.core(id) else { return };
         let after = (core.role(), core.term());

@@ -39,6 +39,7 @@ mod reads;
 mod run;
 mod schedule;
 mod storage;
+mod timeline;
 mod trace;
 
 #[cfg(test)]
@@ -92,6 +93,8 @@ enum Event<S: StateMachine> {
     Revive { node: NodeId, incarnation: u64 },
     /// A pause of `node` ends (if it is still this incarnation).
     Resume { node: NodeId, incarnation: u64 },
+    /// A delayed fault ([`Fault::After`]); dropped once the quiet period began.
+    Fault(Box<Fault>),
 }
 
 /// An event with its time and insertion number, ordered so the heap pops the earliest first
@@ -120,6 +123,15 @@ impl<S: StateMachine> Ord for Scheduled<S> {
     fn cmp(&self, other: &Self) -> Ordering {
         (other.at, other.seq).cmp(&(self.at, self.seq)) // reversed: BinaryHeap is a max-heap
     }
+}
+
+/// A node's next clock tick (kept out of the event heap: see [`Simulator::schedule`]).
+#[derive(Clone, Copy, Debug)]
+struct PendingTick {
+    at: u64,
+    seq: u64,
+    node: NodeId,
+    incarnation: u64,
 }
 
 /// Counters reported at the end of a run.
@@ -153,6 +165,8 @@ pub struct Simulator<S: StateMachine> {
     now: u64,
     seq: u64,
     queue: BinaryHeap<Scheduled<S>>,
+    /// The next tick of each running node.
+    ticks: Vec<PendingTick>,
     nodes: BTreeMap<NodeId, SimNode<S>>,
     /// The next id an added node gets: ids are never reused (SUB-9).
     next_id: u64,
@@ -170,6 +184,10 @@ pub struct Simulator<S: StateMachine> {
     /// Nodes to crash in the middle of their next step that persists and then sends or
     /// applies ([`Simulator::crash_mid_step`]).
     crash_armed: BTreeSet<NodeId>,
+    /// Faults to fire when some node next wins an election ([`Fault::OnNewLeader`]).
+    on_new_leader: Vec<Fault>,
+    /// The quiet period has begun: delayed and armed faults no longer fire.
+    quiet: bool,
     #[cfg(test)]
     bugs: crate::core::Bugs,
 }
@@ -191,6 +209,7 @@ impl<S: StateMachine> Simulator<S> {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            ticks: Vec::new(),
             nodes: BTreeMap::new(),
             next_id: config.nodes + 1,
             network: Network::new(config.network.clone())?,
@@ -203,6 +222,8 @@ impl<S: StateMachine> Simulator<S> {
             failure: None,
             churning: config.churn.is_some(),
             crash_armed: BTreeSet::new(),
+            on_new_leader: Vec::new(),
+            quiet: false,
             #[cfg(test)]
             bugs: crate::core::Bugs::default(),
             config,
@@ -264,6 +285,14 @@ impl<S: StateMachine> Simulator<S> {
         self.trace.full()
     }
 
+    /// When `id` last sent messages on a clock tick while leading (its heartbeat broadcasts),
+    /// if ever: the hook `examples/figure16.rs` uses to crash a leader at a known point of its
+    /// heartbeat interval.
+    #[doc(hidden)]
+    pub fn last_heartbeat(&self, id: NodeId) -> Option<Duration> {
+        self.trace.last_heartbeat(id).map(Duration::from_micros)
+    }
+
     /// The last traced lines (at most 50), oldest first.
     pub fn trace_excerpt(&self) -> Vec<String> {
         self.trace.excerpt()
@@ -292,15 +321,33 @@ impl<S: StateMachine> Simulator<S> {
     /// clock to `until`.
     fn run_until(&mut self, until: u64) -> Result<(), SimFailure> {
         self.check_failed()?;
-        while self.queue.peek().is_some_and(|s| s.at <= until) {
-            let next = self.queue.pop().expect("peeked above");
-            self.now = next.at;
-            if let Err(kind) = self.dispatch(next.event) {
+        while let Some((at, event)) = self.pop_next(until) {
+            self.now = at;
+            if let Err(kind) = self.dispatch(event) {
                 return Err(self.fail(kind));
             }
         }
         self.now = until;
         Ok(())
+    }
+
+    /// The earliest event at or before `until`, from the queue or the clock table, ordered by
+    /// (time, insertion number) across both exactly as one queue would order them.
+    fn pop_next(&mut self, until: u64) -> Option<(u64, Event<S>)> {
+        let tick = (0..self.ticks.len()).min_by_key(|&i| (self.ticks[i].at, self.ticks[i].seq));
+        let tick_key = tick.map(|i| (self.ticks[i].at, self.ticks[i].seq));
+        let queue_key = self.queue.peek().map(|s| (s.at, s.seq));
+        match (tick, tick_key, queue_key) {
+            (Some(i), Some(t), q) if t.0 <= until && q.is_none_or(|q| t < q) => {
+                let next = self.ticks.swap_remove(i);
+                Some((next.at, Event::Tick { node: next.node, incarnation: next.incarnation }))
+            }
+            (_, _, Some(q)) if q.0 <= until => {
+                let next = self.queue.pop().expect("peeked above");
+                Some((next.at, next.event))
+            }
+            _ => None,
+        }
     }
 
     fn dispatch(&mut self, event: Event<S>) -> Result<(), FailureKind> {
@@ -312,12 +359,23 @@ impl<S: StateMachine> Simulator<S> {
             Event::Churn { node, incarnation, term } => self.on_churn(node, incarnation, term),
             Event::Revive { node, incarnation } => self.on_revive(node, incarnation),
             Event::Resume { node, incarnation } => self.on_resume(node, incarnation),
+            Event::Fault(_) if self.quiet => Ok(()),
+            Event::Fault(fault) => self.apply_fault(&fault).map_err(FailureKind::Fault),
         }
     }
 
     fn schedule(&mut self, after: u64, event: Event<S>) {
         self.seq += 1;
-        self.queue.push(Scheduled { at: self.now + after, seq: self.seq, event });
+        let (at, seq) = (self.now + after, self.seq);
+        if let Event::Tick { node, incarnation } = event {
+            // NB: most events are clock ticks, one pending per node: a small table beside the
+            // heap keeps them out of it. A node's newer tick replaces its older one, which
+            // could only have been an older incarnation's, ignored when it fired.
+            self.ticks.retain(|t| t.node != node);
+            self.ticks.push(PendingTick { at, seq, node, incarnation });
+            return;
+        }
+        self.queue.push(Scheduled { at, seq, event });
     }
 
     fn note(&mut self, text: String) {

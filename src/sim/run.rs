@@ -196,6 +196,8 @@ impl<S: StateMachine> Simulator<S> {
     pub fn settle(&mut self) -> Result<LogIndex, SimFailure> {
         self.churning = false;
         self.crash_armed.clear();
+        self.on_new_leader.clear();
+        self.quiet = true;
         if let Err(kind) = self.resume_all() {
             return Err(self.fail(kind));
         }

@@ -10,10 +10,13 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use super::config::{NetworkConfig, SimConfig};
-use super::Simulator;
+use super::network::micros;
+use super::run::FailureKind;
+use super::{Event, Simulator};
+use crate::core::{Core, Role};
 use crate::error::FaultError;
 use crate::state_machine::StateMachine;
-use crate::types::NodeId;
+use crate::types::{NodeId, Term};
 
 /// Which node a fault hits, resolved when it fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +27,9 @@ pub enum Target {
     Nth(usize),
     /// This node (an unknown id is refused with [`FaultError::UnknownNode`]).
     Node(NodeId),
+    /// The n-th running member other than the leader, in id order, modulo their number (none
+    /// running: the fault does nothing).
+    Follower(usize),
 }
 
 /// One fault.
@@ -68,6 +74,16 @@ pub enum Fault {
     CrashRemoved(usize),
     /// Restart the n-th removed node, if it is down.
     RestartRemoved(usize),
+    /// Cut these nodes (resolved when the fault fires) off from the rest, together: one side
+    /// of a partition, the others the other side. Replaces any earlier partition; targets
+    /// that resolve to nothing or to a node already listed are skipped.
+    Partition(Vec<Target>),
+    /// Arm a fault to fire right after the step in which some node next wins an election;
+    /// [`Target::Leader`] then names that new leader. Faults around elections: a link cut just
+    /// after a win, a heal that lets a new leader overwrite an old one's entries.
+    OnNewLeader(Box<Fault>),
+    /// Fire a fault this long after now (after the election, inside [`Fault::OnNewLeader`]).
+    After(Duration, Box<Fault>),
 }
 
 /// Faults at offsets from the start of the fault phase, in time order.
@@ -142,6 +158,10 @@ impl Schedule {
                     }
                 }
                 Fault::Network(n) => n.validate()?,
+                Fault::Partition(targets) => targets.iter().try_for_each(known)?,
+                Fault::OnNewLeader(inner) | Fault::After(_, inner) => {
+                    Schedule::new(vec![(Duration::ZERO, (**inner).clone())]).validate(config)?
+                }
                 _ => {}
             }
         }
@@ -306,6 +326,49 @@ impl<S: StateMachine> Simulator<S> {
             }
             Fault::CrashRemoved(n) => self.nth_removed(*n).map_or(Ok(()), |id| self.crash(id)),
             Fault::RestartRemoved(n) => self.nth_removed(*n).map_or(Ok(()), |id| self.restart(id)),
+            Fault::Partition(targets) => self.partition_targets(targets),
+            Fault::OnNewLeader(inner) => {
+                self.note(format!("armed for the next new leader: {inner:?}"));
+                self.on_new_leader.push((**inner).clone());
+                Ok(())
+            }
+            Fault::After(delay, inner) => {
+                self.schedule(micros(*delay), Event::Fault(inner.clone()));
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Fault::Partition`]: the resolved targets on one side, every other node on the other.
+    fn partition_targets(&mut self, targets: &[Target]) -> Result<(), FaultError> {
+        let mut side = Vec::new();
+        for t in targets {
+            if let Some(id) = self.resolve(*t)? {
+                if !side.contains(&id) {
+                    side.push(id);
+                }
+            }
+        }
+        if side.is_empty() {
+            return Ok(());
+        }
+        self.partition(&[side])
+    }
+
+    /// After a step of `id`: if it just won an election, fire the faults armed for that
+    /// moment ([`Fault::OnNewLeader`]), in the order they were armed.
+    pub(crate) fn fire_on_new_leader(&mut self, id: NodeId, before: (Role, Term)) {
+        if self.on_new_leader.is_empty() || before.0 == Role::Leader {
+            return;
+        }
+        if self.core(id).map(Core::role) != Some(Role::Leader) {
+            return;
+        }
+        self.note(format!("{id} won: firing {} armed faults", self.on_new_leader.len()));
+        for fault in std::mem::take(&mut self.on_new_leader) {
+            if let Err(e) = self.apply_fault(&fault) {
+                self.fail(FailureKind::Fault(e));
+            }
         }
     }
 
@@ -421,6 +484,15 @@ impl<S: StateMachine> Simulator<S> {
             Target::Node(id) => {
                 self.check_known(id)?;
                 Some(id)
+            }
+            Target::Follower(n) => {
+                let leader = self.leader();
+                let others: Vec<NodeId> = self
+                    .members()
+                    .into_iter()
+                    .filter(|&id| self.is_up(id) && Some(id) != leader)
+                    .collect();
+                others.get(n % others.len().max(1)).copied()
             }
         })
     }

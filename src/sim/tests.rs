@@ -489,3 +489,71 @@ fn drifting_clocks_and_long_tails_stay_safe_and_converge() {
         run_kv(&config, &Schedule::random(&config)).unwrap_or_else(|f| panic!("{f}"));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shaped faults (armed for the next election, delayed, partitions of targets) and the
+// timeline picture.
+
+#[test]
+fn armed_delayed_and_grouped_faults_name_known_nodes() {
+    let config = SimConfig::new(2, 5);
+    let ghost = crate::NodeId(9);
+    let ms = Duration::from_millis;
+    for fault in [
+        Fault::Partition(vec![Target::Leader, Target::Node(ghost)]),
+        Fault::OnNewLeader(Box::new(Fault::Crash(Target::Node(ghost)))),
+        Fault::After(ms(5), Box::new(Fault::Isolate(Target::Node(ghost)))),
+    ] {
+        let schedule = Schedule::new(vec![(ms(10), fault)]);
+        assert_eq!(schedule.validate(&config), Err(FaultError::UnknownNode(ghost)));
+    }
+}
+
+#[test]
+fn a_fault_armed_for_the_next_win_hits_the_new_leader() {
+    let mut sim = kv_sim(2, 5);
+    sim.run_for(Duration::from_millis(300)).expect("safe");
+    let old = sim.leader().expect("a leader");
+    let arm = Fault::OnNewLeader(Box::new(Fault::Crash(Target::Leader)));
+    sim.apply_fault(&arm).expect("valid");
+    // The old leader and one follower are cut off: the other three elect a leader, which
+    // crashes the moment it wins; the next winner is left alone.
+    let pair = Fault::Partition(vec![Target::Leader, Target::Follower(0)]);
+    sim.apply_fault(&pair).expect("valid");
+    sim.run_for(Duration::from_millis(1500)).expect("safe");
+    assert_eq!(sim.stats().crashes, 1, "{:?}", sim.stats());
+    assert!(sim.is_up(old), "the old leader was not the new winner");
+    let down: Vec<_> = sim.node_ids().into_iter().filter(|&id| !sim.is_up(id)).collect();
+    assert_eq!(down.len(), 1);
+    assert_ne!(sim.leader(), Some(down[0]));
+    sim.settle().expect("converges");
+}
+
+#[test]
+fn the_timeline_has_one_lane_per_node_and_its_events_in_time_order() {
+    let (mut config, schedule) = faulty(3);
+    config.record_trace = true;
+    let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid");
+    sim.start_clients(KvWorkload { keys: 2 });
+    sim.run_schedule(&schedule).expect("safe");
+    let svg = sim.timeline_svg().expect("the full trace was kept");
+    assert!(svg.starts_with("<svg ") && svg.trim_end().ends_with("</svg>"), "{svg:.200}");
+    assert_eq!(svg.matches("<g ").count(), svg.matches("</g>").count(), "balanced groups");
+    for id in sim.node_ids() {
+        let lane = format!(r#"class="lane" data-node="{id}""#);
+        assert_eq!(svg.matches(&lane).count(), 1, "one lane for {id}");
+    }
+    let times: Vec<u64> = svg
+        .split(r#"data-t=""#)
+        .skip(1)
+        .map(|rest| rest[..rest.find('"').expect("closed")].parse().expect("a time"))
+        .collect();
+    assert!(times.len() > 100, "{} events", times.len());
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "events in time order");
+    for class in ["event role", "event commit", "event term"] {
+        assert!(svg.contains(class), "no {class}");
+    }
+    assert!(svg.contains("event crash") || svg.contains("event fault"), "faults are drawn");
+    let plain = kv_sim(3, 3);
+    assert!(plain.timeline_svg().is_none(), "no picture without the full trace");
+}

@@ -187,18 +187,34 @@ pub(crate) struct Trace {
     lines: u64,
     ring: VecDeque<TraceLine>,
     full: Option<Vec<String>>,
+    /// The whole trace as lines (for the timeline picture), kept with `full`.
+    structured: Option<Vec<TraceLine>>,
+    /// When each node last sent messages on a clock tick while leading: its heartbeats.
+    heartbeats: std::collections::BTreeMap<NodeId, u64>,
 }
 
 impl Trace {
     pub fn new(keep_full: bool) -> Self {
-        Trace { full: keep_full.then(Vec::new), ..Trace::default() }
+        Trace {
+            full: keep_full.then(Vec::new),
+            structured: keep_full.then(Vec::new),
+            ..Trace::default()
+        }
     }
 
     pub fn record(&mut self, line: TraceLine) {
         line.hash(&mut self.hash);
         self.lines += 1;
+        if let TraceEvent::Step { node, input: InputSummary::Tick, after, sends } = &line.event {
+            if after.role == Role::Leader && *sends > 0 {
+                self.heartbeats.insert(*node, line.at);
+            }
+        }
         if let Some(full) = &mut self.full {
             full.push(line.to_string());
+        }
+        if let Some(structured) = &mut self.structured {
+            structured.push(line.clone());
         }
         if self.ring.len() == RING {
             self.ring.pop_front();
@@ -220,6 +236,15 @@ impl Trace {
 
     pub fn full(&self) -> Option<&[String]> {
         self.full.as_deref()
+    }
+
+    pub fn structured(&self) -> Option<&[TraceLine]> {
+        self.structured.as_deref()
+    }
+
+    /// When `node` last sent messages on a tick while leading (virtual microseconds).
+    pub fn last_heartbeat(&self, node: NodeId) -> Option<u64> {
+        self.heartbeats.get(&node).copied()
     }
 }
 
