@@ -14,32 +14,36 @@ fn a_session_client_retries_through_leader_crashes_and_applies_each_write_once()
             .expect("start");
     wait_for_agreement(&cluster, LONG);
     let session = Session::register(&cluster.client()).expect("registered");
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     const WRITES: usize = 400;
+    // The writer tells the test when it reaches write 100 (and 250), carries on, and waits at
+    // 200 (and 350) until the leader was killed: each kill lands while writes are flowing,
+    // however fast this machine is, and usually with one in flight.
+    let (reached, reached_rx) = std::sync::mpsc::channel::<usize>();
+    let (killed, killed_rx) = std::sync::mpsc::channel::<()>();
     let writer = {
-        let (session, done) = (session.clone(), std::sync::Arc::clone(&done));
+        let session = session.clone();
         std::thread::spawn(move || {
             for i in 0..WRITES {
+                if i == 100 || i == 250 {
+                    reached.send(i).expect("test waiting");
+                }
+                if i == 200 || i == 350 {
+                    killed_rx.recv_timeout(LONG).expect("the leader was killed");
+                }
                 let value = token(format!("w{i}"));
                 let command = KvCommand::Append { key: "k".into(), value };
                 session.propose(command).expect("applied exactly once, whatever happens");
-                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         })
     };
-    let mut crashes_during_writes = 0;
     for _ in 0..2 {
+        reached_rx.recv_timeout(LONG).expect("the writer is writing");
         let leader = cluster.wait_for_leader(LONG).expect("leader");
-        std::thread::sleep(ms(20));
         cluster.kill(leader).expect("kill");
-        if done.load(std::sync::atomic::Ordering::SeqCst) < WRITES {
-            crashes_during_writes += 1;
-        }
-        std::thread::sleep(ms(50));
+        killed.send(()).expect("writer waiting");
         cluster.restart(leader).expect("restart");
     }
     writer.join().expect("writer");
-    assert!(crashes_during_writes > 0, "the writer finished before any crash");
     let value = cluster.read("k".into()).expect("read").expect("written");
     let written = tokens(&value);
     let expected: Vec<String> = (0..WRITES).map(|i| token(format!("w{i}"))).collect();
