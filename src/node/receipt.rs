@@ -7,12 +7,18 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::types::{LogIndex, NodeId, Term};
+
+/// How many times a blocked [`Receipt::wait`] yields, polling, before it sleeps...
+const SPIN_ROUNDS: usize = 64;
+/// ...and for at most how long.
+const SPIN_FOR: Duration = Duration::from_micros(50);
 
 /// The outcome of a proposal that was applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,11 +35,15 @@ struct State<O> {
     appended: Option<(LogIndex, Term)>,
     done: Option<Result<Applied<O>, Error>>,
     waker: Option<Waker>,
+    /// A thread sleeps on `changed`: only then does an answer pay for a wake-up call.
+    sleeping: bool,
 }
 
 struct Shared<O> {
     state: Mutex<State<O>>,
     changed: Condvar,
+    /// Set with any change of `state`, so a waiter can poll it without the lock.
+    changed_flag: AtomicBool,
 }
 
 impl<O> Shared<O> {
@@ -47,8 +57,9 @@ impl<O> Shared<O> {
 /// the [`Receipt`].
 pub(crate) fn receipt<O>(node: NodeId) -> (Responder<O>, Receipt<O>) {
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { appended: None, done: None, waker: None }),
+        state: Mutex::new(State { appended: None, done: None, waker: None, sleeping: false }),
         changed: Condvar::new(),
+        changed_flag: AtomicBool::new(false),
     });
     (Responder { node, shared: Some(Arc::clone(&shared)) }, Receipt { node, shared })
 }
@@ -64,7 +75,12 @@ impl<O> Responder<O> {
     /// The leader appended the command at `(index, term)`; its fate is now the log's.
     pub fn appended(&self, index: LogIndex, term: Term) {
         if let Some(shared) = &self.shared {
-            shared.lock().appended = Some((index, term));
+            let mut state = shared.lock();
+            state.appended = Some((index, term));
+            shared.changed_flag.store(true, Ordering::Release);
+            if state.sleeping {
+                shared.changed.notify_all();
+            }
         }
     }
 
@@ -75,12 +91,15 @@ impl<O> Responder<O> {
 
     fn answer(&mut self, result: Result<Applied<O>, Error>) {
         let Some(shared) = self.shared.take() else { return };
-        let waker = {
+        let (waker, sleeping) = {
             let mut state = shared.lock();
             state.done = Some(result);
-            state.waker.take()
+            shared.changed_flag.store(true, Ordering::Release);
+            (state.waker.take(), state.sleeping)
         };
-        shared.changed.notify_all();
+        if sleeping {
+            shared.changed.notify_all();
+        }
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -161,18 +180,33 @@ impl<O: Clone> Receipt<O> {
         timeout: Duration,
         ready: impl Fn(&State<O>) -> bool,
     ) -> Result<MutexGuard<'_, State<O>>, Error> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         let mut state = self.shared.lock();
+        // An answer usually comes within microseconds: yield-poll a little before sleeping,
+        // since waking a sleeping thread costs both sides several microseconds.
+        let mut rounds = 0;
+        while !ready(&state) && rounds < SPIN_ROUNDS && start.elapsed() < SPIN_FOR.min(timeout) {
+            drop(state);
+            while !self.shared.changed_flag.swap(false, Ordering::Acquire) && rounds < SPIN_ROUNDS {
+                std::thread::yield_now();
+                rounds += 1;
+            }
+            state = self.shared.lock();
+        }
         while !ready(&state) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                state.sleeping = false;
                 return Err(Error::Timeout);
             }
+            state.sleeping = true;
             state = match self.shared.changed.wait_timeout(state, left) {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
         }
+        state.sleeping = false;
         Ok(state)
     }
 }
