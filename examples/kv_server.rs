@@ -140,16 +140,21 @@ struct ServerMachine {
     book: AddressBook,
 }
 
+/// A `__peer/<id>` key holding an address: the transport learns where node `id` listens.
+fn learn_peer(book: &AddressBook, key: &str, value: &str) {
+    let id = key.strip_prefix(PEER_KEY).and_then(|id| id.parse().ok());
+    if let (Some(id), Ok(addr)) = (id, value.parse()) {
+        book.insert(NodeId(id), addr);
+    }
+}
+
 impl StateMachine for ServerMachine {
     type Command = KvCommand;
     type Output = KvOutput;
 
     fn apply(&mut self, index: LogIndex, command: &KvCommand) -> KvOutput {
         if let KvCommand::Put { key, value } = command {
-            let id = key.strip_prefix(PEER_KEY).and_then(|id| id.parse().ok());
-            if let (Some(id), Ok(addr)) = (id, value.parse()) {
-                self.book.insert(NodeId(id), addr);
-            }
+            learn_peer(&self.book, key, value);
         }
         self.kv.apply(index, command)
     }
@@ -159,7 +164,12 @@ impl StateMachine for ServerMachine {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.kv.restore(snapshot)
+        self.kv.restore(snapshot)?;
+        // Addresses of nodes added at run time live in the store: learn them again.
+        for (key, value) in self.kv.with_prefix(PEER_KEY) {
+            learn_peer(&self.book, key, value);
+        }
+        Ok(())
     }
 
     fn command_size(command: &KvCommand) -> usize {

@@ -83,6 +83,27 @@ impl KvStateMachine {
         self.data.get(key).map(String::as_str)
     }
 
+    /// Every key that starts with `prefix`, with its value, in key order.
+    ///
+    /// ```
+    /// use ferraft::{KvCommand, KvStateMachine, LogIndex, StateMachine};
+    ///
+    /// let mut kv = KvStateMachine::new();
+    /// for (i, key) in ["a/1", "b/1", "a/2"].into_iter().enumerate() {
+    ///     let put = KvCommand::Put { key: key.into(), value: i.to_string() };
+    ///     kv.apply(LogIndex(i as u64 + 1), &put);
+    /// }
+    /// let found: Vec<_> = kv.with_prefix("a/").collect();
+    /// assert_eq!(found, [("a/1", "0"), ("a/2", "2")]);
+    /// ```
+    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        let from = std::ops::Bound::Included(prefix.to_owned());
+        self.data
+            .range((from, std::ops::Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// The number of keys stored.
     pub fn len(&self) -> usize {
         self.data.len()

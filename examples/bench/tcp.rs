@@ -15,7 +15,8 @@
 //! 256) outstanding, pipelined on one connection. `rtt`: the loopback round trip of 8 bytes
 //! between two threads over TCP (no Raft): the physical floor for the others.
 //!
-//! `--storage disk` is refused until the server has disk storage.
+//! `--storage disk --data-dir DIR`: each server keeps its state on disk in `DIR/n<id>` (which
+//! must not hold an earlier run's data); the JSON line then carries `"storage":"disk"`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Write};
@@ -35,18 +36,27 @@ const CLUSTER: u64 = 1;
 
 /// `latency` or `throughput` over three server processes.
 pub fn run(args: &Args) {
-    if args.text("--storage").is_some_and(|s| s != "memory") {
-        eprintln!("--storage: only memory is supported over TCP on this build");
-        std::process::exit(2);
-    }
-    let servers = Servers::start(3);
+    let data = match (args.text("--storage"), args.text("--data-dir")) {
+        (None | Some("memory"), _) => None,
+        (Some("disk"), Some(dir)) => Some(PathBuf::from(dir)),
+        (Some("disk"), None) => {
+            eprintln!("--storage disk needs --data-dir DIR");
+            std::process::exit(2);
+        }
+        (Some(other), _) => {
+            eprintln!("--storage {other}: memory or disk");
+            std::process::exit(2);
+        }
+    };
+    let tag = if data.is_some() { ",\"storage\":\"disk\"" } else { "" };
+    let servers = Servers::start(3, data.as_deref());
     let mut client = servers.leader_client();
     warm_up(&mut client);
     match args.workload.as_str() {
-        "latency" => latency(&mut client, if args.ops == 0 { 20_000 } else { args.ops }),
+        "latency" => latency(&mut client, if args.ops == 0 { 20_000 } else { args.ops }, tag),
         "throughput" => {
             let ops = if args.ops == 0 { 200_000 } else { args.ops };
-            throughput(&mut client, args.clients, ops);
+            throughput(&mut client, args.clients, ops, tag);
         }
         other => {
             eprintln!("{other} does not take --transport tcp (latency and throughput do)");
@@ -72,7 +82,7 @@ fn warm_up(client: &mut KvClient) {
     }
 }
 
-fn latency(client: &mut KvClient, ops: usize) {
+fn latency(client: &mut KvClient, ops: usize, tag: &str) {
     let mut samples = Vec::with_capacity(ops);
     let start = Instant::now();
     for i in 0..ops {
@@ -83,7 +93,7 @@ fn latency(client: &mut KvClient, ops: usize) {
     let secs = start.elapsed().as_secs_f64();
     let pct = percentiles(&mut samples);
     println!(
-        "{{\"workload\":\"latency\",\"transport\":\"tcp\",\"nodes\":3,\"clients\":1,\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1}}}",
+        "{{\"workload\":\"latency\",\"transport\":\"tcp\"{tag},\"nodes\":3,\"clients\":1,\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1}}}",
         ops as f64 / secs,
         pct(0.50),
         pct(0.99),
@@ -92,7 +102,7 @@ fn latency(client: &mut KvClient, ops: usize) {
 }
 
 /// Keeps `outstanding` requests in flight on one connection; answers come back in order.
-fn throughput(client: &mut KvClient, outstanding: usize, ops: usize) {
+fn throughput(client: &mut KvClient, outstanding: usize, ops: usize, tag: &str) {
     let mut inflight = VecDeque::with_capacity(outstanding);
     let start = Instant::now();
     let mut sent = 0;
@@ -107,7 +117,7 @@ fn throughput(client: &mut KvClient, outstanding: usize, ops: usize) {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{{\"workload\":\"throughput\",\"transport\":\"tcp\",\"nodes\":3,\"clients\":{outstanding},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0}}}",
+        "{{\"workload\":\"throughput\",\"transport\":\"tcp\"{tag},\"nodes\":3,\"clients\":{outstanding},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0}}}",
         ops as f64 / secs
     );
 }
@@ -157,18 +167,20 @@ struct Servers {
 }
 
 impl Servers {
-    fn start(n: u64) -> Self {
+    fn start(n: u64, data: Option<&std::path::Path>) -> Self {
         let binary = server_binary();
         let peers: BTreeMap<u64, SocketAddr> = (1..=n).map(|id| (id, free_addr())).collect();
         let list: Vec<String> = peers.iter().map(|(id, a)| format!("{id}={a}")).collect();
         let children = (1..=n)
             .map(|id| {
-                Command::new(&binary)
+                let mut server = Command::new(&binary);
+                server
                     .args(["--id", &id.to_string(), "--peers", &list.join(",")])
-                    .args(["--cluster-id", &CLUSTER.to_string()])
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("start kv_server")
+                    .args(["--cluster-id", &CLUSTER.to_string()]);
+                if let Some(dir) = data {
+                    server.arg("--data").arg(dir.join(format!("n{id}")));
+                }
+                server.stdout(Stdio::null()).spawn().expect("start kv_server")
             })
             .collect();
         Servers { peers, children }
