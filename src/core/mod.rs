@@ -83,6 +83,11 @@ pub enum Input<C> {
     /// Hand leadership to this voter (thesis §3.10); answered by `Action::TransferDone`.
     /// Meanwhile the leader refuses proposals with `Error::TransferInProgress`.
     TransferLeadership(NodeId),
+    /// Everything persisted so far is durable (the driver synced its storage). A leader counts
+    /// its own log towards commitment only through what it has synced, so it may send
+    /// AppendEntries before its own write is durable (thesis §10.2.1). A driver that syncs
+    /// before every send may step this after each sync; one that sends early must.
+    Synced,
 }
 
 /// What the core asks its driver to do, in order. Persistence comes before any send or apply
@@ -246,6 +251,9 @@ pub struct Bugs {
     /// Leader answers reads at once, without a confirmation round (breaks thesis §6.4: a
     /// deposed leader serves stale reads).
     pub read_without_confirmation: bool,
+    /// Leader counts its whole log towards commitment, synced or not (breaks thesis §10.2.1 /
+    /// SUB-8: an entry on a minority of disks is reported committed).
+    pub leader_counts_unsynced: bool,
 }
 
 /// Timing and limits in ticks, derived once from [`Config`].
@@ -283,6 +291,9 @@ pub struct Core<C> {
     commit_index: LogIndex,
     /// Highest index handed out in an `Apply` action. Invariant (I2): `<= commit_index`.
     last_applied: LogIndex,
+    /// The log is durable through here (`Input::Synced`): all a leader may count of its own
+    /// log towards commitment (thesis §10.2.1). Lowered by every rewrite of the log.
+    durable: LogIndex,
     role: Role,
     /// The leader of `term`, once known. Invariant (I3): leader => `leader == Some(id)`.
     leader: Option<NodeId>,
@@ -355,6 +366,7 @@ impl<C: Clone> Core<C> {
             log: Log::new(state.log_offset, state.offset_term, state.entries),
             commit_index: state.log_offset,
             last_applied: state.log_offset,
+            durable: LogIndex(u64::MAX), // NB: capped by the log's last index
             role: Role::Follower,
             leader: None,
             election_elapsed: 0,
@@ -411,6 +423,7 @@ impl<C: Clone> Core<C> {
             Input::SnapshotTaken(snapshot) => self.snapshot_taken(snapshot),
             Input::Read(ids) => self.read(ids),
             Input::TransferLeadership(to) => self.transfer_leadership(to),
+            Input::Synced => self.synced(),
         }
         self.sync_reads();
         self.maybe_advance_transfer();
@@ -537,6 +550,21 @@ impl<C: Clone> Core<C> {
     /// Records a log change from `from` onward, to be persisted before this step's sends.
     fn log_changed(&mut self, from: LogIndex) {
         self.persist_from = Some(self.persist_from.map_or(from, |f| f.min(from)));
+        self.durable = self.durable.min(from.prev());
+    }
+
+    /// The whole log is durable now: a leader may count it (`Input::Synced`).
+    fn synced(&mut self) {
+        self.durable = self.log.last_index();
+        if self.role == Role::Leader {
+            self.maybe_advance_commit_index();
+        }
+    }
+
+    /// How far the log is known durable (`Input::Synced`); a driver steps `Input::Synced`
+    /// after a sync when this is below the log's last index.
+    pub fn durable_index(&self) -> LogIndex {
+        self.durable.min(self.log.last_index())
     }
 
     /// ALL-1: hand newly committed entries to the state machine, in order.

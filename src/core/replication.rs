@@ -324,9 +324,12 @@ impl<C: Clone> Core<C> {
     }
 
     /// LEAD-4: commit the highest index on a majority of voters, if it is of this term (SUB-1).
+    /// The leader's own vote covers only what it has synced (thesis §10.2.1).
     pub(super) fn maybe_advance_commit_index(&mut self) {
         let me = self.id;
-        let own = self.log.last_index();
+        let own = self.durable_index();
+        #[cfg(test)]
+        let own = if self.bugs.leader_counts_unsynced { self.log.last_index() } else { own };
         let majority = quorum::majority_index(self.config(), |id| {
             if id == me {
                 own

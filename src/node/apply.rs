@@ -264,6 +264,21 @@ impl<S: StateMachine> ApplyQueue<S> {
         }
     }
 
+    /// [`ApplyQueue::apply`] with entries the caller owns (no copy when deferred).
+    pub fn apply_owned(
+        &mut self,
+        first: LogIndex,
+        entries: Vec<Entry<S::Command>>,
+    ) -> Result<(), Error> {
+        match self {
+            ApplyQueue::Inline(_) => self.apply(first, &entries),
+            ApplyQueue::Deferred(b) => {
+                b.push(ApplyTask::Entries { first, entries });
+                Ok(())
+            }
+        }
+    }
+
     /// Takes a snapshot once every apply queued before is done. Inline, it is returned at
     /// once; deferred, it arrives later through the node's `taken` channel.
     pub fn snapshot(&mut self, meta: SnapshotMeta) -> Result<Option<Arc<Snapshot>>, Error> {

@@ -46,6 +46,13 @@ pub(crate) enum Execute {
     First(usize),
 }
 
+/// An action held until the storage is synced; an apply holds its entries, read when it was
+/// held.
+enum Held<C> {
+    Action(Action<C>),
+    Apply(LogIndex, Vec<crate::message::Entry<C>>),
+}
+
 /// Sees each step's core and actions before they are executed: the simulator's checkers and
 /// crash points. The runtime passes [`execute_all`].
 pub(crate) type Observer<'a, C> = dyn FnMut(&Core<C>, &[Action<C>]) -> Execute + 'a;
@@ -72,6 +79,14 @@ pub(crate) struct Driver<S: StateMachine, St, T> {
     rpcs: RpcCounts,
     /// Whether storage holds writes not yet made durable by `Storage::sync`.
     unsynced: bool,
+    /// Actions waiting for the sync at the end of the step or batch, in order.
+    held: Vec<Held<S::Command>>,
+    /// Inside `begin_batch` .. `end_batch`.
+    batching: bool,
+    /// A simulated crash cut a step short: nothing more runs (the node is about to be dropped).
+    halted: bool,
+    /// A leader sends AppendEntries before syncing its own write (thesis §10.2.1).
+    parallel_write: bool,
     max_command_bytes: usize,
     last_seen: (Role, Term, Option<NodeId>),
     /// Reads handed to the core and not yet confirmed or failed, by the id they were given.
@@ -123,6 +138,10 @@ where
             actions: Vec::new(),
             rpcs: RpcCounts::default(),
             unsynced: false,
+            held: Vec::new(),
+            batching: false,
+            halted: false,
+            parallel_write: true,
             max_command_bytes: config.max_command_bytes,
             last_seen,
             reads: std::collections::BTreeMap::new(),
@@ -183,8 +202,24 @@ where
     }
 
     /// Handles `first` and whatever `more` holds, batching consecutive proposals into one
-    /// `Input::Propose` (thesis §10.2.2). Other requests are answered on the way.
+    /// `Input::Propose` (thesis §10.2.2). Other requests are answered on the way. The steps
+    /// form one batch (see [`Driver::begin_batch`]), or join the one under way.
     pub fn handle(
+        &mut self,
+        first: Request<S>,
+        more: &mut dyn Iterator<Item = Request<S>>,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        let outer = std::mem::replace(&mut self.batching, true);
+        let result = self.handle_batched(first, more, observe);
+        if outer || result.is_err() {
+            self.batching = outer;
+            return result;
+        }
+        self.end_batch(observe)
+    }
+
+    fn handle_batched(
         &mut self,
         first: Request<S>,
         more: &mut dyn Iterator<Item = Request<S>>,
@@ -324,7 +359,8 @@ where
     }
 
     /// One core step, then its actions in order, as far as `observe` allows; then the core
-    /// learns of any snapshot taken meanwhile.
+    /// learns of any snapshot taken meanwhile. Outside a batch the step's writes are synced
+    /// and its held actions run before this returns.
     pub fn step(
         &mut self,
         input: Input<S::Command>,
@@ -333,6 +369,51 @@ where
         self.step_once(input, observe)?;
         while let Ok(snapshot) = self.taken.1.try_recv() {
             self.step_once(Input::SnapshotTaken(snapshot), observe)?;
+        }
+        if self.batching {
+            return Ok(());
+        }
+        self.flush(observe)
+    }
+
+    /// Starts a batch of steps (several peer messages or requests found queued together):
+    /// their writes are made durable by one sync at [`Driver::end_batch`], and what depends
+    /// on them (replies, answers, applies) waits for it. So a follower that finds many
+    /// AppendEntries in its inbox pays one sync for all of them (group commit across steps).
+    pub fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    /// Ends a batch: one sync, then every held action in order.
+    pub fn end_batch(&mut self, observe: &mut Observer<'_, S::Command>) -> Result<(), Error> {
+        self.batching = false;
+        self.flush(observe)
+    }
+
+    /// Syncs what the steps wrote, runs the actions held for it, in order, and tells the core
+    /// its log is durable (which may commit, on a leader: one more step).
+    fn flush(&mut self, observe: &mut Observer<'_, S::Command>) -> Result<(), Error> {
+        if self.halted {
+            return Ok(());
+        }
+        if self.unsynced {
+            self.storage.sync().map_err(storage_error)?;
+            self.unsynced = false;
+        }
+        let mut held = std::mem::take(&mut self.held);
+        let result = held.drain(..).try_for_each(|h| match h {
+            Held::Action(action) => self.run(action),
+            Held::Apply(first, entries) => {
+                self.metrics.applies += entries.len() as u64;
+                self.apply.apply_owned(first, entries)
+            }
+        });
+        self.held = held;
+        result?;
+        if self.core.durable_index() < self.core.log().last_index() {
+            self.step_once(Input::Synced, observe)?;
+            // NB: no persist comes out of `Synced`, so nothing was held.
+            debug_assert!(self.held.is_empty() || self.halted);
         }
         Ok(())
     }
@@ -343,22 +424,57 @@ where
         observe: &mut Observer<'_, S::Command>,
     ) -> Result<(), Error> {
         debug_assert!(self.actions.is_empty(), "the previous step was executed");
+        if self.halted {
+            return Ok(()); // a simulated crash cut an earlier step: this node is gone
+        }
         self.core.step(input, &mut self.actions);
         let count = match observe(&self.core, &self.actions) {
             Execute::All => self.actions.len(),
-            Execute::First(count) => count,
+            Execute::First(count) => {
+                self.halted = count < self.actions.len();
+                count
+            }
         };
         let mut actions = std::mem::take(&mut self.actions);
-        let actions_len = actions.len();
-        let mut result = actions.drain(..).take(count).try_for_each(|a| self.run(a));
-        if result.is_ok() && self.unsynced && count == actions_len {
-            result = self.storage.sync().map_err(storage_error);
-            self.unsynced = false;
-        }
+        let result = actions.drain(..).take(count).try_for_each(|a| self.run_or_hold(a));
         actions.clear();
         self.actions = actions;
         self.trace_role_change();
         result
+    }
+
+    /// Runs `action` now, or holds it until the storage is synced (contract order: persist,
+    /// then send, apply, answer). Writes run at once; so do the bookkeeping of a proposal
+    /// batch and, on a leader, AppendEntries: a leader may send entries before its own write
+    /// of them is durable, as it counts itself towards commitment only once they are
+    /// (thesis §10.2.1, `Input::Synced`). Everything else waits behind unsynced writes and
+    /// behind whatever is already held, so held actions keep their order.
+    fn run_or_hold(&mut self, action: Action<S::Command>) -> Result<(), Error> {
+        let now = match &action {
+            Action::PersistHardState(_)
+            | Action::PersistEntries { .. }
+            | Action::PersistSnapshot(_)
+            | Action::Proposed { .. }
+            | Action::Rejected(_)
+            | Action::Notice(_) => true,
+            Action::Send(msg) if self.parallel_write => {
+                matches!(msg.body, Body::AppendEntries(_)) && self.core.role() == Role::Leader
+            }
+            _ => false,
+        } || (!self.unsynced && self.held.is_empty());
+        if now {
+            return self.run(action);
+        }
+        match action {
+            // NB: read the entries now: a snapshot installed later in the batch replaces the log.
+            Action::Apply { from, to } => {
+                let count = (to.0 - from.0 + 1) as usize;
+                let entries = self.core.log().entries_from(from, count).to_vec();
+                self.held.push(Held::Apply(from, entries));
+            }
+            action => self.held.push(Held::Action(action)),
+        }
+        Ok(())
     }
 
     fn run(&mut self, action: Action<S::Command>) -> Result<(), Error> {
@@ -368,12 +484,6 @@ where
                 | Action::PersistEntries { .. }
                 | Action::PersistSnapshot(_)
         );
-        if self.unsynced && !persists {
-            // Group commit: one sync covers every write of the step, before anything that
-            // depends on them leaves the node (SUB-8).
-            self.storage.sync().map_err(storage_error)?;
-            self.unsynced = false;
-        }
         self.unsynced |= persists;
         match action {
             Action::PersistHardState(hs) => {
@@ -411,7 +521,8 @@ where
             }
             Action::PersistSnapshot(snapshot) => {
                 self.storage.save_snapshot(&snapshot).map_err(storage_error)?;
-                self.storage.sync().map_err(storage_error)?; // the answer below depends on it
+                // NB: the snapshot replaces the log; the core counts on it at once.
+                self.storage.sync().map_err(storage_error)?;
                 self.unsynced = false;
                 let status = self.core.status();
                 let done = Compaction::Snapshot {
@@ -421,7 +532,7 @@ where
                     log_entries: status.log_entries,
                 };
                 for reply in self.compact_replies.drain(..) {
-                    let _ = reply.send(Ok(done.clone()));
+                    let _ = reply.send(Ok(done.clone())); // synced above
                 }
             }
             Action::Restore(snapshot) => self.apply.restore(snapshot)?,

@@ -286,9 +286,11 @@ fn on_messages<S: StateMachine>(
     first: Message<S::Command>,
     inbox: &Receiver<Message<S::Command>>,
 ) -> Result<(), Error> {
+    // One batch: a burst of AppendEntries costs a follower one sync, not one each.
+    driver.begin_batch();
     driver.receive(first, &mut execute_all)?;
     for msg in inbox.try_iter().take(MAX_MESSAGE_BURST) {
         driver.receive(msg, &mut execute_all)?;
     }
-    Ok(())
+    driver.end_batch(&mut execute_all)
 }

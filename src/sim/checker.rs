@@ -105,6 +105,19 @@ struct NodeView {
     applied: LogIndex,
     /// Whether the node booted before (so a start is a restart).
     booted: bool,
+    /// Lossy storage only: the log's length at the node's last sync, the lowest index written
+    /// since (a crash may lose or tear what follows), and the term at the last sync.
+    synced_len: usize,
+    unsynced_from: Option<usize>,
+    synced_term: Term,
+}
+
+impl NodeView {
+    /// How much of the shadow log a crash cannot lose: what was synced and not rewritten since.
+    fn durable_len(&self) -> usize {
+        let kept = self.unsynced_from.map_or(usize::MAX, |from| from.saturating_sub(1));
+        self.synced_len.min(kept).min(self.log.len())
+    }
 }
 
 /// An entry known committed: its prefix hash, its term, and the lowest term of a node that
@@ -129,6 +142,12 @@ struct Global {
     applied: Vec<u64>,
     /// Hash of the bytes of the first snapshot seen at each index.
     snapshots: BTreeMap<LogIndex, u64>,
+    /// Storage that loses unsynced writes in a crash (`SimConfig::storage_faults`): the
+    /// durability rule then asks only for what was synced, and a vote counts for good once
+    /// synced or revealed (before that a crash may legally forget it).
+    lossy: bool,
+    /// Votes a crash may still forget: neither synced nor sent.
+    tentative: std::collections::BTreeSet<(NodeId, Term)>,
 }
 
 /// Observes cores step by step; see the module docs.
@@ -150,9 +169,41 @@ impl Checker {
         Checker::default()
     }
 
-    /// A node started: first boot, or a restart that must find exactly its persisted log.
+    /// The run's storage loses unsynced writes in a crash: see `Global::lossy`. The simulator
+    /// then reports syncs ([`Checker::node_synced`]) and sent messages
+    /// ([`Checker::message_sent`]).
+    pub fn set_lossy_storage(&mut self, lossy: bool) {
+        self.global.lossy = lossy;
+    }
+
+    /// Everything `id` wrote so far is durable.
+    pub fn node_synced(&mut self, id: NodeId) {
+        if let Some(view) = self.nodes.get_mut(&id) {
+            view.synced_len = view.log.len();
+            view.unsynced_from = None;
+            view.synced_term = view.max_term;
+        }
+        self.global.tentative.retain(|&(voter, _)| voter != id);
+    }
+
+    /// A message left its node: a vote it reveals is one the node must keep.
+    pub fn message_sent<C>(&mut self, msg: &crate::message::Message<C>) {
+        match &msg.body {
+            Body::RequestVoteReply(r) if r.granted && !r.pre_vote => {
+                self.global.tentative.remove(&(msg.from, msg.term));
+            }
+            Body::RequestVote(rv) if !rv.pre_vote => {
+                self.global.tentative.remove(&(msg.from, msg.term));
+            }
+            _ => {}
+        }
+    }
+
+    /// A node started: first boot, or a restart that must find exactly its persisted log
+    /// (with lossy storage: at least what it had synced).
     pub fn node_started<C: Clone + Debug>(&mut self, core: &Core<C>) -> Result<(), Violation> {
         let id = core.id();
+        let lossy = self.global.lossy;
         let view = self.nodes.entry(id).or_default();
         // NB: the shadow keeps the hashes of entries a snapshot compacted away; a node restarts
         // with its log after the snapshot only.
@@ -169,7 +220,21 @@ impl Checker {
         let mut shadow = NodeView { log, ..NodeView::default() };
         rehash_from(&mut shadow, core, LogIndex(offset as u64 + 1));
         let log = shadow.log;
-        if view.booted && view.log != log {
+        if view.booted && lossy {
+            let keep = view.durable_len().max(offset.min(view.log.len()));
+            if log.len() < keep || log[..keep] != view.log[..keep] {
+                let d = first_difference(&view.log[..keep], &log);
+                let detail =
+                    format!("restarted log lost synced entry i{d} (synced through i{keep})");
+                return fail(Rule::Durability, id, detail);
+            }
+            if core.term() < view.synced_term {
+                let detail =
+                    format!("restarted in {} after syncing term {}", core.term(), view.synced_term);
+                return fail(Rule::TermMonotonic, id, detail);
+            }
+            view.max_term = core.term();
+        } else if view.booted && view.log != log {
             let d = first_difference(&view.log, &log);
             return fail(
                 Rule::Durability,
@@ -178,18 +243,28 @@ impl Checker {
             );
         }
         view.log = log;
+        view.synced_len = view.log.len();
+        view.unsynced_from = None;
         view.booted = true;
         view.leader_of = None;
         view.commit = core.commit_index();
         view.applied = core.last_applied();
         check_term(view, id, core.term())?;
+        view.synced_term = view.max_term;
         register_entries(&mut self.global, id, &view.log, offset as u64 + 1)
     }
 
-    /// A node crashed: its volatile state is gone; the checker keeps its log shadow.
+    /// A node crashed: its volatile state is gone; the checker keeps its log shadow. With
+    /// lossy storage its tentative votes go too (they were never revealed).
     pub fn node_crashed(&mut self, id: NodeId) {
         if let Some(view) = self.nodes.get_mut(&id) {
             view.leader_of = None;
+        }
+        let g = &mut self.global;
+        let forgotten: Vec<_> = g.tentative.iter().filter(|(v, _)| *v == id).copied().collect();
+        for key in forgotten {
+            g.tentative.remove(&key);
+            g.votes.remove(&key);
         }
     }
 
@@ -249,6 +324,8 @@ fn check_log_change<C: Clone + Debug>(
         _ => None,
     });
     if let Some(from) = from {
+        let from_slot = from.0 as usize;
+        view.unsynced_from = Some(view.unsynced_from.map_or(from_slot, |f| f.min(from_slot)));
         check_append_only(view, core, from, was_leader_of)?;
         let held = committed_held(g, view, from);
         rehash_from(view, core, from);
@@ -455,7 +532,15 @@ fn check_votes<C>(g: &mut Global, id: NodeId, actions: &[Action<C>]) -> Check {
 }
 
 fn record_vote(g: &mut Global, voter: NodeId, term: Term, candidate: NodeId) -> Check {
-    let first = *g.votes.entry((voter, term)).or_insert(candidate);
+    let first = match g.votes.entry((voter, term)) {
+        MapEntry::Occupied(o) => *o.get(),
+        MapEntry::Vacant(v) => {
+            if g.lossy {
+                g.tentative.insert((voter, term));
+            }
+            *v.insert(candidate)
+        }
+    };
     if first != candidate {
         return fail(
             Rule::SingleVote,

@@ -144,6 +144,13 @@ pub struct SimConfig {
     /// Model the sync boundary of stable storage: a crash loses writes not yet synced
     /// (keeping at random a prefix of them, the last one torn). See `sim/storage.rs`.
     pub storage_faults: bool,
+    /// Hold each node's sync up to this long (drawn per batch) after the first message of a
+    /// burst: what reaches it
+    /// meanwhile joins one batch (`Driver::begin_batch`), as the thread runtime batches a
+    /// full inbox. A leader's AppendEntries leave at once, its own write synced only at the
+    /// end (thesis §10.2.1), so followers may answer before the leader's write is durable.
+    /// `None`: every delivery syncs at once.
+    pub sync_window: Option<Duration>,
     /// Serve the workload's reads ([`Workload::read`](super::Workload::read)) without the log,
     /// through every path: at the leader by ReadIndex (or its lease, with
     /// `raft.lease_reads`), at a follower by a follower read. Off: every command goes through
@@ -187,6 +194,7 @@ impl SimConfig {
             clock_drift: None,
             batch_window: None,
             storage_faults: false,
+            sync_window: None,
             reads: false,
             retry_timeouts: false,
         }

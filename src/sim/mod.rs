@@ -95,6 +95,8 @@ enum Event<S: StateMachine> {
     Resume { node: NodeId, incarnation: u64 },
     /// A delayed fault ([`Fault::After`]); dropped once the quiet period began.
     Fault(Box<Fault>),
+    /// The end of a node's sync window: its batch is synced and what waited for it runs.
+    Flush { node: NodeId, incarnation: u64 },
 }
 
 /// An event with its time and insertion number, ordered so the heap pops the earliest first
@@ -155,6 +157,8 @@ pub struct Stats {
     pub removed_campaigns: u64,
     /// Client batches of more than one request handed to a driver at once.
     pub batches: u64,
+    /// Crashes that lost unsynced writes (`SimConfig::storage_faults`).
+    pub unsynced_losses: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -184,6 +188,8 @@ pub struct Simulator<S: StateMachine> {
     /// Nodes to crash in the middle of their next step that persists and then sends or
     /// applies ([`Simulator::crash_mid_step`]).
     crash_armed: BTreeSet<NodeId>,
+    /// Nodes to crash at their next sync with writes pending (`Fault::CrashBeforeSync`).
+    crash_before_sync: BTreeSet<NodeId>,
     /// Faults to fire when some node next wins an election ([`Fault::OnNewLeader`]).
     on_new_leader: Vec<Fault>,
     /// The quiet period has begun: delayed and armed faults no longer fire.
@@ -213,7 +219,11 @@ impl<S: StateMachine> Simulator<S> {
             nodes: BTreeMap::new(),
             next_id: config.nodes + 1,
             network: Network::new(config.network.clone())?,
-            checker: Checker::new(),
+            checker: {
+                let mut checker = Checker::new();
+                checker.set_lossy_storage(config.storage_faults);
+                checker
+            },
             trace: Trace::new(config.record_trace),
             clients: Clients::new(),
             admin: Admin::default(),
@@ -222,6 +232,7 @@ impl<S: StateMachine> Simulator<S> {
             failure: None,
             churning: config.churn.is_some(),
             crash_armed: BTreeSet::new(),
+            crash_before_sync: BTreeSet::new(),
             on_new_leader: Vec::new(),
             quiet: false,
             #[cfg(test)]
@@ -361,6 +372,7 @@ impl<S: StateMachine> Simulator<S> {
             Event::Resume { node, incarnation } => self.on_resume(node, incarnation),
             Event::Fault(_) if self.quiet => Ok(()),
             Event::Fault(fault) => self.apply_fault(&fault).map_err(FailureKind::Fault),
+            Event::Flush { node, incarnation } => self.on_flush(node, incarnation),
         }
     }
 

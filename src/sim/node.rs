@@ -63,6 +63,8 @@ pub(crate) struct SimNode<S: StateMachine> {
     pub paused_until: u64,
     /// Inputs that arrived during a pause, handled in order when it ends.
     pub deferred: Vec<(Delivery<S>, InputSummary)>,
+    /// A batch is open in the driver, to be synced at the `Event::Flush` on its way.
+    pub batch_open: bool,
 }
 
 /// What reaches a node's driver in one step.
@@ -72,6 +74,8 @@ pub(crate) enum Delivery<S: StateMachine> {
     Request(Request<S>),
     /// Several client requests at once: one `Driver::handle` call batches them.
     Requests(Vec<Request<S>>),
+    /// The end of the node's sync window (`SimConfig::sync_window`).
+    Flush,
 }
 
 impl<S: StateMachine> Simulator<S> {
@@ -86,6 +90,7 @@ impl<S: StateMachine> Simulator<S> {
             tick_us,
             paused_until: 0,
             deferred: Vec::new(),
+            batch_open: false,
         };
         self.nodes.insert(id, node);
         self.start_node(id);
@@ -104,13 +109,16 @@ impl<S: StateMachine> Simulator<S> {
         }
         if node.storage.pending() > 0 {
             let (kept, torn) = node.storage.crash(&mut self.rng);
+            self.stats.unsynced_losses += 1;
             self.note(format!("crash {id} loses unsynced writes: kept {kept}, torn {torn}"));
         }
         let node = self.nodes.get_mut(&id).expect("looked up above");
         node.incarnation += 1;
         node.paused_until = 0; // a crash ends a pause; what waited is lost with the node
         node.deferred.clear();
+        node.batch_open = false; // held actions and unsynced writes go with the driver
         self.crash_armed.remove(&id);
+        self.crash_before_sync.remove(&id);
         self.stats.crashes += 1;
         self.checker.node_crashed(id);
         self.clients.forget_node(id);
@@ -186,6 +194,24 @@ impl<S: StateMachine> Simulator<S> {
             return Ok(()); // a frozen process misses its ticks
         }
         self.step(id, Delivery::Tick, InputSummary::Tick)
+    }
+
+    /// The end of a node's sync window: one sync for the batch, then what waited for it. A
+    /// crash armed for the node strikes just before the sync, losing the batch's writes
+    /// (its AppendEntries may already be out).
+    pub(crate) fn on_flush(&mut self, id: NodeId, incarnation: u64) -> Result<(), FailureKind> {
+        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        if node.live.is_none() || node.incarnation != incarnation || !node.batch_open {
+            return Ok(());
+        }
+        node.batch_open = false;
+        if self.crash_before_sync.contains(&id) && node.storage.pending() > 0 {
+            self.note(format!("crash {id} before its batch's sync"));
+            self.stats.mid_step_crashes += 1;
+            self.crash(id).expect("the node exists");
+            return Ok(());
+        }
+        self.step(id, Delivery::Flush, InputSummary::Flush)
     }
 
     /// Freezes a running node for `duration`: no ticks, and its inputs wait until it resumes
@@ -264,6 +290,26 @@ impl<S: StateMachine> Simulator<S> {
         Ok(())
     }
 
+    /// Arms a crash of `id` at its next batch sync (`SimConfig::sync_window`) with writes
+    /// pending: the batch's writes are lost, though its AppendEntries may already be out.
+    /// Without a sync window it strikes like [`Simulator::crash_mid_step`].
+    ///
+    /// # Errors
+    ///
+    /// [`FaultError::UnknownNode`].
+    pub fn crash_before_sync(&mut self, id: NodeId) -> Result<(), FaultError> {
+        if self.config.sync_window.is_none() {
+            return self.crash_mid_step(id);
+        }
+        if !self.nodes.contains_key(&id) {
+            return Err(FaultError::UnknownNode(id));
+        }
+        if self.is_up(id) {
+            self.crash_before_sync.insert(id);
+        }
+        Ok(())
+    }
+
     /// Hands a message to its receiver, unless the partition or a crash swallows it.
     pub(crate) fn deliver(&mut self, msg: Message<S::Command>) -> Result<(), FailureKind> {
         self.network.landed(msg.from, msg.to);
@@ -298,14 +344,23 @@ impl<S: StateMachine> Simulator<S> {
             return Ok(());
         }
         let Some(live) = node.live.as_mut() else { return Ok(()) };
+        if let (Some(window), Delivery::Message(_), false) =
+            (self.config.sync_window, &delivery, node.batch_open)
+        {
+            live.driver.begin_batch();
+            node.batch_open = true;
+            let incarnation = node.incarnation;
+            // NB: each batch its own length, so one node's batch may hold the answer to
+            // what it sent early while the other's was short.
+            let hold = self.rng.random_range(0..=super::micros(window));
+            self.schedule(hold, Event::Flush { node: id, incarnation });
+        }
+        let node = self.nodes.get_mut(&id).expect("looked up above");
+        let live = node.live.as_mut().expect("checked above");
         let before = (live.core().role(), live.core().term());
         let (checker, trace, stats, now, rng) =
             (&mut self.checker, &mut self.trace, &mut self.stats, self.now, &mut self.rng);
         let armed = self.crash_armed.contains(&id);
-        // NB: with storage faults, cut only after the step's sync (its first send or apply):
-        // a cut between the persists and the sync would lose writes nobody saw, which is
-        // legal, but the checker's durability rule compares against the unsynced log.
-        let synced_cut = usize::from(self.config.storage_faults);
         let mut crash_after = None;
         let mut verdict = Ok(());
         let mut observe = |core: &Core<S::Command>, actions: &[Action<S::Command>]| {
@@ -328,7 +383,9 @@ impl<S: StateMachine> Simulator<S> {
             // a core that persists later (a bug) can then lose a write it already revealed.
             let persists = actions.iter().take_while(|a| is_persist(a)).count();
             if armed && actions.iter().any(is_persist) && persists < actions.len() {
-                let executed = rng.random_range(persists + synced_cut..actions.len() + synced_cut);
+                // NB: with storage faults the cut may fall before the sync, losing the step's
+                // writes (the checker then asks only for what was synced).
+                let executed = rng.random_range(persists..actions.len());
                 crash_after = Some((executed, actions.len()));
                 return Execute::First(executed);
             }
@@ -346,6 +403,7 @@ impl<S: StateMachine> Simulator<S> {
                 let first = requests.next().expect("a batch holds at least one request");
                 driver.handle(first, &mut requests, &mut observe)
             }
+            Delivery::Flush => driver.end_batch(&mut observe),
         }));
         let outbox = std::mem::take(&mut live.driver.transport_mut().0);
         match stepped {
@@ -357,6 +415,14 @@ impl<S: StateMachine> Simulator<S> {
             Ok(Ok(())) => {}
         }
         verdict?;
+        if self.config.storage_faults {
+            for msg in &outbox {
+                self.checker.message_sent(msg);
+            }
+            if self.nodes[&id].storage.pending() == 0 {
+                self.checker.node_synced(id);
+            }
+        }
         for msg in outbox {
             self.send(msg);
         }

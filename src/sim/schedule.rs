@@ -84,6 +84,9 @@ pub enum Fault {
     OnNewLeader(Box<Fault>),
     /// Fire a fault this long after now (after the election, inside [`Fault::OnNewLeader`]).
     After(Duration, Box<Fault>),
+    /// Crash a node at its next batch sync with writes pending, losing them
+    /// ([`Simulator::crash_before_sync`]).
+    CrashBeforeSync(Target),
 }
 
 /// Faults at offsets from the start of the fault phase, in time order.
@@ -143,7 +146,7 @@ impl Schedule {
                 Fault::Crash(t) | Fault::Isolate(t) | Fault::Remove(t) | Fault::Deafen(t) => {
                     known(t)?
                 }
-                Fault::CrashMidStep(t) => known(t)?,
+                Fault::CrashMidStep(t) | Fault::CrashBeforeSync(t) => known(t)?,
                 Fault::CutLink { from, to } => {
                     known(from)?;
                     known(to)?;
@@ -323,6 +326,9 @@ impl<S: StateMachine> Simulator<S> {
             Fault::Pause(t, d) => self.resolve(*t)?.map_or(Ok(()), |id| self.pause(id, *d)),
             Fault::CrashMidStep(t) => {
                 self.resolve(*t)?.map_or(Ok(()), |id| self.crash_mid_step(id))
+            }
+            Fault::CrashBeforeSync(t) => {
+                self.resolve(*t)?.map_or(Ok(()), |id| self.crash_before_sync(id))
             }
             Fault::CrashRemoved(n) => self.nth_removed(*n).map_or(Ok(()), |id| self.crash(id)),
             Fault::RestartRemoved(n) => self.nth_removed(*n).map_or(Ok(()), |id| self.restart(id)),

@@ -157,9 +157,16 @@ pub(crate) struct NodeSummary {
 pub(crate) enum InputSummary {
     Tick,
     Receive(MsgSummary),
-    Propose { client: u64, op: u64 },
-    Batch { count: u64 },
+    Propose {
+        client: u64,
+        op: u64,
+    },
+    Batch {
+        count: u64,
+    },
     Change(MembershipChange),
+    /// The end of a sync window: the batch's writes are synced.
+    Flush,
 }
 
 /// One traced event.
@@ -269,6 +276,7 @@ impl fmt::Display for InputSummary {
             InputSummary::Propose { client, op } => write!(f, "propose c{client}#{op}"),
             InputSummary::Batch { count } => write!(f, "propose batch of {count}"),
             InputSummary::Change(c) => write!(f, "change {c:?}"),
+            InputSummary::Flush => f.write_str("sync the batch"),
         }
     }
 }

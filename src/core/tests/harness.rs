@@ -221,6 +221,13 @@ impl Node {
         let mut actions = Vec::new();
         self.core.step(input, &mut actions);
         self.execute(&actions);
+        // Like a driver that syncs at the end of each step: the core learns its log is durable
+        // (a leader may count it now), and what that unlocks is part of this step's output.
+        if self.core.durable_index() < self.core.log().last_index() {
+            let start = actions.len();
+            self.core.step(Input::Synced, &mut actions);
+            self.execute(&actions[start..]);
+        }
         self.check_disk_matches_core();
         self.history.extend(actions.iter().cloned());
         actions
