@@ -3,7 +3,9 @@
 //!
 //! It owns a node's [`Core`], its [`Storage`], its [`Transport`], its state machine (through an
 //! [`ApplyQueue`]) and the client requests waiting for answers, and executes each step's
-//! actions in the contract's order: persist, send, apply, answer. It reads no clock: time
+//! actions in the contract's order: persist, send, apply, answer. Writes go out at once; one
+//! sync at the end of a step, or of a batch of steps, makes them durable, and what depends on
+//! them waits for it (a leader's AppendEntries excepted, thesis §10.2.1). It reads no clock: time
 //! arrives as [`Driver::tick`], from a ticker thread in the runtime and from virtual time in the
 //! simulator.
 

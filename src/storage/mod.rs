@@ -56,10 +56,12 @@ pub struct PersistentState<C> {
 /// Stable storage for one node.
 ///
 /// Writes (`save_hard_state`, `append`, `save_snapshot`) may be buffered; they count as persisted
-/// only once [`Storage::sync`] returns. The node driver calls `sync` once after the persist
-/// actions of a step and before any message or answer that depends on them (SUB-8), so one sync
-/// covers everything a step wrote (group commit). A store whose writes are durable on return
-/// (like [`MemStorage`]) keeps the default no-op `sync`.
+/// only once [`Storage::sync`] returns. The node driver calls `sync` once at the end of a
+/// batch of steps (a burst of messages or client requests) and before any message or answer
+/// that depends on their writes (SUB-8), so one sync covers everything the batch wrote (group
+/// commit). Only a leader's AppendEntries may leave before its own write of those entries is
+/// synced; it counts itself towards commitment only after the sync (thesis §10.2.1). A store
+/// whose writes are durable on return (like [`MemStorage`]) keeps the default no-op `sync`.
 pub trait Storage<C>: Send + 'static {
     /// Reads back everything persisted so far.
     fn load(&self) -> io::Result<PersistentState<C>>;
