@@ -5,10 +5,13 @@
 //! operations that holds every operation synced before the cut, or a typed [`StorageError`];
 //! never a panic, never a state that was never written.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::Arc;
+
+use common::TempDir;
 
 use ferraft::storage::{DiskOptions, DiskStorage, NodeIdentity, StorageError, SyncPolicy};
 use ferraft::{
@@ -16,24 +19,6 @@ use ferraft::{
     Snapshot, SnapshotMeta, Storage, Term,
 };
 
-/// A directory under the system temp dir, removed on drop (also when a test fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("ferraft-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const ME: NodeIdentity = NodeIdentity { cluster: 0xfe44, node: NodeId(1) };
 
