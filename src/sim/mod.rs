@@ -30,6 +30,7 @@
 mod checker;
 mod churn;
 mod client;
+mod compaction;
 mod config;
 mod kv;
 mod membership;
@@ -44,6 +45,8 @@ mod trace;
 
 #[cfg(test)]
 mod bites;
+#[cfg(test)]
+mod compaction_tests;
 #[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]
@@ -69,7 +72,7 @@ pub use client::{HistoryOp, ReadQuery, Workload};
 pub use config::{Churn, NetworkConfig, SimConfig};
 pub use kv::{check_kv_history, KvWorkload};
 pub use run::{run_kv, FailureKind, RunReport, SimFailure};
-pub use schedule::{Fault, Schedule, Target};
+pub use schedule::{Fault, Schedule, SnapshotSide, Target};
 
 use client::{ClientEvent, Clients};
 use membership::Admin;
@@ -95,6 +98,8 @@ enum Event<S: StateMachine> {
     Resume { node: NodeId, incarnation: u64 },
     /// A delayed fault ([`Fault::After`]); dropped once the quiet period began.
     Fault(Box<Fault>),
+    /// An on-demand compaction of `node` ([`Simulator::compact`]).
+    Compact(NodeId),
 }
 
 /// An event with its time and insertion number, ordered so the heap pops the earliest first
@@ -155,6 +160,14 @@ pub struct Stats {
     pub removed_campaigns: u64,
     /// Client batches of more than one request handed to a driver at once.
     pub batches: u64,
+    /// On-demand compactions ([`Fault::Compact`]) that took a snapshot.
+    pub compactions: u64,
+    /// Nodes crashed right after receiving an InstallSnapshot chunk that was not the last
+    /// ([`Fault::CrashMidSnapshot`], [`SnapshotSide::Receiver`]).
+    pub snapshot_receiver_crashes: u64,
+    /// Leaders crashed right after sending an InstallSnapshot chunk that was not the last
+    /// ([`Fault::CrashMidSnapshot`], [`SnapshotSide::Sender`]).
+    pub snapshot_sender_crashes: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -186,6 +199,11 @@ pub struct Simulator<S: StateMachine> {
     crash_armed: BTreeSet<NodeId>,
     /// Faults to fire when some node next wins an election ([`Fault::OnNewLeader`]).
     on_new_leader: Vec<Fault>,
+    /// Armed crashes in the middle of an InstallSnapshot transfer ([`Fault::CrashMidSnapshot`]),
+    /// each fired once, in the order armed.
+    mid_snapshot: Vec<(SnapshotSide, Option<NodeId>)>,
+    /// On-demand compactions asked of a driver and not yet answered.
+    compactions: Vec<compaction::Pending>,
     /// The quiet period has begun: delayed and armed faults no longer fire.
     quiet: bool,
     #[cfg(test)]
@@ -223,6 +241,8 @@ impl<S: StateMachine> Simulator<S> {
             churning: config.churn.is_some(),
             crash_armed: BTreeSet::new(),
             on_new_leader: Vec::new(),
+            mid_snapshot: Vec::new(),
+            compactions: Vec::new(),
             quiet: false,
             #[cfg(test)]
             bugs: crate::core::Bugs::default(),
@@ -361,6 +381,7 @@ impl<S: StateMachine> Simulator<S> {
             Event::Resume { node, incarnation } => self.on_resume(node, incarnation),
             Event::Fault(_) if self.quiet => Ok(()),
             Event::Fault(fault) => self.apply_fault(&fault).map_err(FailureKind::Fault),
+            Event::Compact(node) => self.on_compact(node),
         }
     }
 

@@ -160,6 +160,8 @@ pub(crate) enum InputSummary {
     Propose { client: u64, op: u64 },
     Batch { count: u64 },
     Change(MembershipChange),
+    /// An on-demand compaction request.
+    Compact,
 }
 
 /// One traced event.
@@ -269,6 +271,7 @@ impl fmt::Display for InputSummary {
             InputSummary::Propose { client, op } => write!(f, "propose c{client}#{op}"),
             InputSummary::Batch { count } => write!(f, "propose batch of {count}"),
             InputSummary::Change(c) => write!(f, "change {c:?}"),
+            InputSummary::Compact => f.write_str("compact"),
         }
     }
 }
