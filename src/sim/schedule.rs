@@ -153,6 +153,15 @@ impl Schedule {
         generate(config, true, Families::default())
     }
 
+    /// Test-only: [`Schedule::random`] (or with membership) as it was before the compaction
+    /// faults, to show those only add events.
+    #[cfg(test)]
+    pub(super) fn random_without_compaction(config: &SimConfig, membership: bool) -> Self {
+        let families =
+            Families { compaction: false, mid_snapshot: false, ..Families::draw(config.seed) };
+        generate(config, membership, families)
+    }
+
     /// Checks every fault against `config` before a run: pauses no longer than the run,
     /// known explicit nodes, network settings in range.
     ///

@@ -157,8 +157,13 @@ pub(crate) struct NodeSummary {
 pub(crate) enum InputSummary {
     Tick,
     Receive(MsgSummary),
-    Propose { client: u64, op: u64 },
-    Batch { count: u64 },
+    Propose {
+        client: u64,
+        op: u64,
+    },
+    Batch {
+        count: u64,
+    },
     Change(MembershipChange),
     /// An on-demand compaction request.
     Compact,
