@@ -338,7 +338,7 @@ impl<S: StateMachine> Simulator<S> {
     }
 
     /// Runs every event scheduled at or before `until` (virtual microseconds), then sets the
-    /// clock to `until`.
+    /// clock to `until` (or leaves it, if already past: time never runs backwards).
     fn run_until(&mut self, until: u64) -> Result<(), SimFailure> {
         self.check_failed()?;
         while let Some((at, event)) = self.pop_next(until) {
@@ -347,7 +347,9 @@ impl<S: StateMachine> Simulator<S> {
                 return Err(self.fail(kind));
             }
         }
-        self.now = until;
+        // NB: a schedule's fault past the fault phase ran at its instant; the phase's end
+        // must not turn the clock back to before it.
+        self.now = self.now.max(until);
         Ok(())
     }
 

@@ -339,9 +339,9 @@ fn snapshot_faults(config: &SimConfig, mid_snapshot: bool) -> Vec<(Duration, Fau
             return events;
         }
         let nth = rng.random_range(0..64);
-        if mid_snapshot && rng.random_bool(0.6) {
-            // Long enough for an election when the leader is cut off, and for new entries.
-            let lag = rng.random_range(20..=300);
+        // Long enough for an election when the leader is cut off, and for new entries.
+        let lag = rng.random_range(20..=300);
+        if mid_snapshot && rng.random_bool(0.6) && at + lag + 1 < end {
             let cut = if rng.random_bool(0.3) { Target::Leader } else { Target::Follower(nth) };
             let side =
                 if rng.random_bool(0.5) { SnapshotSide::Receiver } else { SnapshotSide::Sender };
