@@ -207,7 +207,7 @@ fn catalogue() -> Vec<Planted> {
             "snapshots: IS-6/IS-7",
             on_demand_compaction,
             |b| b.snapshot_keeps_conflicting_log = true,
-            3,
+            5,
         ),
     ]
 }
