@@ -18,7 +18,7 @@ const SWEEP_SEEDS: u64 = 300;
 pub(super) fn compaction_faults(seed: u64) -> (SimConfig, Schedule) {
     let mut config = SimConfig::new(seed, 3 + 2 * (seed % 2));
     config.fault_phase = Duration::from_millis(1500);
-    config.raft.snapshot_entries = if seed % 3 == 0 { 10 } else { 0 };
+    config.raft.snapshot_entries = if seed.is_multiple_of(3) { 10 } else { 0 };
     config.raft.snapshot_chunk_bytes = 8 * (1 + (seed % 3) as usize);
     config.raft.snapshot_chunks_in_flight = 1 + (seed % 2) as usize;
     let schedule = if seed % 4 == 3 {
