@@ -12,7 +12,8 @@ use crate::kv::KvStateMachine;
 const SWEEP_SEEDS: u64 = 300;
 
 /// Random faults with the compaction faults drawn on a share of seeds, on 3 or 5 nodes
-/// (membership changes on every fourth seed), snapshots 8 to 24 bytes a chunk so a transfer
+/// (membership changes on every fourth seed, storage that loses unsynced writes on a crash on
+/// every fifth), snapshots 8 to 24 bytes a chunk so a transfer
 /// takes several, no snapshot policy on most seeds (only on-demand compactions), and a
 /// shorter fault phase so a sweep of hundreds of seeds stays fast.
 pub(super) fn compaction_faults(seed: u64) -> (SimConfig, Schedule) {
@@ -21,6 +22,7 @@ pub(super) fn compaction_faults(seed: u64) -> (SimConfig, Schedule) {
     config.raft.snapshot_entries = if seed.is_multiple_of(3) { 10 } else { 0 };
     config.raft.snapshot_chunk_bytes = 8 * (1 + (seed % 3) as usize);
     config.raft.snapshot_chunks_in_flight = 1 + (seed % 2) as usize;
+    config.storage_faults = seed % 5 == 4; // a crash loses unsynced writes
     let schedule = if seed % 4 == 3 {
         Schedule::random_with_membership(&config)
     } else {
