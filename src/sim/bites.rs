@@ -89,6 +89,17 @@ pub(super) fn stale_leader_returns(seed: u64) -> (SimConfig, Schedule) {
     (config, Schedule::new(events))
 }
 
+/// Compaction only on demand, under the compaction faults: [`Fault::Compact`] at random
+/// instants and, on a share of seeds, a node cut off while the leader compacts, then healed
+/// with a crash armed in the middle of the transfer (`compaction_tests.rs`), plus the random
+/// faults; snapshots travel in chunks of 8 to 24 bytes. No snapshot policy: every snapshot
+/// comes from a compaction the schedule asked for.
+pub(super) fn on_demand_compaction(seed: u64) -> (SimConfig, Schedule) {
+    let (mut config, schedule) = super::compaction_tests::compaction_faults(seed);
+    config.raft.snapshot_entries = 0;
+    (config, schedule)
+}
+
 /// One planted bug: its switch, the rule it breaks, where to hunt it, and the seed that
 /// caught it in the last full sweep.
 struct Planted {
@@ -191,6 +202,13 @@ fn catalogue() -> Vec<Planted> {
             |b| b.persist_entries_after_sends = true,
             1,
         ),
+        p(
+            "snapshot_keeps_conflicting_log",
+            "snapshots: IS-6/IS-7",
+            on_demand_compaction,
+            |b| b.snapshot_keeps_conflicting_log = true,
+            5,
+        ),
     ]
 }
 
@@ -292,6 +310,7 @@ mod caught {
         skip_2015_fix,
         accept_stale_append_replies,
         persist_entries_after_sends,
+        snapshot_keeps_conflicting_log,
     );
 }
 
@@ -308,6 +327,7 @@ fn the_catalogue_covers_every_rule_family_with_at_least_twelve_switches() {
         "membership",
         "stale replies",
         "persistence",
+        "snapshots",
     ] {
         assert!(all.iter().any(|p| p.rule.contains(family)), "no switch for {family}");
     }

@@ -30,6 +30,7 @@
 mod checker;
 mod churn;
 mod client;
+mod compaction;
 mod config;
 mod kv;
 mod membership;
@@ -44,6 +45,8 @@ mod trace;
 
 #[cfg(test)]
 mod bites;
+#[cfg(test)]
+mod compaction_tests;
 #[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]
@@ -69,7 +72,7 @@ pub use client::{HistoryOp, ReadQuery, Workload};
 pub use config::{Churn, NetworkConfig, SimConfig};
 pub use kv::{check_kv_history, KvWorkload};
 pub use run::{run_kv, FailureKind, RunReport, SimFailure};
-pub use schedule::{Fault, Schedule, Target};
+pub use schedule::{Fault, Schedule, SnapshotSide, Target};
 
 use client::{ClientEvent, Clients};
 use membership::Admin;
@@ -97,6 +100,8 @@ enum Event<S: StateMachine> {
     Fault(Box<Fault>),
     /// The end of a node's sync window: its batch is synced and what waited for it runs.
     Flush { node: NodeId, incarnation: u64 },
+    /// An on-demand compaction of `node` ([`Simulator::compact`]).
+    Compact(NodeId),
 }
 
 /// An event with its time and insertion number, ordered so the heap pops the earliest first
@@ -159,6 +164,14 @@ pub struct Stats {
     pub batches: u64,
     /// Crashes that lost unsynced writes (`SimConfig::storage_faults`).
     pub unsynced_losses: u64,
+    /// On-demand compactions ([`Fault::Compact`]) that took a snapshot.
+    pub compactions: u64,
+    /// Nodes crashed right after receiving an InstallSnapshot chunk that was not the last
+    /// ([`Fault::CrashMidSnapshot`], [`SnapshotSide::Receiver`]).
+    pub snapshot_receiver_crashes: u64,
+    /// Leaders crashed right after sending an InstallSnapshot chunk that was not the last
+    /// ([`Fault::CrashMidSnapshot`], [`SnapshotSide::Sender`]).
+    pub snapshot_sender_crashes: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -192,6 +205,11 @@ pub struct Simulator<S: StateMachine> {
     crash_before_sync: BTreeSet<NodeId>,
     /// Faults to fire when some node next wins an election ([`Fault::OnNewLeader`]).
     on_new_leader: Vec<Fault>,
+    /// Armed crashes in the middle of an InstallSnapshot transfer ([`Fault::CrashMidSnapshot`]),
+    /// each fired once, in the order armed.
+    mid_snapshot: Vec<(SnapshotSide, Option<NodeId>)>,
+    /// On-demand compactions asked of a driver and not yet answered.
+    compactions: Vec<compaction::Pending>,
     /// The quiet period has begun: delayed and armed faults no longer fire.
     quiet: bool,
     #[cfg(test)]
@@ -234,6 +252,8 @@ impl<S: StateMachine> Simulator<S> {
             crash_armed: BTreeSet::new(),
             crash_before_sync: BTreeSet::new(),
             on_new_leader: Vec::new(),
+            mid_snapshot: Vec::new(),
+            compactions: Vec::new(),
             quiet: false,
             #[cfg(test)]
             bugs: crate::core::Bugs::default(),
@@ -329,7 +349,7 @@ impl<S: StateMachine> Simulator<S> {
     }
 
     /// Runs every event scheduled at or before `until` (virtual microseconds), then sets the
-    /// clock to `until`.
+    /// clock to `until` (or leaves it, if already past: time never runs backwards).
     fn run_until(&mut self, until: u64) -> Result<(), SimFailure> {
         self.check_failed()?;
         while let Some((at, event)) = self.pop_next(until) {
@@ -338,7 +358,9 @@ impl<S: StateMachine> Simulator<S> {
                 return Err(self.fail(kind));
             }
         }
-        self.now = until;
+        // NB: a schedule's fault past the fault phase ran at its instant; the phase's end
+        // must not turn the clock back to before it.
+        self.now = self.now.max(until);
         Ok(())
     }
 
@@ -373,6 +395,7 @@ impl<S: StateMachine> Simulator<S> {
             Event::Fault(_) if self.quiet => Ok(()),
             Event::Fault(fault) => self.apply_fault(&fault).map_err(FailureKind::Fault),
             Event::Flush { node, incarnation } => self.on_flush(node, incarnation),
+            Event::Compact(node) => self.on_compact(node),
         }
     }
 

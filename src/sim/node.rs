@@ -9,6 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use rand::Rng;
 
+use super::compaction::{is_partial_chunk, sends_partial_chunk};
 use super::run::FailureKind;
 use super::storage::SimStorage;
 use super::trace::{InputSummary, MsgSummary, NodeSummary, TraceEvent, TraceLine};
@@ -338,11 +339,14 @@ impl<S: StateMachine> Simulator<S> {
         delivery: Delivery<S>,
         summary: InputSummary,
     ) -> Result<(), FailureKind> {
+        let watch_sends = !self.mid_snapshot.is_empty() && self.watches_sends(id);
         let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
         if node.live.is_some() && node.paused_until > self.now {
             node.deferred.push((delivery, summary));
             return Ok(());
         }
+        let received_chunk = matches!(&delivery, Delivery::Message(m) if is_partial_chunk(m));
+        let mut sent_chunk = false;
         let Some(live) = node.live.as_mut() else { return Ok(()) };
         if let (Some(window), Delivery::Message(_), false) =
             (self.config.sync_window, &delivery, node.batch_open)
@@ -376,6 +380,7 @@ impl<S: StateMachine> Simulator<S> {
                     _ => {}
                 }
             }
+            sent_chunk |= watch_sends && sends_partial_chunk(actions);
             if let Err(v) = checker.after_step(core, actions) {
                 verdict = Err(FailureKind::Safety(v));
             }
@@ -431,9 +436,13 @@ impl<S: StateMachine> Simulator<S> {
             self.stats.mid_step_crashes += 1;
             self.crash(id).expect("the node exists");
         }
+        if received_chunk || sent_chunk {
+            self.maybe_crash_mid_snapshot(id, received_chunk, sent_chunk);
+        }
         self.watch_removed(id, before);
         self.collect_answers(id);
         self.collect_change_answers(id);
+        self.collect_compactions(id);
         self.retire_removed();
         self.maybe_churn(id, before);
         Ok(())

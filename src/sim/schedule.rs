@@ -32,6 +32,17 @@ pub enum Target {
     Follower(usize),
 }
 
+/// Which end of an InstallSnapshot transfer [`Fault::CrashMidSnapshot`] crashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotSide {
+    /// The follower, right after it received a chunk that is not the last: its partial image
+    /// is lost, and the leader must start the transfer over (or resume) once it restarts.
+    Receiver,
+    /// The leader, right after it sent a chunk that is not the last: the transfer is
+    /// abandoned, and the next leader sends its own snapshot (or entries).
+    Sender,
+}
+
 /// One fault.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
@@ -87,6 +98,21 @@ pub enum Fault {
     /// Crash a node at its next batch sync with writes pending, losing them
     /// ([`Simulator::crash_before_sync`]).
     CrashBeforeSync(Target),
+    /// Compact a node's log now, on demand (the request `NodeHandle::compact` sends, through
+    /// the same driver): it snapshots through its applied index. A node that is down ignores it.
+    Compact(Target),
+    /// Arm a crash in the middle of an InstallSnapshot transfer: the next node that receives
+    /// a chunk that is not the last ([`SnapshotSide::Receiver`]), or sends one
+    /// ([`SnapshotSide::Sender`]), crashes right after that step. With `node`, only that
+    /// node's transfers arm it (an unknown id is refused with [`FaultError::UnknownNode`]).
+    /// Fires once; a transfer needs a snapshot several chunks long
+    /// ([`Config::snapshot_chunk_bytes`](crate::Config::snapshot_chunk_bytes)).
+    CrashMidSnapshot {
+        /// Which end crashes.
+        side: SnapshotSide,
+        /// Only this node, or any.
+        node: Option<NodeId>,
+    },
 }
 
 /// Faults at offsets from the start of the fault phase, in time order.
@@ -106,7 +132,9 @@ impl Schedule {
     /// A fault-heavy schedule drawn from the config's seed over its fault phase: crashes (often
     /// of the leader), restarts, isolations, splits, heals and lossy-network spells; and, each
     /// on a share of seeds, the issue-12 faults: one-way cuts and splits, deaf nodes, pauses,
-    /// crashes in the middle of a step, and long-tail delays in lossy spells.
+    /// crashes in the middle of a step, and long-tail delays in lossy spells; and the
+    /// compaction faults: on-demand compactions ([`Fault::Compact`]) and, on some of those
+    /// seeds, snapshot transfers interrupted by a crash ([`Fault::CrashMidSnapshot`]).
     pub fn random(config: &SimConfig) -> Self {
         generate(config, false, Families::draw(config.seed))
     }
@@ -128,6 +156,15 @@ impl Schedule {
         generate(config, true, Families::default())
     }
 
+    /// Test-only: [`Schedule::random`] (or with membership) as it was before the compaction
+    /// faults, to show those only add events.
+    #[cfg(test)]
+    pub(super) fn random_without_compaction(config: &SimConfig, membership: bool) -> Self {
+        let families =
+            Families { compaction: false, mid_snapshot: false, ..Families::draw(config.seed) };
+        generate(config, membership, families)
+    }
+
     /// Checks every fault against `config` before a run: pauses no longer than the run,
     /// known explicit nodes, network settings in range.
     ///
@@ -146,7 +183,10 @@ impl Schedule {
                 Fault::Crash(t) | Fault::Isolate(t) | Fault::Remove(t) | Fault::Deafen(t) => {
                     known(t)?
                 }
-                Fault::CrashMidStep(t) | Fault::CrashBeforeSync(t) => known(t)?,
+                Fault::CrashMidStep(t) | Fault::CrashBeforeSync(t) | Fault::Compact(t) => {
+                    known(t)?
+                }
+                Fault::CrashMidSnapshot { node: Some(id), .. } => known(&Target::Node(*id))?,
                 Fault::CutLink { from, to } => {
                     known(from)?;
                     known(to)?;
@@ -181,6 +221,11 @@ struct Families {
     mid_step: bool,
     long_tail: bool,
     removed_restarts: bool,
+    /// On-demand compactions ([`Fault::Compact`]) at random instants.
+    compaction: bool,
+    /// With `compaction`: episodes that make a follower need a snapshot, each with a crash
+    /// armed in the middle of the transfer ([`Fault::CrashMidSnapshot`]).
+    mid_snapshot: bool,
 }
 
 impl Families {
@@ -193,7 +238,17 @@ impl Families {
             mid_step: rng.random_bool(0.5),
             long_tail: rng.random_bool(0.5),
             removed_restarts: rng.random_bool(0.6),
+            ..Families::draw_snapshots(seed)
         }
+    }
+
+    /// The compaction families, from a stream of their own (added after issue 12: the
+    /// families above, and so the draws of every seed without these, stay as they were).
+    fn draw_snapshots(seed: u64) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed ^ 0xc0de_5a4b_5107_0008);
+        let compaction = rng.random_bool(0.5);
+        let mid_snapshot = compaction && rng.random_bool(0.7);
+        Families { compaction, mid_snapshot, ..Families::default() }
     }
 
     fn any(&self) -> bool {
@@ -206,6 +261,9 @@ fn generate(config: &SimConfig, membership: bool, families: Families) -> Schedul
     let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x5eed_fa17_5c4e_d01e);
     let end = config.fault_phase.as_millis() as u64;
     let mut events = Vec::new();
+    if families.compaction {
+        events = snapshot_faults(config, families.mid_snapshot);
+    }
     let mut at = 0;
     loop {
         at += rng.random_range(20..=200);
@@ -267,6 +325,40 @@ fn random_new_fault(rng: &mut SmallRng, families: Families, membership: bool) ->
             }
         }
         _ => Fault::Heal,
+    }
+}
+
+/// On-demand compactions at random instants (of the leader, more often than not) and, with
+/// `mid_snapshot`, episodes in which a node needs a snapshot: cut off the leader or a
+/// follower, let the others apply more, compact the leader, arm a crash in the middle of the
+/// transfer, heal. From a stream of their own, so the other draws do not shift.
+fn snapshot_faults(config: &SimConfig, mid_snapshot: bool) -> Vec<(Duration, Fault)> {
+    let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x5a4b_c0a1_e5ce_0008);
+    let end = config.fault_phase.as_millis() as u64;
+    let ms = Duration::from_millis;
+    let mut events = Vec::new();
+    let mut at = 0;
+    loop {
+        at += rng.random_range(100..=600);
+        if at >= end {
+            return events;
+        }
+        let nth = rng.random_range(0..64);
+        // Long enough for an election when the leader is cut off, and for new entries.
+        let lag = rng.random_range(20..=300);
+        if mid_snapshot && rng.random_bool(0.6) && at + lag + 1 < end {
+            let cut = if rng.random_bool(0.3) { Target::Leader } else { Target::Follower(nth) };
+            let side =
+                if rng.random_bool(0.5) { SnapshotSide::Receiver } else { SnapshotSide::Sender };
+            events.push((ms(at), Fault::Isolate(cut)));
+            events.push((ms(at + lag), Fault::Compact(Target::Leader)));
+            events.push((ms(at + lag), Fault::CrashMidSnapshot { side, node: None }));
+            events.push((ms(at + lag + 1), Fault::Heal));
+            at += lag + 1;
+        } else {
+            let target = if rng.random_bool(0.6) { Target::Leader } else { Target::Nth(nth) };
+            events.push((ms(at), Fault::Compact(target)));
+        }
     }
 }
 
@@ -342,6 +434,8 @@ impl<S: StateMachine> Simulator<S> {
                 self.schedule(micros(*delay), Event::Fault(inner.clone()));
                 Ok(())
             }
+            Fault::Compact(t) => self.resolve(*t)?.map_or(Ok(()), |id| self.compact(id)),
+            Fault::CrashMidSnapshot { side, node } => self.crash_mid_snapshot(*side, *node),
         }
     }
 

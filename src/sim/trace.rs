@@ -167,6 +167,8 @@ pub(crate) enum InputSummary {
     Change(MembershipChange),
     /// The end of a sync window: the batch's writes are synced.
     Flush,
+    /// An on-demand compaction request.
+    Compact,
 }
 
 /// One traced event.
@@ -277,6 +279,7 @@ impl fmt::Display for InputSummary {
             InputSummary::Batch { count } => write!(f, "propose batch of {count}"),
             InputSummary::Change(c) => write!(f, "change {c:?}"),
             InputSummary::Flush => f.write_str("sync the batch"),
+            InputSummary::Compact => f.write_str("compact"),
         }
     }
 }
