@@ -17,7 +17,6 @@ use ferraft::{
     Payload, PersistentState, Snapshot, Storage, Term,
 };
 
-
 fn disk_cluster(seed: u64, nodes: usize, dir: &Path) -> Cluster<KvStateMachine> {
     init_tracing();
     Cluster::builder(fast_config(seed), |_| KvStateMachine::new())

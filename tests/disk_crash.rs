@@ -19,7 +19,6 @@ use ferraft::{
     Snapshot, SnapshotMeta, Storage, Term,
 };
 
-
 const ME: NodeIdentity = NodeIdentity { cluster: 0xfe44, node: NodeId(1) };
 
 fn bootstrap() -> Configuration {

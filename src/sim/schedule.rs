@@ -183,9 +183,7 @@ impl Schedule {
                 Fault::Crash(t) | Fault::Isolate(t) | Fault::Remove(t) | Fault::Deafen(t) => {
                     known(t)?
                 }
-                Fault::CrashMidStep(t) | Fault::CrashBeforeSync(t) | Fault::Compact(t) => {
-                    known(t)?
-                }
+                Fault::CrashMidStep(t) | Fault::CrashBeforeSync(t) | Fault::Compact(t) => known(t)?,
                 Fault::CrashMidSnapshot { node: Some(id), .. } => known(&Target::Node(*id))?,
                 Fault::CutLink { from, to } => {
                     known(from)?;
