@@ -15,7 +15,7 @@ use super::apply::{Applier, ApplyQueue, Backlog};
 use super::metrics::Metrics;
 use super::read::ReadFn;
 use super::receipt::Responder;
-use super::{Compaction, NodeStatus, Request, RpcCounts};
+use super::{Compaction, Forwarder, NodeStatus, Request, RpcCounts};
 use crate::config::Config;
 use crate::core::{Action, Core, Input, MembershipChange, ReadId, Role};
 use crate::error::Error;
@@ -81,6 +81,8 @@ pub(crate) struct Driver<S: StateMachine, St, T> {
     last_commit: LogIndex,
     /// The transfer under way: its target and who waits for it.
     transfer_reply: Option<(NodeId, Sender<Result<NodeId, Error>>)>,
+    /// Where `Request::Forward` goes when this node does not lead (none: handled here).
+    forwarder: Option<Forwarder<S>>,
 }
 
 impl<S, St, T> Driver<S, St, T>
@@ -130,6 +132,7 @@ where
             metrics: Metrics::default(),
             last_commit: LogIndex(0),
             transfer_reply: None,
+            forwarder: None,
         })
     }
 
@@ -179,6 +182,7 @@ where
         observe: &mut Observer<'_, S::Command>,
     ) -> Result<(), Error> {
         self.rpcs.count(&msg.body);
+        self.metrics.bytes_received += self.estimated_bytes(&msg);
         self.step(Input::Receive(msg), observe)
     }
 
@@ -212,6 +216,13 @@ where
                 Request::Compact { reply } => self.compact(reply, observe)?,
                 Request::Read { read } => reads.push(self.number_read(read)),
                 Request::TransferLeadership { to, reply } => self.transfer(to, reply, observe)?,
+                Request::Forward(inner) => match self.forward_target() {
+                    Some(leader) => self.forward(leader, *inner),
+                    None => {
+                        next = Some(*inner); // handled here, as if sent without the option
+                        continue;
+                    }
+                },
             }
             if commands.len() < MAX_PROPOSAL_BATCH {
                 next = more.next();
@@ -225,6 +236,28 @@ where
             self.step(Input::Read(reads), observe)?;
         }
         Ok(())
+    }
+
+    /// Lets `Request::Forward` go to `forwarder` whenever this node does not lead.
+    pub fn set_forwarder(&mut self, forwarder: Forwarder<S>) {
+        self.forwarder = Some(forwarder);
+    }
+
+    /// The leader to forward to: known, not this node, and a forwarder to reach it.
+    fn forward_target(&self) -> Option<NodeId> {
+        let leader = self.core.leader().filter(|&l| l != self.core.id())?;
+        self.forwarder.as_ref().map(|_| leader)
+    }
+
+    fn forward(&mut self, leader: NodeId, mut request: Request<S>) {
+        self.metrics.forwarded += 1;
+        if let Request::Propose { responder, .. } = &mut request {
+            responder.forwarded_to(leader);
+        }
+        let forwarder = self.forwarder.as_ref().expect("forward_target checked it");
+        if let Err(request) = forwarder(leader, request) {
+            request.fail(Error::LeaderUnreachable(leader));
+        }
     }
 
     fn transfer(
@@ -320,6 +353,10 @@ where
             failure: None,
             metrics: self.metrics,
         };
+        let mut status = status;
+        if let Some((sent, received)) = self.transport.wire_bytes() {
+            (status.metrics.bytes_sent, status.metrics.bytes_received) = (sent, received);
+        }
         self.apply.status(status, reply);
     }
 
@@ -385,6 +422,7 @@ where
             }
             Action::Send(msg) => {
                 self.metrics.sent.count(&msg.body);
+                self.metrics.bytes_sent += self.estimated_bytes(&msg);
                 self.transport.send(msg)
             }
             Action::Proposed { first, term, count } => self.on_proposed(first, term, count),
@@ -436,6 +474,10 @@ where
             Action::Notice(notice) => tracing::debug!("{notice}"),
         }
         Ok(())
+    }
+
+    fn estimated_bytes(&self, msg: &Message<S::Command>) -> u64 {
+        super::metrics::estimated_bytes(msg, |c| self.core.command_size(c))
     }
 
     fn on_proposed(&mut self, first: LogIndex, term: Term, count: usize) {

@@ -84,6 +84,12 @@ impl<O> Responder<O> {
         }
     }
 
+    /// The request was forwarded to `leader`: if it drops this unanswered, the caller learns
+    /// that `leader` went down (not the node the caller asked).
+    pub fn forwarded_to(&mut self, leader: NodeId) {
+        self.node = leader;
+    }
+
     /// The final answer. Wakes a blocked [`Receipt::wait`] and an awaiting task.
     pub fn finish(mut self, result: Result<Applied<O>, Error>) {
         self.answer(result);

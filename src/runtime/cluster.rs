@@ -261,7 +261,7 @@ impl<S: StateMachine> Cluster<S> {
         let (requests_tx, requests) = bounded(self.config.inbox_capacity);
         let (shutdown, shutdown_rx) = bounded(1);
         let transport = (self.transport)(id, inbox_tx);
-        let driver: NodeDriver<S> = Driver::new(
+        let mut driver: NodeDriver<S> = Driver::new(
             id,
             &self.config,
             (self.factory)(id),
@@ -269,6 +269,7 @@ impl<S: StateMachine> Cluster<S> {
             transport,
             ApplyOn::Deferred,
         )?;
+        driver.set_forwarder(self.client.forwarder());
         let channels = Channels { inbox, requests, shutdown: shutdown_rx };
         let tick = self.config.tick;
         let failure = Failure::default();

@@ -30,7 +30,7 @@ impl<S: ReadStateMachine> NodeHandle<S> {
             }
             Err(error) => responder.finish(Err(error)),
         });
-        self.send_request(Request::Read { read })?;
+        self.send_request(self.forwardable(Request::Read { read }))?;
         Ok(receipt)
     }
 
@@ -72,7 +72,9 @@ impl<S: ReadStateMachine> Client<S> {
             };
             match answer {
                 Ok(applied) => {
-                    self.learn_leader(id);
+                    if !self.forward {
+                        self.learn_leader(id); // (a forwarding node need not lead)
+                    }
                     return Ok(applied.output);
                 }
                 Err(Error::NotLeader { leader_hint: Some(hint) }) if hint != id => {

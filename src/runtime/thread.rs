@@ -209,6 +209,7 @@ fn serve_failed<S: StateMachine>(node: &mut Node<S>, error: Error) -> bool {
                 Ok(Request::Compact { reply }) => { let _ = reply.send(Err(error.clone())); }
                 Ok(Request::Read { read }) => crate::node::fail_read(read, error.clone()),
                 Ok(Request::TransferLeadership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
+                Ok(forward @ Request::Forward(_)) => forward.fail(error.clone()),
                 Ok(Request::Status { reply }) => {
                     let status = NodeStatus {
                         core: core.clone(),
