@@ -220,3 +220,22 @@ fn a_second_transfer_while_one_is_in_progress_is_refused() {
     assert_eq!(second, Err(Error::TransferInProgress { to: a }));
     assert_eq!(first.join().expect("thread"), Err(Error::TransferFailed(a)));
 }
+
+#[test]
+fn many_queries_in_one_read_request_answer_in_order_on_every_path() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(77));
+    for key in ["a", "b", "c"] {
+        cluster.propose(append(key, &format!("{key}1;"))).expect("applied");
+    }
+    let queries: Vec<String> = ["c", "a", "missing", "b"].iter().map(|k| k.to_string()).collect();
+    let expected =
+        vec![Some("c1;".to_string()), Some("a1;".to_string()), None, Some("b1;".to_string())];
+    for id in cluster.ids() {
+        // The leader by ReadIndex, the followers by follower reads: one request each.
+        let answers = cluster.node(id).expect("running").read_many(queries.clone(), LONG);
+        assert_eq!(answers.expect("answered"), expected, "node {id}");
+    }
+    let none = cluster.node(cluster.ids()[0]).expect("running").read_many(Vec::new(), LONG);
+    assert_eq!(none.expect("an empty batch is answered"), Vec::<Option<String>>::new());
+}

@@ -94,11 +94,15 @@ impl<S: StateMachine> Applier<S> {
         Ok(())
     }
 
-    /// A read confirmed at `index`: run it once applied through `index`.
-    pub fn read(&mut self, index: LogIndex, read: ReadFn<S>) {
+    /// Reads confirmed at `index`: run them once applied through `index`.
+    pub fn read(&mut self, index: LogIndex, reads: Vec<ReadFn<S>>) {
         match &self.failure {
-            Some(failure) => super::read::run(read, Err(failure.clone())),
-            None => self.reads.add(index, read, &self.state_machine, self.applied),
+            Some(failure) => {
+                for read in reads {
+                    super::read::run(read, Err(failure.clone()));
+                }
+            }
+            None => self.reads.add(index, reads, &self.state_machine, self.applied),
         }
     }
 
@@ -186,10 +190,10 @@ pub(crate) enum ApplyTask<S: StateMachine> {
     },
     Snapshot(SnapshotMeta),
     Restore(Arc<Snapshot>),
-    /// A confirmed read: run it once applied through `index`.
+    /// Confirmed reads (a batch): run them once applied through `index`.
     Read {
         index: LogIndex,
-        read: ReadFn<S>,
+        reads: Vec<ReadFn<S>>,
     },
     /// Fill in what only the applier knows (digest, applied index) and answer.
     Status {
@@ -296,11 +300,11 @@ impl<S: StateMachine> ApplyQueue<S> {
         }
     }
 
-    /// Runs `read` once the state machine has applied through `index`.
-    pub fn read(&mut self, index: LogIndex, read: ReadFn<S>) {
+    /// Runs `reads` once the state machine has applied through `index`.
+    pub fn read(&mut self, index: LogIndex, reads: Vec<ReadFn<S>>) {
         match self {
-            ApplyQueue::Inline(applier) => applier.read(index, read),
-            ApplyQueue::Deferred(b) => b.push(ApplyTask::Read { index, read }),
+            ApplyQueue::Inline(applier) => applier.read(index, reads),
+            ApplyQueue::Deferred(b) => b.push(ApplyTask::Read { index, reads }),
         }
     }
 
@@ -402,7 +406,7 @@ fn run_task<S: StateMachine>(
         }
         ApplyTask::Restore(snapshot) => applier.restore(&snapshot)?,
         ApplyTask::Await { index, term, responder } => applier.await_entry(index, term, responder),
-        ApplyTask::Read { index, read } => applier.read(index, read),
+        ApplyTask::Read { index, reads } => applier.read(index, reads),
         ApplyTask::Entries { first, entries } => {
             for (i, entry) in entries.iter().enumerate() {
                 if stop.load(Ordering::Relaxed) {

@@ -74,8 +74,9 @@ pub(crate) struct Driver<S: StateMachine, St, T> {
     unsynced: bool,
     max_command_bytes: usize,
     last_seen: (Role, Term, Option<NodeId>),
-    /// Reads handed to the core and not yet confirmed or failed, by the id they were given.
-    reads: std::collections::BTreeMap<ReadId, ReadFn<S>>,
+    /// Reads handed to the core and not yet confirmed or failed, by the id they were given:
+    /// one id for all the reads one `handle` call took, so a batch costs the core one id.
+    reads: std::collections::BTreeMap<ReadId, Vec<ReadFn<S>>>,
     next_read: u64,
     metrics: Metrics,
     last_commit: LogIndex,
@@ -214,7 +215,7 @@ where
                 }
                 Request::Status { reply } => self.status(reply),
                 Request::Compact { reply } => self.compact(reply, observe)?,
-                Request::Read { read } => reads.push(self.number_read(read)),
+                Request::Read { read } => reads.push(read),
                 Request::TransferLeadership { to, reply } => self.transfer(to, reply, observe)?,
                 Request::Forward(inner) => match self.forward_target() {
                     Some(leader) => self.forward(leader, *inner),
@@ -233,7 +234,8 @@ where
             self.step(Input::Propose(commands), observe)?;
         }
         if !reads.is_empty() {
-            self.step(Input::Read(reads), observe)?;
+            let id = self.number_reads(reads);
+            self.step(Input::Read(vec![id]), observe)?;
         }
         Ok(())
     }
@@ -275,26 +277,26 @@ where
         self.step(Input::TransferLeadership(to), observe)
     }
 
-    fn number_read(&mut self, read: ReadFn<S>) -> ReadId {
+    fn number_reads(&mut self, reads: Vec<ReadFn<S>>) -> ReadId {
         self.next_read += 1;
         let id = ReadId(self.next_read);
-        self.reads.insert(id, read);
+        self.reads.insert(id, reads);
         id
     }
 
     fn read_ready(&mut self, ids: Vec<ReadId>, index: LogIndex, path: crate::core::ReadPath) {
-        self.metrics.count_reads(path, ids.len());
         for id in ids {
-            if let Some(read) = self.reads.remove(&id) {
-                self.apply.read(index, read);
+            if let Some(reads) = self.reads.remove(&id) {
+                self.metrics.count_reads(path, reads.len());
+                self.apply.read(index, reads);
             }
         }
     }
 
     fn read_failed(&mut self, ids: Vec<ReadId>, error: Error) {
-        self.metrics.reads_failed += ids.len() as u64;
         for id in ids {
-            if let Some(read) = self.reads.remove(&id) {
+            for read in self.reads.remove(&id).into_iter().flatten() {
+                self.metrics.reads_failed += 1;
                 super::read::run(read, Err(error.clone()));
             }
         }

@@ -14,7 +14,8 @@ use crate::types::LogIndex;
 /// index, or with the reason the read failed. It sends its answer itself.
 pub(crate) type ReadFn<S> = Box<dyn FnOnce(Result<(&S, LogIndex), Error>) + Send>;
 
-/// Reads waiting until the state machine has applied through their index.
+/// Reads waiting until the state machine has applied through their index. Reads travel in
+/// batches (every read a node took in one step), so a batch costs one queue entry.
 pub(crate) struct PendingReads<S> {
     waiting: BTreeMap<LogIndex, Vec<ReadFn<S>>>,
 }
@@ -30,12 +31,14 @@ impl<S> PendingReads<S> {
         self.waiting.is_empty()
     }
 
-    /// Runs `read` now if `applied` reaches `index`, else queues it.
-    pub fn add(&mut self, index: LogIndex, read: ReadFn<S>, state: &S, applied: LogIndex) {
+    /// Runs `reads` now if `applied` reaches `index`, else queues them.
+    pub fn add(&mut self, index: LogIndex, reads: Vec<ReadFn<S>>, state: &S, applied: LogIndex) {
         if index <= applied {
-            run(read, Ok((state, applied)));
+            for read in reads {
+                run(read, Ok((state, applied)));
+            }
         } else {
-            self.waiting.entry(index).or_default().push(read);
+            self.waiting.entry(index).or_default().extend(reads);
         }
     }
 
