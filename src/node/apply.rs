@@ -378,6 +378,38 @@ impl<S: StateMachine> Backlog<S> {
         }
     }
 
+    /// Runs `query` on the state machine now, on the caller's thread, if it has applied
+    /// through `index` and is free (not applying, not stopped or failed); with the applied
+    /// index it ran at. `None`: the caller takes the node's path. A panicking query also
+    /// gives `None` (the node's path then answers it as any failed read).
+    pub fn query_now<R>(
+        &self,
+        index: LogIndex,
+        query: impl FnOnce(&S) -> R,
+    ) -> Option<(R, LogIndex)> {
+        if self.stop.load(Ordering::Relaxed) || self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let applier = match self.applier.try_lock() {
+            Ok(applier) => applier,
+            Err(_) => return None,
+        };
+        let answer = if applier.failure.is_some() || applier.applied < index {
+            None
+        } else {
+            let state = &applier.state_machine;
+            let answer = catch_unwind(AssertUnwindSafe(|| query(state))).ok();
+            answer.map(|answer| (answer, applier.applied))
+        };
+        drop(applier);
+        // NB: a drain that found the applier locked by this query returned at once, leaving
+        // its tasks for whoever holds it: run them here rather than leave them waiting.
+        if self.needs_drain() {
+            self.drain();
+        }
+        answer
+    }
+
     /// Stops `drain` after the entry it is applying; tasks not run are dropped.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);

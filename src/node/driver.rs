@@ -13,7 +13,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::apply::{Applier, ApplyQueue, Backlog};
 use super::metrics::Metrics;
-use super::read::ReadFn;
+use super::read::{LeasePublisher, LeaseView, ReadFn};
 use super::receipt::Responder;
 use super::{Compaction, Forwarder, NodeStatus, Request, RpcCounts};
 use crate::config::Config;
@@ -84,6 +84,8 @@ pub(crate) struct Driver<S: StateMachine, St, T> {
     transfer_reply: Option<(NodeId, Sender<Result<NodeId, Error>>)>,
     /// Where `Request::Forward` goes when this node does not lead (none: handled here).
     forwarder: Option<Forwarder<S>>,
+    /// Publishes the lease for reads served off the node's thread (the runtime, leases on).
+    lease: Option<LeasePublisher>,
 }
 
 impl<S, St, T> Driver<S, St, T>
@@ -134,6 +136,7 @@ where
             last_commit: LogIndex(0),
             transfer_reply: None,
             forwarder: None,
+            lease: None,
         })
     }
 
@@ -174,6 +177,26 @@ where
     /// One tick of the logical clock.
     pub fn tick(&mut self, observe: &mut Observer<'_, S::Command>) -> Result<(), Error> {
         self.step(Input::Tick, observe)
+    }
+
+    /// One tick, which was due at `due` (the runtime's ticker says when): lease reads off the
+    /// node's thread measure the lease from such instants.
+    pub fn tick_at(
+        &mut self,
+        due: std::time::Instant,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        self.tick(observe)?;
+        if let Some(lease) = &mut self.lease {
+            lease.ticked(self.core.now_tick(), due);
+        }
+        Ok(())
+    }
+
+    /// Publishes this node's lease to `view` after every step, as a deadline `lease_for`
+    /// after the tick its lease started at (see [`LeaseView`]).
+    pub fn set_lease_view(&mut self, view: Arc<LeaseView>, lease_for: std::time::Duration) {
+        self.lease = Some(LeasePublisher::new(view, lease_for));
     }
 
     /// A message from a peer.
@@ -356,6 +379,9 @@ where
             metrics: self.metrics,
         };
         let mut status = status;
+        if let Some(lease) = &self.lease {
+            status.metrics.reads_lease += lease.served();
+        }
         if let Some((sent, received)) = self.transport.wire_bytes() {
             (status.metrics.bytes_sent, status.metrics.bytes_received) = (sent, received);
         }
@@ -397,6 +423,9 @@ where
         actions.clear();
         self.actions = actions;
         self.trace_role_change();
+        if let Some(lease) = &mut self.lease {
+            lease.publish(self.core.lease_read());
+        }
         result
     }
 

@@ -142,8 +142,13 @@ pub struct Receipt<O> {
 impl<O: Clone> Receipt<O> {
     /// A receipt that is already answered (a refusal before the request reached a node).
     pub(crate) fn failed(node: NodeId, error: Error) -> Self {
+        Self::ready(node, Err(error))
+    }
+
+    /// A receipt answered already with `result` (a read served on the caller's thread).
+    pub(crate) fn ready(node: NodeId, result: Result<Applied<O>, Error>) -> Self {
         let (responder, receipt) = receipt(node);
-        responder.finish(Err(error));
+        responder.finish(result);
         receipt
     }
 

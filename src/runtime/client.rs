@@ -15,7 +15,9 @@ use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use crate::core::MembershipChange;
 use crate::error::Error;
 use crate::message::Configuration;
-use crate::node::{receipt, Applied, Compaction, NodeStatus, Receipt, Request};
+use crate::node::{
+    receipt, Applied, Backlog, Compaction, LocalLease, NodeStatus, Receipt, Request,
+};
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 
@@ -27,17 +29,33 @@ pub struct NodeHandle<S: StateMachine> {
     requests: Sender<Request<S>>,
     /// Ask the node to forward proposals and reads to the leader.
     forward: bool,
+    /// With lease reads on: the node's lease and state machine, to serve a read on the
+    /// caller's thread while the lease holds (`runtime/read.rs`).
+    pub(super) local: Option<Arc<LocalReads<S>>>,
+}
+
+/// What a handle needs to answer a lease read itself.
+pub(crate) struct LocalReads<S: StateMachine> {
+    pub lease: Arc<LocalLease>,
+    pub backlog: Arc<Backlog<S>>,
 }
 
 impl<S: StateMachine> Clone for NodeHandle<S> {
     fn clone(&self) -> Self {
-        NodeHandle { id: self.id, requests: self.requests.clone(), forward: self.forward }
+        let (id, forward, local) = (self.id, self.forward, self.local.clone());
+        NodeHandle { id, requests: self.requests.clone(), forward, local }
     }
 }
 
 impl<S: StateMachine> NodeHandle<S> {
     pub(crate) fn new(id: NodeId, requests: Sender<Request<S>>) -> Self {
-        NodeHandle { id, requests, forward: false }
+        NodeHandle { id, requests, forward: false, local: None }
+    }
+
+    /// Lets this handle serve lease reads on the caller's thread.
+    pub(crate) fn with_local_reads(mut self, local: LocalReads<S>) -> Self {
+        self.local = Some(Arc::new(local));
+        self
     }
 
     /// This handle, choosing what a node that does not lead does with its proposals and reads:

@@ -253,8 +253,8 @@ fn poll_timers<S: StateMachine>(
     if channels.shutdown.try_recv().is_ok() {
         return Ok(false);
     }
-    if ticker.try_recv().is_ok() {
-        driver.tick(&mut execute_all)?;
+    if let Ok(due) = ticker.try_recv() {
+        driver.tick_at(due, &mut execute_all)?;
     }
     Ok(true)
 }
@@ -274,7 +274,10 @@ fn wait<S: StateMachine>(
             Ok(req) => driver.handle(req, &mut channels.requests.try_iter(), &mut execute_all).map(|()| true),
             Err(_) => Ok(false),
         },
-        recv(ticker) -> _ => driver.tick(&mut execute_all).map(|()| true),
+        recv(ticker) -> due => match due {
+            Ok(due) => driver.tick_at(due, &mut execute_all).map(|()| true),
+            Err(_) => driver.tick(&mut execute_all).map(|()| true),
+        },
         recv(driver.taken().clone()) -> snapshot => match snapshot {
             Ok(snapshot) => driver.snapshot_taken(snapshot, &mut execute_all).map(|()| true),
             Err(_) => Ok(false),
