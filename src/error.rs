@@ -269,6 +269,10 @@ pub enum Error {
         /// The limit, `Config::max_command_bytes`.
         max: usize,
     },
+    /// A follower asked to forward the request to the leader it knows could not hand it over:
+    /// that leader is not running (or its request queue is full). The request never reached
+    /// it, so it was never applied: retry, at another node or after an election.
+    LeaderUnreachable(NodeId),
 }
 
 impl fmt::Display for Error {
@@ -340,6 +344,10 @@ impl fmt::Display for Error {
             Error::TransferFailed(id) => write!(
                 f,
                 "leadership did not move to {id} in time (is it running and reachable?); the leader resumed; retry or pick another voter"
+            ),
+            Error::LeaderUnreachable(id) => write!(
+                f,
+                "the request was to be forwarded to the leader {id}, which is not running or not taking requests; it was never applied: retry (a new leader is elected within an election timeout)"
             ),
             Error::CommandTooLarge { size, max } => write!(
                 f,

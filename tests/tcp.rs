@@ -118,6 +118,22 @@ fn a_cluster_with_a_shared_secret_commits_and_refuses_outsiders() {
         .start()
         .expect("start");
     cluster.propose(KvCommand::Put { key: "k".into(), value: "v".into() }).expect("committed");
+    // Over TCP the metrics count frame bytes, and they grow with writes.
+    let sent = |c: &Cluster<KvStateMachine>| -> (u64, u64) {
+        let all = c.statuses();
+        (
+            all.iter().map(|s| s.metrics.bytes_sent).sum(),
+            all.iter().map(|s| s.metrics.bytes_received).sum(),
+        )
+    };
+    let before = sent(&cluster);
+    assert!(before.0 > 0 && before.1 > 0, "{before:?}");
+    for i in 0..20 {
+        cluster.propose(KvCommand::Put { key: format!("k{i}"), value: "x".repeat(100) }).unwrap();
+    }
+    let after = sent(&cluster);
+    // Each 100-byte value goes to at least one follower.
+    assert!(after.0 >= before.0 + 20 * 100, "{before:?} -> {after:?}");
     let mut outsider = config.clone();
     outsider.secret = Some(Arc::from(&b"guess"[..]));
     for (who, config) in

@@ -1,7 +1,7 @@
 //! Read workloads (issue 9), one JSON line per run:
 //!
 //! ```text
-//! cargo run --release --example bench -- read --mode index|lease|follower --clients C [--nodes N] [--ops N]
+//! cargo run --release --example bench -- read --mode index|lease|follower --clients C [--nodes N] [--ops N] [--batch B]
 //! cargo run --release --example bench -- mix --read-percent 90 --clients C [--nodes N] [--ops N]
 //! cargo run --release --example bench -- transfer --trials 100 [--nodes N]
 //! ```
@@ -9,7 +9,9 @@
 //! `read`: C linearizable reads outstanding at all times on a key-value store holding one key,
 //! from one thread (each completion starts the next): at the leader by ReadIndex (`index`), at
 //! the leader with leases on (`lease`), or at a follower (`follower`). Latency is from sending
-//! a read to taking its answer. `mix`: the same pipeline with `--read-percent` ReadIndex reads
+//! a read to taking its answer. With `--batch B` (default 1) the C outstanding reads travel as
+//! C/B requests of B queries each (`NodeHandle::read_many_async`: one receipt, one queue trip
+//! per batch); latency is then per batch, and the JSON line gains `"batch":B`. `mix`: the same pipeline with `--read-percent` ReadIndex reads
 //! and the rest writes (`Put`) at the leader. `transfer`: `--trials` leadership transfers, each
 //! to the next node, timed until the target leads.
 
@@ -35,10 +37,10 @@ fn kv_cluster(nodes: usize, lease: bool) -> Cluster<KvStateMachine> {
 
 /// Runs `ops` operations with `clients` outstanding; `next(i)` sends the i-th. Returns the
 /// elapsed seconds and the latencies in nanoseconds.
-fn pipeline(
+fn pipeline<O: Clone>(
     clients: usize,
     ops: usize,
-    mut next: impl FnMut(usize) -> Receipt<Option<String>>,
+    mut next: impl FnMut(usize) -> Receipt<O>,
 ) -> (f64, Vec<u64>) {
     let mut inflight = VecDeque::with_capacity(clients);
     let mut samples = Vec::with_capacity(ops);
@@ -92,12 +94,21 @@ pub fn read(args: &Args) {
     let cluster = kv_cluster(args.nodes, mode == "lease");
     let (leader, follower) = leader_and_follower(&cluster);
     let target = if mode == "follower" { cluster.node(follower).expect("running") } else { leader };
-    let (secs, samples) =
-        pipeline(args.clients, ops, |_| target.read_async("k".into()).expect("node running"));
+    let batch: usize = args.text("--batch").and_then(|b| b.parse().ok()).unwrap_or(1).max(1);
+    let (secs, samples) = if batch == 1 {
+        pipeline(args.clients, ops, |_| target.read_async("k".into()).expect("node running"))
+    } else {
+        let queries = || vec!["k".to_string(); batch];
+        let send = |_| target.read_many_async(queries()).expect("node running");
+        pipeline((args.clients / batch).max(1), ops / batch, send)
+    };
+    let ops = if batch == 1 { ops } else { ops / batch * batch };
     let served = cluster.status(target.id()).expect("status").metrics;
     cluster.shutdown();
     eprintln!("served by path: {served:?}");
-    print_line("read", &format!("\"mode\":\"{mode}\","), args, ops, secs, &samples);
+    let batch_field = if batch > 1 { format!("\"batch\":{batch},") } else { String::new() };
+    let extra = format!("\"mode\":\"{mode}\",{batch_field}");
+    print_line("read", &extra, args, ops, secs, &samples);
 }
 
 /// `mix --read-percent P`.

@@ -107,6 +107,19 @@ impl<C: Clone> Core<C> {
             && self.now < self.reads.lease_until
     }
 
+    /// While this leader's lease holds: the tick its latest confirmed round started at (the
+    /// lease runs `Config::lease_ticks()` from it) and the read index a read would get now.
+    /// What a runtime publishes for reads served off the node's thread.
+    pub fn lease_read(&self) -> Option<(u64, LogIndex)> {
+        let start = self.reads.lease_until.checked_sub(self.timing.lease_ticks)?;
+        self.has_lease().then(|| (start, self.commit_index.max(self.term_start)))
+    }
+
+    /// The core's logical clock: ticks since it started.
+    pub fn now_tick(&self) -> u64 {
+        self.now
+    }
+
     /// The last read round this leader started (for the gateway).
     pub(super) fn reads_round(&self) -> u64 {
         self.reads.round

@@ -94,11 +94,15 @@ impl<S: StateMachine> Applier<S> {
         Ok(())
     }
 
-    /// A read confirmed at `index`: run it once applied through `index`.
-    pub fn read(&mut self, index: LogIndex, read: ReadFn<S>) {
+    /// Reads confirmed at `index`: run them once applied through `index`.
+    pub fn read(&mut self, index: LogIndex, reads: Vec<ReadFn<S>>) {
         match &self.failure {
-            Some(failure) => super::read::run(read, Err(failure.clone())),
-            None => self.reads.add(index, read, &self.state_machine, self.applied),
+            Some(failure) => {
+                for read in reads {
+                    super::read::run(read, Err(failure.clone()));
+                }
+            }
+            None => self.reads.add(index, reads, &self.state_machine, self.applied),
         }
     }
 
@@ -186,10 +190,10 @@ pub(crate) enum ApplyTask<S: StateMachine> {
     },
     Snapshot(SnapshotMeta),
     Restore(Arc<Snapshot>),
-    /// A confirmed read: run it once applied through `index`.
+    /// Confirmed reads (a batch): run them once applied through `index`.
     Read {
         index: LogIndex,
-        read: ReadFn<S>,
+        reads: Vec<ReadFn<S>>,
     },
     /// Fill in what only the applier knows (digest, applied index) and answer.
     Status {
@@ -311,11 +315,11 @@ impl<S: StateMachine> ApplyQueue<S> {
         }
     }
 
-    /// Runs `read` once the state machine has applied through `index`.
-    pub fn read(&mut self, index: LogIndex, read: ReadFn<S>) {
+    /// Runs `reads` once the state machine has applied through `index`.
+    pub fn read(&mut self, index: LogIndex, reads: Vec<ReadFn<S>>) {
         match self {
-            ApplyQueue::Inline(applier) => applier.read(index, read),
-            ApplyQueue::Deferred(b) => b.push(ApplyTask::Read { index, read }),
+            ApplyQueue::Inline(applier) => applier.read(index, reads),
+            ApplyQueue::Deferred(b) => b.push(ApplyTask::Read { index, reads }),
         }
     }
 
@@ -389,6 +393,38 @@ impl<S: StateMachine> Backlog<S> {
         }
     }
 
+    /// Runs `query` on the state machine now, on the caller's thread, if it has applied
+    /// through `index` and is free (not applying, not stopped or failed); with the applied
+    /// index it ran at. `None`: the caller takes the node's path. A panicking query also
+    /// gives `None` (the node's path then answers it as any failed read).
+    pub fn query_now<R>(
+        &self,
+        index: LogIndex,
+        query: impl FnOnce(&S) -> R,
+    ) -> Option<(R, LogIndex)> {
+        if self.stop.load(Ordering::Relaxed) || self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let applier = match self.applier.try_lock() {
+            Ok(applier) => applier,
+            Err(_) => return None,
+        };
+        let answer = if applier.failure.is_some() || applier.applied < index {
+            None
+        } else {
+            let state = &applier.state_machine;
+            let answer = catch_unwind(AssertUnwindSafe(|| query(state))).ok();
+            answer.map(|answer| (answer, applier.applied))
+        };
+        drop(applier);
+        // NB: a drain that found the applier locked by this query returned at once, leaving
+        // its tasks for whoever holds it: run them here rather than leave them waiting.
+        if self.needs_drain() {
+            self.drain();
+        }
+        answer
+    }
+
     /// Stops `drain` after the entry it is applying; tasks not run are dropped.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -417,7 +453,7 @@ fn run_task<S: StateMachine>(
         }
         ApplyTask::Restore(snapshot) => applier.restore(&snapshot)?,
         ApplyTask::Await { index, term, responder } => applier.await_entry(index, term, responder),
-        ApplyTask::Read { index, read } => applier.read(index, read),
+        ApplyTask::Read { index, reads } => applier.read(index, reads),
         ApplyTask::Entries { first, entries } => {
             for (i, entry) in entries.iter().enumerate() {
                 if stop.load(Ordering::Relaxed) {

@@ -15,9 +15,9 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::apply::{Applier, ApplyQueue, Backlog};
 use super::metrics::Metrics;
-use super::read::ReadFn;
+use super::read::{LeasePublisher, LeaseView, ReadFn};
 use super::receipt::Responder;
-use super::{Compaction, NodeStatus, Request, RpcCounts};
+use super::{Compaction, Forwarder, NodeStatus, Request, RpcCounts};
 use crate::config::Config;
 use crate::core::{Action, Core, Input, MembershipChange, ReadId, Role};
 use crate::error::Error;
@@ -91,13 +91,18 @@ pub(crate) struct Driver<S: StateMachine, St, T> {
     parallel_write: bool,
     max_command_bytes: usize,
     last_seen: (Role, Term, Option<NodeId>),
-    /// Reads handed to the core and not yet confirmed or failed, by the id they were given.
-    reads: std::collections::BTreeMap<ReadId, ReadFn<S>>,
+    /// Reads handed to the core and not yet confirmed or failed, by the id they were given:
+    /// one id for all the reads one `handle` call took, so a batch costs the core one id.
+    reads: std::collections::BTreeMap<ReadId, Vec<ReadFn<S>>>,
     next_read: u64,
     metrics: Metrics,
     last_commit: LogIndex,
     /// The transfer under way: its target and who waits for it.
     transfer_reply: Option<(NodeId, Sender<Result<NodeId, Error>>)>,
+    /// Where `Request::Forward` goes when this node does not lead (none: handled here).
+    forwarder: Option<Forwarder<S>>,
+    /// Publishes the lease for reads served off the node's thread (the runtime, leases on).
+    lease: Option<LeasePublisher>,
 }
 
 impl<S, St, T> Driver<S, St, T>
@@ -151,6 +156,8 @@ where
             metrics: Metrics::default(),
             last_commit: LogIndex(0),
             transfer_reply: None,
+            forwarder: None,
+            lease: None,
         })
     }
 
@@ -193,6 +200,26 @@ where
         self.step(Input::Tick, observe)
     }
 
+    /// One tick, which was due at `due` (the runtime's ticker says when): lease reads off the
+    /// node's thread measure the lease from such instants.
+    pub fn tick_at(
+        &mut self,
+        due: std::time::Instant,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        self.tick(observe)?;
+        if let Some(lease) = &mut self.lease {
+            lease.ticked(self.core.now_tick(), due);
+        }
+        Ok(())
+    }
+
+    /// Publishes this node's lease to `view` after every step, as a deadline `lease_for`
+    /// after the tick its lease started at (see [`LeaseView`]).
+    pub fn set_lease_view(&mut self, view: Arc<LeaseView>, lease_for: std::time::Duration) {
+        self.lease = Some(LeasePublisher::new(view, lease_for));
+    }
+
     /// A message from a peer.
     pub fn receive(
         &mut self,
@@ -200,6 +227,7 @@ where
         observe: &mut Observer<'_, S::Command>,
     ) -> Result<(), Error> {
         self.rpcs.count(&msg.body);
+        self.metrics.bytes_received += self.estimated_bytes(&msg);
         self.step(Input::Receive(msg), observe)
     }
 
@@ -247,8 +275,15 @@ where
                 }
                 Request::Status { reply } => self.status(reply),
                 Request::Compact { reply } => self.compact(reply, observe)?,
-                Request::Read { read } => reads.push(self.number_read(read)),
+                Request::Read { read } => reads.push(read),
                 Request::TransferLeadership { to, reply } => self.transfer(to, reply, observe)?,
+                Request::Forward(inner) => match self.forward_target() {
+                    Some(leader) => self.forward(leader, *inner),
+                    None => {
+                        next = Some(*inner); // handled here, as if sent without the option
+                        continue;
+                    }
+                },
             }
             if commands.len() < MAX_PROPOSAL_BATCH {
                 next = more.next();
@@ -259,9 +294,32 @@ where
             self.step(Input::Propose(commands), observe)?;
         }
         if !reads.is_empty() {
-            self.step(Input::Read(reads), observe)?;
+            let id = self.number_reads(reads);
+            self.step(Input::Read(vec![id]), observe)?;
         }
         Ok(())
+    }
+
+    /// Lets `Request::Forward` go to `forwarder` whenever this node does not lead.
+    pub fn set_forwarder(&mut self, forwarder: Forwarder<S>) {
+        self.forwarder = Some(forwarder);
+    }
+
+    /// The leader to forward to: known, not this node, and a forwarder to reach it.
+    fn forward_target(&self) -> Option<NodeId> {
+        let leader = self.core.leader().filter(|&l| l != self.core.id())?;
+        self.forwarder.as_ref().map(|_| leader)
+    }
+
+    fn forward(&mut self, leader: NodeId, mut request: Request<S>) {
+        self.metrics.forwarded += 1;
+        if let Request::Propose { responder, .. } = &mut request {
+            responder.forwarded_to(leader);
+        }
+        let forwarder = self.forwarder.as_ref().expect("forward_target checked it");
+        if let Err(request) = forwarder(leader, request) {
+            request.fail(Error::LeaderUnreachable(leader));
+        }
     }
 
     fn transfer(
@@ -279,26 +337,26 @@ where
         self.step(Input::TransferLeadership(to), observe)
     }
 
-    fn number_read(&mut self, read: ReadFn<S>) -> ReadId {
+    fn number_reads(&mut self, reads: Vec<ReadFn<S>>) -> ReadId {
         self.next_read += 1;
         let id = ReadId(self.next_read);
-        self.reads.insert(id, read);
+        self.reads.insert(id, reads);
         id
     }
 
     fn read_ready(&mut self, ids: Vec<ReadId>, index: LogIndex, path: crate::core::ReadPath) {
-        self.metrics.count_reads(path, ids.len());
         for id in ids {
-            if let Some(read) = self.reads.remove(&id) {
-                self.apply.read(index, read);
+            if let Some(reads) = self.reads.remove(&id) {
+                self.metrics.count_reads(path, reads.len());
+                self.apply.read(index, reads);
             }
         }
     }
 
     fn read_failed(&mut self, ids: Vec<ReadId>, error: Error) {
-        self.metrics.reads_failed += ids.len() as u64;
         for id in ids {
-            if let Some(read) = self.reads.remove(&id) {
+            for read in self.reads.remove(&id).into_iter().flatten() {
+                self.metrics.reads_failed += 1;
                 super::read::run(read, Err(error.clone()));
             }
         }
@@ -357,6 +415,13 @@ where
             failure: None,
             metrics: self.metrics,
         };
+        let mut status = status;
+        if let Some(lease) = &self.lease {
+            status.metrics.reads_lease += lease.served();
+        }
+        if let Some((sent, received)) = self.transport.wire_bytes() {
+            (status.metrics.bytes_sent, status.metrics.bytes_received) = (sent, received);
+        }
         self.apply.status(status, reply);
     }
 
@@ -442,6 +507,9 @@ where
         actions.clear();
         self.actions = actions;
         self.trace_role_change();
+        if let Some(lease) = &mut self.lease {
+            lease.publish(self.core.lease_read());
+        }
         result
     }
 
@@ -497,6 +565,7 @@ where
             }
             Action::Send(msg) => {
                 self.metrics.sent.count(&msg.body);
+                self.metrics.bytes_sent += self.estimated_bytes(&msg);
                 self.transport.send(msg)
             }
             Action::Proposed { first, term, count } => self.on_proposed(first, term, count),
@@ -549,6 +618,10 @@ where
             Action::Notice(notice) => tracing::debug!("{notice}"),
         }
         Ok(())
+    }
+
+    fn estimated_bytes(&self, msg: &Message<S::Command>) -> u64 {
+        super::metrics::estimated_bytes(msg, |c| self.core.command_size(c))
     }
 
     fn on_proposed(&mut self, first: LogIndex, term: Term, count: usize) {

@@ -4,6 +4,7 @@
 
 use super::RpcCounts;
 use crate::core::ReadPath;
+use crate::message::{Body, Message, Payload};
 
 /// Counters of one node since it (re)started. Received RPCs are in `NodeStatus::rpcs`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,9 +29,27 @@ pub struct Metrics {
     pub commits: u64,
     /// Entries handed to the state machine (no-ops and configurations included).
     pub applies: u64,
+    /// Bytes of the messages this node handed to its transport. Over TCP
+    /// ([`TcpTransport`](crate::TcpTransport)): the frame bytes written to sockets (headers
+    /// included; messages the transport dropped are not counted). In-process (the router,
+    /// where nothing is encoded): an estimate of each message's encoded size, counted as it
+    /// leaves the driver: [`Metrics::ESTIMATED_HEADER_BYTES`] per message, plus per log entry
+    /// 9 bytes and its command's `StateMachine::command_size`, plus snapshot chunk bytes and
+    /// 8 per read id.
+    pub bytes_sent: u64,
+    /// Bytes of the messages this node received, counted the same way (TCP: frame bytes read
+    /// from sockets; in-process: the estimate, as the driver takes each message).
+    pub bytes_received: u64,
+    /// Proposals and reads this node forwarded to the leader (see
+    /// [`NodeHandle::forward_to_leader`](crate::NodeHandle::forward_to_leader)).
+    pub forwarded: u64,
 }
 
 impl Metrics {
+    /// The in-process estimate's fixed cost per message: from, to, term and the body's tag and
+    /// small fields (a TCP frame header alone is 10 bytes).
+    pub const ESTIMATED_HEADER_BYTES: u64 = 32;
+
     pub(crate) fn count_reads(&mut self, path: ReadPath, count: usize) {
         let count = count as u64;
         match path {
@@ -44,4 +63,27 @@ impl Metrics {
     pub fn reads(&self) -> u64 {
         self.reads_read_index + self.reads_lease + self.reads_follower
     }
+}
+
+/// The estimated encoded size of `msg` (see [`Metrics::bytes_sent`]): one pass over its entries
+/// adding the sizer's figure, no encoding.
+pub(crate) fn estimated_bytes<C>(msg: &Message<C>, sizer: impl Fn(&C) -> usize) -> u64 {
+    let body = match &msg.body {
+        Body::AppendEntries(ae) => ae
+            .entries
+            .iter()
+            .map(|e| {
+                9 + match &e.payload {
+                    Payload::Noop => 0,
+                    Payload::Command(c) => sizer(c) as u64,
+                    Payload::Config(c) => 9 * (c.voters.len() + c.learners.len()) as u64,
+                }
+            })
+            .sum(),
+        Body::InstallSnapshot(chunk) => chunk.data.len() as u64,
+        Body::ReadIndex(r) => 8 * r.ids.len() as u64,
+        Body::ReadIndexReply(r) => 8 * r.ids.len() as u64,
+        _ => 0,
+    };
+    Metrics::ESTIMATED_HEADER_BYTES + body
 }

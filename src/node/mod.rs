@@ -20,6 +20,7 @@ use crossbeam_channel::Sender;
 pub(crate) use apply::panic_message;
 pub(crate) use apply::Backlog;
 pub(crate) use driver::{execute_all, ApplyOn, Driver, Execute};
+pub(crate) use read::LeaseView as LocalLease;
 pub(crate) use read::ReadFn;
 
 /// Answers a read that will never run (the node failed).
@@ -62,6 +63,30 @@ pub(crate) enum Request<S: StateMachine> {
         to: NodeId,
         reply: Sender<Result<NodeId, Error>>,
     },
+    /// A proposal or read the caller wants forwarded to the leader when this node does not
+    /// lead (and has a [`Forwarder`]); handled here otherwise. Forwarded once: the leader gets
+    /// the inner request, so a request never travels two hops.
+    Forward(Box<Request<S>>),
+}
+
+/// Hands a request to another node (the leader) for the driver: in-process, straight into that
+/// node's request queue, so the leader answers the original caller. `Err` gives the request
+/// back when that node cannot take it (not running, queue full); it must never block.
+pub(crate) type Forwarder<S> = Box<dyn Fn(NodeId, Request<S>) -> Result<(), Request<S>> + Send>;
+
+impl<S: StateMachine> Request<S> {
+    /// Answers the request with `error` (a status request just drops its reply: `NodeDown`).
+    pub(crate) fn fail(self, error: Error) {
+        match self {
+            Request::Propose { responder, .. } => responder.finish(Err(error)),
+            Request::Read { read } => fail_read(read, error),
+            Request::ChangeMembership { reply, .. } => drop(reply.send(Err(error))),
+            Request::Compact { reply } => drop(reply.send(Err(error))),
+            Request::TransferLeadership { reply, .. } => drop(reply.send(Err(error))),
+            Request::Status { .. } => {}
+            Request::Forward(inner) => inner.fail(error),
+        }
+    }
 }
 
 /// What [`NodeHandle::compact`](crate::NodeHandle::compact) did.

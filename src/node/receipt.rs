@@ -84,6 +84,12 @@ impl<O> Responder<O> {
         }
     }
 
+    /// The request was forwarded to `leader`: if it drops this unanswered, the caller learns
+    /// that `leader` went down (not the node the caller asked).
+    pub fn forwarded_to(&mut self, leader: NodeId) {
+        self.node = leader;
+    }
+
     /// The final answer. Wakes a blocked [`Receipt::wait`] and an awaiting task.
     pub fn finish(mut self, result: Result<Applied<O>, Error>) {
         self.answer(result);
@@ -136,8 +142,13 @@ pub struct Receipt<O> {
 impl<O: Clone> Receipt<O> {
     /// A receipt that is already answered (a refusal before the request reached a node).
     pub(crate) fn failed(node: NodeId, error: Error) -> Self {
+        Self::ready(node, Err(error))
+    }
+
+    /// A receipt answered already with `result` (a read served on the caller's thread).
+    pub(crate) fn ready(node: NodeId, result: Result<Applied<O>, Error>) -> Self {
         let (responder, receipt) = receipt(node);
-        responder.finish(Err(error));
+        responder.finish(result);
         receipt
     }
 

@@ -15,25 +15,77 @@ use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use crate::core::MembershipChange;
 use crate::error::Error;
 use crate::message::Configuration;
-use crate::node::{receipt, Applied, Compaction, NodeStatus, Receipt, Request};
+use crate::node::{
+    receipt, Applied, Backlog, Compaction, LocalLease, NodeStatus, Receipt, Request,
+};
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 
-/// A handle to one node: proposals sent here fail with `NotLeader` unless it leads.
+/// A handle to one node: proposals and reads sent here fail with `NotLeader` (and a hint)
+/// unless it leads, or, with [`NodeHandle::forward_to_leader`], are forwarded by the node to
+/// the leader it knows, which answers the caller directly.
 pub struct NodeHandle<S: StateMachine> {
     id: NodeId,
     requests: Sender<Request<S>>,
+    /// Ask the node to forward proposals and reads to the leader.
+    forward: bool,
+    /// With lease reads on: the node's lease and state machine, to serve a read on the
+    /// caller's thread while the lease holds (`runtime/read.rs`).
+    pub(super) local: Option<Arc<LocalReads<S>>>,
+}
+
+/// What a handle needs to answer a lease read itself.
+pub(crate) struct LocalReads<S: StateMachine> {
+    pub lease: Arc<LocalLease>,
+    pub backlog: Arc<Backlog<S>>,
 }
 
 impl<S: StateMachine> Clone for NodeHandle<S> {
     fn clone(&self) -> Self {
-        NodeHandle { id: self.id, requests: self.requests.clone() }
+        let (id, forward, local) = (self.id, self.forward, self.local.clone());
+        NodeHandle { id, requests: self.requests.clone(), forward, local }
     }
 }
 
 impl<S: StateMachine> NodeHandle<S> {
     pub(crate) fn new(id: NodeId, requests: Sender<Request<S>>) -> Self {
-        NodeHandle { id, requests }
+        NodeHandle { id, requests, forward: false, local: None }
+    }
+
+    /// Lets this handle serve lease reads on the caller's thread.
+    pub(crate) fn with_local_reads(mut self, local: LocalReads<S>) -> Self {
+        self.local = Some(Arc::new(local));
+        self
+    }
+
+    /// This handle, choosing what a node that does not lead does with its proposals and reads:
+    /// `true` forwards each one (once) to the leader the node knows, whose answer comes back to
+    /// the caller's receipt as if the leader had been asked; `false` (the default) refuses
+    /// with `NotLeader { leader_hint }`. A forwarded request still fails with `NotLeader`
+    /// when the node knows no leader, and with [`Error::LeaderUnreachable`] when the leader it
+    /// knows is not running. A node that leads serves the request itself either way.
+    pub fn forward_to_leader(mut self, forward: bool) -> Self {
+        self.forward = forward;
+        self
+    }
+
+    /// Whether this handle asks for forwarding ([`NodeHandle::forward_to_leader`]).
+    pub fn forwards(&self) -> bool {
+        self.forward
+    }
+
+    /// `request`, wrapped to be forwarded if this handle forwards.
+    pub(crate) fn forwardable(&self, request: Request<S>) -> Request<S> {
+        if self.forward {
+            Request::Forward(Box::new(request))
+        } else {
+            request
+        }
+    }
+
+    /// Hands `request` to this node's queue without blocking (the forwarding path).
+    pub(crate) fn try_send_request(&self, request: Request<S>) -> Result<(), Request<S>> {
+        self.requests.try_send(request).map_err(|e| e.into_inner())
     }
 
     /// The node's id.
@@ -49,7 +101,7 @@ impl<S: StateMachine> NodeHandle<S> {
     /// Sends a proposal without waiting; the receipt tells its index and output later.
     pub fn propose_async(&self, command: S::Command) -> Result<Receipt<S::Output>, Error> {
         let (responder, receipt) = receipt(self.id);
-        let request = Request::Propose { command, responder };
+        let request = self.forwardable(Request::Propose { command, responder });
         // NB: a failed send drops the responder, which answers the (discarded) receipt.
         self.requests.send(request).map_err(|_| Error::NodeDown(self.id))?;
         Ok(receipt)
@@ -117,11 +169,13 @@ impl<S: StateMachine> NodeHandle<S> {
 /// means). Cheap to clone, `Send + Sync`: share one among many threads, no lock needed.
 pub struct Client<S: StateMachine> {
     pub(super) shared: Arc<Shared<S>>,
+    /// Ask followers to forward to the leader ([`Client::forward_to_leader`]).
+    pub(super) forward: bool,
 }
 
 impl<S: StateMachine> Clone for Client<S> {
     fn clone(&self) -> Self {
-        Client { shared: Arc::clone(&self.shared) }
+        Client { shared: Arc::clone(&self.shared), forward: self.forward }
     }
 }
 
@@ -153,7 +207,31 @@ impl<S: StateMachine> Client<S> {
             timeout,
             retry_pause,
         };
-        Client { shared: Arc::new(shared) }
+        Client { shared: Arc::new(shared), forward: false }
+    }
+
+    /// This client, choosing whether a node that does not lead forwards its requests to the
+    /// leader (see [`NodeHandle::forward_to_leader`]) instead of answering `NotLeader`, which
+    /// the client then follows itself. Either way the client retries as documented on
+    /// [`Client::propose_timeout`]; forwarding saves the caller a round trip to a stale guess.
+    pub fn forward_to_leader(mut self, forward: bool) -> Self {
+        self.forward = forward;
+        self
+    }
+
+    /// What a node uses to forward requests in-process: straight into the leader's request
+    /// queue, found among the running nodes. Holds the client weakly: no cycle through the
+    /// node threads.
+    pub(crate) fn forwarder(&self) -> crate::node::Forwarder<S> {
+        let shared = Arc::downgrade(&self.shared);
+        Box::new(move |to, request| {
+            let Some(shared) = shared.upgrade() else { return Err(request) };
+            let nodes = shared.nodes.read().unwrap_or_else(|p| p.into_inner());
+            match nodes.get(&to) {
+                Some(leader) => leader.try_send_request(request),
+                None => Err(request),
+            }
+        })
     }
 
     pub(crate) fn node_started(&self, handle: NodeHandle<S>) {
@@ -170,7 +248,8 @@ impl<S: StateMachine> Client<S> {
     }
 
     pub(super) fn handle(&self, id: NodeId) -> Option<NodeHandle<S>> {
-        self.shared.nodes.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+        let nodes = self.shared.nodes.read().unwrap_or_else(|p| p.into_inner());
+        nodes.get(&id).map(|h| h.clone().forward_to_leader(self.forward))
     }
 
     pub(super) fn running(&self) -> Vec<NodeId> {
@@ -219,7 +298,9 @@ impl<S: StateMachine> Client<S> {
             let Some(id) = target else { return Err(Error::Shutdown) };
             match self.try_propose(id, command.clone(), deadline) {
                 Ok(applied) => {
-                    self.learn_leader(id);
+                    if !self.forward {
+                        self.learn_leader(id); // (a forwarding node need not lead)
+                    }
                     return Ok(applied);
                 }
                 Err(Retry::At(hint)) => {

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
 
-use super::client::{Client, NodeHandle};
+use super::client::{Client, LocalReads, NodeHandle};
 use super::thread::{self, Channels, Failure, NodeDriver, NodeThreads};
 use crate::config::Config;
 use crate::core::{MembershipChange, Role};
 use crate::error::{ConfigError, Error};
 use crate::message::{Configuration, Message};
-use crate::node::{Applied, ApplyOn, Driver, NodeStatus, Receipt};
+use crate::node::{Applied, ApplyOn, Driver, LocalLease, NodeStatus, Receipt};
 use crate::state_machine::StateMachine;
 use crate::storage::{DiskStorage, MemStorage, Storage};
 use crate::transport::{Router, Transport};
@@ -261,7 +261,7 @@ impl<S: StateMachine> Cluster<S> {
         let (requests_tx, requests) = bounded(self.config.inbox_capacity);
         let (shutdown, shutdown_rx) = bounded(1);
         let transport = (self.transport)(id, inbox_tx);
-        let driver: NodeDriver<S> = Driver::new(
+        let mut driver: NodeDriver<S> = Driver::new(
             id,
             &self.config,
             (self.factory)(id),
@@ -269,11 +269,22 @@ impl<S: StateMachine> Cluster<S> {
             transport,
             ApplyOn::Deferred,
         )?;
+        driver.set_forwarder(self.client.forwarder());
+        let local = self.config.lease_reads.then(|| {
+            let lease = Arc::new(LocalLease::default());
+            let lease_for = self.config.tick * self.config.lease_ticks() as u32;
+            driver.set_lease_view(Arc::clone(&lease), lease_for);
+            let backlog = Arc::clone(driver.backlog().expect("the thread runtime defers applies"));
+            LocalReads { lease, backlog }
+        });
         let channels = Channels { inbox, requests, shutdown: shutdown_rx };
         let tick = self.config.tick;
         let failure = Failure::default();
         let thread = thread::spawn(id, driver, channels, tick, Arc::clone(&failure))?;
-        let handle = NodeHandle::new(id, requests_tx);
+        let mut handle = NodeHandle::new(id, requests_tx);
+        if let Some(local) = local {
+            handle = handle.with_local_reads(local);
+        }
         self.client.node_started(handle.clone());
         self.slot_mut(id)?.running = Some(Running { handle, shutdown, thread, failure });
         Ok(())

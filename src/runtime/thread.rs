@@ -209,6 +209,7 @@ fn serve_failed<S: StateMachine>(node: &mut Node<S>, error: Error) -> bool {
                 Ok(Request::Compact { reply }) => { let _ = reply.send(Err(error.clone())); }
                 Ok(Request::Read { read }) => crate::node::fail_read(read, error.clone()),
                 Ok(Request::TransferLeadership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
+                Ok(forward @ Request::Forward(_)) => forward.fail(error.clone()),
                 Ok(Request::Status { reply }) => {
                     let status = NodeStatus {
                         core: core.clone(),
@@ -252,8 +253,8 @@ fn poll_timers<S: StateMachine>(
     if channels.shutdown.try_recv().is_ok() {
         return Ok(false);
     }
-    if ticker.try_recv().is_ok() {
-        driver.tick(&mut execute_all)?;
+    if let Ok(due) = ticker.try_recv() {
+        driver.tick_at(due, &mut execute_all)?;
     }
     Ok(true)
 }
@@ -273,7 +274,10 @@ fn wait<S: StateMachine>(
             Ok(req) => driver.handle(req, &mut channels.requests.try_iter(), &mut execute_all).map(|()| true),
             Err(_) => Ok(false),
         },
-        recv(ticker) -> _ => driver.tick(&mut execute_all).map(|()| true),
+        recv(ticker) -> due => match due {
+            Ok(due) => driver.tick_at(due, &mut execute_all).map(|()| true),
+            Err(_) => driver.tick(&mut execute_all).map(|()| true),
+        },
         recv(driver.taken().clone()) -> snapshot => match snapshot {
             Ok(snapshot) => driver.snapshot_taken(snapshot, &mut execute_all).map(|()| true),
             Err(_) => Ok(false),

@@ -33,6 +33,13 @@ pub trait Workload<S: StateMachine> {
         let _ = command;
         None
     }
+
+    /// `client`'s operation `command` completed with `output` (the answer reached the
+    /// client): a stateful workload learns from it, e.g. the client id a session registration
+    /// returned. Default: nothing.
+    fn observe(&mut self, client: u64, command: &S::Command, output: &S::Output) {
+        let _ = (client, command, output);
+    }
 }
 
 /// Answers a read command from a state machine (see [`Workload::read`]).
@@ -378,6 +385,9 @@ impl<S: StateMachine> Simulator<S> {
             return;
         }
         self.note(format!("c{client} complete #{op} {output:?}"));
+        if let Some(workload) = self.clients.workload.as_mut() {
+            workload.observe(client, &self.clients.history[op].command, &output);
+        }
         self.clients.history[op].completed = Some((self.now, output));
         self.clients.finish(client);
         self.next_op(client);

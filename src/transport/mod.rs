@@ -19,6 +19,13 @@ use crate::message::Message;
 pub trait Transport<C>: Send + 'static {
     /// Hands `msg` to the network for delivery to `msg.to` (best effort).
     fn send(&mut self, msg: Message<C>);
+
+    /// Bytes this transport put on and took off the wire so far, `(sent, received)`, if it
+    /// counts them (TCP counts frame bytes). `None` (the default): the node's metrics estimate
+    /// them (see [`Metrics::bytes_sent`](crate::Metrics::bytes_sent)).
+    fn wire_bytes(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 impl<C: Clone + Send + 'static> Transport<C> for std::sync::Arc<Router<C>> {
@@ -30,5 +37,9 @@ impl<C: Clone + Send + 'static> Transport<C> for std::sync::Arc<Router<C>> {
 impl<C: 'static> Transport<C> for Box<dyn Transport<C>> {
     fn send(&mut self, msg: Message<C>) {
         (**self).send(msg);
+    }
+
+    fn wire_bytes(&self) -> Option<(u64, u64)> {
+        (**self).wire_bytes()
     }
 }

@@ -223,6 +223,9 @@ struct Shared {
     accepted: Mutex<HashMap<u64, (Option<NodeId>, TcpStream)>>,
     next_conn: AtomicU64,
     handshakes: AtomicUsize,
+    /// Frame bytes written to peers and read from them (`Transport::wire_bytes`).
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
 }
 
 impl Shared {
@@ -304,6 +307,8 @@ where
             accepted: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             handshakes: AtomicUsize::new(0),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
         });
         let listen = {
             let shared = Arc::clone(&shared);
@@ -406,7 +411,7 @@ fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &Receiver<Messag
                 tracing::debug!(peer = %to, %addr, "connected");
                 backoff = config.backoff_min;
                 failures = 0;
-                match pump(stream, queue, config.max_frame_bytes) {
+                match pump(stream, queue, config.max_frame_bytes, &shared.bytes_sent) {
                     Ok(()) => return, // the queue closed: the node stopped
                     Err(e) => tracing::debug!(peer = %to, error = %e, "connection lost"),
                 }
@@ -450,6 +455,7 @@ fn pump<C: Serialize>(
     mut stream: TcpStream,
     queue: &Receiver<Message<C>>,
     max_frame_bytes: usize,
+    bytes_sent: &AtomicU64,
 ) -> io::Result<()> {
     use std::io::Write;
     let mut buf = Vec::new();
@@ -466,6 +472,7 @@ fn pump<C: Serialize>(
             }
         }
         stream.write_all(&buf)?;
+        bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -655,6 +662,8 @@ fn read_messages<C: DeserializeOwned>(
                 return;
             }
         };
+        let bytes = (frame.payload.len() + frame::HEADER_BYTES) as u64;
+        shared.bytes_received.fetch_add(bytes, Ordering::Relaxed);
         if frame.kind != FrameKind::Message {
             tracing::warn!(peer = %from, kind = ?frame.kind, "unexpected frame: connection closed");
             return;

@@ -1,0 +1,141 @@
+//! Forwarding: a proposal or read sent to a follower's handle is forwarded to the leader and
+//! answered to the caller (`NodeHandle::forward_to_leader`); a leader change under forwarded
+//! requests answers each one or fails it with a typed error; a dead leader is a typed error
+//! within the deadline. And the bytes-sent metric, which grows with writes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferraft::{Cluster, Config, Error, KvCommand, KvStateMachine, NodeId};
+
+fn kv_cluster(n: usize, config: Config) -> Cluster<KvStateMachine> {
+    let cluster = Cluster::new(config, n, |_| KvStateMachine::new()).expect("start");
+    wait_for_agreement(&cluster, LONG);
+    cluster
+}
+
+/// A follower that knows `leader` leads (it heard from it), so it forwards there.
+fn follower_knowing(cluster: &Cluster<KvStateMachine>, leader: NodeId) -> NodeId {
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    wait_until(LONG, "the follower knows the leader", || {
+        let status = cluster.status(follower).map_err(|e| e.to_string())?;
+        if status.core.leader == Some(leader) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", status.core))
+        }
+    });
+    follower
+}
+
+#[test]
+fn a_follower_handle_forwards_a_write_and_a_read_to_the_leader() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(91));
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let follower = follower_knowing(&cluster, leader);
+    let plain = cluster.node(follower).expect("running");
+    // Without the option, a follower refuses with a hint, as before.
+    let refused = plain.propose(append("k", "x"), LONG);
+    assert!(matches!(refused, Err(Error::NotLeader { leader_hint: Some(_) })), "{refused:?}");
+    let forwarding = plain.forward_to_leader(true);
+    assert!(forwarding.forwards());
+    let value = token("fwd");
+    let applied = forwarding.propose(append("k", &value), LONG).expect("forwarded write");
+    assert!(applied.index.0 > 0, "a real log index: {applied:?}");
+    let read = forwarding.read("k".to_string(), LONG).expect("forwarded read");
+    assert!(read.expect("present").ends_with(&value), "the read sees the forwarded write");
+    let metrics = cluster.status(follower).expect("status").metrics;
+    assert!(metrics.forwarded >= 2, "{metrics:?}");
+    // The cluster's client can ask for forwarding too.
+    let client = cluster.client().forward_to_leader(true);
+    client.propose(append("k", "c")).expect("client write with forwarding");
+    assert!(client.read("k".to_string()).expect("read").expect("present").ends_with('c'));
+}
+
+/// Every forwarded proposal is answered, or fails with a typed error, while leadership moves
+/// (a transfer) and while the leader dies (a kill): never a hang until the deadline.
+#[test]
+fn forwarded_requests_are_answered_or_fail_typed_when_the_leader_changes() {
+    let _serial = serial();
+    let mut cluster = kv_cluster(3, fast_config(92));
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let follower = follower_knowing(&cluster, leader);
+    let other = cluster.ids().into_iter().find(|&id| id != leader && id != follower).unwrap();
+    let handle = cluster.node(follower).expect("running").forward_to_leader(true);
+    let send = |n: usize, tag: &str| -> Vec<_> {
+        (0..n)
+            .map(|i| handle.propose_async(append("k", &format!("{tag}{i};"))).expect("sent"))
+            .collect()
+    };
+    let mut receipts = send(100, "a");
+    cluster.transfer_leadership(other).expect("transferred");
+    receipts.extend(send(100, "b"));
+    let leader = cluster.wait_for_leader(LONG).expect("a leader after the transfer");
+    receipts.extend(send(100, "c"));
+    cluster.kill(leader).expect("kill the leader");
+    receipts.extend(send(100, "d"));
+    let mut answered = 0;
+    for mut receipt in receipts {
+        let start = Instant::now();
+        match receipt.wait(LONG) {
+            Ok(_) => answered += 1,
+            Err(
+                Error::NotLeader { .. }
+                | Error::TransferInProgress { .. }
+                | Error::ProposalDropped { .. }
+                | Error::NodeDown(_)
+                | Error::LeaderUnreachable(_),
+            ) => {}
+            Err(e) => panic!("a forwarded request got {e:?} after {:?}", start.elapsed()),
+        }
+    }
+    assert!(answered >= 100, "most requests before the kill were applied: {answered}");
+}
+
+#[test]
+fn forwarding_to_a_dead_leader_is_a_typed_error_within_the_deadline() {
+    let _serial = serial();
+    // Long election timeouts: the follower still believes in the dead leader for a while.
+    let mut cluster = kv_cluster(3, roomy_config(93));
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let follower = follower_knowing(&cluster, leader);
+    let handle = cluster.node(follower).expect("running").forward_to_leader(true);
+    cluster.kill(leader).expect("kill");
+    let deadline = Duration::from_secs(10);
+    let start = Instant::now();
+    let write = handle.propose(append("k", "late"), deadline);
+    let read = handle.read("k".to_string(), deadline);
+    let took = start.elapsed();
+    for result in [write.map(|_| ()), read.map(|_| ())] {
+        match result {
+            Err(Error::LeaderUnreachable(id)) => assert_eq!(id, leader),
+            // An election may have finished already: no leader known yet, or the new one.
+            Err(Error::NotLeader { .. }) | Ok(()) => {}
+            other => panic!("expected LeaderUnreachable({leader}), got {other:?}"),
+        }
+    }
+    assert!(took < deadline, "answered before the deadline, not by it: {took:?}");
+}
+
+#[test]
+fn bytes_sent_and_received_grow_with_writes() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(94));
+    let totals = |c: &Cluster<KvStateMachine>| -> (u64, u64) {
+        let all = c.statuses();
+        let sent = all.iter().map(|s| s.metrics.bytes_sent).sum();
+        (sent, all.iter().map(|s| s.metrics.bytes_received).sum())
+    };
+    let before = totals(&cluster);
+    for i in 0..50 {
+        let put = KvCommand::Put { key: format!("k{i}"), value: "v".repeat(200) };
+        cluster.propose(put).expect("applied");
+    }
+    let after = totals(&cluster);
+    // Every 200-byte value reaches both followers: at least 2 x 50 x 200 bytes more.
+    assert!(after.0 >= before.0 + 2 * 50 * 200, "sent {before:?} -> {after:?}");
+    assert!(after.1 >= before.1 + 2 * 50 * 200, "received {before:?} -> {after:?}");
+}
