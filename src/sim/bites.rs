@@ -119,7 +119,7 @@ fn catalogue() -> Vec<Planted> {
             "elections: CAN-1/CAN-2",
             nemesis,
             |b| b.keep_votes_across_elections = true,
-            1,
+            5,
         ),
         p("ignore_voted_for", "votes and terms: RV-2", nemesis, |b| b.ignore_voted_for = true, 2),
         p(
@@ -127,7 +127,7 @@ fn catalogue() -> Vec<Planted> {
             "votes and terms, persistence: ST-P2",
             reboots,
             |b| b.forget_voted_for = true,
-            1,
+            3,
         ),
         p(
             "truncate_on_duplicate",
