@@ -6,6 +6,8 @@
 //! A failure prints a one-line replay command; `FERRAFT_SEED=s ... replay` reruns seed `s`
 //! with the full trace kept.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ferraft::linearizability::CheckOutcome;
@@ -177,7 +179,8 @@ fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
 }
 
 /// Soak: `FERRAFT_SOAK=n` runs n seeds of [`nemesis_scenario`] from `FERRAFT_SOAK_START`
-/// (default 0), printing progress every `FERRAFT_SOAK_EVERY` seconds (default 30) and a final
+/// (default 0) on `FERRAFT_THREADS` threads (default 1; each takes the next seed not yet
+/// taken), printing progress every `FERRAFT_SOAK_EVERY` seconds (default 30) and a final
 /// summary line. Safety violations fail the test at once; liveness failures (safe, but not
 /// converged after healing) are listed and counted separately, and fail it at the end.
 /// Without `FERRAFT_SOAK` it runs a short smoke (50 seeds in release builds).
@@ -188,49 +191,149 @@ fn soak_with_the_issue_12_fault_model() {
     let n = env("FERRAFT_SOAK").unwrap_or(smoke);
     let first = env("FERRAFT_SOAK_START").unwrap_or(0);
     let every = Duration::from_secs(env("FERRAFT_SOAK_EVERY").unwrap_or(30));
-    let start = Instant::now();
-    let mut last_print = Instant::now();
-    let (mut done, mut simulated, mut liveness) = (0u64, Duration::ZERO, Vec::new());
-    let mut stats = (0u64, 0u64, 0u64, 0u64); // mid-step crashes, batches, removed campaigns, crashes
-    for seed in first..first + n {
+    let threads = env("FERRAFT_THREADS").unwrap_or(1).max(1);
+    let mut soak = Soak::new(first, n);
+    let next = AtomicU64::new(first);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel::<(u64, Result<RunReport, SimFailure>)>();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (tx, next, stop) = (tx.clone(), &next, &stop);
+            let worker = move || soak_worker(first + n, next, stop, &tx);
+            std::thread::Builder::new()
+                .name(format!("soak-{t}"))
+                .spawn_scoped(scope, worker)
+                .expect("a soak thread starts");
+        }
+        drop(tx);
+        soak.collect(&rx, every, &stop);
+    });
+    soak.summary();
+}
+
+/// One soak thread: runs the next untaken seed until `end` or until told to stop.
+fn soak_worker(
+    end: u64,
+    next: &AtomicU64,
+    stop: &AtomicBool,
+    tx: &mpsc::Sender<(u64, Result<RunReport, SimFailure>)>,
+) {
+    while !stop.load(AtomicOrdering::Relaxed) {
+        let seed = next.fetch_add(1, AtomicOrdering::Relaxed);
+        if seed >= end {
+            return;
+        }
         let (config, schedule) = nemesis_scenario(seed);
-        match run_kv(&config, &schedule) {
+        if tx.send((seed, run_kv(&config, &schedule))).is_err() {
+            return;
+        }
+    }
+}
+
+/// The soak's tally, kept by the thread that prints.
+struct Soak {
+    first: u64,
+    n: u64,
+    start: Instant,
+    done: u64,
+    simulated: Duration,
+    liveness: Vec<u64>,
+    safety: Option<(u64, String)>,
+    /// Crashes, of them mid-step, client batches, removed-node campaigns.
+    stats: (u64, u64, u64, u64),
+}
+
+impl Soak {
+    fn new(first: u64, n: u64) -> Self {
+        let (start, simulated) = (Instant::now(), Duration::ZERO);
+        Soak {
+            first,
+            n,
+            start,
+            done: 0,
+            simulated,
+            liveness: Vec::new(),
+            safety: None,
+            stats: (0, 0, 0, 0),
+        }
+    }
+
+    /// Tallies results until every worker is done, printing progress every `every`; on the
+    /// first safety violation, tells the workers to stop.
+    fn collect(
+        &mut self,
+        rx: &mpsc::Receiver<(u64, Result<RunReport, SimFailure>)>,
+        every: Duration,
+        stop: &AtomicBool,
+    ) {
+        let mut next_print = Instant::now() + every;
+        loop {
+            let wait = next_print.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok((seed, result)) => self.record(seed, result, stop),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= next_print {
+                next_print += every;
+                self.progress();
+            }
+        }
+    }
+
+    fn record(&mut self, seed: u64, result: Result<RunReport, SimFailure>, stop: &AtomicBool) {
+        self.done += 1;
+        match result {
             Ok(report) => {
-                simulated += report.simulated;
-                stats.0 += report.stats.mid_step_crashes;
-                stats.1 += report.stats.batches;
-                stats.2 += report.stats.removed_campaigns;
-                stats.3 += report.stats.crashes;
+                self.simulated += report.simulated;
+                self.stats.0 += report.stats.crashes;
+                self.stats.1 += report.stats.mid_step_crashes;
+                self.stats.2 += report.stats.batches;
+                self.stats.3 += report.stats.removed_campaigns;
             }
             Err(f) if f.kind.is_liveness() => {
                 println!("LIVENESS seed {seed}: {}", f.kind);
-                liveness.push(seed);
+                self.liveness.push(seed);
             }
-            Err(f) => panic!("SAFETY {f}\n{}", replay_hint(seed)),
-        }
-        done += 1;
-        if last_print.elapsed() >= every {
-            last_print = Instant::now();
-            let wall = start.elapsed().as_secs_f64();
-            println!(
-                "soak progress: {done}/{n} seeds (up to {seed}) in {wall:.0}s, {:.1} seeds/s, {:.0}x real time, 0 safety, {} liveness",
-                done as f64 / wall,
-                simulated.as_secs_f64() / wall,
-                liveness.len()
-            );
+            Err(f) => {
+                println!("SAFETY {f}\n{}", replay_hint(seed));
+                stop.store(true, AtomicOrdering::Relaxed);
+                self.safety.get_or_insert((seed, f.to_string()));
+            }
         }
     }
-    let wall = start.elapsed().as_secs_f64();
-    println!(
-        "soak summary: {done} seeds ({first}..{}) in {wall:.0}s: {:.1} seeds/s, {:.0} simulated s per wall s, 0 safety violations, {} liveness failures {liveness:?}; {} crashes ({} mid-step), {} client batches, {} removed-node campaigns",
-        first + n,
-        done as f64 / wall,
-        simulated.as_secs_f64() / wall,
-        liveness.len(),
-        stats.3,
-        stats.0,
-        stats.1,
-        stats.2
-    );
-    assert!(liveness.is_empty(), "liveness failures at seeds {liveness:?}");
+
+    fn rates(&self) -> (f64, f64, f64) {
+        let wall = self.start.elapsed().as_secs_f64();
+        (wall, self.done as f64 / wall, self.simulated.as_secs_f64() / wall)
+    }
+
+    fn progress(&self) {
+        let (wall, seeds_per_s, speedup) = self.rates();
+        println!(
+            "soak progress: {}/{} seeds in {wall:.0}s, {seeds_per_s:.1} seeds/s, {speedup:.0}x real time, {} safety, {} liveness",
+            self.done,
+            self.n,
+            usize::from(self.safety.is_some()),
+            self.liveness.len()
+        );
+    }
+
+    fn summary(&self) {
+        let (wall, seeds_per_s, speedup) = self.rates();
+        let (crashes, mid_step, batches, campaigns) = self.stats;
+        println!(
+            "soak summary: {} seeds ({}..{}) in {wall:.0}s: {seeds_per_s:.1} seeds/s, {speedup:.0} simulated s per wall s, {} safety violations, {} liveness failures {:?}; {crashes} crashes ({mid_step} mid-step), {batches} client batches, {campaigns} removed-node campaigns",
+            self.done,
+            self.first,
+            self.first + self.n,
+            usize::from(self.safety.is_some()),
+            self.liveness.len(),
+            self.liveness,
+        );
+        if let Some((seed, failure)) = &self.safety {
+            panic!("SAFETY {failure}\n{}", replay_hint(*seed));
+        }
+        assert!(self.liveness.is_empty(), "liveness failures at seeds {:?}", self.liveness);
+    }
 }

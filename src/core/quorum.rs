@@ -9,7 +9,21 @@ pub fn majority_index(
     config: &Configuration,
     matched: impl Fn(crate::NodeId) -> LogIndex,
 ) -> LogIndex {
-    let mut indexes: Vec<LogIndex> = config.voters.iter().map(|&id| matched(id)).collect();
+    // NB: called after every step (invariant C1) and on every acknowledgement: no allocation
+    // for the usual cluster sizes.
+    const ON_STACK: usize = 16;
+    if config.voters.len() > ON_STACK {
+        let mut indexes: Vec<LogIndex> = config.voters.iter().map(|&id| matched(id)).collect();
+        return majority_of(&mut indexes);
+    }
+    let mut buffer = [LogIndex(0); ON_STACK];
+    for (slot, &id) in buffer.iter_mut().zip(&config.voters) {
+        *slot = matched(id);
+    }
+    majority_of(&mut buffer[..config.voters.len()])
+}
+
+fn majority_of(indexes: &mut [LogIndex]) -> LogIndex {
     if indexes.is_empty() {
         return LogIndex(0);
     }
