@@ -337,3 +337,15 @@ impl Soak {
         assert!(self.liveness.is_empty(), "liveness failures at seeds {:?}", self.liveness);
     }
 }
+
+/// Nemesis seed 15856 (found by a 20,000-seed soak, 2026-12-02): a leader of t2 paused with
+/// entry i85@t2, then took a stale AppendEntries from the leader of t3, which never had that
+/// entry, and dropped it. i85@t2 was committed only later, in t4. That is legal Raft, but the
+/// checker's "committed entries are never removed" rule flagged it. The rule now binds only
+/// nodes whose term has reached the entry's commit term.
+#[test]
+fn a_stale_leaders_rewrite_before_the_commit_term_is_legal_seed_15856() {
+    if let Err(failure) = run(nemesis_scenario, 15_856) {
+        panic!("{failure}\n{}", replay_hint(15_856));
+    }
+}

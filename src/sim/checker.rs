@@ -329,7 +329,7 @@ fn check_log_change<C: Clone + Debug>(
         check_append_only(view, core, from, was_leader_of)?;
         let held = committed_held(g, view, from);
         rehash_from(view, core, from);
-        check_committed_kept(g, view, core.id(), held)?;
+        check_committed_kept(g, view, core.id(), core.term(), held)?;
         register_entries(g, core.id(), &view.log, from.0)?;
     }
     check_persisted(view, core)
@@ -345,22 +345,38 @@ fn committed_held(g: &Global, view: &NodeView, from: LogIndex) -> u64 {
         .unwrap_or(0)
 }
 
-/// A log that held committed entries through `held` still holds them after a rewrite.
-fn check_committed_kept(g: &Global, view: &NodeView, id: NodeId, held: u64) -> Check {
+/// A log that held committed entries through `held` still holds them after a rewrite, unless
+/// the rewrite came from a leader of a term no later than the one they were committed in.
+///
+/// A committed entry is in the log of every leader of a *later* term (SP-4), so a node in such
+/// a term may never drop it. But a node that has not heard of that term (it was paused, or cut
+/// off) may still take a stale AppendEntries from the leader of an earlier term that never had
+/// the entry, and drop it legally, as long as it had not applied it. `commit_term` bounds the
+/// entry's commit term from above, so only a node whose term reaches it is held to the rule.
+fn check_committed_kept(g: &Global, view: &NodeView, id: NodeId, term: Term, held: u64) -> Check {
     if held == 0 {
         return Ok(());
     }
-    let c = g.committed[held as usize - 1];
-    if view.log.get(held as usize - 1).map(|e| e.1) != Some(c.prefix) {
-        let detail = format!(
-            "rewrote its log below committed i{held}@{} (known committed in {}); its log now ends at i{}",
-            c.term,
-            c.commit_term,
-            view.log.len()
-        );
-        return fail(Rule::CommittedEntryKept, id, detail);
+    // NB: prefix hashes chain, so once one index differs every later one does.
+    let kept = |i: u64| {
+        view.log.get(i as usize - 1).map(|e| e.1) == Some(g.committed[i as usize - 1].prefix)
+    };
+    if kept(held) {
+        return Ok(());
     }
-    Ok(())
+    let first_lost = (1..=held).find(|&i| !kept(i)).unwrap_or(held);
+    let Some(i) = (first_lost..=held).find(|&i| g.committed[i as usize - 1].commit_term <= term)
+    else {
+        return Ok(()); // a stale leader's rewrite, before the commit's term
+    };
+    let c = g.committed[i as usize - 1];
+    let detail = format!(
+        "rewrote its log below committed i{i}@{} (known committed in {}) in {term}; its log now ends at i{}",
+        c.term,
+        c.commit_term,
+        view.log.len()
+    );
+    fail(Rule::CommittedEntryKept, id, detail)
 }
 
 /// SP-2: a node that led this term before the step and still does only appends.
