@@ -96,6 +96,13 @@ fn a_follower_restarts_from_snapshot_plus_tail_each_round() {
         let leader = cluster.wait_for_leader(LONG).expect("leader");
         let victim = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
         write(&cluster, round, 25);
+        // NB: the follower learns the last commits and takes its snapshot off its loop, after
+        // the leader has answered: kill it only once it holds one (CI once killed it before).
+        wait_until(LONG, "the follower holds a snapshot", || {
+            let status = cluster.status(victim).map_err(|e| e.to_string())?;
+            let taken = status.core.snapshot_index > LogIndex(0);
+            taken.then_some(()).ok_or_else(|| format!("{status:?}"))
+        });
         cluster.kill(victim).expect("kill");
         write(&cluster, round + 100, 5);
         cluster.restart(victim).expect("restart");
