@@ -69,6 +69,15 @@ pub struct Config {
     /// How much faster one node's clock may run than another's (at least 1): a lease lasts
     /// the minimum election timeout divided by this bound. Default 1.1.
     pub clock_drift_bound: ClockDrift,
+    /// How many times a thread that expects work within microseconds yields the CPU, polling,
+    /// before it sleeps: a node's loop waiting for its next message, and a caller blocked in
+    /// [`Receipt::wait`](crate::Receipt::wait) (which also stops spinning after 50 µs).
+    /// Spinning buys latency with CPU time: a sleeping thread takes microseconds to wake, and
+    /// waking it costs the waker as much. 0 sleeps at once: choose it when the nodes share
+    /// their cores with other busy work, since a spinner's yields hand the core to whatever
+    /// else is runnable. Default: 64 on a machine with two cores or more, 0 on one core.
+    /// `bench clients` and `bench latency` report the CPU time per operation it costs.
+    pub spin_rounds: u32,
 }
 
 /// A bound on clock drift between nodes, as a ratio of rates (1.0: perfect clocks; 1.1: one
@@ -109,7 +118,16 @@ impl Default for Config {
             snapshot_chunks_in_flight: 4,
             lease_reads: false,
             clock_drift_bound: ClockDrift::default(),
+            spin_rounds: default_spin_rounds(),
         }
+    }
+}
+
+/// 64 yields before sleeping, unless the machine has a single core (see `Config::spin_rounds`).
+fn default_spin_rounds() -> u32 {
+    match std::thread::available_parallelism() {
+        Ok(cores) if cores.get() > 1 => 64,
+        _ => 0,
     }
 }
 

@@ -155,3 +155,27 @@ fn unknown_node_and_stopped_cluster_are_typed_errors() {
     assert_eq!(err, Error::Shutdown);
     assert!(err.to_string().contains("restart"), "the message says what to do: {err}");
 }
+
+#[test]
+fn with_spinning_off_every_waiter_sleeps_and_is_still_woken() {
+    let _serial = serial();
+    // `spin_rounds: 0`: node loops park at once and callers sleep on their receipts, so every
+    // answer must come through a wake-up.
+    let cluster = kv_cluster(3, Config { spin_rounds: 0, ..fast_config(44) });
+    let client = cluster.client();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for i in 0..20 {
+                    client.propose(append("sleepy", &token(format!("t{t}-{i}")))).expect("applied");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("client thread");
+    }
+    let value = client.read("sleepy".to_owned()).expect("a linearizable read");
+    assert_eq!(tokens(&value.expect("written")).len(), 4 * 20, "every write, once");
+}

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use ferraft::Cluster;
 
-use super::{cpu_secs, Args, Sum};
+use super::{cpu_secs, report_closed_loop, Args, Sum};
 
 pub fn async_clients(cluster: &Cluster<Sum>, args: &Args) {
     let ops = if args.ops == 0 { 200_000 } else { args.ops };
@@ -28,7 +28,7 @@ pub fn async_clients(cluster: &Cluster<Sum>, args: &Args) {
     let issued = Arc::new(AtomicUsize::new(0));
     let cpu_before = cpu_secs();
     let start = Instant::now();
-    let mut samples: Vec<u64> = runtime.block_on(async {
+    let samples: Vec<u64> = runtime.block_on(async {
         let tasks: Vec<_> = (0..args.clients)
             .map(|_| {
                 let (client, issued) = (client.clone(), Arc::clone(&issued));
@@ -50,16 +50,9 @@ pub fn async_clients(cluster: &Cluster<Sum>, args: &Args) {
         all
     });
     let secs = start.elapsed().as_secs_f64();
-    let cpu_us_per_op = (cpu_secs() - cpu_before) * 1e6 / samples.len() as f64;
-    samples.sort_unstable();
-    let pct =
-        |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1e3;
-    println!(
-        "{{\"workload\":\"async-clients\",\"nodes\":{},\"clients\":{},\"workers\":{workers},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"cpu_us_per_op\":{cpu_us_per_op:.2}}}",
-        args.nodes,
-        args.clients,
-        samples.len() as f64 / secs,
-        pct(0.50),
-        pct(0.99)
+    let head = format!(
+        "\"workload\":\"async-clients\",\"nodes\":{},\"clients\":{},\"workers\":{workers}",
+        args.nodes, args.clients
     );
+    report_closed_loop(&head, ops, samples, secs, cpu_before);
 }

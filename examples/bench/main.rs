@@ -41,6 +41,9 @@
 //!
 //! `clients`: C OS threads share one `Client` handle (no lock); each proposes, waits for its
 //! answer, and proposes again (closed loop), until `--ops` proposals (default 200,000) are done.
+//! `clients`, `async-clients`, `latency` and `throughput` take `--spin R` to set
+//! `Config::spin_rounds` (how many times a waiting thread yields before it sleeps; default 64 on
+//! two cores or more); the closed-loop workloads and `latency` report `cpu_us_per_op`.
 //!
 //! `catchup`: time for `add_node` when the new node must catch up `--ops` entries (default
 //! 100,000). `reconfig`: writes per second with C proposals outstanding, first in steady state,
@@ -154,7 +157,10 @@ fn main() {
         _ => {}
     }
     let rss_before = rss_bytes();
-    let config = Config { max_inflight: 64, ..Config::default() };
+    let mut config = Config { max_inflight: 64, ..Config::default() };
+    if let Some(rounds) = args.text("--spin") {
+        config.spin_rounds = rounds.parse().expect("--spin needs a number of yields");
+    }
     let nodes = if args.workload == "reconfig" { 5 } else { args.nodes };
     let (cluster, _scratch) = if disk::on_disk(&args) {
         let (cluster, scratch) = disk::cluster(&args, config, nodes);
@@ -212,6 +218,7 @@ fn warm_up(handle: &NodeHandle<Sum>) {
 
 fn latency(handle: &NodeHandle<Sum>, nodes: usize, ops: usize, storage: &str) {
     let mut samples = Vec::with_capacity(ops);
+    let cpu_before = cpu_secs();
     let start = Instant::now();
     for i in 0..ops {
         let t = Instant::now();
@@ -219,11 +226,12 @@ fn latency(handle: &NodeHandle<Sum>, nodes: usize, ops: usize, storage: &str) {
         samples.push(t.elapsed().as_nanos() as u64);
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu_us_per_op = (cpu_secs() - cpu_before) * 1e6 / ops as f64;
     samples.sort_unstable();
     let pct =
         |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1e3;
     println!(
-        "{{\"workload\":\"latency\",\"nodes\":{nodes},\"clients\":1,\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1}{storage}}}",
+        "{{\"workload\":\"latency\",\"nodes\":{nodes},\"clients\":1,\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"cpu_us_per_op\":{cpu_us_per_op:.2}{storage}}}",
         ops as f64 / secs,
         pct(0.50),
         pct(0.99),
@@ -253,15 +261,28 @@ fn clients(cluster: &Cluster<Sum>, nodes: usize, threads: usize, ops: usize) {
             })
         })
         .collect();
-    let mut samples: Vec<u64> =
-        workers.into_iter().flat_map(|w| w.join().expect("client thread")).collect();
+    let samples = workers.into_iter().flat_map(|w| w.join().expect("client thread")).collect();
     let secs = start.elapsed().as_secs_f64();
+    let head = format!("\"workload\":\"clients\",\"nodes\":{nodes},\"clients\":{threads}");
+    report_closed_loop(&head, ops, samples, secs, cpu_before);
+}
+
+/// Prints a closed-loop workload's JSON line: `head` (its first fields), then the figures of
+/// `samples` (one latency per operation, in ns) over `secs`, and the CPU time per operation
+/// since `cpu_before`.
+pub(crate) fn report_closed_loop(
+    head: &str,
+    ops: usize,
+    mut samples: Vec<u64>,
+    secs: f64,
+    cpu_before: f64,
+) {
     let cpu_us_per_op = (cpu_secs() - cpu_before) * 1e6 / samples.len() as f64;
     samples.sort_unstable();
     let pct =
         |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1e3;
     println!(
-        "{{\"workload\":\"clients\",\"nodes\":{nodes},\"clients\":{threads},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"cpu_us_per_op\":{cpu_us_per_op:.2}}}",
+        "{{{head},\"ops\":{ops},\"secs\":{secs:.3},\"ops_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"cpu_us_per_op\":{cpu_us_per_op:.2}}}",
         samples.len() as f64 / secs,
         pct(0.50),
         pct(0.99)

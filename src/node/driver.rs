@@ -87,8 +87,6 @@ pub(crate) struct Driver<S: StateMachine, St, T> {
     batching: bool,
     /// A simulated crash cut a step short: nothing more runs (the node is about to be dropped).
     halted: bool,
-    /// A leader sends AppendEntries before syncing its own write (thesis §10.2.1).
-    parallel_write: bool,
     max_command_bytes: usize,
     last_seen: (Role, Term, Option<NodeId>),
     /// Reads handed to the core and not yet confirmed or failed, by the id they were given:
@@ -148,7 +146,6 @@ where
             held: Vec::new(),
             batching: false,
             halted: false,
-            parallel_write: true,
             max_command_bytes: config.max_command_bytes,
             last_seen,
             reads: std::collections::BTreeMap::new(),
@@ -527,7 +524,7 @@ where
             | Action::Proposed { .. }
             | Action::Rejected(_)
             | Action::Notice(_) => true,
-            Action::Send(msg) if self.parallel_write => {
+            Action::Send(msg) => {
                 matches!(msg.body, Body::AppendEntries(_)) && self.core.role() == Role::Leader
             }
             _ => false,

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::types::{LogIndex, NodeId, Term};
 
-/// How many times a blocked [`Receipt::wait`] yields, polling, before it sleeps...
-const SPIN_ROUNDS: usize = 64;
-/// ...and for at most how long.
+/// The longest a blocked [`Receipt::wait`] yields, polling, before it sleeps (at most
+/// `Config::spin_rounds` times).
 const SPIN_FOR: Duration = Duration::from_micros(50);
 
 /// The outcome of a proposal that was applied.
@@ -44,6 +43,8 @@ struct Shared<O> {
     changed: Condvar,
     /// Set with any change of `state`, so a waiter can poll it without the lock.
     changed_flag: AtomicBool,
+    /// How many times a waiter yields, polling, before it sleeps (`Config::spin_rounds`).
+    spin_rounds: u32,
 }
 
 impl<O> Shared<O> {
@@ -54,12 +55,18 @@ impl<O> Shared<O> {
 }
 
 /// Creates a connected pair: the node answers through the [`Responder`], the proposer waits on
-/// the [`Receipt`].
+/// the [`Receipt`] (sleeping at once: see [`receipt_spinning`]).
 pub(crate) fn receipt<O>(node: NodeId) -> (Responder<O>, Receipt<O>) {
+    receipt_spinning(node, 0)
+}
+
+/// [`receipt`], whose waiter yields up to `spin_rounds` times before it sleeps.
+pub(crate) fn receipt_spinning<O>(node: NodeId, spin_rounds: u32) -> (Responder<O>, Receipt<O>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State { appended: None, done: None, waker: None, sleeping: false }),
         changed: Condvar::new(),
         changed_flag: AtomicBool::new(false),
+        spin_rounds,
     });
     (Responder { node, shared: Some(Arc::clone(&shared)) }, Receipt { node, shared })
 }
@@ -196,10 +203,10 @@ impl<O: Clone> Receipt<O> {
         let mut state = self.shared.lock();
         // An answer usually comes within microseconds: yield-poll a little before sleeping,
         // since waking a sleeping thread costs both sides several microseconds.
-        let mut rounds = 0;
-        while !ready(&state) && rounds < SPIN_ROUNDS && start.elapsed() < SPIN_FOR.min(timeout) {
+        let (mut rounds, spin_rounds) = (0, self.shared.spin_rounds);
+        while !ready(&state) && rounds < spin_rounds && start.elapsed() < SPIN_FOR.min(timeout) {
             drop(state);
-            while !self.shared.changed_flag.swap(false, Ordering::Acquire) && rounds < SPIN_ROUNDS {
+            while !self.shared.changed_flag.swap(false, Ordering::Acquire) && rounds < spin_rounds {
                 std::thread::yield_now();
                 rounds += 1;
             }

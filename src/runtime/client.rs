@@ -16,7 +16,8 @@ use crate::core::MembershipChange;
 use crate::error::Error;
 use crate::message::Configuration;
 use crate::node::{
-    receipt, Applied, Backlog, Compaction, LocalLease, NodeStatus, Receipt, Request,
+    receipt_spinning, Applied, Backlog, Compaction, LocalLease, NodeStatus, Receipt, Request,
+    Responder,
 };
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
@@ -29,6 +30,8 @@ pub struct NodeHandle<S: StateMachine> {
     requests: Sender<Request<S>>,
     /// Ask the node to forward proposals and reads to the leader.
     forward: bool,
+    /// How many times a caller waiting on a receipt yields before it sleeps.
+    spin_rounds: u32,
     /// With lease reads on: the node's lease and state machine, to serve a read on the
     /// caller's thread while the lease holds (`runtime/read.rs`).
     pub(super) local: Option<Arc<LocalReads<S>>>,
@@ -43,13 +46,19 @@ pub(crate) struct LocalReads<S: StateMachine> {
 impl<S: StateMachine> Clone for NodeHandle<S> {
     fn clone(&self) -> Self {
         let (id, forward, local) = (self.id, self.forward, self.local.clone());
-        NodeHandle { id, requests: self.requests.clone(), forward, local }
+        let spin_rounds = self.spin_rounds;
+        NodeHandle { id, requests: self.requests.clone(), forward, spin_rounds, local }
     }
 }
 
 impl<S: StateMachine> NodeHandle<S> {
-    pub(crate) fn new(id: NodeId, requests: Sender<Request<S>>) -> Self {
-        NodeHandle { id, requests, forward: false, local: None }
+    pub(crate) fn new(id: NodeId, requests: Sender<Request<S>>, spin_rounds: u32) -> Self {
+        NodeHandle { id, requests, forward: false, spin_rounds, local: None }
+    }
+
+    /// A receipt for a request to this node, and the node's end of it.
+    pub(crate) fn receipt<O>(&self) -> (Responder<O>, Receipt<O>) {
+        receipt_spinning(self.id, self.spin_rounds)
     }
 
     /// Lets this handle serve lease reads on the caller's thread.
@@ -100,7 +109,7 @@ impl<S: StateMachine> NodeHandle<S> {
 
     /// Sends a proposal without waiting; the receipt tells its index and output later.
     pub fn propose_async(&self, command: S::Command) -> Result<Receipt<S::Output>, Error> {
-        let (responder, receipt) = receipt(self.id);
+        let (responder, receipt) = self.receipt();
         let request = self.forwardable(Request::Propose { command, responder });
         // NB: a failed send drops the responder, which answers the (discarded) receipt.
         self.requests.send(request).map_err(|_| Error::NodeDown(self.id))?;

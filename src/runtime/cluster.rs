@@ -280,8 +280,9 @@ impl<S: StateMachine> Cluster<S> {
         let channels = Channels { inbox, requests, shutdown: shutdown_rx };
         let tick = self.config.tick;
         let failure = Failure::default();
-        let thread = thread::spawn(id, driver, channels, tick, Arc::clone(&failure))?;
-        let mut handle = NodeHandle::new(id, requests_tx);
+        let spin_rounds = self.config.spin_rounds;
+        let thread = thread::spawn(id, driver, channels, tick, spin_rounds, Arc::clone(&failure))?;
+        let mut handle = NodeHandle::new(id, requests_tx, spin_rounds);
         if let Some(local) = local {
             handle = handle.with_local_reads(local);
         }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::client::{Client, NodeHandle};
 use super::cluster::Cluster;
 use crate::error::Error;
-use crate::node::{receipt, Applied, ReadFn, Receipt, Request};
+use crate::node::{Applied, ReadFn, Receipt, Request};
 use crate::state_machine::ReadStateMachine;
 use crate::types::{NodeId, Term};
 
@@ -37,7 +37,7 @@ impl<S: ReadStateMachine> NodeHandle<S> {
         if let Some(applied) = self.read_locally(|sm| sm.query(&query)) {
             return Ok(Receipt::ready(self.id(), Ok(applied)));
         }
-        let (responder, receipt) = receipt(self.id());
+        let (responder, receipt) = self.receipt();
         let read: ReadFn<S> = Box::new(move |state| match state {
             Ok((sm, index)) => {
                 let output = sm.query(&query);
@@ -72,7 +72,7 @@ impl<S: ReadStateMachine> NodeHandle<S> {
         if let Some(applied) = self.read_locally(answers) {
             return Ok(Receipt::ready(self.id(), Ok(applied)));
         }
-        let (responder, receipt) = receipt(self.id());
+        let (responder, receipt) = self.receipt();
         let read: ReadFn<S> = Box::new(move |state| match state {
             Ok((sm, index)) => {
                 let output = queries.iter().map(|q| sm.query(q)).collect();

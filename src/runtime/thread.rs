@@ -34,8 +34,6 @@ pub(crate) type NodeDriver<S> = Driver<
     Box<dyn Transport<<S as StateMachine>::Command>>,
 >;
 
-/// How many times an idle node yields, polling its inbox, before it parks.
-const SPIN_ROUNDS: usize = 64;
 /// How many peer messages to handle before looking at the other channels again.
 const MAX_MESSAGE_BURST: usize = 256;
 
@@ -54,6 +52,8 @@ struct Node<S: StateMachine> {
     driver: NodeDriver<S>,
     channels: Channels<S>,
     ticker: Receiver<Instant>,
+    /// How many times the idle loop yields, polling its channels, before it parks.
+    spin_rounds: u32,
     /// Set once the node failed: from then on it only answers requests with this error.
     failed: Option<Error>,
 }
@@ -97,11 +97,12 @@ pub(crate) fn spawn<S: StateMachine>(
     driver: NodeDriver<S>,
     channels: Channels<S>,
     tick: Duration,
+    spin_rounds: u32,
     failure: Failure,
 ) -> Result<NodeThreads, Error> {
     let backlog = Arc::clone(driver.backlog().expect("the thread runtime defers its applies"));
     let ticker = crossbeam_channel::tick(tick);
-    let node = Node { driver, channels, ticker, failed: None };
+    let node = Node { driver, channels, ticker, spin_rounds, failed: None };
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
         backlog,
@@ -171,9 +172,9 @@ fn run_loop<S: StateMachine>(node: &mut MutexGuard<'_, Node<S>>, shared: &Shared
     if let Some(error) = node.failed.clone() {
         return serve_failed(node, error);
     }
-    let Node { driver, channels, ticker, .. } = &mut **node;
+    let Node { driver, channels, ticker, spin_rounds, .. } = &mut **node;
     let error = loop {
-        let result = match poll_briefly(driver, channels) {
+        let result = match poll_briefly(driver, channels, *spin_rounds) {
             Some(result) => result.and_then(|()| poll_timers(driver, channels, ticker)),
             None => wait(driver, channels, ticker),
         };
@@ -231,8 +232,9 @@ fn serve_failed<S: StateMachine>(node: &mut Node<S>, error: Error) -> bool {
 fn poll_briefly<S: StateMachine>(
     driver: &mut NodeDriver<S>,
     channels: &Channels<S>,
+    spin_rounds: u32,
 ) -> Option<Result<(), Error>> {
-    for _ in 0..SPIN_ROUNDS {
+    for _ in 0..spin_rounds {
         if let Ok(msg) = channels.inbox.try_recv() {
             return Some(on_messages(driver, msg, &channels.inbox));
         }
