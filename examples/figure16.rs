@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use ferraft::sim::{KvWorkload, NetworkConfig, SimConfig, Simulator};
 use ferraft::{Cluster, Config, KvCommand, KvStateMachine, NetworkFaults, NodeId};
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -337,6 +339,37 @@ impl std::fmt::Display for Stats {
     }
 }
 
+/// Draws the mesh, one line per curve and the legend, on either kind of x axis.
+fn draw_cdfs<'a, DB, X>(
+    mut chart: ChartContext<'a, DB, Cartesian2d<X, RangedCoordf64>>,
+    curves: &[(String, Vec<f64>)],
+) where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    chart
+        .configure_mesh()
+        .x_desc("time without leader (ms)")
+        .y_desc("cumulative percent")
+        .draw()
+        .expect("mesh");
+    for (i, (label, times)) in curves.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        chart
+            .draw_series(LineSeries::new(cdf(times), c.stroke_width(2)))
+            .expect("series")
+            .label(label.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE)
+        .border_style(BLACK)
+        .draw()
+        .expect("legend");
+}
+
 /// One CDF per line: the share of trials (y) whose time without a leader was at most x ms.
 fn plot(file: &Path, title: &str, curves: &[(String, Vec<f64>)], log_x: bool) {
     let max = curves.iter().filter_map(|(_, t)| t.last()).fold(100.0f64, |a, &b| a.max(b));
@@ -348,54 +381,14 @@ fn plot(file: &Path, title: &str, curves: &[(String, Vec<f64>)], log_x: bool) {
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(50);
-    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
-    let series = |i: usize| colors[i % colors.len()];
     if log_x {
-        let mut chart = builder
-            .build_cartesian_2d((100f64..max * 1.2).log_scale(), 0f64..100f64)
-            .expect("chart");
-        chart
-            .configure_mesh()
-            .x_desc("time without leader (ms)")
-            .y_desc("cumulative percent")
-            .draw()
-            .expect("mesh");
-        for (i, (label, times)) in curves.iter().enumerate() {
-            let c = series(i);
-            chart
-                .draw_series(LineSeries::new(cdf(times), c.stroke_width(2)))
-                .expect("series")
-                .label(label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE)
-            .border_style(BLACK)
-            .draw()
-            .expect("legend");
+        let x = (100f64..max * 1.2).log_scale();
+        draw_cdfs(builder.build_cartesian_2d(x, 0f64..100f64).expect("chart"), curves);
     } else {
-        let mut chart = builder.build_cartesian_2d(0f64..max * 1.05, 0f64..100f64).expect("chart");
-        chart
-            .configure_mesh()
-            .x_desc("time without leader (ms)")
-            .y_desc("cumulative percent")
-            .draw()
-            .expect("mesh");
-        for (i, (label, times)) in curves.iter().enumerate() {
-            let c = series(i);
-            chart
-                .draw_series(LineSeries::new(cdf(times), c.stroke_width(2)))
-                .expect("series")
-                .label(label.as_str())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE)
-            .border_style(BLACK)
-            .draw()
-            .expect("legend");
+        draw_cdfs(
+            builder.build_cartesian_2d(0f64..max * 1.05, 0f64..100f64).expect("chart"),
+            curves,
+        );
     }
     root.present().expect("the plot can be written");
 }
