@@ -11,6 +11,7 @@
 //! every apply that depends on new state follows its durable write (SUB-8).
 
 mod changes;
+mod clock;
 mod election;
 mod gateway;
 mod inspect;
@@ -88,6 +89,10 @@ pub enum Input<C> {
     /// AppendEntries before its own write is durable (thesis §10.2.1). A driver that syncs
     /// before every send may step this after each sync; one that sends early must.
     Synced,
+    /// `n` ticks of the logical clock at once: exactly `n` [`Input::Tick`] steps, their
+    /// actions concatenated in order. Ticks before [`Core::ticks_until_due`] only advance the
+    /// clock, so a driver that knows when a timer can fire (the simulator) skips the idle ones.
+    Ticks(u64),
 }
 
 /// What the core asks its driver to do, in order. Persistence comes before any send or apply
@@ -409,6 +414,7 @@ impl<C: Clone> Core<C> {
                 self.tick();
                 self.tick_reads();
             }
+            Input::Ticks(n) => return self.ticks(n, actions),
             Input::Receive(msg) => self.receive(msg),
             Input::Propose(_) if self.transferring().is_some() => {
                 let to = self.transferring().expect("checked");

@@ -352,6 +352,15 @@ impl<C: Clone> Core<C> {
     }
 }
 
+impl<C: Clone> Core<C> {
+    /// Ticks until the first read asked of the leader times out (`tick_reads`), or `u64::MAX`.
+    pub(super) fn read_deadline_ticks(&self) -> u64 {
+        let patience = self.timing.election_ticks.start;
+        let due = |a: &Asked| (a.sent_at + patience).saturating_sub(self.now).max(1);
+        self.reads.asked.values().map(due).min().unwrap_or(u64::MAX)
+    }
+}
+
 fn request_ids(ids: Vec<ReadId>) -> Vec<u64> {
     ids.into_iter().map(|id| id.0).collect()
 }

@@ -197,6 +197,11 @@ where
         self.step(Input::Tick, observe)
     }
 
+    /// `n` ticks at once (`Input::Ticks`): the simulator's clock, which skips idle ticks.
+    pub fn ticks(&mut self, n: u64, observe: &mut Observer<'_, S::Command>) -> Result<(), Error> {
+        self.step(Input::Ticks(n), observe)
+    }
+
     /// One tick, which was due at `due` (the runtime's ticker says when): lease reads off the
     /// node's thread measure the lease from such instants.
     pub fn tick_at(

@@ -413,6 +413,11 @@ impl<S: StateMachine> Simulator<S> {
         self.queue.push(Scheduled { at, seq, event });
     }
 
+    /// When `id`'s pending clock tick is due, and for which incarnation, if one is on the table.
+    fn pending_tick(&self, id: NodeId) -> Option<(u64, u64)> {
+        self.ticks.iter().find(|t| t.node == id).map(|t| (t.at, t.incarnation))
+    }
+
     fn note(&mut self, text: String) {
         self.trace.record(TraceLine { at: self.now, event: TraceEvent::Note(text) });
     }

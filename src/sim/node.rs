@@ -66,11 +66,16 @@ pub(crate) struct SimNode<S: StateMachine> {
     pub deferred: Vec<(Delivery<S>, InputSummary)>,
     /// A batch is open in the driver, to be synced at the `Event::Flush` on its way.
     pub batch_open: bool,
+    /// Virtual time of this incarnation's next clock tick not yet fed to its core: ticks come
+    /// every `tick_us` from a random phase, but the simulator steps only those that can act
+    /// (`Core::ticks_until_due`) and feeds the idle ones just before the core's next input.
+    pub next_tick: u64,
 }
 
 /// What reaches a node's driver in one step.
 pub(crate) enum Delivery<S: StateMachine> {
-    Tick,
+    /// This many clock ticks at once (`Input::Ticks`): idle ones, then at most one that acts.
+    Ticks(u64),
     Message(Message<S::Command>),
     Request(Request<S>),
     /// Several client requests at once: one `Driver::handle` call batches them.
@@ -92,6 +97,7 @@ impl<S: StateMachine> Simulator<S> {
             paused_until: 0,
             deferred: Vec::new(),
             batch_open: false,
+            next_tick: 0,
         };
         self.nodes.insert(id, node);
         self.start_node(id);
@@ -152,7 +158,6 @@ impl<S: StateMachine> Simulator<S> {
         let mut raft = self.config.raft.clone();
         // NB: a restart in the same term would otherwise replay the same election timeouts.
         raft.seed ^= node.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        let incarnation = node.incarnation;
         let storage = node.storage.clone();
         let sm = (self.factory)(id);
         let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new()), ApplyOn::Inline)
@@ -167,9 +172,49 @@ impl<S: StateMachine> Simulator<S> {
         if let Err(v) = self.checker.node_started(live.core()) {
             self.fail(FailureKind::Safety(v));
         }
-        self.nodes.get_mut(&id).expect("looked up above").live = Some(live);
         let phase = self.rng.random_range(0..self.tick_us(id));
-        self.schedule(phase, Event::Tick { node: id, incarnation });
+        let node = self.nodes.get_mut(&id).expect("looked up above");
+        node.live = Some(live);
+        node.next_tick = self.now + phase;
+        self.schedule_tick(id);
+    }
+
+    /// Schedules `id`'s next tick that can act: `Core::ticks_until_due` ticks of its clock on
+    /// (the earlier ones are idle). Called after every step, as any input may move the timers.
+    /// A paused node gets its tick when it resumes.
+    fn schedule_tick(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get(&id) else { return };
+        let Some(live) = node.live.as_ref() else { return };
+        if node.paused_until > self.now {
+            return;
+        }
+        let due = live.core().ticks_until_due();
+        let at = node.next_tick.saturating_add((due - 1).saturating_mul(node.tick_us));
+        let incarnation = node.incarnation;
+        if self.pending_tick(id) == Some((at, incarnation)) {
+            return; // already on the clock table: keep its place among equal times
+        }
+        self.schedule(at.max(self.now) - self.now, Event::Tick { node: id, incarnation });
+    }
+
+    /// Feeds `id`'s core the idle ticks its clock struck before now, ahead of another input.
+    /// The tick scheduled at the due time is never among them: it is at or after now.
+    fn catch_up(&mut self, id: NodeId) {
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        if node.paused_until > now {
+            return;
+        }
+        node.skip_paused_ticks();
+        let owed = node.ticks_before(now);
+        let Some(live) = node.live.as_mut() else { return };
+        let idle = owed.min(live.core().ticks_until_due() - 1);
+        if idle > 0 {
+            let mut actions = Vec::new();
+            live.driver.core_mut().step(crate::core::Input::Ticks(idle), &mut actions);
+            assert!(actions.is_empty(), "{id}: idle ticks acted: {actions:?}");
+            node.next_tick += idle * node.tick_us;
+        }
     }
 
     fn tick_us(&self, id: NodeId) -> u64 {
@@ -189,12 +234,20 @@ impl<S: StateMachine> Simulator<S> {
         if node.live.is_none() || node.incarnation != incarnation {
             return Ok(()); // the node crashed since: this clock stopped
         }
-        let paused = node.paused_until > self.now;
-        self.schedule(node.tick_us, Event::Tick { node: id, incarnation });
-        if paused {
-            return Ok(()); // a frozen process misses its ticks
+        if node.paused_until > self.now {
+            return Ok(()); // a frozen process misses its ticks; resuming schedules the next
         }
-        self.step(id, Delivery::Tick, InputSummary::Tick)
+        let node = self.nodes.get_mut(&id).expect("looked up above");
+        node.skip_paused_ticks();
+        let owed = node.ticks_before(self.now + 1);
+        let due = node.live.as_ref().expect("checked above").core().ticks_until_due();
+        let n = owed.min(due);
+        if n == 0 {
+            self.schedule_tick(id);
+            return Ok(());
+        }
+        node.next_tick += n * node.tick_us;
+        self.step(id, Delivery::Ticks(n), InputSummary::Tick)
     }
 
     /// The end of a node's sync window: one sync for the batch, then what waited for it. A
@@ -232,6 +285,8 @@ impl<S: StateMachine> Simulator<S> {
             return Ok(());
         }
         let until = self.now + super::micros(duration);
+        self.catch_up(id);
+        let node = self.nodes.get_mut(&id).expect("looked up above");
         node.paused_until = node.paused_until.max(until);
         let incarnation = node.incarnation;
         self.note(format!("pause {id} for {duration:?}"));
@@ -250,7 +305,10 @@ impl<S: StateMachine> Simulator<S> {
         if node.paused_until > 0 {
             self.note(format!("resume {id} ({} inputs waited)", deferred.len()));
         }
-        self.nodes.get_mut(&id).expect("exists").paused_until = 0;
+        let node = self.nodes.get_mut(&id).expect("exists");
+        node.skip_paused_ticks();
+        node.paused_until = 0;
+        self.schedule_tick(id);
         for (delivery, summary) in deferred {
             self.step(id, delivery, summary)?;
         }
@@ -340,6 +398,9 @@ impl<S: StateMachine> Simulator<S> {
         summary: InputSummary,
     ) -> Result<(), FailureKind> {
         let watch_sends = !self.mid_snapshot.is_empty() && self.watches_sends(id);
+        if !matches!(delivery, Delivery::Ticks(_)) {
+            self.catch_up(id);
+        }
         let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
         if node.live.is_some() && node.paused_until > self.now {
             node.deferred.push((delivery, summary));
@@ -398,7 +459,7 @@ impl<S: StateMachine> Simulator<S> {
         };
         let driver = &mut live.driver;
         let stepped = catch_unwind(AssertUnwindSafe(|| match delivery {
-            Delivery::Tick => driver.tick(&mut observe),
+            Delivery::Ticks(n) => driver.ticks(n, &mut observe),
             Delivery::Message(msg) => driver.receive(msg, &mut observe),
             Delivery::Request(request) => {
                 driver.handle(request, &mut std::iter::empty(), &mut observe)
@@ -445,6 +506,7 @@ impl<S: StateMachine> Simulator<S> {
         self.collect_compactions(id);
         self.retire_removed();
         self.maybe_churn(id, before);
+        self.schedule_tick(id);
         Ok(())
     }
 
@@ -485,4 +547,23 @@ fn step_event<C: Clone>(core: &Core<C>, input: InputSummary, actions: &[Action<C
         last: core.log().last_index(),
     };
     TraceEvent::Step { node: core.id(), input, after, sends }
+}
+
+impl<S: StateMachine> SimNode<S> {
+    /// Ticks of this node's clock strictly before `until` not yet fed to its core.
+    fn ticks_before(&self, until: u64) -> u64 {
+        if until <= self.next_tick {
+            return 0;
+        }
+        (until - 1 - self.next_tick) / self.tick_us + 1
+    }
+
+    /// A pause that has ended (`paused_until` reached, now or before): the ticks it froze are
+    /// missed, not owed.
+    fn skip_paused_ticks(&mut self) {
+        let until = self.paused_until;
+        if until > self.next_tick {
+            self.next_tick += self.ticks_before(until) * self.tick_us;
+        }
+    }
 }

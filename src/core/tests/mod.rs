@@ -8,6 +8,7 @@
 mod harness;
 
 mod append_entries;
+mod clock;
 mod extensions;
 mod figures;
 mod gateway;
