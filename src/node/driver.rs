@@ -15,7 +15,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::apply::{Applier, ApplyQueue, Backlog};
 use super::metrics::Metrics;
-use super::read::{LeasePublisher, LeaseView, ReadFn};
+use super::read::{LeasePublisher, LeaseTime, LeaseView, ReadFn};
 use super::receipt::Responder;
 use super::{Compaction, Forwarder, NodeStatus, Request, RpcCounts};
 use crate::config::Config;
@@ -65,7 +65,8 @@ pub(crate) fn execute_all<C>(_: &Core<C>, _: &[Action<C>]) -> Execute {
 }
 
 /// One node: core, storage, transport, state machine and pending requests. See the module docs.
-pub(crate) struct Driver<S: StateMachine, St, T> {
+/// `L`: the clock a published lease is measured on (see [`LeaseView`]).
+pub(crate) struct Driver<S: StateMachine, St, T, L = std::time::Instant> {
     core: Core<S::Command>,
     storage: St,
     transport: T,
@@ -102,14 +103,15 @@ pub(crate) struct Driver<S: StateMachine, St, T> {
     /// Where `Request::Forward` goes when this node does not lead (none: handled here).
     forwarder: Option<Forwarder<S>>,
     /// Publishes the lease for reads served off the node's thread (the runtime, leases on).
-    lease: Option<LeasePublisher>,
+    lease: Option<LeasePublisher<L>>,
 }
 
-impl<S, St, T> Driver<S, St, T>
+impl<S, St, T, L> Driver<S, St, T, L>
 where
     S: StateMachine,
     St: Storage<S::Command>,
     T: Transport<S::Command>,
+    L: LeaseTime,
 {
     /// Loads the node's persisted state and starts it as a follower.
     pub fn new(
@@ -204,7 +206,7 @@ where
     /// node's thread measure the lease from such instants.
     pub fn tick_at(
         &mut self,
-        due: std::time::Instant,
+        due: L,
         observe: &mut Observer<'_, S::Command>,
     ) -> Result<(), Error> {
         self.tick(observe)?;
@@ -214,10 +216,26 @@ where
         Ok(())
     }
 
-    /// Publishes this node's lease to `view` after every step, as a deadline `lease_for`
-    /// after the tick its lease started at (see [`LeaseView`]).
-    pub fn set_lease_view(&mut self, view: Arc<LeaseView>, lease_for: std::time::Duration) {
-        self.lease = Some(LeasePublisher::new(view, lease_for));
+    /// Publishes this node's lease to `view` after every step, as a deadline
+    /// `Config::lease_ticks()` ticks after the tick its lease started at (see [`LeaseView`]).
+    pub fn set_lease_view(&mut self, view: Arc<LeaseView<L>>, config: &Config) {
+        self.lease = Some(LeasePublisher::new(view, config));
+    }
+
+    /// Test-only switches that break the published lease's deadline.
+    #[cfg(test)]
+    pub fn set_lease_bugs(&mut self, bugs: super::read::LeaseBugs) {
+        if let Some(lease) = &mut self.lease {
+            lease.bugs = bugs;
+        }
+    }
+
+    /// The inline applier (the simulator), where a caller-thread lease read runs its query.
+    pub fn inline_applier(&self) -> Option<&Applier<S>> {
+        match &self.apply {
+            ApplyQueue::Inline(applier) => Some(applier),
+            ApplyQueue::Deferred(_) => None,
+        }
     }
 
     /// A message from a peer.

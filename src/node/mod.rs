@@ -21,6 +21,9 @@ pub(crate) use apply::panic_message;
 pub(crate) use apply::Backlog;
 pub(crate) use driver::{execute_all, ApplyOn, Driver, Execute};
 pub(crate) use read::LeaseView as LocalLease;
+pub(crate) use read::{LeaseClock, LeaseView, Monotonic};
+#[cfg(test)]
+pub(crate) use read::{lease_length, LeaseBugs};
 pub(crate) use read::ReadFn;
 
 /// Answers a read that will never run (the node failed).

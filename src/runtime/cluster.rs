@@ -272,8 +272,7 @@ impl<S: StateMachine> Cluster<S> {
         driver.set_forwarder(self.client.forwarder());
         let local = self.config.lease_reads.then(|| {
             let lease = Arc::new(LocalLease::default());
-            let lease_for = self.config.tick * self.config.lease_ticks() as u32;
-            driver.set_lease_view(Arc::clone(&lease), lease_for);
+            driver.set_lease_view(Arc::clone(&lease), &self.config);
             let backlog = Arc::clone(driver.backlog().expect("the thread runtime defers applies"));
             LocalReads { lease, backlog }
         });

@@ -10,6 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use rand::Rng;
 
 use super::compaction::{is_partial_chunk, sends_partial_chunk};
+use super::reads::caller::{LocalTime, SimLease};
 use super::run::FailureKind;
 use super::storage::SimStorage;
 use super::trace::{InputSummary, MsgSummary, NodeSummary, TraceEvent, TraceLine};
@@ -32,13 +33,19 @@ impl<C: Send + 'static> Transport<C> for Outbox<C> {
     }
 }
 
-/// A running node's driver, applying inline.
-pub(crate) type SimDriver<S> =
-    Driver<S, SimStorage<<S as StateMachine>::Command>, Outbox<<S as StateMachine>::Command>>;
+/// A running node's driver, applying inline; a lease it publishes is on the node's own clock.
+pub(crate) type SimDriver<S> = Driver<
+    S,
+    SimStorage<<S as StateMachine>::Command>,
+    Outbox<<S as StateMachine>::Command>,
+    LocalTime,
+>;
 
 /// A node's volatile half: lost on a crash.
 pub(crate) struct Live<S: StateMachine> {
     pub driver: SimDriver<S>,
+    /// With lease reads on: the lease this incarnation publishes for caller-thread reads.
+    pub lease: Option<SimLease>,
 }
 
 impl<S: StateMachine> Live<S> {
@@ -157,7 +164,14 @@ impl<S: StateMachine> Simulator<S> {
         let sm = (self.factory)(id);
         let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new()), ApplyOn::Inline)
             .expect("SimStorage::load never fails");
-        let mut live = Live { driver };
+        let mut live = Live { driver, lease: None };
+        if raft.lease_reads {
+            let view = SimLease::default();
+            live.driver.set_lease_view(std::sync::Arc::clone(&view), &raft);
+            #[cfg(test)]
+            live.driver.set_lease_bugs(self.lease_bugs);
+            live.lease = Some(view);
+        }
         // NB: the core's full invariant checks run on every simulated step, in every profile.
         live.driver.core_mut().set_check_invariants(true);
         #[cfg(test)]
@@ -340,6 +354,7 @@ impl<S: StateMachine> Simulator<S> {
         summary: InputSummary,
     ) -> Result<(), FailureKind> {
         let watch_sends = !self.mid_snapshot.is_empty() && self.watches_sends(id);
+        let local_now = self.local_time(id);
         let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
         if node.live.is_some() && node.paused_until > self.now {
             node.deferred.push((delivery, summary));
@@ -398,7 +413,7 @@ impl<S: StateMachine> Simulator<S> {
         };
         let driver = &mut live.driver;
         let stepped = catch_unwind(AssertUnwindSafe(|| match delivery {
-            Delivery::Tick => driver.tick(&mut observe),
+            Delivery::Tick => driver.tick_at(local_now, &mut observe),
             Delivery::Message(msg) => driver.receive(msg, &mut observe),
             Delivery::Request(request) => {
                 driver.handle(request, &mut std::iter::empty(), &mut observe)
