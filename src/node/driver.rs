@@ -15,7 +15,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::apply::{Applier, ApplyQueue, Backlog};
 use super::metrics::Metrics;
-use super::read::{LeasePublisher, LeaseTime, LeaseView, ReadFn};
+use super::read::{LeaseClock, LeasePublisher, LeaseView, Monotonic, ReadFn};
 use super::receipt::Responder;
 use super::{Compaction, Forwarder, NodeStatus, Request, RpcCounts};
 use crate::config::Config;
@@ -66,7 +66,7 @@ pub(crate) fn execute_all<C>(_: &Core<C>, _: &[Action<C>]) -> Execute {
 
 /// One node: core, storage, transport, state machine and pending requests. See the module docs.
 /// `L`: the clock a published lease is measured on (see [`LeaseView`]).
-pub(crate) struct Driver<S: StateMachine, St, T, L = std::time::Instant> {
+pub(crate) struct Driver<S: StateMachine, St, T, L: LeaseClock = Monotonic> {
     core: Core<S::Command>,
     storage: St,
     transport: T,
@@ -111,7 +111,7 @@ where
     S: StateMachine,
     St: Storage<S::Command>,
     T: Transport<S::Command>,
-    L: LeaseTime,
+    L: LeaseClock,
 {
     /// Loads the node's persisted state and starts it as a follower.
     pub fn new(
@@ -206,7 +206,7 @@ where
     /// node's thread measure the lease from such instants.
     pub fn tick_at(
         &mut self,
-        due: L,
+        due: L::Time,
         observe: &mut Observer<'_, S::Command>,
     ) -> Result<(), Error> {
         self.tick(observe)?;
@@ -216,10 +216,20 @@ where
         Ok(())
     }
 
+    /// NB: the core's lease is counted in ticks; after a stall (missed ticks) it may outlive
+    /// the deadline on the clock. The clock wins (thesis §6.4.1 bounds real time, not ticks).
+    fn expire_stale_lease(&mut self) {
+        if let Some(lease) = &self.lease {
+            if self.core.has_lease() && !lease.holds_now() {
+                self.core.expire_lease();
+            }
+        }
+    }
+
     /// Publishes this node's lease to `view` after every step, as a deadline
     /// `Config::lease_ticks()` ticks after the tick its lease started at (see [`LeaseView`]).
-    pub fn set_lease_view(&mut self, view: Arc<LeaseView<L>>, config: &Config) {
-        self.lease = Some(LeasePublisher::new(view, config));
+    pub fn set_lease_view(&mut self, view: Arc<LeaseView<L::Time>>, config: &Config, clock: L) {
+        self.lease = Some(LeasePublisher::new(view, config, clock));
     }
 
     /// Test-only switches that break the published lease's deadline.
@@ -508,6 +518,7 @@ where
         input: Input<S::Command>,
         observe: &mut Observer<'_, S::Command>,
     ) -> Result<(), Error> {
+        self.expire_stale_lease();
         debug_assert!(self.actions.is_empty(), "the previous step was executed");
         if self.halted {
             return Ok(()); // a simulated crash cut an earlier step: this node is gone

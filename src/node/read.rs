@@ -5,10 +5,10 @@
 //! [`PendingReads::release`] after each applied entry.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Add;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::ops::Add;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -166,18 +166,27 @@ pub(crate) struct LeaseBugs {
     /// Ignore the clock-drift bound: the lease runs the whole minimum election timeout less
     /// two ticks, as if every clock ran at the same rate (breaks thesis §6.4.1).
     pub ignore_drift_bound: bool,
+    /// Count the lease in the node's ticks, not on its clock: the deadline is the due instant
+    /// of the latest tick plus the ticks the core says are left. Right while ticks come on
+    /// time; too late after a stall, when the core has missed ticks (breaks thesis §6.4.1).
+    pub deadline_in_ticks: bool,
 }
 
-/// The node's side of a [`LeaseView`]: when its ticks were due, and what it last published.
-pub(crate) struct LeasePublisher<T = Instant> {
-    view: Arc<LeaseView<T>>,
+/// The node's side of a [`LeaseView`]: when its ticks were due on its clock `C`, and what it
+/// last published.
+pub(crate) struct LeasePublisher<C: LeaseClock = Monotonic> {
+    clock: C,
+    view: Arc<LeaseView<C::Time>>,
     /// (core tick, the scheduled instant of the tick that brought the core to it).
-    ticks: VecDeque<(u64, T)>,
+    ticks: VecDeque<(u64, C::Time)>,
     lease_for: Duration,
-    last: Option<(T, LogIndex)>,
+    last: Option<(C::Time, LogIndex)>,
     /// The lease without the drift bound (`LeaseBugs::ignore_drift_bound`).
     #[cfg(test)]
     unbounded_for: Duration,
+    /// One tick and the lease in ticks (`LeaseBugs::deadline_in_ticks`).
+    #[cfg(test)]
+    tick_and_lease: (Duration, u64),
     #[cfg(test)]
     pub bugs: LeaseBugs,
 }
@@ -190,9 +199,10 @@ pub(crate) fn lease_length(config: &Config) -> Duration {
     config.tick * config.lease_ticks() as u32
 }
 
-impl<T: LeaseTime> LeasePublisher<T> {
-    pub fn new(view: Arc<LeaseView<T>>, config: &Config) -> Self {
+impl<C: LeaseClock> LeasePublisher<C> {
+    pub fn new(view: Arc<LeaseView<C::Time>>, config: &Config, clock: C) -> Self {
         LeasePublisher {
+            clock,
             view,
             ticks: VecDeque::new(),
             lease_for: lease_length(config),
@@ -201,12 +211,14 @@ impl<T: LeaseTime> LeasePublisher<T> {
             unbounded_for: config.tick
                 * config.election_timeout_ticks().start.saturating_sub(2) as u32,
             #[cfg(test)]
+            tick_and_lease: (config.tick, config.lease_ticks()),
+            #[cfg(test)]
             bugs: LeaseBugs::default(),
         }
     }
 
     /// The core reached tick `now` on the tick scheduled for `due`.
-    pub fn ticked(&mut self, now: u64, due: T) {
+    pub fn ticked(&mut self, now: u64, due: C::Time) {
         if self.ticks.len() == TICKS_KEPT {
             self.ticks.pop_front();
         }
@@ -218,6 +230,13 @@ impl<T: LeaseTime> LeasePublisher<T> {
     pub fn publish(&mut self, lease: Option<(u64, LogIndex)>) {
         let lease_for = self.lease_for();
         let value = lease.and_then(|(start, index)| {
+            #[cfg(test)]
+            if self.bugs.deadline_in_ticks {
+                let (tick, lease_ticks) = self.tick_and_lease;
+                let &(now, due) = self.ticks.back()?;
+                let left = (start + lease_ticks).saturating_sub(now);
+                return Some((due + tick * left as u32, index));
+            }
             let due = self.ticks.iter().rev().find(|(tick, _)| *tick == start)?.1;
             Some((due + lease_for, index))
         });
@@ -225,6 +244,18 @@ impl<T: LeaseTime> LeasePublisher<T> {
             self.last = value;
             *self.view.lease.lock().unwrap_or_else(|p| p.into_inner()) = value;
         }
+    }
+
+    /// Whether the lease last published still holds on the clock now. The core counts its
+    /// lease in ticks, and a node whose loop stalled has missed some: before each step the
+    /// driver expires a core lease this denies, so reads served inside the node (and the
+    /// follower reads it answers) obey the same deadline as reads on the caller's thread.
+    pub fn holds_now(&self) -> bool {
+        #[cfg(test)]
+        if self.bugs.deadline_in_ticks {
+            return true; // the core's tick count is all the bug consults
+        }
+        self.last.is_some_and(|(deadline, _)| self.clock.now() < deadline)
     }
 
     fn lease_for(&self) -> Duration {

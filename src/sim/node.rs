@@ -10,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use rand::Rng;
 
 use super::compaction::{is_partial_chunk, sends_partial_chunk};
-use super::reads::caller::{LocalTime, SimLease};
+use super::reads::caller::{SimClock, SimLease};
 use super::run::FailureKind;
 use super::storage::SimStorage;
 use super::trace::{InputSummary, MsgSummary, NodeSummary, TraceEvent, TraceLine};
@@ -38,7 +38,7 @@ pub(crate) type SimDriver<S> = Driver<
     S,
     SimStorage<<S as StateMachine>::Command>,
     Outbox<<S as StateMachine>::Command>,
-    LocalTime,
+    SimClock,
 >;
 
 /// A node's volatile half: lost on a crash.
@@ -46,6 +46,8 @@ pub(crate) struct Live<S: StateMachine> {
     pub driver: SimDriver<S>,
     /// With lease reads on: the lease this incarnation publishes for caller-thread reads.
     pub lease: Option<SimLease>,
+    /// The node's clock as its driver reads it, set before every step.
+    pub clock: SimClock,
 }
 
 impl<S: StateMachine> Live<S> {
@@ -164,10 +166,11 @@ impl<S: StateMachine> Simulator<S> {
         let sm = (self.factory)(id);
         let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new()), ApplyOn::Inline)
             .expect("SimStorage::load never fails");
-        let mut live = Live { driver, lease: None };
+        let mut live = Live { driver, lease: None, clock: SimClock::default() };
         if raft.lease_reads {
             let view = SimLease::default();
-            live.driver.set_lease_view(std::sync::Arc::clone(&view), &raft);
+            let clock = live.clock.clone();
+            live.driver.set_lease_view(std::sync::Arc::clone(&view), &raft, clock);
             #[cfg(test)]
             live.driver.set_lease_bugs(self.lease_bugs);
             live.lease = Some(view);
@@ -411,6 +414,7 @@ impl<S: StateMachine> Simulator<S> {
             }
             Execute::All
         };
+        live.clock.set(local_now);
         let driver = &mut live.driver;
         let stepped = catch_unwind(AssertUnwindSafe(|| match delivery {
             Delivery::Tick => driver.tick_at(local_now, &mut observe),

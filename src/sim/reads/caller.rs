@@ -12,6 +12,7 @@
 //! number (`SimConfig::caller_read_percent`).
 
 use std::ops::Add;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,24 @@ impl LeaseClock for NodeClock {
     type Time = LocalTime;
     fn now(&self) -> LocalTime {
         self.0
+    }
+}
+
+/// A node's clock as its driver reads it (to expire a core lease the clock denies): the
+/// simulator sets it to the node's local time before every step.
+#[derive(Clone, Default)]
+pub(crate) struct SimClock(pub Arc<AtomicU64>);
+
+impl SimClock {
+    pub fn set(&self, now: LocalTime) {
+        self.0.store(now.0, Ordering::Relaxed);
+    }
+}
+
+impl LeaseClock for SimClock {
+    type Time = LocalTime;
+    fn now(&self) -> LocalTime {
+        LocalTime(self.0.load(Ordering::Relaxed))
     }
 }
 
