@@ -442,6 +442,8 @@ pub enum FaultError {
         /// The run's length.
         run: Duration,
     },
+    /// `SimConfig::caller_read_percent` above 100: it is a percentage of reads.
+    CallerReadPercent(u8),
 }
 
 impl fmt::Display for FaultError {
@@ -473,6 +475,10 @@ impl fmt::Display for FaultError {
             FaultError::PauseTooLong { pause, run } => {
                 write!(f, "a pause of {pause:?} outlasts the {run:?} run: crash the node instead")
             }
+            FaultError::CallerReadPercent(value) => write!(
+                f,
+                "caller_read_percent {value} is not a percentage: use 0 (off) to 100 (every read)"
+            ),
         }
     }
 }

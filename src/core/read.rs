@@ -120,6 +120,13 @@ impl<C: Clone> Core<C> {
             && self.now < self.reads.lease_until
     }
 
+    /// The runtime's clock says this leader's lease has run out, though the ticks counted
+    /// here may say otherwise: a node whose loop stalled (a pause, a slow disk) missed ticks,
+    /// and its tick count lags real time. Forgets the lease; reads then confirm by a round.
+    pub fn expire_lease(&mut self) {
+        self.reads.lease_until = 0;
+    }
+
     /// While this leader's lease holds: the tick its latest confirmed round started at (the
     /// lease runs `Config::lease_ticks()` from it) and the read index a read would get now.
     /// What a runtime publishes for reads served off the node's thread.

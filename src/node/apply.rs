@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use crossbeam_channel::Sender;
 
-use super::read::{PendingReads, ReadFn};
+use super::read::{PendingReads, QueryNow, ReadFn};
 use super::receipt::{Applied, Responder};
 use super::NodeStatus;
 use crate::error::Error;
@@ -433,6 +433,26 @@ impl<S: StateMachine> Backlog<S> {
         self.queued.store(0, Ordering::SeqCst);
         drop(tasks);
         drop(dropped); // NB: outside the lock: dropping a responder answers its proposer
+    }
+}
+
+impl<S: StateMachine> QueryNow<S> for Backlog<S> {
+    #[inline]
+    fn query_now<R>(&self, index: LogIndex, query: impl FnOnce(&S) -> R) -> Option<(R, LogIndex)> {
+        Backlog::query_now(self, index, query)
+    }
+}
+
+/// The simulator's inline applier, as a caller-thread lease read sees it: the same answers as
+/// [`Backlog::query_now`] (never while failed or behind; a panicking query gives `None`).
+impl<S: StateMachine> QueryNow<S> for Applier<S> {
+    fn query_now<R>(&self, index: LogIndex, query: impl FnOnce(&S) -> R) -> Option<(R, LogIndex)> {
+        if self.failure.is_some() || self.applied < index {
+            return None;
+        }
+        let state = &self.state_machine;
+        let answer = catch_unwind(AssertUnwindSafe(|| query(state))).ok()?;
+        Some((answer, self.applied))
     }
 }
 

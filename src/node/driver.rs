@@ -15,7 +15,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use super::apply::{Applier, ApplyQueue, Backlog};
 use super::metrics::Metrics;
-use super::read::{LeasePublisher, LeaseView, ReadFn};
+use super::read::{LeaseClock, LeasePublisher, LeaseView, Monotonic, ReadFn};
 use super::receipt::Responder;
 use super::{Compaction, Forwarder, NodeStatus, Request, RpcCounts};
 use crate::config::Config;
@@ -65,7 +65,8 @@ pub(crate) fn execute_all<C>(_: &Core<C>, _: &[Action<C>]) -> Execute {
 }
 
 /// One node: core, storage, transport, state machine and pending requests. See the module docs.
-pub(crate) struct Driver<S: StateMachine, St, T> {
+/// `L`: the clock a published lease is measured on (see [`LeaseView`]).
+pub(crate) struct Driver<S: StateMachine, St, T, L: LeaseClock = Monotonic> {
     core: Core<S::Command>,
     storage: St,
     transport: T,
@@ -100,14 +101,15 @@ pub(crate) struct Driver<S: StateMachine, St, T> {
     /// Where `Request::Forward` goes when this node does not lead (none: handled here).
     forwarder: Option<Forwarder<S>>,
     /// Publishes the lease for reads served off the node's thread (the runtime, leases on).
-    lease: Option<LeasePublisher>,
+    lease: Option<LeasePublisher<L>>,
 }
 
-impl<S, St, T> Driver<S, St, T>
+impl<S, St, T, L> Driver<S, St, T, L>
 where
     S: StateMachine,
     St: Storage<S::Command>,
     T: Transport<S::Command>,
+    L: LeaseClock,
 {
     /// Loads the node's persisted state and starts it as a follower.
     pub fn new(
@@ -197,29 +199,69 @@ where
         self.step(Input::Tick, observe)
     }
 
-    /// `n` ticks at once (`Input::Ticks`): the simulator's clock, which skips idle ticks.
-    pub fn ticks(&mut self, n: u64, observe: &mut Observer<'_, S::Command>) -> Result<(), Error> {
-        self.step(Input::Ticks(n), observe)
+    /// `n` ticks at once (`Input::Ticks`), the last due at `due`: the simulator's clock, which
+    /// skips idle ticks.
+    pub fn ticks_at(
+        &mut self,
+        n: u64,
+        due: L::Time,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        self.step(Input::Ticks(n), observe)?;
+        self.ticked_at(due);
+        Ok(())
+    }
+
+    /// The core's current tick was due at `due` (ticks fed to the core directly, idle ones):
+    /// a lease started at it is measured from there.
+    pub fn ticked_at(&mut self, due: L::Time) {
+        if let Some(lease) = &mut self.lease {
+            lease.ticked(self.core.now_tick(), due);
+        }
     }
 
     /// One tick, which was due at `due` (the runtime's ticker says when): lease reads off the
     /// node's thread measure the lease from such instants.
     pub fn tick_at(
         &mut self,
-        due: std::time::Instant,
+        due: L::Time,
         observe: &mut Observer<'_, S::Command>,
     ) -> Result<(), Error> {
         self.tick(observe)?;
-        if let Some(lease) = &mut self.lease {
-            lease.ticked(self.core.now_tick(), due);
-        }
+        self.ticked_at(due);
         Ok(())
     }
 
-    /// Publishes this node's lease to `view` after every step, as a deadline `lease_for`
-    /// after the tick its lease started at (see [`LeaseView`]).
-    pub fn set_lease_view(&mut self, view: Arc<LeaseView>, lease_for: std::time::Duration) {
-        self.lease = Some(LeasePublisher::new(view, lease_for));
+    /// NB: the core's lease is counted in ticks; after a stall (missed ticks) it may outlive
+    /// the deadline on the clock. The clock wins (thesis §6.4.1 bounds real time, not ticks).
+    fn expire_stale_lease(&mut self) {
+        if let Some(lease) = &self.lease {
+            if self.core.has_lease() && !lease.holds_now() {
+                self.core.expire_lease();
+            }
+        }
+    }
+
+    /// Publishes this node's lease to `view` after every step, as a deadline
+    /// `Config::lease_ticks()` ticks after the tick its lease started at (see [`LeaseView`]).
+    pub fn set_lease_view(&mut self, view: Arc<LeaseView<L::Time>>, config: &Config, clock: L) {
+        self.lease = Some(LeasePublisher::new(view, config, clock));
+    }
+
+    /// Test-only switches that break the published lease's deadline.
+    #[cfg(test)]
+    pub fn set_lease_bugs(&mut self, bugs: super::read::LeaseBugs) {
+        if let Some(lease) = &mut self.lease {
+            lease.bugs = bugs;
+        }
+    }
+
+    /// The inline applier (the simulator), where a caller-thread lease read runs its query.
+    pub fn inline_applier(&self) -> Option<&Applier<S>> {
+        match &self.apply {
+            ApplyQueue::Inline(applier) => Some(applier),
+            ApplyQueue::Deferred(_) => None,
+        }
     }
 
     /// A message from a peer.
@@ -492,6 +534,7 @@ where
         input: Input<S::Command>,
         observe: &mut Observer<'_, S::Command>,
     ) -> Result<(), Error> {
+        self.expire_stale_lease();
         debug_assert!(self.actions.is_empty(), "the previous step was executed");
         if self.halted {
             return Ok(()); // a simulated crash cut an earlier step: this node is gone

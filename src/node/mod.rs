@@ -22,6 +22,9 @@ pub(crate) use apply::Backlog;
 pub(crate) use driver::{execute_all, ApplyOn, Driver, Execute};
 pub(crate) use read::LeaseView as LocalLease;
 pub(crate) use read::ReadFn;
+#[cfg(test)]
+pub(crate) use read::{lease_length, LeaseBugs};
+pub(crate) use read::{LeaseClock, LeaseView, Monotonic};
 
 /// Answers a read that will never run (the node failed).
 pub(crate) fn fail_read<S>(read: ReadFn<S>, error: Error) {

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::core::{MembershipChange, Role};
 use crate::error::{ConfigError, Error};
 use crate::message::{Configuration, Message};
-use crate::node::{Applied, ApplyOn, Driver, LocalLease, NodeStatus, Receipt};
+use crate::node::{Applied, ApplyOn, Driver, LocalLease, Monotonic, NodeStatus, Receipt};
 use crate::state_machine::StateMachine;
 use crate::storage::{DiskStorage, MemStorage, Storage};
 use crate::transport::{Router, Transport};
@@ -272,8 +272,7 @@ impl<S: StateMachine> Cluster<S> {
         driver.set_forwarder(self.client.forwarder());
         let local = self.config.lease_reads.then(|| {
             let lease = Arc::new(LocalLease::default());
-            let lease_for = self.config.tick * self.config.lease_ticks() as u32;
-            driver.set_lease_view(Arc::clone(&lease), lease_for);
+            driver.set_lease_view(Arc::clone(&lease), &self.config, Monotonic);
             let backlog = Arc::clone(driver.backlog().expect("the thread runtime defers applies"));
             LocalReads { lease, backlog }
         });

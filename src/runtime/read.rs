@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::client::{Client, NodeHandle};
 use super::cluster::Cluster;
 use crate::error::Error;
-use crate::node::{Applied, ReadFn, Receipt, Request};
+use crate::node::{Applied, Monotonic, ReadFn, Receipt, Request};
 use crate::state_machine::ReadStateMachine;
 use crate::types::{NodeId, Term};
 
@@ -23,9 +23,8 @@ impl<S: ReadStateMachine> NodeHandle<S> {
     /// node's queue. `None`: take the node's path (no lease, state machine busy or behind).
     fn read_locally<R>(&self, query: impl FnOnce(&S) -> R) -> Option<Applied<R>> {
         let local = self.local.as_ref()?;
-        let index = local.lease.read_index(Instant::now())?;
-        let (output, index) = local.backlog.query_now(index, query)?;
-        local.lease.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The same function the simulator's clients call, there on a virtual clock.
+        let (output, index) = local.lease.read_locally(&Monotonic, &*local.backlog, query)?;
         Some(Applied { index, term: Term(0), output })
     }
 

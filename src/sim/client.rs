@@ -231,6 +231,9 @@ impl<S: StateMachine> Simulator<S> {
             self.reply_later(ClientEvent::Redirect { client, op, hint: None });
             return Ok(());
         }
+        if self.served_on_caller(client, op, node) {
+            return Ok(());
+        }
         if let Some(window) = self.config.batch_window {
             let waiting = self.clients.inbox.entry(node).or_default();
             waiting.push((client, op));
@@ -254,6 +257,25 @@ impl<S: StateMachine> Simulator<S> {
             return Request::Read { read: super::reads::read_request(query, command, responder) };
         }
         Request::Propose { command, responder }
+    }
+
+    /// Serves read `op` at `node` as the runtime's handle would on the caller's thread, if it
+    /// is one of the share that tries that path (`SimConfig::caller_read_percent`) and the
+    /// node's lease holds on its own clock; the answer then travels back to the client.
+    fn served_on_caller(&mut self, client: u64, op: usize, node: NodeId) -> bool {
+        let percent = self.config.caller_read_percent;
+        if percent == 0 || !super::reads::caller::takes_caller_path(op, percent) {
+            return false;
+        }
+        let Some(query) = self.read_query(op) else { return false };
+        let command = &self.clients.history[op].command;
+        let Some((output, index)) = self.read_on_caller(node, query, command) else {
+            return false;
+        };
+        self.stats.caller_reads += 1;
+        self.note(format!("c{client} lease read #{op} on {node}'s caller thread at i{index}"));
+        self.reply_later(ClientEvent::Reply { client, op, output });
+        true
     }
 
     /// How to serve `op` as a read without the log, if it is one and reads are on.

@@ -160,6 +160,11 @@ pub struct SimConfig {
     /// of giving up: what a session client does, whose retries the session table must
     /// deduplicate. Off: a timed-out operation's outcome stays unknown.
     pub retry_timeouts: bool,
+    /// With `reads` and `raft.lease_reads`: this percentage of the reads (chosen by op number,
+    /// not by the RNG) first try the lease path the runtime runs on the caller's thread
+    /// (`LeaseView::read_locally`, on the reading node's own drifting clock) and take the
+    /// node's path only if it declines. 0: every read goes through the node's step loop.
+    pub caller_read_percent: u8,
 }
 
 impl SimConfig {
@@ -197,6 +202,7 @@ impl SimConfig {
             sync_window: None,
             reads: false,
             retry_timeouts: false,
+            caller_read_percent: 0,
         }
     }
 
@@ -213,6 +219,9 @@ impl SimConfig {
             if !(drift > 0.0 && drift <= 1.0) {
                 return Err(FaultError::DriftBound(drift));
             }
+        }
+        if self.caller_read_percent > 100 {
+            return Err(FaultError::CallerReadPercent(self.caller_read_percent));
         }
         if self.batch_window == Some(Duration::ZERO) {
             return Err(FaultError::EmptyRange { field: "batch_window" });

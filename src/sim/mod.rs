@@ -172,6 +172,8 @@ pub struct Stats {
     /// Leaders crashed right after sending an InstallSnapshot chunk that was not the last
     /// ([`Fault::CrashMidSnapshot`], [`SnapshotSide::Sender`]).
     pub snapshot_sender_crashes: u64,
+    /// Reads served on a node's caller-thread lease path (`SimConfig::caller_read_percent`).
+    pub caller_reads: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -214,6 +216,9 @@ pub struct Simulator<S: StateMachine> {
     quiet: bool,
     #[cfg(test)]
     bugs: crate::core::Bugs,
+    /// Test-only switches in the lease deadline published for caller-thread reads.
+    #[cfg(test)]
+    lease_bugs: crate::node::LeaseBugs,
 }
 
 impl<S: StateMachine> Simulator<S> {
@@ -257,6 +262,8 @@ impl<S: StateMachine> Simulator<S> {
             quiet: false,
             #[cfg(test)]
             bugs: crate::core::Bugs::default(),
+            #[cfg(test)]
+            lease_bugs: crate::node::LeaseBugs::default(),
             config,
         };
         let voters = crate::message::Configuration::new((1..=sim.config.nodes).map(NodeId));
@@ -457,6 +464,17 @@ impl<S: StateMachine> Simulator<S> {
         for node in self.nodes.values_mut() {
             if let Some(live) = node.live.as_mut() {
                 live.driver.core_mut().bugs = bugs;
+            }
+        }
+    }
+
+    /// Test-only: switches a lease-deadline bug on for every node, now and after each restart.
+    #[cfg(test)]
+    pub(crate) fn set_lease_bugs(&mut self, bugs: crate::node::LeaseBugs) {
+        self.lease_bugs = bugs;
+        for node in self.nodes.values_mut() {
+            if let Some(live) = node.live.as_mut() {
+                live.driver.set_lease_bugs(bugs);
             }
         }
     }

@@ -10,6 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use rand::Rng;
 
 use super::compaction::{is_partial_chunk, sends_partial_chunk};
+use super::reads::caller::{SimClock, SimLease};
 use super::run::FailureKind;
 use super::storage::SimStorage;
 use super::trace::{InputSummary, MsgSummary, NodeSummary, TraceEvent, TraceLine};
@@ -32,13 +33,21 @@ impl<C: Send + 'static> Transport<C> for Outbox<C> {
     }
 }
 
-/// A running node's driver, applying inline.
-pub(crate) type SimDriver<S> =
-    Driver<S, SimStorage<<S as StateMachine>::Command>, Outbox<<S as StateMachine>::Command>>;
+/// A running node's driver, applying inline; a lease it publishes is on the node's own clock.
+pub(crate) type SimDriver<S> = Driver<
+    S,
+    SimStorage<<S as StateMachine>::Command>,
+    Outbox<<S as StateMachine>::Command>,
+    SimClock,
+>;
 
 /// A node's volatile half: lost on a crash.
 pub(crate) struct Live<S: StateMachine> {
     pub driver: SimDriver<S>,
+    /// With lease reads on: the lease this incarnation publishes for caller-thread reads.
+    pub lease: Option<SimLease>,
+    /// The node's clock as its driver reads it, set before every step.
+    pub clock: SimClock,
 }
 
 impl<S: StateMachine> Live<S> {
@@ -74,8 +83,9 @@ pub(crate) struct SimNode<S: StateMachine> {
 
 /// What reaches a node's driver in one step.
 pub(crate) enum Delivery<S: StateMachine> {
-    /// This many clock ticks at once (`Input::Ticks`): idle ones, then at most one that acts.
-    Ticks(u64),
+    /// This many clock ticks at once (`Input::Ticks`): idle ones, then at most one that acts,
+    /// struck at this virtual time.
+    Ticks(u64, u64),
     Message(Message<S::Command>),
     Request(Request<S>),
     /// Several client requests at once: one `Driver::handle` call batches them.
@@ -162,7 +172,15 @@ impl<S: StateMachine> Simulator<S> {
         let sm = (self.factory)(id);
         let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new()), ApplyOn::Inline)
             .expect("SimStorage::load never fails");
-        let mut live = Live { driver };
+        let mut live = Live { driver, lease: None, clock: SimClock::default() };
+        if raft.lease_reads {
+            let view = SimLease::default();
+            let clock = live.clock.clone();
+            live.driver.set_lease_view(std::sync::Arc::clone(&view), &raft, clock);
+            #[cfg(test)]
+            live.driver.set_lease_bugs(self.lease_bugs);
+            live.lease = Some(view);
+        }
         // NB: the core's full invariant checks run on every simulated step, in every profile.
         live.driver.core_mut().set_check_invariants(true);
         #[cfg(test)]
@@ -213,7 +231,13 @@ impl<S: StateMachine> Simulator<S> {
             let mut actions = Vec::new();
             live.driver.core_mut().step(crate::core::Input::Ticks(idle), &mut actions);
             assert!(actions.is_empty(), "{id}: idle ticks acted: {actions:?}");
+            let last = node.next_tick + (idle - 1) * node.tick_us;
             node.next_tick += idle * node.tick_us;
+            // A lease may start at the core's current tick: its instant must be known.
+            let at = self.local_time_at(id, last);
+            if let Some(live) = self.nodes.get_mut(&id).and_then(|n| n.live.as_mut()) {
+                live.driver.ticked_at(at);
+            }
         }
     }
 
@@ -246,8 +270,9 @@ impl<S: StateMachine> Simulator<S> {
             self.schedule_tick(id);
             return Ok(());
         }
+        let last = node.next_tick + (n - 1) * node.tick_us;
         node.next_tick += n * node.tick_us;
-        self.step(id, Delivery::Ticks(n), InputSummary::Tick)
+        self.step(id, Delivery::Ticks(n, last), InputSummary::Tick)
     }
 
     /// The end of a node's sync window: one sync for the batch, then what waited for it. A
@@ -398,9 +423,16 @@ impl<S: StateMachine> Simulator<S> {
         summary: InputSummary,
     ) -> Result<(), FailureKind> {
         let watch_sends = !self.mid_snapshot.is_empty() && self.watches_sends(id);
-        if !matches!(delivery, Delivery::Ticks(_)) {
+        if !matches!(delivery, Delivery::Ticks(..)) {
             self.catch_up(id);
         }
+        let local_now = self.local_time(id);
+        // NB: the last tick's own time on the node's clock, not the step's: a lease measured
+        // from a later instant would end too late.
+        let tick_time = match &delivery {
+            Delivery::Ticks(_, at) => self.local_time_at(id, *at),
+            _ => local_now,
+        };
         let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
         if node.live.is_some() && node.paused_until > self.now {
             node.deferred.push((delivery, summary));
@@ -457,9 +489,10 @@ impl<S: StateMachine> Simulator<S> {
             }
             Execute::All
         };
+        live.clock.set(local_now);
         let driver = &mut live.driver;
         let stepped = catch_unwind(AssertUnwindSafe(|| match delivery {
-            Delivery::Ticks(n) => driver.ticks(n, &mut observe),
+            Delivery::Ticks(n, _) => driver.ticks_at(n, tick_time, &mut observe),
             Delivery::Message(msg) => driver.receive(msg, &mut observe),
             Delivery::Request(request) => {
                 driver.handle(request, &mut std::iter::empty(), &mut observe)

@@ -23,8 +23,13 @@ pub(crate) fn read_request<S: StateMachine>(
     })
 }
 
+pub(crate) mod caller;
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod caller_tests;
 
 #[cfg(test)]
 mod sessions;

@@ -18,6 +18,8 @@ pub(crate) fn reading(seed: u64) -> (SimConfig, Schedule) {
         config.raft.lease_reads = true;
         let d = config.clock_drift.unwrap_or(0.0);
         config.raft.clock_drift_bound = crate::config::ClockDrift((1.0 + d) / (1.0 - d) * 1.01);
+        // Half the lease reads on the path the runtime runs on the caller's thread.
+        config.caller_read_percent = 50;
     } else if seed % 4 == 2 {
         // ReadIndex needs no CheckQuorum: a deposed leader that never steps down still cannot
         // confirm a round.

@@ -1,0 +1,198 @@
+//! The caller's-thread lease path under the simulator's checkers: reads served by
+//! `LeaseView::read_locally` (the function `NodeHandle::read` runs) on the reading node's own
+//! drifting clock, through partitions, pauses and crashes, checked for linearizability with
+//! every other operation; a paused leader's published lease runs out on its clock; and a
+//! deadline that ignores the drift bound is caught.
+
+use std::time::Duration;
+
+use super::super::bites::nemesis;
+use super::super::*;
+use crate::config::ClockDrift;
+use crate::core::Bugs;
+use crate::kv::{KvCommand, KvStateMachine};
+use crate::node::LeaseBugs;
+
+/// The nemesis with leases on every seed, every node's clock drifting up to 20% (the Raft
+/// drift bound set to what that allows: a tick period ratio of at most 1.2/0.8, plus 1%), and
+/// `percent` of the reads trying the caller's-thread path first.
+fn caller_leases(seed: u64, percent: u8) -> (SimConfig, Schedule) {
+    let (mut config, _) = nemesis(seed);
+    config.reads = true;
+    config.clock_drift = Some(0.2);
+    config.raft.lease_reads = true;
+    config.raft.check_quorum = true;
+    config.raft.clock_drift_bound = ClockDrift(1.2 / 0.8 * 1.01);
+    config.caller_read_percent = percent;
+    let schedule = Schedule::random(&config);
+    (config, schedule)
+}
+
+/// Where a lease that runs too long shows: clocks drifting up to 30% (drift bound set to
+/// match), the leader cut off or frozen for 150 ms every 300 ms while eight impatient clients
+/// (20 ms timeouts) move their writes to whoever wins next and keep reading at the old leader
+/// through the caller's-thread path.
+fn deposed_lease_holder(seed: u64) -> (SimConfig, Schedule) {
+    let mut config = SimConfig::new(seed, 3);
+    config.reads = true;
+    config.clock_drift = Some(0.3);
+    config.raft.lease_reads = true;
+    config.raft.clock_drift_bound = ClockDrift(1.3 / 0.7 * 1.01);
+    config.caller_read_percent = 100;
+    config.clients = 8;
+    config.op_timeout = Duration::from_millis(20);
+    let ms = Duration::from_millis;
+    let mut events = Vec::new();
+    for k in 0..9 {
+        let at = ms(200 + 300 * k);
+        let cut = if (seed + k).is_multiple_of(2) {
+            Fault::Isolate(Target::Leader)
+        } else {
+            Fault::Pause(Target::Leader, ms(150))
+        };
+        events.push((at, cut));
+        events.push((at + ms(150), Fault::Heal));
+    }
+    (config, Schedule::new(events))
+}
+
+fn run(seed: u64, percent: u8, lease_bugs: LeaseBugs) -> Result<RunReport, SimFailure> {
+    run_scenario(caller_leases(seed, percent), lease_bugs)
+}
+
+fn run_scenario(
+    (config, schedule): (SimConfig, Schedule),
+    lease_bugs: LeaseBugs,
+) -> Result<RunReport, SimFailure> {
+    let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid scenario");
+    sim.set_bugs(Bugs::default());
+    sim.set_lease_bugs(lease_bugs);
+    run::drive_kv(sim, &schedule)
+}
+
+#[test]
+fn caller_thread_lease_reads_are_linearizable_under_faults() {
+    let mut served = 0;
+    for seed in 0..8 {
+        let report = run(seed, 50, LeaseBugs::default()).unwrap_or_else(|f| panic!("{f}"));
+        served += report.stats.caller_reads;
+    }
+    // Not every read finds a lease (elections, pauses, a state machine behind), but most do.
+    assert!(served > 200, "only {served} reads took the caller's-thread path");
+}
+
+#[test]
+fn a_run_with_caller_thread_reads_replays_exactly() {
+    let (mut config, schedule) = caller_leases(5, 50);
+    config.record_trace = true;
+    let one = run::run_kv(&config, &schedule).unwrap_or_else(|f| panic!("{f}"));
+    let two = run::run_kv(&config, &schedule).unwrap_or_else(|f| panic!("{f}"));
+    assert!(one.stats.caller_reads > 0);
+    assert_eq!(one.trace_hash, two.trace_hash);
+    assert_eq!(one.trace, two.trace);
+}
+
+/// A leader paused past its lease: its loop is stuck (no ticks, so its core still counts the
+/// lease's ticks as left), but the lease it published is on its clock, which runs on; a read
+/// on the caller's thread must find it expired, however little the node itself has seen.
+#[test]
+fn a_paused_leaders_published_lease_runs_out_on_its_clock() {
+    let (mut config, _) = caller_leases(1, 100);
+    config.clients = 0;
+    let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid");
+    let get = KvCommand::Get { key: "k0".into() };
+    let query: client::ReadQuery<KvStateMachine> = |sm, c| sm.get(c.key()).map(str::to_owned);
+    let leader = (0..100)
+        .find_map(|_| {
+            sim.run_for(Duration::from_millis(20)).expect("safe");
+            sim.leader().filter(|&l| sim.read_on_caller(l, query, &get).is_some())
+        })
+        .expect("a leader with a lease within 2 s");
+    let lease = crate::node::lease_length(&sim.config.raft);
+    sim.pause(leader, Duration::from_secs(1)).expect("the leader runs");
+    let paused_at = sim.local_time(leader);
+    sim.run_for(lease + Duration::from_millis(2)).expect("safe");
+    assert!(sim.local_time(leader).0 > paused_at.0, "the paused node's clock runs on");
+    assert!(
+        sim.read_on_caller(leader, query, &get).is_none(),
+        "a lease published before the pause still serves reads a lease later"
+    );
+}
+
+/// A bug switch: the published deadline ignores the drift bound. With clocks 20% apart a
+/// slow-clocked leader keeps serving after a fast-clocked follower has timed out, won, and
+/// taken writes: a stale read the linearizability checker catches.
+/// Not caught in 60 seeds (see NOTES.md): kept as a hunt, `cargo test --release --lib
+/// ignores_the_drift_bound -- --ignored`.
+#[test]
+#[ignore = "latent: not caught in 60 seeds; a hunt to run by hand"]
+fn a_lease_deadline_that_ignores_the_drift_bound_is_caught() {
+    let bugs = LeaseBugs { ignore_drift_bound: true, ..LeaseBugs::default() };
+    let found =
+        (0..SEEDS_TO_CATCH).find_map(|seed| run_scenario(deposed_lease_holder(seed), bugs).err());
+    let failure = found.unwrap_or_else(|| panic!("not caught in {SEEDS_TO_CATCH} seeds"));
+    assert!(matches!(failure.kind, FailureKind::NotLinearizable(_)), "{failure}");
+    let mut served = 0;
+    for seed in 0..=failure.seed {
+        let report = run_scenario(deposed_lease_holder(seed), LeaseBugs::default())
+            .unwrap_or_else(|f| panic!("{f}"));
+        served += report.stats.caller_reads;
+    }
+    assert!(served > 0, "no read took the caller's-thread path");
+    println!("BITES | lease_ignores_drift_bound | seed {} | {}", failure.seed, failure.kind);
+}
+
+/// Seeds the hunt may take (the switch is first caught at the seed in NOTES.md).
+const SEEDS_TO_CATCH: u64 = 60;
+
+/// `FERRAFT_CALLER_SEEDS=500 cargo test --release --lib caller_sweep -- --ignored`.
+#[test]
+#[ignore = "long sweep; run by hand"]
+fn caller_sweep() {
+    let seeds =
+        std::env::var("FERRAFT_CALLER_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    for seed in 0..seeds {
+        run(seed, 50, LeaseBugs::default()).unwrap_or_else(|f| panic!("{f}"));
+    }
+}
+
+/// A leader cut off and frozen together for 120 ms every 300 ms: its loop misses the ticks of
+/// the pause, so on resuming its core still counts lease ticks left that ran out on the clock,
+/// while the other side elected a leader and took writes. Half the reads try the caller's
+/// thread first; the rest, and the ones it declines, go through the node.
+fn frozen_and_cut_off(seed: u64) -> (SimConfig, Schedule) {
+    let (mut config, _) = deposed_lease_holder(seed);
+    config.caller_read_percent = 50;
+    let ms = Duration::from_millis;
+    let mut events = Vec::new();
+    for k in 0..9 {
+        let at = ms(200 + 300 * k);
+        events.push((at, Fault::Isolate(Target::Leader)));
+        events.push((at, Fault::Pause(Target::Leader, ms(120))));
+        events.push((at + ms(200), Fault::Heal));
+    }
+    (config, Schedule::new(events))
+}
+
+/// Regression (found by this branch): before the driver checked the core's lease against the
+/// clock, 17 of these 20 seeds served stale reads through the node's own lease path (the
+/// core counted the lease in ticks, and a frozen node misses ticks).
+#[test]
+fn a_frozen_cut_off_leader_serves_no_stale_reads() {
+    for seed in 0..20 {
+        run_scenario(frozen_and_cut_off(seed), LeaseBugs::default())
+            .unwrap_or_else(|f| panic!("{f}"));
+    }
+}
+
+/// The bug switch: the deadline counted in ticks (`LeaseBugs::deadline_in_ticks`), on both
+/// the caller's-thread path and the node's. Caught at the seed in NOTES.md; the correct code
+/// passes the same seeds (above).
+#[test]
+fn a_lease_deadline_counted_in_ticks_is_caught() {
+    let bugs = LeaseBugs { deadline_in_ticks: true, ..LeaseBugs::default() };
+    let found = (0..20).find_map(|seed| run_scenario(frozen_and_cut_off(seed), bugs).err());
+    let failure = found.expect("not caught in 20 seeds");
+    assert!(matches!(failure.kind, FailureKind::NotLinearizable(_)), "{failure}");
+    println!("BITES | lease_deadline_in_ticks | seed {} | {}", failure.seed, failure.kind);
+}
