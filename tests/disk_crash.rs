@@ -397,3 +397,42 @@ fn garbage_in_a_closed_segment_or_before_a_whole_record_is_corruption() {
         other => panic!("bad bytes before a whole record: {other:?}"),
     }
 }
+
+/// A directory written before pre-zeroing (identity v1, segments ending at their data) opens
+/// with its state, is upgraded to v2, and takes new writes; a newer format is refused.
+#[test]
+fn a_v1_directory_is_read_and_upgraded_and_an_unknown_format_is_refused() {
+    let (work, scratch) = (TempDir::new("v1-work"), TempDir::new("v1-scratch"));
+    let run = run_workload(&work.0);
+    let (mut files, done) = run.synced.last().expect("runs").clone();
+    let identity = String::from_utf8(files["IDENTITY"].clone()).expect("text");
+    assert!(identity.starts_with("ferraft node v2\n"), "{identity}");
+    files.insert("IDENTITY".into(), identity.replace("node v2", "node v1").into_bytes());
+    let name = last_segment(&files).expect("segment");
+    let before = &run.synced[run.synced.len() - 2].0;
+    let (_, to) = written(before.get(&name).map_or(&[][..], |b| &b[..]), &files[&name]);
+    files.get_mut(&name).expect("segment").truncate(to); // v1: no zero tail
+    restore(&scratch.0, &files);
+    let mut store = open(&scratch.0, SyncPolicy::Always).expect("a v1 directory opens");
+    assert_eq!(store.load().expect("load"), run.models[done]);
+    let upgraded = std::fs::read_to_string(scratch.0.join("IDENTITY")).expect("identity");
+    assert!(upgraded.starts_with("ferraft node v2\n"), "not upgraded: {upgraded}");
+    let hard = HardState { term: Term(77), voted_for: None };
+    store.save_hard_state(hard).expect("hard state");
+    store.sync().expect("sync");
+    drop(store);
+    let reopened = open(&scratch.0, SyncPolicy::Always).expect("reopen");
+    assert_eq!(reopened.load().expect("load").hard_state, hard);
+    drop(reopened);
+
+    files.insert("IDENTITY".into(), identity.replace("node v2", "node v3").into_bytes());
+    restore(&scratch.0, &files);
+    match open(&scratch.0, SyncPolicy::Never) {
+        Err(StorageError::UnsupportedFormat { path, found }) => {
+            assert!(path.ends_with("IDENTITY") && found == "v3", "{path:?} {found}");
+            let text = StorageError::UnsupportedFormat { path, found }.to_string();
+            assert!(text.contains("newer ferraft"), "{text}");
+        }
+        other => panic!("a v3 directory: {other:?}"),
+    }
+}
