@@ -10,10 +10,14 @@
 //! With `--storage disk` the cluster keeps its logs in a fresh subdirectory of DIR (sync policy
 //! always; removed afterwards) and the JSON line says `"storage":"disk"`. `fsync`: latency of
 //! writing 4 KB and `fdatasync`ing it, `--ops` times (default 1000), in DIR: the floor under
-//! every durable write. `restart`: a node directory with `--entries` 8-byte commands (default
-//! 1,000,000) is written, then a one-node cluster is started on it: `restart_ms` is the time
-//! until the node is up with its whole log loaded; `disk_bytes_per_entry` the directory's size
-//! per entry.
+//! every durable write (each write extends the file, so each `fdatasync` also commits the new
+//! size). `prezeroed_p50_us`: the same, overwriting a file filled with zeros and synced first
+//! (what the WAL's pre-zeroed segments pay). `restart`: a node directory with `--entries`
+//! 8-byte commands (default 1,000,000) is written, then a one-node cluster is started on it:
+//! `restart_ms` is the time until the node is up with its whole log loaded;
+//! `disk_bytes_per_entry` the bytes written per entry (segments up to their write offsets, plus
+//! the snapshot file), `allocated_bytes_per_entry` the files' sizes per entry (pre-zeroed
+//! segment tails included).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -94,7 +98,31 @@ pub fn fsync(args: &Args) {
     }
     samples.sort_unstable();
     let pct = |p: f64| samples[((ops as f64 * p) as usize).min(ops - 1)] as f64 / 1e3;
-    println!("{{\"workload\":\"fsync\",\"p50_us\":{:.1},\"p99_us\":{:.1}}}", pct(0.5), pct(0.99));
+    let prezeroed = prezeroed_p50_us(&scratch.0.join("prezeroed"), ops);
+    println!(
+        "{{\"workload\":\"fsync\",\"p50_us\":{:.1},\"p99_us\":{:.1},\"prezeroed_p50_us\":{prezeroed:.1}}}",
+        pct(0.5),
+        pct(0.99)
+    );
+}
+
+/// Median latency of a 4 KB `pwrite` + `fdatasync` over a file zero-filled and synced first.
+fn prezeroed_p50_us(path: &std::path::Path, ops: usize) -> f64 {
+    use std::os::unix::fs::FileExt;
+    let mut file = std::fs::File::create(path).expect("creating the pre-zeroed probe file");
+    file.write_all(&vec![0u8; ops * 4096]).expect("zero-fill");
+    file.sync_all().expect("fsync");
+    let block = vec![0xa5u8; 4096];
+    let mut samples: Vec<u64> = (0..ops)
+        .map(|i| {
+            let t = Instant::now();
+            file.write_all_at(&block, (i * 4096) as u64).expect("write");
+            file.sync_data().expect("fdatasync");
+            t.elapsed().as_nanos() as u64
+        })
+        .collect();
+    samples.sort_unstable();
+    samples[ops / 2] as f64 / 1e3
 }
 
 pub fn restart(args: &Args) {
@@ -122,6 +150,7 @@ pub fn restart(args: &Args) {
         store.sync().expect("write");
         first += n as u64;
     }
+    let used_bytes = store.used_bytes().expect("sizing the data");
     let disk_bytes = store.disk_bytes().expect("sizing the directory");
     drop(store);
     // Out of the page cache would be a cold start; this measures a warm one (a process
@@ -141,7 +170,8 @@ pub fn restart(args: &Args) {
     assert_eq!(loaded, LogIndex(entries), "the restarted node did not load the whole log");
     cluster.shutdown();
     println!(
-        "{{\"workload\":\"restart\",\"entries\":{entries},\"restart_ms\":{restart_ms:.1},\"disk_bytes_per_entry\":{:.1}}}",
+        "{{\"workload\":\"restart\",\"entries\":{entries},\"restart_ms\":{restart_ms:.1},\"disk_bytes_per_entry\":{:.1},\"allocated_bytes_per_entry\":{:.1}}}",
+        used_bytes as f64 / entries as f64,
         disk_bytes as f64 / entries as f64
     );
 }

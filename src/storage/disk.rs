@@ -5,17 +5,25 @@
 //! Layout of a node directory:
 //!
 //! ```text
-//! IDENTITY                 "ferraft node v1", the cluster id and the node id; checked on open
+//! IDENTITY                 "ferraft node v2", the cluster id and the node id; checked on open
+//!                          (v1: segments not pre-zeroed; read alike and upgraded on open)
 //! LOCK                     held (flock) while a store has the directory open
-//! wal-<seq>.log            segments, seq = 1, 2, ... without gaps; the last one is appended to
+//! wal-<seq>.log            segments, seq = 1, 2, ... without gaps; the last one is written to
+//! next.wal.tmp             the next segment being prepared (zeros); deleted on open
 //! snap-<index>.snap        the latest snapshot, named by its last included index
 //! ```
 //!
-//! Writes are encoded into one reusable buffer and reach the file in one `write` per
-//! [`Storage::sync`], which then `fdatasync`s (group commit: the driver syncs once per step).
-//! Rotation to a new segment happens in `sync` once a segment passes
-//! [`DiskOptions::segment_bytes`]; the full segment is fsync'd before the next one is created,
-//! so only the last segment can ever end in a torn record. A snapshot is written to a
+//! Writes are encoded into one reusable buffer and reach the file in one `pwrite` per
+//! [`Storage::sync`], at the write offset, which then `fdatasync`s (group commit: the driver
+//! syncs once per step). **Segments are pre-zeroed**: a segment is filled with zeros to
+//! [`DiskOptions::segment_bytes`] and synced under the name `next.wal.tmp`, then gets its
+//! header record (synced), is renamed to its `wal-<seq>.log` name and the directory synced,
+//! and only then becomes the segment written to. Appends overwrite zeros inside the file's
+//! size, so an `fdatasync` commits no file size or extent (about half the cost of an
+//! extending write on ext4). The next segment is prepared on a helper thread once the current
+//! one is half full, so rotation only renames it. Rotation to a new segment happens in `sync`
+//! once a segment passes [`DiskOptions::segment_bytes`]; the full segment is fsync'd before the
+//! next one is named, so only the last segment can ever end in a torn record. A snapshot is written to a
 //! temporary file, fsync'd, renamed, the directory fsync'd; then a new segment starts with a
 //! checkpoint of the whole state, and every older segment and snapshot file is deleted.
 //!
@@ -25,6 +33,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::marker::PhantomData;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -32,7 +41,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::StorageError;
-use super::wal::{self, Checkpoint, Frame, Record, RecordOwned, RecordRef};
+use super::wal::{self, Checkpoint, Frame, Record, RecordOwned, RecordRef, Tail};
 use super::{HardState, PersistentState, Storage};
 use crate::message::{Configuration, Entry, Snapshot};
 use crate::types::{LogIndex, NodeId, Term};
@@ -40,7 +49,11 @@ use crate::types::{LogIndex, NodeId, Term};
 const IDENTITY: &str = "IDENTITY";
 const LOCK: &str = "LOCK";
 const CLUSTER: &str = "CLUSTER";
-const IDENTITY_MAGIC: &str = "ferraft node v1";
+const IDENTITY_MAGIC: &str = "ferraft node v2";
+/// The identity line of directories written before segments were pre-zeroed.
+const IDENTITY_MAGIC_V1: &str = "ferraft node v1";
+/// The next segment while it is being prepared (`.tmp`: an open deletes it).
+const NEXT_SEGMENT: &str = "next.wal.tmp";
 /// Buffered bytes beyond which `append` writes them out before `sync` (bounds memory).
 const FLUSH_BYTES: usize = 8 << 20;
 
@@ -60,7 +73,8 @@ pub enum SyncPolicy {
 /// Tuning for a [`DiskStorage`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskOptions {
-    /// A segment is closed and a new one started once it holds this many bytes (default 64 MiB).
+    /// A segment is closed and a new one started once it holds this many bytes; each segment
+    /// is created filled with this many zeros (default 16 MiB).
     pub segment_bytes: u64,
     /// When writes are made durable (default [`SyncPolicy::Always`]).
     pub sync: SyncPolicy,
@@ -68,7 +82,7 @@ pub struct DiskOptions {
 
 impl Default for DiskOptions {
     fn default() -> Self {
-        DiskOptions { segment_bytes: 64 << 20, sync: SyncPolicy::Always }
+        DiskOptions { segment_bytes: 16 << 20, sync: SyncPolicy::Always }
     }
 }
 
@@ -112,10 +126,15 @@ pub struct DiskStorage<C> {
     _lock: File,
     /// What `load` returns: everything written so far.
     state: PersistentState<C>,
-    /// The segment being appended to, its sequence number and length in the file.
+    /// The segment being written to, its sequence number and the write offset in it (the
+    /// length of its data; the file is longer, pre-zeroed).
     segment: File,
     segment_seq: u64,
     segment_len: u64,
+    /// The data bytes of the segments before the current one (from `first_seq`).
+    closed_bytes: u64,
+    /// The next segment, being zero-filled on a helper thread.
+    next: Option<std::thread::JoinHandle<Result<File, StorageError>>>,
     /// The oldest segment still on disk.
     first_seq: u64,
     /// Encoded records not yet written to the segment.
@@ -162,7 +181,11 @@ where
             // NB: only segment 1 without an identity is an initialisation cut short.
             return Self::create(dir, lock, identity, bootstrap, options);
         }
-        check_identity(&identity_path, identity)?;
+        if check_identity(&identity_path, identity)? == Format::V1 {
+            let text = identity_text(identity);
+            write_atomically(&dir, IDENTITY, text.as_bytes())?;
+            tracing::info!(dir = %dir.display(), "upgraded the node directory to format v2");
+        }
         let recovered = recover::<C>(&dir, &listing.segments)?;
         Self::resume(dir, lock, listing, recovered, options)
     }
@@ -194,7 +217,19 @@ where
         &self.dir
     }
 
-    /// Bytes of every segment and snapshot file in the directory.
+    /// Bytes of data written: the segments' data up to their write offsets (not the
+    /// pre-zeroed rest of each file) plus the snapshot file. See [`DiskStorage::disk_bytes`]
+    /// for what the files take.
+    pub fn used_bytes(&self) -> io::Result<u64> {
+        let snapshot = match &self.state.snapshot {
+            Some(s) => fs::metadata(snapshot_path(&self.dir, s.meta.index))?.len(),
+            None => 0,
+        };
+        Ok(self.closed_bytes + self.segment_len + snapshot)
+    }
+
+    /// Bytes of every segment and snapshot file in the directory, the pre-zeroed rest of each
+    /// segment included.
     pub fn disk_bytes(&self) -> io::Result<u64> {
         let mut total = 0;
         for entry in fs::read_dir(&self.dir)? {
@@ -224,12 +259,9 @@ where
             entries: Vec::new(),
             snapshot: None,
         };
-        let (segment, segment_len) = write_segment(&dir, 1, Some(&state), SyncPolicy::Always)?;
-        let text = format!(
-            "{IDENTITY_MAGIC}\ncluster={:016x}\nnode={}\n",
-            identity.cluster, identity.node.0
-        );
-        write_atomically(&dir, IDENTITY, text.as_bytes())?;
+        let zeros = zero_file(&dir, options.segment_bytes, options.sync)?;
+        let (segment, segment_len) = install_segment(&dir, 1, zeros, Some(&state), options.sync)?;
+        write_atomically(&dir, IDENTITY, identity_text(identity).as_bytes())?;
         tracing::info!(dir = %dir.display(), "created a new node directory");
         Ok(DiskStorage {
             dir,
@@ -239,6 +271,8 @@ where
             segment,
             segment_seq: 1,
             segment_len,
+            closed_bytes: 0,
+            next: None,
             first_seq: 1,
             buf: Vec::new(),
             failed: None,
@@ -246,8 +280,8 @@ where
         })
     }
 
-    /// After replay: drop what the replay found garbage, cut the torn tail, reopen the last
-    /// segment for appending.
+    /// After replay: drop what the replay found garbage, zero the torn tail, reopen the last
+    /// segment for writing.
     fn resume(
         dir: PathBuf,
         lock: File,
@@ -267,22 +301,23 @@ where
         }
         let path = segment_path(&dir, recovered.last_seq);
         let segment = OpenOptions::new()
-            .append(true)
+            .write(true)
             .open(&path)
             .map_err(|e| StorageError::io(&path, "open", e))?;
-        let on_disk = segment.metadata().map_err(|e| StorageError::io(&path, "stat", e))?.len();
-        if on_disk != recovered.last_len {
+        if recovered.garbage_end > recovered.last_len {
+            // A torn tail: zeros again, so later writes are followed by zeros only.
+            let zeros = vec![0u8; (recovered.garbage_end - recovered.last_len) as usize];
             segment
-                .set_len(recovered.last_len)
-                .map_err(|e| StorageError::io(&path, "truncate", e))?;
+                .write_all_at(&zeros, recovered.last_len)
+                .map_err(|e| StorageError::io(&path, "zero the torn tail of", e))?;
             if options.sync == SyncPolicy::Always {
-                segment.sync_all().map_err(|e| StorageError::io(&path, "fsync", e))?;
+                segment.sync_data().map_err(|e| StorageError::io(&path, "fsync", e))?;
             }
         }
         if options.sync == SyncPolicy::Always {
             sync_dir(&dir)?; // the deletions above
         }
-        Ok(DiskStorage {
+        let mut store = DiskStorage {
             dir,
             options,
             _lock: lock,
@@ -290,11 +325,15 @@ where
             segment,
             segment_seq: recovered.last_seq,
             segment_len: recovered.last_len,
+            closed_bytes: recovered.closed_bytes,
+            next: None,
             first_seq: recovered.first_seq,
             buf: Vec::new(),
             failed: None,
             _command: PhantomData,
-        })
+        };
+        store.maybe_prepare_next();
+        Ok(store)
     }
 
     fn check_usable(&self) -> io::Result<()> {
@@ -323,7 +362,7 @@ where
         if self.buf.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.segment.write_all(&self.buf) {
+        if let Err(e) = self.segment.write_all_at(&self.buf, self.segment_len) {
             let path = segment_path(&self.dir, self.segment_seq);
             return Err(self.fail(StorageError::io(path, "write", e)));
         }
@@ -349,14 +388,45 @@ where
         self.flush()?;
         self.fsync_segment()?;
         let seq = self.segment_seq + 1;
+        let next = self.take_next();
         let state = checkpoint.then_some(&self.state);
-        match write_segment(&self.dir, seq, state, self.options.sync) {
+        let installed =
+            next.and_then(|zeros| install_segment(&self.dir, seq, zeros, state, self.options.sync));
+        match installed {
             Ok((file, len)) => {
+                self.closed_bytes += self.segment_len;
                 (self.segment, self.segment_seq, self.segment_len) = (file, seq, len);
                 Ok(())
             }
             Err(e) => Err(self.fail(e)),
         }
+    }
+
+    /// The prepared next segment, or one zero-filled now if none is ready.
+    fn take_next(&mut self) -> Result<File, StorageError> {
+        match self.next.take().map(|handle| handle.join()) {
+            Some(Ok(prepared)) => prepared,
+            Some(Err(_)) => Err(StorageError::io(
+                self.dir.join(NEXT_SEGMENT),
+                "prepare",
+                io::Error::other("the thread preparing it panicked"),
+            )),
+            None => zero_file(&self.dir, self.options.segment_bytes, self.options.sync),
+        }
+    }
+
+    /// Starts zero-filling the next segment on a helper thread once the current one is half
+    /// full (so a short-lived store never writes a second segment of zeros).
+    fn maybe_prepare_next(&mut self) {
+        if self.next.is_some() || self.segment_len.saturating_mul(2) < self.options.segment_bytes {
+            return;
+        }
+        let (dir, options) = (self.dir.clone(), self.options);
+        let spawned = std::thread::Builder::new()
+            .name("ferraft-wal-prep".into())
+            .spawn(move || zero_file(&dir, options.segment_bytes, options.sync));
+        // NB: if no thread can be spawned, rotation zero-fills the segment itself.
+        self.next = spawned.ok();
     }
 
     /// Deletes every segment before the current one and every snapshot file but `keep`.
@@ -369,6 +439,7 @@ where
             })
             .and_then(|()| self.sync_dir_if_safe());
         self.first_seq = self.segment_seq;
+        self.closed_bytes = 0;
         result.map_err(|e| self.fail(e))
     }
 
@@ -434,6 +505,7 @@ where
         if self.segment_len >= self.options.segment_bytes {
             self.rotate(false)?;
         }
+        self.maybe_prepare_next();
         Ok(())
     }
 }
@@ -443,7 +515,10 @@ impl<C> Drop for DiskStorage<C> {
         // Best effort, no fsync: what a process hands the OS survives its crash, not a power
         // loss; nothing here counted as persisted anyway.
         if self.failed.is_none() && !self.buf.is_empty() {
-            let _ = self.segment.write_all(&self.buf);
+            let _ = self.segment.write_all_at(&self.buf, self.segment_len);
+        }
+        if let Some(handle) = self.next.take() {
+            let _ = handle.join(); // its file is a `.tmp`, deleted by the next open
         }
     }
 }
@@ -534,13 +609,32 @@ fn number_in(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     (digits.len() == 20).then(|| digits.parse().ok()).flatten()
 }
 
-fn check_identity(path: &Path, expected: NodeIdentity) -> Result<(), StorageError> {
+/// The on-disk format a directory's identity file declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// Segments end at their data (written before pre-zeroing).
+    V1,
+    /// Pre-zeroed segments: a zero frame header ends a segment's data.
+    V2,
+}
+
+fn identity_text(identity: NodeIdentity) -> String {
+    format!("{IDENTITY_MAGIC}\ncluster={:016x}\nnode={}\n", identity.cluster, identity.node.0)
+}
+
+fn check_identity(path: &Path, expected: NodeIdentity) -> Result<Format, StorageError> {
     let text = fs::read_to_string(path).map_err(|e| StorageError::io(path, "read", e))?;
     let bad = |why: &str| StorageError::BadIdentity { path: path.to_path_buf(), why: why.into() };
     let mut lines = text.lines();
-    if lines.next() != Some(IDENTITY_MAGIC) {
-        return Err(bad("it does not start with \"ferraft node v1\""));
-    }
+    let format = match lines.next() {
+        Some(IDENTITY_MAGIC) => Format::V2,
+        Some(IDENTITY_MAGIC_V1) => Format::V1,
+        Some(line) if line.starts_with("ferraft node v") => {
+            let found = line.trim_start_matches("ferraft node ").to_string();
+            return Err(StorageError::UnsupportedFormat { path: path.to_path_buf(), found });
+        }
+        _ => return Err(bad("it does not start with \"ferraft node v2\"")),
+    };
     let mut field = |key: &str| {
         lines.next().and_then(|l| l.strip_prefix(key)).ok_or_else(|| bad("a field is missing"))
     };
@@ -553,7 +647,7 @@ fn check_identity(path: &Path, expected: NodeIdentity) -> Result<(), StorageErro
             found: (cluster, node),
         });
     }
-    Ok(())
+    Ok(format)
 }
 
 /// The cluster directory's id, drawn and recorded the first time.
@@ -585,10 +679,35 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StorageE
     sync_dir(dir)
 }
 
-/// Creates segment `seq` holding only its header (with a checkpoint of `state`, if given).
-fn write_segment<C: Serialize>(
+/// Creates `dir/next.wal.tmp` holding `bytes` zeros (synced, unless the policy is never).
+fn zero_file(dir: &Path, bytes: u64, sync: SyncPolicy) -> Result<File, StorageError> {
+    let path = dir.join(NEXT_SEGMENT);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io(&path, "create", e))?;
+    let zeros = vec![0u8; (1 << 20).min(bytes) as usize];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n]).map_err(|e| StorageError::io(&path, "zero-fill", e))?;
+        left -= n as u64;
+    }
+    if sync == SyncPolicy::Always {
+        file.sync_all().map_err(|e| StorageError::io(&path, "fsync", e))?;
+    }
+    Ok(file)
+}
+
+/// Makes the zero-filled `next.wal.tmp` segment `seq`: writes its header (with a checkpoint of
+/// `state`, if given) at offset 0, syncs, renames it and syncs the directory. Returns the
+/// file and the write offset after the header.
+fn install_segment<C: Serialize>(
     dir: &Path,
     seq: u64,
+    file: File,
     state: Option<&PersistentState<C>>,
     sync: SyncPolicy,
 ) -> Result<(File, u64), StorageError> {
@@ -602,21 +721,18 @@ fn write_segment<C: Serialize>(
     });
     let mut bytes = Vec::new();
     let header: RecordRef<'_, C> = Record::Header { seq, checkpoint };
-    let path = segment_path(dir, seq);
+    let (tmp, path) = (dir.join(NEXT_SEGMENT), segment_path(dir, seq));
     wal::append_frame(&mut bytes, &header).map_err(|why| StorageError::Corrupt {
         path: path.clone(),
         offset: 0,
         why,
     })?;
-    let mut file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StorageError::io(&path, "create", e))?;
-    file.write_all(&bytes).map_err(|e| StorageError::io(&path, "write", e))?;
+    file.write_all_at(&bytes, 0).map_err(|e| StorageError::io(&tmp, "write", e))?;
     if sync == SyncPolicy::Always {
-        file.sync_all().map_err(|e| StorageError::io(&path, "fsync", e))?;
+        file.sync_data().map_err(|e| StorageError::io(&tmp, "fsync", e))?;
+    }
+    fs::rename(&tmp, &path).map_err(|e| StorageError::io(&path, "rename", e))?;
+    if sync == SyncPolicy::Always {
         sync_dir(dir)?;
     }
     Ok((file, bytes.len() as u64))
@@ -641,9 +757,13 @@ struct Recovered<C> {
     state: PersistentState<C>,
     /// The segment replay started from (the last with a checkpoint).
     first_seq: u64,
-    /// The last segment and its valid length (shorter than the file after a torn write).
+    /// The last segment and its data's length (the write offset).
     last_seq: u64,
     last_len: u64,
+    /// Where a torn tail's non-zero bytes end (`<= last_len` when there is none).
+    garbage_end: u64,
+    /// The data bytes of the segments from `first_seq` before the last.
+    closed_bytes: u64,
 }
 
 /// Where the hard state was last set, for a contradiction's report.
@@ -662,13 +782,17 @@ fn recover<C: DeserializeOwned + Clone>(
         return Err(StorageError::MissingSegment { path: segment_path(dir, w[0] + 1) });
     }
     let mut replay = Replay::<C> { state: None, first_seq: first, hard_state_at: None };
-    let mut last = (first, 0);
+    let mut lens = Vec::new();
+    let mut garbage_end = 0;
     for (i, &seq) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
         let path = segment_path(dir, seq);
         let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, "read", e))?;
         match replay.segment(&path, seq, &bytes, is_last)? {
-            Some(len) => last = (seq, len),
+            Some((len, garbage)) => {
+                lens.push((seq, len));
+                garbage_end = garbage;
+            }
             None => break, // the last segment's header was torn: it never existed
         }
         if replay.state.is_none() {
@@ -683,7 +807,10 @@ fn recover<C: DeserializeOwned + Clone>(
     if state.snapshot.is_some() {
         state.snapshot = Some(Arc::new(read_snapshot(dir, &state)?));
     }
-    Ok(Recovered { state, first_seq, last_seq: last.0, last_len: last.1 })
+    let (last_seq, last_len) = *lens.last().expect("a segment with a checkpoint was replayed");
+    let closed_bytes = lens.iter().filter(|(s, _)| (first_seq..last_seq).contains(s)).map(|l| l.1);
+    let closed_bytes = closed_bytes.sum();
+    Ok(Recovered { state, first_seq, last_seq, last_len, garbage_end, closed_bytes })
 }
 
 struct Replay<C> {
@@ -694,15 +821,15 @@ struct Replay<C> {
 }
 
 impl<C: DeserializeOwned + Clone> Replay<C> {
-    /// Replays one segment; returns its valid length, or None if it is the last and even its
-    /// header is torn.
+    /// Replays one segment; returns the length of its data and where a torn tail's garbage
+    /// ends (0 if none), or None if it is the last and even its header is missing or torn.
     fn segment(
         &mut self,
         path: &Path,
         seq: u64,
         bytes: &[u8],
         is_last: bool,
-    ) -> Result<Option<u64>, StorageError> {
+    ) -> Result<Option<(u64, u64)>, StorageError> {
         let mut offset = 0;
         loop {
             let corrupt = |why: String| StorageError::Corrupt {
@@ -710,18 +837,7 @@ impl<C: DeserializeOwned + Clone> Replay<C> {
                 offset: offset as u64,
                 why,
             };
-            match wal::read_frame(bytes, offset) {
-                Frame::End if offset == 0 && is_last => return Ok(None),
-                Frame::End if offset == 0 => return Err(corrupt("the segment is empty".into())),
-                Frame::End => return Ok(Some(offset as u64)),
-                Frame::Bad { why, torn } if torn && is_last => {
-                    tracing::warn!(
-                        file = %path.display(), offset, why,
-                        "truncating a torn record at the log's tail (a crash mid-write)"
-                    );
-                    return Ok((offset > 0).then_some(offset as u64));
-                }
-                Frame::Bad { why, .. } => return Err(corrupt(why.into())),
+            let why = match wal::read_frame(bytes, offset) {
                 Frame::Whole { payload, next } => {
                     let record: RecordOwned<C> = postcard::from_bytes(payload)
                         .map_err(|e| corrupt(format!("a record does not parse: {e}")))?;
@@ -732,8 +848,29 @@ impl<C: DeserializeOwned + Clone> Replay<C> {
                         return Err(StorageError::FirstSegmentMissing { dir, earliest });
                     }
                     offset = next;
+                    continue;
                 }
-            }
+                Frame::End => "non-zero bytes follow the end of the data",
+                Frame::Bad { why } => why,
+            };
+            return match wal::classify_tail(bytes, offset) {
+                Tail::Clean if offset == 0 && is_last => Ok(None),
+                Tail::Clean if offset == 0 => Err(corrupt("the segment is empty".into())),
+                Tail::Clean => Ok(Some((offset as u64, 0))),
+                Tail::LaterFrame { at } => {
+                    Err(corrupt(format!("{why}, and a whole record follows at byte {at}")))
+                }
+                Tail::Torn { garbage_end } if is_last => {
+                    tracing::warn!(
+                        file = %path.display(), offset, garbage_end, why,
+                        "zeroing a torn record at the log's tail (a crash mid-write)"
+                    );
+                    Ok((offset > 0).then_some((offset as u64, garbage_end as u64)))
+                }
+                Tail::Torn { .. } => {
+                    Err(corrupt(format!("{why}, in a segment closed before the next began")))
+                }
+            };
         }
     }
 

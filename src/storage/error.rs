@@ -89,6 +89,13 @@ pub enum StorageError {
         /// The first failure.
         why: String,
     },
+    /// The identity file declares an on-disk format this build does not read (a newer one).
+    UnsupportedFormat {
+        /// The identity file.
+        path: PathBuf,
+        /// The format version it declares (e.g. "v3").
+        found: String,
+    },
 }
 
 impl StorageError {
@@ -172,6 +179,11 @@ impl fmt::Display for StorageError {
                 f,
                 "the store in {} stopped after a failed write ({why}); fix the cause (free space?) and restart the node",
                 dir.display()
+            ),
+            StorageError::UnsupportedFormat { path, found } => write!(
+                f,
+                "{} declares on-disk format {found}, but this build reads v1 and v2: run a newer ferraft on this directory",
+                path.display()
             ),
         }
     }
