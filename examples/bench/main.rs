@@ -43,7 +43,8 @@
 //! answer, and proposes again (closed loop), until `--ops` proposals (default 200,000) are done.
 //! `clients`, `async-clients`, `latency` and `throughput` take `--spin R` to set
 //! `Config::spin_rounds` (how many times a waiting thread yields before it sleeps; default 64 on
-//! two cores or more); the closed-loop workloads and `latency` report `cpu_us_per_op`.
+//! two cores or more), and `--tick-ms T` sets `Config::tick`; the closed-loop workloads and
+//! `latency` report `cpu_us_per_op`.
 //!
 //! `catchup`: time for `add_node` when the new node must catch up `--ops` entries (default
 //! 100,000). `reconfig`: writes per second with C proposals outstanding, first in steady state,
@@ -160,6 +161,9 @@ fn main() {
     let mut config = Config { max_inflight: 64, ..Config::default() };
     if let Some(rounds) = args.text("--spin") {
         config.spin_rounds = rounds.parse().expect("--spin needs a number of yields");
+    }
+    if let Some(ms) = args.text("--tick-ms") {
+        config.tick = Duration::from_millis(ms.parse().expect("--tick-ms needs milliseconds"));
     }
     let nodes = if args.workload == "reconfig" { 5 } else { args.nodes };
     let (cluster, _scratch) = if disk::on_disk(&args) {
