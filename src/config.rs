@@ -75,7 +75,9 @@ pub struct Config {
     /// Spinning buys latency with CPU time: a sleeping thread takes microseconds to wake, and
     /// waking it costs the waker as much. 0 sleeps at once: choose it when the nodes share
     /// their cores with other busy work, since a spinner's yields hand the core to whatever
-    /// else is runnable. Default: 64 on a machine with two cores or more, 0 on one core.
+    /// else is runnable, and for async callers (tasks never block in `Receipt::wait`, and
+    /// parked node loops leave the cores to the executor: tighter tails, NOTES.md has the
+    /// figures). Default: 64 on a machine with two cores or more, 0 on one core.
     /// `bench clients` and `bench latency` report the CPU time per operation it costs.
     pub spin_rounds: u32,
 }
