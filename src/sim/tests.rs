@@ -339,6 +339,17 @@ fn kv_sim(seed: u64, nodes: u64) -> Simulator<KvStateMachine> {
 }
 
 #[test]
+fn a_caller_read_share_above_100_percent_is_refused() {
+    let mut config = SimConfig::new(1, 3);
+    config.caller_read_percent = 101;
+    assert_eq!(config.validate(), Err(FaultError::CallerReadPercent(101)));
+    let err = Simulator::new(config.clone(), |_| KvStateMachine::new()).err();
+    assert_eq!(err, Some(FaultError::CallerReadPercent(101)));
+    config.caller_read_percent = 100;
+    assert_eq!(config.validate(), Ok(()));
+}
+
+#[test]
 fn drift_bound_of_zero_or_above_one_is_refused() {
     for bad in [0.0, 1.5, -0.1, f64::NAN] {
         let mut config = SimConfig::new(1, 3);
