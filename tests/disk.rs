@@ -281,6 +281,66 @@ fn a_leader_whose_disk_fills_stops_and_the_others_carry_on() {
     cluster.shutdown();
 }
 
+/// A store whose background fsyncs fail (an I/O error on `fdatasync`) once its switch is on.
+struct FailingFsync {
+    inner: DiskStorage<KvCommand>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Storage<KvCommand> for FailingFsync {
+    fn load(&self) -> io::Result<PersistentState<KvCommand>> {
+        self.inner.load()
+    }
+    fn save_hard_state(&mut self, hs: HardState) -> io::Result<()> {
+        self.inner.save_hard_state(hs)
+    }
+    fn append(&mut self, first: LogIndex, entries: &[Entry<KvCommand>]) -> io::Result<()> {
+        self.inner.append(first, entries)
+    }
+    fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {
+        self.inner.save_snapshot(snapshot)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.inner.sync()
+    }
+    fn start_sync(&mut self) -> io::Result<Option<ferraft::storage::SyncJob>> {
+        let job = self.inner.start_sync()?;
+        let failing = Arc::clone(&self.failing);
+        Ok(job.map(|job| {
+            Box::new(move || match failing.load(Ordering::SeqCst) {
+                true => Err(io::Error::other("fdatasync: input/output error")),
+                false => job(),
+            }) as ferraft::storage::SyncJob
+        }))
+    }
+}
+
+#[test]
+fn a_failed_background_fsync_stops_the_node_which_acknowledges_nothing_after_it() {
+    let _serial = serial();
+    let dir = TempDir::new("disk-fsync-fails");
+    init_tracing();
+    let failing = Arc::new(AtomicBool::new(false));
+    let (open, switch) = (DiskStorage::factory(&dir.0), Arc::clone(&failing));
+    let cluster = Cluster::builder(fast_config(38), |_| KvStateMachine::new())
+        .nodes(1)
+        .storage(move |id, bootstrap: &Configuration| {
+            Ok(FailingFsync { inner: open(id, bootstrap)?, failing: Arc::clone(&switch) })
+        })
+        .start()
+        .expect("start");
+    cluster.propose(append("k", &token("stored"))).expect("a write before fsync fails");
+    failing.store(true, Ordering::SeqCst);
+    let result = cluster.propose_timeout(append("k", &token("unsynced")), ms(1500));
+    assert!(result.is_err(), "a write whose fsync failed was acknowledged: {result:?}");
+    let failure = wait_until(LONG, "the node to report its failure", || {
+        cluster.failure(NodeId(1)).ok_or_else(|| "no failure yet".to_string())
+    });
+    let text = failure.to_string();
+    assert!(matches!(failure, Error::Storage(_)) && text.contains("input/output"), "{text}");
+    cluster.shutdown();
+}
+
 // ---- bad data directories: each a typed error naming the path ----
 
 const ME: NodeIdentity = NodeIdentity { cluster: 0xabc, node: NodeId(1) };

@@ -161,7 +161,8 @@ fn write_timeline(config: &SimConfig, schedule: &Schedule, file: &str) {
 
 /// The issue-12 fault model on sizes 3, 5, 7, membership changes on a fifth of the seeds:
 /// one-way cuts, deaf nodes, pauses, crashes between a step's actions, removed nodes that
-/// restart, long-tail delays, drifting clocks and client batches, each on a share of seeds.
+/// restart, long-tail delays, drifting clocks, client batches and lossy storage with
+/// background syncs, each on a share of seeds.
 fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
     let (mut config, _) = scenario(seed);
     config.clock_drift = (seed % 3 != 1).then_some([0.05, 0.2, 0.5][(seed / 3 % 3) as usize]);
@@ -169,6 +170,11 @@ fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
     if seed % 6 == 5 {
         config.clients = 12;
         config.batch_window = Some(Duration::from_millis(1));
+    }
+    if seed % 7 == 6 {
+        // Crashes lose what was not synced; syncs run in the background, as in the runtime.
+        config.storage_faults = true;
+        config.background_sync = Some(Duration::from_millis(2));
     }
     let schedule = if seed % 5 == 4 {
         Schedule::random_with_membership(&config)

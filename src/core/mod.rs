@@ -89,6 +89,10 @@ pub enum Input<C> {
     /// AppendEntries before its own write is durable (thesis §10.2.1). A driver that syncs
     /// before every send may step this after each sync; one that sends early must.
     Synced,
+    /// The log is durable through this index: the writes a sync covered, which began before
+    /// later ones (a sync running off the node's thread, `Storage::start_sync`). The driver
+    /// passes no index past an entry rewritten since the sync began.
+    SyncedThrough(LogIndex),
     /// `n` ticks of the logical clock at once: exactly `n` [`Input::Tick`] steps, their
     /// actions concatenated in order. Ticks before [`Core::ticks_until_due`] only advance the
     /// clock, so a driver that knows when a timer can fire (the simulator) skips the idle ones.
@@ -429,7 +433,8 @@ impl<C: Clone> Core<C> {
             Input::SnapshotTaken(snapshot) => self.snapshot_taken(snapshot),
             Input::Read(ids) => self.read(ids),
             Input::TransferLeadership(to) => self.transfer_leadership(to),
-            Input::Synced => self.synced(),
+            Input::Synced => self.synced(self.log.last_index()),
+            Input::SyncedThrough(index) => self.synced(index),
         }
         self.sync_reads();
         self.maybe_advance_transfer();
@@ -559,9 +564,9 @@ impl<C: Clone> Core<C> {
         self.durable = self.durable.min(from.prev());
     }
 
-    /// The whole log is durable now: a leader may count it (`Input::Synced`).
-    fn synced(&mut self) {
-        self.durable = self.log.last_index();
+    /// The log is durable through `index` now: a leader may count it (`Input::Synced`).
+    fn synced(&mut self, index: LogIndex) {
+        self.durable = self.durable_index().max(index.min(self.log.last_index()));
         if self.role == Role::Leader {
             self.maybe_advance_commit_index();
         }

@@ -8,6 +8,15 @@
 //! them waits for it (a leader's AppendEntries excepted, thesis §10.2.1). It reads no clock: time
 //! arrives as [`Driver::tick`], from a ticker thread in the runtime and from virtual time in the
 //! simulator.
+//!
+//! In the background mode ([`Driver::sync_in_background`]) that sync runs off the node's
+//! thread ([`Storage::start_sync`]): the driver hands the job to its runner
+//! ([`Driver::take_sync_job`]) and goes on stepping; what waits for the sync runs when the
+//! runner reports it done ([`Driver::sync_done`]). Each held action waits only for the writes
+//! before it (writes are counted), so a leader keeps replicating, committing, applying and
+//! answering while its own fsync runs: its answers depend on its term and vote and on what a
+//! majority acknowledged, never on its own unsynced appends, which it counts towards
+//! commitment only once synced.
 
 use std::sync::Arc;
 
@@ -23,7 +32,7 @@ use crate::core::{Action, Core, Input, MembershipChange, ReadId, Role};
 use crate::error::Error;
 use crate::message::{Body, Configuration, Message, Snapshot};
 use crate::state_machine::StateMachine;
-use crate::storage::Storage;
+use crate::storage::{Storage, SyncJob};
 use crate::transport::Transport;
 use crate::types::{LogIndex, NodeId, Term};
 
@@ -80,10 +89,24 @@ pub(crate) struct Driver<S: StateMachine, St, T, L: LeaseClock = Monotonic> {
     /// The actions of the step being executed (kept to reuse the allocation).
     actions: Vec<Action<S::Command>>,
     rpcs: RpcCounts,
-    /// Whether storage holds writes not yet made durable by `Storage::sync`.
-    unsynced: bool,
-    /// Actions waiting for the sync at the end of the step or batch, in order.
-    held: Vec<Held<S::Command>>,
+    /// Persist actions executed so far: the count a held action waits for.
+    written: u64,
+    /// The latest write a leader's answers depend on: every write but a leader's appends of
+    /// its own new entries (see the module docs).
+    critical: u64,
+    /// How many writes are known durable.
+    durable: u64,
+    /// Sync off the node's thread (`sync_in_background`).
+    background: bool,
+    /// The background sync under way: the writes it covers and the last log index among them.
+    in_flight: Option<(u64, LogIndex)>,
+    /// A background sync's job, until the runner takes it.
+    job: Option<SyncJob>,
+    /// Actions waiting for a sync, in order, each with the write count it needs durable.
+    held: std::collections::VecDeque<(u64, Held<S::Command>)>,
+    /// Test-only bug: nothing waits for a sync (replies and votes leave before it).
+    #[cfg(test)]
+    pub(crate) bug_no_sync_holds: bool,
     /// Inside `begin_batch` .. `end_batch`.
     batching: bool,
     /// A simulated crash cut a step short: nothing more runs (the node is about to be dropped).
@@ -144,8 +167,15 @@ where
             taken,
             actions: Vec::new(),
             rpcs: RpcCounts::default(),
-            unsynced: false,
-            held: Vec::new(),
+            written: 0,
+            critical: 0,
+            durable: 0,
+            background: false,
+            in_flight: None,
+            job: None,
+            held: std::collections::VecDeque::new(),
+            #[cfg(test)]
+            bug_no_sync_holds: false,
             batching: false,
             halted: false,
             max_command_bytes: config.max_command_bytes,
@@ -501,30 +531,88 @@ where
         self.flush(observe)
     }
 
-    /// Syncs what the steps wrote, runs the actions held for it, in order, and tells the core
+    /// Syncs what the steps wrote (in the background mode: starts a sync, unless one is under
+    /// way), runs the actions held for what is durable, in order, and tells the core how far
     /// its log is durable (which may commit, on a leader: one more step).
     fn flush(&mut self, observe: &mut Observer<'_, S::Command>) -> Result<(), Error> {
         if self.halted {
             return Ok(());
         }
-        if self.unsynced {
-            self.storage.sync().map_err(storage_error)?;
-            self.unsynced = false;
-        }
-        let mut held = std::mem::take(&mut self.held);
-        let result = held.drain(..).try_for_each(|h| match h {
-            Held::Action(action) => self.run(action),
-            Held::Apply(first, entries) => {
-                self.metrics.applies += entries.len() as u64;
-                self.apply.apply_owned(first, entries)
+        if self.durable < self.written && self.in_flight.is_none() {
+            if self.background {
+                self.start_sync()?;
+            } else {
+                self.storage.sync().map_err(storage_error)?;
+                self.durable = self.written;
             }
-        });
-        self.held = held;
-        result?;
-        if self.core.durable_index() < self.core.log().last_index() {
-            self.step_once(Input::Synced, observe)?;
-            // NB: no persist comes out of `Synced`, so nothing was held.
-            debug_assert!(self.held.is_empty() || self.halted);
+        }
+        let upto = (self.durable == self.written).then(|| self.core.log().last_index());
+        self.release(upto, observe)
+    }
+
+    /// Runs the held actions whose writes are durable, in order; then tells the core its log
+    /// is durable through `upto`, if given.
+    fn release(
+        &mut self,
+        upto: Option<LogIndex>,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        while self.held.front().is_some_and(|(needs, _)| *needs <= self.durable) {
+            let (_, held) = self.held.pop_front().expect("checked above");
+            match held {
+                Held::Action(action) => self.run(action)?,
+                Held::Apply(first, entries) => {
+                    self.metrics.applies += entries.len() as u64;
+                    self.apply.apply_owned(first, entries)?;
+                }
+            }
+        }
+        if let Some(upto) = upto.filter(|&i| self.core.durable_index() < i) {
+            self.step_once(Input::SyncedThrough(upto), observe)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs off the node's thread from now on: see the module docs.
+    pub fn sync_in_background(&mut self) {
+        self.background = true;
+    }
+
+    fn start_sync(&mut self) -> Result<(), Error> {
+        let upto = self.core.log().last_index();
+        match self.storage.start_sync().map_err(storage_error)? {
+            Some(job) => {
+                self.in_flight = Some((self.written, upto));
+                self.job = Some(job);
+            }
+            None => self.durable = self.written, // durable already
+        }
+        Ok(())
+    }
+
+    /// The background sync to run, once: its runner reports the outcome to
+    /// [`Driver::sync_done`].
+    pub fn take_sync_job(&mut self) -> Option<SyncJob> {
+        self.job.take()
+    }
+
+    /// The background sync finished: what waited for it runs, the core learns how far its log
+    /// is durable, and the next sync starts if more was written meanwhile. A failed sync stops
+    /// the node (the error), as its writes' fate is unknown.
+    pub fn sync_done(
+        &mut self,
+        outcome: std::io::Result<()>,
+        observe: &mut Observer<'_, S::Command>,
+    ) -> Result<(), Error> {
+        let Some((written, upto)) = self.in_flight.take() else { return Ok(()) };
+        outcome.map_err(storage_error)?;
+        self.durable = self.durable.max(written);
+        if self.halted {
+            return Ok(());
+        }
+        self.release(Some(upto), observe)?;
+        if !self.batching {
+            self.flush(observe)?;
         }
         Ok(())
     }
@@ -576,19 +664,23 @@ where
                 matches!(msg.body, Body::AppendEntries(_)) && self.core.role() == Role::Leader
             }
             _ => false,
-        } || (!self.unsynced && self.held.is_empty());
-        if now {
+        };
+        // NB: a leader's answers wait for its term and vote, not for its own appends.
+        let needs = if self.core.role() == Role::Leader { self.critical } else { self.written };
+        #[cfg(test)]
+        let needs = if self.bug_no_sync_holds { 0 } else { needs };
+        if now || (needs <= self.durable && self.held.is_empty()) {
             return self.run(action);
         }
-        match action {
+        let held = match action {
             // NB: read the entries now: a snapshot installed later in the batch replaces the log.
             Action::Apply { from, to } => {
                 let count = (to.0 - from.0 + 1) as usize;
-                let entries = self.core.log().entries_from(from, count).to_vec();
-                self.held.push(Held::Apply(from, entries));
+                Held::Apply(from, self.core.log().entries_from(from, count).to_vec())
             }
-            action => self.held.push(Held::Action(action)),
-        }
+            action => Held::Action(action),
+        };
+        self.held.push_back((needs, held));
         Ok(())
     }
 
@@ -599,12 +691,22 @@ where
                 | Action::PersistEntries { .. }
                 | Action::PersistSnapshot(_)
         );
-        self.unsynced |= persists;
+        if persists {
+            self.written += 1;
+            let own_append =
+                matches!(action, Action::PersistEntries { .. }) && self.core.role() == Role::Leader;
+            if !own_append {
+                self.critical = self.written;
+            }
+        }
         match action {
             Action::PersistHardState(hs) => {
                 self.storage.save_hard_state(hs).map_err(storage_error)?
             }
             Action::PersistEntries { from } => {
+                if let Some((_, upto)) = &mut self.in_flight {
+                    *upto = (*upto).min(from.prev()); // rewritten since that sync began
+                }
                 let entries = self.core.log().entries_from(from, usize::MAX);
                 self.storage.append(from, entries).map_err(storage_error)?;
             }
@@ -639,7 +741,7 @@ where
                 self.storage.save_snapshot(&snapshot).map_err(storage_error)?;
                 // NB: the snapshot replaces the log; the core counts on it at once.
                 self.storage.sync().map_err(storage_error)?;
-                self.unsynced = false;
+                self.durable = self.written;
                 let status = self.core.status();
                 let done = Compaction::Snapshot {
                     index: snapshot.meta.index,

@@ -10,6 +10,7 @@ mod client;
 mod cluster;
 mod faults;
 mod read;
+mod syncer;
 mod thread;
 mod transfer;
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
+use super::syncer::Syncer;
 use crate::error::Error;
 use crate::message::Message;
 use crate::node::{execute_all, Backlog, Driver, NodeStatus, Request};
@@ -52,6 +53,8 @@ struct Node<S: StateMachine> {
     driver: NodeDriver<S>,
     channels: Channels<S>,
     ticker: Receiver<Instant>,
+    /// Runs the driver's fsyncs off this loop.
+    syncer: Syncer,
     /// How many times the idle loop yields, polling its channels, before it parks.
     spin_rounds: u32,
     /// Set once the node failed: from then on it only answers requests with this error.
@@ -102,7 +105,10 @@ pub(crate) fn spawn<S: StateMachine>(
 ) -> Result<NodeThreads, Error> {
     let backlog = Arc::clone(driver.backlog().expect("the thread runtime defers its applies"));
     let ticker = crossbeam_channel::tick(tick);
-    let node = Node { driver, channels, ticker, spin_rounds, failed: None };
+    let mut driver = driver;
+    driver.sync_in_background();
+    let syncer = Syncer::new(id);
+    let node = Node { driver, channels, ticker, syncer, spin_rounds, failed: None };
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
         backlog,
@@ -172,11 +178,15 @@ fn run_loop<S: StateMachine>(node: &mut MutexGuard<'_, Node<S>>, shared: &Shared
     if let Some(error) = node.failed.clone() {
         return serve_failed(node, error);
     }
-    let Node { driver, channels, ticker, spin_rounds, .. } = &mut **node;
+    let Node { driver, channels, ticker, syncer, spin_rounds, .. } = &mut **node;
     let error = loop {
-        let result = match poll_briefly(driver, channels, *spin_rounds) {
+        let result = match poll_briefly(driver, channels, syncer, *spin_rounds) {
             Some(result) => result.and_then(|()| poll_timers(driver, channels, ticker)),
-            None => wait(driver, channels, ticker),
+            None => wait(driver, channels, syncer, ticker),
+        };
+        let result = match (result, driver.take_sync_job()) {
+            (Ok(running), Some(job)) => syncer.submit(job).map(|()| running),
+            (result, _) => result,
         };
         match result {
             Ok(true) => {}
@@ -232,9 +242,13 @@ fn serve_failed<S: StateMachine>(node: &mut Node<S>, error: Error) -> bool {
 fn poll_briefly<S: StateMachine>(
     driver: &mut NodeDriver<S>,
     channels: &Channels<S>,
+    syncer: &Syncer,
     spin_rounds: u32,
 ) -> Option<Result<(), Error>> {
     for _ in 0..spin_rounds {
+        if let Ok(outcome) = syncer.done().try_recv() {
+            return Some(driver.sync_done(outcome, &mut execute_all));
+        }
         if let Ok(msg) = channels.inbox.try_recv() {
             return Some(on_messages(driver, msg, &channels.inbox));
         }
@@ -264,10 +278,15 @@ fn poll_timers<S: StateMachine>(
 fn wait<S: StateMachine>(
     driver: &mut NodeDriver<S>,
     channels: &Channels<S>,
+    syncer: &Syncer,
     ticker: &Receiver<Instant>,
 ) -> Result<bool, Error> {
     select! {
         recv(channels.shutdown) -> _ => Ok(false),
+        recv(syncer.done()) -> outcome => match outcome {
+            Ok(outcome) => driver.sync_done(outcome, &mut execute_all).map(|()| true),
+            Err(_) => Ok(false),
+        },
         recv(channels.inbox) -> msg => match msg {
             Ok(msg) => on_messages(driver, msg, &channels.inbox).map(|()| true),
             Err(_) => Ok(false),

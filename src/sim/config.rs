@@ -151,6 +151,11 @@ pub struct SimConfig {
     /// end (thesis §10.2.1), so followers may answer before the leader's write is durable.
     /// `None`: every delivery syncs at once.
     pub sync_window: Option<Duration>,
+    /// Sync in the background, as the thread runtime does (`Storage::start_sync`): each
+    /// node's sync completes up to this long (drawn per sync) after it starts, while the node
+    /// goes on stepping; what waits for it runs at completion. `None`: syncs complete at
+    /// once. Used without `sync_window`, which it supersedes.
+    pub background_sync: Option<Duration>,
     /// Serve the workload's reads ([`Workload::read`](super::Workload::read)) without the log,
     /// through every path: at the leader by ReadIndex (or its lease, with
     /// `raft.lease_reads`), at a follower by a follower read. Off: every command goes through
@@ -200,6 +205,7 @@ impl SimConfig {
             batch_window: None,
             storage_faults: false,
             sync_window: None,
+            background_sync: None,
             reads: false,
             retry_timeouts: false,
             caller_read_percent: 0,

@@ -100,6 +100,8 @@ enum Event<S: StateMachine> {
     Fault(Box<Fault>),
     /// The end of a node's sync window: its batch is synced and what waited for it runs.
     Flush { node: NodeId, incarnation: u64 },
+    /// A node's background sync completes (`SimConfig::background_sync`).
+    Synced { node: NodeId, incarnation: u64 },
     /// An on-demand compaction of `node` ([`Simulator::compact`]).
     Compact(NodeId),
 }
@@ -219,6 +221,9 @@ pub struct Simulator<S: StateMachine> {
     /// Test-only switches in the lease deadline published for caller-thread reads.
     #[cfg(test)]
     lease_bugs: crate::node::LeaseBugs,
+    /// Test-only: the driver runs nothing held for a sync (`Driver::bug_no_sync_holds`).
+    #[cfg(test)]
+    no_sync_holds: bool,
 }
 
 impl<S: StateMachine> Simulator<S> {
@@ -264,6 +269,8 @@ impl<S: StateMachine> Simulator<S> {
             bugs: crate::core::Bugs::default(),
             #[cfg(test)]
             lease_bugs: crate::node::LeaseBugs::default(),
+            #[cfg(test)]
+            no_sync_holds: false,
             config,
         };
         let voters = crate::message::Configuration::new((1..=sim.config.nodes).map(NodeId));
@@ -402,6 +409,7 @@ impl<S: StateMachine> Simulator<S> {
             Event::Fault(_) if self.quiet => Ok(()),
             Event::Fault(fault) => self.apply_fault(&fault).map_err(FailureKind::Fault),
             Event::Flush { node, incarnation } => self.on_flush(node, incarnation),
+            Event::Synced { node, incarnation } => self.on_synced(node, incarnation),
             Event::Compact(node) => self.on_compact(node),
         }
     }
@@ -465,6 +473,16 @@ impl<S: StateMachine> Simulator<S> {
             if let Some(live) = node.live.as_mut() {
                 live.driver.core_mut().bugs = bugs;
             }
+        }
+    }
+
+    /// Test-only: every node's driver sends, applies and answers without waiting for the sync
+    /// of what it wrote, now and after each restart.
+    #[cfg(test)]
+    pub(crate) fn set_no_sync_holds(&mut self, on: bool) {
+        self.no_sync_holds = on;
+        for live in self.nodes.values_mut().filter_map(|node| node.live.as_mut()) {
+            live.driver.bug_no_sync_holds = on;
         }
     }
 

@@ -75,6 +75,8 @@ pub(crate) struct SimNode<S: StateMachine> {
     pub deferred: Vec<(Delivery<S>, InputSummary)>,
     /// A batch is open in the driver, to be synced at the `Event::Flush` on its way.
     pub batch_open: bool,
+    /// The driver's background sync under way, to run at its `Event::Synced`.
+    pub sync_job: Option<crate::storage::SyncJob>,
     /// Virtual time of this incarnation's next clock tick not yet fed to its core: ticks come
     /// every `tick_us` from a random phase, but the simulator steps only those that can act
     /// (`Core::ticks_until_due`) and feeds the idle ones just before the core's next input.
@@ -92,6 +94,8 @@ pub(crate) enum Delivery<S: StateMachine> {
     Requests(Vec<Request<S>>),
     /// The end of the node's sync window (`SimConfig::sync_window`).
     Flush,
+    /// A background sync completes (`SimConfig::background_sync`): its job runs now.
+    Synced(crate::storage::SyncJob),
 }
 
 impl<S: StateMachine> Simulator<S> {
@@ -107,6 +111,7 @@ impl<S: StateMachine> Simulator<S> {
             paused_until: 0,
             deferred: Vec::new(),
             batch_open: false,
+            sync_job: None,
             next_tick: 0,
         };
         self.nodes.insert(id, node);
@@ -134,6 +139,7 @@ impl<S: StateMachine> Simulator<S> {
         node.paused_until = 0; // a crash ends a pause; what waited is lost with the node
         node.deferred.clear();
         node.batch_open = false; // held actions and unsynced writes go with the driver
+        node.sync_job = None;
         self.crash_armed.remove(&id);
         self.crash_before_sync.remove(&id);
         self.stats.crashes += 1;
@@ -173,6 +179,9 @@ impl<S: StateMachine> Simulator<S> {
         let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new()), ApplyOn::Inline)
             .expect("SimStorage::load never fails");
         let mut live = Live { driver, lease: None, clock: SimClock::default() };
+        if self.config.background_sync.is_some() {
+            live.driver.sync_in_background();
+        }
         if raft.lease_reads {
             let view = SimLease::default();
             let clock = live.clock.clone();
@@ -186,6 +195,7 @@ impl<S: StateMachine> Simulator<S> {
         #[cfg(test)]
         {
             live.driver.core_mut().bugs = self.bugs;
+            live.driver.bug_no_sync_holds = self.no_sync_holds;
         }
         if let Err(v) = self.checker.node_started(live.core()) {
             self.fail(FailureKind::Safety(v));
@@ -291,6 +301,16 @@ impl<S: StateMachine> Simulator<S> {
             return Ok(());
         }
         self.step(id, Delivery::Flush, InputSummary::Flush)
+    }
+
+    /// A background sync of `id` completes (if it is still this incarnation's).
+    pub(crate) fn on_synced(&mut self, id: NodeId, incarnation: u64) -> Result<(), FailureKind> {
+        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        if node.live.is_none() || node.incarnation != incarnation {
+            return Ok(());
+        }
+        let Some(job) = node.sync_job.take() else { return Ok(()) };
+        self.step(id, Delivery::Synced(job), InputSummary::Flush)
     }
 
     /// Freezes a running node for `duration`: no ticks, and its inputs wait until it resumes
@@ -503,8 +523,16 @@ impl<S: StateMachine> Simulator<S> {
                 driver.handle(first, &mut requests, &mut observe)
             }
             Delivery::Flush => driver.end_batch(&mut observe),
+            Delivery::Synced(job) => driver.sync_done(job(), &mut observe),
         }));
         let outbox = std::mem::take(&mut live.driver.transport_mut().0);
+        if let Some(job) = live.driver.take_sync_job() {
+            let window = self.config.background_sync.expect("only in the background mode");
+            let incarnation = node.incarnation;
+            node.sync_job = Some(job);
+            let after = self.rng.random_range(0..=super::micros(window));
+            self.schedule(after, Event::Synced { node: id, incarnation });
+        }
         match stepped {
             Err(payload) => {
                 let message = crate::node::panic_message(&*payload);

@@ -42,6 +42,7 @@ use serde::Serialize;
 
 use super::error::StorageError;
 use super::wal::{self, Checkpoint, Frame, Record, RecordOwned, RecordRef, Tail};
+use super::SyncJob;
 use super::{HardState, PersistentState, Storage};
 use crate::message::{Configuration, Entry, Snapshot};
 use crate::types::{LogIndex, NodeId, Term};
@@ -507,6 +508,29 @@ where
         }
         self.maybe_prepare_next();
         Ok(())
+    }
+
+    /// The write-out happens here; the `fdatasync` of the segment runs wherever the job goes.
+    /// A full segment is closed and rotated here instead (synced in place), as rotation must
+    /// not run beside writes to the next segment.
+    fn start_sync(&mut self) -> io::Result<Option<SyncJob>> {
+        self.check_usable()?;
+        if self.options.sync == SyncPolicy::Never || self.segment_len >= self.options.segment_bytes
+        {
+            return self.sync().map(|()| None);
+        }
+        self.flush()?;
+        self.maybe_prepare_next();
+        let path = segment_path(&self.dir, self.segment_seq);
+        let segment = match self.segment.try_clone() {
+            Ok(segment) => segment,
+            Err(e) => return Err(self.fail(StorageError::io(path, "dup", e))),
+        };
+        // NB: a failed background fsync is reported to the driver, which stops the node, so
+        // nothing later relies on this store's writes.
+        Ok(Some(Box::new(move || {
+            segment.sync_data().map_err(|e| StorageError::io(path, "fsync", e).into())
+        })))
     }
 }
 

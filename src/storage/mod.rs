@@ -56,12 +56,14 @@ pub struct PersistentState<C> {
 /// Stable storage for one node.
 ///
 /// Writes (`save_hard_state`, `append`, `save_snapshot`) may be buffered; they count as persisted
-/// only once [`Storage::sync`] returns. The node driver calls `sync` once at the end of a
-/// batch of steps (a burst of messages or client requests) and before any message or answer
-/// that depends on their writes (SUB-8), so one sync covers everything the batch wrote (group
-/// commit). Only a leader's AppendEntries may leave before its own write of those entries is
-/// synced; it counts itself towards commitment only after the sync (thesis §10.2.1). A store
-/// whose writes are durable on return (like [`MemStorage`]) keeps the default no-op `sync`.
+/// only once [`Storage::sync`] returns (or the job of [`Storage::start_sync`] has run). The
+/// node driver syncs once at the end of a batch of steps (a burst of messages or client
+/// requests) and before any message or answer that depends on their writes (SUB-8), so one
+/// sync covers everything the batch wrote (group commit). The thread runtime runs that sync
+/// off the node's thread (`start_sync`), so a node keeps stepping meanwhile. Only a leader's
+/// AppendEntries may leave before its own write of those entries is synced; it counts itself
+/// towards commitment only after the sync (thesis §10.2.1). A store whose writes are durable on
+/// return (like [`MemStorage`]) keeps the default no-op `sync`.
 pub trait Storage<C>: Send + 'static {
     /// Reads back everything persisted so far.
     fn load(&self) -> io::Result<PersistentState<C>>;
@@ -78,7 +80,18 @@ pub trait Storage<C>: Send + 'static {
     fn sync(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Starts making every write so far durable without waiting for the disk: returns a job
+    /// that the caller runs on another thread, after which those writes count as persisted
+    /// (later writes are not covered). `None` means they are durable already. The default
+    /// syncs in place. The node driver uses it so that a node keeps working (a leader keeps
+    /// replicating and answering) while its fsync runs.
+    fn start_sync(&mut self) -> io::Result<Option<SyncJob>> {
+        self.sync().map(|()| None)
+    }
 }
+
+/// A sync running off the node's thread ([`Storage::start_sync`]).
+pub type SyncJob = Box<dyn FnOnce() -> io::Result<()> + Send>;
 
 impl<C: 'static> Storage<C> for Box<dyn Storage<C>> {
     fn load(&self) -> io::Result<PersistentState<C>> {
@@ -99,6 +112,10 @@ impl<C: 'static> Storage<C> for Box<dyn Storage<C>> {
 
     fn sync(&mut self) -> io::Result<()> {
         (**self).sync()
+    }
+
+    fn start_sync(&mut self) -> io::Result<Option<SyncJob>> {
+        (**self).start_sync()
     }
 }
 
