@@ -17,9 +17,12 @@ use ferraft::{
     Payload, PersistentState, Snapshot, Storage, Term,
 };
 
+/// A cluster on disk; odd seeds sync in the background (`Config::background_sync`).
 fn disk_cluster(seed: u64, nodes: usize, dir: &Path) -> Cluster<KvStateMachine> {
     init_tracing();
-    Cluster::builder(fast_config(seed), |_| KvStateMachine::new())
+    let mut config = fast_config(seed);
+    config.background_sync = seed % 2 == 1;
+    Cluster::builder(config, |_| KvStateMachine::new())
         .nodes(nodes)
         .data_dir(dir)
         .start()
@@ -141,8 +144,15 @@ fn a_whole_cluster_reopens_from_its_directory() {
 #[test]
 fn leaders_killed_over_and_over_lose_no_acknowledged_write_on_disk() {
     let _serial = serial();
+    let (rng, seed) = seeded_rng("leaders_killed_over_and_over_on_disk");
+    for background in [false, true] {
+        kill_leaders_over_and_over(rng.clone(), seed & !1 | u64::from(background));
+    }
+}
+
+/// Odd seeds sync in the background.
+fn kill_leaders_over_and_over(mut rng: impl rand::Rng, seed: u64) {
     let dir = TempDir::new("disk-kills");
-    let (mut rng, seed) = seeded_rng("leaders_killed_over_and_over_on_disk");
     let mut cluster = disk_cluster(seed, 5, &dir.0);
     let mut acknowledged = Vec::new();
     for round in 0..6 {
@@ -322,7 +332,9 @@ fn a_failed_background_fsync_stops_the_node_which_acknowledges_nothing_after_it(
     init_tracing();
     let failing = Arc::new(AtomicBool::new(false));
     let (open, switch) = (DiskStorage::factory(&dir.0), Arc::clone(&failing));
-    let cluster = Cluster::builder(fast_config(38), |_| KvStateMachine::new())
+    let mut config = fast_config(38);
+    config.background_sync = true;
+    let cluster = Cluster::builder(config, |_| KvStateMachine::new())
         .nodes(1)
         .storage(move |id, bootstrap: &Configuration| {
             Ok(FailingFsync { inner: open(id, bootstrap)?, failing: Arc::clone(&switch) })

@@ -65,10 +65,19 @@ pub fn on_disk(args: &Args) -> bool {
 
 /// The extra JSON field for the storage used.
 pub fn json_field(args: &Args) -> &'static str {
-    if on_disk(args) {
-        ",\"storage\":\"disk\""
-    } else {
-        ""
+    match (on_disk(args), background_sync(args)) {
+        (true, true) => ",\"storage\":\"disk\",\"sync\":\"background\"",
+        (true, false) => ",\"storage\":\"disk\"",
+        _ => "",
+    }
+}
+
+/// `--sync background`: `Config::background_sync` (default `--sync inline`).
+pub fn background_sync(args: &Args) -> bool {
+    match args.text("--sync") {
+        None | Some("inline") => false,
+        Some("background") => true,
+        Some(other) => panic!("--sync takes inline or background, not {other}"),
     }
 }
 

@@ -12,8 +12,8 @@
 //! cargo run --release --example bench -- restart    --data-dir DIR [--entries N]
 //! ```
 //!
-//! `latency` and `throughput` take `--storage disk --data-dir DIR` (default: memory); see
-//! `disk.rs`.
+//! `latency` and `throughput` take `--storage disk --data-dir DIR` (default: memory), and
+//! `--sync background` for `Config::background_sync`; see `disk.rs`.
 //! cargo run --release --example bench -- read --mode index|lease|follower --clients C [--nodes N] [--ops N]
 //! cargo run --release --example bench -- mix --read-percent 90 --clients C [--nodes N] [--ops N]
 //! cargo run --release --example bench -- transfer --trials 100 [--nodes N]
@@ -162,6 +162,7 @@ fn main() {
     if let Some(rounds) = args.text("--spin") {
         config.spin_rounds = rounds.parse().expect("--spin needs a number of yields");
     }
+    config.background_sync = disk::background_sync(&args);
     if let Some(ms) = args.text("--tick-ms") {
         config.tick = Duration::from_millis(ms.parse().expect("--tick-ms needs milliseconds"));
     }

@@ -538,9 +538,11 @@ where
         if self.halted {
             return Ok(());
         }
-        if self.durable < self.written && self.in_flight.is_none() {
+        if self.durable < self.written {
             if self.background {
-                self.start_sync()?;
+                if self.in_flight.is_none() {
+                    self.start_sync()?;
+                }
             } else {
                 self.storage.sync().map_err(storage_error)?;
                 self.durable = self.written;

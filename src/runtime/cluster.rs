@@ -280,6 +280,9 @@ impl<S: StateMachine> Cluster<S> {
         let tick = self.config.tick;
         let failure = Failure::default();
         let spin_rounds = self.config.spin_rounds;
+        if self.config.background_sync {
+            driver.sync_in_background();
+        }
         let thread = thread::spawn(id, driver, channels, tick, spin_rounds, Arc::clone(&failure))?;
         let mut handle = NodeHandle::new(id, requests_tx, spin_rounds);
         if let Some(local) = local {

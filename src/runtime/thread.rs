@@ -105,8 +105,6 @@ pub(crate) fn spawn<S: StateMachine>(
 ) -> Result<NodeThreads, Error> {
     let backlog = Arc::clone(driver.backlog().expect("the thread runtime defers its applies"));
     let ticker = crossbeam_channel::tick(tick);
-    let mut driver = driver;
-    driver.sync_in_background();
     let syncer = Syncer::new(id);
     let node = Node { driver, channels, ticker, syncer, spin_rounds, failed: None };
     let shared = Arc::new(Shared {
