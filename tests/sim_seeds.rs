@@ -355,3 +355,16 @@ fn a_stale_leaders_rewrite_before_the_commit_term_is_legal_seed_15856() {
         panic!("{failure}\n{}", replay_hint(15_856));
     }
 }
+
+/// Nemesis seed 183569 (found by the merged-tree soak, 2026-12-02): 7 nodes, one entry per
+/// AppendEntries, a member added late. Nearly every pipelined window reached it shuffled; each
+/// rejection made the leader resend the whole window (go-back-N), the link filled and dropped
+/// most of it, and the new member was still 59 entries behind when the quiet phase ended.
+/// Followers now hold requests that arrive ahead of their log and the leader resends only the
+/// gap (NOTES.md, "Catch-up under reordering").
+#[test]
+fn a_new_member_catches_up_under_reordering_seed_183569() {
+    if let Err(failure) = run(nemesis_scenario, 183_569) {
+        panic!("{failure}\n{}", replay_hint(183_569));
+    }
+}

@@ -22,6 +22,7 @@ mod notice;
 mod progress;
 mod quorum;
 mod read;
+mod reorder;
 mod replication;
 mod snapshot;
 mod transfer;
@@ -263,6 +264,9 @@ pub struct Bugs {
     /// Leader counts its whole log towards commitment, synced or not (breaks thesis §10.2.1 /
     /// SUB-8: an entry on a minority of disks is reported committed).
     pub leader_counts_unsynced: bool,
+    /// Keep AppendEntries held for reordering across a term change and replay an old leader's
+    /// request in a newer term (breaks ALL-2: a message of an older term must be dropped).
+    pub replay_held_across_terms: bool,
 }
 
 /// Timing and limits in ticks, derived once from [`Config`].
@@ -342,6 +346,8 @@ pub struct Core<C> {
     reads: read::Reads,
     /// The leadership transfer under way (`transfer.rs`).
     transfer: Option<transfer::Transfer>,
+    /// Follower: AppendEntries that arrived ahead of the log (`reorder.rs`).
+    held: reorder::Held<C>,
     #[cfg(test)]
     pub(crate) bugs: Bugs,
 }
@@ -398,6 +404,7 @@ impl<C: Clone> Core<C> {
             sizer: size_in_memory::<C>,
             reads: read::Reads::default(),
             transfer: None,
+            held: reorder::Held::default(),
             #[cfg(test)]
             bugs: Bugs::default(),
         };

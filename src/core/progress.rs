@@ -44,10 +44,9 @@ pub struct Progress {
     pub advanced: bool,
     /// Heard from since the last CheckQuorum round.
     pub recent_active: bool,
-    /// In Replicate mode: where the last go-back resent from, so each gap is resent once.
+    /// In Replicate mode: the start of the last gap resent (fast retransmit), so each gap
+    /// is resent once.
     resent_from: LogIndex,
-    /// The tick of that go-back.
-    resent_at: u64,
 }
 
 impl Progress {
@@ -63,7 +62,6 @@ impl Progress {
             advanced: false,
             recent_active: false,
             resent_from: LogIndex(0),
-            resent_at: 0,
         }
     }
 
@@ -128,26 +126,26 @@ impl Progress {
     }
 
     /// In Replicate mode, the follower's log ends at `follower_last` (at or above `matched`),
-    /// before the AppendEntries it rejected: an earlier one was reordered behind it or lost.
-    /// Go back to `follower_last + 1` and keep streaming (go-back-N, thesis §10.2.2), rather
-    /// than fall back to one probe per round trip, which under steady reordering would never
-    /// let a lagging follower catch up. Returns whether anything changed: a gap at or past
-    /// `next` has nothing to resend, and one gap is resent at most once per tick (`now`), so
-    /// the window's other rejections of the same gap cannot multiply the resends.
-    pub fn go_back(&mut self, follower_last: LogIndex, now: u64) -> bool {
+    /// before the AppendEntries it rejected: the one that fills the gap was reordered behind
+    /// it or lost. The follower holds what arrived ahead of its log (`reorder.rs`), so only
+    /// the gap's first AppendEntries is resent, and everything after it stays in the window,
+    /// as TCP's fast retransmit resends one segment on a duplicate acknowledgement. Returns
+    /// where to resend from, once per gap: a gap at or past `next`, or not past one already
+    /// resent, has nothing to resend (the follower's log only grows within a term; a conflict
+    /// goes through [`Progress::probe_from`], which forgets the resent gap).
+    // NB (sim seed 183569): this used to go back N, resending the whole window from the gap.
+    // Under steady reordering of single-entry requests nearly every window arrived shuffled,
+    // each rejection resent up to 8 requests, the link filled and dropped most of them, and a
+    // new member stayed ~60 entries behind for good.
+    pub fn on_gap(&mut self, follower_last: LogIndex) -> Option<LogIndex> {
         debug_assert_eq!(self.mode, Mode::Replicate);
         debug_assert!(follower_last >= self.matched, "stale rejections are dropped earlier");
         let from = follower_last.next();
-        if from >= self.next || (from <= self.resent_from && now == self.resent_at) {
-            return false;
+        if from >= self.next || from <= self.resent_from {
+            return None;
         }
-        self.next = from;
         self.resent_from = from;
-        self.resent_at = now;
-        self.inflight.retain(|&(last, _)| last < from);
-        self.inflight_bytes =
-            self.inflight.iter().fold(0, |sum, &(_, bytes)| sum.saturating_add(bytes));
-        true
+        Some(from)
     }
 
     /// At a heartbeat: what to send this peer. A lost probe is re-sent at the same point (its
@@ -215,8 +213,8 @@ mod tests {
         assert_eq!((p.inflight(), p.inflight_bytes()), (1, 40));
         assert!(p.can_send(8, 100));
         p.on_sent(LogIndex(4), 30);
-        assert!(p.go_back(LogIndex(2), 1), "i3.. is resent: its bytes leave the window");
-        assert_eq!((p.inflight(), p.inflight_bytes()), (0, 0));
+        assert_eq!(p.on_gap(LogIndex(2)), Some(LogIndex(3)), "a resend takes no window room");
+        assert_eq!((p.inflight(), p.inflight_bytes()), (2, 70));
     }
 
     #[test]
@@ -241,22 +239,38 @@ mod tests {
     }
 
     #[test]
-    fn go_back_resends_a_gap_once_per_tick_and_stays_in_replicate() {
+    fn a_gap_is_resent_once_and_the_window_stays_as_it_was() {
         let mut p = Progress::new(LogIndex(0));
         p.on_success(LogIndex(2));
         for last in 3..=8 {
             p.on_sent(LogIndex(last), 0);
         }
-        assert!(p.go_back(LogIndex(4), 7), "the follower holds i4: resend from i5");
-        assert_eq!((p.mode, p.next, p.inflight()), (Mode::Replicate, LogIndex(5), 2));
-        p.on_sent(LogIndex(8), 0);
-        assert!(!p.go_back(LogIndex(4), 7), "the same gap in the same tick: already resent");
-        assert!(!p.go_back(LogIndex(3), 7), "an older view, same tick");
-        assert!(p.go_back(LogIndex(4), 8), "a tick later the gap may be resent again");
-        p.on_sent(LogIndex(6), 0);
-        assert!(!p.go_back(LogIndex(6), 9), "nothing sent past i6");
-        assert!(p.go_back(LogIndex(5), 8), "a new gap, further on, at once");
-        assert_eq!(p.next, LogIndex(6));
+        assert_eq!(p.on_gap(LogIndex(4)), Some(LogIndex(5)), "the follower holds i4: resend i5");
+        assert_eq!((p.mode, p.next, p.inflight()), (Mode::Replicate, LogIndex(9), 6));
+        assert_eq!(p.on_gap(LogIndex(4)), None, "the same gap, reported again: already resent");
+        assert_eq!(p.on_gap(LogIndex(3)), None, "an older view of the follower's log");
+        assert!(p.can_send(8, usize::MAX), "the window is untouched: 6 of 8 in flight");
+        assert!(p.on_success(LogIndex(6)), "i5 filled the gap; the follower replayed i6");
+        assert_eq!(p.inflight(), 2);
+        assert_eq!(p.on_gap(LogIndex(6)), Some(LogIndex(7)), "a new gap, further on, at once");
+        assert_eq!(p.on_gap(LogIndex(8)), None, "nothing sent past i8");
+    }
+
+    #[test]
+    fn a_probe_forgets_the_resent_gap() {
+        let mut p = Progress::new(LogIndex(0));
+        p.on_success(LogIndex(2));
+        p.on_sent(LogIndex(3), 0);
+        p.on_sent(LogIndex(4), 0);
+        assert_eq!(p.on_gap(LogIndex(2)), Some(LogIndex(3)));
+        // The resend was lost too: a heartbeat finds the peer stalled and probes from i3.
+        assert_eq!(p.on_heartbeat(LogIndex(4)), Heartbeat::Beat, "i2 was acknowledged since");
+        assert_eq!(p.on_heartbeat(LogIndex(4)), Heartbeat::Resend);
+        assert_eq!((p.mode, p.next), (Mode::Probe, LogIndex(3)));
+        p.on_sent(LogIndex(3), 0);
+        assert!(p.on_success(LogIndex(3)));
+        p.on_sent(LogIndex(4), 0);
+        assert_eq!(p.on_gap(LogIndex(3)), Some(LogIndex(4)), "a later gap is resent again");
     }
 
     #[test]

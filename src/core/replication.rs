@@ -141,6 +141,16 @@ impl<C: Clone> Core<C> {
             self.become_follower(self.term, Some(from)); // CAN-3
         }
         self.reset_election_timer(); // SUB-3: a valid AppendEntries from the current leader
+        let Some(mut vouched) = self.append_entries(from, ae) else { return };
+        // Requests held because they arrived ahead of the log may follow it now (reorder.rs).
+        while let Some(held) = self.held.take_ready(self.held_term(), vouched) {
+            vouched = self.append_entries(from, held).map_or(vouched, |v| vouched.max(v));
+        }
+    }
+
+    /// AE-2..AE-5 for one request of the current leader; answers it and returns the last index
+    /// it vouched for, or holds it if it starts past this log's end (`reorder.rs`).
+    fn append_entries(&mut self, from: NodeId, ae: AppendEntries<C>) -> Option<LogIndex> {
         let ae = self.skip_compacted(ae);
         let prev_ok = self.log.term_at(ae.prev_log_index) == Some(ae.prev_log_term);
         #[cfg(test)]
@@ -148,7 +158,11 @@ impl<C: Clone> Core<C> {
             || (self.bugs.skip_prev_term_check && self.log.term_at(ae.prev_log_index).is_some());
         if !prev_ok {
             let reply = self.reject_reply(ae.prev_log_index);
-            return self.send(from, Body::AppendEntriesReply(reply)); // AE-2
+            if ae.prev_log_index > self.log.last_index() && !ae.entries.is_empty() {
+                self.held.hold(self.held_term(), ae, self.timing.max_inflight);
+            }
+            self.send(from, Body::AppendEntriesReply(reply)); // AE-2
+            return None;
         }
         let last_new = ae.last_index();
         self.merge_entries(ae.prev_log_index, ae.entries);
@@ -165,6 +179,16 @@ impl<C: Clone> Core<C> {
         }
         let reply = AppendEntriesReply::Success { match_index: last_new };
         self.send(from, Body::AppendEntriesReply(reply));
+        Some(last_new)
+    }
+
+    /// The term whose held requests may be replayed: this one (ALL-2).
+    fn held_term(&self) -> Term {
+        #[cfg(test)]
+        if self.bugs.replay_held_across_terms {
+            return self.held.term();
+        }
+        self.term
     }
 
     /// AE-3 and AE-4: skip entries already present, truncate only at a real conflict (SUB-6).
@@ -296,7 +320,18 @@ impl<C: Clone> Core<C> {
             return false;
         }
         if p.mode == Mode::Replicate && conflict.is_none() && last < rejected {
-            return p.go_back(last, self.now); // reordered or lost, not a conflict
+            // Reordered or lost, not a conflict: resend the gap's start (fast retransmit).
+            let Some(gap) = p.on_gap(last) else { return false };
+            if self.is_sending_snapshot(from) {
+                return false; // the snapshot's chunks are what it needs now
+            }
+            if gap <= self.log.offset() {
+                // Compacted away: probing sends the snapshot instead (§7).
+                self.progress.get_mut(&from).expect("peer exists").probe_from(gap);
+                return true;
+            }
+            self.send_append(from, gap.prev(), self.timing.max_entries);
+            return false;
         }
         let next = self.backtrack(rejected, conflict, last);
         self.progress.get_mut(&from).expect("peer exists").probe_from(next);

@@ -166,7 +166,7 @@ fn catalogue() -> Vec<Planted> {
             "commit rule: LEAD-4/SUB-1 (Figure 8)",
             figure8,
             |b| b.commit_previous_terms = true,
-            18,
+            86,
         ),
         p(
             "commit_beyond_last_new_entry",
@@ -208,7 +208,14 @@ fn catalogue() -> Vec<Planted> {
             "snapshots: IS-6/IS-7",
             on_demand_compaction,
             |b| b.snapshot_keeps_conflicting_log = true,
-            5,
+            55,
+        ),
+        p(
+            "replay_held_across_terms",
+            "replication, stale messages: ALL-2 (requests held for reordering)",
+            nemesis,
+            |b| b.replay_held_across_terms = true,
+            45,
         ),
     ]
 }
@@ -315,6 +322,7 @@ mod caught {
         accept_stale_append_replies,
         persist_entries_after_sends,
         snapshot_keeps_conflicting_log,
+        replay_held_across_terms,
     );
 }
 

@@ -384,7 +384,11 @@ mod tests {
 
     #[test]
     fn a_sync_that_does_nothing_is_caught_within_a_few_seeds() {
-        let found = (0..20).find_map(|seed| run(seed, true).err());
+        // NB: such a run may also stall first: a follower that lost entries it acknowledged
+        // ends below its matchIndex, and the leader reads its rejections as stale (seed 1,
+        // since helper branch catchup changed the traces). Only a safety catch counts.
+        let safety_failure = |seed| run(seed, true).err().filter(|f| f.kind.is_safety());
+        let found = (0..20).find_map(safety_failure);
         let failure = found.expect("sync_is_noop: no violation in 20 seeds");
         println!("sync_is_noop caught: {failure}");
         let safety = matches!(failure.kind, crate::sim::run::FailureKind::Safety(_));

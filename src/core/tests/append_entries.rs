@@ -124,3 +124,67 @@ fn gateway_drops_append_entries_whose_terms_go_backwards_or_ahead_of_the_sender(
     assert!(!fine.is_empty(), "a well-formed request is handled");
     assert_eq!(f.log_terms(), [1, 1, 2, 3]);
 }
+
+#[test]
+fn ae2_a_request_ahead_of_the_log_is_held_and_replayed_when_the_gap_fills() {
+    let mut f = boot(2).term(2).log(&[1]).start();
+    // The leader pipelined i2, i3, i4 one per request; i3 and i4 overtook i2.
+    for prev in [3, 2] {
+        let acts = f.recv(ae(1, 2, 2).prev(prev, 2).entries(&[2]).commit(1));
+        let want = format!("n2->n1 t2 AppendEntriesReply reject at=i{prev} conflict=- last=i1");
+        assert_eq!(trace(&acts), [want], "AE-2 still refuses it for now");
+    }
+    assert_eq!(f.log_terms(), [1]);
+    let acts = f.recv(ae(1, 2, 2).prev(1, 1).entries(&[2]).commit(4));
+    assert_eq!(
+        sent(&acts),
+        [
+            "n2->n1 t2 AppendEntriesReply ok match=i2",
+            "n2->n1 t2 AppendEntriesReply ok match=i3",
+            "n2->n1 t2 AppendEntriesReply ok match=i4",
+        ],
+        "each held request answered as if delivered now"
+    );
+    assert_eq!(f.log_terms(), [1, 2, 2, 2]);
+    assert_eq!(f.commit(), 2, "AE-5: the held requests carried leaderCommit i1");
+    assert_eq!(f.core.held.len(), 0);
+}
+
+/// n2 (log i1, i2 of term 1) holds term 2's request for i4@t2, which overtook i3; then term
+/// 3's leader n3 sends i3@t1, which fills the gap, and `requests` replays the held one or not.
+fn gap_filled_in_a_newer_term(bugs: Bugs) -> Node {
+    let mut f = boot(2).term(2).log(&[1, 1]).start().with_bugs(bugs);
+    f.recv(ae(1, 2, 2).prev(3, 1).entries(&[2]));
+    assert_eq!(f.core.held.len(), 1);
+    let acts = f.recv(ae(3, 2, 3).prev(2, 1).entries(&[1]));
+    assert_eq!(sent(&acts)[0], "n2->n3 t3 AppendEntriesReply ok match=i3");
+    f
+}
+
+#[test]
+fn all2_requests_held_in_an_older_term_are_never_replayed() {
+    let f = gap_filled_in_a_newer_term(Bugs::default());
+    assert_eq!(f.log_terms(), [1, 1, 1], "term 2's i4 is dropped, never appended in term 3");
+    assert_eq!(f.core.held.len(), 0);
+}
+
+#[test]
+#[should_panic(expected = "all2")]
+fn all2_check_catches_the_replay_held_across_terms_bug() {
+    let f = gap_filled_in_a_newer_term(Bugs { replay_held_across_terms: true, ..Bugs::default() });
+    assert_eq!(f.log_terms(), [1, 1, 1], "all2");
+}
+
+#[test]
+fn ae2_only_requests_with_entries_are_held_and_at_most_a_window_of_them() {
+    let config = Config { max_inflight: 2, ..test_config() };
+    let mut f = boot(2).term(2).log(&[1]).config(config).start();
+    f.recv(ae(1, 2, 2).prev(5, 2).commit(1)); // a heartbeat: nothing to hold
+    assert_eq!(f.core.held.len(), 0);
+    for prev in [6, 3, 4] {
+        f.recv(ae(1, 2, 2).prev(prev, 2).entries(&[2]));
+    }
+    assert_eq!(f.core.held.len(), 2, "the one furthest from the gap (after i6) went");
+    f.recv(ae(1, 2, 2).prev(1, 1).entries(&[2, 2]));
+    assert_eq!(f.log_terms(), [1, 2, 2, 2, 2], "i2..=i3, then the held i4 and i5");
+}

@@ -108,6 +108,10 @@ fn figure8_c(bugs: Bugs) -> Net {
     net.deliver_all();
     assert_eq!((net.node(1).role(), net.node(1).term()), (Role::Candidate, 3));
     net.campaign(1);
+    // NB: S3 lacks i2, so it rejects the no-op's request and holds it (reorder.rs); it must
+    // be lost for S3 to end (c) without 3:4, as in the figure.
+    net.deliver_until(|n| n.node(3).core.held.len() == 1);
+    net.node_mut(3).forget_held();
     net.deliver_until(|n| n.node(3).log_terms() == [1, 2]);
     net.deliver_next(); // S3's acknowledgement of i2 reaches S1
 

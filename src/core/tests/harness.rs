@@ -258,6 +258,12 @@ impl Node {
         })
     }
 
+    /// The node loses the AppendEntries it held for reordering (`reorder.rs`), as a restart
+    /// would: for scenarios that need a request to be lost after its rejection was sent.
+    pub fn forget_held(&mut self) {
+        self.core.held = Default::default();
+    }
+
     /// A crash and restart: only what the disk holds survives (TLA `Restart`).
     pub fn restart(&mut self) {
         self.core = boot_core(self.id(), &self.config, &self.disk, self.sizer);
