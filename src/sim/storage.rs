@@ -25,7 +25,9 @@ enum Write<C> {
 }
 
 struct Inner<C> {
-    /// What survives a crash.
+    /// What survives a crash, with the sync boundary modelled. Without it every write is
+    /// durable at once, so `written` is what survives and this copy is not kept (it would be
+    /// a second clone of every entry).
     durable: MemStorage<C>,
     /// What the node has written: `durable` plus `pending`.
     written: MemStorage<C>,
@@ -103,7 +105,7 @@ fn apply<C: Clone + Send + 'static>(store: &mut MemStorage<C>, write: Write<C>) 
     // NB: each write succeeded on `written` first, so it succeeds on the same prefix here.
     let _ = match write {
         Write::HardState(hs) => store.save_hard_state(hs),
-        Write::Append(first, entries) => store.append(first, &entries),
+        Write::Append(first, entries) => store.append_owned(first, entries),
         Write::Snapshot(snapshot) => store.save_snapshot(&snapshot),
     };
 }
@@ -123,7 +125,9 @@ impl<C: Clone + Send + 'static> Storage<C> for SimStorage<C> {
     fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()> {
         let mut inner = self.lock();
         inner.written.append(first, entries)?;
-        inner.record(Write::Append(first, entries.to_vec()));
+        if inner.model_sync {
+            inner.pending.push(Write::Append(first, entries.to_vec()));
+        }
         Ok(())
     }
 
@@ -150,8 +154,6 @@ impl<C: Clone + Send + 'static> Inner<C> {
     fn record(&mut self, write: Write<C>) {
         if self.model_sync {
             self.pending.push(write);
-        } else {
-            apply(&mut self.durable, write);
         }
     }
 }
