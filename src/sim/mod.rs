@@ -214,6 +214,9 @@ pub struct Simulator<S: StateMachine> {
     compactions: Vec<compaction::Pending>,
     /// The quiet period has begun: delayed and armed faults no longer fire.
     quiet: bool,
+    /// An empty outbox with room, swapped into each stepping driver so its sends do not
+    /// allocate a new vector every step.
+    spare_outbox: Vec<Message<S::Command>>,
     #[cfg(test)]
     bugs: crate::core::Bugs,
     /// Test-only switches in the lease deadline published for caller-thread reads.
@@ -260,6 +263,7 @@ impl<S: StateMachine> Simulator<S> {
             mid_snapshot: Vec::new(),
             compactions: Vec::new(),
             quiet: false,
+            spare_outbox: Vec::new(),
             #[cfg(test)]
             bugs: crate::core::Bugs::default(),
             #[cfg(test)]

@@ -504,7 +504,8 @@ impl<S: StateMachine> Simulator<S> {
             }
             Delivery::Flush => driver.end_batch(&mut observe),
         }));
-        let outbox = std::mem::take(&mut live.driver.transport_mut().0);
+        let spare = std::mem::take(&mut self.spare_outbox);
+        let mut outbox = std::mem::replace(&mut live.driver.transport_mut().0, spare);
         match stepped {
             Err(payload) => {
                 let message = crate::node::panic_message(&*payload);
@@ -522,9 +523,10 @@ impl<S: StateMachine> Simulator<S> {
                 self.checker.node_synced(id);
             }
         }
-        for msg in outbox {
+        for msg in outbox.drain(..) {
             self.send(msg);
         }
+        self.spare_outbox = outbox;
         if let Some((executed, of)) = crash_after {
             self.note(format!("crash {id} mid-step after {executed} of {of} actions"));
             self.stats.mid_step_crashes += 1;
