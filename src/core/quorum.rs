@@ -31,7 +31,8 @@ pub(crate) fn majority_of_voters(
     majority_of(&mut buffer[..config.voters.len()])
 }
 
-fn majority_of(indexes: &mut [LogIndex]) -> LogIndex {
+/// The highest index held by a majority of these (one per voter) match indexes.
+pub(crate) fn majority_of(indexes: &mut [LogIndex]) -> LogIndex {
     if indexes.is_empty() {
         return LogIndex(0);
     }

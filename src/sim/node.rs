@@ -550,10 +550,10 @@ impl<S: StateMachine> Simulator<S> {
         self.stats.messages += 1;
         match self.network.plan(&msg, &mut self.rng) {
             Err(why) => self.dropped(&msg, why),
-            Ok(Fate::Once(delay)) => self.schedule(delay, Event::Deliver(Box::new(msg))),
+            Ok(Fate::Once(delay)) => self.schedule(delay, Event::Deliver(msg)),
             Ok(Fate::Twice(first, second)) => {
-                self.schedule(first, Event::Deliver(Box::new(msg.clone())));
-                self.schedule(second, Event::Deliver(Box::new(msg)));
+                self.schedule(first, Event::Deliver(msg.clone()));
+                self.schedule(second, Event::Deliver(msg));
             }
         }
     }
