@@ -20,6 +20,7 @@
 use std::fmt;
 
 use super::{quorum, Core, Role};
+use crate::message::Configuration;
 use crate::types::{LogIndex, NodeId, Term};
 
 /// A broken invariant of one core: a bug in the core (or in a driver that corrupted its input
@@ -45,6 +46,23 @@ impl fmt::Display for InvariantViolation {
 impl std::error::Error for InvariantViolation {}
 
 type Check = Result<(), InvariantViolation>;
+
+/// The most voters [`Core::invariants_hold`] handles on the stack.
+const ON_STACK: usize = 16;
+
+/// Every member of `config` once, in id order, with whether it votes.
+fn members_in_order(config: &Configuration) -> impl Iterator<Item = (NodeId, bool)> + '_ {
+    let mut voters = config.voters.iter().copied().peekable();
+    let mut learners = config.learners.iter().copied().peekable();
+    std::iter::from_fn(move || match (voters.peek().copied(), learners.peek().copied()) {
+        (None, None) => None,
+        (Some(v), l) if l.is_none_or(|l| v <= l) => {
+            learners.next_if_eq(&v);
+            voters.next().map(|v| (v, true))
+        }
+        _ => learners.next().map(|l| (l, false)),
+    })
+}
 
 impl<C: Clone> Core<C> {
     /// Checks every invariant of this core's state; the first violation found is returned.
@@ -93,7 +111,7 @@ impl<C: Clone> Core<C> {
     /// the voters and the progress map instead of one per invariant (it runs after every
     /// simulated step, and walking ordered maps was most of its cost). `false` means "ask
     /// `check_invariants`", which names the violation: it is the reference, this only a fast
-    /// way to the same "all hold". Unusual shapes (learners, more than 16 voters) say `false`.
+    /// way to the same "all hold". More than 16 voters say `false`.
     pub(super) fn invariants_hold(&self) -> bool {
         let o1 = self.check_i1_commit_within_log().is_ok()
             && self.check_i2_applied_within_commit().is_ok()
@@ -107,24 +125,26 @@ impl<C: Clone> Core<C> {
             return self.progress.is_empty(); // P3; then P1 has nothing to check, C1 no leader
         }
         let config = self.config();
-        const ON_STACK: usize = 16;
-        if !config.learners.is_empty() || config.voters.len() > ON_STACK {
-            return false;
-        }
         let (me, last) = (self.id, self.log.last_index());
         let mut progress = self.progress.iter();
         let mut matched = [LogIndex(0); ON_STACK];
-        for (slot, &id) in matched.iter_mut().zip(&config.voters) {
-            if id == me {
-                *slot = last;
-                continue;
-            }
-            // P3: the progress keys are the voters but me, in the same order; P1 for each.
-            match progress.next() {
-                Some((&p, pr)) if p == id && pr.matched < pr.next && pr.matched <= last => {
-                    *slot = pr.matched;
+        let mut voters = 0;
+        for (id, voter) in members_in_order(config) {
+            let index = if id == me {
+                last
+            } else {
+                // P3: the progress keys are the members but me, in the same order; P1 for each.
+                match progress.next() {
+                    Some((&p, pr)) if p == id && pr.matched < pr.next && pr.matched <= last => {
+                        pr.matched
+                    }
+                    _ => return false,
                 }
-                _ => return false,
+            };
+            if voter {
+                let Some(slot) = matched.get_mut(voters) else { return false };
+                *slot = index;
+                voters += 1;
             }
         }
         if progress.next().is_some() {
@@ -132,7 +152,7 @@ impl<C: Clone> Core<C> {
         }
         let counted = self.commit_index >= self.term_start && !self.membership.has_pending();
         // C1, as `quorum::majority_index` computes the quorum's match
-        !counted || self.commit_index <= quorum::majority_of(&mut matched[..config.voters.len()])
+        !counted || self.commit_index <= quorum::majority_of(&mut matched[..voters])
     }
 
     fn violation(&self, rule: &'static str, detail: String) -> Check {

@@ -225,6 +225,9 @@ impl<S: StateMachine> Simulator<S> {
         }
         node.skip_paused_ticks();
         let owed = node.ticks_before(now);
+        if owed == 0 {
+            return; // NB: the common case (the clock struck nothing since the last step)
+        }
         let Some(live) = node.live.as_mut() else { return };
         let idle = owed.min(live.core().ticks_until_due() - 1);
         if idle > 0 {
