@@ -368,3 +368,76 @@ fn a_new_member_catches_up_under_reordering_seed_183569() {
         panic!("{failure}\n{}", replay_hint(183_569));
     }
 }
+
+/// The determinism guard for simulator optimisations: a digest of every seed's [`RunReport`]
+/// (trace hash, trace length, stats, ops, commit index, verdict; or the failure's text) for
+/// `FERRAFT_DIGEST_SEEDS` seeds (default 300) of the sweep and of the nemesis scenario, plus
+/// the full trace text of the first 20 seeds of each with `record_trace` on. A change that
+/// must keep every run identical must keep the printed digests. `FERRAFT_DIGEST_OUT=file`
+/// writes one line per seed, to find the first seed that moved.
+///
+/// `cargo test --release --test sim_seeds run_digest -- --ignored --nocapture`
+#[test]
+#[ignore = "determinism guard for optimisations, ~30 s: run by hand"]
+fn run_digest() {
+    let n = std::env::var("FERRAFT_DIGEST_SEEDS").ok().and_then(|s| s.parse().ok());
+    let n: u64 = n.unwrap_or(300);
+    let mut lines = Vec::new();
+    let mut all = Fnv64::default();
+    for (name, scenario) in [("sweep", scenario as fn(u64) -> _), ("nemesis", nemesis_scenario)] {
+        let mut digest = Fnv64::default();
+        for seed in 0..n {
+            let line = match run(scenario, seed) {
+                Ok(r) => format!(
+                    "{name} {seed} ok {:x} {} {:?} {:?} {} {} {} {:?}",
+                    r.trace_hash,
+                    r.trace_lines,
+                    r.simulated,
+                    r.stats,
+                    r.ops,
+                    r.ops_completed,
+                    r.commit_index,
+                    r.linearizable
+                ),
+                Err(f) => format!("{name} {seed} failed {f}"),
+            };
+            digest.eat(line.as_bytes());
+            lines.push(line);
+        }
+        let mut traces = Fnv64::default();
+        for seed in 0..n.min(20) {
+            let (mut config, schedule) = scenario(seed);
+            config.record_trace = true;
+            if let Ok(report) = run_kv(&config, &schedule) {
+                for line in report.trace.expect("record_trace keeps the trace") {
+                    traces.eat(line.as_bytes());
+                }
+            }
+        }
+        println!("digest {name} 0..{n}: runs {:016x}, traces {:016x}", digest.0, traces.0);
+        all.eat(&digest.0.to_le_bytes());
+        all.eat(&traces.0.to_le_bytes());
+    }
+    println!("digest all: {:016x}", all.0);
+    if let Ok(file) = std::env::var("FERRAFT_DIGEST_OUT") {
+        std::fs::write(&file, lines.join("\n") + "\n").expect("writable digest file");
+    }
+}
+
+/// FNV-1a, stable across runs (the digest must not depend on `HashMap` keys).
+struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv64 {
+    fn eat(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = (self.0 ^ 0xff).wrapping_mul(0x0100_0000_01b3);
+    }
+}

@@ -9,8 +9,16 @@ pub fn majority_index(
     config: &Configuration,
     matched: impl Fn(crate::NodeId) -> LogIndex,
 ) -> LogIndex {
-    // NB: called after every step (invariant C1) and on every acknowledgement: no allocation
-    // for the usual cluster sizes.
+    // NB: called on every acknowledgement: no allocation for the usual cluster sizes.
+    majority_of_voters(config, matched)
+}
+
+/// [`majority_index`] for a `matched` that is called once per voter, in id order (so it may
+/// walk another ordered map alongside, as the core's invariant C1 does).
+pub(crate) fn majority_of_voters(
+    config: &Configuration,
+    mut matched: impl FnMut(crate::NodeId) -> LogIndex,
+) -> LogIndex {
     const ON_STACK: usize = 16;
     if config.voters.len() > ON_STACK {
         let mut indexes: Vec<LogIndex> = config.voters.iter().map(|&id| matched(id)).collect();
@@ -23,7 +31,8 @@ pub fn majority_index(
     majority_of(&mut buffer[..config.voters.len()])
 }
 
-fn majority_of(indexes: &mut [LogIndex]) -> LogIndex {
+/// The highest index held by a majority of these (one per voter) match indexes.
+pub(crate) fn majority_of(indexes: &mut [LogIndex]) -> LogIndex {
     if indexes.is_empty() {
         return LogIndex(0);
     }

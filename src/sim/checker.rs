@@ -19,7 +19,7 @@ use std::hash::Hasher;
 
 use super::trace::Fnv;
 use crate::core::{Action, Core, Role};
-use crate::message::{Body, Entry, Snapshot};
+use crate::message::{Body, Entry, Payload, Snapshot};
 use crate::types::{LogIndex, NodeId, Term};
 
 /// Which property a run broke.
@@ -673,7 +673,13 @@ fn prefix_hash<C: Debug>(prev: u64, entry: &Entry<C>) -> u64 {
     let mut h = Fnv::default();
     h.write_u64(prev);
     h.write_u64(entry.term.0);
-    write!(h, "{:?}", entry.payload).expect("hashing never fails");
+    // NB: the text of `{:?}` of the payload, with the tuple builder's frame written directly
+    // (it was a fifth of the hashing cost); the same bytes, so the same hash.
+    match &entry.payload {
+        Payload::Command(c) => write!(h, "Command({c:?})"),
+        payload => write!(h, "{payload:?}"),
+    }
+    .expect("hashing never fails");
     h.finish()
 }
 

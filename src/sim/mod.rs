@@ -85,7 +85,7 @@ enum Event<S: StateMachine> {
     /// A node's clock ticks (ignored if the node restarted since it was scheduled).
     Tick { node: NodeId, incarnation: u64 },
     /// A message reaches its receiver (if the partition and the receiver allow).
-    Deliver(Box<Message<S::Command>>),
+    Deliver(Message<S::Command>),
     /// A client's request, reply, retry or timeout.
     Client(ClientEvent<S::Output>),
     /// An attempt at a pending membership change.
@@ -106,29 +106,30 @@ enum Event<S: StateMachine> {
     Compact(NodeId),
 }
 
-/// An event with its time and insertion number, ordered so the heap pops the earliest first
-/// and, at equal times, the one scheduled first: that tie-break keeps runs deterministic.
-struct Scheduled<S: StateMachine> {
+/// An event's time and insertion number, ordered so the heap pops the earliest first and, at
+/// equal times, the one scheduled first: that tie-break keeps runs deterministic. The event
+/// itself waits in a slot of [`Simulator::events`], so the heap moves only these three words.
+struct Scheduled {
     at: u64,
     seq: u64,
-    event: Event<S>,
+    slot: usize,
 }
 
-impl<S: StateMachine> PartialEq for Scheduled<S> {
+impl PartialEq for Scheduled {
     fn eq(&self, other: &Self) -> bool {
         (self.at, self.seq) == (other.at, other.seq)
     }
 }
 
-impl<S: StateMachine> Eq for Scheduled<S> {}
+impl Eq for Scheduled {}
 
-impl<S: StateMachine> PartialOrd for Scheduled<S> {
+impl PartialOrd for Scheduled {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl<S: StateMachine> Ord for Scheduled<S> {
+impl Ord for Scheduled {
     fn cmp(&self, other: &Self) -> Ordering {
         (other.at, other.seq).cmp(&(self.at, self.seq)) // reversed: BinaryHeap is a max-heap
     }
@@ -185,7 +186,11 @@ pub struct Simulator<S: StateMachine> {
     /// Virtual time in microseconds.
     now: u64,
     seq: u64,
-    queue: BinaryHeap<Scheduled<S>>,
+    queue: BinaryHeap<Scheduled>,
+    /// The events the queue's entries point at; `None` in a free slot.
+    events: Vec<Option<Event<S>>>,
+    /// Free slots of `events`, reused before it grows.
+    free_slots: Vec<usize>,
     /// The next tick of each running node.
     ticks: Vec<PendingTick>,
     nodes: BTreeMap<NodeId, SimNode<S>>,
@@ -216,6 +221,9 @@ pub struct Simulator<S: StateMachine> {
     compactions: Vec<compaction::Pending>,
     /// The quiet period has begun: delayed and armed faults no longer fire.
     quiet: bool,
+    /// An empty outbox with room, swapped into each stepping driver so its sends do not
+    /// allocate a new vector every step.
+    spare_outbox: Vec<Message<S::Command>>,
     #[cfg(test)]
     bugs: crate::core::Bugs,
     /// Test-only switches in the lease deadline published for caller-thread reads.
@@ -243,6 +251,8 @@ impl<S: StateMachine> Simulator<S> {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
+            events: Vec::new(),
+            free_slots: Vec::new(),
             ticks: Vec::new(),
             nodes: BTreeMap::new(),
             next_id: config.nodes + 1,
@@ -265,6 +275,7 @@ impl<S: StateMachine> Simulator<S> {
             mid_snapshot: Vec::new(),
             compactions: Vec::new(),
             quiet: false,
+            spare_outbox: Vec::new(),
             #[cfg(test)]
             bugs: crate::core::Bugs::default(),
             #[cfg(test)]
@@ -391,7 +402,9 @@ impl<S: StateMachine> Simulator<S> {
             }
             (_, _, Some(q)) if q.0 <= until => {
                 let next = self.queue.pop().expect("peeked above");
-                Some((next.at, next.event))
+                let event = self.events[next.slot].take().expect("a queued slot holds its event");
+                self.free_slots.push(next.slot);
+                Some((next.at, event))
             }
             _ => None,
         }
@@ -400,7 +413,7 @@ impl<S: StateMachine> Simulator<S> {
     fn dispatch(&mut self, event: Event<S>) -> Result<(), FailureKind> {
         match event {
             Event::Tick { node, incarnation } => self.on_tick(node, incarnation),
-            Event::Deliver(msg) => self.deliver(*msg),
+            Event::Deliver(msg) => self.deliver(msg),
             Event::Client(e) => self.on_client_event(e),
             Event::Admin(op) => self.on_admin(op),
             Event::Churn { node, incarnation, term } => self.on_churn(node, incarnation, term),
@@ -425,7 +438,17 @@ impl<S: StateMachine> Simulator<S> {
             self.ticks.push(PendingTick { at, seq, node, incarnation });
             return;
         }
-        self.queue.push(Scheduled { at, seq, event });
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.events[slot] = Some(event);
+                slot
+            }
+            None => {
+                self.events.push(Some(event));
+                self.events.len() - 1
+            }
+        };
+        self.queue.push(Scheduled { at, seq, slot });
     }
 
     /// When `id`'s pending clock tick is due, and for which incarnation, if one is on the table.

@@ -235,6 +235,9 @@ impl<S: StateMachine> Simulator<S> {
         }
         node.skip_paused_ticks();
         let owed = node.ticks_before(now);
+        if owed == 0 {
+            return; // NB: the common case (the clock struck nothing since the last step)
+        }
         let Some(live) = node.live.as_mut() else { return };
         let idle = owed.min(live.core().ticks_until_due() - 1);
         if idle > 0 {
@@ -525,7 +528,8 @@ impl<S: StateMachine> Simulator<S> {
             Delivery::Flush => driver.end_batch(&mut observe),
             Delivery::Synced(job) => driver.sync_done(job(), &mut observe),
         }));
-        let outbox = std::mem::take(&mut live.driver.transport_mut().0);
+        let spare = std::mem::take(&mut self.spare_outbox);
+        let mut outbox = std::mem::replace(&mut live.driver.transport_mut().0, spare);
         if let Some(job) = live.driver.take_sync_job() {
             let window = self.config.background_sync.expect("only in the background mode");
             let incarnation = node.incarnation;
@@ -550,9 +554,10 @@ impl<S: StateMachine> Simulator<S> {
                 self.checker.node_synced(id);
             }
         }
-        for msg in outbox {
+        for msg in outbox.drain(..) {
             self.send(msg);
         }
+        self.spare_outbox = outbox;
         if let Some((executed, of)) = crash_after {
             self.note(format!("crash {id} mid-step after {executed} of {of} actions"));
             self.stats.mid_step_crashes += 1;
@@ -576,10 +581,10 @@ impl<S: StateMachine> Simulator<S> {
         self.stats.messages += 1;
         match self.network.plan(&msg, &mut self.rng) {
             Err(why) => self.dropped(&msg, why),
-            Ok(Fate::Once(delay)) => self.schedule(delay, Event::Deliver(Box::new(msg))),
+            Ok(Fate::Once(delay)) => self.schedule(delay, Event::Deliver(msg)),
             Ok(Fate::Twice(first, second)) => {
-                self.schedule(first, Event::Deliver(Box::new(msg.clone())));
-                self.schedule(second, Event::Deliver(Box::new(msg)));
+                self.schedule(first, Event::Deliver(msg.clone()));
+                self.schedule(second, Event::Deliver(msg));
             }
         }
     }

@@ -59,6 +59,34 @@ impl<C: Clone> MemStorage<C> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// [`Storage::append`] of entries the caller owns: moved in, not cloned (the simulator's
+    /// sync of pending writes).
+    pub(crate) fn append_owned(
+        &mut self,
+        first: LogIndex,
+        entries: Vec<Entry<C>>,
+    ) -> io::Result<()> {
+        self.append_with(first, |log| log.extend(entries))
+    }
+
+    /// Truncates the log after `first - 1` and lets `extend` add the entries from `first`.
+    fn append_with(
+        &mut self,
+        first: LogIndex,
+        extend: impl FnOnce(&mut Vec<Entry<C>>),
+    ) -> io::Result<()> {
+        let mut state = self.lock();
+        let keep = first.0.checked_sub(state.log_offset.0 + 1).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "append below the log offset")
+        })?;
+        if keep > state.entries.len() as u64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "append leaves a gap"));
+        }
+        state.entries.truncate(keep as usize);
+        extend(&mut state.entries);
+        Ok(())
+    }
 }
 
 impl<C: Clone + Send + 'static> Storage<C> for MemStorage<C> {
@@ -72,16 +100,7 @@ impl<C: Clone + Send + 'static> Storage<C> for MemStorage<C> {
     }
 
     fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()> {
-        let mut state = self.lock();
-        let keep = first.0.checked_sub(state.log_offset.0 + 1).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "append below the log offset")
-        })?;
-        if keep > state.entries.len() as u64 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "append leaves a gap"));
-        }
-        state.entries.truncate(keep as usize);
-        state.entries.extend_from_slice(entries);
-        Ok(())
+        self.append_with(first, |log| log.extend_from_slice(entries))
     }
 
     fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {

@@ -31,6 +31,7 @@ fn rule_broken(n: &Node) -> &'static str {
 fn invariants_hold_in_healthy_states() {
     for n in [leader(), follower(), boot(3).start()] {
         assert_eq!(n.core.check_invariants(), Ok(()), "{}", n.id());
+        assert!(n.core.invariants_hold(), "{}: the fast pass agrees", n.id());
     }
 }
 
@@ -66,6 +67,7 @@ fn invariants_each_catch_the_state_that_breaks_them() {
         let mut n = setup();
         corrupt(&mut n);
         assert_eq!(rule_broken(&n), rule, "{:?}", n.core.check_invariants());
+        assert!(!n.core.invariants_hold(), "{rule}: the fast pass sees it too");
     }
 }
 
