@@ -30,7 +30,7 @@ pub struct Metrics {
     /// Entries handed to the state machine (no-ops and configurations included).
     pub applies: u64,
     /// Bytes of the messages this node handed to its transport. Over TCP
-    /// ([`TcpTransport`](crate::TcpTransport)): the frame bytes written to sockets (headers
+    /// ([`TcpTransport`](crate::transport::TcpTransport)): the frame bytes written to sockets (headers
     /// included; messages the transport dropped are not counted). In-process (the router,
     /// where nothing is encoded): an estimate of each message's encoded size, counted as it
     /// leaves the driver: [`Metrics::ESTIMATED_HEADER_BYTES`] per message, plus per log entry
