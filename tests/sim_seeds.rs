@@ -369,6 +369,18 @@ fn a_new_member_catches_up_under_reordering_seed_183569() {
     }
 }
 
+/// Nemesis seed 227919 (found by the soak, 2026-12-02, with lossy storage and background
+/// syncs): the cluster had shrunk to one voter, n3, which won an election within one step
+/// and sent AppendEntries of term 15 before its vote and term were synced; it crashed, lost
+/// them, restarted in term 14 and led term 15 a second time with a different log (SP-3). A
+/// leader's AppendEntries now leave early only once its term and vote are durable.
+#[test]
+fn a_single_voter_syncs_its_term_before_revealing_it_seed_227919() {
+    if let Err(failure) = run(nemesis_scenario, 227_919) {
+        panic!("{failure}\n{}", replay_hint(227_919));
+    }
+}
+
 /// The determinism guard for simulator optimisations: a digest of every seed's [`RunReport`]
 /// (trace hash, trace length, stats, ops, commit index, verdict; or the failure's text) for
 /// `FERRAFT_DIGEST_SEEDS` seeds (default 300) of the sweep and of the nemesis scenario, plus

@@ -662,8 +662,12 @@ where
             | Action::Proposed { .. }
             | Action::Rejected(_)
             | Action::Notice(_) => true,
+            // NB: only once its term and vote are durable: a leader elected within one step
+            // (a single voter) has not synced them yet, and the message reveals its term.
             Action::Send(msg) => {
-                matches!(msg.body, Body::AppendEntries(_)) && self.core.role() == Role::Leader
+                matches!(msg.body, Body::AppendEntries(_))
+                    && self.core.role() == Role::Leader
+                    && self.critical <= self.durable
             }
             _ => false,
         };
