@@ -27,7 +27,7 @@
 //! | §5.2 election | RV-2, FOL-2, CAN-1..4 | `core/election.rs` |
 //! | §5.3 replication | AE-2..5, LEAD-1..3, SUB-5..7 | `core/replication.rs`, `core/progress.rs` |
 //! | §5.4 safety | LEAD-4, SUB-1, SUB-2 | `maybe_advance_commit_index`, `Log::is_up_to_date` |
-//! | Figure 2 persistence | SUB-8 | `Core::flush` orders persistence first; the driver syncs before sends (off the node thread: `runtime/syncer.rs`); `storage/disk.rs` (WAL) |
+//! | Figure 2 persistence | SUB-8 | `Core::flush` orders persistence first; the driver syncs before sends (off the node thread with `Config::background_sync`: `runtime/syncer.rs`); `storage/disk.rs` (WAL) |
 //! | §6 membership, thesis ch. 4 | | `core/changes.rs`, `core/membership.rs`, `core/quorum.rs` |
 //! | thesis §9.6, §6.2 | PreVote, CheckQuorum | `core/election.rs` |
 //! | §7 log compaction, Figure 13 | IS-1..8 | `core/snapshot.rs`, `node/apply.rs` |

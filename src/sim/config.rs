@@ -151,10 +151,12 @@ pub struct SimConfig {
     /// end (thesis §10.2.1), so followers may answer before the leader's write is durable.
     /// `None`: every delivery syncs at once.
     pub sync_window: Option<Duration>,
-    /// Sync in the background, as the thread runtime does (`Storage::start_sync`): each
+    /// Sync in the background, as the thread runtime does with `Config::background_sync`
+    /// (`Storage::start_sync`): each
     /// node's sync completes up to this long (drawn per sync) after it starts, while the node
     /// goes on stepping; what waits for it runs at completion. `None`: syncs complete at
-    /// once. Used without `sync_window`, which it supersedes.
+    /// once. Combines with `sync_window`: a batch's end then starts a sync instead of
+    /// running one.
     pub background_sync: Option<Duration>,
     /// Serve the workload's reads ([`Workload::read`](super::Workload::read)) without the log,
     /// through every path: at the leader by ReadIndex (or its lease, with

@@ -59,10 +59,11 @@ pub struct PersistentState<C> {
 /// only once [`Storage::sync`] returns (or the job of [`Storage::start_sync`] has run). The
 /// node driver syncs once at the end of a batch of steps (a burst of messages or client
 /// requests) and before any message or answer that depends on their writes (SUB-8), so one
-/// sync covers everything the batch wrote (group commit). The thread runtime runs that sync
-/// off the node's thread (`start_sync`), so a node keeps stepping meanwhile. Only a leader's
-/// AppendEntries may leave before its own write of those entries is synced; it counts itself
-/// towards commitment only after the sync (thesis §10.2.1). A store whose writes are durable on
+/// sync covers everything the batch wrote (group commit). With `Config::background_sync` the
+/// thread runtime runs that sync off the node's thread (`start_sync`), so a node keeps
+/// stepping meanwhile. Only a leader's AppendEntries may leave before its own write of those
+/// entries is synced (once its term and vote are); it counts itself towards commitment only
+/// after the sync (thesis §10.2.1). A store whose writes are durable on
 /// return (like [`MemStorage`]) keeps the default no-op `sync`.
 pub trait Storage<C>: Send + 'static {
     /// Reads back everything persisted so far.
@@ -83,8 +84,9 @@ pub trait Storage<C>: Send + 'static {
     /// Starts making every write so far durable without waiting for the disk: returns a job
     /// that the caller runs on another thread, after which those writes count as persisted
     /// (later writes are not covered). `None` means they are durable already. The default
-    /// syncs in place. The node driver uses it so that a node keeps working (a leader keeps
-    /// replicating and answering) while its fsync runs.
+    /// syncs in place. The node driver uses it in the background mode
+    /// (`Config::background_sync`), so that a node keeps working (a leader keeps replicating
+    /// and answering) while its fsync runs.
     fn start_sync(&mut self) -> io::Result<Option<SyncJob>> {
         self.sync().map(|()| None)
     }
