@@ -509,6 +509,16 @@ impl<S: StateMachine> Simulator<S> {
         }
     }
 
+    /// Test-only: node `id`'s tick period, in virtual microseconds, from now on (its clock
+    /// reads `now * tick / period`, so set it before the run starts: a later change makes the
+    /// node's clock jump).
+    #[cfg(test)]
+    pub(crate) fn set_tick_us(&mut self, id: NodeId, period_us: u64) {
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.tick_us = period_us.max(1);
+        }
+    }
+
     /// Test-only: switches a lease-deadline bug on for every node, now and after each restart.
     #[cfg(test)]
     pub(crate) fn set_lease_bugs(&mut self, bugs: crate::node::LeaseBugs) {

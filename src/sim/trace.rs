@@ -169,6 +169,11 @@ pub(crate) enum InputSummary {
     Flush,
     /// An on-demand compaction request.
     Compact,
+    /// A leadership transfer request (a staged test's).
+    #[cfg(test)]
+    Transfer {
+        to: NodeId,
+    },
 }
 
 /// One traced event.
@@ -280,6 +285,8 @@ impl fmt::Display for InputSummary {
             InputSummary::Change(c) => write!(f, "change {c:?}"),
             InputSummary::Flush => f.write_str("sync the batch"),
             InputSummary::Compact => f.write_str("compact"),
+            #[cfg(test)]
+            InputSummary::Transfer { to } => write!(f, "transfer to {to}"),
         }
     }
 }
