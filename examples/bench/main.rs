@@ -14,7 +14,7 @@
 //!
 //! `latency` and `throughput` take `--storage disk --data-dir DIR` (default: memory), and
 //! `--sync background` for `Config::background_sync`; see `disk.rs`.
-//! cargo run --release --example bench -- read --mode index|lease|follower --clients C [--nodes N] [--ops N]
+//! cargo run --release --example bench -- read --mode index|lease|follower|local --clients C [--nodes N] [--ops N]
 //! cargo run --release --example bench -- mix --read-percent 90 --clients C [--nodes N] [--ops N]
 //! cargo run --release --example bench -- transfer --trials 100 [--nodes N]
 //! ```

@@ -1,7 +1,7 @@
 //! Read workloads (issue 9), one JSON line per run:
 //!
 //! ```text
-//! cargo run --release --example bench -- read --mode index|lease|follower --clients C [--nodes N] [--ops N] [--batch B]
+//! cargo run --release --example bench -- read --mode index|lease|follower|local --clients C [--nodes N] [--ops N] [--batch B]
 //! cargo run --release --example bench -- mix --read-percent 90 --clients C [--nodes N] [--ops N]
 //! cargo run --release --example bench -- transfer --trials 100 [--nodes N]
 //! ```
@@ -11,14 +11,20 @@
 //! the leader with leases on (`lease`), or at a follower (`follower`). Latency is from sending
 //! a read to taking its answer. With `--batch B` (default 1) the C outstanding reads travel as
 //! C/B requests of B queries each (`NodeHandle::read_many_async`: one receipt, one queue trip
-//! per batch); latency is then per batch, and the JSON line gains `"batch":B`. `mix`: the same pipeline with `--read-percent` ReadIndex reads
+//! per batch); latency is then per batch, and the JSON line gains `"batch":B`. `--mode local`
+//! is the yardstick for "close to a local function call": the same query (`"k".into()`, then
+//! `ReadStateMachine::query`) on a plain `KvStateMachine` on this thread, no cluster, timed
+//! per call with the same one clock read per operation. `mix`: the same pipeline with `--read-percent` ReadIndex reads
 //! and the rest writes (`Put`) at the leader. `transfer`: `--trials` leadership transfers, each
 //! to the next node, timed until the target leads.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use ferraft::{Cluster, Config, KvCommand, KvStateMachine, NodeHandle, NodeId, Receipt};
+use ferraft::{
+    Cluster, Config, KvCommand, KvStateMachine, NodeHandle, NodeId, ReadStateMachine, Receipt,
+    StateMachine,
+};
 
 use super::Args;
 
@@ -87,11 +93,15 @@ fn leader_and_follower(cluster: &Cluster<KvStateMachine>) -> (NodeHandle<KvState
 /// `read --mode index|lease|follower`.
 pub fn read(args: &Args) {
     let mode = args.text("--mode").unwrap_or("index");
-    if !matches!(mode, "index" | "lease" | "follower") {
-        eprintln!("--mode must be index, lease or follower, not {mode}");
+    if !matches!(mode, "index" | "lease" | "follower" | "local") {
+        eprintln!("--mode must be index, lease, follower or local, not {mode}");
         std::process::exit(2);
     }
     let ops = if args.ops == 0 { 200_000 } else { args.ops };
+    if mode == "local" {
+        let (secs, samples) = local_calls(ops);
+        return print_line("read", "\"mode\":\"local\",", args, ops, secs, &samples);
+    }
     let cluster = kv_cluster(args.nodes, mode == "lease");
     let (leader, follower) = leader_and_follower(&cluster);
     let target = if mode == "follower" { cluster.node(follower).expect("running") } else { leader };
@@ -110,6 +120,26 @@ pub fn read(args: &Args) {
     let batch_field = if batch > 1 { format!("\"batch\":{batch},") } else { String::new() };
     let extra = format!("\"mode\":\"{mode}\",{batch_field}");
     print_line("read", &extra, args, ops, secs, &samples);
+}
+
+/// `read --mode local`: the query as a plain function call on a local state machine holding
+/// the same key, one clock read per call as in [`pipeline`].
+fn local_calls(ops: usize) -> (f64, Vec<u64>) {
+    let mut sm = KvStateMachine::new();
+    let put = KvCommand::Put { key: "k".into(), value: "v999".into() };
+    sm.apply(ferraft::LogIndex(1), &put);
+    let mut samples = Vec::with_capacity(ops);
+    let start = Instant::now();
+    let mut at = Instant::now();
+    for _ in 0..ops {
+        let answer = sm.query(&"k".into());
+        std::hint::black_box(answer);
+        let now = Instant::now();
+        samples.push((now - at).as_nanos() as u64);
+        at = now;
+    }
+    samples.sort_unstable();
+    (start.elapsed().as_secs_f64(), samples)
 }
 
 /// `mix --read-percent P`.

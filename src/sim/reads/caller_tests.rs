@@ -204,17 +204,16 @@ fn slow_leader_fast_voters(seed: u64, bugs: LeaseBugs) -> (Vec<Operation>, bool)
         sim.set_tick_us(NodeId(id), period_us);
     }
     let now_us = |sim: &Simulator<KvStateMachine>| sim.now().as_micros() as u64;
-    let run =
-        |sim: &mut Simulator<KvStateMachine>,
-         until: &mut dyn FnMut(&mut Simulator<KvStateMachine>) -> bool| {
-            for _ in 0..2000 {
-                if until(sim) {
-                    return;
-                }
-                sim.run_for(Duration::from_micros(100)).expect("safe");
+    let run = |sim: &mut Simulator<KvStateMachine>,
+               until: &mut dyn FnMut(&mut Simulator<KvStateMachine>) -> bool| {
+        for _ in 0..2000 {
+            if until(sim) {
+                return;
             }
-            panic!("seed {seed}: the staged step did not happen within 200 ms");
-        };
+            sim.run_for(Duration::from_micros(100)).expect("safe");
+        }
+        panic!("seed {seed}: the staged step did not happen within 200 ms");
+    };
     run(&mut sim, &mut |sim| sim.leader().is_some());
     let leader = sim.leader().expect("a leader");
     if leader != n1 {
