@@ -267,6 +267,10 @@ pub struct Bugs {
     /// Keep AppendEntries held for reordering across a term change and replay an old leader's
     /// request in a newer term (breaks ALL-2: a message of an older term must be dropped).
     pub replay_held_across_terms: bool,
+    /// Hand leadership over while the read lease holds, and keep renewing it meanwhile
+    /// (breaks thesis §6.4.1 with §3.10: the target's election bypasses the followers'
+    /// disruptive-server check the lease relies on, so two leaders serve reads at once).
+    pub transfer_ignores_lease: bool,
 }
 
 /// Timing and limits in ticks, derived once from [`Config`].

@@ -229,7 +229,8 @@ impl<C: Clone> Core<C> {
             }
             self.reads.started.pop_front();
             // NB: no renewal while handing leadership over: the lease must run out first.
-            if r == majority && self.timing.lease_ticks > 0 && self.transfer.is_none() {
+            let renew = self.transfer.is_none() || self.transfer_ignores_lease();
+            if r == majority && self.timing.lease_ticks > 0 && renew {
                 self.reads.lease_until = self.reads.lease_until.max(at + self.timing.lease_ticks);
             }
         }

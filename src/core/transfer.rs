@@ -56,6 +56,15 @@ impl<C: Clone> Core<C> {
         Ok(())
     }
 
+    /// The test-only switch `Bugs::transfer_ignores_lease` (always false outside tests).
+    pub(super) fn transfer_ignores_lease(&self) -> bool {
+        #[cfg(test)]
+        if self.bugs.transfer_ignores_lease {
+            return true;
+        }
+        false
+    }
+
     /// Whether proposals are refused because leadership is being handed over.
     pub(super) fn transferring(&self) -> Option<NodeId> {
         self.transfer.as_ref().filter(|_| self.role == Role::Leader).map(|t| t.to)
@@ -84,7 +93,7 @@ impl<C: Clone> Core<C> {
     fn maybe_send_timeout_now(&mut self, t: Transfer) {
         let caught_up =
             self.progress.get(&t.to).is_some_and(|p| p.matched == self.log.last_index());
-        if t.sent || !caught_up || self.has_lease() {
+        if t.sent || !caught_up || (self.has_lease() && !self.transfer_ignores_lease()) {
             return;
         }
         self.send(t.to, Body::TimeoutNow);

@@ -172,6 +172,9 @@ pub struct SimConfig {
     /// (`LeaseView::read_locally`, on the reading node's own drifting clock) and take the
     /// node's path only if it declines. 0: every read goes through the node's step loop.
     pub caller_read_percent: u8,
+    /// Request a leadership transfer to a random follower about this often during the fault
+    /// phase ([`Fault::Transfer`](super::Fault::Transfer); the schedule draws them), or `None`.
+    pub transfers: Option<Duration>,
 }
 
 impl SimConfig {
@@ -211,6 +214,7 @@ impl SimConfig {
             reads: false,
             retry_timeouts: false,
             caller_read_percent: 0,
+            transfers: None,
         }
     }
 
@@ -233,6 +237,9 @@ impl SimConfig {
         }
         if self.batch_window == Some(Duration::ZERO) {
             return Err(FaultError::EmptyRange { field: "batch_window" });
+        }
+        if self.transfers == Some(Duration::ZERO) {
+            return Err(FaultError::EmptyRange { field: "transfers" });
         }
         self.network.validate()
     }

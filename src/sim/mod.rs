@@ -104,6 +104,8 @@ enum Event<S: StateMachine> {
     Synced { node: NodeId, incarnation: u64 },
     /// An on-demand compaction of `node` ([`Simulator::compact`]).
     Compact(NodeId),
+    /// A leadership transfer handed to `leader`'s driver ([`Fault::Transfer`]).
+    Transfer { leader: NodeId, to: NodeId },
 }
 
 /// An event's time and insertion number, ordered so the heap pops the earliest first and, at
@@ -177,6 +179,10 @@ pub struct Stats {
     pub snapshot_sender_crashes: u64,
     /// Reads served on a node's caller-thread lease path (`SimConfig::caller_read_percent`).
     pub caller_reads: u64,
+    /// Leadership transfers handed to a leader ([`Fault::Transfer`]).
+    pub transfers: u64,
+    /// Of those, the ones that ended with the target leading (counted in the run's report).
+    pub transfers_won: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -214,6 +220,8 @@ pub struct Simulator<S: StateMachine> {
     crash_before_sync: BTreeSet<NodeId>,
     /// Faults to fire when some node next wins an election ([`Fault::OnNewLeader`]).
     on_new_leader: Vec<Fault>,
+    /// The answers of the leadership transfers requested ([`Fault::Transfer`]).
+    transfer_replies: Vec<crossbeam_channel::Receiver<Result<NodeId, crate::Error>>>,
     /// Armed crashes in the middle of an InstallSnapshot transfer ([`Fault::CrashMidSnapshot`]),
     /// each fired once, in the order armed.
     mid_snapshot: Vec<(SnapshotSide, Option<NodeId>)>,
@@ -272,6 +280,7 @@ impl<S: StateMachine> Simulator<S> {
             crash_armed: BTreeSet::new(),
             crash_before_sync: BTreeSet::new(),
             on_new_leader: Vec::new(),
+            transfer_replies: Vec::new(),
             mid_snapshot: Vec::new(),
             compactions: Vec::new(),
             quiet: false,
@@ -424,6 +433,7 @@ impl<S: StateMachine> Simulator<S> {
             Event::Flush { node, incarnation } => self.on_flush(node, incarnation),
             Event::Synced { node, incarnation } => self.on_synced(node, incarnation),
             Event::Compact(node) => self.on_compact(node),
+            Event::Transfer { leader, to } => self.request_transfer(leader, to),
         }
     }
 

@@ -251,12 +251,14 @@ impl<S: StateMachine> Simulator<S> {
 
     fn report(&self, commit_index: LogIndex, linearizable: CheckOutcome) -> RunReport {
         let history = self.history();
+        let mut stats = self.stats;
+        stats.transfers_won = self.transfers_won();
         RunReport {
             seed: self.config.seed,
             trace_hash: self.trace.hash(),
             trace_lines: self.trace.lines(),
             simulated: self.now(),
-            stats: self.stats,
+            stats,
             ops: history.len(),
             ops_completed: history.iter().filter(|op| op.completed.is_some()).count(),
             commit_index,

@@ -113,6 +113,11 @@ pub enum Fault {
         /// Only this node, or any.
         node: Option<NodeId>,
     },
+    /// Ask the leader to hand leadership to this node (thesis §3.10), through the same driver
+    /// request `Cluster::transfer_leadership` sends. Nothing happens without a leader, or when
+    /// the target is the leader or not running; a transfer the core refuses (one under way, a
+    /// learner) or abandons is counted as requested, not won ([`Stats::transfers`]).
+    Transfer(Target),
 }
 
 /// Faults at offsets from the start of the fault phase, in time order.
@@ -183,7 +188,10 @@ impl Schedule {
                 Fault::Crash(t) | Fault::Isolate(t) | Fault::Remove(t) | Fault::Deafen(t) => {
                     known(t)?
                 }
-                Fault::CrashMidStep(t) | Fault::CrashBeforeSync(t) | Fault::Compact(t) => known(t)?,
+                Fault::CrashMidStep(t)
+                | Fault::CrashBeforeSync(t)
+                | Fault::Compact(t)
+                | Fault::Transfer(t) => known(t)?,
                 Fault::CrashMidSnapshot { node: Some(id), .. } => known(&Target::Node(*id))?,
                 Fault::CutLink { from, to } => {
                     known(from)?;
@@ -261,6 +269,9 @@ fn generate(config: &SimConfig, membership: bool, families: Families) -> Schedul
     let mut events = Vec::new();
     if families.compaction {
         events = snapshot_faults(config, families.mid_snapshot);
+    }
+    if let Some(every) = config.transfers {
+        events.extend(transfer_faults(config, every));
     }
     let mut at = 0;
     loop {
@@ -360,6 +371,24 @@ fn snapshot_faults(config: &SimConfig, mid_snapshot: bool) -> Vec<(Duration, Fau
     }
 }
 
+/// Leadership transfers to a random follower, every half to one and a half `every`
+/// (`SimConfig::transfers`), from a stream of their own: a seed's other draws do not shift.
+fn transfer_faults(config: &SimConfig, every: Duration) -> Vec<(Duration, Fault)> {
+    let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x7a45_f3e2_1ead_0009);
+    let end = super::micros(config.fault_phase);
+    let every = super::micros(every).max(1);
+    let mut events = Vec::new();
+    let mut at = 0;
+    loop {
+        at += rng.random_range(every / 2..=every + every / 2).max(1);
+        if at >= end {
+            return events;
+        }
+        let to = Target::Follower(rng.random_range(0..64));
+        events.push((Duration::from_micros(at), Fault::Transfer(to)));
+    }
+}
+
 fn random_change(rng: &mut SmallRng) -> Fault {
     match rng.random_range(0..3) {
         0 => Fault::AddNode,
@@ -434,7 +463,37 @@ impl<S: StateMachine> Simulator<S> {
             }
             Fault::Compact(t) => self.resolve(*t)?.map_or(Ok(()), |id| self.compact(id)),
             Fault::CrashMidSnapshot { side, node } => self.crash_mid_snapshot(*side, *node),
+            Fault::Transfer(t) => {
+                if let (Some(leader), Some(to)) = (self.leader(), self.resolve(*t)?) {
+                    if leader != to && self.is_up(to) {
+                        self.schedule(0, Event::Transfer { leader, to });
+                    }
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// [`Fault::Transfer`]: hands `leader`'s driver the request a `transfer_leadership` call
+    /// sends; its answer is kept for [`Stats::transfers_won`].
+    pub(crate) fn request_transfer(
+        &mut self,
+        leader: NodeId,
+        to: NodeId,
+    ) -> Result<(), FailureKind> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.note(format!("transfer leadership from {leader} to {to}"));
+        self.stats.transfers += 1;
+        self.transfer_replies.push(answer);
+        let request = crate::node::Request::TransferLeadership { to, reply };
+        let summary = super::trace::InputSummary::Transfer { to };
+        self.step(leader, super::node::Delivery::Request(request), summary)
+    }
+
+    /// Transfers so far that ended with their target leading.
+    pub(crate) fn transfers_won(&self) -> u64 {
+        let won = |r: &crossbeam_channel::Receiver<_>| matches!(r.try_recv(), Ok(Ok(_)));
+        self.transfer_replies.iter().filter(|r| won(r)).count() as u64
     }
 
     /// [`Fault::Partition`]: the resolved targets on one side, every other node on the other.

@@ -350,6 +350,24 @@ fn a_caller_read_share_above_100_percent_is_refused() {
 }
 
 #[test]
+fn a_zero_transfer_interval_and_a_transfer_to_an_unknown_node_are_refused() {
+    let mut config = SimConfig::new(1, 3);
+    config.transfers = Some(Duration::ZERO);
+    assert_eq!(config.validate(), Err(FaultError::EmptyRange { field: "transfers" }));
+    let err = Simulator::new(config.clone(), |_| KvStateMachine::new()).err();
+    assert_eq!(err, Some(FaultError::EmptyRange { field: "transfers" }));
+    config.transfers = Some(Duration::from_millis(100));
+    assert_eq!(config.validate(), Ok(()));
+    let ghost = Schedule::new(vec![(Duration::ZERO, Fault::Transfer(Target::Node(NodeId(9))))]);
+    assert_eq!(ghost.validate(&config), Err(FaultError::UnknownNode(NodeId(9))));
+    let mut sim = kv_sim(1, 3);
+    assert_eq!(
+        sim.apply_fault(&Fault::Transfer(Target::Node(NodeId(9)))),
+        Err(FaultError::UnknownNode(NodeId(9)))
+    );
+}
+
+#[test]
 fn drift_bound_of_zero_or_above_one_is_refused() {
     for bad in [0.0, 1.5, -0.1, f64::NAN] {
         let mut config = SimConfig::new(1, 3);

@@ -169,8 +169,7 @@ pub(crate) enum InputSummary {
     Flush,
     /// An on-demand compaction request.
     Compact,
-    /// A leadership transfer request (a staged test's).
-    #[cfg(test)]
+    /// A leadership transfer request ([`Fault::Transfer`](super::Fault::Transfer)).
     Transfer {
         to: NodeId,
     },
@@ -285,7 +284,6 @@ impl fmt::Display for InputSummary {
             InputSummary::Change(c) => write!(f, "change {c:?}"),
             InputSummary::Flush => f.write_str("sync the batch"),
             InputSummary::Compact => f.write_str("compact"),
-            #[cfg(test)]
             InputSummary::Transfer { to } => write!(f, "transfer to {to}"),
         }
     }

@@ -12,9 +12,9 @@ use super::super::trace::InputSummary;
 use super::super::*;
 use crate::config::ClockDrift;
 use crate::core::Bugs;
-use crate::kv::{KvCommand, KvStateMachine};
+use crate::kv::{KvCommand, KvOutput, KvStateMachine};
 use crate::linearizability::{self, Operation};
-use crate::node::{LeaseBugs, Request};
+use crate::node::{LeaseBugs, Receipt, Request};
 use crate::types::NodeId;
 
 /// The nemesis with leases on every seed, every node's clock drifting up to 20% (the Raft
@@ -175,6 +175,128 @@ fn a_lease_deadline_counted_in_ticks_is_caught() {
     println!("BITES | lease_deadline_in_ticks | seed {} | {}", failure.seed, failure.kind);
 }
 
+/// A lease scenario on three nodes, staged step by step through the simulator (no random
+/// clients): one node writes `k = old` and holds a lease, a fault takes it out of the
+/// picture, the others elect a leader that writes `k = new`, and the old leader is asked to
+/// read on the caller's thread from then on. `history` gathers what a client would have seen,
+/// for the linearizability checker.
+struct Staged {
+    sim: Simulator<KvStateMachine>,
+    seed: u64,
+    history: Vec<Operation>,
+}
+
+const GET: fn() -> KvCommand = || KvCommand::Get { key: "k".into() };
+const QUERY: client::ReadQuery<KvStateMachine> = |sm, c| sm.get(c.key()).map(str::to_owned);
+
+impl Staged {
+    /// Leases on, CheckQuorum on, the drift bound given, a reliable 0.5-1 ms network.
+    fn new(seed: u64, drift_bound: f64, lease_bugs: LeaseBugs, bugs: Bugs) -> Self {
+        let mut config = SimConfig::new(seed, 3);
+        config.clients = 0;
+        config.reads = true;
+        config.raft.lease_reads = true;
+        config.raft.check_quorum = true;
+        config.raft.clock_drift_bound = ClockDrift(drift_bound);
+        config.network.min_delay = Duration::from_micros(500);
+        config.network.max_delay = Duration::from_millis(1);
+        config.network = config.network.reliable();
+        let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid scenario");
+        sim.set_lease_bugs(lease_bugs);
+        sim.set_bugs(bugs);
+        Staged { sim, seed, history: Vec::new() }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.sim.now().as_micros() as u64
+    }
+
+    /// Runs in steps of 0.1 ms until `done` holds; panics after 200 ms.
+    fn run_until(&mut self, mut done: impl FnMut(&Simulator<KvStateMachine>) -> bool) {
+        for _ in 0..2000 {
+            if done(&self.sim) {
+                return;
+            }
+            self.sim.run_for(Duration::from_micros(100)).expect("safe");
+        }
+        panic!("seed {}: the staged step did not happen within 200 ms", self.seed);
+    }
+
+    fn put(&mut self, at: NodeId, value: &str) -> (KvCommand, Receipt<KvOutput>) {
+        let command = KvCommand::Put { key: "k".into(), value: value.into() };
+        let (responder, receipt) = crate::node::receipt(at);
+        let request = Request::Propose { command: command.clone(), responder };
+        let summary = InputSummary::Propose { client: 0, op: 0 };
+        self.sim.step(at, Delivery::Request(request), summary).expect("safe");
+        (command, receipt)
+    }
+
+    /// Waits for a leader, moves leadership to `to` if given (a [`Fault::Transfer`]), writes
+    /// `k = old` there and waits until its lease serves reads on the caller's thread. Returns
+    /// the leader.
+    fn lead_with_lease(&mut self, to: Option<NodeId>) -> NodeId {
+        self.run_until(|sim| sim.leader().is_some());
+        if let Some(to) = to.filter(|&to| self.sim.leader() != Some(to)) {
+            self.sim.apply_fault(&Fault::Transfer(Target::Node(to))).expect("a known node");
+            self.run_until(|sim| sim.leader() == Some(to));
+        }
+        let leader = self.sim.leader().expect("a leader");
+        let invoked_at = self.now_us();
+        let (command, receipt) = self.put(leader, "old");
+        self.run_until(|_| receipt.try_result().is_some());
+        let output = receipt.try_result().expect("answered").expect("committed").output;
+        let completed = Some((self.now_us(), output));
+        self.history.push(Operation { client: 0, command, invoked_at, completed });
+        self.run_until(|sim| sim.read_on_caller(leader, QUERY, &GET()).is_some());
+        leader
+    }
+
+    /// After the fault: the first other node to lead writes `k = new` (again at the next one
+    /// if deposed first); once that write returns, `old` is asked to read on the caller's
+    /// thread every 0.1 ms, 200 ms in all. Whether the write returned.
+    fn write_elsewhere_then_read_at(&mut self, old: NodeId) -> bool {
+        let mut second: Option<(u64, KvCommand, Receipt<KvOutput>)> = None;
+        let mut written = false;
+        for _ in 0..2000 {
+            self.sim.run_for(Duration::from_micros(100)).expect("safe");
+            let now = self.now_us();
+            if written {
+                if let Some((output, _)) = self.sim.read_on_caller(old, QUERY, &GET()) {
+                    let completed = Some((now, output));
+                    self.history.push(Operation {
+                        client: 2,
+                        command: GET(),
+                        invoked_at: now,
+                        completed,
+                    });
+                }
+                continue;
+            }
+            let Some((invoked_at, command, receipt)) = second.take() else {
+                if let Some(new) = self.sim.leader().filter(|&l| l != old) {
+                    let (command, receipt) = self.put(new, "new");
+                    second = Some((now, command, receipt));
+                }
+                continue;
+            };
+            match receipt.try_result() {
+                Some(Ok(applied)) => {
+                    let completed = Some((now, applied.output));
+                    self.history.push(Operation { client: 1, command, invoked_at, completed });
+                    written = true;
+                }
+                // Deposed before it committed (a split vote's loser): write at the next
+                // leader. The checker takes the failed attempt as an outcome unknown.
+                Some(Err(_)) => {
+                    self.history.push(Operation { client: 1, command, invoked_at, completed: None })
+                }
+                None => second = Some((invoked_at, command, receipt)),
+            }
+        }
+        written
+    }
+}
+
 /// The drift bound's own scenario, staged so the window it guards is wide open: n1's clock
 /// runs 30% slow and n2's and n3's 30% fast (the configured bound allows both), leadership
 /// moves to n1, which writes `k = old` and takes a lease, and then n1's loop freezes for
@@ -184,115 +306,77 @@ fn a_lease_deadline_counted_in_ticks_is_caught() {
 /// drift-bounded one 25 × 1.3 = 32 ms. (A node that keeps stepping retracts its published
 /// lease when its core's own, drift-bounded, count of ticks runs out: only a stalled loop
 /// leaves the published deadline alone in charge, which is why random schedules that merely
-/// cut the leader off never caught the switch.) Returns the history: n1's write, the new
-/// leader's write `k = new` (and any failed attempt), and every read n1 serves on the
-/// caller's thread after that write returned; and whether the write returned.
+/// cut the leader off never caught the switch.) Returns the history and whether the new
+/// leader's write returned.
 fn slow_leader_fast_voters(seed: u64, bugs: LeaseBugs) -> (Vec<Operation>, bool) {
-    let (n1, ms) = (NodeId(1), Duration::from_millis);
-    let mut config = SimConfig::new(seed, 3);
-    config.clients = 0;
-    config.reads = true;
-    config.raft.lease_reads = true;
-    config.raft.check_quorum = true;
-    config.raft.clock_drift_bound = ClockDrift(1.3 / 0.7 * 1.01);
-    config.network.min_delay = Duration::from_micros(500);
-    config.network.max_delay = ms(1);
-    config.network = config.network.reliable();
-    let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid scenario");
-    sim.set_lease_bugs(bugs);
+    let mut staged = Staged::new(seed, 1.3 / 0.7 * 1.01, bugs, Bugs::default());
     for (id, period_us) in [(1, 1300), (2, 700), (3, 700)] {
-        sim.set_tick_us(NodeId(id), period_us);
+        staged.sim.set_tick_us(NodeId(id), period_us);
     }
-    let now_us = |sim: &Simulator<KvStateMachine>| sim.now().as_micros() as u64;
-    let run = |sim: &mut Simulator<KvStateMachine>,
-               until: &mut dyn FnMut(&mut Simulator<KvStateMachine>) -> bool| {
-        for _ in 0..2000 {
-            if until(sim) {
-                return;
-            }
-            sim.run_for(Duration::from_micros(100)).expect("safe");
-        }
-        panic!("seed {seed}: the staged step did not happen within 200 ms");
-    };
-    run(&mut sim, &mut |sim| sim.leader().is_some());
-    let leader = sim.leader().expect("a leader");
-    if leader != n1 {
-        let (reply, _answer) = crossbeam_channel::unbounded();
-        let transfer = Request::TransferLeadership { to: n1, reply };
-        sim.step(leader, Delivery::Request(transfer), InputSummary::Transfer { to: n1 })
-            .expect("safe");
-        run(&mut sim, &mut |sim| sim.leader() == Some(n1));
+    let n1 = staged.lead_with_lease(Some(NodeId(1)));
+    staged.sim.pause(n1, Duration::from_millis(150)).expect("n1 runs");
+    let written = staged.write_elsewhere_then_read_at(n1);
+    (staged.history, written)
+}
+
+/// Leadership transfer with leases (thesis §3.10 with §6.4.1), staged: the leader holds a
+/// lease, goes deaf (it still sends, it hears nothing: it will not learn of a newer term),
+/// and is asked to hand leadership to a follower. It must let its lease run out, without
+/// renewing it, before it sends TimeoutNow: the target's election bypasses the voters'
+/// disruptive-server check, the very check the lease relies on. Returns the history and
+/// whether the new leader's write returned.
+fn transfer_from_a_deaf_lease_holder(seed: u64, bugs: Bugs) -> (Vec<Operation>, bool) {
+    let mut staged = Staged::new(seed, 1.01, LeaseBugs::default(), bugs);
+    let leader = staged.lead_with_lease(None);
+    staged.sim.apply_fault(&Fault::Deafen(Target::Node(leader))).expect("a known node");
+    staged.sim.apply_fault(&Fault::Transfer(Target::Follower(seed as usize))).expect("valid");
+    let written = staged.write_elsewhere_then_read_at(leader);
+    assert_eq!(staged.sim.stats().transfers, 1, "seed {seed}: the transfer was not requested");
+    (staged.history, written)
+}
+
+/// Leadership transfers in the random fault model (`SimConfig::transfers`: one about every
+/// 150 ms to a random follower), on nemesis seeds, every other one with leases and half the
+/// reads on the caller's thread: every check holds, and transfers are asked for and won.
+#[test]
+fn random_schedules_with_leadership_transfers_keep_every_check() {
+    let (mut asked, mut won) = (0, 0);
+    for seed in 0..12 {
+        let (mut config, _) = if seed % 2 == 0 { caller_leases(seed, 50) } else { nemesis(seed) };
+        config.transfers = Some(Duration::from_millis(150));
+        let schedule = Schedule::random(&config);
+        let report = run::run_kv(&config, &schedule).unwrap_or_else(|f| panic!("{f}"));
+        asked += report.stats.transfers;
+        won += report.stats.transfers_won;
     }
-    let put = |sim: &mut Simulator<KvStateMachine>, at: NodeId, value: &str| {
-        let command = KvCommand::Put { key: "k".into(), value: value.into() };
-        let (responder, receipt) = crate::node::receipt(at);
-        let request = Request::Propose { command: command.clone(), responder };
-        sim.step(at, Delivery::Request(request), InputSummary::Propose { client: 0, op: 0 })
-            .expect("safe");
-        (command, receipt)
-    };
-    let get = KvCommand::Get { key: "k".into() };
-    let query: client::ReadQuery<KvStateMachine> = |sm, c| sm.get(c.key()).map(str::to_owned);
-    let mut history = Vec::new();
-    let invoked_at = now_us(&sim);
-    let (command, receipt) = put(&mut sim, n1, "old");
-    run(&mut sim, &mut |_| receipt.try_result().is_some());
-    let output = receipt.try_result().expect("answered").expect("committed").output;
-    history.push(Operation {
-        client: 0,
-        command,
-        invoked_at,
-        completed: Some((now_us(&sim), output)),
+    println!("transfers: {won} of {asked} won in 12 seeds");
+    assert!(asked >= 60, "only {asked} transfers asked for in 12 seeds");
+    assert!(won * 4 >= asked, "only {won} of {asked} transfers won");
+}
+
+/// The correct core: the deaf leader's lease has run out before the target campaigns, so it
+/// serves no stale read; in every seed the new leader's write returns.
+#[test]
+fn a_transfer_waits_for_the_lease_so_the_old_leader_serves_no_stale_reads() {
+    for seed in 0..10 {
+        let (history, written) = transfer_from_a_deaf_lease_holder(seed, Bugs::default());
+        assert!(written, "seed {seed}: the new leader's write never returned");
+        linearizability::check(&history).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
+    }
+}
+
+/// The bug switch `transfer_ignores_lease`: TimeoutNow goes out while the lease holds (and
+/// the lease keeps being renewed), the target wins and writes, and the deaf old leader serves
+/// a stale read the linearizability checker catches (at the seed in NOTES.md).
+#[test]
+fn a_transfer_that_ignores_the_lease_is_caught() {
+    let bugs = Bugs { transfer_ignores_lease: true, ..Bugs::default() };
+    let caught = (0..10).find_map(|seed| {
+        let (history, _) = transfer_from_a_deaf_lease_holder(seed, bugs);
+        linearizability::check(&history).err().map(|v| (seed, v))
     });
-    run(&mut sim, &mut |sim| sim.read_on_caller(n1, query, &get).is_some());
-    sim.pause(n1, ms(150)).expect("n1 runs");
-    // The other side elects a leader and writes; n1 is then asked to read until 200 ms on.
-    let mut second = None;
-    let mut written = false;
-    for _ in 0..2000 {
-        sim.run_for(Duration::from_micros(100)).expect("safe");
-        match &second {
-            None => {
-                if let Some(new) = sim.leader().filter(|&l| l != n1) {
-                    second = Some((now_us(&sim), put(&mut sim, new, "new")));
-                }
-            }
-            Some((invoked_at, (command, receipt))) if !written => match receipt.try_result() {
-                Some(Ok(applied)) => {
-                    let completed = Some((now_us(&sim), applied.output));
-                    let command = command.clone();
-                    history.push(Operation {
-                        client: 1,
-                        command,
-                        invoked_at: *invoked_at,
-                        completed,
-                    });
-                    written = true;
-                }
-                // Deposed before it committed (a split vote's loser): write at the next one. The
-                // checker takes the failed attempt as an outcome unknown.
-                Some(Err(_)) => {
-                    let (invoked_at, command) = (*invoked_at, command.clone());
-                    history.push(Operation { client: 1, command, invoked_at, completed: None });
-                    second = None;
-                }
-                None => {}
-            },
-            Some(_) => {
-                if let Some((output, _)) = sim.read_on_caller(n1, query, &get) {
-                    let at = now_us(&sim);
-                    let command = get.clone();
-                    history.push(Operation {
-                        client: 2,
-                        command,
-                        invoked_at: at,
-                        completed: Some((at, output)),
-                    });
-                }
-            }
-        }
-    }
-    (history, written)
+    let (seed, violation) = caught.expect("a stale read within 10 seeds");
+    println!("BITES | transfer_ignores_lease (staged) | seed {seed} | {violation}");
 }
 
 /// The correct deadline: by the time the other side's write returns, n1's lease has run out
