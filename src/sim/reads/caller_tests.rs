@@ -354,15 +354,32 @@ fn random_schedules_with_leadership_transfers_keep_every_check() {
     assert!(won * 4 >= asked, "only {won} of {asked} transfers won");
 }
 
+/// Seeds each staged scenario runs (the correct code) or hunts through (a switch).
+const STAGED_SEEDS: u64 = 10;
+
+/// The correct code passes every seed of a staged scenario: the new leader's write returns,
+/// and the history, reads at the old leader included, is linearizable.
+fn no_stale_read_in(scenario: impl Fn(u64) -> (Vec<Operation>, bool)) {
+    for seed in 0..STAGED_SEEDS {
+        let (history, written) = scenario(seed);
+        assert!(written, "seed {seed}: the new leader's write never returned");
+        linearizability::check(&history).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
+    }
+}
+
+/// The first seed of a staged scenario whose history the checker rejects, with its report.
+fn first_stale_read(scenario: impl Fn(u64) -> (Vec<Operation>, bool)) -> (u64, String) {
+    (0..STAGED_SEEDS)
+        .find_map(|seed| linearizability::check(&scenario(seed).0).err().map(|v| (seed, v)))
+        .map(|(seed, v)| (seed, v.to_string()))
+        .unwrap_or_else(|| panic!("no stale read caught in {STAGED_SEEDS} seeds"))
+}
+
 /// The correct core: the deaf leader's lease has run out before the target campaigns, so it
 /// serves no stale read; in every seed the new leader's write returns.
 #[test]
 fn a_transfer_waits_for_the_lease_so_the_old_leader_serves_no_stale_reads() {
-    for seed in 0..10 {
-        let (history, written) = transfer_from_a_deaf_lease_holder(seed, Bugs::default());
-        assert!(written, "seed {seed}: the new leader's write never returned");
-        linearizability::check(&history).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
-    }
+    no_stale_read_in(|seed| transfer_from_a_deaf_lease_holder(seed, Bugs::default()));
 }
 
 /// The bug switch `transfer_ignores_lease`: TimeoutNow goes out while the lease holds (and
@@ -371,11 +388,7 @@ fn a_transfer_waits_for_the_lease_so_the_old_leader_serves_no_stale_reads() {
 #[test]
 fn a_transfer_that_ignores_the_lease_is_caught() {
     let bugs = Bugs { transfer_ignores_lease: true, ..Bugs::default() };
-    let caught = (0..10).find_map(|seed| {
-        let (history, _) = transfer_from_a_deaf_lease_holder(seed, bugs);
-        linearizability::check(&history).err().map(|v| (seed, v))
-    });
-    let (seed, violation) = caught.expect("a stale read within 10 seeds");
+    let (seed, violation) = first_stale_read(|seed| transfer_from_a_deaf_lease_holder(seed, bugs));
     println!("BITES | transfer_ignores_lease (staged) | seed {seed} | {violation}");
 }
 
@@ -384,11 +397,7 @@ fn a_transfer_that_ignores_the_lease_is_caught() {
 /// every seed the new leader's write does return.
 #[test]
 fn a_slow_clocked_leader_frozen_serves_no_stale_reads_within_the_drift_bound() {
-    for seed in 0..10 {
-        let (history, written) = slow_leader_fast_voters(seed, LeaseBugs::default());
-        assert!(written, "seed {seed}: the new leader's write never returned");
-        linearizability::check(&history).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
-    }
+    no_stale_read_in(|seed| slow_leader_fast_voters(seed, LeaseBugs::default()));
 }
 
 /// The bug switch `ignore_drift_bound`: the lease runs the whole minimum election timeout on
@@ -397,10 +406,6 @@ fn a_slow_clocked_leader_frozen_serves_no_stale_reads_within_the_drift_bound() {
 #[test]
 fn a_lease_that_ignores_the_drift_bound_is_caught_in_the_staged_scenario() {
     let bugs = LeaseBugs { ignore_drift_bound: true, ..LeaseBugs::default() };
-    let caught = (0..10).find_map(|seed| {
-        let (history, _) = slow_leader_fast_voters(seed, bugs);
-        linearizability::check(&history).err().map(|v| (seed, v))
-    });
-    let (seed, violation) = caught.expect("a stale read within 10 seeds");
+    let (seed, violation) = first_stale_read(|seed| slow_leader_fast_voters(seed, bugs));
     println!("BITES | lease_ignores_drift_bound (staged) | seed {seed} | {violation}");
 }
