@@ -17,11 +17,13 @@ use ferraft::{
     Payload, PersistentState, Snapshot, Storage, Term,
 };
 
-/// A cluster on disk; odd seeds sync in the background (`Config::background_sync`).
+/// A cluster on disk; odd seeds sync in the background (`Config::background_sync`), and
+/// seeds that are 2 or 3 mod 4 defer the leader's own sync (`Config::defer_leader_sync`).
 fn disk_cluster(seed: u64, nodes: usize, dir: &Path) -> Cluster<KvStateMachine> {
     init_tracing();
     let mut config = fast_config(seed);
     config.background_sync = seed % 2 == 1;
+    config.defer_leader_sync = seed / 2 % 2 == 1;
     Cluster::builder(config, |_| KvStateMachine::new())
         .nodes(nodes)
         .data_dir(dir)
@@ -103,6 +105,31 @@ fn no_commit_without_a_majority_then_recovery_from_disk() {
 }
 
 #[test]
+fn a_deferring_leader_keeps_committing_with_a_follower_down_and_loses_nothing() {
+    let _serial = serial();
+    let dir = TempDir::new("disk-deferred");
+    let mut cluster = disk_cluster(38, 3, &dir.0); // 2 mod 4: the leader defers its sync
+    for i in 0..50 {
+        cluster.propose(append("k", &token(i))).expect("write with every node up");
+    }
+    let leader = wait_for_agreement(&cluster, LONG).leader;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    cluster.kill(follower).expect("kill");
+    for i in 50..100 {
+        let write = cluster.propose_timeout(append("k", &token(i)), LONG);
+        write.unwrap_or_else(|e| panic!("write {i} with one follower down: {e}"));
+    }
+    cluster.kill(leader).expect("kill the leader too");
+    cluster.restart(follower).expect("restart the follower");
+    cluster.restart(leader).expect("restart the old leader");
+    let value = value_of(&cluster, "k");
+    let expected: String = (0..100).map(token).collect();
+    assert_eq!(value, expected, "an acknowledged write was lost or reordered");
+    wait_converged(&cluster, 3, LONG);
+    cluster.shutdown();
+}
+
+#[test]
 fn a_killed_node_restarts_from_disk_with_its_persisted_term() {
     let _serial = serial();
     let dir = TempDir::new("disk-term");
@@ -145,12 +172,13 @@ fn a_whole_cluster_reopens_from_its_directory() {
 fn leaders_killed_over_and_over_lose_no_acknowledged_write_on_disk() {
     let _serial = serial();
     let (rng, seed) = seeded_rng("leaders_killed_over_and_over_on_disk");
-    for background in [false, true] {
-        kill_leaders_over_and_over(rng.clone(), seed & !1 | u64::from(background));
+    // Inline syncs, background syncs, inline syncs with the leader's own deferred.
+    for mode in [0, 1, 2] {
+        kill_leaders_over_and_over(rng.clone(), seed & !3 | mode);
     }
 }
 
-/// Odd seeds sync in the background.
+/// Odd seeds sync in the background; seeds that are 2 or 3 mod 4 defer the leader's sync.
 fn kill_leaders_over_and_over(mut rng: impl rand::Rng, seed: u64) {
     let dir = TempDir::new("disk-kills");
     let mut cluster = disk_cluster(seed, 5, &dir.0);

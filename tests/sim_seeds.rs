@@ -176,6 +176,14 @@ fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
         config.storage_faults = true;
         config.background_sync = Some(Duration::from_millis(2));
     }
+    // NB: the regression seeds below are 1, 1 and 6 mod 7, the last one odd, so they replay
+    // the runs they were found with.
+    if seed % 14 == 6 || seed % 7 == 3 {
+        // A busy leader leaves its own appends unsynced while its followers keep up; with
+        // the sync boundary modelled a crash loses them, and nobody may have counted them.
+        config.storage_faults = true;
+        config.raft.defer_leader_sync = true;
+    }
     if seed % 4 == 2 {
         // NB: none of the regression seeds below (15856, 183569, 227919) is 2 mod 4, so
         // they replay the schedules they were found with.

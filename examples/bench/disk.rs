@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example bench -- latency    --storage disk --data-dir DIR [--nodes N] [--ops N]
 //! cargo run --release --example bench -- throughput --storage disk --data-dir DIR [--clients C] [--ops N]
+//!     (both also take --sync inline|background and --leader-sync parallel|deferred)
 //! cargo run --release --example bench -- fsync   --data-dir DIR [--ops N]
 //! cargo run --release --example bench -- restart --data-dir DIR [--entries N]
 //! ```
@@ -63,12 +64,25 @@ pub fn on_disk(args: &Args) -> bool {
     }
 }
 
-/// The extra JSON field for the storage used.
+/// The extra JSON fields for the storage used (and its non-default sync choices).
 pub fn json_field(args: &Args) -> &'static str {
-    match (on_disk(args), background_sync(args)) {
-        (true, true) => ",\"storage\":\"disk\",\"sync\":\"background\"",
-        (true, false) => ",\"storage\":\"disk\"",
+    match (on_disk(args), background_sync(args), defer_leader_sync(args)) {
+        (true, true, true) => {
+            ",\"storage\":\"disk\",\"sync\":\"background\",\"leader_sync\":\"deferred\""
+        }
+        (true, true, false) => ",\"storage\":\"disk\",\"sync\":\"background\"",
+        (true, false, true) => ",\"storage\":\"disk\",\"leader_sync\":\"deferred\"",
+        (true, false, false) => ",\"storage\":\"disk\"",
         _ => "",
+    }
+}
+
+/// `--leader-sync deferred`: `Config::defer_leader_sync` (default `--leader-sync parallel`).
+pub fn defer_leader_sync(args: &Args) -> bool {
+    match args.text("--leader-sync") {
+        None | Some("parallel") => false,
+        Some("deferred") => true,
+        Some(other) => panic!("--leader-sync takes parallel or deferred, not {other}"),
     }
 }
 

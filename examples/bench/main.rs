@@ -163,6 +163,7 @@ fn main() {
         config.spin_rounds = rounds.parse().expect("--spin needs a number of yields");
     }
     config.background_sync = disk::background_sync(&args);
+    config.defer_leader_sync = disk::defer_leader_sync(&args);
     if let Some(ms) = args.text("--tick-ms") {
         config.tick = Duration::from_millis(ms.parse().expect("--tick-ms needs milliseconds"));
     }

@@ -271,6 +271,9 @@ pub struct Bugs {
     /// (breaks thesis §6.4.1 with §3.10: the target's election bypasses the followers'
     /// disruptive-server check the lease relies on, so two leaders serve reads at once).
     pub transfer_ignores_lease: bool,
+    /// With `Config::defer_leader_sync`: the leader never needs its own sync, even when its
+    /// followers alone make no quorum (breaks liveness: with a follower down nothing commits).
+    pub leader_never_syncs: bool,
 }
 
 /// Timing and limits in ticks, derived once from [`Config`].

@@ -44,6 +44,8 @@ pub struct Progress {
     pub advanced: bool,
     /// Heard from since the last CheckQuorum round.
     pub recent_active: bool,
+    /// The core's tick count when an answer last moved this peer on (`Core::own_sync_needed`).
+    pub answered_at: u64,
     /// In Replicate mode: the start of the last gap resent (fast retransmit), so each gap
     /// is resent once.
     resent_from: LogIndex,
@@ -61,6 +63,7 @@ impl Progress {
             probe_sent: false,
             advanced: false,
             recent_active: false,
+            answered_at: 0,
             resent_from: LogIndex(0),
         }
     }

@@ -282,6 +282,7 @@ impl<C: Clone> Core<C> {
             }
             other => other,
         };
+        let now = self.now;
         let Some(p) = self.progress.get_mut(&from) else { return };
         p.recent_active = true;
         match reply {
@@ -289,6 +290,7 @@ impl<C: Clone> Core<C> {
                 if !p.on_success(match_index) {
                     return; // stale or duplicated: a sign of life, nothing more (SUB-5)
                 }
+                p.answered_at = now;
                 self.maybe_advance_commit_index();
                 self.on_peer_progress(from);
             }
@@ -382,6 +384,28 @@ impl<C: Clone> Core<C> {
             self.commit_index = majority;
             self.on_commit_advanced();
         }
+    }
+
+    /// Whether this leader's own sync may be needed to commit what it appended
+    /// (`Config::defer_leader_sync`). It is not while a quorum of the other voters keeps up:
+    /// each is replicating (not probing) and acknowledged new entries within the last tick,
+    /// so they alone commit what the leader sends. Always true when not leading.
+    pub fn own_sync_needed(&self) -> bool {
+        if self.role != Role::Leader {
+            return true;
+        }
+        #[cfg(test)]
+        if self.bugs.leader_never_syncs {
+            return false;
+        }
+        let keeping_up = |id: NodeId| {
+            id != self.id
+                && self.progress.get(&id).is_some_and(|p| {
+                    p.mode == super::progress::Mode::Replicate
+                        && self.now.saturating_sub(p.answered_at) <= 1
+                })
+        };
+        !self.config().has_quorum(keeping_up)
     }
 
     /// Keeps `progress` in step with the configuration: new members get progress, removed

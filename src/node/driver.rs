@@ -107,6 +107,12 @@ pub(crate) struct Driver<S: StateMachine, St, T, L: LeaseClock = Monotonic> {
     /// Test-only bug: nothing waits for a sync (replies and votes leave before it).
     #[cfg(test)]
     pub(crate) bug_no_sync_holds: bool,
+    /// `Config::defer_leader_sync`: a leader may leave its own appends unsynced.
+    defer_leader_sync: bool,
+    /// Test-only bug: a leader that defers its sync tells the core its log is durable anyway
+    /// (breaks thesis §10.2.1: it counts appends a crash would lose towards commitment).
+    #[cfg(test)]
+    pub(crate) bug_deferral_claims_synced: bool,
     /// Inside `begin_batch` .. `end_batch`.
     batching: bool,
     /// A simulated crash cut a step short: nothing more runs (the node is about to be dropped).
@@ -176,6 +182,9 @@ where
             held: std::collections::VecDeque::new(),
             #[cfg(test)]
             bug_no_sync_holds: false,
+            defer_leader_sync: config.defer_leader_sync,
+            #[cfg(test)]
+            bug_deferral_claims_synced: false,
             batching: false,
             halted: false,
             max_command_bytes: config.max_command_bytes,
@@ -538,7 +547,8 @@ where
         if self.halted {
             return Ok(());
         }
-        if self.durable < self.written {
+        let deferred = self.durable < self.written && self.may_defer_sync();
+        if self.durable < self.written && !deferred {
             if self.background {
                 if self.in_flight.is_none() {
                     self.start_sync()?;
@@ -549,7 +559,24 @@ where
             }
         }
         let upto = (self.durable == self.written).then(|| self.core.log().last_index());
+        #[cfg(test)]
+        let upto = match deferred && self.bug_deferral_claims_synced {
+            true => Some(self.core.log().last_index()),
+            false => upto,
+        };
         self.release(upto, observe)
+    }
+
+    /// `Config::defer_leader_sync`: a leader whose unsynced writes are only its own appends
+    /// leaves them so while its followers alone make a quorum that keeps up
+    /// ([`Core::own_sync_needed`]). It is the same as a sync still under way: the core
+    /// counts the leader only through what it learns is synced, and every answer waits only
+    /// for the term and vote, which are synced at once.
+    fn may_defer_sync(&self) -> bool {
+        self.defer_leader_sync
+            && self.core.role() == Role::Leader
+            && self.critical <= self.durable
+            && !self.core.own_sync_needed()
     }
 
     /// Runs the held actions whose writes are durable, in order; then tells the core its log

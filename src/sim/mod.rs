@@ -240,6 +240,9 @@ pub struct Simulator<S: StateMachine> {
     /// Test-only: the driver runs nothing held for a sync (`Driver::bug_no_sync_holds`).
     #[cfg(test)]
     no_sync_holds: bool,
+    /// Test-only: a deferring leader claims its log synced (`Driver::bug_deferral_claims_synced`).
+    #[cfg(test)]
+    deferral_claims_synced: bool,
 }
 
 impl<S: StateMachine> Simulator<S> {
@@ -291,6 +294,8 @@ impl<S: StateMachine> Simulator<S> {
             lease_bugs: crate::node::LeaseBugs::default(),
             #[cfg(test)]
             no_sync_holds: false,
+            #[cfg(test)]
+            deferral_claims_synced: false,
             config,
         };
         let voters = crate::message::Configuration::new((1..=sim.config.nodes).map(NodeId));
@@ -516,6 +521,16 @@ impl<S: StateMachine> Simulator<S> {
         self.no_sync_holds = on;
         for live in self.nodes.values_mut().filter_map(|node| node.live.as_mut()) {
             live.driver.bug_no_sync_holds = on;
+        }
+    }
+
+    /// Test-only: with `raft.defer_leader_sync`, a leader that leaves its own appends unsynced
+    /// tells its core they are synced, now and after each restart.
+    #[cfg(test)]
+    pub(crate) fn set_deferral_claims_synced(&mut self, on: bool) {
+        self.deferral_claims_synced = on;
+        for live in self.nodes.values_mut().filter_map(|node| node.live.as_mut()) {
+            live.driver.bug_deferral_claims_synced = on;
         }
     }
 

@@ -196,6 +196,7 @@ impl<S: StateMachine> Simulator<S> {
         {
             live.driver.core_mut().bugs = self.bugs;
             live.driver.bug_no_sync_holds = self.no_sync_holds;
+            live.driver.bug_deferral_claims_synced = self.deferral_claims_synced;
         }
         if let Err(v) = self.checker.node_started(live.core()) {
             self.fail(FailureKind::Safety(v));

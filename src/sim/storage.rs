@@ -329,6 +329,95 @@ mod tests {
         assert!(safety, "caught, but not by a safety check: {failure}");
     }
 
+    /// A leader deferring its own sync (`Config::defer_leader_sync`) under the load of 16
+    /// clients, each sync taking up to 1 ms in the background, so one follower often answers
+    /// before the other. Three times: all three nodes crash at once, each losing what it had
+    /// not synced; they restart and one follower (alternating) is cut off while the other two
+    /// elect a leader. Correct:
+    /// a committed entry was synced by both followers, or by the leader and one of them, so
+    /// the two that elect hold it. With the driver bug that tells the core its deferred
+    /// appends are synced, the leader committed on the first follower's word, and when that
+    /// follower is the one cut off, the new leader lacks the entry.
+    fn deferring_leader_crashes_with_its_followers(
+        seed: u64,
+        claims_synced: bool,
+    ) -> Result<(), SimFailure> {
+        let ms = std::time::Duration::from_millis;
+        let mut config = staged_three(seed);
+        config.raft.defer_leader_sync = true;
+        config.clients = 16;
+        config.background_sync = Some(ms(1));
+        let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid config");
+        sim.set_deferral_claims_synced(claims_synced);
+        sim.start_clients(crate::sim::kv::KvWorkload { keys: 4 });
+        let fault = |e: crate::error::FaultError| panic!("fault: {e}");
+        for round in 0..3 {
+            sim.run_for(ms(300))?;
+            let Some(leader) = sim.leader() else { continue };
+            let followers: Vec<NodeId> =
+                sim.node_ids().into_iter().filter(|&n| n != leader).collect();
+            for node in sim.node_ids() {
+                sim.crash(node).unwrap_or_else(fault);
+                sim.restart(node).unwrap_or_else(fault);
+            }
+            sim.isolate(followers[((seed + round) % 2) as usize]).unwrap_or_else(fault);
+            sim.run_for(ms(400))?;
+            sim.heal();
+        }
+        sim.settle()?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_deferring_leader_that_claims_its_log_synced_is_caught_and_the_correct_one_is_not() {
+        for seed in 0..20 {
+            deferring_leader_crashes_with_its_followers(seed, false)
+                .unwrap_or_else(|f| panic!("seed {seed}, deferring, no bug: {f}"));
+        }
+        let caught = |seed| deferring_leader_crashes_with_its_followers(seed, true).err();
+        let failure = (0..20u64).find_map(caught).expect("claims synced: no violation in 20 seeds");
+        println!("deferral_claims_synced caught: {failure}");
+        let safety = matches!(failure.kind, crate::sim::run::FailureKind::Safety(_));
+        assert!(safety, "caught, but not by a safety check: {failure}");
+    }
+
+    /// Writes completed in 600 ms after one follower of three crashes for good, with the
+    /// leader deferring its own sync: it must notice that the survivor alone is no quorum and
+    /// sync again, or nothing more commits.
+    fn writes_with_a_follower_down(
+        seed: u64,
+        bugs: crate::core::Bugs,
+    ) -> Result<usize, SimFailure> {
+        let ms = std::time::Duration::from_millis;
+        let mut config = staged_three(seed);
+        config.raft.defer_leader_sync = true;
+        config.background_sync = Some(ms(1));
+        let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid config");
+        sim.set_bugs(bugs);
+        sim.start_clients(crate::sim::kv::KvWorkload { keys: 4 });
+        sim.run_for(ms(400))?;
+        let leader = sim.leader().expect("a leader within 400 ms");
+        let follower = sim.node_ids().into_iter().find(|&n| n != leader).expect("3 nodes");
+        sim.crash(follower).unwrap_or_else(|e| panic!("fault: {e}"));
+        let after = sim.now().as_micros() as u64;
+        sim.run_for(ms(600))?;
+        let done =
+            |op: &&crate::sim::HistoryOp<_, _>| op.invoked_at > after && op.completed.is_some();
+        Ok(sim.history().iter().filter(done).count())
+    }
+
+    #[test]
+    fn a_deferring_leader_syncs_again_when_a_follower_fails_and_one_that_never_does_stalls() {
+        for seed in 0..5 {
+            let done = writes_with_a_follower_down(seed, crate::core::Bugs::default())
+                .unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+            assert!(done >= 20, "seed {seed}: only {done} writes completed with a follower down");
+        }
+        let bugs = crate::core::Bugs { leader_never_syncs: true, ..Default::default() };
+        let done = writes_with_a_follower_down(0, bugs).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(done, 0, "leader_never_syncs: {done} writes completed with a follower down");
+    }
+
     #[test]
     fn the_checkers_hold_with_the_sync_boundary_modelled() {
         // FERRAFT_STORAGE_SEEDS=N runs more (e.g. 2000 for the full sweep).

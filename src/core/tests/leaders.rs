@@ -483,3 +483,40 @@ fn lead3_command_size_is_the_in_memory_size_unless_a_sizer_is_given() {
     let sized = boot(1).start().with_sizer(|&c| c as usize * 2);
     assert_eq!(sized.core.command_size(&21), 42);
 }
+
+/// `Config::defer_leader_sync` asks `own_sync_needed`: a leader's own sync is not needed
+/// while a quorum of the other voters replicates and answered within the last tick.
+#[test]
+fn a_leaders_own_sync_is_needed_unless_a_quorum_of_followers_keeps_up() {
+    let mut net = Net::new(3);
+    net.campaign(1);
+    assert!(net.node(1).core.own_sync_needed(), "a candidate always syncs");
+    net.deliver_all();
+    assert_eq!(net.leader(), Some(1));
+    net.propose(1, &[7]);
+    net.deliver_all();
+    assert!(!net.node(1).core.own_sync_needed(), "both followers answered this tick");
+    assert!(net.node(2).core.own_sync_needed(), "a follower always syncs");
+    net.node_mut(1).tick(1);
+    assert!(!net.node(1).core.own_sync_needed(), "answered within the last tick");
+    net.node_mut(1).tick(1);
+    assert!(net.node(1).core.own_sync_needed(), "silent for two ticks: no longer keeping up");
+    // One follower answers again; the other stays silent: no quorum without the leader.
+    net.propose(1, &[8]);
+    while let Some(m) = net.queue.pop_front() {
+        if m.to != NodeId(3) && m.from != NodeId(3) {
+            net.deliver(m);
+        }
+    }
+    assert_eq!(net.node(1).commit(), 3, "n2 and the leader's synced log commit i3");
+    assert!(net.node(1).core.own_sync_needed(), "n3 never answered: n2 alone is no quorum");
+}
+
+#[test]
+fn a_two_voter_leader_always_needs_its_own_sync() {
+    let mut net = Net::new(2);
+    net.elect(1);
+    net.propose(1, &[7]);
+    net.deliver_all();
+    assert!(net.node(1).core.own_sync_needed(), "one follower is no quorum without the leader");
+}
