@@ -5,7 +5,7 @@
 //! cargo run --release --example bench -- throughput --storage disk --data-dir DIR [--clients C] [--ops N]
 //!     (both also take --sync inline|background and --leader-sync parallel|deferred)
 //! cargo run --release --example bench -- fsync   --data-dir DIR [--ops N]
-//! cargo run --release --example bench -- restart --data-dir DIR [--entries N]
+//! cargo run --release --example bench -- restart --data-dir DIR [--entries N] [--tail T]
 //! ```
 //!
 //! With `--storage disk` the cluster keeps its logs in a fresh subdirectory of DIR (sync policy
@@ -15,18 +15,21 @@
 //! size). `prezeroed_p50_us`: the same, overwriting a file filled with zeros and synced first
 //! (what the WAL's pre-zeroed segments pay). `restart`: a node directory with `--entries`
 //! 8-byte commands (default 1,000,000) is written, then a one-node cluster is started on it:
-//! `restart_ms` is the time until the node is up with its whole log loaded;
+//! `restart_ms` is the time until the node is up with its whole log loaded (with `--tail T`,
+//! the directory also holds a snapshot of all but the last T entries, which replaced the
+//! segments it covers, and the line gains `"tail":T`);
 //! `disk_bytes_per_entry` the bytes written per entry (segments up to their write offsets, plus
 //! the snapshot file), `allocated_bytes_per_entry` the files' sizes per entry (pre-zeroed
 //! segment tails included).
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferraft::storage::{DiskOptions, DiskStorage, SyncPolicy};
 use ferraft::{Cluster, Config, Configuration, Entry, HardState, LogIndex, NodeId, Payload};
-use ferraft::{Storage, Term};
+use ferraft::{Snapshot, SnapshotMeta, Storage, Term};
 
 use super::{Args, Sum};
 
@@ -157,6 +160,15 @@ pub fn restart(args: &Args) {
             std::process::exit(2);
         }
     };
+    // `--tail T`: the node also holds a snapshot of everything but the last T entries.
+    let tail: Option<u64> = match args.text("--tail").map(str::parse) {
+        None => None,
+        Some(Ok(t)) if t < entries => Some(t),
+        Some(_) => {
+            eprintln!("--tail needs a number below --entries");
+            std::process::exit(2);
+        }
+    };
     let scratch = Scratch::new(args, "restart");
     let options = DiskOptions { sync: SyncPolicy::Never, ..DiskOptions::default() };
     let open = DiskStorage::<u64>::factory_with(&scratch.0, options);
@@ -172,6 +184,20 @@ pub fn restart(args: &Args) {
         store.append(LogIndex(first), &batch[..n]).expect("append");
         store.sync().expect("write");
         first += n as u64;
+    }
+    if let Some(tail) = tail {
+        let index = entries - tail;
+        let sum = (1..=index).fold(0u64, |sum, i| match command((i - 1) % 1000) {
+            Payload::Command(c) => sum.wrapping_add(c),
+            _ => sum,
+        });
+        let meta = SnapshotMeta {
+            index: LogIndex(index),
+            term: Term(1),
+            config: Arc::new(Configuration::new([NodeId(1)])),
+        };
+        let snapshot = Arc::new(Snapshot { meta, data: sum.to_le_bytes().to_vec().into() });
+        store.save_snapshot(&snapshot).expect("a snapshot");
     }
     let used_bytes = store.used_bytes().expect("sizing the data");
     let disk_bytes = store.disk_bytes().expect("sizing the directory");
@@ -189,11 +215,14 @@ pub fn restart(args: &Args) {
         .start()
         .expect("restart on the written directory");
     let restart_ms = start.elapsed().as_secs_f64() * 1e3;
-    let loaded = cluster.status(NodeId(1)).expect("status").core.last_log_index;
-    assert_eq!(loaded, LogIndex(entries), "the restarted node did not load the whole log");
+    let status = cluster.status(NodeId(1)).expect("status").core;
+    assert_eq!(status.last_log_index, LogIndex(entries), "the restarted node lost entries");
+    let snapshot_index = LogIndex(tail.map_or(0, |t| entries - t));
+    assert_eq!(status.snapshot_index, snapshot_index, "the restarted node lost its snapshot");
     cluster.shutdown();
+    let tail = tail.map_or(String::new(), |t| format!(",\"tail\":{t}"));
     println!(
-        "{{\"workload\":\"restart\",\"entries\":{entries},\"restart_ms\":{restart_ms:.1},\"disk_bytes_per_entry\":{:.1},\"allocated_bytes_per_entry\":{:.1}}}",
+        "{{\"workload\":\"restart\",\"entries\":{entries}{tail},\"restart_ms\":{restart_ms:.1},\"disk_bytes_per_entry\":{:.1},\"allocated_bytes_per_entry\":{:.1}}}",
         used_bytes as f64 / entries as f64,
         disk_bytes as f64 / entries as f64
     );
