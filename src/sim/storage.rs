@@ -333,9 +333,8 @@ mod tests {
     /// clients, each sync taking up to 1 ms in the background, so one follower often answers
     /// before the other. Three times: all three nodes crash at once, each losing what it had
     /// not synced; they restart and one follower (alternating) is cut off while the other two
-    /// elect a leader. Correct:
-    /// a committed entry was synced by both followers, or by the leader and one of them, so
-    /// the two that elect hold it. With the driver bug that tells the core its deferred
+    /// elect a leader. Correct: a committed entry was synced by both followers, or by the
+    /// leader and one of them, so the two that elect hold it. With the driver bug that tells the core its deferred
     /// appends are synced, the leader committed on the first follower's word, and when that
     /// follower is the one cut off, the new leader lacks the entry.
     fn deferring_leader_crashes_with_its_followers(
