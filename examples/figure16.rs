@@ -276,7 +276,7 @@ fn threaded_line(trials: usize) -> Vec<f64> {
     let mut times = Vec::new();
     for trial in 0..trials {
         let Ok(leader) = cluster.wait_for_leader(Duration::from_secs(10)) else { continue };
-        let put = KvCommand::Put { key: "k".into(), value: trial.to_string() };
+        let put = KvCommand::Put { key: "k".into(), value: trial.to_string().into() };
         if cluster.propose(put).is_err() {
             continue;
         }

@@ -76,7 +76,8 @@ fn write_keys(
     let (first, last) = (keys.start, keys.end - 1);
     let mut at = None;
     for k in keys {
-        let command = KvCommand::Put { key: format!("key{k:03}"), value: format!("value{k}") };
+        let command =
+            KvCommand::Put { key: format!("key{k:03}").into(), value: format!("value{k}").into() };
         at = Some(cluster.propose(command)?.index);
     }
     let index = at.map_or(0, |i| i.0);

@@ -42,7 +42,7 @@ fn main() -> Result<(), Error> {
         say(start, &format!("resumed from disk: {runs} earlier run(s) remembered: {before}"));
     }
     let stamp = format!("run{};", runs + 1);
-    cluster.propose(KvCommand::Append { key: "runs".into(), value: stamp.clone() })?;
+    cluster.propose(KvCommand::Append { key: "runs".into(), value: stamp.clone().into() })?;
     say(start, &format!("appended {stamp:?}; committed on a majority, fsync'd on each"));
     say(start, &format!("now: {}", read(&cluster)?));
     print_table(&wait_converged(&cluster, Duration::from_secs(10))?);

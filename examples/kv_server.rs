@@ -268,8 +268,8 @@ fn serve_client(stream: TcpStream, node: Node, peers: &AddressBook) {
 
 fn start(node: &Node, request: KvRequest, peers: &AddressBook) -> Pending {
     let command = match request {
-        KvRequest::Put { key, value } => KvCommand::Put { key, value },
-        KvRequest::Get { key } => KvCommand::Get { key },
+        KvRequest::Put { key, value } => KvCommand::Put { key: key.into(), value: value.into() },
+        KvRequest::Get { key } => KvCommand::Get { key: key.into() },
         KvRequest::Status => return Pending::Ready(status(node)),
         KvRequest::AddNode { id, addr } => {
             let (node, peers) = (node.clone(), peers.clone());
@@ -289,7 +289,10 @@ fn start(node: &Node, request: KvRequest, peers: &AddressBook) -> Pending {
 
 /// Records the new node's address on every server (through the log), then adds it.
 fn add_node(node: &Node, id: NodeId, addr: SocketAddr, peers: &AddressBook) -> KvResponse {
-    let record = KvCommand::Put { key: format!("{PEER_KEY}{}", id.0), value: addr.to_string() };
+    let record = KvCommand::Put {
+        key: format!("{PEER_KEY}{}", id.0).into(),
+        value: addr.to_string().into(),
+    };
     match node.propose(record, Duration::from_secs(10)) {
         Ok(_) => change(node, MembershipChange::AddNode(id), peers),
         Err(e) => refusal(e, peers),

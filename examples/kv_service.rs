@@ -26,7 +26,7 @@ fn main() -> Result<(), Error> {
         &format!("registered client session {} (its registration's log index)", session.id().0),
     );
     for i in 0..10 {
-        session.propose(KvCommand::Append { key: "log".into(), value: format!("{i};") })?;
+        session.propose(KvCommand::Append { key: "log".into(), value: format!("{i};").into() })?;
     }
     say(start, &format!("10 writes; read at the leader: {:?}", cluster.read("log".into())?));
     for id in cluster.ids() {
@@ -39,7 +39,10 @@ fn main() -> Result<(), Error> {
         let session = session.clone();
         std::thread::spawn(move || -> Result<(), Error> {
             for i in 10..1010 {
-                session.propose(KvCommand::Append { key: "log".into(), value: format!("{i};") })?;
+                session.propose(KvCommand::Append {
+                    key: "log".into(),
+                    value: format!("{i};").into(),
+                })?;
             }
             Ok(())
         })

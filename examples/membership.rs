@@ -69,7 +69,8 @@ fn main() -> Result<(), Error> {
 fn preload(client: &Client<KvStateMachine>, n: u64) -> Result<(), Error> {
     let mut receipts = std::collections::VecDeque::new();
     for i in 0..n {
-        let command = KvCommand::Put { key: format!("pre{}", i % 1000), value: i.to_string() };
+        let command =
+            KvCommand::Put { key: format!("pre{}", i % 1000).into(), value: i.to_string().into() };
         receipts.push_back(client.propose_async(command));
         if receipts.len() >= 256 {
             receipts.pop_front().expect("non-empty").wait(Duration::from_secs(10))?;
@@ -86,7 +87,8 @@ fn spawn_writer(
     std::thread::spawn(move || {
         while !stop.load(Ordering::SeqCst) {
             let n = written.load(Ordering::SeqCst);
-            let command = KvCommand::Put { key: format!("k{}", n % 100), value: n.to_string() };
+            let command =
+                KvCommand::Put { key: format!("k{}", n % 100).into(), value: n.to_string().into() };
             match client.propose_timeout(command, Duration::from_secs(2)) {
                 Ok(_) => written.store(n + 1, Ordering::SeqCst),
                 // A timeout during a leader change leaves the outcome unknown; the next write

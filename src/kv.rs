@@ -5,31 +5,35 @@
 //! operation observed, writes included.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::state_machine::{ReadStateMachine, StateMachine};
 use crate::types::LogIndex;
 
-/// A command on the key-value store.
+/// A command on the key-value store. Its strings are shared (`Arc<str>`): the log clones a
+/// command for each follower it is sent to, for storage and for the state machine, and a
+/// shared string makes each clone a reference count instead of a copy. Build one from
+/// `&str` or `String` with `.into()`.
 #[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum KvCommand {
     /// Sets `key` to `value`.
     Put {
         /// The key.
-        key: String,
+        key: Arc<str>,
         /// The new value.
-        value: String,
+        value: Arc<str>,
     },
     /// Appends `value` to the key's current value (empty if absent).
     Append {
         /// The key.
-        key: String,
+        key: Arc<str>,
         /// The suffix.
-        value: String,
+        value: Arc<str>,
     },
     /// Reads `key` through the log (a linearizable read).
     Get {
         /// The key.
-        key: String,
+        key: Arc<str>,
     },
 }
 
@@ -56,7 +60,7 @@ impl KvCommand {
     /// The model's transition: the key's value after this command, given the value before.
     pub fn step(&self, before: Option<&str>) -> Option<String> {
         match self {
-            KvCommand::Put { value, .. } => Some(value.clone()),
+            KvCommand::Put { value, .. } => Some(value.to_string()),
             KvCommand::Append { value, .. } => Some(format!("{}{}", before.unwrap_or(""), value)),
             KvCommand::Get { .. } => before.map(str::to_owned),
         }
@@ -155,7 +159,7 @@ impl KvStateMachine {
     ///
     /// let mut kv = KvStateMachine::new();
     /// for (i, key) in ["a/1", "b/1", "a/2"].into_iter().enumerate() {
-    ///     let put = KvCommand::Put { key: key.into(), value: i.to_string() };
+    ///     let put = KvCommand::Put { key: key.into(), value: i.to_string().into() };
     ///     kv.apply(LogIndex(i as u64 + 1), &put);
     /// }
     /// let found: Vec<_> = kv.with_prefix("a/").collect();
@@ -198,12 +202,12 @@ impl StateMachine for KvStateMachine {
     /// when the key exists).
     fn apply(&mut self, _index: LogIndex, command: &KvCommand) -> KvOutput {
         let (key, value) = match command {
-            KvCommand::Get { key } => return self.data.get(key).cloned(),
+            KvCommand::Get { key } => return self.data.get(&**key).cloned(),
             KvCommand::Put { key, value } | KvCommand::Append { key, value } => (key, value),
         };
-        let Some(stored) = self.data.get_mut(key) else {
-            self.data.insert(key.clone(), value.clone());
-            return Some(value.clone());
+        let Some(stored) = self.data.get_mut(&**key) else {
+            self.data.insert(key.to_string(), value.to_string());
+            return Some(value.to_string());
         };
         if matches!(command, KvCommand::Put { .. }) {
             stored.clear();
@@ -291,9 +295,9 @@ mod tests {
         let (key, value) = (|i: u64| format!("k{}", i % 3), |i: u64| format!("v{i};"));
         for i in 0..60u64 {
             let c = match i * 7 % 5 {
-                0 | 1 => KvCommand::Append { key: key(i), value: value(i) },
-                2 => KvCommand::Put { key: key(i), value: value(i) },
-                _ => KvCommand::Get { key: key(i) },
+                0 | 1 => KvCommand::Append { key: key(i).into(), value: value(i).into() },
+                2 => KvCommand::Put { key: key(i).into(), value: value(i).into() },
+                _ => KvCommand::Get { key: key(i).into() },
             };
             let after = c.step(model.get(c.key()).map(String::as_str));
             if let (Some(v), false) = (&after, matches!(c, KvCommand::Get { .. })) {
@@ -312,9 +316,9 @@ mod tests {
             for value in texts {
                 let (key, value) = (key.to_string(), value.to_string());
                 for c in [
-                    KvCommand::Put { key: key.clone(), value: value.clone() },
-                    KvCommand::Append { key: key.clone(), value },
-                    KvCommand::Get { key: key.clone() },
+                    KvCommand::Put { key: key.clone().into(), value: value.clone().into() },
+                    KvCommand::Append { key: key.clone().into(), value: value.into() },
+                    KvCommand::Get { key: key.clone().into() },
                 ] {
                     let derived = DerivedKvCommand::of(&c);
                     assert_eq!(format!("{c:?}"), format!("{derived:?}"));

@@ -545,15 +545,15 @@ mod tests {
     use super::*;
 
     fn put(key: &str, value: &str) -> KvCommand {
-        KvCommand::Put { key: key.to_owned(), value: value.to_owned() }
+        KvCommand::Put { key: key.into(), value: value.into() }
     }
 
     fn append(key: &str, value: &str) -> KvCommand {
-        KvCommand::Append { key: key.to_owned(), value: value.to_owned() }
+        KvCommand::Append { key: key.into(), value: value.into() }
     }
 
     fn get(key: &str) -> KvCommand {
-        KvCommand::Get { key: key.to_owned() }
+        KvCommand::Get { key: key.into() }
     }
 
     /// A completed operation on `[invoked, returned]` that observed `output`.

@@ -18,12 +18,19 @@
 //!   loop if the apply runs longer than a tick. So a slow `apply` delays answers but causes no
 //!   election, and a fast one is answered without a thread hop. Committed entries queue up (in
 //!   memory) while it runs.
+//! * **Cheap clones.** In process, the log hands each command on by cloning it: once per
+//!   follower it is sent to, once into the memory store, once to the applier. A command that
+//!   owns heap data (strings, buffers) should share it, e.g. `Arc<str>` or `Arc<[u8]>`
+//!   fields or `type Command = Arc<MyCommand>`, so each clone is a reference count rather
+//!   than an allocation and a copy. [`KvCommand`](crate::KvCommand) does: its `Arc<str>`
+//!   fields made key-value writes 1.7x faster than `String`s (NOTES.md).
 
 use crate::types::LogIndex;
 
 /// A deterministic state machine replicated by Raft.
 pub trait StateMachine: Send + 'static {
-    /// A command proposed by clients and stored in the log. Cloned, never serialized, in-process.
+    /// A command proposed by clients and stored in the log. Cloned, never serialized, in-process
+    /// (keep clones cheap: see the module docs).
     type Command: Clone + Send + std::fmt::Debug + 'static;
     /// What applying a command returns to the client that proposed it.
     type Output: Clone + Send + std::fmt::Debug + 'static;

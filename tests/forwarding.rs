@@ -131,7 +131,7 @@ fn bytes_sent_and_received_grow_with_writes() {
     };
     let before = totals(&cluster);
     for i in 0..50 {
-        let put = KvCommand::Put { key: format!("k{i}"), value: "v".repeat(200) };
+        let put = KvCommand::Put { key: format!("k{i}").into(), value: "v".repeat(200).into() };
         cluster.propose(put).expect("applied");
     }
     let after = totals(&cluster);

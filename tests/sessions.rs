@@ -31,7 +31,7 @@ fn a_session_client_retries_through_leader_crashes_and_applies_each_write_once()
                     killed_rx.recv_timeout(LONG).expect("the leader was killed");
                 }
                 let value = token(format!("w{i}"));
-                let command = KvCommand::Append { key: "k".into(), value };
+                let command = KvCommand::Append { key: "k".into(), value: value.into() };
                 session.propose(command).expect("applied exactly once, whatever happens");
             }
         })

@@ -91,7 +91,7 @@ fn three_nodes_over_loopback_tcp_elect_a_leader_and_commit() {
         .start()
         .expect("start");
     for i in 0..20 {
-        let put = KvCommand::Put { key: format!("k{i}"), value: i.to_string() };
+        let put = KvCommand::Put { key: format!("k{i}").into(), value: i.to_string().into() };
         cluster.propose(put).expect("committed over TCP");
     }
     wait_converged(&cluster, 3, LONG);
@@ -129,7 +129,9 @@ fn a_cluster_with_a_shared_secret_commits_and_refuses_outsiders() {
     let before = sent(&cluster);
     assert!(before.0 > 0 && before.1 > 0, "{before:?}");
     for i in 0..20 {
-        cluster.propose(KvCommand::Put { key: format!("k{i}"), value: "x".repeat(100) }).unwrap();
+        cluster
+            .propose(KvCommand::Put { key: format!("k{i}").into(), value: "x".repeat(100).into() })
+            .unwrap();
     }
     let after = sent(&cluster);
     // Each 100-byte value goes to at least one follower.

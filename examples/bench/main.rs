@@ -433,7 +433,8 @@ pub(crate) fn kv_writes(
     let mut inflight = VecDeque::with_capacity(256);
     let start = Instant::now();
     for i in 0..ops {
-        let command = KvCommand::Put { key: format!("k{}", i % keys), value: i.to_string() };
+        let command =
+            KvCommand::Put { key: format!("k{}", i % keys).into(), value: i.to_string().into() };
         inflight.push_back(client.propose_async(command));
         if inflight.len() >= 256 {
             inflight

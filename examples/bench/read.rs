@@ -35,7 +35,7 @@ fn kv_cluster(nodes: usize, lease: bool) -> Cluster<KvStateMachine> {
     let cluster = Cluster::new(config, nodes, |_| KvStateMachine::new()).expect("valid config");
     cluster.wait_for_leader(WAIT).expect("a leader");
     for i in 0..1000 {
-        let put = KvCommand::Put { key: "k".into(), value: format!("v{i}") };
+        let put = KvCommand::Put { key: "k".into(), value: format!("v{i}").into() };
         cluster.propose(put).expect("warm-up write");
     }
     cluster
@@ -157,7 +157,7 @@ pub fn mix(args: &Args) {
         if i % 100 < percent.min(100) {
             leader.read_async("k".into()).expect("leader running")
         } else {
-            let put = KvCommand::Put { key: "k".into(), value: format!("w{i}") };
+            let put = KvCommand::Put { key: "k".into(), value: format!("w{i}").into() };
             leader.propose_async(put).expect("leader running")
         }
     });

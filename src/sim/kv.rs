@@ -27,9 +27,9 @@ impl Workload<KvStateMachine> for KvWorkload {
         let key = format!("k{}", rng.random_range(0..self.keys.max(1)));
         let value = format!("c{client}-{seq};");
         match rng.random_range(0..10) {
-            0..=3 => KvCommand::Append { key, value },
-            4..=5 => KvCommand::Put { key, value },
-            _ => KvCommand::Get { key },
+            0..=3 => KvCommand::Append { key: key.into(), value: value.into() },
+            4..=5 => KvCommand::Put { key: key.into(), value: value.into() },
+            _ => KvCommand::Get { key: key.into() },
         }
     }
 

@@ -107,12 +107,12 @@ pub fn seeded_rng(test: &str) -> (SmallRng, u64) {
 
 /// `Append { key, value }`.
 pub fn append(key: &str, value: &str) -> KvCommand {
-    KvCommand::Append { key: key.to_owned(), value: value.to_owned() }
+    KvCommand::Append { key: key.into(), value: value.into() }
 }
 
 /// `Get { key }`.
 pub fn get(key: &str) -> KvCommand {
-    KvCommand::Get { key: key.to_owned() }
+    KvCommand::Get { key: key.into() }
 }
 
 /// Appended values are written as `token;` so a key's value splits back into its appends.
