@@ -68,16 +68,18 @@ pub fn on_disk(args: &Args) -> bool {
 }
 
 /// The extra JSON fields for the storage used (and its non-default sync choices).
-pub fn json_field(args: &Args) -> &'static str {
-    match (on_disk(args), background_sync(args), defer_leader_sync(args)) {
-        (true, true, true) => {
-            ",\"storage\":\"disk\",\"sync\":\"background\",\"leader_sync\":\"deferred\""
-        }
-        (true, true, false) => ",\"storage\":\"disk\",\"sync\":\"background\"",
-        (true, false, true) => ",\"storage\":\"disk\",\"leader_sync\":\"deferred\"",
-        (true, false, false) => ",\"storage\":\"disk\"",
-        _ => "",
+pub fn json_field(args: &Args) -> String {
+    if !on_disk(args) {
+        return String::new();
     }
+    let mut fields = String::from(",\"storage\":\"disk\"");
+    if background_sync(args) {
+        fields.push_str(",\"sync\":\"background\"");
+    }
+    if defer_leader_sync(args) {
+        fields.push_str(",\"leader_sync\":\"deferred\"");
+    }
+    fields
 }
 
 /// `--leader-sync deferred`: `Config::defer_leader_sync` (default `--leader-sync parallel`).

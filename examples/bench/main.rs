@@ -180,7 +180,7 @@ fn main() {
     warm_up(&handle);
     match args.workload.as_str() {
         "latency" => {
-            latency(&handle, args.nodes, if args.ops == 0 { 20_000 } else { args.ops }, storage);
+            latency(&handle, args.nodes, if args.ops == 0 { 20_000 } else { args.ops }, &storage);
             cluster.shutdown();
         }
         "throughput" => {
