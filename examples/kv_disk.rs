@@ -53,5 +53,5 @@ fn main() -> Result<(), Error> {
 
 fn read(cluster: &Cluster<KvStateMachine>) -> Result<String, Error> {
     let read = cluster.propose(KvCommand::Get { key: "runs".into() })?;
-    Ok(read.output.unwrap_or_default())
+    Ok(read.output.as_deref().unwrap_or_default().to_owned())
 }

@@ -240,7 +240,7 @@ fn client_handler(
 /// to run (on the answering thread, in order).
 enum Pending {
     Ready(KvResponse),
-    Proposal(Receipt<Option<String>>),
+    Proposal(Receipt<KvOutput>),
     Change(Box<dyn FnOnce() -> KvResponse + Send>),
 }
 
@@ -320,7 +320,7 @@ fn write_answers(mut stream: TcpStream, pending: &Receiver<Pending>, peers: &Add
         let response = match answer {
             Pending::Ready(response) => response,
             Pending::Proposal(mut receipt) => match receipt.wait(Duration::from_secs(10)) {
-                Ok(applied) => KvResponse::Value(applied.output),
+                Ok(applied) => KvResponse::Value(applied.output.as_deref().map(str::to_owned)),
                 Err(e) => refusal(e, peers),
             },
             Pending::Change(run) => run(),

@@ -58,11 +58,16 @@ impl KvCommand {
     }
 
     /// The model's transition: the key's value after this command, given the value before.
-    pub fn step(&self, before: Option<&str>) -> Option<String> {
-        match self {
-            KvCommand::Put { value, .. } => Some(value.to_string()),
-            KvCommand::Append { value, .. } => Some(format!("{}{}", before.unwrap_or(""), value)),
-            KvCommand::Get { .. } => before.map(str::to_owned),
+    /// Only an `Append` to a value builds a new string; the rest share one.
+    pub fn step(&self, before: &KvOutput) -> KvOutput {
+        match (self, before) {
+            (KvCommand::Put { value, .. }, _) | (KvCommand::Append { value, .. }, None) => {
+                Some(Arc::clone(value))
+            }
+            (KvCommand::Append { value, .. }, Some(before)) => {
+                Some(format!("{before}{value}").into())
+            }
+            (KvCommand::Get { .. }, _) => before.clone(),
         }
     }
 }
@@ -132,13 +137,15 @@ impl<'a> DerivedKvCommand<'a> {
     }
 }
 
-/// The output of every [`KvCommand`]: the key's value after the command was applied.
-pub type KvOutput = Option<String>;
+/// The output of every [`KvCommand`]: the key's value after the command was applied. Shared
+/// with the store (`Arc<str>`): an answer is a reference count, not a copy of the value.
+pub type KvOutput = Option<Arc<str>>;
 
-/// An in-memory ordered map.
+/// An in-memory ordered map. Values are shared strings: a `Put` stores the command's own value,
+/// and reads and outputs share it.
 #[derive(Clone, Debug, Default)]
 pub struct KvStateMachine {
-    data: BTreeMap<String, String>,
+    data: BTreeMap<String, Arc<str>>,
 }
 
 impl KvStateMachine {
@@ -149,7 +156,12 @@ impl KvStateMachine {
 
     /// The current value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.data.get(key).map(String::as_str)
+        self.data.get(key).map(|value| &**value)
+    }
+
+    /// The current value of `key`, shared with the store (what reads and outputs answer).
+    pub fn value(&self, key: &str) -> KvOutput {
+        self.data.get(key).cloned()
     }
 
     /// Every key that starts with `prefix`, with its value, in key order.
@@ -170,7 +182,7 @@ impl KvStateMachine {
         self.data
             .range((from, std::ops::Bound::Unbounded))
             .take_while(move |(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (k.as_str(), &**v))
     }
 
     /// The number of keys stored.
@@ -190,7 +202,7 @@ impl ReadStateMachine for KvStateMachine {
     type Answer = KvOutput;
 
     fn query(&self, key: &String) -> KvOutput {
-        self.get(key).map(str::to_owned)
+        self.value(key)
     }
 }
 
@@ -198,22 +210,22 @@ impl StateMachine for KvStateMachine {
     type Command = KvCommand;
     type Output = KvOutput;
 
-    /// [`KvCommand::step`] on the stored value, updated in place (no new key or value string
-    /// when the key exists).
+    /// [`KvCommand::step`] on the stored value. A `Put` stores the command's value itself (no
+    /// copy), an `Append` a new string; no new key string when the key exists.
     fn apply(&mut self, _index: LogIndex, command: &KvCommand) -> KvOutput {
         let (key, value) = match command {
             KvCommand::Get { key } => return self.data.get(&**key).cloned(),
             KvCommand::Put { key, value } | KvCommand::Append { key, value } => (key, value),
         };
         let Some(stored) = self.data.get_mut(&**key) else {
-            self.data.insert(key.to_string(), value.to_string());
-            return Some(value.to_string());
+            self.data.insert(key.to_string(), Arc::clone(value));
+            return Some(Arc::clone(value));
         };
-        if matches!(command, KvCommand::Put { .. }) {
-            stored.clear();
-        }
-        stored.push_str(value);
-        Some(stored.clone())
+        *stored = match command {
+            KvCommand::Append { .. } if !stored.is_empty() => format!("{stored}{value}").into(),
+            _ => Arc::clone(value),
+        };
+        Some(Arc::clone(stored))
     }
 
     /// Length-prefixed keys and values, in key order (a stable byte form).
@@ -221,7 +233,7 @@ impl StateMachine for KvStateMachine {
         let mut out = Vec::new();
         out.extend_from_slice(&(self.data.len() as u64).to_le_bytes());
         for (key, value) in &self.data {
-            for part in [key, value] {
+            for part in [key.as_str(), value] {
                 out.extend_from_slice(&(part.len() as u64).to_le_bytes());
                 out.extend_from_slice(part.as_bytes());
             }
@@ -236,7 +248,7 @@ impl StateMachine for KvStateMachine {
         for _ in 0..count {
             let key = reader.string()?;
             let value = reader.string()?;
-            data.insert(key, value);
+            data.insert(key, value.into());
         }
         if !reader.0.is_empty() {
             return Err(format!("{} bytes after the last pair", reader.0.len()));
@@ -291,7 +303,7 @@ mod tests {
     #[test]
     fn apply_follows_the_model_step() {
         let mut sm = KvStateMachine::new();
-        let mut model: BTreeMap<String, String> = BTreeMap::new();
+        let mut model: BTreeMap<String, Arc<str>> = BTreeMap::new();
         let (key, value) = (|i: u64| format!("k{}", i % 3), |i: u64| format!("v{i};"));
         for i in 0..60u64 {
             let c = match i * 7 % 5 {
@@ -299,7 +311,7 @@ mod tests {
                 2 => KvCommand::Put { key: key(i).into(), value: value(i).into() },
                 _ => KvCommand::Get { key: key(i).into() },
             };
-            let after = c.step(model.get(c.key()).map(String::as_str));
+            let after = c.step(&model.get(c.key()).cloned());
             if let (Some(v), false) = (&after, matches!(c, KvCommand::Get { .. })) {
                 model.insert(c.key().to_owned(), v.clone());
             }

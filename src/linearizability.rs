@@ -94,7 +94,7 @@ pub fn check_with_budget(
 }
 
 /// The model state of one key: its value, `None` while absent.
-type State = Option<String>;
+type State = KvOutput;
 
 /// Checks every key in key order, so the reported violation does not depend on history order.
 fn check_keys(history: &[Operation], budget: Budget) -> Result<CheckOutcome, Violation> {
@@ -185,7 +185,7 @@ fn return_time(op: &Operation) -> u64 {
 /// operation's recorded output contradicts the model. Outputs are the value *after* the
 /// command, so the new state and the expected output are the same value.
 fn apply(op: &Operation, state: &State) -> Option<State> {
-    let after = op.command.step(state.as_deref());
+    let after = op.command.step(state);
     match &op.completed {
         Some((_, output)) if *output != after => None,
         _ => Some(after),
@@ -562,7 +562,7 @@ mod tests {
             client,
             command,
             invoked_at: span.0,
-            completed: Some((span.1, output.map(str::to_owned))),
+            completed: Some((span.1, output.map(Into::into))),
         }
     }
 
@@ -789,13 +789,13 @@ mod tests {
     /// `slack <= 5 * clients` each client stays sequential.
     fn widened_history(seed: u64, count: u64, clients: u64, slack: u64) -> Vec<Operation> {
         let (mut rng, keys) = (XorShift(seed), ["a", "b", "c"]);
-        let mut values: BTreeMap<String, String> = BTreeMap::new();
+        let mut values: BTreeMap<String, KvOutput> = BTreeMap::new();
         (0..count)
             .map(|i| {
                 let command = random_command(&mut rng, &keys, i);
-                let after = command.step(values.get(command.key()).map(String::as_str));
-                if let Some(value) = &after {
-                    values.insert(command.key().to_owned(), value.clone());
+                let after = command.step(values.get(command.key()).unwrap_or(&None));
+                if after.is_some() {
+                    values.insert(command.key().to_owned(), after.clone());
                 }
                 let at = 10 * (i + 1) + slack;
                 let span = (at - rng.below(slack), at + rng.below(slack));
@@ -866,10 +866,10 @@ mod tests {
                 let command = [put("k", "x"), append("k", "x"), append("k", "y"), get("k")]
                     [rng.below(4) as usize]
                     .clone();
-                state = command.step(state.as_deref());
+                state = command.step(&state);
                 let mut output = state.clone();
                 if rng.below(4) == 0 {
-                    output = outputs[rng.below(outputs.len() as u64) as usize].map(str::to_owned);
+                    output = outputs[rng.below(outputs.len() as u64) as usize].map(Into::into);
                 }
                 let point = 10 + 4 * client;
                 let invoked_at = point - rng.below(10);

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ferraft::{
-    Applied, Cluster, Config, Error, KvCommand, KvStateMachine, LogIndex, NodeHandle, NodeId, Role,
-    Term,
+    Applied, Cluster, Config, Error, KvCommand, KvOutput, KvStateMachine, LogIndex, NodeHandle,
+    NodeId, Role, Term,
 };
 
 fn kv_cluster(config: Config, nodes: usize) -> Cluster<KvStateMachine> {
@@ -223,7 +223,7 @@ fn propose_from_thread(
     cluster: &Mutex<Cluster<KvStateMachine>>,
     handle: &mut Option<NodeHandle<KvStateMachine>>,
     command: KvCommand,
-) -> Applied<Option<String>> {
+) -> Applied<KvOutput> {
     let deadline = Instant::now() + LONG;
     loop {
         assert!(Instant::now() < deadline, "no leader accepted {command:?}");

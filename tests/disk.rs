@@ -33,7 +33,7 @@ fn disk_cluster(seed: u64, nodes: usize, dir: &Path) -> Cluster<KvStateMachine> 
 
 fn value_of(cluster: &Cluster<KvStateMachine>, key: &str) -> String {
     let read = cluster.propose(get(key)).expect("a read through the log");
-    read.output.unwrap_or_default()
+    read.output.as_deref().unwrap_or_default().to_owned()
 }
 
 // ---- restarts from disk (mirroring tests/cluster.rs and tests/faults.rs on memory) ----

@@ -180,7 +180,7 @@ fn heal_and_read(cluster: &mut Cluster<Recorder>, history: &mut History) -> Stri
     let read = cluster.propose(get(KEY)).expect("a read through the log");
     // Every node applied the read too, so their records end at the same entry.
     wait_converged(cluster, cluster.ids().len(), LONG);
-    read.output.unwrap_or_default()
+    read.output.as_deref().unwrap_or_default().to_owned()
 }
 
 /// Collects receipts after the cluster converged: answers already sent arrive at once; a
@@ -213,7 +213,11 @@ fn agreement_on_an_unreliable_network() {
         expected.push_str(&value);
         let result = cluster.propose(append(KEY, &value));
         let output = result.as_ref().map(|a| a.output.clone());
-        assert_eq!(output, Ok(Some(expected.clone())), "write {i} applied exactly once, in order");
+        assert_eq!(
+            output,
+            Ok(Some(expected.as_str().into())),
+            "write {i} applied exactly once, in order"
+        );
         history.record(value, result);
     }
 

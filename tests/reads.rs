@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ferraft::{ClockDrift, Cluster, Config, ConfigError, Error, KvStateMachine, NodeId};
+use ferraft::{ClockDrift, Cluster, Config, ConfigError, Error, KvOutput, KvStateMachine, NodeId};
 
 fn kv_cluster(n: usize, config: Config) -> Cluster<KvStateMachine> {
     let cluster = Cluster::new(config, n, |_| KvStateMachine::new()).expect("start");
@@ -32,7 +32,7 @@ fn a_read_sees_every_write_that_completed_before_it_on_every_path() {
         for id in cluster.ids() {
             // Follower reads too: each asks the leader for a read index, then waits to apply.
             let seen = cluster.read_at(id, "k".to_string()).expect("read at node");
-            assert_eq!(seen.as_deref(), Some(expected.as_str()), "node {id}");
+            assert_eq!(seen.as_deref(), Some(&*expected), "node {id}");
         }
     }
     let metrics = cluster.status(leader).expect("status").metrics;
@@ -233,15 +233,14 @@ fn many_queries_in_one_read_request_answer_in_order_on_every_path() {
         cluster.propose(append(key, &format!("{key}1;"))).expect("applied");
     }
     let queries: Vec<String> = ["c", "a", "missing", "b"].iter().map(|k| k.to_string()).collect();
-    let expected =
-        vec![Some("c1;".to_string()), Some("a1;".to_string()), None, Some("b1;".to_string())];
+    let expected = vec![Some("c1;".into()), Some("a1;".into()), None, Some("b1;".into())];
     for id in cluster.ids() {
         // The leader by ReadIndex, the followers by follower reads: one request each.
         let answers = cluster.node(id).expect("running").read_many(queries.clone(), LONG);
         assert_eq!(answers.expect("answered"), expected, "node {id}");
     }
     let none = cluster.node(cluster.ids()[0]).expect("running").read_many(Vec::new(), LONG);
-    assert_eq!(none.expect("an empty batch is answered"), Vec::<Option<String>>::new());
+    assert_eq!(none.expect("an empty batch is answered"), Vec::<KvOutput>::new());
 }
 
 /// Lease reads are served on the caller's thread while the lease holds: each sees the write
@@ -259,7 +258,7 @@ fn lease_reads_on_the_callers_thread_see_every_completed_write() {
         let seen = handle.read("k".to_string(), LONG).expect("read").expect("present");
         assert!(seen.ends_with(&value), "read {i} misses {value}: {seen}");
         let many = handle.read_many(vec!["k".to_string(); 3], LONG).expect("read many");
-        assert!(many.iter().all(|v| v.as_deref() == Some(seen.as_str())), "{many:?}");
+        assert!(many.iter().all(|v| v.as_deref() == Some(&*seen)), "{many:?}");
     }
     let served = cluster.status(leader).expect("status").metrics.reads_lease - before;
     assert!(served > 0, "some reads were served within the lease");

@@ -41,7 +41,7 @@
 //!
 //! `clients`: C OS threads share one `Client` handle (no lock); each proposes, waits for its
 //! answer, and proposes again (closed loop), until `--ops` proposals (default 200,000) are done.
-//! `clients`, `async-clients`, `latency` and `throughput` take `--spin R` to set
+//! `clients`, `async-clients`, `latency`, `throughput`, `read` and `mix` take `--spin R` to set
 //! `Config::spin_rounds` (how many times a waiting thread yields before it sleeps; default 64 on
 //! two cores or more), and `--tick-ms T` sets `Config::tick`; the closed-loop workloads and
 //! `latency` report `cpu_us_per_op`.

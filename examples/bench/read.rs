@@ -30,8 +30,12 @@ use super::Args;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn kv_cluster(nodes: usize, lease: bool) -> Cluster<KvStateMachine> {
-    let config = Config { max_inflight: 64, lease_reads: lease, ..Config::default() };
+fn kv_cluster(args: &Args, lease: bool) -> Cluster<KvStateMachine> {
+    let mut config = Config { max_inflight: 64, lease_reads: lease, ..Config::default() };
+    if let Some(rounds) = args.text("--spin") {
+        config.spin_rounds = rounds.parse().expect("--spin needs a number of yields");
+    }
+    let nodes = args.nodes;
     let cluster = Cluster::new(config, nodes, |_| KvStateMachine::new()).expect("valid config");
     cluster.wait_for_leader(WAIT).expect("a leader");
     for i in 0..1000 {
@@ -65,8 +69,9 @@ fn pipeline<O: Clone>(
             sent += 1;
         }
     }
+    let secs = start.elapsed().as_secs_f64(); // NB: before sorting the samples
     samples.sort_unstable();
-    (start.elapsed().as_secs_f64(), samples)
+    (secs, samples)
 }
 
 fn percentile(samples: &[u64], p: f64) -> u64 {
@@ -102,7 +107,7 @@ pub fn read(args: &Args) {
         let (secs, samples) = local_calls(ops);
         return print_line("read", "\"mode\":\"local\",", args, ops, secs, &samples);
     }
-    let cluster = kv_cluster(args.nodes, mode == "lease");
+    let cluster = kv_cluster(args, mode == "lease");
     let (leader, follower) = leader_and_follower(&cluster);
     let target = if mode == "follower" { cluster.node(follower).expect("running") } else { leader };
     let batch: usize = args.text("--batch").and_then(|b| b.parse().ok()).unwrap_or(1).max(1);
@@ -138,8 +143,9 @@ fn local_calls(ops: usize) -> (f64, Vec<u64>) {
         samples.push((now - at).as_nanos() as u64);
         at = now;
     }
+    let secs = start.elapsed().as_secs_f64(); // NB: before sorting the samples
     samples.sort_unstable();
-    (start.elapsed().as_secs_f64(), samples)
+    (secs, samples)
 }
 
 /// `mix --read-percent P`.
@@ -151,7 +157,7 @@ pub fn mix(args: &Args) {
         })
     });
     let ops = if args.ops == 0 { 200_000 } else { args.ops };
-    let cluster = kv_cluster(args.nodes, false);
+    let cluster = kv_cluster(args, false);
     let (leader, _) = leader_and_follower(&cluster);
     let (secs, samples) = pipeline(args.clients, ops, |i| {
         if i % 100 < percent.min(100) {
@@ -168,7 +174,7 @@ pub fn mix(args: &Args) {
 /// `transfer --trials T`.
 pub fn transfer(args: &Args) {
     let trials: usize = args.text("--trials").and_then(|t| t.parse().ok()).unwrap_or(100);
-    let cluster = kv_cluster(args.nodes, false);
+    let cluster = kv_cluster(args, false);
     let mut samples = Vec::with_capacity(trials);
     for _ in 0..trials {
         let leader = cluster.wait_for_leader(WAIT).expect("a leader");

@@ -522,7 +522,7 @@ mod tests {
         applier: &mut Applier<KvStateMachine>,
         index: u64,
         term: u64,
-    ) -> Receipt<Option<String>> {
+    ) -> Receipt<crate::kv::KvOutput> {
         let (responder, receipt) = receipt(NodeId(1));
         applier.await_entry(LogIndex(index), Term(term), responder);
         receipt

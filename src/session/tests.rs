@@ -2,7 +2,7 @@
 //! flight, expiry from the log only, retries from the past refused, and the table in snapshots.
 
 use super::*;
-use crate::kv::{KvCommand, KvStateMachine};
+use crate::kv::{KvCommand, KvOutput, KvStateMachine};
 
 fn append(value: &str) -> KvCommand {
     KvCommand::Append { key: "k".into(), value: value.into() }
@@ -17,8 +17,8 @@ fn cmd(client: u64, seq: u64, lowest: u64, value: &str) -> SessionCommand<KvComm
     }
 }
 
-fn out(value: &str) -> SessionOutput<Option<String>> {
-    SessionOutput::Output(Some(value.to_string()))
+fn out(value: &str) -> SessionOutput<KvOutput> {
+    SessionOutput::Output(Some(value.into()))
 }
 
 #[test]

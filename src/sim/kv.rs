@@ -36,7 +36,7 @@ impl Workload<KvStateMachine> for KvWorkload {
     /// A `Get` may be served without the log (with `SimConfig::reads`).
     fn read(&self, command: &KvCommand) -> Option<super::client::ReadQuery<KvStateMachine>> {
         match command {
-            KvCommand::Get { .. } => Some(|sm, c| sm.get(c.key()).map(str::to_owned)),
+            KvCommand::Get { .. } => Some(|sm, c| sm.value(c.key())),
             _ => None,
         }
     }

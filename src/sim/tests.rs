@@ -319,7 +319,7 @@ fn a_corrupted_history_is_not_linearizable() {
         .iter_mut()
         .rfind(|op| matches!(op.command, KvCommand::Get { .. }) && op.completed.is_some())
         .expect("some read completed");
-    read.completed.as_mut().expect("completed").1 = Some("never-written;".to_owned());
+    read.completed.as_mut().expect("completed").1 = Some("never-written;".into());
     assert!(check_kv_history(&history).is_err());
 }
 

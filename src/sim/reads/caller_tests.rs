@@ -105,7 +105,7 @@ fn a_paused_leaders_published_lease_runs_out_on_its_clock() {
     config.clients = 0;
     let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid");
     let get = KvCommand::Get { key: "k0".into() };
-    let query: client::ReadQuery<KvStateMachine> = |sm, c| sm.get(c.key()).map(str::to_owned);
+    let query: client::ReadQuery<KvStateMachine> = |sm, c| sm.value(c.key());
     let leader = (0..100)
         .find_map(|_| {
             sim.run_for(Duration::from_millis(20)).expect("safe");
@@ -187,7 +187,7 @@ struct Staged {
 }
 
 const GET: fn() -> KvCommand = || KvCommand::Get { key: "k".into() };
-const QUERY: client::ReadQuery<KvStateMachine> = |sm, c| sm.get(c.key()).map(str::to_owned);
+const QUERY: client::ReadQuery<KvStateMachine> = |sm, c| sm.value(c.key());
 
 impl Staged {
     /// Leases on, CheckQuorum on, the drift bound given, a reliable 0.5-1 ms network.

@@ -96,7 +96,7 @@ fn the_checker_rejects_a_stale_read() {
         client,
         command,
         invoked_at,
-        completed: Some((done, output.map(str::to_owned))),
+        completed: Some((done, output.map(Into::into))),
     };
     let history = vec![
         op(0, put("old"), 0, 10, Some("old")),
