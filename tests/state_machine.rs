@@ -106,6 +106,31 @@ fn a_panicking_apply_fails_the_node_with_a_typed_error_that_says_what_to_do() {
     });
 }
 
+/// A request the node takes between its state machine failing and its loop noticing is still
+/// answered, with the failure. (It once waited forever: queued for an applier that no thread
+/// ran any more, since the loop had gone on to serve only the failure.)
+#[test]
+fn a_request_taken_as_the_state_machine_fails_is_answered_with_the_failure() {
+    let _serial = serial();
+    // One node and slow ticks: the loop's first event after the panic is the status request.
+    let config = Config {
+        election_timeout: ms(1000)..ms(1500),
+        heartbeat_interval: ms(500),
+        tick: ms(100),
+        ..fast_config(53)
+    };
+    let cluster = Cluster::new(config, 1, |_| Touchy { sum: 0 }).expect("start");
+    let id = cluster.wait_for_leader(LONG).expect("a leader");
+    let node = cluster.node(id).expect("running");
+    node.propose(1, LONG).expect("applied");
+    let error = node.propose(PANIC, LONG).expect_err("the state machine panicked");
+    assert!(matches!(error, Error::StateMachinePanicked { .. }), "{error:?}");
+    let status = node.status(Duration::from_secs(3)).expect("answered, not left waiting");
+    assert!(matches!(status.failure, Some(Error::StateMachinePanicked { .. })), "{status:?}");
+    let refused = node.propose(2, Duration::from_secs(3));
+    assert!(matches!(refused, Err(Error::StateMachinePanicked { .. })), "{refused:?}");
+}
+
 #[test]
 fn an_apply_of_one_second_causes_no_election() {
     let _serial = serial();

@@ -201,6 +201,9 @@ fn run_loop<S: StateMachine>(node: &mut MutexGuard<'_, Node<S>>, shared: &Shared
     tracing::error!(error = %error, "node failed");
     *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
     node.failed = Some(error.clone());
+    // NB: what the driver queued for the applier since it failed (a status, a proposal's
+    // wait) is answered with the failure now: no worker drains the backlog from here on.
+    shared.backlog.drain();
     serve_failed(node, error)
 }
 
