@@ -16,9 +16,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::types::LogIndex;
 
-/// A read's query and answer in one: called once, with the state machine and its applied
-/// index, or with the reason the read failed. It sends its answer itself.
-pub(crate) type ReadFn<S> = Box<dyn FnOnce(Result<(&S, LogIndex), Error>) + Send>;
+pub(crate) use super::receipt::ReadFn;
 
 /// Reads waiting until the state machine has applied through their index. Reads travel in
 /// batches (every read a node took in one step), so a batch costs one queue entry.
@@ -68,10 +66,10 @@ impl<S> PendingReads<S> {
     }
 }
 
-/// Runs one read; a panicking query answers `NodeDown` (its answer channel drops) and harms
+/// Runs one read; a panicking query answers `NodeDown` (the read drops unanswered) and harms
 /// nothing else: a query only reads.
 pub(crate) fn run<S>(read: ReadFn<S>, input: Result<(&S, LogIndex), Error>) {
-    let _ = catch_unwind(AssertUnwindSafe(move || read(input)));
+    let _ = catch_unwind(AssertUnwindSafe(move || read.answer(input)));
 }
 
 /// A point in time on the clock a lease is measured by: [`Instant`] in the thread runtime, the

@@ -38,19 +38,56 @@ struct State<O> {
     sleeping: bool,
 }
 
-struct Shared<O> {
+/// The answer slot the node and the waiter share, and (`job`) what the node needs to produce
+/// the answer, in the same allocation: a read's query (see [`read_receipt`]), nothing for a
+/// proposal. The receipt and the responder see it as [`Slot`].
+struct Shared<O, X: ?Sized = ()> {
     state: Mutex<State<O>>,
     changed: Condvar,
     /// Set with any change of `state`, so a waiter can poll it without the lock.
     changed_flag: AtomicBool,
     /// How many times a waiter yields, polling, before it sleeps (`Config::spin_rounds`).
     spin_rounds: u32,
+    job: X,
 }
 
-impl<O> Shared<O> {
+/// Anything that may sit in [`Shared::job`].
+trait Job: Send + Sync {}
+impl<T: Send + Sync> Job for T {}
+
+/// The answer slot, whatever job came with it.
+type Slot<O> = Shared<O, dyn Job>;
+
+impl<O, X: ?Sized> Shared<O, X> {
     fn lock(&self) -> MutexGuard<'_, State<O>> {
         // NB: nothing panics while holding this lock; recover the data anyway.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stores the final answer and wakes a blocked [`Receipt::wait`] and an awaiting task.
+    fn answer(&self, result: Result<Applied<O>, Error>) {
+        let (waker, sleeping) = {
+            let mut state = self.lock();
+            state.done = Some(result);
+            self.changed_flag.store(true, Ordering::Release);
+            (state.waker.take(), state.sleeping)
+        };
+        if sleeping {
+            self.changed.notify_all();
+        }
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+fn shared<O, X>(spin_rounds: u32, job: X) -> Shared<O, X> {
+    Shared {
+        state: Mutex::new(State { appended: None, done: None, waker: None, sleeping: false }),
+        changed: Condvar::new(),
+        changed_flag: AtomicBool::new(false),
+        spin_rounds,
+        job,
     }
 }
 
@@ -62,20 +99,97 @@ pub(crate) fn receipt<O>(node: NodeId) -> (Responder<O>, Receipt<O>) {
 
 /// [`receipt`], whose waiter yields up to `spin_rounds` times before it sleeps.
 pub(crate) fn receipt_spinning<O>(node: NodeId, spin_rounds: u32) -> (Responder<O>, Receipt<O>) {
-    let shared = Arc::new(Shared {
-        state: Mutex::new(State { appended: None, done: None, waker: None, sleeping: false }),
-        changed: Condvar::new(),
-        changed_flag: AtomicBool::new(false),
-        spin_rounds,
-    });
+    let shared: Arc<Slot<O>> = Arc::new(shared(spin_rounds, ()));
     (Responder { node, shared: Some(Arc::clone(&shared)) }, Receipt { node, shared })
+}
+
+/// A read the node runs once it may: `run(state machine, query)` gives the answer. The query
+/// lives in its receipt's allocation, so a read costs one allocation and, usually, is freed by
+/// the thread that made it (the waiter drops its receipt last).
+pub(crate) fn read_receipt<S, Q, O, F>(
+    node: NodeId,
+    spin_rounds: u32,
+    query: Q,
+    run: F,
+) -> (ReadFn<S>, Receipt<O>)
+where
+    S: 'static,
+    Q: Send + 'static,
+    O: Send + 'static,
+    F: Fn(&S, &Q) -> O + Send + Sync + 'static,
+{
+    let shared = Arc::new(shared(spin_rounds, ReadJob { query: Mutex::new(query), run }));
+    let job: Arc<dyn RunRead<S>> = Arc::clone(&shared) as _;
+    (ReadFn { node, job: Some(job) }, Receipt { node, shared })
+}
+
+/// A read's query and the function that answers it from the state machine.
+struct ReadJob<Q, F> {
+    /// NB: only the node touches it, once; the mutex makes the slot `Sync` for any `Send` query.
+    query: Mutex<Q>,
+    run: F,
+}
+
+/// What the node sees of a read: run it, or fail it.
+trait RunRead<S>: Send + Sync {
+    fn run(&self, state: &S, index: LogIndex);
+    fn fail(&self, error: Error);
+}
+
+impl<S, Q, O, F> RunRead<S> for Shared<O, ReadJob<Q, F>>
+where
+    Q: Send,
+    O: Send,
+    F: Fn(&S, &Q) -> O + Send + Sync,
+{
+    fn run(&self, state: &S, index: LogIndex) {
+        let output = {
+            let query = self.job.query.lock().unwrap_or_else(|p| p.into_inner());
+            (self.job.run)(state, &query)
+        };
+        self.answer(Ok(Applied { index, term: Term(0), output }));
+    }
+
+    fn fail(&self, error: Error) {
+        self.answer(Err(error));
+    }
+}
+
+/// A read for the node to answer once the state machine may serve it (thesis §6.4): called
+/// once with the state machine and its applied index, or with the reason the read failed.
+/// Dropped unanswered (the node stopped, the query panicked), it answers `NodeDown`.
+pub(crate) struct ReadFn<S> {
+    node: NodeId,
+    /// `None` once answered.
+    job: Option<Arc<dyn RunRead<S>>>,
+}
+
+impl<S> ReadFn<S> {
+    /// Runs the query on `state` applied through `index` and answers, or answers `error`.
+    pub fn answer(mut self, input: Result<(&S, LogIndex), Error>) {
+        if let Some(job) = &self.job {
+            match input {
+                Ok((state, index)) => job.run(state, index),
+                Err(error) => job.fail(error),
+            }
+        }
+        self.job = None; // NB: only now: a query that panicked leaves it to `drop`
+    }
+}
+
+impl<S> Drop for ReadFn<S> {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            job.fail(Error::NodeDown(self.node));
+        }
+    }
 }
 
 /// The node's end of a proposal: where to report its position and outcome.
 pub(crate) struct Responder<O> {
     node: NodeId,
     /// `None` once answered.
-    shared: Option<Arc<Shared<O>>>,
+    shared: Option<Arc<Slot<O>>>,
 }
 
 impl<O> Responder<O> {
@@ -103,18 +217,8 @@ impl<O> Responder<O> {
     }
 
     fn answer(&mut self, result: Result<Applied<O>, Error>) {
-        let Some(shared) = self.shared.take() else { return };
-        let (waker, sleeping) = {
-            let mut state = shared.lock();
-            state.done = Some(result);
-            shared.changed_flag.store(true, Ordering::Release);
-            (state.waker.take(), state.sleeping)
-        };
-        if sleeping {
-            shared.changed.notify_all();
-        }
-        if let Some(waker) = waker {
-            waker.wake();
+        if let Some(shared) = self.shared.take() {
+            shared.answer(result);
         }
     }
 }
@@ -143,7 +247,7 @@ impl<O> Drop for Responder<O> {
 /// thread, so no async runtime or helper thread is needed.
 pub struct Receipt<O> {
     node: NodeId,
-    shared: Arc<Shared<O>>,
+    shared: Arc<Slot<O>>,
 }
 
 impl<O: Clone> Receipt<O> {
@@ -287,6 +391,45 @@ mod tests {
         std::thread::spawn(move || drop(responder)).join().expect("thread");
         assert_eq!(receipt.wait(Duration::from_secs(5)), Err(Error::NodeDown(NodeId(4))));
         assert!(!receipt.was_appended());
+    }
+
+    /// The state machine of the read tests: a number, and a query that panics on 0.
+    struct Number(u64);
+
+    fn divide(sm: &Number, by: &u64) -> u64 {
+        assert!(*by != 0, "division by zero");
+        sm.0 / by
+    }
+
+    #[test]
+    fn a_read_runs_its_query_once_and_answers_at_the_applied_index() {
+        let (read, mut receipt) = read_receipt(NodeId(2), 0, 4u64, divide);
+        read.answer(Ok((&Number(12), LogIndex(9))));
+        let applied = receipt.wait(Duration::from_secs(5)).expect("answered");
+        assert_eq!((applied.output, applied.index, applied.term), (3, LogIndex(9), Term(0)));
+    }
+
+    #[test]
+    fn a_failed_read_answers_its_error() {
+        let (read, mut receipt) = read_receipt(NodeId(2), 0, 4u64, divide);
+        read.answer(Err(Error::NotLeader { leader_hint: Some(NodeId(3)) }));
+        let answer = receipt.wait(Duration::from_secs(5));
+        assert_eq!(answer, Err(Error::NotLeader { leader_hint: Some(NodeId(3)) }));
+    }
+
+    #[test]
+    fn a_read_dropped_unanswered_or_whose_query_panics_answers_node_down() {
+        let (read, mut dropped) = read_receipt(NodeId(5), 0, 4u64, divide);
+        std::thread::spawn(move || drop(read)).join().expect("thread");
+        assert_eq!(dropped.wait(Duration::from_secs(5)), Err(Error::NodeDown(NodeId(5))));
+
+        let (read, mut panicked) = read_receipt(NodeId(6), 0, 0u64, divide);
+        let state = Number(12);
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read.answer(Ok((&state, LogIndex(1))))
+        }));
+        assert!(run.is_err(), "the query panicked");
+        assert_eq!(panicked.wait(Duration::from_secs(5)), Err(Error::NodeDown(NodeId(6))));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::core::MembershipChange;
 use crate::error::Error;
 use crate::message::Configuration;
 use crate::node::{
-    receipt_spinning, Applied, Backlog, Compaction, LocalLease, NodeStatus, Receipt, Request,
-    Responder,
+    read_receipt, receipt_spinning, Applied, Backlog, Compaction, LocalLease, NodeStatus, ReadFn,
+    Receipt, Request, Responder,
 };
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
@@ -59,6 +59,19 @@ impl<S: StateMachine> NodeHandle<S> {
     /// A receipt for a request to this node, and the node's end of it.
     pub(crate) fn receipt<O>(&self) -> (Responder<O>, Receipt<O>) {
         receipt_spinning(self.id, self.spin_rounds)
+    }
+
+    /// A read for this node and its receipt, in one allocation (see `node::read_receipt`).
+    pub(crate) fn read_receipt<Q, O>(
+        &self,
+        query: Q,
+        run: impl Fn(&S, &Q) -> O + Send + Sync + 'static,
+    ) -> (ReadFn<S>, Receipt<O>)
+    where
+        Q: Send + 'static,
+        O: Send + 'static,
+    {
+        read_receipt(self.id, self.spin_rounds, query, run)
     }
 
     /// Lets this handle serve lease reads on the caller's thread.

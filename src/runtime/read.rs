@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::client::{Client, NodeHandle};
 use super::cluster::Cluster;
 use crate::error::Error;
-use crate::node::{Applied, Monotonic, ReadFn, Receipt, Request};
+use crate::node::{Applied, Monotonic, Receipt, Request};
 use crate::state_machine::ReadStateMachine;
 use crate::types::{NodeId, Term};
 
@@ -36,14 +36,7 @@ impl<S: ReadStateMachine> NodeHandle<S> {
         if let Some(applied) = self.read_locally(|sm| sm.query(&query)) {
             return Ok(Receipt::ready(self.id(), Ok(applied)));
         }
-        let (responder, receipt) = self.receipt();
-        let read: ReadFn<S> = Box::new(move |state| match state {
-            Ok((sm, index)) => {
-                let output = sm.query(&query);
-                responder.finish(Ok(Applied { index, term: Term(0), output }));
-            }
-            Err(error) => responder.finish(Err(error)),
-        });
+        let (read, receipt) = self.read_receipt(query, |sm: &S, query| sm.query(query));
         self.send_request(self.forwardable(Request::Read { read }))?;
         Ok(receipt)
     }
@@ -71,14 +64,8 @@ impl<S: ReadStateMachine> NodeHandle<S> {
         if let Some(applied) = self.read_locally(answers) {
             return Ok(Receipt::ready(self.id(), Ok(applied)));
         }
-        let (responder, receipt) = self.receipt();
-        let read: ReadFn<S> = Box::new(move |state| match state {
-            Ok((sm, index)) => {
-                let output = queries.iter().map(|q| sm.query(q)).collect();
-                responder.finish(Ok(Applied { index, term: Term(0), output }));
-            }
-            Err(error) => responder.finish(Err(error)),
-        });
+        let run = |sm: &S, queries: &Vec<S::Query>| queries.iter().map(|q| sm.query(q)).collect();
+        let (read, receipt) = self.read_receipt(queries, run);
         self.send_request(self.forwardable(Request::Read { read }))?;
         Ok(receipt)
     }

@@ -16,7 +16,7 @@ use super::run::FailureKind;
 use super::trace::InputSummary;
 use super::{Event, Simulator};
 use crate::error::Error;
-use crate::node::{receipt, Applied, Receipt, Request};
+use crate::node::{read_receipt, receipt, Applied, Receipt, Request};
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 
@@ -251,11 +251,14 @@ impl<S: StateMachine> Simulator<S> {
     /// The request for `op`, with its receipt awaited.
     fn proposal(&mut self, client: u64, op: usize, node: NodeId) -> Request<S> {
         let command = self.clients.history[op].command.clone();
+        if let Some(query) = self.read_query(op) {
+            // The read as `NodeHandle::read_async` builds it: the query in the receipt.
+            let (read, receipt) = read_receipt(node, 0, command, query);
+            self.clients.awaiting.push(Awaited { client, op, node, receipt });
+            return Request::Read { read };
+        }
         let (responder, receipt) = receipt(node);
         self.clients.awaiting.push(Awaited { client, op, node, receipt });
-        if let Some(query) = self.read_query(op) {
-            return Request::Read { read: super::reads::read_request(query, command, responder) };
-        }
         Request::Propose { command, responder }
     }
 
