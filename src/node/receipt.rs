@@ -3,7 +3,9 @@
 //! node thread that answers wakes whichever waits.
 //!
 //! The node side holds a [`Responder`]; dropping it unanswered (the node crashed or stopped)
-//! answers `NodeDown`, so no proposer waits on a node that is gone.
+//! answers `NodeDown`, so no proposer waits on a node that is gone. A read's node side is a
+//! [`ReadFn`], which carries the query in the same allocation as the answer slot
+//! ([`read_receipt`]) and answers `NodeDown` the same way.
 
 use std::future::Future;
 use std::pin::Pin;
