@@ -116,7 +116,7 @@ pub enum Fault {
     /// Ask the leader to hand leadership to this node (thesis §3.10), through the same driver
     /// request `Cluster::transfer_leadership` sends. Nothing happens without a leader, or when
     /// the target is the leader or not running; a transfer the core refuses (one under way, a
-    /// learner) or abandons is counted as requested, not won ([`Stats::transfers`]).
+    /// learner) or abandons is counted as requested, not won ([`Stats::transfers`](super::Stats::transfers)).
     Transfer(Target),
 }
 
