@@ -71,7 +71,7 @@ pub struct Config {
     pub clock_drift_bound: ClockDrift,
     /// How many times a thread that expects work within microseconds yields the CPU, polling,
     /// before it sleeps: a node's loop waiting for its next message, and a caller blocked in
-    /// [`Receipt::wait`](crate::Receipt::wait) (which also stops spinning after 50 µs).
+    /// [`Receipt::wait`](crate::Receipt::wait).
     /// Spinning buys latency with CPU time: a sleeping thread takes microseconds to wake, and
     /// waking it costs the waker as much. 0 sleeps at once: choose it when the nodes share
     /// their cores with other busy work, since a spinner's yields hand the core to whatever
