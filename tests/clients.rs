@@ -157,6 +157,25 @@ fn unknown_node_and_stopped_cluster_are_typed_errors() {
 }
 
 #[test]
+fn with_endless_spinning_nodes_still_elect_serve_and_stop() {
+    let _serial = serial();
+    // `spin_rounds: u32::MAX`: an idle node loop would yield for hours before it looked at
+    // its ticker or its shutdown channel; both must end the spin, or nobody ever times out
+    // into an election and shutting down hangs.
+    let cluster = kv_cluster(3, Config { spin_rounds: u32::MAX, ..fast_config(45) });
+    wait_for_agreement(&cluster, LONG);
+    let client = cluster.client();
+    client.propose(append("spun", "v;")).expect("applied");
+    assert_eq!(client.read("spun".to_owned()).expect("a linearizable read").as_deref(), Some("v;"));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        cluster.shutdown();
+        let _ = done_tx.send(());
+    });
+    done_rx.recv_timeout(LONG).expect("shutdown returns while the nodes spin");
+}
+
+#[test]
 fn with_spinning_off_every_waiter_sleeps_and_is_still_woken() {
     let _serial = serial();
     // `spin_rounds: 0`: node loops park at once and callers sleep on their receipts, so every

@@ -313,9 +313,11 @@ impl<O: Clone> Receipt<O> {
         // useful work (a 50 µs cap made 64 blocked callers sleep after a few yields and halved
         // their throughput: NOTES.md, seventh session).
         let (mut rounds, spin_rounds) = (0, self.shared.spin_rounds);
-        while !ready(&state) && rounds < spin_rounds && start.elapsed() < timeout {
+        let spinning =
+            |rounds: u32| rounds < spin_rounds && (rounds % 16 != 15 || start.elapsed() < timeout);
+        while !ready(&state) && spinning(rounds) {
             drop(state);
-            while !self.shared.changed_flag.swap(false, Ordering::Acquire) && rounds < spin_rounds {
+            while !self.shared.changed_flag.swap(false, Ordering::Acquire) && spinning(rounds) {
                 std::thread::yield_now();
                 rounds += 1;
             }
@@ -438,5 +440,20 @@ mod tests {
     fn wait_times_out_without_an_answer() {
         let (_responder, mut receipt) = receipt::<u32>(NodeId(1));
         assert_eq!(receipt.wait(Duration::from_millis(1)), Err(Error::Timeout));
+    }
+
+    #[test]
+    fn a_waiter_spinning_endlessly_still_times_out_and_still_sees_its_answer() {
+        let (_responder, mut receipt) = receipt_spinning::<u32>(NodeId(1), u32::MAX);
+        assert_eq!(receipt.wait(Duration::from_millis(5)), Err(Error::Timeout));
+
+        let (responder, mut receipt) = receipt_spinning::<u32>(NodeId(1), u32::MAX);
+        let answer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            responder.finish(Ok(Applied { index: LogIndex(3), term: Term(1), output: 7 }));
+        });
+        let applied = receipt.wait(Duration::from_secs(30)).expect("answered while spinning");
+        assert_eq!(applied.output, 7);
+        answer.join().expect("answering thread");
     }
 }

@@ -178,7 +178,7 @@ fn run_loop<S: StateMachine>(node: &mut MutexGuard<'_, Node<S>>, shared: &Shared
     }
     let Node { driver, channels, ticker, syncer, spin_rounds, .. } = &mut **node;
     let error = loop {
-        let result = match poll_briefly(driver, channels, syncer, *spin_rounds) {
+        let result = match poll_briefly(driver, channels, syncer, ticker, *spin_rounds) {
             Some(result) => result.and_then(|()| poll_timers(driver, channels, ticker)),
             None => wait(driver, channels, syncer, ticker),
         };
@@ -244,9 +244,15 @@ fn poll_briefly<S: StateMachine>(
     driver: &mut NodeDriver<S>,
     channels: &Channels<S>,
     syncer: &Syncer,
+    ticker: &Receiver<Instant>,
     spin_rounds: u32,
 ) -> Option<Result<(), Error>> {
-    for _ in 0..spin_rounds {
+    for round in 0..spin_rounds {
+        // NB: a due tick or a shutdown ends the spin too, however many rounds it was given:
+        // a node spinning with nothing to receive must still time out and stop.
+        if round % 16 == 15 && (!ticker.is_empty() || !channels.shutdown.is_empty()) {
+            return Some(Ok(()));
+        }
         if let Ok(outcome) = syncer.done().try_recv() {
             return Some(driver.sync_done(outcome, &mut execute_all));
         }
@@ -261,7 +267,8 @@ fn poll_briefly<S: StateMachine>(
     None
 }
 
-/// After work found by spinning: a due tick or a shutdown must not starve.
+/// After work found by spinning, or a spin ended by a due tick or a shutdown: neither must
+/// starve.
 fn poll_timers<S: StateMachine>(
     driver: &mut NodeDriver<S>,
     channels: &Channels<S>,
