@@ -273,6 +273,10 @@ pub enum Error {
     /// that leader is not running (or its request queue is full). The request never reached
     /// it, so it was never applied: retry, at another node or after an election.
     LeaderUnreachable(NodeId),
+    /// A [`Receipt`](crate::Receipt) hands its output over once: an earlier `wait` or `.await`
+    /// already returned it. Keep the answer that call returned (`position` still reports
+    /// where the entry went).
+    AnswerTaken,
 }
 
 impl fmt::Display for Error {
@@ -348,6 +352,10 @@ impl fmt::Display for Error {
             Error::LeaderUnreachable(id) => write!(
                 f,
                 "the request was to be forwarded to the leader {id}, which is not running or not taking requests; it was never applied: retry (a new leader is elected within an election timeout)"
+            ),
+            Error::AnswerTaken => write!(
+                f,
+                "this receipt's answer was already returned by an earlier wait or await; use the answer that call returned"
             ),
             Error::CommandTooLarge { size, max } => write!(
                 f,

@@ -34,6 +34,45 @@ struct State<O> {
     waker: Option<Waker>,
     /// A thread sleeps on `changed`: only then does an answer pay for a wake-up call.
     sleeping: bool,
+    /// The output was moved out to the caller (`Receipt::wait`, `poll`): `done` is empty.
+    taken: bool,
+}
+
+impl<O: Clone> State<O> {
+    /// Whether the final answer came (and may have been handed over already).
+    fn answered(&self) -> bool {
+        self.done.is_some() || self.taken
+    }
+
+    /// Hands the final answer over: an output moves out, once (no copy: an output that shares
+    /// a value with the store, like `KvOutput`, costs no reference count here), while an error
+    /// stays to be reported again.
+    fn take(&mut self) -> Result<Applied<O>, Error> {
+        match self.done.take() {
+            Some(Ok(applied)) => {
+                self.appended.get_or_insert((applied.index, applied.term));
+                self.taken = true;
+                Ok(applied)
+            }
+            Some(Err(e)) => {
+                self.done = Some(Err(e.clone()));
+                Err(e)
+            }
+            None => {
+                debug_assert!(self.taken, "take() only once answered");
+                Err(Error::AnswerTaken)
+            }
+        }
+    }
+
+    /// The final answer without handing it over.
+    fn peek(&self) -> Option<Result<Applied<O>, Error>> {
+        match &self.done {
+            Some(done) => Some(done.clone()),
+            None if self.taken => Some(Err(Error::AnswerTaken)),
+            None => None,
+        }
+    }
 }
 
 /// The answer slot the node and the waiter share, and (`job`) what the node needs to produce
@@ -81,7 +120,13 @@ impl<O, X: ?Sized> Shared<O, X> {
 
 fn shared<O, X>(spin_rounds: u32, job: X) -> Shared<O, X> {
     Shared {
-        state: Mutex::new(State { appended: None, done: None, waker: None, sleeping: false }),
+        state: Mutex::new(State {
+            appended: None,
+            done: None,
+            waker: None,
+            sleeping: false,
+            taken: false,
+        }),
         changed: Condvar::new(),
         changed_flag: AtomicBool::new(false),
         spin_rounds,
@@ -272,27 +317,30 @@ impl<O: Clone> Receipt<O> {
         state.appended.is_some() || matches!(state.done, Some(Ok(_)))
     }
 
-    /// The answer, if it has come; never blocks.
+    /// The answer, if it has come; never blocks, and leaves it for [`Receipt::wait`] (so it
+    /// copies the output).
     pub fn try_result(&self) -> Option<Result<Applied<O>, Error>> {
-        self.shared.lock().done.clone()
+        self.shared.lock().peek()
     }
 
     /// The log index and term the entry was given, waiting up to `timeout` for the leader to
     /// append it. Fails with the leader's refusal (e.g. `NotLeader`) if it was not appended.
     pub fn position(&mut self, timeout: Duration) -> Result<(LogIndex, Term), Error> {
-        let state = self.wait_until(timeout, |s| s.appended.is_some() || s.done.is_some())?;
-        match (&state.appended, &state.done) {
+        let state = self.wait_until(timeout, |s| s.appended.is_some() || s.answered())?;
+        match (&state.appended, state.peek()) {
             (Some(position), _) => Ok(*position),
-            (None, Some(result)) => result.clone().map(|a| (a.index, a.term)),
+            (None, Some(result)) => result.map(|a| (a.index, a.term)),
             (None, None) => unreachable!("wait_until returns once one is set"),
         }
     }
 
     /// Waits up to `timeout` for the command to be applied; returns its output. See the table in
-    /// the type's docs for what each error means.
+    /// the type's docs for what each error means. After `Timeout` it can be called again. The
+    /// output is handed over once, moved rather than copied: a later `wait` or `.await` returns
+    /// [`Error::AnswerTaken`] (an error answer is reported every time).
     pub fn wait(&mut self, timeout: Duration) -> Result<Applied<O>, Error> {
-        let state = self.wait_until(timeout, |s| s.done.is_some())?;
-        state.done.clone().expect("wait_until returns once done")
+        let mut state = self.wait_until(timeout, |s| s.answered())?;
+        state.take()
     }
 
     fn wait_until(
@@ -345,13 +393,11 @@ impl<O: Clone> Future for Receipt<O> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.shared.lock();
-        match &state.done {
-            Some(result) => Poll::Ready(result.clone()),
-            None => {
-                state.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
+        if state.answered() {
+            return Poll::Ready(state.take());
         }
+        state.waker = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
@@ -440,6 +486,46 @@ mod tests {
     fn wait_times_out_without_an_answer() {
         let (_responder, mut receipt) = receipt::<u32>(NodeId(1));
         assert_eq!(receipt.wait(Duration::from_millis(1)), Err(Error::Timeout));
+    }
+
+    #[test]
+    fn the_output_is_handed_over_once_and_the_position_stays() {
+        let (responder, mut receipt) = receipt::<Arc<str>>(NodeId(1));
+        let value: Arc<str> = "shared".into();
+        responder.appended(LogIndex(5), Term(2));
+        responder.finish(Ok(Applied { index: LogIndex(5), term: Term(2), output: value.clone() }));
+        assert_eq!(receipt.try_result().expect("answered").expect("applied").output, value);
+
+        let applied = receipt.wait(Duration::from_secs(1)).expect("applied");
+        assert!(Arc::ptr_eq(&applied.output, &value), "moved, the same value");
+        assert_eq!(Arc::strong_count(&value), 2, "the receipt keeps no copy");
+        assert_eq!(receipt.wait(Duration::from_secs(1)), Err(Error::AnswerTaken));
+        assert_eq!(receipt.try_result(), Some(Err(Error::AnswerTaken)));
+        assert_eq!(receipt.position(Duration::from_secs(1)), Ok((LogIndex(5), Term(2))));
+        assert!(receipt.was_appended());
+        assert!(Error::AnswerTaken.to_string().contains("use the answer that call returned"));
+    }
+
+    #[test]
+    fn an_awaited_output_is_handed_over_once_too() {
+        let (responder, mut receipt) = receipt::<u32>(NodeId(1));
+        responder.finish(Ok(Applied { index: LogIndex(1), term: Term(1), output: 9 }));
+        let waker = Waker::from(Arc::new(Flag(Default::default())));
+        let mut cx = Context::from_waker(&waker);
+        let first = Pin::new(&mut receipt).poll(&mut cx);
+        assert_eq!(first.map(|r| r.map(|a| a.output)), Poll::Ready(Ok(9)));
+        assert_eq!(Pin::new(&mut receipt).poll(&mut cx), Poll::Ready(Err(Error::AnswerTaken)));
+    }
+
+    #[test]
+    fn an_error_answer_is_reported_every_time() {
+        let (responder, mut receipt) = receipt::<u32>(NodeId(1));
+        let refusal = Error::NotLeader { leader_hint: Some(NodeId(2)) };
+        responder.finish(Err(refusal.clone()));
+        assert_eq!(receipt.wait(Duration::from_secs(1)), Err(refusal.clone()));
+        assert_eq!(receipt.wait(Duration::from_secs(1)), Err(refusal.clone()));
+        assert_eq!(receipt.position(Duration::from_secs(1)), Err(refusal));
+        assert!(!receipt.was_appended());
     }
 
     #[test]
