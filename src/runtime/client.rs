@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender, TrySendError};
 
 use crate::core::MembershipChange;
 use crate::error::Error;
@@ -21,6 +21,22 @@ use crate::node::{
 };
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
+
+fn forwardable<S: StateMachine>(forward: bool, request: Request<S>) -> Request<S> {
+    if forward {
+        Request::Forward(Box::new(request))
+    } else {
+        request
+    }
+}
+
+/// A proposal [`NodeHandle::try_propose`] could not hand over at once.
+enum ProposeLater<S: StateMachine> {
+    /// The node stopped.
+    Down,
+    /// Its queue is full: send `request` blocking, then wait on `receipt`.
+    Full { requests: Sender<Request<S>>, request: Request<S>, receipt: Receipt<S::Output> },
+}
 
 /// A handle to one node: proposals and reads sent here fail with `NotLeader` (and a hint)
 /// unless it leads, or, with [`NodeHandle::forward_to_leader`], are forwarded by the node to
@@ -98,10 +114,25 @@ impl<S: StateMachine> NodeHandle<S> {
 
     /// `request`, wrapped to be forwarded if this handle forwards.
     pub(crate) fn forwardable(&self, request: Request<S>) -> Request<S> {
-        if self.forward {
-            Request::Forward(Box::new(request))
-        } else {
-            request
+        forwardable(self.forward, request)
+    }
+
+    /// Sends a proposal, asking for forwarding if `forward`: a send that would block is
+    /// given back (with its receipt) instead, to be waited on where no lock is held.
+    fn try_propose(
+        &self,
+        command: S::Command,
+        forward: bool,
+    ) -> Result<Receipt<S::Output>, ProposeLater<S>> {
+        let (responder, receipt) = self.receipt();
+        match self.requests.try_send(forwardable(forward, Request::Propose { command, responder }))
+        {
+            Ok(()) => Ok(receipt),
+            // NB: the dropped request's responder answers the (discarded) receipt.
+            Err(TrySendError::Disconnected(_)) => Err(ProposeLater::Down),
+            Err(TrySendError::Full(request)) => {
+                Err(ProposeLater::Full { requests: self.requests.clone(), request, receipt })
+            }
         }
     }
 
@@ -274,6 +305,28 @@ impl<S: StateMachine> Client<S> {
         nodes.get(&id).map(|h| h.clone().forward_to_leader(self.forward))
     }
 
+    /// Proposes to node `id` without cloning its handle, which would touch counters every
+    /// client thread shares; gives the command back if `id` is not running. Under the read
+    /// lock the send never blocks: a full queue is waited on after letting go, since
+    /// `Cluster::kill` takes the write lock before it stops the node.
+    fn send_proposal(
+        &self,
+        id: NodeId,
+        command: S::Command,
+    ) -> Result<Result<Receipt<S::Output>, Error>, S::Command> {
+        let nodes = self.shared.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let Some(node) = nodes.get(&id) else { return Err(command) };
+        let sent = node.try_propose(command, self.forward);
+        drop(nodes);
+        Ok(match sent {
+            Ok(receipt) => Ok(receipt),
+            Err(ProposeLater::Down) => Err(Error::NodeDown(id)),
+            Err(ProposeLater::Full { requests, request, receipt }) => {
+                requests.send(request).map(|()| receipt).map_err(|_| Error::NodeDown(id))
+            }
+        })
+    }
+
     pub(super) fn running(&self) -> Vec<NodeId> {
         self.shared.nodes.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
     }
@@ -287,7 +340,10 @@ impl<S: StateMachine> Client<S> {
     }
 
     pub(crate) fn learn_leader(&self, id: NodeId) {
-        self.shared.leader.store(id.0, Ordering::Relaxed);
+        // NB: read first: a store, even of the same id, takes the line from every other core.
+        if self.shared.leader.load(Ordering::Relaxed) != id.0 {
+            self.shared.leader.store(id.0, Ordering::Relaxed);
+        }
     }
 
     /// The deadline used when a call takes none: [`Config::request_timeout`](crate::Config).
@@ -346,8 +402,9 @@ impl<S: StateMachine> Client<S> {
         command: S::Command,
         deadline: Instant,
     ) -> Result<Applied<S::Output>, Retry> {
-        let handle = self.handle(id).ok_or(Retry::Elsewhere)?;
-        let mut receipt = handle.propose_async(command).map_err(|_| Retry::Elsewhere)?;
+        let Ok(Ok(mut receipt)) = self.send_proposal(id, command) else {
+            return Err(Retry::Elsewhere);
+        };
         let remaining = deadline.saturating_duration_since(Instant::now());
         match receipt.wait(remaining) {
             Ok(applied) => Ok(applied),
@@ -364,13 +421,19 @@ impl<S: StateMachine> Client<S> {
     /// and returns at once: never blocks. The receipt reports `NotLeader` (with a hint) if the
     /// belief was stale, and `Shutdown` if no node runs; [`Client::propose`] retries for you.
     pub fn propose_async(&self, command: S::Command) -> Receipt<S::Output> {
-        let target = self.leader_hint().filter(|&id| self.handle(id).is_some());
-        let Some(id) = target.or_else(|| self.running().first().copied()) else {
+        let command = match self.leader_hint() {
+            Some(id) => match self.send_proposal(id, command) {
+                Ok(sent) => return sent.unwrap_or_else(|e| Receipt::failed(id, e)),
+                Err(command) => command, // (the hinted leader stopped)
+            },
+            None => command,
+        };
+        let Some(id) = self.running().first().copied() else {
             return Receipt::failed(NodeId(0), Error::Shutdown);
         };
-        match self.handle(id).map(|h| h.propose_async(command)) {
-            Some(Ok(receipt)) => receipt,
-            _ => Receipt::failed(id, Error::NodeDown(id)),
+        match self.send_proposal(id, command) {
+            Ok(sent) => sent.unwrap_or_else(|e| Receipt::failed(id, e)),
+            Err(_) => Receipt::failed(id, Error::NodeDown(id)),
         }
     }
 
@@ -381,5 +444,48 @@ impl<S: StateMachine> Client<S> {
         }
         let pos = running.iter().position(|&id| id == after).unwrap_or(0);
         Some(running[(pos + attempt) % running.len()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{KvCommand, KvStateMachine};
+
+    #[test]
+    fn a_proposer_waiting_on_a_full_queue_does_not_hold_up_a_kill() {
+        let client: Client<KvStateMachine> =
+            Client::new(Duration::from_secs(5), Duration::from_millis(1));
+        let (requests, queue) = bounded(1);
+        client.node_started(NodeHandle::new(NodeId(1), requests, 0));
+        client.learn_leader(NodeId(1));
+        let put = || KvCommand::Put { key: "k".into(), value: "v".into() };
+        let first = client.propose_async(put()); // fills the queue: nobody drains it
+
+        let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+        let blocked = {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                let mut receipt = client.propose_async(put()); // blocks: the queue is full
+                let _ = sent_tx.send(receipt.wait(Duration::from_secs(5)));
+            })
+        };
+        assert!(sent_rx.recv_timeout(Duration::from_millis(50)).is_err(), "still blocked");
+        // What `Cluster::kill` does first: take the node out of the map (the write lock).
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+        let stopper = {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                client.node_stopped(NodeId(1));
+                let _ = stopped_tx.send(());
+            })
+        };
+        stopped_rx.recv_timeout(Duration::from_secs(10)).expect("the write lock was free");
+        drop(queue); // the node's end goes away, as its threads stop
+        let answer = sent_rx.recv_timeout(Duration::from_secs(10)).expect("the sender woke");
+        assert_eq!(answer, Err(Error::NodeDown(NodeId(1))));
+        drop(first);
+        blocked.join().expect("proposer");
+        stopper.join().expect("stopper");
     }
 }
