@@ -116,6 +116,23 @@ fn a_refused_receipt_keeps_reporting_its_refusal() {
 }
 
 #[test]
+fn a_receipt_hands_its_output_over_once() {
+    let cluster = kv_cluster(roomy_config(13), 3);
+    let agreed = wait_for_agreement(&cluster, LONG);
+    let handle = cluster.node(agreed.leader).expect("leader handle");
+
+    let mut receipt = handle.propose_async(append("once", "v")).expect("sent");
+    let applied = receipt.wait(LONG).expect("applied");
+    assert_eq!(applied.output.as_deref(), Some("v"));
+    let again = receipt.wait(LONG);
+    assert_eq!(again, Err(Error::AnswerTaken), "the output moved out with the first wait");
+    let message = again.unwrap_err().to_string();
+    assert!(message.contains("use the answer that call returned"), "says what to do: {message}");
+    assert_eq!(receipt.position(LONG), Ok((applied.index, applied.term)), "the position stays");
+    cluster.shutdown();
+}
+
+#[test]
 fn unknown_node_ids_are_refused() {
     let mut cluster = kv_cluster(fast_config(3), 3);
     let ghost = NodeId(42);

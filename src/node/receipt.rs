@@ -285,6 +285,7 @@ impl<O> Drop for Responder<O> {
 /// | `Err(ProposalDropped)` | appended, then a different entry was committed at its index: by State Machine Safety it is never applied | yes |
 /// | `Err(Timeout)`, `Err(NodeDown)` after appending | unknown: it may still commit | only with a client session |
 /// | `Err(StateMachinePanicked)` | the state machine panicked applying it, on every replica alike | no: fix the state machine |
+/// | `Err(AnswerTaken)` | a second `wait` (or poll) after the output was handed over: it moves out once | no: use the first answer |
 ///
 /// Use it blocking ([`Receipt::wait`]) or `.await` it: it is a [`Future`] woken by the node
 /// thread, so no async runtime or helper thread is needed.
