@@ -8,6 +8,10 @@
 //! refusal redirects the client, `ProposalDropped` records the operation as never applied, and
 //! a crash or a timeout leaves its outcome unknown.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
 use rand::rngs::SmallRng;
 use rand::Rng;
 
@@ -326,12 +330,20 @@ impl<S: StateMachine> Simulator<S> {
             return;
         }
         let mut answered = Vec::new();
-        self.clients.awaiting.retain(|a| match a.receipt.try_result() {
-            Some(result) if a.node == node => {
-                answered.push((a.client, a.op, a.receipt.was_appended(), result));
-                false
+        // NB: taken as an `async` caller takes it (polled as a `Future`), so the answers the
+        // checkers see come through the hand-over production callers use.
+        let mut cx = Context::from_waker(Waker::noop());
+        self.clients.awaiting.retain_mut(|a| {
+            if a.node != node {
+                return true;
             }
-            _ => true,
+            match Pin::new(&mut a.receipt).poll(&mut cx) {
+                Poll::Ready(result) => {
+                    answered.push((a.client, a.op, a.receipt.was_appended(), result));
+                    false
+                }
+                Poll::Pending => true,
+            }
         });
         for (client, op, appended, result) in answered {
             if appended {
