@@ -38,6 +38,19 @@ enum ProposeLater<S: StateMachine> {
     Full { requests: Sender<Request<S>>, request: Request<S>, receipt: Receipt<S::Output> },
 }
 
+impl<S: StateMachine> ProposeLater<S> {
+    /// Hands the proposal to node `id` after all, blocking while its queue is full.
+    fn send(self, id: NodeId) -> Result<Receipt<S::Output>, Error> {
+        match self {
+            ProposeLater::Down => Err(Error::NodeDown(id)),
+            // NB: a failed send drops the responder, which answers the (discarded) receipt.
+            ProposeLater::Full { requests, request, receipt } => {
+                requests.send(request).map(|()| receipt).map_err(|_| Error::NodeDown(id))
+            }
+        }
+    }
+}
+
 /// A handle to one node: proposals and reads sent here fail with `NotLeader` (and a hint)
 /// unless it leads, or, with [`NodeHandle::forward_to_leader`], are forwarded by the node to
 /// the leader it knows, which answers the caller directly.
@@ -153,11 +166,7 @@ impl<S: StateMachine> NodeHandle<S> {
 
     /// Sends a proposal without waiting; the receipt tells its index and output later.
     pub fn propose_async(&self, command: S::Command) -> Result<Receipt<S::Output>, Error> {
-        let (responder, receipt) = self.receipt();
-        let request = self.forwardable(Request::Propose { command, responder });
-        // NB: a failed send drops the responder, which answers the (discarded) receipt.
-        self.requests.send(request).map_err(|_| Error::NodeDown(self.id))?;
-        Ok(receipt)
+        self.try_propose(command, self.forward).or_else(|later| later.send(self.id))
     }
 
     /// Proposes and waits up to `timeout` until the command is applied (this node must lead).
@@ -318,13 +327,7 @@ impl<S: StateMachine> Client<S> {
         let Some(node) = nodes.get(&id) else { return Err(command) };
         let sent = node.try_propose(command, self.forward);
         drop(nodes);
-        Ok(match sent {
-            Ok(receipt) => Ok(receipt),
-            Err(ProposeLater::Down) => Err(Error::NodeDown(id)),
-            Err(ProposeLater::Full { requests, request, receipt }) => {
-                requests.send(request).map(|()| receipt).map_err(|_| Error::NodeDown(id))
-            }
-        })
+        Ok(sent.or_else(|later| later.send(id)))
     }
 
     pub(super) fn running(&self) -> Vec<NodeId> {
