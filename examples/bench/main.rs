@@ -39,6 +39,11 @@
 //! has applied and is killed, 10,000 more are written, and the time for the restarted follower to reach the leader's commit index
 //! (restore its snapshot, then the tail) is printed.
 //!
+//! cargo run --release --example bench -- floor --mode answer|replicate --clients C [--ops N]
+//!
+//! `floor`: the same closed loop of C OS threads with no consensus work at all (see
+//! `floor.rs`): what the machine allows the `clients` workload.
+//!
 //! `clients`: C OS threads share one `Client` handle (no lock); each proposes, waits for its
 //! answer, and proposes again (closed loop), until `--ops` proposals (default 200,000) are done.
 //! `clients`, `async-clients`, `latency`, `throughput`, `read` and `mix` take `--spin R` to set
@@ -58,6 +63,7 @@
 mod async_clients;
 mod compaction;
 mod disk;
+mod floor;
 mod read;
 
 use std::collections::VecDeque;
@@ -152,6 +158,7 @@ fn main() {
         "restart" => return disk::restart(&args),
         "rtt" => return tcp::rtt(&args),
         _ if args.text("--transport") == Some("tcp") => return tcp::run(&args),
+        "floor" => return floor::floor(&args),
         "read" => return read::read(&args),
         "mix" => return read::mix(&args),
         "transfer" => return read::transfer(&args),
