@@ -186,13 +186,18 @@ impl Checker {
         self.global.tentative.retain(|&(voter, _)| voter != id);
     }
 
-    /// A message left its node: a vote it reveals is one the node must keep.
+    /// A message left its node: a vote it reveals is one the node must keep. Any message
+    /// but a pre-vote's reveals the sender's term, and with it the vote it cast for itself
+    /// as a candidate or leader of that term (an AppendEntries from a leader elected within
+    /// one step, say): the checker then holds the node to both, whatever its storage lost.
     pub fn message_sent<C>(&mut self, msg: &crate::message::Message<C>) {
         match &msg.body {
             Body::RequestVoteReply(r) if r.granted && !r.pre_vote => {
                 self.global.tentative.remove(&(msg.from, msg.term));
             }
-            Body::RequestVote(rv) if !rv.pre_vote => {
+            Body::RequestVote(rv) if rv.pre_vote => {}
+            Body::RequestVoteReply(r) if r.pre_vote => {}
+            _ if self.global.votes.get(&(msg.from, msg.term)) == Some(&msg.from) => {
                 self.global.tentative.remove(&(msg.from, msg.term));
             }
             _ => {}
@@ -255,16 +260,24 @@ impl Checker {
     }
 
     /// A node crashed: its volatile state is gone; the checker keeps its log shadow. With
-    /// lossy storage its tentative votes go too (they were never revealed).
+    /// lossy storage its tentative votes go too (they were never revealed). So does a
+    /// leadership that rested on one: a node elected within one step (the only voter) whose
+    /// term and vote were neither synced nor revealed was leader only in memory, and every
+    /// entry of that term is its own and went with them, so another node may still lead the
+    /// term (found by the soak: nemesis seed 1903719).
     pub fn node_crashed(&mut self, id: NodeId) {
         if let Some(view) = self.nodes.get_mut(&id) {
             view.leader_of = None;
         }
         let g = &mut self.global;
         let forgotten: Vec<_> = g.tentative.iter().filter(|(v, _)| *v == id).copied().collect();
-        for key in forgotten {
+        for key @ (_, term) in forgotten {
             g.tentative.remove(&key);
             g.votes.remove(&key);
+            if g.leaders.get(&term) == Some(&id) {
+                g.leaders.remove(&term);
+                g.entries.retain(|&(_, entry_term), _| entry_term != term);
+            }
         }
     }
 
