@@ -153,8 +153,8 @@ fn replay() {
 }
 
 /// Replays `config` and `schedule` and prints every trace line that contains one of the
-/// `|`-separated words of `grep` (all of them for an empty `grep`), then the verdict: for a
-/// failure whose cause lies before the last 50 events its report shows.
+/// `|`-separated words of `grep` (every line for an empty `grep`), then the verdict. For a
+/// failure whose cause lies before the last 50 events that its report shows.
 fn print_trace(config: &SimConfig, schedule: &Schedule, grep: &str) {
     let mut sim = Simulator::new(config.clone(), |_| KvStateMachine::new()).expect("valid");
     sim.start_clients(KvWorkload { keys: config.keys });
