@@ -410,7 +410,9 @@ fn a_new_member_catches_up_under_reordering_seed_183569() {
 /// syncs): the cluster had shrunk to one voter, n3, which won an election within one step
 /// and sent AppendEntries of term 15 before its vote and term were synced; it crashed, lost
 /// them, restarted in term 14 and led term 15 a second time with a different log (SP-3). A
-/// leader's AppendEntries now leave early only once its term and vote are durable.
+/// leader's AppendEntries now leave early only once its term and vote are durable. The
+/// driver's test-only switch `SyncBugs::reveal_before_term_durable` undoes the fix, and the
+/// staged `a_lone_voter_crashes_as_it_leads` (src/sim/storage.rs) catches it.
 #[test]
 fn a_single_voter_syncs_its_term_before_revealing_it_seed_227919() {
     if let Err(failure) = run(nemesis_scenario, 227_919) {

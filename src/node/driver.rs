@@ -36,6 +36,22 @@ use crate::storage::{Storage, SyncJob};
 use crate::transport::Transport;
 use crate::types::{LogIndex, NodeId, Term};
 
+/// Test-only switches that break the driver's sync boundary, each caught by the simulator
+/// (`sim/storage.rs`).
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SyncBugs {
+    /// Nothing waits for a sync: replies, votes and answers leave before it (breaks ST-P1/P2).
+    pub no_sync_holds: bool,
+    /// A leader that defers its sync tells the core its log is durable anyway (breaks thesis
+    /// §10.2.1: it counts appends a crash would lose towards commitment).
+    pub deferral_claims_synced: bool,
+    /// A leader's AppendEntries leave before its term and vote are durable: a single voter
+    /// elected within one step reveals a term a crash can make it forget, and then leads that
+    /// term a second time with a different log (found by the soak: nemesis seed 227919).
+    pub reveal_before_term_durable: bool,
+}
+
 /// How many queued client requests one step may batch into a single `Input::Propose`.
 pub(crate) const MAX_PROPOSAL_BATCH: usize = 1024;
 
@@ -104,15 +120,11 @@ pub(crate) struct Driver<S: StateMachine, St, T, L: LeaseClock = Monotonic> {
     job: Option<SyncJob>,
     /// Actions waiting for a sync, in order, each with the write count it needs durable.
     held: std::collections::VecDeque<(u64, Held<S::Command>)>,
-    /// Test-only bug: nothing waits for a sync (replies and votes leave before it).
+    /// Test-only switches that break the sync boundary.
     #[cfg(test)]
-    pub(crate) bug_no_sync_holds: bool,
+    pub(crate) bugs: SyncBugs,
     /// `Config::defer_leader_sync`: a leader may leave its own appends unsynced.
     defer_leader_sync: bool,
-    /// Test-only bug: a leader that defers its sync tells the core its log is durable anyway
-    /// (breaks thesis §10.2.1: it counts appends a crash would lose towards commitment).
-    #[cfg(test)]
-    pub(crate) bug_deferral_claims_synced: bool,
     /// Inside `begin_batch` .. `end_batch`.
     batching: bool,
     /// A simulated crash cut a step short: nothing more runs (the node is about to be dropped).
@@ -181,10 +193,8 @@ where
             job: None,
             held: std::collections::VecDeque::new(),
             #[cfg(test)]
-            bug_no_sync_holds: false,
+            bugs: SyncBugs::default(),
             defer_leader_sync: config.defer_leader_sync,
-            #[cfg(test)]
-            bug_deferral_claims_synced: false,
             batching: false,
             halted: false,
             max_command_bytes: config.max_command_bytes,
@@ -560,7 +570,7 @@ where
         }
         let upto = (self.durable == self.written).then(|| self.core.log().last_index());
         #[cfg(test)]
-        let upto = match deferred && self.bug_deferral_claims_synced {
+        let upto = match deferred && self.bugs.deferral_claims_synced {
             true => Some(self.core.log().last_index()),
             false => upto,
         };
@@ -692,16 +702,19 @@ where
             // NB: only once its term and vote are durable: a leader elected within one step
             // (a single voter) has not synced them yet, and the message reveals its term.
             Action::Send(msg) => {
+                let term_durable = self.critical <= self.durable;
+                #[cfg(test)]
+                let term_durable = term_durable || self.bugs.reveal_before_term_durable;
                 matches!(msg.body, Body::AppendEntries(_))
                     && self.core.role() == Role::Leader
-                    && self.critical <= self.durable
+                    && term_durable
             }
             _ => false,
         };
         // NB: a leader's answers wait for its term and vote, not for its own appends.
         let needs = if self.core.role() == Role::Leader { self.critical } else { self.written };
         #[cfg(test)]
-        let needs = if self.bug_no_sync_holds { 0 } else { needs };
+        let needs = if self.bugs.no_sync_holds { 0 } else { needs };
         if now || (needs <= self.durable && self.held.is_empty()) {
             return self.run(action);
         }

@@ -19,6 +19,8 @@ use crossbeam_channel::Sender;
 
 pub(crate) use apply::panic_message;
 pub(crate) use apply::Backlog;
+#[cfg(test)]
+pub(crate) use driver::SyncBugs;
 pub(crate) use driver::{execute_all, ApplyOn, Driver, Execute};
 pub(crate) use read::LeaseView as LocalLease;
 pub(crate) use read::ReadFn;

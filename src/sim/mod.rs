@@ -237,12 +237,9 @@ pub struct Simulator<S: StateMachine> {
     /// Test-only switches in the lease deadline published for caller-thread reads.
     #[cfg(test)]
     lease_bugs: crate::node::LeaseBugs,
-    /// Test-only: the driver runs nothing held for a sync (`Driver::bug_no_sync_holds`).
+    /// Test-only switches that break every driver's sync boundary.
     #[cfg(test)]
-    no_sync_holds: bool,
-    /// Test-only: a deferring leader claims its log synced (`Driver::bug_deferral_claims_synced`).
-    #[cfg(test)]
-    deferral_claims_synced: bool,
+    sync_bugs: crate::node::SyncBugs,
 }
 
 impl<S: StateMachine> Simulator<S> {
@@ -293,9 +290,7 @@ impl<S: StateMachine> Simulator<S> {
             #[cfg(test)]
             lease_bugs: crate::node::LeaseBugs::default(),
             #[cfg(test)]
-            no_sync_holds: false,
-            #[cfg(test)]
-            deferral_claims_synced: false,
+            sync_bugs: crate::node::SyncBugs::default(),
             config,
         };
         let voters = crate::message::Configuration::new((1..=sim.config.nodes).map(NodeId));
@@ -514,23 +509,12 @@ impl<S: StateMachine> Simulator<S> {
         }
     }
 
-    /// Test-only: every node's driver sends, applies and answers without waiting for the sync
-    /// of what it wrote, now and after each restart.
+    /// Test-only: switches that break every node's sync boundary, now and after each restart.
     #[cfg(test)]
-    pub(crate) fn set_no_sync_holds(&mut self, on: bool) {
-        self.no_sync_holds = on;
+    pub(crate) fn set_sync_bugs(&mut self, bugs: crate::node::SyncBugs) {
+        self.sync_bugs = bugs;
         for live in self.nodes.values_mut().filter_map(|node| node.live.as_mut()) {
-            live.driver.bug_no_sync_holds = on;
-        }
-    }
-
-    /// Test-only: with `raft.defer_leader_sync`, a leader that leaves its own appends unsynced
-    /// tells its core they are synced, now and after each restart.
-    #[cfg(test)]
-    pub(crate) fn set_deferral_claims_synced(&mut self, on: bool) {
-        self.deferral_claims_synced = on;
-        for live in self.nodes.values_mut().filter_map(|node| node.live.as_mut()) {
-            live.driver.bug_deferral_claims_synced = on;
+            live.driver.bugs = bugs;
         }
     }
 

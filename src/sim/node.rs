@@ -195,8 +195,7 @@ impl<S: StateMachine> Simulator<S> {
         #[cfg(test)]
         {
             live.driver.core_mut().bugs = self.bugs;
-            live.driver.bug_no_sync_holds = self.no_sync_holds;
-            live.driver.bug_deferral_claims_synced = self.deferral_claims_synced;
+            live.driver.bugs = self.sync_bugs;
         }
         if let Err(v) = self.checker.node_started(live.core()) {
             self.fail(FailureKind::Safety(v));

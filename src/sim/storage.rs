@@ -197,6 +197,7 @@ mod tests {
 
     use super::*;
     use crate::message::{Configuration, Payload};
+    use crate::node::SyncBugs;
     use crate::sim::{run::drive_kv, Schedule, SimConfig, SimFailure, Simulator};
     use crate::types::NodeId;
     use crate::types::Term;
@@ -347,7 +348,10 @@ mod tests {
         config.clients = 16;
         config.background_sync = Some(ms(1));
         let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid config");
-        sim.set_deferral_claims_synced(claims_synced);
+        sim.set_sync_bugs(SyncBugs {
+            deferral_claims_synced: claims_synced,
+            ..SyncBugs::default()
+        });
         sim.start_clients(crate::sim::kv::KvWorkload { keys: 4 });
         let fault = |e: crate::error::FaultError| panic!("fault: {e}");
         for round in 0..3 {
@@ -440,7 +444,7 @@ mod tests {
             config.sync_window = Some(std::time::Duration::from_millis(2));
         }
         let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid config");
-        sim.set_no_sync_holds(no_sync_holds);
+        sim.set_sync_bugs(SyncBugs { no_sync_holds, ..SyncBugs::default() });
         drive_kv(sim, &schedule)
     }
 
@@ -467,7 +471,7 @@ mod tests {
         let mut config = staged_three(seed);
         config.background_sync = Some(ms(20));
         let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid config");
-        sim.set_no_sync_holds(no_sync_holds);
+        sim.set_sync_bugs(SyncBugs { no_sync_holds, ..SyncBugs::default() });
         sim.start_clients(crate::sim::kv::KvWorkload { keys: 4 });
         sim.run_for(ms(600))?;
         let Some(leader) = sim.leader() else { return Ok(()) };
@@ -492,6 +496,85 @@ mod tests {
         let found = (0..40).find_map(|seed| followers_crash_mid_sync(seed, true).err());
         let failure = found.expect("no_sync_holds: no violation in 40 seeds");
         println!("no_sync_holds caught: {failure}");
+        let safety = matches!(failure.kind, crate::sim::run::FailureKind::Safety(_));
+        assert!(safety, "caught, but not by a safety check: {failure}");
+    }
+
+    /// Runs the simulation in steps of `step` until `done` holds, for at most `limit`.
+    fn run_until(
+        sim: &mut Simulator<KvStateMachine>,
+        step: std::time::Duration,
+        limit: std::time::Duration,
+        done: impl Fn(&Simulator<KvStateMachine>) -> bool,
+    ) -> Result<bool, SimFailure> {
+        let deadline = sim.now() + limit;
+        while !done(sim) {
+            if sim.now() >= deadline {
+                return Ok(false);
+            }
+            sim.run_for(step)?;
+        }
+        Ok(true)
+    }
+
+    /// The shape of nemesis seed 227919, staged: the cluster shrinks to its leader L alone,
+    /// then adds a node N whose replies never reach L, so N stays a learner that hears L's
+    /// AppendEntries. Five times: L crashes and restarts (syncs take up to 20 ms in the
+    /// background), wins the next term within one step, and crashes again a few ms into its
+    /// leadership, losing what it had not synced. Correct: L's AppendEntries wait for its term
+    /// and vote to be durable, so a leadership the crash forgets was never revealed. With
+    /// `reveal_before_term_durable` N already holds entries of that term when L, restarted in
+    /// the term before, leads it a second time with a different log.
+    fn a_lone_voter_crashes_as_it_leads(seed: u64, reveal_early: bool) -> Result<(), SimFailure> {
+        use rand::Rng;
+        let ms = std::time::Duration::from_millis;
+        let mut config = staged_three(seed);
+        config.background_sync = Some(ms(20));
+        config.clients = 4;
+        let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid config");
+        sim.set_sync_bugs(SyncBugs {
+            reveal_before_term_durable: reveal_early,
+            ..SyncBugs::default()
+        });
+        sim.start_clients(crate::sim::kv::KvWorkload { keys: 4 });
+        sim.run_for(ms(600))?;
+        let Some(leader) = sim.leader() else { return Ok(()) };
+        let fault = |e: crate::error::FaultError| panic!("fault: {e}");
+        for other in sim.node_ids().into_iter().filter(|&n| n != leader) {
+            sim.remove_node(other).unwrap_or_else(fault);
+        }
+        if !run_until(&mut sim, ms(10), ms(3000), |sim| !sim.changes_pending())? {
+            return Ok(());
+        }
+        let learner = sim.add_node();
+        sim.cut_link(learner, leader).unwrap_or_else(fault);
+        let mut rng = SmallRng::seed_from_u64(seed);
+        for _ in 0..5 {
+            sim.run_for(ms(50))?;
+            sim.crash(leader).unwrap_or_else(fault);
+            sim.restart(leader).unwrap_or_else(fault);
+            let leads = |sim: &Simulator<KvStateMachine>| sim.leader() == Some(leader);
+            if !run_until(&mut sim, ms(1), ms(2000), leads)? {
+                break;
+            }
+            sim.run_for(ms(rng.random_range(1..15)))?;
+            sim.crash(leader).unwrap_or_else(fault);
+            sim.restart(leader).unwrap_or_else(fault);
+        }
+        sim.heal();
+        sim.settle()?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_leader_revealing_its_term_before_syncing_it_is_caught_and_the_correct_driver_is_not() {
+        for seed in 0..10 {
+            a_lone_voter_crashes_as_it_leads(seed, false)
+                .unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+        }
+        let found = (0..40).find_map(|seed| a_lone_voter_crashes_as_it_leads(seed, true).err());
+        let failure = found.expect("reveal_before_term_durable: no violation in 40 seeds");
+        println!("reveal_before_term_durable caught: {failure}");
         let safety = matches!(failure.kind, crate::sim::run::FailureKind::Safety(_));
         assert!(safety, "caught, but not by a safety check: {failure}");
     }
