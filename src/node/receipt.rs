@@ -143,7 +143,8 @@ pub(crate) fn receipt<O>(node: NodeId) -> (Responder<O>, Receipt<O>) {
 /// [`receipt`], whose waiter yields up to `spin_rounds` times before it sleeps.
 pub(crate) fn receipt_spinning<O>(node: NodeId, spin_rounds: u32) -> (Responder<O>, Receipt<O>) {
     let shared: Arc<Slot<O>> = Arc::new(shared(spin_rounds, ()));
-    (Responder { node, shared: Some(Arc::clone(&shared)) }, Receipt { node, shared })
+    let answer = Answer::Waiting(Arc::clone(&shared));
+    (Responder { node, shared: Some(shared) }, Receipt { node, answer })
 }
 
 /// A read the node runs once it may: `run(state machine, query)` gives the answer. The query
@@ -163,7 +164,7 @@ where
 {
     let shared = Arc::new(shared(spin_rounds, ReadJob { query: Mutex::new(query), run }));
     let job: Arc<dyn RunRead<S>> = Arc::clone(&shared) as _;
-    (ReadFn { node, job: Some(job) }, Receipt { node, shared })
+    (ReadFn { node, job: Some(job) }, Receipt { node, answer: Answer::Waiting(shared) })
 }
 
 /// A read's query and the function that answers it from the state machine.
@@ -291,8 +292,20 @@ impl<O> Drop for Responder<O> {
 /// thread, so no async runtime or helper thread is needed.
 pub struct Receipt<O> {
     node: NodeId,
-    shared: Arc<Slot<O>>,
+    answer: Answer<O>,
 }
+
+/// Where a receipt's answer is: in the slot the node answers through, or (a read served on
+/// the caller's thread, a refusal before the request reached a node) already here, with no
+/// allocation and no lock.
+enum Answer<O> {
+    Waiting(Arc<Slot<O>>),
+    Ready(State<O>),
+}
+
+// NB: nothing pins the output in place (it is moved out by value), so a receipt may move
+// while polled whatever `O` is.
+impl<O> Unpin for Receipt<O> {}
 
 impl<O: Clone> Receipt<O> {
     /// A receipt that is already answered (a refusal before the request reached a node).
@@ -302,9 +315,14 @@ impl<O: Clone> Receipt<O> {
 
     /// A receipt answered already with `result` (a read served on the caller's thread).
     pub(crate) fn ready(node: NodeId, result: Result<Applied<O>, Error>) -> Self {
-        let (responder, receipt) = receipt(node);
-        responder.finish(result);
-        receipt
+        let state = State {
+            appended: None,
+            done: Some(result),
+            waker: None,
+            sleeping: false,
+            taken: false,
+        };
+        Receipt { node, answer: Answer::Ready(state) }
     }
 
     /// The node the proposal was sent to.
@@ -314,25 +332,31 @@ impl<O: Clone> Receipt<O> {
 
     /// Whether the node reported appending the entry (then its fate is decided by the log).
     pub fn was_appended(&self) -> bool {
-        let state = self.shared.lock();
-        state.appended.is_some() || matches!(state.done, Some(Ok(_)))
+        let appended = |s: &State<O>| s.appended.is_some() || matches!(s.done, Some(Ok(_)));
+        match &self.answer {
+            Answer::Waiting(shared) => appended(&shared.lock()),
+            Answer::Ready(state) => appended(state),
+        }
     }
 
     /// The answer, if it has come; never blocks, and leaves it for [`Receipt::wait`] (so it
     /// copies the output).
     pub fn try_result(&self) -> Option<Result<Applied<O>, Error>> {
-        self.shared.lock().peek()
+        match &self.answer {
+            Answer::Waiting(shared) => shared.lock().peek(),
+            Answer::Ready(state) => state.peek(),
+        }
     }
 
     /// The log index and term the entry was given, waiting up to `timeout` for the leader to
     /// append it. Fails with the leader's refusal (e.g. `NotLeader`) if it was not appended.
     pub fn position(&mut self, timeout: Duration) -> Result<(LogIndex, Term), Error> {
-        let state = self.wait_until(timeout, |s| s.appended.is_some() || s.answered())?;
-        match (&state.appended, state.peek()) {
+        let placed = |s: &State<O>| s.appended.is_some() || s.answered();
+        self.once(timeout, placed, |state| match (&state.appended, state.peek()) {
             (Some(position), _) => Ok(*position),
             (None, Some(result)) => result.map(|a| (a.index, a.term)),
-            (None, None) => unreachable!("wait_until returns once one is set"),
-        }
+            (None, None) => unreachable!("`once` runs this once one is set"),
+        })?
     }
 
     /// Waits up to `timeout` for the command to be applied; returns its output. See the table in
@@ -340,60 +364,78 @@ impl<O: Clone> Receipt<O> {
     /// output is handed over once, moved rather than copied: a later `wait` or `.await` returns
     /// [`Error::AnswerTaken`] (an error answer is reported every time).
     pub fn wait(&mut self, timeout: Duration) -> Result<Applied<O>, Error> {
-        let mut state = self.wait_until(timeout, |s| s.answered())?;
-        state.take()
+        self.once(timeout, State::answered, State::take)?
     }
 
-    fn wait_until(
-        &self,
+    /// Runs `then` on the state once `ready` holds, waiting up to `timeout` for it (a ready
+    /// receipt never waits: it is answered).
+    fn once<R>(
+        &mut self,
         timeout: Duration,
         ready: impl Fn(&State<O>) -> bool,
-    ) -> Result<MutexGuard<'_, State<O>>, Error> {
-        let mut state = self.shared.lock();
-        if ready(&state) {
-            return Ok(state); // answered already: no clock to read (a pipelining caller)
+        then: impl FnOnce(&mut State<O>) -> R,
+    ) -> Result<R, Error> {
+        match &mut self.answer {
+            Answer::Waiting(shared) => Ok(then(&mut *wait_until(shared, timeout, ready)?)),
+            Answer::Ready(state) => Ok(then(state)),
         }
-        let start = Instant::now();
-        let deadline = start + timeout;
-        // An answer usually comes within microseconds: yield-poll a little before sleeping,
-        // since waking a sleeping thread costs both sides several microseconds. The rounds are
-        // counted, not timed: alone on a core 64 yields pass in about 20 µs, and among many
-        // runnable threads each yield runs the others, so what a longer spin costs goes to
-        // useful work (a 50 µs cap made 64 blocked callers sleep after a few yields and halved
-        // their throughput: NOTES.md, seventh session).
-        let (mut rounds, spin_rounds) = (0, self.shared.spin_rounds);
-        let spinning =
-            |rounds: u32| rounds < spin_rounds && (rounds % 16 != 15 || start.elapsed() < timeout);
-        while !ready(&state) && spinning(rounds) {
-            drop(state);
-            while !self.shared.changed_flag.swap(false, Ordering::Acquire) && spinning(rounds) {
-                std::thread::yield_now();
-                rounds += 1;
-            }
-            state = self.shared.lock();
-        }
-        while !ready(&state) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                state.sleeping = false;
-                return Err(Error::Timeout);
-            }
-            state.sleeping = true;
-            state = match self.shared.changed.wait_timeout(state, left) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-        state.sleeping = false;
-        Ok(state)
     }
+}
+
+/// Waits up to `timeout` for `ready` to hold of the slot's state; returns it locked.
+fn wait_until<O>(
+    shared: &Slot<O>,
+    timeout: Duration,
+    ready: impl Fn(&State<O>) -> bool,
+) -> Result<MutexGuard<'_, State<O>>, Error> {
+    let mut state = shared.lock();
+    if ready(&state) {
+        return Ok(state); // answered already: no clock to read (a pipelining caller)
+    }
+    let start = Instant::now();
+    let deadline = start + timeout;
+    // An answer usually comes within microseconds: yield-poll a little before sleeping,
+    // since waking a sleeping thread costs both sides several microseconds. The rounds are
+    // counted, not timed: alone on a core 64 yields pass in about 20 µs, and among many
+    // runnable threads each yield runs the others, so what a longer spin costs goes to
+    // useful work (a 50 µs cap made 64 blocked callers sleep after a few yields and halved
+    // their throughput: NOTES.md, seventh session).
+    let (mut rounds, spin_rounds) = (0, shared.spin_rounds);
+    let spinning =
+        |rounds: u32| rounds < spin_rounds && (rounds % 16 != 15 || start.elapsed() < timeout);
+    while !ready(&state) && spinning(rounds) {
+        drop(state);
+        while !shared.changed_flag.swap(false, Ordering::Acquire) && spinning(rounds) {
+            std::thread::yield_now();
+            rounds += 1;
+        }
+        state = shared.lock();
+    }
+    while !ready(&state) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            state.sleeping = false;
+            return Err(Error::Timeout);
+        }
+        state.sleeping = true;
+        state = match shared.changed.wait_timeout(state, left) {
+            Ok((guard, _)) => guard,
+            Err(poisoned) => poisoned.into_inner().0,
+        };
+    }
+    state.sleeping = false;
+    Ok(state)
 }
 
 impl<O: Clone> Future for Receipt<O> {
     type Output = Result<Applied<O>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.shared.lock();
+        let shared = match &mut self.get_mut().answer {
+            Answer::Waiting(shared) => shared,
+            Answer::Ready(state) => return Poll::Ready(state.take()),
+        };
+        let mut state = shared.lock();
         if state.answered() {
             return Poll::Ready(state.take());
         }
@@ -516,6 +558,26 @@ mod tests {
         let first = Pin::new(&mut receipt).poll(&mut cx);
         assert_eq!(first.map(|r| r.map(|a| a.output)), Poll::Ready(Ok(9)));
         assert_eq!(Pin::new(&mut receipt).poll(&mut cx), Poll::Ready(Err(Error::AnswerTaken)));
+    }
+
+    #[test]
+    fn a_ready_receipt_answers_like_an_answered_one_without_a_slot() {
+        let answer = Applied { index: LogIndex(4), term: Term(0), output: 11u32 };
+        let mut ready = Receipt::ready(NodeId(2), Ok(answer.clone()));
+        assert!(matches!(ready.answer, Answer::Ready(_)), "no slot allocated");
+        assert_eq!(ready.try_result(), Some(Ok(answer.clone())));
+        assert!(ready.was_appended());
+        assert_eq!(ready.wait(Duration::ZERO), Ok(answer));
+        assert_eq!(ready.wait(Duration::ZERO), Err(Error::AnswerTaken));
+        assert_eq!(ready.position(Duration::ZERO), Ok((LogIndex(4), Term(0))));
+
+        let mut refused = Receipt::<u32>::failed(NodeId(3), Error::NodeDown(NodeId(3)));
+        assert!(!refused.was_appended());
+        let waker = Waker::from(Arc::new(Flag(Default::default())));
+        let mut cx = Context::from_waker(&waker);
+        let polled = Pin::new(&mut refused).poll(&mut cx);
+        assert_eq!(polled, Poll::Ready(Err(Error::NodeDown(NodeId(3)))));
+        assert_eq!(refused.wait(Duration::ZERO), Err(Error::NodeDown(NodeId(3))));
     }
 
     #[test]

@@ -34,8 +34,16 @@ fn forwardable<S: StateMachine>(forward: bool, request: Request<S>) -> Request<S
 enum ProposeLater<S: StateMachine> {
     /// The node stopped.
     Down,
-    /// Its queue is full: send `request` blocking, then wait on `receipt`.
-    Full { requests: Sender<Request<S>>, request: Request<S>, receipt: Receipt<S::Output> },
+    /// Its queue is full: send `request` blocking, then wait on `receipt` (boxed: the slow
+    /// path keeps the fast one's result small).
+    Full(Box<QueueFull<S>>),
+}
+
+/// What a send to a full queue leaves to do.
+struct QueueFull<S: StateMachine> {
+    requests: Sender<Request<S>>,
+    request: Request<S>,
+    receipt: Receipt<S::Output>,
 }
 
 impl<S: StateMachine> ProposeLater<S> {
@@ -44,7 +52,8 @@ impl<S: StateMachine> ProposeLater<S> {
         match self {
             ProposeLater::Down => Err(Error::NodeDown(id)),
             // NB: a failed send drops the responder, which answers the (discarded) receipt.
-            ProposeLater::Full { requests, request, receipt } => {
+            ProposeLater::Full(full) => {
+                let QueueFull { requests, request, receipt } = *full;
                 requests.send(request).map(|()| receipt).map_err(|_| Error::NodeDown(id))
             }
         }
@@ -144,7 +153,8 @@ impl<S: StateMachine> NodeHandle<S> {
             // NB: the dropped request's responder answers the (discarded) receipt.
             Err(TrySendError::Disconnected(_)) => Err(ProposeLater::Down),
             Err(TrySendError::Full(request)) => {
-                Err(ProposeLater::Full { requests: self.requests.clone(), request, receipt })
+                let requests = self.requests.clone();
+                Err(ProposeLater::Full(Box::new(QueueFull { requests, request, receipt })))
             }
         }
     }
