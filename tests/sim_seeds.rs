@@ -434,6 +434,20 @@ fn a_leadership_lost_unrevealed_in_a_crash_is_forgotten_seed_1903719() {
     }
 }
 
+/// Nemesis seed 2233049 (found by the ninth session's soak: 7 nodes, one entry per
+/// AppendEntries, 5% of messages delayed 150 ms-2 s): the leader crashed 40 ms before the
+/// quiet period. Its AppendEntries still in flight kept landing for 1.4 s, each one contact
+/// with the leader of that term, so every pre-vote was refused until they stopped. The node
+/// added last then had 1.6 s left to catch up 1,900 entries, and did not. A liveness bound
+/// must outlast the faults' own messages. The quiet period now counts from the time the last
+/// message sent before it lands.
+#[test]
+fn the_quiet_period_counts_from_the_last_delayed_message_seed_2233049() {
+    if let Err(failure) = run(nemesis_scenario, 2_233_049) {
+        panic!("{failure}\n{}", replay_hint(2_233_049));
+    }
+}
+
 /// The determinism guard for simulator optimisations: a digest of every seed's [`RunReport`]
 /// (trace hash, trace length, stats, ops, commit index, verdict; or the failure's text) for
 /// `FERRAFT_DIGEST_SEEDS` seeds (default 300) of the sweep and of the nemesis scenario, plus

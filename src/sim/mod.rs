@@ -192,6 +192,9 @@ pub struct Simulator<S: StateMachine> {
     /// Virtual time in microseconds.
     now: u64,
     seq: u64,
+    /// The latest virtual time (µs) any message sent so far is due to land at: the quiet
+    /// period's deadline counts from then (`settle`).
+    last_delivery: u64,
     queue: BinaryHeap<Scheduled>,
     /// The events the queue's entries point at; `None` in a free slot.
     events: Vec<Option<Event<S>>>,
@@ -258,6 +261,7 @@ impl<S: StateMachine> Simulator<S> {
             rng: SmallRng::seed_from_u64(config.seed),
             now: 0,
             seq: 0,
+            last_delivery: 0,
             queue: BinaryHeap::new(),
             events: Vec::new(),
             free_slots: Vec::new(),
@@ -440,6 +444,9 @@ impl<S: StateMachine> Simulator<S> {
     fn schedule(&mut self, after: u64, event: Event<S>) {
         self.seq += 1;
         let (at, seq) = (self.now + after, self.seq);
+        if matches!(event, Event::Deliver(_)) {
+            self.last_delivery = self.last_delivery.max(at);
+        }
         if let Event::Tick { node, incarnation } = event {
             // NB: most events are clock ticks, one pending per node: a small table beside the
             // heap keeps them out of it. A node's newer tick replaces its older one, which
