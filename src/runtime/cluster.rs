@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Sender};
 
 use super::client::{Client, LocalReads, NodeHandle};
-use super::thread::{self, Channels, Failure, NodeDriver, NodeThreads};
+use super::thread::{self, Channels, Failure, NodeDriver, NodeThreads, Peers};
 use crate::config::Config;
 use crate::core::{MembershipChange, Role};
 use crate::error::{ConfigError, Error};
@@ -151,6 +151,7 @@ impl<S: StateMachine> ClusterBuilder<S> {
         let mut cluster = Cluster {
             next_id: self.ids.iter().map(|id| id.0).max().unwrap_or(0) + 1,
             client: Client::new(self.config.request_timeout, retry_pause),
+            peers: Peers::default(),
             config: self.config,
             factory: self.factory,
             storage: self.storage.unwrap_or_else(mem_storage),
@@ -215,6 +216,8 @@ pub struct Cluster<S: StateMachine> {
     slots: BTreeMap<NodeId, Slot<S>>,
     next_id: u64,
     client: Client<S>,
+    /// The running nodes, each of which may run a step for another when idle.
+    peers: Peers,
 }
 
 impl<S: StateMachine> Cluster<S> {
@@ -283,7 +286,13 @@ impl<S: StateMachine> Cluster<S> {
         if self.config.background_sync {
             driver.sync_in_background();
         }
-        let thread = thread::spawn(id, driver, channels, tick, spin_rounds, Arc::clone(&failure))?;
+        // NB: a node kept out of the cluster's peers has only itself: nobody helps it.
+        let peers = match self.config.help_peers {
+            true => Arc::clone(&self.peers),
+            false => Peers::default(),
+        };
+        let failed = Arc::clone(&failure);
+        let thread = thread::spawn(id, driver, channels, tick, spin_rounds, failed, peers)?;
         let mut handle = NodeHandle::new(id, requests_tx, spin_rounds);
         if let Some(local) = local {
             handle = handle.with_local_reads(local);

@@ -1,6 +1,6 @@
 //! One node's two worker threads (`raft-n<id>` and `raft-n<id>-b`), which take turns running
-//! the node loop: a crossbeam `select!` over its peer inbox, client requests, a shutdown channel
-//! and a ticker, feeding the node's [`Driver`].
+//! the node loop: wait for a message, a client request, a shutdown or a tick, then feed it to
+//! the node's [`Driver`].
 //!
 //! The driver only queues committed entries (its `Backlog`). After a step that queued some, the
 //! worker running the loop lets go of it and applies them itself, then takes the loop back: for
@@ -9,19 +9,26 @@
 //! it takes the loop over, so heartbeats keep flowing however slow `apply` is, and the workers
 //! swap roles.
 //!
-//! The only blocking the loop does is waiting in `select!`: sends go through the transport,
-//! which drops rather than blocks.
+//! The worker running the loop holds the driver only for one step at a time, and waits for input
+//! without it. So a node of the same process with nothing of its own to do can run a step for
+//! this one ([`Peers`]): a leader waiting for acknowledgements handles its followers' waiting
+//! AppendEntries itself, and their replies, instead of waiting for their threads to be
+//! scheduled. On a machine with fewer cores than threads, that hop is what a commit waits for.
+//!
+//! The only blocking the loop does is waiting for input: sends go through the transport, which
+//! drops rather than blocks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, RwLock, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::{bounded, select, Receiver, Select, Sender, TryRecvError};
 
 use super::syncer::Syncer;
 use crate::error::Error;
 use crate::message::Message;
+use crate::message::Snapshot;
 use crate::node::{execute_all, Backlog, Driver, NodeStatus, Request};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
@@ -48,34 +55,91 @@ pub(crate) struct Channels<S: StateMachine> {
 /// Why a node stopped on its own, shared with the [`crate::Cluster`].
 pub(crate) type Failure = Arc<Mutex<Option<Error>>>;
 
-/// What the worker running the loop owns.
+/// The nodes of one process (one [`crate::Cluster`]), each of which may run a step for another
+/// when it has nothing of its own to do. A node is in it from its start until it is joined.
+pub(crate) type Peers = Arc<RwLock<Vec<(NodeId, Arc<dyn Help>)>>>;
+
+/// A node another node's worker can run a step for.
+pub(crate) trait Help: Send + Sync {
+    /// Handles this node's waiting peer messages if nobody else is; whether it did.
+    fn help(&self) -> bool;
+}
+
+/// What the worker running the loop (or a node helping) locks for one step.
 struct Node<S: StateMachine> {
     driver: NodeDriver<S>,
     channels: Channels<S>,
     ticker: Receiver<Instant>,
     /// Runs the driver's fsyncs off this loop.
     syncer: Syncer,
-    /// How many times the idle loop yields, polling its channels, before it parks.
-    spin_rounds: u32,
     /// Set once the node failed: from then on it only answers requests with this error.
     failed: Option<Error>,
 }
 
-/// What a node's two workers share.
+/// Clones of the node's receivers: what the loop waits on without holding the driver.
+struct Watch<S: StateMachine> {
+    inbox: Receiver<Message<S::Command>>,
+    requests: Receiver<Request<S>>,
+    shutdown: Receiver<()>,
+    ticker: Receiver<Instant>,
+    synced: Receiver<std::io::Result<()>>,
+    taken: Receiver<Arc<Snapshot>>,
+    /// A node that ran a step for this one left entries to apply.
+    nudged: Receiver<()>,
+}
+
+impl<S: StateMachine> Watch<S> {
+    /// Whether input is waiting. Timers (a clock read) only when `timers`.
+    fn pending(&self, timers: bool) -> bool {
+        !self.inbox.is_empty()
+            || !self.requests.is_empty()
+            || !self.synced.is_empty()
+            || !self.taken.is_empty()
+            || !self.nudged.is_empty()
+            || (timers && (!self.ticker.is_empty() || !self.shutdown.is_empty()))
+    }
+
+    /// A `Select` over every receiver, to park on.
+    fn select(&self) -> Select<'_> {
+        let mut select = Select::new();
+        select.recv(&self.inbox);
+        select.recv(&self.requests);
+        select.recv(&self.shutdown);
+        select.recv(&self.ticker);
+        select.recv(&self.synced);
+        select.recv(&self.taken);
+        select.recv(&self.nudged);
+        select
+    }
+}
+
+/// What a node's two workers (and helping nodes) share.
 struct Shared<S: StateMachine> {
+    id: NodeId,
+    /// Held by the worker running the loop, waiting for input included; let go to apply.
+    running: Mutex<()>,
+    /// Held for one step at a time.
     node: Mutex<Node<S>>,
+    watch: Watch<S>,
     backlog: Arc<Backlog<S>>,
     /// The node is stopping: both workers return.
     done: AtomicBool,
     /// Where the idle worker waits (woken early only when the node stops).
     idle: (Mutex<()>, Condvar),
     tick: Duration,
+    /// How many times the idle loop yields, polling its channels, before it parks.
+    spin_rounds: u32,
     failure: Failure,
+    peers: Peers,
+    /// Tells the loop that a step run by another node left entries to apply (`Watch::nudged`).
+    nudge: Sender<()>,
 }
 
 /// A node's running workers.
 pub(crate) struct NodeThreads {
+    id: NodeId,
     threads: Vec<JoinHandle<()>>,
+    peers: Peers,
 }
 
 impl NodeThreads {
@@ -85,11 +149,28 @@ impl NodeThreads {
     }
 
     /// Waits for both workers to return (after a shutdown: within one `apply`).
-    pub fn join(self) {
-        for thread in self.threads {
+    pub fn join(mut self) {
+        self.leave();
+        for thread in std::mem::take(&mut self.threads) {
             let _ = thread.join();
         }
     }
+
+    /// No other node runs a step for this one from now on (the write lock waits for one that
+    /// is), so nothing outlives the join.
+    fn leave(&self) {
+        write(&self.peers).retain(|(id, _)| *id != self.id);
+    }
+}
+
+impl Drop for NodeThreads {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
+fn write(peers: &Peers) -> std::sync::RwLockWriteGuard<'_, Vec<(NodeId, Arc<dyn Help>)>> {
+    peers.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Starts `driver`'s two workers. They run until `channels.shutdown` fires or its sender drops.
@@ -102,20 +183,38 @@ pub(crate) fn spawn<S: StateMachine>(
     tick: Duration,
     spin_rounds: u32,
     failure: Failure,
+    peers: Peers,
 ) -> Result<NodeThreads, Error> {
     let backlog = Arc::clone(driver.backlog().expect("the thread runtime defers its applies"));
     let ticker = crossbeam_channel::tick(tick);
     let syncer = Syncer::new(id);
-    let node = Node { driver, channels, ticker, syncer, spin_rounds, failed: None };
+    let (nudge, nudged) = bounded(1);
+    let watch = Watch {
+        inbox: channels.inbox.clone(),
+        requests: channels.requests.clone(),
+        shutdown: channels.shutdown.clone(),
+        ticker: ticker.clone(),
+        synced: syncer.done().clone(),
+        taken: driver.taken().clone(),
+        nudged,
+    };
+    let node = Node { driver, channels, ticker, syncer, failed: None };
     let shared = Arc::new(Shared {
+        id,
+        running: Mutex::new(()),
         node: Mutex::new(node),
+        watch,
         backlog,
         done: AtomicBool::new(false),
         idle: (Mutex::new(()), Condvar::new()),
         tick,
+        spin_rounds,
         failure,
+        peers: Arc::clone(&peers),
+        nudge,
     });
-    let mut threads = Vec::new();
+    write(&peers).push((id, Arc::clone(&shared) as Arc<dyn Help>));
+    let mut threads = NodeThreads { id, threads: Vec::new(), peers };
     for name in [format!("raft-n{}", id.0), format!("raft-n{}-b", id.0)] {
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name(name).spawn(move || {
@@ -123,32 +222,32 @@ pub(crate) fn spawn<S: StateMachine>(
             work(&worker);
         });
         match thread {
-            Ok(thread) => threads.push(thread),
+            Ok(thread) => threads.threads.push(thread),
             Err(e) => {
                 stop(&shared);
-                NodeThreads { threads }.join();
+                threads.join();
                 return Err(Error::Spawn(e.to_string()));
             }
         }
     }
-    Ok(NodeThreads { threads })
+    Ok(threads)
 }
 
 /// One worker: runs the loop while it holds it, applies what the loop queued, and waits while
 /// the other worker holds the loop.
 fn work<S: StateMachine>(shared: &Shared<S>) {
     while !shared.done.load(Ordering::Acquire) {
-        let mut node = match shared.node.try_lock() {
-            Ok(node) => node,
+        let running = match shared.running.try_lock() {
+            Ok(running) => running,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => {
                 wait_idle(shared);
                 continue;
             }
         };
-        let running = run_loop(&mut node, shared);
-        drop(node); // NB: before applying, so the other worker can take over a long apply
-        if running {
+        let go_on = run_loop(shared);
+        drop(running); // NB: before applying, so the other worker can take over a long apply
+        if go_on {
             shared.backlog.drain();
         } else {
             stop(shared);
@@ -171,40 +270,170 @@ fn stop<S: StateMachine>(shared: &Shared<S>) {
     shared.idle.1.notify_all();
 }
 
-/// Runs the loop until a step queued work for the applier (true) or the node stops (false).
-fn run_loop<S: StateMachine>(node: &mut MutexGuard<'_, Node<S>>, shared: &Shared<S>) -> bool {
-    if let Some(error) = node.failed.clone() {
-        return serve_failed(node, error);
+impl<S: StateMachine> Shared<S> {
+    /// Runs a step for another node of this process that has peer messages waiting; whether
+    /// one did.
+    fn help_peers(&self) -> bool {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        peers.iter().any(|(id, peer)| *id != self.id && peer.help())
     }
-    let Node { driver, channels, ticker, syncer, spin_rounds, .. } = &mut **node;
-    let error = loop {
-        let result = match poll_briefly(driver, channels, syncer, ticker, *spin_rounds) {
-            Some(result) => result.and_then(|()| poll_timers(driver, channels, ticker)),
-            None => wait(driver, channels, syncer, ticker),
+}
+
+impl<S: StateMachine> Help for Shared<S> {
+    fn help(&self) -> bool {
+        if self.watch.inbox.is_empty() || self.done.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut node = match self.node.try_lock() {
+            Ok(node) => node,
+            Err(_) => return false,
+        };
+        if node.failed.is_some() {
+            return false;
+        }
+        let _span = tracing::info_span!("node", id = %self.id).entered();
+        let Node { driver, channels, syncer, .. } = &mut *node;
+        let result = match channels.inbox.try_recv() {
+            Ok(msg) => on_messages(driver, msg, &channels.inbox),
+            Err(_) => return false,
         };
         let result = match (result, driver.take_sync_job()) {
-            (Ok(running), Some(job)) => syncer.submit(job).map(|()| running),
+            (Ok(()), Some(job)) => syncer.submit(job),
             (result, _) => result,
         };
-        match result {
-            Ok(true) => {}
-            Ok(false) => return false,
-            Err(e) => break e,
-        }
-        if let Some(e) = driver.failure() {
-            break e;
-        }
-        if shared.backlog.needs_drain() {
+        if let Some(error) = result.err().or_else(|| driver.failure()) {
+            // NB: the node's own worker serves the failure from its next step on.
+            fail(&mut node, self, error);
             return true;
         }
-    };
+        drop(node);
+        // NB: the node's own worker applies: this thread runs another node's loop, which must
+        // not wait for a long `apply` here.
+        if self.backlog.needs_drain() {
+            let _ = self.nudge.try_send(());
+        }
+        true
+    }
+}
+
+/// What one step of the loop found.
+enum Step {
+    /// Handled some input.
+    Worked,
+    /// Nothing was waiting.
+    Idle,
+    /// The node is stopping.
+    Stop,
+}
+
+/// Runs the loop until a step queued work for the applier (true) or the node stops (false).
+fn run_loop<S: StateMachine>(shared: &Shared<S>) -> bool {
+    let mut select = shared.watch.select();
+    loop {
+        let _ = shared.watch.nudged.try_recv();
+        let step = {
+            let mut node = match shared.node.try_lock() {
+                Ok(node) => node,
+                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    // Another node runs a step for this one: it is short, and a thread
+                    // blocked on the lock would take several microseconds to wake.
+                    std::thread::yield_now();
+                    continue;
+                }
+            };
+            if let Some(error) = node.failed.clone() {
+                // NB: what the driver queued for the applier since it failed (a status, a
+                // proposal's wait) is answered with the failure now: no worker drains the
+                // backlog from here on.
+                shared.backlog.drain();
+                return serve_failed(&mut node, error);
+            }
+            match step(&mut node) {
+                Ok(step) => step,
+                Err(error) => {
+                    fail(&mut node, shared, error);
+                    continue;
+                }
+            }
+        };
+        match step {
+            Step::Stop => return false,
+            _ if shared.backlog.needs_drain() => return true,
+            Step::Worked => {}
+            Step::Idle => wait_for_input(shared, &mut select),
+        }
+    }
+}
+
+/// Records the node's failure: its loop serves it from the next step on.
+fn fail<S: StateMachine>(node: &mut Node<S>, shared: &Shared<S>, error: Error) {
     tracing::error!(error = %error, "node failed");
     *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
-    node.failed = Some(error.clone());
-    // NB: what the driver queued for the applier since it failed (a status, a proposal's
-    // wait) is answered with the failure now: no worker drains the backlog from here on.
-    shared.backlog.drain();
-    serve_failed(node, error)
+    node.failed = Some(error);
+}
+
+/// Handles one input that is waiting (a burst of peer messages, a batch of requests), then a
+/// due tick or a shutdown, which must not starve.
+fn step<S: StateMachine>(node: &mut Node<S>) -> Result<Step, Error> {
+    let Node { driver, channels, ticker, syncer, .. } = node;
+    let found = match syncer.done().try_recv() {
+        Ok(outcome) => Some(driver.sync_done(outcome, &mut execute_all)),
+        Err(_) => match channels.inbox.try_recv() {
+            Ok(msg) => Some(on_messages(driver, msg, &channels.inbox)),
+            Err(TryRecvError::Disconnected) => return Ok(Step::Stop),
+            Err(TryRecvError::Empty) => match channels.requests.try_recv() {
+                Ok(req) => {
+                    let more = &mut channels.requests.try_iter();
+                    Some(driver.handle(req, more, &mut execute_all))
+                }
+                Err(TryRecvError::Disconnected) => return Ok(Step::Stop),
+                Err(TryRecvError::Empty) => match driver.taken().try_recv() {
+                    Ok(snapshot) => Some(driver.snapshot_taken(snapshot, &mut execute_all)),
+                    Err(_) => None,
+                },
+            },
+        },
+    };
+    let worked = found.transpose()?.is_some();
+    // NB: whatever was found above, look at the timers too: neither may starve.
+    let ticked = match ticker.try_recv() {
+        Ok(due) => driver.tick_at(due, &mut execute_all).map(|()| true)?,
+        Err(_) => false,
+    };
+    match channels.shutdown.try_recv() {
+        Ok(()) | Err(TryRecvError::Disconnected) => return Ok(Step::Stop),
+        Err(TryRecvError::Empty) => {}
+    }
+    if let Some(job) = driver.take_sync_job() {
+        syncer.submit(job)?;
+    }
+    if let Some(error) = driver.failure() {
+        return Err(error);
+    }
+    Ok(if worked || ticked { Step::Worked } else { Step::Idle })
+}
+
+/// Waits for input without holding the driver: yields a little first (the next message of a
+/// round trip usually comes within microseconds, and a parked thread takes several to wake),
+/// running steps for the process's other nodes instead of yielding where they have messages
+/// waiting; then parks until input comes or a tick passes.
+fn wait_for_input<S: StateMachine>(shared: &Shared<S>, select: &mut Select<'_>) {
+    let (mut polls, mut yields) = (0u32, 0);
+    while yields < shared.spin_rounds {
+        polls = polls.wrapping_add(1);
+        // NB: a due tick or a shutdown ends the spin too, however many rounds it was given:
+        // a node spinning with nothing to receive must still time out and stop.
+        if shared.watch.pending(polls % 16 == 0) {
+            return;
+        }
+        // NB: a step run for another node is work, not waiting: it does not count as a round.
+        if !shared.help_peers() {
+            std::thread::yield_now();
+            yields += 1;
+        }
+    }
+    let _ = select.ready_timeout(shared.tick);
 }
 
 /// A failed node answers every request with its failure until it is killed (returns false).
@@ -235,82 +464,6 @@ fn serve_failed<S: StateMachine>(node: &mut Node<S>, error: Error) -> bool {
                 Err(_) => return false,
             },
         }
-    }
-}
-
-/// Before parking, yield-spin a little: the next message of a round trip usually arrives
-/// within microseconds, and a parked thread takes several to wake.
-fn poll_briefly<S: StateMachine>(
-    driver: &mut NodeDriver<S>,
-    channels: &Channels<S>,
-    syncer: &Syncer,
-    ticker: &Receiver<Instant>,
-    spin_rounds: u32,
-) -> Option<Result<(), Error>> {
-    for round in 0..spin_rounds {
-        // NB: a due tick or a shutdown ends the spin too, however many rounds it was given:
-        // a node spinning with nothing to receive must still time out and stop.
-        if round % 16 == 15 && (!ticker.is_empty() || !channels.shutdown.is_empty()) {
-            return Some(Ok(()));
-        }
-        if let Ok(outcome) = syncer.done().try_recv() {
-            return Some(driver.sync_done(outcome, &mut execute_all));
-        }
-        if let Ok(msg) = channels.inbox.try_recv() {
-            return Some(on_messages(driver, msg, &channels.inbox));
-        }
-        if let Ok(req) = channels.requests.try_recv() {
-            return Some(driver.handle(req, &mut channels.requests.try_iter(), &mut execute_all));
-        }
-        std::thread::yield_now();
-    }
-    None
-}
-
-/// After work found by spinning, or a spin ended by a due tick or a shutdown: neither must
-/// starve.
-fn poll_timers<S: StateMachine>(
-    driver: &mut NodeDriver<S>,
-    channels: &Channels<S>,
-    ticker: &Receiver<Instant>,
-) -> Result<bool, Error> {
-    if channels.shutdown.try_recv().is_ok() {
-        return Ok(false);
-    }
-    if let Ok(due) = ticker.try_recv() {
-        driver.tick_at(due, &mut execute_all)?;
-    }
-    Ok(true)
-}
-
-fn wait<S: StateMachine>(
-    driver: &mut NodeDriver<S>,
-    channels: &Channels<S>,
-    syncer: &Syncer,
-    ticker: &Receiver<Instant>,
-) -> Result<bool, Error> {
-    select! {
-        recv(channels.shutdown) -> _ => Ok(false),
-        recv(syncer.done()) -> outcome => match outcome {
-            Ok(outcome) => driver.sync_done(outcome, &mut execute_all).map(|()| true),
-            Err(_) => Ok(false),
-        },
-        recv(channels.inbox) -> msg => match msg {
-            Ok(msg) => on_messages(driver, msg, &channels.inbox).map(|()| true),
-            Err(_) => Ok(false),
-        },
-        recv(channels.requests) -> req => match req {
-            Ok(req) => driver.handle(req, &mut channels.requests.try_iter(), &mut execute_all).map(|()| true),
-            Err(_) => Ok(false),
-        },
-        recv(ticker) -> due => match due {
-            Ok(due) => driver.tick_at(due, &mut execute_all).map(|()| true),
-            Err(_) => driver.tick(&mut execute_all).map(|()| true),
-        },
-        recv(driver.taken().clone()) -> snapshot => match snapshot {
-            Ok(snapshot) => driver.snapshot_taken(snapshot, &mut execute_all).map(|()| true),
-            Err(_) => Ok(false),
-        },
     }
 }
 
