@@ -10,10 +10,10 @@
 //! swap roles.
 //!
 //! The worker running the loop holds the driver only for one step at a time, and waits for input
-//! without it. So a node of the same process with nothing of its own to do can run a step for
-//! this one ([`Peers`]): a leader waiting for acknowledgements handles its followers' waiting
-//! AppendEntries itself, and their replies, instead of waiting for their threads to be
-//! scheduled. On a machine with fewer cores than threads, that hop is what a commit waits for.
+//! without it. So a leader of the same process with nothing of its own to do can run a step for
+//! this node ([`Peers`]): a leader waiting for acknowledgements handles its followers' waiting
+//! AppendEntries itself, and then their replies, instead of waiting for their threads to be
+//! scheduled. On a machine with fewer cores than busy threads, those hops are most of a commit.
 //!
 //! The only blocking the loop does is waiting for input: sends go through the transport, which
 //! drops rather than blocks.
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, Receiver, Select, Sender, TryRecvError};
 
 use super::syncer::Syncer;
+use crate::core::Role;
 use crate::error::Error;
 use crate::message::Message;
 use crate::message::Snapshot;
@@ -55,8 +56,8 @@ pub(crate) struct Channels<S: StateMachine> {
 /// Why a node stopped on its own, shared with the [`crate::Cluster`].
 pub(crate) type Failure = Arc<Mutex<Option<Error>>>;
 
-/// The nodes of one process (one [`crate::Cluster`]), each of which may run a step for another
-/// when it has nothing of its own to do. A node is in it from its start until it is joined.
+/// The nodes of one process (one [`crate::Cluster`]): a leader among them with nothing of its
+/// own to do runs steps for the others. A node is in it from its start until it is joined.
 pub(crate) type Peers = Arc<RwLock<Vec<(NodeId, Arc<dyn Help>)>>>;
 
 /// A node another node's worker can run a step for.
@@ -124,6 +125,8 @@ struct Shared<S: StateMachine> {
     backlog: Arc<Backlog<S>>,
     /// The node is stopping: both workers return.
     done: AtomicBool,
+    /// The node was leader after its last step: only a leader runs steps for its peers.
+    leading: AtomicBool,
     /// Where the idle worker waits (woken early only when the node stops).
     idle: (Mutex<()>, Condvar),
     tick: Duration,
@@ -206,6 +209,7 @@ pub(crate) fn spawn<S: StateMachine>(
         watch,
         backlog,
         done: AtomicBool::new(false),
+        leading: AtomicBool::new(false),
         idle: (Mutex::new(()), Condvar::new()),
         tick,
         spin_rounds,
@@ -271,9 +275,15 @@ fn stop<S: StateMachine>(shared: &Shared<S>) {
 }
 
 impl<S: StateMachine> Shared<S> {
-    /// Runs a step for another node of this process that has peer messages waiting; whether
-    /// one did.
+    /// A leader runs a step for another node of this process that has peer messages waiting;
+    /// whether it did.
     fn help_peers(&self) -> bool {
+        // NB: only a leader helps. Its commits wait for its followers' steps; a follower's
+        // wait for the leader is not on any caller's path, and a commit found by a follower
+        // helping would need a wake-up for the leader to apply it.
+        if !self.leading.load(Ordering::Relaxed) {
+            return false;
+        }
         let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
         peers.iter().any(|(id, peer)| *id != self.id && peer.help())
     }
@@ -349,7 +359,10 @@ fn run_loop<S: StateMachine>(shared: &Shared<S>) -> bool {
                 shared.backlog.drain();
                 return serve_failed(&mut node, error);
             }
-            match step(&mut node) {
+            let step = step(&mut node);
+            let leading = node.driver.core().role() == Role::Leader;
+            shared.leading.store(leading, Ordering::Relaxed);
+            match step {
                 Ok(step) => step,
                 Err(error) => {
                     fail(&mut node, shared, error);
