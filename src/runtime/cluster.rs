@@ -216,8 +216,8 @@ pub struct Cluster<S: StateMachine> {
     slots: BTreeMap<NodeId, Slot<S>>,
     next_id: u64,
     client: Client<S>,
-    /// The running nodes, each of which may run a step for another when idle.
-    peers: Peers,
+    /// The running nodes: a leader among them runs steps for the others when idle.
+    pub(crate) peers: Peers,
 }
 
 impl<S: StateMachine> Cluster<S> {

@@ -64,7 +64,17 @@ pub(crate) type Failure = Arc<Mutex<Option<Error>>>;
 
 /// The nodes of one process (one [`crate::Cluster`]): a leader among them with nothing of its
 /// own to do runs steps for the others. A node is in it from its start until it is joined.
-pub(crate) type Peers = Arc<RwLock<Vec<(NodeId, Arc<dyn Help>)>>>;
+pub(crate) type Peers = Arc<PeerSet>;
+
+/// See [`Peers`].
+#[derive(Default)]
+pub(crate) struct PeerSet {
+    nodes: RwLock<Vec<(NodeId, Arc<dyn Help>)>>,
+    /// Test-only bug: a leader that helped a follower applies what the follower committed,
+    /// on the leader's thread (the first draft of helping).
+    #[cfg(test)]
+    pub helper_applies: AtomicBool,
+}
 
 /// A node another node's worker can run a step for.
 pub(crate) trait Help: Send + Sync {
@@ -179,7 +189,7 @@ impl Drop for NodeThreads {
 }
 
 fn write(peers: &Peers) -> std::sync::RwLockWriteGuard<'_, Vec<(NodeId, Arc<dyn Help>)>> {
-    peers.write().unwrap_or_else(|p| p.into_inner())
+    peers.nodes.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Starts `driver`'s two workers. They run until `channels.shutdown` fires or its sender drops.
@@ -292,7 +302,7 @@ impl<S: StateMachine> Shared<S> {
         if !self.leading.load(Ordering::Relaxed) {
             return false;
         }
-        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let peers = self.peers.nodes.read().unwrap_or_else(|p| p.into_inner());
         peers.iter().any(|(id, peer)| *id != self.id && peer.help())
     }
 }
@@ -328,6 +338,11 @@ impl<S: StateMachine> Help for Shared<S> {
         // NB: the node's own worker applies: this thread runs another node's loop, which must
         // not wait for a long `apply` here.
         if self.backlog.needs_drain() {
+            #[cfg(test)]
+            if self.peers.helper_applies.load(Ordering::Relaxed) {
+                self.backlog.drain();
+                return true;
+            }
             let _ = self.nudge.try_send(());
         }
         true
@@ -509,4 +524,90 @@ fn on_messages<S: StateMachine>(
         driver.receive(msg, &mut execute_all)?;
     }
     driver.end_batch(&mut execute_all)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use crate::StateMachine;
+    use crate::{Cluster, Config, KvCommand, KvOutput, KvStateMachine, LogIndex, NodeId};
+
+    /// A KV state machine that notes every thread that applied on it which is not one of its
+    /// node's own workers.
+    struct OwnThreads {
+        id: NodeId,
+        kv: KvStateMachine,
+        strangers: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl StateMachine for OwnThreads {
+        type Command = KvCommand;
+        type Output = KvOutput;
+
+        fn apply(&mut self, index: LogIndex, command: &KvCommand) -> KvOutput {
+            let name = std::thread::current().name().unwrap_or("unnamed").to_owned();
+            let own = format!("raft-n{}", self.id.0);
+            if name != own && name != format!("{own}-b") {
+                self.strangers.lock().unwrap().push(name);
+            }
+            self.kv.apply(index, command)
+        }
+
+        fn snapshot(&self) -> Vec<u8> {
+            self.kv.snapshot()
+        }
+
+        fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+            self.kv.restore(snapshot)
+        }
+    }
+
+    /// Rounds of 16 blocked callers writing 100 keys each, until a state machine saw a
+    /// stranger's thread or `rounds` ran; the strangers seen.
+    fn strangers_under_load(helper_applies: bool, rounds: usize) -> Vec<String> {
+        let strangers = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&strangers);
+        let factory =
+            move |id| OwnThreads { id, kv: KvStateMachine::new(), strangers: seen.clone() };
+        let cluster = Cluster::new(Config { seed: 71, ..Config::default() }, 3, factory);
+        let cluster = cluster.expect("start");
+        cluster.peers.helper_applies.store(helper_applies, Ordering::Relaxed);
+        let client = cluster.client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for round in 0..rounds {
+            let callers: Vec<_> = (0..16)
+                .map(|t| {
+                    let client = client.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..100 {
+                            let key = format!("r{round}-t{t}-{i}");
+                            let put = KvCommand::Put { key: key.into(), value: "v".into() };
+                            client.propose(put).expect("applied");
+                        }
+                    })
+                })
+                .collect();
+            for caller in callers {
+                caller.join().expect("caller");
+            }
+            if !strangers.lock().unwrap().is_empty() || Instant::now() > deadline {
+                break;
+            }
+        }
+        cluster.shutdown();
+        let strangers = strangers.lock().unwrap();
+        strangers.clone()
+    }
+
+    #[test]
+    fn a_leader_applying_for_the_followers_it_helps_is_caught_and_the_nudge_is_not() {
+        let caught = strangers_under_load(true, 20);
+        assert!(!caught.is_empty(), "the switch's strangers went unseen");
+        assert!(caught.iter().all(|name| name.starts_with("raft-n")), "{caught:?}");
+        let correct = strangers_under_load(false, 3);
+        assert!(correct.is_empty(), "applied on another node's threads: {correct:?}");
+    }
 }
