@@ -330,8 +330,9 @@ impl<S: StateMachine> Help for Shared<S> {
             (result, _) => result,
         };
         if let Some(error) = result.err().or_else(|| driver.failure()) {
-            // NB: the node's own worker serves the failure from its next step on.
+            // NB: the node's own worker serves the failure from its next step on: wake it.
             fail(&mut node, self, error);
+            let _ = self.nudge.try_send(());
             return true;
         }
         drop(node);
