@@ -28,8 +28,7 @@ use crossbeam_channel::{bounded, select, Receiver, Select, Sender, TryRecvError}
 use super::syncer::Syncer;
 use crate::core::Role;
 use crate::error::Error;
-use crate::message::Message;
-use crate::message::Snapshot;
+use crate::message::{Message, Snapshot};
 use crate::node::{execute_all, Backlog, Driver, NodeStatus, Request};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
