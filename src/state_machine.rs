@@ -17,7 +17,10 @@
 //!   threads (`raft-n<id>`, `raft-n<id>-b`), and while one applies, the other takes over the
 //!   loop if the apply runs longer than a tick. So a slow `apply` delays answers but causes no
 //!   election, and a fast one is answered without a thread hop. Committed entries queue up (in
-//!   memory) while it runs.
+//!   memory) while it runs. On the leader, a caller blocked waiting for its answer may apply
+//!   them on its own thread instead ([`Config::callers_help`](crate::Config::callers_help),
+//!   off the loop too); `snapshot` and `restore` always run on the node's workers. Either way
+//!   one thread at a time applies, in order.
 //! * **Cheap clones.** In process, the log hands each command on by cloning it: once per
 //!   follower it is sent to, once into the memory store, once to the applier. A command that
 //!   owns heap data (strings, buffers) should share it, e.g. `Arc<str>` or `Arc<[u8]>`
@@ -75,8 +78,9 @@ pub trait StateMachine: Send + 'static {
 /// could later cross a process boundary; [`query`](ReadStateMachine::query) runs it on the
 /// state at a point where every write that completed before the read began is applied.
 ///
-/// Contract: `query` only reads. It runs on the node's apply thread between two applies; a
-/// panic in it answers that read `NodeDown` and harms nothing else.
+/// Contract: `query` only reads. It runs between two applies, on the thread applying (see
+/// [`StateMachine`]'s "Time"); a panic in it answers that read `NodeDown` and harms nothing
+/// else.
 pub trait ReadStateMachine: StateMachine {
     /// What a client asks.
     type Query: Send + 'static;

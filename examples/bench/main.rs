@@ -48,9 +48,9 @@
 //! answer, and proposes again (closed loop), until `--ops` proposals (default 200,000) are done.
 //! `clients`, `async-clients`, `latency`, `throughput`, `read` and `mix` take `--spin R` to set
 //! `Config::spin_rounds` (how many times a waiting thread yields before it sleeps; default 64 on
-//! two cores or more), `--help-peers false` turns `Config::help_peers` off, and `--tick-ms T`
-//! sets `Config::tick`; the closed-loop workloads and
-//! `latency` report `cpu_us_per_op`.
+//! two cores or more), `--help-peers false` and `--callers-help false` turn `Config::help_peers`
+//! and `Config::callers_help` off, and `--tick-ms T` sets `Config::tick`; the closed-loop
+//! workloads and `latency` report `cpu_us_per_op`.
 //!
 //! `catchup`: time for `add_node` when the new node must catch up `--ops` entries (default
 //! 100,000). `reconfig`: writes per second with C proposals outstanding, first in steady state,
@@ -169,6 +169,9 @@ fn main() {
     let mut config = Config { max_inflight: 64, ..Config::default() };
     if let Some(help) = args.text("--help-peers") {
         config.help_peers = help.parse().expect("--help-peers needs true or false");
+    }
+    if let Some(help) = args.text("--callers-help") {
+        config.callers_help = help.parse().expect("--callers-help needs true or false");
     }
     if let Some(rounds) = args.text("--spin") {
         config.spin_rounds = rounds.parse().expect("--spin needs a number of yields");

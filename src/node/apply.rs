@@ -360,37 +360,56 @@ impl<S: StateMachine> Backlog<S> {
     /// already, returns at once: that thread also runs what was queued meanwhile, since it
     /// looks at the queue again after letting go of the applier.
     pub fn drain(&self) {
-        loop {
-            let mut applier = match self.applier.try_lock() {
-                Ok(applier) => applier,
-                Err(TryLockError::WouldBlock) => return,
-                Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        while self.run_tasks(usize::MAX, true) {}
+    }
+
+    /// What a caller waiting for an answer runs for the node: the tasks queued now, up to the
+    /// first snapshot or restore, which it leaves to the node's own workers (a caller must
+    /// not wait for a whole state machine's copy). Whether the node's workers must look:
+    /// tasks are left that nobody runs, or the state machine failed.
+    pub fn drain_some(&self) -> bool {
+        let limit = self.queued.load(Ordering::SeqCst);
+        let left = self.run_tasks(limit, false) && self.needs_drain();
+        left || self.failed.load(Ordering::Acquire)
+    }
+
+    /// Runs up to `limit` queued tasks in order, and, unless `snapshots`, none from a snapshot
+    /// or restore on. Whether it stopped with tasks left; false also when another thread runs
+    /// them (that thread also runs what is queued meanwhile: it looks at the queue again
+    /// after letting go of the applier).
+    fn run_tasks(&self, limit: usize, snapshots: bool) -> bool {
+        let mut applier = match self.applier.try_lock() {
+            Ok(applier) => applier,
+            Err(TryLockError::WouldBlock) => return false,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+        };
+        self.draining.store(true, Ordering::SeqCst);
+        for _ in 0..limit {
+            let task = {
+                let mut tasks = lock(&self.tasks);
+                let long =
+                    |t: &ApplyTask<S>| matches!(t, ApplyTask::Snapshot(_) | ApplyTask::Restore(_));
+                if !snapshots && tasks.front().is_some_and(long) {
+                    break;
+                }
+                let task = tasks.pop_front();
+                self.queued.store(tasks.len(), Ordering::SeqCst);
+                task
             };
-            self.draining.store(true, Ordering::SeqCst);
-            loop {
-                let task = {
-                    let mut tasks = lock(&self.tasks);
-                    let task = tasks.pop_front();
-                    self.queued.store(tasks.len(), Ordering::SeqCst);
-                    task
-                };
-                let Some(task) = task else { break };
-                if self.stop.load(Ordering::Relaxed) {
-                    // Stopping: unrun tasks drop, their proposers learn `NodeDown`.
-                    self.draining.store(false, Ordering::SeqCst);
-                    return;
-                }
-                if let Err(e) = run_task(&mut applier, task, &self.stop, &self.taken) {
-                    *lock(&self.failure) = Some(e);
-                    self.failed.store(true, Ordering::Release);
-                }
+            let Some(task) = task else { break };
+            if self.stop.load(Ordering::Relaxed) {
+                // Stopping: unrun tasks drop, their proposers learn `NodeDown`.
+                self.draining.store(false, Ordering::SeqCst);
+                return false;
             }
-            self.draining.store(false, Ordering::SeqCst);
-            drop(applier);
-            if !self.has_work() {
-                return;
+            if let Err(e) = run_task(&mut applier, task, &self.stop, &self.taken) {
+                *lock(&self.failure) = Some(e);
+                self.failed.store(true, Ordering::Release);
             }
         }
+        self.draining.store(false, Ordering::SeqCst);
+        drop(applier);
+        self.has_work()
     }
 
     /// Runs `query` on the state machine now, on the caller's thread, if it has applied

@@ -17,6 +17,12 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use crate::types::{LogIndex, NodeId, Term};
 
+/// Work a caller blocked on its receipt may do instead of yielding its core: a step of the
+/// node that will answer it (the thread runtime's leader loop). Whether it did any.
+pub(crate) trait Assist: Send + Sync {
+    fn assist(&self) -> bool;
+}
+
 /// The outcome of a proposal that was applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied<O> {
@@ -144,7 +150,7 @@ pub(crate) fn receipt<O>(node: NodeId) -> (Responder<O>, Receipt<O>) {
 pub(crate) fn receipt_spinning<O>(node: NodeId, spin_rounds: u32) -> (Responder<O>, Receipt<O>) {
     let shared: Arc<Slot<O>> = Arc::new(shared(spin_rounds, ()));
     let answer = Answer::Waiting(Arc::clone(&shared));
-    (Responder { node, shared: Some(shared) }, Receipt { node, answer })
+    (Responder { node, shared: Some(shared) }, Receipt { node, answer, assist: None })
 }
 
 /// A read the node runs once it may: `run(state machine, query)` gives the answer. The query
@@ -164,7 +170,8 @@ where
 {
     let shared = Arc::new(shared(spin_rounds, ReadJob { query: Mutex::new(query), run }));
     let job: Arc<dyn RunRead<S>> = Arc::clone(&shared) as _;
-    (ReadFn { node, job: Some(job) }, Receipt { node, answer: Answer::Waiting(shared) })
+    let answer = Answer::Waiting(shared);
+    (ReadFn { node, job: Some(job) }, Receipt { node, answer, assist: None })
 }
 
 /// A read's query and the function that answers it from the state machine.
@@ -293,6 +300,8 @@ impl<O> Drop for Responder<O> {
 pub struct Receipt<O> {
     node: NodeId,
     answer: Answer<O>,
+    /// What a blocked [`Receipt::wait`] runs instead of yielding, if anything.
+    assist: Option<Arc<dyn Assist>>,
 }
 
 /// Where a receipt's answer is: in the slot the node answers through, or (a read served on
@@ -306,6 +315,14 @@ enum Answer<O> {
 // NB: nothing pins the output in place (it is moved out by value), so a receipt may move
 // while polled whatever `O` is.
 impl<O> Unpin for Receipt<O> {}
+
+impl<O> Receipt<O> {
+    /// A blocked [`Receipt::wait`] on this receipt runs `assist` instead of yielding.
+    pub(crate) fn assisted_by(mut self, assist: Option<&Arc<dyn Assist>>) -> Self {
+        self.assist = assist.cloned();
+        self
+    }
+}
 
 impl<O: Clone> Receipt<O> {
     /// A receipt that is already answered (a refusal before the request reached a node).
@@ -322,7 +339,7 @@ impl<O: Clone> Receipt<O> {
             sleeping: false,
             taken: false,
         };
-        Receipt { node, answer: Answer::Ready(state) }
+        Receipt { node, answer: Answer::Ready(state), assist: None }
     }
 
     /// The node the proposal was sent to.
@@ -352,7 +369,7 @@ impl<O: Clone> Receipt<O> {
     /// append it. Fails with the leader's refusal (e.g. `NotLeader`) if it was not appended.
     pub fn position(&mut self, timeout: Duration) -> Result<(LogIndex, Term), Error> {
         let placed = |s: &State<O>| s.appended.is_some() || s.answered();
-        self.once(timeout, placed, |state| match (&state.appended, state.peek()) {
+        self.once(Until::After(timeout), placed, |state| match (&state.appended, state.peek()) {
             (Some(position), _) => Ok(*position),
             (None, Some(result)) => result.map(|a| (a.index, a.term)),
             (None, None) => unreachable!("`once` runs this once one is set"),
@@ -364,36 +381,57 @@ impl<O: Clone> Receipt<O> {
     /// output is handed over once, moved rather than copied: a later `wait` or `.await` returns
     /// [`Error::AnswerTaken`] (an error answer is reported every time).
     pub fn wait(&mut self, timeout: Duration) -> Result<Applied<O>, Error> {
-        self.once(timeout, State::answered, State::take)?
+        self.once(Until::After(timeout), State::answered, State::take)?
+    }
+
+    /// [`Receipt::wait`] until `deadline`.
+    pub(crate) fn wait_until(&mut self, deadline: Instant) -> Result<Applied<O>, Error> {
+        self.once(Until::At(deadline), State::answered, State::take)?
     }
 
     /// Runs `then` on the state once `ready` holds, waiting up to `timeout` for it (a ready
     /// receipt never waits: it is answered).
     fn once<R>(
         &mut self,
-        timeout: Duration,
+        until: Until,
         ready: impl Fn(&State<O>) -> bool,
         then: impl FnOnce(&mut State<O>) -> R,
     ) -> Result<R, Error> {
+        let assist = self.assist.as_deref();
         match &mut self.answer {
-            Answer::Waiting(shared) => Ok(then(&mut *wait_until(shared, timeout, ready)?)),
+            Answer::Waiting(shared) => Ok(then(&mut *wait_for(shared, until, ready, assist)?)),
             Answer::Ready(state) => Ok(then(state)),
         }
     }
 }
 
-/// Waits up to `timeout` for `ready` to hold of the slot's state; returns it locked.
-fn wait_until<O>(
-    shared: &Slot<O>,
-    timeout: Duration,
+/// The longest a waiter runs steps for its node without yielding its core once (see
+/// `runtime/thread.rs`, `MAX_HELPING_WITHOUT_YIELD`).
+const MAX_ASSISTING_WITHOUT_YIELD: Duration = Duration::from_micros(100);
+
+/// How long a waiter waits: a timeout from now, or a deadline (a caller that retries keeps one).
+#[derive(Clone, Copy)]
+enum Until {
+    After(Duration),
+    At(Instant),
+}
+
+/// Waits `until` for `ready` to hold of the slot's state; returns it locked. While it spins, it
+/// runs `assist` instead of yielding whenever that finds work.
+fn wait_for<'a, O>(
+    shared: &'a Slot<O>,
+    until: Until,
     ready: impl Fn(&State<O>) -> bool,
-) -> Result<MutexGuard<'_, State<O>>, Error> {
+    assist: Option<&dyn Assist>,
+) -> Result<MutexGuard<'a, State<O>>, Error> {
     let mut state = shared.lock();
     if ready(&state) {
         return Ok(state); // answered already: no clock to read (a pipelining caller)
     }
-    let start = Instant::now();
-    let deadline = start + timeout;
+    let deadline = match until {
+        Until::After(timeout) => Instant::now() + timeout,
+        Until::At(deadline) => deadline,
+    };
     // An answer usually comes within microseconds: yield-poll a little before sleeping,
     // since waking a sleeping thread costs both sides several microseconds. The rounds are
     // counted, not timed: alone on a core 64 yields pass in about 20 µs, and among many
@@ -401,12 +439,27 @@ fn wait_until<O>(
     // useful work (a 50 µs cap made 64 blocked callers sleep after a few yields and halved
     // their throughput: NOTES.md, seventh session).
     let (mut rounds, spin_rounds) = (0, shared.spin_rounds);
+    let mut assisting: Option<Instant> = None;
     let spinning =
-        |rounds: u32| rounds < spin_rounds && (rounds % 16 != 15 || start.elapsed() < timeout);
+        |rounds: u32| rounds < spin_rounds && (rounds % 16 != 15 || Instant::now() < deadline);
     while !ready(&state) && spinning(rounds) {
         drop(state);
         while !shared.changed_flag.swap(false, Ordering::Acquire) && spinning(rounds) {
+            if assist.is_some_and(|a| a.assist()) {
+                // NB: the clock is read only while assisting (a yield ends the stretch), and
+                // rounds spent assisting do not count: so the deadline is looked at here.
+                let now = Instant::now();
+                let since = *assisting.get_or_insert(now);
+                if now >= deadline {
+                    rounds = spin_rounds; // (the sleeping loop below reports the timeout)
+                } else if now - since > MAX_ASSISTING_WITHOUT_YIELD {
+                    std::thread::yield_now();
+                    assisting = None;
+                }
+                continue;
+            }
             std::thread::yield_now();
+            assisting = None;
             rounds += 1;
         }
         state = shared.lock();
@@ -589,6 +642,38 @@ mod tests {
         assert_eq!(receipt.wait(Duration::from_secs(1)), Err(refusal.clone()));
         assert_eq!(receipt.position(Duration::from_secs(1)), Err(refusal));
         assert!(!receipt.was_appended());
+    }
+
+    /// Always finds work, and counts the times it ran.
+    struct Busy(std::sync::atomic::AtomicU64);
+
+    impl Assist for Busy {
+        fn assist(&self) -> bool {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+    }
+
+    #[test]
+    fn a_waiter_whose_assist_always_finds_work_still_times_out_and_still_sees_its_answer() {
+        let busy: Arc<dyn Assist> = Arc::new(Busy(Default::default()));
+        let (_responder, receipt) = receipt_spinning::<u32>(NodeId(1), 64);
+        let mut receipt = receipt.assisted_by(Some(&busy));
+        let start = Instant::now();
+        assert_eq!(receipt.wait(Duration::from_millis(20)), Err(Error::Timeout));
+        assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+
+        let assisted = Arc::new(Busy(Default::default()));
+        let (responder, receipt) = receipt_spinning::<u32>(NodeId(1), 64);
+        let mut receipt = receipt.assisted_by(Some(&(Arc::clone(&assisted) as Arc<dyn Assist>)));
+        let answer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            responder.finish(Ok(Applied { index: LogIndex(3), term: Term(1), output: 7 }));
+        });
+        let applied = receipt.wait(Duration::from_secs(30)).expect("answered while assisting");
+        assert_eq!(applied.output, 7);
+        assert!(assisted.0.load(Ordering::Relaxed) > 0, "the waiter never assisted");
+        answer.join().expect("answering thread");
     }
 
     #[test]

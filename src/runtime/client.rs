@@ -16,8 +16,8 @@ use crate::core::MembershipChange;
 use crate::error::Error;
 use crate::message::Configuration;
 use crate::node::{
-    read_receipt, receipt_spinning, Applied, Backlog, Compaction, LocalLease, NodeStatus, ReadFn,
-    Receipt, Request, Responder,
+    read_receipt, receipt_spinning, Applied, Assist, Backlog, Compaction, LocalLease, NodeStatus,
+    ReadFn, Receipt, Request, Responder,
 };
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
@@ -73,6 +73,9 @@ pub struct NodeHandle<S: StateMachine> {
     /// With lease reads on: the node's lease and state machine, to serve a read on the
     /// caller's thread while the lease holds (`runtime/read.rs`).
     pub(super) local: Option<Arc<LocalReads<S>>>,
+    /// What a caller blocked on this node's receipt runs instead of yielding (the node's
+    /// leader loop, in the thread runtime with `Config::help_peers`).
+    pub(super) assist: Option<Arc<dyn Assist>>,
 }
 
 /// What a handle needs to answer a lease read itself.
@@ -84,19 +87,20 @@ pub(crate) struct LocalReads<S: StateMachine> {
 impl<S: StateMachine> Clone for NodeHandle<S> {
     fn clone(&self) -> Self {
         let (id, forward, local) = (self.id, self.forward, self.local.clone());
-        let spin_rounds = self.spin_rounds;
-        NodeHandle { id, requests: self.requests.clone(), forward, spin_rounds, local }
+        let (spin_rounds, assist) = (self.spin_rounds, self.assist.clone());
+        NodeHandle { id, requests: self.requests.clone(), forward, spin_rounds, local, assist }
     }
 }
 
 impl<S: StateMachine> NodeHandle<S> {
     pub(crate) fn new(id: NodeId, requests: Sender<Request<S>>, spin_rounds: u32) -> Self {
-        NodeHandle { id, requests, forward: false, spin_rounds, local: None }
+        NodeHandle { id, requests, forward: false, spin_rounds, local: None, assist: None }
     }
 
     /// A receipt for a request to this node, and the node's end of it.
     pub(crate) fn receipt<O>(&self) -> (Responder<O>, Receipt<O>) {
-        receipt_spinning(self.id, self.spin_rounds)
+        let (responder, receipt) = receipt_spinning(self.id, self.spin_rounds);
+        (responder, receipt.assisted_by(self.assist.as_ref()))
     }
 
     /// A read for this node and its receipt, in one allocation (see `node::read_receipt`).
@@ -109,7 +113,8 @@ impl<S: StateMachine> NodeHandle<S> {
         Q: Send + 'static,
         O: Send + 'static,
     {
-        read_receipt(self.id, self.spin_rounds, query, run)
+        let (read, receipt) = read_receipt(self.id, self.spin_rounds, query, run);
+        (read, receipt.assisted_by(self.assist.as_ref()))
     }
 
     /// Lets this handle serve lease reads on the caller's thread.
@@ -381,9 +386,10 @@ impl<S: StateMachine> Client<S> {
     ) -> Result<Applied<S::Output>, Error> {
         let deadline = Instant::now() + timeout;
         let mut target = self.leader_hint().or_else(|| self.running().first().copied());
-        let mut attempt = 0usize;
+        let (mut attempt, mut first) = (0usize, true);
         loop {
-            if Instant::now() >= deadline {
+            // NB: the first attempt has its whole timeout: no second clock read.
+            if !std::mem::take(&mut first) && Instant::now() >= deadline {
                 return Err(Error::Timeout);
             }
             let Some(id) = target else { return Err(Error::Shutdown) };
@@ -418,8 +424,7 @@ impl<S: StateMachine> Client<S> {
         let Ok(Ok(mut receipt)) = self.send_proposal(id, command) else {
             return Err(Retry::Elsewhere);
         };
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match receipt.wait(remaining) {
+        match receipt.wait_until(deadline) {
             Ok(applied) => Ok(applied),
             Err(Error::NotLeader { leader_hint: Some(hint) }) if hint != id => Err(Retry::At(hint)),
             Err(Error::NotLeader { .. } | Error::ProposalDropped { .. }) => Err(Retry::Elsewhere),

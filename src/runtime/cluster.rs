@@ -294,6 +294,9 @@ impl<S: StateMachine> Cluster<S> {
         let failed = Arc::clone(&failure);
         let thread = thread::spawn(id, driver, channels, tick, spin_rounds, failed, peers)?;
         let mut handle = NodeHandle::new(id, requests_tx, spin_rounds);
+        if self.config.callers_help {
+            handle.assist = Some(thread.assist());
+        }
         if let Some(local) = local {
             handle = handle.with_local_reads(local);
         }

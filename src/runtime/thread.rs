@@ -14,6 +14,9 @@
 //! this node ([`Peers`]): a leader waiting for acknowledgements handles its followers' waiting
 //! AppendEntries itself, and then their replies, instead of waiting for their threads to be
 //! scheduled. On a machine with fewer cores than busy threads, those hops are most of a commit.
+//! A caller blocked on a leader's answer does the same ([`Assist`], `Config::callers_help`):
+//! it runs the leader's waiting acknowledgements (or its followers' messages) and applies
+//! what they commit, so whichever thread holds a core moves the commit on.
 //!
 //! The only blocking the loop does is waiting for input: sends go through the transport, which
 //! drops rather than blocks.
@@ -29,7 +32,7 @@ use super::syncer::Syncer;
 use crate::core::Role;
 use crate::error::Error;
 use crate::message::{Message, Snapshot};
-use crate::node::{execute_all, Backlog, Driver, NodeStatus, Request};
+use crate::node::{execute_all, Assist, Backlog, Driver, NodeStatus, Request};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
 use crate::transport::Transport;
@@ -73,12 +76,38 @@ pub(crate) struct PeerSet {
     /// on the leader's thread (the first draft of helping).
     #[cfg(test)]
     pub helper_applies: AtomicBool,
+    /// Test-only bug: a caller assisting the leader runs every task its applier has queued,
+    /// snapshots included, on the caller's thread.
+    #[cfg(test)]
+    pub callers_take_snapshots: AtomicBool,
 }
 
-/// A node another node's worker can run a step for.
+/// The nodes of a [`PeerSet`], as its read lock shows them.
+type PeerList = [(NodeId, Arc<dyn Help>)];
+
+/// A node another node's worker, or a caller, can run a step for.
 pub(crate) trait Help: Send + Sync {
     /// Handles this node's waiting peer messages if nobody else is; whether it did.
     fn help(&self) -> bool;
+
+    /// What a caller waiting for this node's answer runs (see [`Assist`]); `peers` are the
+    /// nodes it may help in turn. Whether it did anything.
+    fn assist(&self, peers: &PeerList) -> bool;
+}
+
+/// A caller's way to a node of a [`PeerSet`]: through the set, so that a caller never holds
+/// a node that left it (a killed node's driver and storage drop when its workers return).
+struct AssistNode {
+    peers: Peers,
+    id: NodeId,
+}
+
+impl Assist for AssistNode {
+    fn assist(&self) -> bool {
+        let peers = self.peers.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let node = peers.iter().find(|(id, _)| *id == self.id);
+        node.is_some_and(|(_, node)| node.assist(&peers))
+    }
 }
 
 /// What the worker running the loop (or a node helping) locks for one step.
@@ -161,6 +190,11 @@ pub(crate) struct NodeThreads {
 }
 
 impl NodeThreads {
+    /// What a caller blocked on this node's receipts runs instead of yielding.
+    pub fn assist(&self) -> Arc<dyn Assist> {
+        Arc::new(AssistNode { peers: Arc::clone(&self.peers), id: self.id })
+    }
+
     /// Whether both workers have returned.
     pub fn is_finished(&self) -> bool {
         self.threads.iter().all(|t| t.is_finished())
@@ -302,7 +336,14 @@ impl<S: StateMachine> Shared<S> {
             return false;
         }
         let peers = self.peers.nodes.read().unwrap_or_else(|p| p.into_inner());
-        peers.iter().any(|(id, peer)| *id != self.id && peer.help())
+        self.help_these(&peers)
+    }
+
+    /// [`Shared::help_peers`] with the set's read lock held already (it must not be taken
+    /// twice: a writer waiting between the two would wait for this reader forever).
+    fn help_these(&self, peers: &PeerList) -> bool {
+        self.leading.load(Ordering::Relaxed)
+            && peers.iter().any(|(id, peer)| *id != self.id && peer.help())
     }
 }
 
@@ -344,6 +385,47 @@ impl<S: StateMachine> Help for Shared<S> {
                 return true;
             }
             let _ = self.nudge.try_send(());
+        }
+        true
+    }
+
+    /// A caller blocked on this node's answer runs what the node's idle loop would, if it
+    /// leads: the acknowledgements and sync outcomes waiting for it, else its followers'
+    /// waiting messages (`help_peers`); then applies, on its own thread, what that committed.
+    /// New requests stay for the node's loop, which takes them as one batch.
+    fn assist(&self, peers: &PeerList) -> bool {
+        if !self.leading.load(Ordering::Relaxed) || self.done.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.watch.inbox.is_empty() && self.watch.synced.is_empty() {
+            return self.help_these(peers);
+        }
+        let mut node = match self.node.try_lock() {
+            Ok(node) => node,
+            Err(_) => return false,
+        };
+        if node.failed.is_some() {
+            return false;
+        }
+        let _span = tracing::info_span!("node", id = %self.id).entered();
+        // NB: a closed channel (`None`) is the node's own loop's to act on.
+        let result = handle_one(&mut node, false).and_then(|_| submit_sync(&mut node));
+        let leading = node.driver.core().role() == Role::Leader;
+        self.leading.store(leading, Ordering::Relaxed);
+        if let Some(error) = result.err().or_else(|| node.driver.failure()) {
+            // NB: the node's own worker serves the failure from its next step on: wake it.
+            fail(&mut node, self, error);
+            let _ = self.nudge.try_send(());
+            return true;
+        }
+        drop(node);
+        #[cfg(test)]
+        if self.peers.callers_take_snapshots.load(Ordering::Relaxed) {
+            self.backlog.drain();
+            return true;
+        }
+        if self.backlog.needs_drain() && self.backlog.drain_some() {
+            let _ = self.nudge.try_send(()); // left a snapshot, or a failure, to the node
         }
         true
     }
@@ -412,26 +494,11 @@ fn fail<S: StateMachine>(node: &mut Node<S>, shared: &Shared<S>, error: Error) {
 /// Handles one input that is waiting (a burst of peer messages, a batch of requests), then a
 /// due tick or a shutdown, which must not starve.
 fn step<S: StateMachine>(node: &mut Node<S>) -> Result<Step, Error> {
-    let Node { driver, channels, ticker, syncer, .. } = node;
-    let found = match syncer.done().try_recv() {
-        Ok(outcome) => Some(driver.sync_done(outcome, &mut execute_all)),
-        Err(_) => match channels.inbox.try_recv() {
-            Ok(msg) => Some(on_messages(driver, msg, &channels.inbox)),
-            Err(TryRecvError::Disconnected) => return Ok(Step::Stop),
-            Err(TryRecvError::Empty) => match channels.requests.try_recv() {
-                Ok(req) => {
-                    let more = &mut channels.requests.try_iter();
-                    Some(driver.handle(req, more, &mut execute_all))
-                }
-                Err(TryRecvError::Disconnected) => return Ok(Step::Stop),
-                Err(TryRecvError::Empty) => match driver.taken().try_recv() {
-                    Ok(snapshot) => Some(driver.snapshot_taken(snapshot, &mut execute_all)),
-                    Err(_) => None,
-                },
-            },
-        },
+    let worked = match handle_one(node, true)? {
+        Some(worked) => worked,
+        None => return Ok(Step::Stop),
     };
-    let worked = found.transpose()?.is_some();
+    let Node { driver, channels, ticker, .. } = node;
     // NB: whatever was found above, look at the timers too: neither may starve.
     let ticked = match ticker.try_recv() {
         Ok(due) => driver.tick_at(due, &mut execute_all).map(|()| true)?,
@@ -441,13 +508,46 @@ fn step<S: StateMachine>(node: &mut Node<S>) -> Result<Step, Error> {
         Ok(()) | Err(TryRecvError::Disconnected) => return Ok(Step::Stop),
         Err(TryRecvError::Empty) => {}
     }
-    if let Some(job) = driver.take_sync_job() {
-        syncer.submit(job)?;
-    }
-    if let Some(error) = driver.failure() {
+    submit_sync(node)?;
+    if let Some(error) = node.driver.failure() {
         return Err(error);
     }
     Ok(if worked || ticked { Step::Worked } else { Step::Idle })
+}
+
+/// Hands the fsync the step asked for, if any, to the node's syncer.
+fn submit_sync<S: StateMachine>(node: &mut Node<S>) -> Result<(), Error> {
+    match node.driver.take_sync_job() {
+        Some(job) => node.syncer.submit(job),
+        None => Ok(()),
+    }
+}
+
+/// Handles one input that is waiting: a sync's outcome, a burst of peer messages, or (only if
+/// `requests`) a batch of requests or a snapshot taken. Whether one was waiting; `None` if a
+/// channel closed (the node stops).
+fn handle_one<S: StateMachine>(node: &mut Node<S>, requests: bool) -> Result<Option<bool>, Error> {
+    let Node { driver, channels, syncer, .. } = node;
+    let found = match syncer.done().try_recv() {
+        Ok(outcome) => Some(driver.sync_done(outcome, &mut execute_all)),
+        Err(_) => match channels.inbox.try_recv() {
+            Ok(msg) => Some(on_messages(driver, msg, &channels.inbox)),
+            Err(TryRecvError::Disconnected) => return Ok(None),
+            Err(TryRecvError::Empty) if !requests => None,
+            Err(TryRecvError::Empty) => match channels.requests.try_recv() {
+                Ok(req) => {
+                    let more = &mut channels.requests.try_iter();
+                    Some(driver.handle(req, more, &mut execute_all))
+                }
+                Err(TryRecvError::Disconnected) => return Ok(None),
+                Err(TryRecvError::Empty) => match driver.taken().try_recv() {
+                    Ok(snapshot) => Some(driver.snapshot_taken(snapshot, &mut execute_all)),
+                    Err(_) => None,
+                },
+            },
+        },
+    };
+    Ok(Some(found.transpose()?.is_some()))
 }
 
 /// Waits for input without holding the driver: yields a little first (the next message of a
@@ -528,19 +628,42 @@ fn on_messages<S: StateMachine>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::sync::atomic::Ordering;
     use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
+    use super::PeerSet;
     use crate::StateMachine;
     use crate::{Cluster, Config, KvCommand, KvOutput, KvStateMachine, LogIndex, NodeId};
 
-    /// A KV state machine that notes every thread that applied on it which is not one of its
-    /// node's own workers.
+    /// The threads other than a node's own workers that ran its state machine.
+    #[derive(Clone, Default, Debug)]
+    struct Strangers {
+        applied: BTreeSet<String>,
+        snapshotted: BTreeSet<String>,
+    }
+
+    impl Strangers {
+        fn applied(&self, prefix: &str) -> bool {
+            self.applied.iter().any(|name| name.starts_with(prefix))
+        }
+    }
+
+    /// A KV state machine that notes every thread which is not one of its node's own workers.
     struct OwnThreads {
         id: NodeId,
         kv: KvStateMachine,
-        strangers: Arc<Mutex<Vec<String>>>,
+        strangers: Arc<Mutex<Strangers>>,
+    }
+
+    impl OwnThreads {
+        /// This thread's name if it is not one of the node's workers.
+        fn stranger(&self) -> Option<String> {
+            let name = std::thread::current().name().unwrap_or("unnamed").to_owned();
+            let own = format!("raft-n{}", self.id.0);
+            (name != own && name != format!("{own}-b")).then_some(name)
+        }
     }
 
     impl StateMachine for OwnThreads {
@@ -548,15 +671,16 @@ mod tests {
         type Output = KvOutput;
 
         fn apply(&mut self, index: LogIndex, command: &KvCommand) -> KvOutput {
-            let name = std::thread::current().name().unwrap_or("unnamed").to_owned();
-            let own = format!("raft-n{}", self.id.0);
-            if name != own && name != format!("{own}-b") {
-                self.strangers.lock().unwrap().push(name);
+            if let Some(name) = self.stranger() {
+                self.strangers.lock().unwrap().applied.insert(name);
             }
             self.kv.apply(index, command)
         }
 
         fn snapshot(&self) -> Vec<u8> {
+            if let Some(name) = self.stranger() {
+                self.strangers.lock().unwrap().snapshotted.insert(name);
+            }
             self.kv.snapshot()
         }
 
@@ -565,35 +689,41 @@ mod tests {
         }
     }
 
-    /// Rounds of 16 blocked callers writing 100 keys each, until a state machine saw a
-    /// stranger's thread or `rounds` ran; the strangers seen.
-    fn strangers_under_load(helper_applies: bool, rounds: usize) -> Vec<String> {
-        let strangers = Arc::new(Mutex::new(Vec::new()));
+    /// Rounds of 16 blocked callers (threads `caller-<t>`) writing 100 keys each, until
+    /// `enough` holds of the strangers seen or `rounds` ran; the strangers seen.
+    fn strangers_under_load(
+        config: Config,
+        switch: impl Fn(&PeerSet),
+        rounds: usize,
+        enough: impl Fn(&Strangers) -> bool,
+    ) -> Strangers {
+        let strangers = Arc::new(Mutex::new(Strangers::default()));
         let seen = Arc::clone(&strangers);
         let factory =
             move |id| OwnThreads { id, kv: KvStateMachine::new(), strangers: seen.clone() };
-        let cluster = Cluster::new(Config { seed: 71, ..Config::default() }, 3, factory);
-        let cluster = cluster.expect("start");
-        cluster.peers.helper_applies.store(helper_applies, Ordering::Relaxed);
+        let cluster = Cluster::new(config, 3, factory).expect("start");
+        switch(&cluster.peers);
         let client = cluster.client();
         let deadline = Instant::now() + Duration::from_secs(20);
         for round in 0..rounds {
             let callers: Vec<_> = (0..16)
                 .map(|t| {
                     let client = client.clone();
-                    std::thread::spawn(move || {
+                    let caller = std::thread::Builder::new().name(format!("caller-{t}"));
+                    let caller = caller.spawn(move || {
                         for i in 0..100 {
                             let key = format!("r{round}-t{t}-{i}");
                             let put = KvCommand::Put { key: key.into(), value: "v".into() };
                             client.propose(put).expect("applied");
                         }
-                    })
+                    });
+                    caller.expect("spawn a caller")
                 })
                 .collect();
             for caller in callers {
                 caller.join().expect("caller");
             }
-            if !strangers.lock().unwrap().is_empty() || Instant::now() > deadline {
+            if enough(&strangers.lock().unwrap()) || Instant::now() > deadline {
                 break;
             }
         }
@@ -604,10 +734,31 @@ mod tests {
 
     #[test]
     fn a_leader_applying_for_the_followers_it_helps_is_caught_and_the_nudge_is_not() {
-        let caught = strangers_under_load(true, 20);
-        assert!(!caught.is_empty(), "the switch's strangers went unseen");
-        assert!(caught.iter().all(|name| name.starts_with("raft-n")), "{caught:?}");
-        let correct = strangers_under_load(false, 3);
-        assert!(correct.is_empty(), "applied on another node's threads: {correct:?}");
+        let config = Config { seed: 71, ..Config::default() };
+        let on = |peers: &PeerSet| peers.helper_applies.store(true, Ordering::Relaxed);
+        let caught = strangers_under_load(config.clone(), on, 20, |s| s.applied("raft-n"));
+        assert!(caught.applied("raft-n"), "the switch's strangers went unseen: {caught:?}");
+        let correct = strangers_under_load(config, |_| {}, 3, |_| false);
+        assert!(!correct.applied("raft-n"), "applied on another node's threads: {correct:?}");
+    }
+
+    #[test]
+    fn callers_apply_for_the_leader_and_leave_its_snapshots_to_its_workers() {
+        // A snapshot every 64 entries: 16 blocked callers meet many of them.
+        let config = Config { seed: 72, snapshot_entries: 64, ..Config::default() };
+        let on = |peers: &PeerSet| peers.callers_take_snapshots.store(true, Ordering::Relaxed);
+        let snapshotted = |s: &Strangers| !s.snapshotted.is_empty();
+        let caught = strangers_under_load(config.clone(), on, 20, snapshotted);
+        let by_callers = caught.snapshotted.iter().all(|name| name.starts_with("caller-"));
+        assert!(snapshotted(&caught) && by_callers, "the switch went unseen: {caught:?}");
+
+        let correct = strangers_under_load(config.clone(), |_| {}, 3, |_| false);
+        assert!(correct.applied("caller-"), "no caller applied for the leader: {correct:?}");
+        assert!(correct.snapshotted.is_empty(), "a snapshot off the node: {correct:?}");
+        assert!(!correct.applied("raft-n"), "applied on another node's threads: {correct:?}");
+
+        let off = Config { callers_help: false, ..config };
+        let off = strangers_under_load(off, |_| {}, 3, |_| false);
+        assert!(off.applied.is_empty() && off.snapshotted.is_empty(), "{off:?}");
     }
 }
