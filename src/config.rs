@@ -103,8 +103,9 @@ pub struct Config {
     /// for 16 to 256 blocked callers on 2 cores, p99 at 16 callers halved). New requests
     /// stay for the leader's loop, which takes them as one batch, and snapshots for the
     /// node's own workers. Protocol steps and their order are unchanged; only the thread
-    /// differs. Turn it off to keep [`StateMachine::apply`](crate::StateMachine::apply) on the
-    /// node's own threads. Default on; no effect with `spin_rounds: 0` or on async callers.
+    /// differs. Turn it off to keep [`StateMachine::apply`](crate::StateMachine::apply) and,
+    /// with `help_peers`, the followers' storage calls on the nodes' own threads. Default on;
+    /// no effect with `spin_rounds: 0` or on async callers (they never block in `wait`).
     pub callers_help: bool,
     /// Run each node's fsync on a thread of its own
     /// ([`Storage::start_sync`](crate::storage::Storage::start_sync)) instead of the node's

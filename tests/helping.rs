@@ -1,10 +1,11 @@
-//! A leader runs its followers' steps while it spins idle (`Config::help_peers`): only the
-//! thread differs, never what a node does. These tests hold the runtime to that under load
-//! from many blocked callers (the shape where helping happens): every node applies every
-//! write once, in the same order, with helping on or off, and a node killed and restarted
-//! mid-load (on disk, whose lock a helper still holding the node would keep) comes back. That
-//! each node applies only on its own workers is the unit test in `src/runtime/thread.rs`,
-//! beside the test-only switch that breaks it. The protocol itself is checked in the
+//! A leader runs its followers' steps while it spins idle (`Config::help_peers`), and a caller
+//! blocked on the leader's answer runs the leader's (`Config::callers_help`): only the thread
+//! differs, never what a node does. These tests hold the runtime to that under load from many
+//! blocked callers (the shape where helping happens): every node applies every write once, in
+//! the same order, with helping on or off, and a node killed and restarted mid-load (on disk,
+//! whose lock a helper still holding the node would keep) comes back. Which threads may apply
+//! and snapshot (a node's own workers; the leader's callers, but not for snapshots) is the
+//! unit tests in `src/runtime/thread.rs`, beside the test-only switches that break it. The protocol itself is checked in the
 //! simulator, which runs the same driver.
 
 mod common;
@@ -55,7 +56,7 @@ fn under_load_every_node_applies_every_write_once_in_the_same_order() {
 #[test]
 fn the_same_load_with_helping_off_gives_the_same_outcome() {
     let _serial = serial();
-    let config = Config { help_peers: false, ..fast_config(62) };
+    let config = Config { help_peers: false, callers_help: false, ..fast_config(62) };
     let cluster = Cluster::new(config, 3, |_| KvStateMachine::new()).expect("start");
     wait_for_agreement(&cluster, LONG);
     let client = cluster.client();
