@@ -80,7 +80,7 @@ pub struct Config {
     /// figures). Default: 64 on a machine with two cores or more, 0 on one core.
     /// `bench clients` and `bench latency` report the CPU time per operation it costs.
     pub spin_rounds: u32,
-    /// Let a leader run its followers' steps when they share its [`Cluster`]: a leader's loop
+    /// Let a leader run its followers' steps when they share its [`Cluster`](crate::Cluster): a leader's loop
     /// spinning with nothing of its own to do (see `spin_rounds`) handles the messages waiting
     /// for a follower of the same `Cluster`, unless that follower's loop is running a step
     /// already. It then handles their acknowledgements itself, so a commit does not wait for

@@ -379,7 +379,9 @@ impl<O: Clone> Receipt<O> {
     /// Waits up to `timeout` for the command to be applied; returns its output. See the table in
     /// the type's docs for what each error means. After `Timeout` it can be called again. The
     /// output is handed over once, moved rather than copied: a later `wait` or `.await` returns
-    /// [`Error::AnswerTaken`] (an error answer is reported every time).
+    /// [`Error::AnswerTaken`] (an error answer is reported every time). While it spins, a wait
+    /// on a leader's receipt in the thread runtime runs the leader's waiting steps instead of
+    /// yielding ([`Config::callers_help`](crate::Config::callers_help)).
     pub fn wait(&mut self, timeout: Duration) -> Result<Applied<O>, Error> {
         self.once(Until::After(timeout), State::answered, State::take)?
     }
