@@ -80,18 +80,19 @@ pub struct Config {
     /// figures). Default: 64 on a machine with two cores or more, 0 on one core.
     /// `bench clients` and `bench latency` report the CPU time per operation it costs.
     pub spin_rounds: u32,
-    /// Let a leader run its followers' steps when they share its [`Cluster`](crate::Cluster): a leader's loop
-    /// spinning with nothing of its own to do (see `spin_rounds`) handles the messages waiting
-    /// for a follower of the same `Cluster`, unless that follower's loop is running a step
-    /// already. It then handles their acknowledgements itself, so a commit does not wait for
-    /// each node's thread to be scheduled in turn: on a machine with fewer cores than busy
-    /// threads that wait is most of a commit (NOTES.md: about +40% for 16 to 256 blocked
-    /// callers on 2 cores, and one caller's latency from about 8 to 6 µs). Protocol steps,
-    /// their order and what each node persists are unchanged; only the thread differs.
-    /// Applying stays on each node's own workers. Default on. No effect across processes (a
-    /// node of the TCP transport has no followers in its `Cluster`) or with `spin_rounds: 0`.
-    /// Turn it off to keep each node's storage calls on its own threads (say, a disk store
-    /// without `background_sync`, whose fsync would then sometimes run on the leader's loop).
+    /// Let a leader run its followers' steps when they share its [`Cluster`](crate::Cluster):
+    /// a leader's loop spinning with nothing of its own to do (see `spin_rounds`) handles the
+    /// messages waiting for a follower of the same `Cluster`, unless that follower's loop is
+    /// running a step already. It then handles their acknowledgements itself, so a commit does
+    /// not wait for each node's thread to be scheduled in turn: on a machine with fewer cores
+    /// than busy threads that wait is most of a commit (NOTES.md: about +40% for 16 to 256
+    /// blocked callers on 2 cores, and one caller's latency from about 8 to 6 µs). Protocol
+    /// steps, their order and what each node persists are unchanged; only the thread differs.
+    /// A follower's entries are applied by its own workers, never by the leader's. Default on.
+    /// No effect across processes (a node of the TCP transport has no followers in its
+    /// `Cluster`) or with `spin_rounds: 0`. Turn it off to keep each node's storage calls on
+    /// its own threads (say, a disk store without `background_sync`, whose fsync would then
+    /// sometimes run on the leader's loop, or, with `callers_help`, on a caller's thread).
     pub help_peers: bool,
     /// Let a caller blocked in [`Receipt::wait`](crate::Receipt::wait) (and so in
     /// [`Client::propose`](crate::Client::propose)) on the leader do the leader's waiting work
