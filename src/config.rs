@@ -100,8 +100,8 @@ pub struct Config {
     /// waiting in the leader's inbox and, with `help_peers`, its followers' messages; then
     /// apply what that committed and answer every caller it covers. On a machine with more
     /// blocked callers than cores, the thread on a core is most often a caller, so a commit
-    /// then waits for no node's thread to be scheduled (NOTES.md, eleventh session: +10-20%
-    /// for 16 to 256 blocked callers on 2 cores, p99 at 16 callers halved). New requests
+    /// then waits for no node's thread to be scheduled (NOTES.md, eleventh session: +11-18%
+    /// for 16 and 64 blocked callers on 2 cores, +4% for 256, p99 at 16 halved). New requests
     /// stay for the leader's loop, which takes them as one batch, and snapshots for the
     /// node's own workers. Protocol steps and their order are unchanged; only the thread
     /// differs. Turn it off to keep [`StateMachine::apply`](crate::StateMachine::apply) and,
