@@ -391,8 +391,8 @@ impl<O: Clone> Receipt<O> {
         self.once(Until::At(deadline), State::answered, State::take)?
     }
 
-    /// Runs `then` on the state once `ready` holds, waiting up to `timeout` for it (a ready
-    /// receipt never waits: it is answered).
+    /// Runs `then` on the state once `ready` holds, waiting `until` for it (a ready receipt
+    /// never waits: it is answered).
     fn once<R>(
         &mut self,
         until: Until,

@@ -73,8 +73,8 @@ pub struct NodeHandle<S: StateMachine> {
     /// With lease reads on: the node's lease and state machine, to serve a read on the
     /// caller's thread while the lease holds (`runtime/read.rs`).
     pub(super) local: Option<Arc<LocalReads<S>>>,
-    /// What a caller blocked on this node's receipt runs instead of yielding (the node's
-    /// leader loop, in the thread runtime with `Config::help_peers`).
+    /// What a caller blocked on this node's receipt runs instead of yielding: the leader's
+    /// waiting steps (`Config::callers_help`).
     pub(super) assist: Option<Arc<dyn Assist>>,
 }
 
