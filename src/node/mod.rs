@@ -33,7 +33,9 @@ pub(crate) fn fail_read<S>(read: ReadFn<S>, error: Error) {
     read::run(read, Err(error));
 }
 pub use metrics::Metrics;
-pub(crate) use receipt::{read_receipt, receipt, receipt_spinning, Assist, Responder};
+pub(crate) use receipt::{
+    read_receipt, receipt, receipt_spinning, Assist, Responder, MAX_HELPING_WITHOUT_YIELD,
+};
 pub use receipt::{Applied, Receipt};
 
 use crate::core::{MembershipChange, Status};

@@ -32,7 +32,9 @@ use super::syncer::Syncer;
 use crate::core::Role;
 use crate::error::Error;
 use crate::message::{Message, Snapshot};
-use crate::node::{execute_all, Assist, Backlog, Driver, NodeStatus, Request};
+use crate::node::{
+    execute_all, Assist, Backlog, Driver, NodeStatus, Request, MAX_HELPING_WITHOUT_YIELD,
+};
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
 use crate::transport::Transport;
@@ -47,12 +49,6 @@ pub(crate) type NodeDriver<S> = Driver<
 
 /// How many peer messages to handle before looking at the other channels again.
 const MAX_MESSAGE_BURST: usize = 256;
-
-/// The longest a leader runs its followers' steps without yielding its core once. One that
-/// always finds a step to run would otherwise keep the core until the scheduler's slice ran
-/// out, and the callers queued behind it there would wait milliseconds for their turn (on 2
-/// cores, 64 blocked callers: p99 1.5 ms against 0.29 ms with this bound; NOTES.md).
-const MAX_HELPING_WITHOUT_YIELD: Duration = Duration::from_micros(100);
 
 /// The node's channels.
 pub(crate) struct Channels<S: StateMachine> {
@@ -347,35 +343,54 @@ impl<S: StateMachine> Shared<S> {
     }
 }
 
+/// What became of a step run for a node by another thread.
+enum Ran {
+    /// The node's driver was busy (its own loop, another helper), or the node failed.
+    Not,
+    /// The step failed the node: its own worker was woken to serve the failure.
+    Failed,
+    Done,
+}
+
+impl<S: StateMachine> Shared<S> {
+    /// Runs `work` on this node's driver from another thread (a helping leader, a caller),
+    /// unless someone else holds the driver or the node failed. A failure it meets is
+    /// recorded, and the node's own worker woken to serve it.
+    fn run_for(&self, work: impl FnOnce(&mut Node<S>) -> Result<(), Error>) -> Ran {
+        let mut node = match self.node.try_lock() {
+            Ok(node) => node,
+            Err(_) => return Ran::Not,
+        };
+        if node.failed.is_some() {
+            return Ran::Not;
+        }
+        let _span = tracing::info_span!("node", id = %self.id).entered();
+        let result = work(&mut node).and_then(|()| submit_sync(&mut node));
+        match result.err().or_else(|| node.driver.failure()) {
+            Some(error) => {
+                fail(&mut node, self, error);
+                let _ = self.nudge.try_send(());
+                Ran::Failed
+            }
+            None => Ran::Done,
+        }
+    }
+}
+
 impl<S: StateMachine> Help for Shared<S> {
     fn help(&self) -> bool {
         if self.watch.inbox.is_empty() || self.done.load(Ordering::Acquire) {
             return false;
         }
-        let mut node = match self.node.try_lock() {
-            Ok(node) => node,
-            Err(_) => return false,
-        };
-        if node.failed.is_some() {
-            return false;
+        let ran = self.run_for(|node| match node.channels.inbox.try_recv() {
+            Ok(msg) => on_messages(&mut node.driver, msg, &node.channels.inbox),
+            Err(_) => Ok(()),
+        });
+        match ran {
+            Ran::Not => return false,
+            Ran::Failed => return true,
+            Ran::Done => {}
         }
-        let _span = tracing::info_span!("node", id = %self.id).entered();
-        let Node { driver, channels, syncer, .. } = &mut *node;
-        let result = match channels.inbox.try_recv() {
-            Ok(msg) => on_messages(driver, msg, &channels.inbox),
-            Err(_) => return false,
-        };
-        let result = match (result, driver.take_sync_job()) {
-            (Ok(()), Some(job)) => syncer.submit(job),
-            (result, _) => result,
-        };
-        if let Some(error) = result.err().or_else(|| driver.failure()) {
-            // NB: the node's own worker serves the failure from its next step on: wake it.
-            fail(&mut node, self, error);
-            let _ = self.nudge.try_send(());
-            return true;
-        }
-        drop(node);
         // NB: the node's own worker applies: this thread runs another node's loop, which must
         // not wait for a long `apply` here.
         if self.backlog.needs_drain() {
@@ -400,25 +415,18 @@ impl<S: StateMachine> Help for Shared<S> {
         if self.watch.inbox.is_empty() && self.watch.synced.is_empty() {
             return self.help_these(peers);
         }
-        let mut node = match self.node.try_lock() {
-            Ok(node) => node,
-            Err(_) => return false,
-        };
-        if node.failed.is_some() {
-            return false;
+        let ran = self.run_for(|node| {
+            // NB: a closed channel (`None`) is the node's own loop's to act on.
+            let result = handle_one(node, false).map(drop);
+            let leading = node.driver.core().role() == Role::Leader;
+            self.leading.store(leading, Ordering::Relaxed);
+            result
+        });
+        match ran {
+            Ran::Not => return false,
+            Ran::Failed => return true,
+            Ran::Done => {}
         }
-        let _span = tracing::info_span!("node", id = %self.id).entered();
-        // NB: a closed channel (`None`) is the node's own loop's to act on.
-        let result = handle_one(&mut node, false).and_then(|_| submit_sync(&mut node));
-        let leading = node.driver.core().role() == Role::Leader;
-        self.leading.store(leading, Ordering::Relaxed);
-        if let Some(error) = result.err().or_else(|| node.driver.failure()) {
-            // NB: the node's own worker serves the failure from its next step on: wake it.
-            fail(&mut node, self, error);
-            let _ = self.nudge.try_send(());
-            return true;
-        }
-        drop(node);
         #[cfg(test)]
         if self.peers.callers_take_snapshots.load(Ordering::Relaxed) {
             self.backlog.drain();
