@@ -103,8 +103,9 @@ pub struct Config {
     /// then waits for no node's thread to be scheduled (NOTES.md, eleventh session: +11-18%
     /// for 16 and 64 blocked callers on 2 cores, +4% for 256, p99 at 16 halved). New requests
     /// stay for the leader's loop, which takes them as one batch, and snapshots for the
-    /// node's own workers. Protocol steps and their order are unchanged; only the thread
-    /// differs. Turn it off to keep [`StateMachine::apply`](crate::StateMachine::apply) and,
+    /// node's own workers; so do commits while `apply` is slow (over 20 µs an entry in the
+    /// last batch: a caller that applied them would be held past its own answer). Protocol
+    /// steps and their order are unchanged; only the thread differs. Turn it off to keep [`StateMachine::apply`](crate::StateMachine::apply) and,
     /// with `help_peers`, the followers' storage calls on the nodes' own threads. Default on;
     /// no effect with `spin_rounds: 0` or on async callers (they never block in `wait`).
     pub callers_help: bool,

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
@@ -226,9 +227,16 @@ pub(crate) struct Backlog<S: StateMachine> {
     failed: AtomicBool,
     /// Asks `drain` to stop after the entry it is applying (the node is stopping).
     stop: AtomicBool,
+    /// The last batch of entries took longer than [`SLOW_APPLY`] per entry: callers leave
+    /// applying to the node's own workers ([`Backlog::drain_some`]).
+    slow: AtomicBool,
     /// Where snapshots taken here go, back to the node loop.
     taken: Sender<Arc<Snapshot>>,
 }
+
+/// An `apply` slower than this (per entry, over a batch) is left to the node's own workers:
+/// a caller that applied it would be held past its own answer, and maybe past its deadline.
+const SLOW_APPLY: Duration = Duration::from_micros(20);
 
 impl<S: StateMachine> ApplyQueue<S> {
     /// Defers `applier`'s work to [`Backlog::drain`]; snapshots it takes go to `taken`.
@@ -241,6 +249,7 @@ impl<S: StateMachine> ApplyQueue<S> {
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            slow: AtomicBool::new(false),
             taken,
         }))
     }
@@ -360,24 +369,25 @@ impl<S: StateMachine> Backlog<S> {
     /// already, returns at once: that thread also runs what was queued meanwhile, since it
     /// looks at the queue again after letting go of the applier.
     pub fn drain(&self) {
-        while self.run_tasks(usize::MAX, true) {}
+        while self.run_tasks(usize::MAX, false) {}
     }
 
     /// What a caller waiting for an answer runs for the node: the tasks queued now, up to the
     /// first snapshot or restore, which it leaves to the node's own workers (a caller must
-    /// not wait for a whole state machine's copy). Whether the node's workers must look:
-    /// tasks are left that nobody runs, or the state machine failed.
+    /// not wait for a whole state machine's copy), and no entries at all while `apply` is slow
+    /// ([`SLOW_APPLY`]). Whether the node's workers must look: tasks are left that nobody
+    /// runs, or the state machine failed.
     pub fn drain_some(&self) -> bool {
         let limit = self.queued.load(Ordering::SeqCst);
-        let left = self.run_tasks(limit, false) && self.needs_drain();
+        let left = self.run_tasks(limit, true) && self.needs_drain();
         left || self.failed.load(Ordering::Acquire)
     }
 
-    /// Runs up to `limit` queued tasks in order, and, unless `snapshots`, none from a snapshot
-    /// or restore on. Whether it stopped with tasks left; false also when another thread runs
-    /// them (that thread also runs what is queued meanwhile: it looks at the queue again
-    /// after letting go of the applier).
-    fn run_tasks(&self, limit: usize, snapshots: bool) -> bool {
+    /// Runs up to `limit` queued tasks in order; for a `caller`, none from a snapshot, a
+    /// restore or (while `apply` is slow) a batch of entries on. Whether it stopped with tasks
+    /// left; false also when another thread runs them (that thread also runs what is queued
+    /// meanwhile: it looks at the queue again after letting go of the applier).
+    fn run_tasks(&self, limit: usize, caller: bool) -> bool {
         let mut applier = match self.applier.try_lock() {
             Ok(applier) => applier,
             Err(TryLockError::WouldBlock) => return false,
@@ -387,9 +397,13 @@ impl<S: StateMachine> Backlog<S> {
         for _ in 0..limit {
             let task = {
                 let mut tasks = lock(&self.tasks);
-                let long =
-                    |t: &ApplyTask<S>| matches!(t, ApplyTask::Snapshot(_) | ApplyTask::Restore(_));
-                if !snapshots && tasks.front().is_some_and(long) {
+                let slow = self.slow.load(Ordering::Relaxed);
+                let long = |t: &ApplyTask<S>| match t {
+                    ApplyTask::Snapshot(_) | ApplyTask::Restore(_) => true,
+                    ApplyTask::Entries { .. } => slow,
+                    _ => false,
+                };
+                if caller && tasks.front().is_some_and(long) {
                     break;
                 }
                 let task = tasks.pop_front();
@@ -402,9 +416,17 @@ impl<S: StateMachine> Backlog<S> {
                 self.draining.store(false, Ordering::SeqCst);
                 return false;
             }
+            let timed = match &task {
+                ApplyTask::Entries { entries, .. } => Some((Instant::now(), entries.len())),
+                _ => None,
+            };
             if let Err(e) = run_task(&mut applier, task, &self.stop, &self.taken) {
                 *lock(&self.failure) = Some(e);
                 self.failed.store(true, Ordering::Release);
+            }
+            if let Some((start, n)) = timed {
+                let slow = start.elapsed() > SLOW_APPLY * n.max(1) as u32;
+                self.slow.store(slow, Ordering::Relaxed);
             }
         }
         self.draining.store(false, Ordering::SeqCst);
@@ -653,6 +675,71 @@ mod tests {
         slow.join().expect("drained");
         assert_eq!(*order.lock().unwrap(), vec![1, 2, 3], "all applied, in log order");
         assert!(!backlog.has_work() && !backlog.needs_drain());
+    }
+
+    /// Sleeps as many microseconds as its command says; records what it applied.
+    struct Sleepy(Arc<Mutex<Vec<u64>>>);
+
+    impl StateMachine for Sleepy {
+        type Command = u64;
+        type Output = ();
+        fn apply(&mut self, _: LogIndex, c: &u64) {
+            std::thread::sleep(std::time::Duration::from_micros(*c));
+            self.0.lock().unwrap().push(*c);
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// What a caller runs (`drain_some`): what is queued, but no snapshot, and no entries while
+    /// the last batch showed `apply` slow; the node's own drain runs everything, and a fast
+    /// batch lets callers apply again.
+    #[test]
+    fn a_caller_leaves_snapshots_and_slow_applies_to_the_node() {
+        use crate::message::SnapshotMeta;
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let applier = Applier::new(NodeId(1), Sleepy(Arc::clone(&applied)), LogIndex(0));
+        let (taken, snapshots) = crossbeam_channel::unbounded();
+        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken) else {
+            unreachable!()
+        };
+        let entries = |first, c: Vec<u64>| ApplyTask::Entries {
+            first: LogIndex(first),
+            entries: c
+                .into_iter()
+                .map(|c| Entry { term: Term(1), payload: Payload::Command(c) })
+                .collect(),
+        };
+        let applied = || applied.lock().unwrap().clone();
+
+        backlog.push(entries(1, vec![0, 0]));
+        assert!(!backlog.drain_some(), "a fast batch: the caller ran it all");
+        assert_eq!(applied(), vec![0, 0]);
+
+        let meta = SnapshotMeta { index: LogIndex(2), term: Term(1), config: Default::default() };
+        backlog.push(ApplyTask::Snapshot(meta));
+        backlog.push(entries(3, vec![0]));
+        assert!(backlog.drain_some(), "left a snapshot for the node");
+        assert!(snapshots.is_empty() && applied().len() == 2, "the caller ran nothing");
+        backlog.drain();
+        assert_eq!(snapshots.len(), 1, "the node took it");
+        assert_eq!(applied(), vec![0, 0, 0]);
+
+        backlog.push(entries(4, vec![2_000, 2_000])); // 2 ms an entry, the limit is 20 µs
+        assert!(!backlog.drain_some(), "not known slow yet: the caller ran it");
+        backlog.push(entries(6, vec![0]));
+        assert!(backlog.drain_some(), "known slow now: left for the node");
+        assert_eq!(applied().len(), 5, "the caller ran nothing");
+        backlog.drain();
+        assert_eq!(applied(), vec![0, 0, 0, 2_000, 2_000, 0], "the node ran it, in order");
+        backlog.push(entries(7, vec![0]));
+        assert!(!backlog.drain_some(), "fast again: the caller ran it");
+        assert_eq!(applied().len(), 7);
+        assert!(!backlog.has_work());
     }
 
     /// A snapshot the state machine cannot read stops the node before anything is applied on a
