@@ -158,8 +158,13 @@ fn a_sender_reconnects_once_its_peer_comes_up() {
     for _ in 0..5 {
         one.send(heartbeat(1, 2)); // node 2 is not up: lost, as on a real network
     }
+    // NB: node 2 comes up on a port bound now, and the shared address book says where: the
+    // port `peers` reserved was let go, and another test's outgoing connection may hold it
+    // by now (its bind then fails), which is how this test once failed in the full suite.
     let (tx2, inbox2) = bounded(64);
-    let _two = TcpTransport::<u64>::start(NodeId(2), config, tx2).expect("listen");
+    let two_config = TcpConfig { listen: Some("127.0.0.1:0".parse().unwrap()), ..config.clone() };
+    let two = TcpTransport::<u64>::start(NodeId(2), two_config, tx2).expect("listen");
+    config.peers.insert(NodeId(2), two.local_addr().expect("bound"));
     let got = wait_until(LONG, "a message over the new connection", || {
         one.send(heartbeat(1, 2));
         inbox2.recv_timeout(Duration::from_millis(20)).map_err(|e| e.to_string())
