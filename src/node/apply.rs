@@ -12,9 +12,10 @@
 //! later proposal is answered `StateMachinePanicked`, since `apply` is deterministic and the
 //! same command panics on every replica.
 //!
-//! [`ApplyQueue`] runs an applier inline (the simulator) or deferred through a [`Backlog`] (the
-//! thread runtime: run off the node loop, so a slow `apply` never delays heartbeats), with the
-//! same code either way.
+//! [`ApplyQueue`] runs an applier inline (the simulator's default) or deferred through a
+//! [`Backlog`] (the thread runtime: run off the node loop, so a slow `apply` never delays
+//! heartbeats; the simulator too with `SimConfig::deferred_apply`, drained at random virtual
+//! instants), with the same code either way.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -230,8 +231,14 @@ pub(crate) struct Backlog<S: StateMachine> {
     /// The last batch of entries took longer than [`SLOW_APPLY`] per entry: callers leave
     /// applying to the node's own workers ([`Backlog::drain_some`]).
     slow: AtomicBool,
+    /// Whether batches of entries are timed for [`SLOW_APPLY`] (off in the simulator, whose
+    /// runs must not depend on the wall clock: its callers never find `apply` slow).
+    timed: AtomicBool,
     /// Where snapshots taken here go, back to the node loop.
     taken: Sender<Arc<Snapshot>>,
+    /// Test-only switch: a caller that meets a snapshot runs the tasks behind it first.
+    #[cfg(test)]
+    snapshot_behind_later_applies: AtomicBool,
 }
 
 /// An `apply` slower than this (per entry, over a batch) is left to the node's own workers:
@@ -250,7 +257,10 @@ impl<S: StateMachine> ApplyQueue<S> {
             failed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             slow: AtomicBool::new(false),
+            timed: AtomicBool::new(true),
             taken,
+            #[cfg(test)]
+            snapshot_behind_later_applies: AtomicBool::new(false),
         }))
     }
 
@@ -353,6 +363,11 @@ impl<S: StateMachine> Backlog<S> {
         self.queued.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// How many tasks wait to be run.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
     /// Whether tasks wait to be run.
     fn has_work(&self) -> bool {
         self.queued.load(Ordering::SeqCst) > 0
@@ -403,6 +418,14 @@ impl<S: StateMachine> Backlog<S> {
                     ApplyTask::Entries { .. } => slow,
                     _ => false,
                 };
+                #[cfg(test)]
+                if caller
+                    && self.snapshot_behind_later_applies.load(Ordering::Relaxed)
+                    && matches!(tasks.front(), Some(ApplyTask::Snapshot(_)))
+                    && tasks.get(1).is_some_and(|t| !long(t))
+                {
+                    tasks.swap(0, 1); // the bug: the snapshot stands for less than it holds
+                }
                 if caller && tasks.front().is_some_and(long) {
                     break;
                 }
@@ -417,7 +440,9 @@ impl<S: StateMachine> Backlog<S> {
                 return false;
             }
             let timed = match &task {
-                ApplyTask::Entries { entries, .. } => Some((Instant::now(), entries.len())),
+                ApplyTask::Entries { entries, .. } if self.timed.load(Ordering::Relaxed) => {
+                    Some((Instant::now(), entries.len()))
+                }
                 _ => None,
             };
             if let Err(e) = run_task(&mut applier, task, &self.stop, &self.taken) {
@@ -464,6 +489,26 @@ impl<S: StateMachine> Backlog<S> {
             self.drain();
         }
         answer
+    }
+
+    /// Runs `f` on the state machine as it is now (waiting for a drain under way).
+    pub fn with_state_machine<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&lock(&self.applier).state_machine)
+    }
+
+    /// Stops timing batches of entries: callers then never leave entries to the node's
+    /// workers for being slow, so what runs where depends on nothing but the queue (the
+    /// simulator's runs must replay exactly).
+    pub fn never_slow(&self) {
+        self.timed.store(false, Ordering::Relaxed);
+        self.slow.store(false, Ordering::Relaxed);
+    }
+
+    /// Test-only: [`Backlog::drain_some`] runs the tasks behind a snapshot before it, so the
+    /// snapshot holds entries past the index it stands for.
+    #[cfg(test)]
+    pub fn set_snapshot_behind_later_applies(&self, on: bool) {
+        self.snapshot_behind_later_applies.store(on, Ordering::Relaxed);
     }
 
     /// Stops `drain` after the entry it is applying; tasks not run are dropped.

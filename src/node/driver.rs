@@ -58,10 +58,10 @@ pub(crate) const MAX_PROPOSAL_BATCH: usize = 1024;
 /// Where a node's committed entries are applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ApplyOn {
-    /// In the driver's own step (the simulator: deterministic, one thread).
+    /// In the driver's own step (the simulator's default).
     Inline,
     /// Queued for the runtime to run off the node loop (`Driver::backlog`), so a slow `apply`
-    /// never delays heartbeats.
+    /// never delays heartbeats (and for the simulator's workers, `SimConfig::deferred_apply`).
     Deferred,
 }
 
@@ -222,11 +222,12 @@ where
         &mut self.transport
     }
 
-    /// The state machine, when applied inline (the simulator).
-    pub fn state_machine(&self) -> Option<&S> {
+    /// Runs `f` on the state machine as it is now: what has been applied, not what waits in
+    /// the backlog.
+    pub fn with_state_machine<R>(&self, f: impl FnOnce(&S) -> R) -> R {
         match &self.apply {
-            ApplyQueue::Inline(applier) => Some(applier.state_machine()),
-            ApplyQueue::Deferred(_) => None,
+            ApplyQueue::Inline(applier) => f(applier.state_machine()),
+            ApplyQueue::Deferred(backlog) => backlog.with_state_machine(f),
         }
     }
 

@@ -78,7 +78,7 @@ fn scripted_compactions_and_mid_snapshot_crashes_fire_and_converge() {
     let digests: Vec<u64> = sim
         .node_ids()
         .into_iter()
-        .map(|id| sim.state_machine(id).expect("all restarted").digest())
+        .map(|id| sim.with_state_machine(id, KvStateMachine::digest).expect("all restarted"))
         .collect();
     assert!(digests.windows(2).all(|w| w[0] == w[1]), "replicas differ: {digests:?}");
     for id in sim.node_ids() {

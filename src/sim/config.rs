@@ -158,6 +158,13 @@ pub struct SimConfig {
     /// once. Combines with `sync_window`: a batch's end then starts a sync instead of
     /// running one.
     pub background_sync: Option<Duration>,
+    /// Apply off the step, as the thread runtime does (`node/apply.rs`, `Backlog`): a step
+    /// only queues its applies, answers, reads and snapshots, and they run up to this long
+    /// (drawn per drain) later, as a node's worker or a waiting caller runs them. A caller
+    /// (half the drains) runs what was queued when it started and stops before a snapshot or
+    /// a restore; a snapshot reaches the core as a later step (`Input::SnapshotTaken`).
+    /// `None`: everything is applied within the step that commits it.
+    pub deferred_apply: Option<Duration>,
     /// Serve the workload's reads ([`Workload::read`](super::Workload::read)) without the log,
     /// through every path: at the leader by ReadIndex (or its lease, with
     /// `raft.lease_reads`), at a follower by a follower read. Off: every command goes through
@@ -211,6 +218,7 @@ impl SimConfig {
             storage_faults: false,
             sync_window: None,
             background_sync: None,
+            deferred_apply: None,
             reads: false,
             retry_timeouts: false,
             caller_read_percent: 0,

@@ -44,6 +44,8 @@ mod timeline;
 mod trace;
 
 #[cfg(test)]
+mod apply_tests;
+#[cfg(test)]
 mod bites;
 #[cfg(test)]
 mod compaction_tests;
@@ -102,6 +104,8 @@ enum Event<S: StateMachine> {
     Flush { node: NodeId, incarnation: u64 },
     /// A node's background sync completes (`SimConfig::background_sync`).
     Synced { node: NodeId, incarnation: u64 },
+    /// A worker or a waiting caller runs a node's queued applies (`SimConfig::deferred_apply`).
+    Drain { node: NodeId, incarnation: u64 },
     /// An on-demand compaction of `node` ([`Simulator::compact`]).
     Compact(NodeId),
     /// A leadership transfer handed to `leader`'s driver ([`Fault::Transfer`]).
@@ -183,6 +187,11 @@ pub struct Stats {
     pub transfers: u64,
     /// Of those, the ones that ended with the target leading (counted in the run's report).
     pub transfers_won: u64,
+    /// Drains of deferred applies ([`SimConfig::deferred_apply`]).
+    pub drains: u64,
+    /// Of those, a caller's drains that left tasks for the node's workers (a snapshot or a
+    /// restore at the front of the queue).
+    pub drains_left_to_workers: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -243,6 +252,9 @@ pub struct Simulator<S: StateMachine> {
     /// Test-only switches that break every driver's sync boundary.
     #[cfg(test)]
     sync_bugs: crate::node::SyncBugs,
+    /// Test-only: callers run the applies queued behind a snapshot before it.
+    #[cfg(test)]
+    snapshot_behind_later_applies: bool,
 }
 
 impl<S: StateMachine> Simulator<S> {
@@ -295,6 +307,8 @@ impl<S: StateMachine> Simulator<S> {
             lease_bugs: crate::node::LeaseBugs::default(),
             #[cfg(test)]
             sync_bugs: crate::node::SyncBugs::default(),
+            #[cfg(test)]
+            snapshot_behind_later_applies: false,
             config,
         };
         let voters = crate::message::Configuration::new((1..=sim.config.nodes).map(NodeId));
@@ -329,9 +343,10 @@ impl<S: StateMachine> Simulator<S> {
         self.core(id).map(Core::status)
     }
 
-    /// The state machine of a running node.
-    pub fn state_machine(&self, id: NodeId) -> Option<&S> {
-        self.nodes.get(&id)?.live.as_ref().and_then(|l| l.driver.state_machine())
+    /// Runs `f` on the state machine of a running node, as it is now: with
+    /// [`SimConfig::deferred_apply`], what is applied, not what waits to be.
+    pub fn with_state_machine<R>(&self, id: NodeId, f: impl FnOnce(&S) -> R) -> Option<R> {
+        Some(self.nodes.get(&id)?.live.as_ref()?.driver.with_state_machine(f))
     }
 
     /// The running leader with the highest term, if any.
@@ -436,6 +451,7 @@ impl<S: StateMachine> Simulator<S> {
             Event::Fault(fault) => self.apply_fault(&fault).map_err(FailureKind::Fault),
             Event::Flush { node, incarnation } => self.on_flush(node, incarnation),
             Event::Synced { node, incarnation } => self.on_synced(node, incarnation),
+            Event::Drain { node, incarnation } => self.on_drain(node, incarnation),
             Event::Compact(node) => self.on_compact(node),
             Event::Transfer { leader, to } => self.request_transfer(leader, to),
         }
@@ -522,6 +538,18 @@ impl<S: StateMachine> Simulator<S> {
         self.sync_bugs = bugs;
         for live in self.nodes.values_mut().filter_map(|node| node.live.as_mut()) {
             live.driver.bugs = bugs;
+        }
+    }
+
+    /// Test-only: with [`SimConfig::deferred_apply`], a caller's drain runs the applies
+    /// queued behind a snapshot before taking it, in every node, now and after each restart.
+    #[cfg(test)]
+    pub(crate) fn set_snapshot_behind_later_applies(&mut self, on: bool) {
+        self.snapshot_behind_later_applies = on;
+        for live in self.nodes.values_mut().filter_map(|node| node.live.as_mut()) {
+            if let Some(backlog) = live.driver.backlog() {
+                backlog.set_snapshot_behind_later_applies(on);
+            }
         }
     }
 

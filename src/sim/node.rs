@@ -33,7 +33,8 @@ impl<C: Send + 'static> Transport<C> for Outbox<C> {
     }
 }
 
-/// A running node's driver, applying inline; a lease it publishes is on the node's own clock.
+/// A running node's driver (applying inline or through its backlog, `SimConfig::deferred_apply`);
+/// a lease it publishes is on the node's own clock.
 pub(crate) type SimDriver<S> = Driver<
     S,
     SimStorage<<S as StateMachine>::Command>,
@@ -77,6 +78,8 @@ pub(crate) struct SimNode<S: StateMachine> {
     pub batch_open: bool,
     /// The driver's background sync under way, to run at its `Event::Synced`.
     pub sync_job: Option<crate::storage::SyncJob>,
+    /// An `Event::Drain` of this incarnation's backlog is on its way.
+    pub drain_scheduled: bool,
     /// Virtual time of this incarnation's next clock tick not yet fed to its core: ticks come
     /// every `tick_us` from a random phase, but the simulator steps only those that can act
     /// (`Core::ticks_until_due`) and feeds the idle ones just before the core's next input.
@@ -96,6 +99,8 @@ pub(crate) enum Delivery<S: StateMachine> {
     Flush,
     /// A background sync completes (`SimConfig::background_sync`): its job runs now.
     Synced(crate::storage::SyncJob),
+    /// A snapshot the backlog took (`SimConfig::deferred_apply`) reaches the core.
+    Taken(std::sync::Arc<crate::message::Snapshot>),
 }
 
 impl<S: StateMachine> Simulator<S> {
@@ -112,6 +117,7 @@ impl<S: StateMachine> Simulator<S> {
             deferred: Vec::new(),
             batch_open: false,
             sync_job: None,
+            drain_scheduled: false,
             next_tick: 0,
         };
         self.nodes.insert(id, node);
@@ -140,6 +146,7 @@ impl<S: StateMachine> Simulator<S> {
         node.deferred.clear();
         node.batch_open = false; // held actions and unsynced writes go with the driver
         node.sync_job = None;
+        node.drain_scheduled = false; // the backlog, its queued applies and answers are lost
         self.crash_armed.remove(&id);
         self.crash_before_sync.remove(&id);
         self.stats.crashes += 1;
@@ -176,11 +183,20 @@ impl<S: StateMachine> Simulator<S> {
         raft.seed ^= node.incarnation.wrapping_mul(0x2545_f491_4f6c_dd1d);
         let storage = node.storage.clone();
         let sm = (self.factory)(id);
-        let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new()), ApplyOn::Inline)
+        let apply_on = match self.config.deferred_apply {
+            Some(_) => ApplyOn::Deferred,
+            None => ApplyOn::Inline,
+        };
+        let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new()), apply_on)
             .expect("SimStorage::load never fails");
         let mut live = Live { driver, lease: None, clock: SimClock::default() };
         if self.config.background_sync.is_some() {
             live.driver.sync_in_background();
+        }
+        if let Some(backlog) = live.driver.backlog() {
+            backlog.never_slow(); // NB: timing real `apply` calls would make runs unrepeatable
+            #[cfg(test)]
+            backlog.set_snapshot_behind_later_applies(self.snapshot_behind_later_applies);
         }
         if raft.lease_reads {
             let view = SimLease::default();
@@ -314,6 +330,73 @@ impl<S: StateMachine> Simulator<S> {
         }
         let Some(job) = node.sync_job.take() else { return Ok(()) };
         self.step(id, Delivery::Synced(job), InputSummary::Flush)
+    }
+
+    /// With [`SimConfig::deferred_apply`]: if `id`'s backlog holds tasks and no drain is on
+    /// its way, one comes after a random delay within the window.
+    fn schedule_drain(&mut self, id: NodeId) {
+        let Some(window) = self.config.deferred_apply else { return };
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        let Some(live) = node.live.as_ref() else { return };
+        if node.drain_scheduled || !live.driver.backlog().is_some_and(|b| b.needs_drain()) {
+            return;
+        }
+        node.drain_scheduled = true;
+        let incarnation = node.incarnation;
+        let after = self.rng.random_range(0..=super::micros(window));
+        self.schedule(after, Event::Drain { node: id, incarnation });
+    }
+
+    /// Runs `id`'s queued applies (if it is still this incarnation): all of them, as the
+    /// node's worker does, or (half the time) what a caller waiting for an answer runs, which
+    /// stops before a snapshot or a restore. Then a snapshot taken reaches the core, and
+    /// clients learn their answers. A paused node's workers are frozen with it.
+    pub(crate) fn on_drain(&mut self, id: NodeId, incarnation: u64) -> Result<(), FailureKind> {
+        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        if node.live.is_none() || node.incarnation != incarnation {
+            return Ok(());
+        }
+        node.drain_scheduled = false;
+        if node.paused_until > self.now {
+            let wait = node.paused_until - self.now;
+            node.drain_scheduled = true;
+            self.schedule(wait, Event::Drain { node: id, incarnation });
+            return Ok(());
+        }
+        let caller = self.rng.random_bool(0.5);
+        let node = self.nodes.get_mut(&id).expect("looked up above");
+        let live = node.live.as_mut().expect("checked above");
+        let backlog = std::sync::Arc::clone(live.driver.backlog().expect("deferred applies"));
+        let drained = catch_unwind(AssertUnwindSafe(|| match caller {
+            true => backlog.drain_some(),
+            false => {
+                backlog.drain();
+                false
+            }
+        }));
+        self.stats.drains += 1;
+        self.stats.drains_left_to_workers += u64::from(matches!(drained, Ok(true)));
+        if let Err(payload) = drained {
+            let message = crate::node::panic_message(&*payload);
+            return Err(FailureKind::CorePanic { node: id, message });
+        }
+        if let Some(error) = live.driver.failure() {
+            return Err(FailureKind::Driver { node: id, error: error.to_string() });
+        }
+        let taken: Vec<_> = live.driver.taken().try_iter().collect();
+        self.collect_answers(id);
+        for snapshot in taken {
+            self.step(id, Delivery::Taken(snapshot), InputSummary::SnapshotTaken)?;
+        }
+        self.schedule_drain(id);
+        Ok(())
+    }
+
+    /// How many apply tasks wait in `id`'s backlog, if any do.
+    pub(crate) fn applies_queued(&self, id: NodeId) -> Option<usize> {
+        let live = self.nodes.get(&id)?.live.as_ref()?;
+        let queued = live.driver.backlog()?.queued();
+        (queued > 0).then_some(queued)
     }
 
     /// Freezes a running node for `duration`: no ticks, and its inputs wait until it resumes
@@ -527,6 +610,7 @@ impl<S: StateMachine> Simulator<S> {
             }
             Delivery::Flush => driver.end_batch(&mut observe),
             Delivery::Synced(job) => driver.sync_done(job(), &mut observe),
+            Delivery::Taken(snapshot) => driver.snapshot_taken(snapshot, &mut observe),
         }));
         let spare = std::mem::take(&mut self.spare_outbox);
         let mut outbox = std::mem::replace(&mut live.driver.transport_mut().0, spare);
@@ -537,6 +621,7 @@ impl<S: StateMachine> Simulator<S> {
             let after = self.rng.random_range(0..=super::micros(window));
             self.schedule(after, Event::Synced { node: id, incarnation });
         }
+        self.schedule_drain(id);
         match stepped {
             Err(payload) => {
                 let message = crate::node::panic_message(&*payload);

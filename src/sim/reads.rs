@@ -6,7 +6,7 @@
 pub(crate) mod caller;
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;
 
 #[cfg(test)]
 mod caller_tests;

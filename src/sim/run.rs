@@ -234,7 +234,7 @@ impl<S: StateMachine> Simulator<S> {
         let leader = self.leader().ok_or("no leader")?;
         let lc = self.core(leader).expect("the leader runs");
         let target = lc.log().last_index();
-        let digest = self.state_machine(leader).expect("the leader runs").digest();
+        let digest = self.with_state_machine(leader, S::digest).expect("the leader runs");
         let mut behind = Vec::new();
         for id in lc.config().members() {
             let Some(core) = self.core(id) else {
@@ -243,7 +243,9 @@ impl<S: StateMachine> Simulator<S> {
             };
             if !caught_up(core, target) {
                 behind.push(lag(id, core, target));
-            } else if self.state_machine(id).map(StateMachine::digest) != Some(digest) {
+            } else if let Some(queued) = self.applies_queued(id) {
+                behind.push(format!("{id} has {queued} apply tasks queued"));
+            } else if self.with_state_machine(id, S::digest) != Some(digest) {
                 behind.push(format!("{id}'s state machine differs from the leader's"));
             }
         }

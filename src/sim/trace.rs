@@ -169,6 +169,8 @@ pub(crate) enum InputSummary {
     Flush,
     /// An on-demand compaction request.
     Compact,
+    /// A snapshot taken off the step (`SimConfig::deferred_apply`) reaches the core.
+    SnapshotTaken,
     /// A leadership transfer request ([`Fault::Transfer`](super::Fault::Transfer)).
     Transfer {
         to: NodeId,
@@ -284,6 +286,7 @@ impl fmt::Display for InputSummary {
             InputSummary::Change(c) => write!(f, "change {c:?}"),
             InputSummary::Flush => f.write_str("sync the batch"),
             InputSummary::Compact => f.write_str("compact"),
+            InputSummary::SnapshotTaken => f.write_str("snapshot taken"),
             InputSummary::Transfer { to } => write!(f, "transfer to {to}"),
         }
     }

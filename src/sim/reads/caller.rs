@@ -98,8 +98,11 @@ impl<S: StateMachine> Simulator<S> {
     ) -> Option<(S::Output, LogIndex)> {
         let live = self.nodes.get(&node)?.live.as_ref()?;
         let view = live.lease.as_ref()?;
-        let applier = live.driver.inline_applier()?;
         let clock = NodeClock(self.local_time(node));
-        view.read_locally(&clock, applier, |sm| query(sm, command))
+        match (live.driver.inline_applier(), live.driver.backlog()) {
+            (Some(applier), _) => view.read_locally(&clock, applier, |sm| query(sm, command)),
+            (None, Some(backlog)) => view.read_locally(&clock, &**backlog, |sm| query(sm, command)),
+            (None, None) => None,
+        }
     }
 }

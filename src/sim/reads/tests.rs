@@ -10,7 +10,8 @@ use crate::kv::{KvCommand, KvStateMachine};
 use crate::linearizability::{check, Operation};
 
 /// The nemesis with reads off the log; odd seeds use leases, with the Raft drift bound set to
-/// what the simulated clocks may actually do (tick periods within ±drift of nominal).
+/// what the simulated clocks may actually do (tick periods within ±drift of nominal), half of
+/// them with deferred applies.
 pub(crate) fn reading(seed: u64) -> (SimConfig, Schedule) {
     let (mut config, schedule) = nemesis(seed);
     config.reads = true;
@@ -20,6 +21,10 @@ pub(crate) fn reading(seed: u64) -> (SimConfig, Schedule) {
         config.raft.clock_drift_bound = crate::config::ClockDrift((1.0 + d) / (1.0 - d) * 1.01);
         // Half the lease reads on the path the runtime runs on the caller's thread.
         config.caller_read_percent = 50;
+        if seed % 4 == 3 {
+            // The runtime's applier: what a caller's read finds applied lags the core.
+            config.deferred_apply = Some(std::time::Duration::from_millis(2));
+        }
     } else if seed % 4 == 2 {
         // ReadIndex needs no CheckQuorum: a deposed leader that never steps down still cannot
         // confirm a round.
