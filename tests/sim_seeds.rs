@@ -180,8 +180,8 @@ fn write_timeline(config: &SimConfig, schedule: &Schedule, file: &str) {
 /// The issue-12 fault model on sizes 3, 5, 7, membership changes on a fifth of the seeds:
 /// one-way cuts, deaf nodes, pauses, crashes between a step's actions, removed nodes that
 /// restart, long-tail delays, drifting clocks, client batches and lossy storage with
-/// background syncs, leadership transfers, applies deferred off the step, each on a share of
-/// seeds.
+/// background syncs, leadership transfers, applies deferred off the step, requests forwarded
+/// to the leader, each on a share of seeds.
 fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
     let (mut config, _) = scenario(seed);
     config.clock_drift = (seed % 3 != 1).then_some([0.05, 0.2, 0.5][(seed / 3 % 3) as usize]);
@@ -209,6 +209,8 @@ fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
         config.deferred_apply =
             Some(Duration::from_micros([200, 2_000, 10_000][(seed / 8 % 3) as usize]));
     }
+    // Clients ask any node and followers forward to the leader, as `forward_to_leader` does.
+    config.forward_requests = seed % 8 == 4 || seed % 8 == 5;
     if seed % 4 == 2 {
         // NB: none of the regression seeds below (15856, 183569, 227919) is 2 mod 4, so
         // they replay the schedules they were found with.

@@ -123,6 +123,9 @@ pub(crate) struct Driver<S: StateMachine, St, T, L: LeaseClock = Monotonic> {
     /// Test-only switches that break the sync boundary.
     #[cfg(test)]
     pub(crate) bugs: SyncBugs,
+    /// Test-only: a forwarded proposal lost with its leader claims it never reached it.
+    #[cfg(test)]
+    pub(crate) lost_forward_claims_unreachable: bool,
     /// `Config::defer_leader_sync`: a leader may leave its own appends unsynced.
     defer_leader_sync: bool,
     /// Inside `begin_batch` .. `end_batch`.
@@ -194,6 +197,8 @@ where
             held: std::collections::VecDeque::new(),
             #[cfg(test)]
             bugs: SyncBugs::default(),
+            #[cfg(test)]
+            lost_forward_claims_unreachable: false,
             defer_leader_sync: config.defer_leader_sync,
             batching: false,
             halted: false,
@@ -409,6 +414,10 @@ where
         self.metrics.forwarded += 1;
         if let Request::Propose { responder, .. } = &mut request {
             responder.forwarded_to(leader);
+            #[cfg(test)]
+            if self.lost_forward_claims_unreachable {
+                responder.set_lost_claims_unreachable();
+            }
         }
         let forwarder = self.forwarder.as_ref().expect("forward_target checked it");
         if let Err(request) = forwarder(leader, request) {

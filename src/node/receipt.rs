@@ -150,7 +150,13 @@ pub(crate) fn receipt<O>(node: NodeId) -> (Responder<O>, Receipt<O>) {
 pub(crate) fn receipt_spinning<O>(node: NodeId, spin_rounds: u32) -> (Responder<O>, Receipt<O>) {
     let shared: Arc<Slot<O>> = Arc::new(shared(spin_rounds, ()));
     let answer = Answer::Waiting(Arc::clone(&shared));
-    (Responder { node, shared: Some(shared) }, Receipt { node, answer, assist: None })
+    let responder = Responder {
+        node,
+        shared: Some(shared),
+        #[cfg(test)]
+        lost_claims_unreachable: false,
+    };
+    (responder, Receipt { node, answer, assist: None })
 }
 
 /// A read the node runs once it may: `run(state machine, query)` gives the answer. The query
@@ -241,6 +247,10 @@ pub(crate) struct Responder<O> {
     node: NodeId,
     /// `None` once answered.
     shared: Option<Arc<Slot<O>>>,
+    /// Test-only bug: dropped unanswered after a forward, it claims the leader was never
+    /// reached (`LeaderUnreachable`: never applied) instead of `NodeDown` (outcome unknown).
+    #[cfg(test)]
+    lost_claims_unreachable: bool,
 }
 
 impl<O> Responder<O> {
@@ -262,6 +272,12 @@ impl<O> Responder<O> {
         self.node = leader;
     }
 
+    /// Test-only: see the field.
+    #[cfg(test)]
+    pub fn set_lost_claims_unreachable(&mut self) {
+        self.lost_claims_unreachable = true;
+    }
+
     /// The final answer. Wakes a blocked [`Receipt::wait`] and an awaiting task.
     pub fn finish(mut self, result: Result<Applied<O>, Error>) {
         self.answer(result);
@@ -278,6 +294,10 @@ impl<O> Drop for Responder<O> {
     /// Unanswered when the node stops: the proposer learns the node went down.
     fn drop(&mut self) {
         let node = self.node;
+        #[cfg(test)]
+        if self.lost_claims_unreachable {
+            return self.answer(Err(Error::LeaderUnreachable(node)));
+        }
         self.answer(Err(Error::NodeDown(node)));
     }
 }

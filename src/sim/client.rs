@@ -259,11 +259,20 @@ impl<S: StateMachine> Simulator<S> {
             // The read as `NodeHandle::read_async` builds it: the query in the receipt.
             let (read, receipt) = read_receipt(node, 0, command, query);
             self.clients.awaiting.push(Awaited { client, op, node, receipt });
-            return Request::Read { read };
+            return self.forwarding(Request::Read { read });
         }
         let (responder, receipt) = receipt(node);
         self.clients.awaiting.push(Awaited { client, op, node, receipt });
-        Request::Propose { command, responder }
+        self.forwarding(Request::Propose { command, responder })
+    }
+
+    /// `request` as the client sends it: asking for forwarding to the leader, with
+    /// [`SimConfig::forward_requests`](super::SimConfig::forward_requests).
+    fn forwarding(&self, request: Request<S>) -> Request<S> {
+        match self.config.forward_requests {
+            true => Request::Forward(Box::new(request)),
+            false => request,
+        }
     }
 
     /// Serves read `op` at `node` as the runtime's handle would on the caller's thread, if it
@@ -325,8 +334,10 @@ impl<S: StateMachine> Simulator<S> {
     }
 
     /// After a step of `node`: pass on the answers it gave.
+    /// With forwarding, any node's step may answer any client: all are looked at.
     pub(crate) fn collect_answers(&mut self, node: NodeId) {
-        if !self.clients.awaiting.iter().any(|a| a.node == node) {
+        let any = self.config.forward_requests;
+        if !self.clients.awaiting.iter().any(|a| any || a.node == node) {
             return;
         }
         let mut answered = Vec::new();
@@ -334,7 +345,7 @@ impl<S: StateMachine> Simulator<S> {
         // checkers see come through the hand-over production callers use.
         let mut cx = Context::from_waker(Waker::noop());
         self.clients.awaiting.retain_mut(|a| {
-            if a.node != node {
+            if !any && a.node != node {
                 return true;
             }
             match Pin::new(&mut a.receipt).poll(&mut cx) {

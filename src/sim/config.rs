@@ -165,6 +165,12 @@ pub struct SimConfig {
     /// a restore; a snapshot reaches the core as a later step (`Input::SnapshotTaken`).
     /// `None`: everything is applied within the step that commits it.
     pub deferred_apply: Option<Duration>,
+    /// Clients ask for forwarding, as a handle with `forward_to_leader` does (a
+    /// `Request::Forward`): a node that does not lead hands the request to the leader it knows,
+    /// in-process, arriving up to 50 µs later (a leader down by then drops it: `NodeDown`;
+    /// one already down when forwarded to: `LeaderUnreachable`), and the leader answers the
+    /// client. Off: a follower answers `NotLeader` and the client redirects.
+    pub forward_requests: bool,
     /// Serve the workload's reads ([`Workload::read`](super::Workload::read)) without the log,
     /// through every path: at the leader by ReadIndex (or its lease, with
     /// `raft.lease_reads`), at a follower by a follower read. Off: every command goes through
@@ -219,6 +225,7 @@ impl SimConfig {
             sync_window: None,
             background_sync: None,
             deferred_apply: None,
+            forward_requests: false,
             reads: false,
             retry_timeouts: false,
             caller_read_percent: 0,

@@ -50,6 +50,8 @@ mod bites;
 #[cfg(test)]
 mod compaction_tests;
 #[cfg(test)]
+mod forwarding_tests;
+#[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]
 mod tests;
@@ -106,6 +108,8 @@ enum Event<S: StateMachine> {
     Synced { node: NodeId, incarnation: u64 },
     /// A worker or a waiting caller runs a node's queued applies (`SimConfig::deferred_apply`).
     Drain { node: NodeId, incarnation: u64 },
+    /// A request forwarded in-process reaches the leader's queue (`SimConfig::forward_requests`).
+    Forwarded { to: NodeId, request: crate::node::Request<S> },
     /// An on-demand compaction of `node` ([`Simulator::compact`]).
     Compact(NodeId),
     /// A leadership transfer handed to `leader`'s driver ([`Fault::Transfer`]).
@@ -192,6 +196,10 @@ pub struct Stats {
     /// Of those, a caller's drains that left tasks for the node's workers (a snapshot or a
     /// restore at the front of the queue).
     pub drains_left_to_workers: u64,
+    /// Requests forwarded to a leader ([`SimConfig::forward_requests`]).
+    pub forwards: u64,
+    /// Of those, the ones lost with their leader, which went down before they reached it.
+    pub forwards_lost: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -255,7 +263,16 @@ pub struct Simulator<S: StateMachine> {
     /// Test-only: callers run the applies queued behind a snapshot before it.
     #[cfg(test)]
     snapshot_behind_later_applies: bool,
+    /// Test-only: a forwarded proposal lost with its leader claims it never reached it.
+    #[cfg(test)]
+    lost_forward_claims_unreachable: bool,
+    /// Requests the nodes' forwarders handed over during the step being run, with the leader
+    /// each goes to (`SimConfig::forward_requests`).
+    forwarded: Forwards<S>,
 }
+
+/// Where a step's forwarded requests wait for the simulator to deliver them.
+type Forwards<S> = std::sync::Arc<std::sync::Mutex<Vec<(NodeId, crate::node::Request<S>)>>>;
 
 impl<S: StateMachine> Simulator<S> {
     /// A cluster of `config.nodes` nodes, all started, each with a state machine from
@@ -309,6 +326,9 @@ impl<S: StateMachine> Simulator<S> {
             sync_bugs: crate::node::SyncBugs::default(),
             #[cfg(test)]
             snapshot_behind_later_applies: false,
+            #[cfg(test)]
+            lost_forward_claims_unreachable: false,
+            forwarded: Forwards::default(),
             config,
         };
         let voters = crate::message::Configuration::new((1..=sim.config.nodes).map(NodeId));
@@ -452,6 +472,7 @@ impl<S: StateMachine> Simulator<S> {
             Event::Flush { node, incarnation } => self.on_flush(node, incarnation),
             Event::Synced { node, incarnation } => self.on_synced(node, incarnation),
             Event::Drain { node, incarnation } => self.on_drain(node, incarnation),
+            Event::Forwarded { to, request } => self.on_forwarded(to, request),
             Event::Compact(node) => self.on_compact(node),
             Event::Transfer { leader, to } => self.request_transfer(leader, to),
         }
@@ -550,6 +571,16 @@ impl<S: StateMachine> Simulator<S> {
             if let Some(backlog) = live.driver.backlog() {
                 backlog.set_snapshot_behind_later_applies(on);
             }
+        }
+    }
+
+    /// Test-only: forwarded proposals lost with their leader claim they never reached it, in
+    /// every node, now and after each restart.
+    #[cfg(test)]
+    pub(crate) fn set_lost_forward_claims_unreachable(&mut self, on: bool) {
+        self.lost_forward_claims_unreachable = on;
+        for live in self.nodes.values_mut().filter_map(|node| node.live.as_mut()) {
+            live.driver.lost_forward_claims_unreachable = on;
         }
     }
 

@@ -193,6 +193,13 @@ impl<S: StateMachine> Simulator<S> {
         if self.config.background_sync.is_some() {
             live.driver.sync_in_background();
         }
+        if self.config.forward_requests {
+            let forwarded = std::sync::Arc::clone(&self.forwarded);
+            live.driver.set_forwarder(Box::new(move |to, request| {
+                forwarded.lock().unwrap_or_else(|p| p.into_inner()).push((to, request));
+                Ok(())
+            }));
+        }
         if let Some(backlog) = live.driver.backlog() {
             backlog.never_slow(); // NB: timing real `apply` calls would make runs unrepeatable
             #[cfg(test)]
@@ -212,6 +219,7 @@ impl<S: StateMachine> Simulator<S> {
         {
             live.driver.core_mut().bugs = self.bugs;
             live.driver.bugs = self.sync_bugs;
+            live.driver.lost_forward_claims_unreachable = self.lost_forward_claims_unreachable;
         }
         if let Err(v) = self.checker.node_started(live.core()) {
             self.fail(FailureKind::Safety(v));
@@ -390,6 +398,42 @@ impl<S: StateMachine> Simulator<S> {
         }
         self.schedule_drain(id);
         Ok(())
+    }
+
+    /// Puts the requests a step forwarded on their way to the leader's queue. A leader that is
+    /// down already refuses them, as the runtime's forwarder does when it finds no running
+    /// node: `LeaderUnreachable`, never applied.
+    fn pass_on_forwards(&mut self) {
+        if !self.config.forward_requests {
+            return;
+        }
+        let forwarded =
+            std::mem::take(&mut *self.forwarded.lock().unwrap_or_else(|p| p.into_inner()));
+        for (to, request) in forwarded {
+            if !self.is_up(to) {
+                request.fail(crate::Error::LeaderUnreachable(to));
+                continue;
+            }
+            self.stats.forwards += 1;
+            let after = self.rng.random_range(0..=50);
+            self.schedule(after, Event::Forwarded { to, request });
+        }
+    }
+
+    /// A forwarded request reaches `to`'s queue: its driver handles it, or (down since) it is
+    /// lost with the node, and the client learns `NodeDown`.
+    pub(crate) fn on_forwarded(
+        &mut self,
+        to: NodeId,
+        request: Request<S>,
+    ) -> Result<(), FailureKind> {
+        if !self.is_up(to) {
+            self.stats.forwards_lost += 1;
+            drop(request);
+            self.collect_answers(to);
+            return Ok(());
+        }
+        self.step(to, Delivery::Request(request), InputSummary::Forwarded)
     }
 
     /// How many apply tasks wait in `id`'s backlog, if any do.
@@ -622,6 +666,7 @@ impl<S: StateMachine> Simulator<S> {
             self.schedule(after, Event::Synced { node: id, incarnation });
         }
         self.schedule_drain(id);
+        self.pass_on_forwards();
         match stepped {
             Err(payload) => {
                 let message = crate::node::panic_message(&*payload);

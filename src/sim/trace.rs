@@ -171,6 +171,8 @@ pub(crate) enum InputSummary {
     Compact,
     /// A snapshot taken off the step (`SimConfig::deferred_apply`) reaches the core.
     SnapshotTaken,
+    /// A request another node forwarded (`SimConfig::forward_requests`).
+    Forwarded,
     /// A leadership transfer request ([`Fault::Transfer`](super::Fault::Transfer)).
     Transfer {
         to: NodeId,
@@ -287,6 +289,7 @@ impl fmt::Display for InputSummary {
             InputSummary::Flush => f.write_str("sync the batch"),
             InputSummary::Compact => f.write_str("compact"),
             InputSummary::SnapshotTaken => f.write_str("snapshot taken"),
+            InputSummary::Forwarded => f.write_str("forwarded request"),
             InputSummary::Transfer { to } => write!(f, "transfer to {to}"),
         }
     }
