@@ -70,6 +70,18 @@ impl<S: StateMachine> Applier<S> {
         }
     }
 
+    /// [`Applier::await_entry`] for proposals appended from `first` on, in index order.
+    pub fn await_entries(
+        &mut self,
+        first: LogIndex,
+        term: Term,
+        responders: Vec<Responder<S::Output>>,
+    ) {
+        for (i, responder) in responders.into_iter().enumerate() {
+            self.await_entry(LogIndex(first.0 + i as u64), term, responder);
+        }
+    }
+
     /// Applies the committed entry at `index` (the next one) and answers its proposers.
     pub fn apply(&mut self, index: LogIndex, entry: &Entry<S::Command>) -> Result<(), Error> {
         if let Some(failure) = &self.failure {
@@ -181,10 +193,11 @@ impl<S: StateMachine> Applier<S> {
 
 /// What the node loop queues for the applier, in order.
 pub(crate) enum ApplyTask<S: StateMachine> {
+    /// A batch of proposals appended from `first` on in `term`, one responder each.
     Await {
-        index: LogIndex,
+        first: LogIndex,
         term: Term,
-        responder: Responder<S::Output>,
+        responders: Vec<Responder<S::Output>>,
     },
     Entries {
         first: LogIndex,
@@ -264,10 +277,17 @@ impl<S: StateMachine> ApplyQueue<S> {
         }))
     }
 
-    pub fn await_entry(&mut self, index: LogIndex, term: Term, responder: Responder<S::Output>) {
+    /// Proposals appended from `first` on in `term`, one responder each in index order: answer
+    /// each when its index is applied. One task for the batch, not one per proposal.
+    pub fn await_entries(
+        &mut self,
+        first: LogIndex,
+        term: Term,
+        responders: Vec<Responder<S::Output>>,
+    ) {
         match self {
-            ApplyQueue::Inline(applier) => applier.await_entry(index, term, responder),
-            ApplyQueue::Deferred(b) => b.push(ApplyTask::Await { index, term, responder }),
+            ApplyQueue::Inline(applier) => applier.await_entries(first, term, responders),
+            ApplyQueue::Deferred(b) => b.push(ApplyTask::Await { first, term, responders }),
         }
     }
 
@@ -558,7 +578,9 @@ fn run_task<S: StateMachine>(
             let _ = taken.send(snapshot); // NB: fails only while the node is stopping
         }
         ApplyTask::Restore(snapshot) => applier.restore(&snapshot)?,
-        ApplyTask::Await { index, term, responder } => applier.await_entry(index, term, responder),
+        ApplyTask::Await { first, term, responders } => {
+            applier.await_entries(first, term, responders)
+        }
         ApplyTask::Read { index, reads } => applier.read(index, reads),
         ApplyTask::Entries { first, entries } => {
             for (i, entry) in entries.iter().enumerate() {

@@ -829,11 +829,11 @@ where
 
     fn on_proposed(&mut self, first: LogIndex, term: Term, count: usize) {
         debug_assert_eq!(count, self.batch.len());
-        for (i, responder) in self.batch.drain(..).enumerate() {
-            let index = LogIndex(first.0 + i as u64);
-            responder.appended(index, term);
-            self.apply.await_entry(index, term, responder);
+        for (i, responder) in self.batch.iter().enumerate() {
+            responder.appended(LogIndex(first.0 + i as u64), term);
         }
+        let responders = std::mem::replace(&mut self.batch, Vec::with_capacity(count));
+        self.apply.await_entries(first, term, responders);
     }
 
     fn trace_role_change(&mut self) {
