@@ -1,7 +1,8 @@
 //! Forwarding: a proposal or read sent to a follower's handle is forwarded to the leader and
 //! answered to the caller (`NodeHandle::forward_to_leader`); a leader change under forwarded
 //! requests answers each one or fails it with a typed error; a dead leader is a typed error
-//! within the deadline. And the bytes-sent metric, which grows with writes.
+//! within the deadline for a handle, and a retry for a client. And the bytes-sent metric, which
+//! grows with writes.
 
 mod common;
 
@@ -118,6 +119,36 @@ fn forwarding_to_a_dead_leader_is_a_typed_error_within_the_deadline() {
         }
     }
     assert!(took < deadline, "answered before the deadline, not by it: {took:?}");
+}
+
+/// A forwarding `Client` retries where a handle fails: `LeaderUnreachable` says the request
+/// never reached a leader, so the client tries again (another node, after a pause) until the
+/// election ends, and the write is applied once within the deadline.
+#[test]
+fn a_forwarding_client_retries_past_a_dead_leader() {
+    let _serial = serial();
+    // Long election timeouts: the followers still believe in the dead leader for a while.
+    let mut cluster = kv_cluster(3, roomy_config(95));
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    wait_until(LONG, "every follower knows the leader", || {
+        for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+            let status = cluster.status(id).map_err(|e| e.to_string())?;
+            if status.core.leader != Some(leader) {
+                return Err(format!("{id}: {:?}", status.core));
+            }
+        }
+        Ok(())
+    });
+    let client = cluster.client().forward_to_leader(true);
+    cluster.kill(leader).expect("kill");
+    let value = token("after");
+    let applied = client
+        .propose_timeout(append("k", &value), Duration::from_secs(10))
+        .expect("retried until a new leader applied it");
+    assert_ne!(cluster.wait_for_leader(LONG).expect("a new leader"), leader);
+    let read = client.read("k".to_string()).expect("read").expect("present");
+    assert_eq!(read.matches(&value).count(), 1, "applied once: {read}");
+    assert!(applied.index.0 > 0);
 }
 
 #[test]

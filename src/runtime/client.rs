@@ -376,8 +376,9 @@ impl<S: StateMachine> Client<S> {
     }
 
     /// [`Client::propose`] with an explicit deadline. Retries (at the hinted leader, or another
-    /// node) only while the command cannot have been applied: refused before appending, or
-    /// replaced after (`ProposalDropped`). `Err(Timeout)`, or `Err(NodeDown)` after appending,
+    /// node) only while the command cannot have been applied: refused before appending (also
+    /// `LeaderUnreachable`, when forwarding to a leader that is down), or replaced after
+    /// (`ProposalDropped`). `Err(Timeout)`, or `Err(NodeDown)` after appending,
     /// mean the outcome is unknown: the command may still be applied.
     pub fn propose_timeout(
         &self,
@@ -428,6 +429,8 @@ impl<S: StateMachine> Client<S> {
             Ok(applied) => Ok(applied),
             Err(Error::NotLeader { leader_hint: Some(hint) }) if hint != id => Err(Retry::At(hint)),
             Err(Error::NotLeader { .. } | Error::ProposalDropped { .. }) => Err(Retry::Elsewhere),
+            // A forwarding node's leader is down: never handed over, so never applied.
+            Err(Error::LeaderUnreachable(_)) => Err(Retry::Elsewhere),
             // Refused before appending while leadership moves: retry (at the new leader).
             Err(Error::TransferInProgress { to }) => Err(Retry::At(to)),
             Err(Error::NodeDown(_)) if !receipt.was_appended() => Err(Retry::Elsewhere),

@@ -382,6 +382,11 @@ impl<S: StateMachine> Simulator<S> {
             Err(Error::NotLeader { leader_hint }) => {
                 self.reply_later(ClientEvent::Redirect { client, op, hint: leader_hint });
             }
+            // The leader a forwarding node knew is down: never handed over, so the client
+            // tries elsewhere, as `Client::propose` does.
+            Err(Error::LeaderUnreachable(_)) => {
+                self.reply_later(ClientEvent::Redirect { client, op, hint: None });
+            }
             // Appended, then another entry was committed at its index: never applied.
             Err(Error::ProposalDropped { .. }) => {
                 self.clients.history[op].not_applied = true;
@@ -403,6 +408,9 @@ impl<S: StateMachine> Simulator<S> {
         match error {
             Error::NotLeader { leader_hint } => {
                 self.reply_later(ClientEvent::Redirect { client, op, hint: leader_hint });
+            }
+            Error::LeaderUnreachable(_) => {
+                self.reply_later(ClientEvent::Redirect { client, op, hint: None });
             }
             Error::NodeDown(_) => {}
             e => {

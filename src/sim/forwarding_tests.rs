@@ -30,16 +30,21 @@ fn run_forwarding(seed: u64, lost_claims_unreachable: bool) -> Result<RunReport,
 #[test]
 fn forwarded_requests_stay_linearizable_under_faults() {
     let seeds = std::env::var("FERRAFT_FORWARD_SEEDS").ok().and_then(|s| s.parse().ok());
-    let (mut forwards, mut lost, mut ops) = (0, 0, 0);
+    let (mut forwards, mut lost, mut refused, mut ops) = (0, 0, 0, 0);
     for seed in 0..seeds.unwrap_or(60u64) {
         let report =
             run_forwarding(seed, false).unwrap_or_else(|f| panic!("seed {seed}, forwarding: {f}"));
         forwards += report.stats.forwards;
         lost += report.stats.forwards_lost;
+        refused += report.stats.forwards_refused;
         ops += report.ops_completed;
     }
-    println!("{forwards} requests forwarded, {lost} lost with their leader, {ops} ops completed");
+    println!(
+        "{forwards} requests forwarded, {lost} lost with their leader, {refused} refused (the \
+         leader known was down), {ops} ops completed"
+    );
     assert!(forwards >= 1000, "only {forwards} requests forwarded");
+    assert!(refused >= 10, "only {refused} forwards refused");
 }
 
 /// A forwarded proposal lost with its leader must leave its outcome unknown (`NodeDown`): the

@@ -200,6 +200,8 @@ pub struct Stats {
     pub forwards: u64,
     /// Of those, the ones lost with their leader, which went down before they reached it.
     pub forwards_lost: u64,
+    /// Requests a forwarder refused: the leader the node knew was down (`LeaderUnreachable`).
+    pub forwards_refused: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -266,13 +268,19 @@ pub struct Simulator<S: StateMachine> {
     /// Test-only: a forwarded proposal lost with its leader claims it never reached it.
     #[cfg(test)]
     lost_forward_claims_unreachable: bool,
-    /// Requests the nodes' forwarders handed over during the step being run, with the leader
-    /// each goes to (`SimConfig::forward_requests`).
-    forwarded: Forwards<S>,
+    /// What the nodes' forwarders share (`SimConfig::forward_requests`).
+    forwarded: std::sync::Arc<std::sync::Mutex<Forwards<S>>>,
 }
 
-/// Where a step's forwarded requests wait for the simulator to deliver them.
-type Forwards<S> = std::sync::Arc<std::sync::Mutex<Vec<(NodeId, crate::node::Request<S>)>>>;
+/// The running nodes a forwarder may hand a request to (it refuses any other, as the
+/// runtime's does), and the requests handed over during the step being run, with the leader
+/// each goes to.
+struct Forwards<S: StateMachine> {
+    running: BTreeSet<NodeId>,
+    queued: Vec<(NodeId, crate::node::Request<S>)>,
+    /// Requests refused since the simulator last looked.
+    refused: u64,
+}
 
 impl<S: StateMachine> Simulator<S> {
     /// A cluster of `config.nodes` nodes, all started, each with a state machine from
@@ -328,7 +336,11 @@ impl<S: StateMachine> Simulator<S> {
             snapshot_behind_later_applies: false,
             #[cfg(test)]
             lost_forward_claims_unreachable: false,
-            forwarded: Forwards::default(),
+            forwarded: std::sync::Arc::new(std::sync::Mutex::new(Forwards {
+                running: BTreeSet::new(),
+                queued: Vec::new(),
+                refused: 0,
+            })),
             config,
         };
         let voters = crate::message::Configuration::new((1..=sim.config.nodes).map(NodeId));

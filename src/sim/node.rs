@@ -147,6 +147,7 @@ impl<S: StateMachine> Simulator<S> {
         node.batch_open = false; // held actions and unsynced writes go with the driver
         node.sync_job = None;
         node.drain_scheduled = false; // the backlog, its queued applies and answers are lost
+        self.forwards().running.remove(&id);
         self.crash_armed.remove(&id);
         self.crash_before_sync.remove(&id);
         self.stats.crashes += 1;
@@ -196,10 +197,16 @@ impl<S: StateMachine> Simulator<S> {
         if self.config.forward_requests {
             let forwarded = std::sync::Arc::clone(&self.forwarded);
             live.driver.set_forwarder(Box::new(move |to, request| {
-                forwarded.lock().unwrap_or_else(|p| p.into_inner()).push((to, request));
+                let mut forwarded = forwarded.lock().unwrap_or_else(|p| p.into_inner());
+                if !forwarded.running.contains(&to) {
+                    forwarded.refused += 1;
+                    return Err(request); // the driver answers `LeaderUnreachable`
+                }
+                forwarded.queued.push((to, request));
                 Ok(())
             }));
         }
+        self.forwards().running.insert(id);
         if let Some(backlog) = live.driver.backlog() {
             backlog.never_slow(); // NB: timing real `apply` calls would make runs unrepeatable
             #[cfg(test)]
@@ -400,20 +407,24 @@ impl<S: StateMachine> Simulator<S> {
         Ok(())
     }
 
-    /// Puts the requests a step forwarded on their way to the leader's queue. A leader that is
-    /// down already refuses them, as the runtime's forwarder does when it finds no running
-    /// node: `LeaderUnreachable`, never applied.
+    /// What the forwarders share.
+    fn forwards(&self) -> std::sync::MutexGuard<'_, super::Forwards<S>> {
+        self.forwarded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts the requests a step forwarded on their way to the leader's queue. (A leader that
+    /// was down already was refused by the forwarder: the driver answered
+    /// `LeaderUnreachable`, never applied.)
     fn pass_on_forwards(&mut self) {
         if !self.config.forward_requests {
             return;
         }
-        let forwarded =
-            std::mem::take(&mut *self.forwarded.lock().unwrap_or_else(|p| p.into_inner()));
+        let (forwarded, refused) = {
+            let mut forwards = self.forwards();
+            (std::mem::take(&mut forwards.queued), std::mem::take(&mut forwards.refused))
+        };
+        self.stats.forwards_refused += refused;
         for (to, request) in forwarded {
-            if !self.is_up(to) {
-                request.fail(crate::Error::LeaderUnreachable(to));
-                continue;
-            }
             self.stats.forwards += 1;
             let after = self.rng.random_range(0..=50);
             self.schedule(after, Event::Forwarded { to, request });
