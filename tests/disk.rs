@@ -319,6 +319,69 @@ fn a_leader_whose_disk_fills_stops_and_the_others_carry_on() {
     cluster.shutdown();
 }
 
+/// A store whose appends write their entries and then report an I/O error once its switch is
+/// on, as a write that reached the file can (an error from a later step of the same call).
+struct WritesThenFails {
+    inner: DiskStorage<KvCommand>,
+    failing: Arc<AtomicBool>,
+}
+
+impl Storage<KvCommand> for WritesThenFails {
+    fn load(&self) -> io::Result<PersistentState<KvCommand>> {
+        self.inner.load()
+    }
+    fn save_hard_state(&mut self, hs: HardState) -> io::Result<()> {
+        self.inner.save_hard_state(hs)
+    }
+    fn append(&mut self, first: LogIndex, entries: &[Entry<KvCommand>]) -> io::Result<()> {
+        self.inner.append(first, entries)?;
+        match self.failing.load(Ordering::SeqCst) {
+            true => Err(io::Error::other("input/output error after the write")),
+            false => Ok(()),
+        }
+    }
+    fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {
+        self.inner.save_snapshot(snapshot)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.inner.sync()
+    }
+}
+
+/// A leader whose write of new proposals fails may have written them all the same: their
+/// outcome is unknown, and the proposer hears `Storage` when the node fails. Before, the
+/// proposals waited until the node was killed and then heard `NodeDown` without an append,
+/// which the receipt's table reads as "never applied" and `Client::propose` retries. Here the
+/// write did land, and the restarted node applies it.
+#[test]
+fn a_proposal_whose_write_failed_is_answered_unknown_not_never_applied() {
+    let _serial = serial();
+    init_tracing();
+    let dir = TempDir::new("disk-write-then-fail");
+    let failing = Arc::new(AtomicBool::new(false));
+    let (open, switch) = (DiskStorage::factory(&dir.0), Arc::clone(&failing));
+    let mut cluster = Cluster::builder(fast_config(38), |_| KvStateMachine::new())
+        .nodes(1)
+        .storage(move |id, bootstrap: &Configuration| {
+            Ok(WritesThenFails { inner: open(id, bootstrap)?, failing: Arc::clone(&switch) })
+        })
+        .start()
+        .expect("start");
+    cluster.propose(append("k", &token("a"))).expect("a write before the failure");
+    failing.store(true, Ordering::SeqCst);
+    let node = cluster.node(NodeId(1)).expect("running");
+    let mut receipt = node.propose_async(append("k", &token("x"))).expect("sent");
+    let answer = receipt.wait(ms(3000));
+    assert!(matches!(answer, Err(Error::Storage(_))), "answered {answer:?}");
+    wait_until(LONG, "the node to report its failure", || {
+        cluster.failure(NodeId(1)).ok_or_else(|| "no failure yet".to_string())
+    });
+    failing.store(false, Ordering::SeqCst);
+    cluster.restart(NodeId(1)).expect("restart from the directory");
+    assert_eq!(value_of(&cluster, "k"), "a;x;", "the failed write had landed after all");
+    cluster.shutdown();
+}
+
 /// A store whose background fsyncs fail (an I/O error on `fdatasync`) once its switch is on.
 struct FailingFsync {
     inner: DiskStorage<KvCommand>,

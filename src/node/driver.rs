@@ -688,6 +688,14 @@ where
         let result = actions.drain(..).take(count).try_for_each(|a| self.run_or_hold(a));
         actions.clear();
         self.actions = actions;
+        if let Err(error) = &result {
+            // NB: a write failed before the batch's `Proposed` ran: its entries may be on disk
+            // all the same, so the outcome is unknown. Answer so now, before the node's end
+            // answers `NodeDown` without an append, which reads as "never applied".
+            for responder in self.batch.drain(..) {
+                responder.finish(Err(error.clone()));
+            }
+        }
         self.trace_role_change();
         if let Some(lease) = &mut self.lease {
             lease.publish(self.core.lease_read());
