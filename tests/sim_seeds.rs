@@ -181,7 +181,7 @@ fn write_timeline(config: &SimConfig, schedule: &Schedule, file: &str) {
 /// one-way cuts, deaf nodes, pauses, crashes between a step's actions, removed nodes that
 /// restart, long-tail delays, drifting clocks, client batches and lossy storage with
 /// background syncs, leadership transfers, applies deferred off the step, requests forwarded
-/// to the leader, each on a share of seeds.
+/// to the leader, clients retrying as `Client::propose` does, each on a share of seeds.
 fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
     let (mut config, _) = scenario(seed);
     config.clock_drift = (seed % 3 != 1).then_some([0.05, 0.2, 0.5][(seed / 3 % 3) as usize]);
@@ -211,6 +211,8 @@ fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
     }
     // Clients ask any node and followers forward to the leader, as `forward_to_leader` does.
     config.forward_requests = seed % 8 == 4 || seed % 8 == 5;
+    // Clients retry as `Client::propose` does (its own rule), on seeds no regression seed is.
+    config.client_retries = seed % 8 == 2 || seed % 8 == 5;
     if seed % 4 == 2 {
         // NB: none of the regression seeds below (15856, 183569, 227919) is 2 mod 4, so
         // they replay the schedules they were found with.

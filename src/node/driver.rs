@@ -685,6 +685,7 @@ where
             }
         };
         let mut actions = std::mem::take(&mut self.actions);
+        self.place_batch(&actions);
         let result = actions.drain(..).take(count).try_for_each(|a| self.run_or_hold(a));
         actions.clear();
         self.actions = actions;
@@ -701,6 +702,23 @@ where
             lease.publish(self.core.lease_read());
         }
         result
+    }
+
+    /// The batch's receipts learn their entries' places before the step's first write: from
+    /// then on the entries may be durable, so a node lost anywhere in the step (a crash, a
+    /// panic, a failed write) leaves their outcome unknown, never "refused before appending",
+    /// which `Client::propose` would retry (found by the simulator's retrying clients with
+    /// the crashes it cuts between a step's actions).
+    fn place_batch(&mut self, actions: &[Action<S::Command>]) {
+        let proposed = actions.iter().find_map(|action| match action {
+            Action::Proposed { first, term, .. } => Some((*first, *term)),
+            _ => None,
+        });
+        if let Some((first, term)) = proposed {
+            for (i, responder) in self.batch.iter().enumerate() {
+                responder.appended(LogIndex(first.0 + i as u64), term);
+            }
+        }
     }
 
     /// Runs `action` now, or holds it until the storage is synced (contract order: persist,
@@ -835,11 +853,10 @@ where
         super::metrics::estimated_bytes(msg, |c| self.core.command_size(c))
     }
 
+    /// The batch's entries were placed (its receipts learned where in `place_batch`): they
+    /// wait for their applies.
     fn on_proposed(&mut self, first: LogIndex, term: Term, count: usize) {
         debug_assert_eq!(count, self.batch.len());
-        for (i, responder) in self.batch.iter().enumerate() {
-            responder.appended(LogIndex(first.0 + i as u64), term);
-        }
         let responders = std::mem::replace(&mut self.batch, Vec::with_capacity(count));
         self.apply.await_entries(first, term, responders);
     }

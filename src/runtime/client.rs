@@ -267,13 +267,33 @@ pub(super) struct Shared<S: StateMachine> {
 }
 
 /// What to do after a failed attempt.
-enum Retry {
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Retry {
     /// Try the leader this node named.
     At(NodeId),
     /// Try another node.
     Elsewhere,
     /// Give up with this error (the outcome may be unknown).
     No(Error),
+}
+
+impl Retry {
+    /// What [`Client::propose`] does when the proposal it sent to `asked` failed with
+    /// `error`, `appended` saying whether the receipt learned its entry's place. It retries
+    /// only what cannot have been applied ([`Receipt`]'s table). The simulator's clients
+    /// follow the same rule, so its checkers judge it under faults.
+    pub(crate) fn after(error: Error, asked: NodeId, appended: bool) -> Retry {
+        match error {
+            Error::NotLeader { leader_hint: Some(hint) } if hint != asked => Retry::At(hint),
+            Error::NotLeader { .. } | Error::ProposalDropped { .. } => Retry::Elsewhere,
+            // A forwarding node's leader is down: never handed over, so never applied.
+            Error::LeaderUnreachable(_) => Retry::Elsewhere,
+            // Refused before appending while leadership moves: retry (at the new leader).
+            Error::TransferInProgress { to } => Retry::At(to),
+            Error::NodeDown(_) if !appended => Retry::Elsewhere,
+            e => Retry::No(e),
+        }
+    }
 }
 
 impl<S: StateMachine> Client<S> {
@@ -427,14 +447,7 @@ impl<S: StateMachine> Client<S> {
         };
         match receipt.wait_until(deadline) {
             Ok(applied) => Ok(applied),
-            Err(Error::NotLeader { leader_hint: Some(hint) }) if hint != id => Err(Retry::At(hint)),
-            Err(Error::NotLeader { .. } | Error::ProposalDropped { .. }) => Err(Retry::Elsewhere),
-            // A forwarding node's leader is down: never handed over, so never applied.
-            Err(Error::LeaderUnreachable(_)) => Err(Retry::Elsewhere),
-            // Refused before appending while leadership moves: retry (at the new leader).
-            Err(Error::TransferInProgress { to }) => Err(Retry::At(to)),
-            Err(Error::NodeDown(_)) if !receipt.was_appended() => Err(Retry::Elsewhere),
-            Err(e) => Err(Retry::No(e)),
+            Err(e) => Err(Retry::after(e, id, receipt.was_appended())),
         }
     }
 

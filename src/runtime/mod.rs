@@ -7,6 +7,7 @@
 //! that, for this runtime and the simulator alike.
 
 mod client;
+pub(crate) use client::Retry;
 mod cluster;
 mod faults;
 mod read;

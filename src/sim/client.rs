@@ -21,6 +21,7 @@ use super::trace::InputSummary;
 use super::{Event, Simulator};
 use crate::error::Error;
 use crate::node::{read_receipt, receipt, Applied, Receipt, Request};
+use crate::runtime::Retry;
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 
@@ -350,22 +351,29 @@ impl<S: StateMachine> Simulator<S> {
             }
             match Pin::new(&mut a.receipt).poll(&mut cx) {
                 Poll::Ready(result) => {
-                    answered.push((a.client, a.op, a.receipt.was_appended(), result));
+                    answered.push((a.client, a.op, a.node, a.receipt.was_appended(), result));
                     false
                 }
                 Poll::Pending => true,
             }
         });
-        for (client, op, appended, result) in answered {
+        for (client, op, asked, appended, result) in answered {
             if appended {
-                self.clients.states[client as usize].guess = node;
+                self.clients.states[client as usize].guess = asked;
             }
-            self.on_answer(client, op, result);
+            self.on_answer(client, op, asked, appended, result);
         }
     }
 
     /// What each answer means is [`crate::Receipt`]'s table, the same as for a `NodeHandle`.
-    fn on_answer(&mut self, client: u64, op: usize, result: Result<Applied<S::Output>, Error>) {
+    fn on_answer(
+        &mut self,
+        client: u64,
+        op: usize,
+        asked: NodeId,
+        appended: bool,
+        result: Result<Applied<S::Output>, Error>,
+    ) {
         let resent = self.clients.resent.contains_key(&op);
         let result = match result {
             Err(e) if self.read_query(op).is_some() => return self.on_read_failed(client, op, e),
@@ -374,29 +382,61 @@ impl<S: StateMachine> Simulator<S> {
             Err(e) if resent && !matches!(e, Error::NotLeader { .. }) => return,
             result => result,
         };
-        match result {
+        let error = match result {
             Ok(applied) => {
                 let output = applied.output;
-                self.reply_later(ClientEvent::Reply { client, op, output });
+                return self.reply_later(ClientEvent::Reply { client, op, output });
             }
-            Err(Error::NotLeader { leader_hint }) => {
+            Err(error) => error,
+        };
+        if !self.config.client_retries {
+            return self.on_refusal(client, op, error);
+        }
+        #[cfg(test)]
+        let appended = appended && !self.retry_ignores_append;
+        // NB: `Client::propose`'s own rule decides what is retried, so the checkers judge it.
+        match Retry::after(error, asked, appended) {
+            Retry::At(leader) => {
+                self.reply_later(ClientEvent::Redirect { client, op, hint: Some(leader) });
+            }
+            Retry::Elsewhere => self.reply_later(ClientEvent::Redirect { client, op, hint: None }),
+            // The node went down with it after appending: unknown until the client times out.
+            Retry::No(Error::NodeDown(_)) => {}
+            // A snapshot covered its index before the node could tell, or the write failed
+            // and may have landed: unknown.
+            Retry::No(Error::Timeout | Error::Storage(_)) => {
+                self.give_up(client, op, "outcome unknown");
+            }
+            Retry::No(e) => {
+                self.clients.history[op].not_applied = true;
+                self.give_up(client, op, &format!("refused: {e}"));
+            }
+        }
+    }
+
+    /// A client that retries only what a node redirects: a refused or replaced proposal is
+    /// recorded as never applied and given up, and a crash is waited out.
+    fn on_refusal(&mut self, client: u64, op: usize, error: Error) {
+        match error {
+            Error::NotLeader { leader_hint } => {
                 self.reply_later(ClientEvent::Redirect { client, op, hint: leader_hint });
             }
             // The leader a forwarding node knew is down: never handed over, so the client
-            // tries elsewhere, as `Client::propose` does.
-            Err(Error::LeaderUnreachable(_)) => {
+            // tries elsewhere.
+            Error::LeaderUnreachable(_) => {
                 self.reply_later(ClientEvent::Redirect { client, op, hint: None });
             }
             // Appended, then another entry was committed at its index: never applied.
-            Err(Error::ProposalDropped { .. }) => {
+            Error::ProposalDropped { .. } => {
                 self.clients.history[op].not_applied = true;
                 self.give_up(client, op, "entry replaced");
             }
             // The node went down with it: the outcome is unknown until the client times out.
-            Err(Error::NodeDown(_)) => {}
-            // A snapshot covered its index before the node could tell: unknown.
-            Err(Error::Timeout) => self.give_up(client, op, "outcome unknown"),
-            Err(e) => {
+            Error::NodeDown(_) => {}
+            // A snapshot covered its index before the node could tell, or the write failed
+            // and may have landed: unknown.
+            Error::Timeout | Error::Storage(_) => self.give_up(client, op, "outcome unknown"),
+            e => {
                 self.clients.history[op].not_applied = true;
                 self.give_up(client, op, &format!("refused: {e}"));
             }

@@ -171,6 +171,12 @@ pub struct SimConfig {
     /// one already down when forwarded to: `LeaderUnreachable`), and the leader answers the
     /// client. Off: a follower answers `NotLeader` and the client redirects.
     pub forward_requests: bool,
+    /// Clients retry as `Client::propose` does (its own rule, `Retry`): a proposal refused
+    /// before appending, replaced (`ProposalDropped`), refused during a leadership transfer, or
+    /// lost with a node before it was appended is sent again, elsewhere; so the checkers judge
+    /// that rule. Off: a client follows `NotLeader` hints and gives up any other refusal
+    /// (recorded as never applied), and waits out a crash.
+    pub client_retries: bool,
     /// Serve the workload's reads ([`Workload::read`](super::Workload::read)) without the log,
     /// through every path: at the leader by ReadIndex (or its lease, with
     /// `raft.lease_reads`), at a follower by a follower read. Off: every command goes through
@@ -226,6 +232,7 @@ impl SimConfig {
             background_sync: None,
             deferred_apply: None,
             forward_requests: false,
+            client_retries: false,
             reads: false,
             retry_timeouts: false,
             caller_read_percent: 0,

@@ -52,6 +52,8 @@ mod compaction_tests;
 #[cfg(test)]
 mod forwarding_tests;
 #[cfg(test)]
+mod retry_tests;
+#[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]
 mod tests;
@@ -268,6 +270,9 @@ pub struct Simulator<S: StateMachine> {
     /// Test-only: a forwarded proposal lost with its leader claims it never reached it.
     #[cfg(test)]
     lost_forward_claims_unreachable: bool,
+    /// Test-only: retrying clients forget whether their proposal was appended.
+    #[cfg(test)]
+    retry_ignores_append: bool,
     /// What the nodes' forwarders share (`SimConfig::forward_requests`).
     forwarded: std::sync::Arc<std::sync::Mutex<Forwards<S>>>,
 }
@@ -336,6 +341,8 @@ impl<S: StateMachine> Simulator<S> {
             snapshot_behind_later_applies: false,
             #[cfg(test)]
             lost_forward_claims_unreachable: false,
+            #[cfg(test)]
+            retry_ignores_append: false,
             forwarded: std::sync::Arc::new(std::sync::Mutex::new(Forwards {
                 running: BTreeSet::new(),
                 queued: Vec::new(),
@@ -594,6 +601,13 @@ impl<S: StateMachine> Simulator<S> {
         for live in self.nodes.values_mut().filter_map(|node| node.live.as_mut()) {
             live.driver.lost_forward_claims_unreachable = on;
         }
+    }
+
+    /// Test-only: with [`SimConfig::client_retries`], clients apply `Client::propose`'s rule
+    /// as if no proposal had been appended, so they retry one a crash may still commit.
+    #[cfg(test)]
+    pub(crate) fn set_retry_ignores_append(&mut self, on: bool) {
+        self.retry_ignores_append = on;
     }
 
     /// Test-only: node `id`'s tick period, in virtual microseconds, from now on (its clock

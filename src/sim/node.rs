@@ -152,7 +152,13 @@ impl<S: StateMachine> Simulator<S> {
         self.crash_before_sync.remove(&id);
         self.stats.crashes += 1;
         self.checker.node_crashed(id);
-        self.clients.forget_node(id);
+        if self.config.client_retries {
+            // The node's receipts were answered `NodeDown` as its driver dropped: the clients
+            // learn it, and retry what was never appended.
+            self.collect_answers(id);
+        } else {
+            self.clients.forget_node(id);
+        }
         self.forget_admin_node(id);
         self.note(format!("crash {id}"));
         Ok(())

@@ -1,0 +1,56 @@
+//! The production client's retry rule under faults ([`SimConfig::client_retries`]): the
+//! simulated clients retry exactly what `Client::propose` retries (`Retry::after`), so the
+//! checkers judge that rule. A client that retries a proposal which may still commit must be
+//! caught.
+
+use super::bites::nemesis;
+use super::*;
+use crate::kv::KvStateMachine;
+
+/// The nemesis (crashes, mid-step crashes, partitions, pauses, long delays, drifting clocks)
+/// with retrying clients; every third seed forwards, every fourth defers its applies.
+fn retrying(seed: u64) -> (SimConfig, Schedule) {
+    let (mut config, schedule) = nemesis(seed);
+    config.client_retries = true;
+    config.clients = 8;
+    config.forward_requests = seed.is_multiple_of(3);
+    if seed % 4 == 1 {
+        config.deferred_apply = Some(std::time::Duration::from_millis(2));
+    }
+    (config, schedule)
+}
+
+fn run_retrying(seed: u64, ignores_append: bool) -> Result<RunReport, SimFailure> {
+    let (config, schedule) = retrying(seed);
+    let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid");
+    sim.set_retry_ignores_append(ignores_append);
+    run::drive_kv(sim, &schedule)
+}
+
+/// Every run is safe, linearizable and converges with the clients retrying as
+/// `Client::propose` does.
+#[test]
+fn clients_retrying_as_client_propose_does_stay_linearizable_under_faults() {
+    let seeds = std::env::var("FERRAFT_RETRY_SEEDS").ok().and_then(|s| s.parse().ok());
+    let mut ops = 0;
+    for seed in 0..seeds.unwrap_or(60u64) {
+        let report =
+            run_retrying(seed, false).unwrap_or_else(|f| panic!("seed {seed}, retrying: {f}"));
+        ops += report.ops_completed;
+    }
+    assert!(ops >= 10_000, "only {ops} operations completed");
+}
+
+/// `Client::propose` retries a proposal lost with its node only if the receipt never learned
+/// its entry's place. A client that retries it anyway sends again a command a crashed
+/// leader may have replicated, which the next leader commits: applied twice.
+#[test]
+fn a_client_retrying_an_appended_proposal_is_caught_and_the_rule_is_not() {
+    for seed in 0..10 {
+        run_retrying(seed, false).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+    }
+    let found = (0..100).find_map(|seed| run_retrying(seed, true).err().map(|f| (seed, f)));
+    let (seed, failure) = found.expect("retry_ignores_append: no violation in 100 seeds");
+    println!("retry_ignores_append caught at seed {seed}: {failure}");
+    assert!(failure.kind.is_safety(), "caught, but not by a safety check: {failure}");
+}
