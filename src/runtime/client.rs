@@ -398,8 +398,10 @@ impl<S: StateMachine> Client<S> {
     /// [`Client::propose`] with an explicit deadline. Retries (at the hinted leader, or another
     /// node) only while the command cannot have been applied: refused before appending (also
     /// `LeaderUnreachable`, when forwarding to a leader that is down), or replaced after
-    /// (`ProposalDropped`). `Err(Timeout)`, or `Err(NodeDown)` after appending,
-    /// mean the outcome is unknown: the command may still be applied.
+    /// (`ProposalDropped`). `Err(Timeout)`, `Err(Storage)` (the leader's write failed, and
+    /// may have landed) and `Err(NodeDown)` after appending mean the outcome is unknown: the
+    /// command may still be applied. The simulator's clients follow the same rule
+    /// (`SimConfig::client_retries`).
     pub fn propose_timeout(
         &self,
         command: S::Command,
