@@ -452,6 +452,10 @@ impl<S: StateMachine> Simulator<S> {
             Error::LeaderUnreachable(_) => {
                 self.reply_later(ClientEvent::Redirect { client, op, hint: None });
             }
+            // NB: as `Client::read` does, a retrying client tries any failed read again.
+            _ if self.config.client_retries => {
+                self.reply_later(ClientEvent::Redirect { client, op, hint: None });
+            }
             Error::NodeDown(_) => {}
             e => {
                 self.clients.history[op].not_applied = true;

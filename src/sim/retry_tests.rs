@@ -8,12 +8,14 @@ use super::*;
 use crate::kv::KvStateMachine;
 
 /// The nemesis (crashes, mid-step crashes, partitions, pauses, long delays, drifting clocks)
-/// with retrying clients; every third seed forwards, every fourth defers its applies.
+/// with retrying clients; every third seed forwards, every fourth defers its applies, odd
+/// seeds read off the log.
 fn retrying(seed: u64) -> (SimConfig, Schedule) {
     let (mut config, schedule) = nemesis(seed);
     config.client_retries = true;
     config.clients = 8;
     config.forward_requests = seed.is_multiple_of(3);
+    config.reads = seed % 2 == 1; // reads off the log, retried on any failure
     if seed % 4 == 1 {
         config.deferred_apply = Some(std::time::Duration::from_millis(2));
     }
