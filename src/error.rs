@@ -209,7 +209,8 @@ pub enum Error {
     CatchUpFailed(NodeId),
     /// The node is already running; kill it before restarting it.
     AlreadyRunning(NodeId),
-    /// The persistent storage failed; the node stopped.
+    /// The persistent storage failed; the node stopped. A proposal it was writing may have
+    /// landed all the same: its outcome is unknown.
     Storage(String),
     /// The OS refused to start a node's thread; the text is the OS error.
     Spawn(String),
@@ -313,7 +314,10 @@ impl fmt::Display for Error {
                 write!(f, "{id} did not catch up in time; the configuration is unchanged")
             }
             Error::AlreadyRunning(id) => write!(f, "{id} is already running; kill it first"),
-            Error::Storage(why) => write!(f, "storage failed: {why}"),
+            Error::Storage(why) => write!(
+                f,
+                "storage failed: {why}; the node stopped: fix the storage, then restart the node (a proposal it was writing may or may not be applied)"
+            ),
             Error::Spawn(why) => write!(
                 f,
                 "could not start the node's thread: {why}; the OS refused a thread, check ulimits"
@@ -395,6 +399,10 @@ mod tests {
         let large = Error::CommandTooLarge { size: 20, max: 10 }.to_string();
         assert!(large.contains("split the command"), "{large}");
         assert!(large.contains("Config::max_command_bytes"), "{large}");
+        let storage = Error::Storage("no space left on device".into()).to_string();
+        for part in ["no space left", "restart the node", "may or may not be applied"] {
+            assert!(storage.contains(part), "{part:?} missing: {storage}");
+        }
     }
 }
 
