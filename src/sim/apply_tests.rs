@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::compaction_tests::compaction_faults;
+use super::tests::run_with;
 use super::*;
 
 /// The compaction fault model (crashes, partitions, on-demand compactions, crashes mid
@@ -19,10 +20,7 @@ fn deferred(seed: u64) -> (SimConfig, Schedule) {
 }
 
 fn run_deferred(seed: u64, snapshot_behind: bool) -> Result<RunReport, SimFailure> {
-    let (config, schedule) = deferred(seed);
-    let mut sim = Simulator::new(config, |_| crate::kv::KvStateMachine::new()).expect("valid");
-    sim.set_snapshot_behind_later_applies(snapshot_behind);
-    run::drive_kv(sim, &schedule)
+    run_with(deferred, seed, |sim| sim.set_snapshot_behind_later_applies(snapshot_behind))
 }
 
 /// Every run is safe, linearizable and converges, and over the seeds each path of the

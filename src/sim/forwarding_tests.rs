@@ -4,8 +4,8 @@
 //! lost with its leader, claims it was never applied.
 
 use super::bites::nemesis;
+use super::tests::run_with;
 use super::*;
-use crate::kv::KvStateMachine;
 
 /// The nemesis (crashes, partitions, one-way cuts, pauses, mid-step crashes, long delays,
 /// drifting clocks) with forwarding on and eight clients; odd seeds read off the log too.
@@ -18,10 +18,9 @@ fn forwarding(seed: u64) -> (SimConfig, Schedule) {
 }
 
 fn run_forwarding(seed: u64, lost_claims_unreachable: bool) -> Result<RunReport, SimFailure> {
-    let (config, schedule) = forwarding(seed);
-    let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid");
-    sim.set_lost_forward_claims_unreachable(lost_claims_unreachable);
-    run::drive_kv(sim, &schedule)
+    run_with(forwarding, seed, |sim| {
+        sim.set_lost_forward_claims_unreachable(lost_claims_unreachable)
+    })
 }
 
 /// Every run is safe, linearizable and converges, with thousands of requests forwarded. (A

@@ -4,8 +4,8 @@
 //! caught.
 
 use super::bites::nemesis;
+use super::tests::run_with;
 use super::*;
-use crate::kv::KvStateMachine;
 
 /// The nemesis (crashes, mid-step crashes, partitions, pauses, long delays, drifting clocks)
 /// with retrying clients; every third seed forwards, every fourth defers its applies, odd
@@ -23,10 +23,7 @@ fn retrying(seed: u64) -> (SimConfig, Schedule) {
 }
 
 fn run_retrying(seed: u64, ignores_append: bool) -> Result<RunReport, SimFailure> {
-    let (config, schedule) = retrying(seed);
-    let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid");
-    sim.set_retry_ignores_append(ignores_append);
-    run::drive_kv(sim, &schedule)
+    run_with(retrying, seed, |sim| sim.set_retry_ignores_append(ignores_append))
 }
 
 /// Every run is safe, linearizable and converges with the clients retrying as

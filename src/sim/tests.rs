@@ -45,9 +45,19 @@ pub(super) fn run_with_bugs(
     seed: u64,
     bugs: Bugs,
 ) -> Result<RunReport, SimFailure> {
+    run_with(scenario, seed, |sim| sim.set_bugs(bugs))
+}
+
+/// Runs `scenario`'s seed under the KV workload, after `switch` set the simulator up (a
+/// test-only bug switch, say).
+pub(super) fn run_with(
+    scenario: Scenario,
+    seed: u64,
+    switch: impl FnOnce(&mut Simulator<KvStateMachine>),
+) -> Result<RunReport, SimFailure> {
     let (config, schedule) = scenario(seed);
     let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("scenarios are valid");
-    sim.set_bugs(bugs);
+    switch(&mut sim);
     run::drive_kv(sim, &schedule)
 }
 

@@ -50,10 +50,7 @@ fn run_scenario(
     seed: u64,
     bugs: Bugs,
 ) -> Result<RunReport, SimFailure> {
-    let (config, schedule) = scenario(seed);
-    let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid scenario");
-    sim.set_bugs(bugs);
-    run::drive_kv(sim, &schedule)
+    super::super::tests::run_with_bugs(scenario, seed, bugs)
 }
 
 #[test]
