@@ -143,8 +143,11 @@ impl<C: Clone> Core<C> {
         self.reset_election_timer(); // SUB-3: a valid AppendEntries from the current leader
         let Some(mut vouched) = self.append_entries(from, ae) else { return };
         // Requests held because they arrived ahead of the log may follow it now (reorder.rs).
+        // NB: one of this leader's requests starting within what it vouched for passes AE-2.
+        // Should one fail, it was held again and would come straight back: stop, not loop.
         while let Some(held) = self.held.take_ready(self.held_term(), vouched) {
-            vouched = self.append_entries(from, held).map_or(vouched, |v| vouched.max(v));
+            let Some(v) = self.append_entries(from, held) else { break };
+            vouched = vouched.max(v);
         }
     }
 

@@ -175,6 +175,24 @@ fn all2_check_catches_the_replay_held_across_terms_bug() {
     assert_eq!(f.log_terms(), [1, 1, 1], "all2");
 }
 
+/// Only a bug can make a replayed request fail AE-2 (one of the current leader's, starting
+/// within what it vouched for, matches). Should one fail, it is held again and would come
+/// straight back: the replays stop there rather than loop until memory runs out (which the
+/// simulator met with this switch and retrying clients, nemesis seed 796).
+#[test]
+fn a_replay_that_fails_its_check_ends_the_replays_instead_of_looping() {
+    let bugs = Bugs { replay_held_across_terms: true, ..Bugs::default() };
+    let mut f = boot(2).term(2).start().with_bugs(bugs);
+    f.recv(ae(1, 2, 2).prev(1, 1).entries(&[2])); // i2@t2, held
+    f.recv(ae(1, 2, 2).prev(3, 2).entries(&[2])); // i4@t2, held
+    assert_eq!(f.core.held.len(), 2);
+    // Term 3's leader fills i1..=i4; the bug replays term 2's requests: i2@t2 truncates the
+    // log to i2, so the next one (after i3) fails its check and is held again.
+    f.recv(ae(3, 2, 3).prev(0, 0).entries(&[1, 3, 3, 3]));
+    assert_eq!(f.log_terms(), [1, 2], "the bug's damage, which ALL-2's check reports");
+    assert_eq!(f.core.held.len(), 1, "the failed replay is held, and the step ended");
+}
+
 #[test]
 fn ae2_only_requests_with_entries_are_held_and_at_most_a_window_of_them() {
     let config = Config { max_inflight: 2, ..test_config() };
