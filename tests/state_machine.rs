@@ -131,6 +131,49 @@ fn a_request_taken_as_the_state_machine_fails_is_answered_with_the_failure() {
     assert!(matches!(refused, Err(Error::StateMachinePanicked { .. })), "{refused:?}");
 }
 
+/// A state machine whose `snapshot` (and `digest`) panics: log compaction fails the node as a
+/// panicking `apply` does, with a typed error, and later requests are answered with it. (The panic once
+/// escaped the applier: its worker died, and nothing was applied or answered any more.)
+#[test]
+fn a_panicking_snapshot_fails_the_node_with_a_typed_error() {
+    struct NoSnapshots(u64);
+    impl StateMachine for NoSnapshots {
+        type Command = u64;
+        type Output = u64;
+        fn apply(&mut self, _index: LogIndex, command: &u64) -> u64 {
+            self.0 += command;
+            self.0
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            panic!("no snapshot today")
+        }
+        fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
+            Err("never snapshotted".into())
+        }
+        fn digest(&self) -> u64 {
+            panic!("no digest either")
+        }
+    }
+    let _serial = serial();
+    let config = Config { snapshot_entries: 4, ..fast_config(57) };
+    let cluster = Cluster::new(config, 1, |_| NoSnapshots(0)).expect("start");
+    let id = cluster.wait_for_leader(LONG).expect("a leader");
+    let node = cluster.node(id).expect("running");
+    let failed = (1..=20).find_map(|i| node.propose(i, LONG).err());
+    let failed = failed.expect("compaction past 4 entries runs the panicking snapshot");
+    // The proposal that met the failure hears it, or one after it.
+    let Error::StateMachinePanicked { node: at, message, .. } = &failed else {
+        panic!("expected StateMachinePanicked, got {failed:?}");
+    };
+    assert_eq!(*at, id);
+    assert!(message.contains("no snapshot today"), "{message}");
+    let status = node.status(Duration::from_secs(3)).expect("answered, not left waiting");
+    assert!(matches!(status.failure, Some(Error::StateMachinePanicked { .. })), "{status:?}");
+    assert_eq!(status.digest, 0, "a panicking digest reads 0, and the status still comes");
+    let refused = node.propose(1, Duration::from_secs(3));
+    assert!(matches!(refused, Err(Error::StateMachinePanicked { .. })), "{refused:?}");
+}
+
 #[test]
 fn an_apply_of_one_second_causes_no_election() {
     let _serial = serial();

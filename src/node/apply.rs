@@ -126,8 +126,14 @@ impl<S: StateMachine> Applier<S> {
             return Err(failure.clone());
         }
         debug_assert_eq!(meta.index, self.applied, "the snapshot stands for what was applied");
-        let data: Arc<[u8]> = self.state_machine.snapshot().into();
-        Ok(Arc::new(Snapshot { meta, data }))
+        let sm = &self.state_machine;
+        match catch_unwind(AssertUnwindSafe(|| sm.snapshot())) {
+            Ok(data) => Ok(Arc::new(Snapshot { meta, data: data.into() })),
+            Err(payload) => {
+                let message = format!("snapshot panicked: {}", panic_message(&*payload));
+                Err(self.fail(meta.index, message))
+            }
+        }
     }
 
     /// Replaces the state with `snapshot`'s. A failure stops this applier for good: nothing is
@@ -188,6 +194,22 @@ impl<S: StateMachine> Applier<S> {
         }
         self.reads.fail(&error);
         error
+    }
+}
+
+/// [`Backlog::draining`] set while this lives.
+struct Draining<'a>(&'a AtomicBool);
+
+impl<'a> Draining<'a> {
+    fn set(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::SeqCst);
+        Draining(flag)
+    }
+}
+
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
     }
 }
 
@@ -428,7 +450,9 @@ impl<S: StateMachine> Backlog<S> {
             Err(TryLockError::WouldBlock) => return false,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
-        self.draining.store(true, Ordering::SeqCst);
+        // NB: declared after the applier, so dropped (cleared) before it is let go, and also
+        // when a task unwinds: a flag left set would tell every caller someone drains.
+        let draining = Draining::set(&self.draining);
         for _ in 0..limit {
             let task = {
                 let mut tasks = lock(&self.tasks);
@@ -456,7 +480,6 @@ impl<S: StateMachine> Backlog<S> {
             let Some(task) = task else { break };
             if self.stop.load(Ordering::Relaxed) {
                 // Stopping: unrun tasks drop, their proposers learn `NodeDown`.
-                self.draining.store(false, Ordering::SeqCst);
                 return false;
             }
             let timed = match &task {
@@ -474,7 +497,7 @@ impl<S: StateMachine> Backlog<S> {
                 self.slow.store(slow, Ordering::Relaxed);
             }
         }
-        self.draining.store(false, Ordering::SeqCst);
+        drop(draining);
         drop(applier);
         self.has_work()
     }
@@ -599,7 +622,9 @@ fn run_task<S: StateMachine>(
 }
 
 fn fill_status<S: StateMachine>(applier: &Applier<S>, status: &mut NodeStatus) {
-    status.digest = applier.state_machine.digest();
+    // NB: a panicking `digest` reports the default digest (0), not a dead worker.
+    let sm = &applier.state_machine;
+    status.digest = catch_unwind(AssertUnwindSafe(|| sm.digest())).unwrap_or_default();
     status.core.last_applied = applier.applied;
     status.failure = applier.failure.clone();
 }
@@ -690,6 +715,50 @@ mod tests {
         assert_eq!(later.try_result(), Some(Err(error.clone())));
         let one = Entry { term: Term(1), payload: Payload::Command(1u8) };
         assert_eq!(applier.apply(LogIndex(2), &one), Err(error));
+    }
+
+    /// `snapshot` is the user's code too: a panic in it is caught like one in `apply`, and the
+    /// backlog keeps draining (it once unwound through `drain` with its
+    /// draining flag set, so nothing queued later was ever run).
+    #[test]
+    fn a_panicking_snapshot_fails_the_applier_and_the_backlog_still_drains() {
+        struct BadSnapshot;
+        impl StateMachine for BadSnapshot {
+            type Command = u64;
+            type Output = u64;
+            fn apply(&mut self, _: LogIndex, c: &u64) -> u64 {
+                *c
+            }
+            fn snapshot(&self) -> Vec<u8> {
+                panic!("no snapshot today")
+            }
+            fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let applier = Applier::new(NodeId(1), BadSnapshot, LogIndex(0));
+        let (taken, _taken) = crossbeam_channel::unbounded();
+        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken) else {
+            unreachable!("a deferred queue")
+        };
+        let meta = SnapshotMeta { index: LogIndex(0), term: Term(0), config: Default::default() };
+        backlog.push(ApplyTask::Snapshot(meta));
+        backlog.drain();
+        let failure = lock(&backlog.failure).clone().expect("the panic failed the applier");
+        let Error::StateMachinePanicked { index, message, .. } = &failure else {
+            panic!("{failure:?}")
+        };
+        assert_eq!(*index, LogIndex(0));
+        assert!(message.contains("no snapshot today"), "{message}");
+        let (responder, later) = receipt(NodeId(1));
+        backlog.push(ApplyTask::Await {
+            first: LogIndex(1),
+            term: Term(1),
+            responders: vec![responder],
+        });
+        assert!(backlog.needs_drain(), "nobody drains: someone must");
+        backlog.drain();
+        assert_eq!(later.try_result(), Some(Err(failure)));
     }
 
     /// Two threads share a backlog: while one runs a slow apply, the other queues more and is

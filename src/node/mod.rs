@@ -122,7 +122,7 @@ pub enum Compaction {
 pub struct NodeStatus {
     /// The core's view: role, term, leader, commit index, last applied, configuration.
     pub core: Status,
-    /// `StateMachine::digest` of the node's state machine.
+    /// `StateMachine::digest` of the node's state machine (0 if it panicked).
     pub digest: u64,
     /// RPCs this node received in this incarnation, by kind.
     pub rpcs: RpcCounts,
