@@ -190,6 +190,14 @@ impl Default for Config {
     }
 }
 
+/// The longest election timeout or catch-up timeout (and so heartbeat and tick) a [`Config`]
+/// takes: one day. Counted in ticks, longer ones might not fit the core's clock.
+pub const MAX_TIMER: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The largest `inbox_capacity`: each node's two queues of that many slots are allocated when
+/// it starts.
+pub const MAX_INBOX_CAPACITY: usize = 1 << 22;
+
 /// 64 yields before sleeping, unless the machine has a single core (see `Config::spin_rounds`).
 fn default_spin_rounds() -> u32 {
     match std::thread::available_parallelism() {
@@ -207,6 +215,13 @@ impl Config {
         }
         if min > max {
             return Err(ConfigError::InvertedElectionTimeout { min, max });
+        }
+        for (field, value) in
+            [("election_timeout", max), ("catch_up_timeout", self.catch_up_timeout)]
+        {
+            if value > MAX_TIMER {
+                return Err(ConfigError::TimerTooLong { field, value });
+            }
         }
         if self.heartbeat_interval >= min {
             return Err(ConfigError::HeartbeatTooSlow {
@@ -289,6 +304,13 @@ impl Config {
         ];
         if let Some((field, _)) = limits.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::ZeroLimit { field });
+        }
+        if self.inbox_capacity > MAX_INBOX_CAPACITY {
+            return Err(ConfigError::LimitTooLarge {
+                field: "inbox_capacity",
+                value: self.inbox_capacity,
+                max: MAX_INBOX_CAPACITY,
+            });
         }
         if self.max_append_bytes > self.max_inflight_bytes {
             return Err(ConfigError::AppendBytesAboveInflight {

@@ -95,6 +95,27 @@ pub enum ConfigError {
         /// The configured drift bound.
         bound: crate::config::ClockDrift,
     },
+    /// A timer longer than [`MAX_TIMER`](crate::config::MAX_TIMER): counted in ticks it would
+    /// not fit the core's clock (`request_timeout` has no bound: it may be `Duration::MAX`).
+    TimerTooLong {
+        /// The setting's name.
+        field: &'static str,
+        /// The value given.
+        value: Duration,
+    },
+    /// A limit above what can be set aside up front: `inbox_capacity` is allocated when a node
+    /// starts ([`MAX_INBOX_CAPACITY`](crate::config::MAX_INBOX_CAPACITY)).
+    LimitTooLarge {
+        /// The setting's name.
+        field: &'static str,
+        /// The value given.
+        value: usize,
+        /// The largest allowed.
+        max: usize,
+    },
+    /// `NodeId(u64::MAX)` is reserved (it stands for "no node" where an id must fit a word);
+    /// also what `Cluster::add_node` reports once the ids above the largest one run out.
+    ReservedNodeId(NodeId),
 }
 
 impl fmt::Display for ConfigError {
@@ -156,6 +177,19 @@ impl fmt::Display for ConfigError {
             ConfigError::LeaseWithoutCheckQuorum => write!(
                 f,
                 "lease_reads requires check_quorum: without it a deposed leader keeps serving reads; set check_quorum = true or lease_reads = false"
+            ),
+            ConfigError::TimerTooLong { field, value } => write!(
+                f,
+                "{field} of {value:?} is longer than a Raft timer may be ({:?}); use a shorter one",
+                crate::config::MAX_TIMER
+            ),
+            ConfigError::LimitTooLarge { field, value, max } => write!(
+                f,
+                "{field} = {value} is above {max}, the most that is allocated up front; use a smaller value"
+            ),
+            ConfigError::ReservedNodeId(id) => write!(
+                f,
+                "node id {id} (u64::MAX) is reserved; give nodes smaller ids (add_node gives each new node the id after the largest)"
             ),
             ConfigError::LeaseTooShort { min_election_ticks, bound } => write!(
                 f,
@@ -460,7 +494,18 @@ pub enum FaultError {
     },
     /// `SimConfig::caller_read_percent` above 100: it is a percentage of reads.
     CallerReadPercent(u8),
+    /// A fault's duration past [`MAX_FAULT_DELAY`]: a message held longer is lost, as far as
+    /// Raft can tell (drop it instead), and sums of such durations would not fit an instant.
+    DelayTooLong {
+        /// The setting's name.
+        field: &'static str,
+        /// The value given.
+        value: Duration,
+    },
 }
+
+/// The longest delay, hold or pause a fault setting takes: one day.
+pub const MAX_FAULT_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl fmt::Display for FaultError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -479,6 +524,10 @@ impl fmt::Display for FaultError {
             }
             FaultError::InvalidConfig(e) => write!(f, "invalid config: {e}"),
             FaultError::NoNodes => write!(f, "a simulation needs at least one node"),
+            FaultError::DelayTooLong { field, value } => write!(
+                f,
+                "{field} of {value:?} is longer than a fault may last ({MAX_FAULT_DELAY:?}): to lose messages for good, drop them or cut the link"
+            ),
             FaultError::EmptyRange { field } => {
                 write!(f, "{field} is 0..0 while its fault is on: give it a non-zero range")
             }
@@ -510,7 +559,7 @@ pub(crate) fn check_probability(field: &'static str, value: f64) -> Result<(), F
     }
 }
 
-/// Checks that a duration range is not inverted.
+/// Checks that a duration range is not inverted, and ends within [`MAX_FAULT_DELAY`].
 pub(crate) fn check_range(
     field: &'static str,
     min: Duration,
@@ -518,6 +567,9 @@ pub(crate) fn check_range(
 ) -> Result<(), FaultError> {
     if min > max {
         return Err(FaultError::InvertedRange { field, min, max });
+    }
+    if max > MAX_FAULT_DELAY {
+        return Err(FaultError::DelayTooLong { field, value: max });
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::node::deadline_after;
 use crate::runtime::Client;
 use crate::state_machine::{ReadStateMachine, StateMachine};
 use crate::types::LogIndex;
@@ -307,7 +308,7 @@ where
         command: S::Command,
         timeout: Duration,
     ) -> Result<S::Output, Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

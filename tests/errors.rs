@@ -60,6 +60,24 @@ fn invalid_configs_are_refused_with_the_reason() {
             Config { inbox_capacity: 0, ..base.clone() },
             ConfigError::ZeroLimit { field: "inbox_capacity" },
         ),
+        // Allocated up front: usize::MAX slots cannot be.
+        (
+            Config { inbox_capacity: usize::MAX, ..base.clone() },
+            ConfigError::LimitTooLarge {
+                field: "inbox_capacity",
+                value: usize::MAX,
+                max: ferraft::MAX_INBOX_CAPACITY,
+            },
+        ),
+        // Counted in ticks, a timer of `Duration::MAX` would not fit the core's clock.
+        (
+            Config { election_timeout: ms(150)..Duration::MAX, ..base.clone() },
+            ConfigError::TimerTooLong { field: "election_timeout", value: Duration::MAX },
+        ),
+        (
+            Config { catch_up_timeout: Duration::MAX, ..base.clone() },
+            ConfigError::TimerTooLong { field: "catch_up_timeout", value: Duration::MAX },
+        ),
     ];
     for (config, expected) in cases {
         assert_eq!(config.validate(), Err(expected.clone()));
@@ -77,6 +95,59 @@ fn a_cluster_needs_nodes_with_distinct_ids() {
     let ids = [NodeId(1), NodeId(2), NodeId(1)];
     let duplicate = Cluster::with_ids(fast_config(1), &ids, |_| KvStateMachine::new()).err();
     assert_eq!(duplicate, Some(Error::InvalidConfig(ConfigError::DuplicateNode(NodeId(1)))));
+
+    // The largest id is reserved ("no leader known" in a client), and `add_node` counts up
+    // from the largest id given: refused, not overflowed.
+    let ids = [NodeId(1), NodeId(u64::MAX)];
+    let reserved = Cluster::with_ids(fast_config(1), &ids, |_| KvStateMachine::new()).err();
+    let expected = ConfigError::ReservedNodeId(NodeId(u64::MAX));
+    assert_eq!(reserved, Some(Error::InvalidConfig(expected.clone())));
+    assert!(expected.to_string().contains("smaller ids"), "{expected}");
+}
+
+/// Id 0 is an id like any other: a client remembers a leader n0 (it once read 0 as "none").
+/// A cluster counting up to the reserved id refuses the next `add_node` instead of wrapping.
+#[test]
+fn node_ids_at_both_ends_of_the_range() {
+    let _serial = serial();
+    let config = Config { election_timeout: ms(50)..ms(100), ..fast_config(15) };
+    let cluster = Cluster::with_ids(config.clone(), &[NodeId(0)], |_| KvStateMachine::new())
+        .expect("id 0 is valid");
+    assert_eq!(cluster.wait_for_leader(LONG), Ok(NodeId(0)));
+    let client = cluster.client();
+    client.propose(append("k", "v")).expect("applied");
+    assert_eq!(client.leader_hint(), Some(NodeId(0)), "the client remembers n0");
+    cluster.shutdown();
+
+    let top = [NodeId(u64::MAX - 1)];
+    let mut cluster =
+        Cluster::with_ids(config, &top, |_| KvStateMachine::new()).expect("the largest valid id");
+    cluster.wait_for_leader(LONG).expect("a leader");
+    let refused = cluster.add_node();
+    let expected = Error::InvalidConfig(ConfigError::ReservedNodeId(NodeId(u64::MAX)));
+    assert_eq!(refused, Err(expected));
+    assert_eq!(cluster.ids(), top.to_vec(), "nothing was added");
+    cluster.shutdown();
+}
+
+/// `Duration::MAX` is the natural "wait as long as it takes": every blocking call takes it
+/// (it once overflowed the deadline's instant and panicked).
+#[test]
+fn duration_max_means_wait_as_long_as_it_takes() {
+    let _serial = serial();
+    let config = Config { request_timeout: Duration::MAX, ..fast_config(16) };
+    assert_eq!(config.validate(), Ok(()), "request_timeout has no bound");
+    let cluster = kv_cluster(config, 3);
+    let leader = cluster.wait_for_leader(Duration::MAX).expect("a leader");
+    let client = cluster.client();
+    assert_eq!(client.timeout(), Duration::MAX);
+    client.propose(append("k", "v")).expect("applied");
+    client.propose_timeout(append("k", "w"), Duration::MAX).expect("applied");
+    let node = cluster.node(leader).expect("running");
+    let mut receipt = node.propose_async(append("k", "x")).expect("sent");
+    receipt.wait(Duration::MAX).expect("applied");
+    node.propose(append("k", "y"), Duration::MAX).expect("applied");
+    cluster.shutdown();
 }
 
 #[test]

@@ -34,7 +34,8 @@ pub(crate) fn fail_read<S>(read: ReadFn<S>, error: Error) {
 }
 pub use metrics::Metrics;
 pub(crate) use receipt::{
-    read_receipt, receipt, receipt_spinning, Assist, Responder, MAX_HELPING_WITHOUT_YIELD,
+    deadline_after, read_receipt, receipt, receipt_spinning, Assist, Responder,
+    MAX_HELPING_WITHOUT_YIELD,
 };
 pub use receipt::{Applied, Receipt};
 

@@ -435,6 +435,14 @@ impl<O: Clone> Receipt<O> {
 /// ms with this bound; NOTES.md, tenth session).
 pub(crate) const MAX_HELPING_WITHOUT_YIELD: Duration = Duration::from_micros(100);
 
+/// The instant `timeout` from now. A timeout too long to be an instant (`Duration::MAX`, for
+/// "wait as long as it takes") waits a century instead of overflowing.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + CENTURY)
+}
+
 /// How long a waiter waits: a timeout from now, or a deadline (a caller that retries keeps one).
 #[derive(Clone, Copy)]
 enum Until {
@@ -455,7 +463,7 @@ fn wait_for<'a, O>(
         return Ok(state); // answered already: no clock to read (a pipelining caller)
     }
     let deadline = match until {
-        Until::After(timeout) => Instant::now() + timeout,
+        Until::After(timeout) => deadline_after(timeout),
         Until::At(deadline) => deadline,
     };
     // An answer usually comes within microseconds: yield-poll a little before sleeping,

@@ -16,8 +16,8 @@ use crate::core::MembershipChange;
 use crate::error::Error;
 use crate::message::Configuration;
 use crate::node::{
-    read_receipt, receipt_spinning, Applied, Assist, Backlog, Compaction, LocalLease, NodeStatus,
-    ReadFn, Receipt, Request, Responder,
+    deadline_after, read_receipt, receipt_spinning, Applied, Assist, Backlog, Compaction,
+    LocalLease, NodeStatus, ReadFn, Receipt, Request, Responder,
 };
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
@@ -218,7 +218,7 @@ impl<S: StateMachine> NodeHandle<S> {
         change: MembershipChange,
         timeout: Duration,
     ) -> Result<Configuration, Error> {
-        self.change(change, Instant::now() + timeout)
+        self.change(change, deadline_after(timeout))
     }
 
     pub(crate) fn change(
@@ -259,12 +259,16 @@ impl<S: StateMachine> Clone for Client<S> {
 pub(super) struct Shared<S: StateMachine> {
     /// The running nodes, kept current by the cluster as nodes start and stop.
     nodes: RwLock<BTreeMap<NodeId, NodeHandle<S>>>,
-    /// The node last seen leading (0: none known).
+    /// The node last seen leading ([`NO_LEADER`]: none known).
     leader: AtomicU64,
     timeout: Duration,
     /// The pause before trying another node when no leader is known.
     pub(super) retry_pause: Duration,
 }
+
+/// [`Shared::leader`] when no leader is known: the reserved id (`ConfigError::ReservedNodeId`),
+/// so that every other id, 0 included, can be remembered.
+const NO_LEADER: u64 = u64::MAX;
 
 /// What to do after a failed attempt.
 #[derive(Debug, PartialEq, Eq)]
@@ -300,7 +304,7 @@ impl<S: StateMachine> Client<S> {
     pub(crate) fn new(timeout: Duration, retry_pause: Duration) -> Self {
         let shared = Shared {
             nodes: RwLock::new(BTreeMap::new()),
-            leader: AtomicU64::new(0),
+            leader: AtomicU64::new(NO_LEADER),
             timeout,
             retry_pause,
         };
@@ -337,7 +341,8 @@ impl<S: StateMachine> Client<S> {
 
     pub(crate) fn node_stopped(&self, id: NodeId) {
         self.write().remove(&id);
-        let _ = self.shared.leader.compare_exchange(id.0, 0, Ordering::Relaxed, Ordering::Relaxed);
+        let leader = &self.shared.leader;
+        let _ = leader.compare_exchange(id.0, NO_LEADER, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, NodeHandle<S>>> {
@@ -372,7 +377,7 @@ impl<S: StateMachine> Client<S> {
     /// The node last seen leading, if any.
     pub fn leader_hint(&self) -> Option<NodeId> {
         match self.shared.leader.load(Ordering::Relaxed) {
-            0 => None,
+            NO_LEADER => None,
             id => Some(NodeId(id)),
         }
     }
@@ -407,7 +412,7 @@ impl<S: StateMachine> Client<S> {
         command: S::Command,
         timeout: Duration,
     ) -> Result<Applied<S::Output>, Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut target = self.leader_hint().or_else(|| self.running().first().copied());
         let (mut attempt, mut first) = (0usize, true);
         loop {

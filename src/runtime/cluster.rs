@@ -21,7 +21,9 @@ use crate::config::Config;
 use crate::core::{MembershipChange, Role};
 use crate::error::{ConfigError, Error};
 use crate::message::{Configuration, Message};
-use crate::node::{Applied, ApplyOn, Driver, LocalLease, Monotonic, NodeStatus, Receipt};
+use crate::node::{
+    deadline_after, Applied, ApplyOn, Driver, LocalLease, Monotonic, NodeStatus, Receipt,
+};
 use crate::state_machine::StateMachine;
 use crate::storage::{DiskStorage, MemStorage, Storage};
 use crate::transport::{Router, Transport};
@@ -401,7 +403,7 @@ impl<S: StateMachine> Cluster<S> {
 
     /// Waits until some node leads, up to `timeout`.
     pub fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, Error> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         loop {
             if let Some(id) = self.leader() {
                 return Ok(id);
@@ -449,10 +451,13 @@ impl<S: StateMachine> Cluster<S> {
     /// promoted to voter. Waits until the change commits or fails.
     pub fn add_node(&mut self) -> Result<NodeId, Error> {
         let id = NodeId(self.next_id);
+        if id.0 == u64::MAX {
+            return Err(ConfigError::ReservedNodeId(id).into());
+        }
         self.next_id += 1;
         self.slots.insert(id, Slot::new(Configuration::default()));
         self.spawn(id)?;
-        let timeout = self.config.request_timeout + self.config.catch_up_timeout;
+        let timeout = self.config.request_timeout.saturating_add(self.config.catch_up_timeout);
         match self.change_membership_timeout(MembershipChange::AddNode(id), timeout) {
             Ok(_) => Ok(id),
             Err(e) => {
@@ -495,11 +500,10 @@ impl<S: StateMachine> Cluster<S> {
         change: MembershipChange,
         timeout: Duration,
     ) -> Result<Configuration, Error> {
-        let start = Instant::now();
-        let deadline = start + timeout;
+        let deadline = deadline_after(timeout);
         // NB: finding a leader never takes longer than a request may; only an addition's
         // catch-up, which the leader bounds itself, may use the rest of `timeout`.
-        let leader_deadline = deadline.min(start + self.config.request_timeout);
+        let leader_deadline = deadline.min(deadline_after(self.config.request_timeout));
         let mut retried = false;
         loop {
             let leader =
@@ -571,6 +575,9 @@ impl<S: StateMachine> Drop for Cluster<S> {
 fn validate_ids(ids: &[NodeId]) -> Result<(), ConfigError> {
     if ids.is_empty() {
         return Err(ConfigError::NoNodes);
+    }
+    if let Some(&reserved) = ids.iter().find(|id| id.0 == u64::MAX) {
+        return Err(ConfigError::ReservedNodeId(reserved));
     }
     let mut seen = std::collections::BTreeSet::new();
     match ids.iter().find(|id| !seen.insert(**id)) {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::client::{Client, NodeHandle};
 use super::cluster::Cluster;
 use crate::error::Error;
-use crate::node::{Applied, Monotonic, Receipt, Request};
+use crate::node::{deadline_after, Applied, Monotonic, Receipt, Request};
 use crate::state_machine::ReadStateMachine;
 use crate::types::{NodeId, Term};
 
@@ -96,7 +96,7 @@ impl<S: ReadStateMachine> Client<S> {
     where
         S::Query: Clone,
     {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let mut target = self.leader_hint().or_else(|| self.running().first().copied());
         let mut attempt = 0usize;
         loop {

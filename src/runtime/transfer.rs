@@ -9,7 +9,7 @@ use crossbeam_channel::bounded;
 use super::client::NodeHandle;
 use super::cluster::Cluster;
 use crate::error::Error;
-use crate::node::Request;
+use crate::node::{deadline_after, Request};
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 
@@ -42,7 +42,7 @@ impl<S: StateMachine> Cluster<S> {
     pub fn transfer_leadership(&self, to: NodeId) -> Result<(), Error> {
         self.node(to)?;
         let timeout = self.config().request_timeout;
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(timeout);
         let leader = self.wait_for_leader(timeout)?;
         if leader == to {
             return Err(Error::TransferToSelf(to));

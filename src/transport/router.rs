@@ -894,6 +894,12 @@ mod tests {
             router.set_faults(bad),
             Err(FaultError::EmptyRange { field: "long_hold_delay" })
         );
+        // "Hold forever" would overflow the delivery instant: refused, with what to do instead.
+        let forever = Duration::MAX..Duration::MAX;
+        let held = NetworkFaults { delay: forever.clone(), ..NetworkFaults::default() };
+        let too_long = FaultError::DelayTooLong { field: "delay", value: Duration::MAX };
+        assert_eq!(router.set_faults(held), Err(too_long.clone()));
+        assert!(too_long.to_string().contains("drop them or cut the link"), "{too_long}");
         assert!(router.clean.load(Ordering::Acquire));
         assert_eq!(router.blocked_links(), vec![]);
         router.stop_delayer();
