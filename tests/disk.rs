@@ -624,3 +624,40 @@ fn a_snapshot_survives_reopening_and_old_segments_go() {
     assert_eq!(tail, vec![8, 9, 10]);
     assert_eq!(state.hard_state.term, Term(1));
 }
+
+/// The store never writes a state its recovery would refuse (a log ending past index
+/// `u64::MAX - 1`, whose next index would overflow): such writes are refused with
+/// `InvalidInput` and the store stays usable; a log ending exactly there reopens.
+#[test]
+fn writes_past_the_last_usable_index_are_refused_and_the_boundary_reopens() {
+    const MAX: u64 = u64::MAX;
+    let dir = TempDir::new("disk-index-overflow");
+    let options = DiskOptions { segment_bytes: 4096, sync: SyncPolicy::Never };
+    let mut store = open_at(&dir.0, ME, options).expect("create");
+    let snapshot = |index: u64| {
+        let meta = ferraft::SnapshotMeta {
+            index: LogIndex(index),
+            term: Term(1),
+            config: Arc::new(Configuration::new([NodeId(1)])),
+        };
+        Arc::new(Snapshot { meta, data: Arc::from(Vec::new()) })
+    };
+    let entries = |n: u64| -> Vec<Entry<u64>> {
+        (0..n).map(|i| Entry { term: Term(1), payload: Payload::Command(i) }).collect()
+    };
+    let refused = |result: io::Result<()>, value: u64| {
+        let error = result.expect_err("refused");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+        assert!(error.to_string().contains(&format!("i{value}")), "{error} does not name i{value}");
+    };
+    store.save_hard_state(HardState { term: Term(1), voted_for: None }).expect("hs");
+    refused(store.save_snapshot(&snapshot(MAX)), MAX);
+    store.save_snapshot(&snapshot(MAX - 2)).expect("a snapshot below the boundary");
+    refused(store.append(LogIndex(MAX - 1), &entries(2)), MAX - 2);
+    store.append(LogIndex(MAX - 1), &entries(1)).expect("an entry at the last usable index");
+    refused(store.append(LogIndex(MAX), &entries(1)), MAX - 1);
+    store.sync().expect("sync");
+    drop(store);
+    let state = open_at(&dir.0, ME, options).expect("reopen").load().expect("load");
+    assert_eq!((state.log_offset, state.entries), (LogIndex(MAX - 2), entries(1)));
+}

@@ -43,7 +43,7 @@ use serde::Serialize;
 use super::error::StorageError;
 use super::wal::{self, Checkpoint, Frame, Record, RecordOwned, RecordRef, Tail};
 use super::SyncJob;
-use super::{HardState, PersistentState, Storage};
+use super::{kept_before, HardState, PersistentState, Storage};
 use crate::message::{Configuration, Entry, Snapshot};
 use crate::types::{LogIndex, NodeId, Term};
 
@@ -470,7 +470,7 @@ where
 
     fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()> {
         self.check_usable()?;
-        let keep = kept_before(&self.state, first)
+        let keep = kept_before(&self.state, first, entries.len())
             .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
         self.encode(&Record::Entries { first, entries })?;
         self.state.entries.truncate(keep);
@@ -486,6 +486,7 @@ where
         if snapshot.meta.index <= self.state.log_offset {
             return Ok(()); // an older snapshot than the one kept
         }
+        super::check_snapshot_index(snapshot)?; // a state that recovery would refuse
         let mut bytes = Vec::new();
         wal::append_frame(&mut bytes, &**snapshot)
             .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
@@ -545,18 +546,6 @@ impl<C> Drop for DiskStorage<C> {
             let _ = handle.join(); // its file is a `.tmp`, deleted by the next open
         }
     }
-}
-
-/// How many entries of `state` stay when the log is replaced from `first`.
-fn kept_before<C>(state: &PersistentState<C>, first: LogIndex) -> Result<usize, String> {
-    let keep = first.0.checked_sub(state.log_offset.0 + 1).ok_or_else(|| {
-        format!("entries from {first} start at or below the log offset {}", state.log_offset)
-    })?;
-    if keep > state.entries.len() as u64 {
-        let last = state.log_offset.0 + state.entries.len() as u64;
-        return Err(format!("entries from {first} leave a gap after the last index i{last}"));
-    }
-    Ok(keep as usize)
 }
 
 // ---- the directory ----
@@ -832,6 +821,13 @@ fn recover<C: DeserializeOwned + Clone>(
         state.snapshot = Some(Arc::new(read_snapshot(dir, &state)?));
     }
     let (last_seq, last_len) = *lens.last().expect("a segment with a checkpoint was replayed");
+    if last_seq == u64::MAX {
+        return Err(StorageError::Corrupt {
+            path: segment_path(dir, last_seq),
+            offset: 0,
+            why: format!("its sequence number {last_seq} leaves none for the next segment"),
+        });
+    }
     let closed_bytes = lens.iter().filter(|(s, _)| (first_seq..last_seq).contains(s)).map(|l| l.1);
     let closed_bytes = closed_bytes.sum();
     Ok(Recovered { state, first_seq, last_seq, last_len, garbage_end, closed_bytes })
@@ -911,7 +907,7 @@ impl<C: DeserializeOwned + Clone> Replay<C> {
                     return Err(format!("a segment header for segment {found} is out of place"));
                 }
                 if let Some(c) = checkpoint {
-                    self.checkpoint(c, path, seq);
+                    self.checkpoint(c, path, seq)?;
                 }
             }
             _ if offset == 0 => return Err("the segment does not start with its header".into()),
@@ -922,7 +918,7 @@ impl<C: DeserializeOwned + Clone> Replay<C> {
             }
             Record::Entries { first, entries } => {
                 let state = self.state.as_mut().ok_or("a record before any checkpoint")?;
-                let keep = kept_before(state, first)?;
+                let keep = kept_before(state, first, entries.len())?;
                 state.entries.truncate(keep);
                 state.entries.extend(entries);
             }
@@ -930,7 +926,16 @@ impl<C: DeserializeOwned + Clone> Replay<C> {
         Ok(())
     }
 
-    fn checkpoint(&mut self, c: Checkpoint<Vec<Entry<C>>>, path: &Path, seq: u64) {
+    fn checkpoint(
+        &mut self,
+        c: Checkpoint<Vec<Entry<C>>>,
+        path: &Path,
+        seq: u64,
+    ) -> Result<(), String> {
+        // NB: the core computes the log's last index and the one after it; a checksummed but
+        // wrong offset must not overflow there (nor in `kept_before` for a later record).
+        super::last_index(c.log_offset, c.entries.len())
+            .map_err(|why| format!("the checkpoint's log offset is impossible: {why}"))?;
         self.state = Some(PersistentState {
             hard_state: c.hard_state,
             base_config: c.base_config,
@@ -953,6 +958,7 @@ impl<C: DeserializeOwned + Clone> Replay<C> {
         }
         self.first_seq = seq;
         self.hard_state_at = Some((path.to_path_buf(), 0));
+        Ok(())
     }
 }
 
@@ -992,4 +998,186 @@ fn read_snapshot<C>(dir: &Path, state: &PersistentState<C>) -> Result<Snapshot, 
         )));
     }
     Ok(snapshot)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Checksummed but impossible states, crafted with the WAL's own encoder: each open is a
+    //! typed [`StorageError::Corrupt`] naming the file and the bad value, never a panic, and
+    //! leaves the files as they were.
+
+    use super::*;
+    use crate::message::{Payload, SnapshotMeta};
+    use crate::storage::MAX_LAST_INDEX;
+
+    /// A directory under the temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            use std::sync::atomic::{AtomicU64, Ordering};
+            static NEXT: AtomicU64 = AtomicU64::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir()
+                .join(format!("ferraft-unit-{name}-{}-{n}", std::process::id()));
+            let _ = fs::remove_dir_all(&path);
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const ME: NodeIdentity = NodeIdentity { cluster: 7, node: NodeId(1) };
+    const MAX: u64 = u64::MAX;
+
+    fn open(dir: &Path) -> Result<DiskStorage<u64>, StorageError> {
+        let options = DiskOptions { segment_bytes: 4096, sync: SyncPolicy::Never };
+        DiskStorage::open(dir, ME, &Configuration::new([NodeId(1)]), options)
+    }
+
+    fn entries(n: usize) -> Vec<Entry<u64>> {
+        (0..n).map(|i| Entry { term: Term(1), payload: Payload::Command(i as u64) }).collect()
+    }
+
+    /// Makes `dir` a node directory (identity from a real open) whose only segment is `seq`:
+    /// a header with a checkpoint at `log_offset` holding `n` entries, then `records`.
+    /// Returns the segment's path and the offset of each record.
+    fn craft(
+        dir: &Path,
+        seq: u64,
+        (log_offset, n, snapshot): (u64, usize, bool),
+        records: &[RecordRef<'_, u64>],
+    ) -> (PathBuf, Vec<u64>) {
+        drop(open(dir).expect("create"));
+        fs::remove_file(segment_path(dir, 1)).expect("rm the bootstrap segment");
+        let entries = entries(n);
+        let checkpoint = Checkpoint {
+            hard_state: HardState { term: Term(1), voted_for: None },
+            base_config: Configuration::new([NodeId(1)]),
+            log_offset: LogIndex(log_offset),
+            offset_term: Term(1),
+            snapshot,
+            entries: &entries[..],
+        };
+        let mut bytes = Vec::new();
+        let header: RecordRef<'_, u64> = Record::Header { seq, checkpoint: Some(checkpoint) };
+        wal::append_frame(&mut bytes, &header).expect("encode");
+        let mut offsets = Vec::new();
+        for record in records {
+            offsets.push(bytes.len() as u64);
+            wal::append_frame(&mut bytes, record).expect("encode");
+        }
+        bytes.resize(4096, 0);
+        let path = segment_path(dir, seq);
+        fs::write(&path, bytes).expect("write the segment");
+        (path, offsets)
+    }
+
+    /// Opening `dir` is `Corrupt` at `path`:`offset`, with `value` in the reason; the files
+    /// are left as they were.
+    fn refused(dir: &Path, path: &Path, offset: u64, value: &str) {
+        let before = fs::read(path).expect("read");
+        match open(dir) {
+            Err(StorageError::Corrupt { path: at, offset: found, why }) => {
+                assert_eq!((at.as_path(), found), (path, offset), "{why}");
+                assert!(why.contains(value), "{why} does not name {value}");
+            }
+            Err(other) => panic!("expected Corrupt at {}: {other}", path.display()),
+            Ok(store) => panic!("opened: {:?}", store.load().map(|s| (s.log_offset, s.entries))),
+        }
+        assert_eq!(fs::read(path).expect("read"), before, "the refused file changed");
+    }
+
+    /// A7a (offset MAX - 1, two entries) and A7b's offset (MAX), and the boundary: a log may
+    /// end at `MAX_LAST_INDEX` = MAX - 1, never at MAX (its next index would overflow).
+    #[test]
+    fn a_checkpoint_whose_log_ends_past_the_last_usable_index_is_corrupt() {
+        for (offset, n) in [(MAX - 1, 2), (MAX, 0), (MAX, 3), (MAX - 1, 1), (MAX - 5, 6)] {
+            let dir = TempDir::new("checkpoint-overflow");
+            let (path, _) = craft(&dir.0, 1, (offset, n, false), &[]);
+            refused(&dir.0, &path, 0, &format!("{n} entries after index i{offset}"));
+        }
+        for (offset, n) in [(MAX - 1, 0), (MAX - 3, 2)] {
+            let dir = TempDir::new("checkpoint-boundary");
+            craft(&dir.0, 1, (offset, n, false), &[]);
+            let state = open(&dir.0).expect("a log ending at MAX - 1 opens").load().expect("load");
+            assert_eq!((state.log_offset, state.entries.len()), (LogIndex(offset), n));
+            assert!(offset + n as u64 <= MAX_LAST_INDEX.0);
+        }
+    }
+
+    /// A7b: an Entries record after an offset of MAX (refused at the checkpoint already), or
+    /// one that would carry the log past MAX - 1, or start far past its end.
+    #[test]
+    fn an_entries_record_past_the_last_usable_index_is_corrupt() {
+        let none = entries(0);
+        let dir = TempDir::new("entries-after-max");
+        let record = Record::Entries { first: LogIndex(5), entries: &none[..] };
+        let (path, _) = craft(&dir.0, 1, (MAX, 0, false), &[record]);
+        refused(&dir.0, &path, 0, &format!("after index i{MAX}"));
+
+        let two = entries(2);
+        let dir = TempDir::new("entries-overflow");
+        let record = Record::Entries { first: LogIndex(MAX - 1), entries: &two[..] };
+        let (path, at) = craft(&dir.0, 1, (MAX - 2, 0, false), &[record]);
+        refused(&dir.0, &path, at[0], &format!("2 entries after index i{}", MAX - 2));
+
+        let one = entries(1);
+        let dir = TempDir::new("entries-at-max");
+        let record = Record::Entries { first: LogIndex(MAX), entries: &one[..] };
+        let (path, at) = craft(&dir.0, 1, (MAX - 2, 1, false), &[record]);
+        refused(&dir.0, &path, at[0], &format!("1 entries after index i{}", MAX - 1));
+
+        let dir = TempDir::new("entries-gap");
+        let record = Record::Entries { first: LogIndex(MAX), entries: &none[..] };
+        let (path, at) = craft(&dir.0, 1, (5, 0, false), &[record]);
+        refused(&dir.0, &path, at[0], &format!("entries from i{MAX} leave a gap"));
+
+        let dir = TempDir::new("entries-boundary");
+        let record = Record::Entries { first: LogIndex(MAX - 1), entries: &one[..] };
+        craft(&dir.0, 1, (MAX - 2, 0, false), &[record]);
+        let state = open(&dir.0).expect("a log ending at MAX - 1 opens").load().expect("load");
+        assert_eq!((state.log_offset, state.entries.len()), (LogIndex(MAX - 2), 1));
+    }
+
+    /// A last segment numbered MAX leaves no number for the next one (rotation adds one).
+    #[test]
+    fn a_last_segment_numbered_u64_max_is_corrupt() {
+        let dir = TempDir::new("segment-max");
+        let (path, _) = craft(&dir.0, MAX, (0, 1, false), &[]);
+        refused(&dir.0, &path, 0, &MAX.to_string());
+    }
+
+    /// A snapshot at an impossible index: the checkpoint naming it is refused before the file
+    /// is read; a snapshot file whose own index is MAX contradicts its checkpoint.
+    #[test]
+    fn a_snapshot_at_an_impossible_index_is_corrupt() {
+        let write_snapshot = |dir: &Path, file: u64, index: u64| {
+            let meta = SnapshotMeta {
+                index: LogIndex(index),
+                term: Term(1),
+                config: Arc::new(Configuration::new([NodeId(1)])),
+            };
+            let snapshot = Snapshot { meta, data: Arc::from(vec![1u8, 2, 3]) };
+            let mut bytes = Vec::new();
+            wal::append_frame(&mut bytes, &snapshot).expect("encode");
+            let path = snapshot_path(dir, LogIndex(file));
+            fs::write(&path, bytes).expect("write the snapshot");
+            path
+        };
+        let dir = TempDir::new("snapshot-max");
+        let (path, _) = craft(&dir.0, 2, (MAX, 0, true), &[]);
+        let snap = write_snapshot(&dir.0, MAX, MAX);
+        refused(&dir.0, &path, 0, &format!("after index i{MAX}"));
+        assert!(snap.exists(), "the snapshot file was deleted");
+
+        let dir = TempDir::new("snapshot-file-max");
+        craft(&dir.0, 2, (5, 0, true), &[]);
+        let snap = write_snapshot(&dir.0, 5, MAX);
+        refused(&dir.0, &snap, 0, &format!("through i{MAX}"));
+    }
 }

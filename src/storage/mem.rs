@@ -67,23 +67,24 @@ impl<C: Clone> MemStorage<C> {
         first: LogIndex,
         entries: Vec<Entry<C>>,
     ) -> io::Result<()> {
-        self.append_with(first, |log| log.extend(entries))
+        self.append_with(first, entries.len(), |log| log.extend(entries))
     }
 
-    /// Truncates the log after `first - 1` and lets `extend` add the entries from `first`.
+    /// Truncates the log after `first - 1` and lets `extend` add the `added` entries from
+    /// `first`. NB: `first` and the offset (its last snapshot's index) come from the core, but
+    /// the core does not bound the index of a snapshot installed from a leader, and
+    /// [`MemStorage::from_state`] takes any state: the arithmetic is checked (an error, not a
+    /// panic) rather than asserted.
     fn append_with(
         &mut self,
         first: LogIndex,
+        added: usize,
         extend: impl FnOnce(&mut Vec<Entry<C>>),
     ) -> io::Result<()> {
         let mut state = self.lock();
-        let keep = first.0.checked_sub(state.log_offset.0 + 1).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "append below the log offset")
-        })?;
-        if keep > state.entries.len() as u64 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "append leaves a gap"));
-        }
-        state.entries.truncate(keep as usize);
+        let keep = super::kept_before(&state, first, added)
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidInput, why))?;
+        state.entries.truncate(keep);
         extend(&mut state.entries);
         Ok(())
     }
@@ -100,10 +101,11 @@ impl<C: Clone + Send + 'static> Storage<C> for MemStorage<C> {
     }
 
     fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()> {
-        self.append_with(first, |log| log.extend_from_slice(entries))
+        self.append_with(first, entries.len(), |log| log.extend_from_slice(entries))
     }
 
     fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {
+        super::check_snapshot_index(snapshot)?;
         super::apply_snapshot(&mut self.lock(), snapshot);
         Ok(())
     }
@@ -133,5 +135,34 @@ mod tests {
         let mut s = MemStorage::<u32>::new(Configuration::default());
         assert!(s.append(LogIndex(3), &[entry(1)]).is_err());
         assert!(s.is_empty());
+    }
+
+    /// Offsets and indexes near `u64::MAX` (a `from_state` state, a caller's bad `first`) are
+    /// errors, never an overflow.
+    #[test]
+    fn appends_and_snapshots_past_the_last_usable_index_are_refused() {
+        let at = |offset: u64| {
+            MemStorage::from_state(PersistentState {
+                log_offset: LogIndex(offset),
+                ..PersistentState::default()
+            })
+        };
+        let refused = |result: io::Result<()>| {
+            let error = result.expect_err("refused");
+            assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+        };
+        refused(at(u64::MAX).append(LogIndex(5), &[entry(1)]));
+        refused(at(u64::MAX - 1).append(LogIndex(u64::MAX), &[entry(1)]));
+        refused(at(3).append(LogIndex(u64::MAX), &[]));
+        let mut s = at(u64::MAX - 2);
+        refused(s.append(LogIndex(u64::MAX - 1), &[entry(1), entry(1)]));
+        s.append(LogIndex(u64::MAX - 1), &[entry(1)]).expect("the last usable index");
+        let meta = crate::message::SnapshotMeta {
+            index: LogIndex(u64::MAX),
+            term: Term(1),
+            config: Arc::new(Configuration::default()),
+        };
+        refused(s.save_snapshot(&Arc::new(Snapshot { meta, data: Arc::from(Vec::new()) })));
+        assert_eq!(s.load().expect("load").log_offset, LogIndex(u64::MAX - 2));
     }
 }

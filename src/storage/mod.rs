@@ -121,6 +121,57 @@ impl<C: 'static> Storage<C> for Box<dyn Storage<C>> {
     }
 }
 
+/// The highest index a log may end at (or a snapshot stand at): the core computes the index
+/// after the last one (`last_index().next()`), so `u64::MAX` is never a usable index. The
+/// stores refuse a write that would pass it, and [`DiskStorage`] a directory whose state does.
+pub(crate) const MAX_LAST_INDEX: LogIndex = LogIndex(u64::MAX - 1);
+
+/// The last index of a log of `len` entries after `offset`, or why it would pass
+/// [`MAX_LAST_INDEX`] (checked: both values may come from disk or from a caller).
+pub(crate) fn last_index(offset: LogIndex, len: usize) -> Result<LogIndex, String> {
+    let last = u64::try_from(len).ok().and_then(|len| offset.0.checked_add(len));
+    match last {
+        Some(last) if last <= MAX_LAST_INDEX.0 => Ok(LogIndex(last)),
+        _ => Err(format!(
+            "{len} entries after index {offset} would end past the last usable index \
+             {MAX_LAST_INDEX}"
+        )),
+    }
+}
+
+/// How many entries of `state` stay when the log is replaced from `first` by `added`
+/// entries. Refuses entries that start at or below the offset or leave a gap, and a log that
+/// would end past [`MAX_LAST_INDEX`] (before or after the replacement).
+pub(crate) fn kept_before<C>(
+    state: &PersistentState<C>,
+    first: LogIndex,
+    added: usize,
+) -> Result<usize, String> {
+    let last = last_index(state.log_offset, state.entries.len())?;
+    if first <= state.log_offset {
+        let offset = state.log_offset;
+        return Err(format!("entries from {first} start at or below the log offset {offset}"));
+    }
+    // NB: `last <= MAX_LAST_INDEX`, so `last.next()` does not overflow.
+    if first > last.next() {
+        return Err(format!("entries from {first} leave a gap after the last index {last}"));
+    }
+    last_index(first.prev(), added)?; // `first > offset >= 0`: `prev` is `first - 1`
+    Ok((first.0 - state.log_offset.0 - 1) as usize)
+}
+
+/// Refuses a snapshot whose index passes [`MAX_LAST_INDEX`] (its successor would overflow).
+pub(crate) fn check_snapshot_index(snapshot: &Snapshot) -> io::Result<()> {
+    if snapshot.meta.index > MAX_LAST_INDEX {
+        let why = format!(
+            "a snapshot through {} is past the last usable index {MAX_LAST_INDEX}",
+            snapshot.meta.index
+        );
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+    }
+    Ok(())
+}
+
 /// Makes `snapshot` the latest in `state`: the log through its index goes (all of it if the log
 /// conflicts with the snapshot), the offset and base configuration move to the snapshot's.
 /// An older snapshot than the one kept changes nothing.
