@@ -7,14 +7,18 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::{fast_config, init_tracing, serial, wait_converged, wait_until, LONG};
 use crossbeam_channel::{bounded, Receiver};
 use ferraft::message::{Body, Message};
-use ferraft::transport::frame::{self, FrameKind, Peer};
-use ferraft::transport::{connect, AddressBook, ConnectError, TcpConfig, TcpTransport};
+use ferraft::transport::frame::{self, FrameError, FrameKind, Peer};
+use ferraft::transport::{
+    connect, AddressBook, ConnectError, TcpConfig, TcpConfigError, TcpTransport,
+};
 use ferraft::{Cluster, KvCommand, KvStateMachine, NodeId, Term, Transport};
 
 /// A loopback address whose port was free a moment ago (bound to port 0, then released).
@@ -51,7 +55,7 @@ fn heartbeat(from: u64, to: u64) -> Message<u64> {
 
 fn send_frame(stream: &mut TcpStream, msg: &Message<u64>) {
     let mut out = Vec::new();
-    frame::encode_value(FrameKind::Message, msg, &mut out);
+    frame::encode_value(FrameKind::Message, msg, &mut out).expect("encode");
     stream.write_all(&out).expect("write a frame");
 }
 
@@ -216,6 +220,133 @@ fn a_peer_that_connects_and_never_speaks_is_dropped() {
     still_serves(&dial, &inbox);
 }
 
+/// Writes its bytes one at a time, 20 ms apart, until they run out, a write fails, or it is
+/// dropped (which stops and joins its thread, also when a test fails).
+struct Trickler {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Trickler {
+    fn start(mut stream: TcpStream, bytes: Vec<u8>) -> Self {
+        stream.set_write_timeout(Some(Duration::from_secs(1))).expect("write timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            for b in bytes {
+                if stopped.load(Ordering::Relaxed) || stream.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20)); // the pace, not a wait
+            }
+        });
+        Trickler { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Trickler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A frame header of `kind` announcing `len` payload bytes (checksum left wrong: the
+/// receiver must act before reading the payload, or on reaching it).
+fn header(kind: FrameKind, len: usize) -> Vec<u8> {
+    let mut head = u32::try_from(len).expect("len").to_le_bytes().to_vec();
+    head.extend_from_slice(&[frame::FRAME_VERSION, kind as u8, 0, 0, 0, 0]);
+    head
+}
+
+#[test]
+fn a_peer_trickling_its_hello_loses_its_slot_at_the_handshake_deadline() {
+    // One handshake slot, a 300 ms handshake deadline; the trickler sends a byte every 20 ms,
+    // which no per-read timeout would ever catch, for about 20 s if let.
+    let (_node, inbox, dial) = lone_node(|c| c.max_handshakes = 1);
+    let start = Instant::now();
+    let mut stream = TcpStream::connect(dial.peers.get(NodeId(1)).unwrap()).expect("connect");
+    let mut hello = header(FrameKind::Hello, 1000);
+    hello.extend_from_slice(&[7u8; 1000]);
+    let trickler = Trickler::start(stream.try_clone().expect("clone"), hello);
+    assert!(closed_by_peer(&mut stream), "the trickling connection is closed");
+    let took = start.elapsed();
+    drop(trickler);
+    let slack = Duration::from_secs(3);
+    assert!(took < dial.handshake_timeout + slack, "closed after {took:?}, not at the deadline");
+    // The one slot is free again: a real peer connects and is served.
+    still_serves(&dial, &inbox);
+}
+
+#[test]
+fn an_oversized_handshake_frame_is_refused_from_its_header() {
+    // Acceptor side: a hello announcing just over the handshake limit, far below
+    // max_frame_bytes, is refused from its header, long before the (20 s) deadline.
+    let (_node, inbox, dial) = lone_node(|c| c.handshake_timeout = LONG);
+    let start = Instant::now();
+    let mut stream = TcpStream::connect(dial.peers.get(NodeId(1)).unwrap()).expect("connect");
+    let big = frame::MAX_HANDSHAKE_FRAME_BYTES + 1;
+    stream.write_all(&header(FrameKind::Hello, big)).expect("write the header");
+    assert!(closed_by_peer(&mut stream), "closed from the header");
+    assert!(start.elapsed() < LONG / 2, "not by the handshake deadline");
+    still_serves(&dial, &inbox);
+
+    // Connector side: an oversized challenge, or verdict, is a typed frame error.
+    for kind in [FrameKind::Challenge, FrameKind::Verdict] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let acceptor = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.set_read_timeout(Some(LONG)).expect("read timeout");
+            if kind == FrameKind::Verdict {
+                frame::write_value(
+                    &mut s,
+                    FrameKind::Challenge,
+                    &frame::Challenge { nonce: [1; 16] },
+                )
+                .expect("challenge");
+                let _ = frame::read_frame(&mut s, frame::MAX_HANDSHAKE_FRAME_BYTES);
+                // the hello
+            }
+            s.write_all(&header(kind, big)).expect("write the header");
+            let _ = s.read(&mut [0u8; 1]); // until the connector closes (or LONG)
+        });
+        let result = connect(addr, Peer::Node(NodeId(2)), &dial);
+        match result {
+            Err(ConnectError::Frame(FrameError::TooLarge { len, max })) => {
+                assert_eq!((len, max), (big as u64, frame::MAX_HANDSHAKE_FRAME_BYTES), "{kind:?}");
+            }
+            other => panic!("{kind:?}: expected TooLarge, got {:?}", other.map(|_| ())),
+        }
+        acceptor.join().expect("the fake acceptor ends");
+    }
+}
+
+#[test]
+fn huge_backoffs_neither_panic_nor_hold_up_a_stop() {
+    init_tracing();
+    // The listening address is taken, so the listener waits `backoff_min` (forever, here) to
+    // retry; a stop must not wait for it. The peer is down, so the sender waits too.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut config = TcpConfig::new(15, peers(&[2]));
+    config.listen = Some(taken.local_addr().expect("bound"));
+    config.backoff_min = Duration::MAX;
+    config.backoff_max = Duration::MAX;
+    assert_eq!(config.validate(), Ok(()));
+    let (tx, _inbox) = bounded::<Message<u64>>(8);
+    let mut transport = TcpTransport::<u64>::factory(config)(NodeId(1), tx);
+    transport.send(heartbeat(1, 2));
+    let (done_tx, done) = bounded(1);
+    let stopper = std::thread::spawn(move || {
+        drop(transport);
+        let _ = done_tx.send(());
+    });
+    done.recv_timeout(LONG).expect("the transport stopped without waiting out its backoff");
+    stopper.join().expect("stopped");
+}
+
 #[test]
 fn an_oversized_frame_closes_the_connection_and_the_node_keeps_serving() {
     let (_node, inbox, dial) = lone_node(|c| c.max_frame_bytes = 1024);
@@ -230,7 +361,7 @@ fn an_oversized_frame_closes_the_connection_and_the_node_keeps_serving() {
     let mut stream =
         connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &dial).expect("hello");
     let mut out = Vec::new();
-    frame::encode_frame(FrameKind::Message, &[0u8; 1025], &mut out);
+    frame::encode_frame(FrameKind::Message, &[0u8; 1025], &mut out).expect("encode");
     stream.write_all(&out).expect("write");
     assert!(closed_by_peer(&mut stream));
     assert!(inbox.try_recv().is_err(), "nothing delivered");
@@ -248,7 +379,7 @@ fn garbage_on_the_port_closes_the_connection() {
     let mut stream =
         connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &dial).expect("hello");
     let mut out = Vec::new();
-    frame::encode_value(FrameKind::Message, &heartbeat(2, 1), &mut out);
+    frame::encode_value(FrameKind::Message, &heartbeat(2, 1), &mut out).expect("encode");
     let last = out.len() - 1;
     out[last] ^= 1;
     stream.write_all(&out).expect("write");
@@ -287,4 +418,12 @@ fn bad_setups_get_errors_that_say_what_to_fix() {
     let err =
         TcpTransport::start(NodeId(5), TcpConfig::new(1, peers(&[1])), tx).err().expect("refused");
     assert!(err.to_string().contains("n5 has no address"), "{err}");
+    // A transport configuration that cannot work: refused at start, with the typed error.
+    let (tx, _rx) = bounded::<Message<u64>>(1);
+    let mut config = TcpConfig::new(1, peers(&[1]));
+    config.backoff_max = Duration::from_millis(1);
+    let err = TcpTransport::start(NodeId(1), config, tx).err().expect("refused");
+    let inner = err.get_ref().and_then(|e| e.downcast_ref::<TcpConfigError>());
+    assert!(matches!(inner, Some(TcpConfigError::InvertedBackoff { .. })), "{err}");
+    assert!(err.to_string().contains("backoff_min"), "{err}");
 }

@@ -14,10 +14,13 @@
 //! 10      len   payload: postcard-encoded (serde), its type given by `kind`
 //! ```
 //!
-//! A frame whose `len` exceeds the receiver's maximum (`TcpConfig::max_frame_bytes`) is refused
-//! from its header alone, before any payload is read or allocated, and the connection is closed:
-//! a reader never allocates more than the bound. A bad version, kind or checksum also closes the
-//! connection (the stream can no longer be trusted to be in step).
+//! A frame whose `len` exceeds the receiver's maximum (`TcpConfig::max_frame_bytes`, or
+//! [`MAX_HANDSHAKE_FRAME_BYTES`] for the handshake's frames) is refused from its header alone,
+//! before any payload is read or allocated, and the connection is closed: a reader never
+//! allocates more than the bound. A bad version, kind or checksum also closes the connection
+//! (the stream can no longer be trusted to be in step). On the sending side, a payload that the
+//! 4-byte `len` cannot describe (4 GiB or more) is refused with [`FrameError::TooLarge`], not
+//! written.
 //!
 //! # Handshake
 //!
@@ -26,8 +29,11 @@
 //! [`Peer::Client`]) and, when the cluster has a shared secret, an HMAC-SHA256 over the nonce
 //! and those fields ([`hello_mac`]). The acceptor answers with a [`Verdict`]: accepted, or
 //! refused with the reason (wrong cluster id, an id not in its configuration, a bad MAC); it
-//! closes the connection after a refusal. The acceptor waits for the hello at most
-//! `TcpConfig::handshake_timeout`: a peer that connects and never speaks is dropped.
+//! closes the connection after a refusal. Each side gives the whole exchange at most
+//! `TcpConfig::handshake_timeout`, counted from the connection's accept (or connect): a peer
+//! that connects and never speaks, or speaks a byte at a time, is dropped at that deadline.
+//! Until the peer is authenticated, frames are read with the small fixed limit
+//! [`MAX_HANDSHAKE_FRAME_BYTES`], so an unauthenticated connection costs a few KiB at most.
 //!
 //! After an accepted `Peer::Node` hello the connection carries [`FrameKind::Message`] frames
 //! (a postcard `Message<C>`) one way only, from the connector to the acceptor; a message whose
@@ -53,6 +59,13 @@ pub const FRAME_VERSION: u8 = 1;
 pub const HEADER_BYTES: usize = 10;
 /// The length of a handshake nonce.
 pub const NONCE_BYTES: usize = 16;
+/// The largest payload of a handshake frame ([`Challenge`], [`Hello`], [`Verdict`]), read
+/// before the peer is authenticated. Real ones take under a hundred bytes (a refusal's reason
+/// is a sentence); the limit keeps each unauthenticated connection from making the reader
+/// allocate up to `TcpConfig::max_frame_bytes`.
+pub const MAX_HANDSHAKE_FRAME_BYTES: usize = 4 << 10;
+/// The largest payload a frame can carry: its `len` field is a `u32`.
+pub const MAX_PAYLOAD_BYTES: usize = u32::MAX as usize;
 
 /// What a frame's payload is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +111,8 @@ pub struct Frame {
 /// Why bytes are not a valid frame. Every variant closes the connection.
 #[derive(Debug)]
 pub enum FrameError {
-    /// The header announces more payload bytes than the receiver accepts.
+    /// The header announces more payload bytes than the receiver accepts (or, sending, the
+    /// payload is more than a frame can carry, [`MAX_PAYLOAD_BYTES`]).
     TooLarge {
         /// The announced payload length.
         len: u64,
@@ -118,6 +132,9 @@ pub enum FrameError {
     },
     /// The payload is not a valid encoding of the type its kind names.
     Decode(String),
+    /// Sending: the value cannot be encoded (its `Serialize` failed, e.g. a sequence of
+    /// unknown length). Nothing was written.
+    Encode(String),
     /// The frame is of another kind than the protocol expects here.
     Unexpected {
         /// The kind expected.
@@ -132,9 +149,13 @@ pub enum FrameError {
 impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            FrameError::TooLarge { len, max } if *max == MAX_PAYLOAD_BYTES => write!(
+                f,
+                "payload of {len} bytes is more than a frame can carry ({max}): not sent; keep messages smaller (if commands own heap data, StateMachine::command_size must report it, so that Config::max_command_bytes and max_append_bytes bound them)"
+            ),
             FrameError::TooLarge { len, max } => write!(
                 f,
-                "frame of {len} payload bytes exceeds the maximum {max}; raise TcpConfig::max_frame_bytes on every node if such messages are legitimate"
+                "frame of {len} payload bytes exceeds the maximum {max}; raise TcpConfig::max_frame_bytes on every node if such messages are legitimate (handshake frames have the fixed limit {MAX_HANDSHAKE_FRAME_BYTES}: a larger one is not from a compatible ferraft peer)"
             ),
             FrameError::Version(v) => {
                 write!(f, "frame version {v}, this node speaks {FRAME_VERSION}: upgrade the older node")
@@ -145,6 +166,10 @@ impl std::fmt::Display for FrameError {
                 "frame checksum {actual:#010x} does not match the header's {expected:#010x}: bytes corrupted in transit"
             ),
             FrameError::Decode(why) => write!(f, "frame payload does not decode: {why}"),
+            FrameError::Encode(why) => write!(
+                f,
+                "value cannot be encoded, not sent: {why} (its Serialize must give sequence lengths up front)"
+            ),
             FrameError::Unexpected { expected, got } => {
                 write!(f, "expected a {expected:?} frame, got {got:?}")
             }
@@ -161,20 +186,36 @@ impl From<io::Error> for FrameError {
     }
 }
 
-/// Appends one frame of `kind` around `payload` to `out`.
-pub fn encode_frame(kind: FrameKind, payload: &[u8], out: &mut Vec<u8>) {
-    let len = u32::try_from(payload.len()).expect("payloads are bounded far below 4 GiB");
+/// Appends one frame of `kind` around `payload` to `out`; refuses (appending nothing) a
+/// payload over [`MAX_PAYLOAD_BYTES`].
+///
+/// NB: reachable: a message's size is bounded by `Config::max_append_bytes` only as far as
+/// `StateMachine::command_size` tells the truth (its default, `size_of`, does not count heap
+/// data), and an application's client payloads have no bound here at all.
+pub fn encode_frame(kind: FrameKind, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+    let len = frame_len(payload.len())?;
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&[FRAME_VERSION, kind as u8]);
     out.extend_from_slice(&checksum(FRAME_VERSION, kind as u8, payload).to_le_bytes());
     out.extend_from_slice(payload);
+    Ok(())
 }
 
-/// Appends a frame of `kind` carrying `value`, postcard-encoded, to `out`.
-pub fn encode_value<T: Serialize>(kind: FrameKind, value: &T, out: &mut Vec<u8>) {
-    // NB: postcard into a Vec fails only on types serde cannot describe, none of ours.
-    let payload = postcard::to_stdvec(value).expect("postcard encodes every wire type");
-    encode_frame(kind, &payload, out);
+/// A payload length as the header's `len`, if a frame can carry it.
+fn frame_len(len: usize) -> Result<u32, FrameError> {
+    u32::try_from(len).map_err(|_| FrameError::TooLarge { len: len as u64, max: MAX_PAYLOAD_BYTES })
+}
+
+/// Appends a frame of `kind` carrying `value`, postcard-encoded, to `out`; on an error appends
+/// nothing.
+pub fn encode_value<T: Serialize>(
+    kind: FrameKind,
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
+    // NB: fails on a user type whose Serialize errs or gives no sequence length up front.
+    let payload = postcard::to_stdvec(value).map_err(|e| FrameError::Encode(e.to_string()))?;
+    encode_frame(kind, &payload, out)
 }
 
 fn checksum(version: u8, kind: u8, payload: &[u8]) -> u32 {
@@ -252,14 +293,17 @@ pub fn decode_payload<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T,
     postcard::from_bytes(payload).map_err(|e| FrameError::Decode(e.to_string()))
 }
 
-/// Writes one frame of `kind` carrying `value` and flushes.
+/// Writes one frame of `kind` carrying `value` and flushes. A value that cannot be framed
+/// (see [`encode_value`]) is an `InvalidInput` error carrying the [`FrameError`], and nothing
+/// is written.
 pub fn write_value<T: Serialize>(
     writer: &mut impl Write,
     kind: FrameKind,
     value: &T,
 ) -> io::Result<()> {
     let mut out = Vec::new();
-    encode_value(kind, value, &mut out);
+    encode_value(kind, value, &mut out)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     writer.write_all(&out)?;
     writer.flush()
 }
@@ -346,7 +390,7 @@ mod tests {
 
     fn message_frame() -> Vec<u8> {
         let mut out = Vec::new();
-        encode_value(FrameKind::Message, &message(), &mut out);
+        encode_value(FrameKind::Message, &message(), &mut out).unwrap();
         out
     }
 
@@ -380,6 +424,40 @@ mod tests {
         assert!(matches!(err, FrameError::TooLarge { len: 4_294_967_295, max: 1024 }), "{err}");
         let mut reader = &head[..];
         assert!(matches!(read_frame(&mut reader, 1024), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_payload_a_frame_cannot_carry_is_refused_not_a_panic() {
+        // NB: the length check alone (a 4 GiB buffer is too much for a test).
+        assert_eq!(frame_len(MAX_PAYLOAD_BYTES).unwrap(), u32::MAX);
+        let err = frame_len(MAX_PAYLOAD_BYTES + 1).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { len: 4_294_967_296, max: MAX_PAYLOAD_BYTES }));
+        assert!(err.to_string().contains("command_size"), "{err}");
+    }
+
+    /// A sequence that does not say its length up front: postcard cannot encode it.
+    struct Unsized;
+
+    impl Serialize for Unsized {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeSeq;
+            let mut seq = s.serialize_seq(None)?;
+            seq.serialize_element(&1u8)?;
+            seq.end()
+        }
+    }
+
+    #[test]
+    fn an_unencodable_value_is_an_error_and_writes_nothing() {
+        let mut out = vec![9u8];
+        let err = encode_value(FrameKind::Request, &Unsized, &mut out).unwrap_err();
+        assert!(matches!(err, FrameError::Encode(_)), "{err}");
+        assert_eq!(out, [9u8], "nothing appended");
+        let mut sink = Vec::new();
+        let err = write_value(&mut sink, FrameKind::Request, &Unsized).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.get_ref().and_then(|e| e.downcast_ref::<FrameError>()).is_some());
+        assert!(sink.is_empty());
     }
 
     #[test]
@@ -430,7 +508,7 @@ mod tests {
         #[test]
         fn arbitrary_payloads_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut bytes = Vec::new();
-            encode_frame(FrameKind::Message, &payload, &mut bytes);
+            encode_frame(FrameKind::Message, &payload, &mut bytes).unwrap();
             let (frame, _) = decode_frame(&bytes, 1024).unwrap().expect("whole frame");
             let _ = decode_payload::<Message<u64>>(&frame.payload);
             let _ = decode_payload::<Message<crate::kv::KvCommand>>(&frame.payload);

@@ -11,7 +11,9 @@ mod tcp;
 
 pub use router::NetworkFaults;
 pub(crate) use router::Router;
-pub use tcp::{connect, AddressBook, ClientHandler, ConnectError, TcpConfig, TcpTransport};
+pub use tcp::{
+    connect, AddressBook, ClientHandler, ConnectError, TcpConfig, TcpConfigError, TcpTransport,
+};
 
 use crate::message::Message;
 

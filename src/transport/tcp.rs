@@ -14,10 +14,11 @@
 //!   (`backoff_min` doubling to `backoff_max`), discarding what is queued meanwhile: they would
 //!   be stale by then, and Raft retransmits.
 //! * one listener (`raft-n1-listen`) accepting connections;
-//! * per accepted connection, a reader (`raft-n1-in`): runs the handshake under a read
-//!   timeout (`handshake_timeout`), then reads frames and puts messages into the node's inbox.
-//!   At most `max_handshakes` connections may be in the handshake at once; at most one inbound
-//!   connection per peer is kept (a newer one closes the older).
+//! * per accepted connection, a reader (`raft-n1-in`): runs the handshake, which must end
+//!   within `handshake_timeout` of the accept (one deadline for the whole exchange, so a peer
+//!   trickling bytes loses its slot at it), then reads frames and puts messages into the
+//!   node's inbox. At most `max_handshakes` connections may be in the handshake at once; at
+//!   most one inbound connection per peer is kept (a newer one closes the older).
 //!
 //! Full-queue policy, as the in-process router: [`Transport::send`] never blocks; a message for
 //! a peer whose queue is full, or for an inbox that is full, is dropped, as a lossy network
@@ -25,18 +26,23 @@
 //! undecodable payload closes the connection; a message whose `from` is not the connection's
 //! authenticated node, or whose `to` is not this node, is dropped.
 //!
+//! Configuration: [`TcpTransport::start`] refuses an invalid [`TcpConfig`] with a
+//! [`TcpConfigError`] ([`TcpConfig::validate`]). Durations combine with saturating arithmetic,
+//! so no value, however large, panics a thread (a pause too long for an `Instant` is waited
+//! until the transport stops).
+//!
 //! Shutdown: dropping the transport (the node stops) stops the listener (joined, so the port is
 //! free for a restart), closes every accepted connection, and closes the peers' queues, on
 //! which each sender thread ends.
 
 use std::collections::btree_map::Entry as MapEntry;
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use serde::de::DeserializeOwned;
@@ -68,21 +74,27 @@ pub struct TcpConfig {
     pub listen: Option<SocketAddr>,
     /// The largest frame payload accepted; a larger frame closes the connection. Must exceed
     /// the largest message: an AppendEntries of `Config::max_append_bytes` (or one command of
-    /// `Config::max_command_bytes`), an InstallSnapshot chunk. Default 32 MiB.
+    /// `Config::max_command_bytes`), an InstallSnapshot chunk. At least 1, at most
+    /// [`frame::MAX_PAYLOAD_BYTES`]. Default 32 MiB.
     pub max_frame_bytes: usize,
     /// Messages queued per peer before further ones are dropped. Default 1024.
     pub queue_capacity: usize,
-    /// How long an accepted connection may take to complete its handshake. Default 2 s.
+    /// How long a handshake may take in all, from the accept (or, connecting, from the
+    /// connection's establishment) to the verdict; a connection still in it then is closed.
+    /// Must be positive. Default 2 s.
     pub handshake_timeout: Duration,
-    /// How long a connection attempt may take. Default 1 s.
+    /// How long a connection attempt may take. Must be positive. Default 1 s.
     pub connect_timeout: Duration,
-    /// A write blocked this long (a peer that stopped reading) breaks the connection. Default 5 s.
+    /// A write blocked this long (a peer that stopped reading) breaks the connection. Must be
+    /// positive. Default 5 s.
     pub write_timeout: Duration,
-    /// The first pause before reconnecting; it doubles after each failure. Default 10 ms.
+    /// The first pause before reconnecting (and before retrying to bind the listening address);
+    /// it doubles after each failure. Must be positive. Default 10 ms.
     pub backoff_min: Duration,
-    /// The longest pause between reconnection attempts. Default 1 s.
+    /// The longest pause between reconnection attempts; at least `backoff_min`. Default 1 s.
     pub backoff_max: Duration,
-    /// Connections allowed in the handshake at once; more are closed at once. Default 64.
+    /// Connections allowed in the handshake at once; more are closed at once. At least 1.
+    /// Default 64.
     pub max_handshakes: usize,
     /// A shared secret: when set, every hello must carry an HMAC-SHA256 made with it, so a
     /// process that does not know it cannot join (see `frame.rs`).
@@ -111,6 +123,38 @@ impl TcpConfig {
         }
     }
 
+    /// Checks the fields that would make the transport fail on every connection, spin, or
+    /// refuse everything. [`TcpTransport::start`] calls it; call it yourself before
+    /// [`TcpTransport::factory`], whose transports cannot return an error.
+    pub fn validate(&self) -> Result<(), TcpConfigError> {
+        let durations = [
+            ("handshake_timeout", self.handshake_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("write_timeout", self.write_timeout),
+            ("backoff_min", self.backoff_min),
+        ];
+        if let Some(&(field, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return Err(TcpConfigError::ZeroDuration { field });
+        }
+        if self.backoff_min > self.backoff_max {
+            return Err(TcpConfigError::InvertedBackoff {
+                min: self.backoff_min,
+                max: self.backoff_max,
+            });
+        }
+        let limits =
+            [("max_frame_bytes", self.max_frame_bytes), ("max_handshakes", self.max_handshakes)];
+        if let Some(&(field, _)) = limits.iter().find(|(_, n)| *n == 0) {
+            return Err(TcpConfigError::ZeroLimit { field });
+        }
+        if self.max_frame_bytes > frame::MAX_PAYLOAD_BYTES {
+            return Err(TcpConfigError::FrameLimitTooLarge {
+                max_frame_bytes: self.max_frame_bytes,
+            });
+        }
+        Ok(())
+    }
+
     fn listen_addr(&self, id: NodeId) -> io::Result<SocketAddr> {
         self.listen.or_else(|| self.peers.get(id)).ok_or_else(|| {
             io::Error::new(
@@ -124,6 +168,67 @@ impl TcpConfig {
         self.secret.as_ref().map_or_else(Vec::new, |s| hello_mac(s, nonce, self.cluster_id, peer))
     }
 }
+
+/// Why a [`TcpConfig`] was refused ([`TcpConfig::validate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TcpConfigError {
+    /// A duration that must be positive is zero.
+    ZeroDuration {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// `backoff_min` exceeds `backoff_max`.
+    InvertedBackoff {
+        /// `backoff_min`.
+        min: Duration,
+        /// `backoff_max`.
+        max: Duration,
+    },
+    /// A limit that must be at least 1 is zero.
+    ZeroLimit {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// `max_frame_bytes` exceeds what a frame's length field can describe.
+    FrameLimitTooLarge {
+        /// The configured `max_frame_bytes`.
+        max_frame_bytes: usize,
+    },
+}
+
+impl std::fmt::Display for TcpConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TcpConfigError::ZeroDuration { field } => {
+                let effect = if *field == "backoff_min" {
+                    "a failed connection would be retried in a busy loop"
+                } else {
+                    "every connection would fail at once"
+                };
+                write!(f, "TcpConfig::{field} is zero: {effect}; give it a positive duration (TcpConfig::new sets a working default)")
+            }
+            TcpConfigError::InvertedBackoff { min, max } => write!(
+                f,
+                "TcpConfig::backoff_min ({min:?}) exceeds backoff_max ({max:?}): backoff_min is the first pause, backoff_max the cap it doubles up to; swap or lower them"
+            ),
+            TcpConfigError::ZeroLimit { field } => {
+                let effect = if *field == "max_handshakes" {
+                    "every incoming connection would be closed"
+                } else {
+                    "every message would be dropped"
+                };
+                write!(f, "TcpConfig::{field} is 0: {effect}; it must be at least 1 (TcpConfig::new sets a working default)")
+            }
+            TcpConfigError::FrameLimitTooLarge { max_frame_bytes } => write!(
+                f,
+                "TcpConfig::max_frame_bytes ({max_frame_bytes}) exceeds {}, the most a frame's 4-byte length can describe: lower it",
+                frame::MAX_PAYLOAD_BYTES
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TcpConfigError {}
 
 /// Node ids and their addresses, shared by every clone (one lock, read on connection setup
 /// only, never per message).
@@ -189,7 +294,8 @@ impl From<io::Error> for ConnectError {
     }
 }
 
-/// Connects to `addr` and runs the connector's side of the handshake as `peer`: the stream
+/// Connects to `addr` and runs the connector's side of the handshake as `peer`, which must
+/// end within `config.handshake_timeout` of the connection's establishment: the stream
 /// returned is open for `peer`'s kind of traffic, with `config.handshake_timeout` as its read
 /// timeout and `config.write_timeout` as its write timeout. Clients use it with `Peer::Client`.
 pub fn connect(
@@ -197,18 +303,91 @@ pub fn connect(
     peer: Peer,
     config: &TcpConfig,
 ) -> Result<TcpStream, ConnectError> {
-    let mut stream = TcpStream::connect_timeout(&addr, config.connect_timeout)?;
+    let stream = TcpStream::connect_timeout(&addr, config.connect_timeout)?;
+    let mut wire = Deadline::new(&stream, Instant::now(), config);
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(config.handshake_timeout))?;
-    stream.set_write_timeout(Some(config.write_timeout))?;
-    let max = config.max_frame_bytes;
-    let challenge: Challenge = read_value(&mut stream, FrameKind::Challenge, max)?;
+    let max = frame::MAX_HANDSHAKE_FRAME_BYTES;
+    let challenge: Challenge = read_value(&mut wire, FrameKind::Challenge, max)?;
     let mac = config.mac(&challenge.nonce, peer);
     let hello = Hello { cluster_id: config.cluster_id, peer, mac };
-    write_value(&mut stream, FrameKind::Hello, &hello)?;
-    match read_value(&mut stream, FrameKind::Verdict, max)? {
-        Verdict::Accepted => Ok(stream),
+    write_value(&mut wire, FrameKind::Hello, &hello)?;
+    match read_value(&mut wire, FrameKind::Verdict, max)? {
+        Verdict::Accepted => {
+            stream.set_read_timeout(Some(config.handshake_timeout))?;
+            stream.set_write_timeout(Some(config.write_timeout))?;
+            Ok(stream)
+        }
         Verdict::Refused(why) => Err(ConnectError::Refused(why)),
+    }
+}
+
+/// A stream under one deadline for a whole exchange (the handshake): each read or write waits
+/// at most for what is left of it, so a peer trickling bytes cannot stretch the exchange.
+struct Deadline<'a> {
+    stream: &'a TcpStream,
+    /// `None`: `handshake_timeout` reaches past what an `Instant` holds, so no deadline.
+    until: Option<Instant>,
+    timeout: Duration,
+    write_timeout: Duration,
+}
+
+impl<'a> Deadline<'a> {
+    fn new(stream: &'a TcpStream, started: Instant, config: &TcpConfig) -> Self {
+        Deadline {
+            stream,
+            until: started.checked_add(config.handshake_timeout),
+            timeout: config.handshake_timeout,
+            write_timeout: config.write_timeout,
+        }
+    }
+
+    /// What is left of the deadline (`None`: no deadline); an error once it passed.
+    fn left(&self) -> io::Result<Option<Duration>> {
+        let Some(until) = self.until else { return Ok(None) };
+        match until.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Ok(Some(left)),
+            _ => Err(self.expired()),
+        }
+    }
+
+    fn expired(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "handshake not done within TcpConfig::handshake_timeout ({:?}): raise it if the network is that slow",
+                self.timeout
+            ),
+        )
+    }
+
+    /// A timed-out socket call (Unix says `WouldBlock`) as the deadline's error.
+    fn name_timeout(&self, e: io::Error) -> io::Error {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => self.expired(),
+            _ => e,
+        }
+    }
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(self.left()?)?;
+        let mut stream = self.stream;
+        stream.read(buf).map_err(|e| self.name_timeout(e))
+    }
+}
+
+impl Write for Deadline<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let wait = self.left()?.map_or(self.write_timeout, |left| left.min(self.write_timeout));
+        self.stream.set_write_timeout(Some(wait))?;
+        let mut stream = self.stream;
+        stream.write(buf).map_err(|e| self.name_timeout(e))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let mut stream = self.stream;
+        stream.flush()
     }
 }
 
@@ -273,8 +452,10 @@ where
     C: Serialize + DeserializeOwned + Send + 'static,
 {
     /// Starts node `id`'s transport: binds its listening address now (an error if it cannot)
-    /// and puts every message received from a peer into `inbox`.
+    /// and puts every message received from a peer into `inbox`. An invalid `config` is an
+    /// `InvalidInput` error carrying the [`TcpConfigError`] (`get_ref` and downcast it).
     pub fn start(id: NodeId, config: TcpConfig, inbox: Sender<Message<C>>) -> io::Result<Self> {
+        config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.listen_addr(id)?)?;
         let addr = listener.local_addr()?;
         let transport = Self::launch(id, config, inbox, Ok(listener));
@@ -286,8 +467,15 @@ where
     /// starts its transport. If the address cannot be bound (still held by a process that is
     /// exiting), the listener logs it and keeps retrying with backoff; outbound traffic flows
     /// meanwhile.
+    ///
+    /// NB: a transport cannot return an error from here: check the configuration first with
+    /// [`TcpConfig::validate`]. An invalid one is logged at each start, and its transports run
+    /// as configured (without panicking) but fail as the error says.
     pub fn factory(config: TcpConfig) -> impl Fn(NodeId, Sender<Message<C>>) -> Self + Send + Sync {
         move |id, inbox| {
+            if let Err(e) = config.validate() {
+                tracing::error!(node = %id, error = %e, "invalid TcpConfig");
+            }
             let listener = config.listen_addr(id).and_then(TcpListener::bind);
             Self::launch(id, config.clone(), inbox, listener)
         }
@@ -430,15 +618,25 @@ fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &Receiver<Messag
         if !discard_for(queue, backoff) {
             return;
         }
-        backoff = (backoff * 2).min(config.backoff_max);
+        backoff = next_backoff(backoff, config.backoff_max);
     }
 }
 
-/// Waits `pause`, dropping what is queued meanwhile. False if the queue closed.
+/// The pause after `backoff`: doubled, capped at `max` (saturating: no value overflows).
+fn next_backoff(backoff: Duration, max: Duration) -> Duration {
+    backoff.saturating_mul(2).min(max)
+}
+
+/// Waits `pause`, dropping what is queued meanwhile. False if the queue closed. A pause that
+/// reaches past what an `Instant` holds lasts until the queue closes.
 fn discard_for<C>(queue: &Receiver<Message<C>>, pause: Duration) -> bool {
-    let until = std::time::Instant::now() + pause;
+    let until = Instant::now().checked_add(pause);
     loop {
-        match queue.recv_deadline(until) {
+        let got = match until {
+            Some(until) => queue.recv_deadline(until),
+            None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match got {
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => return true,
             Err(RecvTimeoutError::Disconnected) => return false,
@@ -457,13 +655,16 @@ fn pump<C: Serialize>(
     max_frame_bytes: usize,
     bytes_sent: &AtomicU64,
 ) -> io::Result<()> {
-    use std::io::Write;
     let mut buf = Vec::new();
     while let Ok(first) = queue.recv() {
         buf.clear();
         for msg in std::iter::once(first).chain(queue.try_iter().take(MAX_BATCH - 1)) {
             let start = buf.len();
-            encode_value(FrameKind::Message, &msg, &mut buf);
+            if let Err(e) = encode_value(FrameKind::Message, &msg, &mut buf) {
+                // NB: nothing was appended; the connection stays in step.
+                tracing::warn!(to = %msg.to, error = %e, "message cannot be framed: dropped");
+                continue;
+            }
             if buf.len() - start - frame::HEADER_BYTES > max_frame_bytes {
                 // The peer would close the connection on it: drop it alone, loudly.
                 tracing::warn!(to = %msg.to, bytes = buf.len() - start, max = max_frame_bytes,
@@ -487,6 +688,7 @@ where
         if shared.stopped() {
             return;
         }
+        let accepted_at = Instant::now();
         let stream = match conn {
             Ok(stream) => stream,
             Err(e) => {
@@ -506,7 +708,7 @@ where
         let (conn_shared, inbox) = (Arc::clone(shared), inbox.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("raft-n{}-in", shared.id.0))
-            .spawn(move || serve(stream, &conn_shared, &inbox));
+            .spawn(move || serve(stream, accepted_at, &conn_shared, &inbox));
         if let Err(e) = spawned {
             shared.handshakes.fetch_sub(1, Ordering::Relaxed);
             tracing::error!(error = %e, "cannot start a connection thread");
@@ -522,13 +724,27 @@ fn bind_until_stopped(listener: io::Result<TcpListener>, shared: &Shared) -> Opt
             Ok(l) => return publish(l, shared),
             Err(e) => tracing::warn!(error = %e, "cannot listen yet; retrying"),
         }
-        std::thread::sleep(backoff);
-        if shared.stopped() {
+        if !pause_unless_stopped(shared, backoff) {
             return None;
         }
-        backoff = (backoff * 2).min(shared.config.backoff_max);
+        backoff = next_backoff(backoff, shared.config.backoff_max);
         listener = shared.config.listen_addr(shared.id).and_then(TcpListener::bind);
     }
+}
+
+/// Sleeps `pause`, in slices, so that a stop is seen within one slice (the transport's drop
+/// joins this thread). False if the transport stopped.
+fn pause_unless_stopped(shared: &Shared, pause: Duration) -> bool {
+    const SLICE: Duration = Duration::from_millis(20);
+    let until = Instant::now().checked_add(pause);
+    while !shared.stopped() {
+        let left = until.map_or(SLICE, |u| u.saturating_duration_since(Instant::now()));
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(SLICE));
+    }
+    false
 }
 
 /// Records the listener's address, unless the transport is already stopping.
@@ -551,10 +767,15 @@ impl Drop for HandshakeSlot<'_> {
 }
 
 /// One accepted connection: handshake, then node messages or a client.
-fn serve<C: DeserializeOwned>(mut stream: TcpStream, shared: &Shared, inbox: &Sender<Message<C>>) {
+fn serve<C: DeserializeOwned>(
+    stream: TcpStream,
+    accepted_at: Instant,
+    shared: &Shared,
+    inbox: &Sender<Message<C>>,
+) {
     let slot = HandshakeSlot(&shared.handshakes);
     let remote = stream.peer_addr().ok();
-    let peer = match accept(&mut stream, shared) {
+    let peer = match accept(&stream, accepted_at, shared) {
         Ok(peer) => peer,
         Err(e) => {
             tracing::debug!(?remote, error = %e, "handshake failed");
@@ -579,22 +800,23 @@ fn serve<C: DeserializeOwned>(mut stream: TcpStream, shared: &Shared, inbox: &Se
     }
 }
 
-/// The acceptor's side of the handshake. A refusal is logged, answered and returned as an error.
-fn accept(stream: &mut TcpStream, shared: &Shared) -> Result<Peer, ConnectError> {
+/// The acceptor's side of the handshake, which must end within `handshake_timeout` of
+/// `accepted_at`. A refusal is logged, answered and returned as an error.
+fn accept(stream: &TcpStream, accepted_at: Instant, shared: &Shared) -> Result<Peer, ConnectError> {
     let config = &shared.config;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(config.handshake_timeout))?;
-    stream.set_write_timeout(Some(config.write_timeout))?;
+    let mut wire = Deadline::new(stream, accepted_at, config);
     let nonce: [u8; frame::NONCE_BYTES] = rand::random();
-    write_value(stream, FrameKind::Challenge, &Challenge { nonce })?;
-    let hello: Hello = read_value(stream, FrameKind::Hello, config.max_frame_bytes)?;
+    write_value(&mut wire, FrameKind::Challenge, &Challenge { nonce })?;
+    let hello: Hello = read_value(&mut wire, FrameKind::Hello, frame::MAX_HANDSHAKE_FRAME_BYTES)?;
     if let Err(why) = judge(shared, &nonce, &hello) {
         let remote = stream.peer_addr().ok();
         tracing::warn!(?remote, claimed = ?hello.peer, reason = %why, "handshake refused");
-        let _ = write_value(stream, FrameKind::Verdict, &Verdict::Refused(why.clone()));
+        let _ = write_value(&mut wire, FrameKind::Verdict, &Verdict::Refused(why.clone()));
         return Err(ConnectError::Refused(why));
     }
-    write_value(stream, FrameKind::Verdict, &Verdict::Accepted)?;
+    write_value(&mut wire, FrameKind::Verdict, &Verdict::Accepted)?;
+    stream.set_write_timeout(Some(config.write_timeout))?;
     Ok(hello.peer)
 }
 
@@ -711,7 +933,6 @@ mod tests {
     use super::*;
     use crate::message::Body;
     use crate::types::Term;
-    use std::io::Write;
 
     fn from(id: u64) -> Message<u64> {
         Message { from: NodeId(id), to: NodeId(1), term: Term(1), body: Body::TimeoutNow }
@@ -728,8 +949,8 @@ mod tests {
         let addr = node.local_addr().expect("bound");
         let mut stream = connect(addr, Peer::Node(NodeId(2)), &config).expect("handshake");
         let mut out = Vec::new();
-        encode_value(FrameKind::Message, &from(3), &mut out);
-        encode_value(FrameKind::Message, &from(2), &mut out);
+        encode_value(FrameKind::Message, &from(3), &mut out).expect("encode");
+        encode_value(FrameKind::Message, &from(2), &mut out).expect("encode");
         stream.write_all(&out).expect("write");
         inbox.recv_timeout(Duration::from_secs(20)).expect("a message arrives")
     }
@@ -741,5 +962,107 @@ mod tests {
         let with_bug = first_delivered();
         bugs::ACCEPT_SPOOFED.store(false, Ordering::Relaxed);
         assert_eq!(with_bug, from(3), "without the check, the spoofed message gets through");
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    fn valid() -> TcpConfig {
+        TcpConfig::new(1, BTreeMap::new())
+    }
+
+    #[test]
+    fn the_defaults_are_valid_and_huge_backoffs_are_allowed() {
+        assert_eq!(valid().validate(), Ok(()));
+        let huge = TcpConfig { backoff_min: Duration::MAX, backoff_max: Duration::MAX, ..valid() };
+        assert_eq!(huge.validate(), Ok(()), "huge pauses saturate; they are not an error");
+    }
+
+    #[test]
+    fn a_config_that_cannot_work_is_refused_with_what_to_fix() {
+        let cases: [(TcpConfig, TcpConfigError, &str); 6] = [
+            (
+                TcpConfig { handshake_timeout: Duration::ZERO, ..valid() },
+                TcpConfigError::ZeroDuration { field: "handshake_timeout" },
+                "every connection would fail",
+            ),
+            (
+                TcpConfig { backoff_min: Duration::ZERO, ..valid() },
+                TcpConfigError::ZeroDuration { field: "backoff_min" },
+                "busy loop",
+            ),
+            (
+                TcpConfig { backoff_min: Duration::from_secs(2), ..valid() },
+                TcpConfigError::InvertedBackoff {
+                    min: Duration::from_secs(2),
+                    max: Duration::from_secs(1),
+                },
+                "exceeds backoff_max",
+            ),
+            (
+                TcpConfig { max_handshakes: 0, ..valid() },
+                TcpConfigError::ZeroLimit { field: "max_handshakes" },
+                "every incoming connection",
+            ),
+            (
+                TcpConfig { max_frame_bytes: 0, ..valid() },
+                TcpConfigError::ZeroLimit { field: "max_frame_bytes" },
+                "every message",
+            ),
+            (
+                TcpConfig { max_frame_bytes: frame::MAX_PAYLOAD_BYTES + 1, ..valid() },
+                TcpConfigError::FrameLimitTooLarge {
+                    max_frame_bytes: frame::MAX_PAYLOAD_BYTES + 1,
+                },
+                "lower it",
+            ),
+        ];
+        for (config, expected, says) in cases {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err, expected);
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        // `start` refuses it before binding anything, with the typed error inside.
+        let (tx, _rx) = bounded::<Message<u64>>(1);
+        let config = TcpConfig {
+            listen: Some("127.0.0.1:0".parse().expect("address")),
+            backoff_min: Duration::from_secs(2),
+            ..valid()
+        };
+        let err = TcpTransport::start(NodeId(1), config, tx).err().expect("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let inner = err.get_ref().and_then(|e| e.downcast_ref::<TcpConfigError>());
+        assert!(matches!(inner, Some(TcpConfigError::InvertedBackoff { .. })), "{err}");
+    }
+
+    #[test]
+    fn backoff_arithmetic_saturates() {
+        assert_eq!(next_backoff(Duration::MAX, Duration::MAX), Duration::MAX);
+        assert_eq!(
+            next_backoff(Duration::MAX / 2 + Duration::from_nanos(1), Duration::MAX),
+            Duration::MAX
+        );
+        assert_eq!(
+            next_backoff(Duration::from_millis(10), Duration::from_secs(1)),
+            Duration::from_millis(20)
+        );
+        assert_eq!(
+            next_backoff(Duration::from_millis(800), Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        // A pause no `Instant` can hold lasts until the queue closes (it used to panic).
+        let (tx, rx) = bounded::<Message<u64>>(4);
+        tx.send(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: crate::types::Term(1),
+            body: crate::message::Body::TimeoutNow,
+        })
+        .expect("queued");
+        drop(tx);
+        assert!(!discard_for(&rx, Duration::MAX), "the queue closed");
+        assert!(rx.is_empty(), "what was queued was discarded");
     }
 }
