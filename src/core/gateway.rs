@@ -6,15 +6,20 @@
 //! state. Past this point the handlers may assert on what a message says, because an assert can
 //! then only fire on a state the core produced itself. Must not mutate anything while checking.
 
-use super::{vote_reply, Core, Notice, Role};
+use super::{vote_reply, Core, Notice, Role, OVERWRITES_COMMITTED};
 use crate::message::{
     AppendEntries, AppendEntriesReply, Body, InstallSnapshot, InstallSnapshotReply, Message,
     ReadIndex, ReadIndexReply,
 };
-use crate::types::{NodeId, Term};
+use crate::types::{LogIndex, NodeId, Term};
 
 /// Why a message was dropped: the text of `Notice::InvalidMessage`.
 type Invalid = &'static str;
+
+/// The last term and index a peer may name. No correct peer gets past it (2^63 elections, or
+/// entries), so refusing anything beyond costs nothing and leaves this node room to count on
+/// with `next()` (its own campaigns, the index after its last entry) without overflowing.
+const MARGIN: u64 = u64::MAX / 2;
 
 impl<C: Clone> Core<C> {
     /// Handles one message from a peer.
@@ -113,8 +118,8 @@ impl<C: Clone> Core<C> {
         if msg.from == self.id {
             return Err("claims to come from this node");
         }
-        if msg.term == Term(u64::MAX) {
-            return Err("term at the end of the term space"); // a campaign would overflow it
+        if msg.term > Term(MARGIN) {
+            return Err("term past the margin of the term space"); // our campaigns count on from it
         }
         let current = msg.term >= self.term; // otherwise only answered or dropped as stale
         match &msg.body {
@@ -198,7 +203,20 @@ impl<C: Clone> Core<C> {
         if term == self.term && (self.role == Role::Leader || other_leader) {
             return Err("AppendEntries from a second leader of this term");
         }
-        if self.log.term_at(ae.prev_log_index) != Some(ae.prev_log_term) {
+        self.check_keeps_committed(ae)
+    }
+
+    /// Leader Completeness (§5.4): no correct leader sends an AppendEntries that, once past
+    /// AE-2, would replace an entry at or below this node's commit index (`truncate_from`
+    /// asserts it never happens). Read as the receiver reads it (`skip_compacted`): entries
+    /// at or below the offset are the snapshot's, so a request starting below the offset
+    /// passes AE-2 there and is checked from the offset on, whose term the log keeps.
+    /// NB: also run on a held request when it is replayed (`handle_append_entries`): the
+    /// commit index may have moved past what it would replace since it arrived.
+    pub(super) fn check_keeps_committed(&self, ae: &AppendEntries<C>) -> Result<(), Invalid> {
+        let offset = self.log.offset();
+        let rebased = ae.prev_log_index < offset;
+        if !rebased && self.log.term_at(ae.prev_log_index) != Some(ae.prev_log_term) {
             return Ok(()); // AE-2 rejects it without touching the log
         }
         let mut index = ae.prev_log_index;
@@ -207,8 +225,8 @@ impl<C: Clone> Core<C> {
             if index > self.commit_index {
                 break;
             }
-            if self.log.term_at(index) != Some(entry.term) {
-                return Err("AppendEntries would overwrite a committed entry");
+            if index >= offset && self.log.term_at(index) != Some(entry.term) {
+                return Err(OVERWRITES_COMMITTED);
             }
         }
         Ok(())
@@ -250,13 +268,14 @@ impl<C: Clone> Core<C> {
 
 /// What any AppendEntries from a correct leader looks like, whatever our state: entry terms
 /// never decrease from `prev_log_term` (L1) and never exceed the sender's term, and the
-/// entries' indexes exist.
+/// entries' indexes are within the margin.
 fn check_append_shape<C>(term: Term, ae: &AppendEntries<C>) -> Result<(), Invalid> {
     if ae.prev_log_term > term {
         return Err("prev_log_term ahead of the sender's term");
     }
-    if ae.prev_log_index.0.checked_add(ae.entries.len() as u64).is_none() {
-        return Err("entry indexes overflow");
+    let last = ae.prev_log_index.0.checked_add(ae.entries.len() as u64);
+    if last.is_none_or(|last| !within_margin(LogIndex(last))) {
+        return Err("entry indexes past the margin of the index space");
     }
     let mut last = ae.prev_log_term;
     for entry in &ae.entries {
@@ -271,11 +290,15 @@ fn check_append_shape<C>(term: Term, ae: &AppendEntries<C>) -> Result<(), Invali
     Ok(())
 }
 
-/// A snapshot chunk no correct leader sends: a snapshot of nothing, one whose last entry's term
-/// is beyond the sender's own term history, or a chunk whose end overflows.
+/// A snapshot chunk no correct leader sends: a snapshot of nothing or past the margin, one
+/// whose last entry's term is beyond the sender's own term history, or a chunk whose end
+/// overflows.
 fn check_snapshot_shape(term: Term, chunk: &InstallSnapshot) -> Result<(), Invalid> {
     if chunk.meta.index.0 == 0 {
         return Err("snapshot of an empty log");
+    }
+    if !within_margin(chunk.meta.index) {
+        return Err("snapshot index past the margin of the index space");
     }
     if chunk.meta.term > term || chunk.meta.term.0 == 0 {
         return Err("snapshot's last term beyond the sender's term history");
@@ -284,4 +307,9 @@ fn check_snapshot_shape(term: Term, chunk: &InstallSnapshot) -> Result<(), Inval
         return Err("snapshot chunk past the end of the byte space");
     }
     Ok(())
+}
+
+/// Whether a peer may name `index`: the log continues after it (`next()`) without overflow.
+fn within_margin(index: LogIndex) -> bool {
+    index.0 <= MARGIN
 }

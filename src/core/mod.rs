@@ -45,6 +45,7 @@ pub use invariants::InvariantViolation;
 use log::Log;
 use membership::Membership;
 pub use notice::Notice;
+pub(crate) use notice::OVERWRITES_COMMITTED;
 use progress::Progress;
 pub use read::{ReadId, ReadPath};
 

@@ -41,6 +41,11 @@ pub enum Notice {
     },
 }
 
+/// The reason an AppendEntries that would replace a committed entry is refused with. No
+/// correct peer sends one (Leader Completeness, §5.4), so the simulator's checker reports the
+/// refusal as the violation it stopped.
+pub(crate) const OVERWRITES_COMMITTED: &str = "AppendEntries would overwrite a committed entry";
+
 impl Notice {
     /// Whether this notice points at a fault elsewhere (a buggy or malicious peer, or a
     /// misrouting transport) and deserves a warning rather than an informational line.

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::progress::{Heartbeat, Mode};
-use super::{quorum, Action, Core, Role};
+use super::{quorum, Action, Core, Notice, Role};
 use crate::message::{AppendEntries, AppendEntriesReply, Body, Entry, Payload};
 use crate::types::{LogIndex, NodeId, Term};
 
@@ -146,6 +146,11 @@ impl<C: Clone> Core<C> {
         // NB: one of this leader's requests starting within what it vouched for passes AE-2.
         // Should one fail, it was held again and would come straight back: stop, not loop.
         while let Some(held) = self.held.take_ready(self.held_term(), vouched) {
+            // The gateway checked it against the log it arrived at, before the gap filled:
+            // what it would replace may be committed now (Leader Completeness, §5.4).
+            if let Err(reason) = self.check_keeps_committed(&held) {
+                return self.notice(Notice::InvalidMessage { from, reason });
+            }
             let Some(v) = self.append_entries(from, held) else { break };
             vouched = vouched.max(v);
         }
@@ -197,7 +202,8 @@ impl<C: Clone> Core<C> {
     /// AE-3 and AE-4: skip entries already present, truncate only at a real conflict (SUB-6).
     /// Entries at or below this node's offset are covered by its snapshot: they are committed,
     /// so equal to the leader's (Leader Completeness). The request is read as starting at the
-    /// offset, whose term the log still knows.
+    /// offset, whose term the log still knows. NB: `check_keeps_committed` reads it the same
+    /// way, so nothing from the offset on that it would replace is committed.
     fn skip_compacted(&self, mut ae: AppendEntries<C>) -> AppendEntries<C> {
         let offset = self.log.offset();
         if ae.prev_log_index >= offset {

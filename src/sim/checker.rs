@@ -18,7 +18,7 @@ use std::fmt::{self, Debug, Write as _};
 use std::hash::Hasher;
 
 use super::trace::Fnv;
-use crate::core::{Action, Core, Role};
+use crate::core::{Action, Core, Notice, Role, OVERWRITES_COMMITTED};
 use crate::message::{Body, Entry, Payload, Snapshot};
 use crate::types::{LogIndex, NodeId, Term};
 
@@ -301,7 +301,8 @@ impl Checker {
         if g.committed.len() > committed_before {
             self.check_leaders_complete()?;
         }
-        Ok(())
+        // NB: last, once the shadows have taken in this step.
+        check_no_committed_overwrite(id, actions)
     }
 
     /// SP-4 at every commit advance: each node leading now holds every entry committed in an
@@ -314,6 +315,21 @@ impl Checker {
         }
         Ok(())
     }
+}
+
+/// AE-3/SP-4 at the gateway: a node asked to replace a committed entry refuses it with a
+/// notice, so the log checks never see the attempt; but no correct peer makes one (nor does a
+/// correct node replay one), so the refusal is the violation.
+fn check_no_committed_overwrite<C>(id: NodeId, actions: &[Action<C>]) -> Check {
+    for action in actions {
+        if let Action::Notice(Notice::InvalidMessage { from, reason }) = action {
+            if *reason == OVERWRITES_COMMITTED {
+                let detail = format!("refused an AppendEntries from {from}: {reason}");
+                return fail(Rule::CommittedEntryKept, id, detail);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// SP-2, SP-3 and durability: re-hash the log from the persisted index on, then check the

@@ -206,3 +206,56 @@ fn ae2_only_requests_with_entries_are_held_and_at_most_a_window_of_them() {
     f.recv(ae(1, 2, 2).prev(1, 1).entries(&[2, 2]));
     assert_eq!(f.log_terms(), [1, 2, 2, 2, 2], "i2..=i3, then the held i4 and i5");
 }
+
+/// n2's log was compacted through i5 (term 1) and holds i6..=i8 of term 1, all committed.
+fn compacted_follower() -> Node {
+    let mut f = boot(2).term(1).offset(5, 1).log(&[1, 1, 1]).start();
+    f.recv(ae(1, 2, 1).prev(8, 1).commit(8));
+    assert_eq!((f.commit(), f.status().leader), (8, Some(NodeId(1))));
+    f
+}
+
+/// Leader Completeness (§5.4): no correct leader replaces a committed entry, so such a request
+/// is dropped with a notice, however it reaches the log (the gateway reads it from the offset
+/// on, as `skip_compacted` does), and never reaches `truncate_from`'s assert.
+#[test]
+fn gateway_a_request_from_below_the_offset_never_replaces_a_committed_entry() {
+    let reason = "AppendEntries would overwrite a committed entry";
+    let dropped = [Action::Notice(Notice::InvalidMessage { from: NodeId(1), reason })];
+    // Read from the offset on (i4 and i5 are the snapshot's), i6@t2 would replace committed
+    // i6@t1; an entry at the offset itself must carry the snapshot's term too.
+    for request in
+        [ae(1, 2, 2).prev(3, 1).entries(&[1, 1, 2]), ae(1, 2, 2).prev(3, 1).entries(&[1, 2])]
+    {
+        let mut f = compacted_follower();
+        let acts = f.recv(request.commit(8));
+        assert_eq!(acts, dropped, "dropped at the gateway, no truncating panic");
+        assert_eq!(f.log_terms(), [1, 1, 1], "log untouched");
+        assert_eq!((f.term(), f.commit(), f.status().snapshot_index), (1, 8, LogIndex(5)));
+    }
+    // The same start below the offset, agreeing with every committed entry, is handled.
+    let mut f = compacted_follower();
+    let acts = f.recv(ae(1, 2, 2).prev(3, 1).entries(&[1, 1, 1, 1, 1, 2]).commit(8));
+    assert_eq!(sent(&acts), ["n2->n1 t2 AppendEntriesReply ok match=i9"]);
+    assert_eq!(f.log_terms(), [1, 1, 1, 2]);
+}
+
+/// The same rule for a request held for reordering: checked again when replayed, since the
+/// entries it would replace may have been committed while it waited.
+#[test]
+fn gateway_a_held_request_replayed_over_entries_committed_meanwhile_is_dropped() {
+    let mut f = boot(2).term(2).log(&[1, 1, 1]).start();
+    f.recv(ae(1, 2, 2).prev(5, 1).entries(&[1])); // i6@t1, ahead of the log: held
+    assert_eq!(f.core.held.len(), 1);
+    // i4..=i7 arrive with i6@t2 and commit through i7: the held i6@t1 would replace it.
+    let acts = f.recv(ae(1, 2, 2).prev(3, 1).entries(&[1, 1, 2, 2]).commit(7));
+    assert_eq!(
+        sent(&acts),
+        ["n2->n1 t2 AppendEntriesReply ok match=i7"],
+        "no reply to the held one"
+    );
+    let reason = "AppendEntries would overwrite a committed entry";
+    assert_eq!(notices(&acts), [Notice::InvalidMessage { from: NodeId(1), reason }]);
+    assert_eq!(f.log_terms(), [1, 1, 1, 1, 1, 2, 2], "the committed i6 and i7 stay");
+    assert_eq!((f.commit(), f.core.held.len()), (7, 0));
+}

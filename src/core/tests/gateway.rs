@@ -35,6 +35,18 @@ fn candidate() -> Node {
     c
 }
 
+/// n2 follows n1 in term 2 with a log compacted through i2 (term 1) and i3 of term 2, all
+/// committed.
+fn compacted_follower() -> Node {
+    let mut f = boot(2).term(2).offset(2, 1).log(&[2]).start();
+    f.recv(ae(1, 2, 2).prev(3, 2).commit(3));
+    assert_eq!((f.status().leader, f.commit()), (Some(NodeId(1)), 3));
+    f
+}
+
+/// The last term and index a peer may name (the gateway's margin).
+const MARGIN: u64 = u64::MAX / 2;
+
 /// Everything a message could change: status (role, term, leader, commit, applied, config),
 /// vote, log, timers, votes and every peer's progress.
 fn fingerprint(n: &Node) -> String {
@@ -73,6 +85,22 @@ fn reject(from: u64, to: u64, term: u64, at: u64, conflict: (u64, u64), last: u6
     Message { from: NodeId(from), to: NodeId(to), term: Term(term), body }
 }
 
+fn snapshot(from: u64, to: u64, term: u64, index: u64) -> Message<u64> {
+    let meta = SnapshotMeta {
+        index: LogIndex(index),
+        term: Term(1),
+        config: std::sync::Arc::new(conf(&[1, 2, 3], &[])),
+    };
+    let chunk =
+        crate::message::InstallSnapshot { meta, offset: 0, data: b"s".to_vec(), done: true };
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(term),
+        body: Body::InstallSnapshot(chunk),
+    }
+}
+
 fn timeout_now(from: u64, to: u64, term: u64) -> Message<u64> {
     Message { from: NodeId(from), to: NodeId(to), term: Term(term), body: Body::TimeoutNow }
 }
@@ -87,7 +115,19 @@ fn gateway_drops_every_malformed_message_kind_without_panic_or_state_change() {
             "last possible term",
             follower,
             rv(3, 2, u64::MAX).into(),
-            "term at the end of the term space",
+            "term past the margin of the term space",
+        ),
+        (
+            "first term past the margin",
+            follower,
+            rv(3, 2, MARGIN + 1).into(),
+            "term past the margin of the term space",
+        ),
+        (
+            "AppendEntries past the margin of the term space",
+            follower,
+            append(1, 2, MARGIN + 1, (3, 2), &[]),
+            "term past the margin of the term space",
         ),
         (
             "entry terms going backwards",
@@ -111,7 +151,19 @@ fn gateway_drops_every_malformed_message_kind_without_panic_or_state_change() {
             "indexes past u64::MAX",
             follower,
             append(1, 2, 2, (u64::MAX, 2), &[2]),
-            "entry indexes overflow",
+            "entry indexes past the margin of the index space",
+        ),
+        (
+            "last entry past the margin",
+            follower,
+            append(1, 2, 2, (MARGIN, 2), &[2]),
+            "entry indexes past the margin of the index space",
+        ),
+        (
+            "snapshot index past the margin",
+            follower,
+            snapshot(1, 2, 2, MARGIN + 1),
+            "snapshot index past the margin of the index space",
         ),
         (
             "AppendEntries to the leader of the same term",
@@ -134,6 +186,18 @@ fn gateway_drops_every_malformed_message_kind_without_panic_or_state_change() {
         (
             "overwrites a committed entry, from a higher term",
             follower,
+            append(1, 2, 3, (1, 1), &[3]),
+            "AppendEntries would overwrite a committed entry",
+        ),
+        (
+            "overwrites a committed entry, starting below the offset",
+            compacted_follower,
+            append(1, 2, 2, (0, 0), &[1, 1, 1]),
+            "AppendEntries would overwrite a committed entry",
+        ),
+        (
+            "overwrites the committed entry at the offset, from a higher term",
+            compacted_follower,
             append(1, 2, 3, (1, 1), &[3]),
             "AppendEntries would overwrite a committed entry",
         ),
@@ -217,6 +281,39 @@ fn gateway_valid_messages_near_the_limits_are_still_handled() {
     let mut f = follower();
     let acts = f.recv(ae(1, 2, 2).prev(0, 0).entries(&[1, 1, 2]).commit(2));
     assert_eq!(trace(&acts), ["n2->n1 t2 AppendEntriesReply ok match=i3"]);
+    // So does one from below the offset, and a heartbeat at the last index a peer may name.
+    let mut f = compacted_follower();
+    let acts = f.recv(ae(1, 2, 2).prev(0, 0).entries(&[1, 1, 2, 2]).commit(3));
+    assert_eq!(trace(&acts), ["persist log from i4", "n2->n1 t2 AppendEntriesReply ok match=i4"]);
+    let acts = f.recv(ae(1, 2, 2).prev(MARGIN, 2));
+    assert!(notices(&acts).is_empty(), "{acts:?}");
+    assert_eq!(
+        sent(&acts),
+        [format!("n2->n1 t2 AppendEntriesReply reject at=i{MARGIN} conflict=- last=i4")]
+    );
+}
+
+/// A term past the margin is refused, so no peer can bring this node near the end of the term
+/// space: at the margin itself it still campaigns, and pre-votes past it, without overflow.
+#[test]
+fn gateway_terms_past_the_margin_are_refused_so_a_campaign_never_overflows() {
+    let mut f = follower();
+    let acts = f.recv(ae(1, 2, MARGIN + 1).prev(3, 2));
+    let reason = "term past the margin of the term space";
+    assert_eq!(acts, [Action::Notice(Notice::InvalidMessage { from: NodeId(1), reason })]);
+    assert_eq!(f.term(), 2);
+    f.recv(ae(1, 2, MARGIN).prev(3, 2));
+    f.recv(timeout_now(1, 2, MARGIN));
+    assert_eq!((f.role(), f.term()), (Role::Candidate, MARGIN + 1));
+    // Its elections time out: it asks for pre-votes at the term after, past the margin.
+    let acts = f.tick(100);
+    let pre_votes: Vec<u64> = sends(&acts)
+        .into_iter()
+        .filter(|m| matches!(m.body, Body::RequestVote(RequestVote { pre_vote: true, .. })))
+        .map(|m| m.term.0)
+        .collect();
+    assert!(!pre_votes.is_empty() && pre_votes.iter().all(|&t| t == MARGIN + 2), "{pre_votes:?}");
+    assert_eq!(f.term(), MARGIN + 1, "a pre-vote raises no term");
 }
 
 #[test]

@@ -122,6 +122,17 @@ fn gateway_drops_a_snapshot_claiming_a_term_beyond_the_senders() {
 }
 
 #[test]
+fn gateway_drops_a_snapshot_whose_index_leaves_no_room_after_it() {
+    let mut n = boot(2).term(2).log(&[1, 2]).start();
+    let acts = n.recv(chunk(2, &meta(u64::MAX, 2), 0, b"s", true));
+    let reason = "snapshot index past the margin of the index space";
+    assert_eq!(acts, [Action::Notice(Notice::InvalidMessage { from: NodeId(1), reason })]);
+    assert_eq!(n.log_terms(), [1, 2], "log untouched");
+    let s = n.status();
+    assert_eq!((s.commit_index, s.snapshot_index, s.leader), (LogIndex(0), LogIndex(0), None));
+}
+
+#[test]
 fn lead_a_follower_behind_the_offset_gets_the_snapshot_in_chunks_within_the_window() {
     let config =
         Config { snapshot_chunk_bytes: 3, snapshot_chunks_in_flight: 2, ..fixed_timeout() };
