@@ -40,6 +40,12 @@ newtype!(
     "i"
 );
 
+/// The last term and index a peer (or this node's own storage) may name. No correct peer gets
+/// past it (2^63 elections, or entries), so refusing anything beyond costs nothing and leaves a
+/// node room to count on with `next()` (its own campaigns, the index after its last entry)
+/// without overflowing.
+pub(crate) const MARGIN: u64 = u64::MAX / 2;
+
 impl LogIndex {
     /// The index after this one.
     pub fn next(self) -> LogIndex {

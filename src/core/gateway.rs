@@ -11,15 +11,10 @@ use crate::message::{
     AppendEntries, AppendEntriesReply, Body, InstallSnapshot, InstallSnapshotReply, Message,
     ReadIndex, ReadIndexReply,
 };
-use crate::types::{LogIndex, NodeId, Term};
+use crate::types::{LogIndex, NodeId, Term, MARGIN};
 
 /// Why a message was dropped: the text of `Notice::InvalidMessage`.
 type Invalid = &'static str;
-
-/// The last term and index a peer may name. No correct peer gets past it (2^63 elections, or
-/// entries), so refusing anything beyond costs nothing and leaves this node room to count on
-/// with `next()` (its own campaigns, the index after its last entry) without overflowing.
-const MARGIN: u64 = u64::MAX / 2;
 
 impl<C: Clone> Core<C> {
     /// Handles one message from a peer.

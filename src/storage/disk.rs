@@ -966,18 +966,17 @@ impl<C: DeserializeOwned + Clone> Replay<C> {
 /// accepts that term's entries, and persists the term first).
 fn check_hard_state<C>(state: &PersistentState<C>, at: Option<Place>) -> Result<(), StorageError> {
     let last_term = state.entries.last().map_or(state.offset_term, |e| e.term);
-    if state.hard_state.term >= last_term {
+    let term = state.hard_state.term;
+    let why = if term < last_term {
+        format!("current term {term} is below the log's last term {last_term}")
+    } else if term.0 > crate::types::MARGIN {
+        // NB: the log's terms are at most the current term: this bounds them all.
+        format!("current term {term} is past the margin of the term space (no node gets there)")
+    } else {
         return Ok(());
-    }
+    };
     let (path, offset) = at.unwrap_or_default();
-    Err(StorageError::Contradiction {
-        path,
-        offset,
-        why: format!(
-            "current term {} is below the log's last term {last_term}",
-            state.hard_state.term
-        ),
-    })
+    Err(StorageError::Contradiction { path, offset, why })
 }
 
 fn read_snapshot<C>(dir: &Path, state: &PersistentState<C>) -> Result<Snapshot, StorageError> {
@@ -1145,6 +1144,29 @@ mod tests {
     }
 
     /// A last segment numbered MAX leaves no number for the next one (rotation adds one).
+    /// A recorded current term past the margin no node reaches (the log's terms are at most
+    /// it): refused as a contradiction, since the node's next campaign would count past it.
+    #[test]
+    fn a_current_term_past_the_margin_is_refused() {
+        let dir = TempDir::new("term-margin");
+        let term = Term(crate::types::MARGIN + 1);
+        let record: RecordRef<'_, u64> = Record::HardState(HardState { term, voted_for: None });
+        let (path, offsets) = craft(&dir.0, 1, (0, 2, false), &[record]);
+        match open(&dir.0) {
+            Err(StorageError::Contradiction { path: at, offset, why }) => {
+                assert_eq!((at.as_path(), offset), (path.as_path(), offsets[0]), "{why}");
+                assert!(why.contains(&term.to_string()) && why.contains("margin"), "{why}");
+            }
+            other => panic!("expected a contradiction: {:?}", other.map(|_| ())),
+        }
+        let dir = TempDir::new("term-margin-ok");
+        let term = Term(crate::types::MARGIN);
+        let record: RecordRef<'_, u64> = Record::HardState(HardState { term, voted_for: None });
+        craft(&dir.0, 1, (0, 2, false), &[record]);
+        let state = open(&dir.0).expect("the margin itself is a term").load().expect("load");
+        assert_eq!(state.hard_state.term, term);
+    }
+
     #[test]
     fn a_last_segment_numbered_u64_max_is_corrupt() {
         let dir = TempDir::new("segment-max");
