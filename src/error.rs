@@ -297,6 +297,18 @@ pub enum Error {
         /// Responses below this number were discarded.
         discarded_below: u64,
     },
+    /// A session command numbered below the window of responses its session keeps
+    /// ([`Sessions::max_responses`](crate::Sessions::max_responses)), whose response is no
+    /// longer kept: it was not applied now, and whether an earlier attempt was applied (once)
+    /// is unknown.
+    ResponseNotKept {
+        /// The client id.
+        client: u64,
+        /// The command's number.
+        seq: u64,
+        /// The session keeps responses from this number on.
+        kept_from: u64,
+    },
     /// A command is larger than `Config::max_command_bytes`.
     CommandTooLarge {
         /// The command's size in bytes, as the core's sizer measures it.
@@ -371,6 +383,10 @@ impl fmt::Display for Error {
             Error::SequenceTooOld { client, seq, discarded_below } => write!(
                 f,
                 "command {seq} of session {client} is older than {discarded_below}, whose responses were discarded; never reuse a number after its answer arrived"
+            ),
+            Error::ResponseNotKept { client, seq, kept_from } => write!(
+                f,
+                "the response to command {seq} of session {client} is no longer kept (the session keeps responses from {kept_from} on): its outcome is unknown, it may have been applied once and will not be applied again; keep fewer commands in flight per session than Sessions::max_responses"
             ),
             Error::TransferInProgress { to } => write!(
                 f,

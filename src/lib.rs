@@ -65,7 +65,9 @@ pub use crate::node::{Applied, Compaction, Metrics, NodeStatus, Receipt, RpcCoun
 pub use crate::runtime::{
     Client, Cluster, ClusterBuilder, NodeHandle, StorageFactory, TransportFactory,
 };
-pub use crate::session::{ClientId, Session, SessionCommand, SessionOutput, Sessions};
+pub use crate::session::{
+    ClientId, Session, SessionCommand, SessionOutput, Sessions, DEFAULT_SESSION_RESPONSES,
+};
 pub use crate::state_machine::{ReadStateMachine, StateMachine};
 pub use crate::storage::{
     DiskStorage, HardState, MemStorage, PersistentState, Storage, StorageError,

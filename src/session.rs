@@ -13,6 +13,16 @@
 //! log (ties: the lower id). A command of an evicted (or never registered) client is answered
 //! [`SessionOutput::Expired`], never silently re-created, since its earlier commands may have
 //! been applied. The table is part of the snapshot, so it survives compaction and restarts.
+//!
+//! The table keeps at most [`Sessions::max_responses`] responses per session (default
+//! [`DEFAULT_SESSION_RESPONSES`]), whatever the client says: applying command `seq` drops the
+//! responses of commands numbered `seq - max_responses` and below, so a client that never
+//! advances its lowest pending number (a raw [`SessionCommand`] client) cannot grow the table
+//! without bound. A command numbered below that window and not in the table is answered
+//! [`SessionOutput::ResponseNotKept`] and never applied: an earlier attempt may have been
+//! applied, so its outcome is unknown. The rule reads only the log, so every replica trims
+//! alike, and the window's floor is in the snapshot. [`Session`] never has more than
+//! `max_responses` commands in flight unless its clones do, together.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -26,6 +36,9 @@ use crate::node::deadline_after;
 use crate::runtime::Client;
 use crate::state_machine::{ReadStateMachine, StateMachine};
 use crate::types::LogIndex;
+
+/// How many responses a session keeps by default (see [`Sessions::with_max_responses`]).
+pub const DEFAULT_SESSION_RESPONSES: u64 = 1024;
 
 /// A client's id: the log index of its registration entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -68,6 +81,18 @@ pub enum SessionOutput<O> {
         /// Responses below this number were discarded.
         discarded_below: u64,
     },
+    /// The command's number is below the window of responses the session keeps
+    /// ([`Sessions::max_responses`]) and its response is not in the table: it was dropped, or
+    /// the command never arrived before. Not applied now; whether an earlier attempt was
+    /// applied (once) is unknown.
+    ResponseNotKept {
+        /// The client.
+        client: ClientId,
+        /// The command's number.
+        seq: u64,
+        /// The session keeps responses from this number on.
+        kept_from: u64,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -75,7 +100,16 @@ struct Entry<O> {
     /// The index of the client's latest command (or registration), for expiry.
     last_active: u64,
     discarded_below: u64,
+    /// Responses below this number were dropped by the cap (`max_responses`), whatever the
+    /// client said.
+    kept_from: u64,
     responses: BTreeMap<u64, O>,
+}
+
+impl<O> Entry<O> {
+    fn new(last_active: u64) -> Self {
+        Entry { last_active, discarded_below: 1, kept_from: 1, responses: BTreeMap::new() }
+    }
 }
 
 /// A state machine with a replicated session table in front of it. See the module docs.
@@ -83,6 +117,7 @@ pub struct Sessions<S: StateMachine> {
     inner: S,
     table: BTreeMap<ClientId, Entry<S::Output>>,
     max_sessions: usize,
+    max_responses: u64,
     #[cfg(test)]
     pub(crate) apply_duplicates: bool,
 }
@@ -94,6 +129,7 @@ impl<S: StateMachine> Sessions<S> {
             inner,
             table: BTreeMap::new(),
             max_sessions: max_sessions.max(1),
+            max_responses: DEFAULT_SESSION_RESPONSES,
             #[cfg(test)]
             apply_duplicates: false,
         }
@@ -105,10 +141,29 @@ impl<S: StateMachine> Sessions<S> {
     pub(crate) fn with_clients(inner: S, clients: impl IntoIterator<Item = u64>) -> Self {
         let mut sessions = Sessions::new(inner, usize::MAX);
         for id in clients {
-            let entry = Entry { last_active: 0, discarded_below: 1, responses: BTreeMap::new() };
-            sessions.table.insert(ClientId(id), entry);
+            sessions.table.insert(ClientId(id), Entry::new(0));
         }
         sessions
+    }
+
+    /// Keeps at most `max_responses` responses per session (at least 1; default
+    /// [`DEFAULT_SESSION_RESPONSES`]): applying command `seq` drops those of commands numbered
+    /// `seq - max_responses` and below. Replicated state: give every replica the same value.
+    /// A client with more commands in flight than this may get
+    /// [`SessionOutput::ResponseNotKept`] for its oldest.
+    pub fn with_max_responses(mut self, max_responses: u64) -> Self {
+        self.max_responses = max_responses.max(1);
+        self
+    }
+
+    /// How many responses a session keeps at most.
+    pub fn max_responses(&self) -> u64 {
+        self.max_responses
+    }
+
+    /// How many responses the table holds, over every session.
+    pub fn responses(&self) -> usize {
+        self.table.values().map(|e| e.responses.len()).sum()
     }
 
     /// The wrapped state machine.
@@ -123,8 +178,7 @@ impl<S: StateMachine> Sessions<S> {
 
     fn register(&mut self, index: LogIndex) -> SessionOutput<S::Output> {
         let id = ClientId(index.0);
-        let entry = Entry { last_active: index.0, discarded_below: 1, responses: BTreeMap::new() };
-        self.table.insert(id, entry);
+        self.table.insert(id, Entry::new(index.0));
         while self.table.len() > self.max_sessions {
             let oldest = self
                 .table
@@ -164,9 +218,20 @@ impl<S: StateMachine> Sessions<S> {
             let discarded_below = entry.discarded_below;
             return SessionOutput::SeqTooOld { client, seq, discarded_below };
         }
+        if seq < entry.kept_from {
+            let kept_from = entry.kept_from;
+            return SessionOutput::ResponseNotKept { client, seq, kept_from };
+        }
         let output = self.inner.apply(index, command);
         let entry = self.table.get_mut(&client).expect("found above");
         entry.responses.insert(seq, output.clone());
+        // The cap: keep the window `seq - max_responses + 1 ..= seq` at most (from the log
+        // alone, so every replica trims alike).
+        let floor = seq.saturating_sub(self.max_responses - 1);
+        if floor > entry.kept_from {
+            entry.kept_from = floor;
+            entry.responses = entry.responses.split_off(&floor);
+        }
         SessionOutput::Output(output)
     }
 }
@@ -330,6 +395,9 @@ where
                 }
                 Ok(SessionOutput::SeqTooOld { client, seq, discarded_below }) => {
                     return Err(Error::SequenceTooOld { client: client.0, seq, discarded_below })
+                }
+                Ok(SessionOutput::ResponseNotKept { client, seq, kept_from }) => {
+                    return Err(Error::ResponseNotKept { client: client.0, seq, kept_from })
                 }
                 Ok(SessionOutput::Registered(_)) => unreachable!("a command is never Registered"),
                 // NB: `Shutdown`: no node runs at all; waiting would not help.

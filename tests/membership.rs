@@ -209,3 +209,75 @@ fn removing_the_last_voter_is_refused() {
     assert_eq!(c.remove_node(only), Err(Error::LastVoter(only)));
     put(&mut c, "still", "serving");
 }
+
+#[test]
+fn membership_churn_keeps_nothing_for_removed_nodes() {
+    let mut c = cluster(3);
+    assert_eq!(c.kept_for_nodes(), (3, 3), "a slot and an in-memory store per node");
+    for round in 0..5 {
+        let added = c.add_node().expect("add");
+        put(&mut c, "k", &round.to_string());
+        // The oldest goes: the first rounds retire the initial ids (the leader, maybe).
+        let oldest = c.ids()[0];
+        c.remove_node(oldest).expect("remove");
+        assert_eq!(c.kept_for_nodes(), (3, 3), "round {round}: nothing kept for {oldest}");
+        assert!(c.ids().contains(&added) && !c.ids().contains(&oldest));
+        assert_eq!(c.restart(oldest), Err(Error::NotMember(oldest)), "ids are never reused");
+        assert_eq!(c.remove_node(oldest), Err(Error::NotMember(oldest)));
+        assert_eq!(c.status(oldest), Err(Error::NotMember(oldest)));
+        assert_eq!(c.node(oldest).err(), Some(Error::NotMember(oldest)));
+        assert_eq!(c.kill(oldest), Err(Error::NotMember(oldest)));
+        assert!(!c.is_running(oldest) && c.failure(oldest).is_none());
+    }
+    assert_eq!(c.status(NodeId(99)), Err(Error::UnknownNode(NodeId(99))), "never had it");
+    put(&mut c, "after", "churn");
+    wait_until("the remaining nodes agree", Duration::from_secs(20), || converged(&c));
+}
+
+#[test]
+fn an_addition_that_fails_keeps_nothing_for_the_new_node() {
+    let short = Config {
+        request_timeout: Duration::from_millis(600),
+        catch_up_timeout: Duration::from_millis(600),
+        ..config()
+    };
+    let mut c = Cluster::new(short, 3, |_| KvStateMachine::new()).expect("valid config");
+    let leader = c.wait_for_leader(Duration::from_secs(20)).expect("a leader");
+    for id in c.ids().into_iter().filter(|&id| id != leader) {
+        c.kill(id).expect("kill a follower");
+    }
+    let failed = c.add_node();
+    assert!(failed.is_err(), "no quorum, no addition: {failed:?}");
+    let ghost = NodeId(4);
+    assert_eq!(c.kept_for_nodes(), (3, 3), "nothing kept for {ghost}");
+    assert_eq!(c.restart(ghost), Err(Error::NotMember(ghost)));
+    assert_eq!(c.status(ghost), Err(Error::NotMember(ghost)));
+    assert_eq!(c.ids(), vec![NodeId(1), NodeId(2), NodeId(3)]);
+}
+
+#[test]
+fn a_users_storage_hears_when_a_node_is_retired() {
+    use std::sync::{Arc, Mutex};
+    let retired: Arc<Mutex<Vec<NodeId>>> = Arc::default();
+    let told = Arc::clone(&retired);
+    let mut c = Cluster::builder(config(), |_| KvStateMachine::new())
+        .storage(|id, bootstrap| match id {
+            NodeId(4) => Err(std::io::Error::other("no room for n4")),
+            _ => Ok(ferraft::MemStorage::new(bootstrap.clone())),
+        })
+        .on_removed(move |id| told.lock().expect("lock").push(id))
+        .start()
+        .expect("start");
+    c.wait_for_leader(Duration::from_secs(20)).expect("a leader");
+    let refused = c.add_node();
+    assert!(matches!(refused, Err(Error::Storage(_))), "{refused:?}");
+    let added = c.add_node().expect("the next id opens");
+    assert_eq!(added, NodeId(5));
+    c.remove_node(added).expect("remove");
+    assert_eq!(*retired.lock().expect("lock"), vec![NodeId(4), NodeId(5)]);
+    assert_eq!(c.kept_for_nodes(), (3, 0), "slots only: the user's factory keeps the stores");
+    assert_eq!(c.restart(NodeId(4)), Err(Error::NotMember(NodeId(4))));
+    assert_eq!(c.node(NodeId(5)).err(), Some(Error::NotMember(NodeId(5))));
+    c.shutdown();
+    assert_eq!(retired.lock().expect("lock").len(), 2, "shutdown retires nothing");
+}

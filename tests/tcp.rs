@@ -427,3 +427,71 @@ fn bad_setups_get_errors_that_say_what_to_fix() {
     assert!(matches!(inner, Some(TcpConfigError::InvertedBackoff { .. })), "{err}");
     assert!(err.to_string().contains("backoff_min"), "{err}");
 }
+
+/// Node `id`'s transport listening on an ephemeral loopback port, knowing nobody yet (the
+/// caller fills the shared book); returns it, its inbox and its book.
+fn node_in(
+    id: u64,
+    configure: impl FnOnce(&mut TcpConfig),
+) -> (TcpTransport<u64>, Receiver<Message<u64>>, AddressBook) {
+    let mut config = TcpConfig::new(21, BTreeMap::new());
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    configure(&mut config);
+    let (tx, inbox) = bounded(64);
+    let transport = TcpTransport::start(NodeId(id), config.clone(), tx).expect("listen");
+    (transport, inbox, config.peers)
+}
+
+#[test]
+fn a_sender_ends_when_its_peer_leaves_the_book_or_goes_idle_and_a_later_send_restarts_it() {
+    init_tracing();
+    let (two, inbox2, book2) = node_in(2, |_| {});
+    let (mut one, _inbox1, book1) = node_in(1, |_| {});
+    let (mut three, _inbox3, book3) = node_in(3, |c| c.idle_timeout = Duration::from_millis(200));
+    let addr2 = two.local_addr().expect("bound");
+    book2.insert(NodeId(1), one.local_addr().expect("bound"));
+    book2.insert(NodeId(3), three.local_addr().expect("bound"));
+    book1.insert(NodeId(2), addr2);
+    book3.insert(NodeId(2), addr2);
+    let delivered = |node: &mut TcpTransport<u64>, from: u64| {
+        wait_until(LONG, "a message reaches node 2", || {
+            node.send(heartbeat(from, 2));
+            inbox2.recv_timeout(Duration::from_millis(50)).map_err(|e| e.to_string())
+        })
+    };
+    let senders_reach = |node: &TcpTransport<u64>, n: usize, what: &str| {
+        wait_until(LONG, what, || {
+            let now = node.senders();
+            if now == n {
+                Ok(())
+            } else {
+                Err(format!("{now} senders"))
+            }
+        })
+    };
+
+    // Connected and idle: removing the peer from the book ends the sender.
+    assert_eq!(delivered(&mut one, 1), heartbeat(1, 2));
+    assert_eq!(one.senders(), 1);
+    book1.remove(NodeId(2));
+    senders_reach(&one, 0, "node 1's sender to a peer that left the book ends");
+    // Back in the book: the next message starts a new sender and gets through.
+    book1.insert(NodeId(2), addr2);
+    while inbox2.try_recv().is_ok() {}
+    assert_eq!(delivered(&mut one, 1), heartbeat(1, 2));
+    assert_eq!(one.senders(), 1);
+
+    // Connected and idle for `idle_timeout`: the sender ends though the peer is in the book.
+    assert_eq!(delivered(&mut three, 3), heartbeat(3, 2));
+    senders_reach(&three, 0, "node 3's idle sender ends");
+    while inbox2.try_recv().is_ok() {}
+    assert_eq!(delivered(&mut three, 3), heartbeat(3, 2), "a later send starts it again");
+
+    // A peer that is down: the reconnecting sender also ends once idle.
+    let down = TcpListener::bind("127.0.0.1:0").expect("bind");
+    book3.insert(NodeId(4), down.local_addr().expect("bound"));
+    drop(down); // nothing listens there now: connections are refused
+    three.send(heartbeat(3, 4));
+    senders_reach(&three, 0, "node 3's sender to a peer that is down ends once idle");
+    drop((one, two, three));
+}

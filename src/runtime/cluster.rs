@@ -7,6 +7,11 @@
 //! Ownership: the cluster owns every node's shutdown `Sender` and `JoinHandle`; the storage
 //! factory owns what a killed node restarts from. Dropping the cluster shuts every node down and
 //! joins every thread.
+//!
+//! A node removed for good ([`Cluster::remove_node`], or an [`Cluster::add_node`] that failed)
+//! is retired: ids are never reused, so nothing starts it again, and the cluster keeps nothing
+//! for it (no slot, and the default storage drops its store; a user's storage hears of it
+//! through [`ClusterBuilder::on_removed`]). Calls naming a retired id get `NotMember`.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -42,14 +47,23 @@ pub type StorageFactory<C> =
 pub type TransportFactory<C> =
     Arc<dyn Fn(NodeId, Sender<Message<C>>) -> Box<dyn Transport<C>> + Send + Sync>;
 
-/// The default storage: one [`MemStorage`] per node id, kept across restarts of the node.
-fn mem_storage<C: Clone + Send + 'static>() -> StorageFactory<C> {
-    let stores: Mutex<BTreeMap<NodeId, MemStorage<C>>> = Mutex::new(BTreeMap::new());
-    Arc::new(move |id, bootstrap: &Configuration| {
-        let mut stores = stores.lock().unwrap_or_else(|p| p.into_inner());
+/// Called with a node's id once it is retired (see [`ClusterBuilder::on_removed`]).
+type OnRemoved = Arc<dyn Fn(NodeId) + Send + Sync>;
+
+/// The default storage's stores: one [`MemStorage`] per node id, kept across restarts of the
+/// node, dropped when the node is retired.
+type MemStores<C> = Arc<Mutex<BTreeMap<NodeId, MemStorage<C>>>>;
+
+/// The default storage, and its stores (for the cluster to drop a retired node's).
+fn mem_storage<C: Clone + Send + 'static>() -> (StorageFactory<C>, MemStores<C>) {
+    let stores: MemStores<C> = Arc::default();
+    let held = Arc::clone(&stores);
+    let factory = Arc::new(move |id, bootstrap: &Configuration| {
+        let mut stores = held.lock().unwrap_or_else(|p| p.into_inner());
         let store = stores.entry(id).or_insert_with(|| MemStorage::new(bootstrap.clone()));
         Ok(Box::new(store.clone()) as Box<dyn Storage<C>>)
-    })
+    });
+    (factory, stores)
 }
 
 /// Builds a [`Cluster`] with a choice of node ids, storage and transport.
@@ -72,6 +86,7 @@ pub struct ClusterBuilder<S: StateMachine> {
     transport: Option<TransportFactory<S::Command>>,
     local: Option<Vec<NodeId>>,
     joining: bool,
+    on_removed: Option<OnRemoved>,
 }
 
 impl<S: StateMachine> ClusterBuilder<S> {
@@ -96,6 +111,21 @@ impl<S: StateMachine> ClusterBuilder<S> {
         self.storage = Some(Arc::new(move |id, bootstrap: &Configuration| {
             Ok(Box::new(open(id, bootstrap)?) as Box<dyn Storage<S::Command>>)
         }));
+        self
+    }
+
+    /// Calls `forget` with a node's id once the node is retired: removed by
+    /// [`Cluster::remove_node`], or left out by an [`Cluster::add_node`] that failed. Its
+    /// threads have stopped and the id is never started again (ids are never reused), so
+    /// whatever a [`ClusterBuilder::storage`] factory keeps for it may go. Called once per
+    /// retired id, on the thread that retires it. The default in-memory storage drops its
+    /// store by itself. Not called for a node taken out with [`Cluster::change_membership`]
+    /// alone (the cluster keeps it, to inspect or restart), nor on shutdown.
+    ///
+    /// The cluster deletes no files: with [`ClusterBuilder::data_dir`], a retired node's
+    /// directory `dir/n<id>` stays until you delete it, here for instance.
+    pub fn on_removed(mut self, forget: impl Fn(NodeId) + Send + Sync + 'static) -> Self {
+        self.on_removed = Some(Arc::new(forget));
         self
     }
 
@@ -150,13 +180,25 @@ impl<S: StateMachine> ClusterBuilder<S> {
             })
         });
         let retry_pause = self.config.tick.min(Duration::from_millis(5));
+        let (storage, mem_stores) = match self.storage {
+            Some(storage) => (storage, None),
+            None => {
+                let (storage, stores) = mem_storage();
+                (storage, Some(stores))
+            }
+        };
+        let next_id = self.ids.iter().map(|id| id.0).max().unwrap_or(0) + 1;
         let mut cluster = Cluster {
-            next_id: self.ids.iter().map(|id| id.0).max().unwrap_or(0) + 1,
+            next_id,
+            first_added: next_id,
+            started_with: local.clone(),
             client: Client::new(self.config.request_timeout, retry_pause),
             peers: Peers::default(),
             config: self.config,
             factory: self.factory,
-            storage: self.storage.unwrap_or_else(mem_storage),
+            storage,
+            mem_stores,
+            on_removed: self.on_removed,
             transport,
             router,
             slots: BTreeMap::new(),
@@ -182,6 +224,9 @@ where
     /// on every step), so killed nodes, and a whole cluster started again in a new process
     /// with the same ids and directory, resume from what they persisted. Shorthand for
     /// `.storage(DiskStorage::factory(dir))`; use [`DiskStorage::factory_with`] for options.
+    ///
+    /// A removed node's directory is left as it is: the cluster never deletes your data.
+    /// Delete it yourself once you no longer need it (see [`ClusterBuilder::on_removed`]).
     pub fn data_dir(self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.storage(DiskStorage::factory(dir))
     }
@@ -195,16 +240,16 @@ struct Running<S: StateMachine> {
     failure: Failure,
 }
 
-/// One node slot: the configuration its storage starts from; its thread while running.
+/// One node slot: the configuration its storage starts from; its thread while running. A
+/// retired node has none.
 struct Slot<S: StateMachine> {
     bootstrap: Configuration,
     running: Option<Running<S>>,
-    removed: bool,
 }
 
 impl<S: StateMachine> Slot<S> {
     fn new(bootstrap: Configuration) -> Self {
-        Slot { bootstrap, running: None, removed: false }
+        Slot { bootstrap, running: None }
     }
 }
 
@@ -213,9 +258,17 @@ pub struct Cluster<S: StateMachine> {
     config: Config,
     factory: Factory<S>,
     storage: StorageFactory<S::Command>,
+    /// The default storage's stores (`None` with a user's storage factory).
+    mem_stores: Option<MemStores<S::Command>>,
+    on_removed: Option<OnRemoved>,
     transport: TransportFactory<S::Command>,
     router: Arc<Router<S::Command>>,
+    /// A slot per node started and not retired.
     slots: BTreeMap<NodeId, Slot<S>>,
+    /// The ids this process started with; with `first_added..next_id` (the ids `add_node`
+    /// handed out), every id it ever had: those without a slot are retired.
+    started_with: Vec<NodeId>,
+    first_added: u64,
     next_id: u64,
     client: Client<S>,
     /// The running nodes: a leader among them runs steps for the others when idle.
@@ -255,11 +308,12 @@ impl<S: StateMachine> Cluster<S> {
             transport: None,
             local: None,
             joining: false,
+            on_removed: None,
         }
     }
 
     fn spawn(&mut self, id: NodeId) -> Result<(), Error> {
-        let slot = self.slots.get(&id).ok_or(Error::UnknownNode(id))?;
+        let slot = self.slot(id)?;
         let storage = (self.storage)(id, &slot.bootstrap)
             .map_err(|e| Error::Storage(format!("opening {id}'s storage: {e}")))?;
         let (inbox_tx, inbox) = bounded(self.config.inbox_capacity);
@@ -307,18 +361,65 @@ impl<S: StateMachine> Cluster<S> {
         Ok(())
     }
 
+    /// Why there is no slot for `id`: `NotMember` if it was retired, `UnknownNode` if this
+    /// cluster never had it.
+    fn missing(&self, id: NodeId) -> Error {
+        let added = (self.first_added..self.next_id).contains(&id.0);
+        if added || self.started_with.contains(&id) {
+            Error::NotMember(id)
+        } else {
+            Error::UnknownNode(id)
+        }
+    }
+
+    fn slot(&self, id: NodeId) -> Result<&Slot<S>, Error> {
+        self.slots.get(&id).ok_or_else(|| self.missing(id))
+    }
+
     fn slot_mut(&mut self, id: NodeId) -> Result<&mut Slot<S>, Error> {
-        self.slots.get_mut(&id).ok_or(Error::UnknownNode(id))
+        if !self.slots.contains_key(&id) {
+            return Err(self.missing(id));
+        }
+        Ok(self.slots.get_mut(&id).expect("checked above"))
+    }
+
+    /// Retires `id` (its threads stopped): drops its slot and what the default storage keeps
+    /// for it, and tells the [`ClusterBuilder::on_removed`] hook.
+    fn retire(&mut self, id: NodeId) {
+        if self.slots.remove(&id).is_none() {
+            return;
+        }
+        if let Some(stores) = &self.mem_stores {
+            stores.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        }
+        if let Some(forget) = &self.on_removed {
+            forget(id);
+        }
+        tracing::info!(node = %id, "retired");
+    }
+
+    /// What the cluster keeps for nodes: `(slots, default in-memory stores)`. For tests of
+    /// membership churn: both stay at the number of nodes not retired.
+    #[doc(hidden)]
+    pub fn kept_for_nodes(&self) -> (usize, usize) {
+        let stores = self
+            .mem_stores
+            .as_ref()
+            .map_or(0, |s| s.lock().unwrap_or_else(|p| p.into_inner()).len());
+        (self.slots.len(), stores)
     }
 
     /// Every node id ever started and not removed, running or not.
     pub fn ids(&self) -> Vec<NodeId> {
-        self.slots.iter().filter(|(_, s)| !s.removed).map(|(&id, _)| id).collect()
+        self.slots.keys().copied().collect()
     }
 
-    /// A handle to a running node.
+    /// A handle to a running node: `Err(NodeDown)` if it is not running, `Err(NotMember)` if
+    /// it was removed with [`Cluster::remove_node`] (or a failed [`Cluster::add_node`]),
+    /// `Err(UnknownNode)` if this cluster never had it. The same holds for every method that
+    /// names a node.
     pub fn node(&self, id: NodeId) -> Result<NodeHandle<S>, Error> {
-        let slot = self.slots.get(&id).ok_or(Error::UnknownNode(id))?;
+        let slot = self.slot(id)?;
         slot.running.as_ref().map(|r| r.handle.clone()).ok_or(Error::NodeDown(id))
     }
 
@@ -357,10 +458,7 @@ impl<S: StateMachine> Cluster<S> {
     /// Restarts a killed (or failed) node from its persisted state; its state machine is
     /// rebuilt by re-applying the log as entries are known committed.
     pub fn restart(&mut self, id: NodeId) -> Result<(), Error> {
-        let slot = self.slots.get(&id).ok_or(Error::UnknownNode(id))?;
-        if slot.removed {
-            return Err(Error::NotMember(id));
-        }
+        self.slot(id)?;
         if self.failure(id).is_some() {
             self.kill(id)?;
         } else if self.slots[&id].running.is_some() {
@@ -456,7 +554,10 @@ impl<S: StateMachine> Cluster<S> {
         }
         self.next_id += 1;
         self.slots.insert(id, Slot::new(Configuration::default()));
-        self.spawn(id)?;
+        if let Err(e) = self.spawn(id) {
+            self.retire(id);
+            return Err(e);
+        }
         let timeout = self.config.request_timeout.saturating_add(self.config.catch_up_timeout);
         match self.change_membership_timeout(MembershipChange::AddNode(id), timeout) {
             Ok(_) => Ok(id),
@@ -466,24 +567,23 @@ impl<S: StateMachine> Cluster<S> {
                     let _ = self.change_membership(MembershipChange::RemoveNode(id));
                 }
                 let _ = self.kill(id);
-                self.slot_mut(id)?.removed = true;
+                self.retire(id);
                 Err(e)
             }
         }
     }
 
-    /// Removes a node from the configuration, then stops it. Removing the leader makes it step
-    /// down once the change commits; the others elect a new leader.
+    /// Removes a node from the configuration, then stops it and retires its id: the cluster
+    /// keeps nothing for it (its in-memory store goes; see [`ClusterBuilder::on_removed`] for
+    /// other storage), and calls naming it get `Err(NotMember)`. Removing the leader makes it
+    /// step down once the change commits; the others elect a new leader.
     pub fn remove_node(&mut self, id: NodeId) -> Result<(), Error> {
-        let slot = self.slots.get(&id).ok_or(Error::UnknownNode(id))?;
-        if slot.removed {
-            return Err(Error::NotMember(id));
-        }
+        self.slot(id)?;
         self.change_membership(MembershipChange::RemoveNode(id))?;
-        if self.is_running(id) {
+        if self.slots.get(&id).is_some_and(|s| s.running.is_some()) {
             self.kill(id)?;
         }
-        self.slot_mut(id)?.removed = true;
+        self.retire(id);
         Ok(())
     }
 

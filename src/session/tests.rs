@@ -82,3 +82,78 @@ fn the_table_travels_with_snapshots() {
     assert_eq!(restored.inner().get("k"), Some("a;"));
     assert!(restored.restore(&[1, 2, 3]).is_err());
 }
+
+#[test]
+fn a_client_that_never_advances_its_lowest_pending_keeps_a_bounded_window() {
+    let mut sm = Sessions::new(KvStateMachine::new(), 10).with_max_responses(4);
+    assert_eq!(sm.max_responses(), 4);
+    sm.apply(LogIndex(1), &SessionCommand::Register);
+    // A raw client: lowest_pending stays 1 however many answers it got.
+    for seq in 1..=100u64 {
+        let index = LogIndex(1 + seq);
+        let got = sm.apply(index, &cmd(1, seq, 1, &format!("{seq};")));
+        assert!(matches!(got, SessionOutput::Output(_)), "#{seq}: {got:?}");
+        assert!(sm.responses() <= 4, "after #{seq}: {} responses kept", sm.responses());
+    }
+    assert_eq!(sm.responses(), 4, "the window 97..=100");
+    let applied = sm.inner().get("k").map(str::to_owned).expect("written");
+    // The window's commands are still answered from the table, never applied again.
+    for seq in 97..=100u64 {
+        let retry = sm.apply(LogIndex(200 + seq), &cmd(1, seq, 1, &format!("{seq};")));
+        let expected: String = (1..=seq).map(|s| format!("{s};")).collect();
+        assert_eq!(retry, out(&expected), "retry of #{seq}");
+    }
+    // Below it: not applied, outcome unknown, a typed answer.
+    let trimmed = sm.apply(LogIndex(400), &cmd(1, 96, 1, "96;"));
+    let expected = SessionOutput::ResponseNotKept { client: ClientId(1), seq: 96, kept_from: 97 };
+    assert_eq!(trimmed, expected);
+    // Also a number below the window that never arrived before: never applied late.
+    let mut late = Sessions::new(KvStateMachine::new(), 10).with_max_responses(4);
+    late.apply(LogIndex(1), &SessionCommand::Register);
+    late.apply(LogIndex(2), &cmd(1, 10, 1, "10;"));
+    let never = late.apply(LogIndex(3), &cmd(1, 2, 1, "2;"));
+    assert_eq!(never, SessionOutput::ResponseNotKept { client: ClientId(1), seq: 2, kept_from: 7 });
+    assert_eq!(late.inner().get("k"), Some("10;"));
+    assert_eq!(sm.inner().get("k"), Some(applied.as_str()), "no retry was applied");
+    // What the client said still wins where it says more: #97 is now `SeqTooOld`.
+    let told = sm.apply(LogIndex(401), &cmd(1, 97, 99, "97;"));
+    let expected = SessionOutput::SeqTooOld { client: ClientId(1), seq: 97, discarded_below: 99 };
+    assert_eq!(told, expected);
+}
+
+#[test]
+fn the_cap_is_replicated_state_every_replica_trims_alike_and_snapshots_keep_the_floor() {
+    let build = || Sessions::new(KvStateMachine::new(), 10).with_max_responses(3);
+    let log: Vec<SessionCommand<KvCommand>> = std::iter::once(SessionCommand::Register)
+        .chain((1..=20u64).map(|seq| cmd(1, seq, 1, "x;")))
+        .collect();
+    let (mut a, mut b) = (build(), build());
+    for (i, command) in log.iter().enumerate() {
+        let index = LogIndex(i as u64 + 1);
+        assert_eq!(a.apply(index, command), b.apply(index, command));
+    }
+    assert_eq!(a.snapshot(), b.snapshot(), "the same table on both replicas");
+    let mut restored = build();
+    restored.restore(&a.snapshot()).expect("restore");
+    assert_eq!(restored.responses(), 3);
+    let below = restored.apply(LogIndex(30), &cmd(1, 17, 1, "x;"));
+    let expected = SessionOutput::ResponseNotKept { client: ClientId(1), seq: 17, kept_from: 18 };
+    assert_eq!(below, expected, "the floor travelled with the snapshot");
+    assert_eq!(
+        restored.apply(LogIndex(31), &cmd(1, 18, 1, "x;")),
+        a.apply(LogIndex(31), &cmd(1, 18, 1, "x;"))
+    );
+    assert_eq!(restored.inner().get("k"), a.inner().get("k"));
+}
+
+#[test]
+fn the_default_cap_leaves_the_bundled_clients_alone() {
+    // One command at a time, lowest pending advancing: the table holds one response.
+    let mut sm = Sessions::new(KvStateMachine::new(), 10);
+    assert_eq!(sm.max_responses(), DEFAULT_SESSION_RESPONSES);
+    sm.apply(LogIndex(1), &SessionCommand::Register);
+    for seq in 1..=50u64 {
+        sm.apply(LogIndex(1 + seq), &cmd(1, seq, seq, "y;"));
+    }
+    assert_eq!(sm.responses(), 1);
+}

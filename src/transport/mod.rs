@@ -13,6 +13,7 @@ pub use router::NetworkFaults;
 pub(crate) use router::Router;
 pub use tcp::{
     connect, AddressBook, ClientHandler, ConnectError, TcpConfig, TcpConfigError, TcpTransport,
+    SENDER_RECHECK,
 };
 
 use crate::message::Message;

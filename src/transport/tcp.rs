@@ -12,7 +12,11 @@
 //!   connection; connects, handshakes, then writes each batch of queued messages in one
 //!   `write`. On failure it reconnects after a capped exponential backoff
 //!   (`backoff_min` doubling to `backoff_max`), discarding what is queued meanwhile: they would
-//!   be stale by then, and Raft retransmits.
+//!   be stale by then, and Raft retransmits. It ends, closing its connection and freeing its
+//!   queue, once its peer leaves the [`AddressBook`] (checked at each connection attempt and,
+//!   while idle, every [`SENDER_RECHECK`]) or nothing was queued for it for `idle_timeout` (a
+//!   removed node nobody sends to any more, connected or not); the next message for that peer
+//!   starts a new sender. [`TcpTransport::senders`] counts the running ones.
 //! * one listener (`raft-n1-listen`) accepting connections;
 //! * per accepted connection, a reader (`raft-n1-in`): runs the handshake, which must end
 //!   within `handshake_timeout` of the accept (one deadline for the whole exchange, so a peer
@@ -93,6 +97,12 @@ pub struct TcpConfig {
     pub backoff_min: Duration,
     /// The longest pause between reconnection attempts; at least `backoff_min`. Default 1 s.
     pub backoff_max: Duration,
+    /// A peer's sender thread that has had nothing to send for this long ends, closing its
+    /// connection (a later message starts it again, reconnecting). Must be positive. Default
+    /// 60 s: a leader talks to every member far more often; what ends are the senders to
+    /// removed nodes and, on a follower, to other followers (its next campaign reconnects:
+    /// a connection and a handshake before its first vote request).
+    pub idle_timeout: Duration,
     /// Connections allowed in the handshake at once; more are closed at once. At least 1.
     /// Default 64.
     pub max_handshakes: usize,
@@ -117,6 +127,7 @@ impl TcpConfig {
             write_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(60),
             max_handshakes: 64,
             secret: None,
             clients: None,
@@ -132,6 +143,7 @@ impl TcpConfig {
             ("connect_timeout", self.connect_timeout),
             ("write_timeout", self.write_timeout),
             ("backoff_min", self.backoff_min),
+            ("idle_timeout", self.idle_timeout),
         ];
         if let Some(&(field, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
             return Err(TcpConfigError::ZeroDuration { field });
@@ -200,10 +212,10 @@ impl std::fmt::Display for TcpConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TcpConfigError::ZeroDuration { field } => {
-                let effect = if *field == "backoff_min" {
-                    "a failed connection would be retried in a busy loop"
-                } else {
-                    "every connection would fail at once"
+                let effect = match *field {
+                    "backoff_min" => "a failed connection would be retried in a busy loop",
+                    "idle_timeout" => "a peer's connection would close whenever its queue empties",
+                    _ => "every connection would fail at once",
                 };
                 write!(f, "TcpConfig::{field} is zero: {effect}; give it a positive duration (TcpConfig::new sets a working default)")
             }
@@ -251,7 +263,8 @@ impl AddressBook {
         self.0.write().unwrap_or_else(|p| p.into_inner()).insert(id, addr);
     }
 
-    /// Forgets `id`: its handshakes are refused from now on.
+    /// Forgets `id`: its handshakes are refused from now on, and the senders to it end (within
+    /// [`SENDER_RECHECK`] if idle, at their next connection attempt otherwise).
     pub fn remove(&self, id: NodeId) {
         self.0.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
@@ -402,6 +415,10 @@ struct Shared {
     accepted: Mutex<HashMap<u64, (Option<NodeId>, TcpStream)>>,
     next_conn: AtomicU64,
     handshakes: AtomicUsize,
+    /// Sender threads running, and how many ended so far (the transport then drops their
+    /// queues).
+    senders: AtomicUsize,
+    senders_ended: AtomicU64,
     /// Frame bytes written to peers and read from them (`Transport::wire_bytes`).
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
@@ -442,9 +459,38 @@ impl Shared {
 /// ```
 pub struct TcpTransport<C> {
     shared: Arc<Shared>,
-    queues: BTreeMap<NodeId, Sender<Message<C>>>,
+    queues: BTreeMap<NodeId, PeerQueue<C>>,
+    /// `Shared::senders_ended` when the queues were last pruned.
+    pruned_at: u64,
     listener: Option<JoinHandle<()>>,
     dropped: u64,
+}
+
+/// A peer's queue, and whether its sender thread still runs.
+struct PeerQueue<C> {
+    tx: Sender<Message<C>>,
+    running: Arc<AtomicBool>,
+}
+
+/// Held by a sender thread (made before it is spawned): counts it running until dropped.
+struct SenderAlive {
+    shared: Arc<Shared>,
+    running: Arc<AtomicBool>,
+}
+
+impl SenderAlive {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.senders.fetch_add(1, Ordering::Relaxed);
+        SenderAlive { shared: Arc::clone(shared), running: Arc::new(AtomicBool::new(true)) }
+    }
+}
+
+impl Drop for SenderAlive {
+    fn drop(&mut self) {
+        self.running.store(false, Ordering::Release);
+        self.shared.senders.fetch_sub(1, Ordering::Relaxed);
+        self.shared.senders_ended.fetch_add(1, Ordering::Release);
+    }
 }
 
 impl<C> TcpTransport<C>
@@ -495,6 +541,8 @@ where
             accepted: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             handshakes: AtomicUsize::new(0),
+            senders: AtomicUsize::new(0),
+            senders_ended: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
         });
@@ -506,7 +554,7 @@ where
                 .map_err(|e| tracing::error!(error = %e, "cannot start the TCP listener thread"))
                 .ok()
         };
-        TcpTransport { shared, queues: BTreeMap::new(), listener: listen, dropped: 0 }
+        TcpTransport { shared, queues: BTreeMap::new(), pruned_at: 0, listener: listen, dropped: 0 }
     }
 
     /// The address the listener is bound to, once bound.
@@ -519,20 +567,42 @@ where
         self.dropped
     }
 
+    /// Sender threads running now: one per peer messages went to lately (see the module
+    /// docs for when one ends).
+    pub fn senders(&self) -> usize {
+        self.shared.senders.load(Ordering::Relaxed)
+    }
+
     fn queue(&mut self, to: NodeId) -> Option<&Sender<Message<C>>> {
         match self.queues.entry(to) {
-            MapEntry::Occupied(e) => Some(e.into_mut()),
+            MapEntry::Occupied(e) => Some(&e.into_mut().tx),
             MapEntry::Vacant(e) => {
                 self.shared.config.peers.get(to)?;
                 let (tx, rx) = bounded(self.shared.config.queue_capacity.max(1));
+                let alive = SenderAlive::new(&self.shared);
+                let running = Arc::clone(&alive.running);
                 let shared = Arc::clone(&self.shared);
+                // NB: if the spawn fails, the closure drops, and `alive` with it.
                 std::thread::Builder::new()
                     .name(format!("raft-n{}-to-n{}", self.shared.id.0, to.0))
-                    .spawn(move || run_sender(&shared, to, &rx))
+                    .spawn(move || {
+                        let _alive = alive;
+                        run_sender(&shared, to, &rx);
+                    })
                     .map_err(|e| tracing::error!(error = %e, peer = %to, "cannot start a sender"))
                     .ok()?;
-                Some(e.insert(tx))
+                Some(&e.insert(PeerQueue { tx, running }).tx)
             }
+        }
+    }
+
+    /// Drops the queues of senders that ended (idle, or their peer left the address book), so
+    /// that their channels are freed. One atomic load unless one ended.
+    fn prune(&mut self) {
+        let ended = self.shared.senders_ended.load(Ordering::Acquire);
+        if ended != self.pruned_at {
+            self.pruned_at = ended;
+            self.queues.retain(|_, q| q.running.load(Ordering::Acquire));
         }
     }
 }
@@ -542,6 +612,7 @@ where
     C: Serialize + DeserializeOwned + Send + 'static,
 {
     fn send(&mut self, msg: Message<C>) {
+        self.prune();
         let to = msg.to;
         let Some(queue) = self.queue(to) else {
             self.dropped += 1;
@@ -551,10 +622,13 @@ where
         match queue.try_send(msg) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.dropped += 1,
-            Err(TrySendError::Disconnected(_)) => {
-                // The sender thread ended (it never does while the queue is open): start anew.
-                self.dropped += 1;
+            Err(TrySendError::Disconnected(msg)) => {
+                // Its sender ended just now (idle, or the peer left the book): start anew.
                 self.queues.remove(&to);
+                match self.queue(to).map(|queue| queue.try_send(msg)) {
+                    Some(Ok(())) => {}
+                    _ => self.dropped += 1,
+                }
             }
         }
     }
@@ -586,21 +660,65 @@ impl<C> Drop for TcpTransport<C> {
     }
 }
 
-/// The sender thread: connect, handshake, pump the queue; on failure back off and retry.
+/// How often an idle sender checks whether its peer is still in the address book, and
+/// whether it has been idle for `TcpConfig::idle_timeout`.
+pub const SENDER_RECHECK: Duration = Duration::from_millis(250);
+
+/// When a sender last had a message to send, against `TcpConfig::idle_timeout`.
+struct Activity {
+    last: Instant,
+    idle_timeout: Duration,
+}
+
+impl Activity {
+    fn touch(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// When it counts as idle (`None`: never, the timeout reaching past what `Instant` holds).
+    fn idle_at(&self) -> Option<Instant> {
+        self.last.checked_add(self.idle_timeout)
+    }
+
+    fn idle(&self) -> bool {
+        self.idle_at().is_some_and(|at| Instant::now() >= at)
+    }
+}
+
+/// Why a sender's wait or pump ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// The queue closed: the transport stopped.
+    Closed,
+    /// Nothing to send for `idle_timeout`.
+    Idle,
+    /// The peer left the address book.
+    Left,
+}
+
+/// The sender thread: connect, handshake, pump the queue; on failure back off and retry. Ends
+/// when the queue closes, the peer leaves the address book, or the sender is idle.
 fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &Receiver<Message<C>>) {
     let config = &shared.config;
     let mut backoff = config.backoff_min;
     let mut failures = 0u32;
+    let mut activity = Activity { last: Instant::now(), idle_timeout: config.idle_timeout };
     while !shared.stopped() {
         // NB: looked up at each attempt: the address book may change (a node moved).
-        let Some(addr) = config.peers.get(to) else { return };
+        let Some(addr) = config.peers.get(to) else {
+            tracing::debug!(peer = %to, "peer left the address book: sender ends");
+            return;
+        };
         match connect(addr, Peer::Node(shared.id), config) {
             Ok(stream) => {
                 tracing::debug!(peer = %to, %addr, "connected");
                 backoff = config.backoff_min;
                 failures = 0;
-                match pump(stream, queue, config.max_frame_bytes, &shared.bytes_sent) {
-                    Ok(()) => return, // the queue closed: the node stopped
+                match pump(stream, queue, shared, to, &mut activity) {
+                    Ok(why) => {
+                        tracing::debug!(peer = %to, ?why, "sender ends");
+                        return;
+                    }
                     Err(e) => tracing::debug!(peer = %to, error = %e, "connection lost"),
                 }
             }
@@ -615,7 +733,8 @@ fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &Receiver<Messag
                 }
             }
         }
-        if !discard_for(queue, backoff) {
+        if let Err(why) = discard_for(queue, backoff, &mut activity) {
+            tracing::debug!(peer = %to, ?why, "sender ends");
             return;
         }
         backoff = next_backoff(backoff, config.backoff_max);
@@ -627,19 +746,33 @@ fn next_backoff(backoff: Duration, max: Duration) -> Duration {
     backoff.saturating_mul(2).min(max)
 }
 
-/// Waits `pause`, dropping what is queued meanwhile. False if the queue closed. A pause that
-/// reaches past what an `Instant` holds lasts until the queue closes.
-fn discard_for<C>(queue: &Receiver<Message<C>>, pause: Duration) -> bool {
+/// Waits `pause`, dropping what is queued meanwhile (which counts as activity). An error if
+/// the queue closed, or the sender went idle meanwhile. A pause that reaches past what an
+/// `Instant` holds lasts until one of those.
+fn discard_for<C>(
+    queue: &Receiver<Message<C>>,
+    pause: Duration,
+    activity: &mut Activity,
+) -> Result<(), Ended> {
     let until = Instant::now().checked_add(pause);
     loop {
-        let got = match until {
-            Some(until) => queue.recv_deadline(until),
+        let wake = match (until, activity.idle_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let got = match wake {
+            Some(wake) => queue.recv_deadline(wake),
             None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match got {
-            Ok(_) => {}
-            Err(RecvTimeoutError::Timeout) => return true,
-            Err(RecvTimeoutError::Disconnected) => return false,
+            Ok(_) => activity.touch(),
+            Err(RecvTimeoutError::Disconnected) => return Err(Ended::Closed),
+            Err(RecvTimeoutError::Timeout) if activity.idle() => return Err(Ended::Idle),
+            Err(RecvTimeoutError::Timeout) => {
+                if until.is_some_and(|u| Instant::now() >= u) {
+                    return Ok(());
+                }
+            }
         }
     }
 }
@@ -647,16 +780,34 @@ fn discard_for<C>(queue: &Receiver<Message<C>>, pause: Duration) -> bool {
 /// How many queued messages one write may carry.
 const MAX_BATCH: usize = 256;
 
-/// Writes queued messages, each batch in one `write`, until the queue closes (`Ok`) or the
+/// Writes queued messages, each batch in one `write`, until the sender ends (`Ok`: the queue
+/// closed, the peer left the address book, or nothing came for `idle_timeout`) or the
 /// connection fails (`Err`).
 fn pump<C: Serialize>(
     mut stream: TcpStream,
     queue: &Receiver<Message<C>>,
-    max_frame_bytes: usize,
-    bytes_sent: &AtomicU64,
-) -> io::Result<()> {
+    shared: &Shared,
+    to: NodeId,
+    activity: &mut Activity,
+) -> io::Result<Ended> {
+    let max_frame_bytes = shared.config.max_frame_bytes;
+    let recheck = SENDER_RECHECK.min(shared.config.idle_timeout);
     let mut buf = Vec::new();
-    while let Ok(first) = queue.recv() {
+    loop {
+        let first = match queue.recv_timeout(recheck) {
+            Ok(first) => first,
+            Err(RecvTimeoutError::Disconnected) => return Ok(Ended::Closed),
+            Err(RecvTimeoutError::Timeout) => {
+                if shared.config.peers.get(to).is_none() {
+                    return Ok(Ended::Left);
+                }
+                if activity.idle() {
+                    return Ok(Ended::Idle);
+                }
+                continue;
+            }
+        };
+        activity.touch();
         buf.clear();
         for msg in std::iter::once(first).chain(queue.try_iter().take(MAX_BATCH - 1)) {
             let start = buf.len();
@@ -673,9 +824,8 @@ fn pump<C: Serialize>(
             }
         }
         stream.write_all(&buf)?;
-        bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        shared.bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
     }
-    Ok(())
 }
 
 /// The listener thread: binds if needed (retrying), accepts, and starts a reader per connection.
@@ -1062,7 +1212,15 @@ mod config_tests {
         })
         .expect("queued");
         drop(tx);
-        assert!(!discard_for(&rx, Duration::MAX), "the queue closed");
+        let mut activity = Activity { last: Instant::now(), idle_timeout: Duration::MAX };
+        assert_eq!(discard_for(&rx, Duration::MAX, &mut activity), Err(Ended::Closed));
         assert!(rx.is_empty(), "what was queued was discarded");
+        // A sender with nothing to send for `idle_timeout` ends, even in a longer pause.
+        let (_tx, rx) = bounded::<Message<u64>>(4);
+        let mut activity =
+            Activity { last: Instant::now(), idle_timeout: Duration::from_millis(20) };
+        assert_eq!(discard_for(&rx, Duration::MAX, &mut activity), Err(Ended::Idle));
+        let mut activity = Activity { last: Instant::now(), idle_timeout: Duration::MAX };
+        assert_eq!(discard_for(&rx, Duration::from_millis(20), &mut activity), Ok(()));
     }
 }
