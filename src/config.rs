@@ -36,6 +36,18 @@ pub struct Config {
     /// The most bytes of commands a leader keeps unacknowledged per follower: the pipelining
     /// window closes once this many are in flight (default 8 MiB; at least `max_append_bytes`).
     pub max_inflight_bytes: usize,
+    /// The most bytes of commands a leader holds appended but not yet committed (etcd's
+    /// `MaxUncommittedEntriesSize`). Past it the leader refuses new proposals with
+    /// `Error::UncommittedLogFull`, before appending them (never applied: safe to retry after
+    /// a pause), so a leader that cannot commit (cut off in a minority without
+    /// `check_quorum`, or offered more than the cluster commits) stops growing its log and
+    /// its waiting proposals. Each command counts its size as the core's sizer measures it
+    /// plus the entry's own in-memory size (`size_of::<Entry<C>>()`), so a flood of tiny
+    /// commands is bounded too; no-ops and configuration entries count nothing and are never
+    /// refused. A batch is accepted whenever nothing is uncommitted, however large, so no
+    /// command is refused forever. Default 32 MiB (four in-flight windows); at least
+    /// `max_inflight_bytes`.
+    pub max_uncommitted_bytes: usize,
     /// Seeds each node's RNG (mixed with its id and term), from which election timeouts are
     /// drawn. [`Config::default`] draws it from OS randomness, so every cluster in every process
     /// times out differently; set it explicitly for determinism: the same seed and the same
@@ -170,6 +182,7 @@ impl Default for Config {
             max_command_bytes: 16 << 20,
             max_append_bytes: 1 << 20,
             max_inflight_bytes: 8 << 20,
+            max_uncommitted_bytes: 32 << 20,
             seed: rand::random::<u64>(),
             pre_vote: true,
             check_quorum: true,
@@ -301,6 +314,7 @@ impl Config {
             ("snapshot_chunks_in_flight", self.snapshot_chunks_in_flight),
             ("max_append_bytes", self.max_append_bytes),
             ("max_inflight_bytes", self.max_inflight_bytes),
+            ("max_uncommitted_bytes", self.max_uncommitted_bytes),
         ];
         if let Some((field, _)) = limits.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::ZeroLimit { field });
@@ -315,6 +329,12 @@ impl Config {
         if self.max_append_bytes > self.max_inflight_bytes {
             return Err(ConfigError::AppendBytesAboveInflight {
                 append: self.max_append_bytes,
+                inflight: self.max_inflight_bytes,
+            });
+        }
+        if self.max_uncommitted_bytes < self.max_inflight_bytes {
+            return Err(ConfigError::UncommittedBelowInflight {
+                uncommitted: self.max_uncommitted_bytes,
                 inflight: self.max_inflight_bytes,
             });
         }
@@ -378,6 +398,23 @@ mod tests {
     fn heartbeat_not_below_min_election_is_rejected() {
         let c = Config { heartbeat_interval: ms(150), ..Config::default() };
         assert!(matches!(c.validate(), Err(ConfigError::HeartbeatTooSlow { .. })));
+    }
+
+    #[test]
+    fn an_uncommitted_cap_below_the_inflight_window_is_rejected() {
+        let c = Config { max_uncommitted_bytes: 0, ..Config::default() };
+        assert_eq!(c.validate(), Err(ConfigError::ZeroLimit { field: "max_uncommitted_bytes" }));
+        let c = Config { max_uncommitted_bytes: (8 << 20) - 1, ..Config::default() };
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::UncommittedBelowInflight {
+                uncommitted: (8 << 20) - 1,
+                inflight: 8 << 20
+            })
+        );
+        assert!(c.validate().unwrap_err().to_string().contains("raise max_uncommitted_bytes"));
+        let c = Config { max_uncommitted_bytes: 8 << 20, ..Config::default() };
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

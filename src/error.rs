@@ -73,6 +73,14 @@ pub enum ConfigError {
         /// `max_inflight_bytes`.
         inflight: usize,
     },
+    /// The cap on a leader's uncommitted log is below one in-flight window: proposals would
+    /// be refused while replication still has room.
+    UncommittedBelowInflight {
+        /// `max_uncommitted_bytes`.
+        uncommitted: usize,
+        /// `max_inflight_bytes`.
+        inflight: usize,
+    },
     /// A cluster needs at least one node.
     NoNodes,
     /// The same node id appears twice.
@@ -160,6 +168,10 @@ impl fmt::Display for ConfigError {
             ConfigError::AppendBytesAboveInflight { append, inflight } => write!(
                 f,
                 "max_append_bytes {append} exceeds max_inflight_bytes {inflight}: one AppendEntries must fit the window; raise max_inflight_bytes or lower max_append_bytes"
+            ),
+            ConfigError::UncommittedBelowInflight { uncommitted, inflight } => write!(
+                f,
+                "max_uncommitted_bytes {uncommitted} is below max_inflight_bytes {inflight}: the leader would refuse proposals before its replication window fills; raise max_uncommitted_bytes or lower max_inflight_bytes"
             ),
             ConfigError::NoNodes => write!(f, "a cluster needs at least one node"),
             ConfigError::DuplicateNode(id) => {
@@ -316,6 +328,18 @@ pub enum Error {
         /// The limit, `Config::max_command_bytes`.
         max: usize,
     },
+    /// The leader holds `Config::max_uncommitted_bytes` of commands it has appended but not
+    /// yet committed, and refused this proposal before appending it: it was never applied,
+    /// so retrying is safe, after a pause. It persists while the leader cannot reach a
+    /// majority (a leader cut off without `check_quorum`) or the cluster commits slower than
+    /// it is offered commands.
+    UncommittedLogFull {
+        /// The bytes the leader held uncommitted when it refused (as
+        /// `Config::max_uncommitted_bytes` counts them).
+        bytes: usize,
+        /// The limit, `Config::max_uncommitted_bytes`.
+        max: usize,
+    },
     /// A follower asked to forward the request to the leader it knows could not hand it over:
     /// that leader is not running (or its request queue is full). The request never reached
     /// it, so it was never applied: retry, at another node or after an election.
@@ -411,6 +435,10 @@ impl fmt::Display for Error {
                 f,
                 "this receipt's answer was already returned by an earlier wait or await; use the answer that call returned"
             ),
+            Error::UncommittedLogFull { bytes, max } => write!(
+                f,
+                "the leader holds {bytes} bytes of uncommitted commands (limit {max}, Config::max_uncommitted_bytes) and refused this one before appending it: it was never applied; retry after a pause; if this lasts, the leader cannot reach a majority (check the network, or enable check_quorum) or the cluster is offered more than it commits"
+            ),
             Error::CommandTooLarge { size, max } => write!(
                 f,
                 "command of {size} bytes exceeds the limit of {max} bytes; split the command or raise Config::max_command_bytes"
@@ -449,6 +477,10 @@ mod tests {
         let large = Error::CommandTooLarge { size: 20, max: 10 }.to_string();
         assert!(large.contains("split the command"), "{large}");
         assert!(large.contains("Config::max_command_bytes"), "{large}");
+        let full = Error::UncommittedLogFull { bytes: 40, max: 32 }.to_string();
+        for part in ["never applied", "retry after a pause", "Config::max_uncommitted_bytes"] {
+            assert!(full.contains(part), "{part:?} missing: {full}");
+        }
         let storage = Error::Storage("no space left on device".into()).to_string();
         for part in ["no space left", "restart the node", "may or may not be applied"] {
             assert!(storage.contains(part), "{part:?} missing: {storage}");

@@ -263,3 +263,56 @@ fn lease_reads_on_the_callers_thread_see_every_completed_write() {
     let served = cluster.status(leader).expect("status").metrics.reads_lease - before;
     assert!(served > 0, "some reads were served within the lease");
 }
+
+/// A leader cut off in a minority without CheckQuorum keeps leading; flooded with reads and
+/// proposals it neither answers nor forgets, for many heartbeats, its state stays bounded:
+/// each read fails with `Timeout` after an election timeout, and once its uncommitted log
+/// holds `max_uncommitted_bytes` it refuses proposals with `UncommittedLogFull` (mem audit
+/// item 2: before, 20 s of this grew its log from 90k to 896k entries and 560 MB).
+#[test]
+fn a_cut_off_leader_without_check_quorum_keeps_bounded_state() {
+    let _serial = serial();
+    let cap = 64 << 10;
+    let config = Config {
+        check_quorum: false,
+        max_append_bytes: 16 << 10,
+        max_inflight_bytes: cap,
+        max_uncommitted_bytes: cap,
+        ..fast_config(76)
+    };
+    let cluster = kv_cluster(3, config);
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let node = cluster.node(leader).expect("handle");
+    cluster.isolate(leader).expect("isolate");
+    let started = std::time::Instant::now();
+    // 1.5 s: 100 heartbeats, 15 election timeouts; nobody waits for these answers.
+    let (mut reads, mut proposals) = (0u64, 0u64);
+    while started.elapsed() < ms(1500) {
+        for _ in 0..20 {
+            reads += u64::from(node.read_async("k".to_string()).is_ok());
+            proposals += u64::from(node.propose_async(append("k", "v")).is_ok());
+        }
+        std::thread::sleep(ms(1));
+    }
+    let status = node.status(LONG).expect("status");
+    assert_eq!(status.core.role, ferraft::Role::Leader, "no CheckQuorum: it leads on");
+    let uncommitted = status.core.last_log_index.0 - status.core.commit_index.0;
+    // The cap in entries (each counts its command and its entry), plus one batch accepted
+    // when nothing was uncommitted; the flood offered thousands.
+    let most = (cap / std::mem::size_of::<ferraft::message::Entry<ferraft::KvCommand>>()) as u64;
+    assert!(uncommitted <= most + 1024, "{uncommitted} entries uncommitted of {proposals} offered");
+    assert!(proposals > 2 * (most + 1024), "only {proposals} proposals offered");
+    // The flood's batches were refused whole: what room is left takes a few single commands.
+    let refused = (0..10)
+        .map(|_| node.propose_async(append("k", "v")).expect("sent"))
+        .find_map(|mut receipt| receipt.wait(ms(200)).err().filter(|e| *e != Error::Timeout));
+    assert!(
+        matches!(refused, Some(Error::UncommittedLogFull { max, .. }) if max == cap),
+        "{refused:?}"
+    );
+    // All but those of the last election timeout failed, at the node (read receipts that
+    // nobody waits for, answered `Timeout` by the core's deadline).
+    let failed = status.metrics.reads_failed;
+    assert!(failed * 10 >= reads * 8, "{failed} of {reads} reads failed");
+    cluster.clear_faults();
+}

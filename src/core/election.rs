@@ -181,6 +181,8 @@ impl<C: Clone> Core<C> {
         let peers: Vec<NodeId> = self.config().members().filter(|&m| m != self.id).collect();
         self.progress = peers.into_iter().map(|id| (id, Progress::new(last))).collect();
         self.term_start = last.next();
+        // What it inherited uncommitted counts against the cap too (the no-op counts nothing).
+        self.uncommitted_bytes = self.bytes_between(self.commit_index, last);
         self.append(Entry { term: self.term, payload: Payload::Noop });
         self.maybe_advance_commit_index();
         self.broadcast_append();

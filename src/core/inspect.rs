@@ -26,4 +26,15 @@ impl<C: Clone> Core<C> {
     pub fn leader(&self) -> Option<NodeId> {
         self.leader
     }
+
+    /// Leader: how many reads (or batches of reads forwarded by one follower) wait for a
+    /// confirmation round; each fails after an election timeout (R2).
+    pub fn waiting_reads(&self) -> usize {
+        self.reads_waiting()
+    }
+
+    /// Leader: how many read rounds are started and not yet confirmed (at most one, R1).
+    pub fn read_rounds_outstanding(&self) -> u64 {
+        self.reads_outstanding()
+    }
 }

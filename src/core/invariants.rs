@@ -16,6 +16,8 @@
 //! | P3 | a leader has progress for exactly its configuration's members but itself; others none | O(peers) |
 //! | V1 | votes are held only by a (pre-)candidate | O(1) |
 //! | C1 | a leader's commit index is matched by a quorum of its configuration (LEAD-4) | O(peers log peers) |
+//! | R1 | a leader has at most one read round outstanding (`read.rs`) | O(1) |
+//! | R2 | no read waits at a leader past its deadline, an election timeout (`read.rs`) | O(1) |
 
 use std::fmt;
 
@@ -75,7 +77,8 @@ impl<C: Clone> Core<C> {
         self.check_p1_progress_ordered()?;
         self.check_p3_progress_matches_config()?;
         self.check_v1_votes_only_while_campaigning()?;
-        self.check_c1_commit_matched_by_a_quorum()
+        self.check_c1_commit_matched_by_a_quorum()?;
+        self.check_r1_r2_reads_bounded()
     }
 
     /// Turns on the full invariant check after every [`Core::step`] in any build (debug builds
@@ -117,7 +120,8 @@ impl<C: Clone> Core<C> {
             && self.check_i2_applied_within_commit().is_ok()
             && self.check_i3_leader_knows_itself().is_ok()
             && self.check_i4_log_terms_not_ahead().is_ok()
-            && self.check_v1_votes_only_while_campaigning().is_ok();
+            && self.check_v1_votes_only_while_campaigning().is_ok()
+            && self.reads_bounded().is_ok();
         if !o1 {
             return false;
         }
@@ -245,6 +249,10 @@ impl<C: Clone> Core<C> {
             return self.violation("V1", format!("{:?} holds votes {:?}", self.role, self.votes));
         }
         Ok(())
+    }
+
+    fn check_r1_r2_reads_bounded(&self) -> Check {
+        self.reads_bounded().or_else(|(rule, detail)| self.violation(rule, detail))
     }
 
     /// LEAD-4 as a state invariant. Checked once this leader has committed in its term (its

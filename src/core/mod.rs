@@ -35,7 +35,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::message::{Body, Configuration, Message, Snapshot, SnapshotMeta};
+use crate::message::{Body, Configuration, Entry, Message, Payload, Snapshot, SnapshotMeta};
 use crate::storage::{HardState, PersistentState};
 use crate::types::{LogIndex, NodeId, Term};
 
@@ -275,6 +275,16 @@ pub struct Bugs {
     /// With `Config::defer_leader_sync`: the leader never needs its own sync, even when its
     /// followers alone make no quorum (breaks liveness: with a follower down nothing commits).
     pub leader_never_syncs: bool,
+    /// A leader starts a new read round every heartbeat while reads wait, even with one in
+    /// flight (breaks the bound on outstanding rounds: a leader that cannot reach a majority
+    /// piles up rounds without end; core invariant R1).
+    pub read_rounds_pile_up: bool,
+    /// A leader serves a read that waited an election timeout for its round instead of
+    /// failing it (breaks thesis §6.4: a deposed leader serves stale reads).
+    pub serve_reads_after_timeout: bool,
+    /// A leader appends proposals past `Config::max_uncommitted_bytes` (breaks the bound on
+    /// the uncommitted log: the simulator's check U1).
+    pub ignore_uncommitted_cap: bool,
 }
 
 /// Timing and limits in ticks, derived once from [`Config`].
@@ -287,6 +297,7 @@ struct Timing {
     max_inflight: usize,
     max_append_bytes: usize,
     max_inflight_bytes: usize,
+    max_uncommitted_bytes: usize,
     pre_vote: bool,
     check_quorum: bool,
     snapshot_entries: u64,
@@ -330,6 +341,10 @@ pub struct Core<C> {
     membership: Membership,
     /// Leader only: index of this term's no-op (SUB-4).
     term_start: LogIndex,
+    /// Leader only: the bytes of the commands in its log after the commit index, as
+    /// [`Core::entry_bytes`] counts them (bounded by `Config::max_uncommitted_bytes`, U1);
+    /// 0 on any other role.
+    uncommitted_bytes: usize,
     /// Leader only: the membership change under way.
     change: Option<PendingChange>,
     /// Persistence owed before this step's other actions.
@@ -375,6 +390,7 @@ impl<C: Clone> Core<C> {
                 max_inflight: config.max_inflight,
                 max_append_bytes: config.max_append_bytes,
                 max_inflight_bytes: config.max_inflight_bytes,
+                max_uncommitted_bytes: config.max_uncommitted_bytes,
                 pre_vote: config.pre_vote,
                 check_quorum: config.check_quorum,
                 snapshot_entries: config.snapshot_entries,
@@ -399,6 +415,7 @@ impl<C: Clone> Core<C> {
             progress: BTreeMap::new(),
             membership,
             term_start: LogIndex(0),
+            uncommitted_bytes: 0,
             change: None,
             persist_hard_state: false,
             persist_snapshot: None,
@@ -471,6 +488,30 @@ impl<C: Clone> Core<C> {
     /// `Config::max_command_bytes` before proposing (refusing with `Error::CommandTooLarge`).
     pub fn command_size(&self, command: &C) -> usize {
         (self.sizer)(command)
+    }
+
+    /// What an entry counts towards `Config::max_uncommitted_bytes`: a command its size as
+    /// the sizer measures it plus the entry's own in-memory size; a no-op or a configuration
+    /// entry nothing (a leader's own entries are never refused).
+    pub fn entry_bytes(&self, entry: &Entry<C>) -> usize {
+        match &entry.payload {
+            Payload::Command(c) => self.command_bytes(c),
+            Payload::Noop | Payload::Config(_) => 0,
+        }
+    }
+
+    fn command_bytes(&self, command: &C) -> usize {
+        (self.sizer)(command).saturating_add(std::mem::size_of::<Entry<C>>())
+    }
+
+    /// Leader: the bytes of commands appended but not committed (`Config::max_uncommitted_bytes`).
+    pub fn uncommitted_bytes(&self) -> usize {
+        self.uncommitted_bytes
+    }
+
+    /// `Config::max_uncommitted_bytes`, for checkers.
+    pub fn max_uncommitted_bytes(&self) -> usize {
+        self.timing.max_uncommitted_bytes
     }
 
     /// This node's id.
@@ -632,6 +673,7 @@ impl<C: Clone> Core<C> {
         }
         self.role = Role::Follower;
         self.leader = leader;
+        self.uncommitted_bytes = 0;
         self.progress.clear();
         self.sending.clear();
         self.votes.clear();

@@ -9,6 +9,12 @@
 //! a late reply confirms only the round it answers: every read queued while a round is in flight
 //! waits for the next one, and one round serves them all (batching).
 //!
+//! Bounded state: at most one round is outstanding (R1): a heartbeat resends the round in
+//! flight to the voters that have not answered it instead of starting another, and the next
+//! starts when it is confirmed. A read that waited a minimum election timeout for its round
+//! fails with `Error::Timeout` (R2), as a follower's forwarded read does: a leader cut off
+//! from its majority without CheckQuorum then holds only the reads of the last timeout.
+//!
 //! With `Config::lease_reads`, a majority's acknowledgement of a round started at tick `t` gives
 //! the leader a lease until `t + Config::lease_ticks()`: no other leader can be elected before,
 //! because every follower that acknowledged ignores candidates for a minimum election timeout
@@ -52,6 +58,8 @@ enum Origin {
 struct Pending {
     /// The first round that confirms them: the first one started after they arrived.
     round: u64,
+    /// The tick they arrived at: they fail an election timeout later (R2).
+    arrived: u64,
     index: LogIndex,
     origin: Origin,
     ids: Vec<ReadId>,
@@ -76,7 +84,7 @@ pub(super) struct Reads {
     confirmed: u64,
     /// Leader: the highest round each peer acknowledged.
     acked: BTreeMap<NodeId, u64>,
-    /// Leader: the tick each round above `confirmed` started at.
+    /// Leader: the tick each round above `confirmed` started at (at most one, R1).
     started: VecDeque<(u64, u64)>,
     /// Leader: the lease holds while `now < lease_until`.
     lease_until: u64,
@@ -140,6 +148,14 @@ impl<C: Clone> Core<C> {
         self.now
     }
 
+    pub(super) fn reads_waiting(&self) -> usize {
+        self.reads.pending.len()
+    }
+
+    pub(super) fn reads_outstanding(&self) -> u64 {
+        self.reads.round.saturating_sub(self.reads.confirmed)
+    }
+
     /// The last read round this leader started (for the gateway).
     pub(super) fn reads_round(&self) -> u64 {
         self.reads.round
@@ -156,8 +172,8 @@ impl<C: Clone> Core<C> {
         if self.has_lease() {
             return self.read_ready(origin, ids, index, ReadPath::Lease);
         }
-        let round = self.reads.round + 1;
-        self.reads.pending.push_back(Pending { round, index, origin, ids });
+        let (round, arrived) = (self.reads.round + 1, self.now);
+        self.reads.pending.push_back(Pending { round, arrived, index, origin, ids });
         if self.reads.confirmed == self.reads.round {
             self.start_read_round(); // none in flight: start one now
         }
@@ -330,18 +346,18 @@ impl<C: Clone> Core<C> {
         }
     }
 
-    /// Each tick: a leader retries an unanswered round with every heartbeat (and, with leases,
-    /// renews its lease); a follower gives up on reads the leader left unanswered for an
-    /// election timeout.
+    /// Each tick: a leader retries an unanswered round with every heartbeat, or starts one
+    /// (with leases, to renew its lease), and fails the reads that waited an election timeout;
+    /// a follower gives up on reads the leader left unanswered for an election timeout.
     pub(super) fn tick_reads(&mut self) {
         self.sync_reads();
         if self.role == Role::Leader {
             let heartbeat = self.heartbeat_elapsed == 0;
             let lease = self.timing.lease_ticks > 0;
             if heartbeat && (!self.reads.pending.is_empty() || lease) {
-                self.start_read_round();
+                self.retry_read_round();
             }
-            return;
+            return self.expire_leader_reads();
         }
         let (now, patience) = (self.now, self.timing.election_ticks.start);
         let stale: Vec<ReadId> = self
@@ -361,11 +377,86 @@ impl<C: Clone> Core<C> {
 }
 
 impl<C: Clone> Core<C> {
-    /// Ticks until the first read asked of the leader times out (`tick_reads`), or `u64::MAX`.
+    /// A heartbeat while reads wait (or a lease wants renewing): resend the round in flight to
+    /// the voters that have not acknowledged it, or start one if none is (R1: at most one
+    /// outstanding). A resent round is the same round: a reply to it still comes after it
+    /// started, so it confirms exactly the reads it confirmed before (thesis §6.4), and a
+    /// lease renewed by it runs from its first start (shorter, never longer).
+    fn retry_read_round(&mut self) {
+        let round = self.reads.round;
+        #[cfg(test)]
+        if self.bugs.read_rounds_pile_up {
+            return self.start_read_round();
+        }
+        if self.reads.confirmed == round {
+            return self.start_read_round();
+        }
+        let me = self.id;
+        let acked = &self.reads.acked;
+        let silent: Vec<NodeId> = self
+            .config()
+            .voters
+            .iter()
+            .copied()
+            .filter(|&v| v != me && acked.get(&v).is_none_or(|&r| r < round))
+            .collect();
+        for to in silent {
+            self.send(to, Body::ReadConfirm(ReadConfirm { round }));
+        }
+    }
+
+    /// R2: a leader's read that waited an election timeout for its round fails with
+    /// `Timeout`, as a follower's does (a read changes nothing: retrying is safe). A
+    /// follower's read forwarded here is dropped: the follower's own deadline, which started
+    /// earlier, fails it there.
+    fn expire_leader_reads(&mut self) {
+        let (now, patience) = (self.now, self.timing.election_ticks.start);
+        let mut expired = Vec::new();
+        while self.reads.pending.front().is_some_and(|p| now.saturating_sub(p.arrived) >= patience)
+        {
+            let p = self.reads.pending.pop_front().expect("checked above");
+            #[cfg(test)]
+            if self.bugs.serve_reads_after_timeout {
+                self.read_ready(p.origin, p.ids, p.index, ReadPath::ReadIndex);
+                continue;
+            }
+            if p.origin == Origin::Local {
+                expired.extend(p.ids);
+            }
+        }
+        if !expired.is_empty() {
+            self.out.push(Action::ReadFailed { ids: expired, error: Error::Timeout });
+        }
+    }
+
+    /// Ticks until the first read times out (`tick_reads`): a read asked of the leader, or a
+    /// leader's own waiting read; `u64::MAX` if none waits.
     pub(super) fn read_deadline_ticks(&self) -> u64 {
         let patience = self.timing.election_ticks.start;
-        let due = |a: &Asked| (a.sent_at + patience).saturating_sub(self.now).max(1);
-        self.reads.asked.values().map(due).min().unwrap_or(u64::MAX)
+        let due = |at: u64| (at + patience).saturating_sub(self.now).max(1);
+        let asked = self.reads.asked.values().map(|a| due(a.sent_at)).min();
+        let waiting = self.reads.pending.front().map(|p| due(p.arrived));
+        asked.into_iter().chain(waiting).min().unwrap_or(u64::MAX)
+    }
+
+    /// R1 and R2 (`invariants.rs`): a leader has at most one read round outstanding, and no
+    /// read of its waits past its deadline. `Err` names the invariant and what was found.
+    pub(super) fn reads_bounded(&self) -> Result<(), (&'static str, String)> {
+        if self.role != Role::Leader {
+            return Ok(());
+        }
+        let r = &self.reads;
+        if r.round.saturating_sub(r.confirmed) > 1 || r.started.len() > 1 {
+            return Err(("R1", format!("rounds {}..={} outstanding", r.confirmed + 1, r.round)));
+        }
+        let patience = self.timing.election_ticks.start;
+        let late = |p: &&Pending| self.now.saturating_sub(p.arrived) >= patience;
+        if let Some(p) = r.pending.front().filter(late) {
+            let detail =
+                format!("reads {:?} waiting since tick {} (now {})", p.ids, p.arrived, self.now);
+            return Err(("R2", detail));
+        }
+        Ok(())
     }
 }
 

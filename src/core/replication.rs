@@ -5,20 +5,33 @@ use std::sync::Arc;
 
 use super::progress::{Heartbeat, Mode};
 use super::{quorum, Action, Core, Notice, Role};
+use crate::error::Error;
 use crate::message::{AppendEntries, AppendEntriesReply, Body, Entry, Payload};
 use crate::types::{LogIndex, NodeId, Term};
 
 impl<C: Clone> Core<C> {
-    /// LEAD-2: append client commands; they are answered once applied.
+    /// LEAD-2: append client commands; they are answered once applied. Refused before
+    /// appending while the uncommitted log is full (`Config::max_uncommitted_bytes`), unless
+    /// nothing is uncommitted: a batch larger than the cap alone still goes in, so no
+    /// command waits forever.
     pub(super) fn propose(&mut self, commands: Vec<C>) {
         if self.role != Role::Leader {
             return self.reject(self.not_leader());
+        }
+        let (held, max) = (self.uncommitted_bytes, self.timing.max_uncommitted_bytes);
+        let batch =
+            commands.iter().fold(0usize, |sum, c| sum.saturating_add(self.command_bytes(c)));
+        #[cfg(test)]
+        let held = if self.bugs.ignore_uncommitted_cap { 0 } else { held };
+        if held > 0 && held.saturating_add(batch) > max {
+            return self.reject(Error::UncommittedLogFull { bytes: self.uncommitted_bytes, max });
         }
         let first = self.log.last_index().next();
         let count = commands.len();
         for command in commands {
             self.append(Entry { term: self.term, payload: Payload::Command(command) });
         }
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_add(batch);
         self.out.push(Action::Proposed { first, term: self.term, count });
         self.maybe_advance_commit_index(); // a one-voter cluster commits at once
         self.broadcast_append();
@@ -390,9 +403,18 @@ impl<C: Clone> Core<C> {
         #[cfg(test)]
         let current_term = current_term || self.bugs.commit_previous_terms;
         if current_term {
+            let committed = self.bytes_between(self.commit_index, majority);
+            self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(committed);
             self.commit_index = majority;
             self.on_commit_advanced();
         }
+    }
+
+    /// The bytes (`Core::entry_bytes`) of the entries in `(after, through]`.
+    pub(super) fn bytes_between(&self, after: LogIndex, through: LogIndex) -> usize {
+        let count = usize::try_from(through.0.saturating_sub(after.0)).unwrap_or(usize::MAX);
+        let entries = self.log.entries_from(after.next(), count);
+        entries.iter().fold(0usize, |sum, e| sum.saturating_add(self.entry_bytes(e)))
     }
 
     /// Whether this leader's own sync may be needed to commit what it appended

@@ -294,6 +294,12 @@ impl Retry {
             Error::LeaderUnreachable(_) => Retry::Elsewhere,
             // Refused before appending while leadership moves: retry (at the new leader).
             Error::TransferInProgress { to } => Retry::At(to),
+            // Refused before appending, the leader's uncommitted log full: never applied.
+            // Elsewhere, after the pause: a leader that cannot commit may be a stale one cut
+            // off in a minority, and another node may know the real leader; when it is the
+            // leader (just overloaded), the node asked redirects back to it, so every second
+            // attempt pauses and a retrying caller never spins.
+            Error::UncommittedLogFull { .. } => Retry::Elsewhere,
             Error::NodeDown(_) if !appended => Retry::Elsewhere,
             e => Retry::No(e),
         }
@@ -402,7 +408,8 @@ impl<S: StateMachine> Client<S> {
 
     /// [`Client::propose`] with an explicit deadline. Retries (at the hinted leader, or another
     /// node) only while the command cannot have been applied: refused before appending (also
-    /// `LeaderUnreachable`, when forwarding to a leader that is down), or replaced after
+    /// `LeaderUnreachable`, when forwarding to a leader that is down, and `UncommittedLogFull`,
+    /// retried elsewhere after a pause of a tick, at most 5 ms), or replaced after
     /// (`ProposalDropped`). `Err(Timeout)`, `Err(Storage)` (the leader's write failed, and
     /// may have landed) and `Err(NodeDown)` after appending mean the outcome is unknown: the
     /// command may still be applied. The simulator's clients follow the same rule
@@ -492,6 +499,14 @@ impl<S: StateMachine> Client<S> {
 mod tests {
     use super::*;
     use crate::kv::{KvCommand, KvStateMachine};
+
+    #[test]
+    fn a_full_uncommitted_log_is_retried_elsewhere_after_a_pause() {
+        // Refused before appending: never applied, so retried; `Elsewhere` sleeps the retry
+        // pause first (a follower asked redirects back at once, so every second try pauses).
+        let full = Error::UncommittedLogFull { bytes: 10, max: 8 };
+        assert_eq!(Retry::after(full, NodeId(1), false), Retry::Elsewhere);
+    }
 
     #[test]
     fn a_proposer_waiting_on_a_full_queue_does_not_hold_up_a_kill() {

@@ -90,6 +90,45 @@ pub(super) fn stale_leader_returns(seed: u64) -> (SimConfig, Schedule) {
     (config, Schedule::new(events))
 }
 
+/// Where a deposed leader lives longest, serving reads: no CheckQuorum, no leases, the KV
+/// workload's Gets off the log (`sim/reads`).
+pub(super) fn deposed_reads(seed: u64) -> (SimConfig, Schedule) {
+    let (mut config, schedule) = nemesis(seed);
+    config.reads = true;
+    config.raft.check_quorum = false;
+    (config, schedule)
+}
+
+/// A leader cut off for half a second without CheckQuorum, on 3 nodes, while eight clients
+/// read and write: those that believe it still leads send it reads, which wait for a round
+/// nobody answers, while the majority elects another leader and commits writes. Each waiting
+/// read must fail after an election timeout (R2); served instead, it is stale.
+pub(super) fn cut_off_reader(seed: u64) -> (SimConfig, Schedule) {
+    let mut config = SimConfig::new(seed, 3);
+    config.reads = true;
+    config.raft.check_quorum = false;
+    config.clients = 8;
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x00de_ad05);
+    let ms = Duration::from_millis;
+    let t = ms(rng.random_range(150..400));
+    let events = vec![
+        (t, Fault::Isolate(Target::Leader)),
+        (t + ms(rng.random_range(300..700)), Fault::Heal),
+    ];
+    (config, Schedule::new(events))
+}
+
+/// [`stale_leader_returns`] (a leader cut off with one follower of five, eight impatient
+/// clients retrying at it) with a small cap on the uncommitted log: 2 KiB, about thirty KV
+/// commands, so a cut-off leader fills it within its cut (the byte limits shrunk to let it).
+pub(super) fn capped_cut_off_leader(seed: u64) -> (SimConfig, Schedule) {
+    let (mut config, schedule) = stale_leader_returns(seed);
+    config.raft.max_append_bytes = 512;
+    config.raft.max_inflight_bytes = 1024;
+    config.raft.max_uncommitted_bytes = 2048;
+    (config, schedule)
+}
+
 /// Compaction only on demand, under the compaction faults: [`Fault::Compact`] at random
 /// instants and, on a share of seeds, a node cut off while the leader compacts, then healed
 /// with a crash armed in the middle of the transfer (`compaction_tests.rs`), plus the random
@@ -217,6 +256,27 @@ fn catalogue() -> Vec<Planted> {
             |b| b.replay_held_across_terms = true,
             45,
         ),
+        p(
+            "read_rounds_pile_up",
+            "reads, bounded state: one round outstanding (core invariant R1)",
+            deposed_reads,
+            |b| b.read_rounds_pile_up = true,
+            0,
+        ),
+        p(
+            "serve_reads_after_timeout",
+            "reads: thesis §6.4 ReadIndex, a read that timed out fails",
+            cut_off_reader,
+            |b| b.serve_reads_after_timeout = true,
+            2,
+        ),
+        p(
+            "ignore_uncommitted_cap",
+            "bounded state: the uncommitted log's cap (U1)",
+            capped_cut_off_leader,
+            |b| b.ignore_uncommitted_cap = true,
+            3,
+        ),
     ]
 }
 
@@ -323,6 +383,9 @@ mod caught {
         persist_entries_after_sends,
         snapshot_keeps_conflicting_log,
         replay_held_across_terms,
+        read_rounds_pile_up,
+        serve_reads_after_timeout,
+        ignore_uncommitted_cap,
     );
 }
 

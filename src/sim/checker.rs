@@ -51,6 +51,10 @@ pub enum Rule {
     /// AE-3 / SP-4: a log that held a committed entry keeps it, in this incarnation or after
     /// any number of restarts (commit agreement across incarnations).
     CommittedEntryKept,
+    /// U1: a leader appends a batch only while its uncommitted log has room
+    /// (`Config::max_uncommitted_bytes`), or holds nothing uncommitted: its log cannot grow
+    /// without bound while it cannot commit.
+    UncommittedWithinCap,
 }
 
 impl fmt::Display for Rule {
@@ -68,6 +72,7 @@ impl fmt::Display for Rule {
             Rule::CommitMonotonic => "ST-V1 commit index never decreases",
             Rule::Durability => "SUB-8 durability",
             Rule::CommittedEntryKept => "AE-3/SP-4 committed entries are never removed",
+            Rule::UncommittedWithinCap => "U1 a leader's uncommitted log stays within its cap",
         })
     }
 }
@@ -301,6 +306,7 @@ impl Checker {
         if g.committed.len() > committed_before {
             self.check_leaders_complete()?;
         }
+        check_uncommitted_cap(core, actions)?;
         // NB: last, once the shadows have taken in this step.
         check_no_committed_overwrite(id, actions)
     }
@@ -315,6 +321,35 @@ impl Checker {
         }
         Ok(())
     }
+}
+
+/// U1: each batch a leader appended (`Action::Proposed`) found its uncommitted log empty or
+/// with room for it. Recomputed from the log, independently of the core's own count: the
+/// entries between the commit index (after the step: it never falls, so this counts no more
+/// than the leader held) and the batch, against `Config::max_uncommitted_bytes`.
+fn check_uncommitted_cap<C: Clone>(core: &Core<C>, actions: &[Action<C>]) -> Check {
+    for action in actions {
+        let Action::Proposed { first, term, count } = *action else { continue };
+        if core.role() != Role::Leader || core.term() != term {
+            continue; // it stepped down later in the step: its log may have changed since
+        }
+        let log = core.log();
+        let bytes = |from: LogIndex, n: u64| {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            log.entries_from(from, n).iter().map(|e| core.entry_bytes(e)).sum::<usize>()
+        };
+        let commit = core.commit_index();
+        let held = bytes(commit.next(), first.0.saturating_sub(commit.0 + 1));
+        let batch = bytes(first, count as u64);
+        let max = core.max_uncommitted_bytes();
+        if held > 0 && held + batch > max {
+            let detail = format!(
+                "appended {count} commands ({batch} bytes) at {first} holding {held} uncommitted bytes (max {max})"
+            );
+            return fail(Rule::UncommittedWithinCap, core.id(), detail);
+        }
+    }
+    Ok(())
 }
 
 /// AE-3/SP-4 at the gateway: a node asked to replace a committed entry refuses it with a

@@ -520,3 +520,72 @@ fn a_two_voter_leader_always_needs_its_own_sync() {
     net.deliver_all();
     assert!(net.node(1).core.own_sync_needed(), "one follower is no quorum without the leader");
 }
+
+/// What one command of `value` bytes (as `leader_sized_by_value` sizes it) counts towards
+/// `Config::max_uncommitted_bytes`: its size plus the entry's own.
+fn held(value: usize) -> usize {
+    value + std::mem::size_of::<Entry<u64>>()
+}
+
+fn refusals(acts: &[Action<u64>]) -> Vec<String> {
+    trace(acts).into_iter().filter(|l| l.starts_with("rejected")).collect()
+}
+
+#[test]
+fn lead2_a_full_uncommitted_log_refuses_proposals_until_commits_make_room() {
+    let cap = 3 * held(100);
+    let config = Config { max_uncommitted_bytes: cap, ..test_config() };
+    let mut c = leader_sized_by_value(config); // its no-op i1 committed
+    assert!(refusals(&c.propose(&[100, 100, 100])).is_empty(), "i2..=i4: exactly the cap");
+    assert_eq!(c.core.uncommitted_bytes(), cap);
+    let full = format!("rejected UncommittedLogFull {{ bytes: {cap}, max: {cap} }}");
+    assert_eq!(refusals(&c.propose(&[1])), std::slice::from_ref(&full), "refused before appending");
+    assert_eq!(c.status().last_log_index, LogIndex(4));
+    c.recv(ae_ok(2, 1, 1, 3)); // i2 and i3 commit: room for two more
+    assert_eq!((c.commit(), c.core.uncommitted_bytes()), (3, held(100)));
+    assert!(refusals(&c.propose(&[100, 100])).is_empty());
+    assert_eq!(refusals(&c.propose(&[1])), [full]);
+    c.recv(ae_ok(2, 1, 1, 6));
+    assert_eq!((c.commit(), c.core.uncommitted_bytes()), (6, 0));
+    // Nothing uncommitted: a batch larger than the cap alone goes in (or it never would).
+    assert!(refusals(&c.propose(&[5000])).is_empty());
+    assert_eq!(c.core.uncommitted_bytes(), held(5000));
+    let acts = c.propose(&[1]);
+    assert_eq!(
+        refusals(&acts),
+        [format!("rejected UncommittedLogFull {{ bytes: {}, max: {cap} }}", held(5000))]
+    );
+}
+
+#[test]
+fn lead2_the_noop_and_configuration_entries_are_never_refused() {
+    let cap = held(8); // one command (the default sizer: a u64 is 8 bytes)
+    let config = Config { max_uncommitted_bytes: cap, ..test_config() };
+    // Four uncommitted commands inherited from term 1: twice the cap and more.
+    let mut c = boot(1).config(config).log(&[1, 1, 1, 1]).term(1).start();
+    c.campaign();
+    c.recv(vote(2, 1, 2, true));
+    assert_eq!(c.role(), Role::Leader);
+    assert_eq!(c.log_terms(), [1, 1, 1, 1, 2], "its no-op went in");
+    assert_eq!(c.core.uncommitted_bytes(), 4 * cap, "what it inherited counts");
+    assert_eq!(refusals(&c.propose(&[7])).len(), 1);
+    c.recv(ae_ok(2, 1, 2, 5)); // the no-op commits, and with it everything before
+    assert_eq!((c.commit(), c.core.uncommitted_bytes()), (5, 0));
+    assert!(refusals(&c.propose(&[7])).is_empty());
+    assert_eq!(refusals(&c.propose(&[8])).len(), 1, "full again");
+    let acts = c.step(Input::ChangeMembership(MembershipChange::AddNode(NodeId(4))));
+    assert!(refusals(&acts).is_empty(), "{:?}", trace(&acts));
+    let last = c.entries().last().cloned().expect("not empty");
+    assert!(matches!(last.payload, Payload::Config(_)), "the change went in: {last:?}");
+    assert_eq!(c.core.uncommitted_bytes(), cap, "and counts nothing");
+}
+
+#[test]
+fn lead2_the_bug_switch_appends_past_the_cap() {
+    let config = Config { max_uncommitted_bytes: held(100), ..test_config() };
+    let mut c = leader_sized_by_value(config);
+    c.set_bugs(Bugs { ignore_uncommitted_cap: true, ..Bugs::default() });
+    c.propose(&[100]);
+    assert!(refusals(&c.propose(&[100, 100])).is_empty());
+    assert_eq!(c.core.uncommitted_bytes(), 3 * held(100));
+}

@@ -135,3 +135,122 @@ fn the_bug_switch_answers_without_a_round() {
     c.set_bugs(Bugs { read_without_confirmation: true, ..Bugs::default() });
     assert_eq!(trace(&c.step(read(&[1]))), ["read ready [1] at i1 by ReadIndex"]);
 }
+
+/// n1 leads term 1 of {n1, n2, n3} without CheckQuorum, its no-op committed at i1, and is
+/// then cut off: nothing reaches it any more (the tests deliver nothing).
+fn cut_off_leader() -> Node {
+    let config = Config { check_quorum: false, ..test_config() };
+    let mut c = boot(1).config(config).start();
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(ae_ok(2, 1, 1, 1));
+    assert_eq!((c.role(), c.commit()), (Role::Leader, 1));
+    c
+}
+
+fn confirms(acts: &[Action<u64>]) -> Vec<String> {
+    trace(acts).into_iter().filter(|l| l.contains("ReadConfirm")).collect()
+}
+
+#[test]
+fn a_heartbeat_resends_the_round_in_flight_instead_of_starting_another() {
+    let mut c = cut_off_leader(); // election timeout 15..30 ticks, heartbeat 5
+    assert_eq!(confirms(&c.step(read(&[1]))).len(), 2, "round 1 starts");
+    c.step(read(&[2])); // needs round 2, which waits for round 1
+    let acts = c.tick(5);
+    assert_eq!(
+        confirms(&acts),
+        ["n1->n2 t1 ReadConfirm round=1", "n1->n3 t1 ReadConfirm round=1"],
+        "round 1 again, to both: nobody answered"
+    );
+    assert_eq!(c.core.read_rounds_outstanding(), 1);
+    // n2 answers round 1 (with n1, a majority): read 1 is served and round 2 starts for read 2.
+    c.recv(confirm_reply(2, 1, 1, 1));
+    assert_eq!((c.core.read_rounds_outstanding(), c.core.waiting_reads()), (1, 1));
+    assert_eq!(
+        confirms(&c.tick(5)),
+        ["n1->n2 t1 ReadConfirm round=2", "n1->n3 t1 ReadConfirm round=2"]
+    );
+    c.recv(confirm_reply(3, 1, 1, 2));
+    assert_eq!(c.core.waiting_reads(), 0);
+}
+
+#[test]
+fn a_resent_round_serves_only_the_reads_that_arrived_before_it_started() {
+    let mut c = cut_off_leader();
+    c.step(read(&[1])); // round 1 starts at tick 0
+    c.tick(3);
+    c.step(read(&[2])); // arrived after round 1 started: needs round 2
+    c.tick(2); // the heartbeat resends round 1, which read 2 still may not use
+    assert_eq!(
+        trace(&c.recv(confirm_reply(2, 1, 1, 1))),
+        [
+            "read ready [1] at i1 by ReadIndex",
+            "n1->n2 t1 ReadConfirm round=2",
+            "n1->n3 t1 ReadConfirm round=2"
+        ]
+    );
+    assert_eq!(trace(&c.recv(confirm_reply(3, 1, 1, 2))), ["read ready [2] at i1 by ReadIndex"]);
+}
+
+#[test]
+fn a_cut_off_leader_fails_its_reads_after_an_election_timeout_and_keeps_one_round() {
+    let mut c = cut_off_leader(); // minimum election timeout: 15 ticks
+    c.step(read(&[1]));
+    assert!(c.tick(14).iter().all(|a| !matches!(a, Action::ReadFailed { .. })));
+    let failed_now = |acts: &[Action<u64>]| -> Vec<String> {
+        trace(acts).into_iter().filter(|l| l.starts_with("read failed")).collect()
+    };
+    assert_eq!(failed_now(&c.tick(1)), ["read failed [1]: Timeout"]);
+    // Hundreds of heartbeats with a read every tick: the reads of the last election timeout
+    // wait, never more, each fails with Timeout, and every confirmation sent is round 1.
+    let (mut failed, mut sent) = (0, Vec::new());
+    for id in 2..2_000u64 {
+        c.step(read(&[id]));
+        let acts = c.tick(1);
+        failed += acts.iter().filter(|a| matches!(a, Action::ReadFailed { .. })).count();
+        sent.extend(confirms(&acts));
+        assert!(c.core.waiting_reads() <= 15, "{} reads wait", c.core.waiting_reads());
+        assert_eq!(c.core.read_rounds_outstanding(), 1);
+    }
+    assert_eq!(failed, 2_000 - 2 - 14, "all but the last 14 failed");
+    assert!(sent.iter().all(|l| l.ends_with("round=1")), "{sent:?}");
+    assert!(sent.len() <= 2 * (1_998 / 5 + 1), "one resend to each voter per heartbeat");
+    assert_eq!(c.role(), Role::Leader, "no CheckQuorum: it never steps down");
+}
+
+#[test]
+fn a_follower_read_forwarded_to_a_cut_off_leader_is_dropped_at_the_deadline() {
+    let mut c = cut_off_leader();
+    let ask = Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        term: Term(1),
+        body: Body::ReadIndex(ReadIndex { ids: vec![9] }),
+    };
+    c.recv(ask);
+    assert_eq!(c.core.waiting_reads(), 1);
+    let acts = c.tick(15);
+    assert!(!trace(&acts).iter().any(|l| l.contains("ReadIndexReply")), "{:?}", trace(&acts));
+    assert_eq!(c.core.waiting_reads(), 0, "the follower's own deadline fails it there");
+}
+
+/// The invariant R1 (checked after every step in tests and in the simulator) catches rounds
+/// that pile up.
+#[test]
+#[should_panic(expected = "R1 rounds 1..=2 outstanding")]
+fn the_bug_switch_piling_up_rounds_is_caught_by_r1() {
+    let mut c = cut_off_leader();
+    c.set_bugs(Bugs { read_rounds_pile_up: true, ..Bugs::default() });
+    c.step(read(&[1]));
+    c.tick(5); // the heartbeat starts round 2 with round 1 unanswered
+}
+
+#[test]
+fn the_bug_switch_serves_a_late_read() {
+    let mut c = cut_off_leader();
+    c.set_bugs(Bugs { serve_reads_after_timeout: true, ..Bugs::default() });
+    c.step(read(&[1]));
+    let acts = c.tick(15);
+    assert!(trace(&acts).contains(&"read ready [1] at i1 by ReadIndex".to_owned()), "{acts:?}");
+}
