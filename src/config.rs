@@ -70,6 +70,18 @@ pub struct Config {
     /// entries beyond the last snapshot, then drop them from the log. 0 never snapshots
     /// automatically (`NodeHandle::compact` still does).
     pub snapshot_entries: u64,
+    /// The most committed entries a node keeps waiting for its state machine (default
+    /// 100,000). While more wait, the node's loop takes no new input (peer messages, client
+    /// requests, ticks) and helps its applier or waits for it instead, as etcd's loop blocks
+    /// handing committed entries to a slow applier: a node whose `apply` is slower than the
+    /// cluster commits (a follower, or a leader fed faster than it applies) then holds about
+    /// this many entries, plus what one step commits, instead of growing without bound; its
+    /// log, compacted only through what is applied, stays bounded with it. While stalled
+    /// the node answers nobody: a stalled leader may lose its leadership (it is far behind
+    /// anyway), a stalled follower falls behind and catches up when it resumes, and clients'
+    /// requests wait in its queue (`inbox_capacity`). Its timers stop with it, as in a long
+    /// pause, so it does not campaign on resuming. Must be at least 1.
+    pub max_apply_backlog: usize,
     /// The most snapshot bytes one InstallSnapshot chunk carries.
     pub snapshot_chunk_bytes: usize,
     /// The most InstallSnapshot chunks a leader keeps unacknowledged per follower.
@@ -190,6 +202,7 @@ impl Default for Config {
             inbox_capacity: 65_536,
             request_timeout: Duration::from_secs(5),
             snapshot_entries: 100_000,
+            max_apply_backlog: 100_000,
             snapshot_chunk_bytes: 1 << 20,
             snapshot_chunks_in_flight: 4,
             lease_reads: false,
@@ -315,6 +328,7 @@ impl Config {
             ("max_append_bytes", self.max_append_bytes),
             ("max_inflight_bytes", self.max_inflight_bytes),
             ("max_uncommitted_bytes", self.max_uncommitted_bytes),
+            ("max_apply_backlog", self.max_apply_backlog),
         ];
         if let Some((field, _)) = limits.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::ZeroLimit { field });
@@ -425,6 +439,8 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::ZeroLimit { field: "max_inflight" }));
         let c = Config { max_entries_per_append: 0, ..Config::default() };
         assert_eq!(c.validate(), Err(ConfigError::ZeroLimit { field: "max_entries_per_append" }));
+        let c = Config { max_apply_backlog: 0, ..Config::default() };
+        assert_eq!(c.validate(), Err(ConfigError::ZeroLimit { field: "max_apply_backlog" }));
     }
 
     #[test]

@@ -60,6 +60,11 @@ fn invalid_configs_are_refused_with_the_reason() {
             Config { inbox_capacity: 0, ..base.clone() },
             ConfigError::ZeroLimit { field: "inbox_capacity" },
         ),
+        // The node loop would stall with a single entry waiting for the state machine.
+        (
+            Config { max_apply_backlog: 0, ..base.clone() },
+            ConfigError::ZeroLimit { field: "max_apply_backlog" },
+        ),
         // Allocated up front: usize::MAX slots cannot be.
         (
             Config { inbox_capacity: usize::MAX, ..base.clone() },

@@ -208,6 +208,11 @@ fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
         // NB: the regression seeds below are 0, 1 or 7 mod 8: they replay unchanged.
         config.deferred_apply =
             Some(Duration::from_micros([200, 2_000, 10_000][(seed / 8 % 3) as usize]));
+        if seed % 16 == 13 {
+            // Nodes stall on a small apply backlog, holding their inputs and missing ticks.
+            // NB: no regression seed below is 13 mod 16.
+            config.raft.max_apply_backlog = 4;
+        }
     }
     // Clients ask any node and followers forward to the leader, as `forward_to_leader` does.
     config.forward_requests = seed % 8 == 4 || seed % 8 == 5;

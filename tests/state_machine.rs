@@ -1,13 +1,18 @@
 //! What a user's state machine can do wrong, and what the library does about it: a panicking
 //! `apply` fails the node with a typed, explanatory error; a slow `apply` delays answers but
-//! causes no election; an oversized command is refused before it reaches the log.
+//! causes no election; a state machine slower than the cluster commits holds its node's
+//! memory near `Config::max_apply_backlog`; an oversized command is refused before it reaches
+//! the log.
 
 mod common;
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferraft::{Cluster, Config, Error, LogIndex, Role, StateMachine};
+use ferraft::{Client, Cluster, Config, Error, LogIndex, NodeId, Role, StateMachine};
 
 /// Sums its commands; panics on `PANIC`; sleeps `SLOW` ms applying `SLOW`.
 struct Touchy {
@@ -215,4 +220,141 @@ fn a_command_above_the_size_limit_is_refused_before_the_log() {
     assert!(text.contains("max_command_bytes"), "says which knob: {text}");
     let ok = cluster.propose(append("k", "small")).expect("a small command passes");
     assert_eq!(ok.output.as_deref(), Some("small"));
+}
+
+/// Sums its commands; sleeps a millisecond per entry while its `slow` switch is on.
+struct Laggard {
+    sum: u64,
+    slow: Arc<AtomicBool>,
+}
+
+impl StateMachine for Laggard {
+    type Command = u64;
+    type Output = u64;
+
+    fn apply(&mut self, _index: LogIndex, command: &u64) -> u64 {
+        if self.slow.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.sum += command;
+        self.sum
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.sum.to_le_bytes().to_vec()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        let bytes = snapshot.try_into().map_err(|_| format!("{} bytes, not 8", snapshot.len()))?;
+        self.sum = u64::from_le_bytes(bytes);
+        Ok(())
+    }
+
+    fn digest(&self) -> u64 {
+        self.sum
+    }
+}
+
+/// Proposes 1s without waiting for each (`propose_async`, up to 32 in flight) until `stop`;
+/// how many were applied. A failed one (`NotLeader`: the client had no leader hint yet) is
+/// proposed again with `Client::propose`, which finds the leader.
+fn propose_until(client: Client<Laggard>, stop: Arc<AtomicBool>) -> u64 {
+    let mut in_flight = VecDeque::new();
+    let mut applied = 0;
+    while !stop.load(Ordering::Relaxed) || !in_flight.is_empty() {
+        if !stop.load(Ordering::Relaxed) {
+            in_flight.push_back(client.propose_async(1));
+        }
+        if in_flight.len() >= 32 || stop.load(Ordering::Relaxed) {
+            let mut oldest: ferraft::Receipt<u64> = in_flight.pop_front().expect("in flight");
+            let done = oldest.wait(LONG).is_ok() || client.propose(1).is_ok();
+            applied += u64::from(done);
+        }
+    }
+    applied
+}
+
+/// The memory audit's item 1: a follower whose state machine applies far slower than the
+/// cluster commits used to queue every committed entry (and keep its log behind them),
+/// growing without bound. Now its loop stalls while more than `max_apply_backlog` entries
+/// wait: the most that ever wait stays near the limit (plus what one step commits, at most a
+/// couple of replication windows), its log stays near a snapshot's worth plus that, and once
+/// its state machine is fast again it catches up and every replica agrees.
+#[test]
+fn a_slow_follower_holds_its_apply_backlog_near_the_limit_and_catches_up() {
+    const LIMIT: u64 = 300;
+    let _serial = serial();
+    let config = Config {
+        max_apply_backlog: LIMIT as usize,
+        snapshot_entries: 500,
+        max_entries_per_append: 32,
+        max_inflight: 4,
+        ..fast_config(59)
+    };
+    // One step commits at most what the follower stored: about a window or two.
+    let window = (config.max_inflight * config.max_entries_per_append) as u64;
+    let bound = LIMIT + 4 * window;
+    let switches: Vec<Arc<AtomicBool>> = (0..=3).map(|_| Arc::default()).collect();
+    let factory = {
+        let switches = switches.clone();
+        move |id: NodeId| Laggard { sum: 0, slow: Arc::clone(&switches[id.0 as usize]) }
+    };
+    let cluster = Cluster::new(config.clone(), 3, factory).expect("start");
+    let leader = wait_for_agreement(&cluster, LONG).leader;
+    let slow = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    switches[slow.0 as usize].store(true, Ordering::Relaxed);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let proposers: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, stop) = (cluster.client(), Arc::clone(&stop));
+            std::thread::spawn(move || propose_until(client, stop))
+        })
+        .collect();
+    // Until the cluster has committed far more than the slow node could apply (at most one
+    // entry a millisecond) and the slow node stalled more than once, noting its log's size.
+    let start = cluster.status(leader).expect("leader status").core.commit_index.0;
+    let (mut most_log, mut samples) = (0, 0);
+    let slowed = wait_until(Duration::from_secs(90), "the slow follower to stall", || {
+        let status = cluster.status(slow).map_err(|e| format!("{slow}: {e}"))?;
+        (most_log, samples) = (most_log.max(status.core.log_entries), samples + 1);
+        let commit = cluster.status(leader).map_err(|e| format!("{leader}: {e}"))?;
+        let committed = commit.core.commit_index.0 - start;
+        match committed >= 100 * LIMIT && status.metrics.apply_stalls >= 5 && samples >= 10 {
+            true => Ok(status),
+            false => Err(format!("{committed} committed since the start; {status:?}")),
+        }
+    });
+    let metrics = slowed.metrics;
+    println!(
+        "slow {slow}: peak backlog {} (limit {LIMIT}, bound {bound}), stalls {}, most log \
+         {most_log} in {samples} samples, applied {} of {} committed",
+        metrics.apply_backlog_peak,
+        metrics.apply_stalls,
+        slowed.core.last_applied,
+        slowed.core.commit_index
+    );
+    assert!(metrics.apply_backlog_peak > LIMIT, "it never filled its backlog: {slowed:?}");
+    assert!(metrics.apply_backlog_peak <= bound, "backlog past the bound: {slowed:?}");
+    let log_bound = config.snapshot_entries + 3 * bound;
+    assert!(most_log <= log_bound, "log of {most_log} entries, bound {log_bound}: {slowed:?}");
+
+    // Stalled or not, a kill stops it within a tick and an entry, not behind its backlog.
+    let mut cluster = cluster;
+    let killing = Instant::now();
+    cluster.kill(slow).expect("kill the slow node");
+    let took = killing.elapsed();
+    assert!(took < Duration::from_secs(2), "killing the slow node took {took:?}");
+    cluster.restart(slow).expect("restart it");
+
+    switches[slow.0 as usize].store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let applied: u64 = proposers.into_iter().map(|p| p.join().expect("proposer")).sum();
+    let statuses = wait_converged(&cluster, 3, LONG);
+    println!(
+        "killed in {took:?}; {applied} proposals applied; converged at {}",
+        statuses[0].core.commit_index
+    );
+    assert!(applied > 100 * LIMIT, "only {applied} proposals applied");
+    assert!(statuses.iter().all(|s| s.digest >= applied), "{}", describe(&statuses));
 }

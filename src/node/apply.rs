@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -239,6 +239,16 @@ pub(crate) enum ApplyTask<S: StateMachine> {
     },
 }
 
+impl<S: StateMachine> ApplyTask<S> {
+    /// How many committed entries the task holds (counted against the backlog's limit).
+    fn entries(&self) -> usize {
+        match self {
+            ApplyTask::Entries { entries, .. } => entries.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// An [`Applier`] run inline, or deferred: queued by the node loop and run off it.
 pub(crate) enum ApplyQueue<S: StateMachine> {
     Inline(Applier<S>),
@@ -255,6 +265,22 @@ pub(crate) struct Backlog<S: StateMachine> {
     tasks: Mutex<VecDeque<ApplyTask<S>>>,
     /// How many tasks are queued (read without the lock, after every step).
     queued: AtomicUsize,
+    /// How many committed entries are queued or being applied (`Config::max_apply_backlog`):
+    /// added on push, taken off once a batch of entries has run (or was dropped).
+    entries: AtomicUsize,
+    /// The most `entries` ever held (this incarnation).
+    peak: AtomicUsize,
+    /// `Config::max_apply_backlog`: above it, the node loop takes no new input
+    /// ([`Backlog::over_limit`]).
+    limit: usize,
+    /// Times the node loop stalled on the limit ([`Backlog::note_stall`]).
+    stalls: AtomicUsize,
+    /// Where a stalled loop waits for `entries` to come down to the limit.
+    below: (Mutex<()>, Condvar),
+    /// Test-only bug: the limit is never reached, so the loop takes input however many
+    /// entries wait (the unbounded backlog of the memory audit, item 1).
+    #[cfg(test)]
+    ignore_limit: AtomicBool,
     /// A thread is running tasks (it also runs whatever is queued meanwhile).
     draining: AtomicBool,
     applier: Mutex<Applier<S>>,
@@ -281,11 +307,19 @@ pub(crate) struct Backlog<S: StateMachine> {
 const SLOW_APPLY: Duration = Duration::from_micros(20);
 
 impl<S: StateMachine> ApplyQueue<S> {
-    /// Defers `applier`'s work to [`Backlog::drain`]; snapshots it takes go to `taken`.
-    pub fn deferred(applier: Applier<S>, taken: Sender<Arc<Snapshot>>) -> Self {
+    /// Defers `applier`'s work to [`Backlog::drain`]; snapshots it takes go to `taken`. The
+    /// node loop stalls while more than `limit` entries wait ([`Backlog::over_limit`]).
+    pub fn deferred(applier: Applier<S>, taken: Sender<Arc<Snapshot>>, limit: usize) -> Self {
         ApplyQueue::Deferred(Arc::new(Backlog {
             tasks: Mutex::new(VecDeque::new()),
             queued: AtomicUsize::new(0),
+            entries: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            limit,
+            stalls: AtomicUsize::new(0),
+            below: (Mutex::new(()), Condvar::new()),
+            #[cfg(test)]
+            ignore_limit: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             applier: Mutex::new(applier),
             failure: Mutex::new(None),
@@ -400,9 +434,93 @@ impl<S: StateMachine> ApplyQueue<S> {
 
 impl<S: StateMachine> Backlog<S> {
     fn push(&self, task: ApplyTask<S>) {
+        let entries = task.entries();
+        if entries > 0 {
+            let now = self.entries.fetch_add(entries, Ordering::Relaxed) + entries;
+            self.peak.fetch_max(now, Ordering::Relaxed);
+        }
         let mut tasks = lock(&self.tasks);
         tasks.push_back(task);
         self.queued.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// `n` entries were applied (or dropped): wakes a loop stalled on the limit once they
+    /// bring the count down to it.
+    fn entries_done(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let before = self.entries.fetch_sub(n, Ordering::Relaxed);
+        if before > self.limit && before - n <= self.limit {
+            self.wake_stalled();
+        }
+    }
+
+    fn wake_stalled(&self) {
+        let _guard = lock(&self.below.0);
+        self.below.1.notify_all();
+    }
+
+    /// How many committed entries wait for the state machine (queued, or in the batch being
+    /// applied).
+    pub fn entries(&self) -> usize {
+        self.entries.load(Ordering::Relaxed)
+    }
+
+    /// The most entries that ever waited at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Times the node loop stalled on the limit.
+    pub fn stalls(&self) -> usize {
+        self.stalls.load(Ordering::Relaxed)
+    }
+
+    /// The node loop is stalling on the limit (counted for `Metrics::apply_stalls`).
+    pub fn note_stall(&self) {
+        self.stalls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `Config::max_apply_backlog`.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Whether more than `Config::max_apply_backlog` entries wait: the node loop must take no
+    /// new input (peer messages, client requests, ticks) until the applier has caught up to
+    /// the limit. One relaxed load: it is asked before every step.
+    #[inline]
+    pub fn over_limit(&self) -> bool {
+        #[cfg(test)]
+        if self.ignore_limit.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.entries.load(Ordering::Relaxed) > self.limit
+    }
+
+    /// Waits up to `timeout` for the entries waiting to come down to the limit (or the
+    /// backlog to stop); whether they have.
+    pub fn wait_below_limit(&self, timeout: Duration) -> bool {
+        let guard = lock(&self.below.0);
+        // NB: checked under the lock `entries_done` notifies under: no wake-up is lost.
+        if !self.over_limit() || self.stop.load(Ordering::Relaxed) {
+            return true;
+        }
+        let _ = self.below.1.wait_timeout(guard, timeout);
+        !self.over_limit()
+    }
+
+    /// The entries in the queued tasks, counted over the queue under its lock: the
+    /// simulator's check of [`Backlog::entries`] (which also counts a batch being applied).
+    pub fn count_queued_entries(&self) -> usize {
+        lock(&self.tasks).iter().map(ApplyTask::entries).sum()
+    }
+
+    /// Test-only: see `ignore_limit`.
+    #[cfg(test)]
+    pub fn set_ignore_limit(&self, on: bool) {
+        self.ignore_limit.store(on, Ordering::Relaxed);
     }
 
     /// How many tasks wait to be run.
@@ -478,17 +596,17 @@ impl<S: StateMachine> Backlog<S> {
                 task
             };
             let Some(task) = task else { break };
+            let entries = task.entries();
             if self.stop.load(Ordering::Relaxed) {
                 // Stopping: unrun tasks drop, their proposers learn `NodeDown`.
+                self.entries_done(entries);
                 return false;
             }
-            let timed = match &task {
-                ApplyTask::Entries { entries, .. } if self.timed.load(Ordering::Relaxed) => {
-                    Some((Instant::now(), entries.len()))
-                }
-                _ => None,
-            };
-            if let Err(e) = run_task(&mut applier, task, &self.stop, &self.taken) {
+            let timed = (entries > 0 && self.timed.load(Ordering::Relaxed))
+                .then(|| (Instant::now(), entries));
+            let ran = run_task(&mut applier, task, &self.stop, &self.taken);
+            self.entries_done(entries);
+            if let Err(e) = ran {
                 *lock(&self.failure) = Some(e);
                 self.failed.store(true, Ordering::Release);
             }
@@ -561,6 +679,8 @@ impl<S: StateMachine> Backlog<S> {
         let dropped = std::mem::take(&mut *tasks);
         self.queued.store(0, Ordering::SeqCst);
         drop(tasks);
+        self.entries_done(dropped.iter().map(ApplyTask::entries).sum());
+        self.wake_stalled();
         drop(dropped); // NB: outside the lock: dropping a responder answers its proposer
     }
 }
@@ -738,7 +858,7 @@ mod tests {
         }
         let applier = Applier::new(NodeId(1), BadSnapshot, LogIndex(0));
         let (taken, _taken) = crossbeam_channel::unbounded();
-        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken) else {
+        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken, usize::MAX) else {
             unreachable!("a deferred queue")
         };
         let meta = SnapshotMeta { index: LogIndex(0), term: Term(0), config: Default::default() };
@@ -789,7 +909,7 @@ mod tests {
         let order = Arc::new(Mutex::new(Vec::new()));
         let applier = Applier::new(NodeId(1), Gate(gate, Arc::clone(&order)), LogIndex(0));
         let (taken, _) = crossbeam_channel::unbounded();
-        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken) else {
+        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken, usize::MAX) else {
             unreachable!()
         };
         let entry = |c| Entry { term: Term(1), payload: Payload::Command(c) };
@@ -840,7 +960,7 @@ mod tests {
         let applied = Arc::new(Mutex::new(Vec::new()));
         let applier = Applier::new(NodeId(1), Sleepy(Arc::clone(&applied)), LogIndex(0));
         let (taken, snapshots) = crossbeam_channel::unbounded();
-        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken) else {
+        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken, usize::MAX) else {
             unreachable!()
         };
         let entries = |first, c: Vec<u64>| ApplyTask::Entries {
@@ -876,6 +996,58 @@ mod tests {
         assert!(!backlog.drain_some(), "fast again: the caller ran it");
         assert_eq!(applied().len(), 7);
         assert!(!backlog.has_work());
+    }
+
+    /// The count the node loop stalls on: entries (not tasks) added on push and taken off once
+    /// their batch ran, the peak kept; over the limit only while more than `limit` wait; a
+    /// thread waiting for the backlog to come down is woken by the drain that brings it
+    /// there, and `stop` clears the count.
+    #[test]
+    fn the_backlog_counts_its_entries_and_wakes_a_stalled_loop_at_the_limit() {
+        let applied = Arc::new(Mutex::new(Vec::new()));
+        let applier = Applier::new(NodeId(1), Sleepy(Arc::clone(&applied)), LogIndex(0));
+        let (taken, _taken) = crossbeam_channel::unbounded();
+        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken, 4) else {
+            unreachable!()
+        };
+        let entries = |first, n: u64| ApplyTask::Entries {
+            first: LogIndex(first),
+            entries: (0..n)
+                .map(|_| Entry { term: Term(1), payload: Payload::Command(0) })
+                .collect(),
+        };
+        backlog.push(entries(1, 3));
+        backlog.push(ApplyTask::Read { index: LogIndex(1), reads: Vec::new() });
+        assert_eq!((backlog.entries(), backlog.queued()), (3, 2), "entries, not tasks");
+        assert!(!backlog.over_limit(), "3 of 4");
+        backlog.push(entries(4, 2));
+        assert_eq!((backlog.entries(), backlog.peak()), (5, 5));
+        assert!(backlog.over_limit(), "5 of 4");
+        assert!(!backlog.wait_below_limit(std::time::Duration::from_millis(1)), "nobody drains");
+        assert_eq!(backlog.count_queued_entries(), 5);
+
+        let waiter = {
+            let backlog = Arc::clone(&backlog);
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                let below = backlog.wait_below_limit(std::time::Duration::from_secs(30));
+                (below, start.elapsed())
+            })
+        };
+        backlog.drain();
+        let (below, waited) = waiter.join().expect("waiter");
+        assert!(below && waited.as_secs() < 20, "woken below the limit, not timed out");
+        assert_eq!((backlog.entries(), backlog.peak()), (0, 5), "the peak stays");
+        assert_eq!(applied.lock().unwrap().len(), 5);
+
+        backlog.set_ignore_limit(true);
+        backlog.push(entries(6, 9));
+        assert!(!backlog.over_limit(), "the test-only bug: no limit");
+        backlog.set_ignore_limit(false);
+        assert!(backlog.over_limit());
+        backlog.stop();
+        assert_eq!(backlog.entries(), 0, "dropped entries no longer count");
+        assert!(!backlog.over_limit() && backlog.wait_below_limit(std::time::Duration::ZERO));
     }
 
     /// A snapshot the state machine cannot read stops the node before anything is applied on a

@@ -174,7 +174,9 @@ where
         let taken = unbounded();
         let apply = match apply_on {
             ApplyOn::Inline => ApplyQueue::Inline(applier),
-            ApplyOn::Deferred => ApplyQueue::deferred(applier, taken.0.clone()),
+            ApplyOn::Deferred => {
+                ApplyQueue::deferred(applier, taken.0.clone(), config.max_apply_backlog)
+            }
         };
         let last_seen = (core.role(), core.term(), None);
         Ok(Driver {
@@ -524,6 +526,12 @@ where
         }
         if let Some((sent, received)) = self.transport.wire_bytes() {
             (status.metrics.bytes_sent, status.metrics.bytes_received) = (sent, received);
+        }
+        if let Some(backlog) = self.backlog() {
+            let metrics = &mut status.metrics;
+            metrics.apply_backlog = backlog.entries() as u64;
+            metrics.apply_backlog_peak = backlog.peak() as u64;
+            metrics.apply_stalls = backlog.stalls() as u64;
         }
         self.apply.status(status, reply);
     }

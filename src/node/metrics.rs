@@ -43,6 +43,15 @@ pub struct Metrics {
     /// Proposals and reads this node forwarded to the leader (see
     /// [`NodeHandle::forward_to_leader`](crate::NodeHandle::forward_to_leader)).
     pub forwarded: u64,
+    /// Committed entries waiting for the state machine when the status was taken (the
+    /// thread runtime; 0 where entries are applied in the step).
+    pub apply_backlog: u64,
+    /// The most committed entries that ever waited for the state machine at once; stays near
+    /// `Config::max_apply_backlog` (plus what one step commits) however slow `apply` is.
+    pub apply_backlog_peak: u64,
+    /// Times the node's loop stalled, taking no input, because more than
+    /// `Config::max_apply_backlog` entries waited for its state machine.
+    pub apply_stalls: u64,
 }
 
 impl Metrics {

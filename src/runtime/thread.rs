@@ -18,8 +18,11 @@
 //! it runs the leader's waiting acknowledgements (or its followers' messages) and applies
 //! what they commit, so whichever thread holds a core moves the commit on.
 //!
-//! The only blocking the loop does is waiting for input: sends go through the transport, which
-//! drops rather than blocks.
+//! The only blocking the loop does is waiting for input (sends go through the transport, which
+//! drops rather than blocks), and waiting for its applier while more than
+//! `Config::max_apply_backlog` entries wait to be applied: the loop then stalls, taking no
+//! input, so a state machine slower than the cluster commits bounds its node's memory instead
+//! of growing a queue without end (see [`stall`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, TryLockError};
@@ -379,7 +382,12 @@ impl<S: StateMachine> Shared<S> {
 
 impl<S: StateMachine> Help for Shared<S> {
     fn help(&self) -> bool {
-        if self.watch.inbox.is_empty() || self.done.load(Ordering::Acquire) {
+        // NB: a node stalled on its apply backlog takes no input, from a helper neither: the
+        // helper then finds nothing to do here, and yields or parks as it would.
+        if self.watch.inbox.is_empty()
+            || self.done.load(Ordering::Acquire)
+            || self.backlog.over_limit()
+        {
             return false;
         }
         let ran = self.run_for(|node| match node.channels.inbox.try_recv() {
@@ -409,7 +417,11 @@ impl<S: StateMachine> Help for Shared<S> {
     /// waiting messages (`help_peers`); then applies, on its own thread, what that committed.
     /// New requests stay for the node's loop, which takes them as one batch.
     fn assist(&self, peers: &PeerList) -> bool {
-        if !self.leading.load(Ordering::Relaxed) || self.done.load(Ordering::Acquire) {
+        // NB: nor from a caller: a caller of a stalled leader waits as it would unassisted.
+        if !self.leading.load(Ordering::Relaxed)
+            || self.done.load(Ordering::Acquire)
+            || self.backlog.over_limit()
+        {
             return false;
         }
         if self.watch.inbox.is_empty() && self.watch.synced.is_empty() {
@@ -453,6 +465,13 @@ enum Step {
 fn run_loop<S: StateMachine>(shared: &Shared<S>, last_yield: &mut Instant) -> bool {
     let mut select = shared.watch.select();
     loop {
+        // NB: the one cost of the limit on the hot path: a relaxed load before each step.
+        if shared.backlog.over_limit() {
+            match stall(shared) {
+                Some(go_on) => return go_on,
+                None => continue,
+            }
+        }
         let _ = shared.watch.nudged.try_recv();
         let step = {
             let mut node = match shared.node.try_lock() {
@@ -490,6 +509,64 @@ fn run_loop<S: StateMachine>(shared: &Shared<S>, last_yield: &mut Instant) -> bo
             Step::Idle => wait_for_input(shared, &mut select, last_yield),
         }
     }
+}
+
+/// More than `Config::max_apply_backlog` entries wait for the state machine: the loop takes
+/// no input (peer messages, requests, ticks) until the applier has brought them down to the
+/// limit, as etcd's loop blocks handing committed entries to a slow applier. Meanwhile it
+/// only finishes what it took already (sync outcomes; snapshots taken, which compact the
+/// log), and looks for a shutdown once a tick. `None`: take input again; `Some(go_on)`:
+/// leave the loop, to apply what nobody is applying (true) or to stop (false).
+///
+/// NB: its ticker's missed ticks are dropped (a crossbeam ticker holds one), so its timers
+/// stop with it, as in a long pause: a follower resumes with the messages that waited (the
+/// leader's among them) before its election timer runs on, and does not campaign at once.
+fn stall<S: StateMachine>(shared: &Shared<S>) -> Option<bool> {
+    shared.backlog.note_stall();
+    tracing::debug!(entries = shared.backlog.entries(), "apply backlog over its limit: stalled");
+    loop {
+        if shared.done.load(Ordering::Acquire) {
+            return Some(false);
+        }
+        if shared.backlog.needs_drain() {
+            // Nobody applies (a caller left the rest): this worker does; the other takes the
+            // loop over meanwhile, and stalls in turn.
+            return Some(true);
+        }
+        let below = shared.backlog.wait_below_limit(shared.tick);
+        match shared.watch.shutdown.try_recv() {
+            Ok(()) | Err(TryRecvError::Disconnected) => return Some(false),
+            Err(TryRecvError::Empty) => {}
+        }
+        settle(shared);
+        if below && !shared.backlog.over_limit() {
+            return None;
+        }
+    }
+}
+
+/// While stalled: runs what finishes work the node took already (a sync's outcome, a
+/// snapshot taken), never new input. Skipped while another thread holds the driver.
+fn settle<S: StateMachine>(shared: &Shared<S>) {
+    let Ok(mut node) = shared.node.try_lock() else { return };
+    if node.failed.is_some() {
+        return;
+    }
+    let result = settle_node(&mut node).and_then(|()| node.driver.failure().map_or(Ok(()), Err));
+    if let Err(error) = result {
+        fail(&mut node, shared, error);
+    }
+}
+
+fn settle_node<S: StateMachine>(node: &mut Node<S>) -> Result<(), Error> {
+    let Node { driver, syncer, .. } = node;
+    while let Ok(outcome) = syncer.done().try_recv() {
+        driver.sync_done(outcome, &mut execute_all)?;
+    }
+    while let Ok(snapshot) = driver.taken().try_recv() {
+        driver.snapshot_taken(snapshot, &mut execute_all)?;
+    }
+    submit_sync(node)
 }
 
 /// Records the node's failure: its loop serves it from the next step on.

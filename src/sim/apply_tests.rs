@@ -92,3 +92,66 @@ fn deferred_and_forwarded_runs_replay_exactly() {
         assert_eq!(first.trace_hash, again.trace_hash);
     }
 }
+
+/// [`deferred`] with a tiny apply backlog limit (`Config::max_apply_backlog`, 1 to 8 entries):
+/// nodes stall often, as the runtime's loop does behind a slow state machine, holding their
+/// inputs and missing their ticks until a drain brings the backlog down.
+fn stalling(seed: u64) -> (SimConfig, Schedule) {
+    let (mut config, schedule) = deferred(seed);
+    config.raft.max_apply_backlog = [1, 3, 8][(seed / 6 % 3) as usize];
+    (config, schedule)
+}
+
+fn run_stalling(seed: u64, ignore_limit: bool) -> Result<RunReport, SimFailure> {
+    run_with(stalling, seed, |sim| sim.set_ignore_apply_limit(ignore_limit))
+}
+
+/// Nodes that stall on their apply backlog (leaders losing their term to it, followers
+/// resuming with a frozen election timer) stay safe, linearizable and converge; no node
+/// ever takes input over its limit, and the loop's count of waiting entries always matches
+/// its applier's queue.
+#[test]
+fn the_checkers_hold_when_nodes_stall_on_their_apply_backlog() {
+    let seeds = std::env::var("FERRAFT_APPLY_SEEDS").ok().and_then(|s| s.parse().ok());
+    let mut total = Stats::default();
+    for seed in 0..seeds.unwrap_or(60u64) {
+        let report = run_stalling(seed, false).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+        total.apply_stalls += report.stats.apply_stalls;
+        total.inputs_held_by_stalls += report.stats.inputs_held_by_stalls;
+        total.snapshots_taken += report.stats.snapshots_taken;
+    }
+    println!("{total:?}");
+    assert!(total.apply_stalls >= 100, "{total:?}");
+    assert!(total.inputs_held_by_stalls >= 100, "{total:?}");
+    assert!(total.snapshots_taken >= 100, "{total:?}");
+}
+
+/// The memory audit's unbounded backlog as a switch: nodes that take input however many
+/// entries wait for their state machines are caught by the limit's check, which counts over
+/// the applier's queue, not with the count the stall uses.
+#[test]
+fn a_node_that_ignores_its_apply_limit_is_caught_and_the_stalling_node_is_not() {
+    for seed in 0..10 {
+        run_stalling(seed, false).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+    }
+    let found = (0..30).find_map(|seed| run_stalling(seed, true).err().map(|f| (seed, f)));
+    let (seed, failure) = found.expect("ignore_apply_limit: no violation in 30 seeds");
+    println!("ignore_apply_limit caught at seed {seed}: {failure}");
+    assert!(
+        matches!(failure.kind, FailureKind::ApplyBacklogOverLimit { .. }),
+        "caught, but not by the limit's check: {failure}"
+    );
+}
+
+/// Stalls draw nothing from the RNG of their own: a stalling seed replays byte for byte.
+#[test]
+fn stalling_runs_replay_exactly() {
+    for seed in 0..3 {
+        let (mut config, schedule) = stalling(seed);
+        config.record_trace = true;
+        let first = run_kv(&config, &schedule).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+        let again = run_kv(&config, &schedule).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+        assert!(first.stats.apply_stalls > 0, "{:?}", first.stats);
+        assert_eq!(first.trace_hash, again.trace_hash, "seed {seed} did not replay");
+    }
+}

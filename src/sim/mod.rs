@@ -198,6 +198,11 @@ pub struct Stats {
     /// Of those, a caller's drains that left tasks for the node's workers (a snapshot or a
     /// restore at the front of the queue).
     pub drains_left_to_workers: u64,
+    /// Times a node stalled, its inputs held and its ticks missed, because more than
+    /// `Config::max_apply_backlog` entries waited for its state machine (deferred applies).
+    pub apply_stalls: u64,
+    /// Inputs (messages, requests) held by those stalls until the node's applier caught up.
+    pub inputs_held_by_stalls: u64,
     /// Requests forwarded to a leader ([`SimConfig::forward_requests`]).
     pub forwards: u64,
     /// Of those, the ones lost with their leader, which went down before they reached it.
@@ -267,6 +272,9 @@ pub struct Simulator<S: StateMachine> {
     /// Test-only: callers run the applies queued behind a snapshot before it.
     #[cfg(test)]
     snapshot_behind_later_applies: bool,
+    /// Test-only: nodes never stall on their apply backlog (`Config::max_apply_backlog`).
+    #[cfg(test)]
+    ignore_apply_limit: bool,
     /// Test-only: a forwarded proposal lost with its leader claims it never reached it.
     #[cfg(test)]
     lost_forward_claims_unreachable: bool,
@@ -339,6 +347,8 @@ impl<S: StateMachine> Simulator<S> {
             sync_bugs: crate::node::SyncBugs::default(),
             #[cfg(test)]
             snapshot_behind_later_applies: false,
+            #[cfg(test)]
+            ignore_apply_limit: false,
             #[cfg(test)]
             lost_forward_claims_unreachable: false,
             #[cfg(test)]
@@ -589,6 +599,19 @@ impl<S: StateMachine> Simulator<S> {
         for live in self.nodes.values_mut().filter_map(|node| node.live.as_mut()) {
             if let Some(backlog) = live.driver.backlog() {
                 backlog.set_snapshot_behind_later_applies(on);
+            }
+        }
+    }
+
+    /// Test-only: with [`SimConfig::deferred_apply`], every node's backlog ignores
+    /// `Config::max_apply_backlog` (the memory audit's unbounded backlog), now and after each
+    /// restart: nodes take input however many entries wait for their state machines.
+    #[cfg(test)]
+    pub(crate) fn set_ignore_apply_limit(&mut self, on: bool) {
+        self.ignore_apply_limit = on;
+        for live in self.nodes.values_mut().filter_map(|node| node.live.as_mut()) {
+            if let Some(backlog) = live.driver.backlog() {
+                backlog.set_ignore_limit(on);
             }
         }
     }

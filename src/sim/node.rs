@@ -72,14 +72,18 @@ pub(crate) struct SimNode<S: StateMachine> {
     /// Frozen (a long GC pause, a VM migration) until this virtual time: its clock does not
     /// tick, and what reaches it waits in `deferred`.
     pub paused_until: u64,
-    /// Inputs that arrived during a pause, handled in order when it ends.
-    pub deferred: Vec<(Delivery<S>, InputSummary)>,
+    /// Inputs that arrived during a pause, or while the node stalled on its apply backlog
+    /// (`Config::max_apply_backlog`), handled in order when it takes input again.
+    pub deferred: std::collections::VecDeque<(Delivery<S>, InputSummary)>,
     /// A batch is open in the driver, to be synced at the `Event::Flush` on its way.
     pub batch_open: bool,
     /// The driver's background sync under way, to run at its `Event::Synced`.
     pub sync_job: Option<crate::storage::SyncJob>,
     /// An `Event::Drain` of this incarnation's backlog is on its way.
     pub drain_scheduled: bool,
+    /// Since when the node has been stalled on its apply backlog (`Config::max_apply_backlog`),
+    /// taking no input and missing its ticks, until a drain brings the backlog down.
+    pub stalled_since: Option<u64>,
     /// Virtual time of this incarnation's next clock tick not yet fed to its core: ticks come
     /// every `tick_us` from a random phase, but the simulator steps only those that can act
     /// (`Core::ticks_until_due`) and feeds the idle ones just before the core's next input.
@@ -114,10 +118,11 @@ impl<S: StateMachine> Simulator<S> {
             removed: false,
             tick_us,
             paused_until: 0,
-            deferred: Vec::new(),
+            deferred: Default::default(),
             batch_open: false,
             sync_job: None,
             drain_scheduled: false,
+            stalled_since: None,
             next_tick: 0,
         };
         self.nodes.insert(id, node);
@@ -147,6 +152,7 @@ impl<S: StateMachine> Simulator<S> {
         node.batch_open = false; // held actions and unsynced writes go with the driver
         node.sync_job = None;
         node.drain_scheduled = false; // the backlog, its queued applies and answers are lost
+        node.stalled_since = None;
         self.forwards().running.remove(&id);
         self.crash_armed.remove(&id);
         self.crash_before_sync.remove(&id);
@@ -217,6 +223,8 @@ impl<S: StateMachine> Simulator<S> {
             backlog.never_slow(); // NB: timing real `apply` calls would make runs unrepeatable
             #[cfg(test)]
             backlog.set_snapshot_behind_later_applies(self.snapshot_behind_later_applies);
+            #[cfg(test)]
+            backlog.set_ignore_limit(self.ignore_apply_limit);
         }
         if raft.lease_reads {
             let view = SimLease::default();
@@ -267,7 +275,7 @@ impl<S: StateMachine> Simulator<S> {
     fn catch_up(&mut self, id: NodeId) {
         let now = self.now;
         let Some(node) = self.nodes.get_mut(&id) else { return };
-        if node.paused_until > now {
+        if node.paused_until > now || node.stalled() {
             return;
         }
         node.skip_paused_ticks();
@@ -308,8 +316,11 @@ impl<S: StateMachine> Simulator<S> {
         if node.live.is_none() || node.incarnation != incarnation {
             return Ok(()); // the node crashed since: this clock stopped
         }
-        if node.paused_until > self.now {
-            return Ok(()); // a frozen process misses its ticks; resuming schedules the next
+        if node.paused_until > self.now || node.stalled() {
+            // A frozen process misses its ticks; resuming schedules the next. So does a node
+            // stalled on its apply backlog: the runtime's ticker drops the ticks its loop
+            // does not take.
+            return Ok(());
         }
         let node = self.nodes.get_mut(&id).expect("looked up above");
         node.skip_paused_ticks();
@@ -409,8 +420,48 @@ impl<S: StateMachine> Simulator<S> {
         for snapshot in taken {
             self.step(id, Delivery::Taken(snapshot), InputSummary::SnapshotTaken)?;
         }
+        self.end_stall(id)?;
         self.schedule_drain(id);
         Ok(())
+    }
+
+    /// A step left `id`'s backlog over its limit: the node stalls until a drain brings it down.
+    fn note_stall(&mut self, id: NodeId) {
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        if node.stalled_since.is_none() && node.stalled() {
+            node.stalled_since = Some(now);
+            self.stats.apply_stalls += 1;
+        }
+    }
+
+    /// A drain may have brought a stalled node's backlog down to its limit: if so, the ticks
+    /// it missed stay missed (its clock resumes from now), and it handles the inputs that
+    /// waited, in order, as long as it takes input.
+    fn end_stall(&mut self, id: NodeId) -> Result<(), FailureKind> {
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+        if node.stalled_since.is_none() || node.stalled() {
+            return Ok(());
+        }
+        node.stalled_since = None;
+        if node.next_tick < now {
+            node.next_tick += node.ticks_before(now) * node.tick_us;
+        }
+        self.schedule_tick(id);
+        self.replay_deferred(id)
+    }
+
+    /// Hands `id` the inputs that waited (a pause, a stall), in order, while it takes input.
+    fn replay_deferred(&mut self, id: NodeId) -> Result<(), FailureKind> {
+        loop {
+            let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
+            if node.live.is_none() || node.paused_until > self.now || node.stalled() {
+                return Ok(());
+            }
+            let Some((delivery, summary)) = node.deferred.pop_front() else { return Ok(()) };
+            self.step(id, delivery, summary)?;
+        }
     }
 
     /// What the forwarders share.
@@ -493,18 +544,17 @@ impl<S: StateMachine> Simulator<S> {
         if node.incarnation != incarnation || node.paused_until > self.now {
             return Ok(());
         }
-        let deferred = std::mem::take(&mut node.deferred);
         if node.paused_until > 0 {
-            self.note(format!("resume {id} ({} inputs waited)", deferred.len()));
+            let waited = node.deferred.len();
+            self.note(format!("resume {id} ({waited} inputs waited)"));
         }
         let node = self.nodes.get_mut(&id).expect("exists");
         node.skip_paused_ticks();
         node.paused_until = 0;
         self.schedule_tick(id);
-        for (delivery, summary) in deferred {
-            self.step(id, delivery, summary)?;
-        }
-        Ok(())
+        // NB: a node stalled on its apply backlog keeps what waited until its applier
+        // catches up (`end_stall`).
+        self.replay_deferred(id)
     }
 
     /// Ends every pause now (the quiet period).
@@ -602,8 +652,17 @@ impl<S: StateMachine> Simulator<S> {
         };
         let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
         if node.live.is_some() && node.paused_until > self.now {
-            node.deferred.push((delivery, summary));
+            node.deferred.push_back((delivery, summary));
             return Ok(());
+        }
+        if node.live.is_some() && delivery.is_input() {
+            if node.stalled() {
+                // As the runtime's loop: no input while over `Config::max_apply_backlog`.
+                self.stats.inputs_held_by_stalls += 1;
+                node.deferred.push_back((delivery, summary));
+                return Ok(());
+            }
+            node.check_apply_backlog(id)?;
         }
         let received_chunk = matches!(&delivery, Delivery::Message(m) if is_partial_chunk(m));
         let mut sent_chunk = false;
@@ -683,6 +742,7 @@ impl<S: StateMachine> Simulator<S> {
             self.schedule(after, Event::Synced { node: id, incarnation });
         }
         self.schedule_drain(id);
+        self.note_stall(id);
         self.pass_on_forwards();
         match stepped {
             Err(payload) => {
@@ -762,7 +822,44 @@ fn step_event<C: Clone>(core: &Core<C>, input: InputSummary, actions: &[Action<C
     TraceEvent::Step { node: core.id(), input, after, sends }
 }
 
+impl<S: StateMachine> Delivery<S> {
+    /// Whether this is new input, which a node stalled on its apply backlog does not take
+    /// (what finishes work it took already, a sync or a snapshot taken, it does).
+    fn is_input(&self) -> bool {
+        match self {
+            Delivery::Ticks(..)
+            | Delivery::Message(_)
+            | Delivery::Request(_)
+            | Delivery::Requests(_) => true,
+            Delivery::Flush | Delivery::Synced(_) | Delivery::Taken(_) => false,
+        }
+    }
+}
+
 impl<S: StateMachine> SimNode<S> {
+    /// Whether the node runs and more than `Config::max_apply_backlog` entries wait for its
+    /// state machine: it takes no input (the runtime's loop stalls).
+    fn stalled(&self) -> bool {
+        let backlog = self.live.as_ref().and_then(|live| live.driver.backlog());
+        backlog.is_some_and(|backlog| backlog.over_limit())
+    }
+
+    /// The check of the limit, independent of the stall it checks: the node is about to
+    /// take input, so the entries waiting, counted over its applier's queue, must be within
+    /// `Config::max_apply_backlog`, and the loop's count must agree with them.
+    fn check_apply_backlog(&self, id: NodeId) -> Result<(), FailureKind> {
+        let backlog = self.live.as_ref().and_then(|live| live.driver.backlog());
+        let Some(backlog) = backlog else { return Ok(()) };
+        let (queued, counted, limit) =
+            (backlog.count_queued_entries(), backlog.entries(), backlog.limit());
+        if counted != queued {
+            return Err(FailureKind::ApplyBacklogMiscounted { node: id, counted, queued });
+        }
+        if queued > limit {
+            return Err(FailureKind::ApplyBacklogOverLimit { node: id, entries: queued, limit });
+        }
+        Ok(())
+    }
     /// Ticks of this node's clock strictly before `until` not yet fed to its core.
     fn ticks_before(&self, until: u64) -> u64 {
         if until <= self.next_tick {

@@ -46,6 +46,26 @@ pub enum FailureKind {
     NotLinearizable(linearizability::Violation),
     /// The configuration or a fault was out of range.
     Fault(FaultError),
+    /// A node took input (a message, a request, a tick) while more committed entries waited
+    /// for its state machine than `Config::max_apply_backlog` allows: its memory is unbounded.
+    ApplyBacklogOverLimit {
+        /// The node.
+        node: NodeId,
+        /// The entries waiting (counted over its applier's queue).
+        entries: usize,
+        /// `Config::max_apply_backlog`.
+        limit: usize,
+    },
+    /// A node's count of entries waiting for its state machine (the one its loop stalls on)
+    /// differs from what its applier's queue holds.
+    ApplyBacklogMiscounted {
+        /// The node.
+        node: NodeId,
+        /// The count.
+        counted: usize,
+        /// What the queue holds.
+        queued: usize,
+    },
 }
 
 impl FailureKind {
@@ -79,6 +99,14 @@ impl fmt::Display for FailureKind {
             }
             FailureKind::NotLinearizable(v) => write!(f, "{v}"),
             FailureKind::Fault(e) => write!(f, "bad fault setting: {e}"),
+            FailureKind::ApplyBacklogOverLimit { node, entries, limit } => write!(
+                f,
+                "{node} took input with {entries} entries waiting for its state machine (limit {limit})"
+            ),
+            FailureKind::ApplyBacklogMiscounted { node, counted, queued } => write!(
+                f,
+                "{node} counts {counted} entries waiting for its state machine; its queue holds {queued}"
+            ),
         }
     }
 }
