@@ -41,14 +41,19 @@ impl StateMachine for Touchy {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let bytes = snapshot.try_into().map_err(|_| format!("{} bytes, not 8", snapshot.len()))?;
-        self.sum = u64::from_le_bytes(bytes);
+        self.sum = sum_from(snapshot)?;
         Ok(())
     }
 
     fn digest(&self) -> u64 {
         self.sum
     }
+}
+
+/// The sum a `Touchy` or `Laggard` snapshot holds.
+fn sum_from(snapshot: &[u8]) -> Result<u64, String> {
+    let bytes = snapshot.try_into().map_err(|_| format!("{} bytes, not 8", snapshot.len()))?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 fn touchy(config: Config) -> Cluster<Touchy> {
@@ -245,8 +250,7 @@ impl StateMachine for Laggard {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let bytes = snapshot.try_into().map_err(|_| format!("{} bytes, not 8", snapshot.len()))?;
-        self.sum = u64::from_le_bytes(bytes);
+        self.sum = sum_from(snapshot)?;
         Ok(())
     }
 

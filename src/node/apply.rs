@@ -838,8 +838,8 @@ mod tests {
     }
 
     /// `snapshot` is the user's code too: a panic in it is caught like one in `apply`, and the
-    /// backlog keeps draining (it once unwound through `drain` with its
-    /// draining flag set, so nothing queued later was ever run).
+    /// backlog keeps draining (it once unwound through `drain` with its draining flag set, so
+    /// nothing queued later was ever run).
     #[test]
     fn a_panicking_snapshot_fails_the_applier_and_the_backlog_still_drains() {
         struct BadSnapshot;
