@@ -179,7 +179,10 @@ impl<S: StateMachine> NodeHandle<S> {
         self.requests.send(request).map_err(|_| Error::NodeDown(self.id))
     }
 
-    /// Sends a proposal without waiting; the receipt tells its index and output later.
+    /// Sends a proposal without waiting for it; the receipt tells its index and output later.
+    /// Returns at once unless the node's request queue is full (`Config::inbox_capacity`
+    /// requests waiting, say behind a node stalled on its apply backlog): then it waits for
+    /// room, the backpressure that keeps a flood of proposals from growing memory.
     pub fn propose_async(&self, command: S::Command) -> Result<Receipt<S::Output>, Error> {
         self.try_propose(command, self.forward).or_else(|later| later.send(self.id))
     }
@@ -466,7 +469,8 @@ impl<S: StateMachine> Client<S> {
     }
 
     /// Sends a proposal to the node believed to lead (or any running node when none is known)
-    /// and returns at once: never blocks. The receipt reports `NotLeader` (with a hint) if the
+    /// and returns at once, unless that node's request queue is full (see
+    /// [`NodeHandle::propose_async`]). The receipt reports `NotLeader` (with a hint) if the
     /// belief was stale, and `Shutdown` if no node runs; [`Client::propose`] retries for you.
     pub fn propose_async(&self, command: S::Command) -> Receipt<S::Output> {
         let command = match self.leader_hint() {

@@ -529,8 +529,9 @@ impl<S: StateMachine> Cluster<S> {
         self.client.propose_timeout(command, timeout)
     }
 
-    /// Sends a proposal to the node believed to lead and returns at once (never blocks); the
-    /// receipt reports `NotLeader` if that belief is stale. See [`Client::propose_async`].
+    /// Sends a proposal to the node believed to lead and returns at once (unless its request
+    /// queue is full); the receipt reports `NotLeader` if that belief is stale. See
+    /// [`Client::propose_async`].
     pub fn propose_async(&self, command: S::Command) -> Receipt<S::Output> {
         self.client.propose_async(command)
     }
