@@ -40,6 +40,9 @@ pub(crate) struct SnapshotSend {
     sent_last: bool,
     /// Whether `acked` moved since the last heartbeat.
     progressed: bool,
+    /// A heartbeat found no progress: one chunk at a time until the follower answers, as
+    /// AppendEntries probe (a dead follower costs a chunk a heartbeat, not the window).
+    probing: bool,
 }
 
 impl<C: Clone> Core<C> {
@@ -92,6 +95,7 @@ impl<C: Clone> Core<C> {
         if send.index != meta.index {
             *send = SnapshotSend::new(meta.index); // compacted further: send the newer one
         }
+        let window = if send.probing { chunk } else { window };
         let mut chunks = Vec::new();
         while !send.sent_last && send.sent - send.acked < window.max(1) {
             let end = (send.sent + chunk).min(len);
@@ -111,12 +115,13 @@ impl<C: Clone> Core<C> {
     }
 
     /// Leader, at each heartbeat: a transfer that made no progress since the last one resends
-    /// from what the follower confirmed (chunks were lost).
+    /// from what the follower confirmed (chunks were lost), one chunk until it answers.
     pub(super) fn heartbeat_snapshot(&mut self, to: NodeId) {
         if let Some(send) = self.sending.get_mut(&to) {
             if !std::mem::take(&mut send.progressed) {
                 send.sent = send.acked;
                 send.sent_last = false;
+                send.probing = true;
             }
         }
         self.send_snapshot_chunks(to);
@@ -157,6 +162,7 @@ impl<C: Clone> Core<C> {
                 send.sent_last = false;
             }
             send.progressed = true;
+            send.probing = false;
             self.send_snapshot_chunks(from);
         } else if reply.received < send.acked {
             // The follower holds less than it said (it restarted, or this reply is old): trust
@@ -242,6 +248,13 @@ impl<C: Clone> Core<C> {
 
 impl SnapshotSend {
     fn new(index: LogIndex) -> Self {
-        SnapshotSend { index, sent: 0, acked: 0, sent_last: false, progressed: false }
+        SnapshotSend {
+            index,
+            sent: 0,
+            acked: 0,
+            sent_last: false,
+            progressed: false,
+            probing: false,
+        }
     }
 }

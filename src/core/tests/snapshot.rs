@@ -151,6 +151,13 @@ fn lead_a_follower_behind_the_offset_gets_the_snapshot_in_chunks_within_the_wind
             .collect()
     };
     assert_eq!(offsets(&acts), [(0, false), (3, false)]);
+    // No answer by a heartbeat (a dead or cut-off follower): one chunk from what it confirmed,
+    // not the window again, each heartbeat until it answers.
+    let heartbeat = fixed_timeout().heartbeat_interval.as_millis() as u64
+        / fixed_timeout().tick.as_millis() as u64;
+    for _ in 0..3 {
+        assert_eq!(offsets(&c.tick(heartbeat)), [(0, false)], "a probe, not the window");
+    }
     let reply = |received: u64, done: bool| Message {
         from: NodeId(2),
         to: NodeId(1),
@@ -161,7 +168,8 @@ fn lead_a_follower_behind_the_offset_gets_the_snapshot_in_chunks_within_the_wind
             done,
         }),
     };
-    assert_eq!(offsets(&c.recv(reply(3, false))), [(6, true)]);
+    // Its answer reopens the window, from what it confirmed.
+    assert_eq!(offsets(&c.recv(reply(3, false))), [(3, false), (6, true)]);
     assert!(offsets(&c.recv(reply(3, false))).is_empty(), "a duplicate reply sends nothing");
     let acts = c.recv(reply(8, true));
     assert!(offsets(&acts).is_empty());
