@@ -14,6 +14,7 @@
 //! | I4 | no log entry has a term above `term` | O(1) |
 //! | P1 | per peer: `matched < next`, `matched <= last index` | O(peers) |
 //! | P3 | a leader has progress for exactly its configuration's members but itself; others none | O(peers) |
+//! | P4 | snapshot transfers only to nodes with progress (members, while leading) | O(transfers) |
 //! | V1 | votes are held only by a (pre-)candidate | O(1) |
 //! | C1 | a leader's commit index is matched by a quorum of its configuration (LEAD-4) | O(peers log peers) |
 //! | R1 | a leader has at most one read round outstanding (`read.rs`) | O(1) |
@@ -76,6 +77,7 @@ impl<C: Clone> Core<C> {
         self.check_i4_log_terms_not_ahead()?;
         self.check_p1_progress_ordered()?;
         self.check_p3_progress_matches_config()?;
+        self.check_p4_transfers_to_members()?;
         self.check_v1_votes_only_while_campaigning()?;
         self.check_c1_commit_matched_by_a_quorum()?;
         self.check_r1_r2_reads_bounded()
@@ -121,6 +123,7 @@ impl<C: Clone> Core<C> {
             && self.check_i3_leader_knows_itself().is_ok()
             && self.check_i4_log_terms_not_ahead().is_ok()
             && self.check_v1_votes_only_while_campaigning().is_ok()
+            && self.check_p4_transfers_to_members().is_ok()
             && self.reads_bounded().is_ok();
         if !o1 {
             return false;
@@ -241,6 +244,13 @@ impl<C: Clone> Core<C> {
             return self.violation("P3", format!("progress for non-member {id}"));
         }
         Ok(())
+    }
+
+    fn check_p4_transfers_to_members(&self) -> Check {
+        match self.sending.keys().find(|id| !self.progress.contains_key(id)) {
+            Some(id) => self.violation("P4", format!("a snapshot transfer to {id}, not a member")),
+            None => Ok(()),
+        }
     }
 
     fn check_v1_votes_only_while_campaigning(&self) -> Check {

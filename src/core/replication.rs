@@ -447,6 +447,8 @@ impl<C: Clone> Core<C> {
         }
         let config = Arc::clone(self.config());
         self.progress.retain(|id, _| config.contains(*id));
+        // NB: a snapshot transfer to a node that left ends with it.
+        self.sending.retain(|id, _| config.contains(*id));
         let last = self.log.last_index();
         for id in config.members().filter(|&m| m != self.id) {
             self.progress.entry(id).or_insert_with(|| super::progress::Progress::new(last));
