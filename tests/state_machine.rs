@@ -362,3 +362,95 @@ fn a_slow_follower_holds_its_apply_backlog_near_the_limit_and_catches_up() {
     assert!(applied > 100 * LIMIT, "only {applied} proposals applied");
     assert!(statuses.iter().all(|s| s.digest >= applied), "{}", describe(&statuses));
 }
+
+/// Blocks in `apply` while its gate is shut; sums what it applies.
+struct Gated {
+    sum: u64,
+    open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl StateMachine for Gated {
+    type Command = u64;
+    type Output = u64;
+
+    fn apply(&mut self, _index: LogIndex, command: &u64) -> u64 {
+        let (lock, opened) = &*self.open;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = opened.wait(open).unwrap();
+        }
+        self.sum += command;
+        self.sum
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.sum.to_le_bytes().to_vec()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.sum = sum_from(snapshot)?;
+        Ok(())
+    }
+}
+
+/// A node stalled on its apply backlog stops taking requests, and its queue fills: a call
+/// with a deadline still returns by it (`status`, and the others that send a request), where
+/// it used to wait in the send until the node took requests again.
+#[test]
+fn a_call_with_a_deadline_returns_by_it_while_the_nodes_queue_is_full() {
+    let _serial = serial();
+    let open = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let config = Config { max_apply_backlog: 1, inbox_capacity: 2, ..fast_config(59) };
+    let gate = Arc::clone(&open);
+    let cluster =
+        Cluster::new(config, 1, move |_| Gated { sum: 0, open: Arc::clone(&gate) }).expect("start");
+    let id = cluster.wait_for_leader(LONG).expect("a leader");
+    let node = cluster.node(id).expect("running");
+    // Proposals the shut gate holds back: the node stalls, the rest fill its queue, and the
+    // proposer waits for room (the documented backpressure).
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let proposer = {
+        let (node, sent) = (node.clone(), Arc::clone(&sent));
+        std::thread::spawn(move || {
+            let receipts: Vec<_> = (1..=8)
+                .map(|i| {
+                    let receipt = node.propose_async(i).expect("sent");
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    receipt
+                })
+                .collect();
+            receipts.into_iter().map(|mut r| r.wait(LONG).map(|a| a.output)).collect::<Vec<_>>()
+        })
+    };
+    // NB: should the call not return (the bug), the gate opens after 8 s all the same, so
+    // the test fails on the time taken instead of hanging.
+    let watchdog = {
+        let open = Arc::clone(&open);
+        std::thread::spawn(move || {
+            let (lock, opened) = &*open;
+            let shut = lock.lock().unwrap();
+            let (mut shut, _) =
+                opened.wait_timeout_while(shut, Duration::from_secs(8), |o| !*o).unwrap();
+            *shut = true;
+            opened.notify_all();
+        })
+    };
+    wait_until(LONG, "proposals past the limit and the queue", || {
+        match sent.load(Ordering::SeqCst) {
+            n if n >= 4 => Ok(()),
+            n => Err(format!("{n} sent")),
+        }
+    });
+    let asked = Instant::now();
+    let status = node.status(ms(100));
+    let took = asked.elapsed();
+    assert_eq!(status.map(|_| ()), Err(Error::Timeout), "the node is stalled");
+    assert!(took < Duration::from_secs(5), "returned after {took:?}, its deadline 100 ms");
+    *open.0.lock().unwrap() = true;
+    open.1.notify_all();
+    watchdog.join().expect("the watchdog");
+    let outputs = proposer.join().expect("the proposer");
+    assert_eq!(outputs.last(), Some(&Ok(36)), "all eight applied once the gate opened");
+    let status = node.status(LONG).expect("answered again");
+    assert_eq!(status.core.last_applied, status.core.commit_index);
+}

@@ -297,6 +297,9 @@ pub(crate) struct Backlog<S: StateMachine> {
     timed: AtomicBool,
     /// Where snapshots taken here go, back to the node loop.
     taken: Sender<Arc<Snapshot>>,
+    /// Wakes the node's workers to run what a caller's lease read left (the thread runtime
+    /// sets it; without it the reader runs everything itself, as the simulator's does).
+    wake: std::sync::OnceLock<Sender<()>>,
     /// Test-only switch: a caller that meets a snapshot runs the tasks behind it first.
     #[cfg(test)]
     snapshot_behind_later_applies: AtomicBool,
@@ -328,6 +331,7 @@ impl<S: StateMachine> ApplyQueue<S> {
             slow: AtomicBool::new(false),
             timed: AtomicBool::new(true),
             taken,
+            wake: std::sync::OnceLock::new(),
             #[cfg(test)]
             snapshot_behind_later_applies: AtomicBool::new(false),
         }))
@@ -636,6 +640,9 @@ impl<S: StateMachine> Backlog<S> {
             Ok(applier) => applier,
             Err(_) => return None,
         };
+        // NB: marked as draining while it holds the applier, so a worker that queues work
+        // meanwhile leaves it to this reader instead of retrying a lock it cannot take.
+        let draining = Draining::set(&self.draining);
         let answer = if applier.failure.is_some() || applier.applied < index {
             None
         } else {
@@ -643,13 +650,25 @@ impl<S: StateMachine> Backlog<S> {
             let answer = catch_unwind(AssertUnwindSafe(|| query(state))).ok();
             answer.map(|answer| (answer, applier.applied))
         };
+        drop(draining);
         drop(applier);
-        // NB: a drain that found the applier locked by this query returned at once, leaving
-        // its tasks for whoever holds it: run them here rather than leave them waiting.
+        // What was queued meanwhile is this reader's: what a caller may run (no snapshot, no
+        // slow batch) it runs; the rest goes to the node's workers, woken for it.
         if self.needs_drain() {
-            self.drain();
+            match self.wake.get() {
+                Some(wake) if self.drain_some() => {
+                    let _ = wake.try_send(());
+                }
+                Some(_) => {}
+                None => self.drain(),
+            }
         }
         answer
+    }
+
+    /// Sets where [`Backlog::query_now`] wakes the node's workers (once; the thread runtime).
+    pub fn wake_with(&self, wake: Sender<()>) {
+        let _ = self.wake.set(wake);
     }
 
     /// Runs `f` on the state machine as it is now (waiting for a drain under way).

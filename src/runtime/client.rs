@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 
 use crate::core::MembershipChange;
 use crate::error::Error;
@@ -174,11 +174,6 @@ impl<S: StateMachine> NodeHandle<S> {
         self.id
     }
 
-    /// Hands `request` to the node's thread; fails only if the node is not running.
-    pub(crate) fn send_request(&self, request: Request<S>) -> Result<(), Error> {
-        self.requests.send(request).map_err(|_| Error::NodeDown(self.id))
-    }
-
     /// Sends a proposal without waiting for it; the receipt tells its index and output later.
     /// Returns at once unless the node's request queue is full (`Config::inbox_capacity`
     /// requests waiting, say behind a node stalled on its apply backlog): then it waits for
@@ -196,11 +191,29 @@ impl<S: StateMachine> NodeHandle<S> {
         self.propose_async(command)?.wait(timeout)
     }
 
+    /// Hands `request` to the node's thread, by `deadline` if any: a full queue (a node
+    /// stalled on its apply backlog, say) is waited on no longer than the call's own deadline.
+    /// Fails with `NodeDown` if the node is not running.
+    pub(crate) fn send_by(
+        &self,
+        request: Request<S>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
+        let Some(deadline) = deadline else {
+            return self.requests.send(request).map_err(|_| Error::NodeDown(self.id));
+        };
+        self.requests.send_deadline(request, deadline).map_err(|e| match e {
+            SendTimeoutError::Timeout(_) => Error::Timeout,
+            SendTimeoutError::Disconnected(_) => Error::NodeDown(self.id),
+        })
+    }
+
     /// The node's current status, waiting up to `timeout` for it.
     pub fn status(&self, timeout: Duration) -> Result<NodeStatus, Error> {
         let (reply, rx) = bounded(1);
-        self.requests.send(Request::Status { reply }).map_err(|_| Error::NodeDown(self.id))?;
-        rx.recv_timeout(timeout).map_err(|e| self.recv_error(e))
+        let deadline = deadline_after(timeout);
+        self.send_by(Request::Status { reply }, Some(deadline))?;
+        rx.recv_deadline(deadline).map_err(|e| self.recv_error(e))
     }
 
     /// Compacts this node's log now: snapshots its state machine through the last applied
@@ -208,8 +221,9 @@ impl<S: StateMachine> NodeHandle<S> {
     /// the tail). Says what it did; waits up to `timeout`. Any node may compact, leader or not.
     pub fn compact(&self, timeout: Duration) -> Result<Compaction, Error> {
         let (reply, rx) = bounded(1);
-        self.requests.send(Request::Compact { reply }).map_err(|_| Error::NodeDown(self.id))?;
-        rx.recv_timeout(timeout).map_err(|e| self.recv_error(e))?
+        let deadline = deadline_after(timeout);
+        self.send_by(Request::Compact { reply }, Some(deadline))?;
+        rx.recv_deadline(deadline).map_err(|e| self.recv_error(e))?
     }
 
     /// Asks this node (which must lead) to make a membership change, waiting up to `timeout`
@@ -230,9 +244,7 @@ impl<S: StateMachine> NodeHandle<S> {
         deadline: Instant,
     ) -> Result<Configuration, Error> {
         let (reply, rx) = bounded(1);
-        self.requests
-            .send(Request::ChangeMembership { change, reply })
-            .map_err(|_| Error::NodeDown(self.id))?;
+        self.send_by(Request::ChangeMembership { change, reply }, Some(deadline))?;
         rx.recv_deadline(deadline).map_err(|e| self.recv_error(e))?
     }
 

@@ -33,11 +33,21 @@ impl<S: ReadStateMachine> NodeHandle<S> {
     /// receipt's [`Applied`] holds the answer, and as `index` the log index the state had been
     /// applied through when the query ran (`term` is 0: a read has no entry).
     pub fn read_async(&self, query: S::Query) -> Result<Receipt<S::Answer>, Error> {
+        self.read_by(query, None)
+    }
+
+    /// [`NodeHandle::read_async`], waiting for room in a full queue until `deadline` at most
+    /// (`None`: as long as it takes).
+    pub(super) fn read_by(
+        &self,
+        query: S::Query,
+        deadline: Option<Instant>,
+    ) -> Result<Receipt<S::Answer>, Error> {
         if let Some(applied) = self.read_locally(|sm| sm.query(&query)) {
             return Ok(Receipt::ready(self.id(), Ok(applied)));
         }
         let (read, receipt) = self.read_receipt(query, |sm: &S, query| sm.query(query));
-        self.send_request(self.forwardable(Request::Read { read }))?;
+        self.send_by(self.forwardable(Request::Read { read }), deadline)?;
         Ok(receipt)
     }
 
@@ -47,7 +57,8 @@ impl<S: ReadStateMachine> NodeHandle<S> {
         if let Some(applied) = self.read_locally(|sm| sm.query(&query)) {
             return Ok(applied.output); // a lease read: no receipt, no queue
         }
-        Ok(self.read_async(query)?.wait(timeout)?.output)
+        let deadline = deadline_after(timeout);
+        Ok(self.read_by(query, Some(deadline))?.wait_until(deadline)?.output)
     }
 
     /// Sends many linearizable reads as one request, without waiting: one receipt, one trip
@@ -60,23 +71,33 @@ impl<S: ReadStateMachine> NodeHandle<S> {
         &self,
         queries: Vec<S::Query>,
     ) -> Result<Receipt<Vec<S::Answer>>, Error> {
+        self.read_many_by(queries, None)
+    }
+
+    fn read_many_by(
+        &self,
+        queries: Vec<S::Query>,
+        deadline: Option<Instant>,
+    ) -> Result<Receipt<Vec<S::Answer>>, Error> {
         let answers = |sm: &S| queries.iter().map(|q| sm.query(q)).collect();
         if let Some(applied) = self.read_locally(answers) {
             return Ok(Receipt::ready(self.id(), Ok(applied)));
         }
         let run = |sm: &S, queries: &Vec<S::Query>| queries.iter().map(|q| sm.query(q)).collect();
         let (read, receipt) = self.read_receipt(queries, run);
-        self.send_request(self.forwardable(Request::Read { read }))?;
+        self.send_by(self.forwardable(Request::Read { read }), deadline)?;
         Ok(receipt)
     }
 
-    /// [`NodeHandle::read_many_async`], waiting up to `timeout` for the answers.
+    /// [`NodeHandle::read_many_async`], waiting up to `timeout` for the answers (and for room
+    /// in a full queue).
     pub fn read_many(
         &self,
         queries: Vec<S::Query>,
         timeout: Duration,
     ) -> Result<Vec<S::Answer>, Error> {
-        Ok(self.read_many_async(queries)?.wait(timeout)?.output)
+        let deadline = deadline_after(timeout);
+        Ok(self.read_many_by(queries, Some(deadline))?.wait_until(deadline)?.output)
     }
 }
 
@@ -106,7 +127,9 @@ impl<S: ReadStateMachine> Client<S> {
             }
             let Some(id) = target else { return Err(Error::Shutdown) };
             let answer = match self.handle(id) {
-                Some(node) => node.read_async(query.clone()).and_then(|mut r| r.wait(left)),
+                Some(node) => node
+                    .read_by(query.clone(), Some(deadline))
+                    .and_then(|mut r| r.wait_until(deadline)),
                 None => Err(Error::NodeDown(id)),
             };
             match answer {

@@ -70,7 +70,7 @@ pub(crate) type Peers = Arc<PeerSet>;
 /// See [`Peers`].
 #[derive(Default)]
 pub(crate) struct PeerSet {
-    nodes: RwLock<Vec<(NodeId, Arc<dyn Help>)>>,
+    nodes: RwLock<PeerVec>,
     /// Test-only bug: a leader that helped a follower applies what the follower committed,
     /// on the leader's thread (the first draft of helping).
     #[cfg(test)]
@@ -83,6 +83,9 @@ pub(crate) struct PeerSet {
 
 /// The nodes of a [`PeerSet`], as its read lock shows them.
 type PeerList = [(NodeId, Arc<dyn Help>)];
+
+/// What a [`PeerSet`]'s lock guards.
+type PeerVec = Vec<(NodeId, Arc<dyn Help>)>;
 
 /// A node another node's worker, or a caller, can run a step for.
 pub(crate) trait Help: Send + Sync {
@@ -103,7 +106,7 @@ struct AssistNode {
 
 impl Assist for AssistNode {
     fn assist(&self) -> bool {
-        let peers = self.peers.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let Some(peers) = read_if_free(&self.peers) else { return false };
         let node = peers.iter().find(|(id, _)| *id == self.id);
         node.is_some_and(|(_, node)| node.assist(&peers))
     }
@@ -220,7 +223,19 @@ impl Drop for NodeThreads {
     }
 }
 
-fn write(peers: &Peers) -> std::sync::RwLockWriteGuard<'_, Vec<(NodeId, Arc<dyn Help>)>> {
+/// The set's read lock, unless a writer holds it or waits for it. Helping is optional, and
+/// std's lock makes a new reader wait behind a waiting writer: a node starting or leaving
+/// would otherwise hold every helping leader's loop (no heartbeats) and every assisting caller
+/// until the readers already in, one maybe applying a long batch, were done.
+fn read_if_free(peers: &Peers) -> Option<std::sync::RwLockReadGuard<'_, PeerVec>> {
+    match peers.nodes.try_read() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
+fn write(peers: &Peers) -> std::sync::RwLockWriteGuard<'_, PeerVec> {
     peers.nodes.write().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -240,6 +255,7 @@ pub(crate) fn spawn<S: StateMachine>(
     let ticker = crossbeam_channel::tick(tick);
     let syncer = Syncer::new(id);
     let (nudge, nudged) = bounded(1);
+    backlog.wake_with(nudge.clone());
     let watch = Watch {
         inbox: channels.inbox.clone(),
         requests: channels.requests.clone(),
@@ -334,7 +350,7 @@ impl<S: StateMachine> Shared<S> {
         if !self.leading.load(Ordering::Relaxed) {
             return false;
         }
-        let peers = self.peers.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let Some(peers) = read_if_free(&self.peers) else { return false };
         self.help_these(&peers)
     }
 
@@ -465,6 +481,11 @@ enum Step {
 fn run_loop<S: StateMachine>(shared: &Shared<S>, last_yield: &mut Instant) -> bool {
     let mut select = shared.watch.select();
     loop {
+        // NB: a node stopped before its shutdown message could reach it (its second worker
+        // failed to start) ends here: nothing else would end this loop.
+        if shared.done.load(Ordering::Relaxed) {
+            return false;
+        }
         // NB: the one cost of the limit on the hot path: a relaxed load before each step.
         if shared.backlog.over_limit() {
             match stall(shared) {

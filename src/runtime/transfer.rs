@@ -22,8 +22,9 @@ impl<S: StateMachine> NodeHandle<S> {
     /// resumed), `Timeout`.
     pub fn transfer_leadership(&self, to: NodeId, timeout: Duration) -> Result<NodeId, Error> {
         let (reply, rx) = bounded(1);
-        self.send_request(Request::TransferLeadership { to, reply })?;
-        match rx.recv_timeout(timeout) {
+        let deadline = deadline_after(timeout);
+        self.send_by(Request::TransferLeadership { to, reply }, Some(deadline))?;
+        match rx.recv_deadline(deadline) {
             Ok(result) => result,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(Error::Timeout),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {

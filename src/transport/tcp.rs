@@ -588,6 +588,11 @@ where
                     .spawn(move || {
                         let _alive = alive;
                         run_sender(&shared, to, &rx);
+                        // NB: the queue closes before the sender counts as ended, so a
+                        // message sent after this is refused and goes to a new sender; one
+                        // sent between the sender's decision to end and here is lost, as
+                        // the network may lose it (Raft sends again).
+                        drop(rx);
                     })
                     .map_err(|e| tracing::error!(error = %e, peer = %to, "cannot start a sender"))
                     .ok()?;
