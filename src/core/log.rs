@@ -81,7 +81,6 @@ impl<C> Log<C> {
         );
         let term = self.term_at(index).expect("inside the log");
         self.entries.drain(..self.position(index.next()));
-        give_back(&mut self.entries);
         self.offset = index;
         self.offset_term = term;
     }
@@ -89,7 +88,6 @@ impl<C> Log<C> {
     /// Replaces the whole log by an empty one after `index` (a snapshot that conflicts with it).
     pub(crate) fn reset(&mut self, index: LogIndex, term: Term) {
         self.entries.clear();
-        give_back(&mut self.entries);
         self.offset = index;
         self.offset_term = term;
     }
@@ -116,16 +114,6 @@ impl<C> Log<C> {
 
     fn position(&self, index: LogIndex) -> usize {
         index.0.saturating_sub(self.offset.0 + 1) as usize
-    }
-}
-
-/// After a compaction: gives back what a peak left (a burst, a lagging applier) once the log
-/// uses under a quarter of it, keeping room to double. Compactions are rare (every
-/// `snapshot_entries`), so the copy this may cost is too.
-pub(crate) fn give_back<T>(entries: &mut Vec<T>) {
-    const SMALL: usize = 1024;
-    if entries.capacity() > SMALL && entries.capacity() / 4 > entries.len() {
-        entries.shrink_to((2 * entries.len()).max(SMALL));
     }
 }
 
@@ -173,18 +161,5 @@ mod tests {
         assert_eq!(log.last_index(), LogIndex(2));
         assert_eq!(log.entries_from(LogIndex(2), 10).len(), 1);
         assert!(log.entries_from(LogIndex(9), 10).is_empty());
-    }
-
-    #[test]
-    fn a_compaction_gives_back_what_a_peak_left() {
-        let mut entries: Vec<u64> = (0..100_000).collect();
-        entries.drain(..99_000);
-        give_back(&mut entries);
-        assert_eq!(entries.len(), 1_000);
-        assert!(entries.capacity() < 4_000, "kept {}", entries.capacity());
-        let mut busy: Vec<u64> = (0..100_000).collect();
-        busy.drain(..50_000);
-        give_back(&mut busy);
-        assert!(busy.capacity() >= 100_000, "a log still half full keeps its room");
     }
 }

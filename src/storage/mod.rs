@@ -187,7 +187,6 @@ pub(crate) fn apply_snapshot<C>(state: &mut PersistentState<C>, snapshot: &Arc<S
     } else {
         state.entries.clear(); // the log conflicts with the snapshot: it all goes
     }
-    crate::core::log::give_back(&mut state.entries);
     state.log_offset = meta.index;
     state.offset_term = meta.term;
     state.base_config = (*meta.config).clone();
