@@ -14,6 +14,26 @@ use std::time::{Duration, Instant};
 use common::*;
 use ferraft::{Client, Cluster, Config, Error, LogIndex, NodeId, Role, StateMachine};
 
+/// `snapshot`, `restore` and `digest` of a test state machine that keeps a running `sum`.
+macro_rules! summing_image {
+    () => {
+        fn snapshot(&self) -> Vec<u8> {
+            self.sum.to_le_bytes().to_vec()
+        }
+
+        fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+            let bytes =
+                snapshot.try_into().map_err(|_| format!("{} bytes, not 8", snapshot.len()))?;
+            self.sum = u64::from_le_bytes(bytes);
+            Ok(())
+        }
+
+        fn digest(&self) -> u64 {
+            self.sum
+        }
+    };
+}
+
 /// Sums its commands; panics on `PANIC`; sleeps `SLOW` ms applying `SLOW`.
 struct Touchy {
     sum: u64,
@@ -36,24 +56,7 @@ impl StateMachine for Touchy {
         self.sum
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.sum.to_le_bytes().to_vec()
-    }
-
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.sum = sum_from(snapshot)?;
-        Ok(())
-    }
-
-    fn digest(&self) -> u64 {
-        self.sum
-    }
-}
-
-/// The sum a `Touchy` or `Laggard` snapshot holds.
-fn sum_from(snapshot: &[u8]) -> Result<u64, String> {
-    let bytes = snapshot.try_into().map_err(|_| format!("{} bytes, not 8", snapshot.len()))?;
-    Ok(u64::from_le_bytes(bytes))
+    summing_image!();
 }
 
 fn touchy(config: Config) -> Cluster<Touchy> {
@@ -245,18 +248,7 @@ impl StateMachine for Laggard {
         self.sum
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.sum.to_le_bytes().to_vec()
-    }
-
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.sum = sum_from(snapshot)?;
-        Ok(())
-    }
-
-    fn digest(&self) -> u64 {
-        self.sum
-    }
+    summing_image!();
 }
 
 /// Proposes 1s without waiting for each (`propose_async`, up to 32 in flight) until `stop`;
@@ -383,14 +375,7 @@ impl StateMachine for Gated {
         self.sum
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.sum.to_le_bytes().to_vec()
-    }
-
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.sum = sum_from(snapshot)?;
-        Ok(())
-    }
+    summing_image!();
 }
 
 /// A node stalled on its apply backlog stops taking requests, and its queue fills: a call
