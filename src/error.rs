@@ -222,8 +222,23 @@ pub enum Error {
         /// The leader this node knows of, if any.
         leader_hint: Option<NodeId>,
     },
-    /// The operation did not finish within its deadline; its effect is unknown.
+    /// The operation did not finish within its deadline; its effect is unknown. From a
+    /// proposal ([`Client::propose`](crate::Client::propose)): some attempt was handed to a
+    /// node that appended it, or may have, so the command may still be applied; retry only
+    /// with a client session ([`Session`](crate::Session)), or read to find out.
     Timeout,
+    /// [`Client::propose`](crate::Client::propose) found no node to take the command before
+    /// its deadline: every attempt was refused before appending (no leader elected, the
+    /// leader down or unreachable, its uncommitted log full) or its entry was replaced
+    /// (`ProposalDropped`). The command was never applied and never will be: retrying it is
+    /// safe. `last` says why the last attempt failed. If this lasts, the cluster has no
+    /// working majority: check that most nodes are running and can reach each other.
+    Unavailable {
+        /// The last attempt's refusal: `NotLeader`, `LeaderUnreachable`,
+        /// `UncommittedLogFull`, `TransferInProgress`, `NodeDown` (before appending) or
+        /// `ProposalDropped`.
+        last: Box<Error>,
+    },
     /// The cluster handle was shut down, or no node is running to serve the request (killed
     /// nodes can be brought back with `Cluster::restart`).
     Shutdown,
@@ -358,6 +373,10 @@ impl fmt::Display for Error {
                 write!(f, "not the leader and no leader known; retry after an election")
             }
             Error::Timeout => write!(f, "timed out; the operation's effect is unknown"),
+            Error::Unavailable { last } => write!(
+                f,
+                "no node took the command before the deadline (last refusal: {last}); it was never applied: retry; if this lasts, check that a majority of nodes is running and connected"
+            ),
             Error::Shutdown => write!(
                 f,
                 "the cluster handle was shut down, or no node is running (restart one with Cluster::restart)"
@@ -480,6 +499,11 @@ mod tests {
         let full = Error::UncommittedLogFull { bytes: 40, max: 32 }.to_string();
         for part in ["never applied", "retry after a pause", "Config::max_uncommitted_bytes"] {
             assert!(full.contains(part), "{part:?} missing: {full}");
+        }
+        let last = Box::new(Error::NotLeader { leader_hint: None });
+        let unavailable = Error::Unavailable { last }.to_string();
+        for part in ["never applied", "retry", "no leader known", "majority"] {
+            assert!(unavailable.contains(part), "{part:?} missing: {unavailable}");
         }
         let storage = Error::Storage("no space left on device".into()).to_string();
         for part in ["no space left", "restart the node", "may or may not be applied"] {

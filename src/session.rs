@@ -357,7 +357,8 @@ where
     /// number) through timeouts, crashes and leader changes until the client's timeout
     /// ([`Config::request_timeout`](crate::Config::request_timeout)) runs out. Errors:
     /// `SessionExpired` (the session was evicted), `Timeout` (no answer in time; the command
-    /// may still be applied once, and a retry with [`Session::propose_seq`] is still safe).
+    /// may still be applied once, and a retry with [`Session::propose_seq`] is still safe),
+    /// `Unavailable` (every attempt was refused before appending: never applied).
     pub fn propose(&self, command: S::Command) -> Result<S::Output, Error> {
         let seq = self.lock().take_next();
         let result = self.propose_seq(seq, command, self.client.timeout());
@@ -374,10 +375,13 @@ where
         timeout: Duration,
     ) -> Result<S::Output, Error> {
         let deadline = deadline_after(timeout);
+        // The last `Unavailable`, kept only while no attempt may have been applied.
+        let mut refused: Option<Error> = None;
+        let mut maybe_applied = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Error::Timeout);
+                return Err(refused.filter(|_| !maybe_applied).unwrap_or(Error::Timeout));
             }
             let lowest_pending = self.lock().lowest_pending(seq);
             let wrapped = SessionCommand::Command {
@@ -406,7 +410,9 @@ where
                     | Error::CommandTooLarge { .. }
                     | Error::Shutdown),
                 ) => return Err(e),
-                Err(_) => {} // unknown or refused: retrying is safe, the table deduplicates
+                // Unknown or refused: retrying is safe, the table deduplicates.
+                Err(e @ Error::Unavailable { .. }) => refused = Some(e),
+                Err(_) => maybe_applied = true,
             }
         }
     }

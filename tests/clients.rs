@@ -116,8 +116,79 @@ fn blocking_calls_give_up_at_the_request_timeout() {
     assert!(took < Duration::from_secs(5), "add_node took {took:?}");
 
     let started = Instant::now();
-    assert_eq!(cluster.propose(append("k", "v;")).err(), Some(Error::Timeout));
+    // NB: `Unavailable` once the lone node stepped down (CheckQuorum), `Timeout` if it still
+    // led and appended; `without_a_majority_propose_answers_unavailable_at_its_deadline`
+    // tells them apart.
+    let proposed = cluster.propose(append("k", "v;"));
+    assert!(matches!(proposed, Err(Error::Timeout | Error::Unavailable { .. })), "{proposed:?}");
     assert!(started.elapsed() < Duration::from_secs(5), "propose took {:?}", started.elapsed());
+}
+
+/// Without a majority no node can append: `propose_timeout` retries until its deadline, then
+/// says the command was never applied (`Unavailable`, with the last refusal), not `Timeout`
+/// ("may still be applied"), with and without forwarding; and indeed it never is.
+#[test]
+fn without_a_majority_propose_answers_unavailable_at_its_deadline() {
+    let _serial = serial();
+    let mut cluster = kv_cluster(3, fast_config(47));
+    let leader = wait_for_agreement(&cluster, LONG).leader;
+    cluster.propose(append("k", "before;")).expect("applied");
+    // The leader and one follower go: the survivor never wins an election alone.
+    let survivor = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let victims: Vec<NodeId> = cluster.ids().into_iter().filter(|&id| id != survivor).collect();
+    for &id in &victims {
+        cluster.kill(id).expect("kill");
+    }
+    let timeout = ms(300);
+    for forward in [false, true] {
+        let client = cluster.client().forward_to_leader(forward);
+        let started = Instant::now();
+        let result = client.propose_timeout(append("k", "lost;"), timeout);
+        let took = started.elapsed();
+        let refused = |last: &Error| {
+            matches!(
+                last,
+                Error::NotLeader { .. } | Error::NodeDown(_) | Error::LeaderUnreachable(_)
+            )
+        };
+        assert!(
+            matches!(&result, Err(Error::Unavailable { last }) if refused(last)),
+            "forwarding {forward}: {result:?}"
+        );
+        assert!(took >= timeout, "gave up before its deadline: {took:?}");
+        assert!(took < timeout + Duration::from_secs(2), "gave up {took:?} after it");
+    }
+    for &id in &victims {
+        cluster.restart(id).expect("restart");
+    }
+    wait_for_agreement(&cluster, LONG);
+    let after = cluster.propose(append("k", "after;")).expect("applied");
+    assert_eq!(after.output.as_deref(), Some("before;after;"), "never applied, as it said");
+}
+
+/// A proposal a cut-off leader appended may yet commit, for all its client can tell: at the
+/// deadline `propose_timeout` says `Timeout` (outcome unknown), not `Unavailable`.
+#[test]
+fn a_proposal_appended_by_a_cut_off_leader_times_out() {
+    let _serial = serial();
+    let config = Config { check_quorum: false, ..fast_config(48) };
+    let cluster = kv_cluster(3, config);
+    let client = cluster.client();
+    client.propose(append("k", "before;")).expect("applied");
+    let leader = client.leader_hint().expect("learned from the answer");
+    cluster.isolate(leader).expect("isolate");
+    let before = cluster.status(leader).expect("status").core;
+    let timeout = ms(300);
+    let started = Instant::now();
+    let result = client.propose_timeout(append("k", "cut;"), timeout);
+    let took = started.elapsed();
+    assert_eq!(result, Err(Error::Timeout));
+    assert!(took >= timeout, "gave up before its deadline: {took:?}");
+    assert!(took < timeout + Duration::from_secs(2), "gave up {took:?} after it");
+    let after = cluster.status(leader).expect("status").core;
+    assert_eq!((after.role, after.term), (ferraft::Role::Leader, before.term), "it leads on");
+    assert!(after.last_log_index > before.last_log_index, "it appended the proposal");
+    cluster.clear_faults();
 }
 
 #[test]

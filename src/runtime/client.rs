@@ -417,6 +417,7 @@ impl<S: StateMachine> Client<S> {
 
     /// Proposes `command` and waits until it is applied, up to the client's timeout
     /// ([`Config::request_timeout`](crate::Config::request_timeout)). Finds the leader itself.
+    /// What each error means, and when a retry is safe: [`Client::propose_timeout`].
     pub fn propose(&self, command: S::Command) -> Result<Applied<S::Output>, Error> {
         self.propose_timeout(command, self.shared.timeout)
     }
@@ -425,10 +426,16 @@ impl<S: StateMachine> Client<S> {
     /// node) only while the command cannot have been applied: refused before appending (also
     /// `LeaderUnreachable`, when forwarding to a leader that is down, and `UncommittedLogFull`,
     /// retried elsewhere after a pause of a tick, at most 5 ms), or replaced after
-    /// (`ProposalDropped`). `Err(Timeout)`, `Err(Storage)` (the leader's write failed, and
-    /// may have landed) and `Err(NodeDown)` after appending mean the outcome is unknown: the
-    /// command may still be applied. The simulator's clients follow the same rule
-    /// (`SimConfig::client_retries`).
+    /// (`ProposalDropped`). At the deadline:
+    /// - `Err(Unavailable { last })` if every attempt was refused or replaced like that (no
+    ///   leader elected, no majority running): the command was never applied and never will
+    ///   be, so retrying it is safe; `last` is the last refusal.
+    /// - `Err(Timeout)` if an attempt was appended, or handed to a node that had not answered:
+    ///   the outcome is unknown, the command may still be applied.
+    ///
+    /// `Err(Storage)` (the leader's write failed, and may have landed) and `Err(NodeDown)`
+    /// after appending are unknown too, and come at once. The simulator's clients follow the
+    /// same rule (`SimConfig::client_retries`).
     pub fn propose_timeout(
         &self,
         command: S::Command,
@@ -436,48 +443,68 @@ impl<S: StateMachine> Client<S> {
     ) -> Result<Applied<S::Output>, Error> {
         let deadline = deadline_after(timeout);
         let mut target = self.leader_hint().or_else(|| self.running().first().copied());
-        let (mut attempt, mut first) = (0usize, true);
+        let mut attempt = 0usize;
         loop {
-            // NB: the first attempt has its whole timeout: no second clock read.
-            if !std::mem::take(&mut first) && Instant::now() >= deadline {
-                return Err(Error::Timeout);
-            }
             let Some(id) = target else { return Err(Error::Shutdown) };
-            match self.try_propose(id, command.clone(), deadline) {
+            // NB: the first attempt has its whole timeout: no clock read before it.
+            let (refusal, appended) = match self.try_propose(id, command.clone(), deadline) {
                 Ok(applied) => {
                     if !self.forward {
                         self.learn_leader(id); // (a forwarding node need not lead)
                     }
                     return Ok(applied);
                 }
-                Err(Retry::At(hint)) => {
+                Err(failed) => failed,
+            };
+            // NB: cloned only on this slow path, for `Unavailable::last`.
+            match Retry::after(refusal.clone(), id, appended) {
+                Retry::No(e) => return Err(e),
+                Retry::At(hint) => {
                     self.learn_leader(hint);
                     target = Some(hint);
                 }
-                Err(Retry::Elsewhere) => {
+                Retry::Elsewhere => {
                     attempt += 1;
                     target = self.next_candidate(id, attempt);
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    std::thread::sleep(self.shared.retry_pause.min(left));
+                    std::thread::sleep(self.pause_before_retry(deadline));
                 }
-                Err(Retry::No(e)) => return Err(e),
+            }
+            // NB: every attempt so far was refused before appending or replaced (`Retry::No`
+            // returned above): none can be applied, so this is not a `Timeout`.
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable { last: Box::new(refusal) });
             }
         }
     }
 
+    /// How long to pause before trying another node: the retry pause, or all the time left
+    /// when less than two pauses are. NB: an attempt started with a sliver of time left is
+    /// likely cut off by the deadline before its node answers, and a proposal handed over
+    /// but unanswered is `Timeout` (unknown) where a refusal would have been `Unavailable`.
+    fn pause_before_retry(&self, deadline: Instant) -> Duration {
+        let pause = self.shared.retry_pause;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left < pause.saturating_mul(2) {
+            left
+        } else {
+            pause
+        }
+    }
+
+    /// One attempt at node `id`: the output, or the error and whether the receipt learned
+    /// its entry's place (`Retry::after`'s `appended`).
     fn try_propose(
         &self,
         id: NodeId,
         command: S::Command,
         deadline: Instant,
-    ) -> Result<Applied<S::Output>, Retry> {
-        let Ok(Ok(mut receipt)) = self.send_proposal(id, command) else {
-            return Err(Retry::Elsewhere);
+    ) -> Result<Applied<S::Output>, (Error, bool)> {
+        let mut receipt = match self.send_proposal(id, command) {
+            Ok(Ok(receipt)) => receipt,
+            // Not running, or stopped before it took the request: never handed over.
+            Ok(Err(_)) | Err(_) => return Err((Error::NodeDown(id), false)),
         };
-        match receipt.wait_until(deadline) {
-            Ok(applied) => Ok(applied),
-            Err(e) => Err(Retry::after(e, id, receipt.was_appended())),
-        }
+        receipt.wait_until(deadline).map_err(|e| (e, receipt.was_appended()))
     }
 
     /// Sends a proposal to the node believed to lead (or any running node when none is known)
@@ -522,6 +549,18 @@ mod tests {
         // pause first (a follower asked redirects back at once, so every second try pauses).
         let full = Error::UncommittedLogFull { bytes: 10, max: 8 };
         assert_eq!(Retry::after(full, NodeId(1), false), Retry::Elsewhere);
+    }
+
+    #[test]
+    fn no_retry_starts_with_less_than_a_pause_left() {
+        let pause = Duration::from_millis(50);
+        let client: Client<KvStateMachine> = Client::new(Duration::from_secs(5), pause);
+        let now = Instant::now();
+        assert_eq!(client.pause_before_retry(now + Duration::from_secs(1)), pause);
+        // 70 ms left: a pause would leave 20 ms for the next attempt; wait out the deadline.
+        let rest = client.pause_before_retry(now + Duration::from_millis(70));
+        assert!(rest != pause && rest <= Duration::from_millis(70), "{rest:?}");
+        assert_eq!(client.pause_before_retry(now), Duration::ZERO);
     }
 
     #[test]

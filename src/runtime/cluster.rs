@@ -519,8 +519,9 @@ impl<S: StateMachine> Cluster<S> {
         self.client.propose(command)
     }
 
-    /// [`Cluster::propose`] with an explicit deadline. `Err(Timeout)` means the outcome is
-    /// unknown: the command may still be applied.
+    /// [`Cluster::propose`] with an explicit deadline. `Err(Unavailable)` means no node took
+    /// the command (no leader, say): never applied, safe to retry; `Err(Timeout)` means the
+    /// outcome is unknown: the command may still be applied. See [`Client::propose_timeout`].
     pub fn propose_timeout(
         &self,
         command: S::Command,
