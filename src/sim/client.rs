@@ -6,7 +6,10 @@
 //! A request goes to the node's driver exactly as a `NodeHandle` sends it (a `Request` with a
 //! `Receipt`); only its delivery is virtual. Answers mean what [`crate::Receipt`] documents: a
 //! refusal redirects the client, `ProposalDropped` records the operation as never applied, and
-//! a crash or a timeout leaves its outcome unknown.
+//! a crash or a timeout leaves its outcome unknown. A retrying client
+//! ([`SimConfig::client_retries`](super::SimConfig::client_retries)) that times out after
+//! nothing but refusals records the operation as never applied, as `Client::propose` answers
+//! `Unavailable`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -112,6 +115,14 @@ pub(crate) struct Clients<S: StateMachine> {
     inbox: std::collections::BTreeMap<NodeId, Vec<(u64, usize)>>,
     /// How often each operation was resent after a timeout (`SimConfig::retry_timeouts`).
     resent: std::collections::BTreeMap<usize, u32>,
+    /// Pending operations of which an attempt may have been appended: lost with a crashed
+    /// node, `NodeDown` after appending, or resent after a timeout. With those answered with
+    /// an output still on its way (`answered`) and those handed to a driver and unanswered
+    /// (`awaiting`), these time out as unknown; any other, refused every time, as never
+    /// applied.
+    unsure: std::collections::BTreeSet<usize>,
+    /// Pending operations answered with an output that has not reached the client yet.
+    answered: std::collections::BTreeSet<usize>,
 }
 
 impl<S: StateMachine> Clients<S> {
@@ -124,6 +135,8 @@ impl<S: StateMachine> Clients<S> {
             issuing: false,
             inbox: std::collections::BTreeMap::new(),
             resent: std::collections::BTreeMap::new(),
+            unsure: std::collections::BTreeSet::new(),
+            answered: std::collections::BTreeSet::new(),
         }
     }
 
@@ -133,7 +146,13 @@ impl<S: StateMachine> Clients<S> {
 
     /// A crashed node answers nobody: its clients time out (their outcome stays unknown).
     pub fn forget_node(&mut self, node: NodeId) {
-        self.awaiting.retain(|a| a.node != node);
+        let unsure = &mut self.unsure;
+        self.awaiting.retain(|a| a.node != node || !unsure.insert(a.op));
+    }
+
+    /// Whether an attempt of `op` may have been appended (see [`Clients::unsure`]).
+    fn may_be_appended(&self, op: usize) -> bool {
+        self.unsure.contains(&op) || self.awaiting.iter().any(|a| a.op == op)
     }
 
     /// Counts one more resend of `op`; returns how many came before.
@@ -149,7 +168,10 @@ impl<S: StateMachine> Clients<S> {
 
     /// Ends the client's current operation; its record stays as it is.
     fn finish(&mut self, client: u64) {
-        self.states[client as usize].current = None;
+        if let Some(op) = self.states[client as usize].current.take() {
+            self.unsure.remove(&op);
+            self.answered.remove(&op);
+        }
     }
 }
 
@@ -291,6 +313,7 @@ impl<S: StateMachine> Simulator<S> {
         };
         self.stats.caller_reads += 1;
         self.note(format!("c{client} lease read #{op} on {node}'s caller thread at i{index}"));
+        self.clients.answered.insert(op);
         self.reply_later(ClientEvent::Reply { client, op, output });
         true
     }
@@ -385,6 +408,7 @@ impl<S: StateMachine> Simulator<S> {
         let error = match result {
             Ok(applied) => {
                 let output = applied.output;
+                self.clients.answered.insert(op);
                 return self.reply_later(ClientEvent::Reply { client, op, output });
             }
             Err(error) => error,
@@ -401,7 +425,9 @@ impl<S: StateMachine> Simulator<S> {
             }
             Retry::Elsewhere => self.reply_later(ClientEvent::Redirect { client, op, hint: None }),
             // The node went down with it after appending: unknown until the client times out.
-            Retry::No(Error::NodeDown(_)) => {}
+            Retry::No(Error::NodeDown(_)) => {
+                self.clients.unsure.insert(op);
+            }
             // A snapshot covered its index before the node could tell, or the write failed
             // and may have landed: unknown.
             Retry::No(Error::Timeout | Error::Storage(_)) => {
@@ -502,11 +528,26 @@ impl<S: StateMachine> Simulator<S> {
         self.clients.states[client as usize].guess = next;
         if self.config.retry_timeouts && self.clients.retries(op) < 10 {
             self.note(format!("c{client} retry #{op}"));
+            self.clients.unsure.insert(op); // (the attempt left behind may yet be applied)
             let timeout = super::micros(self.config.op_timeout);
             self.schedule(timeout, Event::Client(ClientEvent::Timeout { client, op }));
             return self.send_request(client, op, next, 0);
         }
+        if self.config.client_retries && !self.timeout_may_be_applied(op) {
+            // `Client::propose`'s `Unavailable`: refused or replaced every time.
+            self.clients.history[op].not_applied = true;
+            self.stats.unavailable += 1;
+            return self.give_up(client, op, "unavailable: never applied");
+        }
         self.give_up(client, op, "timeout");
+    }
+
+    /// Whether `op`, timing out, may have been applied.
+    fn timeout_may_be_applied(&self, op: usize) -> bool {
+        let appended = self.clients.may_be_appended(op);
+        #[cfg(test)]
+        let appended = appended && !self.timeout_claims_unavailable;
+        appended || self.clients.answered.contains(&op)
     }
 
     fn give_up(&mut self, client: u64, op: usize, why: &str) {

@@ -123,7 +123,8 @@ pub struct SimConfig {
     pub clients: u64,
     /// Number of distinct keys the KV workload touches (small, to force contention).
     pub keys: u64,
-    /// A client gives up on an operation after this long and records its outcome as unknown.
+    /// A client gives up on an operation after this long and records its outcome as unknown
+    /// (with `client_retries`, as never applied if every attempt was refused).
     pub op_timeout: Duration,
     /// How long a client waits before retrying when no leader is known.
     pub retry_backoff: Duration,
@@ -174,7 +175,9 @@ pub struct SimConfig {
     /// Clients retry as `Client::propose` does (its own rule, `Retry`): a proposal refused
     /// before appending, replaced (`ProposalDropped`), refused during a leadership transfer, or
     /// lost with a node before it was appended is sent again, elsewhere; so the checkers judge
-    /// that rule. Off: a client follows `NotLeader` hints and gives up any other refusal
+    /// that rule. At `op_timeout` an operation no attempt of which may have been appended
+    /// (every one refused or replaced: `Client::propose`'s `Unavailable`) is recorded as never
+    /// applied, any other as unknown. Off: a client follows `NotLeader` hints and gives up any other refusal
     /// (recorded as never applied), and waits out a crash.
     pub client_retries: bool,
     /// Serve the workload's reads ([`Workload::read`](super::Workload::read)) without the log,

@@ -209,6 +209,10 @@ pub struct Stats {
     pub forwards_lost: u64,
     /// Requests a forwarder refused: the leader the node knew was down (`LeaderUnreachable`).
     pub forwards_refused: u64,
+    /// Operations a retrying client ([`SimConfig::client_retries`]) gave up at its timeout
+    /// after nothing but refusals, recorded as never applied (`Client::propose`'s
+    /// `Unavailable`).
+    pub unavailable: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -281,6 +285,10 @@ pub struct Simulator<S: StateMachine> {
     /// Test-only: retrying clients forget whether their proposal was appended.
     #[cfg(test)]
     retry_ignores_append: bool,
+    /// Test-only: retrying clients that time out record the operation as never applied even
+    /// when an attempt was appended or is unanswered.
+    #[cfg(test)]
+    timeout_claims_unavailable: bool,
     /// What the nodes' forwarders share (`SimConfig::forward_requests`).
     forwarded: std::sync::Arc<std::sync::Mutex<Forwards<S>>>,
 }
@@ -353,6 +361,8 @@ impl<S: StateMachine> Simulator<S> {
             lost_forward_claims_unreachable: false,
             #[cfg(test)]
             retry_ignores_append: false,
+            #[cfg(test)]
+            timeout_claims_unavailable: false,
             forwarded: std::sync::Arc::new(std::sync::Mutex::new(Forwards {
                 running: BTreeSet::new(),
                 queued: Vec::new(),
@@ -631,6 +641,14 @@ impl<S: StateMachine> Simulator<S> {
     #[cfg(test)]
     pub(crate) fn set_retry_ignores_append(&mut self, on: bool) {
         self.retry_ignores_append = on;
+    }
+
+    /// Test-only: with [`SimConfig::client_retries`], a client that times out answers as
+    /// `Client::propose` would if no attempt had been appended (`Unavailable`: never
+    /// applied), even when one was, or is still unanswered.
+    #[cfg(test)]
+    pub(crate) fn set_timeout_claims_unavailable(&mut self, on: bool) {
+        self.timeout_claims_unavailable = on;
     }
 
     /// Test-only: node `id`'s tick period, in virtual microseconds, from now on (its clock

@@ -1,7 +1,8 @@
 //! The production client's retry rule under faults ([`SimConfig::client_retries`]): the
 //! simulated clients retry exactly what `Client::propose` retries (`Retry::after`), so the
 //! checkers judge that rule. A client that retries a proposal which may still commit must be
-//! caught.
+//! caught, and so must one that times out claiming a proposal that was appended was never
+//! applied.
 
 use super::bites::nemesis;
 use super::tests::run_with;
@@ -51,5 +52,26 @@ fn a_client_retrying_an_appended_proposal_is_caught_and_the_rule_is_not() {
     let found = (0..100).find_map(|seed| run_retrying(seed, true).err().map(|f| (seed, f)));
     let (seed, failure) = found.expect("retry_ignores_append: no violation in 100 seeds");
     println!("retry_ignores_append caught at seed {seed}: {failure}");
+    assert!(failure.kind.is_safety(), "caught, but not by a safety check: {failure}");
+}
+
+/// A retrying client that times out after nothing but refusals records the operation as never
+/// applied, as `Client::propose` answers `Unavailable`, and the runs above stay linearizable
+/// with it. One that says so of an operation an attempt of which was appended (or is still
+/// unanswered) is caught: that attempt may yet commit, and a later read sees a value the
+/// history says was never written.
+#[test]
+fn a_timeout_claiming_an_appended_proposal_never_applied_is_caught_and_the_rule_is_not() {
+    let mut unavailable = 0;
+    for seed in 0..10 {
+        let report = run_retrying(seed, false).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+        unavailable += report.stats.unavailable;
+    }
+    println!("{unavailable} operations recorded as never applied at their timeout");
+    assert!(unavailable > 0, "no operation was refused until its timeout: the rule went unused");
+    let claims = |seed| run_with(retrying, seed, |sim| sim.set_timeout_claims_unavailable(true));
+    let found = (0..100).find_map(|seed| claims(seed).err().map(|f| (seed, f)));
+    let (seed, failure) = found.expect("timeout_claims_unavailable: no violation in 100 seeds");
+    println!("timeout_claims_unavailable caught at seed {seed}: {failure}");
     assert!(failure.kind.is_safety(), "caught, but not by a safety check: {failure}");
 }
