@@ -42,11 +42,14 @@ pub struct Config {
     /// a pause), so a leader that cannot commit (cut off in a minority without
     /// `check_quorum`, or offered more than the cluster commits) stops growing its log and
     /// its waiting proposals. Each command counts its size as the core's sizer measures it
-    /// plus the entry's own in-memory size (`size_of::<Entry<C>>()`), so a flood of tiny
-    /// commands is bounded too; no-ops and configuration entries count nothing and are never
-    /// refused. A batch is accepted whenever nothing is uncommitted, however large, so no
-    /// command is refused forever. Default 32 MiB (four in-flight windows); at least
-    /// `max_inflight_bytes`.
+    /// (`StateMachine::command_size`) plus what its entry costs the leader in memory besides
+    /// ([`entry_overhead`](crate::entry_overhead): the log's entry, the store's copy, the
+    /// waiting answer and receipt; about 490 bytes for the KV state machine), so the cap
+    /// bounds that memory, a flood of tiny commands included (32 MiB: some 68,000 tiny KV
+    /// commands); not counted: the log vectors' spare capacity (at most a slot per entry).
+    /// No-ops and configuration entries count nothing and are never refused. A batch is
+    /// accepted whenever nothing is uncommitted, however large, so no command is refused
+    /// forever. Default 32 MiB (four in-flight windows); at least `max_inflight_bytes`.
     pub max_uncommitted_bytes: usize,
     /// Seeds each node's RNG (mixed with its id and term), from which election timeouts are
     /// drawn. [`Config::default`] draws it from OS randomness, so every cluster in every process

@@ -61,7 +61,9 @@ pub use crate::core::{Action, Core, Input, MembershipChange, Role, Status};
 pub use crate::error::{ConfigError, Error, FaultError, MAX_FAULT_DELAY};
 pub use crate::kv::{KvCommand, KvOutput, KvStateMachine};
 pub use crate::message::{Configuration, Entry, Message, Payload, Snapshot, SnapshotMeta};
-pub use crate::node::{Applied, Compaction, Metrics, NodeStatus, Receipt, RpcCounts};
+pub use crate::node::{
+    entry_overhead, Applied, Compaction, Metrics, NodeStatus, Receipt, RpcCounts,
+};
 pub use crate::runtime::{
     Client, Cluster, ClusterBuilder, NodeHandle, StorageFactory, TransportFactory,
 };

@@ -1,6 +1,7 @@
 //! Linearizable reads without the log (thesis §6.4): ReadIndex on the leader, lease reads,
 //! follower reads, many reads sharing one confirmation round, an isolated old leader that must
-//! not answer, the metrics that count each path, and the typed errors for bad input.
+//! not answer, the metrics that count each path, and the typed errors for bad input; and a
+//! cut-off leader's bounded state (its reads fail, its uncommitted log stops at the cap).
 
 mod common;
 
@@ -297,9 +298,9 @@ fn a_cut_off_leader_without_check_quorum_keeps_bounded_state() {
     let status = node.status(LONG).expect("status");
     assert_eq!(status.core.role, ferraft::Role::Leader, "no CheckQuorum: it leads on");
     let uncommitted = status.core.last_log_index.0 - status.core.commit_index.0;
-    // The cap in entries (each counts its command and its entry), plus one batch accepted
-    // when nothing was uncommitted; the flood offered thousands.
-    let most = (cap / std::mem::size_of::<ferraft::message::Entry<ferraft::KvCommand>>()) as u64;
+    // The cap in entries (each counts its command and what its entry costs in memory), plus
+    // one batch accepted when nothing was uncommitted; the flood offered thousands.
+    let most = (cap / ferraft::entry_overhead::<KvStateMachine>()) as u64;
     assert!(uncommitted <= most + 1024, "{uncommitted} entries uncommitted of {proposals} offered");
     assert!(proposals > 2 * (most + 1024), "only {proposals} proposals offered");
     // The flood's batches were refused whole: what room is left takes a few single commands.
@@ -316,5 +317,52 @@ fn a_cut_off_leader_without_check_quorum_keeps_bounded_state() {
     // nobody waits for, answered `Timeout` by the core's deadline).
     let failed = status.metrics.reads_failed;
     assert!(failed * 10 >= reads * 8, "{failed} of {reads} reads failed");
+    cluster.clear_faults();
+}
+
+/// The uncommitted cap counts what an entry costs its leader in memory (the entry, the
+/// store's copy, the waiting answer: `entry_overhead`), not only its command and entry (about
+/// 50 bytes for a tiny KV command, against some 420 in memory, before): a cut-off leader
+/// offered tiny commands one at a time refuses them from cap / (overhead + size) entries on.
+#[test]
+fn a_cut_off_leader_refuses_tiny_commands_at_the_cap_counted_in_memory() {
+    let _serial = serial();
+    let cap = 64 << 10;
+    let config = Config {
+        check_quorum: false,
+        max_append_bytes: 16 << 10,
+        max_inflight_bytes: cap,
+        max_uncommitted_bytes: cap,
+        ..fast_config(78)
+    };
+    let cluster = kv_cluster(3, config);
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let node = cluster.node(leader).expect("handle");
+    cluster.isolate(leader).expect("isolate");
+    let command = append("k", "v");
+    let per_entry = ferraft::entry_overhead::<KvStateMachine>() + command.size();
+    assert!(per_entry >= 300, "{per_entry} bytes an entry: the structures are not counted");
+    // One at a time, each appended or refused before the next is sent: no batch straddles
+    // the cap. NB: `position` answers once appended or refused, however long that takes.
+    let mut appended = 0;
+    let refused = loop {
+        let mut receipt = node.propose_async(command.clone()).expect("sent");
+        match receipt.position(LONG) {
+            Ok(_) => appended += 1,
+            Err(e) => break e,
+        }
+        assert!(appended <= cap, "{appended} tiny commands and never refused");
+    };
+    let expected = cap / per_entry;
+    assert!(
+        appended.abs_diff(expected) <= expected / 20 + 1,
+        "{appended} appended, expected about {expected} ({per_entry} bytes each in {cap})"
+    );
+    let held = appended * per_entry;
+    assert_eq!(refused, Error::UncommittedLogFull { bytes: held, max: cap });
+    let status = node.status(LONG).expect("status");
+    assert_eq!(status.core.role, ferraft::Role::Leader, "no CheckQuorum: it leads on");
+    let uncommitted = status.core.last_log_index.0 - status.core.commit_index.0;
+    assert!(uncommitted <= appended as u64 + 1, "{uncommitted} uncommitted (a no-op at most)");
     cluster.clear_faults();
 }

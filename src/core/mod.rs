@@ -365,6 +365,9 @@ pub struct Core<C> {
     invariants_on: bool,
     /// Measures a command in bytes, for the byte limits of replication.
     sizer: fn(&C) -> usize,
+    /// What a command entry counts towards `Config::max_uncommitted_bytes` beside its
+    /// command's size: its memory on the leader ([`Core::with_entry_overhead`]).
+    entry_overhead: usize,
     /// Linearizable reads in progress (`read.rs`).
     reads: read::Reads,
     /// The leadership transfer under way (`transfer.rs`).
@@ -427,6 +430,7 @@ impl<C: Clone> Core<C> {
             sending: BTreeMap::new(),
             invariants_on: false,
             sizer: size_in_memory::<C>,
+            entry_overhead: std::mem::size_of::<Entry<C>>(),
             reads: read::Reads::default(),
             transfer: None,
             held: reorder::Held::default(),
@@ -484,6 +488,16 @@ impl<C: Clone> Core<C> {
         self
     }
 
+    /// Counts `bytes` per command entry towards `Config::max_uncommitted_bytes`, beside the
+    /// command's size as the sizer measures it: what an entry costs the leader in memory
+    /// besides its command. Default: the entry's own size in the core's log
+    /// (`size_of::<Entry<C>>()`); a driver that keeps more per entry (a store's copy, a
+    /// waiting caller's answer slot) adds it (the node driver: [`crate::entry_overhead`]).
+    pub fn with_entry_overhead(mut self, bytes: usize) -> Self {
+        self.entry_overhead = bytes;
+        self
+    }
+
     /// The size of `command` in bytes, as the sizer measures it: what a driver compares with
     /// `Config::max_command_bytes` before proposing (refusing with `Error::CommandTooLarge`).
     pub fn command_size(&self, command: &C) -> usize {
@@ -491,8 +505,8 @@ impl<C: Clone> Core<C> {
     }
 
     /// What an entry counts towards `Config::max_uncommitted_bytes`: a command its size as
-    /// the sizer measures it plus the entry's own in-memory size; a no-op or a configuration
-    /// entry nothing (a leader's own entries are never refused).
+    /// the sizer measures it plus the per-entry overhead ([`Core::with_entry_overhead`]); a
+    /// no-op or a configuration entry nothing (a leader's own entries are never refused).
     pub fn entry_bytes(&self, entry: &Entry<C>) -> usize {
         match &entry.payload {
             Payload::Command(c) => self.command_bytes(c),
@@ -501,7 +515,7 @@ impl<C: Clone> Core<C> {
     }
 
     fn command_bytes(&self, command: &C) -> usize {
-        (self.sizer)(command).saturating_add(std::mem::size_of::<Entry<C>>())
+        (self.sizer)(command).saturating_add(self.entry_overhead)
     }
 
     /// Leader: the bytes of commands appended but not committed (`Config::max_uncommitted_bytes`).

@@ -37,11 +37,19 @@ use crate::types::{LogIndex, NodeId, Term};
 pub(crate) struct Applier<S: StateMachine> {
     node: NodeId,
     state_machine: S,
+    /// NB: [`waiting_slot_bytes`] counts an element towards the uncommitted cap.
     waiting: BTreeMap<(LogIndex, Term), Responder<S::Output>>,
     applied: LogIndex,
     failure: Option<Error>,
     /// Confirmed reads waiting to be applied through their index (`read.rs`).
     reads: PendingReads<S>,
+}
+
+/// What one waiting proposal takes in [`Applier::waiting`]: its key and responder, twice
+/// over, as a B-tree filled by appends in index order leaves its nodes a little over half
+/// full (6 of 11 slots, and one in the parent).
+pub(crate) const fn waiting_slot_bytes<O>() -> usize {
+    2 * std::mem::size_of::<((LogIndex, Term), Responder<O>)>()
 }
 
 impl<S: StateMachine> Applier<S> {

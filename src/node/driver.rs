@@ -166,7 +166,9 @@ where
     ) -> Result<Self, Error> {
         let state = storage.load().map_err(|e| Error::Storage(e.to_string()))?;
         let snapshot = state.snapshot.clone();
-        let core = Core::new(id, config, state).with_sizer(S::command_size);
+        let core = Core::new(id, config, state)
+            .with_sizer(S::command_size)
+            .with_entry_overhead(super::entry_overhead::<S>());
         let mut applier = Applier::new(id, state_machine, core.status().last_applied);
         if let Some(snapshot) = snapshot {
             applier.restore(&snapshot)?; // restart from a snapshot: apply only the tail

@@ -28,6 +28,26 @@ pub(crate) use read::ReadFn;
 pub(crate) use read::{lease_length, LeaseBugs};
 pub(crate) use read::{LeaseClock, LeaseView, Monotonic};
 
+/// What a command appended but not yet committed costs its leader in memory besides the
+/// command's own bytes ([`StateMachine::command_size`]): what
+/// [`Config::max_uncommitted_bytes`](crate::Config::max_uncommitted_bytes) counts per entry,
+/// with the command's size. From the sizes of what the node keeps for the entry:
+/// - the entry in the core's log, and the store's copy of it (`MemStorage` and `DiskStorage`
+///   both keep their log in memory);
+/// - the proposer's responder in the applier's waiting map, with the map's slack;
+/// - the answer slot the responder shares with the caller's receipt, and the receipt.
+///
+/// Not counted: the logs' spare capacity (a vector may hold up to as many free slots as
+/// entries), and a command's heap data copied into the store (a command behind an `Arc`
+/// shares it). About 490 bytes for the [`KvStateMachine`](crate::KvStateMachine) on 64-bit
+/// targets.
+pub const fn entry_overhead<S: StateMachine>() -> usize {
+    let entry = std::mem::size_of::<Entry<S::Command>>();
+    2 * entry
+        + apply::waiting_slot_bytes::<S::Output>()
+        + receipt::waiting_answer_bytes::<S::Output>()
+}
+
 /// Answers a read that will never run (the node failed).
 pub(crate) fn fail_read<S>(read: ReadFn<S>, error: Error) {
     read::run(read, Err(error));
@@ -41,7 +61,7 @@ pub use receipt::{Applied, Receipt};
 
 use crate::core::{MembershipChange, Status};
 use crate::error::Error;
-use crate::message::Configuration;
+use crate::message::{Configuration, Entry};
 use crate::state_machine::StateMachine;
 use crate::types::{LogIndex, NodeId, Term};
 

@@ -140,6 +140,14 @@ fn shared<O, X>(spin_rounds: u32, job: X) -> Shared<O, X> {
     }
 }
 
+/// What a proposal's answer holds in memory while it waits, besides the node's responder: the
+/// caller's receipt and the slot they share (one allocation: the slot, its two reference
+/// counts and the allocator's word).
+pub(crate) const fn waiting_answer_bytes<O>() -> usize {
+    let word = std::mem::size_of::<usize>();
+    std::mem::size_of::<Receipt<O>>() + std::mem::size_of::<Shared<O>>() + 3 * word
+}
+
 /// Creates a connected pair: the node answers through the [`Responder`], the proposer waits on
 /// the [`Receipt`] (sleeping at once: see [`receipt_spinning`]).
 pub(crate) fn receipt<O>(node: NodeId) -> (Responder<O>, Receipt<O>) {

@@ -119,13 +119,14 @@ pub(super) fn cut_off_reader(seed: u64) -> (SimConfig, Schedule) {
 }
 
 /// [`stale_leader_returns`] (a leader cut off with one follower of five, eight impatient
-/// clients retrying at it) with a small cap on the uncommitted log: 2 KiB, about thirty KV
-/// commands, so a cut-off leader fills it within its cut (the byte limits shrunk to let it).
+/// clients retrying at it) with a small cap on the uncommitted log: 16 KiB, about thirty KV
+/// commands (each counts its bytes and `entry_overhead`, some 500), so a cut-off leader
+/// fills it within its cut (the byte limits shrunk to let it).
 pub(super) fn capped_cut_off_leader(seed: u64) -> (SimConfig, Schedule) {
     let (mut config, schedule) = stale_leader_returns(seed);
     config.raft.max_append_bytes = 512;
     config.raft.max_inflight_bytes = 1024;
-    config.raft.max_uncommitted_bytes = 2048;
+    config.raft.max_uncommitted_bytes = 16 << 10;
     (config, schedule)
 }
 

@@ -581,6 +581,16 @@ fn lead2_the_noop_and_configuration_entries_are_never_refused() {
 }
 
 #[test]
+fn lead2_a_command_counts_its_size_and_the_drivers_entry_overhead() {
+    let core = boot(1).start().core.with_sizer(|&command| command as usize);
+    let command = |c| Entry { term: Term(1), payload: Payload::Command(c) };
+    assert_eq!(core.entry_bytes(&command(100)), held(100), "by default: the entry's own size");
+    let core = core.with_entry_overhead(400); // a node driver's: the store's copy, the answer...
+    assert_eq!(core.entry_bytes(&command(100)), 500);
+    assert_eq!(core.entry_bytes(&Entry { term: Term(1), payload: Payload::Noop }), 0);
+}
+
+#[test]
 fn lead2_the_bug_switch_appends_past_the_cap() {
     let config = Config { max_uncommitted_bytes: held(100), ..test_config() };
     let mut c = leader_sized_by_value(config);
