@@ -88,9 +88,10 @@ fn no_commit_without_a_majority_then_recovery_from_disk() {
     for id in victims {
         cluster.kill(id).expect("kill");
     }
+    // The leader is gone and the survivor cannot be elected alone: nobody appends it.
     let result = cluster.propose_timeout(append("k", &token("minority")), ms(1000));
     assert!(
-        matches!(result, Err(Error::Timeout | Error::NotLeader { .. })),
+        matches!(result, Err(Error::Unavailable { .. })),
         "a minority must not commit, got {result:?}"
     );
     for id in victims {
@@ -99,7 +100,7 @@ fn no_commit_without_a_majority_then_recovery_from_disk() {
     cluster.propose(append("k", &token("after"))).expect("a healed cluster commits");
     let value = value_of(&cluster, "k");
     assert!(value.starts_with("before;") && value.ends_with("after;"), "{value}");
-    assert!(tokens(&value).iter().filter(|t| *t == "minority;").count() <= 1, "{value}");
+    assert!(!tokens(&value).iter().any(|t| t == "minority;"), "never applied: {value}");
     wait_converged(&cluster, 3, LONG);
     cluster.shutdown();
 }

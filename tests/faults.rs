@@ -40,9 +40,11 @@ enum Outcome {
 fn classify(result: Result<Applied<KvOutput>, Error>) -> Outcome {
     match result {
         Ok(applied) => Outcome::Acked(applied),
-        Err(e @ (Error::NotLeader { .. } | Error::ProposalDropped { .. })) => {
-            Outcome::NotApplied(e)
-        }
+        Err(
+            e @ (Error::NotLeader { .. }
+            | Error::ProposalDropped { .. }
+            | Error::Unavailable { .. }),
+        ) => Outcome::NotApplied(e),
         Err(e @ (Error::Timeout | Error::NodeDown(_))) => Outcome::Unknown(e),
         Err(e) => panic!("a proposal failed with an unexpected error: {e:?}"),
     }
