@@ -235,8 +235,8 @@ pub enum Error {
     /// working majority: check that most nodes are running and can reach each other.
     Unavailable {
         /// The last attempt's refusal: `NotLeader`, `LeaderUnreachable`,
-        /// `UncommittedLogFull`, `TransferInProgress`, `NodeDown` (before appending) or
-        /// `ProposalDropped`.
+        /// `UncommittedLogFull`, `TransferInProgress`, `NodeDown` (before appending),
+        /// `QueueFull` or `ProposalDropped`.
         last: Box<Error>,
     },
     /// The cluster handle was shut down, or no node is running to serve the request (killed
@@ -244,6 +244,13 @@ pub enum Error {
     Shutdown,
     /// The node is not running (killed, or removed); restart it or ask another node.
     NodeDown(NodeId),
+    /// A proposal with a deadline found the node's request queue full
+    /// ([`Config::inbox_capacity`](crate::Config::inbox_capacity) requests waiting) until the
+    /// deadline: the node is stalled, say behind its apply backlog
+    /// ([`Config::max_apply_backlog`](crate::Config::max_apply_backlog)) or a slow storage.
+    /// The proposal was never handed over, so never applied: retrying it is safe, after a
+    /// pause or at another node.
+    QueueFull(NodeId),
     /// No node with this id exists in the cluster.
     UnknownNode(NodeId),
     /// The configuration was invalid.
@@ -382,6 +389,11 @@ impl fmt::Display for Error {
                 "the cluster handle was shut down, or no node is running (restart one with Cluster::restart)"
             ),
             Error::NodeDown(id) => write!(f, "node {id} is not running; restart it or use another"),
+            Error::QueueFull(id) => write!(
+                f,
+                "node {id}'s request queue stayed full until the deadline (the node is stalled); \
+                 the proposal was never handed over, so retrying it is safe"
+            ),
             Error::UnknownNode(id) => {
                 write!(f, "no node {id} in this cluster; use an id from Cluster::ids()")
             }

@@ -380,7 +380,8 @@ impl StateMachine for Gated {
 
 /// A node stalled on its apply backlog stops taking requests, and its queue fills: a call
 /// with a deadline still returns by it (`status`, and the others that send a request), where
-/// it used to wait in the send until the node took requests again.
+/// it used to wait in the send until the node took requests again. A proposal with a
+/// deadline answers `QueueFull` (never handed over) instead of waiting past it.
 #[test]
 fn a_call_with_a_deadline_returns_by_it_while_the_nodes_queue_is_full() {
     let _serial = serial();
@@ -431,11 +432,25 @@ fn a_call_with_a_deadline_returns_by_it_while_the_nodes_queue_is_full() {
     let took = asked.elapsed();
     assert_eq!(status.map(|_| ()), Err(Error::Timeout), "the node is stalled");
     assert!(took < Duration::from_secs(5), "returned after {took:?}, its deadline 100 ms");
+    // A proposal with a deadline is never handed over: it says so, and a retry is safe.
+    let asked = Instant::now();
+    let refused = node.propose(1000, ms(100));
+    let took = asked.elapsed();
+    assert_eq!(refused.map(|a| a.output), Err(Error::QueueFull(id)));
+    assert!(took < Duration::from_secs(5), "returned after {took:?}, its deadline 100 ms");
+    let asked = Instant::now();
+    let refused = cluster.client().propose_timeout(1000, ms(100));
+    let took = asked.elapsed();
+    let last = Box::new(Error::QueueFull(id));
+    assert_eq!(refused.map(|a| a.output), Err(Error::Unavailable { last }));
+    assert!(took < Duration::from_secs(5), "returned after {took:?}, its deadline 100 ms");
     *open.0.lock().unwrap() = true;
     open.1.notify_all();
     watchdog.join().expect("the watchdog");
     let outputs = proposer.join().expect("the proposer");
     assert_eq!(outputs.last(), Some(&Ok(36)), "all eight applied once the gate opened");
+    let next = node.propose(0, LONG).map(|a| a.output);
+    assert_eq!(next, Ok(36), "neither refused proposal was ever applied");
     let status = node.status(LONG).expect("answered again");
     assert_eq!(status.core.last_applied, status.core.commit_index);
 }

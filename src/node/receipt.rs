@@ -322,6 +322,7 @@ impl<O> Drop for Responder<O> {
 /// | `Err(ProposalDropped)` | appended, then a different entry was committed at its index: by State Machine Safety it is never applied | yes |
 /// | `Err(Timeout)`, `Err(NodeDown)` after appending | unknown: it may still commit | only with a client session |
 /// | `Err(Unavailable)` (from [`Client::propose`](crate::Client::propose), never a receipt) | every attempt was refused before appending, or replaced, until the deadline: never applied | yes |
+/// | `Err(QueueFull)` (from a proposal with a deadline, never a receipt) | the node's request queue stayed full until the deadline: never handed over, never applied | yes, after a pause |
 /// | `Err(Storage)` | the node's storage failed while writing it: unknown, as the write may have landed | only with a client session |
 /// | `Err(StateMachinePanicked)` | the state machine panicked applying it, on every replica alike | no: fix the state machine |
 /// | `Err(AnswerTaken)` | a second `wait` (or poll) after the output was handed over: it moves out once | no: use the first answer |

@@ -47,14 +47,25 @@ struct QueueFull<S: StateMachine> {
 }
 
 impl<S: StateMachine> ProposeLater<S> {
-    /// Hands the proposal to node `id` after all, blocking while its queue is full.
-    fn send(self, id: NodeId) -> Result<Receipt<S::Output>, Error> {
+    /// Hands the proposal to node `id` after all, waiting while its queue is full: until
+    /// `deadline` if any (then `QueueFull`: never handed over), else as long as it takes.
+    fn send(self, id: NodeId, deadline: Option<Instant>) -> Result<Receipt<S::Output>, Error> {
         match self {
             ProposeLater::Down => Err(Error::NodeDown(id)),
             // NB: a failed send drops the responder, which answers the (discarded) receipt.
             ProposeLater::Full(full) => {
                 let QueueFull { requests, request, receipt } = *full;
-                requests.send(request).map(|()| receipt).map_err(|_| Error::NodeDown(id))
+                let Some(deadline) = deadline else {
+                    return requests
+                        .send(request)
+                        .map(|()| receipt)
+                        .map_err(|_| Error::NodeDown(id));
+                };
+                match requests.send_deadline(request, deadline) {
+                    Ok(()) => Ok(receipt),
+                    Err(SendTimeoutError::Timeout(_)) => Err(Error::QueueFull(id)),
+                    Err(SendTimeoutError::Disconnected(_)) => Err(Error::NodeDown(id)),
+                }
             }
         }
     }
@@ -179,16 +190,23 @@ impl<S: StateMachine> NodeHandle<S> {
     /// requests waiting, say behind a node stalled on its apply backlog): then it waits for
     /// room, the backpressure that keeps a flood of proposals from growing memory.
     pub fn propose_async(&self, command: S::Command) -> Result<Receipt<S::Output>, Error> {
-        self.try_propose(command, self.forward).or_else(|later| later.send(self.id))
+        self.try_propose(command, self.forward).or_else(|later| later.send(self.id, None))
     }
 
     /// Proposes and waits up to `timeout` until the command is applied (this node must lead).
+    /// A queue still full at the deadline is `QueueFull` (never handed over).
     pub fn propose(
         &self,
         command: S::Command,
         timeout: Duration,
     ) -> Result<Applied<S::Output>, Error> {
-        self.propose_async(command)?.wait(timeout)
+        match self.try_propose(command, self.forward) {
+            Ok(mut receipt) => receipt.wait(timeout),
+            Err(later) => {
+                let deadline = deadline_after(timeout);
+                later.send(self.id, Some(deadline))?.wait_until(deadline)
+            }
+        }
     }
 
     /// Hands `request` to the node's thread, by `deadline` if any: a full queue (a node
@@ -316,6 +334,9 @@ impl Retry {
             // attempt pauses and a retrying caller never spins.
             Error::UncommittedLogFull { .. } => Retry::Elsewhere,
             Error::NodeDown(_) if !appended => Retry::Elsewhere,
+            // The node's queue full until the deadline: never handed over (the loop then
+            // answers `Unavailable`, its deadline past).
+            Error::QueueFull(_) => Retry::Elsewhere,
             e => Retry::No(e),
         }
     }
@@ -377,18 +398,19 @@ impl<S: StateMachine> Client<S> {
 
     /// Proposes to node `id` without cloning its handle, which would touch counters every
     /// client thread shares; gives the command back if `id` is not running. Under the read
-    /// lock the send never blocks: a full queue is waited on after letting go, since
-    /// `Cluster::kill` takes the write lock before it stops the node.
+    /// lock the send never blocks: a full queue is waited on (until `deadline`, if any) after
+    /// letting go, since `Cluster::kill` takes the write lock before it stops the node.
     fn send_proposal(
         &self,
         id: NodeId,
         command: S::Command,
+        deadline: Option<Instant>,
     ) -> Result<Result<Receipt<S::Output>, Error>, S::Command> {
         let nodes = self.shared.nodes.read().unwrap_or_else(|p| p.into_inner());
         let Some(node) = nodes.get(&id) else { return Err(command) };
         let sent = node.try_propose(command, self.forward);
         drop(nodes);
-        Ok(sent.or_else(|later| later.send(id)))
+        Ok(sent.or_else(|later| later.send(id, deadline)))
     }
 
     pub(super) fn running(&self) -> Vec<NodeId> {
@@ -499,10 +521,13 @@ impl<S: StateMachine> Client<S> {
         command: S::Command,
         deadline: Instant,
     ) -> Result<Applied<S::Output>, (Error, bool)> {
-        let mut receipt = match self.send_proposal(id, command) {
+        let mut receipt = match self.send_proposal(id, command, Some(deadline)) {
             Ok(Ok(receipt)) => receipt,
-            // Not running, or stopped before it took the request: never handed over.
-            Ok(Err(_)) | Err(_) => return Err((Error::NodeDown(id), false)),
+            // Stopped before it took the request, or its queue full until the deadline
+            // (`QueueFull`): never handed over.
+            Ok(Err(e)) => return Err((e, false)),
+            // Not running.
+            Err(_) => return Err((Error::NodeDown(id), false)),
         };
         receipt.wait_until(deadline).map_err(|e| (e, receipt.was_appended()))
     }
@@ -513,7 +538,7 @@ impl<S: StateMachine> Client<S> {
     /// belief was stale, and `Shutdown` if no node runs; [`Client::propose`] retries for you.
     pub fn propose_async(&self, command: S::Command) -> Receipt<S::Output> {
         let command = match self.leader_hint() {
-            Some(id) => match self.send_proposal(id, command) {
+            Some(id) => match self.send_proposal(id, command, None) {
                 Ok(sent) => return sent.unwrap_or_else(|e| Receipt::failed(id, e)),
                 Err(command) => command, // (the hinted leader stopped)
             },
@@ -522,7 +547,7 @@ impl<S: StateMachine> Client<S> {
         let Some(id) = self.running().first().copied() else {
             return Receipt::failed(NodeId(0), Error::Shutdown);
         };
-        match self.send_proposal(id, command) {
+        match self.send_proposal(id, command, None) {
             Ok(sent) => sent.unwrap_or_else(|e| Receipt::failed(id, e)),
             Err(_) => Receipt::failed(id, Error::NodeDown(id)),
         }
