@@ -1,6 +1,7 @@
 //! What a kill leaves behind: it returns within about one `apply` whatever the node was doing
-//! (a failed node with a long apply backlog included), and every receipt the node held is
-//! answered by the time it returns.
+//! (a failed node with a long apply backlog included), every receipt the node held is answered
+//! by the time it returns, and a handle kept past it holds no state machine and answers
+//! `NodeDown` at once.
 
 mod common;
 
@@ -75,6 +76,10 @@ impl DropFlags {
             flags.0.lock().unwrap().insert(id, Arc::clone(&dropped));
             Sleepy { sum: 0, dropped }
         }
+    }
+
+    fn dropped(&self, id: NodeId) -> bool {
+        self.0.lock().unwrap()[&id].load(Ordering::SeqCst)
     }
 }
 
@@ -210,4 +215,42 @@ fn a_kill_after_a_storage_failure_returns_without_waiting_for_the_apply_backlog(
         }
     }
     assert!(down > 1, "the kill cut the backlog short: {applied} applied, {down} down");
+}
+
+/// Audit three: with lease reads on, a `NodeHandle` kept past a kill kept the node's state
+/// machine alive (the handle reads it on the caller's thread), and with it the receipts
+/// waiting in its applier, which then timed out instead of hearing `NodeDown`. Now a kill
+/// retires the applier: the state machine is dropped, waiting receipts hear `NodeDown` by the
+/// time the kill returns, and reads on the kept handle fail with `NodeDown` at once.
+#[test]
+fn a_handle_kept_past_a_kill_holds_no_state_machine_and_answers_node_down() {
+    let _serial = serial();
+    init_tracing();
+    let flags = DropFlags::default();
+    let config = Config { lease_reads: true, ..fast_config(82) };
+    let mut cluster = Cluster::new(config, 3, flags.factory()).expect("start");
+    let leader = wait_for_agreement(&cluster, LONG).leader;
+    let node = cluster.node(leader).expect("running");
+    node.propose(5, LONG).expect("applied");
+    assert_eq!(node.read((), LONG), Ok(5), "a read while the node runs");
+
+    // A proposal that cannot commit, waiting in the leader's applier for its entry.
+    cluster.isolate(leader).expect("isolate");
+    let mut waiting = node.propose_async(7).expect("sent");
+    waiting.position(LONG).expect("appended");
+    node.status(LONG).expect("status"); // NB: its task runs after the one that parks the receipt
+    assert_eq!(waiting.try_result(), None, "cut off, it cannot commit");
+
+    cluster.kill(leader).expect("kill");
+    assert_eq!(waiting.try_result(), Some(Err(Error::NodeDown(leader))), "answered by the kill");
+    let asked = Instant::now();
+    assert_eq!(node.read((), LONG), Err(Error::NodeDown(leader)), "a read on the kept handle");
+    let many = node.read_many(vec![(), ()], LONG);
+    assert_eq!(many, Err(Error::NodeDown(leader)), "reads on the kept handle");
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(5), "NodeDown took {took:?}");
+    assert!(flags.dropped(leader), "the killed node's state machine is still alive");
+    for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+        assert!(!flags.dropped(id), "{id} runs: its state machine lives");
+    }
 }

@@ -283,7 +283,8 @@ pub(crate) struct Backlog<S: StateMachine> {
     ignore_limit: AtomicBool,
     /// A thread is running tasks (it also runs whatever is queued meanwhile).
     draining: AtomicBool,
-    applier: Mutex<Applier<S>>,
+    /// `None` once retired ([`Backlog::retire`]): the node's workers ended.
+    applier: Mutex<Option<Applier<S>>>,
     /// Set when the state machine panicked or a restore failed; read by the node loop.
     failure: Mutex<Option<Error>>,
     failed: AtomicBool,
@@ -324,7 +325,7 @@ impl<S: StateMachine> ApplyQueue<S> {
             #[cfg(test)]
             ignore_limit: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            applier: Mutex::new(applier),
+            applier: Mutex::new(Some(applier)),
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -567,13 +568,15 @@ impl<S: StateMachine> Backlog<S> {
     /// left; false also when another thread runs them (that thread also runs what is queued
     /// meanwhile: it looks at the queue again after letting go of the applier).
     fn run_tasks(&self, limit: usize, caller: bool) -> bool {
-        let mut applier = match self.applier.try_lock() {
-            Ok(applier) => applier,
+        let mut guard = match self.applier.try_lock() {
+            Ok(guard) => guard,
             Err(TryLockError::WouldBlock) => return false,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
+        // Retired: the node's workers ended, and nothing is queued any more.
+        let Some(applier) = guard.as_mut() else { return false };
         // NB: declared after the applier, so dropped (cleared) before it is let go, and also
-        // when a task unwinds: a flag left set would tell every caller someone drains.
+        // should anything unwind: a flag left set would tell every caller someone drains.
         let draining = Draining::set(&self.draining);
         for _ in 0..limit {
             let task = {
@@ -608,7 +611,7 @@ impl<S: StateMachine> Backlog<S> {
             }
             let timed = (entries > 0 && self.timed.load(Ordering::Relaxed))
                 .then(|| (Instant::now(), entries));
-            let ran = run_task(&mut applier, task, &self.stop, &self.taken);
+            let ran = run_task(applier, task, &self.stop, &self.taken);
             self.entries_done(entries);
             if let Err(e) = ran {
                 *lock(&self.failure) = Some(e);
@@ -620,7 +623,7 @@ impl<S: StateMachine> Backlog<S> {
             }
         }
         drop(draining);
-        drop(applier);
+        drop(guard);
         self.has_work()
     }
 
@@ -636,12 +639,13 @@ impl<S: StateMachine> Backlog<S> {
         if self.stop.load(Ordering::Relaxed) || self.failed.load(Ordering::Acquire) {
             return None;
         }
-        let applier = match self.applier.try_lock() {
-            Ok(applier) => applier,
+        let guard = match self.applier.try_lock() {
+            Ok(guard) => guard,
             Err(_) => return None,
         };
-        // NB: marked as draining while it holds the applier, so a worker that queues work
-        // meanwhile leaves it to this reader instead of retrying a lock it cannot take.
+        let applier = guard.as_ref()?; // NB: `None` once retired: the node is gone
+                                       // NB: marked as draining while it holds the applier, so a worker that queues work
+                                       // meanwhile leaves it to this reader instead of retrying a lock it cannot take.
         let draining = Draining::set(&self.draining);
         let answer = if applier.failure.is_some() || applier.applied < index {
             None
@@ -651,7 +655,7 @@ impl<S: StateMachine> Backlog<S> {
             answer.map(|answer| (answer, applier.applied))
         };
         drop(draining);
-        drop(applier);
+        drop(guard);
         // What was queued meanwhile is this reader's: what a caller may run (no snapshot, no
         // slow batch) it runs; the rest goes to the node's workers, woken for it.
         if self.needs_drain() {
@@ -673,7 +677,11 @@ impl<S: StateMachine> Backlog<S> {
 
     /// Runs `f` on the state machine as it is now (waiting for a drain under way).
     pub fn with_state_machine<R>(&self, f: impl FnOnce(&S) -> R) -> R {
-        f(&lock(&self.applier).state_machine)
+        let applier = lock(&self.applier);
+        f(&applier
+            .as_ref()
+            .expect("only the thread runtime retires, and never inspects")
+            .state_machine)
     }
 
     /// Stops timing batches of entries: callers then never leave entries to the node's
@@ -701,6 +709,18 @@ impl<S: StateMachine> Backlog<S> {
         self.entries_done(dropped.iter().map(ApplyTask::entries).sum());
         self.wake_stalled();
         drop(dropped); // NB: outside the lock: dropping a responder answers its proposer
+    }
+
+    /// The node's workers have ended: stops, and drops the applier now, state machine and
+    /// all, so that its waiting proposals and reads hear `NodeDown` at once. NB: not left to
+    /// the last reference: a [`crate::NodeHandle`] kept past a kill holds this backlog (for
+    /// lease reads), and would keep the state machine alive and its receipts waiting until
+    /// they timed out. Waits for a drain or a lease read under way (a drain stops after the
+    /// entry it is applying).
+    pub fn retire(&self) {
+        self.stop();
+        let applier = lock(&self.applier).take();
+        drop(applier); // NB: outside the lock: dropping a responder answers its proposer
     }
 }
 
@@ -1067,6 +1087,49 @@ mod tests {
         backlog.stop();
         assert_eq!(backlog.entries(), 0, "dropped entries no longer count");
         assert!(!backlog.over_limit() && backlog.wait_below_limit(std::time::Duration::ZERO));
+    }
+
+    /// Retiring a backlog (the node's workers ended) drops its state machine and answers what
+    /// waits in it `NodeDown` at once, though the backlog itself lives on (a kept handle);
+    /// lease reads on it find nothing to query.
+    #[test]
+    fn a_retired_backlog_drops_its_state_machine_and_answers_what_waits_node_down() {
+        struct Flagged(Arc<AtomicBool>);
+        impl Drop for Flagged {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        impl StateMachine for Flagged {
+            type Command = u64;
+            type Output = u64;
+            fn apply(&mut self, _: LogIndex, c: &u64) -> u64 {
+                *c
+            }
+            fn snapshot(&self) -> Vec<u8> {
+                Vec::new()
+            }
+            fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let applier = Applier::new(NodeId(2), Flagged(Arc::clone(&dropped)), LogIndex(0));
+        let (taken, _taken) = crossbeam_channel::unbounded();
+        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken, usize::MAX) else {
+            unreachable!("a deferred queue")
+        };
+        let (responder, waiting) = receipt(NodeId(2));
+        let responders = vec![responder];
+        backlog.push(ApplyTask::Await { first: LogIndex(1), term: Term(1), responders });
+        backlog.drain();
+        assert_eq!(waiting.try_result(), None, "waits for its entry");
+        assert_eq!(backlog.query_now(LogIndex(0), |_| ()), Some(((), LogIndex(0))));
+        backlog.retire();
+        assert!(dropped.load(Ordering::SeqCst), "the state machine is dropped");
+        assert_eq!(waiting.try_result(), Some(Err(Error::NodeDown(NodeId(2)))));
+        assert_eq!(backlog.query_now(LogIndex(0), |_| ()), None);
+        assert!(!backlog.drain_some() && !backlog.needs_drain());
     }
 
     /// A snapshot the state machine cannot read stops the node before anything is applied on a

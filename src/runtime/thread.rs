@@ -323,6 +323,8 @@ fn work<S: StateMachine>(shared: &Shared<S>) {
             stop(shared);
         }
     }
+    // NB: now, not when the last reference goes: a handle kept past a kill holds the backlog.
+    shared.backlog.retire();
 }
 
 fn wait_idle<S: StateMachine>(shared: &Shared<S>) {
