@@ -10,7 +10,8 @@
 //!
 //! A panic in `StateMachine::apply` is caught: the applier stops for good and every waiting and
 //! later proposal is answered `StateMachinePanicked`, since `apply` is deterministic and the
-//! same command panics on every replica.
+//! same command panics on every replica. So is a panic anywhere else in the user's code a task
+//! runs (`snapshot`, a `Drop` of an `Output`; see `run_caught`): no worker dies of one.
 //!
 //! [`ApplyQueue`] runs an applier inline (the simulator's default) or deferred through a
 //! [`Backlog`] (the thread runtime: run off the node loop, so a slow `apply` never delays
@@ -165,18 +166,19 @@ impl<S: StateMachine> Applier<S> {
         Err(self.stop(error))
     }
 
-    fn answer(&mut self, index: LogIndex, term: Term, output: Option<S::Output>) {
+    /// Answers the proposals waiting at `index` or below. NB: the output moves to the one
+    /// proposal at `(index, term)` (keys are unique), never cloned: `Output::clone` is the
+    /// user's code, and a copy per answer would cost the hot path.
+    fn answer(&mut self, index: LogIndex, term: Term, mut output: Option<S::Output>) {
         while let Some(waiting) = self.waiting.first_entry() {
             let (i, t) = *waiting.key();
             if i > index {
                 return;
             }
             let responder = waiting.remove();
-            let result = match &output {
-                Some(output) if (i, t) == (index, term) => {
-                    Ok(Applied { index, term, output: output.clone() })
-                }
-                _ => Err(Error::ProposalDropped { index: i, term: t }),
+            let result = match output.take_if(|_| (i, t) == (index, term)) {
+                Some(output) => Ok(Applied { index, term, output }),
+                None => Err(Error::ProposalDropped { index: i, term: t }),
             };
             responder.finish(result);
         }
@@ -611,7 +613,7 @@ impl<S: StateMachine> Backlog<S> {
             }
             let timed = (entries > 0 && self.timed.load(Ordering::Relaxed))
                 .then(|| (Instant::now(), entries));
-            let ran = run_task(applier, task, &self.stop, &self.taken);
+            let ran = run_caught(applier, task, &self.stop, &self.taken);
             self.entries_done(entries);
             if let Err(e) = ran {
                 *lock(&self.failure) = Some(e);
@@ -746,6 +748,33 @@ impl<S: StateMachine> QueryNow<S> for Applier<S> {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// [`run_task`], with a panic anywhere in the user's code it runs caught. `apply`, `restore`,
+/// `snapshot`, `digest` and queries are caught where they are called; a panic elsewhere (a
+/// `Drop` of the user's `Output` or `Command`, say) fails the applier here as a panicking
+/// `apply` does: every waiting proposal and read hears `StateMachinePanicked`, and the worker
+/// lives on to answer the tasks behind it. Once per task, never per entry: the cost is a
+/// landing pad.
+fn run_caught<S: StateMachine>(
+    applier: &mut Applier<S>,
+    task: ApplyTask<S>,
+    stop: &AtomicBool,
+    taken: &Sender<Arc<Snapshot>>,
+) -> Result<(), Error> {
+    let payload = match catch_unwind(AssertUnwindSafe(|| run_task(applier, task, stop, taken))) {
+        Ok(ran) => return ran,
+        Err(payload) => payload,
+    };
+    let error = applier.failure.clone().unwrap_or_else(|| Error::StateMachinePanicked {
+        node: applier.node,
+        index: applier.applied,
+        message: format!("outside apply, after applying it: {}", panic_message(&*payload)),
+    });
+    // NB: answering runs the user's code again (a drop); should that panic too, what it left
+    // unanswered hears `NodeDown` as it drops, or the failure from the next task on.
+    let _ = catch_unwind(AssertUnwindSafe(|| applier.stop(error.clone())));
+    Err(error)
 }
 
 fn run_task<S: StateMachine>(
@@ -1087,6 +1116,56 @@ mod tests {
         backlog.stop();
         assert_eq!(backlog.entries(), 0, "dropped entries no longer count");
         assert!(!backlog.over_limit() && backlog.wait_below_limit(std::time::Duration::ZERO));
+    }
+
+    /// A panic in the user's code outside `apply` (here an output's `Drop`, run where nobody
+    /// waits for the output) fails the applier like a panicking `apply`, and the drain goes on
+    /// to answer what is queued behind it with the failure (it once unwound through the
+    /// worker, which died without a word).
+    #[test]
+    fn a_panic_outside_apply_fails_the_applier_and_the_backlog_still_drains() {
+        #[derive(Clone, Debug)]
+        struct Loud;
+        impl Drop for Loud {
+            fn drop(&mut self) {
+                if !std::thread::panicking() {
+                    panic!("a loud output")
+                }
+            }
+        }
+        struct Shouts;
+        impl StateMachine for Shouts {
+            type Command = u64;
+            type Output = Loud;
+            fn apply(&mut self, _: LogIndex, _: &u64) -> Loud {
+                Loud
+            }
+            fn snapshot(&self) -> Vec<u8> {
+                Vec::new()
+            }
+            fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let applier = Applier::new(NodeId(1), Shouts, LogIndex(0));
+        let (taken, _taken) = crossbeam_channel::unbounded();
+        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken, usize::MAX) else {
+            unreachable!("a deferred queue")
+        };
+        let entry = Entry { term: Term(1), payload: Payload::Command(7) };
+        backlog.push(ApplyTask::Entries { first: LogIndex(1), entries: vec![entry] });
+        let (responder, later) = receipt(NodeId(1));
+        let responders = vec![responder];
+        backlog.push(ApplyTask::Await { first: LogIndex(2), term: Term(1), responders });
+        backlog.drain();
+        let failure = lock(&backlog.failure).clone().expect("the panic failed the applier");
+        let Error::StateMachinePanicked { index, message, .. } = &failure else {
+            panic!("{failure:?}")
+        };
+        assert_eq!(*index, LogIndex(1), "the last entry applied");
+        assert!(message.contains("outside apply") && message.contains("a loud output"));
+        assert_eq!(later.try_result().map(|r| r.map(|_| ())), Some(Err(failure)));
+        assert!(!backlog.draining.load(Ordering::SeqCst) && !backlog.has_work());
     }
 
     /// Retiring a backlog (the node's workers ended) drops its state machine and answers what
