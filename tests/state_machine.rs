@@ -578,3 +578,34 @@ fn a_panic_outside_apply_fails_the_node_with_a_typed_error() {
     assert_eq!(status.failure, Some(error.clone()));
     assert_eq!(node.propose(2, LONG).map(|a| a.output.sum), Err(error));
 }
+
+/// A waker that panics: an executor's bug.
+struct PanickingWaker;
+
+impl std::task::Wake for PanickingWaker {
+    fn wake(self: Arc<Self>) {
+        panic!("this executor's waker panics")
+    }
+}
+
+/// A receipt's waker is the awaiting task's executor's code, run on the thread that answers
+/// (here the applier's): its panic used to unwind through the applier and kill its worker.
+/// It is contained now: the answer is stored, and the node carries on.
+#[test]
+fn a_panicking_waker_harms_neither_its_answer_nor_the_node() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let _serial = serial();
+    let (cluster, node, gate) = fussy(63);
+    let mut first = node.propose_async(GATE).expect("sent");
+    gate.await_apply();
+    let mut polled = node.propose_async(5).expect("sent");
+    let waker = Waker::from(Arc::new(PanickingWaker));
+    let pending = std::pin::Pin::new(&mut polled).poll(&mut Context::from_waker(&waker));
+    assert!(pending.is_pending(), "behind the gate, it cannot be applied yet");
+    gate.open();
+    assert_eq!(first.wait(LONG).map(|a| a.output.sum), Ok(GATE));
+    assert_eq!(polled.wait(LONG).map(|a| a.output.sum), Ok(GATE + 5), "answered all the same");
+    assert_eq!(node.propose(1, LONG).map(|a| a.output.sum), Ok(GATE + 6), "the node carries on");
+    assert_eq!(cluster.failure(node.id()), None);
+}
