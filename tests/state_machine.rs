@@ -1,8 +1,9 @@
 //! What a user's state machine can do wrong, and what the library does about it: a panicking
-//! `apply` fails the node with a typed, explanatory error; a slow `apply` delays answers but
-//! causes no election; a state machine slower than the cluster commits holds its node's
-//! memory near `Config::max_apply_backlog`; an oversized command is refused before it reaches
-//! the log.
+//! `apply` (or `snapshot`, or an output's `Drop`) fails the node with a typed, explanatory
+//! error; an output's `Clone` is never called; a panicking waker harms nobody; a slow `apply`
+//! delays answers but causes no election; a state machine slower than the cluster commits
+//! holds its node's memory near `Config::max_apply_backlog`; an oversized command is refused
+//! before it reaches the log.
 
 mod common;
 
