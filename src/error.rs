@@ -287,7 +287,8 @@ pub enum Error {
     StateMachinePanicked {
         /// The node whose state machine panicked.
         node: NodeId,
-        /// The index of the entry being applied.
+        /// The index of the entry being applied; for a panic in the state machine's code
+        /// outside `apply` (a `Drop` of its `Output`, say), the last entry applied.
         index: LogIndex,
         /// The panic message.
         message: String,

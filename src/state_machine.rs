@@ -12,7 +12,14 @@
 //!   the failure, `Cluster::failure` returns it) and every proposal waiting on it is answered
 //!   `Error::StateMachinePanicked` with the entry's index. Since `apply` is deterministic, the
 //!   same command panics on every replica: make `apply` total (return an error *output* for a
-//!   bad command instead of panicking), then restart the nodes.
+//!   bad command instead of panicking), then restart the nodes. The same holds for a panic in
+//!   `snapshot`, and in the rest of your code the applier runs (a `Drop` of your `Output` or
+//!   `Command`, say: the error's message then says "outside apply", and its index is the last
+//!   entry applied); a `restore` that fails or panics stops the node with
+//!   `Error::RestoreFailed`. A panicking `digest` reads 0, and a panicking query answers its
+//!   read `NodeDown`. The node never clones an `Output`: each moves to its proposer.
+//! * **Lifetime.** A killed node's state machine is dropped by the time `Cluster::kill`
+//!   returns, even while a [`NodeHandle`](crate::NodeHandle) of it is kept.
 //! * **Time.** `apply` runs off the node loop that sends heartbeats: each node has two worker
 //!   threads (`raft-n<id>`, `raft-n<id>-b`), and while one applies, the other takes over the
 //!   loop if the apply runs longer than a tick. So a slow `apply` delays answers but causes no

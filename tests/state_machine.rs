@@ -1,8 +1,9 @@
 //! What a user's state machine can do wrong, and what the library does about it: a panicking
-//! `apply` fails the node with a typed, explanatory error; a slow `apply` delays answers but
-//! causes no election; a state machine slower than the cluster commits holds its node's
-//! memory near `Config::max_apply_backlog`; an oversized command is refused before it reaches
-//! the log.
+//! `apply` (or `snapshot`, or an output's `Drop`) fails the node with a typed, explanatory
+//! error; an output's `Clone` is never called; a panicking waker harms nobody; a slow `apply`
+//! delays answers but causes no election; a state machine slower than the cluster commits
+//! holds its node's memory near `Config::max_apply_backlog`; an oversized command is refused
+//! before it reaches the log.
 
 mod common;
 
@@ -453,4 +454,174 @@ fn a_call_with_a_deadline_returns_by_it_while_the_nodes_queue_is_full() {
     assert_eq!(next, Ok(36), "neither refused proposal was ever applied");
     let status = node.status(LONG).expect("answered again");
     assert_eq!(status.core.last_applied, status.core.commit_index);
+}
+
+/// Where `Fussy::apply` of [`GATE`] waits until the test opens it.
+#[derive(Default)]
+struct Gate {
+    /// (an apply waits at the gate, the gate is open)
+    state: std::sync::Mutex<(bool, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    fn pass(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.0 = true;
+        self.changed.notify_all();
+        // NB: bounded, so a failing test cannot hold the node's worker (and its kill) forever.
+        let _ = self.changed.wait_timeout_while(state, LONG, |(_, open)| !*open).unwrap();
+    }
+
+    fn await_apply(&self) {
+        let state = self.state.lock().unwrap();
+        let (state, _) = self.changed.wait_timeout_while(state, LONG, |(at, _)| !*at).unwrap();
+        assert!(state.0, "no apply reached the gate");
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.changed.notify_all();
+    }
+}
+
+const GATE: u64 = 1_000_000;
+const LOUD: u64 = 2_000_000;
+
+/// What `Fussy::apply` returns: user code that misbehaves outside `apply`. Its `Clone` always
+/// panics (the node must never need a copy: `Receipt::wait` moves the output out), and its
+/// `Drop` panics when `loud`.
+#[derive(Debug, PartialEq)]
+struct FussyOutput {
+    sum: u64,
+    loud: bool,
+}
+
+impl Clone for FussyOutput {
+    fn clone(&self) -> Self {
+        panic!("an output was cloned")
+    }
+}
+
+impl Drop for FussyOutput {
+    fn drop(&mut self) {
+        if self.loud && !std::thread::panicking() {
+            panic!("a loud output was dropped")
+        }
+    }
+}
+
+/// Sums its commands; applying [`GATE`] waits at the gate; [`LOUD`] gives a loud output.
+struct Fussy {
+    sum: u64,
+    gate: Arc<Gate>,
+}
+
+impl StateMachine for Fussy {
+    type Command = u64;
+    type Output = FussyOutput;
+
+    fn apply(&mut self, _index: LogIndex, command: &u64) -> FussyOutput {
+        if *command == GATE {
+            self.gate.pass();
+        }
+        self.sum += command;
+        FussyOutput { sum: self.sum, loud: *command == LOUD }
+    }
+
+    summing_image!();
+}
+
+/// One node of [`Fussy`], its gate shut, and a handle to it.
+fn fussy(seed: u64) -> (Cluster<Fussy>, ferraft::NodeHandle<Fussy>, Arc<Gate>) {
+    let gate = Arc::new(Gate::default());
+    let shared = Arc::clone(&gate);
+    let factory = move |_| Fussy { sum: 0, gate: Arc::clone(&shared) };
+    let cluster = Cluster::new(fast_config(seed), 1, factory).expect("start");
+    let id = cluster.wait_for_leader(LONG).expect("a leader");
+    let node = cluster.node(id).expect("running");
+    (cluster, node, gate)
+}
+
+/// Audit three: the applier answered a proposal with a copy of its output, so a panicking
+/// `Output::clone` (the user's code) unwound through the applier and killed its worker; the
+/// proposer heard `NodeDown`, and with both workers gone the node answered nothing more. The
+/// output now moves to its one proposer: the node never clones it.
+#[test]
+fn the_node_hands_an_output_over_without_cloning_it() {
+    let _serial = serial();
+    let (cluster, node, gate) = fussy(61);
+    gate.open();
+    for (i, command) in [3, 4, 5].into_iter().enumerate() {
+        let applied = node.propose(command, LONG).map(|a| a.output.sum);
+        assert_eq!(applied, Ok([3, 7, 12][i]), "proposal {i}");
+    }
+    assert_eq!(cluster.failure(node.id()), None);
+}
+
+/// Audit three: a panic in the user's code the applier runs outside `apply` (here an
+/// output's `Drop`, run where the output is let go: its proposer dropped its receipt) was not
+/// caught. The worker died, no failure was recorded, and proposals waiting behind it were
+/// applied by the other worker as if nothing had happened (or, with both workers dead, never
+/// answered). Now it fails the node like a panicking `apply`: a typed error for every
+/// waiting proposal and every later request, and the node's workers live on to give it.
+#[test]
+fn a_panic_outside_apply_fails_the_node_with_a_typed_error() {
+    let _serial = serial();
+    let (cluster, node, gate) = fussy(62);
+    let mut first = node.propose_async(GATE).expect("sent");
+    gate.await_apply();
+    let mut loud = node.propose_async(LOUD).expect("sent");
+    loud.position(LONG).expect("appended");
+    drop(loud); // its output is let go by the node, on the applier's thread
+    let mut behind = node.propose_async(1).expect("sent");
+    behind.position(LONG).expect("appended");
+    gate.open();
+    assert_eq!(first.wait(LONG).map(|a| a.output.sum), Ok(GATE));
+
+    let error = behind.wait(LONG).expect_err("the node failed before it");
+    let Error::StateMachinePanicked { node: at, message, .. } = &error else {
+        panic!("expected StateMachinePanicked, got {error:?}");
+    };
+    assert_eq!(*at, node.id());
+    assert!(message.contains("a loud output was dropped"), "{message}");
+    assert!(message.contains("outside apply"), "{message}");
+    let failure = wait_until(LONG, "the node to record its failure", || {
+        cluster.failure(node.id()).ok_or_else(|| "none yet".to_string())
+    });
+    assert_eq!(failure, error);
+    let status = node.status(LONG).expect("answered, not left waiting");
+    assert_eq!(status.failure, Some(error.clone()));
+    assert_eq!(node.propose(2, LONG).map(|a| a.output.sum), Err(error));
+}
+
+/// A waker that panics: an executor's bug.
+struct PanickingWaker;
+
+impl std::task::Wake for PanickingWaker {
+    fn wake(self: Arc<Self>) {
+        panic!("this executor's waker panics")
+    }
+}
+
+/// A receipt's waker is the awaiting task's executor's code, run on the thread that answers
+/// (here the applier's): its panic used to unwind through the applier and kill its worker.
+/// It is contained now: the answer is stored, and the node carries on.
+#[test]
+fn a_panicking_waker_harms_neither_its_answer_nor_the_node() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    let _serial = serial();
+    let (cluster, node, gate) = fussy(63);
+    let mut first = node.propose_async(GATE).expect("sent");
+    gate.await_apply();
+    let mut polled = node.propose_async(5).expect("sent");
+    let waker = Waker::from(Arc::new(PanickingWaker));
+    let pending = std::pin::Pin::new(&mut polled).poll(&mut Context::from_waker(&waker));
+    assert!(pending.is_pending(), "behind the gate, it cannot be applied yet");
+    gate.open();
+    assert_eq!(first.wait(LONG).map(|a| a.output.sum), Ok(GATE));
+    assert_eq!(polled.wait(LONG).map(|a| a.output.sum), Ok(GATE + 5), "answered all the same");
+    assert_eq!(node.propose(1, LONG).map(|a| a.output.sum), Ok(GATE + 6), "the node carries on");
+    assert_eq!(cluster.failure(node.id()), None);
 }

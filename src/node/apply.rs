@@ -10,7 +10,8 @@
 //!
 //! A panic in `StateMachine::apply` is caught: the applier stops for good and every waiting and
 //! later proposal is answered `StateMachinePanicked`, since `apply` is deterministic and the
-//! same command panics on every replica.
+//! same command panics on every replica. So is a panic anywhere else in the user's code a task
+//! runs (`snapshot`, a `Drop` of an `Output`; see `run_caught`): no worker dies of one.
 //!
 //! [`ApplyQueue`] runs an applier inline (the simulator's default) or deferred through a
 //! [`Backlog`] (the thread runtime: run off the node loop, so a slow `apply` never delays
@@ -173,18 +174,19 @@ impl<S: StateMachine> Applier<S> {
         Err(self.stop(error))
     }
 
-    fn answer(&mut self, index: LogIndex, term: Term, output: Option<S::Output>) {
+    /// Answers the proposals waiting at `index` or below. NB: the output moves to the one
+    /// proposal at `(index, term)` (keys are unique), never cloned: `Output::clone` is the
+    /// user's code, and a copy per answer would cost the hot path.
+    fn answer(&mut self, index: LogIndex, term: Term, mut output: Option<S::Output>) {
         while let Some(waiting) = self.waiting.first_entry() {
             let (i, t) = *waiting.key();
             if i > index {
                 return;
             }
             let responder = waiting.remove();
-            let result = match &output {
-                Some(output) if (i, t) == (index, term) => {
-                    Ok(Applied { index, term, output: output.clone() })
-                }
-                _ => Err(Error::ProposalDropped { index: i, term: t }),
+            let result = match output.take_if(|_| (i, t) == (index, term)) {
+                Some(output) => Ok(Applied { index, term, output }),
+                None => Err(Error::ProposalDropped { index: i, term: t }),
             };
             responder.finish(result);
         }
@@ -291,7 +293,8 @@ pub(crate) struct Backlog<S: StateMachine> {
     ignore_limit: AtomicBool,
     /// A thread is running tasks (it also runs whatever is queued meanwhile).
     draining: AtomicBool,
-    applier: Mutex<Applier<S>>,
+    /// `None` once retired ([`Backlog::retire`]): the node's workers ended.
+    applier: Mutex<Option<Applier<S>>>,
     /// Set when the state machine panicked or a restore failed; read by the node loop.
     failure: Mutex<Option<Error>>,
     failed: AtomicBool,
@@ -332,7 +335,7 @@ impl<S: StateMachine> ApplyQueue<S> {
             #[cfg(test)]
             ignore_limit: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            applier: Mutex::new(applier),
+            applier: Mutex::new(Some(applier)),
             failure: Mutex::new(None),
             failed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -575,13 +578,15 @@ impl<S: StateMachine> Backlog<S> {
     /// left; false also when another thread runs them (that thread also runs what is queued
     /// meanwhile: it looks at the queue again after letting go of the applier).
     fn run_tasks(&self, limit: usize, caller: bool) -> bool {
-        let mut applier = match self.applier.try_lock() {
-            Ok(applier) => applier,
+        let mut guard = match self.applier.try_lock() {
+            Ok(guard) => guard,
             Err(TryLockError::WouldBlock) => return false,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
         };
+        // Retired: the node's workers ended, and nothing is queued any more.
+        let Some(applier) = guard.as_mut() else { return false };
         // NB: declared after the applier, so dropped (cleared) before it is let go, and also
-        // when a task unwinds: a flag left set would tell every caller someone drains.
+        // should anything unwind: a flag left set would tell every caller someone drains.
         let draining = Draining::set(&self.draining);
         for _ in 0..limit {
             let task = {
@@ -616,7 +621,7 @@ impl<S: StateMachine> Backlog<S> {
             }
             let timed = (entries > 0 && self.timed.load(Ordering::Relaxed))
                 .then(|| (Instant::now(), entries));
-            let ran = run_task(&mut applier, task, &self.stop, &self.taken);
+            let ran = run_caught(applier, task, &self.stop, &self.taken);
             self.entries_done(entries);
             if let Err(e) = ran {
                 *lock(&self.failure) = Some(e);
@@ -628,7 +633,7 @@ impl<S: StateMachine> Backlog<S> {
             }
         }
         drop(draining);
-        drop(applier);
+        drop(guard);
         self.has_work()
     }
 
@@ -644,12 +649,13 @@ impl<S: StateMachine> Backlog<S> {
         if self.stop.load(Ordering::Relaxed) || self.failed.load(Ordering::Acquire) {
             return None;
         }
-        let applier = match self.applier.try_lock() {
-            Ok(applier) => applier,
+        let guard = match self.applier.try_lock() {
+            Ok(guard) => guard,
             Err(_) => return None,
         };
-        // NB: marked as draining while it holds the applier, so a worker that queues work
-        // meanwhile leaves it to this reader instead of retrying a lock it cannot take.
+        let applier = guard.as_ref()?; // NB: `None` once retired: the node is gone
+                                       // NB: marked as draining while it holds the applier, so a worker that queues work
+                                       // meanwhile leaves it to this reader instead of retrying a lock it cannot take.
         let draining = Draining::set(&self.draining);
         let answer = if applier.failure.is_some() || applier.applied < index {
             None
@@ -659,7 +665,7 @@ impl<S: StateMachine> Backlog<S> {
             answer.map(|answer| (answer, applier.applied))
         };
         drop(draining);
-        drop(applier);
+        drop(guard);
         // What was queued meanwhile is this reader's: what a caller may run (no snapshot, no
         // slow batch) it runs; the rest goes to the node's workers, woken for it.
         if self.needs_drain() {
@@ -681,7 +687,11 @@ impl<S: StateMachine> Backlog<S> {
 
     /// Runs `f` on the state machine as it is now (waiting for a drain under way).
     pub fn with_state_machine<R>(&self, f: impl FnOnce(&S) -> R) -> R {
-        f(&lock(&self.applier).state_machine)
+        let applier = lock(&self.applier);
+        f(&applier
+            .as_ref()
+            .expect("only the thread runtime retires, and never inspects")
+            .state_machine)
     }
 
     /// Stops timing batches of entries: callers then never leave entries to the node's
@@ -710,6 +720,18 @@ impl<S: StateMachine> Backlog<S> {
         self.wake_stalled();
         drop(dropped); // NB: outside the lock: dropping a responder answers its proposer
     }
+
+    /// The node's workers have ended: stops, and drops the applier now, state machine and
+    /// all, so that its waiting proposals and reads hear `NodeDown` at once. NB: not left to
+    /// the last reference: a [`crate::NodeHandle`] kept past a kill holds this backlog (for
+    /// lease reads), and would keep the state machine alive and its receipts waiting until
+    /// they timed out. Waits for a drain or a lease read under way (a drain stops after the
+    /// entry it is applying).
+    pub fn retire(&self) {
+        self.stop();
+        let applier = lock(&self.applier).take();
+        drop(applier); // NB: outside the lock: dropping a responder answers its proposer
+    }
 }
 
 impl<S: StateMachine> QueryNow<S> for Backlog<S> {
@@ -734,6 +756,33 @@ impl<S: StateMachine> QueryNow<S> for Applier<S> {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// [`run_task`], with a panic anywhere in the user's code it runs caught. `apply`, `restore`,
+/// `snapshot`, `digest` and queries are caught where they are called; a panic elsewhere (a
+/// `Drop` of the user's `Output` or `Command`, say) fails the applier here as a panicking
+/// `apply` does: every waiting proposal and read hears `StateMachinePanicked`, and the worker
+/// lives on to answer the tasks behind it. Once per task, never per entry: the cost is a
+/// landing pad.
+fn run_caught<S: StateMachine>(
+    applier: &mut Applier<S>,
+    task: ApplyTask<S>,
+    stop: &AtomicBool,
+    taken: &Sender<Arc<Snapshot>>,
+) -> Result<(), Error> {
+    let payload = match catch_unwind(AssertUnwindSafe(|| run_task(applier, task, stop, taken))) {
+        Ok(ran) => return ran,
+        Err(payload) => payload,
+    };
+    let error = applier.failure.clone().unwrap_or_else(|| Error::StateMachinePanicked {
+        node: applier.node,
+        index: applier.applied,
+        message: format!("outside apply, after applying it: {}", panic_message(&*payload)),
+    });
+    // NB: answering runs the user's code again (a drop); should that panic too, what it left
+    // unanswered hears `NodeDown` as it drops, or the failure from the next task on.
+    let _ = catch_unwind(AssertUnwindSafe(|| applier.stop(error.clone())));
+    Err(error)
 }
 
 fn run_task<S: StateMachine>(
@@ -1075,6 +1124,99 @@ mod tests {
         backlog.stop();
         assert_eq!(backlog.entries(), 0, "dropped entries no longer count");
         assert!(!backlog.over_limit() && backlog.wait_below_limit(std::time::Duration::ZERO));
+    }
+
+    /// A panic in the user's code outside `apply` (here an output's `Drop`, run where nobody
+    /// waits for the output) fails the applier like a panicking `apply`, and the drain goes on
+    /// to answer what is queued behind it with the failure (it once unwound through the
+    /// worker, which died without a word).
+    #[test]
+    fn a_panic_outside_apply_fails_the_applier_and_the_backlog_still_drains() {
+        #[derive(Clone, Debug)]
+        struct Loud;
+        impl Drop for Loud {
+            fn drop(&mut self) {
+                if !std::thread::panicking() {
+                    panic!("a loud output")
+                }
+            }
+        }
+        struct Shouts;
+        impl StateMachine for Shouts {
+            type Command = u64;
+            type Output = Loud;
+            fn apply(&mut self, _: LogIndex, _: &u64) -> Loud {
+                Loud
+            }
+            fn snapshot(&self) -> Vec<u8> {
+                Vec::new()
+            }
+            fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let applier = Applier::new(NodeId(1), Shouts, LogIndex(0));
+        let (taken, _taken) = crossbeam_channel::unbounded();
+        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken, usize::MAX) else {
+            unreachable!("a deferred queue")
+        };
+        let entry = Entry { term: Term(1), payload: Payload::Command(7) };
+        backlog.push(ApplyTask::Entries { first: LogIndex(1), entries: vec![entry] });
+        let (responder, later) = receipt(NodeId(1));
+        let responders = vec![responder];
+        backlog.push(ApplyTask::Await { first: LogIndex(2), term: Term(1), responders });
+        backlog.drain();
+        let failure = lock(&backlog.failure).clone().expect("the panic failed the applier");
+        let Error::StateMachinePanicked { index, message, .. } = &failure else {
+            panic!("{failure:?}")
+        };
+        assert_eq!(*index, LogIndex(1), "the last entry applied");
+        assert!(message.contains("outside apply") && message.contains("a loud output"));
+        assert_eq!(later.try_result().map(|r| r.map(|_| ())), Some(Err(failure)));
+        assert!(!backlog.draining.load(Ordering::SeqCst) && !backlog.has_work());
+    }
+
+    /// Retiring a backlog (the node's workers ended) drops its state machine and answers what
+    /// waits in it `NodeDown` at once, though the backlog itself lives on (a kept handle);
+    /// lease reads on it find nothing to query.
+    #[test]
+    fn a_retired_backlog_drops_its_state_machine_and_answers_what_waits_node_down() {
+        struct Flagged(Arc<AtomicBool>);
+        impl Drop for Flagged {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        impl StateMachine for Flagged {
+            type Command = u64;
+            type Output = u64;
+            fn apply(&mut self, _: LogIndex, c: &u64) -> u64 {
+                *c
+            }
+            fn snapshot(&self) -> Vec<u8> {
+                Vec::new()
+            }
+            fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+                Ok(())
+            }
+        }
+        let dropped = Arc::new(AtomicBool::new(false));
+        let applier = Applier::new(NodeId(2), Flagged(Arc::clone(&dropped)), LogIndex(0));
+        let (taken, _taken) = crossbeam_channel::unbounded();
+        let ApplyQueue::Deferred(backlog) = ApplyQueue::deferred(applier, taken, usize::MAX) else {
+            unreachable!("a deferred queue")
+        };
+        let (responder, waiting) = receipt(NodeId(2));
+        let responders = vec![responder];
+        backlog.push(ApplyTask::Await { first: LogIndex(1), term: Term(1), responders });
+        backlog.drain();
+        assert_eq!(waiting.try_result(), None, "waits for its entry");
+        assert_eq!(backlog.query_now(LogIndex(0), |_| ()), Some(((), LogIndex(0))));
+        backlog.retire();
+        assert!(dropped.load(Ordering::SeqCst), "the state machine is dropped");
+        assert_eq!(waiting.try_result(), Some(Err(Error::NodeDown(NodeId(2)))));
+        assert_eq!(backlog.query_now(LogIndex(0), |_| ()), None);
+        assert!(!backlog.drain_some() && !backlog.needs_drain());
     }
 
     /// A snapshot the state machine cannot read stops the node before anything is applied on a

@@ -119,8 +119,18 @@ impl<O, X: ?Sized> Shared<O, X> {
             self.changed.notify_all();
         }
         if let Some(waker) = waker {
-            waker.wake();
+            wake(waker);
         }
+    }
+}
+
+/// Wakes an awaiting task. A waker is its executor's code, run here on the answering thread
+/// (a node's worker, a caller applying for it): a panic in it is contained, not let unwind
+/// through the node. The answer is stored already; only that one task may miss its wake-up.
+fn wake(waker: Waker) {
+    if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake())) {
+        let message = super::panic_message(&*payload);
+        tracing::error!(message, "a receipt's waker panicked; the answer is stored, unwoken");
     }
 }
 
@@ -328,7 +338,8 @@ impl<O> Drop for Responder<O> {
 /// | `Err(AnswerTaken)` | a second `wait` (or poll) after the output was handed over: it moves out once | no: use the first answer |
 ///
 /// Use it blocking ([`Receipt::wait`]) or `.await` it: it is a [`Future`] woken by the node
-/// thread, so no async runtime or helper thread is needed.
+/// thread, so no async runtime or helper thread is needed. A waker that panics is contained
+/// (and logged): the answer is stored all the same, and the node carries on.
 pub struct Receipt<O> {
     node: NodeId,
     answer: Answer<O>,
@@ -571,6 +582,29 @@ mod tests {
         responder.finish(Ok(Applied { index: LogIndex(3), term: Term(2), output: 7 }));
         assert!(flag.0.load(std::sync::atomic::Ordering::SeqCst), "the answer wakes the task");
         match Pin::new(&mut receipt).poll(&mut cx) {
+            Poll::Ready(Ok(applied)) => assert_eq!(applied.output, 7),
+            other => panic!("expected the output, got {other:?}"),
+        }
+    }
+
+    /// A waker that panics, as a broken executor's might.
+    struct Broken;
+    impl Wake for Broken {
+        fn wake(self: Arc<Self>) {
+            panic!("broken executor")
+        }
+    }
+
+    /// The answering thread (a node's worker) is not unwound by an awaiting task's waker, and
+    /// the answer is stored for the task's next poll.
+    #[test]
+    fn a_panicking_waker_is_contained_and_the_answer_kept() {
+        let (responder, mut receipt) = receipt::<u32>(NodeId(1));
+        let waker = Waker::from(Arc::new(Broken));
+        assert!(Pin::new(&mut receipt).poll(&mut Context::from_waker(&waker)).is_pending());
+        responder.finish(Ok(Applied { index: LogIndex(3), term: Term(2), output: 7 }));
+        let flag = Waker::from(Arc::new(Flag(Default::default())));
+        match Pin::new(&mut receipt).poll(&mut Context::from_waker(&flag)) {
             Poll::Ready(Ok(applied)) => assert_eq!(applied.output, 7),
             other => panic!("expected the output, got {other:?}"),
         }

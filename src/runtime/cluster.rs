@@ -443,7 +443,12 @@ impl<S: StateMachine> Cluster<S> {
         self.slots.get(&id)?.running.as_ref().and_then(|r| lock(&r.failure).clone())
     }
 
-    /// Crashes a node: its threads stop; only what it persisted survives.
+    /// Crashes a node: its threads stop; only what it persisted survives. Returns once the
+    /// state machine call under way ends (an `apply` or a `snapshot`: the applier stops after
+    /// it, and committed entries not yet applied are dropped), failed node or not. By then the
+    /// node's state machine is dropped and every receipt still waiting on it is answered
+    /// `NodeDown`, even while a [`NodeHandle`] of it is kept; calls on such a handle fail with
+    /// `NodeDown` at once.
     pub fn kill(&mut self, id: NodeId) -> Result<(), Error> {
         let running = self.slot_mut(id)?.running.take().ok_or(Error::NodeDown(id))?;
         self.client.node_stopped(id);

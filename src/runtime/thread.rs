@@ -323,6 +323,8 @@ fn work<S: StateMachine>(shared: &Shared<S>) {
             stop(shared);
         }
     }
+    // NB: now, not when the last reference goes: a handle kept past a kill holds the backlog.
+    shared.backlog.retire();
 }
 
 fn wait_idle<S: StateMachine>(shared: &Shared<S>) {
@@ -506,11 +508,15 @@ fn run_loop<S: StateMachine>(shared: &Shared<S>, last_yield: &mut Instant) -> bo
                 }
             };
             if let Some(error) = node.failed.clone() {
-                // NB: what the driver queued for the applier since it failed (a status, a
-                // proposal's wait) is answered with the failure now: no worker drains the
-                // backlog from here on.
-                shared.backlog.drain();
-                return serve_failed(&mut node, error);
+                // NB: what the driver queued for the applier before it failed (committed
+                // entries, a status, a proposal's wait) is drained like any backlog: by this
+                // worker with the loop let go, while the other serves the failure and so sees
+                // a shutdown at once. Drained here, holding the loop, a long backlog held up
+                // every kill for all of it.
+                if shared.backlog.needs_drain() {
+                    return true;
+                }
+                return serve_failed(&mut node, shared, error);
             }
             let step = step(&mut node);
             let leading = node.driver.core().role() == Role::Leader;
@@ -687,13 +693,17 @@ fn wait_for_input<S: StateMachine>(
     *last_yield = Instant::now();
 }
 
-/// A failed node answers every request with its failure until it is killed (returns false).
-fn serve_failed<S: StateMachine>(node: &mut Node<S>, error: Error) -> bool {
+/// A failed node answers every request with its failure until it is killed (false), or until
+/// work for its applier is left that nobody runs (true: drain it, with the loop let go).
+fn serve_failed<S: StateMachine>(node: &mut Node<S>, shared: &Shared<S>, error: Error) -> bool {
     let core = node.driver.core().status();
     let channels = &node.channels;
     loop {
         select! {
             recv(channels.shutdown) -> _ => return false,
+            // NB: a lease reader that held the applier as the node failed leaves it what it
+            // may not run itself (`Backlog::query_now`), and says so here.
+            recv(shared.watch.nudged) -> _ => if shared.backlog.needs_drain() { return true },
             recv(channels.inbox) -> msg => if msg.is_err() { return false },
             recv(channels.requests) -> req => match req {
                 Ok(Request::Propose { responder, .. }) => responder.finish(Err(error.clone())),
