@@ -653,9 +653,10 @@ impl<S: StateMachine> Backlog<S> {
             Ok(guard) => guard,
             Err(_) => return None,
         };
-        let applier = guard.as_ref()?; // NB: `None` once retired: the node is gone
-                                       // NB: marked as draining while it holds the applier, so a worker that queues work
-                                       // meanwhile leaves it to this reader instead of retrying a lock it cannot take.
+        // NB: `None` once retired: the node is gone.
+        let applier = guard.as_ref()?;
+        // NB: marked as draining while it holds the applier, so a worker that queues work
+        // meanwhile leaves it to this reader instead of retrying a lock it cannot take.
         let draining = Draining::set(&self.draining);
         let answer = if applier.failure.is_some() || applier.applied < index {
             None
