@@ -1,6 +1,7 @@
-//! The TCP transport: a cluster over loopback TCP, reconnection, and the bad input a listening
+//! The TCP transport: a cluster over loopback TCP, reconnection, the bad input a listening
 //! port gets (wrong cluster, unknown node, silence, oversized frames, garbage, spoofed senders,
-//! a wrong shared secret). Ports are chosen free at run time on 127.0.0.1.
+//! a wrong shared secret), and a stop that ends every thread and frees the port. Ports are
+//! chosen free at run time on 127.0.0.1.
 
 mod common;
 
@@ -494,4 +495,172 @@ fn a_sender_ends_when_its_peer_leaves_the_book_or_goes_idle_and_a_later_send_res
     three.send(heartbeat(3, 4));
     senders_reach(&three, 0, "node 3's sender to a peer that is down ends once idle");
     drop((one, two, three));
+}
+
+/// The names of this process's threads that start with `prefix` (Linux: `/proc/self/task`;
+/// the kernel keeps the first 15 bytes of a name).
+#[cfg(target_os = "linux")]
+fn threads_named(prefix: &str) -> Vec<String> {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+    let names = tasks.filter_map(|task| {
+        let comm = std::fs::read_to_string(task.ok()?.path().join("comm")).ok()?;
+        Some(comm.trim_end().to_owned())
+    });
+    names.filter(|name| name.starts_with(prefix)).collect()
+}
+
+/// A peer that accepts one node's connection and answers its handshake, then reads nothing:
+/// the node's sender then blocks writing once the socket buffers are full, as with a peer
+/// process that hangs. Dropping it closes its sockets.
+struct DeafPeer {
+    listener: TcpListener,
+    stream: Option<TcpStream>,
+}
+
+impl DeafPeer {
+    fn bind() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking accept");
+        DeafPeer { listener, stream: None }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound")
+    }
+
+    /// Waits (with a deadline) for the node's connection and accepts its hello.
+    fn accept(&mut self) {
+        let (mut stream, _) = wait_until(LONG, "the node's sender to connect", || {
+            self.listener.accept().map_err(|e| e.to_string())
+        });
+        stream.set_nonblocking(false).expect("blocking");
+        stream.set_read_timeout(Some(LONG)).expect("read timeout");
+        let challenge = frame::Challenge { nonce: [7; frame::NONCE_BYTES] };
+        frame::write_value(&mut stream, FrameKind::Challenge, &challenge).expect("challenge");
+        let _: frame::Hello =
+            frame::read_value(&mut stream, FrameKind::Hello, frame::MAX_HANDSHAKE_FRAME_BYTES)
+                .expect("hello");
+        frame::write_value(&mut stream, FrameKind::Verdict, &frame::Verdict::Accepted)
+            .expect("verdict");
+        self.stream = Some(stream);
+    }
+}
+
+/// A snapshot chunk of `bytes` bytes from `from` to `to`: a large message of a known size.
+fn chunk(from: u64, to: u64, bytes: usize) -> Message<u64> {
+    let meta = ferraft::SnapshotMeta {
+        index: ferraft::LogIndex(1),
+        term: Term(1),
+        config: Arc::new(ferraft::Configuration::default()),
+    };
+    let chunk =
+        ferraft::message::InstallSnapshot { meta, offset: 0, data: vec![0; bytes], done: false };
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(1),
+        body: Body::InstallSnapshot(chunk),
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_dropped_transport_has_ended_every_thread_it_started_and_its_port_is_free() {
+    let _serial = serial();
+    init_tracing();
+    // Node 71, with a deaf peer 72 and a peer 73 that dials in.
+    let mut deaf = DeafPeer::bind();
+    let mut config = TcpConfig::new(71, peers(&[71, 73]));
+    config.peers.insert(NodeId(72), deaf.addr());
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    // Long enough that, without the stop shutting sockets down, each blocked thread would
+    // outlive the test's deadline by far.
+    config.handshake_timeout = Duration::from_secs(120);
+    config.write_timeout = Duration::from_secs(120);
+    let (handler_tx, handler_started) = bounded(4);
+    config.clients = Some(Arc::new(move |mut stream: TcpStream| {
+        let _ = handler_tx.send(());
+        let mut buf = [0u8; 64];
+        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+    }));
+    let (inbox_tx, inbox) = bounded(64);
+    let mut node = TcpTransport::start(NodeId(71), config.clone(), inbox_tx).expect("listen");
+    let addr = node.local_addr().expect("bound");
+    // Outbound: a sender blocked writing to a peer that reads nothing (32 MiB of chunks; the
+    // loopback socket buffers hold a few).
+    node.send(chunk(71, 72, 64 << 10));
+    deaf.accept();
+    for _ in 0..512 {
+        node.send(chunk(71, 72, 64 << 10));
+    }
+    // Inbound: a node's connection (its reader delivered a message), a client whose handler
+    // reads, and a connection silent in its handshake.
+    let mut dial = config.clone();
+    dial.peers = AddressBook::new([(NodeId(71), addr)].into());
+    let mut from_73 = connect(addr, Peer::Node(NodeId(73)), &dial).expect("node handshake");
+    send_frame(&mut from_73, &heartbeat(73, 71));
+    assert_eq!(inbox.recv_timeout(LONG).expect("delivered"), heartbeat(73, 71));
+    let _client = connect(addr, Peer::Client, &dial).expect("client handshake");
+    handler_started.recv_timeout(LONG).expect("the client handler runs");
+    let _silent = TcpStream::connect(addr).expect("connect");
+    // The listener, one sender, three readers.
+    wait_until(LONG, "five threads", || match node.threads() {
+        5 => Ok(()),
+        n => Err(format!("{n} threads: {:?}", threads_named("raft-n71-"))),
+    });
+    assert_eq!(threads_named("raft-n71-").len(), 5, "{:?}", threads_named("raft-n71-"));
+
+    let stopping = Instant::now();
+    drop(node);
+    let took = stopping.elapsed();
+    wait_until(Duration::from_secs(2), "every thread of node 71 to end", || {
+        match threads_named("raft-n71-") {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!("still running: {left:?}")),
+        }
+    });
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    TcpListener::bind(addr).expect("the port is free again");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_tcp_node_leaves_no_thread_and_restarts_on_its_port() {
+    let _serial = serial();
+    init_tracing();
+    let peers = peers(&[81, 82, 83]);
+    let ids: Vec<NodeId> = peers.keys().copied().collect();
+    let mut tcp = TcpConfig::new(81, peers.clone());
+    tcp.clients = Some(Arc::new(|mut stream: TcpStream| {
+        let mut buf = [0u8; 64];
+        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+    }));
+    let mut cluster = Cluster::builder(fast_config(81), |_| KvStateMachine::new())
+        .ids(&ids)
+        .transport(TcpTransport::factory(tcp.clone()))
+        .start()
+        .expect("start");
+    let put = |i: u32| KvCommand::Put { key: format!("k{i}").into(), value: "v".into() };
+    cluster.propose(put(0)).expect("committed");
+    let victim = NodeId(81);
+    let _client = connect(peers[&victim], Peer::Client, &tcp).expect("a client connects");
+    wait_until(LONG, "n81's connections in and out", || {
+        let (out, in_) = (threads_named("raft-n81-to-n8"), threads_named("raft-n81-in"));
+        match (out.len(), in_.len()) {
+            (1.., 2..) => Ok(()), // a peer's and the client's
+            seen => Err(format!("{seen:?} sending and reading threads")),
+        }
+    });
+    cluster.kill(victim).expect("kill");
+    wait_until(Duration::from_secs(2), "every thread of n81 to end", || {
+        match threads_named("raft-n81") {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!("still running: {left:?}")),
+        }
+    });
+    drop(TcpListener::bind(peers[&victim]).expect("its port is free"));
+    cluster.propose(put(1)).expect("2 of 3 commit");
+    cluster.restart(victim).expect("restart on the same port");
+    let statuses = wait_converged(&cluster, 3, LONG);
+    assert!(statuses.iter().all(|s| s.core.last_applied.0 >= 2), "every node applied all");
 }

@@ -7,13 +7,14 @@
 
 pub mod frame;
 mod router;
+mod sockets;
 mod tcp;
 
 pub use router::NetworkFaults;
 pub(crate) use router::Router;
 pub use tcp::{
     connect, AddressBook, ClientHandler, ConnectError, TcpConfig, TcpConfigError, TcpTransport,
-    SENDER_RECHECK,
+    CLIENT_HANDLER_GRACE, SENDER_RECHECK,
 };
 
 use crate::message::Message;

@@ -35,14 +35,20 @@
 //! so no value, however large, panics a thread (a pause too long for an `Instant` is waited
 //! until the transport stops).
 //!
-//! Shutdown: dropping the transport (the node stops) stops the listener (joined, so the port is
-//! free for a restart), closes every accepted connection, and closes the peers' queues, on
-//! which each sender thread ends.
+//! Shutdown: dropping the transport (the node stops) ends every thread it started before it
+//! returns ([`TcpTransport::threads`] counts them), so a process can stop a node and start it
+//! again on the same port. It wakes and joins the listener (the port is free, and no reader
+//! starts after it), closes the peers' queues (a sender waiting on one ends), shuts down every
+//! open socket, accepted or connected (`sockets.rs`: a thread blocked in a handshake, a read,
+//! or a write to a peer that stopped reading returns at once), and joins the senders and the
+//! readers. Bounds: a sender in the middle of establishing a connection finishes that first
+//! (at most `connect_timeout`); a [`ClientHandler`] is the user's code, given
+//! [`CLIENT_HANDLER_GRACE`] to return once its stream fails, then left running with a warning.
 
 use std::collections::btree_map::Entry as MapEntry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -56,12 +62,15 @@ use super::frame::{
     self, encode_value, hello_mac, read_frame, read_value, verify_hello, write_value, Challenge,
     FrameError, FrameKind, Hello, Peer, Verdict,
 };
+use super::sockets::{Reader, Side, Sockets, Threads, Tracked};
 use super::Transport;
 use crate::message::Message;
 use crate::types::NodeId;
 
 /// Serves one accepted client connection (handshake done, `Peer::Client`) on the connection's
-/// own thread, until it returns. The stream has no read timeout.
+/// own thread, until it returns. The stream has no read timeout. When the transport stops, the
+/// stream is shut down (its reads and writes fail): the handler should then return, within
+/// [`CLIENT_HANDLER_GRACE`].
 pub type ClientHandler = Arc<dyn Fn(TcpStream) + Send + Sync>;
 
 /// How a node reaches its peers over TCP. Build with [`TcpConfig::new`] and change fields.
@@ -317,6 +326,11 @@ pub fn connect(
     config: &TcpConfig,
 ) -> Result<TcpStream, ConnectError> {
     let stream = TcpStream::connect_timeout(&addr, config.connect_timeout)?;
+    handshake(stream, peer, config)
+}
+
+/// The connector's side of the handshake on a connection just established (see [`connect`]).
+fn handshake(stream: TcpStream, peer: Peer, config: &TcpConfig) -> Result<TcpStream, ConnectError> {
     let mut wire = Deadline::new(&stream, Instant::now(), config);
     stream.set_nodelay(true)?;
     let max = frame::MAX_HANDSHAKE_FRAME_BYTES;
@@ -411,9 +425,10 @@ struct Shared {
     stop: AtomicBool,
     /// The listener's bound address, once bound (to wake it on shutdown).
     bound: Mutex<Option<SocketAddr>>,
-    /// Accepted connections, to close on shutdown; per key, the peer it authenticated as.
-    accepted: Mutex<HashMap<u64, (Option<NodeId>, TcpStream)>>,
-    next_conn: AtomicU64,
+    /// Every open socket, accepted or connected, to shut down on stop.
+    sockets: Sockets,
+    /// The threads running, and the readers' handles, to join on stop.
+    threads: Threads,
     handshakes: AtomicUsize,
     /// Sender threads running, and how many ended so far (the transport then drops their
     /// queues).
@@ -427,10 +442,6 @@ struct Shared {
 impl Shared {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
-    }
-
-    fn accepted(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Option<NodeId>, TcpStream)>> {
-        self.accepted.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -466,10 +477,19 @@ pub struct TcpTransport<C> {
     dropped: u64,
 }
 
-/// A peer's queue, and whether its sender thread still runs.
+/// A peer's queue, and its sender thread (whether it still runs, and its handle to join).
 struct PeerQueue<C> {
     tx: Sender<Message<C>>,
     running: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl<C> PeerQueue<C> {
+    /// Waits for the sender thread to end (at once if its queue was closed, or it ended).
+    fn join(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
 }
 
 /// Held by a sender thread (made before it is spawned): counts it running until dropped.
@@ -538,8 +558,8 @@ where
             config,
             stop: AtomicBool::new(false),
             bound: Mutex::new(None),
-            accepted: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(0),
+            sockets: Sockets::default(),
+            threads: Threads::default(),
             handshakes: AtomicUsize::new(0),
             senders: AtomicUsize::new(0),
             senders_ended: AtomicU64::new(0),
@@ -547,10 +567,13 @@ where
             bytes_received: AtomicU64::new(0),
         });
         let listen = {
-            let shared = Arc::clone(&shared);
+            let (shared, alive) = (Arc::clone(&shared), shared.threads.alive());
             std::thread::Builder::new()
                 .name(format!("raft-n{}-listen", id.0))
-                .spawn(move || listen(listener, &shared, &inbox))
+                .spawn(move || {
+                    let _alive = alive;
+                    listen(listener, &shared, &inbox);
+                })
                 .map_err(|e| tracing::error!(error = %e, "cannot start the TCP listener thread"))
                 .ok()
         };
@@ -573,6 +596,13 @@ where
         self.shared.senders.load(Ordering::Relaxed)
     }
 
+    /// Every thread this transport runs now: its listener, its senders, and a reader per
+    /// accepted connection (a client handler runs on its connection's reader). All of them
+    /// have ended when the transport's drop returns (see the module docs, "Shutdown").
+    pub fn threads(&self) -> usize {
+        self.shared.threads.running()
+    }
+
     fn queue(&mut self, to: NodeId) -> Option<&Sender<Message<C>>> {
         match self.queues.entry(to) {
             MapEntry::Occupied(e) => Some(&e.into_mut().tx),
@@ -582,11 +612,12 @@ where
                 let alive = SenderAlive::new(&self.shared);
                 let running = Arc::clone(&alive.running);
                 let shared = Arc::clone(&self.shared);
+                let thread_alive = self.shared.threads.alive();
                 // NB: if the spawn fails, the closure drops, and `alive` with it.
-                std::thread::Builder::new()
+                let thread = std::thread::Builder::new()
                     .name(format!("raft-n{}-to-n{}", self.shared.id.0, to.0))
                     .spawn(move || {
-                        let _alive = alive;
+                        let _alive = (thread_alive, alive);
                         run_sender(&shared, to, &rx);
                         // NB: the queue closes before the sender counts as ended, so a
                         // message sent after this is refused and goes to a new sender; one
@@ -596,18 +627,26 @@ where
                     })
                     .map_err(|e| tracing::error!(error = %e, peer = %to, "cannot start a sender"))
                     .ok()?;
-                Some(&e.insert(PeerQueue { tx, running }).tx)
+                Some(&e.insert(PeerQueue { tx, running, thread }).tx)
             }
         }
     }
 
     /// Drops the queues of senders that ended (idle, or their peer left the address book), so
-    /// that their channels are freed. One atomic load unless one ended.
+    /// that their channels are freed, and joins their threads. One atomic load unless one
+    /// ended.
     fn prune(&mut self) {
         let ended = self.shared.senders_ended.load(Ordering::Acquire);
         if ended != self.pruned_at {
             self.pruned_at = ended;
-            self.queues.retain(|_, q| q.running.load(Ordering::Acquire));
+            let peers: Vec<NodeId> = self.queues.keys().copied().collect();
+            for peer in peers {
+                if !self.queues[&peer].running.load(Ordering::Acquire) {
+                    if let Some(queue) = self.queues.remove(&peer) {
+                        queue.join();
+                    }
+                }
+            }
         }
     }
 }
@@ -629,7 +668,9 @@ where
             Err(TrySendError::Full(_)) => self.dropped += 1,
             Err(TrySendError::Disconnected(msg)) => {
                 // Its sender ended just now (idle, or the peer left the book): start anew.
-                self.queues.remove(&to);
+                if let Some(queue) = self.queues.remove(&to) {
+                    queue.join();
+                }
                 match self.queue(to).map(|queue| queue.try_send(msg)) {
                     Some(Ok(())) => {}
                     _ => self.dropped += 1,
@@ -641,9 +682,9 @@ where
 
 impl<C> Drop for TcpTransport<C> {
     fn drop(&mut self) {
-        self.queues.clear(); // each sender thread sees its queue closed and ends
-                             // NB: `stop` is set under the `bound` lock, which the listener holds while it publishes
-                             // its address: either it sees `stop` and ends, or we see its address and wake it.
+        // NB: `stop` is set under the `bound` lock, which the listener holds while it
+        // publishes its address: either it sees `stop` and ends, or we see its address and
+        // wake it.
         let bound = {
             let bound = self.shared.bound.lock().unwrap_or_else(|p| p.into_inner());
             self.shared.stop.store(true, Ordering::Relaxed);
@@ -657,13 +698,24 @@ impl<C> Drop for TcpTransport<C> {
             TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
         });
         if let Some(listener) = self.listener.take().filter(|_| woken) {
-            let _ = listener.join(); // the port is free once this returns
+            let _ = listener.join(); // the port is free once this returns, and no reader starts
         }
-        for (_, (_, stream)) in self.shared.accepted().drain() {
-            let _ = stream.shutdown(Shutdown::Both);
+        // Each sender sees its queue closed; a blocked read or write (a handshake, a frame, a
+        // write to a peer that stopped reading) fails once its socket is shut down.
+        let queues = std::mem::take(&mut self.queues);
+        self.shared.sockets.close_all();
+        for queue in queues.into_values() {
+            queue.join();
         }
+        self.shared.threads.join_readers(CLIENT_HANDLER_GRACE);
     }
 }
+
+/// How long a stopping transport waits for a [`ClientHandler`] to return once its connection
+/// was shut down (its reads and writes fail from then on). One that has not returned by then
+/// is left running (logged at `warn`): it is the user's code, and may wait on the very node
+/// that is stopping.
+pub const CLIENT_HANDLER_GRACE: Duration = Duration::from_secs(1);
 
 /// How often an idle sender checks whether its peer is still in the address book, and
 /// whether it has been idle for `TcpConfig::idle_timeout`.
@@ -714,8 +766,9 @@ fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &Receiver<Messag
             tracing::debug!(peer = %to, "peer left the address book: sender ends");
             return;
         };
-        match connect(addr, Peer::Node(shared.id), config) {
-            Ok(stream) => {
+        let Some(dialed) = dial(shared, addr) else { return }; // the transport is stopping
+        match dialed {
+            Ok((stream, _tracked)) => {
                 tracing::debug!(peer = %to, %addr, "connected");
                 backoff = config.backoff_min;
                 failures = 0;
@@ -744,6 +797,20 @@ fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &Receiver<Messag
         }
         backoff = next_backoff(backoff, config.backoff_max);
     }
+}
+
+/// Connects to `addr` and handshakes as this node, tracking the socket from its establishment
+/// so that a stop interrupts the handshake too. `None` if the transport is stopping.
+fn dial(
+    shared: &Shared,
+    addr: SocketAddr,
+) -> Option<Result<(TcpStream, Tracked<'_>), ConnectError>> {
+    let stream = match TcpStream::connect_timeout(&addr, shared.config.connect_timeout) {
+        Ok(stream) => stream,
+        Err(e) => return Some(Err(e.into())),
+    };
+    let tracked = shared.sockets.track(&stream, Side::Out)?;
+    Some(handshake(stream, Peer::Node(shared.id), &shared.config).map(|s| (s, tracked)))
 }
 
 /// The pause after `backoff`: doubled, capped at `max` (saturating: no value overflows).
@@ -861,12 +928,21 @@ where
         }
         shared.handshakes.fetch_add(1, Ordering::Relaxed);
         let (conn_shared, inbox) = (Arc::clone(shared), inbox.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("raft-n{}-in", shared.id.0))
-            .spawn(move || serve(stream, accepted_at, &conn_shared, &inbox));
-        if let Err(e) = spawned {
-            shared.handshakes.fetch_sub(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "cannot start a connection thread");
+        let alive = shared.threads.alive();
+        let serving_client = Arc::new(AtomicBool::new(false));
+        let client = Arc::clone(&serving_client);
+        let spawned = std::thread::Builder::new().name(format!("raft-n{}-in", shared.id.0)).spawn(
+            move || {
+                let _alive = alive;
+                serve(stream, accepted_at, &conn_shared, &inbox, &client);
+            },
+        );
+        match spawned {
+            Ok(handle) => shared.threads.add_reader(Reader { handle, serving_client }),
+            Err(e) => {
+                shared.handshakes.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot start a connection thread");
+            }
         }
     }
 }
@@ -921,14 +997,17 @@ impl Drop for HandshakeSlot<'_> {
     }
 }
 
-/// One accepted connection: handshake, then node messages or a client.
+/// One accepted connection: handshake, then node messages or a client (`serving_client` set
+/// while the handler runs). Its socket is tracked throughout, so a stop ends any of it.
 fn serve<C: DeserializeOwned>(
     stream: TcpStream,
     accepted_at: Instant,
     shared: &Shared,
     inbox: &Sender<Message<C>>,
+    serving_client: &AtomicBool,
 ) {
     let slot = HandshakeSlot(&shared.handshakes);
+    let Some(tracked) = shared.sockets.track(&stream, Side::In(None)) else { return };
     let remote = stream.peer_addr().ok();
     let peer = match accept(&stream, accepted_at, shared) {
         Ok(peer) => peer,
@@ -943,12 +1022,12 @@ fn serve<C: DeserializeOwned>(
     }
     match peer {
         Peer::Node(from) => {
-            let Some(conn) = register(shared, from, &stream) else { return };
+            shared.sockets.claim(&tracked, from);
             read_messages(stream, shared, from, inbox);
-            shared.accepted().remove(&conn);
         }
         Peer::Client => {
             if let Some(handler) = &shared.config.clients {
+                serving_client.store(true, Ordering::Release);
                 handler(stream);
             }
         }
@@ -997,25 +1076,6 @@ fn judge(shared: &Shared, nonce: &[u8; frame::NONCE_BYTES], hello: &Hello) -> Re
         Peer::Client if config.clients.is_none() => Err("this node serves no clients".into()),
         _ => Ok(()),
     }
-}
-
-/// Keeps `stream` for shutdown, closing an older connection from the same peer (it reconnected).
-fn register(shared: &Shared, from: NodeId, stream: &TcpStream) -> Option<u64> {
-    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let clone = stream.try_clone().ok()?;
-    let mut accepted = shared.accepted();
-    if shared.stopped() {
-        return None;
-    }
-    accepted.retain(|_, (peer, old)| {
-        let stale = *peer == Some(from);
-        if stale {
-            let _ = old.shutdown(Shutdown::Both);
-        }
-        !stale
-    });
-    accepted.insert(conn, (Some(from), clone));
-    Some(conn)
 }
 
 /// Reads `Message` frames from an authenticated peer into the inbox until the connection ends
