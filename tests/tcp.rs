@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{fast_config, init_tracing, serial, wait_converged, wait_until, LONG};
+use common::{
+    byte_budget_config, fast_config, init_tracing, serial, stall_a_follower_under_large_appends,
+    wait_converged, wait_until, Gates, LONG,
+};
 use crossbeam_channel::{bounded, Receiver};
 use ferraft::message::{Body, Message};
 use ferraft::transport::frame::{self, FrameError, FrameKind, Peer};
@@ -337,7 +340,7 @@ fn huge_backoffs_neither_panic_nor_hold_up_a_stop() {
     config.backoff_max = Duration::MAX;
     assert_eq!(config.validate(), Ok(()));
     let (tx, _inbox) = bounded::<Message<u64>>(8);
-    let mut transport = TcpTransport::<u64>::factory(config)(NodeId(1), tx);
+    let mut transport = TcpTransport::<u64>::factory(config)(NodeId(1), tx.into());
     transport.send(heartbeat(1, 2));
     let (done_tx, done) = bounded(1);
     let stopper = std::thread::spawn(move || {
@@ -509,9 +512,9 @@ fn threads_named(prefix: &str) -> Vec<String> {
     names.filter(|name| name.starts_with(prefix)).collect()
 }
 
-/// A peer that accepts one node's connection and answers its handshake, then reads nothing:
-/// the node's sender then blocks writing once the socket buffers are full, as with a peer
-/// process that hangs. Dropping it closes its sockets.
+/// A peer that accepts one node's connection and answers its handshake, then reads nothing
+/// until [`DeafPeer::read_through`]: the node's sender then blocks writing once the socket
+/// buffers are full, as with a peer process that hangs. Dropping it closes its sockets.
 struct DeafPeer {
     listener: TcpListener,
     stream: Option<TcpStream>,
@@ -543,6 +546,23 @@ impl DeafPeer {
         frame::write_value(&mut stream, FrameKind::Verdict, &frame::Verdict::Accepted)
             .expect("verdict");
         self.stream = Some(stream);
+    }
+
+    /// Reads again: the messages that arrive, in order, through the first for which `last`
+    /// holds (each read within a deadline).
+    fn read_through(&mut self, last: impl Fn(&Message<u64>) -> bool) -> Vec<Message<u64>> {
+        let stream = self.stream.as_mut().expect("accepted");
+        let mut reader = std::io::BufReader::new(stream);
+        let mut got = Vec::new();
+        loop {
+            let msg: Message<u64> =
+                frame::read_value(&mut reader, FrameKind::Message, 64 << 20).expect("a message");
+            let done = last(&msg);
+            got.push(msg);
+            if done {
+                return got;
+            }
+        }
     }
 }
 
@@ -663,4 +683,85 @@ fn a_killed_tcp_node_leaves_no_thread_and_restarts_on_its_port() {
     cluster.restart(victim).expect("restart on the same port");
     let statuses = wait_converged(&cluster, 3, LONG);
     assert!(statuses.iter().all(|s| s.core.last_applied.0 >= 2), "every node applied all");
+}
+
+/// Audit two's "queues count messages, not bytes", for a peer's queue: a peer that stops
+/// reading used to hold up to `queue_capacity` messages of any size (1024 x 64 KiB here, 64
+/// MiB; with megabyte AppendEntries a GiB). Now the queue holds at most `max_queue_bytes`, the
+/// rest is dropped, and once the peer reads again a new message gets through.
+#[test]
+fn a_peer_that_stops_reading_holds_at_most_max_queue_bytes_and_is_served_when_it_reads() {
+    let _serial = serial();
+    init_tracing();
+    const BUDGET: usize = 1 << 20;
+    let mut deaf = DeafPeer::bind();
+    let mut config = TcpConfig::new(74, peers(&[74]));
+    config.peers.insert(NodeId(75), deaf.addr());
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.max_queue_bytes = BUDGET;
+    config.write_timeout = Duration::from_secs(120); // the connection outlives the deafness
+    let (inbox_tx, _inbox) = bounded(8);
+    let mut node = TcpTransport::start(NodeId(74), config, inbox_tx).expect("listen");
+    node.send(chunk(74, 75, 64 << 10));
+    deaf.accept();
+    // 128 MiB for a peer that reads nothing; the loopback buffers hold a few MiB.
+    let mut most = 0;
+    for i in 0..2048 {
+        node.send(chunk(74, 75, 64 << 10));
+        most = most.max(node.queued_bytes());
+        assert!(node.queued_bytes() <= BUDGET, "message {i}: {} queued", node.queued_bytes());
+    }
+    println!(
+        "deaf peer: at most {most} bytes queued (budget {BUDGET}), {} dropped",
+        node.dropped()
+    );
+    assert!(most > BUDGET / 2, "the queue never filled: at most {most} bytes");
+    assert!(node.dropped() >= 1024, "{} dropped", node.dropped());
+
+    // It reads again: the queue drains, and a message sent now arrives.
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| deaf.read_through(|m| matches!(m.body, Body::TimeoutNow)));
+        wait_until(LONG, "a new message to reach the peer", || {
+            node.send(heartbeat(74, 75));
+            match reader.is_finished() {
+                true => Ok(()),
+                false => Err(format!("{} bytes queued", node.queued_bytes())),
+            }
+        });
+        let got = reader.join().expect("the peer's reader");
+        assert!(got.len() > 16, "only {} messages arrived", got.len());
+    });
+    wait_until(LONG, "the queue to empty", || match node.queued_bytes() {
+        0 => Ok(()),
+        n => Err(format!("{n} bytes queued")),
+    });
+}
+
+/// The same budget on a node's inbox fed by TCP readers: a follower stalls while the leader
+/// probes it with 64 KiB AppendEntries over TCP; its inbox holds at most its budget, and it
+/// catches up once it resumes.
+#[test]
+fn over_tcp_a_stalled_follower_holds_at_most_its_inbox_byte_budget_and_catches_up() {
+    let _serial = serial();
+    init_tracing();
+    let peers = peers(&[91, 92, 93]);
+    let ids: Vec<NodeId> = peers.keys().copied().collect();
+    let config = byte_budget_config(91);
+    let budget = config.max_inbox_bytes as u64;
+    let gates = Gates::default();
+    let cluster = Cluster::builder(config, gates.factory())
+        .ids(&ids)
+        .transport(TcpTransport::factory(TcpConfig::new(91, peers)))
+        .start()
+        .expect("start");
+    let gates = gates; // NB: after the cluster, so dropped first: a failing test opens them
+    let stalled = stall_a_follower_under_large_appends(&cluster, &gates);
+    let metrics = stalled.metrics;
+    println!(
+        "stalled {}: inbox peak {} bytes (budget {budget}), {} dropped",
+        stalled.core.id, metrics.inbox_bytes_peak, metrics.inbox_dropped
+    );
+    assert!(metrics.inbox_bytes_peak <= budget, "inbox past its budget: {metrics:?}");
+    assert!(metrics.inbox_bytes_peak > budget / 2, "the stall never filled it: {metrics:?}");
+    assert!(metrics.inbox_dropped > 0, "nothing was dropped: {metrics:?}");
 }

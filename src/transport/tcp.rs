@@ -25,8 +25,9 @@
 //!   most one inbound connection per peer is kept (a newer one closes the older).
 //!
 //! Full-queue policy, as the in-process router: [`Transport::send`] never blocks; a message for
-//! a peer whose queue is full, or for an inbox that is full, is dropped, as a lossy network
-//! would. Checks at the gateway (STYLE 6): a frame over `max_frame_bytes`, a bad checksum or an
+//! a peer whose queue is full (`queue_capacity` messages, or `max_queue_bytes` bytes counted
+//! until the write carrying them is done: a peer that stops reading holds no more), or for an
+//! [`Inbox`] that is full, is dropped, as a lossy network would. Checks at the gateway (STYLE 6): a frame over `max_frame_bytes`, a bad checksum or an
 //! undecodable payload closes the connection; a message whose `from` is not the connection's
 //! authenticated node, or whose `to` is not this node, is dropped.
 //!
@@ -63,8 +64,9 @@ use super::frame::{
     FrameError, FrameKind, Hello, Peer, Verdict,
 };
 use super::sockets::{Reader, Side, Sockets, Threads, Tracked};
-use super::Transport;
+use super::{ByteBudget, Inbox, Transport, MAX_QUEUE_BYTES};
 use crate::message::Message;
+use crate::node::estimated_bytes;
 use crate::types::NodeId;
 
 /// Serves one accepted client connection (handshake done, `Peer::Client`) on the connection's
@@ -92,6 +94,14 @@ pub struct TcpConfig {
     pub max_frame_bytes: usize,
     /// Messages queued per peer before further ones are dropped. Default 1024.
     pub queue_capacity: usize,
+    /// Bytes of messages queued per peer (or being written to it) before further ones are
+    /// dropped, each counted as [`Inbox::message_bytes`] counts it; a message larger than
+    /// this still goes alone into an empty queue. Without it a peer that stops reading holds
+    /// up to `queue_capacity` messages of any size in this process (1024 megabyte
+    /// AppendEntries: a GiB). At least 1, at most [`MAX_QUEUE_BYTES`]. Default 64 MiB: eight
+    /// of a leader's default windows (`Config::max_inflight_bytes`), so a peer that keeps up
+    /// never meets it.
+    pub max_queue_bytes: usize,
     /// How long a handshake may take in all, from the accept (or, connecting, from the
     /// connection's establishment) to the verdict; a connection still in it then is closed.
     /// Must be positive. Default 2 s.
@@ -131,6 +141,7 @@ impl TcpConfig {
             listen: None,
             max_frame_bytes: 32 << 20,
             queue_capacity: 1024,
+            max_queue_bytes: 64 << 20,
             handshake_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(5),
@@ -163,10 +174,18 @@ impl TcpConfig {
                 max: self.backoff_max,
             });
         }
-        let limits =
-            [("max_frame_bytes", self.max_frame_bytes), ("max_handshakes", self.max_handshakes)];
+        let limits = [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_handshakes", self.max_handshakes),
+            ("max_queue_bytes", self.max_queue_bytes),
+        ];
         if let Some(&(field, _)) = limits.iter().find(|(_, n)| *n == 0) {
             return Err(TcpConfigError::ZeroLimit { field });
+        }
+        if self.max_queue_bytes > MAX_QUEUE_BYTES {
+            return Err(TcpConfigError::QueueLimitTooLarge {
+                max_queue_bytes: self.max_queue_bytes,
+            });
         }
         if self.max_frame_bytes > frame::MAX_PAYLOAD_BYTES {
             return Err(TcpConfigError::FrameLimitTooLarge {
@@ -215,6 +234,11 @@ pub enum TcpConfigError {
         /// The configured `max_frame_bytes`.
         max_frame_bytes: usize,
     },
+    /// `max_queue_bytes` exceeds [`MAX_QUEUE_BYTES`].
+    QueueLimitTooLarge {
+        /// The configured `max_queue_bytes`.
+        max_queue_bytes: usize,
+    },
 }
 
 impl std::fmt::Display for TcpConfigError {
@@ -233,13 +257,17 @@ impl std::fmt::Display for TcpConfigError {
                 "TcpConfig::backoff_min ({min:?}) exceeds backoff_max ({max:?}): backoff_min is the first pause, backoff_max the cap it doubles up to; swap or lower them"
             ),
             TcpConfigError::ZeroLimit { field } => {
-                let effect = if *field == "max_handshakes" {
-                    "every incoming connection would be closed"
-                } else {
-                    "every message would be dropped"
+                let effect = match *field {
+                    "max_handshakes" => "every incoming connection would be closed",
+                    "max_queue_bytes" => "a peer's queue would hold one message at a time",
+                    _ => "every message would be dropped",
                 };
                 write!(f, "TcpConfig::{field} is 0: {effect}; it must be at least 1 (TcpConfig::new sets a working default)")
             }
+            TcpConfigError::QueueLimitTooLarge { max_queue_bytes } => write!(
+                f,
+                "TcpConfig::max_queue_bytes ({max_queue_bytes}) exceeds {MAX_QUEUE_BYTES}, more than one peer's queue should ever hold: lower it (the default, 64 MiB, is eight replication windows)"
+            ),
             TcpConfigError::FrameLimitTooLarge { max_frame_bytes } => write!(
                 f,
                 "TcpConfig::max_frame_bytes ({max_frame_bytes}) exceeds {}, the most a frame's 4-byte length can describe: lower it",
@@ -475,16 +503,42 @@ pub struct TcpTransport<C> {
     pruned_at: u64,
     listener: Option<JoinHandle<()>>,
     dropped: u64,
+    /// How the node measures a command, to count a message's bytes (from its inbox).
+    sizer: fn(&C) -> usize,
 }
 
-/// A peer's queue, and its sender thread (whether it still runs, and its handle to join).
+/// A peer's queue, the bytes it holds, and its sender thread (whether it still runs, and its
+/// handle to join).
 struct PeerQueue<C> {
-    tx: Sender<Message<C>>,
+    tx: Sender<(Message<C>, usize)>,
+    budget: Arc<ByteBudget>,
     running: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
+/// A peer's queue as its sender thread takes from it: each message with the bytes it counts
+/// for, given back once it is written (or discarded).
+struct PeerRx<C> {
+    rx: Receiver<(Message<C>, usize)>,
+    budget: Arc<ByteBudget>,
+}
+
 impl<C> PeerQueue<C> {
+    /// Queues `msg`, counting `bytes`, or gives it back: `Full` if the queue holds
+    /// `queue_capacity` messages or has no room for `bytes` in `max_queue_bytes`.
+    fn try_send(&self, msg: Message<C>, bytes: usize) -> Result<(), TrySendError<Message<C>>> {
+        if !self.budget.try_take(bytes) {
+            return Err(TrySendError::Full(msg));
+        }
+        self.tx.try_send((msg, bytes)).map_err(|e| {
+            self.budget.give_back(bytes);
+            match e {
+                TrySendError::Full((msg, _)) => TrySendError::Full(msg),
+                TrySendError::Disconnected((msg, _)) => TrySendError::Disconnected(msg),
+            }
+        })
+    }
+
     /// Waits for the sender thread to end (at once if its queue was closed, or it ended).
     fn join(self) {
         drop(self.tx);
@@ -518,13 +572,14 @@ where
     C: Serialize + DeserializeOwned + Send + 'static,
 {
     /// Starts node `id`'s transport: binds its listening address now (an error if it cannot)
-    /// and puts every message received from a peer into `inbox`. An invalid `config` is an
-    /// `InvalidInput` error carrying the [`TcpConfigError`] (`get_ref` and downcast it).
-    pub fn start(id: NodeId, config: TcpConfig, inbox: Sender<Message<C>>) -> io::Result<Self> {
+    /// and puts every message received from a peer into `inbox` (a node's [`Inbox`], or a
+    /// plain channel). An invalid `config` is an `InvalidInput` error carrying the
+    /// [`TcpConfigError`] (`get_ref` and downcast it).
+    pub fn start(id: NodeId, config: TcpConfig, inbox: impl Into<Inbox<C>>) -> io::Result<Self> {
         config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.listen_addr(id)?)?;
         let addr = listener.local_addr()?;
-        let transport = Self::launch(id, config, inbox, Ok(listener));
+        let transport = Self::launch(id, config, inbox.into(), Ok(listener));
         *transport.shared.bound.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
         Ok(transport)
     }
@@ -537,7 +592,7 @@ where
     /// NB: a transport cannot return an error from here: check the configuration first with
     /// [`TcpConfig::validate`]. An invalid one is logged at each start, and its transports run
     /// as configured (without panicking) but fail as the error says.
-    pub fn factory(config: TcpConfig) -> impl Fn(NodeId, Sender<Message<C>>) -> Self + Send + Sync {
+    pub fn factory(config: TcpConfig) -> impl Fn(NodeId, Inbox<C>) -> Self + Send + Sync {
         move |id, inbox| {
             if let Err(e) = config.validate() {
                 tracing::error!(node = %id, error = %e, "invalid TcpConfig");
@@ -550,9 +605,10 @@ where
     fn launch(
         id: NodeId,
         config: TcpConfig,
-        inbox: Sender<Message<C>>,
+        inbox: Inbox<C>,
         listener: io::Result<TcpListener>,
     ) -> Self {
+        let sizer = inbox.sizer();
         let shared = Arc::new(Shared {
             id,
             config,
@@ -577,7 +633,8 @@ where
                 .map_err(|e| tracing::error!(error = %e, "cannot start the TCP listener thread"))
                 .ok()
         };
-        TcpTransport { shared, queues: BTreeMap::new(), pruned_at: 0, listener: listen, dropped: 0 }
+        let queues = BTreeMap::new();
+        TcpTransport { shared, queues, pruned_at: 0, listener: listen, dropped: 0, sizer }
     }
 
     /// The address the listener is bound to, once bound.
@@ -585,9 +642,17 @@ where
         *self.shared.bound.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Messages dropped so far because a peer's queue was full or the peer is unknown.
+    /// Messages dropped so far because a peer's queue was full (in messages or in bytes) or
+    /// the peer is unknown.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Bytes of the messages waiting in the peers' queues now, or being written (counted as
+    /// [`Inbox::message_bytes`] counts them): at most `max_queue_bytes` per peer, or one
+    /// message if a single one is larger.
+    pub fn queued_bytes(&self) -> usize {
+        self.queues.values().map(|q| q.budget.held()).sum()
     }
 
     /// Sender threads running now: one per peer messages went to lately (see the module
@@ -603,12 +668,14 @@ where
         self.shared.threads.running()
     }
 
-    fn queue(&mut self, to: NodeId) -> Option<&Sender<Message<C>>> {
+    fn queue(&mut self, to: NodeId) -> Option<&PeerQueue<C>> {
         match self.queues.entry(to) {
-            MapEntry::Occupied(e) => Some(&e.into_mut().tx),
+            MapEntry::Occupied(e) => Some(e.into_mut()),
             MapEntry::Vacant(e) => {
                 self.shared.config.peers.get(to)?;
                 let (tx, rx) = bounded(self.shared.config.queue_capacity.max(1));
+                let budget = Arc::new(ByteBudget::new(self.shared.config.max_queue_bytes));
+                let rx = PeerRx { rx, budget: Arc::clone(&budget) };
                 let alive = SenderAlive::new(&self.shared);
                 let running = Arc::clone(&alive.running);
                 let shared = Arc::clone(&self.shared);
@@ -627,7 +694,7 @@ where
                     })
                     .map_err(|e| tracing::error!(error = %e, peer = %to, "cannot start a sender"))
                     .ok()?;
-                Some(&e.insert(PeerQueue { tx, running, thread }).tx)
+                Some(e.insert(PeerQueue { tx, budget, running, thread }))
             }
         }
     }
@@ -658,12 +725,13 @@ where
     fn send(&mut self, msg: Message<C>) {
         self.prune();
         let to = msg.to;
+        let bytes = usize::try_from(estimated_bytes(&msg, self.sizer)).unwrap_or(usize::MAX);
         let Some(queue) = self.queue(to) else {
             self.dropped += 1;
             tracing::debug!(peer = %to, "no address for this peer: message dropped");
             return;
         };
-        match queue.try_send(msg) {
+        match queue.try_send(msg, bytes) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.dropped += 1,
             Err(TrySendError::Disconnected(msg)) => {
@@ -671,7 +739,7 @@ where
                 if let Some(queue) = self.queues.remove(&to) {
                     queue.join();
                 }
-                match self.queue(to).map(|queue| queue.try_send(msg)) {
+                match self.queue(to).map(|queue| queue.try_send(msg, bytes)) {
                     Some(Ok(())) => {}
                     _ => self.dropped += 1,
                 }
@@ -755,7 +823,7 @@ enum Ended {
 
 /// The sender thread: connect, handshake, pump the queue; on failure back off and retry. Ends
 /// when the queue closes, the peer leaves the address book, or the sender is idle.
-fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &Receiver<Message<C>>) {
+fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &PeerRx<C>) {
     let config = &shared.config;
     let mut backoff = config.backoff_min;
     let mut failures = 0u32;
@@ -822,7 +890,7 @@ fn next_backoff(backoff: Duration, max: Duration) -> Duration {
 /// the queue closed, or the sender went idle meanwhile. A pause that reaches past what an
 /// `Instant` holds lasts until one of those.
 fn discard_for<C>(
-    queue: &Receiver<Message<C>>,
+    queue: &PeerRx<C>,
     pause: Duration,
     activity: &mut Activity,
 ) -> Result<(), Ended> {
@@ -833,11 +901,14 @@ fn discard_for<C>(
             (a, b) => a.or(b),
         };
         let got = match wake {
-            Some(wake) => queue.recv_deadline(wake),
-            None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(wake) => queue.rx.recv_deadline(wake),
+            None => queue.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match got {
-            Ok(_) => activity.touch(),
+            Ok((_, bytes)) => {
+                queue.budget.give_back(bytes);
+                activity.touch();
+            }
             Err(RecvTimeoutError::Disconnected) => return Err(Ended::Closed),
             Err(RecvTimeoutError::Timeout) if activity.idle() => return Err(Ended::Idle),
             Err(RecvTimeoutError::Timeout) => {
@@ -857,7 +928,7 @@ const MAX_BATCH: usize = 256;
 /// connection fails (`Err`).
 fn pump<C: Serialize>(
     mut stream: TcpStream,
-    queue: &Receiver<Message<C>>,
+    queue: &PeerRx<C>,
     shared: &Shared,
     to: NodeId,
     activity: &mut Activity,
@@ -866,7 +937,7 @@ fn pump<C: Serialize>(
     let recheck = SENDER_RECHECK.min(shared.config.idle_timeout);
     let mut buf = Vec::new();
     loop {
-        let first = match queue.recv_timeout(recheck) {
+        let first = match queue.rx.recv_timeout(recheck) {
             Ok(first) => first,
             Err(RecvTimeoutError::Disconnected) => return Ok(Ended::Closed),
             Err(RecvTimeoutError::Timeout) => {
@@ -880,28 +951,47 @@ fn pump<C: Serialize>(
             }
         };
         activity.touch();
-        buf.clear();
-        for msg in std::iter::once(first).chain(queue.try_iter().take(MAX_BATCH - 1)) {
-            let start = buf.len();
-            if let Err(e) = encode_value(FrameKind::Message, &msg, &mut buf) {
-                // NB: nothing was appended; the connection stays in step.
-                tracing::warn!(to = %msg.to, error = %e, "message cannot be framed: dropped");
-                continue;
-            }
-            if buf.len() - start - frame::HEADER_BYTES > max_frame_bytes {
-                // The peer would close the connection on it: drop it alone, loudly.
-                tracing::warn!(to = %msg.to, bytes = buf.len() - start, max = max_frame_bytes,
-                    "message larger than max_frame_bytes dropped");
-                buf.truncate(start);
-            }
-        }
-        stream.write_all(&buf)?;
+        let counted = encode_batch(first, &queue.rx, &mut buf, max_frame_bytes);
+        let written = stream.write_all(&buf);
+        // NB: only now: a batch counts against the queue's budget until it left (a write to
+        // a peer that stopped reading may hold it for `write_timeout`).
+        queue.budget.give_back(counted);
+        written?;
         shared.bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
     }
 }
 
+/// Frames `first` and what else is queued (up to [`MAX_BATCH`] messages) into `buf`; returns
+/// the bytes they counted for in the queue. A message that cannot be framed, or whose frame
+/// exceeds `max_frame_bytes`, is left out (logged).
+fn encode_batch<C: Serialize>(
+    first: (Message<C>, usize),
+    queue: &Receiver<(Message<C>, usize)>,
+    buf: &mut Vec<u8>,
+    max_frame_bytes: usize,
+) -> usize {
+    buf.clear();
+    let mut counted = 0usize;
+    for (msg, bytes) in std::iter::once(first).chain(queue.try_iter().take(MAX_BATCH - 1)) {
+        counted = counted.saturating_add(bytes);
+        let start = buf.len();
+        if let Err(e) = encode_value(FrameKind::Message, &msg, buf) {
+            // NB: nothing was appended; the connection stays in step.
+            tracing::warn!(to = %msg.to, error = %e, "message cannot be framed: dropped");
+            continue;
+        }
+        if buf.len() - start - frame::HEADER_BYTES > max_frame_bytes {
+            // The peer would close the connection on it: drop it alone, loudly.
+            tracing::warn!(to = %msg.to, bytes = buf.len() - start, max = max_frame_bytes,
+                "message larger than max_frame_bytes dropped");
+            buf.truncate(start);
+        }
+    }
+    counted
+}
+
 /// The listener thread: binds if needed (retrying), accepts, and starts a reader per connection.
-fn listen<C>(listener: io::Result<TcpListener>, shared: &Arc<Shared>, inbox: &Sender<Message<C>>)
+fn listen<C>(listener: io::Result<TcpListener>, shared: &Arc<Shared>, inbox: &Inbox<C>)
 where
     C: DeserializeOwned + Send + 'static,
 {
@@ -1003,7 +1093,7 @@ fn serve<C: DeserializeOwned>(
     stream: TcpStream,
     accepted_at: Instant,
     shared: &Shared,
-    inbox: &Sender<Message<C>>,
+    inbox: &Inbox<C>,
     serving_client: &AtomicBool,
 ) {
     let slot = HandshakeSlot(&shared.handshakes);
@@ -1084,7 +1174,7 @@ fn read_messages<C: DeserializeOwned>(
     stream: TcpStream,
     shared: &Shared,
     from: NodeId,
-    inbox: &Sender<Message<C>>,
+    inbox: &Inbox<C>,
 ) {
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     loop {
@@ -1191,13 +1281,16 @@ mod config_tests {
     #[test]
     fn the_defaults_are_valid_and_huge_backoffs_are_allowed() {
         assert_eq!(valid().validate(), Ok(()));
+        assert_eq!(valid().max_queue_bytes, 64 << 20);
+        let most = TcpConfig { max_queue_bytes: MAX_QUEUE_BYTES, ..valid() };
+        assert_eq!(most.validate(), Ok(()));
         let huge = TcpConfig { backoff_min: Duration::MAX, backoff_max: Duration::MAX, ..valid() };
         assert_eq!(huge.validate(), Ok(()), "huge pauses saturate; they are not an error");
     }
 
     #[test]
     fn a_config_that_cannot_work_is_refused_with_what_to_fix() {
-        let cases: [(TcpConfig, TcpConfigError, &str); 6] = [
+        let cases: [(TcpConfig, TcpConfigError, &str); 8] = [
             (
                 TcpConfig { handshake_timeout: Duration::ZERO, ..valid() },
                 TcpConfigError::ZeroDuration { field: "handshake_timeout" },
@@ -1225,6 +1318,16 @@ mod config_tests {
                 TcpConfig { max_frame_bytes: 0, ..valid() },
                 TcpConfigError::ZeroLimit { field: "max_frame_bytes" },
                 "every message",
+            ),
+            (
+                TcpConfig { max_queue_bytes: 0, ..valid() },
+                TcpConfigError::ZeroLimit { field: "max_queue_bytes" },
+                "one message at a time",
+            ),
+            (
+                TcpConfig { max_queue_bytes: usize::MAX, ..valid() },
+                TcpConfigError::QueueLimitTooLarge { max_queue_bytes: usize::MAX },
+                "lower it",
             ),
             (
                 TcpConfig { max_frame_bytes: frame::MAX_PAYLOAD_BYTES + 1, ..valid() },
@@ -1268,20 +1371,26 @@ mod config_tests {
             Duration::from_secs(1)
         );
         // A pause no `Instant` can hold lasts until the queue closes (it used to panic).
-        let (tx, rx) = bounded::<Message<u64>>(4);
-        tx.send(Message {
+        let queue = |budget: usize| {
+            let (tx, rx) = bounded::<(Message<u64>, usize)>(4);
+            (tx, PeerRx { rx, budget: Arc::new(ByteBudget::new(budget)) })
+        };
+        let (tx, rx) = queue(100);
+        let msg = Message {
             from: NodeId(1),
             to: NodeId(2),
             term: crate::types::Term(1),
             body: crate::message::Body::TimeoutNow,
-        })
-        .expect("queued");
+        };
+        assert!(rx.budget.try_take(32));
+        tx.send((msg, 32)).expect("queued");
         drop(tx);
         let mut activity = Activity { last: Instant::now(), idle_timeout: Duration::MAX };
         assert_eq!(discard_for(&rx, Duration::MAX, &mut activity), Err(Ended::Closed));
-        assert!(rx.is_empty(), "what was queued was discarded");
+        assert!(rx.rx.is_empty(), "what was queued was discarded");
+        assert_eq!(rx.budget.held(), 0, "and its bytes given back");
         // A sender with nothing to send for `idle_timeout` ends, even in a longer pause.
-        let (_tx, rx) = bounded::<Message<u64>>(4);
+        let (_tx, rx) = queue(100);
         let mut activity =
             Activity { last: Instant::now(), idle_timeout: Duration::from_millis(20) };
         assert_eq!(discard_for(&rx, Duration::MAX, &mut activity), Err(Ended::Idle));
