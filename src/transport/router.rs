@@ -13,9 +13,10 @@
 //!
 //! Full-channel policy: a message to a full or closed inbox is dropped, exactly as a lossy
 //! network would; Raft retransmits. An inbox is full when it holds `Config::inbox_capacity`
-//! messages or has no room left in `Config::max_inbox_bytes` ([`Inbox`]). No node thread ever blocks sending. Delayed messages wait in
-//! one delayer thread, owned by the router and joined on shutdown; a link cut when a delayed
-//! message comes due loses it, as a cable pulled with packets still on the wire.
+//! messages or has no room left in `Config::max_inbox_bytes` ([`Inbox`]). No node thread
+//! ever blocks sending. Delayed messages wait in one delayer thread, owned by the router and
+//! joined on shutdown (not counted against any inbox until they come due); a link cut when a
+//! delayed message comes due loses it, as a cable pulled with packets still on the wire.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::ops::Range;

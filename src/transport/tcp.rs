@@ -27,9 +27,10 @@
 //! Full-queue policy, as the in-process router: [`Transport::send`] never blocks; a message for
 //! a peer whose queue is full (`queue_capacity` messages, or `max_queue_bytes` bytes counted
 //! until the write carrying them is done: a peer that stops reading holds no more), or for an
-//! [`Inbox`] that is full, is dropped, as a lossy network would. Checks at the gateway (STYLE 6): a frame over `max_frame_bytes`, a bad checksum or an
-//! undecodable payload closes the connection; a message whose `from` is not the connection's
-//! authenticated node, or whose `to` is not this node, is dropped.
+//! [`Inbox`] that is full, is dropped, as a lossy network would. Checks at the gateway (STYLE
+//! 6): a frame over `max_frame_bytes`, a bad checksum or an undecodable payload closes the
+//! connection; a message whose `from` is not the connection's authenticated node, or whose
+//! `to` is not this node, is dropped.
 //!
 //! Configuration: [`TcpTransport::start`] refuses an invalid [`TcpConfig`] with a
 //! [`TcpConfigError`] ([`TcpConfig::validate`]). Durations combine with saturating arithmetic,
