@@ -8,6 +8,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::transport::MAX_QUEUE_BYTES;
 
 /// The fewest distinct election timeouts, in ticks, a valid configuration offers (§5.2: with
 /// fewer, split votes become common; the paper measured 150..151ms to take seconds).
@@ -63,8 +64,21 @@ pub struct Config {
     /// How long a new node may take to catch up as a learner before its addition fails
     /// (`Error::CatchUpFailed`) and the configuration is restored.
     pub catch_up_timeout: Duration,
-    /// Capacity of each node's inbox; a message to a full inbox is dropped, as a lossy network.
+    /// Capacity of each node's inbox, in messages; a message to a full inbox is dropped, as a
+    /// lossy network would drop it. Also the capacity of its request queue.
     pub inbox_capacity: usize,
+    /// The most bytes of peer messages a node's inbox holds (default 64 MiB), each counted as
+    /// [`Metrics::bytes_sent`](crate::Metrics::bytes_sent) estimates it. A message that would
+    /// take it past this is dropped, as a lossy network would drop it (Raft sends again),
+    /// unless the inbox is empty: a message larger than the whole budget still gets in alone.
+    /// Without it, a node that stops reading for a while (stalled on its apply backlog,
+    /// paused, descheduled) would hold up to `inbox_capacity` messages of whatever size: 64
+    /// GiB of megabyte AppendEntries. In steady state a node's inbox holds about one leader's
+    /// window (`max_inflight_bytes`, or a snapshot's chunks in flight), so the default leaves
+    /// room for eight of them, and the bound only bites in a stall. At least
+    /// `max_inflight_bytes` and the snapshot window, at most
+    /// [`MAX_QUEUE_BYTES`].
+    pub max_inbox_bytes: usize,
     /// The deadline of every blocking call that takes none (`Cluster::propose`,
     /// `Client::propose`, `Cluster::status`, finding a leader for a membership change). An
     /// addition may take `catch_up_timeout` on top, while the new node catches up.
@@ -203,6 +217,7 @@ impl Default for Config {
             check_quorum: true,
             catch_up_timeout: Duration::from_secs(10),
             inbox_capacity: 65_536,
+            max_inbox_bytes: 64 << 20,
             request_timeout: Duration::from_secs(5),
             snapshot_entries: 100_000,
             max_apply_backlog: 100_000,
@@ -332,6 +347,7 @@ impl Config {
             ("max_inflight_bytes", self.max_inflight_bytes),
             ("max_uncommitted_bytes", self.max_uncommitted_bytes),
             ("max_apply_backlog", self.max_apply_backlog),
+            ("max_inbox_bytes", self.max_inbox_bytes),
         ];
         if let Some((field, _)) = limits.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::ZeroLimit { field });
@@ -354,6 +370,25 @@ impl Config {
                 uncommitted: self.max_uncommitted_bytes,
                 inflight: self.max_inflight_bytes,
             });
+        }
+        self.validate_inbox_bytes()
+    }
+
+    /// The inbox's byte budget must hold a leader's whole window (of entries, or of snapshot
+    /// chunks), or a follower keeping up would lose messages in steady state.
+    fn validate_inbox_bytes(&self) -> Result<(), ConfigError> {
+        if self.max_inbox_bytes > MAX_QUEUE_BYTES {
+            return Err(ConfigError::LimitTooLarge {
+                field: "max_inbox_bytes",
+                value: self.max_inbox_bytes,
+                max: MAX_QUEUE_BYTES,
+            });
+        }
+        let snapshot_window =
+            self.snapshot_chunk_bytes.saturating_mul(self.snapshot_chunks_in_flight);
+        let window = self.max_inflight_bytes.max(snapshot_window);
+        if self.max_inbox_bytes < window {
+            return Err(ConfigError::InboxBelowWindow { inbox: self.max_inbox_bytes, window });
         }
         Ok(())
     }
@@ -526,6 +561,49 @@ mod tests {
             (d.max_command_bytes, d.max_append_bytes, d.max_inflight_bytes),
             (16 << 20, 1 << 20, 8 << 20)
         );
+    }
+
+    #[test]
+    fn the_inbox_byte_budget_must_be_positive_hold_a_window_and_not_be_absurd() {
+        let d = Config::default();
+        assert_eq!(d.max_inbox_bytes, 64 << 20);
+        let c = Config { max_inbox_bytes: 0, ..Config::default() };
+        assert_eq!(c.validate(), Err(ConfigError::ZeroLimit { field: "max_inbox_bytes" }));
+        let huge = MAX_QUEUE_BYTES + 1;
+        let c = Config { max_inbox_bytes: huge, ..Config::default() };
+        let err = c.validate().unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::LimitTooLarge {
+                field: "max_inbox_bytes",
+                value: huge,
+                max: MAX_QUEUE_BYTES
+            }
+        );
+        assert!(err.to_string().contains("more than any queue should hold"), "{err}");
+        let c = Config { max_inbox_bytes: usize::MAX, ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::LimitTooLarge { .. })), "no 'unbounded'");
+        // Below a leader's window of entries, or of snapshot chunks.
+        let c = Config { max_inbox_bytes: (8 << 20) - 1, ..Config::default() };
+        let err = c.validate().unwrap_err();
+        assert_eq!(err, ConfigError::InboxBelowWindow { inbox: (8 << 20) - 1, window: 8 << 20 });
+        assert!(err.to_string().contains("raise max_inbox_bytes"), "{err}");
+        let chunks = Config {
+            snapshot_chunk_bytes: 16 << 20,
+            snapshot_chunks_in_flight: 8,
+            ..Config::default()
+        };
+        assert_eq!(
+            chunks.validate(),
+            Err(ConfigError::InboxBelowWindow { inbox: 64 << 20, window: 128 << 20 })
+        );
+        let unbounded_chunks = Config { snapshot_chunks_in_flight: usize::MAX, ..chunks.clone() };
+        assert!(matches!(
+            unbounded_chunks.validate(),
+            Err(ConfigError::InboxBelowWindow { window: usize::MAX, .. })
+        ));
+        let c = Config { max_inbox_bytes: 8 << 20, ..Config::default() };
+        assert_eq!(c.validate(), Ok(()), "exactly one window");
     }
 
     #[test]

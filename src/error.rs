@@ -81,6 +81,14 @@ pub enum ConfigError {
         /// `max_inflight_bytes`.
         inflight: usize,
     },
+    /// A node's inbox could not hold one leader's window: `max_inflight_bytes` of entries, or
+    /// `snapshot_chunk_bytes * snapshot_chunks_in_flight` of snapshot chunks.
+    InboxBelowWindow {
+        /// `max_inbox_bytes`.
+        inbox: usize,
+        /// The larger of the two windows.
+        window: usize,
+    },
     /// A cluster needs at least one node.
     NoNodes,
     /// The same node id appears twice.
@@ -111,8 +119,9 @@ pub enum ConfigError {
         /// The value given.
         value: Duration,
     },
-    /// A limit above what can be set aside up front: `inbox_capacity` is allocated when a node
-    /// starts ([`MAX_INBOX_CAPACITY`](crate::config::MAX_INBOX_CAPACITY)).
+    /// A limit above its largest allowed value: `inbox_capacity` is allocated when a node
+    /// starts ([`MAX_INBOX_CAPACITY`](crate::config::MAX_INBOX_CAPACITY)); `max_inbox_bytes`
+    /// is at most [`MAX_QUEUE_BYTES`](crate::transport::MAX_QUEUE_BYTES).
     LimitTooLarge {
         /// The setting's name.
         field: &'static str,
@@ -173,6 +182,10 @@ impl fmt::Display for ConfigError {
                 f,
                 "max_uncommitted_bytes {uncommitted} is below max_inflight_bytes {inflight}: the leader would refuse proposals before its replication window fills; raise max_uncommitted_bytes or lower max_inflight_bytes"
             ),
+            ConfigError::InboxBelowWindow { inbox, window } => write!(
+                f,
+                "max_inbox_bytes {inbox} is below a leader's window of {window} bytes (max_inflight_bytes, or snapshot_chunk_bytes * snapshot_chunks_in_flight): a follower keeping up would lose messages; raise max_inbox_bytes or lower the window"
+            ),
             ConfigError::NoNodes => write!(f, "a cluster needs at least one node"),
             ConfigError::DuplicateNode(id) => {
                 write!(f, "node id {id} appears more than once; give every node its own id")
@@ -197,7 +210,12 @@ impl fmt::Display for ConfigError {
             ),
             ConfigError::LimitTooLarge { field, value, max } => write!(
                 f,
-                "{field} = {value} is above {max}, the most that is allocated up front; use a smaller value"
+                "{field} = {value} is above {max}, {}; use a smaller value",
+                if *field == "inbox_capacity" {
+                    "the most that is allocated up front"
+                } else {
+                    "more than any queue should hold"
+                }
             ),
             ConfigError::ReservedNodeId(id) => write!(
                 f,

@@ -1,6 +1,7 @@
-//! The TCP transport: a cluster over loopback TCP, reconnection, and the bad input a listening
+//! The TCP transport: a cluster over loopback TCP, reconnection, the bad input a listening
 //! port gets (wrong cluster, unknown node, silence, oversized frames, garbage, spoofed senders,
-//! a wrong shared secret). Ports are chosen free at run time on 127.0.0.1.
+//! a wrong shared secret), and a stop that ends every thread and frees the port. Ports are
+//! chosen free at run time on 127.0.0.1.
 
 mod common;
 
@@ -12,7 +13,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{fast_config, init_tracing, serial, wait_converged, wait_until, LONG};
+use common::{
+    byte_budget_config, fast_config, init_tracing, serial, stall_a_follower_under_large_appends,
+    wait_converged, wait_until, Gates, LONG,
+};
 use crossbeam_channel::{bounded, Receiver};
 use ferraft::message::{Body, Message};
 use ferraft::transport::frame::{self, FrameError, FrameKind, Peer};
@@ -336,7 +340,7 @@ fn huge_backoffs_neither_panic_nor_hold_up_a_stop() {
     config.backoff_max = Duration::MAX;
     assert_eq!(config.validate(), Ok(()));
     let (tx, _inbox) = bounded::<Message<u64>>(8);
-    let mut transport = TcpTransport::<u64>::factory(config)(NodeId(1), tx);
+    let mut transport = TcpTransport::<u64>::factory(config)(NodeId(1), tx.into());
     transport.send(heartbeat(1, 2));
     let (done_tx, done) = bounded(1);
     let stopper = std::thread::spawn(move || {
@@ -494,4 +498,268 @@ fn a_sender_ends_when_its_peer_leaves_the_book_or_goes_idle_and_a_later_send_res
     three.send(heartbeat(3, 4));
     senders_reach(&three, 0, "node 3's sender to a peer that is down ends once idle");
     drop((one, two, three));
+}
+
+/// The names of this process's threads that start with `prefix` (the kernel keeps the first
+/// 15 bytes of a name).
+#[cfg(target_os = "linux")]
+fn threads_named(prefix: &str) -> Vec<String> {
+    common::raft_threads().into_iter().filter(|name| name.starts_with(prefix)).collect()
+}
+
+/// A peer that accepts one node's connection and answers its handshake, then reads nothing
+/// until [`DeafPeer::read_through`]: the node's sender then blocks writing once the socket
+/// buffers are full, as with a peer process that hangs. Dropping it closes its sockets.
+struct DeafPeer {
+    listener: TcpListener,
+    stream: Option<TcpStream>,
+}
+
+impl DeafPeer {
+    fn bind() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking accept");
+        DeafPeer { listener, stream: None }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound")
+    }
+
+    /// Waits (with a deadline) for the node's connection and accepts its hello.
+    fn accept(&mut self) {
+        let (mut stream, _) = wait_until(LONG, "the node's sender to connect", || {
+            self.listener.accept().map_err(|e| e.to_string())
+        });
+        stream.set_nonblocking(false).expect("blocking");
+        stream.set_read_timeout(Some(LONG)).expect("read timeout");
+        let challenge = frame::Challenge { nonce: [7; frame::NONCE_BYTES] };
+        frame::write_value(&mut stream, FrameKind::Challenge, &challenge).expect("challenge");
+        let _: frame::Hello =
+            frame::read_value(&mut stream, FrameKind::Hello, frame::MAX_HANDSHAKE_FRAME_BYTES)
+                .expect("hello");
+        frame::write_value(&mut stream, FrameKind::Verdict, &frame::Verdict::Accepted)
+            .expect("verdict");
+        self.stream = Some(stream);
+    }
+
+    /// Reads again: the messages that arrive, in order, through the first for which `last`
+    /// holds (each read within a deadline).
+    fn read_through(&mut self, last: impl Fn(&Message<u64>) -> bool) -> Vec<Message<u64>> {
+        let stream = self.stream.as_mut().expect("accepted");
+        let mut reader = std::io::BufReader::new(stream);
+        let mut got = Vec::new();
+        loop {
+            let msg: Message<u64> =
+                frame::read_value(&mut reader, FrameKind::Message, 64 << 20).expect("a message");
+            let done = last(&msg);
+            got.push(msg);
+            if done {
+                return got;
+            }
+        }
+    }
+}
+
+/// A snapshot chunk of `bytes` bytes from `from` to `to`: a large message of a known size.
+fn chunk(from: u64, to: u64, bytes: usize) -> Message<u64> {
+    let meta = ferraft::SnapshotMeta {
+        index: ferraft::LogIndex(1),
+        term: Term(1),
+        config: Arc::new(ferraft::Configuration::default()),
+    };
+    let chunk =
+        ferraft::message::InstallSnapshot { meta, offset: 0, data: vec![0; bytes], done: false };
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        term: Term(1),
+        body: Body::InstallSnapshot(chunk),
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_dropped_transport_has_ended_every_thread_it_started_and_its_port_is_free() {
+    let _serial = serial();
+    init_tracing();
+    // Node 71, with a deaf peer 72 and a peer 73 that dials in.
+    let mut deaf = DeafPeer::bind();
+    let mut config = TcpConfig::new(71, peers(&[71, 73]));
+    config.peers.insert(NodeId(72), deaf.addr());
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    // Long enough that, without the stop shutting sockets down, each blocked thread would
+    // outlive the test's deadline by far.
+    config.handshake_timeout = Duration::from_secs(120);
+    config.write_timeout = Duration::from_secs(120);
+    let (handler_tx, handler_started) = bounded(4);
+    config.clients = Some(Arc::new(move |mut stream: TcpStream| {
+        let _ = handler_tx.send(());
+        let mut buf = [0u8; 64];
+        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+    }));
+    let (inbox_tx, inbox) = bounded(64);
+    let mut node = TcpTransport::start(NodeId(71), config.clone(), inbox_tx).expect("listen");
+    let addr = node.local_addr().expect("bound");
+    // Outbound: a sender blocked writing to a peer that reads nothing (32 MiB of chunks; the
+    // loopback socket buffers hold a few).
+    node.send(chunk(71, 72, 64 << 10));
+    deaf.accept();
+    for _ in 0..512 {
+        node.send(chunk(71, 72, 64 << 10));
+    }
+    // Inbound: a node's connection (its reader delivered a message), a client whose handler
+    // reads, and a connection silent in its handshake.
+    let mut dial = config.clone();
+    dial.peers = AddressBook::new([(NodeId(71), addr)].into());
+    let mut from_73 = connect(addr, Peer::Node(NodeId(73)), &dial).expect("node handshake");
+    send_frame(&mut from_73, &heartbeat(73, 71));
+    assert_eq!(inbox.recv_timeout(LONG).expect("delivered"), heartbeat(73, 71));
+    let _client = connect(addr, Peer::Client, &dial).expect("client handshake");
+    handler_started.recv_timeout(LONG).expect("the client handler runs");
+    let _silent = TcpStream::connect(addr).expect("connect");
+    // The listener, one sender, three readers.
+    wait_until(LONG, "five threads", || match node.threads() {
+        5 => Ok(()),
+        n => Err(format!("{n} threads: {:?}", threads_named("raft-n71-"))),
+    });
+    assert_eq!(threads_named("raft-n71-").len(), 5, "{:?}", threads_named("raft-n71-"));
+
+    let stopping = Instant::now();
+    drop(node);
+    let took = stopping.elapsed();
+    wait_until(Duration::from_secs(2), "every thread of node 71 to end", || {
+        match threads_named("raft-n71-") {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!("still running: {left:?}")),
+        }
+    });
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    TcpListener::bind(addr).expect("the port is free again");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_tcp_node_leaves_no_thread_and_restarts_on_its_port() {
+    let _serial = serial();
+    init_tracing();
+    let peers = peers(&[81, 82, 83]);
+    let ids: Vec<NodeId> = peers.keys().copied().collect();
+    let mut tcp = TcpConfig::new(81, peers.clone());
+    tcp.clients = Some(Arc::new(|mut stream: TcpStream| {
+        let mut buf = [0u8; 64];
+        while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+    }));
+    let mut cluster = Cluster::builder(fast_config(81), |_| KvStateMachine::new())
+        .ids(&ids)
+        .transport(TcpTransport::factory(tcp.clone()))
+        .start()
+        .expect("start");
+    let put = |i: u32| KvCommand::Put { key: format!("k{i}").into(), value: "v".into() };
+    cluster.propose(put(0)).expect("committed");
+    let victim = NodeId(81);
+    let _client = connect(peers[&victim], Peer::Client, &tcp).expect("a client connects");
+    wait_until(LONG, "n81's connections in and out", || {
+        let (out, in_) = (threads_named("raft-n81-to-n8"), threads_named("raft-n81-in"));
+        match (out.len(), in_.len()) {
+            (1.., 2..) => Ok(()), // a peer's and the client's
+            seen => Err(format!("{seen:?} sending and reading threads")),
+        }
+    });
+    cluster.kill(victim).expect("kill");
+    wait_until(Duration::from_secs(2), "every thread of n81 to end", || {
+        match threads_named("raft-n81") {
+            left if left.is_empty() => Ok(()),
+            left => Err(format!("still running: {left:?}")),
+        }
+    });
+    drop(TcpListener::bind(peers[&victim]).expect("its port is free"));
+    cluster.propose(put(1)).expect("2 of 3 commit");
+    cluster.restart(victim).expect("restart on the same port");
+    let statuses = wait_converged(&cluster, 3, LONG);
+    assert!(statuses.iter().all(|s| s.core.last_applied.0 >= 2), "every node applied all");
+}
+
+/// Audit two's "queues count messages, not bytes", for a peer's queue: a peer that stops
+/// reading used to hold up to `queue_capacity` messages of any size (1024 x 64 KiB here, 64
+/// MiB; with megabyte AppendEntries a GiB). Now the queue holds at most `max_queue_bytes`, the
+/// rest is dropped, and once the peer reads again a new message gets through.
+#[test]
+fn a_peer_that_stops_reading_holds_at_most_max_queue_bytes_and_is_served_when_it_reads() {
+    let _serial = serial();
+    init_tracing();
+    const BUDGET: usize = 1 << 20;
+    let mut deaf = DeafPeer::bind();
+    let mut config = TcpConfig::new(74, peers(&[74]));
+    config.peers.insert(NodeId(75), deaf.addr());
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    config.max_queue_bytes = BUDGET;
+    config.write_timeout = Duration::from_secs(120); // the connection outlives the deafness
+    let (inbox_tx, _inbox) = bounded(8);
+    let mut node = TcpTransport::start(NodeId(74), config, inbox_tx).expect("listen");
+    node.send(chunk(74, 75, 64 << 10));
+    deaf.accept();
+    // 128 MiB for a peer that reads nothing; the loopback buffers hold a few MiB.
+    let mut most = 0;
+    for i in 0..2048 {
+        node.send(chunk(74, 75, 64 << 10));
+        most = most.max(node.queued_bytes());
+        assert!(node.queued_bytes() <= BUDGET, "message {i}: {} queued", node.queued_bytes());
+    }
+    println!(
+        "deaf peer: at most {most} bytes queued (budget {BUDGET}), {} dropped",
+        node.dropped()
+    );
+    assert!(most > BUDGET / 2, "the queue never filled: at most {most} bytes");
+    assert!(node.dropped() >= 1024, "{} dropped", node.dropped());
+
+    // It reads again: what was queued arrives (nothing of it lost), then a message sent now.
+    let queued = node.queued_bytes();
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| deaf.read_through(|m| matches!(m.body, Body::TimeoutNow)));
+        wait_until(LONG, "a new message to reach the peer", || {
+            node.send(heartbeat(74, 75));
+            match reader.is_finished() {
+                true => Ok(()),
+                false => Err(format!("{} bytes queued", node.queued_bytes())),
+            }
+        });
+        let got = reader.join().expect("the peer's reader");
+        let chunks = got.iter().filter(|m| matches!(m.body, Body::InstallSnapshot(_))).count();
+        let chunk_bytes = (64 << 10) + 32; // the estimate: the data and 32 bytes of envelope
+        assert!(chunks * chunk_bytes >= queued, "{chunks} chunks arrived, {queued} bytes queued");
+    });
+    wait_until(LONG, "the queue to empty", || match node.queued_bytes() {
+        0 => Ok(()),
+        n => Err(format!("{n} bytes queued")),
+    });
+}
+
+/// The same budget on a node's inbox fed by TCP readers: a follower stalls while the leader
+/// probes it with 64 KiB AppendEntries over TCP; its inbox holds at most its budget, and it
+/// catches up once it resumes.
+#[test]
+fn over_tcp_a_stalled_follower_holds_at_most_its_inbox_byte_budget_and_catches_up() {
+    let _serial = serial();
+    init_tracing();
+    let peers = peers(&[91, 92, 93]);
+    let ids: Vec<NodeId> = peers.keys().copied().collect();
+    let config = byte_budget_config(91);
+    let budget = config.max_inbox_bytes as u64;
+    let gates = Gates::default();
+    let cluster = Cluster::builder(config, gates.factory())
+        .ids(&ids)
+        .transport(TcpTransport::factory(TcpConfig::new(91, peers)))
+        .start()
+        .expect("start");
+    let gates = gates; // NB: after the cluster, so dropped first: a failing test opens them
+    let stalled = stall_a_follower_under_large_appends(&cluster, &gates);
+    let metrics = stalled.metrics;
+    println!(
+        "stalled {}: inbox peak {} bytes (budget {budget}), {} dropped",
+        stalled.core.id, metrics.inbox_bytes_peak, metrics.inbox_dropped
+    );
+    assert!(metrics.inbox_bytes_peak <= budget, "inbox past its budget: {metrics:?}");
+    assert!(metrics.inbox_bytes_peak > budget / 2, "the stall never filled it: {metrics:?}");
+    assert!(metrics.inbox_dropped > 0, "nothing was dropped: {metrics:?}");
 }

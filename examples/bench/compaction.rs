@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use ferraft::message::Body;
+use ferraft::transport::Inbox;
 use ferraft::{
     Cluster, Config, KvStateMachine, LogIndex, Message, NodeId, StateMachine, Transport,
 };
@@ -82,7 +82,7 @@ struct Gaps {
 
 /// Delivers straight into the peer's inbox, timestamping AppendEntries.
 struct Mesh {
-    inboxes: Arc<RwLock<HashMap<NodeId, Sender<Message<u64>>>>>,
+    inboxes: Arc<RwLock<HashMap<NodeId, Inbox<u64>>>>,
     gaps: Arc<Mutex<Gaps>>,
 }
 
@@ -98,7 +98,7 @@ impl Transport<u64> for Mesh {
             }
         }
         if let Some(inbox) = self.inboxes.read().unwrap().get(&msg.to) {
-            let _ = inbox.send(msg);
+            let _ = inbox.try_send(msg); // full: dropped, as the router does
         }
     }
 }

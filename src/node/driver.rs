@@ -33,7 +33,7 @@ use crate::error::Error;
 use crate::message::{Body, Configuration, Message, Snapshot};
 use crate::state_machine::StateMachine;
 use crate::storage::{Storage, SyncJob};
-use crate::transport::Transport;
+use crate::transport::{ByteBudget, Transport};
 use crate::types::{LogIndex, NodeId, Term};
 
 /// Test-only switches that break the driver's sync boundary, each caught by the simulator
@@ -146,6 +146,8 @@ pub(crate) struct Driver<S: StateMachine, St, T, L: LeaseClock = Monotonic> {
     forwarder: Option<Forwarder<S>>,
     /// Publishes the lease for reads served off the node's thread (the runtime, leases on).
     lease: Option<LeasePublisher<L>>,
+    /// The byte count of the node's inbox, for the metrics (the thread runtime).
+    inbox: Option<Arc<ByteBudget>>,
 }
 
 impl<S, St, T, L> Driver<S, St, T, L>
@@ -215,6 +217,7 @@ where
             transfer_reply: None,
             forwarder: None,
             lease: None,
+            inbox: None,
         })
     }
 
@@ -408,6 +411,11 @@ where
         self.forwarder = Some(forwarder);
     }
 
+    /// Reports the node's inbox in its metrics (`inbox_bytes` and the like).
+    pub(crate) fn set_inbox_view(&mut self, inbox: Arc<ByteBudget>) {
+        self.inbox = Some(inbox);
+    }
+
     /// The leader to forward to: known, not this node, and a forwarder to reach it.
     fn forward_target(&self) -> Option<NodeId> {
         let leader = self.core.leader().filter(|&l| l != self.core.id())?;
@@ -528,6 +536,12 @@ where
         }
         if let Some((sent, received)) = self.transport.wire_bytes() {
             (status.metrics.bytes_sent, status.metrics.bytes_received) = (sent, received);
+        }
+        if let Some(inbox) = &self.inbox {
+            let metrics = &mut status.metrics;
+            metrics.inbox_bytes = inbox.held() as u64;
+            metrics.inbox_bytes_peak = inbox.peak() as u64;
+            metrics.inbox_dropped = inbox.dropped();
         }
         if let Some(backlog) = self.backlog() {
             let metrics = &mut status.metrics;

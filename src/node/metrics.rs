@@ -52,6 +52,16 @@ pub struct Metrics {
     /// Times the node's loop stalled, taking no input, because more than
     /// `Config::max_apply_backlog` entries waited for its state machine.
     pub apply_stalls: u64,
+    /// Bytes of peer messages waiting in the node's inbox when the status was taken,
+    /// estimated as `bytes_sent` counts them (the thread runtime; 0 in the simulator).
+    pub inbox_bytes: u64,
+    /// The most bytes its inbox ever held at once: at most `Config::max_inbox_bytes`, or one
+    /// message if a single one is larger.
+    pub inbox_bytes_peak: u64,
+    /// Peer messages dropped because its inbox was full, in messages
+    /// (`Config::inbox_capacity`) or in bytes (`Config::max_inbox_bytes`): a stalled or
+    /// overwhelmed node, whose peers send again.
+    pub inbox_dropped: u64,
 }
 
 impl Metrics {

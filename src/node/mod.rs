@@ -22,6 +22,7 @@ pub(crate) use apply::Backlog;
 #[cfg(test)]
 pub(crate) use driver::SyncBugs;
 pub(crate) use driver::{execute_all, ApplyOn, Driver, Execute};
+pub(crate) use metrics::estimated_bytes;
 pub(crate) use read::LeaseView as LocalLease;
 pub(crate) use read::ReadFn;
 #[cfg(test)]

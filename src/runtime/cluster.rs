@@ -25,13 +25,13 @@ use super::thread::{self, Channels, Failure, NodeDriver, NodeThreads, Peers};
 use crate::config::Config;
 use crate::core::{MembershipChange, Role};
 use crate::error::{ConfigError, Error};
-use crate::message::{Configuration, Message};
+use crate::message::Configuration;
 use crate::node::{
     deadline_after, Applied, ApplyOn, Driver, LocalLease, Monotonic, NodeStatus, Receipt,
 };
 use crate::state_machine::StateMachine;
 use crate::storage::{DiskStorage, MemStorage, Storage};
-use crate::transport::{Router, Transport};
+use crate::transport::{inbox, Inbox, Router, Transport};
 use crate::types::NodeId;
 
 type Factory<S> = Arc<dyn Fn(NodeId) -> S + Send + Sync>;
@@ -42,10 +42,10 @@ type Factory<S> = Arc<dyn Fn(NodeId) -> S + Send + Sync>;
 pub type StorageFactory<C> =
     Arc<dyn Fn(NodeId, &Configuration) -> io::Result<Box<dyn Storage<C>>> + Send + Sync>;
 
-/// Connects node `id` to the network: messages for it are to be put into `inbox`. Returns the
-/// node's sending half. Called at every start of the node.
-pub type TransportFactory<C> =
-    Arc<dyn Fn(NodeId, Sender<Message<C>>) -> Box<dyn Transport<C>> + Send + Sync>;
+/// Connects node `id` to the network: messages for it are to be put into `inbox` (bounded in
+/// messages and bytes: see [`Inbox`]). Returns the node's sending half. Called at every start
+/// of the node.
+pub type TransportFactory<C> = Arc<dyn Fn(NodeId, Inbox<C>) -> Box<dyn Transport<C>> + Send + Sync>;
 
 /// Called with a node's id once it is retired (see [`ClusterBuilder::on_removed`]).
 type OnRemoved = Arc<dyn Fn(NodeId) + Send + Sync>;
@@ -134,7 +134,7 @@ impl<S: StateMachine> ClusterBuilder<S> {
     /// transport those switches affect nothing). See [`TransportFactory`].
     pub fn transport<T: Transport<S::Command>>(
         mut self,
-        connect: impl Fn(NodeId, Sender<Message<S::Command>>) -> T + Send + Sync + 'static,
+        connect: impl Fn(NodeId, Inbox<S::Command>) -> T + Send + Sync + 'static,
     ) -> Self {
         self.transport = Some(Arc::new(move |id, inbox| {
             Box::new(connect(id, inbox)) as Box<dyn Transport<S::Command>>
@@ -316,7 +316,8 @@ impl<S: StateMachine> Cluster<S> {
         let slot = self.slot(id)?;
         let storage = (self.storage)(id, &slot.bootstrap)
             .map_err(|e| Error::Storage(format!("opening {id}'s storage: {e}")))?;
-        let (inbox_tx, inbox) = bounded(self.config.inbox_capacity);
+        let (inbox_tx, inbox) =
+            inbox(self.config.inbox_capacity, self.config.max_inbox_bytes, S::command_size);
         let (requests_tx, requests) = bounded(self.config.inbox_capacity);
         let (shutdown, shutdown_rx) = bounded(1);
         let transport = (self.transport)(id, inbox_tx);
@@ -329,6 +330,7 @@ impl<S: StateMachine> Cluster<S> {
             ApplyOn::Deferred,
         )?;
         driver.set_forwarder(self.client.forwarder());
+        driver.set_inbox_view(Arc::clone(inbox.budget()));
         let local = self.config.lease_reads.then(|| {
             let lease = Arc::new(LocalLease::default());
             driver.set_lease_view(Arc::clone(&lease), &self.config, Monotonic);

@@ -40,7 +40,7 @@ use crate::node::{
 };
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
-use crate::transport::Transport;
+use crate::transport::{InboxReceiver, Transport};
 use crate::types::NodeId;
 
 /// The driver as the thread runtime builds it: storage and transport chosen at run time.
@@ -55,7 +55,7 @@ const MAX_MESSAGE_BURST: usize = 256;
 
 /// The node's channels.
 pub(crate) struct Channels<S: StateMachine> {
-    pub inbox: Receiver<Message<S::Command>>,
+    pub inbox: InboxReceiver<S::Command>,
     pub requests: Receiver<Request<S>>,
     pub shutdown: Receiver<()>,
 }
@@ -125,7 +125,7 @@ struct Node<S: StateMachine> {
 
 /// Clones of the node's receivers: what the loop waits on without holding the driver.
 struct Watch<S: StateMachine> {
-    inbox: Receiver<Message<S::Command>>,
+    inbox: Receiver<(Message<S::Command>, usize)>,
     requests: Receiver<Request<S>>,
     shutdown: Receiver<()>,
     ticker: Receiver<Instant>,
@@ -257,7 +257,7 @@ pub(crate) fn spawn<S: StateMachine>(
     let (nudge, nudged) = bounded(1);
     backlog.wake_with(nudge.clone());
     let watch = Watch {
-        inbox: channels.inbox.clone(),
+        inbox: channels.inbox.channel().clone(),
         requests: channels.requests.clone(),
         shutdown: channels.shutdown.clone(),
         ticker: ticker.clone(),
@@ -704,7 +704,10 @@ fn serve_failed<S: StateMachine>(node: &mut Node<S>, shared: &Shared<S>, error: 
             // NB: a lease reader that held the applier as the node failed leaves it what it
             // may not run itself (`Backlog::query_now`), and says so here.
             recv(shared.watch.nudged) -> _ => if shared.backlog.needs_drain() { return true },
-            recv(channels.inbox) -> msg => if msg.is_err() { return false },
+            recv(channels.inbox.channel()) -> msg => match msg {
+                Ok((msg, bytes)) => drop(channels.inbox.taken(msg, bytes)),
+                Err(_) => return false,
+            },
             recv(channels.requests) -> req => match req {
                 Ok(Request::Propose { responder, .. }) => responder.finish(Err(error.clone())),
                 Ok(Request::ChangeMembership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
@@ -731,7 +734,7 @@ fn serve_failed<S: StateMachine>(node: &mut Node<S>, shared: &Shared<S>, error: 
 fn on_messages<S: StateMachine>(
     driver: &mut NodeDriver<S>,
     first: Message<S::Command>,
-    inbox: &Receiver<Message<S::Command>>,
+    inbox: &InboxReceiver<S::Command>,
 ) -> Result<(), Error> {
     // One batch: a burst of AppendEntries costs a follower one sync, not one each.
     driver.begin_batch();

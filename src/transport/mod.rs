@@ -3,17 +3,22 @@
 //! TCP between processes ([`TcpTransport`] in `tcp.rs`, its wire format in [`frame`]).
 //!
 //! A transport is best effort, like a network: a message may be lost, delayed, duplicated or
-//! reordered, and Raft retransmits. `send` must never block the node's thread.
+//! reordered, and Raft retransmits. `send` must never block the node's thread. What a
+//! transport receives goes into its node's [`Inbox`], bounded in messages and bytes.
 
 pub mod frame;
+mod inbox;
 mod router;
+mod sockets;
 mod tcp;
 
+pub(crate) use inbox::{inbox, ByteBudget, InboxReceiver};
+pub use inbox::{Inbox, MAX_QUEUE_BYTES};
 pub use router::NetworkFaults;
 pub(crate) use router::Router;
 pub use tcp::{
     connect, AddressBook, ClientHandler, ConnectError, TcpConfig, TcpConfigError, TcpTransport,
-    SENDER_RECHECK,
+    CLIENT_HANDLER_GRACE, SENDER_RECHECK,
 };
 
 use crate::message::Message;

@@ -12,9 +12,11 @@
 //! lock, no RNG. Faults are read under an `RwLock` only when the flag says some are set.
 //!
 //! Full-channel policy: a message to a full or closed inbox is dropped, exactly as a lossy
-//! network would; Raft retransmits. No node thread ever blocks sending. Delayed messages wait in
-//! one delayer thread, owned by the router and joined on shutdown; a link cut when a delayed
-//! message comes due loses it, as a cable pulled with packets still on the wire.
+//! network would; Raft retransmits. An inbox is full when it holds `Config::inbox_capacity`
+//! messages or has no room left in `Config::max_inbox_bytes` ([`Inbox`]). No node thread
+//! ever blocks sending. Delayed messages wait in one delayer thread, owned by the router and
+//! joined on shutdown (not counted against any inbox until they come due); a link cut when a
+//! delayed message comes due loses it, as a cable pulled with packets still on the wire.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::ops::Range;
@@ -27,6 +29,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use super::Inbox;
 use crate::error::{assign_groups, check_probability, check_range, FaultError};
 use crate::message::{Body, Message};
 use crate::types::NodeId;
@@ -252,7 +255,7 @@ type Delayer<C> = (Sender<Delayed<C>>, JoinHandle<()>);
 
 /// Routes messages to node inboxes, applying faults.
 pub struct Router<C> {
-    inboxes: RwLock<HashMap<NodeId, Sender<Message<C>>>>,
+    inboxes: RwLock<HashMap<NodeId, Inbox<C>>>,
     faults: RwLock<FaultState>,
     /// No fault of any kind is set: the fast path. Written only under the `faults` write lock.
     clean: AtomicBool,
@@ -281,7 +284,7 @@ impl<C: Send + 'static> Router<C> {
     }
 
     /// Connects (or reconnects, after a restart) a node's inbox.
-    pub fn connect(&self, id: NodeId, inbox: Sender<Message<C>>) {
+    pub fn connect(&self, id: NodeId, inbox: Inbox<C>) {
         write(&self.inboxes).insert(id, inbox);
     }
 
@@ -491,7 +494,8 @@ impl<C: Send + 'static> Router<C> {
         }
     }
 
-    /// Puts a message in its receiver's inbox, or drops it (full inbox, or node down).
+    /// Puts a message in its receiver's inbox, or drops it (an inbox full in messages or
+    /// bytes, or a node down).
     pub fn deliver(&self, msg: Message<C>) {
         let inboxes = read(&self.inboxes);
         let Some(inbox) = inboxes.get(&msg.to) else { return };
@@ -618,7 +622,7 @@ mod tests {
             .iter()
             .map(|&id| {
                 let (tx, rx) = bounded(64);
-                router.connect(id, tx);
+                router.connect(id, tx.into());
                 (id, rx)
             })
             .collect();

@@ -25,24 +25,32 @@
 //!   most one inbound connection per peer is kept (a newer one closes the older).
 //!
 //! Full-queue policy, as the in-process router: [`Transport::send`] never blocks; a message for
-//! a peer whose queue is full, or for an inbox that is full, is dropped, as a lossy network
-//! would. Checks at the gateway (STYLE 6): a frame over `max_frame_bytes`, a bad checksum or an
-//! undecodable payload closes the connection; a message whose `from` is not the connection's
-//! authenticated node, or whose `to` is not this node, is dropped.
+//! a peer whose queue is full (`queue_capacity` messages, or `max_queue_bytes` bytes counted
+//! until the write carrying them is done: a peer that stops reading holds no more), or for an
+//! [`Inbox`] that is full, is dropped, as a lossy network would. Checks at the gateway (STYLE
+//! 6): a frame over `max_frame_bytes`, a bad checksum or an undecodable payload closes the
+//! connection; a message whose `from` is not the connection's authenticated node, or whose
+//! `to` is not this node, is dropped.
 //!
 //! Configuration: [`TcpTransport::start`] refuses an invalid [`TcpConfig`] with a
 //! [`TcpConfigError`] ([`TcpConfig::validate`]). Durations combine with saturating arithmetic,
 //! so no value, however large, panics a thread (a pause too long for an `Instant` is waited
 //! until the transport stops).
 //!
-//! Shutdown: dropping the transport (the node stops) stops the listener (joined, so the port is
-//! free for a restart), closes every accepted connection, and closes the peers' queues, on
-//! which each sender thread ends.
+//! Shutdown: dropping the transport (the node stops) ends every thread it started before it
+//! returns ([`TcpTransport::threads`] counts them), so a process can stop a node and start it
+//! again on the same port. It wakes and joins the listener (the port is free, and no reader
+//! starts after it), closes the peers' queues (a sender waiting on one ends), shuts down every
+//! open socket, accepted or connected (`sockets.rs`: a thread blocked in a handshake, a read,
+//! or a write to a peer that stopped reading returns at once), and joins the senders and the
+//! readers. Bounds: a sender in the middle of establishing a connection finishes that first
+//! (at most `connect_timeout`); a [`ClientHandler`] is the user's code, given
+//! [`CLIENT_HANDLER_GRACE`] to return once its stream fails, then left running with a warning.
 
 use std::collections::btree_map::Entry as MapEntry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -56,12 +64,16 @@ use super::frame::{
     self, encode_value, hello_mac, read_frame, read_value, verify_hello, write_value, Challenge,
     FrameError, FrameKind, Hello, Peer, Verdict,
 };
-use super::Transport;
+use super::sockets::{Reader, Side, Sockets, Threads, Tracked};
+use super::{ByteBudget, Inbox, Transport, MAX_QUEUE_BYTES};
 use crate::message::Message;
+use crate::node::estimated_bytes;
 use crate::types::NodeId;
 
 /// Serves one accepted client connection (handshake done, `Peer::Client`) on the connection's
-/// own thread, until it returns. The stream has no read timeout.
+/// own thread, until it returns. The stream has no read timeout. When the transport stops, the
+/// stream is shut down (its reads and writes fail): the handler should then return, within
+/// [`CLIENT_HANDLER_GRACE`].
 pub type ClientHandler = Arc<dyn Fn(TcpStream) + Send + Sync>;
 
 /// How a node reaches its peers over TCP. Build with [`TcpConfig::new`] and change fields.
@@ -83,6 +95,14 @@ pub struct TcpConfig {
     pub max_frame_bytes: usize,
     /// Messages queued per peer before further ones are dropped. Default 1024.
     pub queue_capacity: usize,
+    /// Bytes of messages queued per peer (or being written to it) before further ones are
+    /// dropped, each counted as [`Inbox::message_bytes`] counts it; a message larger than
+    /// this still goes alone into an empty queue. Without it a peer that stops reading holds
+    /// up to `queue_capacity` messages of any size in this process (1024 megabyte
+    /// AppendEntries: a GiB). At least 1, at most [`MAX_QUEUE_BYTES`]. Default 64 MiB: eight
+    /// of a leader's default windows (`Config::max_inflight_bytes`), so a peer that keeps up
+    /// never meets it.
+    pub max_queue_bytes: usize,
     /// How long a handshake may take in all, from the accept (or, connecting, from the
     /// connection's establishment) to the verdict; a connection still in it then is closed.
     /// Must be positive. Default 2 s.
@@ -122,6 +142,7 @@ impl TcpConfig {
             listen: None,
             max_frame_bytes: 32 << 20,
             queue_capacity: 1024,
+            max_queue_bytes: 64 << 20,
             handshake_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(5),
@@ -154,10 +175,18 @@ impl TcpConfig {
                 max: self.backoff_max,
             });
         }
-        let limits =
-            [("max_frame_bytes", self.max_frame_bytes), ("max_handshakes", self.max_handshakes)];
+        let limits = [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_handshakes", self.max_handshakes),
+            ("max_queue_bytes", self.max_queue_bytes),
+        ];
         if let Some(&(field, _)) = limits.iter().find(|(_, n)| *n == 0) {
             return Err(TcpConfigError::ZeroLimit { field });
+        }
+        if self.max_queue_bytes > MAX_QUEUE_BYTES {
+            return Err(TcpConfigError::QueueLimitTooLarge {
+                max_queue_bytes: self.max_queue_bytes,
+            });
         }
         if self.max_frame_bytes > frame::MAX_PAYLOAD_BYTES {
             return Err(TcpConfigError::FrameLimitTooLarge {
@@ -206,6 +235,11 @@ pub enum TcpConfigError {
         /// The configured `max_frame_bytes`.
         max_frame_bytes: usize,
     },
+    /// `max_queue_bytes` exceeds [`MAX_QUEUE_BYTES`].
+    QueueLimitTooLarge {
+        /// The configured `max_queue_bytes`.
+        max_queue_bytes: usize,
+    },
 }
 
 impl std::fmt::Display for TcpConfigError {
@@ -224,13 +258,17 @@ impl std::fmt::Display for TcpConfigError {
                 "TcpConfig::backoff_min ({min:?}) exceeds backoff_max ({max:?}): backoff_min is the first pause, backoff_max the cap it doubles up to; swap or lower them"
             ),
             TcpConfigError::ZeroLimit { field } => {
-                let effect = if *field == "max_handshakes" {
-                    "every incoming connection would be closed"
-                } else {
-                    "every message would be dropped"
+                let effect = match *field {
+                    "max_handshakes" => "every incoming connection would be closed",
+                    "max_queue_bytes" => "a peer's queue would hold one message at a time",
+                    _ => "every message would be dropped",
                 };
                 write!(f, "TcpConfig::{field} is 0: {effect}; it must be at least 1 (TcpConfig::new sets a working default)")
             }
+            TcpConfigError::QueueLimitTooLarge { max_queue_bytes } => write!(
+                f,
+                "TcpConfig::max_queue_bytes ({max_queue_bytes}) exceeds {MAX_QUEUE_BYTES}, more than one peer's queue should ever hold: lower it (the default, 64 MiB, is eight replication windows)"
+            ),
             TcpConfigError::FrameLimitTooLarge { max_frame_bytes } => write!(
                 f,
                 "TcpConfig::max_frame_bytes ({max_frame_bytes}) exceeds {}, the most a frame's 4-byte length can describe: lower it",
@@ -317,6 +355,11 @@ pub fn connect(
     config: &TcpConfig,
 ) -> Result<TcpStream, ConnectError> {
     let stream = TcpStream::connect_timeout(&addr, config.connect_timeout)?;
+    handshake(stream, peer, config)
+}
+
+/// The connector's side of the handshake on a connection just established (see [`connect`]).
+fn handshake(stream: TcpStream, peer: Peer, config: &TcpConfig) -> Result<TcpStream, ConnectError> {
     let mut wire = Deadline::new(&stream, Instant::now(), config);
     stream.set_nodelay(true)?;
     let max = frame::MAX_HANDSHAKE_FRAME_BYTES;
@@ -411,9 +454,10 @@ struct Shared {
     stop: AtomicBool,
     /// The listener's bound address, once bound (to wake it on shutdown).
     bound: Mutex<Option<SocketAddr>>,
-    /// Accepted connections, to close on shutdown; per key, the peer it authenticated as.
-    accepted: Mutex<HashMap<u64, (Option<NodeId>, TcpStream)>>,
-    next_conn: AtomicU64,
+    /// Every open socket, accepted or connected, to shut down on stop.
+    sockets: Sockets,
+    /// The threads running, and the readers' handles, to join on stop.
+    threads: Threads,
     handshakes: AtomicUsize,
     /// Sender threads running, and how many ended so far (the transport then drops their
     /// queues).
@@ -427,10 +471,6 @@ struct Shared {
 impl Shared {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
-    }
-
-    fn accepted(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Option<NodeId>, TcpStream)>> {
-        self.accepted.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -464,12 +504,47 @@ pub struct TcpTransport<C> {
     pruned_at: u64,
     listener: Option<JoinHandle<()>>,
     dropped: u64,
+    /// How the node measures a command, to count a message's bytes (from its inbox).
+    sizer: fn(&C) -> usize,
 }
 
-/// A peer's queue, and whether its sender thread still runs.
+/// A peer's queue, the bytes it holds, and its sender thread (whether it still runs, and its
+/// handle to join).
 struct PeerQueue<C> {
-    tx: Sender<Message<C>>,
+    tx: Sender<(Message<C>, usize)>,
+    budget: Arc<ByteBudget>,
     running: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// A peer's queue as its sender thread takes from it: each message with the bytes it counts
+/// for, given back once it is written (or discarded).
+struct PeerRx<C> {
+    rx: Receiver<(Message<C>, usize)>,
+    budget: Arc<ByteBudget>,
+}
+
+impl<C> PeerQueue<C> {
+    /// Queues `msg`, counting `bytes`, or gives it back: `Full` if the queue holds
+    /// `queue_capacity` messages or has no room for `bytes` in `max_queue_bytes`.
+    fn try_send(&self, msg: Message<C>, bytes: usize) -> Result<(), TrySendError<Message<C>>> {
+        if !self.budget.try_take(bytes) {
+            return Err(TrySendError::Full(msg));
+        }
+        self.tx.try_send((msg, bytes)).map_err(|e| {
+            self.budget.give_back(bytes);
+            match e {
+                TrySendError::Full((msg, _)) => TrySendError::Full(msg),
+                TrySendError::Disconnected((msg, _)) => TrySendError::Disconnected(msg),
+            }
+        })
+    }
+
+    /// Waits for the sender thread to end (at once if its queue was closed, or it ended).
+    fn join(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
 }
 
 /// Held by a sender thread (made before it is spawned): counts it running until dropped.
@@ -498,13 +573,14 @@ where
     C: Serialize + DeserializeOwned + Send + 'static,
 {
     /// Starts node `id`'s transport: binds its listening address now (an error if it cannot)
-    /// and puts every message received from a peer into `inbox`. An invalid `config` is an
-    /// `InvalidInput` error carrying the [`TcpConfigError`] (`get_ref` and downcast it).
-    pub fn start(id: NodeId, config: TcpConfig, inbox: Sender<Message<C>>) -> io::Result<Self> {
+    /// and puts every message received from a peer into `inbox` (a node's [`Inbox`], or a
+    /// plain channel). An invalid `config` is an `InvalidInput` error carrying the
+    /// [`TcpConfigError`] (`get_ref` and downcast it).
+    pub fn start(id: NodeId, config: TcpConfig, inbox: impl Into<Inbox<C>>) -> io::Result<Self> {
         config.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(config.listen_addr(id)?)?;
         let addr = listener.local_addr()?;
-        let transport = Self::launch(id, config, inbox, Ok(listener));
+        let transport = Self::launch(id, config, inbox.into(), Ok(listener));
         *transport.shared.bound.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
         Ok(transport)
     }
@@ -517,7 +593,7 @@ where
     /// NB: a transport cannot return an error from here: check the configuration first with
     /// [`TcpConfig::validate`]. An invalid one is logged at each start, and its transports run
     /// as configured (without panicking) but fail as the error says.
-    pub fn factory(config: TcpConfig) -> impl Fn(NodeId, Sender<Message<C>>) -> Self + Send + Sync {
+    pub fn factory(config: TcpConfig) -> impl Fn(NodeId, Inbox<C>) -> Self + Send + Sync {
         move |id, inbox| {
             if let Err(e) = config.validate() {
                 tracing::error!(node = %id, error = %e, "invalid TcpConfig");
@@ -530,16 +606,17 @@ where
     fn launch(
         id: NodeId,
         config: TcpConfig,
-        inbox: Sender<Message<C>>,
+        inbox: Inbox<C>,
         listener: io::Result<TcpListener>,
     ) -> Self {
+        let sizer = inbox.sizer();
         let shared = Arc::new(Shared {
             id,
             config,
             stop: AtomicBool::new(false),
             bound: Mutex::new(None),
-            accepted: Mutex::new(HashMap::new()),
-            next_conn: AtomicU64::new(0),
+            sockets: Sockets::default(),
+            threads: Threads::default(),
             handshakes: AtomicUsize::new(0),
             senders: AtomicUsize::new(0),
             senders_ended: AtomicU64::new(0),
@@ -547,14 +624,18 @@ where
             bytes_received: AtomicU64::new(0),
         });
         let listen = {
-            let shared = Arc::clone(&shared);
+            let (shared, alive) = (Arc::clone(&shared), shared.threads.alive());
             std::thread::Builder::new()
                 .name(format!("raft-n{}-listen", id.0))
-                .spawn(move || listen(listener, &shared, &inbox))
+                .spawn(move || {
+                    let _alive = alive;
+                    listen(listener, &shared, &inbox);
+                })
                 .map_err(|e| tracing::error!(error = %e, "cannot start the TCP listener thread"))
                 .ok()
         };
-        TcpTransport { shared, queues: BTreeMap::new(), pruned_at: 0, listener: listen, dropped: 0 }
+        let queues = BTreeMap::new();
+        TcpTransport { shared, queues, pruned_at: 0, listener: listen, dropped: 0, sizer }
     }
 
     /// The address the listener is bound to, once bound.
@@ -562,9 +643,17 @@ where
         *self.shared.bound.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Messages dropped so far because a peer's queue was full or the peer is unknown.
+    /// Messages dropped so far because a peer's queue was full (in messages or in bytes) or
+    /// the peer is unknown.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+
+    /// Bytes of the messages waiting in the peers' queues now, or being written (counted as
+    /// [`Inbox::message_bytes`] counts them): at most `max_queue_bytes` per peer, or one
+    /// message if a single one is larger.
+    pub fn queued_bytes(&self) -> usize {
+        self.queues.values().map(|q| q.budget.held()).sum()
     }
 
     /// Sender threads running now: one per peer messages went to lately (see the module
@@ -573,20 +662,30 @@ where
         self.shared.senders.load(Ordering::Relaxed)
     }
 
-    fn queue(&mut self, to: NodeId) -> Option<&Sender<Message<C>>> {
+    /// Every thread this transport runs now: its listener, its senders, and a reader per
+    /// accepted connection (a client handler runs on its connection's reader). All of them
+    /// have ended when the transport's drop returns (see the module docs, "Shutdown").
+    pub fn threads(&self) -> usize {
+        self.shared.threads.running()
+    }
+
+    fn queue(&mut self, to: NodeId) -> Option<&PeerQueue<C>> {
         match self.queues.entry(to) {
-            MapEntry::Occupied(e) => Some(&e.into_mut().tx),
+            MapEntry::Occupied(e) => Some(e.into_mut()),
             MapEntry::Vacant(e) => {
                 self.shared.config.peers.get(to)?;
                 let (tx, rx) = bounded(self.shared.config.queue_capacity.max(1));
+                let budget = Arc::new(ByteBudget::new(self.shared.config.max_queue_bytes));
+                let rx = PeerRx { rx, budget: Arc::clone(&budget) };
                 let alive = SenderAlive::new(&self.shared);
                 let running = Arc::clone(&alive.running);
                 let shared = Arc::clone(&self.shared);
+                let thread_alive = self.shared.threads.alive();
                 // NB: if the spawn fails, the closure drops, and `alive` with it.
-                std::thread::Builder::new()
+                let thread = std::thread::Builder::new()
                     .name(format!("raft-n{}-to-n{}", self.shared.id.0, to.0))
                     .spawn(move || {
-                        let _alive = alive;
+                        let _alive = (thread_alive, alive);
                         run_sender(&shared, to, &rx);
                         // NB: the queue closes before the sender counts as ended, so a
                         // message sent after this is refused and goes to a new sender; one
@@ -596,18 +695,26 @@ where
                     })
                     .map_err(|e| tracing::error!(error = %e, peer = %to, "cannot start a sender"))
                     .ok()?;
-                Some(&e.insert(PeerQueue { tx, running }).tx)
+                Some(e.insert(PeerQueue { tx, budget, running, thread }))
             }
         }
     }
 
     /// Drops the queues of senders that ended (idle, or their peer left the address book), so
-    /// that their channels are freed. One atomic load unless one ended.
+    /// that their channels are freed, and joins their threads. One atomic load unless one
+    /// ended.
     fn prune(&mut self) {
         let ended = self.shared.senders_ended.load(Ordering::Acquire);
         if ended != self.pruned_at {
             self.pruned_at = ended;
-            self.queues.retain(|_, q| q.running.load(Ordering::Acquire));
+            let peers: Vec<NodeId> = self.queues.keys().copied().collect();
+            for peer in peers {
+                if !self.queues[&peer].running.load(Ordering::Acquire) {
+                    if let Some(queue) = self.queues.remove(&peer) {
+                        queue.join();
+                    }
+                }
+            }
         }
     }
 }
@@ -619,18 +726,21 @@ where
     fn send(&mut self, msg: Message<C>) {
         self.prune();
         let to = msg.to;
+        let bytes = usize::try_from(estimated_bytes(&msg, self.sizer)).unwrap_or(usize::MAX);
         let Some(queue) = self.queue(to) else {
             self.dropped += 1;
             tracing::debug!(peer = %to, "no address for this peer: message dropped");
             return;
         };
-        match queue.try_send(msg) {
+        match queue.try_send(msg, bytes) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.dropped += 1,
             Err(TrySendError::Disconnected(msg)) => {
                 // Its sender ended just now (idle, or the peer left the book): start anew.
-                self.queues.remove(&to);
-                match self.queue(to).map(|queue| queue.try_send(msg)) {
+                if let Some(queue) = self.queues.remove(&to) {
+                    queue.join();
+                }
+                match self.queue(to).map(|queue| queue.try_send(msg, bytes)) {
                     Some(Ok(())) => {}
                     _ => self.dropped += 1,
                 }
@@ -641,9 +751,9 @@ where
 
 impl<C> Drop for TcpTransport<C> {
     fn drop(&mut self) {
-        self.queues.clear(); // each sender thread sees its queue closed and ends
-                             // NB: `stop` is set under the `bound` lock, which the listener holds while it publishes
-                             // its address: either it sees `stop` and ends, or we see its address and wake it.
+        // NB: `stop` is set under the `bound` lock, which the listener holds while it
+        // publishes its address: either it sees `stop` and ends, or we see its address and
+        // wake it.
         let bound = {
             let bound = self.shared.bound.lock().unwrap_or_else(|p| p.into_inner());
             self.shared.stop.store(true, Ordering::Relaxed);
@@ -657,13 +767,24 @@ impl<C> Drop for TcpTransport<C> {
             TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
         });
         if let Some(listener) = self.listener.take().filter(|_| woken) {
-            let _ = listener.join(); // the port is free once this returns
+            let _ = listener.join(); // the port is free once this returns, and no reader starts
         }
-        for (_, (_, stream)) in self.shared.accepted().drain() {
-            let _ = stream.shutdown(Shutdown::Both);
+        // Each sender sees its queue closed; a blocked read or write (a handshake, a frame, a
+        // write to a peer that stopped reading) fails once its socket is shut down.
+        let queues = std::mem::take(&mut self.queues);
+        self.shared.sockets.close_all();
+        for queue in queues.into_values() {
+            queue.join();
         }
+        self.shared.threads.join_readers(CLIENT_HANDLER_GRACE);
     }
 }
+
+/// How long a stopping transport waits for a [`ClientHandler`] to return once its connection
+/// was shut down (its reads and writes fail from then on). One that has not returned by then
+/// is left running (logged at `warn`): it is the user's code, and may wait on the very node
+/// that is stopping.
+pub const CLIENT_HANDLER_GRACE: Duration = Duration::from_secs(1);
 
 /// How often an idle sender checks whether its peer is still in the address book, and
 /// whether it has been idle for `TcpConfig::idle_timeout`.
@@ -703,7 +824,7 @@ enum Ended {
 
 /// The sender thread: connect, handshake, pump the queue; on failure back off and retry. Ends
 /// when the queue closes, the peer leaves the address book, or the sender is idle.
-fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &Receiver<Message<C>>) {
+fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &PeerRx<C>) {
     let config = &shared.config;
     let mut backoff = config.backoff_min;
     let mut failures = 0u32;
@@ -714,8 +835,9 @@ fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &Receiver<Messag
             tracing::debug!(peer = %to, "peer left the address book: sender ends");
             return;
         };
-        match connect(addr, Peer::Node(shared.id), config) {
-            Ok(stream) => {
+        let Some(dialed) = dial(shared, addr) else { return }; // the transport is stopping
+        match dialed {
+            Ok((stream, _tracked)) => {
                 tracing::debug!(peer = %to, %addr, "connected");
                 backoff = config.backoff_min;
                 failures = 0;
@@ -746,6 +868,20 @@ fn run_sender<C: Serialize>(shared: &Shared, to: NodeId, queue: &Receiver<Messag
     }
 }
 
+/// Connects to `addr` and handshakes as this node, tracking the socket from its establishment
+/// so that a stop interrupts the handshake too. `None` if the transport is stopping.
+fn dial(
+    shared: &Shared,
+    addr: SocketAddr,
+) -> Option<Result<(TcpStream, Tracked<'_>), ConnectError>> {
+    let stream = match TcpStream::connect_timeout(&addr, shared.config.connect_timeout) {
+        Ok(stream) => stream,
+        Err(e) => return Some(Err(e.into())),
+    };
+    let tracked = shared.sockets.track(&stream, Side::Out)?;
+    Some(handshake(stream, Peer::Node(shared.id), &shared.config).map(|s| (s, tracked)))
+}
+
 /// The pause after `backoff`: doubled, capped at `max` (saturating: no value overflows).
 fn next_backoff(backoff: Duration, max: Duration) -> Duration {
     backoff.saturating_mul(2).min(max)
@@ -755,7 +891,7 @@ fn next_backoff(backoff: Duration, max: Duration) -> Duration {
 /// the queue closed, or the sender went idle meanwhile. A pause that reaches past what an
 /// `Instant` holds lasts until one of those.
 fn discard_for<C>(
-    queue: &Receiver<Message<C>>,
+    queue: &PeerRx<C>,
     pause: Duration,
     activity: &mut Activity,
 ) -> Result<(), Ended> {
@@ -766,11 +902,14 @@ fn discard_for<C>(
             (a, b) => a.or(b),
         };
         let got = match wake {
-            Some(wake) => queue.recv_deadline(wake),
-            None => queue.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(wake) => queue.rx.recv_deadline(wake),
+            None => queue.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
         match got {
-            Ok(_) => activity.touch(),
+            Ok((_, bytes)) => {
+                queue.budget.give_back(bytes);
+                activity.touch();
+            }
             Err(RecvTimeoutError::Disconnected) => return Err(Ended::Closed),
             Err(RecvTimeoutError::Timeout) if activity.idle() => return Err(Ended::Idle),
             Err(RecvTimeoutError::Timeout) => {
@@ -790,7 +929,7 @@ const MAX_BATCH: usize = 256;
 /// connection fails (`Err`).
 fn pump<C: Serialize>(
     mut stream: TcpStream,
-    queue: &Receiver<Message<C>>,
+    queue: &PeerRx<C>,
     shared: &Shared,
     to: NodeId,
     activity: &mut Activity,
@@ -799,7 +938,7 @@ fn pump<C: Serialize>(
     let recheck = SENDER_RECHECK.min(shared.config.idle_timeout);
     let mut buf = Vec::new();
     loop {
-        let first = match queue.recv_timeout(recheck) {
+        let first = match queue.rx.recv_timeout(recheck) {
             Ok(first) => first,
             Err(RecvTimeoutError::Disconnected) => return Ok(Ended::Closed),
             Err(RecvTimeoutError::Timeout) => {
@@ -813,28 +952,47 @@ fn pump<C: Serialize>(
             }
         };
         activity.touch();
-        buf.clear();
-        for msg in std::iter::once(first).chain(queue.try_iter().take(MAX_BATCH - 1)) {
-            let start = buf.len();
-            if let Err(e) = encode_value(FrameKind::Message, &msg, &mut buf) {
-                // NB: nothing was appended; the connection stays in step.
-                tracing::warn!(to = %msg.to, error = %e, "message cannot be framed: dropped");
-                continue;
-            }
-            if buf.len() - start - frame::HEADER_BYTES > max_frame_bytes {
-                // The peer would close the connection on it: drop it alone, loudly.
-                tracing::warn!(to = %msg.to, bytes = buf.len() - start, max = max_frame_bytes,
-                    "message larger than max_frame_bytes dropped");
-                buf.truncate(start);
-            }
-        }
-        stream.write_all(&buf)?;
+        let counted = encode_batch(first, &queue.rx, &mut buf, max_frame_bytes);
+        let written = stream.write_all(&buf);
+        // NB: only now: a batch counts against the queue's budget until it left (a write to
+        // a peer that stopped reading may hold it for `write_timeout`).
+        queue.budget.give_back(counted);
+        written?;
         shared.bytes_sent.fetch_add(buf.len() as u64, Ordering::Relaxed);
     }
 }
 
+/// Frames `first` and what else is queued (up to [`MAX_BATCH`] messages) into `buf`; returns
+/// the bytes they counted for in the queue. A message that cannot be framed, or whose frame
+/// exceeds `max_frame_bytes`, is left out (logged).
+fn encode_batch<C: Serialize>(
+    first: (Message<C>, usize),
+    queue: &Receiver<(Message<C>, usize)>,
+    buf: &mut Vec<u8>,
+    max_frame_bytes: usize,
+) -> usize {
+    buf.clear();
+    let mut counted = 0usize;
+    for (msg, bytes) in std::iter::once(first).chain(queue.try_iter().take(MAX_BATCH - 1)) {
+        counted = counted.saturating_add(bytes);
+        let start = buf.len();
+        if let Err(e) = encode_value(FrameKind::Message, &msg, buf) {
+            // NB: nothing was appended; the connection stays in step.
+            tracing::warn!(to = %msg.to, error = %e, "message cannot be framed: dropped");
+            continue;
+        }
+        if buf.len() - start - frame::HEADER_BYTES > max_frame_bytes {
+            // The peer would close the connection on it: drop it alone, loudly.
+            tracing::warn!(to = %msg.to, bytes = buf.len() - start, max = max_frame_bytes,
+                "message larger than max_frame_bytes dropped");
+            buf.truncate(start);
+        }
+    }
+    counted
+}
+
 /// The listener thread: binds if needed (retrying), accepts, and starts a reader per connection.
-fn listen<C>(listener: io::Result<TcpListener>, shared: &Arc<Shared>, inbox: &Sender<Message<C>>)
+fn listen<C>(listener: io::Result<TcpListener>, shared: &Arc<Shared>, inbox: &Inbox<C>)
 where
     C: DeserializeOwned + Send + 'static,
 {
@@ -861,12 +1019,21 @@ where
         }
         shared.handshakes.fetch_add(1, Ordering::Relaxed);
         let (conn_shared, inbox) = (Arc::clone(shared), inbox.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("raft-n{}-in", shared.id.0))
-            .spawn(move || serve(stream, accepted_at, &conn_shared, &inbox));
-        if let Err(e) = spawned {
-            shared.handshakes.fetch_sub(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "cannot start a connection thread");
+        let alive = shared.threads.alive();
+        let serving_client = Arc::new(AtomicBool::new(false));
+        let client = Arc::clone(&serving_client);
+        let spawned = std::thread::Builder::new().name(format!("raft-n{}-in", shared.id.0)).spawn(
+            move || {
+                let _alive = alive;
+                serve(stream, accepted_at, &conn_shared, &inbox, &client);
+            },
+        );
+        match spawned {
+            Ok(handle) => shared.threads.add_reader(Reader { handle, serving_client }),
+            Err(e) => {
+                shared.handshakes.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot start a connection thread");
+            }
         }
     }
 }
@@ -921,14 +1088,17 @@ impl Drop for HandshakeSlot<'_> {
     }
 }
 
-/// One accepted connection: handshake, then node messages or a client.
+/// One accepted connection: handshake, then node messages or a client (`serving_client` set
+/// while the handler runs). Its socket is tracked throughout, so a stop ends any of it.
 fn serve<C: DeserializeOwned>(
     stream: TcpStream,
     accepted_at: Instant,
     shared: &Shared,
-    inbox: &Sender<Message<C>>,
+    inbox: &Inbox<C>,
+    serving_client: &AtomicBool,
 ) {
     let slot = HandshakeSlot(&shared.handshakes);
+    let Some(tracked) = shared.sockets.track(&stream, Side::In(None)) else { return };
     let remote = stream.peer_addr().ok();
     let peer = match accept(&stream, accepted_at, shared) {
         Ok(peer) => peer,
@@ -943,12 +1113,12 @@ fn serve<C: DeserializeOwned>(
     }
     match peer {
         Peer::Node(from) => {
-            let Some(conn) = register(shared, from, &stream) else { return };
+            shared.sockets.claim(&tracked, from);
             read_messages(stream, shared, from, inbox);
-            shared.accepted().remove(&conn);
         }
         Peer::Client => {
             if let Some(handler) = &shared.config.clients {
+                serving_client.store(true, Ordering::Release);
                 handler(stream);
             }
         }
@@ -999,32 +1169,13 @@ fn judge(shared: &Shared, nonce: &[u8; frame::NONCE_BYTES], hello: &Hello) -> Re
     }
 }
 
-/// Keeps `stream` for shutdown, closing an older connection from the same peer (it reconnected).
-fn register(shared: &Shared, from: NodeId, stream: &TcpStream) -> Option<u64> {
-    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let clone = stream.try_clone().ok()?;
-    let mut accepted = shared.accepted();
-    if shared.stopped() {
-        return None;
-    }
-    accepted.retain(|_, (peer, old)| {
-        let stale = *peer == Some(from);
-        if stale {
-            let _ = old.shutdown(Shutdown::Both);
-        }
-        !stale
-    });
-    accepted.insert(conn, (Some(from), clone));
-    Some(conn)
-}
-
 /// Reads `Message` frames from an authenticated peer into the inbox until the connection ends
 /// or breaks a rule.
 fn read_messages<C: DeserializeOwned>(
     stream: TcpStream,
     shared: &Shared,
     from: NodeId,
-    inbox: &Sender<Message<C>>,
+    inbox: &Inbox<C>,
 ) {
     let mut reader = BufReader::with_capacity(64 << 10, stream);
     loop {
@@ -1131,13 +1282,16 @@ mod config_tests {
     #[test]
     fn the_defaults_are_valid_and_huge_backoffs_are_allowed() {
         assert_eq!(valid().validate(), Ok(()));
+        assert_eq!(valid().max_queue_bytes, 64 << 20);
+        let most = TcpConfig { max_queue_bytes: MAX_QUEUE_BYTES, ..valid() };
+        assert_eq!(most.validate(), Ok(()));
         let huge = TcpConfig { backoff_min: Duration::MAX, backoff_max: Duration::MAX, ..valid() };
         assert_eq!(huge.validate(), Ok(()), "huge pauses saturate; they are not an error");
     }
 
     #[test]
     fn a_config_that_cannot_work_is_refused_with_what_to_fix() {
-        let cases: [(TcpConfig, TcpConfigError, &str); 6] = [
+        let cases: [(TcpConfig, TcpConfigError, &str); 8] = [
             (
                 TcpConfig { handshake_timeout: Duration::ZERO, ..valid() },
                 TcpConfigError::ZeroDuration { field: "handshake_timeout" },
@@ -1165,6 +1319,16 @@ mod config_tests {
                 TcpConfig { max_frame_bytes: 0, ..valid() },
                 TcpConfigError::ZeroLimit { field: "max_frame_bytes" },
                 "every message",
+            ),
+            (
+                TcpConfig { max_queue_bytes: 0, ..valid() },
+                TcpConfigError::ZeroLimit { field: "max_queue_bytes" },
+                "one message at a time",
+            ),
+            (
+                TcpConfig { max_queue_bytes: usize::MAX, ..valid() },
+                TcpConfigError::QueueLimitTooLarge { max_queue_bytes: usize::MAX },
+                "lower it",
             ),
             (
                 TcpConfig { max_frame_bytes: frame::MAX_PAYLOAD_BYTES + 1, ..valid() },
@@ -1208,20 +1372,26 @@ mod config_tests {
             Duration::from_secs(1)
         );
         // A pause no `Instant` can hold lasts until the queue closes (it used to panic).
-        let (tx, rx) = bounded::<Message<u64>>(4);
-        tx.send(Message {
+        let queue = |budget: usize| {
+            let (tx, rx) = bounded::<(Message<u64>, usize)>(4);
+            (tx, PeerRx { rx, budget: Arc::new(ByteBudget::new(budget)) })
+        };
+        let (tx, rx) = queue(100);
+        let msg = Message {
             from: NodeId(1),
             to: NodeId(2),
             term: crate::types::Term(1),
             body: crate::message::Body::TimeoutNow,
-        })
-        .expect("queued");
+        };
+        assert!(rx.budget.try_take(32));
+        tx.send((msg, 32)).expect("queued");
         drop(tx);
         let mut activity = Activity { last: Instant::now(), idle_timeout: Duration::MAX };
         assert_eq!(discard_for(&rx, Duration::MAX, &mut activity), Err(Ended::Closed));
-        assert!(rx.is_empty(), "what was queued was discarded");
+        assert!(rx.rx.is_empty(), "what was queued was discarded");
+        assert_eq!(rx.budget.held(), 0, "and its bytes given back");
         // A sender with nothing to send for `idle_timeout` ends, even in a longer pause.
-        let (_tx, rx) = bounded::<Message<u64>>(4);
+        let (_tx, rx) = queue(100);
         let mut activity =
             Activity { last: Instant::now(), idle_timeout: Duration::from_millis(20) };
         assert_eq!(discard_for(&rx, Duration::MAX, &mut activity), Err(Ended::Idle));

@@ -340,3 +340,145 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// A stalled follower and the inbox's byte budget
+
+/// A node's gate: its state machine's `apply` waits while it is shut.
+#[derive(Default)]
+pub struct Gate {
+    shut: Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+/// A [`KvStateMachine`] whose `apply` blocks while its node's gate is shut: with a small
+/// `max_apply_backlog`, its node stalls (takes no input at all) for as long as a test wants.
+pub struct GatedKv {
+    kv: KvStateMachine,
+    gate: Arc<Gate>,
+}
+
+impl StateMachine for GatedKv {
+    type Command = KvCommand;
+    type Output = KvOutput;
+
+    fn apply(&mut self, index: LogIndex, command: &KvCommand) -> KvOutput {
+        let mut shut = lock(&self.gate.shut);
+        while *shut {
+            shut = self.gate.opened.wait(shut).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(shut);
+        self.kv.apply(index, command)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.kv.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.kv.restore(snapshot)
+    }
+
+    fn command_size(command: &KvCommand) -> usize {
+        command.size()
+    }
+
+    fn digest(&self) -> u64 {
+        self.kv.digest()
+    }
+}
+
+/// Every node's gate, open until shut. Dropping it opens them all, so that a test failing
+/// with a gate shut still stops its cluster: declare it after the cluster.
+#[derive(Default)]
+pub struct Gates(Arc<Mutex<BTreeMap<NodeId, Arc<Gate>>>>);
+
+impl Gates {
+    /// A state machine factory whose nodes wait at these gates.
+    pub fn factory(&self) -> impl Fn(NodeId) -> GatedKv + Send + Sync + 'static {
+        let gates = Arc::clone(&self.0);
+        move |id| GatedKv { kv: KvStateMachine::new(), gate: gate_of(&gates, id) }
+    }
+
+    fn of(&self, id: NodeId) -> Arc<Gate> {
+        gate_of(&self.0, id)
+    }
+
+    pub fn shut(&self, id: NodeId) {
+        *lock(&self.of(id).shut) = true;
+    }
+
+    pub fn open_all(&self) {
+        for gate in lock(&self.0).values() {
+            *lock(&gate.shut) = false;
+            gate.opened.notify_all();
+        }
+    }
+}
+
+impl Drop for Gates {
+    fn drop(&mut self) {
+        self.open_all();
+    }
+}
+
+fn gate_of(gates: &Mutex<BTreeMap<NodeId, Arc<Gate>>>, id: NodeId) -> Arc<Gate> {
+    Arc::clone(lock(gates).entry(id).or_default())
+}
+
+/// Small windows and a 1 MiB inbox budget, so that a stalled follower's inbox would outgrow
+/// its budget within a second: AppendEntries of at most 64 KiB, a window of 256 KiB.
+pub fn byte_budget_config(seed: u64) -> Config {
+    Config {
+        max_apply_backlog: 1,
+        max_append_bytes: 64 << 10,
+        max_inflight_bytes: 256 << 10,
+        max_uncommitted_bytes: 4 << 20,
+        snapshot_chunk_bytes: 64 << 10,
+        max_inbox_bytes: 1 << 20,
+        ..fast_config(seed)
+    }
+}
+
+/// A `Put` of 16 KiB.
+pub fn big_put(i: usize) -> KvCommand {
+    KvCommand::Put { key: format!("big{i}").into(), value: "x".repeat(16 << 10).into() }
+}
+
+/// A follower stalls (its gate shut, `max_apply_backlog` 1) while the leader commits 16 KiB
+/// puts with the other follower and probes it with an AppendEntries of up to 64 KiB every
+/// heartbeat, for at least 48 heartbeats: about 3 MiB for its 1 MiB inbox. Then the gate
+/// opens, more puts follow, and every node must converge on all of them. Returns the stalled
+/// follower's status after the stall.
+pub fn stall_a_follower_under_large_appends(
+    cluster: &Cluster<GatedKv>,
+    gates: &Gates,
+) -> NodeStatus {
+    let leader = wait_for_agreement(cluster, LONG).leader;
+    let stalled = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let mut puts = 0..;
+    let mut propose = |n: usize| {
+        for i in puts.by_ref().take(n) {
+            cluster.propose(big_put(i)).unwrap_or_else(|e| panic!("put {i}: {e}"));
+        }
+    };
+    propose(10);
+    wait_converged(cluster, 3, LONG);
+    gates.shut(stalled);
+    propose(32);
+    let sent = |c: &Cluster<GatedKv>| c.status(leader).map(|s| s.metrics.sent.append_entries);
+    let start = sent(cluster).expect("leader status");
+    wait_until(LONG, "48 heartbeats to each follower during the stall", || {
+        let now = sent(cluster).map_err(|e| e.to_string())?;
+        match now - start {
+            n if n >= 96 => Ok(()),
+            n => Err(format!("{n} AppendEntries sent since the stall began")),
+        }
+    });
+    gates.open_all();
+    propose(32);
+    let statuses = wait_converged(cluster, 3, LONG);
+    let applied = statuses[0].core.last_applied.0;
+    assert!(applied > 74, "1 no-op and 74 puts, but applied through {applied}");
+    statuses.into_iter().find(|s| s.core.id == stalled).expect("the stalled node's status")
+}
