@@ -303,10 +303,11 @@ fn a_cut_off_leader_without_check_quorum_keeps_bounded_state() {
     let most = (cap / ferraft::entry_overhead::<KvStateMachine>()) as u64;
     assert!(uncommitted <= most + 1024, "{uncommitted} entries uncommitted of {proposals} offered");
     assert!(proposals > 2 * (most + 1024), "only {proposals} proposals offered");
-    // The flood's batches were refused whole: what room is left takes a few single commands.
+    // The flood's batches were refused whole: what room is left takes some single commands,
+    // and `most + 1` of them are more than the whole cap holds.
     // NB: `position` answers once appended or refused, however long the node takes to get
     // to it (a timed wait here failed under load, behind the flood still queued).
-    let refused = (0..10)
+    let refused = (0..=most)
         .map(|_| node.propose_async(append("k", "v")).expect("sent"))
         .find_map(|mut receipt| receipt.position(LONG).err());
     assert!(
