@@ -311,6 +311,24 @@ pub enum Error {
         /// The panic message.
         message: String,
     },
+    /// The node panicked on its own loop, outside the state machine's `apply`: in the user's
+    /// [`Storage`](crate::Storage) or [`Transport`](crate::Transport), in
+    /// [`StateMachine::command_size`](crate::StateMachine::command_size), in the command's
+    /// `Clone` or `Drop`, or in ferraft itself (a broken assertion). Its state may be half
+    /// updated, so the node stopped taking part in the protocol: it persists, sends and applies
+    /// nothing more, and answers every request with this error until it is killed. A proposal
+    /// waiting on it when it panicked may still be committed by the rest of the cluster: its
+    /// outcome is unknown, as after `Timeout`. It is a bug: fix the storage, transport or
+    /// command code the message points to (or report it to ferraft if it names ferraft), then
+    /// kill and restart the node, which starts afresh from what its storage holds.
+    /// [`Client::propose`](crate::Client::propose) does not retry it: a panic the command
+    /// itself caused (its size or its clone) would fail the next node it reached too.
+    NodePanicked {
+        /// The node whose loop panicked.
+        node: NodeId,
+        /// The panic message.
+        message: String,
+    },
     /// The state machine could not read a snapshot (`StateMachine::restore` failed). The node
     /// stopped before applying anything on top of a half-restored state.
     RestoreFailed {
@@ -446,6 +464,10 @@ impl fmt::Display for Error {
                 f,
                 "the state machine panicked applying the entry at {index} on {node}: {message}; apply is deterministic, so the same command panics on every replica: fix the state machine (make apply total for every command) and restart the node"
             ),
+            Error::NodePanicked { node, message } => write!(
+                f,
+                "{node} panicked outside the state machine's apply (in its storage, transport, command_size, or a command's clone or drop): {message}; the node stopped taking part and a proposal it held may or may not be applied: fix that code (or report a panic inside ferraft), then kill and restart the node"
+            ),
             Error::RestoreFailed { node, index, message } => write!(
                 f,
                 "the state machine on {node} could not restore the snapshot through {index}: {message}; the node stopped; fix `StateMachine::restore` (it must read what `snapshot` writes) and restart it"
@@ -535,6 +557,12 @@ mod tests {
         let unavailable = Error::Unavailable { last }.to_string();
         for part in ["never applied", "retry", "no leader known", "majority"] {
             assert!(unavailable.contains(part), "{part:?} missing: {unavailable}");
+        }
+        let panicked =
+            Error::NodePanicked { node: NodeId(2), message: "disk full".into() }.to_string();
+        for part in ["n2", "disk full", "storage, transport", "kill and restart", "may or may not"]
+        {
+            assert!(panicked.contains(part), "{part:?} missing: {panicked}");
         }
         let storage = Error::Storage("no space left on device".into()).to_string();
         for part in ["no space left", "restart the node", "may or may not be applied"] {

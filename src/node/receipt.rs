@@ -335,6 +335,7 @@ impl<O> Drop for Responder<O> {
 /// | `Err(QueueFull)` (from a proposal with a deadline, never a receipt) | the node's request queue stayed full until the deadline: never handed over, never applied | yes, after a pause |
 /// | `Err(Storage)` | the node's storage failed while writing it: unknown, as the write may have landed | only with a client session |
 /// | `Err(StateMachinePanicked)` | the state machine panicked applying it, on every replica alike | no: fix the state machine |
+/// | `Err(NodePanicked)` | the node panicked on its loop (storage, transport, `command_size`, a command's clone or drop): unknown, the rest of the cluster may commit it | only with a client session, and not if the command itself panics |
 /// | `Err(AnswerTaken)` | a second `wait` (or poll) after the output was handed over: it moves out once | no: use the first answer |
 ///
 /// Use it blocking ([`Receipt::wait`]) or `.await` it: it is a [`Future`] woken by the node
