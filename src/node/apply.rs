@@ -198,6 +198,19 @@ impl<S: StateMachine> Applier<S> {
 
     fn stop(&mut self, error: Error) -> Error {
         tracing::error!(error = %error, "state machine failed; node stopping");
+        self.give_up(error)
+    }
+
+    /// The node failed outside the state machine (`Error::NodePanicked`): what was queued
+    /// before has been applied; every proposal and read still waiting, and every later one,
+    /// hears `error`. A first failure is kept.
+    fn node_failed(&mut self, error: Error) {
+        if self.failure.is_none() {
+            self.give_up(error);
+        }
+    }
+
+    fn give_up(&mut self, error: Error) -> Error {
         self.failure = Some(error.clone());
         for (_, responder) in std::mem::take(&mut self.waiting) {
             responder.finish(Err(error.clone()));
@@ -247,6 +260,9 @@ pub(crate) enum ApplyTask<S: StateMachine> {
         status: Box<NodeStatus>,
         reply: Sender<NodeStatus>,
     },
+    /// The node failed on its loop: answer what waits with this error
+    /// ([`ApplyQueue::node_failed`]).
+    NodeFailed(Error),
 }
 
 impl<S: StateMachine> ApplyTask<S> {
@@ -430,6 +446,16 @@ impl<S: StateMachine> ApplyQueue<S> {
         match self {
             ApplyQueue::Inline(applier) => applier.read(index, reads),
             ApplyQueue::Deferred(b) => b.push(ApplyTask::Read { index, reads }),
+        }
+    }
+
+    /// The node failed outside the state machine: once what was queued before has been
+    /// applied (it is committed), every waiting proposal and read, and every later one, is
+    /// answered `error`. The applier's own failure, if it failed first, is kept.
+    pub fn node_failed(&mut self, error: Error) {
+        match self {
+            ApplyQueue::Inline(applier) => applier.node_failed(error),
+            ApplyQueue::Deferred(b) => b.push(ApplyTask::NodeFailed(error)),
         }
     }
 
@@ -814,6 +840,7 @@ fn run_task<S: StateMachine>(
             fill_status(applier, &mut status);
             let _ = reply.send(*status);
         }
+        ApplyTask::NodeFailed(error) => applier.node_failed(error),
     }
     Ok(())
 }

@@ -367,13 +367,17 @@ where
         while let Some(request) = next.take() {
             match request {
                 Request::Propose { command, responder } => {
+                    // NB: in the batch before the sizer (the user's code) runs: should it
+                    // panic, the node's failure answers it (`fail_waiting`), where a drop
+                    // in the unwind would answer `NodeDown`.
+                    self.batch.push(responder);
                     let size = self.core.command_size(&command);
                     if size > self.max_command_bytes {
                         let max = self.max_command_bytes;
+                        let responder = self.batch.pop().expect("pushed above");
                         responder.finish(Err(Error::CommandTooLarge { size, max }));
                     } else {
                         commands.push(command);
-                        self.batch.push(responder);
                     }
                 }
                 Request::ChangeMembership { change, reply } => {
@@ -404,6 +408,35 @@ where
             self.step(Input::Read(vec![id]), observe)?;
         }
         Ok(())
+    }
+
+    /// The node failed (a panic on its loop, `Error::NodePanicked`): this driver takes no
+    /// further part, so everything that waits on it hears `error` now: the proposals of the
+    /// batch under way, reads not yet confirmed, a membership change, compactions, a
+    /// transfer, and (once what was queued before is applied) what waits in the applier.
+    /// Held actions are dropped: they depended on writes whose fate is unknown. Only the
+    /// driver's queues are touched, never the core, whose state may be half updated.
+    pub fn fail_waiting(&mut self, error: &Error) {
+        self.held.clear();
+        for responder in self.batch.drain(..) {
+            responder.finish(Err(error.clone()));
+        }
+        for read in std::mem::take(&mut self.reads).into_values().flatten() {
+            super::read::run(read, Err(error.clone()));
+        }
+        if let Some(reply) = self.change_reply.take() {
+            let _ = reply.send(Err(error.clone()));
+        }
+        for reply in self.compact_replies.drain(..) {
+            let _ = reply.send(Err(error.clone()));
+        }
+        if let Some((_, reply)) = self.transfer_reply.take() {
+            let _ = reply.send(Err(error.clone()));
+        }
+        if let Some(lease) = &mut self.lease {
+            lease.publish(None); // NB: no lease reads on a node that takes no part
+        }
+        self.apply.node_failed(error.clone());
     }
 
     /// Lets `Request::Forward` go to `forwarder` whenever this node does not lead.
