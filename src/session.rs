@@ -407,6 +407,7 @@ where
                 // NB: `Shutdown`: no node runs at all; waiting would not help.
                 Err(
                     e @ (Error::StateMachinePanicked { .. }
+                    | Error::NodePanicked { .. }
                     | Error::CommandTooLarge { .. }
                     | Error::Shutdown),
                 ) => return Err(e),

@@ -456,7 +456,10 @@ impl<S: StateMachine> Client<S> {
     ///   the outcome is unknown, the command may still be applied.
     ///
     /// `Err(Storage)` (the leader's write failed, and may have landed) and `Err(NodeDown)`
-    /// after appending are unknown too, and come at once. The simulator's clients follow the
+    /// after appending are unknown too, and come at once. So is `Err(NodePanicked)` (the node
+    /// panicked outside `apply`), which is not retried, since the command itself may be what
+    /// panicked (its size, its clone); this client then leaves that node alone until it is
+    /// restarted. The simulator's clients follow the
     /// same rule (`SimConfig::client_retries`).
     pub fn propose_timeout(
         &self,
@@ -480,7 +483,13 @@ impl<S: StateMachine> Client<S> {
             };
             // NB: cloned only on this slow path, for `Unavailable::last`.
             match Retry::after(refusal.clone(), id, appended) {
-                Retry::No(e) => return Err(e),
+                Retry::No(e) => {
+                    if let Error::NodePanicked { node, .. } = e {
+                        // NB: failed for good: later calls look elsewhere (a restart adds it back).
+                        self.node_stopped(node);
+                    }
+                    return Err(e);
+                }
                 Retry::At(hint) => {
                     self.learn_leader(hint);
                     target = Some(hint);
