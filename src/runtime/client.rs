@@ -383,8 +383,34 @@ impl<S: StateMachine> Client<S> {
 
     pub(crate) fn node_stopped(&self, id: NodeId) {
         self.write().remove(&id);
+        self.forget_leader(id);
+    }
+
+    /// Forgets `id` as the leader, if it is the one remembered.
+    fn forget_leader(&self, id: NodeId) {
         let leader = &self.shared.leader;
         let _ = leader.compare_exchange(id.0, NO_LEADER, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Leaves node `id` alone after it answered `NodePanicked`: drops its handle, unless the
+    /// node now running under that id is not the failed one. NB: the answer may come late,
+    /// after the user restarted the node: a healthy restarted node must stay reachable. So
+    /// the handle is dropped only if that node says it failed (a failed node answers at once;
+    /// one that does not answer within 100 ms is kept), and only if it is still the handle
+    /// asked.
+    fn node_failed(&self, id: NodeId) {
+        let Some(handle) = self.handle(id) else { return };
+        let asked = handle.status(Duration::from_millis(100));
+        let failed = asked.is_ok_and(|status| status.failure.is_some());
+        if !failed {
+            return;
+        }
+        let mut nodes = self.write();
+        if nodes.get(&id).is_some_and(|now| now.requests.same_channel(&handle.requests)) {
+            nodes.remove(&id);
+        }
+        drop(nodes);
+        self.forget_leader(id);
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, NodeHandle<S>>> {
@@ -486,7 +512,7 @@ impl<S: StateMachine> Client<S> {
                 Retry::No(e) => {
                     if let Error::NodePanicked { node, .. } = e {
                         // NB: failed for good: later calls look elsewhere (a restart adds it back).
-                        self.node_stopped(node);
+                        self.node_failed(node);
                     }
                     return Err(e);
                 }
@@ -595,6 +621,49 @@ mod tests {
         let rest = client.pause_before_retry(now + Duration::from_millis(70));
         assert!(rest != pause && rest <= Duration::from_millis(70), "{rest:?}");
         assert_eq!(client.pause_before_retry(now), Duration::ZERO);
+    }
+
+    /// A node that answers each status request with `failure`, until its handle's queue goes.
+    fn node_answering(id: NodeId, failure: Option<Error>) -> NodeHandle<KvStateMachine> {
+        use crate::storage::{MemStorage, Storage};
+        let (requests, queue) = bounded::<Request<KvStateMachine>>(8);
+        let store = MemStorage::<KvCommand>::new(Configuration::new([id]));
+        let state = store.load().expect("a memory store");
+        let core = crate::core::Core::new(id, &crate::Config::default(), state).status();
+        std::thread::spawn(move || {
+            for request in queue {
+                if let Request::Status { reply } = request {
+                    let (core, failure) = (core.clone(), failure.clone());
+                    let (digest, rpcs, metrics) = (0, Default::default(), Default::default());
+                    let _ = reply.send(NodeStatus { core, digest, rpcs, failure, metrics });
+                }
+            }
+        });
+        NodeHandle::new(id, requests, 0)
+    }
+
+    /// `NodePanicked` makes a client leave the node alone, but an answer that arrives after
+    /// the node was restarted (healthy) must not drop the new incarnation.
+    #[test]
+    fn a_late_node_panicked_answer_keeps_a_restarted_node() {
+        let client: Client<KvStateMachine> =
+            Client::new(Duration::from_secs(5), Duration::from_millis(1));
+        let id = NodeId(1);
+        let panicked = Error::NodePanicked { node: id, message: "a test".into() };
+        client.node_started(node_answering(id, Some(panicked)));
+        client.node_stopped(id); // the kill
+        client.node_started(node_answering(id, None)); // the restart, healthy
+        client.learn_leader(id);
+        client.node_failed(id); // the old incarnation's answer, late
+        assert!(client.handle(id).is_some(), "the restarted node was dropped");
+        assert_eq!(client.leader_hint(), Some(id));
+        // The failed incarnation itself is left alone.
+        let panicked = Error::NodePanicked { node: id, message: "a test".into() };
+        client.node_stopped(id);
+        client.node_started(node_answering(id, Some(panicked)));
+        client.node_failed(id);
+        assert!(client.handle(id).is_none(), "the failed node is still asked");
+        assert_eq!(client.leader_hint(), None);
     }
 
     #[test]
