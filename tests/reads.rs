@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ferraft::{ClockDrift, Cluster, Config, ConfigError, Error, KvOutput, KvStateMachine, NodeId};
+use ferraft::{
+    ClockDrift, Cluster, Config, ConfigError, Error, KvOutput, KvStateMachine, NodeHandle, NodeId,
+};
 
 fn kv_cluster(n: usize, config: Config) -> Cluster<KvStateMachine> {
     let cluster = Cluster::new(config, n, |_| KvStateMachine::new()).expect("start");
@@ -265,6 +267,23 @@ fn lease_reads_on_the_callers_thread_see_every_completed_write() {
     assert!(served > 0, "some reads were served within the lease");
 }
 
+/// A 3-node cluster whose leader, without CheckQuorum, is cut off from the others: it leads
+/// on and commits nothing. Its uncommitted log is capped at `cap` bytes.
+fn cut_off_leader(seed: u64, cap: usize) -> (Cluster<KvStateMachine>, NodeHandle<KvStateMachine>) {
+    let config = Config {
+        check_quorum: false,
+        max_append_bytes: 16 << 10,
+        max_inflight_bytes: cap,
+        max_uncommitted_bytes: cap,
+        ..fast_config(seed)
+    };
+    let cluster = kv_cluster(3, config);
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let node = cluster.node(leader).expect("handle");
+    cluster.isolate(leader).expect("isolate");
+    (cluster, node)
+}
+
 /// A leader cut off in a minority without CheckQuorum keeps leading; flooded with reads and
 /// proposals it neither answers nor forgets, for many heartbeats, its state stays bounded:
 /// each read fails with `Timeout` after an election timeout, and once its uncommitted log
@@ -274,17 +293,7 @@ fn lease_reads_on_the_callers_thread_see_every_completed_write() {
 fn a_cut_off_leader_without_check_quorum_keeps_bounded_state() {
     let _serial = serial();
     let cap = 64 << 10;
-    let config = Config {
-        check_quorum: false,
-        max_append_bytes: 16 << 10,
-        max_inflight_bytes: cap,
-        max_uncommitted_bytes: cap,
-        ..fast_config(76)
-    };
-    let cluster = kv_cluster(3, config);
-    let leader = cluster.wait_for_leader(LONG).expect("leader");
-    let node = cluster.node(leader).expect("handle");
-    cluster.isolate(leader).expect("isolate");
+    let (cluster, node) = cut_off_leader(76, cap);
     let started = std::time::Instant::now();
     // 1.5 s: 100 heartbeats, 15 election timeouts; nobody waits for these answers.
     let (mut reads, mut proposals) = (0u64, 0u64);
@@ -329,17 +338,7 @@ fn a_cut_off_leader_without_check_quorum_keeps_bounded_state() {
 fn a_cut_off_leader_refuses_tiny_commands_at_the_cap_counted_in_memory() {
     let _serial = serial();
     let cap = 64 << 10;
-    let config = Config {
-        check_quorum: false,
-        max_append_bytes: 16 << 10,
-        max_inflight_bytes: cap,
-        max_uncommitted_bytes: cap,
-        ..fast_config(78)
-    };
-    let cluster = kv_cluster(3, config);
-    let leader = cluster.wait_for_leader(LONG).expect("leader");
-    let node = cluster.node(leader).expect("handle");
-    cluster.isolate(leader).expect("isolate");
+    let (cluster, node) = cut_off_leader(78, cap);
     let command = append("k", "v");
     let per_entry = ferraft::entry_overhead::<KvStateMachine>() + command.size();
     assert!(per_entry >= 300, "{per_entry} bytes an entry: the structures are not counted");

@@ -458,13 +458,13 @@ fn a_call_with_a_deadline_returns_by_it_while_the_nodes_queue_is_full() {
 
 /// Where `Fussy::apply` of [`GATE`] waits until the test opens it.
 #[derive(Default)]
-struct Gate {
+struct ApplyGate {
     /// (an apply waits at the gate, the gate is open)
     state: std::sync::Mutex<(bool, bool)>,
     changed: std::sync::Condvar,
 }
 
-impl Gate {
+impl ApplyGate {
     fn pass(&self) {
         let mut state = self.state.lock().unwrap();
         state.0 = true;
@@ -514,7 +514,7 @@ impl Drop for FussyOutput {
 /// Sums its commands; applying [`GATE`] waits at the gate; [`LOUD`] gives a loud output.
 struct Fussy {
     sum: u64,
-    gate: Arc<Gate>,
+    gate: Arc<ApplyGate>,
 }
 
 impl StateMachine for Fussy {
@@ -533,8 +533,8 @@ impl StateMachine for Fussy {
 }
 
 /// One node of [`Fussy`], its gate shut, and a handle to it.
-fn fussy(seed: u64) -> (Cluster<Fussy>, ferraft::NodeHandle<Fussy>, Arc<Gate>) {
-    let gate = Arc::new(Gate::default());
+fn fussy(seed: u64) -> (Cluster<Fussy>, ferraft::NodeHandle<Fussy>, Arc<ApplyGate>) {
+    let gate = Arc::new(ApplyGate::default());
     let shared = Arc::clone(&gate);
     let factory = move |_| Fussy { sum: 0, gate: Arc::clone(&shared) };
     let cluster = Cluster::new(fast_config(seed), 1, factory).expect("start");
