@@ -25,11 +25,13 @@ use ferraft::{
 const NOBODY: u64 = u64::MAX;
 
 /// A memory store whose next `append` panics on the node the switch names (once: the switch
-/// is cleared as it fires, so the restarted node's store works).
+/// is cleared as it fires, so the restarted node's store works), or fails with an io error on
+/// the node the second switch names.
 struct PanickyStore {
     id: NodeId,
     inner: MemStorage<KvCommand>,
     armed: Arc<AtomicU64>,
+    fails: Arc<AtomicU64>,
 }
 
 impl Storage<KvCommand> for PanickyStore {
@@ -45,6 +47,11 @@ impl Storage<KvCommand> for PanickyStore {
         if fire.is_ok() {
             panic!("injected storage panic: append at {first} on {}", self.id);
         }
+        let fail =
+            self.fails.compare_exchange(self.id.0, NOBODY, Ordering::SeqCst, Ordering::SeqCst);
+        if fail.is_ok() {
+            return Err(io::Error::other(format!("injected write error at {first}")));
+        }
         self.inner.append(first, entries)
     }
     fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {
@@ -54,8 +61,16 @@ impl Storage<KvCommand> for PanickyStore {
 
 /// A cluster of three whose stores panic on demand; the switch arms one node's next append.
 fn panicky_cluster(seed: u64) -> (Cluster<KvStateMachine>, Arc<AtomicU64>) {
+    let (cluster, armed, _) = failing_cluster(seed);
+    (cluster, armed)
+}
+
+/// [`panicky_cluster`], with a second switch that arms one node's next append to fail.
+fn failing_cluster(seed: u64) -> (Cluster<KvStateMachine>, Arc<AtomicU64>, Arc<AtomicU64>) {
     let armed = Arc::new(AtomicU64::new(NOBODY));
     let switch = Arc::clone(&armed);
+    let fails = Arc::new(AtomicU64::new(NOBODY));
+    let fail_switch = Arc::clone(&fails);
     let stores: Arc<Mutex<BTreeMap<NodeId, MemStorage<KvCommand>>>> = Arc::default();
     let cluster = Cluster::builder(fast_config(seed), |_| KvStateMachine::new())
         .nodes(3)
@@ -63,11 +78,12 @@ fn panicky_cluster(seed: u64) -> (Cluster<KvStateMachine>, Arc<AtomicU64>) {
             let mut stores = stores.lock().unwrap_or_else(|p| p.into_inner());
             let store = stores.entry(id).or_insert_with(|| MemStorage::new(bootstrap.clone()));
             // NB: a clone shares the store, so a restart reads what the node persisted.
-            Ok(PanickyStore { id, inner: store.clone(), armed: Arc::clone(&switch) })
+            let (armed, fails) = (Arc::clone(&switch), Arc::clone(&fail_switch));
+            Ok(PanickyStore { id, inner: store.clone(), armed, fails })
         })
         .start()
         .expect("start");
-    (cluster, armed)
+    (cluster, armed, fails)
 }
 
 fn put(key: &str) -> KvCommand {
@@ -238,5 +254,48 @@ fn a_command_whose_size_panics_answers_its_proposer_node_panicked_and_the_rest_g
     assert_ne!(new_leader, leader);
     cluster.kill(leader).expect("kill");
     cluster.restart(leader).expect("restart");
+    wait_converged(&cluster, 3, LONG);
+}
+
+/// (3) A leader's write fails (`Error::Storage`) while an earlier proposal waits in its
+/// applier (appended, not committed: the leader is cut off). That proposal hears the storage
+/// error at once, as after a panic, never only at the kill (`NodeDown`); its outcome is
+/// unknown (`Client::propose` returns it without retrying, `Retry::after`).
+#[test]
+fn a_failed_write_answers_the_proposals_waiting_in_the_applier_at_once() {
+    let _serial = serial();
+    init_tracing();
+    let (mut cluster, _, fails) = failing_cluster(94);
+    let leader = cluster.wait_for_leader(LONG).expect("a leader");
+    cluster.client().propose_timeout(put("before"), LONG).expect("applied");
+
+    cluster.isolate(leader).expect("isolate the leader");
+    let node = cluster.node(leader).expect("running");
+    let last = cluster.status(leader).expect("status").core.last_log_index;
+    let mut waiting = node.propose_async(put("waiting")).expect("sent");
+    // NB: appended in a step of its own, not in the failing write's batch.
+    wait_until(LONG, "the leader to append the waiting proposal", || {
+        let status = cluster.status(leader).map_err(|e| format!("{e:?}"))?;
+        let appended = status.core.last_log_index > last;
+        appended.then_some(()).ok_or(format!("{:?}", status.core))
+    });
+    fails.store(leader.0, Ordering::SeqCst);
+    let failed = node.propose_async(put("failed-write")).expect("sent").wait(LONG);
+    let error = failed.expect_err("the leader's write failed");
+    assert!(matches!(error, Error::Storage(_)), "the failed write answered {error:?}");
+
+    let asked = Instant::now();
+    let answer = waiting.wait(LONG / 4);
+    let took = asked.elapsed();
+    let error = answer.expect_err("the waiting proposal cannot be applied by a failed node");
+    assert!(matches!(error, Error::Storage(_)), "the waiting proposal answered {error:?}");
+    assert!(took < LONG / 8, "answered after {took:?}");
+    assert!(matches!(cluster.failure(leader), Some(Error::Storage(_))));
+
+    cluster.heal();
+    let client = cluster.client();
+    cluster.kill(leader).expect("kill the failed node");
+    cluster.restart(leader).expect("restart it");
+    client.propose_timeout(put("after"), LONG).expect("the cluster commits again");
     wait_converged(&cluster, 3, LONG);
 }

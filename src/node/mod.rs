@@ -8,9 +8,11 @@
 //!   thread runtime).
 //! * `receipt.rs`: [`Receipt`], a proposal in flight, blocking or `async`; what each answer
 //!   means is documented there, once.
+//! * `failure.rs`: what a node does when a step panics or a write fails, for both runners.
 
 mod apply;
 mod driver;
+mod failure;
 mod metrics;
 mod read;
 mod receipt;
@@ -22,6 +24,7 @@ pub(crate) use apply::Backlog;
 #[cfg(test)]
 pub(crate) use driver::SyncBugs;
 pub(crate) use driver::{execute_all, ApplyOn, Driver, Execute};
+pub(crate) use failure::step_caught;
 pub(crate) use metrics::estimated_bytes;
 pub(crate) use read::LeaseView as LocalLease;
 pub(crate) use read::ReadFn;

@@ -37,7 +37,7 @@ use crate::core::Role;
 use crate::error::Error;
 use crate::message::{Message, Snapshot};
 use crate::node::{
-    execute_all, panic_message, Assist, Backlog, Driver, NodeStatus, Request,
+    execute_all, panic_message, step_caught, Assist, Backlog, Driver, NodeStatus, Request,
     MAX_HELPING_WITHOUT_YIELD,
 };
 use crate::state_machine::StateMachine;
@@ -388,7 +388,9 @@ impl<S: StateMachine> Shared<S> {
             return Ran::Not;
         }
         let _span = tracing::info_span!("node", id = %self.id).entered();
-        let result = caught(self.id, &mut node, |node| work(node).and_then(|()| submit_sync(node)));
+        let result = step_caught(self.id, &mut *node, |node: &mut Node<S>| {
+            work(node).and_then(|()| submit_sync(node))
+        });
         match result.err().or_else(|| node.driver.failure()) {
             Some(error) => {
                 fail(&mut node, self, error);
@@ -520,7 +522,7 @@ fn run_loop<S: StateMachine>(shared: &Shared<S>, last_yield: &mut Instant) -> bo
                 }
                 return serve_failed(&mut node, shared, error);
             }
-            let step = caught(shared.id, &mut node, step);
+            let step = step_caught(shared.id, &mut *node, step);
             let leading = node.failed.is_none() && node.driver.core().role() == Role::Leader;
             shared.leading.store(leading, Ordering::Relaxed);
             match step {
@@ -581,7 +583,7 @@ fn settle<S: StateMachine>(shared: &Shared<S>) {
     if node.failed.is_some() {
         return;
     }
-    let result = caught(shared.id, &mut node, settle_node)
+    let result = step_caught(shared.id, &mut *node, settle_node)
         .and_then(|()| node.driver.failure().map_or(Ok(()), Err));
     if let Err(error) = result {
         fail(&mut node, shared, error);
@@ -599,36 +601,13 @@ fn settle_node<S: StateMachine>(node: &mut Node<S>) -> Result<(), Error> {
     submit_sync(node)
 }
 
-/// Records the node's failure: its loop serves it from the next step on. After a panic the
-/// driver may be half updated: whatever waits on it is answered now ([`Driver::fail_waiting`]).
+/// Records the node's failure: its loop serves it from the next step on. The rest (answering
+/// what waits, withdrawing the lease) is the path the simulator runs too ([`Driver::fail`]).
 fn fail<S: StateMachine>(node: &mut Node<S>, shared: &Shared<S>, error: Error) {
-    tracing::error!(error = %error, "node failed");
     *shared.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.clone());
     shared.leading.store(false, Ordering::Relaxed);
-    if let Error::NodePanicked { .. } = error {
-        // NB: answering drops the user's reads and commands: a second panic leaves the rest
-        // to be answered `NodeDown` as the driver drops, at the kill.
-        let driver = &mut node.driver;
-        let _ = catch_unwind(AssertUnwindSafe(|| driver.fail_waiting(&error)));
-    }
+    node.driver.fail(&error);
     node.failed = Some(error);
-}
-
-/// Runs `work` (one step, or one batch of input) on the node, catching a panic in it: in the
-/// user's storage, transport, `command_size` or command `Clone`/`Drop`, or at an assertion in
-/// ferraft. A panic is the node's failure, `Error::NodePanicked`: the driver may be half
-/// updated, so the caller fails the node and it takes no further part. Once per step, never
-/// per entry: on the hot path the cost is a landing pad. Without it the panic unwound through
-/// the worker, and the other worker ran on with the driver as the panic left it.
-fn caught<S: StateMachine, T>(
-    id: NodeId,
-    node: &mut Node<S>,
-    work: impl FnOnce(&mut Node<S>) -> Result<T, Error>,
-) -> Result<T, Error> {
-    match catch_unwind(AssertUnwindSafe(|| work(node))) {
-        Ok(result) => result,
-        Err(payload) => Err(Error::NodePanicked { node: id, message: panic_message(&*payload) }),
-    }
 }
 
 /// Handles one input that is waiting (a burst of peer messages, a batch of requests), then a
