@@ -209,6 +209,19 @@ impl Checker {
         }
     }
 
+    /// A write of `id` failed in its last step
+    /// ([`Fault::FailStorage`](super::Fault::FailStorage)), leaving its storage's log through
+    /// `kept`: the shadow (what was persisted) is cut back to what the storage holds. A node
+    /// that stops there restarts with exactly that log; one that runs on holds entries it
+    /// never persisted, which its next step shows (SUB-8).
+    pub fn write_failed(&mut self, id: NodeId, kept: LogIndex) {
+        if let Some(view) = self.nodes.get_mut(&id) {
+            let kept = kept.0 as usize;
+            view.log.truncate(kept);
+            view.synced_len = view.synced_len.min(kept);
+        }
+    }
+
     /// A node started: first boot, or a restart that must find exactly its persisted log
     /// (with lossy storage: at least what it had synced).
     pub fn node_started<C: Clone + Debug>(&mut self, core: &Core<C>) -> Result<(), Violation> {

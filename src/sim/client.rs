@@ -418,6 +418,8 @@ impl<S: StateMachine> Simulator<S> {
         }
         #[cfg(test)]
         let appended = appended && !self.retry_ignores_append;
+        #[cfg(test)]
+        let error = self.failure_as_refusal(error);
         // NB: `Client::propose`'s own rule decides what is retried, so the checkers judge it.
         match Retry::after(error, asked, appended) {
             Retry::At(leader) => {
@@ -433,6 +435,12 @@ impl<S: StateMachine> Simulator<S> {
             Retry::No(Error::Timeout | Error::Storage(_)) => {
                 self.give_up(client, op, "outcome unknown");
             }
+            // The node failed with it waiting: unknown, and not retried (the command may be
+            // what failed it). As `Client::propose`, the client leaves that node alone.
+            Retry::No(Error::NodePanicked { .. }) => {
+                self.leave_failed_node(client, asked);
+                self.give_up(client, op, "outcome unknown: node failed");
+            }
             Retry::No(e) => {
                 self.clients.history[op].not_applied = true;
                 self.give_up(client, op, &format!("refused: {e}"));
@@ -443,6 +451,8 @@ impl<S: StateMachine> Simulator<S> {
     /// A client that retries only what a node redirects: a refused or replaced proposal is
     /// recorded as never applied and given up, and a crash is waited out.
     fn on_refusal(&mut self, client: u64, op: usize, error: Error) {
+        #[cfg(test)]
+        let error = self.failure_as_refusal(error);
         match error {
             Error::NotLeader { leader_hint } => {
                 self.reply_later(ClientEvent::Redirect { client, op, hint: leader_hint });
@@ -462,6 +472,11 @@ impl<S: StateMachine> Simulator<S> {
             // A snapshot covered its index before the node could tell, or the write failed
             // and may have landed: unknown.
             Error::Timeout | Error::Storage(_) => self.give_up(client, op, "outcome unknown"),
+            // The node failed with it waiting: unknown.
+            Error::NodePanicked { node, .. } => {
+                self.leave_failed_node(client, node);
+                self.give_up(client, op, "outcome unknown: node failed");
+            }
             e => {
                 self.clients.history[op].not_applied = true;
                 self.give_up(client, op, &format!("refused: {e}"));
@@ -471,6 +486,9 @@ impl<S: StateMachine> Simulator<S> {
 
     /// A read changes nothing: whatever failed, it took no effect; retry it elsewhere.
     fn on_read_failed(&mut self, client: u64, op: usize, error: Error) {
+        if let Error::NodePanicked { node, .. } = error {
+            self.leave_failed_node(client, node);
+        }
         match error {
             Error::NotLeader { leader_hint } => {
                 self.reply_later(ClientEvent::Redirect { client, op, hint: leader_hint });
@@ -548,6 +566,29 @@ impl<S: StateMachine> Simulator<S> {
         #[cfg(test)]
         let appended = appended && !self.timeout_claims_unavailable;
         appended || self.clients.answered.contains(&op)
+    }
+
+    /// A client whose node failed asks the next member from now on, as `Client::propose`
+    /// drops a failed node's handle until it is restarted.
+    fn leave_failed_node(&mut self, client: u64, failed: NodeId) {
+        let next = self.next_member(failed);
+        let state = &mut self.clients.states[client as usize];
+        if state.guess == failed {
+            state.guess = next;
+        }
+    }
+
+    /// Test-only bug: a failed node's answer (`NodePanicked`, `Storage`) taken as "never
+    /// applied" (as `ProposalDropped` says), which a retrying client retries and any other
+    /// records as never applied.
+    #[cfg(test)]
+    fn failure_as_refusal(&self, error: Error) -> Error {
+        match error {
+            Error::NodePanicked { .. } | Error::Storage(_) if self.failure_claims_refused => {
+                Error::ProposalDropped { index: crate::LogIndex(0), term: crate::Term(0) }
+            }
+            error => error,
+        }
     }
 
     fn give_up(&mut self, client: u64, op: usize, why: &str) {

@@ -197,6 +197,15 @@ pub struct SimConfig {
     /// Request a leadership transfer to a random follower about this often during the fault
     /// phase ([`Fault::Transfer`](super::Fault::Transfer); the schedule draws them), or `None`.
     pub transfers: Option<Duration>,
+    /// Random schedules ([`Schedule::random`](super::Schedule::random)) arm storage
+    /// failures ([`Fault::FailStorage`](super::Fault::FailStorage)): a node's append panics
+    /// (or, in some draws, fails with an io error) after writing part of its entries. The
+    /// node fails through the path the thread runtime runs (`Error::NodePanicked` or
+    /// `Error::Storage`; everything waiting on it answered at once), takes no input, and is
+    /// killed and restarted from its storage 20-300 ms later, as an operator would. Off: no
+    /// schedule draws them (a hand-written [`Fault::FailStorage`](super::Fault::FailStorage)
+    /// fires all the same).
+    pub storage_failures: bool,
 }
 
 impl SimConfig {
@@ -240,6 +249,7 @@ impl SimConfig {
             retry_timeouts: false,
             caller_read_percent: 0,
             transfers: None,
+            storage_failures: false,
         }
     }
 

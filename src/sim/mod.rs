@@ -50,6 +50,8 @@ mod bites;
 #[cfg(test)]
 mod compaction_tests;
 #[cfg(test)]
+mod failure_tests;
+#[cfg(test)]
 mod forwarding_tests;
 #[cfg(test)]
 mod retry_tests;
@@ -116,6 +118,9 @@ enum Event<S: StateMachine> {
     Compact(NodeId),
     /// A leadership transfer handed to `leader`'s driver ([`Fault::Transfer`]).
     Transfer { leader: NodeId, to: NodeId },
+    /// The operator kills and restarts a node that failed ([`Fault::FailStorage`]), if it is
+    /// still that incarnation.
+    Recover { node: NodeId, incarnation: u64 },
 }
 
 /// An event's time and insertion number, ordered so the heap pops the earliest first and, at
@@ -213,6 +218,9 @@ pub struct Stats {
     /// after nothing but refusals, recorded as never applied (`Client::propose`'s
     /// `Unavailable`).
     pub unavailable: u64,
+    /// Nodes failed by a storage failure ([`Fault::FailStorage`]), each killed and restarted
+    /// later.
+    pub node_failures: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -289,6 +297,14 @@ pub struct Simulator<S: StateMachine> {
     /// when an attempt was appended or is unanswered.
     #[cfg(test)]
     timeout_claims_unavailable: bool,
+    /// Test-only: a node whose storage panicked runs on with its driver as the panic left it
+    /// (the runtime before the fourteenth session: the other worker ran the loop on).
+    #[cfg(test)]
+    run_on_after_panic: bool,
+    /// Test-only: clients take a failed node's answer (`NodePanicked`, `Storage`) as "never
+    /// appended", and retrying ones retry it.
+    #[cfg(test)]
+    failure_claims_refused: bool,
     /// What the nodes' forwarders share (`SimConfig::forward_requests`).
     forwarded: std::sync::Arc<std::sync::Mutex<Forwards<S>>>,
 }
@@ -363,6 +379,10 @@ impl<S: StateMachine> Simulator<S> {
             retry_ignores_append: false,
             #[cfg(test)]
             timeout_claims_unavailable: false,
+            #[cfg(test)]
+            run_on_after_panic: false,
+            #[cfg(test)]
+            failure_claims_refused: false,
             forwarded: std::sync::Arc::new(std::sync::Mutex::new(Forwards {
                 running: BTreeSet::new(),
                 queued: Vec::new(),
@@ -408,11 +428,11 @@ impl<S: StateMachine> Simulator<S> {
         Some(self.nodes.get(&id)?.live.as_ref()?.driver.with_state_machine(f))
     }
 
-    /// The running leader with the highest term, if any.
+    /// The running leader with the highest term, if any (a failed node leads nobody).
     pub fn leader(&self) -> Option<NodeId> {
         self.nodes
             .values()
-            .filter_map(|n| n.live.as_ref().map(|l| l.core()))
+            .filter_map(|n| n.live.as_ref().filter(|l| l.failed.is_none()).map(|l| l.core()))
             .filter(|c| c.role() == Role::Leader)
             .max_by_key(|c| c.term())
             .map(|c| c.id())
@@ -514,6 +534,10 @@ impl<S: StateMachine> Simulator<S> {
             Event::Forwarded { to, request } => self.on_forwarded(to, request),
             Event::Compact(node) => self.on_compact(node),
             Event::Transfer { leader, to } => self.request_transfer(leader, to),
+            Event::Recover { node, incarnation } => {
+                self.recover(node, incarnation);
+                Ok(())
+            }
         }
     }
 
@@ -649,6 +673,18 @@ impl<S: StateMachine> Simulator<S> {
     #[cfg(test)]
     pub(crate) fn set_timeout_claims_unavailable(&mut self, on: bool) {
         self.timeout_claims_unavailable = on;
+    }
+
+    /// Test-only: a node whose storage panics runs on (see the field).
+    #[cfg(test)]
+    pub(crate) fn set_run_on_after_panic(&mut self, on: bool) {
+        self.run_on_after_panic = on;
+    }
+
+    /// Test-only: clients read a failed node's answer as "never appended" (see the field).
+    #[cfg(test)]
+    pub(crate) fn set_failure_claims_refused(&mut self, on: bool) {
+        self.failure_claims_refused = on;
     }
 
     /// Test-only: node `id`'s tick period, in virtual microseconds, from now on (its clock

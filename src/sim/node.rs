@@ -6,18 +6,21 @@
 //! simulator's one RNG.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
 
 use rand::Rng;
 
 use super::compaction::{is_partial_chunk, sends_partial_chunk};
 use super::reads::caller::{SimClock, SimLease};
 use super::run::FailureKind;
+use super::storage::AppendFailure;
 use super::storage::SimStorage;
 use super::trace::{InputSummary, MsgSummary, NodeSummary, TraceEvent, TraceLine};
 use super::{network::Fate, Event, FaultError, Simulator};
 use crate::core::{Action, Core};
+use crate::error::Error;
 use crate::message::Message;
-use crate::node::{ApplyOn, Driver, Execute, Request};
+use crate::node::{step_caught, ApplyOn, Driver, Execute, Request};
 use crate::state_machine::StateMachine;
 use crate::storage::MemStorage;
 use crate::transport::Transport;
@@ -49,6 +52,10 @@ pub(crate) struct Live<S: StateMachine> {
     pub lease: Option<SimLease>,
     /// The node's clock as its driver reads it, set before every step.
     pub clock: SimClock,
+    /// Set once the node failed ([`Fault::FailStorage`](super::Fault::FailStorage)): from
+    /// then on it takes no input and answers every request with this error, until the
+    /// operator's kill and restart ([`Simulator::recover`]).
+    pub failed: Option<Error>,
 }
 
 impl<S: StateMachine> Live<S> {
@@ -202,7 +209,7 @@ impl<S: StateMachine> Simulator<S> {
         };
         let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new()), apply_on)
             .expect("SimStorage::load never fails");
-        let mut live = Live { driver, lease: None, clock: SimClock::default() };
+        let mut live = Live { driver, lease: None, clock: SimClock::default(), failed: None };
         if self.config.background_sync.is_some() {
             live.driver.sync_in_background();
         }
@@ -258,7 +265,7 @@ impl<S: StateMachine> Simulator<S> {
     fn schedule_tick(&mut self, id: NodeId) {
         let Some(node) = self.nodes.get(&id) else { return };
         let Some(live) = node.live.as_ref() else { return };
-        if node.paused_until > self.now {
+        if node.paused_until > self.now || live.failed.is_some() {
             return;
         }
         let due = live.core().ticks_until_due();
@@ -275,7 +282,7 @@ impl<S: StateMachine> Simulator<S> {
     fn catch_up(&mut self, id: NodeId) {
         let now = self.now;
         let Some(node) = self.nodes.get_mut(&id) else { return };
-        if node.paused_until > now || node.stalled() {
+        if node.paused_until > now || node.stalled() || node.failed().is_some() {
             return;
         }
         node.skip_paused_ticks();
@@ -412,7 +419,9 @@ impl<S: StateMachine> Simulator<S> {
             let message = crate::node::panic_message(&*payload);
             return Err(FailureKind::CorePanic { node: id, message });
         }
-        if let Some(error) = live.driver.failure() {
+        // NB: a failed node's applier answers its waiters with the node's failure
+        // (`Driver::fail`), which it then reports as its own: not the state machine's.
+        if let (Some(error), None) = (live.driver.failure(), &live.failed) {
             return Err(FailureKind::Driver { node: id, error: error.to_string() });
         }
         let taken: Vec<_> = live.driver.taken().try_iter().collect();
@@ -639,6 +648,10 @@ impl<S: StateMachine> Simulator<S> {
         delivery: Delivery<S>,
         summary: InputSummary,
     ) -> Result<(), FailureKind> {
+        if let Some(error) = self.nodes.get(&id).and_then(SimNode::failed) {
+            self.refuse(id, delivery, error);
+            return Ok(());
+        }
         let watch_sends = !self.mid_snapshot.is_empty() && self.watches_sends(id);
         if !matches!(delivery, Delivery::Ticks(..)) {
             self.catch_up(id);
@@ -716,8 +729,7 @@ impl<S: StateMachine> Simulator<S> {
             Execute::All
         };
         live.clock.set(local_now);
-        let driver = &mut live.driver;
-        let stepped = catch_unwind(AssertUnwindSafe(|| match delivery {
+        let stepped = step_caught(id, &mut live.driver, |driver| match delivery {
             Delivery::Ticks(n, _) => driver.ticks_at(n, tick_time, &mut observe),
             Delivery::Message(msg) => driver.receive(msg, &mut observe),
             Delivery::Request(request) => {
@@ -731,9 +743,23 @@ impl<S: StateMachine> Simulator<S> {
             Delivery::Flush => driver.end_batch(&mut observe),
             Delivery::Synced(job) => driver.sync_done(job(), &mut observe),
             Delivery::Taken(snapshot) => driver.snapshot_taken(snapshot, &mut observe),
-        }));
+        });
+        // NB: a failure the schedule planted fails the node, through the runtime's own path;
+        // any other (a broken assertion, a write the simulator's storage refused) is a bug.
+        let failed = match (stepped, node.storage.take_struck()) {
+            (Ok(()), _) => None,
+            (Err(error), Some(kept)) => Some((error, kept)),
+            (Err(Error::NodePanicked { message, .. }), None) => {
+                return Err(FailureKind::CorePanic { node: id, message })
+            }
+            (Err(e), None) => return Err(FailureKind::Driver { node: id, error: e.to_string() }),
+        };
         let spare = std::mem::take(&mut self.spare_outbox);
         let mut outbox = std::mem::replace(&mut live.driver.transport_mut().0, spare);
+        if failed.is_some() {
+            // NB: as the runtime's loop: a step that failed submits no sync.
+            drop(live.driver.take_sync_job());
+        }
         if let Some(job) = live.driver.take_sync_job() {
             let window = self.config.background_sync.expect("only in the background mode");
             let incarnation = node.incarnation;
@@ -741,17 +767,12 @@ impl<S: StateMachine> Simulator<S> {
             let after = self.rng.random_range(0..=super::micros(window));
             self.schedule(after, Event::Synced { node: id, incarnation });
         }
+        if let Some((error, kept)) = failed {
+            self.node_failed(id, error, kept);
+        }
         self.schedule_drain(id);
         self.note_stall(id);
         self.pass_on_forwards();
-        match stepped {
-            Err(payload) => {
-                let message = crate::node::panic_message(&*payload);
-                return Err(FailureKind::CorePanic { node: id, message });
-            }
-            Ok(Err(e)) => return Err(FailureKind::Driver { node: id, error: e.to_string() }),
-            Ok(Ok(())) => {}
-        }
         verdict?;
         if self.config.storage_faults {
             for msg in &outbox {
@@ -781,6 +802,72 @@ impl<S: StateMachine> Simulator<S> {
         self.maybe_churn(id, before);
         self.schedule_tick(id);
         Ok(())
+    }
+
+    /// Arms a storage failure on a running node ([`Fault::FailStorage`](super::Fault::FailStorage)).
+    pub(crate) fn fail_storage(
+        &mut self,
+        id: NodeId,
+        failure: AppendFailure,
+    ) -> Result<(), FaultError> {
+        let node = self.nodes.get(&id).ok_or(FaultError::UnknownNode(id))?;
+        if node.live.is_some() {
+            node.storage.fail_append(failure);
+            self.note(format!("armed storage failure on {id}: {failure:?}"));
+        }
+        Ok(())
+    }
+
+    /// `id`'s storage failed in its last step, leaving its log through `kept`: the node
+    /// fails as the runtime's does ([`Driver::fail`]: whatever waits on it hears `error`
+    /// now), takes no input from now on, and the operator kills and restarts it 20-300 ms
+    /// later ([`Simulator::recover`]). The checker learns what the storage really holds.
+    fn node_failed(&mut self, id: NodeId, error: Error, kept: crate::types::LogIndex) {
+        self.checker.write_failed(id, kept);
+        #[cfg(test)]
+        if self.run_on_after_panic && matches!(error, Error::NodePanicked { .. }) {
+            self.note(format!("{id} runs on after its storage panicked (bug): {error}"));
+            return;
+        }
+        let node = self.nodes.get_mut(&id).expect("it just stepped");
+        let live = node.live.as_mut().expect("it just stepped");
+        live.driver.fail(&error);
+        live.failed = Some(error.clone());
+        let incarnation = node.incarnation;
+        self.stats.node_failures += 1;
+        self.note(format!("fail {id} ({error})"));
+        let after = self.rng.random_range(
+            super::micros(Duration::from_millis(20))..=super::micros(Duration::from_millis(300)),
+        );
+        self.schedule(after, Event::Recover { node: id, incarnation });
+    }
+
+    /// The operator's answer to a failed node: kill it and restart it from its storage (if
+    /// it is still the incarnation that failed).
+    pub(crate) fn recover(&mut self, id: NodeId, incarnation: u64) {
+        let Some(node) = self.nodes.get(&id) else { return };
+        if node.incarnation != incarnation || node.failed().is_none() {
+            return;
+        }
+        self.note(format!("kill {id} (failed)"));
+        self.crash(id).expect("the node exists");
+        self.restart(id).expect("the node exists");
+    }
+
+    /// What a failed node does with an input: a request hears the failure (as the runtime's
+    /// `serve_failure` answers it), a message is dropped, anything else is ignored.
+    fn refuse(&mut self, id: NodeId, delivery: Delivery<S>, error: Error) {
+        match delivery {
+            Delivery::Message(msg) => self.dropped(&msg, "receiver failed"),
+            Delivery::Request(request) => request.fail(error),
+            Delivery::Requests(requests) => {
+                requests.into_iter().for_each(|r| r.fail(error.clone()))
+            }
+            Delivery::Ticks(..) | Delivery::Flush | Delivery::Synced(_) | Delivery::Taken(_) => {}
+        }
+        self.collect_answers(id);
+        self.collect_change_answers(id);
+        self.collect_compactions(id);
     }
 
     /// Puts a message on the network: lost, or delivered once or twice after random delays.
@@ -837,6 +924,11 @@ impl<S: StateMachine> Delivery<S> {
 }
 
 impl<S: StateMachine> SimNode<S> {
+    /// The node's failure, while this incarnation runs failed.
+    pub(crate) fn failed(&self) -> Option<Error> {
+        self.live.as_ref().and_then(|live| live.failed.clone())
+    }
+
     /// Whether the node runs and more than `Config::max_apply_backlog` entries wait for its
     /// state machine: it takes no input (the runtime's loop stalls).
     fn stalled(&self) -> bool {

@@ -224,6 +224,8 @@ impl<S: StateMachine> Simulator<S> {
     pub fn settle(&mut self) -> Result<LogIndex, SimFailure> {
         self.churning = false;
         self.crash_armed.clear();
+        // NB: a failure already struck is still recovered from (`Event::Recover`).
+        self.nodes.values().for_each(|node| node.storage.disarm());
         self.on_new_leader.clear();
         self.quiet = true;
         if let Err(kind) = self.resume_all() {

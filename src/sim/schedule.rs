@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use super::config::{NetworkConfig, SimConfig};
 use super::network::micros;
 use super::run::FailureKind;
+use super::storage::AppendFailure;
 use super::{Event, Simulator};
 use crate::core::{Core, Role};
 use crate::error::FaultError;
@@ -118,6 +119,21 @@ pub enum Fault {
     /// the target is the leader or not running; a transfer the core refuses (one under way, a
     /// learner) or abandons is counted as requested, not won ([`Stats::transfers`](super::Stats::transfers)).
     Transfer(Target),
+    /// Arm a storage failure on a running node (a node that is down ignores it): its append
+    /// after `skip` more fails, having written the first `keep` of its entries; it `panics`
+    /// (`Error::NodePanicked`), or returns an io error (`Error::Storage`). The node fails,
+    /// takes no input, and is killed and restarted from its storage after a while (see
+    /// [`SimConfig::storage_failures`]).
+    FailStorage {
+        /// The node.
+        node: Target,
+        /// Appends that succeed first.
+        skip: u32,
+        /// Entries of the failing append that land.
+        keep: usize,
+        /// A panic (else an io error).
+        panics: bool,
+    },
 }
 
 /// Faults at offsets from the start of the fault phase, in time order.
@@ -191,7 +207,8 @@ impl Schedule {
                 Fault::CrashMidStep(t)
                 | Fault::CrashBeforeSync(t)
                 | Fault::Compact(t)
-                | Fault::Transfer(t) => known(t)?,
+                | Fault::Transfer(t)
+                | Fault::FailStorage { node: t, .. } => known(t)?,
                 Fault::CrashMidSnapshot { node: Some(id), .. } => known(&Target::Node(*id))?,
                 Fault::CutLink { from, to } => {
                     known(from)?;
@@ -272,6 +289,9 @@ fn generate(config: &SimConfig, membership: bool, families: Families) -> Schedul
     }
     if let Some(every) = config.transfers {
         events.extend(transfer_faults(config, every));
+    }
+    if config.storage_failures {
+        events.extend(storage_failures(config));
     }
     let mut at = 0;
     loop {
@@ -389,6 +409,27 @@ fn transfer_faults(config: &SimConfig, every: Duration) -> Vec<(Duration, Fault)
     }
 }
 
+/// One to three storage failures at random instants of the fault phase (the leader's, more
+/// often than not), from a stream of their own: the other faults stay as they were.
+fn storage_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
+    let mut rng = SmallRng::seed_from_u64(config.seed ^ 0xfa11_5707_a6e0_0015);
+    let end = config.fault_phase.as_millis() as u64;
+    (0..rng.random_range(1..=3))
+        .map(|_| {
+            let at = Duration::from_millis(rng.random_range(0..end.max(1)));
+            let node = match rng.random_bool(0.6) {
+                true => Target::Leader,
+                false => Target::Nth(rng.random_range(0..64)),
+            };
+            let skip = rng.random_range(0..=8);
+            // NB: most often nothing lands, so a node that ran on would miss entries.
+            let keep = if rng.random_bool(0.6) { 0 } else { rng.random_range(1..=4) };
+            let panics = rng.random_bool(0.75);
+            (at, Fault::FailStorage { node, skip, keep, panics })
+        })
+        .collect()
+}
+
 fn random_change(rng: &mut SmallRng) -> Fault {
     match rng.random_range(0..3) {
         0 => Fault::AddNode,
@@ -463,6 +504,10 @@ impl<S: StateMachine> Simulator<S> {
             }
             Fault::Compact(t) => self.resolve(*t)?.map_or(Ok(()), |id| self.compact(id)),
             Fault::CrashMidSnapshot { side, node } => self.crash_mid_snapshot(*side, *node),
+            Fault::FailStorage { node, skip, keep, panics } => {
+                let failure = AppendFailure { skip: *skip, keep: *keep, panics: *panics };
+                self.resolve(*node)?.map_or(Ok(()), |id| self.fail_storage(id, failure))
+            }
             Fault::Transfer(t) => {
                 if let (Some(leader), Some(to)) = (self.leader(), self.resolve(*t)?) {
                     if leader != to && self.is_up(to) {

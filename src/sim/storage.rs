@@ -37,6 +37,21 @@ struct Inner<C> {
     model_sync: bool,
     /// Test-only bug: `sync` makes nothing durable (breaks SUB-8 once a crash comes).
     sync_is_noop: bool,
+    /// An armed failure ([`SimStorage::fail_append`]).
+    armed: Option<AppendFailure>,
+    /// The log's last index after the armed failure struck, until the simulator takes it.
+    struck: Option<LogIndex>,
+}
+
+/// A failure armed on a node's storage ([`Fault::FailStorage`](super::Fault::FailStorage)):
+/// the append after `skip` more fails, having written the first `keep` of its entries (a
+/// torn write: the log is truncated where it started, as an append that rewrites does); it
+/// panics, or returns an io error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AppendFailure {
+    pub skip: u32,
+    pub keep: usize,
+    pub panics: bool,
 }
 
 /// A simulated node's storage; clones share it, so the node keeps it across crashes while
@@ -62,6 +77,8 @@ impl<C: Clone + Send + 'static> SimStorage<C> {
             recorded: 0,
             model_sync,
             sync_is_noop: false,
+            armed: None,
+            struck: None,
         };
         SimStorage { inner: Arc::new(Mutex::new(inner)) }
     }
@@ -74,6 +91,22 @@ impl<C: Clone + Send + 'static> SimStorage<C> {
     #[cfg(test)]
     pub fn set_sync_is_noop(&self, on: bool) {
         self.lock().sync_is_noop = on;
+    }
+
+    /// Arms `failure` (replacing one armed before).
+    pub fn fail_append(&self, failure: AppendFailure) {
+        self.lock().armed = Some(failure);
+    }
+
+    /// Disarms a failure armed and not yet struck.
+    pub fn disarm(&self) {
+        self.lock().armed = None;
+    }
+
+    /// Whether the armed failure struck since the last call, and if so the last log index
+    /// the storage holds since (what of the failed append landed).
+    pub fn take_struck(&self) -> Option<LogIndex> {
+        self.lock().struck.take()
     }
 
     /// Writes not yet synced (always 0 with the mode off).
@@ -132,6 +165,21 @@ impl<C: Clone + Send + 'static> Storage<C> for SimStorage<C> {
 
     fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()> {
         let mut inner = self.lock();
+        if let Some(failure) = inner.strikes() {
+            let kept = &entries[..failure.keep.min(entries.len())];
+            inner.written.append(first, kept)?;
+            inner.recorded += 1;
+            if inner.model_sync {
+                inner.pending.push(Write::Append(first, kept.to_vec()));
+            }
+            inner.struck = Some(LogIndex(first.0.saturating_sub(1) + kept.len() as u64));
+            drop(inner); // NB: not poisoned by the panic
+            let what = format!("append of {} at {first}, {} kept", entries.len(), kept.len());
+            if failure.panics {
+                panic!("injected storage panic: {what}");
+            }
+            return Err(io::Error::other(format!("injected storage error: {what}")));
+        }
         inner.written.append(first, entries)?;
         inner.recorded += 1;
         if inner.model_sync {
@@ -170,6 +218,16 @@ impl<C: Clone + Send + 'static> Storage<C> for SimStorage<C> {
 }
 
 impl<C: Clone + Send + 'static> Inner<C> {
+    /// Counts an append against the armed failure: the failure, if this one fails.
+    fn strikes(&mut self) -> Option<AppendFailure> {
+        let armed = self.armed.as_mut()?;
+        if armed.skip > 0 {
+            armed.skip -= 1;
+            return None;
+        }
+        self.armed.take()
+    }
+
     /// Makes the writes recorded through number `upto` durable (a prefix of `pending`).
     fn sync_through(&mut self, upto: u64) {
         if self.sync_is_noop {

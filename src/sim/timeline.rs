@@ -3,7 +3,8 @@
 //!
 //! Each lane shows the node's role as coloured bands (follower grey, pre-candidate and
 //! candidate amber, leader green) with the term written where it changes, its commit index as
-//! a rising line, crashes (red cross, then a hatched down time until the restart), pauses
+//! a rising line, crashes (red cross, then a hatched down time until the restart), node
+//! failures (an orange triangle; the operator's kill follows as a crash), pauses
 //! (blue band), membership changes (purple marks) and installed snapshots (teal diamonds).
 //! Network faults (partitions, one-way cuts, deaf nodes, lossy spells) and heals are vertical
 //! marks across every lane, labelled at the top. Every drawn event carries `data-t` (virtual
@@ -234,6 +235,10 @@ fn note(canvas: &mut Canvas, states: &mut BTreeMap<NodeId, LaneState>, t: u64, t
             }
             let circle = r##"<circle cx="{x}" cy="{y}" r="4" fill="none" stroke="#27ae60" stroke-width="2"/>"##;
             canvas.mark(t, id, "restart", circle, text);
+        }
+        ("fail", Some(id), _) => {
+            let bang = r##"<path d="M{x},{y} m0,-7 l6,12 l-12,0 z" fill="#e67e22"/>"##;
+            canvas.mark(t, id, "failure", bang, text);
         }
         ("pause" | "resume", Some(id), _) => {
             let bar = r##"<rect x="{x}" y="{y}" width="3" height="10" fill="#2980b9"/>"##;
