@@ -181,7 +181,8 @@ fn write_timeline(config: &SimConfig, schedule: &Schedule, file: &str) {
 /// one-way cuts, deaf nodes, pauses, crashes between a step's actions, removed nodes that
 /// restart, long-tail delays, drifting clocks, client batches and lossy storage with
 /// background syncs, leadership transfers, applies deferred off the step, requests forwarded
-/// to the leader, clients retrying as `Client::propose` does, each on a share of seeds.
+/// to the leader, clients retrying as `Client::propose` does, storage failures that fail a
+/// node until the operator restarts it, each on a share of seeds.
 fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
     let (mut config, _) = scenario(seed);
     config.clock_drift = (seed % 3 != 1).then_some([0.05, 0.2, 0.5][(seed / 3 % 3) as usize]);
@@ -223,6 +224,10 @@ fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
         // they replay the schedules they were found with.
         config.transfers = Some(Duration::from_millis(150));
     }
+    // A node's storage panics (or fails) on a write: the node fails through the runtime's
+    // path and the operator kills and restarts it. NB: no regression seed below is 1 or 8
+    // mod 9; on other seeds the schedule and the run are as before.
+    config.storage_failures = seed % 9 == 1 || seed % 9 == 8;
     let schedule = if seed % 5 == 4 {
         Schedule::random_with_membership(&config)
     } else {

@@ -176,7 +176,9 @@ impl<C: Clone + Send + 'static> Storage<C> for SimStorage<C> {
             drop(inner); // NB: not poisoned by the panic
             let what = format!("append of {} at {first}, {} kept", entries.len(), kept.len());
             if failure.panics {
-                panic!("injected storage panic: {what}");
+                // NB: unwinds as a panic does, without the panic hook's report on stderr
+                // (a soak meets thousands).
+                std::panic::resume_unwind(Box::new(format!("injected storage panic: {what}")));
             }
             return Err(io::Error::other(format!("injected storage error: {what}")));
         }
