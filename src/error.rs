@@ -295,8 +295,12 @@ pub enum Error {
     CatchUpFailed(NodeId),
     /// The node is already running; kill it before restarting it.
     AlreadyRunning(NodeId),
-    /// The persistent storage failed; the node stopped. A proposal it was writing may have
-    /// landed all the same: its outcome is unknown.
+    /// The persistent storage failed; the node stopped. Everything waiting on it (proposals
+    /// appended and not yet applied included) hears this error at once. A proposal it was
+    /// writing, or had written, may have landed all the same and may still be committed by
+    /// the rest of the cluster: its outcome is unknown, and
+    /// [`Client::propose`](crate::Client::propose) does not retry it. Kill and restart the
+    /// node once the storage is fixed.
     Storage(String),
     /// The OS refused to start a node's thread; the text is the OS error.
     Spawn(String),

@@ -201,9 +201,9 @@ impl<S: StateMachine> Applier<S> {
         self.give_up(error)
     }
 
-    /// The node failed outside the state machine (`Error::NodePanicked`): what was queued
-    /// before has been applied; every proposal and read still waiting, and every later one,
-    /// hears `error`. A first failure is kept.
+    /// The node failed outside the state machine (`Error::NodePanicked`, `Error::Storage`):
+    /// what was queued before has been applied; every proposal and read still waiting, and
+    /// every later one, hears `error`. A first failure is kept.
     fn node_failed(&mut self, error: Error) {
         if self.failure.is_none() {
             self.give_up(error);

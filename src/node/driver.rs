@@ -410,7 +410,8 @@ where
         Ok(())
     }
 
-    /// The node failed (a panic on its loop, `Error::NodePanicked`): this driver takes no
+    /// The node failed (a panic on its loop, `Error::NodePanicked`; a failed write,
+    /// `Error::Storage`; see [`Driver::fail`], which calls this): this driver takes no
     /// further part, so everything that waits on it hears `error` now: the proposals of the
     /// batch under way, reads not yet confirmed, a membership change, compactions, a
     /// transfer, and (once what was queued before is applied) what waits in the applier.

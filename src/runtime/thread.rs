@@ -242,8 +242,10 @@ fn write(peers: &Peers) -> std::sync::RwLockWriteGuard<'_, PeerVec> {
 }
 
 /// Starts `driver`'s two workers. They run until `channels.shutdown` fires or its sender drops.
-/// A storage error stops the node; a state machine panic leaves it failed: it takes no part in
-/// the protocol any more but still answers requests with the panic.
+/// A failure (a panic on the loop, a failed write, a state machine panic) leaves the node
+/// failed (`node/failure.rs`, the path the simulator runs too): what waits on it is answered
+/// with the failure at once; it takes no part in the protocol any more but still answers
+/// requests with the failure, until it is killed.
 pub(crate) fn spawn<S: StateMachine>(
     id: NodeId,
     driver: NodeDriver<S>,

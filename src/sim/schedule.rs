@@ -155,7 +155,10 @@ impl Schedule {
     /// on a share of seeds, the issue-12 faults: one-way cuts and splits, deaf nodes, pauses,
     /// crashes in the middle of a step, and long-tail delays in lossy spells; and the
     /// compaction faults: on-demand compactions ([`Fault::Compact`]) and, on some of those
-    /// seeds, snapshot transfers interrupted by a crash ([`Fault::CrashMidSnapshot`]).
+    /// seeds, snapshot transfers interrupted by a crash ([`Fault::CrashMidSnapshot`]); and,
+    /// with [`SimConfig::storage_failures`], one to three storage failures
+    /// ([`Fault::FailStorage`]), drawn from a stream of their own so the other faults stay
+    /// as they were.
     pub fn random(config: &SimConfig) -> Self {
         generate(config, false, Families::draw(config.seed))
     }
