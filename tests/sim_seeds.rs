@@ -301,6 +301,8 @@ struct Soak {
     stats: (u64, u64, u64, u64),
     /// Leadership transfers asked for and won.
     transfers: (u64, u64),
+    /// Nodes failed by a storage failure (`Fault::FailStorage`), then killed and restarted.
+    node_failures: u64,
 }
 
 impl Soak {
@@ -316,6 +318,7 @@ impl Soak {
             safety: None,
             stats: (0, 0, 0, 0),
             transfers: (0, 0),
+            node_failures: 0,
         }
     }
 
@@ -353,6 +356,7 @@ impl Soak {
                 self.stats.3 += report.stats.removed_campaigns;
                 self.transfers.0 += report.stats.transfers;
                 self.transfers.1 += report.stats.transfers_won;
+                self.node_failures += report.stats.node_failures;
             }
             Err(f) if f.kind.is_liveness() => {
                 println!("LIVENESS seed {seed}: {}", f.kind);
@@ -387,13 +391,14 @@ impl Soak {
         let (crashes, mid_step, batches, campaigns) = self.stats;
         let (asked, won) = self.transfers;
         println!(
-            "soak summary: {} seeds ({}..{}) in {wall:.0}s: {seeds_per_s:.1} seeds/s, {speedup:.0} simulated s per wall s, {} safety violations, {} liveness failures {:?}; {crashes} crashes ({mid_step} mid-step), {batches} client batches, {campaigns} removed-node campaigns, {won} of {asked} leadership transfers won",
+            "soak summary: {} seeds ({}..{}) in {wall:.0}s: {seeds_per_s:.1} seeds/s, {speedup:.0} simulated s per wall s, {} safety violations, {} liveness failures {:?}; {crashes} crashes ({mid_step} mid-step), {batches} client batches, {campaigns} removed-node campaigns, {won} of {asked} leadership transfers won, {} node failures",
             self.done,
             self.first,
             self.first + self.n,
             usize::from(self.safety.is_some()),
             self.liveness.len(),
             self.liveness,
+            self.node_failures,
         );
         if let Some((seed, failure)) = &self.safety {
             panic!("SAFETY {failure}\n{}", replay_hint(*seed));
