@@ -84,11 +84,14 @@ fn run(scenario: fn(u64) -> (SimConfig, Schedule), seed: u64) -> Result<RunRepor
 fn sweep(scenario: fn(u64) -> (SimConfig, Schedule), seeds: std::ops::Range<u64>) -> (f64, f64) {
     let start = Instant::now();
     let (mut count, mut simulated, mut undecided) = (0u64, Duration::ZERO, 0);
+    let (mut link_drops, mut inbox_drops) = (0, 0);
     for seed in seeds {
         match run(scenario, seed) {
             Ok(report) => {
                 simulated += report.simulated;
                 undecided += usize::from(report.linearizable == CheckOutcome::Unknown);
+                link_drops += report.stats.dropped_link_bytes;
+                inbox_drops += report.stats.dropped_inbox_bytes;
             }
             Err(failure) => panic!("{failure}\n{}", replay_hint(seed)),
         }
@@ -97,6 +100,8 @@ fn sweep(scenario: fn(u64) -> (SimConfig, Schedule), seeds: std::ops::Range<u64>
     if undecided > 0 {
         println!("{undecided} of {count} histories exhausted the linearizability search budget");
     }
+    // NB: a quarter of the random schedules start with a small inbox budget (`Fault::InboxBytes`).
+    println!("{link_drops} messages dropped for bytes on links, {inbox_drops} in inboxes");
     let wall = start.elapsed().as_secs_f64();
     (count as f64 / wall, simulated.as_secs_f64() / wall)
 }
@@ -296,6 +301,9 @@ struct Soak {
     stats: (u64, u64, u64, u64),
     /// Leadership transfers asked for and won.
     transfers: (u64, u64),
+    /// Messages dropped for bytes: on links, in paused or stalled nodes' inboxes
+    /// (`Fault::InboxBytes`, drawn on a quarter of the seeds).
+    byte_drops: (u64, u64),
 }
 
 impl Soak {
@@ -311,6 +319,7 @@ impl Soak {
             safety: None,
             stats: (0, 0, 0, 0),
             transfers: (0, 0),
+            byte_drops: (0, 0),
         }
     }
 
@@ -348,6 +357,8 @@ impl Soak {
                 self.stats.3 += report.stats.removed_campaigns;
                 self.transfers.0 += report.stats.transfers;
                 self.transfers.1 += report.stats.transfers_won;
+                self.byte_drops.0 += report.stats.dropped_link_bytes;
+                self.byte_drops.1 += report.stats.dropped_inbox_bytes;
             }
             Err(f) if f.kind.is_liveness() => {
                 println!("LIVENESS seed {seed}: {}", f.kind);
@@ -381,8 +392,9 @@ impl Soak {
         let (wall, seeds_per_s, speedup) = self.rates();
         let (crashes, mid_step, batches, campaigns) = self.stats;
         let (asked, won) = self.transfers;
+        let (links, inboxes) = self.byte_drops;
         println!(
-            "soak summary: {} seeds ({}..{}) in {wall:.0}s: {seeds_per_s:.1} seeds/s, {speedup:.0} simulated s per wall s, {} safety violations, {} liveness failures {:?}; {crashes} crashes ({mid_step} mid-step), {batches} client batches, {campaigns} removed-node campaigns, {won} of {asked} leadership transfers won",
+            "soak summary: {} seeds ({}..{}) in {wall:.0}s: {seeds_per_s:.1} seeds/s, {speedup:.0} simulated s per wall s, {} safety violations, {} liveness failures {:?}; {crashes} crashes ({mid_step} mid-step), {batches} client batches, {campaigns} removed-node campaigns, {won} of {asked} leadership transfers won, {links} messages dropped for bytes on links and {inboxes} in inboxes",
             self.done,
             self.first,
             self.first + self.n,

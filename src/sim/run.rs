@@ -287,6 +287,7 @@ impl<S: StateMachine> Simulator<S> {
         let history = self.history();
         let mut stats = self.stats;
         stats.transfers_won = self.transfers_won();
+        stats.dropped_link_bytes = self.network.refused_bytes();
         RunReport {
             seed: self.config.seed,
             trace_hash: self.trace.hash(),
