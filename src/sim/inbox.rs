@@ -43,6 +43,18 @@ impl<S: StateMachine> Simulator<S> {
         Ok(())
     }
 
+    /// The quiet period: a smaller budget set by [`Fault::InboxBytes`](super::Fault::InboxBytes)
+    /// ends, and every inbox has the config's `max_inbox_bytes` again. NB: `Config::validate`
+    /// holds that budget to at least a leader's window; a fault's may be smaller, which only a
+    /// fault may do: a lone AppendEntries larger than the link can then pass only while the link
+    /// carries nothing else, and liveness is judged once that ends, as for a lossy network.
+    pub(super) fn end_inbox_fault(&mut self) {
+        let max = self.config.raft.max_inbox_bytes;
+        if self.network.max_bytes() != max {
+            self.set_inbox_bytes(max).expect("the config was validated");
+        }
+    }
+
     /// Keeps an input for `id`, which is not reading now (a pause, a stall): a message only
     /// if its bytes fit the node's inbox budget, else it is dropped as the inbox drops it.
     pub(super) fn defer(&mut self, id: NodeId, delivery: Delivery<S>, summary: InputSummary) {
@@ -89,8 +101,8 @@ impl<S: StateMachine> SimNode<S> {
 }
 
 /// An inbox budget `Config::validate` would take on its own: at least 1 byte, at most
-/// [`MAX_QUEUE_BYTES`]. (Below the leader's in-flight window it would refuse it; the
-/// simulator takes it, to make the bound bite: a window that does not fit only drops more.)
+/// [`MAX_QUEUE_BYTES`]. (Below the leader's in-flight window it would refuse it; a fault may
+/// go there, to make the bound bite, until the quiet period ends it.)
 pub(crate) fn check_inbox_bytes(max: usize) -> Result<(), FaultError> {
     let field = "max_inbox_bytes";
     if max == 0 {

@@ -98,7 +98,6 @@ impl Network {
     }
 
     /// Each link's byte budget.
-    #[cfg(test)]
     pub fn max_bytes(&self) -> usize {
         self.max_bytes
     }

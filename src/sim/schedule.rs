@@ -122,7 +122,8 @@ pub enum Fault {
     /// `Config::max_inbox_bytes` ([`Simulator::set_inbox_bytes`]): each link holds at most
     /// this much in flight, and so does what waits for a paused or stalled node; a message
     /// that does not fit is dropped, unless its queue is empty. Random schedules start with
-    /// a small one on a share of seeds, so the bound is hit.
+    /// a small one on a share of seeds, so the bound is hit. May be below the leader's window,
+    /// which `Config::validate` refuses: a fault, ended by the quiet period.
     InboxBytes(usize),
 }
 
