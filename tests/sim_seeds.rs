@@ -476,6 +476,19 @@ fn the_quiet_period_counts_from_the_last_delayed_message_seed_2233049() {
     }
 }
 
+/// Nemesis seed 3999449 (found by the fifteenth session's soak: 7 nodes, a 300-byte inbox
+/// budget drawn as a fault, 5% long-tail delays): the leader's catch-up AppendEntries of 64
+/// entries fits a link only while it carries nothing else, and held messages kept the link to
+/// one follower occupied, so it never caught up. A budget below the leader's window is one
+/// `Config::validate` refuses; as a fault it ends with the faults, and the quiet period runs
+/// with the config's budget.
+#[test]
+fn a_fault_budget_below_the_window_ends_with_the_faults_seed_3999449() {
+    if let Err(failure) = run(nemesis_scenario, 3_999_449) {
+        panic!("{failure}\n{}", replay_hint(3_999_449));
+    }
+}
+
 /// The determinism guard for simulator optimisations: a digest of every seed's [`RunReport`]
 /// (trace hash, trace length, stats, ops, commit index, verdict; or the failure's text) for
 /// `FERRAFT_DIGEST_SEEDS` seeds (default 300) of the sweep and of the nemesis scenario, plus
