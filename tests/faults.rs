@@ -828,3 +828,57 @@ fn every_fault_switch_refuses_bad_settings_with_a_typed_error() {
     cluster.reset_network();
     cluster.shutdown();
 }
+
+/// Messages a fault delays wait in the router, bounded in bytes per directed link as an inbox
+/// is (`Config::max_inbox_bytes`, 512 bytes here): with every message held 300-500 ms, the
+/// heartbeats, elections and appends of twenty proposals overflow each link's budget, the
+/// excess is dropped and counted, and what is held never exceeds the links' budgets. Once the
+/// delays are cleared, the cluster agrees and commits again, and the history checks out.
+#[test]
+fn delayed_messages_are_bounded_in_bytes_per_link() {
+    let _serial = serial();
+    let (_, seed) = seeded_rng("delayed_messages_are_bounded_in_bytes_per_link");
+    let budget = 512;
+    let config = ferraft::Config {
+        max_append_bytes: 256,
+        max_inflight_bytes: budget,
+        snapshot_chunk_bytes: 256,
+        snapshot_chunks_in_flight: 1,
+        max_inbox_bytes: budget,
+        ..fast_config(seed)
+    };
+    let (mut cluster, records) = recording_cluster(config, 3);
+    let mut history = History::default();
+    let leader = wait_for_agreement(&cluster, LONG).leader;
+    let faults = NetworkFaults { delay: ms(300)..ms(500), ..NetworkFaults::default() };
+    cluster.set_faults(faults).expect("valid faults");
+    let handle = cluster.node(leader).expect("running");
+    let receipts: Vec<_> = (0..20)
+        .filter_map(|i| {
+            let value = token(format!("d{i}"));
+            handle.propose_async(append(KEY, &value)).ok().map(|r| (value, r))
+        })
+        .collect();
+    let links = 3 * 2;
+    let (mut most, mut ticks) = (0, 0);
+    let dropped = wait_until(LONG, "a delayed message dropped for its link's bytes", || {
+        let held = cluster.bytes_in_flight();
+        most = most.max(held);
+        ticks += 1;
+        assert!(held <= links * budget, "{held} bytes held by {links} links of {budget}");
+        match cluster.messages_dropped_while_held() {
+            0 => Err(format!("{held} bytes held, none dropped")),
+            n => Ok(n),
+        }
+    });
+    assert!(most > 0, "nothing was held");
+    cluster.clear_faults();
+    wait_until(LONG, "every held message to arrive", || {
+        let held = (cluster.messages_in_flight(), cluster.bytes_in_flight());
+        (held == (0, 0)).then_some(()).ok_or_else(|| format!("{held:?} messages, bytes held"))
+    });
+    let final_value = heal_and_read(&mut cluster, &mut history);
+    settle(&mut history, receipts);
+    println!("held at most {most} bytes over {ticks} polls; {dropped} dropped for bytes");
+    history.check(&final_value, &records, &cluster.ids());
+}

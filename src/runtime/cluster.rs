@@ -170,7 +170,9 @@ impl<S: StateMachine> ClusterBuilder<S> {
         if let Some(&stranger) = local.iter().find(|id| !self.ids.contains(id)) {
             return Err(ConfigError::LocalNotInIds(stranger).into());
         }
-        let router = Arc::new(Router::new(self.config.seed));
+        let router = Router::new(self.config.seed)
+            .holding_at_most(self.config.max_inbox_bytes, S::command_size);
+        let router = Arc::new(router);
         Router::start_delayer(&router);
         let transport = self.transport.unwrap_or_else(|| {
             let router = Arc::clone(&router);

@@ -3,6 +3,10 @@
 //! network-wide or per directed link), and link cuts (partitions, one-way cuts, deaf, mute and
 //! disconnected nodes).
 //!
+//! Messages a fault delays are bounded in bytes per directed link, as an inbox is
+//! (`Config::max_inbox_bytes`; [`Cluster::messages_dropped_while_held`] counts what did not
+//! fit).
+//!
 //! Two independent layers, cleared separately: [`Cluster::heal`] removes every link cut,
 //! [`Cluster::clear_faults`] every probabilistic fault, [`Cluster::reset_network`] both.
 //!
@@ -138,5 +142,19 @@ impl<S: StateMachine> Cluster<S> {
     /// started.
     pub fn messages_long_held(&self) -> u64 {
         self.router().long_held()
+    }
+
+    /// The bytes the network holds delayed right now (delays and long holds), over every
+    /// link: each directed link holds at most `Config::max_inbox_bytes` of them, as an inbox
+    /// counts bytes (or one message larger than that alone).
+    pub fn bytes_in_flight(&self) -> usize {
+        self.router().held_bytes()
+    }
+
+    /// How many messages (copies) a delay or a long hold dropped instead of holding them,
+    /// because their link already held `Config::max_inbox_bytes` of delayed messages, since
+    /// the cluster started. Raft sends again, as after any loss.
+    pub fn messages_dropped_while_held(&self) -> u64 {
+        self.router().held_dropped()
     }
 }

@@ -96,7 +96,7 @@ fn deferred_and_forwarded_runs_replay_exactly() {
 /// [`deferred`] with a tiny apply backlog limit (`Config::max_apply_backlog`, 1 to 8 entries):
 /// nodes stall often, as the runtime's loop does behind a slow state machine, holding their
 /// inputs and missing their ticks until a drain brings the backlog down.
-fn stalling(seed: u64) -> (SimConfig, Schedule) {
+pub(super) fn stalling(seed: u64) -> (SimConfig, Schedule) {
     let (mut config, schedule) = deferred(seed);
     config.raft.max_apply_backlog = [1, 3, 8][(seed / 6 % 3) as usize];
     (config, schedule)

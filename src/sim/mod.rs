@@ -32,6 +32,7 @@ mod churn;
 mod client;
 mod compaction;
 mod config;
+mod inbox;
 mod kv;
 mod membership;
 mod network;
@@ -53,6 +54,8 @@ mod compaction_tests;
 mod failure_tests;
 #[cfg(test)]
 mod forwarding_tests;
+#[cfg(test)]
+mod inbox_tests;
 #[cfg(test)]
 mod retry_tests;
 #[cfg(test)]
@@ -92,8 +95,9 @@ use trace::{Trace, TraceEvent, TraceLine};
 enum Event<S: StateMachine> {
     /// A node's clock ticks (ignored if the node restarted since it was scheduled).
     Tick { node: NodeId, incarnation: u64 },
-    /// A message reaches its receiver (if the partition and the receiver allow).
-    Deliver(Message<S::Command>),
+    /// A message reaches its receiver (if the partition and the receiver allow), with its
+    /// size as its link's byte budget counted it.
+    Deliver(Message<S::Command>, usize),
     /// A client's request, reply, retry or timeout.
     Client(ClientEvent<S::Output>),
     /// An attempt at a pending membership change.
@@ -221,6 +225,11 @@ pub struct Stats {
     /// Nodes failed by a storage failure ([`Fault::FailStorage`]), each killed and restarted
     /// later.
     pub node_failures: u64,
+    /// Message copies dropped because their link held its byte budget
+    /// (`Config::max_inbox_bytes`, or [`Fault::InboxBytes`]): counted in the report.
+    pub dropped_link_bytes: u64,
+    /// Messages dropped because a paused or stalled node's inbox held its byte budget.
+    pub dropped_inbox_bytes: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -342,7 +351,7 @@ impl<S: StateMachine> Simulator<S> {
             ticks: Vec::new(),
             nodes: BTreeMap::new(),
             next_id: config.nodes + 1,
-            network: Network::new(config.network.clone())?,
+            network: Network::new(config.network.clone(), config.raft.max_inbox_bytes)?,
             checker: {
                 let mut checker = Checker::new();
                 checker.set_lossy_storage(config.storage_faults);
@@ -520,7 +529,7 @@ impl<S: StateMachine> Simulator<S> {
     fn dispatch(&mut self, event: Event<S>) -> Result<(), FailureKind> {
         match event {
             Event::Tick { node, incarnation } => self.on_tick(node, incarnation),
-            Event::Deliver(msg) => self.deliver(msg),
+            Event::Deliver(msg, bytes) => self.deliver(msg, bytes),
             Event::Client(e) => self.on_client_event(e),
             Event::Admin(op) => self.on_admin(op),
             Event::Churn { node, incarnation, term } => self.on_churn(node, incarnation, term),
@@ -544,7 +553,7 @@ impl<S: StateMachine> Simulator<S> {
     fn schedule(&mut self, after: u64, event: Event<S>) {
         self.seq += 1;
         let (at, seq) = (self.now + after, self.seq);
-        if matches!(event, Event::Deliver(_)) {
+        if matches!(event, Event::Deliver(..)) {
             self.last_delivery = self.last_delivery.max(at);
         }
         if let Event::Tick { node, incarnation } = event {

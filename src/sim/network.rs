@@ -1,6 +1,11 @@
 //! The simulated network: decides each message's fate (lost, delivered once, or twice) from the
 //! seeded RNG, and which nodes can reach each other under the current partition.
 //!
+//! Each link is bounded twice: in messages (`NetworkConfig::link_capacity`) and in bytes, by
+//! the runtime's own [`ByteBudget`] and size estimate (`transport/inbox.rs`), so a message that
+//! does not fit is dropped exactly as a node's inbox drops it (one alone on an empty link always
+//! passes).
+//!
 //! Owns no queue and no clock: the simulator schedules the deliveries this module plans, and
 //! asks [`Network::connected`] again at delivery time, so a partition also cuts messages already
 //! in flight.
@@ -14,7 +19,11 @@ use rand::Rng;
 use super::config::NetworkConfig;
 use crate::error::{assign_groups, FaultError};
 use crate::message::{Body, Message};
+use crate::transport::ByteBudget;
 use crate::types::NodeId;
+
+/// Why [`Network::plan`] drops a message whose link holds its byte budget.
+pub(crate) const LINK_BYTES_FULL: &str = "link full (bytes)";
 
 /// The delivery delays (virtual microseconds) of a message that was not lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,7 +33,7 @@ pub(crate) enum Fate {
 }
 
 /// Link behaviour plus the partition.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct Network {
     config: NetworkConfig,
     /// Group of each listed node; unlisted nodes share one implicit group. Empty: healed.
@@ -35,10 +44,20 @@ pub(crate) struct Network {
     cuts: BTreeSet<(NodeId, NodeId)>,
     /// Nodes that can send but hear nothing.
     deaf: BTreeSet<NodeId>,
+    /// Bytes scheduled but not yet delivered, per (from, to), against the link's budget.
+    bytes: BTreeMap<(NodeId, NodeId), ByteBudget>,
+    /// Each link's byte budget (`Config::max_inbox_bytes`, or [`Fault::InboxBytes`](super::Fault::InboxBytes)).
+    max_bytes: usize,
+    /// Copies refused because their link held its byte budget (a duplicate's included).
+    refused_bytes: u64,
+    /// Test-only bug switch for every link's budget ([`ByteBudget::never_gives_back`]).
+    #[cfg(test)]
+    pub budgets_leak: bool,
 }
 
 impl Network {
-    pub fn new(config: NetworkConfig) -> Result<Self, FaultError> {
+    /// A healed network whose links each hold at most `max_bytes` in flight.
+    pub fn new(config: NetworkConfig, max_bytes: usize) -> Result<Self, FaultError> {
         config.validate()?;
         Ok(Network {
             config,
@@ -46,7 +65,46 @@ impl Network {
             in_flight: BTreeMap::new(),
             cuts: BTreeSet::new(),
             deaf: BTreeSet::new(),
+            bytes: BTreeMap::new(),
+            max_bytes,
+            refused_bytes: 0,
+            #[cfg(test)]
+            budgets_leak: false,
         })
+    }
+
+    /// A new, empty budget of the links' size (also each node's inbox while it is paused or
+    /// stalled), with the test-only bug switch as set.
+    pub fn new_budget(&self) -> ByteBudget {
+        #[allow(unused_mut)]
+        let mut budget = ByteBudget::new(self.max_bytes);
+        #[cfg(test)]
+        {
+            budget.never_gives_back = self.budgets_leak;
+        }
+        budget
+    }
+
+    /// Each link's byte budget from now on; what is in flight stays counted.
+    pub fn set_max_bytes(&mut self, max: usize) {
+        self.max_bytes = max;
+        let links = std::mem::take(&mut self.bytes);
+        for (link, old) in links {
+            let budget = self.new_budget();
+            // NB: an empty budget takes any amount: the bytes in flight carry over whole.
+            assert!(budget.try_take(old.held()), "a new budget takes what the old one held");
+            self.bytes.insert(link, budget);
+        }
+    }
+
+    /// Each link's byte budget.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Copies refused so far because their link held its byte budget.
+    pub fn refused_bytes(&self) -> u64 {
+        self.refused_bytes
     }
 
     pub fn config(&self) -> &NetworkConfig {
@@ -100,8 +158,15 @@ impl Network {
     }
 
     /// Draws the message's fate: loss (requests and replies separately), delay, duplication;
-    /// a full link loses it. Counts the copies it schedules as in flight.
-    pub fn plan<C>(&mut self, msg: &Message<C>, rng: &mut SmallRng) -> Result<Fate, &'static str> {
+    /// a full link loses it, in messages or in bytes (`bytes` is its size, as
+    /// `transport::message_bytes` counts it; a duplicate that does not fit is not sent). Counts
+    /// the copies it schedules as in flight.
+    pub fn plan<C>(
+        &mut self,
+        msg: &Message<C>,
+        bytes: usize,
+        rng: &mut SmallRng,
+    ) -> Result<Fate, &'static str> {
         let drop =
             if is_request(&msg.body) { self.config.drop_request } else { self.config.drop_reply };
         if rng.random_bool(drop) {
@@ -118,14 +183,44 @@ impl Network {
         if *in_flight + copies > self.config.link_capacity {
             return Err("link full");
         }
-        *in_flight += copies;
+        let fate = self.take_bytes((msg.from, msg.to), bytes, fate)?;
+        let copies = if let Fate::Twice(..) = fate { 2 } else { 1 };
+        *self.in_flight.get_mut(&(msg.from, msg.to)).expect("inserted above") += copies;
         Ok(fate)
     }
 
-    /// A message left the link (delivered or swallowed at delivery time).
-    pub fn landed(&mut self, from: NodeId, to: NodeId) {
+    /// Takes each copy's `bytes` from the link's budget, as an inbox takes a message's: the
+    /// first copy or nothing, then the duplicate if it fits too.
+    fn take_bytes(
+        &mut self,
+        link: (NodeId, NodeId),
+        bytes: usize,
+        fate: Fate,
+    ) -> Result<Fate, &'static str> {
+        if !self.bytes.contains_key(&link) {
+            let budget = self.new_budget();
+            self.bytes.insert(link, budget);
+        }
+        let budget = &self.bytes[&link];
+        if !budget.try_take(bytes) {
+            self.refused_bytes += 1;
+            return Err(LINK_BYTES_FULL);
+        }
+        match fate {
+            Fate::Twice(first, _) if !budget.try_take(bytes) => {
+                self.refused_bytes += 1;
+                Ok(Fate::Once(first))
+            }
+            fate => Ok(fate),
+        }
+    }
+
+    /// A message of `bytes` left the link (delivered or swallowed at delivery time): its
+    /// bytes go back to the link's budget.
+    pub fn landed(&mut self, from: NodeId, to: NodeId, bytes: usize) {
         let n = self.in_flight.get_mut(&(from, to)).expect("landed messages were planned");
         *n -= 1;
+        self.bytes[&(from, to)].give_back(bytes);
     }
 
     /// A peer message's delay: usually [`Network::delay`], but with probability `long_tail`

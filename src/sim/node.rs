@@ -84,8 +84,11 @@ pub(crate) struct SimNode<S: StateMachine> {
     /// tick, and what reaches it waits in `deferred`.
     pub paused_until: u64,
     /// Inputs that arrived during a pause, or while the node stalled on its apply backlog
-    /// (`Config::max_apply_backlog`), handled in order when it takes input again.
+    /// (`Config::max_apply_backlog`), handled in order when it takes input again. Its messages
+    /// are the node's inbox not being read: bounded in bytes by `inbox` (`sim/inbox.rs`).
     pub deferred: std::collections::VecDeque<(Delivery<S>, InputSummary)>,
+    /// The bytes of the messages in `deferred`, against `Config::max_inbox_bytes`.
+    pub inbox: crate::transport::ByteBudget,
     /// A batch is open in the driver, to be synced at the `Event::Flush` on its way.
     pub batch_open: bool,
     /// The driver's background sync under way, to run at its `Event::Synced`.
@@ -106,7 +109,8 @@ pub(crate) enum Delivery<S: StateMachine> {
     /// This many clock ticks at once (`Input::Ticks`): idle ones, then at most one that acts,
     /// struck at this virtual time.
     Ticks(u64, u64),
-    Message(Message<S::Command>),
+    /// A peer message, with its size as its link's byte budget counted it.
+    Message(Message<S::Command>, usize),
     Request(Request<S>),
     /// Several client requests at once: one `Driver::handle` call batches them.
     Requests(Vec<Request<S>>),
@@ -130,6 +134,7 @@ impl<S: StateMachine> Simulator<S> {
             tick_us,
             paused_until: 0,
             deferred: Default::default(),
+            inbox: self.network.new_budget(),
             batch_open: false,
             sync_job: None,
             drain_scheduled: false,
@@ -168,6 +173,7 @@ impl<S: StateMachine> Simulator<S> {
         self.crash_armed.remove(&id);
         self.crash_before_sync.remove(&id);
         self.stats.crashes += 1;
+        self.empty_inbox(id);
         self.checker.node_crashed(id);
         if self.config.client_retries {
             // The node's receipts were answered `NodeDown` as its driver dropped: the clients
@@ -472,7 +478,7 @@ impl<S: StateMachine> Simulator<S> {
             if node.live.is_none() || node.paused_until > self.now || node.stalled() {
                 return Ok(());
             }
-            let Some((delivery, summary)) = node.deferred.pop_front() else { return Ok(()) };
+            let Some((delivery, summary)) = node.take_deferred() else { return Ok(()) };
             self.step(id, delivery, summary)?;
         }
     }
@@ -625,8 +631,12 @@ impl<S: StateMachine> Simulator<S> {
     }
 
     /// Hands a message to its receiver, unless the partition or a crash swallows it.
-    pub(crate) fn deliver(&mut self, msg: Message<S::Command>) -> Result<(), FailureKind> {
-        self.network.landed(msg.from, msg.to);
+    pub(crate) fn deliver(
+        &mut self,
+        msg: Message<S::Command>,
+        bytes: usize,
+    ) -> Result<(), FailureKind> {
+        self.network.landed(msg.from, msg.to, bytes);
         let why = if !self.network.connected(msg.from, msg.to) {
             Some("partition")
         } else if !self.is_up(msg.to) {
@@ -639,7 +649,7 @@ impl<S: StateMachine> Simulator<S> {
             return Ok(());
         }
         let summary = InputSummary::Receive(MsgSummary::of(&msg));
-        self.step(msg.to, Delivery::Message(msg), summary)
+        self.step(msg.to, Delivery::Message(msg, bytes), summary)
     }
 
     /// Steps a running node's driver: the checker sees the core's state and actions before
@@ -670,22 +680,22 @@ impl<S: StateMachine> Simulator<S> {
         };
         let Some(node) = self.nodes.get_mut(&id) else { return Ok(()) };
         if node.live.is_some() && node.paused_until > self.now {
-            node.deferred.push_back((delivery, summary));
+            self.defer(id, delivery, summary);
             return Ok(());
         }
         if node.live.is_some() && delivery.is_input() {
             if node.stalled() {
                 // As the runtime's loop: no input while over `Config::max_apply_backlog`.
                 self.stats.inputs_held_by_stalls += 1;
-                node.deferred.push_back((delivery, summary));
+                self.defer(id, delivery, summary);
                 return Ok(());
             }
             node.check_apply_backlog(id)?;
         }
-        let received_chunk = matches!(&delivery, Delivery::Message(m) if is_partial_chunk(m));
+        let received_chunk = matches!(&delivery, Delivery::Message(m, _) if is_partial_chunk(m));
         let mut sent_chunk = false;
         let Some(live) = node.live.as_mut() else { return Ok(()) };
-        if let (Some(window), Delivery::Message(_), false) =
+        if let (Some(window), Delivery::Message(..), false) =
             (self.config.sync_window, &delivery, node.batch_open)
         {
             live.driver.begin_batch();
@@ -736,7 +746,7 @@ impl<S: StateMachine> Simulator<S> {
         live.clock.set(local_now);
         let stepped = step_caught(id, &mut live.driver, |driver| match delivery {
             Delivery::Ticks(n, _) => driver.ticks_at(n, tick_time, &mut observe),
-            Delivery::Message(msg) => driver.receive(msg, &mut observe),
+            Delivery::Message(msg, _) => driver.receive(msg, &mut observe),
             Delivery::Request(request) => {
                 driver.handle(request, &mut std::iter::empty(), &mut observe)
             }
@@ -878,17 +888,18 @@ impl<S: StateMachine> Simulator<S> {
     /// Puts a message on the network: lost, or delivered once or twice after random delays.
     fn send(&mut self, msg: Message<S::Command>) {
         self.stats.messages += 1;
-        match self.network.plan(&msg, &mut self.rng) {
+        let bytes = crate::transport::message_bytes(&msg, S::command_size);
+        match self.network.plan(&msg, bytes, &mut self.rng) {
             Err(why) => self.dropped(&msg, why),
-            Ok(Fate::Once(delay)) => self.schedule(delay, Event::Deliver(msg)),
+            Ok(Fate::Once(delay)) => self.schedule(delay, Event::Deliver(msg, bytes)),
             Ok(Fate::Twice(first, second)) => {
-                self.schedule(first, Event::Deliver(msg.clone()));
-                self.schedule(second, Event::Deliver(msg));
+                self.schedule(first, Event::Deliver(msg.clone(), bytes));
+                self.schedule(second, Event::Deliver(msg, bytes));
             }
         }
     }
 
-    fn dropped(&mut self, msg: &Message<S::Command>, why: &'static str) {
+    pub(super) fn dropped(&mut self, msg: &Message<S::Command>, why: &'static str) {
         self.stats.dropped += 1;
         let event = TraceEvent::Dropped { msg: MsgSummary::of(msg), why };
         self.trace.record(TraceLine { at: self.now, event });
@@ -920,7 +931,7 @@ impl<S: StateMachine> Delivery<S> {
     fn is_input(&self) -> bool {
         match self {
             Delivery::Ticks(..)
-            | Delivery::Message(_)
+            | Delivery::Message(..)
             | Delivery::Request(_)
             | Delivery::Requests(_) => true,
             Delivery::Flush | Delivery::Synced(_) | Delivery::Taken(_) => false,

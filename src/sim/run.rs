@@ -214,7 +214,8 @@ impl<S: StateMachine> Simulator<S> {
         self.run_until(start + micros(self.config.fault_phase))
     }
 
-    /// Ends the faults: heals the network, makes it reliable (with the configured delays),
+    /// Ends the faults: heals the network, makes it reliable (with the configured delays) and
+    /// gives each inbox the config's byte budget again (a [`Fault::InboxBytes`](super::Fault::InboxBytes) ends),
     /// restarts every crashed member, stops new client operations and membership changes, and
     /// runs until the cluster converges. Returns the commit index every member agrees on.
     ///
@@ -234,6 +235,7 @@ impl<S: StateMachine> Simulator<S> {
         self.heal();
         let reliable = self.config.network.reliable(); // the base delays, not a lossy spell's
         self.set_network(reliable).expect("a reliable copy of a valid network is valid");
+        self.end_inbox_fault();
         self.restart_all().expect("members exist");
         self.stop_clients();
         self.close_changes();
@@ -289,6 +291,7 @@ impl<S: StateMachine> Simulator<S> {
         let history = self.history();
         let mut stats = self.stats;
         stats.transfers_won = self.transfers_won();
+        stats.dropped_link_bytes = self.network.refused_bytes();
         RunReport {
             seed: self.config.seed,
             trace_hash: self.trace.hash(),

@@ -99,14 +99,20 @@ impl<C> Inbox<C> {
     /// The size `msg` counts for, in bytes, as the node's metrics estimate it: what this
     /// inbox's budget counts, and what a transport may count its own queues in.
     pub fn message_bytes(&self, msg: &Message<C>) -> usize {
-        let bytes = estimated_bytes(msg, self.sizer);
-        usize::try_from(bytes).unwrap_or(usize::MAX)
+        message_bytes(msg, self.sizer)
     }
 
     /// How the node measures a command (its `StateMachine::command_size`).
     pub(crate) fn sizer(&self) -> fn(&C) -> usize {
         self.sizer
     }
+}
+
+/// The size `msg` counts for against a [`ByteBudget`], its commands measured by `sizer` (the
+/// node's `StateMachine::command_size`): the metrics' estimate. What every inbox counts, and
+/// what the simulator counts its links and a waiting node's queue in.
+pub(crate) fn message_bytes<C>(msg: &Message<C>, sizer: fn(&C) -> usize) -> usize {
+    usize::try_from(estimated_bytes(msg, sizer)).unwrap_or(usize::MAX)
 }
 
 /// A node's inbox, for the runtime: the channel of the node's peer messages, bounded in
@@ -155,6 +161,7 @@ impl<C> InboxReceiver<C> {
 }
 
 /// The bytes a queue holds, against its budget; shared by its producers and its consumer.
+#[derive(Debug)]
 pub(crate) struct ByteBudget {
     held: AtomicUsize,
     /// The most ever held at once.
@@ -162,6 +169,11 @@ pub(crate) struct ByteBudget {
     /// Messages refused because the queue was full, in bytes or in messages.
     dropped: AtomicU64,
     max: usize,
+    /// Test-only bug switch: [`ByteBudget::give_back`] gives nothing back, so the bytes leak
+    /// and the queue, once its leak reaches the budget, refuses every message for good. The
+    /// simulator's checkers must catch it (`sim/inbox_tests.rs`).
+    #[cfg(test)]
+    pub never_gives_back: bool,
 }
 
 impl ByteBudget {
@@ -171,6 +183,8 @@ impl ByteBudget {
             peak: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             max,
+            #[cfg(test)]
+            never_gives_back: false,
         }
     }
 
@@ -192,6 +206,10 @@ impl ByteBudget {
 
     /// Gives back what [`ByteBudget::try_take`] took, once the message left the queue.
     pub fn give_back(&self, bytes: usize) {
+        #[cfg(test)]
+        if self.never_gives_back {
+            return;
+        }
         let before = self.held.fetch_sub(bytes, Ordering::Relaxed);
         debug_assert!(before >= bytes, "gave back {bytes} bytes of {before} held");
     }

@@ -17,6 +17,9 @@
 //! ever blocks sending. Delayed messages wait in one delayer thread, owned by the router and
 //! joined on shutdown (not counted against any inbox until they come due); a link cut when a
 //! delayed message comes due loses it, as a cable pulled with packets still on the wire.
+//! What a directed link holds delayed is bounded in bytes by the inbox's own rule
+//! ([`ByteBudget`], `Config::max_inbox_bytes` per link): a message that does not fit is
+//! dropped (counted, [`Router::held_dropped`]), unless the link holds nothing delayed.
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::ops::Range;
@@ -29,7 +32,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::Inbox;
+use super::{message_bytes, ByteBudget, Inbox};
 use crate::error::{assign_groups, check_probability, check_range, FaultError};
 use crate::message::{Body, Message};
 use crate::types::NodeId;
@@ -231,6 +234,8 @@ struct Delayed<C> {
     due: Instant,
     seq: u64,
     msg: Message<C>,
+    /// What it counts for against its link's held bytes, given back when it comes due.
+    bytes: usize,
 }
 
 impl<C> PartialEq for Delayed<C> {
@@ -266,10 +271,20 @@ pub struct Router<C> {
     in_flight: AtomicUsize,
     /// Messages (copies) held by `long_hold` so far.
     long_held: AtomicU64,
+    /// The bytes each directed link holds delayed, against `max_held_bytes`.
+    held: Mutex<HashMap<(NodeId, NodeId), ByteBudget>>,
+    /// Each link's budget for delayed messages (`Config::max_inbox_bytes` in a cluster).
+    max_held_bytes: usize,
+    /// How a command is measured (`StateMachine::command_size` in a cluster).
+    sizer: fn(&C) -> usize,
+    /// Messages (copies) dropped because their link held its budget of delayed bytes.
+    held_dropped: AtomicU64,
 }
 
 impl<C: Send + 'static> Router<C> {
-    /// A router with no nodes and no faults; fault draws come from `seed`.
+    /// A router with no nodes and no faults; fault draws come from `seed`. Each link holds at
+    /// most 64 MiB delayed (the default `Config::max_inbox_bytes`), commands counted at their
+    /// in-memory size: see [`Router::holding_at_most`].
     pub fn new(seed: u64) -> Self {
         Router {
             inboxes: RwLock::new(HashMap::new()),
@@ -280,7 +295,18 @@ impl<C: Send + 'static> Router<C> {
             seq: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             long_held: AtomicU64::new(0),
+            held: Mutex::new(HashMap::new()),
+            max_held_bytes: 64 << 20,
+            sizer: |_| std::mem::size_of::<C>(),
+            held_dropped: AtomicU64::new(0),
         }
+    }
+
+    /// Each directed link holds at most `max_bytes` of delayed messages (as an inbox counts
+    /// them, commands measured by `sizer`); one more that does not fit is dropped, unless the
+    /// link holds nothing delayed.
+    pub fn holding_at_most(self, max_bytes: usize, sizer: fn(&C) -> usize) -> Self {
+        Router { max_held_bytes: max_bytes, sizer, ..self }
     }
 
     /// Connects (or reconnects, after a restart) a node's inbox.
@@ -439,6 +465,36 @@ impl<C: Send + 'static> Router<C> {
         self.long_held.load(Ordering::Relaxed)
     }
 
+    /// The bytes the network holds delayed right now, over every link.
+    pub fn held_bytes(&self) -> usize {
+        lock(&self.held).values().map(ByteBudget::held).sum()
+    }
+
+    /// How many messages (copies) were dropped instead of delayed because their link held
+    /// its budget of delayed bytes, since the router started.
+    pub fn held_dropped(&self) -> u64 {
+        self.held_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` from the budget of delayed messages on `link`, or counts a drop.
+    fn take_held(&self, link: (NodeId, NodeId), bytes: usize) -> bool {
+        let mut held = lock(&self.held);
+        let budget = held.entry(link).or_insert_with(|| ByteBudget::new(self.max_held_bytes));
+        let taken = budget.try_take(bytes);
+        if !taken {
+            budget.note_dropped();
+            self.held_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// A delayed message left `link` (due, or dropped with the delayer).
+    fn give_back_held(&self, link: (NodeId, NodeId), bytes: usize) {
+        if let Some(budget) = lock(&self.held).get(&link) {
+            budget.give_back(bytes);
+        }
+    }
+
     /// Sends a message through the faulty network. Never blocks.
     pub fn send(&self, msg: Message<C>)
     where
@@ -471,21 +527,28 @@ impl<C: Send + 'static> Router<C> {
         if hold.delay.is_zero() {
             return self.deliver(msg);
         }
+        let (link, bytes) = ((msg.from, msg.to), message_bytes(&msg, self.sizer));
+        if !self.take_held(link, bytes) {
+            return;
+        }
         if hold.long {
             self.long_held.fetch_add(1, Ordering::Relaxed);
         }
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        let delayed = Delayed { due: Instant::now() + hold.delay, seq, msg };
+        let delayed = Delayed { due: Instant::now() + hold.delay, seq, msg, bytes };
         // Counted before the delayer can see it, so `arrive` never takes the count below zero.
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let sent = lock(&self.delayer).as_ref().is_some_and(|(tx, _)| tx.send(delayed).is_ok());
         if !sent {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.give_back_held(link, bytes);
         }
     }
 
     /// A delayed message comes due: lost if its link is cut now, else delivered.
-    fn arrive(&self, msg: Message<C>) {
+    fn arrive(&self, delayed: Delayed<C>) {
+        let Delayed { msg, bytes, .. } = delayed;
+        self.give_back_held((msg.from, msg.to), bytes);
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let cut = !self.clean.load(Ordering::Acquire)
             && read(&self.faults).cuts.contains(&(msg.from, msg.to));
@@ -554,6 +617,7 @@ impl<C: Send + Clone + 'static> Router<C> {
             drop(tx);
             let _ = handle.join();
             self.in_flight.store(0, Ordering::Relaxed);
+            lock(&self.held).clear(); // NB: what was delayed is dropped with the delayer
         }
     }
 }
@@ -574,7 +638,7 @@ fn run_delayer<C: Send + Clone + 'static>(
         }
         let Some(router) = router.upgrade() else { return };
         while heap.peek().is_some_and(|d| d.due <= Instant::now()) {
-            router.arrive(heap.pop().expect("peeked").msg);
+            router.arrive(heap.pop().expect("peeked"));
         }
     }
 }
@@ -641,6 +705,38 @@ mod tests {
             leader_commit: LogIndex(0),
         };
         message(from, to, Body::AppendEntries(ae))
+    }
+
+    #[test]
+    fn a_link_holds_delayed_messages_up_to_its_byte_budget() {
+        let size = message_bytes(&heartbeat(N1, N2), |_| 8);
+        let router = Arc::new(Router::new(7).holding_at_most(2 * size, |_| 8));
+        Router::start_delayer(&router);
+        let inboxes: Inboxes = [N2, N3]
+            .into_iter()
+            .map(|id| {
+                let (tx, rx) = bounded(64);
+                router.connect(id, tx.into());
+                (id, rx)
+            })
+            .collect();
+        let held = NetworkFaults { delay: ms(50)..ms(60), ..NetworkFaults::default() };
+        router.set_faults(held).expect("valid");
+        for _ in 0..3 {
+            router.send(heartbeat(N1, N2));
+        }
+        router.send(heartbeat(N1, N3));
+        assert_eq!((router.held_dropped(), router.held_bytes()), (1, 3 * size), "2 + 1 fit");
+        for _ in 0..2 {
+            inboxes[&N2].recv_timeout(Duration::from_secs(20)).expect("held, then delivered");
+        }
+        inboxes[&N3].recv_timeout(Duration::from_secs(20)).expect("its own link's budget");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while router.held_bytes() > 0 && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(router.held_bytes(), 0, "what came due gave its bytes back");
+        router.stop_delayer();
     }
 
     fn append_reply(from: NodeId, to: NodeId) -> Message<u64> {
