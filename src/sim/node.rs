@@ -873,7 +873,7 @@ impl<S: StateMachine> Simulator<S> {
     /// `serve_failure` answers it), a message is dropped, anything else is ignored.
     fn refuse(&mut self, id: NodeId, delivery: Delivery<S>, error: Error) {
         match delivery {
-            Delivery::Message(msg) => self.dropped(&msg, "receiver failed"),
+            Delivery::Message(msg, _) => self.dropped(&msg, "receiver failed"),
             Delivery::Request(request) => request.fail(error),
             Delivery::Requests(requests) => {
                 requests.into_iter().for_each(|r| r.fail(error.clone()))
