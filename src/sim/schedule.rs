@@ -134,6 +134,16 @@ pub enum Fault {
         /// A panic (else an io error).
         panics: bool,
     },
+    /// Arm a transport failure on a running node (a node that is down or failed ignores it;
+    /// a crash disarms it): its `send` after `skip` more panics (`Error::NodePanicked`), the
+    /// messages sent before it gone out. The node fails as for a storage failure (see
+    /// [`SimConfig::transport_failures`]).
+    FailTransport {
+        /// The node.
+        node: Target,
+        /// Sends that succeed first.
+        skip: u32,
+    },
 }
 
 /// Faults at offsets from the start of the fault phase, in time order.
@@ -211,7 +221,8 @@ impl Schedule {
                 | Fault::CrashBeforeSync(t)
                 | Fault::Compact(t)
                 | Fault::Transfer(t)
-                | Fault::FailStorage { node: t, .. } => known(t)?,
+                | Fault::FailStorage { node: t, .. }
+                | Fault::FailTransport { node: t, .. } => known(t)?,
                 Fault::CrashMidSnapshot { node: Some(id), .. } => known(&Target::Node(*id))?,
                 Fault::CutLink { from, to } => {
                     known(from)?;
@@ -295,6 +306,9 @@ fn generate(config: &SimConfig, membership: bool, families: Families) -> Schedul
     }
     if config.storage_failures {
         events.extend(storage_failures(config));
+    }
+    if config.transport_failures {
+        events.extend(transport_failures(config));
     }
     let mut at = 0;
     loop {
@@ -433,6 +447,23 @@ fn storage_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
         .collect()
 }
 
+/// One to three transport failures at random instants of the fault phase (the leader's,
+/// more often than not), from a stream of their own: the other faults stay as they were.
+fn transport_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
+    let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x5e4d_f417_0000_0016);
+    let end = config.fault_phase.as_millis() as u64;
+    (0..rng.random_range(1..=3))
+        .map(|_| {
+            let at = Duration::from_millis(rng.random_range(0..end.max(1)));
+            let node = match rng.random_bool(0.6) {
+                true => Target::Leader,
+                false => Target::Nth(rng.random_range(0..64)),
+            };
+            (at, Fault::FailTransport { node, skip: rng.random_range(0..=20) })
+        })
+        .collect()
+}
+
 fn random_change(rng: &mut SmallRng) -> Fault {
     match rng.random_range(0..3) {
         0 => Fault::AddNode,
@@ -510,6 +541,9 @@ impl<S: StateMachine> Simulator<S> {
             Fault::FailStorage { node, skip, keep, panics } => {
                 let failure = AppendFailure { skip: *skip, keep: *keep, panics: *panics };
                 self.resolve(*node)?.map_or(Ok(()), |id| self.fail_storage(id, failure))
+            }
+            Fault::FailTransport { node, skip } => {
+                self.resolve(*node)?.map_or(Ok(()), |id| self.fail_transport(id, *skip))
             }
             Fault::Transfer(t) => {
                 if let (Some(leader), Some(to)) = (self.leader(), self.resolve(*t)?) {
