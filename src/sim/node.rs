@@ -2,8 +2,9 @@
 //! may model the sync boundary) and, while it runs, its node [`Driver`] (the
 //! same type the thread runtime runs), stepped in virtual time. Crash and restart live here,
 //! and a node's failure: a step is run as the runtime runs it (`node::step_caught`, one
-//! `catch_unwind` per step), and a storage failure the schedule planted fails the node through
-//! the runtime's own path (`Driver::fail`) until the operator's kill and restart; any other
+//! `catch_unwind` per step), and a failure the schedule planted (a storage failure, a
+//! transport's panic, a poisoned command's: `super::planted`) fails the node through the
+//! runtime's own path (`Driver::fail`) until the operator's kill and restart; any other
 //! panic or driver error ends the run.
 //!
 //! Must not decide anything random except tick phases, message fates and the operator's
@@ -654,8 +655,10 @@ impl<S: StateMachine> Simulator<S> {
 
     /// Steps a running node's driver: the checker sees the core's state and actions before
     /// the driver executes them. A failed node takes no input ([`Simulator::refuse`]). A
-    /// storage failure the schedule planted fails the node ([`Simulator::node_failed`]); any
-    /// other core panic (a broken core assertion) ends the run like a violation. Afterwards the step's messages go on the network and the clients and admins
+    /// failure the schedule planted (storage, transport, a poisoned command) fails the node
+    /// ([`Simulator::node_failed`]); any other core panic (a broken core assertion) ends the
+    /// run like a violation. Afterwards the step's messages (those sent before a transport
+    /// panic included) go on the network and the clients and admins
     /// waiting on this node learn their answers.
     pub(crate) fn step(
         &mut self,
