@@ -211,6 +211,11 @@ pub struct SimConfig {
     /// user's transport may, and the node fails as for a storage panic. Off: no schedule
     /// draws them.
     pub transport_failures: bool,
+    /// Random schedules arm sync failures ([`Fault::FailSync`](super::Fault::FailSync)): a
+    /// node's sync makes nothing durable and panics or fails; with
+    /// [`SimConfig::storage_faults`] its pending writes are then lost, in part or whole, at
+    /// the operator's kill. Off: no schedule draws them.
+    pub sync_failures: bool,
 }
 
 impl SimConfig {
@@ -256,6 +261,7 @@ impl SimConfig {
             transfers: None,
             storage_failures: false,
             transport_failures: false,
+            sync_failures: false,
         }
     }
 
