@@ -873,6 +873,10 @@ impl<S: StateMachine> Simulator<S> {
     fn node_failed(&mut self, id: NodeId, error: Error, struck: Struck) -> Result<(), FailureKind> {
         if let Struck::Storage(kept) = struck {
             self.checker.write_failed(id, kept);
+            if self.config.storage_faults {
+                let durable = self.nodes[&id].storage.durable_state();
+                self.checker.sync_failed(id, &durable);
+            }
         }
         #[cfg(test)]
         if self.run_on_after_panic && matches!(error, Error::NodePanicked { .. }) {

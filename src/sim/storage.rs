@@ -129,6 +129,13 @@ impl<C: Clone + Send + 'static> SimStorage<C> {
         self.lock().struck.take()
     }
 
+    /// What a crash cannot lose: the durable state (with the mode off, everything written).
+    pub fn durable_state(&self) -> PersistentState<C> {
+        let inner = self.lock();
+        let store = if inner.model_sync { &inner.durable } else { &inner.written };
+        store.load().expect("MemStorage::load never fails")
+    }
+
     /// Writes not yet synced (always 0 with the mode off).
     pub fn pending(&self) -> usize {
         self.lock().pending.len()
