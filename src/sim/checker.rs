@@ -20,6 +20,7 @@ use std::hash::Hasher;
 use super::trace::Fnv;
 use crate::core::{Action, Core, Notice, Role, OVERWRITES_COMMITTED};
 use crate::message::{Body, Entry, Payload, Snapshot};
+use crate::storage::PersistentState;
 use crate::types::{LogIndex, NodeId, Term};
 
 /// Which property a run broke.
@@ -220,6 +221,30 @@ impl Checker {
             view.log.truncate(kept);
             view.synced_len = view.synced_len.min(kept);
         }
+    }
+
+    /// With lossy storage: a write or a sync of `id` failed in its last step, and `durable`
+    /// is what its storage holds durable now, which a crash cannot lose. What the shadow
+    /// counted synced is cut back to the prefix `durable` shares with it: a failed sync made
+    /// nothing durable, and one after a snapshot install leaves the old log, not the
+    /// installed one, on disk (the shadow counted an install durable at once, as the driver
+    /// syncs it in the same action).
+    pub fn sync_failed<C: Debug>(&mut self, id: NodeId, durable: &PersistentState<C>) {
+        let Some(view) = self.nodes.get_mut(&id) else { return };
+        let offset = durable.log_offset.0 as usize;
+        // NB: a compacted prefix is committed, so the shadow holds the same entries there.
+        let mut common = offset.min(view.log.len());
+        let mut prev = common.checked_sub(1).map_or(0, |i| view.log[i].1);
+        if common == offset {
+            for entry in &durable.entries {
+                prev = prefix_hash(prev, entry);
+                if view.log.get(common) != Some(&(entry.term, prev)) {
+                    break;
+                }
+                common += 1;
+            }
+        }
+        view.synced_len = view.synced_len.min(common);
     }
 
     /// A node started: first boot, or a restart that must find exactly its persisted log

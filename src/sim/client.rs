@@ -405,6 +405,13 @@ impl<S: StateMachine> Simulator<S> {
             Err(e) if resent && !matches!(e, Error::NotLeader { .. }) => return,
             result => result,
         };
+        #[cfg(test)]
+        if let (true, Err(Error::NodePanicked { node, .. })) = (self.retry_node_panicked, &result) {
+            // The bug: tried again elsewhere, as if refused (it may yet be applied).
+            self.leave_failed_node(client, *node);
+            self.clients.unsure.insert(op);
+            return self.reply_later(ClientEvent::Redirect { client, op, hint: None });
+        }
         let error = match result {
             Ok(applied) => {
                 let output = applied.output;

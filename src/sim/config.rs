@@ -206,6 +206,16 @@ pub struct SimConfig {
     /// schedule draws them (a hand-written [`Fault::FailStorage`](super::Fault::FailStorage)
     /// fires all the same).
     pub storage_failures: bool,
+    /// Random schedules arm transport failures
+    /// ([`Fault::FailTransport`](super::Fault::FailTransport)): a node's `send` panics, as a
+    /// user's transport may, and the node fails as for a storage panic. Off: no schedule
+    /// draws them.
+    pub transport_failures: bool,
+    /// Random schedules arm sync failures ([`Fault::FailSync`](super::Fault::FailSync)): a
+    /// node's sync makes nothing durable and panics or fails; with
+    /// [`SimConfig::storage_faults`] its pending writes are then lost, in part or whole, at
+    /// the operator's kill. Off: no schedule draws them.
+    pub sync_failures: bool,
 }
 
 impl SimConfig {
@@ -250,6 +260,8 @@ impl SimConfig {
             caller_read_percent: 0,
             transfers: None,
             storage_failures: false,
+            transport_failures: false,
+            sync_failures: false,
         }
     }
 

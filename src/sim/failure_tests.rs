@@ -15,7 +15,7 @@ use crate::KvStateMachine;
 /// The nemesis (crashes, partitions, pauses, mid-step crashes, drifting clocks) with storage
 /// failures armed; every second seed retries as `Client::propose` does, every third defers
 /// its applies, every fourth forwards to the leader.
-fn failing(seed: u64) -> (SimConfig, Schedule) {
+pub(super) fn failing(seed: u64) -> (SimConfig, Schedule) {
     let (mut config, _) = nemesis(seed);
     config.storage_failures = true;
     config.client_retries = seed.is_multiple_of(2);

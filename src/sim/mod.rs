@@ -37,6 +37,7 @@ mod kv;
 mod membership;
 mod network;
 mod node;
+mod planted;
 mod reads;
 mod run;
 mod schedule;
@@ -56,6 +57,8 @@ mod failure_tests;
 mod forwarding_tests;
 #[cfg(test)]
 mod inbox_tests;
+#[cfg(test)]
+mod poison_tests;
 #[cfg(test)]
 mod retry_tests;
 #[cfg(test)]
@@ -314,6 +317,13 @@ pub struct Simulator<S: StateMachine> {
     /// appended", and retrying ones retry it.
     #[cfg(test)]
     failure_claims_refused: bool,
+    /// Test-only: clients retry a `NodePanicked` elsewhere, where `Client::propose` gives
+    /// it up (a poisoned command then fails node after node).
+    #[cfg(test)]
+    retry_node_panicked: bool,
+    /// The nodes each poisoned command failed (`planted::PoisonKv`), by command: one at most
+    /// per command, as clients never retry `NodePanicked` ([`FailureKind::PoisonSpread`]).
+    poisoned: BTreeMap<String, Vec<NodeId>>,
     /// What the nodes' forwarders share (`SimConfig::forward_requests`).
     forwarded: std::sync::Arc<std::sync::Mutex<Forwards<S>>>,
 }
@@ -392,6 +402,9 @@ impl<S: StateMachine> Simulator<S> {
             run_on_after_panic: false,
             #[cfg(test)]
             failure_claims_refused: false,
+            #[cfg(test)]
+            retry_node_panicked: false,
+            poisoned: BTreeMap::new(),
             forwarded: std::sync::Arc::new(std::sync::Mutex::new(Forwards {
                 running: BTreeSet::new(),
                 queued: Vec::new(),
@@ -694,6 +707,12 @@ impl<S: StateMachine> Simulator<S> {
     #[cfg(test)]
     pub(crate) fn set_failure_claims_refused(&mut self, on: bool) {
         self.failure_claims_refused = on;
+    }
+
+    /// Test-only: clients retry `NodePanicked` (see the field).
+    #[cfg(test)]
+    pub(crate) fn set_retry_node_panicked(&mut self, on: bool) {
+        self.retry_node_panicked = on;
     }
 
     /// Test-only: node `id`'s tick period, in virtual microseconds, from now on (its clock

@@ -2,8 +2,9 @@
 //! may model the sync boundary) and, while it runs, its node [`Driver`] (the
 //! same type the thread runtime runs), stepped in virtual time. Crash and restart live here,
 //! and a node's failure: a step is run as the runtime runs it (`node::step_caught`, one
-//! `catch_unwind` per step), and a storage failure the schedule planted fails the node through
-//! the runtime's own path (`Driver::fail`) until the operator's kill and restart; any other
+//! `catch_unwind` per step), and a failure the schedule planted (a storage failure, a
+//! transport's panic, a poisoned command's: `super::planted`) fails the node through the
+//! runtime's own path (`Driver::fail`) until the operator's kill and restart; any other
 //! panic or driver error ends the run.
 //!
 //! Must not decide anything random except tick phases, message fates and the operator's
@@ -15,6 +16,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::compaction::{is_partial_chunk, sends_partial_chunk};
+use super::planted::Planted;
 use super::reads::caller::{SimClock, SimLease};
 use super::run::FailureKind;
 use super::storage::AppendFailure;
@@ -31,11 +33,20 @@ use crate::transport::Transport;
 use crate::types::NodeId;
 
 /// The simulator's transport: a step's messages wait here until the simulator gives each its
-/// fate on the virtual network.
-pub(crate) struct Outbox<C>(Vec<Message<C>>);
+/// fate on the virtual network. Armed ([`Fault::FailTransport`](super::Fault::FailTransport)),
+/// its `send` after that many more panics, as a user's transport may.
+pub(crate) struct Outbox<C>(Vec<Message<C>>, Option<u32>);
 
 impl<C: Send + 'static> Transport<C> for Outbox<C> {
     fn send(&mut self, msg: Message<C>) {
+        if let Some(skip) = self.1.as_mut() {
+            if *skip == 0 {
+                self.1 = None;
+                let message = format!("injected transport panic: send to {}", msg.to);
+                super::planted::strike(Planted::Transport, message);
+            }
+            *skip -= 1;
+        }
         self.0.push(msg);
     }
 }
@@ -217,7 +228,7 @@ impl<S: StateMachine> Simulator<S> {
             Some(_) => ApplyOn::Deferred,
             None => ApplyOn::Inline,
         };
-        let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new()), apply_on)
+        let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new(), None), apply_on)
             .expect("SimStorage::load never fails");
         let mut live = Live { driver, lease: None, clock: SimClock::default(), failed: None };
         if self.config.background_sync.is_some() {
@@ -654,8 +665,10 @@ impl<S: StateMachine> Simulator<S> {
 
     /// Steps a running node's driver: the checker sees the core's state and actions before
     /// the driver executes them. A failed node takes no input ([`Simulator::refuse`]). A
-    /// storage failure the schedule planted fails the node ([`Simulator::node_failed`]); any
-    /// other core panic (a broken core assertion) ends the run like a violation. Afterwards the step's messages go on the network and the clients and admins
+    /// failure the schedule planted (storage, transport, a poisoned command) fails the node
+    /// ([`Simulator::node_failed`]); any other core panic (a broken core assertion) ends the
+    /// run like a violation. Afterwards the step's messages (those sent before a transport
+    /// panic included) go on the network and the clients and admins
     /// waiting on this node learn their answers.
     pub(crate) fn step(
         &mut self,
@@ -761,13 +774,16 @@ impl<S: StateMachine> Simulator<S> {
         });
         // NB: a failure the schedule planted fails the node, through the runtime's own path;
         // any other (a broken assertion, a write the simulator's storage refused) is a bug.
-        let failed = match (stepped, node.storage.take_struck()) {
-            (Ok(()), _) => None,
-            (Err(error), Some(kept)) => Some((error, kept)),
-            (Err(Error::NodePanicked { message, .. }), None) => {
+        let failed = match (stepped, node.storage.take_struck(), super::planted::take_struck()) {
+            (Ok(()), ..) => None,
+            (Err(error), Some(kept), _) => Some((error, Struck::Storage(kept))),
+            (Err(error), None, Some(planted)) => Some((error, Struck::Planted(planted))),
+            (Err(Error::NodePanicked { message, .. }), None, None) => {
                 return Err(FailureKind::CorePanic { node: id, message })
             }
-            (Err(e), None) => return Err(FailureKind::Driver { node: id, error: e.to_string() }),
+            (Err(e), None, None) => {
+                return Err(FailureKind::Driver { node: id, error: e.to_string() })
+            }
         };
         let spare = std::mem::take(&mut self.spare_outbox);
         let mut outbox = std::mem::replace(&mut live.driver.transport_mut().0, spare);
@@ -782,13 +798,15 @@ impl<S: StateMachine> Simulator<S> {
             let after = self.rng.random_range(0..=super::micros(window));
             self.schedule(after, Event::Synced { node: id, incarnation });
         }
-        if let Some((error, kept)) = failed {
-            self.node_failed(id, error, kept);
+        let mut bounded = Ok(());
+        if let Some((error, struck)) = failed {
+            bounded = self.node_failed(id, error, struck);
         }
         self.schedule_drain(id);
         self.note_stall(id);
         self.pass_on_forwards();
         verdict?;
+        bounded?;
         if self.config.storage_faults {
             for msg in &outbox {
                 self.checker.message_sent(msg);
@@ -833,16 +851,47 @@ impl<S: StateMachine> Simulator<S> {
         Ok(())
     }
 
-    /// `id`'s storage failed in its last step, leaving its log through `kept`: the node
-    /// fails as the runtime's does ([`Driver::fail`]: whatever waits on it hears `error`
-    /// now), takes no input from now on, and the operator kills and restarts it 20-300 ms
-    /// later ([`Simulator::recover`]). The checker learns what the storage really holds.
-    fn node_failed(&mut self, id: NodeId, error: Error, kept: crate::types::LogIndex) {
-        self.checker.write_failed(id, kept);
+    /// Arms a transport failure on a running node ([`Fault::FailTransport`](super::Fault::FailTransport)):
+    /// its `send` after `skip` more panics. Lost if the node crashes first.
+    pub(crate) fn fail_transport(&mut self, id: NodeId, skip: u32) -> Result<(), FaultError> {
+        let node = self.nodes.get_mut(&id).ok_or(FaultError::UnknownNode(id))?;
+        if let Some(live) = node.live.as_mut().filter(|live| live.failed.is_none()) {
+            live.driver.transport_mut().1 = Some(skip);
+            self.note(format!("armed transport failure on {id} after {skip} sends"));
+        }
+        Ok(())
+    }
+
+    /// Disarms every transport failure armed and not yet struck.
+    pub(crate) fn disarm_transports(&mut self) {
+        for live in self.nodes.values_mut().filter_map(|node| node.live.as_mut()) {
+            live.driver.transport_mut().1 = None;
+        }
+    }
+
+    /// A failure the schedule planted struck `id` in its last step: the node fails as the
+    /// runtime's does ([`Driver::fail`]: whatever waits on it hears `error` now), takes no
+    /// input from now on, and the operator kills and restarts it 20-300 ms later
+    /// ([`Simulator::recover`]). After a failed append the checker learns what the storage
+    /// really holds (a transport's or a command's panic leaves the storage as the step's
+    /// persists, all executed before its first send, left it).
+    ///
+    /// # Errors
+    ///
+    /// [`FailureKind::PoisonSpread`] if a poisoned command failed a second node: its
+    /// client retried what may have failed the first.
+    fn node_failed(&mut self, id: NodeId, error: Error, struck: Struck) -> Result<(), FailureKind> {
+        if let Struck::Storage(kept) = struck {
+            self.checker.write_failed(id, kept);
+            if self.config.storage_faults {
+                let durable = self.nodes[&id].storage.durable_state();
+                self.checker.sync_failed(id, &durable);
+            }
+        }
         #[cfg(test)]
         if self.run_on_after_panic && matches!(error, Error::NodePanicked { .. }) {
             self.note(format!("{id} runs on after its storage panicked (bug): {error}"));
-            return;
+            return Ok(());
         }
         let node = self.nodes.get_mut(&id).expect("it just stepped");
         let live = node.live.as_mut().expect("it just stepped");
@@ -855,6 +904,13 @@ impl<S: StateMachine> Simulator<S> {
             super::micros(Duration::from_millis(20))..=super::micros(Duration::from_millis(300)),
         );
         self.schedule(after, Event::Recover { node: id, incarnation });
+        let Struck::Planted(Planted::Command(command)) = struck else { return Ok(()) };
+        let failed = self.poisoned.entry(command.clone()).or_default();
+        failed.push(id);
+        match failed.len() {
+            1 => Ok(()),
+            _ => Err(FailureKind::PoisonSpread { command, failed: failed.clone() }),
+        }
     }
 
     /// The operator's answer to a failed node: kill it and restart it from its storage (if
@@ -904,6 +960,14 @@ impl<S: StateMachine> Simulator<S> {
         let event = TraceEvent::Dropped { msg: MsgSummary::of(msg), why };
         self.trace.record(TraceLine { at: self.now, event });
     }
+}
+
+/// What struck a node that failed in a step.
+enum Struck {
+    /// Its storage failed an append, leaving its log through this index.
+    Storage(crate::types::LogIndex),
+    /// Another planted panic: its transport, or a poisoned command.
+    Planted(Planted),
 }
 
 fn is_persist<C>(action: &Action<C>) -> bool {

@@ -13,7 +13,7 @@ use super::schedule::Schedule;
 use super::{micros, Simulator, Stats};
 use crate::core::Core;
 use crate::error::FaultError;
-use crate::kv::KvStateMachine;
+use crate::kv::{KvCommand, KvOutput, KvStateMachine};
 use crate::linearizability::{self, CheckOutcome};
 use crate::state_machine::StateMachine;
 use crate::types::{LogIndex, NodeId};
@@ -56,6 +56,15 @@ pub enum FailureKind {
         /// `Config::max_apply_backlog`.
         limit: usize,
     },
+    /// A poisoned command (its `command_size` panics on whichever node handles it) failed
+    /// more than one node: a client retried it after a node failed with it (`NodePanicked`),
+    /// which `Client::propose` never does, as the command may be what failed the node.
+    PoisonSpread {
+        /// The command, as `Debug` prints it.
+        command: String,
+        /// The nodes it failed, in order.
+        failed: Vec<NodeId>,
+    },
     /// A node's count of entries waiting for its state machine (the one its loop stalls on)
     /// differs from what its applier's queue holds.
     ApplyBacklogMiscounted {
@@ -80,9 +89,10 @@ impl FailureKind {
         )
     }
 
-    /// Whether the run stayed safe but did not converge after healing (liveness).
+    /// Whether the run stayed safe but did not converge after healing, or a poisoned command
+    /// failed more than one node (liveness).
     pub fn is_liveness(&self) -> bool {
-        matches!(self, FailureKind::NotConverged(_))
+        matches!(self, FailureKind::NotConverged(_) | FailureKind::PoisonSpread { .. })
     }
 }
 
@@ -102,6 +112,10 @@ impl fmt::Display for FailureKind {
             FailureKind::ApplyBacklogOverLimit { node, entries, limit } => write!(
                 f,
                 "{node} took input with {entries} entries waiting for its state machine (limit {limit})"
+            ),
+            FailureKind::PoisonSpread { command, failed } => write!(
+                f,
+                "liveness (one submission failed several nodes): poisoned command {command} failed {failed:?}"
             ),
             FailureKind::ApplyBacklogMiscounted { node, counted, queued } => write!(
                 f,
@@ -177,10 +191,20 @@ pub fn run_kv(config: &SimConfig, schedule: &Schedule) -> Result<RunReport, SimF
 
 /// The body of [`run_kv`] for an already built simulator (tests switch bugs on first).
 pub(crate) fn drive_kv(
-    mut sim: Simulator<KvStateMachine>,
+    sim: Simulator<KvStateMachine>,
     schedule: &Schedule,
 ) -> Result<RunReport, SimFailure> {
-    sim.start_clients(KvWorkload { keys: sim.config.keys });
+    let workload = KvWorkload { keys: sim.config.keys };
+    drive_kv_with(sim, workload, schedule)
+}
+
+/// [`drive_kv`] for any state machine with the KV commands and outputs, under `workload`.
+pub(crate) fn drive_kv_with<S: StateMachine<Command = KvCommand, Output = KvOutput>>(
+    mut sim: Simulator<S>,
+    workload: impl super::Workload<S> + 'static,
+    schedule: &Schedule,
+) -> Result<RunReport, SimFailure> {
+    sim.start_clients(workload);
     sim.run_schedule(schedule)?;
     let commit_index = sim.settle()?;
     match check_kv_history(sim.history()) {
@@ -227,6 +251,7 @@ impl<S: StateMachine> Simulator<S> {
         self.crash_armed.clear();
         // NB: a failure already struck is still recovered from (`Event::Recover`).
         self.nodes.values().for_each(|node| node.storage.disarm());
+        self.disarm_transports();
         self.on_new_leader.clear();
         self.quiet = true;
         if let Err(kind) = self.resume_all() {

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use super::config::{NetworkConfig, SimConfig};
 use super::network::micros;
 use super::run::FailureKind;
-use super::storage::AppendFailure;
+use super::storage::{AppendFailure, SyncFailure};
 use super::{Event, Simulator};
 use crate::core::{Core, Role};
 use crate::error::FaultError;
@@ -141,6 +141,28 @@ pub enum Fault {
     /// a small one on a share of seeds, so the bound is hit. May be below the leader's window,
     /// which `Config::validate` refuses: a fault, ended by the quiet period.
     InboxBytes(usize),
+    /// Arm a transport failure on a running node (a node that is down or failed ignores it;
+    /// a crash disarms it): its `send` after `skip` more panics (`Error::NodePanicked`), the
+    /// messages sent before it gone out. The node fails as for a storage failure (see
+    /// [`SimConfig::transport_failures`]).
+    FailTransport {
+        /// The node.
+        node: Target,
+        /// Sends that succeed first.
+        skip: u32,
+    },
+    /// Arm a sync failure on a running node (a node that is down ignores it): its sync (or
+    /// background sync) after `skip` more makes nothing durable and `panics`
+    /// (`Error::NodePanicked`) or returns an io error (`Error::Storage`). The node fails as
+    /// for a storage failure (see [`SimConfig::sync_failures`]).
+    FailSync {
+        /// The node.
+        node: Target,
+        /// Syncs that succeed first.
+        skip: u32,
+        /// A panic (else an io error).
+        panics: bool,
+    },
 }
 
 /// Faults at offsets from the start of the fault phase, in time order.
@@ -218,7 +240,9 @@ impl Schedule {
                 | Fault::CrashBeforeSync(t)
                 | Fault::Compact(t)
                 | Fault::Transfer(t)
-                | Fault::FailStorage { node: t, .. } => known(t)?,
+                | Fault::FailStorage { node: t, .. }
+                | Fault::FailTransport { node: t, .. }
+                | Fault::FailSync { node: t, .. } => known(t)?,
                 Fault::CrashMidSnapshot { node: Some(id), .. } => known(&Target::Node(*id))?,
                 Fault::CutLink { from, to } => {
                     known(from)?;
@@ -322,6 +346,12 @@ fn generate(config: &SimConfig, membership: bool, families: Families) -> Schedul
     if let Some(max) = families.inbox_bytes {
         // NB: first, so the budget is in force before any other fault at offset 0.
         events.insert(0, (Duration::ZERO, Fault::InboxBytes(max)));
+    }
+    if config.transport_failures {
+        events.extend(transport_failures(config));
+    }
+    if config.sync_failures {
+        events.extend(sync_failures(config));
     }
     let mut at = 0;
     loop {
@@ -460,6 +490,41 @@ fn storage_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
         .collect()
 }
 
+/// One to three transport failures at random instants of the fault phase (the leader's,
+/// more often than not), from a stream of their own: the other faults stay as they were.
+fn transport_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
+    let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x5e4d_f417_0000_0016);
+    let end = config.fault_phase.as_millis() as u64;
+    (0..rng.random_range(1..=3))
+        .map(|_| {
+            let at = Duration::from_millis(rng.random_range(0..end.max(1)));
+            let node = match rng.random_bool(0.6) {
+                true => Target::Leader,
+                false => Target::Nth(rng.random_range(0..64)),
+            };
+            (at, Fault::FailTransport { node, skip: rng.random_range(0..=20) })
+        })
+        .collect()
+}
+
+/// One to three sync failures at random instants of the fault phase (the leader's, more
+/// often than not), from a stream of their own: the other faults stay as they were.
+fn sync_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
+    let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x5c_fa11_0000_0017);
+    let end = config.fault_phase.as_millis() as u64;
+    (0..rng.random_range(1..=3))
+        .map(|_| {
+            let at = Duration::from_millis(rng.random_range(0..end.max(1)));
+            let node = match rng.random_bool(0.6) {
+                true => Target::Leader,
+                false => Target::Nth(rng.random_range(0..64)),
+            };
+            let (skip, panics) = (rng.random_range(0..=8), rng.random_bool(0.5));
+            (at, Fault::FailSync { node, skip, panics })
+        })
+        .collect()
+}
+
 fn random_change(rng: &mut SmallRng) -> Fault {
     match rng.random_range(0..3) {
         0 => Fault::AddNode,
@@ -539,6 +604,18 @@ impl<S: StateMachine> Simulator<S> {
                 self.resolve(*node)?.map_or(Ok(()), |id| self.fail_storage(id, failure))
             }
             Fault::InboxBytes(max) => self.set_inbox_bytes(*max),
+            Fault::FailSync { node, skip, panics } => {
+                let failure = SyncFailure { skip: *skip, panics: *panics };
+                let Some(id) = self.resolve(*node)?.filter(|&id| self.is_up(id)) else {
+                    return Ok(());
+                };
+                self.nodes[&id].storage.fail_sync(failure);
+                self.note(format!("armed sync failure on {id}: {failure:?}"));
+                Ok(())
+            }
+            Fault::FailTransport { node, skip } => {
+                self.resolve(*node)?.map_or(Ok(()), |id| self.fail_transport(id, *skip))
+            }
             Fault::Transfer(t) => {
                 if let (Some(leader), Some(to)) = (self.leader(), self.resolve(*t)?) {
                     if leader != to && self.is_up(to) {

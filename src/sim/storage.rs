@@ -39,6 +39,8 @@ struct Inner<C> {
     sync_is_noop: bool,
     /// An armed failure ([`SimStorage::fail_append`]).
     armed: Option<AppendFailure>,
+    /// An armed sync failure ([`SimStorage::fail_sync`]).
+    armed_sync: Option<SyncFailure>,
     /// The log's last index after the armed failure struck, until the simulator takes it.
     struck: Option<LogIndex>,
 }
@@ -51,6 +53,16 @@ struct Inner<C> {
 pub(crate) struct AppendFailure {
     pub skip: u32,
     pub keep: usize,
+    pub panics: bool,
+}
+
+/// A failure armed on a node's syncs ([`Fault::FailSync`](super::Fault::FailSync)): the
+/// sync (or background sync job) after `skip` more makes nothing durable and panics, or
+/// returns an io error. Without the sync boundary modelled every write is durable already,
+/// so only the node's failure follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SyncFailure {
+    pub skip: u32,
     pub panics: bool,
 }
 
@@ -78,6 +90,7 @@ impl<C: Clone + Send + 'static> SimStorage<C> {
             model_sync,
             sync_is_noop: false,
             armed: None,
+            armed_sync: None,
             struck: None,
         };
         SimStorage { inner: Arc::new(Mutex::new(inner)) }
@@ -98,15 +111,29 @@ impl<C: Clone + Send + 'static> SimStorage<C> {
         self.lock().armed = Some(failure);
     }
 
-    /// Disarms a failure armed and not yet struck.
+    /// Arms a sync failure (replacing one armed before).
+    pub fn fail_sync(&self, failure: SyncFailure) {
+        self.lock().armed_sync = Some(failure);
+    }
+
+    /// Disarms the failures armed and not yet struck.
     pub fn disarm(&self) {
-        self.lock().armed = None;
+        let mut inner = self.lock();
+        inner.armed = None;
+        inner.armed_sync = None;
     }
 
     /// Whether the armed failure struck since the last call, and if so the last log index
     /// the storage holds since (what of the failed append landed).
     pub fn take_struck(&self) -> Option<LogIndex> {
         self.lock().struck.take()
+    }
+
+    /// What a crash cannot lose: the durable state (with the mode off, everything written).
+    pub fn durable_state(&self) -> PersistentState<C> {
+        let inner = self.lock();
+        let store = if inner.model_sync { &inner.durable } else { &inner.written };
+        store.load().expect("MemStorage::load never fails")
     }
 
     /// Writes not yet synced (always 0 with the mode off).
@@ -199,8 +226,7 @@ impl<C: Clone + Send + 'static> Storage<C> for SimStorage<C> {
 
     fn sync(&mut self) -> io::Result<()> {
         let upto = self.lock().recorded;
-        self.lock().sync_through(upto);
-        Ok(())
+        sync_or_fail(self.lock(), upto)
     }
 
     /// The job makes durable the writes recorded so far, not those recorded after this call
@@ -213,13 +239,43 @@ impl<C: Clone + Send + 'static> Storage<C> for SimStorage<C> {
         let upto = inner.recorded;
         let store = Arc::clone(&self.inner);
         Ok(Some(Box::new(move || {
-            store.lock().unwrap_or_else(|p| p.into_inner()).sync_through(upto);
-            Ok(())
+            sync_or_fail(store.lock().unwrap_or_else(|p| p.into_inner()), upto)
         })))
     }
 }
 
+/// Makes the writes recorded through number `upto` durable, unless the armed sync failure
+/// strikes: then nothing is, and it panics or returns an io error (the log's last index,
+/// unchanged, is what the simulator takes as struck).
+fn sync_or_fail<C: Clone + Send + 'static>(
+    mut inner: MutexGuard<'_, Inner<C>>,
+    upto: u64,
+) -> io::Result<()> {
+    let Some(failure) = inner.strikes_sync() else {
+        inner.sync_through(upto);
+        return Ok(());
+    };
+    let state = inner.written.load().expect("MemStorage::load never fails");
+    inner.struck = Some(LogIndex(state.log_offset.0 + state.entries.len() as u64));
+    let what = format!("sync of {} pending writes", inner.pending.len());
+    drop(inner); // NB: not poisoned by the panic
+    if failure.panics {
+        std::panic::resume_unwind(Box::new(format!("injected storage panic: {what}")));
+    }
+    Err(io::Error::other(format!("injected storage error: {what}")))
+}
+
 impl<C: Clone + Send + 'static> Inner<C> {
+    /// Counts a sync against the armed sync failure: the failure, if this one fails.
+    fn strikes_sync(&mut self) -> Option<SyncFailure> {
+        let armed = self.armed_sync.as_mut()?;
+        if armed.skip > 0 {
+            armed.skip -= 1;
+            return None;
+        }
+        self.armed_sync.take()
+    }
+
     /// Counts an append against the armed failure: the failure, if this one fails.
     fn strikes(&mut self) -> Option<AppendFailure> {
         let armed = self.armed.as_mut()?;
