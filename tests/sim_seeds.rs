@@ -233,6 +233,10 @@ fn nemesis_scenario(seed: u64) -> (SimConfig, Schedule) {
     // path and the operator kills and restarts it. NB: no regression seed below is 1 or 8
     // mod 9; on other seeds the schedule and the run are as before.
     config.storage_failures = seed % 9 == 1 || seed % 9 == 8;
+    // On those seeds also a transport that panics on a send, or a sync that fails (a panic
+    // or an io error, making nothing durable): the same failure path.
+    config.transport_failures = seed % 9 == 8;
+    config.sync_failures = seed % 9 == 1;
     let schedule = if seed % 5 == 4 {
         Schedule::random_with_membership(&config)
     } else {
