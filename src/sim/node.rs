@@ -167,12 +167,10 @@ impl<S: StateMachine> Simulator<S> {
         if node.live.take().is_none() {
             return Ok(());
         }
-        if node.storage.lost_writes() && node.storage.pending() == 0 {
-            node.storage.crash(&mut self.rng); // NB: draws nothing with nothing pending
-            self.note(format!("crash {id} loses the writes a failed sync lost"));
-        }
-        let node = self.nodes.get_mut(&id).expect("looked up above");
-        if node.storage.pending() > 0 {
+        if node.storage.lost_writes() {
+            node.storage.crash(&mut self.rng); // NB: draws nothing
+            self.note(format!("crash {id} loses what a failed sync lost and all written since"));
+        } else if node.storage.pending() > 0 {
             let (kept, torn) = node.storage.crash(&mut self.rng);
             self.stats.unsynced_losses += 1;
             self.note(format!("crash {id} loses unsynced writes: kept {kept}, torn {torn}"));

@@ -8,9 +8,12 @@
 //! A failed sync may also lose the writes it covered for good ([`SyncFailure::loses_writes`]),
 //! as Linux may after a failed `fsync` ("fsyncgate", PostgreSQL 2018): the dirty pages are
 //! dropped and marked clean, the node still reads what it wrote, and a later sync succeeds
-//! without them. The log then has a hole where they were, so no later append becomes durable
-//! either (a log file's recovery stops at the hole), until a crash brings the node back to what
-//! is durable ([`SimStorage::all_durable`] tells the simulator whether anything is so lost).
+//! without them. The storage is a write-ahead log, so it then has a hole where they were and
+//! no later write becomes durable either (recovery stops at the first record it cannot read),
+//! until a crash brings the node back to what was durable ([`SimStorage::all_durable`] tells
+//! the simulator whether anything is so lost). NB: a crash keeps a prefix of the writes, in
+//! order, and so does a lost sync: a later write never lands without an earlier one (a term
+//! lost under entries of that term would be a log holding a future term).
 //!
 //! Must not draw random numbers except at a crash with pending writes, so runs with the mode
 //! off replay exactly as before it existed.
@@ -49,7 +52,7 @@ struct Inner<C> {
     /// An armed sync failure ([`SimStorage::fail_sync`]).
     armed_sync: Option<SyncFailure>,
     /// A failed sync lost writes for good since the last crash: `written` holds more than any
-    /// sync can make durable.
+    /// sync can make durable, and no later write becomes durable (the hole in the log).
     lost: bool,
     /// The log's last index after the armed failure struck, until the simulator takes it.
     struck: Option<LogIndex>,
@@ -172,14 +175,16 @@ impl<C: Clone + Send + 'static> SimStorage<C> {
     /// and whether one was torn.
     pub fn crash(&self, rng: &mut impl Rng) -> (usize, bool) {
         let mut inner = self.lock();
-        if inner.pending.is_empty() {
-            if std::mem::take(&mut inner.lost) {
-                let state = inner.durable.load().expect("MemStorage::load never fails");
-                inner.written = MemStorage::from_state(state);
-            }
+        if std::mem::take(&mut inner.lost) {
+            // NB: everything since the hole is lost; nothing to draw.
+            inner.pending.clear();
+            let state = inner.durable.load().expect("MemStorage::load never fails");
+            inner.written = MemStorage::from_state(state);
             return (0, false);
         }
-        inner.lost = false;
+        if inner.pending.is_empty() {
+            return (0, false);
+        }
         let pending = std::mem::take(&mut inner.pending);
         let keep = if rng.random_bool(0.5) { 0 } else { rng.random_range(0..=pending.len()) };
         let mut torn = false;
@@ -202,9 +207,7 @@ impl<C: Clone + Send + 'static> SimStorage<C> {
 }
 
 fn apply<C: Clone + Send + 'static>(store: &mut MemStorage<C>, write: Write<C>) {
-    // NB: each write succeeded on `written` first, so it succeeds on the same prefix here,
-    // unless a failed sync lost writes before it: an append past the hole they left is
-    // refused (a gap), as a log's recovery stops at the first record it cannot read.
+    // NB: each write succeeded on `written` first, so it succeeds on the same prefix here.
     let _ = match write {
         Write::HardState(hs) => store.save_hard_state(hs),
         Write::Append(first, entries) => store.append_owned(first, entries),
@@ -325,9 +328,14 @@ impl<C: Clone + Send + 'static> Inner<C> {
         self.armed.take()
     }
 
-    /// Makes the writes recorded through number `upto` durable (a prefix of `pending`).
+    /// Makes the writes recorded through number `upto` durable (a prefix of `pending`), unless
+    /// a failed sync lost writes before them: then they are lost behind the hole.
     fn sync_through(&mut self, upto: u64) {
         if self.sync_is_noop {
+            return;
+        }
+        if self.lost {
+            self.lose_through(upto);
             return;
         }
         let first_pending = self.recorded - self.pending.len() as u64;
