@@ -74,3 +74,12 @@ fn a_node_taking_a_failed_sync_as_success_is_caught_and_the_correct_one_is_not()
         run_fsyncgate(seed, false).unwrap_or_else(|f| panic!("seed {seed}, no bug: {f}"));
     }
 }
+
+/// Seed 9688: a background sync that lost a follower's new term failed its node, but an
+/// append of that term written after the sync began survived the kill: the node restarted
+/// with entries of a term its storage did not hold (core invariant I4). The storage is a
+/// write-ahead log, so nothing written after a lost sync becomes durable.
+#[test]
+fn nothing_written_after_a_lost_sync_becomes_durable_seed_9688() {
+    run_fsyncgate(9688, false).unwrap_or_else(|f| panic!("{f}"));
+}

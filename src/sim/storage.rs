@@ -416,8 +416,8 @@ mod tests {
     }
 
     /// A failed sync that loses its writes (fsyncgate): they are gone although the node
-    /// still reads them, a later sync succeeds without them, an append past the hole they
-    /// left never becomes durable, and a crash brings the node back to what was durable
+    /// still reads them, a later sync succeeds without them, nothing written after them (a
+    /// term, an append) becomes durable, and a crash brings the node back to what was durable
     /// before. One that does not lose them leaves them pending for the next sync.
     #[test]
     fn a_failed_sync_may_lose_its_writes_for_good_and_the_next_sync_succeeds_without_them() {
@@ -433,13 +433,14 @@ mod tests {
             assert_eq!(s.take_struck(), Some(LogIndex(3)), "the log as written");
             assert_eq!(s.load().expect("load").entries.len(), 3, "the node still reads them");
             assert!(!s.all_durable());
-            s.append(LogIndex(4), &[entry(2)]).expect("append past them");
+            s.save_hard_state(HardState { term: Term(3), voted_for: None }).expect("hs");
+            s.append(LogIndex(4), &[entry(3)]).expect("append past them");
             s.sync().expect("a later sync succeeds");
             let durable = s.durable_state();
             let (n, term) = (durable.entries.len(), durable.hard_state.term);
             match loses_writes {
                 true => assert_eq!((n, term, s.all_durable()), (1, Term(0), false)),
-                false => assert_eq!((n, term, s.all_durable()), (4, Term(2), true)),
+                false => assert_eq!((n, term, s.all_durable()), (4, Term(3), true)),
             }
             s.crash(&mut rng);
             let state = s.load().expect("load");
