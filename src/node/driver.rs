@@ -50,6 +50,10 @@ pub(crate) struct SyncBugs {
     /// elected within one step reveals a term a crash can make it forget, and then leads that
     /// term a second time with a different log (found by the soak: nemesis seed 227919).
     pub reveal_before_term_durable: bool,
+    /// A sync's io error is taken as success and the node runs on (PostgreSQL's fsync retry
+    /// before 2018): the writes it covered may never be durable, yet the node acknowledges
+    /// them and counts them towards commitment.
+    pub sync_error_as_success: bool,
 }
 
 /// How many queued client requests one step may batch into a single `Input::Propose`.
@@ -632,7 +636,8 @@ where
                     self.start_sync()?;
                 }
             } else {
-                self.storage.sync().map_err(storage_error)?;
+                let synced = self.storage.sync();
+                self.sync_outcome(synced)?;
                 self.durable = self.written;
             }
         }
@@ -680,6 +685,17 @@ where
         Ok(())
     }
 
+    /// A sync's outcome: its io error fails the node, since the writes it covered may never
+    /// be durable (Linux may drop them and succeed the next sync), so no later sync can
+    /// vouch for them.
+    fn sync_outcome(&self, outcome: std::io::Result<()>) -> Result<(), Error> {
+        #[cfg(test)]
+        if self.bugs.sync_error_as_success {
+            return Ok(());
+        }
+        outcome.map_err(storage_error)
+    }
+
     /// Syncs off the node's thread from now on: see the module docs.
     pub fn sync_in_background(&mut self) {
         self.background = true;
@@ -712,7 +728,7 @@ where
         observe: &mut Observer<'_, S::Command>,
     ) -> Result<(), Error> {
         let Some((written, upto)) = self.in_flight.take() else { return Ok(()) };
-        outcome.map_err(storage_error)?;
+        self.sync_outcome(outcome)?;
         self.durable = self.durable.max(written);
         if self.halted {
             return Ok(());
@@ -880,7 +896,8 @@ where
             Action::PersistSnapshot(snapshot) => {
                 self.storage.save_snapshot(&snapshot).map_err(storage_error)?;
                 // NB: the snapshot replaces the log; the core counts on it at once.
-                self.storage.sync().map_err(storage_error)?;
+                let synced = self.storage.sync();
+                self.sync_outcome(synced)?;
                 self.durable = self.written;
                 let status = self.core.status();
                 let done = Compaction::Snapshot {

@@ -214,7 +214,8 @@ pub struct SimConfig {
     /// Random schedules arm sync failures ([`Fault::FailSync`](super::Fault::FailSync)): a
     /// node's sync makes nothing durable and panics or fails; with
     /// [`SimConfig::storage_faults`] its pending writes are then lost, in part or whole, at
-    /// the operator's kill. Off: no schedule draws them.
+    /// the operator's kill, and half of the failures lose the writes they covered for good
+    /// (`loses_writes`, as Linux may after a failed `fsync`). Off: no schedule draws them.
     pub sync_failures: bool,
 }
 

@@ -56,6 +56,8 @@ mod failure_tests;
 #[cfg(test)]
 mod forwarding_tests;
 #[cfg(test)]
+mod fsync_tests;
+#[cfg(test)]
 mod inbox_tests;
 #[cfg(test)]
 mod poison_tests;

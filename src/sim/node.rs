@@ -167,7 +167,10 @@ impl<S: StateMachine> Simulator<S> {
         if node.live.take().is_none() {
             return Ok(());
         }
-        if node.storage.pending() > 0 {
+        if node.storage.lost_writes() {
+            node.storage.crash(&mut self.rng); // NB: draws nothing
+            self.note(format!("crash {id} loses what a failed sync lost and all written since"));
+        } else if node.storage.pending() > 0 {
             let (kept, torn) = node.storage.crash(&mut self.rng);
             self.stats.unsynced_losses += 1;
             self.note(format!("crash {id} loses unsynced writes: kept {kept}, torn {torn}"));
@@ -757,6 +760,7 @@ impl<S: StateMachine> Simulator<S> {
             Execute::All
         };
         live.clock.set(local_now);
+        let mut sync_error_ignored = false;
         let stepped = step_caught(id, &mut live.driver, |driver| match delivery {
             Delivery::Ticks(n, _) => driver.ticks_at(n, tick_time, &mut observe),
             Delivery::Message(msg, _) => driver.receive(msg, &mut observe),
@@ -775,6 +779,12 @@ impl<S: StateMachine> Simulator<S> {
         // NB: a failure the schedule planted fails the node, through the runtime's own path;
         // any other (a broken assertion, a write the simulator's storage refused) is a bug.
         let failed = match (stepped, node.storage.take_struck(), super::planted::take_struck()) {
+            (Ok(()), Some(_), _) => {
+                // NB: only a driver that takes a sync's error as success (a test-only bug)
+                // steps on past a failure that struck; the checker learns what is durable.
+                sync_error_ignored = true;
+                None
+            }
             (Ok(()), ..) => None,
             (Err(error), Some(kept), _) => Some((error, Struck::Storage(kept))),
             (Err(error), None, Some(planted)) => Some((error, Struck::Planted(planted))),
@@ -802,6 +812,13 @@ impl<S: StateMachine> Simulator<S> {
         if let Some((error, struck)) = failed {
             bounded = self.node_failed(id, error, struck);
         }
+        if sync_error_ignored {
+            self.note(format!("{id} takes its failed sync as success (bug)"));
+            if self.config.storage_faults {
+                let durable = self.nodes[&id].storage.durable_state();
+                self.checker.sync_failed(id, &durable);
+            }
+        }
         self.schedule_drain(id);
         self.note_stall(id);
         self.pass_on_forwards();
@@ -811,7 +828,8 @@ impl<S: StateMachine> Simulator<S> {
             for msg in &outbox {
                 self.checker.message_sent(msg);
             }
-            if self.nodes[&id].storage.pending() == 0 {
+            // NB: not "nothing pending": a failed sync may have lost writes for good.
+            if self.nodes[&id].storage.all_durable() {
                 self.checker.node_synced(id);
             }
         }

@@ -168,7 +168,7 @@ fn a_failed_sync_fails_the_node_and_the_kill_loses_its_unsynced_writes() {
         let kv = KvWorkload { keys: config.keys };
         let mut sim = Simulator::new(config, |_| PoisonKv::default()).expect("valid");
         sim.start_clients(PoisonWorkload { kv, one_in: 0, at: None });
-        let fail = Fault::FailSync { node: Target::Leader, skip: 0, panics };
+        let fail = Fault::FailSync { node: Target::Leader, skip: 0, panics, loses_writes: false };
         let schedule = Schedule::new(vec![(Duration::from_millis(400), fail)]);
         sim.run_schedule(&schedule).unwrap_or_else(|f| panic!("{f}"));
         sim.settle().unwrap_or_else(|f| panic!("{f}"));

@@ -162,6 +162,10 @@ pub enum Fault {
         skip: u32,
         /// A panic (else an io error).
         panics: bool,
+        /// With the sync boundary modelled ([`SimConfig::storage_faults`]), the writes the
+        /// sync covered are lost for good, as Linux may drop the dirty pages of a failed
+        /// `fsync` and succeed the next: a node that runs on never has them durable.
+        loses_writes: bool,
     },
 }
 
@@ -511,6 +515,8 @@ fn transport_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
 /// often than not), from a stream of their own: the other faults stay as they were.
 fn sync_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
     let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x5c_fa11_0000_0017);
+    // NB: a stream of its own, so the failures' other draws are as they were before it.
+    let mut loses = SmallRng::seed_from_u64(config.seed ^ 0x5c_fa11_0000_0d20);
     let end = config.fault_phase.as_millis() as u64;
     (0..rng.random_range(1..=3))
         .map(|_| {
@@ -520,7 +526,8 @@ fn sync_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
                 false => Target::Nth(rng.random_range(0..64)),
             };
             let (skip, panics) = (rng.random_range(0..=8), rng.random_bool(0.5));
-            (at, Fault::FailSync { node, skip, panics })
+            let loses_writes = loses.random_bool(0.5);
+            (at, Fault::FailSync { node, skip, panics, loses_writes })
         })
         .collect()
 }
@@ -604,8 +611,9 @@ impl<S: StateMachine> Simulator<S> {
                 self.resolve(*node)?.map_or(Ok(()), |id| self.fail_storage(id, failure))
             }
             Fault::InboxBytes(max) => self.set_inbox_bytes(*max),
-            Fault::FailSync { node, skip, panics } => {
-                let failure = SyncFailure { skip: *skip, panics: *panics };
+            Fault::FailSync { node, skip, panics, loses_writes } => {
+                let failure =
+                    SyncFailure { skip: *skip, panics: *panics, loses_writes: *loses_writes };
                 let Some(id) = self.resolve(*node)?.filter(|&id| self.is_up(id)) else {
                     return Ok(());
                 };

@@ -5,6 +5,16 @@
 //! before syncing it loses it on a crash while the cluster believes it, and the checkers see
 //! the consequences. With the mode off every write is durable at once, as [`MemStorage`].
 //!
+//! A failed sync may also lose the writes it covered for good ([`SyncFailure::loses_writes`]),
+//! as Linux may after a failed `fsync` ("fsyncgate", PostgreSQL 2018): the dirty pages are
+//! dropped and marked clean, the node still reads what it wrote, and a later sync succeeds
+//! without them. The storage is a write-ahead log, so it then has a hole where they were and
+//! no later write becomes durable either (recovery stops at the first record it cannot read),
+//! until a crash brings the node back to what was durable ([`SimStorage::all_durable`] tells
+//! the simulator whether anything is so lost). NB: a crash keeps a prefix of the writes, in
+//! order, and so does a lost sync: a later write never lands without an earlier one (a term
+//! lost under entries of that term would be a log holding a future term).
+//!
 //! Must not draw random numbers except at a crash with pending writes, so runs with the mode
 //! off replay exactly as before it existed.
 
@@ -41,6 +51,9 @@ struct Inner<C> {
     armed: Option<AppendFailure>,
     /// An armed sync failure ([`SimStorage::fail_sync`]).
     armed_sync: Option<SyncFailure>,
+    /// A failed sync lost writes for good since the last crash: `written` holds more than any
+    /// sync can make durable, and no later write becomes durable (the hole in the log).
+    lost: bool,
     /// The log's last index after the armed failure struck, until the simulator takes it.
     struck: Option<LogIndex>,
 }
@@ -58,12 +71,14 @@ pub(crate) struct AppendFailure {
 
 /// A failure armed on a node's syncs ([`Fault::FailSync`](super::Fault::FailSync)): the
 /// sync (or background sync job) after `skip` more makes nothing durable and panics, or
-/// returns an io error. Without the sync boundary modelled every write is durable already,
-/// so only the node's failure follows.
+/// returns an io error; if it `loses_writes`, the writes it covered are gone for good (a later
+/// sync succeeds without them). Without the sync boundary modelled every write is durable
+/// already, so only the node's failure follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SyncFailure {
     pub skip: u32,
     pub panics: bool,
+    pub loses_writes: bool,
 }
 
 /// A simulated node's storage; clones share it, so the node keeps it across crashes while
@@ -91,6 +106,7 @@ impl<C: Clone + Send + 'static> SimStorage<C> {
             sync_is_noop: false,
             armed: None,
             armed_sync: None,
+            lost: false,
             struck: None,
         };
         SimStorage { inner: Arc::new(Mutex::new(inner)) }
@@ -141,10 +157,31 @@ impl<C: Clone + Send + 'static> SimStorage<C> {
         self.lock().pending.len()
     }
 
+    /// Whether a failed sync lost writes for good since the last crash (never with the mode
+    /// off).
+    pub fn lost_writes(&self) -> bool {
+        self.lock().lost
+    }
+
+    /// Whether everything the node wrote is durable: nothing pending and nothing lost. NB:
+    /// after a failed sync that lost its writes nothing is pending, yet they are not durable.
+    pub fn all_durable(&self) -> bool {
+        let inner = self.lock();
+        inner.pending.is_empty() && !inner.lost
+    }
+
     /// A crash: pending writes are lost, except (at random) a prefix of them, the one at the
-    /// cut torn. Returns how many whole writes survived and whether one was torn.
+    /// cut torn; so are the writes a failed sync lost. Returns how many whole writes survived
+    /// and whether one was torn.
     pub fn crash(&self, rng: &mut impl Rng) -> (usize, bool) {
         let mut inner = self.lock();
+        if std::mem::take(&mut inner.lost) {
+            // NB: everything since the hole is lost; nothing to draw.
+            inner.pending.clear();
+            let state = inner.durable.load().expect("MemStorage::load never fails");
+            inner.written = MemStorage::from_state(state);
+            return (0, false);
+        }
         if inner.pending.is_empty() {
             return (0, false);
         }
@@ -245,8 +282,9 @@ impl<C: Clone + Send + 'static> Storage<C> for SimStorage<C> {
 }
 
 /// Makes the writes recorded through number `upto` durable, unless the armed sync failure
-/// strikes: then nothing is, and it panics or returns an io error (the log's last index,
-/// unchanged, is what the simulator takes as struck).
+/// strikes: then nothing is (and if it `loses_writes`, those writes never will be), and it
+/// panics or returns an io error (the log's last index, unchanged, is what the simulator
+/// takes as struck).
 fn sync_or_fail<C: Clone + Send + 'static>(
     mut inner: MutexGuard<'_, Inner<C>>,
     upto: u64,
@@ -257,7 +295,11 @@ fn sync_or_fail<C: Clone + Send + 'static>(
     };
     let state = inner.written.load().expect("MemStorage::load never fails");
     inner.struck = Some(LogIndex(state.log_offset.0 + state.entries.len() as u64));
-    let what = format!("sync of {} pending writes", inner.pending.len());
+    let mut what = format!("sync of {} pending writes", inner.pending.len());
+    if failure.loses_writes && inner.model_sync {
+        let lost = inner.lose_through(upto);
+        what += &format!(", {lost} lost");
+    }
     drop(inner); // NB: not poisoned by the panic
     if failure.panics {
         std::panic::resume_unwind(Box::new(format!("injected storage panic: {what}")));
@@ -286,9 +328,14 @@ impl<C: Clone + Send + 'static> Inner<C> {
         self.armed.take()
     }
 
-    /// Makes the writes recorded through number `upto` durable (a prefix of `pending`).
+    /// Makes the writes recorded through number `upto` durable (a prefix of `pending`), unless
+    /// a failed sync lost writes before them: then they are lost behind the hole.
     fn sync_through(&mut self, upto: u64) {
         if self.sync_is_noop {
+            return;
+        }
+        if self.lost {
+            self.lose_through(upto);
             return;
         }
         let first_pending = self.recorded - self.pending.len() as u64;
@@ -296,6 +343,16 @@ impl<C: Clone + Send + 'static> Inner<C> {
         for write in self.pending.drain(..count).collect::<Vec<_>>() {
             apply(&mut self.durable, write);
         }
+    }
+
+    /// A failed sync drops the writes recorded through number `upto` (a prefix of
+    /// `pending`) for good; returns how many.
+    fn lose_through(&mut self, upto: u64) -> usize {
+        let first_pending = self.recorded - self.pending.len() as u64;
+        let count = upto.saturating_sub(first_pending).min(self.pending.len() as u64) as usize;
+        self.pending.drain(..count);
+        self.lost |= count > 0;
+        count
     }
 
     fn record(&mut self, write: Write<C>) {
@@ -356,6 +413,40 @@ mod tests {
         let state = s.load().expect("load");
         assert!(!state.entries.is_empty(), "the covered append survives any crash");
         assert_eq!(state.hard_state.term, Term(1));
+    }
+
+    /// A failed sync that loses its writes (fsyncgate): they are gone although the node
+    /// still reads them, a later sync succeeds without them, nothing written after them (a
+    /// term, an append) becomes durable, and a crash brings the node back to what was durable
+    /// before. One that does not lose them leaves them pending for the next sync.
+    #[test]
+    fn a_failed_sync_may_lose_its_writes_for_good_and_the_next_sync_succeeds_without_them() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        for loses_writes in [true, false] {
+            let mut s = SimStorage::new(MemStorage::<u32>::new(Configuration::default()), true);
+            s.append(LogIndex(1), &[entry(1)]).expect("append");
+            s.sync().expect("sync");
+            s.save_hard_state(HardState { term: Term(2), voted_for: None }).expect("hs");
+            s.append(LogIndex(2), &[entry(2), entry(2)]).expect("append");
+            s.fail_sync(SyncFailure { skip: 0, panics: false, loses_writes });
+            assert!(s.sync().is_err(), "the armed sync fails");
+            assert_eq!(s.take_struck(), Some(LogIndex(3)), "the log as written");
+            assert_eq!(s.load().expect("load").entries.len(), 3, "the node still reads them");
+            assert!(!s.all_durable());
+            s.save_hard_state(HardState { term: Term(3), voted_for: None }).expect("hs");
+            s.append(LogIndex(4), &[entry(3)]).expect("append past them");
+            s.sync().expect("a later sync succeeds");
+            let durable = s.durable_state();
+            let (n, term) = (durable.entries.len(), durable.hard_state.term);
+            match loses_writes {
+                true => assert_eq!((n, term, s.all_durable()), (1, Term(0), false)),
+                false => assert_eq!((n, term, s.all_durable()), (4, Term(3), true)),
+            }
+            s.crash(&mut rng);
+            let state = s.load().expect("load");
+            assert_eq!(state.entries.len(), n, "restarts from what is durable");
+            assert!(s.all_durable(), "after the crash nothing is lost any more");
+        }
     }
 
     /// Runs the every-fault nemesis with the sync boundary modelled, optionally with the bug;
