@@ -473,63 +473,56 @@ fn transfer_faults(config: &SimConfig, every: Duration) -> Vec<(Duration, Fault)
     }
 }
 
-/// One to three storage failures at random instants of the fault phase (the leader's, more
-/// often than not), from a stream of their own: the other faults stay as they were.
+/// One to three planted failures at random instants of the fault phase, each on the leader
+/// more often than not, from a stream of their own (seeded by `salt`), so the other faults
+/// stay as they were; `fault` draws the rest of each from that stream.
+fn planted_failures(
+    config: &SimConfig,
+    salt: u64,
+    mut fault: impl FnMut(&mut SmallRng, Target) -> Fault,
+) -> Vec<(Duration, Fault)> {
+    let mut rng = SmallRng::seed_from_u64(config.seed ^ salt);
+    let end = config.fault_phase.as_millis() as u64;
+    (0..rng.random_range(1..=3))
+        .map(|_| {
+            let at = Duration::from_millis(rng.random_range(0..end.max(1)));
+            let node = match rng.random_bool(0.6) {
+                true => Target::Leader,
+                false => Target::Nth(rng.random_range(0..64)),
+            };
+            (at, fault(&mut rng, node))
+        })
+        .collect()
+}
+
+/// Storage failures ([`Fault::FailStorage`]): see [`planted_failures`].
 fn storage_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
-    let mut rng = SmallRng::seed_from_u64(config.seed ^ 0xfa11_5707_a6e0_0015);
-    let end = config.fault_phase.as_millis() as u64;
-    (0..rng.random_range(1..=3))
-        .map(|_| {
-            let at = Duration::from_millis(rng.random_range(0..end.max(1)));
-            let node = match rng.random_bool(0.6) {
-                true => Target::Leader,
-                false => Target::Nth(rng.random_range(0..64)),
-            };
-            let skip = rng.random_range(0..=8);
-            // NB: most often nothing lands, so a node that ran on would miss entries.
-            let keep = if rng.random_bool(0.6) { 0 } else { rng.random_range(1..=4) };
-            let panics = rng.random_bool(0.75);
-            (at, Fault::FailStorage { node, skip, keep, panics })
-        })
-        .collect()
+    planted_failures(config, 0xfa11_5707_a6e0_0015, |rng, node| {
+        let skip = rng.random_range(0..=8);
+        // NB: most often nothing lands, so a node that ran on would miss entries.
+        let keep = if rng.random_bool(0.6) { 0 } else { rng.random_range(1..=4) };
+        let panics = rng.random_bool(0.75);
+        Fault::FailStorage { node, skip, keep, panics }
+    })
 }
 
-/// One to three transport failures at random instants of the fault phase (the leader's,
-/// more often than not), from a stream of their own: the other faults stay as they were.
+/// Transport failures ([`Fault::FailTransport`]): see [`planted_failures`].
 fn transport_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
-    let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x5e4d_f417_0000_0016);
-    let end = config.fault_phase.as_millis() as u64;
-    (0..rng.random_range(1..=3))
-        .map(|_| {
-            let at = Duration::from_millis(rng.random_range(0..end.max(1)));
-            let node = match rng.random_bool(0.6) {
-                true => Target::Leader,
-                false => Target::Nth(rng.random_range(0..64)),
-            };
-            (at, Fault::FailTransport { node, skip: rng.random_range(0..=20) })
-        })
-        .collect()
+    planted_failures(config, 0x5e4d_f417_0000_0016, |rng, node| Fault::FailTransport {
+        node,
+        skip: rng.random_range(0..=20),
+    })
 }
 
-/// One to three sync failures at random instants of the fault phase (the leader's, more
-/// often than not), from a stream of their own: the other faults stay as they were.
+/// Sync failures ([`Fault::FailSync`]): see [`planted_failures`].
 fn sync_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
-    let mut rng = SmallRng::seed_from_u64(config.seed ^ 0x5c_fa11_0000_0017);
     // NB: a stream of its own, so the failures' other draws are as they were before it.
     let mut loses = SmallRng::seed_from_u64(config.seed ^ 0x5c_fa11_0000_0d20);
-    let end = config.fault_phase.as_millis() as u64;
-    (0..rng.random_range(1..=3))
-        .map(|_| {
-            let at = Duration::from_millis(rng.random_range(0..end.max(1)));
-            let node = match rng.random_bool(0.6) {
-                true => Target::Leader,
-                false => Target::Nth(rng.random_range(0..64)),
-            };
-            let (skip, panics) = (rng.random_range(0..=8), rng.random_bool(0.5));
-            let loses_writes = loses.random_bool(0.5);
-            (at, Fault::FailSync { node, skip, panics, loses_writes })
-        })
-        .collect()
+    planted_failures(config, 0x5c_fa11_0000_0017, |rng, node| {
+        let (skip, panics) = (rng.random_range(0..=8), rng.random_bool(0.5));
+        let loses_writes = loses.random_bool(0.5);
+        Fault::FailSync { node, skip, panics, loses_writes }
+    })
 }
 
 fn random_change(rng: &mut SmallRng) -> Fault {
