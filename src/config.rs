@@ -79,6 +79,17 @@ pub struct Config {
     /// `max_inflight_bytes` and the snapshot window, at most
     /// [`MAX_QUEUE_BYTES`].
     pub max_inbox_bytes: usize,
+    /// The most bytes of proposals a node's request queue holds (default 64 MiB), each
+    /// counted as its command's `StateMachine::command_size`, measured by the caller's handle
+    /// as it sends. A proposal that does not fit waits as one to a queue full of requests
+    /// does (`propose_async` until there is room; a call with a deadline until then, and
+    /// `Error::QueueFull` if there is still none), unless the queue holds no proposal bytes:
+    /// a command larger than the whole budget still gets in alone. Without it, a stalled
+    /// node's queue holds up to `inbox_capacity` proposals of up to `max_command_bytes` each:
+    /// 1 TiB. Only proposals count: reads, status, compaction, membership and transfer
+    /// requests are few and small, bounded by `inbox_capacity` alone; so are proposals a
+    /// node forwards to its leader. At least 1, at most [`MAX_QUEUE_BYTES`].
+    pub max_queued_request_bytes: usize,
     /// The deadline of every blocking call that takes none (`Cluster::propose`,
     /// `Client::propose`, `Cluster::status`, finding a leader for a membership change). An
     /// addition may take `catch_up_timeout` on top, while the new node catches up.
@@ -218,6 +229,7 @@ impl Default for Config {
             catch_up_timeout: Duration::from_secs(10),
             inbox_capacity: 65_536,
             max_inbox_bytes: 64 << 20,
+            max_queued_request_bytes: 64 << 20,
             request_timeout: Duration::from_secs(5),
             snapshot_entries: 100_000,
             max_apply_backlog: 100_000,
@@ -348,6 +360,7 @@ impl Config {
             ("max_uncommitted_bytes", self.max_uncommitted_bytes),
             ("max_apply_backlog", self.max_apply_backlog),
             ("max_inbox_bytes", self.max_inbox_bytes),
+            ("max_queued_request_bytes", self.max_queued_request_bytes),
         ];
         if let Some((field, _)) = limits.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::ZeroLimit { field });
@@ -377,6 +390,13 @@ impl Config {
     /// The inbox's byte budget must hold a leader's whole window (of entries, or of snapshot
     /// chunks), or a follower keeping up would lose messages in steady state.
     fn validate_inbox_bytes(&self) -> Result<(), ConfigError> {
+        if self.max_queued_request_bytes > MAX_QUEUE_BYTES {
+            return Err(ConfigError::LimitTooLarge {
+                field: "max_queued_request_bytes",
+                value: self.max_queued_request_bytes,
+                max: MAX_QUEUE_BYTES,
+            });
+        }
         if self.max_inbox_bytes > MAX_QUEUE_BYTES {
             return Err(ConfigError::LimitTooLarge {
                 field: "max_inbox_bytes",
@@ -561,6 +581,20 @@ mod tests {
             (d.max_command_bytes, d.max_append_bytes, d.max_inflight_bytes),
             (16 << 20, 1 << 20, 8 << 20)
         );
+    }
+
+    #[test]
+    fn the_request_queue_byte_budget_must_be_positive_and_not_be_absurd() {
+        assert_eq!(Config::default().max_queued_request_bytes, 64 << 20);
+        let field = "max_queued_request_bytes";
+        let c = Config { max_queued_request_bytes: 0, ..Config::default() };
+        assert_eq!(c.validate(), Err(ConfigError::ZeroLimit { field }));
+        let huge = MAX_QUEUE_BYTES + 1;
+        let c = Config { max_queued_request_bytes: huge, ..Config::default() };
+        let err = c.validate().unwrap_err();
+        assert_eq!(err, ConfigError::LimitTooLarge { field, value: huge, max: MAX_QUEUE_BYTES });
+        let c = Config { max_queued_request_bytes: 1, ..Config::default() };
+        assert_eq!(c.validate(), Ok(()), "a budget below the window is fine: proposals only");
     }
 
     #[test]

@@ -456,6 +456,104 @@ fn a_call_with_a_deadline_returns_by_it_while_the_nodes_queue_is_full() {
     assert_eq!(status.core.last_applied, status.core.commit_index);
 }
 
+/// [`Gated`], its commands weighing what they say: command `n` counts for `n` bytes.
+struct Weighed(Gated);
+
+impl StateMachine for Weighed {
+    type Command = u64;
+    type Output = u64;
+
+    fn apply(&mut self, index: LogIndex, command: &u64) -> u64 {
+        self.0.apply(index, command)
+    }
+
+    fn command_size(command: &u64) -> usize {
+        *command as usize
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.snapshot()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.0.restore(snapshot)
+    }
+}
+
+/// A node stalled on its apply backlog holds at most `Config::max_queued_request_bytes` of
+/// proposals in its request queue, however many slots it has (`inbox_capacity`, 65,536 by
+/// default): a pipelining proposer waits for room, a proposal with a deadline is refused
+/// `QueueFull` (never handed over), and once the node resumes every accepted one commits.
+#[test]
+fn a_stalled_nodes_request_queue_holds_at_most_its_byte_budget() {
+    let _serial = serial();
+    const WEIGHT: u64 = 1_000;
+    const BUDGET: usize = 10_000;
+    const PIPELINED: u64 = 40;
+    let open = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let config =
+        Config { max_apply_backlog: 1, max_queued_request_bytes: BUDGET, ..fast_config(61) };
+    let gate = Arc::clone(&open);
+    let cluster =
+        Cluster::new(config, 1, move |_| Weighed(Gated { sum: 0, open: Arc::clone(&gate) }))
+            .expect("start");
+    let id = cluster.wait_for_leader(LONG).expect("a leader");
+    let node = cluster.node(id).expect("running");
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let proposer = {
+        let (node, sent) = (node.clone(), Arc::clone(&sent));
+        std::thread::spawn(move || {
+            let receipts: Vec<_> = (0..PIPELINED)
+                .map(|_| {
+                    let receipt = node.propose_async(WEIGHT).expect("sent");
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    receipt
+                })
+                .collect();
+            receipts.into_iter().map(|mut r| r.wait(LONG).map(|a| a.output)).collect::<Vec<_>>()
+        })
+    };
+    // NB: should the test fail before opening it, the gate opens after 15 s all the same.
+    let watchdog = {
+        let open = Arc::clone(&open);
+        std::thread::spawn(move || {
+            let (lock, opened) = &*open;
+            let shut = lock.lock().unwrap();
+            let (mut shut, _) =
+                opened.wait_timeout_while(shut, Duration::from_secs(15), |o| !*o).unwrap();
+            *shut = true;
+            opened.notify_all();
+        })
+    };
+    // Until the queue is full in bytes: proposals with a deadline are refused. One the node
+    // still took before it stalled (applied, or waiting for the gate) was handed over: it
+    // counts.
+    let mut extra = 0;
+    wait_until(LONG, "a proposal refused for the queue's bytes", || {
+        match node.propose(WEIGHT, ms(50)).map(|a| a.output) {
+            Err(Error::QueueFull(_)) => Ok(()),
+            Ok(_) | Err(Error::Timeout) => {
+                extra += 1;
+                Err(format!("{extra} handed over, {} pipelined", sent.load(Ordering::SeqCst)))
+            }
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert!(sent.load(Ordering::SeqCst) < PIPELINED, "the pipelining proposer waits for room");
+    *open.0.lock().unwrap() = true;
+    open.1.notify_all();
+    watchdog.join().expect("the watchdog");
+    let outputs = proposer.join().expect("the proposer");
+    assert!(outputs.iter().all(|o| o.is_ok()), "{outputs:?}");
+    let next = node.propose(0, LONG).map(|a| a.output);
+    assert_eq!(next, Ok((PIPELINED + extra) * WEIGHT), "every accepted proposal, once");
+    let metrics = node.status(LONG).expect("answered again").metrics;
+    let peak = metrics.queued_request_bytes_peak as usize;
+    assert!(peak <= BUDGET, "the queue held {peak} bytes, budget {BUDGET}");
+    assert!(peak > BUDGET - WEIGHT as usize, "the queue filled: peak {peak}");
+    assert_eq!(metrics.queued_request_bytes, 0);
+}
+
 /// Where `Fussy::apply` of [`GATE`] waits until the test opens it.
 #[derive(Default)]
 struct ApplyGate {

@@ -152,6 +152,11 @@ pub(crate) struct Driver<S: StateMachine, St, T, L: LeaseClock = Monotonic> {
     lease: Option<LeasePublisher<L>>,
     /// The byte count of the node's inbox, for the metrics (the thread runtime).
     inbox: Option<Arc<ByteBudget>>,
+    /// The node's request-queue budget (`Config::max_queued_request_bytes`), if counted.
+    queued: Option<Arc<ByteBudget>>,
+    /// Bytes of proposals taken off the request queue, not yet given back to `queued`: given
+    /// back once per batch ([`Driver::handle`]), or when the node fails.
+    queued_taken: usize,
 }
 
 impl<S, St, T, L> Driver<S, St, T, L>
@@ -222,6 +227,8 @@ where
             forwarder: None,
             lease: None,
             inbox: None,
+            queued: None,
+            queued_taken: 0,
         })
     }
 
@@ -352,6 +359,7 @@ where
     ) -> Result<(), Error> {
         let outer = std::mem::replace(&mut self.batching, true);
         let result = self.handle_batched(first, more, observe);
+        self.give_back_queued();
         if outer || result.is_err() {
             self.batching = outer;
             return result;
@@ -370,12 +378,20 @@ where
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
-                Request::Propose { command, responder } => {
+                Request::Propose { command, responder, queued } => {
                     // NB: in the batch before the sizer (the user's code) runs: should it
                     // panic, the node's failure answers it (`fail_waiting`), where a drop
                     // in the unwind would answer `NodeDown`.
                     self.batch.push(responder);
-                    let size = self.core.command_size(&command);
+                    // NB: a counted proposal was measured by its sender: reused, not measured
+                    // again, and its bytes go back once per batch.
+                    let size = match queued {
+                        Some(size) => {
+                            self.queued_taken += size;
+                            size
+                        }
+                        None => self.core.command_size(&command),
+                    };
                     if size > self.max_command_bytes {
                         let max = self.max_command_bytes;
                         let responder = self.batch.pop().expect("pushed above");
@@ -422,6 +438,7 @@ where
     /// Held actions are dropped: they depended on writes whose fate is unknown. Only the
     /// driver's queues are touched, never the core, whose state may be half updated.
     pub fn fail_waiting(&mut self, error: &Error) {
+        self.give_back_queued();
         self.held.clear();
         for responder in self.batch.drain(..) {
             responder.finish(Err(error.clone()));
@@ -449,6 +466,25 @@ where
         self.forwarder = Some(forwarder);
     }
 
+    /// Counts the node's request queue in bytes (`Config::max_queued_request_bytes`): the
+    /// driver gives back what each proposal it takes off the queue took from `budget`.
+    pub(crate) fn set_request_budget(&mut self, budget: Arc<ByteBudget>) {
+        self.queued = Some(budget);
+    }
+
+    /// The node's request-queue budget, if counted.
+    pub(crate) fn request_budget(&self) -> Option<&Arc<ByteBudget>> {
+        self.queued.as_ref()
+    }
+
+    /// Gives back the bytes of the proposals taken off the request queue since last time.
+    fn give_back_queued(&mut self) {
+        let taken = std::mem::take(&mut self.queued_taken);
+        if let (Some(budget), true) = (&self.queued, taken > 0) {
+            budget.give_back(taken);
+        }
+    }
+
     /// Reports the node's inbox in its metrics (`inbox_bytes` and the like).
     pub(crate) fn set_inbox_view(&mut self, inbox: Arc<ByteBudget>) {
         self.inbox = Some(inbox);
@@ -462,6 +498,8 @@ where
 
     fn forward(&mut self, leader: NodeId, mut request: Request<S>) {
         self.metrics.forwarded += 1;
+        // NB: counted in this node's queue, not in the leader's: its bytes come back here.
+        self.queued_taken += request.uncount();
         if let Request::Propose { responder, .. } = &mut request {
             responder.forwarded_to(leader);
             #[cfg(test)]
@@ -580,6 +618,11 @@ where
             metrics.inbox_bytes = inbox.held() as u64;
             metrics.inbox_bytes_peak = inbox.peak() as u64;
             metrics.inbox_dropped = inbox.dropped();
+        }
+        if let Some(queued) = &self.queued {
+            let metrics = &mut status.metrics;
+            metrics.queued_request_bytes = queued.held() as u64;
+            metrics.queued_request_bytes_peak = queued.peak() as u64;
         }
         if let Some(backlog) = self.backlog() {
             let metrics = &mut status.metrics;

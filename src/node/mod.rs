@@ -75,6 +75,11 @@ pub(crate) enum Request<S: StateMachine> {
     Propose {
         command: S::Command,
         responder: Responder<S::Output>,
+        /// The bytes the sender took for it from the node's request-queue budget
+        /// (`Config::max_queued_request_bytes`): its command's `StateMachine::command_size`,
+        /// which the node reuses instead of measuring again, and gives back when it takes the
+        /// request. `None` when not counted (forwarded, or sent where nobody counts).
+        queued: Option<usize>,
     },
     ChangeMembership {
         change: MembershipChange,
@@ -107,6 +112,16 @@ pub(crate) enum Request<S: StateMachine> {
 pub(crate) type Forwarder<S> = Box<dyn Fn(NodeId, Request<S>) -> Result<(), Request<S>> + Send>;
 
 impl<S: StateMachine> Request<S> {
+    /// Takes the request out of its queue's count: the bytes to give back (none if it was not
+    /// counted), after which it counts nowhere (as a request forwarded to the leader).
+    pub(crate) fn uncount(&mut self) -> usize {
+        match self {
+            Request::Propose { queued, .. } => queued.take().unwrap_or(0),
+            Request::Forward(inner) => inner.uncount(),
+            _ => 0,
+        }
+    }
+
     /// Answers the request with `error` (a status request just drops its reply: `NodeDown`).
     pub(crate) fn fail(self, error: Error) {
         match self {

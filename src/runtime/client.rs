@@ -20,6 +20,7 @@ use crate::node::{
     LocalLease, NodeStatus, ReadFn, Receipt, Request, Responder,
 };
 use crate::state_machine::StateMachine;
+use crate::transport::ByteBudget;
 use crate::types::NodeId;
 
 fn forwardable<S: StateMachine>(forward: bool, request: Request<S>) -> Request<S> {
@@ -34,14 +35,17 @@ fn forwardable<S: StateMachine>(forward: bool, request: Request<S>) -> Request<S
 enum ProposeLater<S: StateMachine> {
     /// The node stopped.
     Down,
-    /// Its queue is full: send `request` blocking, then wait on `receipt` (boxed: the slow
-    /// path keeps the fast one's result small).
+    /// Its queue is full, in requests or in proposal bytes: take room for `request`'s bytes
+    /// and send it, blocking, then wait on `receipt` (boxed: the slow path keeps the fast
+    /// one's result small).
     Full(Box<QueueFull<S>>),
 }
 
 /// What a send to a full queue leaves to do.
 struct QueueFull<S: StateMachine> {
     requests: Sender<Request<S>>,
+    /// The queue's byte budget and what `request` counts for in it, if counted; not taken.
+    queued: Option<(Arc<ByteBudget>, usize)>,
     request: Request<S>,
     receipt: Receipt<S::Output>,
 }
@@ -54,20 +58,50 @@ impl<S: StateMachine> ProposeLater<S> {
             ProposeLater::Down => Err(Error::NodeDown(id)),
             // NB: a failed send drops the responder, which answers the (discarded) receipt.
             ProposeLater::Full(full) => {
-                let QueueFull { requests, request, receipt } = *full;
-                let Some(deadline) = deadline else {
-                    return requests
-                        .send(request)
-                        .map(|()| receipt)
-                        .map_err(|_| Error::NodeDown(id));
-                };
-                match requests.send_deadline(request, deadline) {
-                    Ok(()) => Ok(receipt),
-                    Err(SendTimeoutError::Timeout(_)) => Err(Error::QueueFull(id)),
-                    Err(SendTimeoutError::Disconnected(_)) => Err(Error::NodeDown(id)),
+                let QueueFull { requests, queued, request, receipt } = *full;
+                if let Some((budget, size)) = &queued {
+                    wait_for_room(budget, *size, deadline).map_err(|full| match full {
+                        true => Error::QueueFull(id),
+                        false => Error::NodeDown(id),
+                    })?;
                 }
+                let sent = match deadline {
+                    None => requests.send(request).map_err(|_| Error::NodeDown(id)),
+                    Some(deadline) => {
+                        requests.send_deadline(request, deadline).map_err(|e| match e {
+                            SendTimeoutError::Timeout(_) => Error::QueueFull(id),
+                            SendTimeoutError::Disconnected(_) => Error::NodeDown(id),
+                        })
+                    }
+                };
+                if let (Err(_), Some((budget, size))) = (&sent, &queued) {
+                    budget.give_back(*size);
+                }
+                sent.map(|()| receipt)
             }
         }
+    }
+}
+
+/// Takes `size` bytes from a request queue's `budget`, waiting for room until `deadline` if
+/// any, else as long as it takes: `Err(true)` if there is still none at the deadline,
+/// `Err(false)` if the node stopped. The slow path: it polls, backing off from 10 µs to 1 ms.
+fn wait_for_room(budget: &ByteBudget, size: usize, deadline: Option<Instant>) -> Result<(), bool> {
+    let mut pause = Duration::from_micros(10);
+    loop {
+        if budget.try_take(size) {
+            return Ok(());
+        }
+        if budget.is_closed() {
+            return Err(false);
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(true);
+        }
+        let left = deadline.map_or(pause, |d| d - now);
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(1));
     }
 }
 
@@ -77,6 +111,9 @@ impl<S: StateMachine> ProposeLater<S> {
 pub struct NodeHandle<S: StateMachine> {
     id: NodeId,
     requests: Sender<Request<S>>,
+    /// The byte budget of the node's queue for proposals (`Config::max_queued_request_bytes`);
+    /// none where nobody counts (tests' plain queues).
+    queued: Option<Arc<ByteBudget>>,
     /// Ask the node to forward proposals and reads to the leader.
     forward: bool,
     /// How many times a caller waiting on a receipt yields before it sleeps.
@@ -99,13 +136,22 @@ impl<S: StateMachine> Clone for NodeHandle<S> {
     fn clone(&self) -> Self {
         let (id, forward, local) = (self.id, self.forward, self.local.clone());
         let (spin_rounds, assist) = (self.spin_rounds, self.assist.clone());
-        NodeHandle { id, requests: self.requests.clone(), forward, spin_rounds, local, assist }
+        let (requests, queued) = (self.requests.clone(), self.queued.clone());
+        NodeHandle { id, requests, queued, forward, spin_rounds, local, assist }
     }
 }
 
 impl<S: StateMachine> NodeHandle<S> {
     pub(crate) fn new(id: NodeId, requests: Sender<Request<S>>, spin_rounds: u32) -> Self {
-        NodeHandle { id, requests, forward: false, spin_rounds, local: None, assist: None }
+        let (local, assist) = (None, None);
+        NodeHandle { id, requests, queued: None, forward: false, spin_rounds, local, assist }
+    }
+
+    /// This handle, counting its proposals' bytes against the node's request queue `budget`
+    /// (which the node gives back as it takes them).
+    pub(crate) fn counted_in(mut self, budget: Arc<ByteBudget>) -> Self {
+        self.queued = Some(budget);
+        self
     }
 
     /// A receipt for a request to this node, and the node's end of it.
@@ -163,14 +209,39 @@ impl<S: StateMachine> NodeHandle<S> {
         forward: bool,
     ) -> Result<Receipt<S::Output>, ProposeLater<S>> {
         let (responder, receipt) = self.receipt();
-        match self.requests.try_send(forwardable(forward, Request::Propose { command, responder }))
-        {
+        // NB: measured here, once: the node reuses the size (`Request::Propose::queued`).
+        // The sizer is the user's code: should it panic, the proposal goes uncounted, and the
+        // node, sizing it again, fails as it did before (a poisoned command fails the node,
+        // not its caller).
+        let queued = self.queued.as_ref().and_then(|budget| {
+            let size = || S::command_size(&command);
+            Some((budget, std::panic::catch_unwind(std::panic::AssertUnwindSafe(size)).ok()?))
+        });
+        let request = forwardable(
+            forward,
+            Request::Propose { command, responder, queued: queued.map(|(_, size)| size) },
+        );
+        let later = |request, receipt| {
+            let requests = self.requests.clone();
+            let queued = queued.map(|(budget, size)| (Arc::clone(budget), size));
+            ProposeLater::Full(Box::new(QueueFull { requests, queued, request, receipt }))
+        };
+        if let Some((budget, size)) = queued {
+            if !budget.try_take(size) {
+                return Err(later(request, receipt));
+            }
+        }
+        match self.requests.try_send(request) {
             Ok(()) => Ok(receipt),
-            // NB: the dropped request's responder answers the (discarded) receipt.
-            Err(TrySendError::Disconnected(_)) => Err(ProposeLater::Down),
-            Err(TrySendError::Full(request)) => {
-                let requests = self.requests.clone();
-                Err(ProposeLater::Full(Box::new(QueueFull { requests, request, receipt })))
+            Err(e) => {
+                if let Some((budget, size)) = queued {
+                    budget.give_back(size);
+                }
+                match e {
+                    // NB: the dropped request's responder answers the (discarded) receipt.
+                    TrySendError::Disconnected(_) => Err(ProposeLater::Down),
+                    TrySendError::Full(request) => Err(later(request, receipt)),
+                }
             }
         }
     }
@@ -187,8 +258,9 @@ impl<S: StateMachine> NodeHandle<S> {
 
     /// Sends a proposal without waiting for it; the receipt tells its index and output later.
     /// Returns at once unless the node's request queue is full (`Config::inbox_capacity`
-    /// requests waiting, say behind a node stalled on its apply backlog): then it waits for
-    /// room, the backpressure that keeps a flood of proposals from growing memory.
+    /// requests, or `Config::max_queued_request_bytes` of proposals, waiting, say behind a
+    /// node stalled on its apply backlog): then it waits for room, the backpressure that
+    /// keeps a flood of proposals from growing memory.
     pub fn propose_async(&self, command: S::Command) -> Result<Receipt<S::Output>, Error> {
         self.try_propose(command, self.forward).or_else(|later| later.send(self.id, None))
     }
@@ -664,6 +736,50 @@ mod tests {
         client.node_failed(id);
         assert!(client.handle(id).is_none(), "the failed node is still asked");
         assert_eq!(client.leader_hint(), None);
+    }
+
+    /// The request queue's byte budget: a proposal that does not fit waits (`propose_async`)
+    /// or, with a deadline, is refused `QueueFull` and never handed over; the node's giving
+    /// back makes room; a lone proposal larger than the budget passes; a stopped node's
+    /// budget wakes a waiting proposer with `NodeDown`.
+    #[test]
+    fn proposals_are_bounded_in_bytes_in_the_nodes_queue() {
+        use crate::transport::BudgetCloser;
+        let id = NodeId(1);
+        let put = |n: usize| KvCommand::Put { key: "k".into(), value: "v".repeat(n).into() };
+        let size = KvStateMachine::command_size(&put(100));
+        let budget = Arc::new(ByteBudget::new(2 * size));
+        let (requests, queue) = bounded::<Request<KvStateMachine>>(64);
+        let node = NodeHandle::new(id, requests, 0).counted_in(Arc::clone(&budget));
+        let first = node.propose_async(put(100)).expect("fits");
+        let second = node.propose_async(put(100)).expect("fits, exactly");
+        assert_eq!(budget.held(), 2 * size);
+        let refused = node.propose(put(100), Duration::from_millis(20)).map(|a| a.output);
+        assert_eq!(refused, Err(Error::QueueFull(id)), "no room in bytes, 62 free slots");
+        assert_eq!((queue.len(), budget.held()), (2, 2 * size), "never handed over");
+        // The node takes one: its size travels with it, and goes back.
+        let mut taken = queue.try_recv().expect("queued");
+        assert!(matches!(taken, Request::Propose { queued: Some(s), .. } if s == size));
+        budget.give_back(taken.uncount());
+        let third = node.propose_async(put(100)).expect("room again");
+        for mut request in queue.try_iter() {
+            budget.give_back(request.uncount());
+        }
+        assert_eq!(budget.held(), 0);
+        let huge = node.propose_async(put(10 * size)).expect("alone, however large");
+        assert!(budget.held() > 2 * size);
+        let refused = node.propose(put(1), Duration::from_millis(20)).map(|a| a.output);
+        assert_eq!(refused, Err(Error::QueueFull(id)), "nothing more beside it");
+        // A proposer waiting for room hears that the node stopped.
+        let waiting = {
+            let node = node.clone();
+            std::thread::spawn(move || node.propose_async(put(100)).map(|_| ()))
+        };
+        drop(BudgetCloser(Arc::clone(&budget)));
+        let answer = waiting.join().expect("the proposer");
+        assert_eq!(answer, Err(Error::NodeDown(id)));
+        assert!(budget.peak() <= 2 * size + KvStateMachine::command_size(&put(10 * size)));
+        drop((first, second, third, huge, queue));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::node::{
 };
 use crate::state_machine::StateMachine;
 use crate::storage::{DiskStorage, MemStorage, Storage};
-use crate::transport::{inbox, Inbox, Router, Transport};
+use crate::transport::{inbox, BudgetCloser, ByteBudget, Inbox, Router, Transport};
 use crate::types::NodeId;
 
 type Factory<S> = Arc<dyn Fn(NodeId) -> S + Send + Sync>;
@@ -339,7 +339,10 @@ impl<S: StateMachine> Cluster<S> {
             let backlog = Arc::clone(driver.backlog().expect("the thread runtime defers applies"));
             LocalReads { lease, backlog }
         });
-        let channels = Channels { inbox, requests, shutdown: shutdown_rx };
+        let queued = Arc::new(ByteBudget::new(self.config.max_queued_request_bytes));
+        driver.set_request_budget(Arc::clone(&queued));
+        let closer = Some(BudgetCloser(Arc::clone(&queued)));
+        let channels = Channels { inbox, requests, shutdown: shutdown_rx, _queued: closer };
         let tick = self.config.tick;
         let failure = Failure::default();
         let spin_rounds = self.config.spin_rounds;
@@ -353,7 +356,7 @@ impl<S: StateMachine> Cluster<S> {
         };
         let failed = Arc::clone(&failure);
         let thread = thread::spawn(id, driver, channels, tick, spin_rounds, failed, peers)?;
-        let mut handle = NodeHandle::new(id, requests_tx, spin_rounds);
+        let mut handle = NodeHandle::new(id, requests_tx, spin_rounds).counted_in(queued);
         if self.config.callers_help {
             handle.assist = Some(thread.assist());
         }

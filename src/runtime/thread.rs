@@ -42,7 +42,7 @@ use crate::node::{
 };
 use crate::state_machine::StateMachine;
 use crate::storage::Storage;
-use crate::transport::{InboxReceiver, Transport};
+use crate::transport::{BudgetCloser, InboxReceiver, Transport};
 use crate::types::NodeId;
 
 /// The driver as the thread runtime builds it: storage and transport chosen at run time.
@@ -60,6 +60,9 @@ pub(crate) struct Channels<S: StateMachine> {
     pub inbox: InboxReceiver<S::Command>,
     pub requests: Receiver<Request<S>>,
     pub shutdown: Receiver<()>,
+    /// Closes the request queue's byte budget when the node stops, so that callers waiting
+    /// for room in it hear `NodeDown`.
+    pub _queued: Option<BudgetCloser>,
 }
 
 /// Why a node stopped on its own, shared with the [`crate::Cluster`].
@@ -731,7 +734,12 @@ fn serve_failure<S: StateMachine>(node: &mut Node<S>, shared: &Shared<S>, error:
                 Ok((msg, bytes)) => drop(channels.inbox.taken(msg, bytes)),
                 Err(_) => return false,
             },
-            recv(channels.requests) -> req => match req {
+            recv(channels.requests) -> req => match req.map(|mut req| {
+                if let Some(budget) = node.driver.request_budget() {
+                    budget.give_back(req.uncount());
+                }
+                req
+            }) {
                 Ok(Request::Propose { responder, .. }) => responder.finish(Err(error.clone())),
                 Ok(Request::ChangeMembership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
                 Ok(Request::Compact { reply }) => { let _ = reply.send(Err(error.clone())); }

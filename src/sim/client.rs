@@ -286,7 +286,7 @@ impl<S: StateMachine> Simulator<S> {
         }
         let (responder, receipt) = receipt(node);
         self.clients.awaiting.push(Awaited { client, op, node, receipt });
-        self.forwarding(Request::Propose { command, responder })
+        self.forwarding(Request::Propose { command, responder, queued: None })
     }
 
     /// `request` as the client sends it: asking for forwarding to the leader, with

@@ -14,7 +14,7 @@
 //! Cost on the hot path: one compare-and-swap to take the bytes and one subtraction to give
 //! them back, on a counter of the queue's own; no lock.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
@@ -168,6 +168,9 @@ pub(crate) struct ByteBudget {
     peak: AtomicUsize,
     /// Messages refused because the queue was full, in bytes or in messages.
     dropped: AtomicU64,
+    /// Set when the queue's consumer is gone ([`BudgetCloser`]): a producer waiting for room
+    /// stops waiting.
+    closed: AtomicBool,
     max: usize,
     /// Test-only bug switch: [`ByteBudget::give_back`] gives nothing back, so the bytes leak
     /// and the queue, once its leak reaches the budget, refuses every message for good. The
@@ -182,6 +185,7 @@ impl ByteBudget {
             held: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             max,
             #[cfg(test)]
             never_gives_back: false,
@@ -228,6 +232,21 @@ impl ByteBudget {
 
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Whether the queue's consumer is gone: no room will come.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Held by a queue's consumer: closes the budget when dropped (the node stopped), so that a
+/// producer waiting for room ([`ByteBudget::is_closed`]) stops waiting.
+pub(crate) struct BudgetCloser(pub Arc<ByteBudget>);
+
+impl Drop for BudgetCloser {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
     }
 }
 

@@ -12,7 +12,7 @@ mod router;
 mod sockets;
 mod tcp;
 
-pub(crate) use inbox::{inbox, message_bytes, ByteBudget, InboxReceiver};
+pub(crate) use inbox::{inbox, message_bytes, BudgetCloser, ByteBudget, InboxReceiver};
 pub use inbox::{Inbox, MAX_QUEUE_BYTES};
 pub use router::NetworkFaults;
 pub(crate) use router::Router;

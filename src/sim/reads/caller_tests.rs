@@ -225,7 +225,7 @@ impl Staged {
     fn put(&mut self, at: NodeId, value: &str) -> (KvCommand, Receipt<KvOutput>) {
         let command = KvCommand::Put { key: "k".into(), value: value.into() };
         let (responder, receipt) = crate::node::receipt(at);
-        let request = Request::Propose { command: command.clone(), responder };
+        let request = Request::Propose { command: command.clone(), responder, queued: None };
         let summary = InputSummary::Propose { client: 0, op: 0 };
         self.sim.step(at, Delivery::Request(request), summary).expect("safe");
         (command, receipt)
