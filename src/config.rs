@@ -88,7 +88,11 @@ pub struct Config {
     /// node's queue holds up to `inbox_capacity` proposals of up to `max_command_bytes` each:
     /// 1 TiB. Only proposals count: reads, status, compaction, membership and transfer
     /// requests are few and small, bounded by `inbox_capacity` alone; so are proposals a
-    /// node forwards to its leader. At least 1, at most [`MAX_QUEUE_BYTES`].
+    /// node forwards to its leader. Small proposals, of at most this budget divided by
+    /// `2 * inbox_capacity` bytes (512 by default), are not counted one by one: the queue's
+    /// slots bound them to half the budget, and the larger ones share the other half, so
+    /// that small commands touch no counter shared between callers. At least 1, at most
+    /// [`MAX_QUEUE_BYTES`].
     pub max_queued_request_bytes: usize,
     /// The deadline of every blocking call that takes none (`Cluster::propose`,
     /// `Client::propose`, `Cluster::status`, finding a leader for a membership change). An

@@ -62,12 +62,14 @@ pub struct Metrics {
     /// (`Config::inbox_capacity`) or in bytes (`Config::max_inbox_bytes`): a stalled or
     /// overwhelmed node, whose peers send again.
     pub inbox_dropped: u64,
-    /// Bytes of proposals waiting in the node's request queue when the status was taken,
-    /// each its command's `StateMachine::command_size` (the thread runtime; 0 in the
-    /// simulator).
+    /// Bytes of counted proposals (those larger than the small ones
+    /// `Config::max_queued_request_bytes` exempts) waiting in the node's request queue when
+    /// the status was taken, each its command's `StateMachine::command_size` (the thread
+    /// runtime; 0 in the simulator).
     pub queued_request_bytes: u64,
-    /// The most bytes of proposals its request queue ever held at once: at most
-    /// `Config::max_queued_request_bytes`, or one proposal if a single one is larger.
+    /// The most bytes of counted proposals its request queue ever held at once: at most half
+    /// `Config::max_queued_request_bytes` and up to the whole (what the small ones leave), or
+    /// one proposal if a single one is larger.
     pub queued_request_bytes_peak: u64,
 }
 

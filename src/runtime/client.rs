@@ -105,6 +105,34 @@ fn wait_for_room(budget: &ByteBudget, size: usize, deadline: Option<Instant>) ->
     }
 }
 
+/// A node's request queue's byte budget (`Config::max_queued_request_bytes`), as its
+/// handles count proposals against it. Small proposals go uncounted, as do other requests:
+/// the queue's slots (`Config::inbox_capacity`) bound them to half the budget, and the
+/// larger ones share the other half. So the common case, small commands, touches no shared
+/// counter.
+#[derive(Clone)]
+pub(crate) struct QueueBytes {
+    /// What counted proposals take, and the node gives back.
+    pub budget: Arc<ByteBudget>,
+    /// Proposals of this many bytes or fewer go uncounted.
+    small: usize,
+}
+
+impl QueueBytes {
+    /// The budget of a queue of `slots` requests holding at most `max` bytes of proposals.
+    pub fn new(max: usize, slots: usize) -> Self {
+        let small = max / (2 * slots.max(1));
+        let budget = Arc::new(ByteBudget::new(max - small * slots));
+        QueueBytes { budget, small }
+    }
+
+    /// A budget of `max` bytes that counts every proposal, however small.
+    #[cfg(test)]
+    fn counting_all(max: usize) -> Self {
+        QueueBytes { budget: Arc::new(ByteBudget::new(max)), small: 0 }
+    }
+}
+
 /// A handle to one node: proposals and reads sent here fail with `NotLeader` (and a hint)
 /// unless it leads, or, with [`NodeHandle::forward_to_leader`], are forwarded by the node to
 /// the leader it knows, which answers the caller directly.
@@ -113,7 +141,7 @@ pub struct NodeHandle<S: StateMachine> {
     requests: Sender<Request<S>>,
     /// The byte budget of the node's queue for proposals (`Config::max_queued_request_bytes`);
     /// none where nobody counts (tests' plain queues).
-    queued: Option<Arc<ByteBudget>>,
+    queued: Option<QueueBytes>,
     /// Ask the node to forward proposals and reads to the leader.
     forward: bool,
     /// How many times a caller waiting on a receipt yields before it sleeps.
@@ -147,10 +175,10 @@ impl<S: StateMachine> NodeHandle<S> {
         NodeHandle { id, requests, queued: None, forward: false, spin_rounds, local, assist }
     }
 
-    /// This handle, counting its proposals' bytes against the node's request queue `budget`
+    /// This handle, counting its proposals' bytes against the node's request queue's `bytes`
     /// (which the node gives back as it takes them).
-    pub(crate) fn counted_in(mut self, budget: Arc<ByteBudget>) -> Self {
-        self.queued = Some(budget);
+    pub(crate) fn counted_in(mut self, bytes: QueueBytes) -> Self {
+        self.queued = Some(bytes);
         self
     }
 
@@ -209,13 +237,14 @@ impl<S: StateMachine> NodeHandle<S> {
         forward: bool,
     ) -> Result<Receipt<S::Output>, ProposeLater<S>> {
         let (responder, receipt) = self.receipt();
-        // NB: measured here, once: the node reuses the size (`Request::Propose::queued`).
-        // The sizer is the user's code: should it panic, the proposal goes uncounted, and the
-        // node, sizing it again, fails as it did before (a poisoned command fails the node,
-        // not its caller).
-        let queued = self.queued.as_ref().and_then(|budget| {
+        // NB: a counted proposal is measured here, once: the node reuses the size
+        // (`Request::Propose::queued`). The sizer is the user's code: should it panic, the
+        // proposal goes uncounted, and the node, sizing it again, fails as it did before (a
+        // poisoned command fails the node, not its caller).
+        let queued = self.queued.as_ref().and_then(|bytes| {
             let size = || S::command_size(&command);
-            Some((budget, std::panic::catch_unwind(std::panic::AssertUnwindSafe(size)).ok()?))
+            let size = std::panic::catch_unwind(std::panic::AssertUnwindSafe(size)).ok()?;
+            (size > bytes.small).then_some((&bytes.budget, size))
         });
         let request = forwardable(
             forward,
@@ -748,9 +777,10 @@ mod tests {
         let id = NodeId(1);
         let put = |n: usize| KvCommand::Put { key: "k".into(), value: "v".repeat(n).into() };
         let size = KvStateMachine::command_size(&put(100));
-        let budget = Arc::new(ByteBudget::new(2 * size));
+        let bytes = QueueBytes::counting_all(2 * size);
+        let budget = Arc::clone(&bytes.budget);
         let (requests, queue) = bounded::<Request<KvStateMachine>>(64);
-        let node = NodeHandle::new(id, requests, 0).counted_in(Arc::clone(&budget));
+        let node = NodeHandle::new(id, requests, 0).counted_in(bytes);
         let first = node.propose_async(put(100)).expect("fits");
         let second = node.propose_async(put(100)).expect("fits, exactly");
         assert_eq!(budget.held(), 2 * size);
@@ -780,6 +810,32 @@ mod tests {
         assert_eq!(answer, Err(Error::NodeDown(id)));
         assert!(budget.peak() <= 2 * size + KvStateMachine::command_size(&put(10 * size)));
         drop((first, second, third, huge, queue));
+    }
+
+    /// Small proposals go uncounted, bounded by the queue's slots: a queue of 64 slots and
+    /// 64 KiB counts proposals over 512 bytes against the 32 KiB left, and only those.
+    #[test]
+    fn small_proposals_are_bounded_by_the_queues_slots_and_go_uncounted() {
+        let put = |n: usize| KvCommand::Put { key: "k".into(), value: "v".repeat(n).into() };
+        let bytes = QueueBytes::new(64 << 10, 64);
+        let budget = Arc::clone(&bytes.budget);
+        assert_eq!((bytes.small, budget.max()), (512, 32 << 10), "half for 64 slots of 512");
+        let (requests, queue) = bounded::<Request<KvStateMachine>>(64);
+        let node = NodeHandle::new(NodeId(1), requests, 0).counted_in(bytes);
+        let small = node.propose_async(put(10)).expect("sent");
+        assert_eq!(budget.held(), 0, "uncounted");
+        let large = node.propose_async(put(1_000)).expect("sent");
+        let size = KvStateMachine::command_size(&put(1_000));
+        assert_eq!(budget.held(), size, "counted");
+        let sizes: Vec<_> = queue
+            .try_iter()
+            .map(|r| match r {
+                Request::Propose { queued, .. } => queued,
+                _ => panic!("a proposal"),
+            })
+            .collect();
+        assert_eq!(sizes, [None, Some(size)], "the node sizes the small one itself");
+        drop((small, large));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
 
-use super::client::{Client, LocalReads, NodeHandle};
+use super::client::{Client, LocalReads, NodeHandle, QueueBytes};
 use super::thread::{self, Channels, Failure, NodeDriver, NodeThreads, Peers};
 use crate::config::Config;
 use crate::core::{MembershipChange, Role};
@@ -31,7 +31,7 @@ use crate::node::{
 };
 use crate::state_machine::StateMachine;
 use crate::storage::{DiskStorage, MemStorage, Storage};
-use crate::transport::{inbox, BudgetCloser, ByteBudget, Inbox, Router, Transport};
+use crate::transport::{inbox, BudgetCloser, Inbox, Router, Transport};
 use crate::types::NodeId;
 
 type Factory<S> = Arc<dyn Fn(NodeId) -> S + Send + Sync>;
@@ -339,9 +339,10 @@ impl<S: StateMachine> Cluster<S> {
             let backlog = Arc::clone(driver.backlog().expect("the thread runtime defers applies"));
             LocalReads { lease, backlog }
         });
-        let queued = Arc::new(ByteBudget::new(self.config.max_queued_request_bytes));
-        driver.set_request_budget(Arc::clone(&queued));
-        let closer = Some(BudgetCloser(Arc::clone(&queued)));
+        let queued =
+            QueueBytes::new(self.config.max_queued_request_bytes, self.config.inbox_capacity);
+        driver.set_request_budget(Arc::clone(&queued.budget));
+        let closer = Some(BudgetCloser(Arc::clone(&queued.budget)));
         let channels = Channels { inbox, requests, shutdown: shutdown_rx, _queued: closer };
         let tick = self.config.tick;
         let failure = Failure::default();

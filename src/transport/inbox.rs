@@ -234,6 +234,11 @@ impl ByteBudget {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    #[cfg(test)]
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Whether the queue's consumer is gone: no room will come.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
