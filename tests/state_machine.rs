@@ -356,10 +356,41 @@ fn a_slow_follower_holds_its_apply_backlog_near_the_limit_and_catches_up() {
     assert!(statuses.iter().all(|s| s.digest >= applied), "{}", describe(&statuses));
 }
 
+/// A gate, shut until the test opens it (clones share it).
+#[derive(Clone, Default)]
+struct Gate(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    fn wait_open(&self) {
+        let (lock, opened) = &*self.0;
+        let open = lock.lock().unwrap();
+        drop(opened.wait_while(open, |o| !*o).unwrap());
+    }
+
+    fn open(&self) {
+        *self.0 .0.lock().unwrap() = true;
+        self.0 .1.notify_all();
+    }
+
+    /// Opens the gate after `secs` unless the test did first: should the test fail (or the
+    /// bug make a call never return) while it is shut, it fails instead of hanging.
+    fn watchdog(&self, secs: u64) -> std::thread::JoinHandle<()> {
+        let gate = self.clone();
+        std::thread::spawn(move || {
+            let (lock, opened) = &*gate.0;
+            let shut = lock.lock().unwrap();
+            let limit = Duration::from_secs(secs);
+            let (mut shut, _) = opened.wait_timeout_while(shut, limit, |o| !*o).unwrap();
+            *shut = true;
+            opened.notify_all();
+        })
+    }
+}
+
 /// Blocks in `apply` while its gate is shut; sums what it applies.
 struct Gated {
     sum: u64,
-    open: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    gate: Gate,
 }
 
 impl StateMachine for Gated {
@@ -367,16 +398,33 @@ impl StateMachine for Gated {
     type Output = u64;
 
     fn apply(&mut self, _index: LogIndex, command: &u64) -> u64 {
-        let (lock, opened) = &*self.open;
-        let mut open = lock.lock().unwrap();
-        while !*open {
-            open = opened.wait(open).unwrap();
-        }
+        self.gate.wait_open();
         self.sum += command;
         self.sum
     }
 
     summing_image!();
+}
+
+/// A thread proposing `commands` to `node` without waiting (`propose_async`), counting them
+/// in `sent` as each is handed over, then waiting for every answer.
+fn pipeline<S: StateMachine<Command = u64, Output = u64>>(
+    node: &ferraft::NodeHandle<S>,
+    commands: Vec<u64>,
+    sent: &Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<Vec<Result<u64, Error>>> {
+    let (node, sent) = (node.clone(), Arc::clone(sent));
+    std::thread::spawn(move || {
+        let receipts: Vec<_> = commands
+            .into_iter()
+            .map(|command| {
+                let receipt = node.propose_async(command).expect("sent");
+                sent.fetch_add(1, Ordering::SeqCst);
+                receipt
+            })
+            .collect();
+        receipts.into_iter().map(|mut r| r.wait(LONG).map(|a| a.output)).collect()
+    })
 }
 
 /// A node stalled on its apply backlog stops taking requests, and its queue fills: a call
@@ -386,42 +434,19 @@ impl StateMachine for Gated {
 #[test]
 fn a_call_with_a_deadline_returns_by_it_while_the_nodes_queue_is_full() {
     let _serial = serial();
-    let open = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let gate = Gate::default();
     let config = Config { max_apply_backlog: 1, inbox_capacity: 2, ..fast_config(59) };
-    let gate = Arc::clone(&open);
+    let shared = gate.clone();
     let cluster =
-        Cluster::new(config, 1, move |_| Gated { sum: 0, open: Arc::clone(&gate) }).expect("start");
+        Cluster::new(config, 1, move |_| Gated { sum: 0, gate: shared.clone() }).expect("start");
     let id = cluster.wait_for_leader(LONG).expect("a leader");
     let node = cluster.node(id).expect("running");
     // Proposals the shut gate holds back: the node stalls, the rest fill its queue, and the
     // proposer waits for room (the documented backpressure).
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let proposer = {
-        let (node, sent) = (node.clone(), Arc::clone(&sent));
-        std::thread::spawn(move || {
-            let receipts: Vec<_> = (1..=8)
-                .map(|i| {
-                    let receipt = node.propose_async(i).expect("sent");
-                    sent.fetch_add(1, Ordering::SeqCst);
-                    receipt
-                })
-                .collect();
-            receipts.into_iter().map(|mut r| r.wait(LONG).map(|a| a.output)).collect::<Vec<_>>()
-        })
-    };
-    // NB: should the call not return (the bug), the gate opens after 8 s all the same, so
-    // the test fails on the time taken instead of hanging.
-    let watchdog = {
-        let open = Arc::clone(&open);
-        std::thread::spawn(move || {
-            let (lock, opened) = &*open;
-            let shut = lock.lock().unwrap();
-            let (mut shut, _) =
-                opened.wait_timeout_while(shut, Duration::from_secs(8), |o| !*o).unwrap();
-            *shut = true;
-            opened.notify_all();
-        })
-    };
+    let proposer = pipeline(&node, (1..=8).collect(), &sent);
+    // NB: should the call not return (the bug), the test fails on the time taken.
+    let watchdog = gate.watchdog(8);
     wait_until(LONG, "proposals past the limit and the queue", || {
         match sent.load(Ordering::SeqCst) {
             n if n >= 4 => Ok(()),
@@ -445,8 +470,7 @@ fn a_call_with_a_deadline_returns_by_it_while_the_nodes_queue_is_full() {
     let last = Box::new(Error::QueueFull(id));
     assert_eq!(refused.map(|a| a.output), Err(Error::Unavailable { last }));
     assert!(took < Duration::from_secs(5), "returned after {took:?}, its deadline 100 ms");
-    *open.0.lock().unwrap() = true;
-    open.1.notify_all();
+    gate.open();
     watchdog.join().expect("the watchdog");
     let outputs = proposer.join().expect("the proposer");
     assert_eq!(outputs.last(), Some(&Ok(36)), "all eight applied once the gate opened");
@@ -490,41 +514,17 @@ fn a_stalled_nodes_request_queue_holds_at_most_its_byte_budget() {
     const WEIGHT: u64 = 1_000;
     const BUDGET: usize = 10_000;
     const PIPELINED: u64 = 40;
-    let open = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let gate = Gate::default();
     let config =
         Config { max_apply_backlog: 1, max_queued_request_bytes: BUDGET, ..fast_config(61) };
-    let gate = Arc::clone(&open);
-    let cluster =
-        Cluster::new(config, 1, move |_| Weighed(Gated { sum: 0, open: Arc::clone(&gate) }))
-            .expect("start");
+    let shared = gate.clone();
+    let cluster = Cluster::new(config, 1, move |_| Weighed(Gated { sum: 0, gate: shared.clone() }))
+        .expect("start");
     let id = cluster.wait_for_leader(LONG).expect("a leader");
     let node = cluster.node(id).expect("running");
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let proposer = {
-        let (node, sent) = (node.clone(), Arc::clone(&sent));
-        std::thread::spawn(move || {
-            let receipts: Vec<_> = (0..PIPELINED)
-                .map(|_| {
-                    let receipt = node.propose_async(WEIGHT).expect("sent");
-                    sent.fetch_add(1, Ordering::SeqCst);
-                    receipt
-                })
-                .collect();
-            receipts.into_iter().map(|mut r| r.wait(LONG).map(|a| a.output)).collect::<Vec<_>>()
-        })
-    };
-    // NB: should the test fail before opening it, the gate opens after 15 s all the same.
-    let watchdog = {
-        let open = Arc::clone(&open);
-        std::thread::spawn(move || {
-            let (lock, opened) = &*open;
-            let shut = lock.lock().unwrap();
-            let (mut shut, _) =
-                opened.wait_timeout_while(shut, Duration::from_secs(15), |o| !*o).unwrap();
-            *shut = true;
-            opened.notify_all();
-        })
-    };
+    let proposer = pipeline(&node, vec![WEIGHT; PIPELINED as usize], &sent);
+    let watchdog = gate.watchdog(15);
     // Until the queue is full in bytes: proposals with a deadline are refused. One the node
     // still took before it stalled (applied, or waiting for the gate) was handed over: it
     // counts.
@@ -540,8 +540,7 @@ fn a_stalled_nodes_request_queue_holds_at_most_its_byte_budget() {
         }
     });
     assert!(sent.load(Ordering::SeqCst) < PIPELINED, "the pipelining proposer waits for room");
-    *open.0.lock().unwrap() = true;
-    open.1.notify_all();
+    gate.open();
     watchdog.join().expect("the watchdog");
     let outputs = proposer.join().expect("the proposer");
     assert!(outputs.iter().all(|o| o.is_ok()), "{outputs:?}");
