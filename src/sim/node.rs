@@ -395,7 +395,7 @@ impl<S: StateMachine> Simulator<S> {
         self.step(id, Delivery::Synced(job), InputSummary::Flush)
     }
 
-    /// With [`SimConfig::deferred_apply`]: if `id`'s backlog holds tasks and no drain is on
+    /// With [`SimConfig::deferred_apply`](super::SimConfig::deferred_apply): if `id`'s backlog holds tasks and no drain is on
     /// its way, one comes after a random delay within the window.
     fn schedule_drain(&mut self, id: NodeId) {
         let Some(window) = self.config.deferred_apply else { return };

@@ -629,7 +629,7 @@ impl<S: StateMachine> Simulator<S> {
     }
 
     /// [`Fault::Transfer`]: hands `leader`'s driver the request a `transfer_leadership` call
-    /// sends; its answer is kept for [`Stats::transfers_won`].
+    /// sends; its answer is kept for [`Stats::transfers_won`](super::Stats::transfers_won).
     pub(crate) fn request_transfer(
         &mut self,
         leader: NodeId,
