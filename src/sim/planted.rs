@@ -1,7 +1,7 @@
 //! Panics the simulator plants in user code other than storage: a transport whose `send`
 //! panics ([`Fault::FailTransport`](super::Fault::FailTransport)) and, in tests, a poisoned
-//! command whose `command_size` panics on any node that handles it (`PoisonKv`, test-only). Each
-//! panics through [`strike`], which marks this thread first: the node's step then fails the
+//! command whose `command_size` panics on any node that handles it (`PoisonKv`, test-only).
+//! Each panics through [`strike`], which marks this thread first: the node's step then fails the
 //! node through the runtime's own path (`Driver::fail`) instead of ending the run as a bug.
 //!
 //! Owns one mark per thread (the simulator runs on one); must draw no random numbers.
