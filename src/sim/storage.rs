@@ -15,6 +15,9 @@
 //! order, and so does a lost sync: a later write never lands without an earlier one (a term
 //! lost under entries of that term would be a log holding a future term).
 //!
+//! A write may fail as armed ([`WriteFailure`]): an append (landing a prefix of its entries),
+//! a hard-state write or a snapshot write (landing nothing), by a panic or an io error.
+//!
 //! Must not draw random numbers except at a crash with pending writes, so runs with the mode
 //! off replay exactly as before it existed.
 
