@@ -84,8 +84,8 @@ fn a_failed_hard_state_or_snapshot_write_writes_nothing_and_counts_only_its_kind
     }
 }
 
-/// Whether the run's trace shows `id` failing on an injected write of `what` ("hard state"
-/// or "snapshot"), or a buggy driver stepping on past one.
+/// Whether the run's trace shows a node failing on an injected write of `what` (an io
+/// error; "hard state" or "snapshot"), or a buggy driver stepping on past one.
 fn struck(sim: &Simulator<KvStateMachine>, what: &str) -> bool {
     let trace = sim.trace().unwrap_or_default();
     trace.iter().any(|line| {
