@@ -54,6 +54,10 @@ pub(crate) struct SyncBugs {
     /// before 2018): the writes it covered may never be durable, yet the node acknowledges
     /// them and counts them towards commitment.
     pub sync_error_as_success: bool,
+    /// A failed `save_hard_state` (an io error) is taken as success and the node runs on: it
+    /// reveals a term and vote its storage never got (a vote sent, a candidacy or leadership
+    /// announced), and after a restart from that storage it may vote again in that term.
+    pub hard_state_error_ignored: bool,
 }
 
 /// How many queued client requests one step may batch into a single `Input::Propose`.
@@ -900,7 +904,10 @@ where
         }
         match action {
             Action::PersistHardState(hs) => {
-                self.storage.save_hard_state(hs).map_err(storage_error)?
+                let saved = self.storage.save_hard_state(hs);
+                #[cfg(test)]
+                let saved = if self.bugs.hard_state_error_ignored { Ok(()) } else { saved };
+                saved.map_err(storage_error)?
             }
             Action::PersistEntries { from } => {
                 if let Some((_, upto)) = &mut self.in_flight {

@@ -197,30 +197,77 @@ impl Checker {
     /// as a candidate or leader of that term (an AppendEntries from a leader elected within
     /// one step, say): the checker then holds the node to both, whatever its storage lost.
     pub fn message_sent<C>(&mut self, msg: &crate::message::Message<C>) {
-        match &msg.body {
-            Body::RequestVoteReply(r) if r.granted && !r.pre_vote => {
-                self.global.tentative.remove(&(msg.from, msg.term));
+        let key = (msg.from, msg.term);
+        if let Some(&candidate) = self.global.votes.get(&key) {
+            if reveals_vote(msg, candidate) {
+                self.global.tentative.remove(&key);
             }
-            Body::RequestVote(rv) if rv.pre_vote => {}
-            Body::RequestVoteReply(r) if r.pre_vote => {}
-            _ if self.global.votes.get(&(msg.from, msg.term)) == Some(&msg.from) => {
-                self.global.tentative.remove(&(msg.from, msg.term));
-            }
-            _ => {}
         }
     }
 
-    /// A write of `id` failed in its last step
-    /// ([`Fault::FailStorage`](super::Fault::FailStorage)), leaving its storage's log through
-    /// `kept`: the shadow (what was persisted) is cut back to what the storage holds. A node
-    /// that stops there restarts with exactly that log; one that runs on holds entries it
-    /// never persisted, which its next step shows (SUB-8).
-    pub fn write_failed(&mut self, id: NodeId, kept: LogIndex) {
-        if let Some(view) = self.nodes.get_mut(&id) {
-            let kept = kept.0 as usize;
-            view.log.truncate(kept);
-            view.synced_len = view.synced_len.min(kept);
+    /// A write (or a sync) of `id` failed in its last step
+    /// ([`Fault::FailStorage`](super::Fault::FailStorage)), which sent `sent` (what it ran
+    /// before the failure, or all of it for a driver that steps on past the failure, a
+    /// test-only bug), and its storage now holds `held`: nothing of a failed hard-state or
+    /// snapshot write, a prefix of a failed append's entries.
+    ///
+    /// The shadow log (what was persisted) becomes the storage's: a failed install leaves the
+    /// old snapshot and log, not the installed ones, a failed append a prefix of its entries.
+    /// A node that stops there restarts with exactly that log; one that runs on holds entries
+    /// it never persisted, which its next step shows (SUB-8).
+    ///
+    /// A vote of `id` that `held` lacks (in a later term, or another candidate in its term)
+    /// was never persisted, and the driver reveals nothing before it persists it: unless
+    /// `sent` reveals it, the checker forgets it (and a leadership resting on it, as at a
+    /// crash with lossy storage), so the restarted node may vote again in that term. So does
+    /// the term: the node is held only to `held`'s term, or one `sent` reveals.
+    pub fn write_failed<C: Debug>(
+        &mut self,
+        id: NodeId,
+        held: &PersistentState<C>,
+        sent: &[crate::message::Message<C>],
+    ) {
+        let Some(view) = self.nodes.get_mut(&id) else { return };
+        let g = &mut self.global;
+        let offset = held.log_offset.0 as usize;
+        // NB: a compacted prefix is committed: the shadow keeps its hashes, or (after an
+        // install it now loses) holds the committed chain through them.
+        let base = match view.log.get(..offset) {
+            Some(base) => base.to_vec(),
+            None => g.committed[..offset].iter().map(|c| (c.term, c.prefix)).collect(),
+        };
+        let mut log = base;
+        let mut prev = log.last().map_or(0, |e| e.1);
+        for entry in &held.entries {
+            prev = prefix_hash(prev, entry);
+            log.push((entry.term, prev));
         }
+        let same = first_difference(&view.log, &log) as usize - 1;
+        view.synced_len = view.synced_len.min(same);
+        view.log = log;
+
+        let hs = held.hard_state;
+        let revealed = |term: Term, candidate: NodeId| {
+            sent.iter().any(|m| m.from == id && m.term == term && reveals_vote(m, candidate))
+        };
+        let unheld: Vec<_> = g
+            .votes
+            .range((id, hs.term)..=(id, Term(u64::MAX)))
+            .filter(|&(&(_, term), &candidate)| term > hs.term || hs.voted_for != Some(candidate))
+            .filter(|&(&(_, term), &candidate)| !revealed(term, candidate))
+            .map(|(&key, _)| key)
+            .collect();
+        for key @ (_, term) in unheld {
+            forget_vote(g, key);
+            if view.leader_of == Some(term) && !g.leaders.contains_key(&term) {
+                view.leader_of = None;
+            }
+        }
+        let revealed_term =
+            sent.iter().filter(|m| m.from == id && !is_pre_vote(m)).map(|m| m.term).max();
+        let term = revealed_term.map_or(hs.term, |t| t.max(hs.term));
+        view.max_term = view.max_term.min(term);
+        view.synced_term = view.synced_term.min(term);
     }
 
     /// With lossy storage: a write or a sync of `id` failed in its last step, and `durable`
@@ -314,13 +361,8 @@ impl Checker {
         }
         let g = &mut self.global;
         let forgotten: Vec<_> = g.tentative.iter().filter(|(v, _)| *v == id).copied().collect();
-        for key @ (_, term) in forgotten {
-            g.tentative.remove(&key);
-            g.votes.remove(&key);
-            if g.leaders.get(&term) == Some(&id) {
-                g.leaders.remove(&term);
-                g.entries.retain(|&(_, entry_term), _| entry_term != term);
-            }
+        for key in forgotten {
+            forget_vote(g, key);
         }
     }
 
@@ -403,6 +445,37 @@ fn check_no_committed_overwrite<C>(id: NodeId, actions: &[Action<C>]) -> Check {
         }
     }
     Ok(())
+}
+
+/// Whether `msg` (from the voter, in the vote's term) reveals that its sender voted for
+/// `candidate` in that term: a granted (real) vote for it, or, for a vote of its own, any
+/// message but a pre-vote's (its term and candidacy or leadership).
+fn reveals_vote<C>(msg: &crate::message::Message<C>, candidate: NodeId) -> bool {
+    match &msg.body {
+        Body::RequestVoteReply(r) if r.granted && !r.pre_vote => msg.to == candidate,
+        _ => candidate == msg.from && !is_pre_vote(msg),
+    }
+}
+
+/// A pre-vote request or reply: it does not reveal the sender's term.
+fn is_pre_vote<C>(msg: &crate::message::Message<C>) -> bool {
+    match &msg.body {
+        Body::RequestVote(rv) => rv.pre_vote,
+        Body::RequestVoteReply(r) => r.pre_vote,
+        _ => false,
+    }
+}
+
+/// Forgets `voter`'s vote in `term`, which it never revealed nor persisted, and a leadership
+/// of that term resting on it: it was leader only in memory, and every entry of that term is
+/// its own and went with it, so another node may still lead the term.
+fn forget_vote(g: &mut Global, (voter, term): (NodeId, Term)) {
+    g.tentative.remove(&(voter, term));
+    g.votes.remove(&(voter, term));
+    if g.leaders.get(&term) == Some(&voter) {
+        g.leaders.remove(&term);
+        g.entries.retain(|&(_, entry_term), _| entry_term != term);
+    }
 }
 
 /// SP-2, SP-3 and durability: re-hash the log from the persisted index on, then check the

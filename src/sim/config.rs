@@ -199,8 +199,9 @@ pub struct SimConfig {
     pub transfers: Option<Duration>,
     /// Random schedules ([`Schedule::random`](super::Schedule::random)) arm storage
     /// failures ([`Fault::FailStorage`](super::Fault::FailStorage)): a node's append panics
-    /// (or, in some draws, fails with an io error) after writing part of its entries. The
-    /// node fails through the path the thread runtime runs (`Error::NodePanicked` or
+    /// (or, in some draws, fails with an io error) after writing part of its entries, or (a
+    /// quarter of the draws each) its hard-state write or snapshot write fails, writing
+    /// nothing. The node fails through the path the thread runtime runs (`Error::NodePanicked` or
     /// `Error::Storage`; everything waiting on it answered at once), takes no input, and is
     /// killed and restarted from its storage 20-300 ms later, as an operator would. Off: no
     /// schedule draws them (a hand-written [`Fault::FailStorage`](super::Fault::FailStorage)

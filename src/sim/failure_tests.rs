@@ -34,7 +34,8 @@ fn leader_fails(panics: bool, keep: usize) -> Simulator<KvStateMachine> {
     config.record_trace = true;
     let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid");
     sim.start_clients(KvWorkload { keys: 3 });
-    let fail = Fault::FailStorage { node: Target::Leader, skip: 0, keep, panics };
+    let write = WriteKind::Append;
+    let fail = Fault::FailStorage { node: Target::Leader, write, skip: 0, keep, panics };
     let schedule = Schedule::new(vec![(Duration::from_millis(400), fail)]);
     sim.run_schedule(&schedule).unwrap_or_else(|f| panic!("{f}"));
     sim

@@ -67,6 +67,8 @@ mod retry_tests;
 mod snapshot_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod write_failure_tests;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -89,6 +91,7 @@ pub use config::{Churn, NetworkConfig, SimConfig};
 pub use kv::{check_kv_history, KvWorkload};
 pub use run::{run_kv, FailureKind, RunReport, SimFailure};
 pub use schedule::{Fault, Schedule, SnapshotSide, Target};
+pub use storage::WriteKind;
 
 use client::{ClientEvent, Clients};
 use membership::Admin;

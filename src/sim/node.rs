@@ -19,8 +19,7 @@ use super::compaction::{is_partial_chunk, sends_partial_chunk};
 use super::planted::Planted;
 use super::reads::caller::{SimClock, SimLease};
 use super::run::FailureKind;
-use super::storage::AppendFailure;
-use super::storage::SimStorage;
+use super::storage::{SimStorage, Strike, WriteFailure};
 use super::trace::{InputSummary, MsgSummary, NodeSummary, TraceEvent, TraceLine};
 use super::{network::Fate, Event, FaultError, Simulator};
 use crate::core::{Action, Core};
@@ -760,7 +759,7 @@ impl<S: StateMachine> Simulator<S> {
             Execute::All
         };
         live.clock.set(local_now);
-        let mut sync_error_ignored = false;
+        let mut ignored = None;
         let stepped = step_caught(id, &mut live.driver, |driver| match delivery {
             Delivery::Ticks(n, _) => driver.ticks_at(n, tick_time, &mut observe),
             Delivery::Message(msg, _) => driver.receive(msg, &mut observe),
@@ -779,14 +778,14 @@ impl<S: StateMachine> Simulator<S> {
         // NB: a failure the schedule planted fails the node, through the runtime's own path;
         // any other (a broken assertion, a write the simulator's storage refused) is a bug.
         let failed = match (stepped, node.storage.take_struck(), super::planted::take_struck()) {
-            (Ok(()), Some(_), _) => {
-                // NB: only a driver that takes a sync's error as success (a test-only bug)
-                // steps on past a failure that struck; the checker learns what is durable.
-                sync_error_ignored = true;
+            (Ok(()), Some(strike), _) => {
+                // NB: only a driver that takes a storage error as success (a test-only bug)
+                // steps on past a failure that struck; the checker learns what is held.
+                ignored = Some(strike);
                 None
             }
             (Ok(()), ..) => None,
-            (Err(error), Some(kept), _) => Some((error, Struck::Storage(kept))),
+            (Err(error), Some(_), _) => Some((error, Struck::Storage)),
             (Err(error), None, Some(planted)) => Some((error, Struck::Planted(planted))),
             (Err(Error::NodePanicked { message, .. }), None, None) => {
                 return Err(FailureKind::CorePanic { node: id, message })
@@ -810,13 +809,17 @@ impl<S: StateMachine> Simulator<S> {
         }
         let mut bounded = Ok(());
         if let Some((error, struck)) = failed {
-            bounded = self.node_failed(id, error, struck);
+            bounded = self.node_failed(id, error, struck, &outbox);
         }
-        if sync_error_ignored {
-            self.note(format!("{id} takes its failed sync as success (bug)"));
-            if self.config.storage_faults {
-                let durable = self.nodes[&id].storage.durable_state();
-                self.checker.sync_failed(id, &durable);
+        match ignored {
+            None => {}
+            Some(Strike::Sync) => {
+                self.note(format!("{id} takes its failed sync as success (bug)"));
+                self.storage_failed(id, None);
+            }
+            Some(Strike::Write(kind)) => {
+                self.note(format!("{id} takes its failed {kind:?} write as success (bug)"));
+                self.storage_failed(id, Some(&outbox));
             }
         }
         self.schedule_drain(id);
@@ -859,11 +862,11 @@ impl<S: StateMachine> Simulator<S> {
     pub(crate) fn fail_storage(
         &mut self,
         id: NodeId,
-        failure: AppendFailure,
+        failure: WriteFailure,
     ) -> Result<(), FaultError> {
         let node = self.nodes.get(&id).ok_or(FaultError::UnknownNode(id))?;
         if node.live.is_some() {
-            node.storage.fail_append(failure);
+            node.storage.fail_write(failure);
             self.note(format!("armed storage failure on {id}: {failure:?}"));
         }
         Ok(())
@@ -890,21 +893,24 @@ impl<S: StateMachine> Simulator<S> {
     /// A failure the schedule planted struck `id` in its last step: the node fails as the
     /// runtime's does ([`Driver::fail`]: whatever waits on it hears `error` now), takes no
     /// input from now on, and the operator kills and restarts it 20-300 ms later
-    /// ([`Simulator::recover`]). After a failed append the checker learns what the storage
-    /// really holds (a transport's or a command's panic leaves the storage as the step's
-    /// persists, all executed before its first send, left it).
+    /// ([`Simulator::recover`]). After a failed write or sync the checker learns what the
+    /// storage really holds (a transport's or a command's panic leaves the storage as the
+    /// step's persists, all executed before its first send, left it); `sent` is what the
+    /// step sent before it failed.
     ///
     /// # Errors
     ///
     /// [`FailureKind::PoisonSpread`] if a poisoned command failed a second node: its
     /// client retried what may have failed the first.
-    fn node_failed(&mut self, id: NodeId, error: Error, struck: Struck) -> Result<(), FailureKind> {
-        if let Struck::Storage(kept) = struck {
-            self.checker.write_failed(id, kept);
-            if self.config.storage_faults {
-                let durable = self.nodes[&id].storage.durable_state();
-                self.checker.sync_failed(id, &durable);
-            }
+    fn node_failed(
+        &mut self,
+        id: NodeId,
+        error: Error,
+        struck: Struck,
+        sent: &[Message<S::Command>],
+    ) -> Result<(), FailureKind> {
+        if let Struck::Storage = struck {
+            self.storage_failed(id, Some(sent));
         }
         #[cfg(test)]
         if self.run_on_after_panic && matches!(error, Error::NodePanicked { .. }) {
@@ -928,6 +934,23 @@ impl<S: StateMachine> Simulator<S> {
         match failed.len() {
             1 => Ok(()),
             _ => Err(FailureKind::PoisonSpread { command, failed: failed.clone() }),
+        }
+    }
+
+    /// A write or a sync of `id` failed in its last step: the checker learns what its storage
+    /// holds ([`Checker::write_failed`](super::checker::Checker::write_failed), given what the
+    /// step sent, unless `sent` is `None`: a failed sync leaves the written state as the node
+    /// knows it) and, with the sync boundary modelled, what of it is durable.
+    fn storage_failed(&mut self, id: NodeId, sent: Option<&[Message<S::Command>]>) {
+        let storage = &self.nodes[&id].storage;
+        if let Some(sent) = sent {
+            let held =
+                crate::storage::Storage::load(storage).expect("SimStorage::load never fails");
+            self.checker.write_failed(id, &held, sent);
+        }
+        if self.config.storage_faults {
+            let durable = self.nodes[&id].storage.durable_state();
+            self.checker.sync_failed(id, &durable);
         }
     }
 
@@ -982,8 +1005,8 @@ impl<S: StateMachine> Simulator<S> {
 
 /// What struck a node that failed in a step.
 enum Struck {
-    /// Its storage failed an append, leaving its log through this index.
-    Storage(crate::types::LogIndex),
+    /// Its storage failed a write or a sync (what it holds since is its `load`).
+    Storage,
     /// Another planted panic: its transport, or a poisoned command.
     Planted(Planted),
 }

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use super::config::{NetworkConfig, SimConfig};
 use super::network::micros;
 use super::run::FailureKind;
-use super::storage::{AppendFailure, SyncFailure};
+use super::storage::{SyncFailure, WriteFailure, WriteKind};
 use super::{Event, Simulator};
 use crate::core::{Core, Role};
 use crate::error::FaultError;
@@ -119,17 +119,20 @@ pub enum Fault {
     /// the target is the leader or not running; a transfer the core refuses (one under way, a
     /// learner) or abandons is counted as requested, not won ([`Stats::transfers`](super::Stats::transfers)).
     Transfer(Target),
-    /// Arm a storage failure on a running node (a node that is down ignores it): its append
-    /// after `skip` more fails, having written the first `keep` of its entries; it `panics`
-    /// (`Error::NodePanicked`), or returns an io error (`Error::Storage`). The node fails,
-    /// takes no input, and is killed and restarted from its storage after a while (see
-    /// [`SimConfig::storage_failures`]).
+    /// Arm a storage failure on a running node (a node that is down ignores it): its write
+    /// of kind `write` after `skip` more of that kind fails; it `panics`
+    /// (`Error::NodePanicked`), or returns an io error (`Error::Storage`). A failing append
+    /// has written the first `keep` of its entries; a failing hard-state or snapshot write
+    /// writes nothing. The node fails, takes no input, and is killed and restarted from its
+    /// storage after a while (see [`SimConfig::storage_failures`]).
     FailStorage {
         /// The node.
         node: Target,
-        /// Appends that succeed first.
+        /// Which write fails: an append, a hard-state (term and vote) or a snapshot write.
+        write: WriteKind,
+        /// Writes of that kind that succeed first.
         skip: u32,
-        /// Entries of the failing append that land.
+        /// Entries of a failing append that land (ignored for the other kinds).
         keep: usize,
         /// A panic (else an io error).
         panics: bool,
@@ -495,14 +498,23 @@ fn planted_failures(
         .collect()
 }
 
-/// Storage failures ([`Fault::FailStorage`]): see [`planted_failures`].
+/// Storage failures ([`Fault::FailStorage`]): see [`planted_failures`]. Half strike an
+/// append, a quarter a hard-state write and a quarter a snapshot write.
 fn storage_failures(config: &SimConfig) -> Vec<(Duration, Fault)> {
+    // NB: a stream of its own, so the failures' other draws are as they were before it.
+    let mut kinds = SmallRng::seed_from_u64(config.seed ^ 0xfa11_5707_a6e0_0018);
     planted_failures(config, 0xfa11_5707_a6e0_0015, |rng, node| {
         let skip = rng.random_range(0..=8);
         // NB: most often nothing lands, so a node that ran on would miss entries.
         let keep = if rng.random_bool(0.6) { 0 } else { rng.random_range(1..=4) };
         let panics = rng.random_bool(0.75);
-        Fault::FailStorage { node, skip, keep, panics }
+        let (write, skip) = match kinds.random_range(0..4) {
+            0 | 1 => (WriteKind::Append, skip),
+            2 => (WriteKind::HardState, skip),
+            // NB: snapshot writes are rare (a compaction or an install), so strike early.
+            _ => (WriteKind::Snapshot, skip / 4),
+        };
+        Fault::FailStorage { node, write, skip, keep, panics }
     })
 }
 
@@ -599,8 +611,9 @@ impl<S: StateMachine> Simulator<S> {
             }
             Fault::Compact(t) => self.resolve(*t)?.map_or(Ok(()), |id| self.compact(id)),
             Fault::CrashMidSnapshot { side, node } => self.crash_mid_snapshot(*side, *node),
-            Fault::FailStorage { node, skip, keep, panics } => {
-                let failure = AppendFailure { skip: *skip, keep: *keep, panics: *panics };
+            Fault::FailStorage { node, write, skip, keep, panics } => {
+                let failure =
+                    WriteFailure { write: *write, skip: *skip, keep: *keep, panics: *panics };
                 self.resolve(*node)?.map_or(Ok(()), |id| self.fail_storage(id, failure))
             }
             Fault::InboxBytes(max) => self.set_inbox_bytes(*max),

@@ -15,6 +15,9 @@
 //! order, and so does a lost sync: a later write never lands without an earlier one (a term
 //! lost under entries of that term would be a log holding a future term).
 //!
+//! A write may fail as armed ([`WriteFailure`]): an append (landing a prefix of its entries),
+//! a hard-state write or a snapshot write (landing nothing), by a panic or an io error.
+//!
 //! Must not draw random numbers except at a crash with pending writes, so runs with the mode
 //! off replay exactly as before it existed.
 
@@ -47,26 +50,50 @@ struct Inner<C> {
     model_sync: bool,
     /// Test-only bug: `sync` makes nothing durable (breaks SUB-8 once a crash comes).
     sync_is_noop: bool,
-    /// An armed failure ([`SimStorage::fail_append`]).
-    armed: Option<AppendFailure>,
+    /// An armed write failure ([`SimStorage::fail_write`]).
+    armed: Option<WriteFailure>,
     /// An armed sync failure ([`SimStorage::fail_sync`]).
     armed_sync: Option<SyncFailure>,
     /// A failed sync lost writes for good since the last crash: `written` holds more than any
     /// sync can make durable, and no later write becomes durable (the hole in the log).
     lost: bool,
-    /// The log's last index after the armed failure struck, until the simulator takes it.
-    struck: Option<LogIndex>,
+    /// What an armed failure struck, until the simulator takes it.
+    struck: Option<Strike>,
+}
+
+/// Which kind of write an armed storage failure strikes
+/// ([`Fault::FailStorage`](super::Fault::FailStorage)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WriteKind {
+    /// `Storage::append`: log entries. A torn append may land a prefix of them.
+    Append,
+    /// `Storage::save_hard_state`: the term and vote. Nothing of a failed one lands.
+    HardState,
+    /// `Storage::save_snapshot`: a snapshot the node took (its own compaction) or installs
+    /// from a leader. Nothing of a failed one lands: the old snapshot and log stay.
+    Snapshot,
 }
 
 /// A failure armed on a node's storage ([`Fault::FailStorage`](super::Fault::FailStorage)):
-/// the append after `skip` more fails, having written the first `keep` of its entries (a
-/// torn write: the log is truncated where it started, as an append that rewrites does); it
-/// panics, or returns an io error.
+/// the write of kind `write` after `skip` more of that kind fails; it panics, or returns an io
+/// error. A failed append has written the first `keep` of its entries (a torn write: the log
+/// is truncated where it started, as an append that rewrites does); a failed hard-state or
+/// snapshot write writes nothing (`keep` is ignored).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct AppendFailure {
+pub(crate) struct WriteFailure {
+    pub write: WriteKind,
     pub skip: u32,
     pub keep: usize,
     pub panics: bool,
+}
+
+/// What an armed failure struck in a node's step ([`SimStorage::take_struck`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Strike {
+    /// A write of this kind failed ([`WriteFailure`]).
+    Write(WriteKind),
+    /// A sync (inline or a background job) failed ([`SyncFailure`]).
+    Sync,
 }
 
 /// A failure armed on a node's syncs ([`Fault::FailSync`](super::Fault::FailSync)): the
@@ -122,8 +149,8 @@ impl<C: Clone + Send + 'static> SimStorage<C> {
         self.lock().sync_is_noop = on;
     }
 
-    /// Arms `failure` (replacing one armed before).
-    pub fn fail_append(&self, failure: AppendFailure) {
+    /// Arms `failure` (replacing a write failure armed before).
+    pub fn fail_write(&self, failure: WriteFailure) {
         self.lock().armed = Some(failure);
     }
 
@@ -139,9 +166,9 @@ impl<C: Clone + Send + 'static> SimStorage<C> {
         inner.armed_sync = None;
     }
 
-    /// Whether the armed failure struck since the last call, and if so the last log index
-    /// the storage holds since (what of the failed append landed).
-    pub fn take_struck(&self) -> Option<LogIndex> {
+    /// What an armed failure struck since the last call, if one did: what the storage holds
+    /// since is [`Storage::load`] (what the node wrote, with what of a failed append landed).
+    pub fn take_struck(&self) -> Option<Strike> {
         self.lock().struck.take()
     }
 
@@ -222,6 +249,11 @@ impl<C: Clone + Send + 'static> Storage<C> for SimStorage<C> {
 
     fn save_hard_state(&mut self, hard_state: HardState) -> io::Result<()> {
         let mut inner = self.lock();
+        if let Some(failure) = inner.strikes(WriteKind::HardState) {
+            let what =
+                format!("hard state {} {:?}, nothing kept", hard_state.term, hard_state.voted_for);
+            return strike(inner, failure, what);
+        }
         inner.written.save_hard_state(hard_state)?;
         inner.record(Write::HardState(hard_state));
         Ok(())
@@ -229,22 +261,15 @@ impl<C: Clone + Send + 'static> Storage<C> for SimStorage<C> {
 
     fn append(&mut self, first: LogIndex, entries: &[Entry<C>]) -> io::Result<()> {
         let mut inner = self.lock();
-        if let Some(failure) = inner.strikes() {
+        if let Some(failure) = inner.strikes(WriteKind::Append) {
             let kept = &entries[..failure.keep.min(entries.len())];
             inner.written.append(first, kept)?;
             inner.recorded += 1;
             if inner.model_sync {
                 inner.pending.push(Write::Append(first, kept.to_vec()));
             }
-            inner.struck = Some(LogIndex(first.0.saturating_sub(1) + kept.len() as u64));
-            drop(inner); // NB: not poisoned by the panic
             let what = format!("append of {} at {first}, {} kept", entries.len(), kept.len());
-            if failure.panics {
-                // NB: unwinds as a panic does, without the panic hook's report on stderr
-                // (a soak meets thousands).
-                std::panic::resume_unwind(Box::new(format!("injected storage panic: {what}")));
-            }
-            return Err(io::Error::other(format!("injected storage error: {what}")));
+            return strike(inner, failure, what);
         }
         inner.written.append(first, entries)?;
         inner.recorded += 1;
@@ -256,6 +281,11 @@ impl<C: Clone + Send + 'static> Storage<C> for SimStorage<C> {
 
     fn save_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> io::Result<()> {
         let mut inner = self.lock();
+        if let Some(failure) = inner.strikes(WriteKind::Snapshot) {
+            let meta = &snapshot.meta;
+            let what = format!("snapshot through {}@{}, nothing kept", meta.index, meta.term);
+            return strike(inner, failure, what);
+        }
         inner.written.save_snapshot(snapshot)?;
         inner.record(Write::Snapshot(Arc::clone(snapshot)));
         Ok(())
@@ -281,10 +311,26 @@ impl<C: Clone + Send + 'static> Storage<C> for SimStorage<C> {
     }
 }
 
+/// The armed write failure struck (what of the write lands is written already): noted for
+/// the simulator, then a panic or an io error.
+fn strike<C>(
+    mut inner: MutexGuard<'_, Inner<C>>,
+    failure: WriteFailure,
+    what: String,
+) -> io::Result<()> {
+    inner.struck = Some(Strike::Write(failure.write));
+    drop(inner); // NB: not poisoned by the panic
+    if failure.panics {
+        // NB: unwinds as a panic does, without the panic hook's report on stderr (a soak
+        // meets thousands).
+        std::panic::resume_unwind(Box::new(format!("injected storage panic: {what}")));
+    }
+    Err(io::Error::other(format!("injected storage error: {what}")))
+}
+
 /// Makes the writes recorded through number `upto` durable, unless the armed sync failure
 /// strikes: then nothing is (and if it `loses_writes`, those writes never will be), and it
-/// panics or returns an io error (the log's last index, unchanged, is what the simulator
-/// takes as struck).
+/// panics or returns an io error.
 fn sync_or_fail<C: Clone + Send + 'static>(
     mut inner: MutexGuard<'_, Inner<C>>,
     upto: u64,
@@ -293,8 +339,7 @@ fn sync_or_fail<C: Clone + Send + 'static>(
         inner.sync_through(upto);
         return Ok(());
     };
-    let state = inner.written.load().expect("MemStorage::load never fails");
-    inner.struck = Some(LogIndex(state.log_offset.0 + state.entries.len() as u64));
+    inner.struck = Some(Strike::Sync);
     let mut what = format!("sync of {} pending writes", inner.pending.len());
     if failure.loses_writes && inner.model_sync {
         let lost = inner.lose_through(upto);
@@ -318,9 +363,10 @@ impl<C: Clone + Send + 'static> Inner<C> {
         self.armed_sync.take()
     }
 
-    /// Counts an append against the armed failure: the failure, if this one fails.
-    fn strikes(&mut self) -> Option<AppendFailure> {
-        let armed = self.armed.as_mut()?;
+    /// Counts a write of kind `write` against the armed failure: the failure, if this one
+    /// fails (writes of another kind neither count nor fail).
+    fn strikes(&mut self, write: WriteKind) -> Option<WriteFailure> {
+        let armed = self.armed.as_mut().filter(|armed| armed.write == write)?;
         if armed.skip > 0 {
             armed.skip -= 1;
             return None;
@@ -430,7 +476,7 @@ mod tests {
             s.append(LogIndex(2), &[entry(2), entry(2)]).expect("append");
             s.fail_sync(SyncFailure { skip: 0, panics: false, loses_writes });
             assert!(s.sync().is_err(), "the armed sync fails");
-            assert_eq!(s.take_struck(), Some(LogIndex(3)), "the log as written");
+            assert_eq!(s.take_struck(), Some(Strike::Sync), "the sync struck");
             assert_eq!(s.load().expect("load").entries.len(), 3, "the node still reads them");
             assert!(!s.all_durable());
             s.save_hard_state(HardState { term: Term(3), voted_for: None }).expect("hs");
