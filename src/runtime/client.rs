@@ -404,6 +404,18 @@ pub(super) struct Shared<S: StateMachine> {
 /// so that every other id, 0 included, can be remembered.
 const NO_LEADER: u64 = u64::MAX;
 
+/// The node an answer says failed (it answers every request so until it is killed), if it
+/// says so: the one it names, or `asked` for a failed write, which names none.
+pub(crate) fn failed_node(error: &Error, asked: NodeId) -> Option<NodeId> {
+    match error {
+        Error::NodePanicked { node, .. }
+        | Error::StateMachinePanicked { node, .. }
+        | Error::RestoreFailed { node, .. } => Some(*node),
+        Error::Storage(_) => Some(asked),
+        _ => None,
+    }
+}
+
 /// What to do after a failed attempt.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Retry {
@@ -493,7 +505,8 @@ impl<S: StateMachine> Client<S> {
         let _ = leader.compare_exchange(id.0, NO_LEADER, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    /// Leaves node `id` alone after it answered `NodePanicked`: drops its handle, unless the
+    /// Leaves node `id` alone after it answered that it failed (`NodePanicked`, `Storage`,
+    /// `StateMachinePanicked`, `RestoreFailed`): drops its handle, unless the
     /// node now running under that id is not the failed one. NB: the answer may come late,
     /// after the user restarted the node: a healthy restarted node must stay reachable. So
     /// the handle is dropped only if that node says it failed (a failed node answers at once;
@@ -585,8 +598,10 @@ impl<S: StateMachine> Client<S> {
     /// `Err(Storage)` (the leader's write failed, and may have landed) and `Err(NodeDown)`
     /// after appending are unknown too, and come at once. So is `Err(NodePanicked)` (the node
     /// panicked outside `apply`), which is not retried, since the command itself may be what
-    /// panicked (its size, its clone); this client then leaves that node alone until it is
-    /// restarted. The simulator's clients follow the
+    /// panicked (its size, its clone). After any answer that says the node failed
+    /// (`NodePanicked`, `Storage`, `StateMachinePanicked`, `RestoreFailed`) this client
+    /// leaves that node alone until it is restarted, so its later calls find the new leader
+    /// instead of hearing the failed one's error again. The simulator's clients follow the
     /// same rule (`SimConfig::client_retries`).
     pub fn propose_timeout(
         &self,
@@ -611,7 +626,7 @@ impl<S: StateMachine> Client<S> {
             // NB: cloned only on this slow path, for `Unavailable::last`.
             match Retry::after(refusal.clone(), id, appended) {
                 Retry::No(e) => {
-                    if let Error::NodePanicked { node, .. } = e {
+                    if let Some(node) = failed_node(&e, id) {
                         // NB: failed for good: later calls look elsewhere (a restart adds it back).
                         self.node_failed(node);
                     }

@@ -24,7 +24,7 @@ use super::trace::InputSummary;
 use super::{Event, Simulator};
 use crate::error::Error;
 use crate::node::{read_receipt, receipt, Applied, Receipt, Request};
-use crate::runtime::Retry;
+use crate::runtime::{failed_node, Retry};
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 
@@ -399,7 +399,9 @@ impl<S: StateMachine> Simulator<S> {
     ) {
         let resent = self.clients.resent.contains_key(&op);
         let result = match result {
-            Err(e) if self.read_query(op).is_some() => return self.on_read_failed(client, op, e),
+            Err(e) if self.read_query(op).is_some() => {
+                return self.on_read_failed(client, op, asked, e)
+            }
             // NB: one attempt of a resent operation failed; another may have been applied, so
             // this says nothing about the operation: the timeout resends it.
             Err(e) if resent && !matches!(e, Error::NotLeader { .. }) => return,
@@ -421,7 +423,7 @@ impl<S: StateMachine> Simulator<S> {
             Err(error) => error,
         };
         if !self.config.client_retries {
-            return self.on_refusal(client, op, error);
+            return self.on_refusal(client, op, asked, error);
         }
         #[cfg(test)]
         let appended = appended && !self.retry_ignores_append;
@@ -437,15 +439,15 @@ impl<S: StateMachine> Simulator<S> {
             Retry::No(Error::NodeDown(_)) => {
                 self.clients.unsure.insert(op);
             }
-            // A snapshot covered its index before the node could tell, or the write failed
-            // and may have landed: unknown.
-            Retry::No(Error::Timeout | Error::Storage(_)) => {
+            // A snapshot covered its index before the node could tell: unknown.
+            Retry::No(Error::Timeout) => {
                 self.give_up(client, op, "outcome unknown");
             }
-            // The node failed with it waiting: unknown, and not retried (the command may be
-            // what failed it). As `Client::propose`, the client leaves that node alone.
-            Retry::No(Error::NodePanicked { .. }) => {
-                self.leave_failed_node(client, asked);
+            // The node failed with it waiting (a panic, or a write that failed and may have
+            // landed): unknown, and not retried (the command may be what failed it). As
+            // `Client::propose`, the client leaves that node alone.
+            Retry::No(ref e) if let Some(node) = failed_node(e, asked) => {
+                self.leave_failed_node(client, node);
                 self.give_up(client, op, "outcome unknown: node failed");
             }
             Retry::No(e) => {
@@ -457,7 +459,7 @@ impl<S: StateMachine> Simulator<S> {
 
     /// A client that retries only what a node redirects: a refused or replaced proposal is
     /// recorded as never applied and given up, and a crash is waited out.
-    fn on_refusal(&mut self, client: u64, op: usize, error: Error) {
+    fn on_refusal(&mut self, client: u64, op: usize, asked: NodeId, error: Error) {
         #[cfg(test)]
         let error = self.failure_as_refusal(error);
         match error {
@@ -476,11 +478,11 @@ impl<S: StateMachine> Simulator<S> {
             }
             // The node went down with it: the outcome is unknown until the client times out.
             Error::NodeDown(_) => {}
-            // A snapshot covered its index before the node could tell, or the write failed
-            // and may have landed: unknown.
-            Error::Timeout | Error::Storage(_) => self.give_up(client, op, "outcome unknown"),
-            // The node failed with it waiting: unknown.
-            Error::NodePanicked { node, .. } => {
+            // A snapshot covered its index before the node could tell: unknown.
+            Error::Timeout => self.give_up(client, op, "outcome unknown"),
+            // The node failed with it waiting (a panic, or a write that failed and may have
+            // landed): unknown.
+            ref e if let Some(node) = failed_node(e, asked) => {
                 self.leave_failed_node(client, node);
                 self.give_up(client, op, "outcome unknown: node failed");
             }
@@ -492,8 +494,8 @@ impl<S: StateMachine> Simulator<S> {
     }
 
     /// A read changes nothing: whatever failed, it took no effect; retry it elsewhere.
-    fn on_read_failed(&mut self, client: u64, op: usize, error: Error) {
-        if let Error::NodePanicked { node, .. } = error {
+    fn on_read_failed(&mut self, client: u64, op: usize, asked: NodeId, error: Error) {
+        if let Some(node) = failed_node(&error, asked) {
             self.leave_failed_node(client, node);
         }
         match error {
