@@ -64,12 +64,18 @@ impl KvCommand {
             (KvCommand::Put { value, .. }, _) | (KvCommand::Append { value, .. }, None) => {
                 Some(Arc::clone(value))
             }
-            (KvCommand::Append { value, .. }, Some(before)) => {
-                Some(format!("{before}{value}").into())
-            }
+            (KvCommand::Append { value, .. }, Some(before)) => Some(concat(before, value)),
             (KvCommand::Get { .. }, _) => before.clone(),
         }
     }
+}
+
+/// `a` then `b` in one new shared string (as `format!("{a}{b}")`, without the formatter).
+fn concat(a: &str, b: &str) -> Arc<str> {
+    let mut joined = String::with_capacity(a.len() + b.len());
+    joined.push_str(a);
+    joined.push_str(b);
+    joined.into()
 }
 
 /// The derived `Debug` text, written without the formatter's struct builders when no flag
@@ -222,7 +228,7 @@ impl StateMachine for KvStateMachine {
             return Some(Arc::clone(value));
         };
         *stored = match command {
-            KvCommand::Append { .. } if !stored.is_empty() => format!("{stored}{value}").into(),
+            KvCommand::Append { .. } if !stored.is_empty() => concat(stored, value),
             _ => Arc::clone(value),
         };
         Some(Arc::clone(stored))

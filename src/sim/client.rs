@@ -225,7 +225,7 @@ impl<S: StateMachine> Simulator<S> {
         let workload = self.clients.workload.as_mut().expect("clients run only with a workload");
         let command = workload.command(client, seq, &mut self.rng);
         let op = self.clients.history.len();
-        self.note(format!("c{client} invoke #{op} {command:?}"));
+        self.note_args(format_args!("c{client} invoke #{op} {command:?}"));
         let record = HistoryOp {
             client,
             command,
@@ -312,7 +312,9 @@ impl<S: StateMachine> Simulator<S> {
             return false;
         };
         self.stats.caller_reads += 1;
-        self.note(format!("c{client} lease read #{op} on {node}'s caller thread at i{index}"));
+        self.note_args(format_args!(
+            "c{client} lease read #{op} on {node}'s caller thread at i{index}"
+        ));
         self.clients.answered.insert(op);
         self.reply_later(ClientEvent::Reply { client, op, output });
         true
@@ -537,7 +539,7 @@ impl<S: StateMachine> Simulator<S> {
         if !self.clients.is_pending(client, op) {
             return;
         }
-        self.note(format!("c{client} complete #{op} {output:?}"));
+        self.note_args(format_args!("c{client} complete #{op} {output:?}"));
         if let Some(workload) = self.clients.workload.as_mut() {
             workload.observe(client, &self.clients.history[op].command, &output);
         }
@@ -554,7 +556,7 @@ impl<S: StateMachine> Simulator<S> {
         let next = self.next_member(guess);
         self.clients.states[client as usize].guess = next;
         if self.config.retry_timeouts && self.clients.retries(op) < 10 {
-            self.note(format!("c{client} retry #{op}"));
+            self.note_args(format_args!("c{client} retry #{op}"));
             self.clients.unsure.insert(op); // (the attempt left behind may yet be applied)
             let timeout = super::micros(self.config.op_timeout);
             self.schedule(timeout, Event::Client(ClientEvent::Timeout { client, op }));
@@ -604,7 +606,7 @@ impl<S: StateMachine> Simulator<S> {
         if !self.clients.is_pending(client, op) {
             return;
         }
-        self.note(format!("c{client} unknown #{op} ({why})"));
+        self.note_args(format_args!("c{client} unknown #{op} ({why})"));
         self.clients.finish(client);
         self.next_op(client);
     }

@@ -604,6 +604,11 @@ impl<S: StateMachine> Simulator<S> {
         self.trace.record(TraceLine { at: self.now, event: TraceEvent::Note(text) });
     }
 
+    /// [`Simulator::note`] of `format!(args)`, written into a reused buffer.
+    fn note_args(&mut self, args: std::fmt::Arguments<'_>) {
+        self.trace.note(self.now, args);
+    }
+
     fn core(&self, id: NodeId) -> Option<&Core<S::Command>> {
         self.nodes.get(&id)?.live.as_ref().map(|l| l.core())
     }
