@@ -3,6 +3,7 @@
 //! by the time it returns, and a handle kept past it holds no state machine and answers
 //! `NodeDown` at once.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -38,15 +39,7 @@ impl StateMachine for Sleepy {
         self.sum
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        self.sum.to_le_bytes().to_vec()
-    }
-
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let bytes = snapshot.try_into().map_err(|_| format!("{} bytes, not 8", snapshot.len()))?;
-        self.sum = u64::from_le_bytes(bytes);
-        Ok(())
-    }
+    summing_image!();
 }
 
 impl ReadStateMachine for Sleepy {

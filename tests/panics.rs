@@ -7,6 +7,7 @@
 //! other one ran the loop on with the driver as the panic left it, silently (no failure
 //! reported, the proposal answered `NodeDown` by the unwind, or not at all).
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
@@ -341,17 +342,8 @@ impl StateMachine for BrittleSum {
         self.sum += command.0;
         self.sum
     }
-    fn snapshot(&self) -> Vec<u8> {
-        self.sum.to_le_bytes().to_vec()
-    }
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let bytes = snapshot.try_into().map_err(|_| format!("{} bytes, not 8", snapshot.len()))?;
-        self.sum = u64::from_le_bytes(bytes);
-        Ok(())
-    }
-    fn digest(&self) -> u64 {
-        self.sum
-    }
+
+    summing_image!();
 }
 
 /// Arms `switch` and proposes [`POISON`] to the leader's handle (a `Client` clones each

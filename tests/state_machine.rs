@@ -5,6 +5,7 @@
 //! holds its node's memory near `Config::max_apply_backlog`, and its inbox, while it stalls,
 //! within `Config::max_inbox_bytes`; an oversized command is refused before it reaches the log.
 
+#[macro_use]
 mod common;
 
 use std::collections::VecDeque;
@@ -14,26 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ferraft::{Client, Cluster, Config, Error, LogIndex, NodeId, Role, StateMachine};
-
-/// `snapshot`, `restore` and `digest` of a test state machine that keeps a running `sum`.
-macro_rules! summing_image {
-    () => {
-        fn snapshot(&self) -> Vec<u8> {
-            self.sum.to_le_bytes().to_vec()
-        }
-
-        fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-            let bytes =
-                snapshot.try_into().map_err(|_| format!("{} bytes, not 8", snapshot.len()))?;
-            self.sum = u64::from_le_bytes(bytes);
-            Ok(())
-        }
-
-        fn digest(&self) -> u64 {
-            self.sum
-        }
-    };
-}
 
 /// Sums its commands; panics on `PANIC`; sleeps `SLOW` ms applying `SLOW`.
 struct Touchy {

@@ -482,3 +482,25 @@ pub fn stall_a_follower_under_large_appends(
     assert!(applied > 74, "1 no-op and 74 puts, but applied through {applied}");
     statuses.into_iter().find(|s| s.core.id == stalled).expect("the stalled node's status")
 }
+
+/// `snapshot`, `restore` and `digest` of a test state machine that keeps a running `sum`
+/// (for the files that declare `#[macro_use] mod common;`).
+#[allow(unused_macros)]
+macro_rules! summing_image {
+    () => {
+        fn snapshot(&self) -> Vec<u8> {
+            self.sum.to_le_bytes().to_vec()
+        }
+
+        fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+            let bytes =
+                snapshot.try_into().map_err(|_| format!("{} bytes, not 8", snapshot.len()))?;
+            self.sum = u64::from_le_bytes(bytes);
+            Ok(())
+        }
+
+        fn digest(&self) -> u64 {
+            self.sum
+        }
+    };
+}
