@@ -26,7 +26,7 @@ use super::apply::{Applier, ApplyQueue, Backlog};
 use super::metrics::Metrics;
 use super::read::{LeaseClock, LeasePublisher, LeaseView, Monotonic, ReadFn};
 use super::receipt::Responder;
-use super::{Compaction, Forwarder, NodeStatus, Request, RpcCounts};
+use super::{Compaction, Forwarder, Measured, NodeStatus, Request, RpcCounts};
 use crate::config::Config;
 use crate::core::{Action, Core, Input, MembershipChange, ReadId, Role};
 use crate::error::Error;
@@ -387,11 +387,13 @@ where
                     // panic, the node's failure answers it (`fail_waiting`), where a drop
                     // in the unwind would answer `NodeDown`.
                     self.batch.push(responder);
-                    // NB: a counted proposal was measured by its sender: reused, not measured
-                    // again, and its bytes go back once per batch.
+                    // NB: a proposal its sender measured is not measured again; if its bytes
+                    // were counted, they go back once per batch.
                     let size = match queued {
-                        Some(size) => {
-                            self.queued_taken += size;
+                        Some(Measured { size, counted }) => {
+                            if counted {
+                                self.queued_taken += size;
+                            }
                             size
                         }
                         None => self.core.command_size(&command),

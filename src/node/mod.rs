@@ -75,11 +75,12 @@ pub(crate) enum Request<S: StateMachine> {
     Propose {
         command: S::Command,
         responder: Responder<S::Output>,
-        /// The bytes the sender took for it from the node's request-queue budget
-        /// (`Config::max_queued_request_bytes`): its command's `StateMachine::command_size`,
-        /// which the node reuses instead of measuring again, and gives back when it takes the
-        /// request. `None` when not counted (forwarded, or sent where nobody counts).
-        queued: Option<usize>,
+        /// Its command's `StateMachine::command_size`, as the sender measured it (the node
+        /// reuses it instead of measuring again), and whether the sender took that many bytes
+        /// from the node's request-queue budget (`Config::max_queued_request_bytes`), which
+        /// the node gives back when it takes the request. `None` where nobody measures (the
+        /// simulator's clients, tests' plain queues).
+        queued: Option<Measured>,
     },
     ChangeMembership {
         change: MembershipChange,
@@ -106,6 +107,16 @@ pub(crate) enum Request<S: StateMachine> {
     Forward(Box<Request<S>>),
 }
 
+/// A proposal's size as its sender measured it ([`Request::Propose`]'s `queued`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Measured {
+    /// Its command's `StateMachine::command_size`.
+    pub size: usize,
+    /// Whether `size` bytes were taken from the node's request-queue budget (small proposals
+    /// go uncounted), to give back.
+    pub counted: bool,
+}
+
 /// Hands a request to another node (the leader) for the driver: in-process, straight into that
 /// node's request queue, so the leader answers the original caller. `Err` gives the request
 /// back when that node cannot take it (not running, queue full); it must never block.
@@ -113,10 +124,14 @@ pub(crate) type Forwarder<S> = Box<dyn Fn(NodeId, Request<S>) -> Result<(), Requ
 
 impl<S: StateMachine> Request<S> {
     /// Takes the request out of its queue's count: the bytes to give back (none if it was not
-    /// counted), after which it counts nowhere (as a request forwarded to the leader).
+    /// counted), after which it counts nowhere (as a request forwarded to the leader), its
+    /// measured size kept.
     pub(crate) fn uncount(&mut self) -> usize {
         match self {
-            Request::Propose { queued, .. } => queued.take().unwrap_or(0),
+            Request::Propose { queued: Some(m), .. } if m.counted => {
+                m.counted = false;
+                m.size
+            }
             Request::Forward(inner) => inner.uncount(),
             _ => 0,
         }

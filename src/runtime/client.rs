@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::message::Configuration;
 use crate::node::{
     deadline_after, read_receipt, receipt_spinning, Applied, Assist, Backlog, Compaction,
-    LocalLease, NodeStatus, ReadFn, Receipt, Request, Responder,
+    LocalLease, Measured, NodeStatus, ReadFn, Receipt, Request, Responder,
 };
 use crate::state_machine::StateMachine;
 use crate::transport::ByteBudget;
@@ -237,19 +237,19 @@ impl<S: StateMachine> NodeHandle<S> {
         forward: bool,
     ) -> Result<Receipt<S::Output>, ProposeLater<S>> {
         let (responder, receipt) = self.receipt();
-        // NB: a counted proposal is measured here, once: the node reuses the size
+        // NB: a proposal is measured here, once: the node reuses the size
         // (`Request::Propose::queued`). The sizer is the user's code: should it panic, the
         // proposal goes uncounted, and the node, sizing it again, fails as it did before (a
         // poisoned command fails the node, not its caller).
-        let queued = self.queued.as_ref().and_then(|bytes| {
+        let measured = self.queued.as_ref().and_then(|bytes| {
             let size = || S::command_size(&command);
             let size = std::panic::catch_unwind(std::panic::AssertUnwindSafe(size)).ok()?;
-            (size > bytes.small).then_some((&bytes.budget, size))
+            Some(Measured { size, counted: size > bytes.small })
         });
-        let request = forwardable(
-            forward,
-            Request::Propose { command, responder, queued: queued.map(|(_, size)| size) },
-        );
+        let queued = measured.filter(|m| m.counted).zip(self.queued.as_ref());
+        let queued = queued.map(|(m, bytes)| (&bytes.budget, m.size));
+        let request =
+            forwardable(forward, Request::Propose { command, responder, queued: measured });
         let later = |request, receipt| {
             let requests = self.requests.clone();
             let queued = queued.map(|(budget, size)| (Arc::clone(budget), size));
@@ -804,7 +804,8 @@ mod tests {
         assert_eq!((queue.len(), budget.held()), (2, 2 * size), "never handed over");
         // The node takes one: its size travels with it, and goes back.
         let mut taken = queue.try_recv().expect("queued");
-        assert!(matches!(taken, Request::Propose { queued: Some(s), .. } if s == size));
+        let counted = Some(Measured { size, counted: true });
+        assert!(matches!(taken, Request::Propose { queued, .. } if queued == counted));
         budget.give_back(taken.uncount());
         let third = node.propose_async(put(100)).expect("room again");
         for mut request in queue.try_iter() {
@@ -849,7 +850,10 @@ mod tests {
                 _ => panic!("a proposal"),
             })
             .collect();
-        assert_eq!(sizes, [None, Some(size)], "the node sizes the small one itself");
+        let small_size = KvStateMachine::command_size(&put(10));
+        let small_measured = Measured { size: small_size, counted: false };
+        let large_measured = Measured { size, counted: true };
+        assert_eq!(sizes, [Some(small_measured), Some(large_measured)], "measured once, here");
         drop((small, large));
     }
 
