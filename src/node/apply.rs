@@ -18,7 +18,7 @@
 //! heartbeats; the simulator too with `SimConfig::deferred_apply`, drained at random virtual
 //! instants), with the same code either way.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
@@ -39,7 +39,7 @@ pub(crate) struct Applier<S: StateMachine> {
     node: NodeId,
     state_machine: S,
     /// NB: [`waiting_slot_bytes`] counts an element towards the uncommitted cap.
-    waiting: BTreeMap<(LogIndex, Term), Responder<S::Output>>,
+    waiting: Waiting<S::Output>,
     applied: LogIndex,
     failure: Option<Error>,
     /// Confirmed reads waiting to be applied through their index (`read.rs`).
@@ -47,15 +47,59 @@ pub(crate) struct Applier<S: StateMachine> {
 }
 
 /// What one waiting proposal takes in [`Applier::waiting`]: its key and responder, twice
-/// over, as a B-tree filled by appends in index order leaves its nodes a little over half
-/// full (6 of 11 slots, and one in the parent).
+/// over, as a queue grown by doubling may hold as many free slots as proposals.
 pub(crate) const fn waiting_slot_bytes<O>() -> usize {
     2 * std::mem::size_of::<((LogIndex, Term), Responder<O>)>()
 }
 
+/// The proposals waiting to be applied, in `(index, term)` order. A leader appends in index
+/// order, so a new one almost always goes at the back: a queue, not a search tree. Only a
+/// node that led before, lost its place and leads again in a later term may add one below
+/// the last (its old term's proposals at higher indexes still wait, to hear
+/// `ProposalDropped`): that one is placed by a search.
+struct Waiting<O> {
+    queue: VecDeque<((LogIndex, Term), Responder<O>)>,
+}
+
+impl<O> Waiting<O> {
+    fn new() -> Self {
+        Waiting { queue: VecDeque::new() }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Adds `responder` at `key`, replacing (so answering `NodeDown`) one already there.
+    fn insert(&mut self, key: (LogIndex, Term), responder: Responder<O>) {
+        match self.queue.back() {
+            Some((last, _)) if *last >= key => {
+                let at = self.queue.partition_point(|(k, _)| *k < key);
+                match self.queue.get_mut(at) {
+                    Some((k, old)) if *k == key => drop(std::mem::replace(old, responder)),
+                    _ => self.queue.insert(at, (key, responder)),
+                }
+            }
+            _ => self.queue.push_back((key, responder)),
+        }
+    }
+
+    /// Removes and returns the first proposal if it waits at `index` or below.
+    fn pop_through(&mut self, index: LogIndex) -> Option<((LogIndex, Term), Responder<O>)> {
+        match self.queue.front() {
+            Some(((i, _), _)) if *i <= index => self.queue.pop_front(),
+            _ => None,
+        }
+    }
+
+    fn take_all(&mut self) -> VecDeque<((LogIndex, Term), Responder<O>)> {
+        std::mem::take(&mut self.queue)
+    }
+}
+
 impl<S: StateMachine> Applier<S> {
     pub fn new(node: NodeId, state_machine: S, applied: LogIndex) -> Self {
-        let waiting = BTreeMap::new();
+        let waiting = Waiting::new();
         let reads = PendingReads::default();
         Applier { node, state_machine, waiting, applied, failure: None, reads }
     }
@@ -159,11 +203,8 @@ impl<S: StateMachine> Applier<S> {
             Ok(Ok(())) => {
                 self.applied = index;
                 self.reads.release(&self.state_machine, index);
-                while let Some(waiting) = self.waiting.first_entry() {
-                    if waiting.key().0 > index {
-                        break;
-                    }
-                    waiting.remove().finish(Err(Error::Timeout));
+                while let Some((_, responder)) = self.waiting.pop_through(index) {
+                    responder.finish(Err(Error::Timeout));
                 }
                 return Ok(());
             }
@@ -178,12 +219,7 @@ impl<S: StateMachine> Applier<S> {
     /// proposal at `(index, term)` (keys are unique), never cloned: `Output::clone` is the
     /// user's code, and a copy per answer would cost the hot path.
     fn answer(&mut self, index: LogIndex, term: Term, mut output: Option<S::Output>) {
-        while let Some(waiting) = self.waiting.first_entry() {
-            let (i, t) = *waiting.key();
-            if i > index {
-                return;
-            }
-            let responder = waiting.remove();
+        while let Some(((i, t), responder)) = self.waiting.pop_through(index) {
             let result = match output.take_if(|_| (i, t) == (index, term)) {
                 Some(output) => Ok(Applied { index, term, output }),
                 None => Err(Error::ProposalDropped { index: i, term: t }),
@@ -212,7 +248,7 @@ impl<S: StateMachine> Applier<S> {
 
     fn give_up(&mut self, error: Error) -> Error {
         self.failure = Some(error.clone());
-        for (_, responder) in std::mem::take(&mut self.waiting) {
+        for (_, responder) in self.waiting.take_all() {
             responder.finish(Err(error.clone()));
         }
         self.reads.fail(&error);
@@ -904,6 +940,27 @@ mod tests {
         let applied = new.try_result().expect("answered").expect("applied");
         assert_eq!((applied.index, applied.term), (LogIndex(4), Term(3)));
         assert_eq!(applied.output.as_deref(), Some("new"));
+    }
+
+    /// The waiting queue keeps `(index, term)` order whatever order proposals come in, and a
+    /// second proposal at the same place replaces the first, which hears `NodeDown`.
+    #[test]
+    fn waiting_proposals_leave_in_index_and_term_order() {
+        let mut waiting = Waiting::new();
+        let mut receipts = Vec::new();
+        for (i, t) in [(4, 1), (5, 1), (9, 1), (4, 3), (6, 3), (2, 5), (6, 3), (10, 2)] {
+            let (responder, receipt) = receipt::<u32>(NodeId(1));
+            waiting.insert((LogIndex(i), Term(t)), responder);
+            receipts.push(receipt);
+        }
+        assert_eq!(receipts[4].try_result(), Some(Err(Error::NodeDown(NodeId(1)))), "replaced");
+        let mut order = Vec::new();
+        while let Some(((i, t), _)) = waiting.pop_through(LogIndex(9)) {
+            order.push((i.0, t.0));
+        }
+        assert_eq!(order, [(2, 5), (4, 1), (4, 3), (5, 1), (6, 3), (9, 1)]);
+        assert!(!waiting.is_empty(), "(10, 2) waits on");
+        assert_eq!(waiting.pop_through(LogIndex(9)).map(|(k, _)| k), None);
     }
 
     #[test]

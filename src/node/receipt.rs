@@ -21,6 +21,12 @@ use crate::types::{LogIndex, NodeId, Term};
 /// node that will answer it (the thread runtime's leader loop). Whether it did any.
 pub(crate) trait Assist: Send + Sync {
     fn assist(&self) -> bool;
+
+    /// The same work behind a reference count of its own, for one caller to clone per
+    /// receipt without touching a count every other caller shares; `None` to share this one.
+    fn fork(&self) -> Option<Arc<dyn Assist>> {
+        None
+    }
 }
 
 /// The outcome of a proposal that was applied.

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
@@ -382,11 +382,22 @@ pub struct Client<S: StateMachine> {
     pub(super) shared: Arc<Shared<S>>,
     /// Ask followers to forward to the leader ([`Client::forward_to_leader`]).
     pub(super) forward: bool,
+    /// This clone's copy of the handle it last proposed through. Each clone has its own, so
+    /// a proposal touches no lock or reference count that other clones (other threads)
+    /// share: the running nodes' read lock and the handle's counts cost a cache line moving
+    /// between cores per proposal, for every caller.
+    cache: Mutex<Option<Cached<S>>>,
+}
+
+/// A handle as the running nodes were at `epoch` ([`Shared::epoch`]).
+struct Cached<S: StateMachine> {
+    epoch: u64,
+    handle: NodeHandle<S>,
 }
 
 impl<S: StateMachine> Clone for Client<S> {
     fn clone(&self) -> Self {
-        Client { shared: Arc::clone(&self.shared), forward: self.forward }
+        Client { shared: Arc::clone(&self.shared), forward: self.forward, cache: Mutex::new(None) }
     }
 }
 
@@ -395,6 +406,9 @@ pub(super) struct Shared<S: StateMachine> {
     nodes: RwLock<BTreeMap<NodeId, NodeHandle<S>>>,
     /// The node last seen leading ([`NO_LEADER`]: none known).
     leader: AtomicU64,
+    /// Counts the changes of `nodes` (raised under its write lock): a clone's cached handle
+    /// is current while this has not moved since it was copied.
+    epoch: AtomicU64,
     timeout: Duration,
     /// The pause before trying another node when no leader is known.
     pub(super) retry_pause: Duration,
@@ -460,10 +474,11 @@ impl<S: StateMachine> Client<S> {
         let shared = Shared {
             nodes: RwLock::new(BTreeMap::new()),
             leader: AtomicU64::new(NO_LEADER),
+            epoch: AtomicU64::new(0),
             timeout,
             retry_pause,
         };
-        Client { shared: Arc::new(shared), forward: false }
+        Client { shared: Arc::new(shared), forward: false, cache: Mutex::new(None) }
     }
 
     /// This client, choosing whether a node that does not lead forwards its requests to the
@@ -527,8 +542,11 @@ impl<S: StateMachine> Client<S> {
         self.forget_leader(id);
     }
 
+    /// The running nodes, to change: every clone's cached handle is stale from now on.
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, NodeHandle<S>>> {
-        self.shared.nodes.write().unwrap_or_else(|p| p.into_inner())
+        let nodes = self.shared.nodes.write().unwrap_or_else(|p| p.into_inner());
+        self.shared.epoch.fetch_add(1, Ordering::Release);
+        nodes
     }
 
     pub(super) fn handle(&self, id: NodeId) -> Option<NodeHandle<S>> {
@@ -546,11 +564,43 @@ impl<S: StateMachine> Client<S> {
         command: S::Command,
         deadline: Option<Instant>,
     ) -> Result<Result<Receipt<S::Output>, Error>, S::Command> {
+        // NB: another thread proposing through this same clone holds it: share the lock.
+        if let Ok(mut cache) = self.cache.try_lock() {
+            // NB: the epoch is read before the handle is copied: a change in between makes
+            // the copy stale at once rather than current for too long.
+            let epoch = self.shared.epoch.load(Ordering::Acquire);
+            if !cache.as_ref().is_some_and(|c| c.epoch == epoch && c.handle.id == id) {
+                *cache = self.own_copy(id).map(|handle| Cached { epoch, handle });
+            }
+            let Some(cached) = cache.as_ref() else { return Err(command) };
+            let sent = cached.handle.try_propose(command, self.forward);
+            drop(cache);
+            // NB: a copy made stale by a kill since (racing this send, as it may without
+            // the cache) sends to a closed queue (`NodeDown`, never handed over), or to
+            // the queue of a node that stops before taking it (`NodeDown`: its responder
+            // dropped); a restarted node has a queue of its own.
+            return Ok(sent.or_else(|later| later.send(id, deadline)));
+        }
         let nodes = self.shared.nodes.read().unwrap_or_else(|p| p.into_inner());
         let Some(node) = nodes.get(&id) else { return Err(command) };
         let sent = node.try_propose(command, self.forward);
         drop(nodes);
         Ok(sent.or_else(|later| later.send(id, deadline)))
+    }
+
+    /// A copy of node `id`'s handle for this clone's proposals alone: with its own count of
+    /// what a blocked caller assists, so that its receipts clone a count nobody else
+    /// touches, and without the node's state machine (`local`, for lease reads), which a
+    /// killed node must not leave behind in an idle clone.
+    fn own_copy(&self, id: NodeId) -> Option<NodeHandle<S>> {
+        let nodes = self.shared.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let mut handle = nodes.get(&id)?.clone();
+        drop(nodes);
+        handle.local = None;
+        if let Some(assist) = &handle.assist {
+            handle.assist = Some(assist.fork().unwrap_or_else(|| Arc::clone(assist)));
+        }
+        Some(handle)
     }
 
     pub(super) fn running(&self) -> Vec<NodeId> {

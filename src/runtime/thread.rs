@@ -115,6 +115,10 @@ impl Assist for AssistNode {
         let node = peers.iter().find(|(id, _)| *id == self.id);
         node.is_some_and(|(_, node)| node.assist(&peers))
     }
+
+    fn fork(&self) -> Option<Arc<dyn Assist>> {
+        Some(Arc::new(AssistNode { peers: Arc::clone(&self.peers), id: self.id }))
+    }
 }
 
 /// What the worker running the loop (or a node helping) locks for one step.
