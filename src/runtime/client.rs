@@ -907,6 +907,46 @@ mod tests {
         drop((small, large));
     }
 
+    /// Each clone proposes through its own copy of the node's handle: a restart under the
+    /// same id (a queue of its own) is followed at once, a stopped node is not proposed to,
+    /// and the copy of a killed node's handle goes with the next proposal.
+    #[test]
+    fn a_clones_copy_of_a_handle_follows_restarts_and_stops() {
+        let client: Client<KvStateMachine> =
+            Client::new(Duration::from_secs(5), Duration::from_millis(1));
+        let put = || KvCommand::Put { key: "k".into(), value: "v".into() };
+        let (requests, old_queue) = bounded(8);
+        client.node_started(NodeHandle::new(NodeId(1), requests, 0));
+        client.learn_leader(NodeId(1));
+        let _first = client.propose_async(put());
+        assert!(old_queue.try_recv().is_ok(), "the first proposal reached the node");
+
+        client.node_stopped(NodeId(1)); // a kill,
+        let (requests, new_queue) = bounded(8);
+        client.node_started(NodeHandle::new(NodeId(1), requests, 0)); // then the restart
+        client.learn_leader(NodeId(1));
+        let _second = client.propose_async(put());
+        assert!(new_queue.try_recv().is_ok(), "the restarted node's queue has it");
+        assert!(matches!(old_queue.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected)));
+
+        client.node_stopped(NodeId(1));
+        client.learn_leader(NodeId(1)); // a stale hint
+        let mut third = client.propose_async(put());
+        assert_eq!(third.wait(Duration::from_secs(5)).err(), Some(Error::Shutdown));
+        assert!(new_queue.try_recv().is_err(), "a stopped node got a proposal");
+
+        // Threads sharing one clone: one holds its copy, the other goes through the map.
+        let (requests, queue) = bounded(64);
+        client.node_started(NodeHandle::new(NodeId(2), requests, 0));
+        client.learn_leader(NodeId(2));
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| (0..8).map(|_| client.propose_async(put())).collect::<Vec<_>>());
+            }
+        });
+        assert_eq!(queue.try_iter().count(), 32, "every proposal reached the node");
+    }
+
     #[test]
     fn a_proposer_waiting_on_a_full_queue_does_not_hold_up_a_kill() {
         let client: Client<KvStateMachine> =
