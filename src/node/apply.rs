@@ -52,6 +52,22 @@ pub(crate) const fn waiting_slot_bytes<O>() -> usize {
     2 * std::mem::size_of::<((LogIndex, Term), Responder<O>)>()
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Test-only bug: [`Waiting`] keeps proposals in the order they were appended, as a plain
+    /// queue would. A leader that leads again in a later term then answers a proposal it
+    /// appended below its old term's ones only after those, as `ProposalDropped` (the entry
+    /// at its index was applied first, not the one at its own): its client retries a command
+    /// that was applied. Per thread: the simulator runs a cluster on one.
+    static WAITING_IN_ARRIVAL_ORDER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Test-only: see [`WAITING_IN_ARRIVAL_ORDER`]; for this thread's appliers.
+#[cfg(test)]
+pub(crate) fn set_waiting_in_arrival_order(on: bool) {
+    WAITING_IN_ARRIVAL_ORDER.set(on);
+}
+
 /// The proposals waiting to be applied, in `(index, term)` order. A leader appends in index
 /// order, so a new one almost always goes at the back: a queue, not a search tree. Only a
 /// node that led before, lost its place and leads again in a later term may add one below
@@ -72,6 +88,10 @@ impl<O> Waiting<O> {
 
     /// Adds `responder` at `key`, replacing (so answering `NodeDown`) one already there.
     fn insert(&mut self, key: (LogIndex, Term), responder: Responder<O>) {
+        #[cfg(test)]
+        if WAITING_IN_ARRIVAL_ORDER.get() {
+            return self.queue.push_back((key, responder));
+        }
         match self.queue.back() {
             Some((last, _)) if *last >= key => {
                 let at = self.queue.partition_point(|(k, _)| *k < key);

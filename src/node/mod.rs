@@ -20,6 +20,8 @@ mod receipt;
 use crossbeam_channel::Sender;
 
 pub(crate) use apply::panic_message;
+#[cfg(test)]
+pub(crate) use apply::set_waiting_in_arrival_order;
 pub(crate) use apply::Backlog;
 #[cfg(test)]
 pub(crate) use driver::SyncBugs;

@@ -155,3 +155,24 @@ fn stalling_runs_replay_exactly() {
         assert_eq!(first.trace_hash, again.trace_hash, "seed {seed} did not replay");
     }
 }
+
+/// The applier's waiting proposals kept in arrival order instead of `(index, term)` order
+/// (`node::set_waiting_in_arrival_order`): a node that leads again in a later term answers a
+/// proposal it appended below its old term's ones `ProposalDropped` although it was applied,
+/// and the client retries it. Under the nemesis the checkers catch the doubled append.
+#[test]
+fn proposals_waiting_in_arrival_order_are_caught_and_in_index_order_are_not() {
+    let seeds = std::env::var("FERRAFT_APPLY_SEEDS").ok().and_then(|s| s.parse().ok());
+    let run = |seed, on| {
+        crate::node::set_waiting_in_arrival_order(on);
+        let result = run_with(super::bites::nemesis, seed, |_| {});
+        crate::node::set_waiting_in_arrival_order(false);
+        result
+    };
+    let found =
+        (0..seeds.unwrap_or(2000u64)).find_map(|seed| run(seed, true).err().map(|f| (seed, f)));
+    let (seed, failure) = found.expect("waiting in arrival order: no violation");
+    println!("waiting in arrival order caught at seed {seed}: {failure}");
+    assert!(super::tests::is_safety(&failure), "caught, but not by a safety check: {failure}");
+    run(seed, false).unwrap_or_else(|f| panic!("seed {seed}, no bug: {f}"));
+}
