@@ -44,8 +44,9 @@
 //! `floor`: the same closed loop of C OS threads with no consensus work at all (see
 //! `floor.rs`): what the machine allows the `clients` workload.
 //!
-//! `clients`: C OS threads share one `Client` handle (no lock); each proposes, waits for its
-//! answer, and proposes again (closed loop), until `--ops` proposals (default 200,000) are done.
+//! `clients`: C OS threads, each with a clone of one `Client` (`--share-client true`: all the
+//! same clone); each proposes, waits for its answer, and proposes again (closed loop), until
+//! `--ops` proposals (default 200,000) are done.
 //! `clients`, `async-clients`, `latency`, `throughput`, `read` and `mix` take `--spin R` to set
 //! `Config::spin_rounds` (how many times a waiting thread yields before it sleeps; default 64 on
 //! two cores or more), `--help-peers false` and `--callers-help false` turn `Config::help_peers`
@@ -70,7 +71,9 @@ mod read;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use ferraft::{Cluster, Config, KvCommand, KvStateMachine, LogIndex, NodeHandle, StateMachine};
+use ferraft::{
+    Client, Cluster, Config, KvCommand, KvStateMachine, LogIndex, NodeHandle, StateMachine,
+};
 
 mod tcp;
 
@@ -220,7 +223,8 @@ fn main() {
         }
         "clients" => {
             let ops = if args.ops == 0 { 200_000 } else { args.ops };
-            clients(&cluster, args.nodes, args.clients, ops);
+            let share = args.text("--share-client").is_some_and(|s| s == "true");
+            clients(&cluster, args.nodes, args.clients, ops, share);
             cluster.shutdown();
         }
         other => {
@@ -259,17 +263,22 @@ fn latency(handle: &NodeHandle<Sum>, nodes: usize, ops: usize, storage: &str) {
     );
 }
 
-/// C threads share one client; each waits for its answer before proposing again.
-fn clients(cluster: &Cluster<Sum>, nodes: usize, threads: usize, ops: usize) {
+/// C threads, each with a clone of one client (or, `share`, all the same clone); each waits
+/// for its answer before proposing again.
+fn clients(cluster: &Cluster<Sum>, nodes: usize, threads: usize, ops: usize, share: bool) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    let client = cluster.client();
+    let client = Arc::new(cluster.client());
     let issued = Arc::new(AtomicUsize::new(0));
     let cpu_before = cpu_secs();
     let start = Instant::now();
     let workers: Vec<_> = (0..threads)
         .map(|_| {
-            let (client, issued) = (client.clone(), Arc::clone(&issued));
+            let client = match share {
+                true => Arc::clone(&client),
+                false => Arc::new(Client::clone(&client)),
+            };
+            let issued = Arc::clone(&issued);
             std::thread::spawn(move || {
                 let mut samples = Vec::new();
                 // NB: one clock read per operation: the next one starts when this one ends.

@@ -60,8 +60,8 @@ pub(crate) fn fail_read<S>(read: ReadFn<S>, error: Error) {
 }
 pub use metrics::Metrics;
 pub(crate) use receipt::{
-    deadline_after, read_receipt, receipt, receipt_spinning, Assist, Responder,
-    MAX_HELPING_WITHOUT_YIELD,
+    deadline_after, read_receipt, receipt, receipt_in, receipt_spinning, Assist, Responder,
+    SpareSlot, MAX_HELPING_WITHOUT_YIELD,
 };
 pub use receipt::{Applied, Receipt};
 

@@ -172,7 +172,24 @@ pub(crate) fn receipt<O>(node: NodeId) -> (Responder<O>, Receipt<O>) {
 
 /// [`receipt`], whose waiter yields up to `spin_rounds` times before it sleeps.
 pub(crate) fn receipt_spinning<O>(node: NodeId, spin_rounds: u32) -> (Responder<O>, Receipt<O>) {
-    let shared: Arc<Slot<O>> = Arc::new(shared(spin_rounds, ()));
+    receipt_in(node, spin_rounds, None)
+}
+
+/// A proposal's answer slot, answered and handed back by [`Receipt::into_spare`] for the
+/// same caller's next proposal: no allocation per proposal, and the memory stays on the
+/// caller's thread.
+pub(crate) struct SpareSlot<O>(Arc<Slot<O>>);
+
+/// [`receipt_spinning`] in `spare`, if given, instead of a new allocation.
+pub(crate) fn receipt_in<O>(
+    node: NodeId,
+    spin_rounds: u32,
+    spare: Option<SpareSlot<O>>,
+) -> (Responder<O>, Receipt<O>) {
+    let shared: Arc<Slot<O>> = match spare {
+        Some(SpareSlot(slot)) => slot,
+        None => Arc::new(shared(spin_rounds, ())),
+    };
     let answer = Answer::Waiting(Arc::clone(&shared));
     let responder = Responder {
         node,
@@ -372,6 +389,20 @@ impl<O> Receipt<O> {
         self.assist = assist.cloned();
         self
     }
+
+    /// The answer slot, emptied for another proposal of the same spin rounds, if the node
+    /// let go of it (it has once it answered, but for an instant) and it holds no read.
+    pub(crate) fn into_spare(self) -> Option<SpareSlot<O>> {
+        let Answer::Waiting(mut slot) = self.answer else { return None };
+        let shared = Arc::get_mut(&mut slot)?;
+        if std::mem::size_of_val(&shared.job) != 0 {
+            return None; // (a read's slot: its query is spent)
+        }
+        let state = shared.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        *state = State { appended: None, done: None, waker: None, sleeping: false, taken: false };
+        *shared.changed_flag.get_mut() = false;
+        Some(SpareSlot(slot))
+    }
 }
 
 impl<O: Clone> Receipt<O> {
@@ -439,6 +470,22 @@ impl<O: Clone> Receipt<O> {
     /// [`Receipt::wait`] until `deadline`.
     pub(crate) fn wait_until(&mut self, deadline: Instant) -> Result<Applied<O>, Error> {
         self.once(Until::At(deadline), State::answered, State::take)?
+    }
+
+    /// [`Receipt::wait_until`], running `assist` (lent by the caller, for this wait only)
+    /// instead of its own, if any.
+    pub(crate) fn wait_until_assisted(
+        &mut self,
+        deadline: Instant,
+        assist: Option<&dyn Assist>,
+    ) -> Result<Applied<O>, Error> {
+        let assist = assist.or(self.assist.as_deref());
+        match &mut self.answer {
+            Answer::Waiting(shared) => {
+                wait_for(shared, Until::At(deadline), State::answered, assist)?.take()
+            }
+            Answer::Ready(state) => state.take(),
+        }
     }
 
     /// Runs `then` on the state once `ready` holds, waiting `until` for it (a ready receipt
@@ -760,6 +807,35 @@ mod tests {
         assert_eq!(applied.output, 7);
         assert!(assisted.0.load(Ordering::Relaxed) > 0, "the waiter never assisted");
         answer.join().expect("answering thread");
+    }
+
+    /// An answered slot goes back to its caller emptied, and serves the next proposal as a
+    /// new one would; a slot the node still holds, or a read's, is not taken back.
+    #[test]
+    fn an_answered_slot_is_reused_empty_and_a_held_one_is_not() {
+        let (responder, mut receipt) = receipt_spinning::<u32>(NodeId(1), 4);
+        responder.appended(LogIndex(3), Term(2));
+        responder.finish(Ok(Applied { index: LogIndex(3), term: Term(2), output: 7 }));
+        assert_eq!(receipt.wait(Duration::from_secs(1)).map(|a| a.output), Ok(7));
+        let spare = receipt.into_spare().expect("answered: the node let go");
+
+        let (responder, mut receipt) = receipt_in::<u32>(NodeId(2), 4, Some(spare));
+        assert_eq!(receipt.node(), NodeId(2));
+        assert!(!receipt.was_appended(), "the last proposal's place is gone");
+        assert_eq!(receipt.try_result(), None, "the last answer is gone");
+        let before = Instant::now() + Duration::from_millis(5);
+        assert_eq!(receipt.wait_until_assisted(before, None), Err(Error::Timeout));
+        responder.finish(Err(Error::ProposalDropped { index: LogIndex(4), term: Term(2) }));
+        let dropped = Err(Error::ProposalDropped { index: LogIndex(4), term: Term(2) });
+        assert_eq!(receipt.wait(Duration::from_secs(1)), dropped);
+        assert!(receipt.into_spare().is_some(), "an error answer leaves the slot too");
+
+        let (_responder, receipt) = receipt_spinning::<u32>(NodeId(1), 4);
+        assert!(receipt.into_spare().is_none(), "the node still holds it");
+        let (read, mut receipt) = read_receipt(NodeId(1), 4, 5u32, |s: &u32, q: &u32| s + q);
+        read.answer(Ok((&1, LogIndex(1))));
+        assert_eq!(receipt.wait(Duration::from_secs(1)).map(|a| a.output), Ok(6));
+        assert!(receipt.into_spare().is_none(), "a read's slot holds its query");
     }
 
     #[test]

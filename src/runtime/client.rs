@@ -16,8 +16,8 @@ use crate::core::MembershipChange;
 use crate::error::Error;
 use crate::message::Configuration;
 use crate::node::{
-    deadline_after, read_receipt, receipt_spinning, Applied, Assist, Backlog, Compaction,
-    LocalLease, Measured, NodeStatus, ReadFn, Receipt, Request, Responder,
+    deadline_after, read_receipt, receipt_in, receipt_spinning, Applied, Assist, Backlog,
+    Compaction, LocalLease, Measured, NodeStatus, ReadFn, Receipt, Request, Responder, SpareSlot,
 };
 use crate::state_machine::StateMachine;
 use crate::transport::ByteBudget;
@@ -236,7 +236,26 @@ impl<S: StateMachine> NodeHandle<S> {
         command: S::Command,
         forward: bool,
     ) -> Result<Receipt<S::Output>, ProposeLater<S>> {
-        let (responder, receipt) = self.receipt();
+        self.try_propose_with(command, forward, self.receipt())
+    }
+
+    /// [`NodeHandle::try_propose`] answered in `spare`, if given, and with no assist of its
+    /// own: its one waiter lends it (`Receipt::wait_until_assisted`).
+    fn try_propose_in(
+        &self,
+        command: S::Command,
+        forward: bool,
+        spare: Option<SpareSlot<S::Output>>,
+    ) -> Result<Receipt<S::Output>, ProposeLater<S>> {
+        self.try_propose_with(command, forward, receipt_in(self.id, self.spin_rounds, spare))
+    }
+
+    fn try_propose_with(
+        &self,
+        command: S::Command,
+        forward: bool,
+        (responder, receipt): (Responder<S::Output>, Receipt<S::Output>),
+    ) -> Result<Receipt<S::Output>, ProposeLater<S>> {
         // NB: a proposal is measured here, once: the node reuses the size
         // (`Request::Propose::queued`). The sizer is the user's code: should it panic, the
         // proposal goes uncounted, and the node, sizing it again, fails as it did before (a
@@ -377,7 +396,11 @@ impl<S: StateMachine> NodeHandle<S> {
 
 /// A client of the whole cluster: sends each proposal to the node it believes leads, follows
 /// `NotLeader` hints, and retries only when that is safe (see [`Receipt`] for what each answer
-/// means). Cheap to clone, `Send + Sync`: share one among many threads, no lock needed.
+/// means). Cheap to clone, `Send + Sync`: share one among many threads, no lock needed. Each
+/// thread is best served by a clone of its own: a clone keeps a copy of the leader's handle and
+/// reuses its answer slot, so its proposals share no lock, count or allocation with other
+/// clones'; threads sharing one clone take turns at that copy, and the others go through the
+/// cluster's list of nodes.
 pub struct Client<S: StateMachine> {
     pub(super) shared: Arc<Shared<S>>,
     /// Ask followers to forward to the leader ([`Client::forward_to_leader`]).
@@ -393,6 +416,8 @@ pub struct Client<S: StateMachine> {
 struct Cached<S: StateMachine> {
     epoch: u64,
     handle: NodeHandle<S>,
+    /// The answer slot of this clone's last proposal through `handle`, for its next.
+    spare: Option<SpareSlot<S::Output>>,
 }
 
 impl<S: StateMachine> Clone for Client<S> {
@@ -566,13 +591,7 @@ impl<S: StateMachine> Client<S> {
     ) -> Result<Result<Receipt<S::Output>, Error>, S::Command> {
         // NB: another thread proposing through this same clone holds it: share the lock.
         if let Ok(mut cache) = self.cache.try_lock() {
-            // NB: the epoch is read before the handle is copied: a change in between makes
-            // the copy stale at once rather than current for too long.
-            let epoch = self.shared.epoch.load(Ordering::Acquire);
-            if !cache.as_ref().is_some_and(|c| c.epoch == epoch && c.handle.id == id) {
-                *cache = self.own_copy(id).map(|handle| Cached { epoch, handle });
-            }
-            let Some(cached) = cache.as_ref() else { return Err(command) };
+            let Some(cached) = self.current(&mut cache, id) else { return Err(command) };
             let sent = cached.handle.try_propose(command, self.forward);
             drop(cache);
             // NB: a copy made stale by a kill since (racing this send, as it may without
@@ -586,6 +605,21 @@ impl<S: StateMachine> Client<S> {
         let sent = node.try_propose(command, self.forward);
         drop(nodes);
         Ok(sent.or_else(|later| later.send(id, deadline)))
+    }
+
+    /// This clone's copy of node `id`'s handle, made again if the running nodes changed since.
+    fn current<'a>(
+        &self,
+        cache: &'a mut Option<Cached<S>>,
+        id: NodeId,
+    ) -> Option<&'a mut Cached<S>> {
+        // NB: the epoch is read before the handle is copied: a change in between makes the
+        // copy stale at once rather than current for too long.
+        let epoch = self.shared.epoch.load(Ordering::Acquire);
+        if !cache.as_ref().is_some_and(|c| c.epoch == epoch && c.handle.id == id) {
+            *cache = self.own_copy(id).map(|handle| Cached { epoch, handle, spare: None });
+        }
+        cache.as_mut()
     }
 
     /// A copy of node `id`'s handle for this clone's proposals alone: with its own count of
@@ -722,6 +756,24 @@ impl<S: StateMachine> Client<S> {
         command: S::Command,
         deadline: Instant,
     ) -> Result<Applied<S::Output>, (Error, bool)> {
+        // NB: the copy is held through the wait, lending the receipt its assist and taking its
+        // answer slot back after: no reference count or allocation per proposal. Another thread
+        // proposing through this same clone meanwhile goes through the running nodes' lock.
+        if let Ok(mut cache) = self.cache.try_lock() {
+            let Some(cached) = self.current(&mut cache, id) else {
+                return Err((Error::NodeDown(id), false)); // not running
+            };
+            let sent = cached.handle.try_propose_in(command, self.forward, cached.spare.take());
+            let mut receipt = match sent.or_else(|later| later.send(id, Some(deadline))) {
+                Ok(receipt) => receipt,
+                Err(e) => return Err((e, false)), // never handed over (as below)
+            };
+            let assist = cached.handle.assist.as_deref();
+            let result = receipt.wait_until_assisted(deadline, assist);
+            let result = result.map_err(|e| (e, receipt.was_appended()));
+            cached.spare = receipt.into_spare();
+            return result;
+        }
         let mut receipt = match self.send_proposal(id, command, Some(deadline)) {
             Ok(Ok(receipt)) => receipt,
             // Stopped before it took the request, or its queue full until the deadline
