@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
@@ -184,8 +184,16 @@ impl<S: StateMachine> NodeHandle<S> {
 
     /// A receipt for a request to this node, and the node's end of it.
     pub(crate) fn receipt<O>(&self) -> (Responder<O>, Receipt<O>) {
+        self.receipt_assisted_by(self.assist.as_ref())
+    }
+
+    /// [`NodeHandle::receipt`], whose blocked waiter runs `assist`.
+    fn receipt_assisted_by<O>(
+        &self,
+        assist: Option<&Arc<dyn Assist>>,
+    ) -> (Responder<O>, Receipt<O>) {
         let (responder, receipt) = receipt_spinning(self.id, self.spin_rounds);
-        (responder, receipt.assisted_by(self.assist.as_ref()))
+        (responder, receipt.assisted_by(assist))
     }
 
     /// A read for this node and its receipt, in one allocation (see `node::read_receipt`).
@@ -397,32 +405,58 @@ impl<S: StateMachine> NodeHandle<S> {
 /// A client of the whole cluster: sends each proposal to the node it believes leads, follows
 /// `NotLeader` hints, and retries only when that is safe (see [`Receipt`] for what each answer
 /// means). Cheap to clone, `Send + Sync`: share one among many threads, no lock needed. Each
-/// thread is best served by a clone of its own: a clone keeps a copy of the leader's handle and
-/// reuses its answer slot, so its proposals share no lock, count or allocation with other
-/// clones'; threads sharing one clone take turns at that copy, and the others go through the
-/// cluster's list of nodes.
+/// thread is best served by a clone of its own: a clone reuses its own answer slot and its own
+/// count of the leader's assist, so its proposals share no allocation or count with other
+/// clones'; threads sharing one clone take turns at those, and the others go without.
 pub struct Client<S: StateMachine> {
     pub(super) shared: Arc<Shared<S>>,
     /// Ask followers to forward to the leader ([`Client::forward_to_leader`]).
     pub(super) forward: bool,
-    /// This clone's copy of the handle it last proposed through. Each clone has its own, so
-    /// a proposal touches no lock or reference count that other clones (other threads)
-    /// share: the running nodes' read lock and the handle's counts cost a cache line moving
-    /// between cores per proposal, for every caller.
-    cache: Mutex<Option<Cached<S>>>,
+    /// What this clone's proposals reuse. Each clone has its own, so that a proposal writes no
+    /// count or allocator state that other clones (other threads) write too: on a machine of
+    /// few cores, each such write moves a cache line between them.
+    own: Mutex<Option<Own<S::Output>>>,
 }
 
-/// A handle as the running nodes were at `epoch` ([`Shared::epoch`]).
-struct Cached<S: StateMachine> {
-    epoch: u64,
-    handle: NodeHandle<S>,
-    /// The answer slot of this clone's last proposal through `handle`, for its next.
-    spare: Option<SpareSlot<S::Output>>,
+/// What a clone keeps for its proposals to node `id`. NB: never the node's request queue:
+/// a killed node's requests are dropped, answering their proposers `NodeDown`, when its
+/// queue's last sender goes, and the sender in the running nodes' map goes with the kill.
+struct Own<O> {
+    id: NodeId,
+    /// The node's assist this was forked from, to know it again (not to hold it).
+    source: Option<Weak<dyn Assist>>,
+    /// The node's assist ([`Assist::fork`]), lent to each receipt's wait: a count of its own.
+    assist: Option<Arc<dyn Assist>>,
+    /// The answer slot of this clone's last proposal, for its next.
+    spare: Option<SpareSlot<O>>,
+}
+
+impl<O> Own<O> {
+    /// `own`, for proposals to `node` from now on.
+    fn for_node<'a, S>(own: &'a mut Option<Own<O>>, node: &NodeHandle<S>) -> &'a mut Own<O>
+    where
+        S: StateMachine<Output = O>,
+    {
+        let same = |kept: &Own<O>| match (&kept.source, &node.assist) {
+            (Some(source), Some(assist)) => std::ptr::addr_eq(source.as_ptr(), Arc::as_ptr(assist)),
+            (source, assist) => source.is_none() && assist.is_none(),
+        };
+        // NB: a node restarted under the same id has an assist of its own (with `help_peers`
+        // off, a set of peers of its own too).
+        if own.as_ref().is_some_and(|kept| kept.id != node.id || !same(kept)) {
+            *own = None;
+        }
+        own.get_or_insert_with(|| {
+            let source = node.assist.as_ref().map(Arc::downgrade);
+            let assist = node.assist.as_ref().map(|a| a.fork().unwrap_or_else(|| Arc::clone(a)));
+            Own { id: node.id, source, assist, spare: None }
+        })
+    }
 }
 
 impl<S: StateMachine> Clone for Client<S> {
     fn clone(&self) -> Self {
-        Client { shared: Arc::clone(&self.shared), forward: self.forward, cache: Mutex::new(None) }
+        Client { shared: Arc::clone(&self.shared), forward: self.forward, own: Mutex::new(None) }
     }
 }
 
@@ -431,9 +465,6 @@ pub(super) struct Shared<S: StateMachine> {
     nodes: RwLock<BTreeMap<NodeId, NodeHandle<S>>>,
     /// The node last seen leading ([`NO_LEADER`]: none known).
     leader: AtomicU64,
-    /// Counts the changes of `nodes` (raised under its write lock): a clone's cached handle
-    /// is current while this has not moved since it was copied.
-    epoch: AtomicU64,
     timeout: Duration,
     /// The pause before trying another node when no leader is known.
     pub(super) retry_pause: Duration,
@@ -499,11 +530,10 @@ impl<S: StateMachine> Client<S> {
         let shared = Shared {
             nodes: RwLock::new(BTreeMap::new()),
             leader: AtomicU64::new(NO_LEADER),
-            epoch: AtomicU64::new(0),
             timeout,
             retry_pause,
         };
-        Client { shared: Arc::new(shared), forward: false, cache: Mutex::new(None) }
+        Client { shared: Arc::new(shared), forward: false, own: Mutex::new(None) }
     }
 
     /// This client, choosing whether a node that does not lead forwards its requests to the
@@ -567,11 +597,8 @@ impl<S: StateMachine> Client<S> {
         self.forget_leader(id);
     }
 
-    /// The running nodes, to change: every clone's cached handle is stale from now on.
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NodeId, NodeHandle<S>>> {
-        let nodes = self.shared.nodes.write().unwrap_or_else(|p| p.into_inner());
-        self.shared.epoch.fetch_add(1, Ordering::Release);
-        nodes
+        self.shared.nodes.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(super) fn handle(&self, id: NodeId) -> Option<NodeHandle<S>> {
@@ -589,52 +616,29 @@ impl<S: StateMachine> Client<S> {
         command: S::Command,
         deadline: Option<Instant>,
     ) -> Result<Result<Receipt<S::Output>, Error>, S::Command> {
-        // NB: another thread proposing through this same clone holds it: share the lock.
-        if let Ok(mut cache) = self.cache.try_lock() {
-            let Some(cached) = self.current(&mut cache, id) else { return Err(command) };
-            let sent = cached.handle.try_propose(command, self.forward);
-            drop(cache);
-            // NB: a copy made stale by a kill since (racing this send, as it may without
-            // the cache) sends to a closed queue (`NodeDown`, never handed over), or to
-            // the queue of a node that stops before taking it (`NodeDown`: its responder
-            // dropped); a restarted node has a queue of its own.
-            return Ok(sent.or_else(|later| later.send(id, deadline)));
-        }
         let nodes = self.shared.nodes.read().unwrap_or_else(|p| p.into_inner());
         let Some(node) = nodes.get(&id) else { return Err(command) };
-        let sent = node.try_propose(command, self.forward);
+        // NB: another thread proposing through this same clone holds it: use the node's.
+        let sent = match self.own() {
+            Some(mut own) => {
+                let receipt =
+                    node.receipt_assisted_by(Own::for_node(&mut own, node).assist.as_ref());
+                node.try_propose_with(command, self.forward, receipt)
+            }
+            None => node.try_propose(command, self.forward),
+        };
         drop(nodes);
         Ok(sent.or_else(|later| later.send(id, deadline)))
     }
 
-    /// This clone's copy of node `id`'s handle, made again if the running nodes changed since.
-    fn current<'a>(
-        &self,
-        cache: &'a mut Option<Cached<S>>,
-        id: NodeId,
-    ) -> Option<&'a mut Cached<S>> {
-        // NB: the epoch is read before the handle is copied: a change in between makes the
-        // copy stale at once rather than current for too long.
-        let epoch = self.shared.epoch.load(Ordering::Acquire);
-        if !cache.as_ref().is_some_and(|c| c.epoch == epoch && c.handle.id == id) {
-            *cache = self.own_copy(id).map(|handle| Cached { epoch, handle, spare: None });
+    /// What this clone reuses, unless another thread proposing through it holds it. NB: a
+    /// panic while it was held leaves nothing half done (the spare slot was taken out).
+    fn own(&self) -> Option<MutexGuard<'_, Option<Own<S::Output>>>> {
+        match self.own.try_lock() {
+            Ok(own) => Some(own),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
         }
-        cache.as_mut()
-    }
-
-    /// A copy of node `id`'s handle for this clone's proposals alone: with its own count of
-    /// what a blocked caller assists, so that its receipts clone a count nobody else
-    /// touches, and without the node's state machine (`local`, for lease reads), which a
-    /// killed node must not leave behind in an idle clone.
-    fn own_copy(&self, id: NodeId) -> Option<NodeHandle<S>> {
-        let nodes = self.shared.nodes.read().unwrap_or_else(|p| p.into_inner());
-        let mut handle = nodes.get(&id)?.clone();
-        drop(nodes);
-        handle.local = None;
-        if let Some(assist) = &handle.assist {
-            handle.assist = Some(assist.fork().unwrap_or_else(|| Arc::clone(assist)));
-        }
-        Some(handle)
     }
 
     pub(super) fn running(&self) -> Vec<NodeId> {
@@ -756,22 +760,24 @@ impl<S: StateMachine> Client<S> {
         command: S::Command,
         deadline: Instant,
     ) -> Result<Applied<S::Output>, (Error, bool)> {
-        // NB: the copy is held through the wait, lending the receipt its assist and taking its
-        // answer slot back after: no reference count or allocation per proposal. Another thread
-        // proposing through this same clone meanwhile goes through the running nodes' lock.
-        if let Ok(mut cache) = self.cache.try_lock() {
-            let Some(cached) = self.current(&mut cache, id) else {
+        // NB: what the clone reuses is held through the wait: the receipt is lent the assist
+        // and its answer slot taken back after, with no count or allocation per proposal.
+        // Another thread proposing through this same clone meanwhile goes without.
+        if let Some(mut own) = self.own() {
+            let nodes = self.shared.nodes.read().unwrap_or_else(|p| p.into_inner());
+            let Some(node) = nodes.get(&id) else {
                 return Err((Error::NodeDown(id), false)); // not running
             };
-            let sent = cached.handle.try_propose_in(command, self.forward, cached.spare.take());
+            let own = Own::for_node(&mut own, node);
+            let sent = node.try_propose_in(command, self.forward, own.spare.take());
+            drop(nodes); // (as in `send_proposal`: a full queue is waited on after letting go)
             let mut receipt = match sent.or_else(|later| later.send(id, Some(deadline))) {
                 Ok(receipt) => receipt,
                 Err(e) => return Err((e, false)), // never handed over (as below)
             };
-            let assist = cached.handle.assist.as_deref();
-            let result = receipt.wait_until_assisted(deadline, assist);
+            let result = receipt.wait_until_assisted(deadline, own.assist.as_deref());
             let result = result.map_err(|e| (e, receipt.was_appended()));
-            cached.spare = receipt.into_spare();
+            own.spare = receipt.into_spare();
             return result;
         }
         let mut receipt = match self.send_proposal(id, command, Some(deadline)) {
@@ -959,35 +965,37 @@ mod tests {
         drop((small, large));
     }
 
-    /// Each clone proposes through its own copy of the node's handle: a restart under the
-    /// same id (a queue of its own) is followed at once, a stopped node is not proposed to,
-    /// and the copy of a killed node's handle goes with the next proposal.
+    /// A clone keeps nothing of a node's request queue: once a kill took the node out of the
+    /// running nodes, its queue's last sender is gone, so a request the node never took is
+    /// dropped with the queue and its proposer hears `NodeDown` at once (never handed over:
+    /// retried elsewhere), not at its deadline. A restart under the same id is followed at once,
+    /// and threads sharing one clone all get through.
     #[test]
-    fn a_clones_copy_of_a_handle_follows_restarts_and_stops() {
+    fn a_clone_keeps_no_killed_nodes_queue_and_follows_restarts() {
         let client: Client<KvStateMachine> =
-            Client::new(Duration::from_secs(5), Duration::from_millis(1));
+            Client::new(Duration::from_secs(30), Duration::from_millis(1));
         let put = || KvCommand::Put { key: "k".into(), value: "v".into() };
         let (requests, old_queue) = bounded(8);
         client.node_started(NodeHandle::new(NodeId(1), requests, 0));
         client.learn_leader(NodeId(1));
-        let _first = client.propose_async(put());
+        let mut first = client.propose_async(put());
+        let mut second = client.propose_async(put());
         assert!(old_queue.try_recv().is_ok(), "the first proposal reached the node");
+        drop(first.wait(Duration::ZERO)); // (its responder went with the request taken above)
 
-        client.node_stopped(NodeId(1)); // a kill,
+        client.node_stopped(NodeId(1)); // a kill: the node never took the second proposal,
+        drop(old_queue); // and its threads end
+        let start = Instant::now();
+        assert_eq!(second.wait(Duration::from_secs(10)), Err(Error::NodeDown(NodeId(1))));
+        assert!(start.elapsed() < Duration::from_secs(5), "answered only at the deadline");
+
         let (requests, new_queue) = bounded(8);
-        client.node_started(NodeHandle::new(NodeId(1), requests, 0)); // then the restart
+        client.node_started(NodeHandle::new(NodeId(1), requests, 0)); // the restart
         client.learn_leader(NodeId(1));
-        let _second = client.propose_async(put());
+        let _third = client.propose_async(put());
         assert!(new_queue.try_recv().is_ok(), "the restarted node's queue has it");
-        assert!(matches!(old_queue.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected)));
 
-        client.node_stopped(NodeId(1));
-        client.learn_leader(NodeId(1)); // a stale hint
-        let mut third = client.propose_async(put());
-        assert_eq!(third.wait(Duration::from_secs(5)).err(), Some(Error::Shutdown));
-        assert!(new_queue.try_recv().is_err(), "a stopped node got a proposal");
-
-        // Threads sharing one clone: one holds its copy, the other goes through the map.
+        // Threads sharing one clone: one holds what it reuses, the others go without.
         let (requests, queue) = bounded(64);
         client.node_started(NodeHandle::new(NodeId(2), requests, 0));
         client.learn_leader(NodeId(2));
