@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, RecvTimeoutError, SendTimeoutError, TrySendError};
 
+use super::queue::RequestSender;
 use crate::core::MembershipChange;
 use crate::error::Error;
 use crate::message::Configuration;
@@ -43,7 +44,7 @@ enum ProposeLater<S: StateMachine> {
 
 /// What a send to a full queue leaves to do.
 struct QueueFull<S: StateMachine> {
-    requests: Sender<Request<S>>,
+    requests: RequestSender<S>,
     /// The queue's byte budget and what `request` counts for in it, if counted; not taken.
     queued: Option<(Arc<ByteBudget>, usize)>,
     request: Request<S>,
@@ -138,7 +139,7 @@ impl QueueBytes {
 /// the leader it knows, which answers the caller directly.
 pub struct NodeHandle<S: StateMachine> {
     id: NodeId,
-    requests: Sender<Request<S>>,
+    requests: RequestSender<S>,
     /// The byte budget of the node's queue for proposals (`Config::max_queued_request_bytes`);
     /// none where nobody counts (tests' plain queues).
     queued: Option<QueueBytes>,
@@ -170,7 +171,7 @@ impl<S: StateMachine> Clone for NodeHandle<S> {
 }
 
 impl<S: StateMachine> NodeHandle<S> {
-    pub(crate) fn new(id: NodeId, requests: Sender<Request<S>>, spin_rounds: u32) -> Self {
+    pub(crate) fn new(id: NodeId, requests: RequestSender<S>, spin_rounds: u32) -> Self {
         let (local, assist) = (None, None);
         NodeHandle { id, requests, queued: None, forward: false, spin_rounds, local, assist }
     }
@@ -863,7 +864,7 @@ mod tests {
                 }
             }
         });
-        NodeHandle::new(id, requests, 0)
+        NodeHandle::new(id, RequestSender::plain(requests), 0)
     }
 
     /// `NodePanicked` makes a client leave the node alone, but an answer that arrives after
@@ -903,7 +904,7 @@ mod tests {
         let bytes = QueueBytes::counting_all(2 * size);
         let budget = Arc::clone(&bytes.budget);
         let (requests, queue) = bounded::<Request<KvStateMachine>>(64);
-        let node = NodeHandle::new(id, requests, 0).counted_in(bytes);
+        let node = NodeHandle::new(id, RequestSender::plain(requests), 0).counted_in(bytes);
         let first = node.propose_async(put(100)).expect("fits");
         let second = node.propose_async(put(100)).expect("fits, exactly");
         assert_eq!(budget.held(), 2 * size);
@@ -945,7 +946,7 @@ mod tests {
         let budget = Arc::clone(&bytes.budget);
         assert_eq!((bytes.small, budget.max()), (512, 32 << 10), "half for 64 slots of 512");
         let (requests, queue) = bounded::<Request<KvStateMachine>>(64);
-        let node = NodeHandle::new(NodeId(1), requests, 0).counted_in(bytes);
+        let node = NodeHandle::new(NodeId(1), RequestSender::plain(requests), 0).counted_in(bytes);
         let small = node.propose_async(put(10)).expect("sent");
         assert_eq!(budget.held(), 0, "uncounted");
         let large = node.propose_async(put(1_000)).expect("sent");
@@ -976,7 +977,7 @@ mod tests {
             Client::new(Duration::from_secs(30), Duration::from_millis(1));
         let put = || KvCommand::Put { key: "k".into(), value: "v".into() };
         let (requests, old_queue) = bounded(8);
-        client.node_started(NodeHandle::new(NodeId(1), requests, 0));
+        client.node_started(NodeHandle::new(NodeId(1), RequestSender::plain(requests), 0));
         client.learn_leader(NodeId(1));
         let mut first = client.propose_async(put());
         let mut second = client.propose_async(put());
@@ -990,14 +991,14 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(5), "answered only at the deadline");
 
         let (requests, new_queue) = bounded(8);
-        client.node_started(NodeHandle::new(NodeId(1), requests, 0)); // the restart
+        client.node_started(NodeHandle::new(NodeId(1), RequestSender::plain(requests), 0)); // the restart
         client.learn_leader(NodeId(1));
         let _third = client.propose_async(put());
         assert!(new_queue.try_recv().is_ok(), "the restarted node's queue has it");
 
         // Threads sharing one clone: one holds what it reuses, the others go without.
         let (requests, queue) = bounded(64);
-        client.node_started(NodeHandle::new(NodeId(2), requests, 0));
+        client.node_started(NodeHandle::new(NodeId(2), RequestSender::plain(requests), 0));
         client.learn_leader(NodeId(2));
         std::thread::scope(|scope| {
             for _ in 0..4 {
@@ -1012,7 +1013,7 @@ mod tests {
         let client: Client<KvStateMachine> =
             Client::new(Duration::from_secs(5), Duration::from_millis(1));
         let (requests, queue) = bounded(1);
-        client.node_started(NodeHandle::new(NodeId(1), requests, 0));
+        client.node_started(NodeHandle::new(NodeId(1), RequestSender::plain(requests), 0));
         client.learn_leader(NodeId(1));
         let put = || KvCommand::Put { key: "k".into(), value: "v".into() };
         let first = client.propose_async(put()); // fills the queue: nobody drains it

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Sender};
 
 use super::client::{Client, LocalReads, NodeHandle, QueueBytes};
+use super::queue::request_queue;
 use super::thread::{self, Channels, Failure, NodeDriver, NodeThreads, Peers};
 use crate::config::Config;
 use crate::core::{MembershipChange, Role};
@@ -320,7 +321,7 @@ impl<S: StateMachine> Cluster<S> {
             .map_err(|e| Error::Storage(format!("opening {id}'s storage: {e}")))?;
         let (inbox_tx, inbox) =
             inbox(self.config.inbox_capacity, self.config.max_inbox_bytes, S::command_size);
-        let (requests_tx, requests) = bounded(self.config.inbox_capacity);
+        let (requests_tx, requests, requests_closer) = request_queue(self.config.inbox_capacity);
         let (shutdown, shutdown_rx) = bounded(1);
         let transport = (self.transport)(id, inbox_tx);
         let mut driver: NodeDriver<S> = Driver::new(
@@ -343,7 +344,13 @@ impl<S: StateMachine> Cluster<S> {
             QueueBytes::new(self.config.max_queued_request_bytes, self.config.inbox_capacity);
         driver.set_request_budget(Arc::clone(&queued.budget));
         let closer = Some(BudgetCloser(Arc::clone(&queued.budget)));
-        let channels = Channels { inbox, requests, shutdown: shutdown_rx, _queued: closer };
+        let channels = Channels {
+            inbox,
+            requests,
+            shutdown: shutdown_rx,
+            _queued: closer,
+            _requests: requests_closer,
+        };
         let tick = self.config.tick;
         let failure = Failure::default();
         let spin_rounds = self.config.spin_rounds;

@@ -10,6 +10,7 @@ mod client;
 pub(crate) use client::{failed_node, Retry};
 mod cluster;
 mod faults;
+mod queue;
 mod read;
 mod syncer;
 mod thread;

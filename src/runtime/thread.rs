@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, Receiver, Select, Sender, TryRecvError};
 
+use super::queue::QueueCloser;
 use super::syncer::Syncer;
 use crate::core::Role;
 use crate::error::Error;
@@ -63,6 +64,8 @@ pub(crate) struct Channels<S: StateMachine> {
     /// Closes the request queue's byte budget when the node stops, so that callers waiting
     /// for room in it hear `NodeDown`.
     pub _queued: Option<BudgetCloser>,
+    /// Closes the request queue when the node stops: what it never took answers `NodeDown`.
+    pub _requests: QueueCloser<S>,
 }
 
 /// Why a node stopped on its own, shared with the [`crate::Cluster`].
