@@ -247,3 +247,58 @@ fn a_handle_kept_past_a_kill_holds_no_state_machine_and_answers_node_down() {
         assert!(!flags.dropped(id), "{id} runs: its state machine lives");
     }
 }
+
+/// Proposals racing a kill through a `NodeHandle` kept past it: each is answered by the time
+/// the kill returns, or at once if sent after (`NodeDown` when the node never took it). A
+/// request still in the node's queue when it stopped used to wait as long as the kept handle
+/// lived, since a channel drops what it holds only with its last sender; the node now closes
+/// its queue when it stops (`runtime/queue.rs`).
+#[test]
+fn proposals_racing_a_kill_are_all_answered_though_a_handle_is_kept() {
+    let _serial = serial();
+    init_tracing();
+    let flags = DropFlags::default();
+    let mut cluster = Cluster::new(fast_config(83), 3, flags.factory()).expect("start");
+    let leader = wait_for_agreement(&cluster, LONG).leader;
+    let node = cluster.node(leader).expect("running");
+    node.propose(0, LONG).expect("applied");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let proposer = {
+        let (node, stop, sent) = (node.clone(), Arc::clone(&stop), Arc::clone(&sent));
+        std::thread::spawn(move || {
+            let mut receipts = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                match node.propose_async(0) {
+                    Ok(receipt) => receipts.push(receipt),
+                    Err(e) => assert_eq!(e, Error::NodeDown(leader)),
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+                if receipts.len() % 64 == 63 {
+                    std::thread::yield_now(); // (let the kill in)
+                }
+            }
+            receipts
+        })
+    };
+    let start = Instant::now();
+    while sent.load(Ordering::SeqCst) < 2_000 {
+        assert!(start.elapsed() < LONG, "the proposer is stuck");
+        std::thread::yield_now();
+    }
+    cluster.kill(leader).expect("kill"); // while the proposer sends
+    stop.store(true, Ordering::SeqCst);
+    let receipts = proposer.join().expect("proposer");
+    let deadline = Instant::now() + LONG;
+    let mut down = 0;
+    for mut receipt in receipts {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match receipt.wait(left) {
+            Ok(_) => {}
+            Err(Error::NodeDown(at)) if at == leader => down += 1,
+            other => panic!("a proposal racing the kill answered {other:?}"),
+        }
+    }
+    assert!(down > 0, "no proposal met the kill");
+    drop(node);
+}

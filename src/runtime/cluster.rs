@@ -462,8 +462,8 @@ impl<S: StateMachine> Cluster<S> {
     /// state machine call under way ends (an `apply` or a `snapshot`: the applier stops after
     /// it, and committed entries not yet applied are dropped), failed node or not. By then the
     /// node's state machine is dropped and every receipt still waiting on it is answered
-    /// `NodeDown`, even while a [`NodeHandle`] of it is kept; calls on such a handle fail with
-    /// `NodeDown` at once.
+    /// `NodeDown` (a request left in its queue too: the node never took it), even while a
+    /// [`NodeHandle`] of it is kept; calls on such a handle fail with `NodeDown` at once.
     pub fn kill(&mut self, id: NodeId) -> Result<(), Error> {
         let running = self.slot_mut(id)?.running.take().ok_or(Error::NodeDown(id))?;
         self.client.node_stopped(id);
