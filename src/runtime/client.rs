@@ -419,9 +419,10 @@ pub struct Client<S: StateMachine> {
     own: Mutex<Option<Own<S::Output>>>,
 }
 
-/// What a clone keeps for its proposals to node `id`. NB: never the node's request queue:
-/// a killed node's requests are dropped, answering their proposers `NodeDown`, when its
-/// queue's last sender goes, and the sender in the running nodes' map goes with the kill.
+/// What a clone keeps for its proposals to node `id`. NB: not a copy of the node's handle,
+/// which would spare the running nodes' read lock: an idle clone would keep a killed node's
+/// request queue, and it measured no faster once the queue closes with its node (NOTES.md,
+/// 2026-12-04).
 struct Own<O> {
     id: NodeId,
     /// The node's assist this was forked from, to know it again (not to hold it).
