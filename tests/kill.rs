@@ -248,8 +248,8 @@ fn a_handle_kept_past_a_kill_holds_no_state_machine_and_answers_node_down() {
     }
 }
 
-/// Proposals racing a kill through a `NodeHandle` kept past it: each is answered by the time
-/// the kill returns, or at once if sent after (`NodeDown` when the node never took it). A
+/// Proposals racing a kill through a `NodeHandle` kept past it: each is answered (applied,
+/// or `NodeDown` when the node never took it), none waits out its deadline. A
 /// request still in the node's queue when it stopped used to wait as long as the kept handle
 /// lived, since a channel drops what it holds only with its last sender; the node now closes
 /// its queue when it stops (`runtime/queue.rs`).

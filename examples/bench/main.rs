@@ -223,7 +223,8 @@ fn main() {
         }
         "clients" => {
             let ops = if args.ops == 0 { 200_000 } else { args.ops };
-            let share = args.text("--share-client").is_some_and(|s| s == "true");
+            let share = args.text("--share-client").map(str::parse::<bool>);
+            let share = share.unwrap_or(Ok(false)).expect("--share-client needs true or false");
             clients(&cluster, args.nodes, args.clients, ops, share);
             cluster.shutdown();
         }
