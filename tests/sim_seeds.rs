@@ -315,6 +315,9 @@ struct Soak {
     /// Messages dropped for bytes: on links, in paused or stalled nodes' inboxes
     /// (`Fault::InboxBytes`, drawn on a quarter of the seeds).
     byte_drops: (u64, u64),
+    /// Proposals that waited for room in a node's request queue (`Fault::RequestBytes`,
+    /// drawn on a quarter of the seeds).
+    request_waits: u64,
 }
 
 impl Soak {
@@ -332,6 +335,7 @@ impl Soak {
             transfers: (0, 0),
             node_failures: 0,
             byte_drops: (0, 0),
+            request_waits: 0,
         }
     }
 
@@ -372,6 +376,7 @@ impl Soak {
                 self.node_failures += report.stats.node_failures;
                 self.byte_drops.0 += report.stats.dropped_link_bytes;
                 self.byte_drops.1 += report.stats.dropped_inbox_bytes;
+                self.request_waits += report.stats.request_queue_full;
             }
             Err(f) if f.kind.is_liveness() => {
                 println!("LIVENESS seed {seed}: {}", f.kind);
@@ -407,13 +412,14 @@ impl Soak {
         let (asked, won) = self.transfers;
         let (links, inboxes) = self.byte_drops;
         println!(
-            "soak summary: {} seeds ({}..{}) in {wall:.0}s: {seeds_per_s:.1} seeds/s, {speedup:.0} simulated s per wall s, {} safety violations, {} liveness failures {:?}; {crashes} crashes ({mid_step} mid-step), {batches} client batches, {campaigns} removed-node campaigns, {won} of {asked} leadership transfers won, {links} messages dropped for bytes on links and {inboxes} in inboxes, {} node failures",
+            "soak summary: {} seeds ({}..{}) in {wall:.0}s: {seeds_per_s:.1} seeds/s, {speedup:.0} simulated s per wall s, {} safety violations, {} liveness failures {:?}; {crashes} crashes ({mid_step} mid-step), {batches} client batches, {campaigns} removed-node campaigns, {won} of {asked} leadership transfers won, {links} messages dropped for bytes on links and {inboxes} in inboxes, {} proposals waited for room in a request queue, {} node failures",
             self.done,
             self.first,
             self.first + self.n,
             usize::from(self.safety.is_some()),
             self.liveness.len(),
             self.liveness,
+            self.request_waits,
             self.node_failures,
         );
         if let Some((seed, failure)) = &self.safety {

@@ -134,6 +134,10 @@ pub(crate) struct Driver<S: StateMachine, St, T, L: LeaseClock = Monotonic> {
     /// Test-only: a forwarded proposal lost with its leader claims it never reached it.
     #[cfg(test)]
     pub(crate) lost_forward_claims_unreachable: bool,
+    /// Test-only bug: a proposal forwarded to the leader keeps its count, so its bytes never
+    /// come back to this node's request budget, and the leader gives back bytes it never took.
+    #[cfg(test)]
+    pub(crate) forward_keeps_count: bool,
     /// `Config::defer_leader_sync`: a leader may leave its own appends unsynced.
     defer_leader_sync: bool,
     /// Inside `begin_batch` .. `end_batch`.
@@ -218,6 +222,8 @@ where
             bugs: SyncBugs::default(),
             #[cfg(test)]
             lost_forward_claims_unreachable: false,
+            #[cfg(test)]
+            forward_keeps_count: false,
             defer_leader_sync: config.defer_leader_sync,
             batching: false,
             halted: false,
@@ -478,9 +484,12 @@ where
         self.queued = Some(budget);
     }
 
-    /// The node's request-queue budget, if counted.
-    pub(crate) fn request_budget(&self) -> Option<&Arc<ByteBudget>> {
-        self.queued.as_ref()
+    /// A request taken off the queue that the node will not handle (it failed, and refuses
+    /// everything): its bytes go back to the request budget, as a handled one's do.
+    pub(crate) fn give_back_request(&self, request: &mut Request<S>) {
+        if let Some(budget) = &self.queued {
+            budget.give_back(request.uncount());
+        }
     }
 
     /// Gives back the bytes of the proposals taken off the request queue since last time.
@@ -505,7 +514,13 @@ where
     fn forward(&mut self, leader: NodeId, mut request: Request<S>) {
         self.metrics.forwarded += 1;
         // NB: counted in this node's queue, not in the leader's: its bytes come back here.
-        self.queued_taken += request.uncount();
+        #[cfg(test)]
+        let keep = self.forward_keeps_count;
+        #[cfg(not(test))]
+        let keep = false;
+        if !keep {
+            self.queued_taken += request.uncount();
+        }
         if let Request::Propose { responder, .. } = &mut request {
             responder.forwarded_to(leader);
             #[cfg(test)]

@@ -139,6 +139,16 @@ impl<S: StateMachine> Request<S> {
         }
     }
 
+    /// The bytes the request holds of its queue's count (what [`Request::uncount`] would
+    /// give back).
+    pub(crate) fn counted(&self) -> usize {
+        match self {
+            Request::Propose { queued: Some(m), .. } if m.counted => m.size,
+            Request::Forward(inner) => inner.counted(),
+            _ => 0,
+        }
+    }
+
     /// Answers the request with `error` (a status request just drops its reply: `NodeDown`).
     pub(crate) fn fail(self, error: Error) {
         match self {

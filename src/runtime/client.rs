@@ -127,6 +127,15 @@ impl QueueBytes {
         QueueBytes { budget, small }
     }
 
+    /// `command`'s size, and whether it counts against the budget. The sizer is the user's
+    /// code: should it panic, `None` (the proposal goes uncounted, and the node, sizing it
+    /// again, fails as it did before: a poisoned command fails the node, not its caller).
+    pub fn measure<S: StateMachine>(&self, command: &S::Command) -> Option<Measured> {
+        let size = || S::command_size(command);
+        let size = std::panic::catch_unwind(std::panic::AssertUnwindSafe(size)).ok()?;
+        Some(Measured { size, counted: size > self.small })
+    }
+
     /// A budget of `max` bytes that counts every proposal, however small.
     #[cfg(test)]
     fn counting_all(max: usize) -> Self {
@@ -266,14 +275,8 @@ impl<S: StateMachine> NodeHandle<S> {
         (responder, receipt): (Responder<S::Output>, Receipt<S::Output>),
     ) -> Result<Receipt<S::Output>, ProposeLater<S>> {
         // NB: a proposal is measured here, once: the node reuses the size
-        // (`Request::Propose::queued`). The sizer is the user's code: should it panic, the
-        // proposal goes uncounted, and the node, sizing it again, fails as it did before (a
-        // poisoned command fails the node, not its caller).
-        let measured = self.queued.as_ref().and_then(|bytes| {
-            let size = || S::command_size(&command);
-            let size = std::panic::catch_unwind(std::panic::AssertUnwindSafe(size)).ok()?;
-            Some(Measured { size, counted: size > bytes.small })
-        });
+        // (`Request::Propose::queued`).
+        let measured = self.queued.as_ref().and_then(|bytes| bytes.measure::<S>(&command));
         let queued = measured.filter(|m| m.counted).zip(self.queued.as_ref());
         let queued = queued.map(|(m, bytes)| (&bytes.budget, m.size));
         let request =

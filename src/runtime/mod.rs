@@ -7,7 +7,7 @@
 //! that, for this runtime and the simulator alike.
 
 mod client;
-pub(crate) use client::{failed_node, Retry};
+pub(crate) use client::{failed_node, QueueBytes, Retry};
 mod cluster;
 mod faults;
 mod queue;

@@ -742,9 +742,7 @@ fn serve_failure<S: StateMachine>(node: &mut Node<S>, shared: &Shared<S>, error:
                 Err(_) => return false,
             },
             recv(channels.requests) -> req => match req.map(|mut req| {
-                if let Some(budget) = node.driver.request_budget() {
-                    budget.give_back(req.uncount());
-                }
+                node.driver.give_back_request(&mut req);
                 req
             }) {
                 Ok(Request::Propose { responder, .. }) => responder.finish(Err(error.clone())),

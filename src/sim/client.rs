@@ -23,7 +23,7 @@ use super::run::FailureKind;
 use super::trace::InputSummary;
 use super::{Event, Simulator};
 use crate::error::Error;
-use crate::node::{read_receipt, receipt, Applied, Receipt, Request};
+use crate::node::{read_receipt, receipt, Applied, Measured, Receipt, Request};
 use crate::runtime::{failed_node, Retry};
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
@@ -270,13 +270,21 @@ impl<S: StateMachine> Simulator<S> {
             }
             return Ok(());
         }
-        let request = self.proposal(client, op, node);
+        let Some(queued) = self.take_request_bytes(client, op, node) else { return Ok(()) };
+        let request = self.proposal(client, op, node, queued);
         let summary = InputSummary::Propose { client, op: op as u64 };
         self.step(node, Delivery::Request(request), summary)
     }
 
-    /// The request for `op`, with its receipt awaited.
-    fn proposal(&mut self, client: u64, op: usize, node: NodeId) -> Request<S> {
+    /// The request for `op`, with its receipt awaited; a proposal's size as measured for the
+    /// node's request queue, if it was (`sim/request_queue.rs`).
+    fn proposal(
+        &mut self,
+        client: u64,
+        op: usize,
+        node: NodeId,
+        queued: Option<Measured>,
+    ) -> Request<S> {
         let command = self.clients.history[op].command.clone();
         if let Some(query) = self.read_query(op) {
             // The read as `NodeHandle::read_async` builds it: the query in the receipt.
@@ -286,7 +294,17 @@ impl<S: StateMachine> Simulator<S> {
         }
         let (responder, receipt) = receipt(node);
         self.clients.awaiting.push(Awaited { client, op, node, receipt });
-        self.forwarding(Request::Propose { command, responder, queued: None })
+        self.forwarding(Request::Propose { command, responder, queued })
+    }
+
+    /// `op`'s command.
+    pub(super) fn command(&self, op: usize) -> &S::Command {
+        &self.clients.history[op].command
+    }
+
+    /// Whether `op` is a read served without the log.
+    pub(super) fn is_read(&self, op: usize) -> bool {
+        self.read_query(op).is_some()
     }
 
     /// `request` as the client sends it: asking for forwarding to the leader, with
@@ -338,8 +356,15 @@ impl<S: StateMachine> Simulator<S> {
             }
             return Ok(());
         }
-        let requests: Vec<Request<S>> =
-            waiting.iter().map(|&(client, op)| self.proposal(client, op, node)).collect();
+        let mut requests = Vec::with_capacity(waiting.len());
+        let mut taken = Vec::with_capacity(waiting.len());
+        for (client, op) in waiting {
+            if let Some(queued) = self.take_request_bytes(client, op, node) {
+                requests.push(self.proposal(client, op, node, queued));
+                taken.push((client, op));
+            }
+        }
+        let waiting = taken;
         match requests.len() {
             0 => Ok(()),
             1 => {

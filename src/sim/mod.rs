@@ -39,6 +39,7 @@ mod network;
 mod node;
 mod planted;
 mod reads;
+mod request_queue;
 mod run;
 mod schedule;
 mod storage;
@@ -61,6 +62,8 @@ mod fsync_tests;
 mod inbox_tests;
 #[cfg(test)]
 mod poison_tests;
+#[cfg(test)]
+mod request_queue_tests;
 #[cfg(test)]
 mod retry_tests;
 #[cfg(test)]
@@ -238,6 +241,9 @@ pub struct Stats {
     pub dropped_link_bytes: u64,
     /// Messages dropped because a paused or stalled node's inbox held its byte budget.
     pub dropped_inbox_bytes: u64,
+    /// Proposals that found no room in their node's request queue
+    /// ([`Fault::RequestBytes`]) and waited at their client to try again.
+    pub request_queue_full: u64,
 }
 
 /// N cores driven on one thread in virtual time. See the module docs.
@@ -290,6 +296,9 @@ pub struct Simulator<S: StateMachine> {
     /// An empty outbox with room, swapped into each stepping driver so its sends do not
     /// allocate a new vector every step.
     spare_outbox: Vec<Message<S::Command>>,
+    /// The request-queue budget in force ([`Fault::RequestBytes`]), if any: each node
+    /// started gets one of this many bytes.
+    request_bytes: Option<usize>,
     #[cfg(test)]
     bugs: crate::core::Bugs,
     /// Test-only switches in the lease deadline published for caller-thread reads.
@@ -307,6 +316,9 @@ pub struct Simulator<S: StateMachine> {
     /// Test-only: a forwarded proposal lost with its leader claims it never reached it.
     #[cfg(test)]
     lost_forward_claims_unreachable: bool,
+    /// Test-only: a forwarded proposal keeps its count in the forwarding node's request queue.
+    #[cfg(test)]
+    forward_keeps_count: bool,
     /// Test-only: retrying clients forget whether their proposal was appended.
     #[cfg(test)]
     retry_ignores_append: bool,
@@ -387,6 +399,7 @@ impl<S: StateMachine> Simulator<S> {
             compactions: Vec::new(),
             quiet: false,
             spare_outbox: Vec::new(),
+            request_bytes: None,
             #[cfg(test)]
             bugs: crate::core::Bugs::default(),
             #[cfg(test)]
@@ -399,6 +412,8 @@ impl<S: StateMachine> Simulator<S> {
             ignore_apply_limit: false,
             #[cfg(test)]
             lost_forward_claims_unreachable: false,
+            #[cfg(test)]
+            forward_keeps_count: false,
             #[cfg(test)]
             retry_ignores_append: false,
             #[cfg(test)]

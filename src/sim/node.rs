@@ -70,6 +70,8 @@ pub(crate) struct Live<S: StateMachine> {
     /// then on it takes no input and answers every request with this error, until the
     /// operator's kill and restart ([`Simulator::recover`]).
     pub failed: Option<Error>,
+    /// This incarnation's request-queue budget (`sim/request_queue.rs`), if one is in force.
+    pub requests: Option<crate::runtime::QueueBytes>,
 }
 
 impl<S: StateMachine> Live<S> {
@@ -232,7 +234,12 @@ impl<S: StateMachine> Simulator<S> {
         };
         let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new(), None), apply_on)
             .expect("SimStorage::load never fails");
-        let mut live = Live { driver, lease: None, clock: SimClock::default(), failed: None };
+        let requests = self.new_request_budget();
+        let mut live =
+            Live { driver, lease: None, clock: SimClock::default(), failed: None, requests };
+        if let Some(bytes) = &live.requests {
+            live.driver.set_request_budget(std::sync::Arc::clone(&bytes.budget));
+        }
         if self.config.background_sync.is_some() {
             live.driver.sync_in_background();
         }
@@ -271,6 +278,7 @@ impl<S: StateMachine> Simulator<S> {
             live.driver.core_mut().bugs = self.bugs;
             live.driver.bugs = self.sync_bugs;
             live.driver.lost_forward_claims_unreachable = self.lost_forward_claims_unreachable;
+            live.driver.forward_keeps_count = self.forward_keeps_count;
         }
         if let Err(v) = self.checker.node_started(live.core()) {
             self.fail(FailureKind::Safety(v));
@@ -706,6 +714,7 @@ impl<S: StateMachine> Simulator<S> {
                 return Ok(());
             }
             node.check_apply_backlog(id)?;
+            node.check_request_bytes(id, Some(&delivery))?;
         }
         let received_chunk = matches!(&delivery, Delivery::Message(m, _) if is_partial_chunk(m));
         let mut sent_chunk = false;
@@ -760,17 +769,21 @@ impl<S: StateMachine> Simulator<S> {
         };
         live.clock.set(local_now);
         let mut ignored = None;
+        // NB: a batch's requests the driver did not take (it failed halfway, or the batch
+        // was full) stay here, as they stay in the runtime's queue.
+        let mut rest = Vec::new().into_iter();
+        let delivery = match delivery {
+            Delivery::Requests(requests) => {
+                rest = requests.into_iter();
+                Delivery::Request(rest.next().expect("a batch holds at least one request"))
+            }
+            delivery => delivery,
+        };
         let stepped = step_caught(id, &mut live.driver, |driver| match delivery {
             Delivery::Ticks(n, _) => driver.ticks_at(n, tick_time, &mut observe),
             Delivery::Message(msg, _) => driver.receive(msg, &mut observe),
-            Delivery::Request(request) => {
-                driver.handle(request, &mut std::iter::empty(), &mut observe)
-            }
-            Delivery::Requests(requests) => {
-                let mut requests = requests.into_iter();
-                let first = requests.next().expect("a batch holds at least one request");
-                driver.handle(first, &mut requests, &mut observe)
-            }
+            Delivery::Request(request) => driver.handle(request, &mut rest, &mut observe),
+            Delivery::Requests(_) => unreachable!("split into its first and the rest above"),
             Delivery::Flush => driver.end_batch(&mut observe),
             Delivery::Synced(job) => driver.sync_done(job(), &mut observe),
             Delivery::Taken(snapshot) => driver.snapshot_taken(snapshot, &mut observe),
@@ -810,6 +823,11 @@ impl<S: StateMachine> Simulator<S> {
         let mut bounded = Ok(());
         if let Some((error, struck)) = failed {
             bounded = self.node_failed(id, error, struck, &outbox);
+        }
+        let mut rest: Vec<Request<S>> = rest.collect();
+        if let (false, Some(error)) = (rest.is_empty(), self.nodes[&id].failed()) {
+            // As the runtime's `serve_failure` takes them off the queue.
+            self.refuse(id, Delivery::Requests(std::mem::take(&mut rest)), error);
         }
         match ignored {
             None => {}
@@ -855,6 +873,11 @@ impl<S: StateMachine> Simulator<S> {
         self.retire_removed();
         self.maybe_churn(id, before);
         self.schedule_tick(id);
+        if !rest.is_empty() {
+            // The runtime's loop takes them next (a node that crashed meanwhile drops them).
+            let summary = InputSummary::Batch { count: rest.len() as u64 };
+            return self.step(id, Delivery::Requests(rest), summary);
+        }
         Ok(())
     }
 
@@ -966,16 +989,28 @@ impl<S: StateMachine> Simulator<S> {
         self.restart(id).expect("the node exists");
     }
 
-    /// What a failed node does with an input: a request hears the failure (as the runtime's
-    /// `serve_failure` answers it), a message is dropped, anything else is ignored.
+    /// What a failed node does with an input: a request hears the failure and gives back its
+    /// bytes (as the runtime's `serve_failure` answers it), a message is dropped, anything else
+    /// is ignored.
     fn refuse(&mut self, id: NodeId, delivery: Delivery<S>, error: Error) {
-        match delivery {
-            Delivery::Message(msg, _) => self.dropped(&msg, "receiver failed"),
-            Delivery::Request(request) => request.fail(error),
-            Delivery::Requests(requests) => {
-                requests.into_iter().for_each(|r| r.fail(error.clone()))
+        let requests = match delivery {
+            Delivery::Message(msg, _) => {
+                self.dropped(&msg, "receiver failed");
+                Vec::new()
             }
-            Delivery::Ticks(..) | Delivery::Flush | Delivery::Synced(_) | Delivery::Taken(_) => {}
+            Delivery::Request(request) => vec![request],
+            Delivery::Requests(requests) => requests,
+            Delivery::Ticks(..) | Delivery::Flush | Delivery::Synced(_) | Delivery::Taken(_) => {
+                Vec::new()
+            }
+        };
+        let live = self.nodes[&id].live.as_ref().expect("a failed node runs");
+        for mut request in requests {
+            live.driver.give_back_request(&mut request);
+            request.fail(error.clone());
+        }
+        if let Err(kind) = self.nodes[&id].check_request_bytes(id, None) {
+            self.fail(kind);
         }
         self.collect_answers(id);
         self.collect_change_answers(id);

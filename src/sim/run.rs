@@ -75,6 +75,16 @@ pub enum FailureKind {
         /// What the queue holds.
         queued: usize,
     },
+    /// A node's request-queue budget holds other than the bytes of the proposals waiting for
+    /// it: some were never given back, or given back to the wrong node.
+    RequestBytesMiscounted {
+        /// The node.
+        node: NodeId,
+        /// What its budget holds.
+        held: usize,
+        /// What the proposals waiting for it took.
+        waiting: usize,
+    },
 }
 
 impl FailureKind {
@@ -120,6 +130,10 @@ impl fmt::Display for FailureKind {
             FailureKind::ApplyBacklogMiscounted { node, counted, queued } => write!(
                 f,
                 "{node} counts {counted} entries waiting for its state machine; its queue holds {queued}"
+            ),
+            FailureKind::RequestBytesMiscounted { node, held, waiting } => write!(
+                f,
+                "{node}'s request queue budget holds {held} bytes; the proposals waiting for it took {waiting}"
             ),
         }
     }

@@ -144,6 +144,12 @@ pub enum Fault {
     /// a small one on a share of seeds, so the bound is hit. May be below the leader's window,
     /// which `Config::validate` refuses: a fault, ended by the quiet period.
     InboxBytes(usize),
+    /// Every node's request-queue budget in bytes from now on, as if each ran with this
+    /// `Config::max_queued_request_bytes` ([`Simulator::set_request_bytes`]): clients' proposals
+    /// count against it as a `NodeHandle` counts them, and one that finds no room waits at
+    /// its client. Random schedules start with a small one on a share of seeds, so proposals
+    /// count, and their bytes are checked at every step (`sim/request_queue.rs`).
+    RequestBytes(usize),
     /// Arm a transport failure on a running node (a node that is down or failed ignores it;
     /// a crash disarms it): its `send` after `skip` more panics (`Error::NodePanicked`), the
     /// messages sent before it gone out. The node fails as for a storage failure (see
@@ -266,6 +272,7 @@ impl Schedule {
                 }
                 Fault::Network(n) => n.validate()?,
                 Fault::InboxBytes(max) => super::inbox::check_inbox_bytes(*max)?,
+                Fault::RequestBytes(max) => super::request_queue::check_request_bytes(*max)?,
                 Fault::Partition(targets) => targets.iter().try_for_each(known)?,
                 Fault::OnNewLeader(inner) | Fault::After(_, inner) => {
                     Schedule::new(vec![(Duration::ZERO, (**inner).clone())]).validate(config)?
@@ -293,6 +300,8 @@ struct Families {
     mid_snapshot: bool,
     /// A small inbox budget from the start ([`Fault::InboxBytes`]), or the config's.
     inbox_bytes: Option<usize>,
+    /// A small request-queue budget from the start ([`Fault::RequestBytes`]), or none.
+    request_bytes: Option<usize>,
 }
 
 impl Families {
@@ -316,7 +325,8 @@ impl Families {
         let compaction = rng.random_bool(0.5);
         let mid_snapshot = compaction && rng.random_bool(0.7);
         let inbox_bytes = Families::draw_inbox_bytes(seed);
-        Families { compaction, mid_snapshot, inbox_bytes, ..Families::default() }
+        let request_bytes = Families::draw_request_bytes(seed);
+        Families { compaction, mid_snapshot, inbox_bytes, request_bytes, ..Families::default() }
     }
 
     /// On a quarter of the seeds, an inbox budget of 300 bytes to 5 KB: a few messages (or
@@ -331,10 +341,25 @@ impl Families {
         rng.random_bool(0.25).then(|| sizes[rng.random_range(0..sizes.len())])
     }
 
+    /// On a quarter of the seeds, a request-queue budget of 100 bytes to 2 KB: every proposal
+    /// counts (the small ones go uncounted only under budgets of 128 KB and more, with the
+    /// default queue of 65,536 slots), and a paused node's queue fills within a few
+    /// proposals. From a stream of its own (added after the inbox budgets), picked as theirs
+    /// was: no seed a test or NOTES.md replays draws one
+    /// (`the_recorded_regression_seeds_draw_no_budget`).
+    fn draw_request_bytes(seed: u64) -> Option<usize> {
+        let mut rng = SmallRng::seed_from_u64(seed ^ REQUEST_BYTES_STREAM);
+        let sizes = [100, 300, 700, 2_000];
+        rng.random_bool(0.25).then(|| sizes[rng.random_range(0..sizes.len())])
+    }
+
     fn any(&self) -> bool {
         self.asymmetric || self.pauses || self.mid_step || self.removed_restarts
     }
 }
+
+/// The seed stream of [`Families::draw_request_bytes`].
+const REQUEST_BYTES_STREAM: u64 = 0x9e3c_09b9_7f4a_7c5e;
 
 fn generate(config: &SimConfig, membership: bool, families: Families) -> Schedule {
     // NB: its own stream, so changing the schedule does not shift the network's draws.
@@ -349,6 +374,9 @@ fn generate(config: &SimConfig, membership: bool, families: Families) -> Schedul
     }
     if config.storage_failures {
         events.extend(storage_failures(config));
+    }
+    if let Some(max) = families.request_bytes {
+        events.insert(0, (Duration::ZERO, Fault::RequestBytes(max)));
     }
     if let Some(max) = families.inbox_bytes {
         // NB: first, so the budget is in force before any other fault at offset 0.
@@ -617,6 +645,7 @@ impl<S: StateMachine> Simulator<S> {
                 self.resolve(*node)?.map_or(Ok(()), |id| self.fail_storage(id, failure))
             }
             Fault::InboxBytes(max) => self.set_inbox_bytes(*max),
+            Fault::RequestBytes(max) => self.set_request_bytes(*max),
             Fault::FailSync { node, skip, panics, loses_writes } => {
                 let failure =
                     SyncFailure { skip: *skip, panics: *panics, loses_writes: *loses_writes };
