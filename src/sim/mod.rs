@@ -241,8 +241,8 @@ pub struct Stats {
     pub dropped_link_bytes: u64,
     /// Messages dropped because a paused or stalled node's inbox held its byte budget.
     pub dropped_inbox_bytes: u64,
-    /// Proposals that found no room in their node's request queue
-    /// ([`Fault::RequestBytes`]) and waited at their client to try again.
+    /// Times a proposal found no room in its node's request queue ([`Fault::RequestBytes`])
+    /// and waited at its client to try again (each try counts).
     pub request_queue_full: u64,
 }
 

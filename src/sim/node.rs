@@ -687,8 +687,7 @@ impl<S: StateMachine> Simulator<S> {
         summary: InputSummary,
     ) -> Result<(), FailureKind> {
         if let Some(error) = self.nodes.get(&id).and_then(SimNode::failed) {
-            self.refuse(id, delivery, error);
-            return Ok(());
+            return self.refuse(id, delivery, error);
         }
         let watch_sends = !self.mid_snapshot.is_empty() && self.watches_sends(id);
         if !matches!(delivery, Delivery::Ticks(..)) {
@@ -825,9 +824,10 @@ impl<S: StateMachine> Simulator<S> {
             bounded = self.node_failed(id, error, struck, &outbox);
         }
         let mut rest: Vec<Request<S>> = rest.collect();
+        let mut refused = Ok(());
         if let (false, Some(error)) = (rest.is_empty(), self.nodes[&id].failed()) {
             // As the runtime's `serve_failure` takes them off the queue.
-            self.refuse(id, Delivery::Requests(std::mem::take(&mut rest)), error);
+            refused = self.refuse(id, Delivery::Requests(std::mem::take(&mut rest)), error);
         }
         match ignored {
             None => {}
@@ -845,6 +845,7 @@ impl<S: StateMachine> Simulator<S> {
         self.pass_on_forwards();
         verdict?;
         bounded?;
+        refused?;
         if self.config.storage_faults {
             for msg in &outbox {
                 self.checker.message_sent(msg);
@@ -991,8 +992,14 @@ impl<S: StateMachine> Simulator<S> {
 
     /// What a failed node does with an input: a request hears the failure and gives back its
     /// bytes (as the runtime's `serve_failure` answers it), a message is dropped, anything else
-    /// is ignored.
-    fn refuse(&mut self, id: NodeId, delivery: Delivery<S>, error: Error) {
+    /// is ignored. The node's request budget is checked before and after, as for a step.
+    fn refuse(
+        &mut self,
+        id: NodeId,
+        delivery: Delivery<S>,
+        error: Error,
+    ) -> Result<(), FailureKind> {
+        self.nodes[&id].check_request_bytes(id, Some(&delivery))?;
         let requests = match delivery {
             Delivery::Message(msg, _) => {
                 self.dropped(&msg, "receiver failed");
@@ -1009,12 +1016,10 @@ impl<S: StateMachine> Simulator<S> {
             live.driver.give_back_request(&mut request);
             request.fail(error.clone());
         }
-        if let Err(kind) = self.nodes[&id].check_request_bytes(id, None) {
-            self.fail(kind);
-        }
         self.collect_answers(id);
         self.collect_change_answers(id);
         self.collect_compactions(id);
+        self.nodes[&id].check_request_bytes(id, None)
     }
 
     /// Puts a message on the network: lost, or delivered once or twice after random delays.

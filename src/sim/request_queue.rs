@@ -75,7 +75,13 @@ impl<S: StateMachine> Simulator<S> {
         if self.is_read(op) {
             return Some(None);
         }
-        match bytes.measure::<S>(self.command(op)) {
+        let measured = bytes.measure::<S>(self.command(op));
+        if measured.is_none() {
+            // NB: a planted sizer's panic (`PoisonKv`), caught as a handle catches it: its
+            // mark is not the next step's to find.
+            super::planted::take_struck();
+        }
+        match measured {
             Some(m) if m.counted && !bytes.budget.try_take(m.size) => {
                 self.stats.request_queue_full += 1;
                 self.note(format!("c{client} #{op} finds no room in {node}'s request queue"));

@@ -67,19 +67,17 @@ fn small_request_budgets_keep_runs_clean_and_proposals_wait_for_room() {
     assert!(forwards > 100, "only {forwards} requests forwarded");
 }
 
-/// A seed whose random schedule draws a request budget runs with it, and one that draws none
-/// counts nothing: nothing waits for room.
+/// Random schedules draw a request budget on about a quarter of the seeds, and a seed that
+/// draws one runs clean with it.
 #[test]
 fn random_schedules_draw_request_budgets_on_some_seeds() {
     let drawn: Vec<u64> =
         (0..40).filter(|&seed| drawn_request_budget(&nemesis(seed).1).is_some()).collect();
     assert!((4..=20).contains(&drawn.len()), "{} of 40 seeds drew a budget", drawn.len());
-    let (with, without) = (drawn[0], (0..).find(|s| !drawn.contains(s)).expect("one"));
-    let (config, schedule) = nemesis(without);
-    let report = run::run_kv(&config, &schedule).unwrap_or_else(|f| panic!("seed {without}: {f}"));
-    assert_eq!(report.stats.request_queue_full, 0, "seed {without} counts no proposal");
-    let (config, schedule) = nemesis(with);
-    run::run_kv(&config, &schedule).unwrap_or_else(|f| panic!("seed {with}: {f}"));
+    for &seed in drawn.iter().take(3) {
+        let (config, schedule) = nemesis(seed);
+        run::run_kv(&config, &schedule).unwrap_or_else(|f| panic!("seed {seed}: {f}"));
+    }
 }
 
 /// Bug switch `Driver::forward_keeps_count`: a follower forwards a proposal still counted, so

@@ -346,7 +346,7 @@ impl Families {
     /// default queue of 65,536 slots), and a paused node's queue fills within a few
     /// proposals. From a stream of its own (added after the inbox budgets), picked as theirs
     /// was: no seed a test or NOTES.md replays draws one
-    /// (`the_recorded_regression_seeds_draw_no_budget`).
+    /// (`the_recorded_regression_seeds_draw_no_request_budget`).
     fn draw_request_bytes(seed: u64) -> Option<usize> {
         let mut rng = SmallRng::seed_from_u64(seed ^ REQUEST_BYTES_STREAM);
         let sizes = [100, 300, 700, 2_000];
