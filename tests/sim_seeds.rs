@@ -315,8 +315,8 @@ struct Soak {
     /// Messages dropped for bytes: on links, in paused or stalled nodes' inboxes
     /// (`Fault::InboxBytes`, drawn on a quarter of the seeds).
     byte_drops: (u64, u64),
-    /// Proposals that waited for room in a node's request queue (`Fault::RequestBytes`,
-    /// drawn on a quarter of the seeds).
+    /// Times a proposal found no room in a node's request queue and waited to try again
+    /// (`Fault::RequestBytes`, drawn on a quarter of the seeds).
     request_waits: u64,
 }
 
@@ -412,7 +412,7 @@ impl Soak {
         let (asked, won) = self.transfers;
         let (links, inboxes) = self.byte_drops;
         println!(
-            "soak summary: {} seeds ({}..{}) in {wall:.0}s: {seeds_per_s:.1} seeds/s, {speedup:.0} simulated s per wall s, {} safety violations, {} liveness failures {:?}; {crashes} crashes ({mid_step} mid-step), {batches} client batches, {campaigns} removed-node campaigns, {won} of {asked} leadership transfers won, {links} messages dropped for bytes on links and {inboxes} in inboxes, {} proposals waited for room in a request queue, {} node failures",
+            "soak summary: {} seeds ({}..{}) in {wall:.0}s: {seeds_per_s:.1} seeds/s, {speedup:.0} simulated s per wall s, {} safety violations, {} liveness failures {:?}; {crashes} crashes ({mid_step} mid-step), {batches} client batches, {campaigns} removed-node campaigns, {won} of {asked} leadership transfers won, {links} messages dropped for bytes on links and {inboxes} in inboxes, {} times a proposal found no room in a request queue, {} node failures",
             self.done,
             self.first,
             self.first + self.n,
