@@ -104,7 +104,12 @@ impl<S: StateMachine> SimNode<S> {
 /// [`MAX_QUEUE_BYTES`]. (Below the leader's in-flight window it would refuse it; a fault may
 /// go there, to make the bound bite, until the quiet period ends it.)
 pub(crate) fn check_inbox_bytes(max: usize) -> Result<(), FaultError> {
-    let field = "max_inbox_bytes";
+    check_queue_bytes("max_inbox_bytes", max)
+}
+
+/// A queue's byte budget (the config's `field`) as `Config::validate` bounds it: at least 1
+/// byte, at most [`MAX_QUEUE_BYTES`].
+pub(crate) fn check_queue_bytes(field: &'static str, max: usize) -> Result<(), FaultError> {
     if max == 0 {
         return Err(FaultError::InvalidConfig(ConfigError::ZeroLimit { field }));
     }

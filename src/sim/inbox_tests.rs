@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::bites::nemesis;
+use super::bites::{nemesis, RECORDED_SEEDS};
 use super::network::{Fate, Network, LINK_BYTES_FULL};
 use super::tests::run_with;
 use super::*;
@@ -184,9 +184,7 @@ fn caught_seeds(caught: &[(u64, SimFailure)]) -> Vec<u64> {
 /// are as they were found.
 #[test]
 fn the_recorded_regression_seeds_draw_no_budget() {
-    let seeds =
-        [238, 260, 286, 700, 796, 15856, 183569, 200000, 227919, 1903719, 2233049, 10146954];
-    for seed in seeds {
+    for seed in RECORDED_SEEDS {
         let (config, schedule) = nemesis(seed);
         assert_eq!(drawn_budget(&schedule), None, "seed {seed}");
         let membership = Schedule::random_with_membership(&config);

@@ -14,11 +14,10 @@ use super::client::ClientEvent;
 use super::node::{Delivery, SimNode};
 use super::run::FailureKind;
 use super::{Event, Simulator};
-use crate::error::{ConfigError, FaultError};
+use crate::error::FaultError;
 use crate::node::{Measured, Request};
 use crate::runtime::QueueBytes;
 use crate::state_machine::StateMachine;
-use crate::transport::MAX_QUEUE_BYTES;
 use crate::types::NodeId;
 
 /// How long a proposal that found no room waits before it tries again (the longest pause of
@@ -32,7 +31,8 @@ impl<S: StateMachine> Simulator<S> {
     ///
     /// # Errors
     ///
-    /// [`FaultError::InvalidConfig`] for 0 or more than [`MAX_QUEUE_BYTES`], as
+    /// [`FaultError::InvalidConfig`] for 0 or more than
+    /// [`MAX_QUEUE_BYTES`](crate::transport::MAX_QUEUE_BYTES), as
     /// `Config::validate` refuses them.
     pub fn set_request_bytes(&mut self, max: usize) -> Result<(), FaultError> {
         check_request_bytes(max)?;
@@ -134,15 +134,7 @@ fn counted<S: StateMachine>(delivery: &Delivery<S>) -> usize {
 }
 
 /// A request budget `Config::validate` would take: at least 1 byte, at most
-/// [`MAX_QUEUE_BYTES`].
+/// [`MAX_QUEUE_BYTES`](crate::transport::MAX_QUEUE_BYTES).
 pub(crate) fn check_request_bytes(max: usize) -> Result<(), FaultError> {
-    let field = "max_queued_request_bytes";
-    if max == 0 {
-        return Err(FaultError::InvalidConfig(ConfigError::ZeroLimit { field }));
-    }
-    if max > MAX_QUEUE_BYTES {
-        let error = ConfigError::LimitTooLarge { field, value: max, max: MAX_QUEUE_BYTES };
-        return Err(FaultError::InvalidConfig(error));
-    }
-    Ok(())
+    super::inbox::check_queue_bytes("max_queued_request_bytes", max)
 }
