@@ -100,3 +100,21 @@ fn a_forward_that_keeps_its_count_is_caught_and_the_correct_driver_is_not() {
             .unwrap_or_else(|f| panic!("seed {seed} without the switch: {f}"));
     }
 }
+
+/// A budget `Config::validate` would refuse is refused here too, with the field named, and the
+/// budget in force stays.
+#[test]
+fn a_request_budget_of_zero_or_beyond_the_queue_limit_is_refused() {
+    use crate::error::ConfigError;
+    use crate::kv::KvStateMachine;
+    use crate::transport::MAX_QUEUE_BYTES;
+    let (config, _) = nemesis(0);
+    let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("a valid config");
+    let field = "max_queued_request_bytes";
+    let zero = Err(FaultError::InvalidConfig(ConfigError::ZeroLimit { field }));
+    assert_eq!(sim.set_request_bytes(0), zero);
+    let value = MAX_QUEUE_BYTES + 1;
+    let huge = ConfigError::LimitTooLarge { field, value, max: MAX_QUEUE_BYTES };
+    assert_eq!(sim.set_request_bytes(value), Err(FaultError::InvalidConfig(huge)));
+    assert_eq!(sim.set_request_bytes(300), Ok(()));
+}
