@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{Action, Core, Notice, Role};
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::message::{Configuration, Entry, Payload};
 use crate::types::{LogIndex, NodeId};
 
@@ -81,6 +81,11 @@ impl<C: Clone> Core<C> {
     }
 
     fn check_change(&self, change: MembershipChange) -> Result<(), Error> {
+        // NB: the reserved id (`ConfigError::ReservedNodeId`) never joins: a `Client` reads it
+        // as "no leader known", and no constructor or `add_node` hands it out.
+        if let MembershipChange::AddNode(id @ NodeId(u64::MAX)) = change {
+            return Err(ConfigError::ReservedNodeId(id).into());
+        }
         if self.role != Role::Leader {
             return Err(self.not_leader());
         }

@@ -638,7 +638,9 @@ impl<S: StateMachine> Cluster<S> {
                 Err(e @ (Error::AlreadyMember(_) | Error::NotMember(_) | Error::LastVoter(_))) => {
                     return Err(e)
                 }
-                Err(e @ (Error::CatchUpFailed(_) | Error::Timeout)) => return Err(e),
+                Err(e @ (Error::CatchUpFailed(_) | Error::Timeout | Error::InvalidConfig(_))) => {
+                    return Err(e)
+                }
                 Err(_) if Instant::now() < deadline => {
                     retried = true;
                     std::thread::sleep(self.config.tick);

@@ -81,6 +81,33 @@ pub struct DiskOptions {
     pub sync: SyncPolicy,
 }
 
+/// The largest [`DiskOptions::segment_bytes`]: every segment is zero-filled to its size when
+/// it is created, so a larger one would fill a disk before the store could write a record.
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 32;
+
+impl DiskOptions {
+    /// Refuses options no store can work with (before [`DiskStorage::open`] writes anything):
+    /// a `segment_bytes` of 0 (a new segment file for every sync) or above
+    /// [`MAX_SEGMENT_BYTES`].
+    pub fn validate(&self) -> Result<(), StorageError> {
+        let segment_bytes = self.segment_bytes;
+        if segment_bytes == 0 {
+            let why = "DiskOptions::segment_bytes is 0: every sync would start a new segment \
+                       file; give it a positive size (default 16 MiB)";
+            return Err(StorageError::BadOptions { why: why.into() });
+        }
+        if segment_bytes > MAX_SEGMENT_BYTES {
+            let why = format!(
+                "DiskOptions::segment_bytes ({segment_bytes}) exceeds {MAX_SEGMENT_BYTES}: \
+                 each segment is zero-filled to this size when created; lower it (default \
+                 16 MiB)"
+            );
+            return Err(StorageError::BadOptions { why });
+        }
+        Ok(())
+    }
+}
+
 impl Default for DiskOptions {
     fn default() -> Self {
         DiskOptions { segment_bytes: 16 << 20, sync: SyncPolicy::Always }
@@ -169,6 +196,7 @@ where
         bootstrap: &Configuration,
         options: DiskOptions,
     ) -> Result<Self, StorageError> {
+        options.validate()?;
         let dir = dir.as_ref().to_path_buf();
         prepare_dir(&dir)?;
         let lock = lock_dir(&dir)?;
@@ -179,7 +207,11 @@ where
                 let why = "missing although the directory holds log segments".to_string();
                 return Err(StorageError::BadIdentity { path: identity_path, why });
             }
-            // NB: only segment 1 without an identity is an initialisation cut short.
+            // NB: only segment 1 without an identity, holding nothing but its bootstrap
+            // checkpoint, is an initialisation cut short.
+            if listing.segments == [1] {
+                check_nothing_after_bootstrap(&dir, &identity_path)?;
+            }
             return Self::create(dir, lock, identity, bootstrap, options);
         }
         if check_identity(&identity_path, identity)? == Format::V1 {
@@ -661,6 +693,29 @@ fn check_identity(path: &Path, expected: NodeIdentity) -> Result<Format, Storage
         });
     }
     Ok(format)
+}
+
+/// Refuses to treat segment 1 as an initialisation cut short (to be written over) when it
+/// holds anything after its first record, the bootstrap checkpoint: a term, a vote or entries
+/// mean the node ran, and its identity file was lost since.
+fn check_nothing_after_bootstrap(dir: &Path, identity_path: &Path) -> Result<(), StorageError> {
+    let path = segment_path(dir, 1);
+    let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, "read", e))?;
+    let after = match wal::read_frame(&bytes, 0) {
+        Frame::Whole { next, .. } => next,
+        Frame::End | Frame::Bad { .. } => return Ok(()), // its header torn: never used
+    };
+    if bytes[after..].iter().all(|&b| b == 0) {
+        return Ok(());
+    }
+    Err(StorageError::BadIdentity {
+        path: identity_path.to_path_buf(),
+        why: format!(
+            "missing, although {} holds records written after the directory was created (the \
+             node's term, vote or log): opening it as a new directory would forget them",
+            path.display()
+        ),
+    })
 }
 
 /// The cluster directory's id, drawn and recorded the first time.

@@ -89,6 +89,12 @@ pub enum StorageError {
         /// The first failure.
         why: String,
     },
+    /// [`super::DiskOptions`] no store can work with ([`super::DiskOptions::validate`]);
+    /// nothing was written.
+    BadOptions {
+        /// What is wrong, naming the field.
+        why: String,
+    },
     /// The identity file declares an on-disk format this build does not read (a newer one).
     UnsupportedFormat {
         /// The identity file.
@@ -180,6 +186,7 @@ impl fmt::Display for StorageError {
                 "the store in {} stopped after a failed write ({why}); fix the cause (free space?) and restart the node",
                 dir.display()
             ),
+            StorageError::BadOptions { why } => write!(f, "bad disk options: {why}"),
             StorageError::UnsupportedFormat { path, found } => write!(
                 f,
                 "{} declares on-disk format {found}, but this build reads v1 and v2: run a newer ferraft on this directory",
@@ -204,6 +211,7 @@ impl From<StorageError> for io::Error {
             StorageError::Io { source, .. } => source.kind(),
             StorageError::NotADirectory { .. } => io::ErrorKind::NotADirectory,
             StorageError::Locked { .. } => io::ErrorKind::WouldBlock,
+            StorageError::BadOptions { .. } => io::ErrorKind::InvalidInput,
             StorageError::MissingSegment { .. } | StorageError::MissingSnapshot { .. } => {
                 io::ErrorKind::NotFound
             }

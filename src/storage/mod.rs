@@ -16,7 +16,7 @@ mod error;
 mod mem;
 mod wal;
 
-pub use disk::{DiskOptions, DiskStorage, NodeIdentity, SyncPolicy};
+pub use disk::{DiskOptions, DiskStorage, NodeIdentity, SyncPolicy, MAX_SEGMENT_BYTES};
 pub use error::StorageError;
 pub use mem::MemStorage;
 

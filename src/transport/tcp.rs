@@ -66,6 +66,7 @@ use super::frame::{
 };
 use super::sockets::{Reader, Side, Sockets, Threads, Tracked};
 use super::{ByteBudget, Inbox, Transport, MAX_QUEUE_BYTES};
+use crate::config::MAX_INBOX_CAPACITY;
 use crate::message::Message;
 use crate::node::estimated_bytes;
 use crate::types::NodeId;
@@ -93,7 +94,9 @@ pub struct TcpConfig {
     /// `Config::max_command_bytes`), an InstallSnapshot chunk. At least 1, at most
     /// [`frame::MAX_PAYLOAD_BYTES`]. Default 32 MiB.
     pub max_frame_bytes: usize,
-    /// Messages queued per peer before further ones are dropped. Default 1024.
+    /// Messages queued per peer before further ones are dropped; the queue is allocated in
+    /// full when the first message for the peer is queued, so it is at most
+    /// [`MAX_INBOX_CAPACITY`](crate::MAX_INBOX_CAPACITY) (0 counts as 1). Default 1024.
     pub queue_capacity: usize,
     /// Bytes of messages queued per peer (or being written to it) before further ones are
     /// dropped, each counted as [`Inbox::message_bytes`] counts it; a message larger than
@@ -183,6 +186,13 @@ impl TcpConfig {
         if let Some(&(field, _)) = limits.iter().find(|(_, n)| *n == 0) {
             return Err(TcpConfigError::ZeroLimit { field });
         }
+        if self.queue_capacity > MAX_INBOX_CAPACITY {
+            return Err(TcpConfigError::LimitTooLarge {
+                field: "queue_capacity",
+                value: self.queue_capacity,
+                max: MAX_INBOX_CAPACITY,
+            });
+        }
         if self.max_queue_bytes > MAX_QUEUE_BYTES {
             return Err(TcpConfigError::QueueLimitTooLarge {
                 max_queue_bytes: self.max_queue_bytes,
@@ -235,6 +245,15 @@ pub enum TcpConfigError {
         /// The configured `max_frame_bytes`.
         max_frame_bytes: usize,
     },
+    /// A limit that sizes an allocation made in full (`queue_capacity`) exceeds its maximum.
+    LimitTooLarge {
+        /// The field's name.
+        field: &'static str,
+        /// The configured value.
+        value: usize,
+        /// The largest accepted value.
+        max: usize,
+    },
     /// `max_queue_bytes` exceeds [`MAX_QUEUE_BYTES`].
     QueueLimitTooLarge {
         /// The configured `max_queue_bytes`.
@@ -265,6 +284,10 @@ impl std::fmt::Display for TcpConfigError {
                 };
                 write!(f, "TcpConfig::{field} is 0: {effect}; it must be at least 1 (TcpConfig::new sets a working default)")
             }
+            TcpConfigError::LimitTooLarge { field, value, max } => write!(
+                f,
+                "TcpConfig::{field} ({value}) exceeds {max}: a peer's queue of that many slots is allocated in full when its first message is queued; lower it (the default is 1024)"
+            ),
             TcpConfigError::QueueLimitTooLarge { max_queue_bytes } => write!(
                 f,
                 "TcpConfig::max_queue_bytes ({max_queue_bytes}) exceeds {MAX_QUEUE_BYTES}, more than one peer's queue should ever hold: lower it (the default, 64 MiB, is eight replication windows)"
