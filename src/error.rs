@@ -362,6 +362,12 @@ pub enum Error {
         /// The client id.
         client: u64,
     },
+    /// The session has numbered its last command (`u64::MAX - 1`; a session resumed at
+    /// `u64::MAX` has none left): nothing was proposed. Register a new session.
+    SessionExhausted {
+        /// The client id.
+        client: u64,
+    },
     /// A session command numbered below what the client said it no longer waits for: its
     /// response was discarded, so a retry from the past cannot be answered.
     SequenceTooOld {
@@ -479,6 +485,10 @@ impl fmt::Display for Error {
             Error::SessionExpired { client } => write!(
                 f,
                 "client session {client} expired or was never registered; its earlier commands may have been applied: register a new session"
+            ),
+            Error::SessionExhausted { client } => write!(
+                f,
+                "client session {client} has used every sequence number; nothing was proposed: register a new session"
             ),
             Error::SequenceTooOld { client, seq, discarded_below } => write!(
                 f,

@@ -358,9 +358,10 @@ where
     /// ([`Config::request_timeout`](crate::Config::request_timeout)) runs out. Errors:
     /// `SessionExpired` (the session was evicted), `Timeout` (no answer in time; the command
     /// may still be applied once, and a retry with [`Session::propose_seq`] is still safe),
-    /// `Unavailable` (every attempt was refused before appending: never applied).
+    /// `Unavailable` (every attempt was refused before appending: never applied),
+    /// `SessionExhausted` (its numbers are used up, `u64::MAX` being none: nothing proposed).
     pub fn propose(&self, command: S::Command) -> Result<S::Output, Error> {
-        let seq = self.lock().take_next();
+        let seq = self.lock().take_next().ok_or(Error::SessionExhausted { client: self.id.0 })?;
         let result = self.propose_seq(seq, command, self.client.timeout());
         self.lock().pending.remove(&seq);
         result
@@ -424,11 +425,16 @@ where
 }
 
 impl Numbers {
-    fn take_next(&mut self) -> u64 {
+    /// The next number, unless every one is used: `u64::MAX` is never handed out, so the
+    /// count never wraps back to numbers the table has discarded.
+    fn take_next(&mut self) -> Option<u64> {
         let seq = self.next;
-        self.next += 1;
+        if seq == u64::MAX {
+            return None;
+        }
+        self.next = seq + 1;
         self.pending.insert(seq);
-        seq
+        Some(seq)
     }
 
     fn lowest_pending(&self, seq: u64) -> u64 {

@@ -107,33 +107,34 @@ fn an_absurd_node_count_is_an_error_not_a_panic() {
     }
 }
 
-/// `Session::resume(client, id, u64::MAX)`: the first command is numbered `u64::MAX` and tells
-/// the table that every lower number is done, so the session can never be used again, and
-/// the next number wraps to 0 (`Numbers::take_next`, `src/session.rs`: `self.next += 1`, a
-/// panic with overflow checks on, as in `cargo test` without `--release`). Every later
-/// command is `SequenceTooOld { seq: 0, 1, .., discarded_below: u64::MAX }`.
+/// Sequence numbers never wrap: a session hands out numbers up to `u64::MAX - 1` and then
+/// refuses (`SessionExhausted`, nothing proposed). Before, `Session::resume(client, id,
+/// u64::MAX)` numbered its first command `u64::MAX`, telling the table every lower number was
+/// done, and the next number wrapped to 0 (a panic with overflow checks on): every later
+/// command was `SequenceTooOld { seq: 0, 1, .., discarded_below: u64::MAX }`.
 #[test]
-#[ignore = "defect: Session sequence numbers wrap at u64::MAX (panic under overflow checks); take_next should refuse with a typed error"]
-fn a_session_resumed_at_the_last_sequence_number_is_refused_not_wrapped() {
+fn a_session_refuses_once_its_numbers_run_out_and_never_wraps() {
     use ferraft::{KvCommand, Session, Sessions};
     let _serial = serial();
     let config = fast_config(0xad03);
     let cluster =
         Cluster::new(config, 3, |_| Sessions::new(KvStateMachine::new(), 10)).expect("start");
     let session = Session::register(&cluster.client()).expect("register");
-    let resumed = Session::resume(&cluster.client(), session.id(), u64::MAX);
     let put = |v: &str| KvCommand::Put { key: "k".into(), value: v.into() };
-    let first = resumed.propose(put("a"));
-    let second = catch_unwind(AssertUnwindSafe(|| resumed.propose(put("b"))));
+    let last = Session::resume(&cluster.client(), session.id(), u64::MAX - 1);
+    let first = last.propose(put("a"));
+    let second = catch_unwind(AssertUnwindSafe(|| last.propose(put("b"))));
+    let at_max = Session::resume(&cluster.client(), session.id(), u64::MAX);
+    let none_left = catch_unwind(AssertUnwindSafe(|| at_max.propose(put("c"))));
+    let reader = Session::register(&cluster.client()).expect("register a reader");
+    let value = reader.propose(KvCommand::Get { key: "k".into() });
     cluster.shutdown();
-    assert!(first.is_ok(), "{first:?}");
-    match second {
-        Err(_) => panic!("the second proposal panicked (sequence number overflow)"),
-        Ok(Err(Error::SequenceTooOld { seq: 0, .. })) => {
-            panic!("the sequence number wrapped to 0 and the session is unusable")
-        }
-        Ok(other) => assert!(other.is_err(), "a number past u64::MAX cannot be: {other:?}"),
-    }
+    assert!(first.is_ok(), "the last number, u64::MAX - 1, is usable: {first:?}");
+    let exhausted = Err(Error::SessionExhausted { client: session.id().0 });
+    assert_eq!(second.expect("no panic (no overflow)"), exhausted);
+    assert_eq!(none_left.expect("no panic"), exhausted);
+    let value = value.expect("read");
+    assert_eq!(value.as_deref(), Some("a"), "a refused command was proposed after all");
 }
 
 /// A `Storage` (here the public `MemStorage::from_state`, as a damaged or hand-made store
