@@ -93,6 +93,13 @@ pub enum ConfigError {
     NoNodes,
     /// The same node id appears twice.
     DuplicateNode(NodeId),
+    /// More nodes than one [`Cluster`](crate::Cluster) runs ([`MAX_NODES`](crate::MAX_NODES)).
+    TooManyNodes {
+        /// How many were asked for.
+        count: usize,
+        /// The most a cluster takes.
+        max: usize,
+    },
     /// `ClusterBuilder::local` names an id that is not one of the cluster's ids.
     LocalNotInIds(NodeId),
     /// `clock_drift_bound` is below 1 (or not a number): clocks cannot drift by less than not
@@ -187,6 +194,10 @@ impl fmt::Display for ConfigError {
                 "max_inbox_bytes {inbox} is below a leader's window of {window} bytes (max_inflight_bytes, or snapshot_chunk_bytes * snapshot_chunks_in_flight): a follower keeping up would lose messages; raise max_inbox_bytes or lower the window"
             ),
             ConfigError::NoNodes => write!(f, "a cluster needs at least one node"),
+            ConfigError::TooManyNodes { count, max } => write!(
+                f,
+                "{count} nodes asked for, more than the {max} a cluster runs (each node is two threads and its own queues); Raft clusters are usually 3 to 7 voters, with learners beside them"
+            ),
             ConfigError::DuplicateNode(id) => {
                 write!(f, "node id {id} appears more than once; give every node its own id")
             }

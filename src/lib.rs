@@ -65,7 +65,7 @@ pub use crate::node::{
     entry_overhead, Applied, Compaction, Metrics, NodeStatus, Receipt, RpcCounts,
 };
 pub use crate::runtime::{
-    Client, Cluster, ClusterBuilder, NodeHandle, StorageFactory, TransportFactory,
+    Client, Cluster, ClusterBuilder, NodeHandle, StorageFactory, TransportFactory, MAX_NODES,
 };
 pub use crate::session::{
     ClientId, Session, SessionCommand, SessionOutput, Sessions, DEFAULT_SESSION_RESPONSES,

@@ -90,20 +90,31 @@ fn a_membership_change_naming_the_reserved_id_is_refused_at_once() {
     cluster.shutdown();
 }
 
-/// `ClusterBuilder::nodes(n)` (and `Cluster::new(config, n, ..)`) collects the ids `1..=n` before
-/// anything is validated, so an absurd count panics with "capacity overflow" in `Vec`'s
-/// allocation instead of returning an error (`usize::MAX`), or aborts the process on a failed
-/// allocation (a count of about 2^40). `src/runtime/cluster.rs:95` (`nodes`).
+/// An absurd node count is refused with a typed error, before anything is allocated for it:
+/// `ClusterBuilder::nodes(n)` (and `Cluster::new(config, n, ..)`) used to collect the ids
+/// `1..=n` first, so `usize::MAX` panicked with "capacity overflow" and a count of about 2^40
+/// aborted the process on a failed allocation.
 #[test]
-#[ignore = "defect: ClusterBuilder::nodes(usize::MAX) panics (capacity overflow); needs a cap on the node count, checked in start()"]
 fn an_absurd_node_count_is_an_error_not_a_panic() {
-    let started = catch_unwind(|| {
-        Cluster::new(fast_config(0xad02), usize::MAX, |_| KvStateMachine::new()).map(|_| ())
-    });
-    match started {
-        Ok(Err(Error::InvalidConfig(_))) => {}
-        Ok(other) => panic!("expected InvalidConfig, got {other:?}"),
-        Err(_) => panic!("Cluster::new(config, usize::MAX, ..) panicked"),
+    use ferraft::{ConfigError, MAX_NODES};
+    for count in [usize::MAX, 1 << 40, MAX_NODES + 1] {
+        let started = catch_unwind(|| {
+            Cluster::new(fast_config(0xad02), count, |_| KvStateMachine::new()).map(|_| ())
+        });
+        let too_many = ConfigError::TooManyNodes { count, max: MAX_NODES };
+        match started {
+            Ok(Err(Error::InvalidConfig(e))) => assert_eq!(e, too_many, "{count}"),
+            Ok(other) => panic!("{count}: expected InvalidConfig, got {other:?}"),
+            Err(_) => panic!("Cluster::new(config, {count}, ..) panicked"),
+        }
+        let ids: Vec<NodeId> = (1..=MAX_NODES as u64 + 1).map(NodeId).collect();
+        let builder = Cluster::builder(fast_config(0xad02), |_| KvStateMachine::new()).ids(&ids);
+        match builder.start() {
+            Err(Error::InvalidConfig(e)) => assert!(matches!(e, ConfigError::TooManyNodes { .. })),
+            other => {
+                panic!("{} ids: expected InvalidConfig, got {:?}", ids.len(), other.map(|_| ()))
+            }
+        }
     }
 }
 

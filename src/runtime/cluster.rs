@@ -67,6 +67,10 @@ fn mem_storage<C: Clone + Send + 'static>() -> (StorageFactory<C>, MemStores<C>)
     (factory, stores)
 }
 
+/// The most nodes one [`Cluster`] runs (each is two threads, with queues of its own);
+/// [`ClusterBuilder::start`] refuses more with [`ConfigError::TooManyNodes`].
+pub const MAX_NODES: usize = 1024;
+
 /// Builds a [`Cluster`] with a choice of node ids, storage and transport.
 ///
 /// ```
@@ -82,6 +86,8 @@ fn mem_storage<C: Clone + Send + 'static>() -> (StorageFactory<C>, MemStores<C>)
 pub struct ClusterBuilder<S: StateMachine> {
     config: Config,
     ids: Vec<NodeId>,
+    /// How many nodes were asked for (`ids` holds at most [`MAX_NODES`] of them).
+    asked: usize,
     factory: Factory<S>,
     storage: Option<StorageFactory<S::Command>>,
     transport: Option<TransportFactory<S::Command>>,
@@ -91,15 +97,18 @@ pub struct ClusterBuilder<S: StateMachine> {
 }
 
 impl<S: StateMachine> ClusterBuilder<S> {
-    /// Nodes with ids `1..=n` (the default is 3).
+    /// Nodes with ids `1..=n` (the default is 3); at most [`MAX_NODES`] (`start` says so).
     pub fn nodes(mut self, n: usize) -> Self {
-        self.ids = (1..=n as u64).map(NodeId).collect();
+        // NB: an absurd count is kept as a count, not collected: `start` refuses it.
+        self.ids = (1..=n.min(MAX_NODES) as u64).map(NodeId).collect();
+        self.asked = n;
         self
     }
 
-    /// Nodes with these ids, which must be distinct.
+    /// Nodes with these ids, which must be distinct; at most [`MAX_NODES`].
     pub fn ids(mut self, ids: &[NodeId]) -> Self {
         self.ids = ids.to_vec();
+        self.asked = ids.len();
         self
     }
 
@@ -166,6 +175,9 @@ impl<S: StateMachine> ClusterBuilder<S> {
     /// Validates the configuration and the ids, then starts every node.
     pub fn start(self) -> Result<Cluster<S>, Error> {
         self.config.validate()?;
+        if self.asked > MAX_NODES {
+            return Err(ConfigError::TooManyNodes { count: self.asked, max: MAX_NODES }.into());
+        }
         validate_ids(&self.ids)?;
         let local = self.local.clone().unwrap_or_else(|| self.ids.clone());
         if let Some(&stranger) = local.iter().find(|id| !self.ids.contains(id)) {
@@ -306,6 +318,7 @@ impl<S: StateMachine> Cluster<S> {
         ClusterBuilder {
             config,
             ids: (1..=3).map(NodeId).collect(),
+            asked: 3,
             factory: Arc::new(factory),
             storage: None,
             transport: None,

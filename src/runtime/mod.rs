@@ -17,4 +17,4 @@ mod thread;
 mod transfer;
 
 pub use client::{Client, NodeHandle};
-pub use cluster::{Cluster, ClusterBuilder, StorageFactory, TransportFactory};
+pub use cluster::{Cluster, ClusterBuilder, StorageFactory, TransportFactory, MAX_NODES};
