@@ -155,10 +155,9 @@ fn a_session_refuses_once_its_numbers_run_out_and_never_wraps() {
 /// log's last term or decreasing entry terms let the leader append entries of a lower term
 /// after higher ones, and an offset at the end of the index space failed the core's invariant
 /// I1 on the first step (reported as `NodePanicked`, blaming the user's code).
-/// Should be refused at start with `Error::Storage` saying what is inconsistent
-/// (`Driver::new`, `src/node/driver.rs:185`, validates nothing the store loads).
+/// Now refused at start with `Error::Storage` saying what is inconsistent
+/// (`core::check_persistent_state`, called by `Driver::new`).
 #[test]
-#[ignore = "defect: Driver::new trusts any loaded PersistentState (term u64::MAX wraps to 0; terms out of order accepted); see the report"]
 fn a_store_that_loads_an_impossible_state_is_refused_at_start() {
     use ferraft::{
         Configuration, Entry, HardState, KvCommand, LogIndex, MemStorage, Payload, PersistentState,

@@ -11,6 +11,7 @@ use crate::message::{
     AppendEntries, AppendEntriesReply, Body, InstallSnapshot, InstallSnapshotReply, Message,
     ReadIndex, ReadIndexReply,
 };
+use crate::storage::PersistentState;
 use crate::types::{LogIndex, NodeId, Term, MARGIN};
 
 /// Why a message was dropped: the text of `Notice::InvalidMessage`.
@@ -307,4 +308,54 @@ fn check_snapshot_shape(term: Term, chunk: &InstallSnapshot) -> Result<(), Inval
 /// Whether a peer may name `index`: the log continues after it (`next()`) without overflow.
 fn within_margin(index: LogIndex) -> bool {
     index.0 <= MARGIN
+}
+
+/// What a node's own storage loaded, checked before the core trusts it (as peers' messages
+/// are): a state no correct node persists. Storage writes a step's hard state before its
+/// entries (`Core::flush`), so even a store that kept only a prefix of its last writes holds
+/// no entry of a term its current term has not reached. `Err` says what is wrong.
+pub(crate) fn check_persistent_state<C>(state: &PersistentState<C>) -> Result<(), String> {
+    let term = state.hard_state.term;
+    if term > Term(MARGIN) {
+        return Err(format!("current term {term} is past the margin of the term space"));
+    }
+    let (offset, offset_term) = (state.log_offset, state.offset_term);
+    let last = offset.0.checked_add(state.entries.len() as u64).map(LogIndex);
+    match last {
+        Some(last) if within_margin(last) => {}
+        _ => {
+            let n = state.entries.len();
+            return Err(format!(
+                "a log of {n} entries after {offset} is past the last usable index"
+            ));
+        }
+    }
+    if offset_term > term {
+        return Err(format!("its snapshot's term {offset_term} is above the current term {term}"));
+    }
+    let mut previous = offset_term;
+    for (i, entry) in state.entries.iter().enumerate() {
+        let index = LogIndex(offset.0 + 1 + i as u64);
+        if entry.term < previous {
+            let t = entry.term;
+            return Err(format!("the entry at {index} has term {t} after term {previous}"));
+        }
+        if entry.term > term {
+            let t = entry.term;
+            return Err(format!(
+                "the entry at {index} has term {t}, above the current term {term}"
+            ));
+        }
+        previous = entry.term;
+    }
+    if let Some(snapshot) = &state.snapshot {
+        let meta = &snapshot.meta;
+        if (meta.index, meta.term) != (offset, offset_term) {
+            let (i, t) = (meta.index, meta.term);
+            return Err(format!(
+                "its snapshot ends at {i} (term {t}) but its log starts after {offset} (term {offset_term})"
+            ));
+        }
+    }
+    Ok(())
 }

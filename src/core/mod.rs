@@ -41,6 +41,7 @@ use crate::types::{LogIndex, NodeId, Term};
 
 pub use changes::MembershipChange;
 use changes::PendingChange;
+pub(crate) use gateway::check_persistent_state;
 pub use invariants::InvariantViolation;
 use log::Log;
 use membership::Membership;

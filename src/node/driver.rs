@@ -184,6 +184,13 @@ where
         apply_on: ApplyOn,
     ) -> Result<Self, Error> {
         let state = storage.load().map_err(|e| Error::Storage(e.to_string()))?;
+        crate::core::check_persistent_state(&state).map_err(|why| {
+            Error::Storage(format!(
+                "{id}'s storage loaded a state no node writes: {why}; the store is damaged or \
+                 wrote out of order (a step's hard state goes before its entries): repair or \
+                 replace it, e.g. let the node rejoin empty as a new member"
+            ))
+        })?;
         let snapshot = state.snapshot.clone();
         let core = Core::new(id, config, state)
             .with_sizer(S::command_size)

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use super::checker::{Rule, Violation};
 use super::compaction::{is_partial_chunk, sends_partial_chunk};
 use super::planted::Planted;
 use super::reads::caller::{SimClock, SimLease};
@@ -232,8 +233,18 @@ impl<S: StateMachine> Simulator<S> {
             Some(_) => ApplyOn::Deferred,
             None => ApplyOn::Inline,
         };
-        let driver = Driver::new(id, &raft, sm, storage, Outbox(Vec::new(), None), apply_on)
-            .expect("SimStorage::load never fails");
+        let driver = match Driver::new(id, &raft, sm, storage, Outbox(Vec::new(), None), apply_on) {
+            Ok(driver) => driver,
+            // NB: `SimStorage::load` never fails: a storage error is the driver refusing what
+            // it loaded (`check_persistent_state`), which only a node that persisted out of
+            // order (a bug switch) leaves. The node stays down.
+            Err(Error::Storage(detail)) => {
+                let rule = Rule::Durability;
+                self.fail(FailureKind::Safety(Violation { rule, node: id, detail }));
+                return;
+            }
+            Err(e) => panic!("{id} could not start from its storage: {e}"),
+        };
         let requests = self.new_request_budget();
         let mut live =
             Live { driver, lease: None, clock: SimClock::default(), failed: None, requests };
