@@ -208,6 +208,38 @@ fn a_handshake_from_an_unknown_node_or_itself_is_refused() {
     still_serves(&dial, &inbox);
 }
 
+/// Client connections beyond `TcpConfig::max_clients` are refused at the handshake, saying
+/// so, while node connections are still served; a client that leaves frees its slot. Without
+/// the cap every client held a thread for as long as it stayed connected.
+#[test]
+fn clients_beyond_max_clients_are_refused_and_a_freed_slot_serves_again() {
+    let (handled_tx, handled) = bounded(8);
+    let (_node, inbox, dial) = lone_node(|c| {
+        c.max_clients = 2;
+        c.clients = Some(Arc::new(move |mut stream: TcpStream| {
+            let _ = handled_tx.send(());
+            let mut buf = [0u8; 64];
+            while matches!(stream.read(&mut buf), Ok(n) if n > 0) {} // until the client leaves
+        }));
+    });
+    let addr = dial.peers.get(NodeId(1)).unwrap();
+    let first = connect(addr, Peer::Client, &dial).expect("the first client");
+    let _second = connect(addr, Peer::Client, &dial).expect("the second client");
+    for _ in 0..2 {
+        handled.recv_timeout(LONG).expect("each client is served");
+    }
+    match connect(addr, Peer::Client, &dial) {
+        Err(ConnectError::Refused(why)) => assert!(why.contains("max_clients"), "{why}"),
+        other => panic!("a third client: expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    still_serves(&dial, &inbox);
+    drop(first); // its handler returns, and its slot is free again
+    let _third = wait_until(LONG, "a freed client slot", || {
+        connect(addr, Peer::Client, &dial).map_err(|e| e.to_string())
+    });
+    handled.recv_timeout(LONG).expect("the new client is served");
+}
+
 #[test]
 fn a_peer_that_connects_and_never_speaks_is_dropped() {
     let (_node, inbox, dial) = lone_node(|c| c.max_handshakes = 4);

@@ -134,6 +134,9 @@ pub struct TcpConfig {
     pub secret: Option<Arc<[u8]>>,
     /// Serves client connections (`Peer::Client` handshakes); `None` refuses them.
     pub clients: Option<ClientHandler>,
+    /// Client connections served at once (each holds a thread until its handler returns);
+    /// a client's handshake beyond is refused, saying so. At least 1. Default 1024.
+    pub max_clients: usize,
 }
 
 impl TcpConfig {
@@ -155,6 +158,7 @@ impl TcpConfig {
             max_handshakes: 64,
             secret: None,
             clients: None,
+            max_clients: 1024,
         }
     }
 
@@ -182,6 +186,7 @@ impl TcpConfig {
             ("max_frame_bytes", self.max_frame_bytes),
             ("max_handshakes", self.max_handshakes),
             ("max_queue_bytes", self.max_queue_bytes),
+            ("max_clients", self.max_clients),
         ];
         if let Some(&(field, _)) = limits.iter().find(|(_, n)| *n == 0) {
             return Err(TcpConfigError::ZeroLimit { field });
@@ -279,6 +284,7 @@ impl std::fmt::Display for TcpConfigError {
             TcpConfigError::ZeroLimit { field } => {
                 let effect = match *field {
                     "max_handshakes" => "every incoming connection would be closed",
+                    "max_clients" => "every client connection would be refused",
                     "max_queue_bytes" => "a peer's queue would hold one message at a time",
                     _ => "every message would be dropped",
                 };
@@ -482,6 +488,8 @@ struct Shared {
     /// The threads running, and the readers' handles, to join on stop.
     threads: Threads,
     handshakes: AtomicUsize,
+    /// Client connections being served (`TcpConfig::max_clients`).
+    clients: AtomicUsize,
     /// Sender threads running, and how many ended so far (the transport then drops their
     /// queues).
     senders: AtomicUsize,
@@ -641,6 +649,7 @@ where
             sockets: Sockets::default(),
             threads: Threads::default(),
             handshakes: AtomicUsize::new(0),
+            clients: AtomicUsize::new(0),
             senders: AtomicUsize::new(0),
             senders_ended: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
@@ -1123,8 +1132,8 @@ fn serve<C: DeserializeOwned>(
     let slot = HandshakeSlot(&shared.handshakes);
     let Some(tracked) = shared.sockets.track(&stream, Side::In(None)) else { return };
     let remote = stream.peer_addr().ok();
-    let peer = match accept(&stream, accepted_at, shared) {
-        Ok(peer) => peer,
+    let (peer, _client) = match accept(&stream, accepted_at, shared) {
+        Ok(accepted) => accepted,
         Err(e) => {
             tracing::debug!(?remote, error = %e, "handshake failed");
             return;
@@ -1148,16 +1157,53 @@ fn serve<C: DeserializeOwned>(
     }
 }
 
+/// A client connection being served, counted against `TcpConfig::max_clients` until dropped.
+struct ClientSlot<'a>(&'a AtomicUsize);
+
+impl<'a> ClientSlot<'a> {
+    /// A slot, unless `max` clients are served already.
+    fn take(count: &'a AtomicUsize, max: usize) -> Option<Self> {
+        let taken =
+            count.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1));
+        taken.ok().map(|_| ClientSlot(count))
+    }
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The acceptor's side of the handshake, which must end within `handshake_timeout` of
-/// `accepted_at`. A refusal is logged, answered and returned as an error.
-fn accept(stream: &TcpStream, accepted_at: Instant, shared: &Shared) -> Result<Peer, ConnectError> {
+/// `accepted_at`: the peer, and a client's slot. A refusal is logged, answered and returned
+/// as an error.
+fn accept<'a>(
+    stream: &TcpStream,
+    accepted_at: Instant,
+    shared: &'a Shared,
+) -> Result<(Peer, Option<ClientSlot<'a>>), ConnectError> {
     let config = &shared.config;
     stream.set_nodelay(true)?;
     let mut wire = Deadline::new(stream, accepted_at, config);
     let nonce: [u8; frame::NONCE_BYTES] = rand::random();
     write_value(&mut wire, FrameKind::Challenge, &Challenge { nonce })?;
     let hello: Hello = read_value(&mut wire, FrameKind::Hello, frame::MAX_HANDSHAKE_FRAME_BYTES)?;
-    if let Err(why) = judge(shared, &nonce, &hello) {
+    let mut client = None;
+    let judged = judge(shared, &nonce, &hello).and_then(|()| match hello.peer {
+        Peer::Node(_) => Ok(()),
+        Peer::Client => {
+            client = ClientSlot::take(&shared.clients, config.max_clients);
+            client.is_some().then_some(()).ok_or_else(|| {
+                format!(
+                    "this node serves {} client connections already (TcpConfig::max_clients): \
+                     retry later, or close idle connections",
+                    config.max_clients
+                )
+            })
+        }
+    });
+    if let Err(why) = judged {
         let remote = stream.peer_addr().ok();
         tracing::warn!(?remote, claimed = ?hello.peer, reason = %why, "handshake refused");
         let _ = write_value(&mut wire, FrameKind::Verdict, &Verdict::Refused(why.clone()));
@@ -1165,7 +1211,7 @@ fn accept(stream: &TcpStream, accepted_at: Instant, shared: &Shared) -> Result<P
     }
     write_value(&mut wire, FrameKind::Verdict, &Verdict::Accepted)?;
     stream.set_write_timeout(Some(config.write_timeout))?;
-    Ok(hello.peer)
+    Ok((hello.peer, client))
 }
 
 /// Whether a hello may open a connection; if not, why (sent back and logged).
@@ -1314,7 +1360,7 @@ mod config_tests {
 
     #[test]
     fn a_config_that_cannot_work_is_refused_with_what_to_fix() {
-        let cases: [(TcpConfig, TcpConfigError, &str); 8] = [
+        let cases: [(TcpConfig, TcpConfigError, &str); 9] = [
             (
                 TcpConfig { handshake_timeout: Duration::ZERO, ..valid() },
                 TcpConfigError::ZeroDuration { field: "handshake_timeout" },
@@ -1337,6 +1383,11 @@ mod config_tests {
                 TcpConfig { max_handshakes: 0, ..valid() },
                 TcpConfigError::ZeroLimit { field: "max_handshakes" },
                 "every incoming connection",
+            ),
+            (
+                TcpConfig { max_clients: 0, ..valid() },
+                TcpConfigError::ZeroLimit { field: "max_clients" },
+                "every client connection",
             ),
             (
                 TcpConfig { max_frame_bytes: 0, ..valid() },
