@@ -93,7 +93,7 @@ pub enum ConfigError {
     NoNodes,
     /// The same node id appears twice.
     DuplicateNode(NodeId),
-    /// More nodes than one [`Cluster`](crate::Cluster) runs ([`MAX_NODES`](crate::MAX_NODES)).
+    /// More nodes than a [`Cluster`](crate::Cluster) starts with ([`MAX_NODES`](crate::MAX_NODES)).
     TooManyNodes {
         /// How many were asked for.
         count: usize,

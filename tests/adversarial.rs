@@ -161,6 +161,7 @@ fn a_session_refuses_once_its_numbers_run_out_and_never_wraps() {
 fn a_store_that_loads_an_impossible_state_is_refused_at_start() {
     use ferraft::{
         Configuration, Entry, HardState, KvCommand, LogIndex, MemStorage, Payload, PersistentState,
+        Snapshot, SnapshotMeta,
     };
     let get = |t: u64| Entry {
         term: Term(t),
@@ -175,8 +176,24 @@ fn a_store_that_loads_an_impossible_state_is_refused_at_start() {
         snapshot: None,
     };
     let hard = |term: u64| HardState { term: Term(term), voted_for: None };
+    let snapshot = |index: u64, term: u64| {
+        let meta = SnapshotMeta {
+            index: LogIndex(index),
+            term: Term(term),
+            config: std::sync::Arc::new(Configuration::new([NodeId(1)])),
+        };
+        std::sync::Arc::new(Snapshot { meta, data: std::sync::Arc::from(Vec::new()) })
+    };
     let cases: Vec<(&str, PersistentState<KvCommand>)> = vec![
-        ("past the margin", PersistentState { hard_state: hard(u64::MAX), ..base() }),
+        ("last of the term space", PersistentState { hard_state: hard(u64::MAX), ..base() }),
+        (
+            "snapshot's term t7 is above the current term t5",
+            PersistentState { log_offset: LogIndex(4), offset_term: Term(7), ..base() },
+        ),
+        (
+            "its snapshot ends at i3 (term t2) but its log starts after i0",
+            PersistentState { snapshot: Some(snapshot(3, 2)), ..base() },
+        ),
         (
             "above the current term t1",
             PersistentState { hard_state: hard(1), entries: vec![get(3)], ..base() },
@@ -194,6 +211,7 @@ fn a_store_that_loads_an_impossible_state_is_refused_at_start() {
     ];
     let put = KvCommand::Put { key: "k".into(), value: "v".into() };
     for (says, state) in cases {
+        let state: PersistentState<KvCommand> = state;
         let _serial = serial();
         let started = Cluster::builder(fast_config(0xad04), |_| KvStateMachine::new())
             .ids(&[NodeId(1)])
@@ -209,19 +227,37 @@ fn a_store_that_loads_an_impossible_state_is_refused_at_start() {
             }
         }
     }
-    // A consistent state (a vote for a node not in the configuration is no contradiction).
-    let state = PersistentState {
-        hard_state: HardState { term: Term(5), voted_for: Some(NodeId(77)) },
-        entries: vec![get(2), get(5)],
-        ..base()
-    };
-    let _serial = serial();
-    let cluster = Cluster::builder(fast_config(0xad05), |_| KvStateMachine::new())
-        .ids(&[NodeId(1)])
-        .storage(move |_, _| Ok(MemStorage::from_state(state.clone())))
-        .start()
-        .expect("a consistent state starts");
-    let applied = cluster.client().propose_timeout(put, LONG).expect("commits");
-    assert!(applied.index > LogIndex(2) && applied.term > Term(5), "{applied:?}");
-    cluster.shutdown();
+    // Consistent states start and commit: a vote for a node not in the configuration is no
+    // contradiction, nor a term past the margin peers are held to (a node's own campaigns
+    // pass it, and it must restart after).
+    let margin = u64::MAX / 2;
+    let states = [
+        (
+            5,
+            PersistentState {
+                hard_state: HardState { term: Term(5), voted_for: Some(NodeId(77)) },
+                entries: vec![get(2), get(5)],
+                ..base()
+            },
+        ),
+        (
+            margin + 1,
+            PersistentState {
+                hard_state: HardState { term: Term(margin + 1), voted_for: Some(NodeId(1)) },
+                entries: vec![get(2), get(margin + 1)],
+                ..base()
+            },
+        ),
+    ];
+    for (term, state) in states {
+        let _serial = serial();
+        let cluster = Cluster::builder(fast_config(0xad05), |_| KvStateMachine::new())
+            .ids(&[NodeId(1)])
+            .storage(move |_, _| Ok(MemStorage::from_state(state.clone())))
+            .start()
+            .expect("a consistent state starts");
+        let applied = cluster.client().propose_timeout(put.clone(), LONG).expect("commits");
+        cluster.shutdown();
+        assert!(applied.index > LogIndex(2) && applied.term > Term(term), "{applied:?}");
+    }
 }

@@ -70,6 +70,29 @@ fn a_lost_identity_file_never_turns_a_log_into_an_empty_one() {
     assert_eq!(state.entries.len(), 3);
 }
 
+/// The same, with the bootstrap record's bytes damaged too (a bit flipped in its header):
+/// the whole records after it still show the node ran, so the directory is refused, not
+/// written over. Before, a first record that failed its checksum counted as a creation cut
+/// short whatever followed it.
+#[test]
+fn a_lost_identity_file_and_a_damaged_first_record_still_keep_the_log() {
+    let dir = TempDir::new("adv-identity-lost-damaged");
+    write_a_small_log(&dir.0);
+    std::fs::remove_file(dir.0.join("IDENTITY")).expect("remove IDENTITY");
+    let segment = dir.0.join(list(&dir.0, "wal-").pop().expect("segment 1"));
+    let mut bytes = std::fs::read(&segment).expect("read segment 1");
+    bytes[2] ^= 0x40; // inside the first record's header
+    std::fs::write(&segment, &bytes).expect("damage it");
+    match open(&dir.0, never()) {
+        Err(StorageError::BadIdentity { why, .. }) => assert!(why.contains("missing"), "{why}"),
+        Err(e) => panic!("expected BadIdentity, got {e}"),
+        Ok(store) => {
+            let state = store.load().expect("load");
+            panic!("opened as a new directory: term {}", state.hard_state.term);
+        }
+    }
+}
+
 /// The case the rule exists for still works: a directory whose creation was cut short between
 /// segment 1 (the bootstrap checkpoint alone) and the identity file opens as a new one.
 #[test]
@@ -99,7 +122,8 @@ fn segment_sizes_no_store_can_use_are_refused_before_anything_is_written() {
             Err(e) => panic!("segment_bytes {segment_bytes}: expected BadOptions, got {e}"),
             Ok(_) => panic!("segment_bytes {segment_bytes} accepted"),
         }
-        assert!(list(&dir.0, "wal-").is_empty() && list(&dir.0, "next").is_empty());
+        let empty = std::fs::read_dir(&dir.0).map_or(true, |mut files| files.next().is_none());
+        assert!(empty, "segment_bytes {segment_bytes}: the directory was written to");
     }
 }
 

@@ -186,9 +186,9 @@ where
         let state = storage.load().map_err(|e| Error::Storage(e.to_string()))?;
         crate::core::check_persistent_state(&state).map_err(|why| {
             Error::Storage(format!(
-                "{id}'s storage loaded a state no node writes: {why}; the store is damaged or \
-                 wrote out of order (a step's hard state goes before its entries): repair or \
-                 replace it, e.g. let the node rejoin empty as a new member"
+                "{id}'s storage loaded a state no node writes: {why}; the store is damaged, or \
+                 lost or reordered writes (a step's hard state is written before its entries): \
+                 repair or replace it, e.g. let the node rejoin empty as a new member"
             ))
         })?;
         let snapshot = state.snapshot.clone();

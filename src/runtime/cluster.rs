@@ -67,8 +67,9 @@ fn mem_storage<C: Clone + Send + 'static>() -> (StorageFactory<C>, MemStores<C>)
     (factory, stores)
 }
 
-/// The most nodes one [`Cluster`] runs (each is two threads, with queues of its own);
-/// [`ClusterBuilder::start`] refuses more with [`ConfigError::TooManyNodes`].
+/// The most nodes a [`Cluster`] starts with (each is two threads, with queues of its own);
+/// [`ClusterBuilder::start`] refuses more with [`ConfigError::TooManyNodes`]. A node
+/// added later ([`Cluster::add_node`]) is one the caller chose to add.
 pub const MAX_NODES: usize = 1024;
 
 /// Builds a [`Cluster`] with a choice of node ids, storage and transport.

@@ -701,11 +701,15 @@ fn check_identity(path: &Path, expected: NodeIdentity) -> Result<Format, Storage
 fn check_nothing_after_bootstrap(dir: &Path, identity_path: &Path) -> Result<(), StorageError> {
     let path = segment_path(dir, 1);
     let bytes = fs::read(&path).map_err(|e| StorageError::io(&path, "read", e))?;
-    let after = match wal::read_frame(&bytes, 0) {
-        Frame::Whole { next, .. } => next,
-        Frame::End | Frame::Bad { .. } => return Ok(()), // its header torn: never used
+    let ran = match wal::read_frame(&bytes, 0) {
+        Frame::Whole { next, .. } => bytes[next..].iter().any(|&b| b != 0),
+        // NB: the bootstrap record torn (a crash inside `create`) or damaged since: only a
+        // whole record after it says the node ran; `create` writes nothing after it.
+        Frame::End | Frame::Bad { .. } => {
+            matches!(wal::classify_tail(&bytes, 0), wal::Tail::LaterFrame { .. })
+        }
     };
-    if bytes[after..].iter().all(|&b| b == 0) {
+    if !ran {
         return Ok(());
     }
     Err(StorageError::BadIdentity {
@@ -1024,9 +1028,10 @@ fn check_hard_state<C>(state: &PersistentState<C>, at: Option<Place>) -> Result<
     let term = state.hard_state.term;
     let why = if term < last_term {
         format!("current term {term} is below the log's last term {last_term}")
-    } else if term.0 > crate::types::MARGIN {
-        // NB: the log's terms are at most the current term: this bounds them all.
-        format!("current term {term} is past the margin of the term space (no node gets there)")
+    } else if term.0 == u64::MAX {
+        // NB: the log's terms are at most the current term: this bounds them all. A node's own
+        // campaigns may pass the margin peers are held to (`MARGIN`), by a few: not this far.
+        format!("current term {term} is the last of the term space (no node gets there)")
     } else {
         return Ok(());
     };
@@ -1199,26 +1204,27 @@ mod tests {
     }
 
     /// A last segment numbered MAX leaves no number for the next one (rotation adds one).
-    /// A recorded current term past the margin no node reaches (the log's terms are at most
-    /// it): refused as a contradiction, since the node's next campaign would count past it.
+    /// A recorded current term of `u64::MAX` (the log's terms are at most it): refused as a
+    /// contradiction, since the node's next campaign would count past it. A term past the
+    /// margin peers are held to opens: a node's own campaigns go beyond it.
     #[test]
-    fn a_current_term_past_the_margin_is_refused() {
+    fn the_last_term_of_the_term_space_is_refused() {
         let dir = TempDir::new("term-margin");
-        let term = Term(crate::types::MARGIN + 1);
+        let term = Term(u64::MAX);
         let record: RecordRef<'_, u64> = Record::HardState(HardState { term, voted_for: None });
         let (path, offsets) = craft(&dir.0, 1, (0, 2, false), &[record]);
         match open(&dir.0) {
             Err(StorageError::Contradiction { path: at, offset, why }) => {
                 assert_eq!((at.as_path(), offset), (path.as_path(), offsets[0]), "{why}");
-                assert!(why.contains(&term.to_string()) && why.contains("margin"), "{why}");
+                assert!(why.contains(&term.to_string()) && why.contains("last"), "{why}");
             }
             other => panic!("expected a contradiction: {:?}", other.map(|_| ())),
         }
         let dir = TempDir::new("term-margin-ok");
-        let term = Term(crate::types::MARGIN);
+        let term = Term(crate::types::MARGIN + 1);
         let record: RecordRef<'_, u64> = Record::HardState(HardState { term, voted_for: None });
         craft(&dir.0, 1, (0, 2, false), &[record]);
-        let state = open(&dir.0).expect("the margin itself is a term").load().expect("load");
+        let state = open(&dir.0).expect("past the margin is a term").load().expect("load");
         assert_eq!(state.hard_state.term, term);
     }
 

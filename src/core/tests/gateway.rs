@@ -361,3 +361,32 @@ fn gateway_backtracking_hints_below_the_log_offset_send_the_snapshot() {
         assert_eq!(chunks, [(LogIndex(5), 0, true)], "{:?}", trace(&acts));
     }
 }
+
+/// What a node's own storage loads is checked too (`check_persistent_state`), but against the
+/// end of the number space, not the margin peers are held to: a node's own campaigns and
+/// appends pass the margin (above), and it must restart after.
+#[test]
+fn a_loaded_state_past_the_margin_is_the_nodes_own_and_only_the_end_of_the_space_is_refused() {
+    use crate::core::check_persistent_state;
+    use crate::message::{Configuration, Entry, Payload};
+    use crate::storage::{HardState, PersistentState};
+    use crate::types::{LogIndex, Term};
+    let entry = |t: u64| Entry { term: Term(t), payload: Payload::Command(0u64) };
+    let state =
+        |term: u64, offset: u64, offset_term: u64, entries: Vec<Entry<u64>>| PersistentState {
+            hard_state: HardState { term: Term(term), voted_for: None },
+            base_config: Configuration::new([NodeId(1)]),
+            log_offset: LogIndex(offset),
+            offset_term: Term(offset_term),
+            entries,
+            snapshot: None,
+        };
+    let past = MARGIN + 5;
+    check_persistent_state(&state(past, past, past - 1, vec![entry(past - 1), entry(past)]))
+        .expect("a term and a log past the margin are the node's own");
+    let why = check_persistent_state(&state(u64::MAX, 0, 0, vec![])).expect_err("no next term");
+    assert!(why.contains("last of the term space"), "{why}");
+    let end = state(5, u64::MAX - 2, 5, vec![entry(5), entry(5)]);
+    let why = check_persistent_state(&end).expect_err("its next index would overflow");
+    assert!(why.contains("past the last usable index"), "{why}");
+}
