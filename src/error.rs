@@ -196,7 +196,7 @@ impl fmt::Display for ConfigError {
             ConfigError::NoNodes => write!(f, "a cluster needs at least one node"),
             ConfigError::TooManyNodes { count, max } => write!(
                 f,
-                "{count} nodes asked for, more than the {max} a cluster runs (each node is two threads and its own queues); Raft clusters are usually 3 to 7 voters, with learners beside them"
+                "{count} nodes asked for, more than the {max} a cluster starts with (each node is two threads and its own queues); Raft clusters are usually 3 to 7 voters, with learners beside them"
             ),
             ConfigError::DuplicateNode(id) => {
                 write!(f, "node id {id} appears more than once; give every node its own id")
