@@ -28,7 +28,7 @@ use crate::core::{MembershipChange, Role};
 use crate::error::{ConfigError, Error};
 use crate::message::Configuration;
 use crate::node::{
-    deadline_after, Applied, ApplyOn, Driver, LocalLease, Monotonic, NodeStatus, Receipt,
+    deadline_after, Applied, ApplyOn, Driver, LocalLease, Monotonic, NodeStatus, Receipt, Request,
 };
 use crate::state_machine::StateMachine;
 use crate::storage::{DiskStorage, MemStorage, Storage};
@@ -519,13 +519,35 @@ impl<S: StateMachine> Cluster<S> {
     }
 
     /// The running leader with the highest term, if any. The cluster's [`Client`]s learn it too.
+    /// Waits up to [`Config::request_timeout`] for the nodes' answers (a node's loop answers
+    /// at once, whatever its state machine is doing).
     pub fn leader(&self) -> Option<NodeId> {
-        let statuses = self.statuses();
-        let leader = statuses
+        self.leader_by(deadline_after(self.config.request_timeout))
+    }
+
+    /// [`Cluster::leader`], with the nodes' answers waited for until `deadline`. NB: every
+    /// node is asked first, then heard: a node that does not answer (its loop stalled on its
+    /// apply backlog) costs the wait once, not once per node. Asked of the core alone: the
+    /// whole status waits behind the node's state machine, and a leader in a long `apply`
+    /// still leads.
+    fn leader_by(&self, deadline: Instant) -> Option<NodeId> {
+        let asked: Vec<_> = self
+            .slots
+            .values()
+            .filter_map(|s| s.running.as_ref())
+            .filter(|r| lock(&r.failure).is_none())
+            .filter_map(|r| {
+                let (reply, status) = bounded(1);
+                r.handle.send_by(Request::CoreStatus { reply }, Some(deadline)).ok()?;
+                Some(status)
+            })
+            .collect();
+        let leader = asked
             .iter()
-            .filter(|s| s.core.role == Role::Leader && s.failure.is_none())
-            .max_by_key(|s| s.core.term)
-            .map(|s| s.core.id);
+            .filter_map(|status| status.recv_deadline(deadline).ok())
+            .filter(|core| core.role == Role::Leader)
+            .max_by_key(|core| core.term)
+            .map(|core| core.id);
         if let Some(id) = leader {
             self.client.learn_leader(id);
         }
@@ -536,7 +558,8 @@ impl<S: StateMachine> Cluster<S> {
     pub fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, Error> {
         let deadline = deadline_after(timeout);
         loop {
-            if let Some(id) = self.leader() {
+            let asking = deadline.min(deadline_after(self.config.request_timeout));
+            if let Some(id) = self.leader_by(asking) {
                 return Ok(id);
             }
             if Instant::now() >= deadline {
