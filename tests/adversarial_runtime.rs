@@ -905,3 +905,28 @@ fn session_writers_apply_each_command_once_through_kills() {
     println!("{applied} applied of {}", by_id.len());
     assert!(applied > 50, "too little progress");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A removal retried after its answer was lost
+
+/// `remove_node` whose first attempt's answer was lost (a `Timeout`, while the change went
+/// through) must be retryable: the retry finds the node no longer a member. It used to answer
+/// `NotMember` and leave the node running, its slot and store kept, with no call left to
+/// retire it. Here the lost attempt is a change sent through the leader's handle.
+#[test]
+fn a_removal_retried_after_it_went_through_retires_the_node() {
+    let _serial = serial();
+    init_tracing();
+    let world = World::default();
+    let mut cluster = Cluster::new(base_config(541), 3, world.factory()).expect("start");
+    wait_for_agreement(&cluster, LONG);
+    let added = cluster.add_node().expect("added");
+    let leader = cluster.wait_for_leader(LONG).expect("a leader");
+    let change = ferraft::MembershipChange::RemoveNode(added);
+    let node = cluster.node(leader).expect("the leader");
+    node.change_membership(change, LONG).expect("the first attempt went through");
+    assert_eq!(cluster.remove_node(added), Ok(()), "the retry");
+    assert_eq!(cluster.node(added).err(), Some(Error::NotMember(added)));
+    assert_eq!(cluster.kept_for_nodes(), (3, 3), "nothing kept for the removed node");
+    assert_eq!(world.alive(added), 0, "its state machine is gone");
+}

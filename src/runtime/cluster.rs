@@ -634,10 +634,19 @@ impl<S: StateMachine> Cluster<S> {
     /// Removes a node from the configuration, then stops it and retires its id: the cluster
     /// keeps nothing for it (its in-memory store goes; see [`ClusterBuilder::on_removed`] for
     /// other storage), and calls naming it get `Err(NotMember)`. Removing the leader makes it
-    /// step down once the change commits; the others elect a new leader.
+    /// step down once the change commits; the others elect a new leader. A node the leader's
+    /// configuration no longer has (an earlier attempt went through, though it answered
+    /// `Timeout`) is retired all the same, so a removal may be retried.
     pub fn remove_node(&mut self, id: NodeId) -> Result<(), Error> {
         self.slot(id)?;
-        self.change_membership(MembershipChange::RemoveNode(id))?;
+        match self.change_membership(MembershipChange::RemoveNode(id)) {
+            Ok(_) => {}
+            // NB: the leader's configuration no longer has it: an earlier attempt went
+            // through though its caller heard `Timeout` (or a change through a handle took it
+            // out). Retire it now; else no call could ever retire it.
+            Err(Error::NotMember(n)) if n == id => {}
+            Err(e) => return Err(e),
+        }
         if self.slots.get(&id).is_some_and(|s| s.running.is_some()) {
             self.kill(id)?;
         }
