@@ -423,6 +423,7 @@ where
                     self.change(change, reply, observe)?
                 }
                 Request::Status { reply } => self.status(reply),
+                Request::CoreStatus { reply } => drop(reply.send(self.core.status())),
                 Request::Compact { reply } => self.compact(reply, observe)?,
                 Request::Read { read } => reads.push(read),
                 Request::TransferLeadership { to, reply } => self.transfer(to, reply, observe)?,

@@ -91,6 +91,12 @@ pub(crate) enum Request<S: StateMachine> {
     Status {
         reply: Sender<NodeStatus>,
     },
+    /// The core's status alone, answered by the node's loop at once: unlike
+    /// [`Request::Status`], it does not wait behind the state machine (a long `apply`), so
+    /// finding the leader never does. A failed node drops the reply.
+    CoreStatus {
+        reply: Sender<Status>,
+    },
     Compact {
         reply: Sender<Result<Compaction, Error>>,
     },
@@ -157,7 +163,7 @@ impl<S: StateMachine> Request<S> {
             Request::ChangeMembership { reply, .. } => drop(reply.send(Err(error))),
             Request::Compact { reply } => drop(reply.send(Err(error))),
             Request::TransferLeadership { reply, .. } => drop(reply.send(Err(error))),
-            Request::Status { .. } => {}
+            Request::Status { .. } | Request::CoreStatus { .. } => {}
             Request::Forward(inner) => inner.fail(error),
         }
     }

@@ -28,7 +28,7 @@ use crate::core::{MembershipChange, Role};
 use crate::error::{ConfigError, Error};
 use crate::message::Configuration;
 use crate::node::{
-    deadline_after, Applied, ApplyOn, Driver, LocalLease, Monotonic, NodeStatus, Receipt,
+    deadline_after, Applied, ApplyOn, Driver, LocalLease, Monotonic, NodeStatus, Receipt, Request,
 };
 use crate::state_machine::StateMachine;
 use crate::storage::{DiskStorage, MemStorage, Storage};
@@ -520,13 +520,35 @@ impl<S: StateMachine> Cluster<S> {
     }
 
     /// The running leader with the highest term, if any. The cluster's [`Client`]s learn it too.
+    /// Waits up to [`Config::request_timeout`] for the nodes' answers (a node's loop answers
+    /// at once, whatever its state machine is doing).
     pub fn leader(&self) -> Option<NodeId> {
-        let statuses = self.statuses();
-        let leader = statuses
+        self.leader_by(deadline_after(self.config.request_timeout))
+    }
+
+    /// [`Cluster::leader`], with the nodes' answers waited for until `deadline`. NB: every
+    /// node is asked first, then heard: a node that does not answer (its loop stalled on its
+    /// apply backlog) costs the wait once, not once per node. Asked of the core alone: the
+    /// whole status waits behind the node's state machine, and a leader in a long `apply`
+    /// still leads.
+    fn leader_by(&self, deadline: Instant) -> Option<NodeId> {
+        let asked: Vec<_> = self
+            .slots
+            .values()
+            .filter_map(|s| s.running.as_ref())
+            .filter(|r| lock(&r.failure).is_none())
+            .filter_map(|r| {
+                let (reply, status) = bounded(1);
+                r.handle.send_by(Request::CoreStatus { reply }, Some(deadline)).ok()?;
+                Some(status)
+            })
+            .collect();
+        let leader = asked
             .iter()
-            .filter(|s| s.core.role == Role::Leader && s.failure.is_none())
-            .max_by_key(|s| s.core.term)
-            .map(|s| s.core.id);
+            .filter_map(|status| status.recv_deadline(deadline).ok())
+            .filter(|core| core.role == Role::Leader)
+            .max_by_key(|core| core.term)
+            .map(|core| core.id);
         if let Some(id) = leader {
             self.client.learn_leader(id);
         }
@@ -537,7 +559,8 @@ impl<S: StateMachine> Cluster<S> {
     pub fn wait_for_leader(&self, timeout: Duration) -> Result<NodeId, Error> {
         let deadline = deadline_after(timeout);
         loop {
-            if let Some(id) = self.leader() {
+            let asking = deadline.min(deadline_after(self.config.request_timeout));
+            if let Some(id) = self.leader_by(asking) {
                 return Ok(id);
             }
             if Instant::now() >= deadline {
@@ -612,10 +635,19 @@ impl<S: StateMachine> Cluster<S> {
     /// Removes a node from the configuration, then stops it and retires its id: the cluster
     /// keeps nothing for it (its in-memory store goes; see [`ClusterBuilder::on_removed`] for
     /// other storage), and calls naming it get `Err(NotMember)`. Removing the leader makes it
-    /// step down once the change commits; the others elect a new leader.
+    /// step down once the change commits; the others elect a new leader. A node the leader's
+    /// configuration no longer has (an earlier attempt went through, though it answered
+    /// `Timeout`) is retired all the same, so a removal may be retried.
     pub fn remove_node(&mut self, id: NodeId) -> Result<(), Error> {
         self.slot(id)?;
-        self.change_membership(MembershipChange::RemoveNode(id))?;
+        match self.change_membership(MembershipChange::RemoveNode(id)) {
+            Ok(_) => {}
+            // NB: the leader's configuration no longer has it: an earlier attempt went
+            // through though its caller heard `Timeout` (or a change through a handle took it
+            // out). Retire it now; else no call could ever retire it.
+            Err(Error::NotMember(n)) if n == id => {}
+            Err(e) => return Err(e),
+        }
         if self.slots.get(&id).is_some_and(|s| s.running.is_some()) {
             self.kill(id)?;
         }

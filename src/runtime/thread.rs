@@ -751,6 +751,8 @@ fn serve_failure<S: StateMachine>(node: &mut Node<S>, shared: &Shared<S>, error:
                 Ok(Request::Read { read }) => crate::node::fail_read(read, error.clone()),
                 Ok(Request::TransferLeadership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
                 Ok(forward @ Request::Forward(_)) => forward.fail(error.clone()),
+                // NB: dropped: a failed node leads nothing.
+                Ok(Request::CoreStatus { .. }) => {}
                 Ok(Request::Status { reply }) => {
                     let status = NodeStatus {
                         core: core.clone(),
