@@ -79,7 +79,7 @@ impl StateMachine for Ledger {
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
-        if bytes.len() % 16 != 0 {
+        if !bytes.len().is_multiple_of(16) {
             return Err(format!("{} bytes", bytes.len()));
         }
         let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
@@ -372,7 +372,7 @@ impl Load {
                             start.elapsed(),
                             Duration::ZERO,
                         );
-                        if (n + t as u64) % 11 == 0 {
+                        if (n + t as u64).is_multiple_of(11) {
                             // Polled once, then dropped with its waker registered.
                             let ready = PollOnce(&mut receipt).await;
                             let _ = ready;
