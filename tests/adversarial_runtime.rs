@@ -506,12 +506,17 @@ fn base_config(seed: u64) -> Config {
 struct Ops {
     membership: bool,
     transfers: bool,
+    /// How many nodes may be down at once (more than a minority: no majority for a while).
+    max_down: usize,
+    /// Isolate nodes now and then (healed at the next operation).
+    partitions: bool,
 }
 
 fn chaos(cluster: &mut Cluster<Ledger>, world: &World, load: &Load, length: Duration, ops: Ops) {
     let (mut rng, _) = seeded_rng("chaos");
     let end = Instant::now() + length;
     let mut down: Vec<NodeId> = Vec::new();
+    let mut isolated = false;
     let mut log = Vec::new();
     let timeout = cluster.config().request_timeout;
     while Instant::now() < end {
@@ -522,17 +527,20 @@ fn chaos(cluster: &mut Cluster<Ledger>, world: &World, load: &Load, length: Dura
         let choice = rng.random_range(0..10);
         let start = Instant::now();
         let (what, allowed) = match choice {
-            0..=2 if down.is_empty() => {
+            0..=2 if down.len() < ops.max_down => {
                 let victim = match leader {
                     Some(l) if rng.random_bool(0.6) => l,
                     _ => up[rng.random_range(0..up.len())],
                 };
+                if down.contains(&victim) {
+                    continue;
+                }
                 cluster.kill(victim).expect("kill a running node");
                 assert_eq!(world.alive(victim), 0, "{victim}'s state machine outlived its kill");
                 down.push(victim);
                 (format!("kill {victim}"), Duration::from_secs(1))
             }
-            0..=4 if !down.is_empty() => {
+            3..=4 if !down.is_empty() => {
                 let back = down.remove(0);
                 cluster.restart(back).expect("restart");
                 (format!("restart {back}"), Duration::from_secs(1))
@@ -560,6 +568,17 @@ fn chaos(cluster: &mut Cluster<Ledger>, world: &World, load: &Load, length: Dura
                 }
                 (format!("remove_node {id}: {result:?}"), timeout * 2)
             }
+            9 if ops.partitions && !isolated => {
+                let id = up[rng.random_range(0..up.len())];
+                cluster.isolate(id).expect("isolate");
+                isolated = true;
+                (format!("isolate {id}"), Duration::from_millis(100))
+            }
+            9 if isolated => {
+                cluster.heal();
+                isolated = false;
+                ("heal".to_owned(), Duration::from_millis(100))
+            }
             _ => continue,
         };
         let took = start.elapsed();
@@ -567,6 +586,7 @@ fn chaos(cluster: &mut Cluster<Ledger>, world: &World, load: &Load, length: Dura
         assert!(took <= allowed + SLACK, "{what} took {took:?}; log: {log:?}");
         log.push(what);
     }
+    cluster.heal();
     for id in down {
         cluster.restart(id).expect("restart at the end");
     }
@@ -599,14 +619,20 @@ fn run(config: Config, sync_threads: usize, async_tasks: usize, ops: Ops, shutdo
 
 #[test]
 fn kills_restarts_and_compaction_under_mixed_load() {
-    let ops = Ops { membership: false, transfers: false };
+    let ops = Ops { membership: false, transfers: false, max_down: 1, partitions: false };
     run(base_config(501), 4, 8, ops, true);
 }
 
 #[test]
 fn transfers_and_membership_churn_under_mixed_load() {
-    let ops = Ops { membership: true, transfers: true };
+    let ops = Ops { membership: true, transfers: true, max_down: 1, partitions: false };
     run(base_config(502), 4, 8, ops, false);
+}
+
+#[test]
+fn majority_losses_and_partitions_under_mixed_load() {
+    let ops = Ops { membership: false, transfers: true, max_down: 2, partitions: true };
+    run(base_config(505), 4, 8, ops, true);
 }
 
 #[test]
@@ -618,7 +644,7 @@ fn the_same_without_helping_spinning_and_with_background_sync() {
         background_sync: true,
         ..base_config(503)
     };
-    let ops = Ops { membership: true, transfers: true };
+    let ops = Ops { membership: true, transfers: true, max_down: 1, partitions: false };
     run(config, 4, 8, ops, true);
 }
 
@@ -631,7 +657,7 @@ fn the_same_with_small_queues_and_lease_reads() {
         spin_rounds: 1_000,
         ..base_config(504)
     };
-    let ops = Ops { membership: true, transfers: true };
+    let ops = Ops { membership: true, transfers: true, max_down: 1, partitions: false };
     run(config, 6, 16, ops, true);
 }
 
@@ -929,4 +955,74 @@ fn a_removal_retried_after_it_went_through_retires_the_node() {
     assert_eq!(cluster.node(added).err(), Some(Error::NotMember(added)));
     assert_eq!(cluster.kept_for_nodes(), (3, 3), "nothing kept for the removed node");
     assert_eq!(world.alive(added), 0, "its state machine is gone");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiters with no deadline, answered by the cluster's drop
+
+/// Callers waiting as long as it takes (`Duration::MAX`, awaited receipts, some of whose
+/// tasks are aborted mid-wait) on a leader cut off from its followers: dropping the cluster
+/// answers every one of them (`NodeDown`, outcome unknown), within moments.
+#[test]
+fn waiters_without_deadlines_are_answered_when_the_cluster_is_dropped() {
+    let _serial = serial();
+    init_tracing();
+    let world = World::default();
+    let config = Config { check_quorum: false, ..base_config(551) };
+    let cluster = Cluster::new(config, 3, world.factory()).expect("start");
+    let leader = wait_for_agreement(&cluster, LONG).leader;
+    let client = cluster.client();
+    client.propose(0).expect("applied");
+    cluster.isolate(leader).expect("isolate");
+    let node = cluster.node(leader).expect("the leader");
+    let blocked: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (client, node) = (client.clone(), node.clone());
+            std::thread::spawn(move || match t % 2 {
+                0 => client.propose_timeout(1000 + t, Duration::MAX),
+                _ => node.propose(1000 + t, Duration::MAX),
+            })
+        })
+        .collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("a tokio runtime");
+    let tasks: Vec<_> = (0..8u64)
+        .map(|t| {
+            let receipt = node.propose_async(2000 + t).expect("sent");
+            runtime.spawn(receipt)
+        })
+        .collect();
+    // Every proposal reached the cut-off leader's log (it still leads: no CheckQuorum).
+    wait_until(LONG, "every proposal appended", || {
+        let status = cluster.status(leader).map_err(|e| format!("{e:?}"))?;
+        let last = status.core.last_log_index.0;
+        match last >= status.core.commit_index.0 + 12 {
+            true => Ok(()),
+            false => Err(format!("{:?}", status.core)),
+        }
+    });
+    for task in &tasks[..3] {
+        task.abort(); // dropped mid-wait, its waker registered
+    }
+    let dropped = Instant::now();
+    drop(cluster);
+    assert!(dropped.elapsed() < Duration::from_secs(3), "the drop took {:?}", dropped.elapsed());
+    for thread in blocked {
+        let answer = thread.join().expect("a blocked caller");
+        assert!(matches!(answer, Err(Error::NodeDown(_))), "answered {answer:?}");
+    }
+    for (t, task) in tasks.into_iter().enumerate() {
+        match runtime.block_on(task) {
+            Ok(answer) => assert!(matches!(answer, Err(Error::NodeDown(_))), "{answer:?}"),
+            Err(e) => assert!(t < 3 && e.is_cancelled(), "task {t}: {e}"),
+        }
+    }
+    assert!(dropped.elapsed() < Duration::from_secs(5), "answers took {:?}", dropped.elapsed());
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(node);
+    for (id, n) in world.alive.lock().unwrap().iter() {
+        assert_eq!(*n, 0, "{id}'s state machine outlived the cluster");
+    }
 }
