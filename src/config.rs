@@ -160,9 +160,13 @@ pub struct Config {
     /// for 16 and 64 blocked callers on 2 cores, +4% for 256, p99 at 16 halved). New requests
     /// stay for the leader's loop, which takes them as one batch, and snapshots for the
     /// node's own workers; so do commits while `apply` is slow (over 20 µs an entry in the
-    /// last batch: a caller that applied them would be held past its own answer). Protocol
-    /// steps and their order are unchanged; only the thread differs. Turn it off to keep [`StateMachine::apply`](crate::StateMachine::apply) and,
-    /// with `help_peers`, the followers' storage calls on the nodes' own threads. Default on;
+    /// last batch: a caller that applied them would be held past its own answer). A caller
+    /// times each entry it applies and stops after the first that shows `apply` slow, or
+    /// once it has applied for 1 ms: a call with a deadline returns late by at most one
+    /// `apply` call (a lease read served on the caller's thread likewise). Protocol steps
+    /// and their order are unchanged; only the thread differs. Turn it off to keep
+    /// [`StateMachine::apply`](crate::StateMachine::apply) and, with `help_peers`, the
+    /// followers' storage calls on the nodes' own threads, and deadlines exact. Default on;
     /// no effect with `spin_rounds: 0` or on async callers (they never block in `wait`).
     pub callers_help: bool,
     /// Run each node's fsync on a thread of its own

@@ -748,36 +748,35 @@ fn callers_meet_bursts_of_slow_applies(
     worst
 }
 
-/// Fails: a caller blocked in `Client::propose_timeout(_, 50 ms)` returns after 1-2 s. With
-/// `Config::callers_help`, the waiting caller runs the leader's acknowledgements and then
-/// `Backlog::drain_some` applies the committed batch on its own thread; the only guard is
-/// `SLOW_APPLY`, judged on the *previous* batch (`src/node/apply.rs`, `run_tasks`), so the
-/// first slow batch after fast ones is applied in full by a caller, however far past its
-/// deadline. See the report for the fix.
+/// A caller blocked in `Client::propose_timeout(_, 50 ms)` may apply, on its own thread, what
+/// its wait committed (`Config::callers_help`). It times each entry and stops at the first
+/// that shows `apply` slow, leaving the rest to the node's workers, so it returns late by at
+/// most one `apply` (1 s here), never by the burst (3 s). Before that fix it judged
+/// slowness on the previous batch and applied a whole slow burst past its deadline.
 #[test]
-#[ignore = "defect: a caller assisting the leader applies a slow batch past its own deadline"]
 fn a_caller_never_applies_a_slow_burst_past_its_deadline() {
     let _serial = serial();
     init_tracing();
-    let deadline = Duration::from_millis(50);
+    let (deadline, one_apply) = (Duration::from_millis(50), Duration::from_millis(1000));
     let config = fast_config(511);
-    let worst = callers_meet_bursts_of_slow_applies(config, 16, 4, 2, 1000, deadline);
+    let worst = callers_meet_bursts_of_slow_applies(config, 16, 4, 3, 1000, deadline);
     println!("worst call per caller (deadline {deadline:?}): {worst:?}");
-    assert!(worst.iter().all(|w| *w <= deadline + SLACK), "a caller returned late: {worst:?}");
+    let late = |w: &Duration| *w > deadline + one_apply + SLACK;
+    assert!(!worst.iter().any(late), "a caller returned late: {worst:?}");
 }
 
-/// Fails the same way: a lease read served on the caller's thread (`Backlog::query_now`)
-/// then runs what was queued meanwhile (`drain_some`), the slow batch included.
+/// The same for a lease read served on the caller's thread (`Backlog::query_now`), which
+/// then runs what was queued meanwhile (`drain_some`).
 #[test]
-#[ignore = "defect: a lease reader applies a slow batch past its own deadline"]
 fn a_lease_reader_never_applies_a_slow_burst_past_its_deadline() {
     let _serial = serial();
     init_tracing();
-    let deadline = Duration::from_millis(50);
+    let (deadline, one_apply) = (Duration::from_millis(50), Duration::from_millis(1000));
     let config = Config { lease_reads: true, ..fast_config(512) };
-    let worst = callers_meet_bursts_of_slow_applies(config, 16, 4, 2, 1000, deadline);
+    let worst = callers_meet_bursts_of_slow_applies(config, 16, 4, 3, 1000, deadline);
     println!("worst call per caller (deadline {deadline:?}): {worst:?}");
-    assert!(worst.iter().all(|w| *w <= deadline + SLACK), "a caller returned late: {worst:?}");
+    let late = |w: &Duration| *w > deadline + one_apply + SLACK;
+    assert!(!worst.iter().any(late), "a caller returned late: {worst:?}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -392,6 +392,39 @@ pub(crate) struct Backlog<S: StateMachine> {
 /// a caller that applied it would be held past its own answer, and maybe past its deadline.
 const SLOW_APPLY: Duration = Duration::from_micros(20);
 
+/// The most a caller spends applying entries in one turn ([`Backlog::drain_some`]), however
+/// fast each is: a long backlog of fast entries is the node's workers' to run.
+const CALLER_APPLY_BUDGET: Duration = Duration::from_millis(1);
+
+/// A caller's clock over one batch of entries it applies: it stops after the entry that
+/// shows `apply` slow ([`SLOW_APPLY`] per entry, on average over the batch so far) or that
+/// spends its turn's budget ([`CALLER_APPLY_BUDGET`]).
+struct Stopwatch {
+    /// When the caller's turn began (its first timed batch).
+    turn: Instant,
+    /// When this batch began.
+    batch: Instant,
+    /// The batch so far showed `apply` slow.
+    slow: bool,
+    /// The caller stops: `slow`, or its turn's budget is spent.
+    over: bool,
+}
+
+impl Stopwatch {
+    fn start(turn: &mut Option<Instant>) -> Self {
+        let batch = Instant::now();
+        Stopwatch { turn: *turn.get_or_insert(batch), batch, slow: false, over: false }
+    }
+
+    /// After the batch's first `applied` entries: whether the caller stops here.
+    fn stop_after(&mut self, applied: usize) -> bool {
+        let now = Instant::now();
+        self.slow = now - self.batch > SLOW_APPLY * applied as u32;
+        self.over = self.slow || now - self.turn > CALLER_APPLY_BUDGET;
+        self.over
+    }
+}
+
 impl<S: StateMachine> ApplyQueue<S> {
     /// Defers `applier`'s work to [`Backlog::drain`]; snapshots it takes go to `taken`. The
     /// node loop stalls while more than `limit` entries wait ([`Backlog::over_limit`]).
@@ -670,6 +703,7 @@ impl<S: StateMachine> Backlog<S> {
         // NB: declared after the applier, so dropped (cleared) before it is let go, and also
         // should anything unwind: a flag left set would tell every caller someone drains.
         let draining = Draining::set(&self.draining);
+        let mut turn = None;
         for _ in 0..limit {
             let task = {
                 let mut tasks = lock(&self.tasks);
@@ -701,17 +735,42 @@ impl<S: StateMachine> Backlog<S> {
                 self.entries_done(entries);
                 return false;
             }
-            let timed = (entries > 0 && self.timed.load(Ordering::Relaxed))
-                .then(|| (Instant::now(), entries));
-            let ran = run_caught(applier, task, &self.stop, &self.taken);
-            self.entries_done(entries);
-            if let Err(e) = ran {
-                *lock(&self.failure) = Some(e);
-                self.failed.store(true, Ordering::Release);
+            let timed = entries > 0 && self.timed.load(Ordering::Relaxed);
+            // A caller times each entry it applies, so it stops at the first that shows
+            // `apply` slow (or once its turn's budget is spent): it is late for its own answer
+            // by at most one `apply`, however long the batch (`Config::callers_help`).
+            let mut watch = (timed && caller).then(|| Stopwatch::start(&mut turn));
+            let start = (timed && !caller).then(Instant::now);
+            let ran = run_caught(applier, task, &self.stop, &self.taken, watch.as_mut());
+            let left = match &ran {
+                Ok(Some(rest)) => rest.entries(),
+                _ => 0,
+            };
+            self.entries_done(entries - left);
+            let rest = match ran {
+                Ok(rest) => rest,
+                Err(e) => {
+                    *lock(&self.failure) = Some(e);
+                    self.failed.store(true, Ordering::Release);
+                    None
+                }
+            };
+            let over = watch.as_ref().is_some_and(|w| w.over);
+            if let Some(watch) = watch {
+                self.slow.store(watch.slow, Ordering::Relaxed);
             }
-            if let Some((start, n)) = timed {
-                let slow = start.elapsed() > SLOW_APPLY * n.max(1) as u32;
+            if let Some(start) = start {
+                let slow = start.elapsed() > SLOW_APPLY * entries as u32;
                 self.slow.store(slow, Ordering::Relaxed);
+            }
+            if let Some(rest) = rest {
+                // NB: back at the front, before whatever was queued meanwhile: log order.
+                let mut tasks = lock(&self.tasks);
+                tasks.push_front(rest);
+                self.queued.store(tasks.len(), Ordering::SeqCst);
+            }
+            if over {
+                break;
             }
         }
         drop(draining);
@@ -852,8 +911,10 @@ fn run_caught<S: StateMachine>(
     task: ApplyTask<S>,
     stop: &AtomicBool,
     taken: &Sender<Arc<Snapshot>>,
-) -> Result<(), Error> {
-    let payload = match catch_unwind(AssertUnwindSafe(|| run_task(applier, task, stop, taken))) {
+    watch: Option<&mut Stopwatch>,
+) -> Result<Option<ApplyTask<S>>, Error> {
+    let run = || run_task(applier, task, stop, taken, watch);
+    let payload = match catch_unwind(AssertUnwindSafe(run)) {
         Ok(ran) => return ran,
         Err(payload) => payload,
     };
@@ -873,7 +934,8 @@ fn run_task<S: StateMachine>(
     task: ApplyTask<S>,
     stop: &AtomicBool,
     taken: &Sender<Arc<Snapshot>>,
-) -> Result<(), Error> {
+    watch: Option<&mut Stopwatch>,
+) -> Result<Option<ApplyTask<S>>, Error> {
     match task {
         ApplyTask::Snapshot(meta) => {
             let snapshot = applier.snapshot(meta)?;
@@ -884,12 +946,19 @@ fn run_task<S: StateMachine>(
             applier.await_entries(first, term, responders)
         }
         ApplyTask::Read { index, reads } => applier.read(index, reads),
-        ApplyTask::Entries { first, entries } => {
-            for (i, entry) in entries.iter().enumerate() {
+        ApplyTask::Entries { first, mut entries } => {
+            let mut watch = watch;
+            for i in 0..entries.len() {
                 if stop.load(Ordering::Relaxed) {
-                    return Ok(());
+                    return Ok(None);
                 }
-                applier.apply(LogIndex(first.0 + i as u64), entry)?;
+                applier.apply(LogIndex(first.0 + i as u64), &entries[i])?;
+                let done = i + 1;
+                if watch.as_mut().is_some_and(|w| w.stop_after(done)) && done < entries.len() {
+                    let rest = entries.split_off(done);
+                    let first = LogIndex(first.0 + done as u64);
+                    return Ok(Some(ApplyTask::Entries { first, entries: rest }));
+                }
             }
         }
         ApplyTask::Status { mut status, reply } => {
@@ -898,7 +967,7 @@ fn run_task<S: StateMachine>(
         }
         ApplyTask::NodeFailed(error) => applier.node_failed(error),
     }
-    Ok(())
+    Ok(None)
 }
 
 fn fill_status<S: StateMachine>(applier: &Applier<S>, status: &mut NodeStatus) {
@@ -1132,9 +1201,9 @@ mod tests {
         }
     }
 
-    /// What a caller runs (`drain_some`): what is queued, but no snapshot, and no entries while
-    /// the last batch showed `apply` slow; the node's own drain runs everything, and a fast
-    /// batch lets callers apply again.
+    /// What a caller runs (`drain_some`): what is queued, but no snapshot, no entry past the
+    /// first that shows `apply` slow, and no entries at all while the last batch showed it
+    /// slow; the node's own drain runs everything, and a fast batch lets callers apply again.
     #[test]
     fn a_caller_leaves_snapshots_and_slow_applies_to_the_node() {
         use crate::message::SnapshotMeta;
@@ -1166,16 +1235,20 @@ mod tests {
         assert_eq!(snapshots.len(), 1, "the node took it");
         assert_eq!(applied(), vec![0, 0, 0]);
 
-        backlog.push(entries(4, vec![2_000, 2_000])); // 2 ms an entry, the limit is 20 µs
-        assert!(!backlog.drain_some(), "not known slow yet: the caller ran it");
-        backlog.push(entries(6, vec![0]));
-        assert!(backlog.drain_some(), "known slow now: left for the node");
-        assert_eq!(applied().len(), 5, "the caller ran nothing");
-        backlog.drain();
-        assert_eq!(applied(), vec![0, 0, 0, 2_000, 2_000, 0], "the node ran it, in order");
+        // 2 ms an entry, the limit is 20 µs: the caller stops after the first.
+        backlog.push(entries(4, vec![2_000, 2_000, 2_000]));
         backlog.push(entries(7, vec![0]));
+        assert!(backlog.drain_some(), "left the rest of the batch for the node");
+        assert_eq!(applied().len(), 4, "the caller ran one slow entry");
+        assert_eq!(backlog.entries(), 3, "two left of the batch, and the next");
+        assert!(backlog.drain_some(), "known slow now: the caller runs no entry");
+        assert_eq!(applied().len(), 4, "the caller ran nothing");
+        backlog.drain();
+        let expected = vec![0, 0, 0, 2_000, 2_000, 2_000, 0];
+        assert_eq!(applied(), expected, "the node ran it, in order");
+        backlog.push(entries(8, vec![0]));
         assert!(!backlog.drain_some(), "fast again: the caller ran it");
-        assert_eq!(applied().len(), 7);
+        assert_eq!(applied().len(), 8);
         assert!(!backlog.has_work());
     }
 
