@@ -836,6 +836,44 @@ fn wait_for_leader_keeps_its_deadline_while_the_leaders_apply_is_long() {
     assert_eq!(removed, Ok(()), "remove_node({other}) took {remove_took:?}");
 }
 
+/// `Cluster::statuses()` asks every node first, then hears them until one deadline: with
+/// every node's state machine busy in a long `apply` (a status waits behind it), it waits
+/// `request_timeout` once, not once per node as it did (3 x 2 s here).
+#[test]
+fn statuses_wait_once_while_every_state_machine_is_busy() {
+    let _serial = serial();
+    init_tracing();
+    let gates = Gates::default();
+    let timeout = Duration::from_secs(2);
+    let config = Config { request_timeout: timeout, ..fast_config(522) };
+    let cluster = Cluster::new(config, 3, gates.factory()).expect("start");
+    let _open = OpenOnDrop(&gates);
+    let leader = wait_for_agreement(&cluster, LONG).leader;
+    let put = |v: &str| ferraft::KvCommand::Put { key: "k".into(), value: v.into() };
+    cluster.propose(put("a")).expect("applied");
+    for id in cluster.ids() {
+        gates.shut(id);
+    }
+    let mut receipt = cluster.node(leader).expect("leader").propose_async(put("b")).expect("sent");
+    let (index, _) = receipt.position(LONG).expect("appended");
+    // Each node's applier stops at the gate once it has committed `index`.
+    wait_until(LONG, "every state machine busy", || match cluster.statuses() {
+        answered if answered.is_empty() => Ok(()),
+        answered => Err(format!("{} answered", answered.len())),
+    });
+    let start = Instant::now();
+    let answered = cluster.statuses();
+    let took = start.elapsed();
+    gates.open_all();
+    assert_eq!(receipt.wait(LONG).map(|a| a.index), Ok(index));
+    assert!(answered.is_empty(), "a busy node answered: {answered:?}");
+    assert!(took <= timeout + SLACK, "statuses() took {took:?}, request_timeout {timeout:?}");
+    wait_until(LONG, "every node answers again", || match cluster.statuses().len() {
+        3 => Ok(()),
+        n => Err(format!("{n} answered")),
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sessions through kills and leader changes
 

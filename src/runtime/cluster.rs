@@ -508,15 +508,22 @@ impl<S: StateMachine> Cluster<S> {
         self.node(id)?.status(self.config.request_timeout)
     }
 
-    /// The status of every running node (failed ones included, with their failure).
+    /// The status of every running node (failed ones included, with their failure) that
+    /// answers within [`Config::request_timeout`]. Every node is asked first, then heard: a
+    /// node that does not answer (its state machine in a long `apply`) costs the wait once.
     pub fn statuses(&self) -> Vec<NodeStatus> {
-        let handles: Vec<_> = self
+        let deadline = deadline_after(self.config.request_timeout);
+        let asked: Vec<_> = self
             .slots
             .values()
             .filter_map(|s| s.running.as_ref())
-            .map(|r| r.handle.clone())
+            .filter_map(|r| {
+                let (reply, status) = bounded(1);
+                r.handle.send_by(Request::Status { reply }, Some(deadline)).ok()?;
+                Some(status)
+            })
             .collect();
-        handles.iter().filter_map(|h| h.status(self.config.request_timeout).ok()).collect()
+        asked.iter().filter_map(|status| status.recv_deadline(deadline).ok()).collect()
     }
 
     /// The running leader with the highest term, if any. The cluster's [`Client`]s learn it too.
@@ -532,6 +539,12 @@ impl<S: StateMachine> Cluster<S> {
     /// whole status waits behind the node's state machine, and a leader in a long `apply`
     /// still leads.
     fn leader_by(&self, deadline: Instant) -> Option<NodeId> {
+        self.leader_status_by(deadline).map(|core| core.id)
+    }
+
+    /// The core's status of the running leader with the highest term (see
+    /// [`Cluster::leader_by`]).
+    fn leader_status_by(&self, deadline: Instant) -> Option<crate::core::Status> {
         let asked: Vec<_> = self
             .slots
             .values()
@@ -547,10 +560,9 @@ impl<S: StateMachine> Cluster<S> {
             .iter()
             .filter_map(|status| status.recv_deadline(deadline).ok())
             .filter(|core| core.role == Role::Leader)
-            .max_by_key(|core| core.term)
-            .map(|core| core.id);
-        if let Some(id) = leader {
-            self.client.learn_leader(id);
+            .max_by_key(|core| core.term);
+        if let Some(core) = &leader {
+            self.client.learn_leader(core.id);
         }
         leader
     }
@@ -703,8 +715,9 @@ impl<S: StateMachine> Cluster<S> {
         change: MembershipChange,
         error: Error,
     ) -> Result<Configuration, Error> {
-        let Some(config) = self.leader().and_then(|l| self.status(l).ok()).map(|s| s.core.config)
-        else {
+        // NB: the leader's core alone: its whole status waits behind its state machine.
+        let leader = self.leader_status_by(deadline_after(self.config.request_timeout));
+        let Some(config) = leader.map(|core| core.config) else {
             return Err(error);
         };
         let done = match change {
