@@ -162,8 +162,9 @@ pub struct Config {
     /// node's own workers; so do commits while `apply` is slow (over 20 µs an entry in the
     /// last batch: a caller that applied them would be held past its own answer). A caller
     /// times each entry it applies and stops after the first that shows `apply` slow, or
-    /// once it has applied for 1 ms: a call with a deadline returns late by at most one
-    /// `apply` call (a lease read served on the caller's thread likewise). Protocol steps
+    /// once it has applied for 1 ms: a call with a deadline returns late by at most about
+    /// 1 ms plus one `apply` call and the reads waiting on its index (a lease read served on
+    /// the caller's thread likewise). Protocol steps
     /// and their order are unchanged; only the thread differs. Turn it off to keep
     /// [`StateMachine::apply`](crate::StateMachine::apply) and, with `help_peers`, the
     /// followers' storage calls on the nodes' own threads, and deadlines exact. Default on;

@@ -751,7 +751,7 @@ fn callers_meet_bursts_of_slow_applies(
 /// A caller blocked in `Client::propose_timeout(_, 50 ms)` may apply, on its own thread, what
 /// its wait committed (`Config::callers_help`). It times each entry and stops at the first
 /// that shows `apply` slow, leaving the rest to the node's workers, so it returns late by at
-/// most one `apply` (1 s here), never by the burst (3 s). Before that fix it judged
+/// most one `apply` (1 s here) and its 1 ms budget, never by the burst (3 s). Before that fix it judged
 /// slowness on the previous batch and applied a whole slow burst past its deadline.
 #[test]
 fn a_caller_never_applies_a_slow_burst_past_its_deadline() {
