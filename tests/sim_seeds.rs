@@ -509,6 +509,19 @@ fn a_fault_budget_below_the_window_ends_with_the_faults_seed_3999449() {
     }
 }
 
+/// Nemesis seed 5881869 (found by the twentieth session's soak): an addition of n4, retried
+/// while its removal was under way, reached the leader before the removal committed and ran
+/// after it, so the leader re-added n4 as a learner. The simulator had marked n4 removed and
+/// never restarted it (it was down since a crash mid-snapshot), so the cluster could not
+/// converge. The simulator now takes back as a member any node the leader's configuration
+/// holds again, and restarts it, as an operator would.
+#[test]
+fn a_node_re_added_after_its_removal_is_a_member_again_seed_5881869() {
+    if let Err(failure) = run(nemesis_scenario, 5_881_869) {
+        panic!("{failure}\n{}", replay_hint(5_881_869));
+    }
+}
+
 /// The determinism guard for simulator optimisations: a digest of every seed's [`RunReport`]
 /// (trace hash, trace length, stats, ops, commit index, verdict; or the failure's text) for
 /// `FERRAFT_DIGEST_SEEDS` seeds (default 300) of the sweep and of the nemesis scenario, plus

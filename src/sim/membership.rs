@@ -196,6 +196,28 @@ impl<S: StateMachine> Simulator<S> {
         }
     }
 
+    /// Takes back, as a member, a node marked removed that the leader's configuration holds
+    /// again, and restarts it if it is down. An addition of the same id, handed to a leader
+    /// before the removal committed, can be run by that leader after it (the simulator voids
+    /// only the attempts it has not handed over yet): the node is then a learner again, and
+    /// a real operator keeps it running (found by the soak: nemesis seed 5881869).
+    pub(crate) fn readmit_re_added(&mut self) -> Result<(), FaultError> {
+        let Some(leader) = self.leader() else { return Ok(()) };
+        let Some(core) = self.core(leader) else { return Ok(()) };
+        let readmitted: Vec<NodeId> = core
+            .config()
+            .members()
+            .into_iter()
+            .filter(|id| self.nodes.get(id).is_some_and(|n| n.removed))
+            .collect();
+        for id in readmitted {
+            self.note(format!("{id} is in {leader}'s configuration again: a member"));
+            self.nodes.get_mut(&id).expect("filtered above").removed = false;
+            self.restart(id)?;
+        }
+        Ok(())
+    }
+
     /// After a step of `id`: counts a removed node, holding its own removal in its log, that
     /// started an election (thesis §4.2.3: it must not disrupt the cluster, issue 12).
     pub(crate) fn watch_removed(

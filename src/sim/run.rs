@@ -286,6 +286,9 @@ impl<S: StateMachine> Simulator<S> {
         let deadline = self.last_delivery.max(self.now) + micros(self.config.quiet_phase);
         loop {
             self.run_for(CONVERGENCE_POLL)?;
+            if let Err(e) = self.readmit_re_added() {
+                return Err(self.fail(FailureKind::Fault(e)));
+            }
             match self.convergence() {
                 Ok(commit) => return Ok(commit),
                 Err(why) if self.now >= deadline => {
