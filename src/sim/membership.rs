@@ -207,7 +207,6 @@ impl<S: StateMachine> Simulator<S> {
         let readmitted: Vec<NodeId> = core
             .config()
             .members()
-            .into_iter()
             .filter(|id| self.nodes.get(id).is_some_and(|n| n.removed))
             .collect();
         for id in readmitted {
