@@ -116,6 +116,12 @@ impl StorageError {
     }
 }
 
+/// What a store that cannot be read back asks of its operator, if no backup exists: a node
+/// that restarted empty under its old id would have forgotten its votes and its log, and as
+/// a voter could help elect a leader that lacks committed entries (Raft keeps a majority's
+/// memory, not any one node's).
+const REPLACE: &str = "replace the node: remove it from the cluster, then add it back under a new id with an empty directory (never restart a voter with an empty directory under its old id: it forgets its votes and log, and can help elect a leader that lacks committed entries)";
+
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -145,40 +151,40 @@ impl fmt::Display for StorageError {
             ),
             StorageError::BadIdentity { path, why } => write!(
                 f,
-                "identity file {}: {why}; restore it from a backup, or start this node from an empty directory",
+                "identity file {}: {why}; restore it from a backup, or {REPLACE}",
                 path.display()
             ),
             StorageError::FirstSegmentMissing { dir, earliest } => match earliest {
                 Some(first) => write!(
                     f,
-                    "the log in {} lost its first segment: {} does not start from a checkpoint; restore the missing segments, or wipe the directory and let the node catch up from the leader",
+                    "the log in {} lost its first segment: {} does not start from a checkpoint; restore the missing segments, or {REPLACE}",
                     dir.display(),
                     first.display()
                 ),
                 None => write!(
                     f,
-                    "the log in {} has no segments although the directory was initialised; restore them, or wipe the directory and let the node catch up from the leader",
+                    "the log in {} has no segments although the directory was initialised; restore them, or {REPLACE}",
                     dir.display()
                 ),
             },
             StorageError::MissingSegment { path } => write!(
                 f,
-                "segment {} is missing between two others; restore it, or wipe the directory and let the node catch up from the leader",
+                "segment {} is missing between two others; restore it, or {REPLACE}",
                 path.display()
             ),
             StorageError::Corrupt { path, offset, why } => write!(
                 f,
-                "{} is corrupt at byte {offset}: {why}; the node will not guess what it lost: restore the file, or wipe the directory and let the node catch up from the leader",
+                "{} is corrupt at byte {offset}: {why}; the node will not guess what it lost: restore the file, or {REPLACE}",
                 path.display()
             ),
             StorageError::Contradiction { path, offset, why } => write!(
                 f,
-                "{} at byte {offset}: the hard state contradicts the log ({why}); restore the directory, or wipe it and let the node catch up from the leader",
+                "{} at byte {offset}: the hard state contradicts the log ({why}); restore the directory, or {REPLACE}",
                 path.display()
             ),
             StorageError::MissingSnapshot { path } => write!(
                 f,
-                "snapshot file {} is missing; restore it, or wipe the directory and let the node catch up from the leader",
+                "snapshot file {} is missing; restore it, or {REPLACE}",
                 path.display()
             ),
             StorageError::Failed { dir, why } => write!(
@@ -218,5 +224,35 @@ impl From<StorageError> for io::Error {
             _ => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that cannot be read back never advises restarting the node empty under its
+    /// old id (unsafe for a voter: found by an audit, which lost an acknowledged write that
+    /// way); it advises a backup, or replacing the node under a new id.
+    #[test]
+    fn unreadable_stores_advise_replacing_the_node_not_restarting_it_empty() {
+        let path = PathBuf::from("/data/n2/seg-1");
+        let dir = PathBuf::from("/data/n2");
+        let why = "bad".to_owned();
+        let errors = [
+            StorageError::BadIdentity { path: path.clone(), why: why.clone() },
+            StorageError::FirstSegmentMissing { dir: dir.clone(), earliest: Some(path.clone()) },
+            StorageError::FirstSegmentMissing { dir, earliest: None },
+            StorageError::MissingSegment { path: path.clone() },
+            StorageError::Corrupt { path: path.clone(), offset: 7, why: why.clone() },
+            StorageError::Contradiction { path: path.clone(), offset: 7, why },
+            StorageError::MissingSnapshot { path },
+        ];
+        for error in errors {
+            let text = error.to_string();
+            assert!(text.contains("restore"), "{text}");
+            assert!(text.contains("under a new id"), "{text}");
+            assert!(!text.contains("wipe") && !text.contains("catch up"), "{text}");
+        }
     }
 }
