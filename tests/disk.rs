@@ -515,6 +515,21 @@ fn a_locked_data_dir_is_refused_in_this_process_and_by_a_second_cluster() {
     running.shutdown();
 }
 
+/// The lock is on the directory itself too: deleting a `LOCK` file thought stale does not let
+/// a second store into a directory an open one is writing (found by an audit).
+#[cfg(unix)]
+#[test]
+fn a_removed_lock_file_does_not_let_a_second_store_in() {
+    let dir = TempDir::new("disk-lock-removed");
+    let first = open_at(&dir.0, ME, DiskOptions::default()).expect("first open");
+    std::fs::remove_file(dir.0.join("LOCK")).expect("the LOCK file exists");
+    let error = open_at(&dir.0, ME, DiskOptions::default()).expect_err("still locked");
+    assert!(matches!(error, StorageError::Locked { .. }), "{error}");
+    names(&error, &dir.0);
+    drop(first);
+    drop(open_at(&dir.0, ME, DiskOptions::default()).expect("free again once closed"));
+}
+
 #[test]
 fn a_directory_of_another_cluster_or_node_is_refused() {
     let dir = TempDir::new("disk-identity");

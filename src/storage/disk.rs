@@ -7,7 +7,8 @@
 //! ```text
 //! IDENTITY                 "ferraft node v2", the cluster id and the node id; checked on open
 //!                          (v1: segments not pre-zeroed; read alike and upgraded on open)
-//! LOCK                     held (flock) while a store has the directory open
+//! LOCK                     held (flock) while a store has the directory open, as is the
+//!                          directory itself (Unix): deleting LOCK does not free it
 //! wal-<seq>.log            segments, seq = 1, 2, ... without gaps; the last one is written to
 //! next.wal.tmp             the next segment being prepared (zeros); deleted on open
 //! snap-<index>.snap        the latest snapshot, named by its last included index
@@ -151,7 +152,7 @@ pub struct DiskStorage<C> {
     dir: PathBuf,
     options: DiskOptions,
     /// Held for the store's life: the directory's lock.
-    _lock: File,
+    _lock: DirLock,
     /// What `load` returns: everything written so far.
     state: PersistentState<C>,
     /// The segment being written to, its sequence number and the write offset in it (the
@@ -279,7 +280,7 @@ where
     /// A brand-new directory: segment 1 with the bootstrap checkpoint, then the identity.
     fn create(
         dir: PathBuf,
-        lock: File,
+        lock: DirLock,
         identity: NodeIdentity,
         bootstrap: &Configuration,
         options: DiskOptions,
@@ -317,7 +318,7 @@ where
     /// segment for writing.
     fn resume(
         dir: PathBuf,
-        lock: File,
+        lock: DirLock,
         listing: Listing,
         recovered: Recovered<C>,
         options: DiskOptions,
@@ -606,7 +607,36 @@ fn prepare_dir(dir: &Path) -> Result<(), StorageError> {
     fs::create_dir_all(dir).map_err(|e| StorageError::io(dir, "create", e))
 }
 
-fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+/// A store's hold on its directory: a lock on the directory itself (Unix), which deleting
+/// its files cannot undo (an operator who removes a `LOCK` file thought stale let a second
+/// server write a running one's directory: found by an audit), and one on its `LOCK` file
+/// (every platform).
+struct DirLock {
+    #[cfg(unix)]
+    _dir: File,
+    _file: File,
+}
+
+fn lock_dir(dir: &Path) -> Result<DirLock, StorageError> {
+    #[cfg(unix)]
+    let dir_lock = {
+        let handle = File::open(dir).map_err(|e| StorageError::io(dir, "open", e))?;
+        match handle.try_lock() {
+            Ok(()) => handle,
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::Locked { path: dir.to_path_buf() })
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(StorageError::io(dir, "lock", e)),
+        }
+    };
+    Ok(DirLock {
+        #[cfg(unix)]
+        _dir: dir_lock,
+        _file: lock_file(dir)?,
+    })
+}
+
+fn lock_file(dir: &Path) -> Result<File, StorageError> {
     let path = dir.join(LOCK);
     let file = OpenOptions::new()
         .create(true)

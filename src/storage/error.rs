@@ -27,7 +27,7 @@ pub enum StorageError {
     },
     /// Another store (in this or another process) holds the directory's lock.
     Locked {
-        /// The lock file.
+        /// The directory, or its lock file.
         path: PathBuf,
     },
     /// The directory belongs to another cluster or another node.
