@@ -20,8 +20,11 @@
 //!
 //! `--data DIR`: the node keeps its log, hard state and snapshots in `DIR` (a `DiskStorage`
 //! stamped with the cluster id and node id, synced on every step), so a killed process restarts
-//! from what it persisted. Without it the node keeps its state in memory: a restarted process
-//! starts empty and catches up from the leader.
+//! from what it persisted. Without it the node keeps its state in memory, for trying things
+//! out only: a restarted process starts empty, having forgotten its votes and log, and with
+//! one more node down that can elect a leader that lacks committed writes. A node whose
+//! directory is lost is replaced (removed, then added back under a new id with `--join`),
+//! never restarted empty under its old id.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
