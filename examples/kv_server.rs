@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! kv_server --id 1 --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 \
-//!           [--cluster-id 1] [--secret S] [--data DIR] [--join]
+//!           [--cluster-id 1] [--secret S] [--data DIR [--bootstrap]] [--join]
 //! ```
 //!
 //! Membership across processes: start a new process with `--join` and `--peers` listing the
@@ -20,7 +20,11 @@
 //!
 //! `--data DIR`: the node keeps its log, hard state and snapshots in `DIR` (a `DiskStorage`
 //! stamped with the cluster id and node id, synced on every step), so a killed process restarts
-//! from what it persisted. Without it the node keeps its state in memory, for trying things
+//! from what it persisted. A directory that holds no store yet is created only when asked:
+//! with `--bootstrap` (the cluster's first start: each node begins as a voter of `--peers`) or
+//! with `--join` (a new node under a new id). Without either the server refuses it, since a
+//! voter restarted empty under its old id (its directory wiped or lost) has forgotten its
+//! votes and log and can help elect a leader that lacks acknowledged writes. Without it the node keeps its state in memory, for trying things
 //! out only: a restarted process starts empty, having forgotten its votes and log, and with
 //! one more node down that can elect a leader that lacks committed writes. A node whose
 //! directory is lost is replaced (removed, then added back under a new id with `--join`),
@@ -55,15 +59,19 @@ struct Args {
     join: bool,
 }
 
-const USAGE: &str = "usage: kv_server --id N --peers 1=HOST:PORT,2=HOST:PORT,... [--cluster-id N] [--secret S] [--data DIR] [--join]";
+const USAGE: &str = "usage: kv_server --id N --peers 1=HOST:PORT,2=HOST:PORT,... [--cluster-id N] [--secret S] [--data DIR [--bootstrap]] [--join]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let (mut id, mut peers, mut cluster_id, mut secret, mut data) = (None, None, 1, None, None);
-    let mut join = false;
+    let (mut join, mut bootstrap) = (false, false);
     while let Some(flag) = args.next() {
         if flag == "--join" {
             join = true;
+            continue;
+        }
+        if flag == "--bootstrap" {
+            bootstrap = true;
             continue;
         }
         let value = args.next().ok_or(format!("{flag} needs a value\n{USAGE}"))?;
@@ -88,6 +96,21 @@ fn parse_args() -> Result<Args, String> {
         return Err(format!(
             "--peers has no address for this node's id {id}; list every node, this one included"
         ));
+    }
+    if join && bootstrap {
+        return Err("--join (a new node) and --bootstrap (a new cluster) exclude each other".into());
+    }
+    if let Some(dir) = &data {
+        // NB: a path that is not a directory, or not readable, is the store's to report.
+        let fresh = !dir.exists()
+            || (dir.is_dir()
+                && std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none()));
+        if fresh && !join && !bootstrap {
+            return Err(format!(
+                "{} holds no store: pass --bootstrap on the cluster's first start, or --join for a new node under a new id. If this node's directory was wiped or lost, replace the node (remove it, add it back under a new id with --join): restarted empty under its old id it would have forgotten its votes and log",
+                dir.display()
+            ));
+        }
     }
     Ok(Args { id, peers, cluster_id, secret, data, join })
 }

@@ -64,7 +64,7 @@ impl Servers {
         ));
         let mut servers = Servers { binary, data, peers, children: BTreeMap::new() };
         for id in 1..=n {
-            servers.spawn(id);
+            servers.spawn_with(id, &["--bootstrap"]); // the cluster's first start
         }
         servers
     }
@@ -257,12 +257,17 @@ fn the_server_refuses_bad_command_lines_with_a_reason() {
     }
     let _remove = Remove(file.clone());
     let file_arg = file.to_string_lossy().into_owned();
-    let cases: [(&[&str], i32, &str); 5] = [
+    let missing = std::env::temp_dir().join(format!("ferraft-no-store-{}", std::process::id()));
+    let missing_arg = missing.to_string_lossy().into_owned();
+    let cases: [(&[&str], i32, &str); 7] = [
         (&["--peers", &peers], 2, "--id is required"),
         (&["--id", "x", "--peers", &peers], 2, "not a number"),
         (&["--id", "2", "--peers", &peers], 2, "no address for this node's id n2"),
         (&["--id", "1", "--peers", "1=nowhere"], 2, "--peers item 1=nowhere"),
         (&["--id", "1", "--peers", &peers, "--data", &file_arg], 1, "not a directory"),
+        // A directory with no store: a first start says so, a voter wiped must be replaced.
+        (&["--id", "1", "--peers", &peers, "--data", &missing_arg], 2, "holds no store"),
+        (&["--id", "1", "--peers", &peers, "--join", "--bootstrap"], 2, "exclude each other"),
     ];
     for (args, code, reason) in cases {
         let out = Command::new(&binary).args(args).output().expect("run kv_server");
@@ -270,4 +275,5 @@ fn the_server_refuses_bad_command_lines_with_a_reason() {
         assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
+    assert!(!missing.exists(), "a refused server created its directory");
 }

@@ -178,7 +178,8 @@ impl Servers {
                     .args(["--id", &id.to_string(), "--peers", &list.join(",")])
                     .args(["--cluster-id", &CLUSTER.to_string()]);
                 if let Some(dir) = data {
-                    server.arg("--data").arg(dir.join(format!("n{id}")));
+                    // NB: a fresh directory each run: the cluster's first start.
+                    server.arg("--data").arg(dir.join(format!("n{id}"))).arg("--bootstrap");
                 }
                 server.stdout(Stdio::null()).spawn().expect("start kv_server")
             })
