@@ -548,7 +548,7 @@ fn run_clients_from(
             let addrs = addrs.clone();
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                let mut conn = Conn::new(addrs, seed ^ (c as u64 + 1) * 0x9e37);
+                let mut conn = Conn::new(addrs, seed ^ ((c as u64 + 1) * 0x9e37));
                 let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(c as u64));
                 let mut ops = Vec::new();
                 let session = session_register(&mut conn, Instant::now() + DEADLINE);
@@ -826,7 +826,7 @@ fn run_put_clients(
             let addrs = addrs.clone();
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                let mut conn = Conn::new(addrs, seed ^ (c as u64 + 1) * 0x51);
+                let mut conn = Conn::new(addrs, seed ^ ((c as u64 + 1) * 0x51));
                 let mut rng = SmallRng::seed_from_u64(seed.wrapping_add(100 + c as u64));
                 let mut ops = Vec::new();
                 let mut i = 0;
@@ -986,8 +986,8 @@ fn put_example(servers: &Servers, key: &str, value: &str) {
     }
 }
 
-/// 3. A second server on a running server's directory is refused with the lock error (and the
-/// first keeps its data); a directory of another cluster or another node id is refused.
+/// (3.) A second server on a running server's directory is refused with the lock error (and
+/// the first keeps its data); a directory of another cluster or another node id is refused.
 #[test]
 fn directories_are_locked_and_stamped() {
     let _s = serial();
@@ -1245,8 +1245,11 @@ fn attach_strace(servers: &Servers) -> Option<Traced> {
     Some(traced)
 }
 
+/// One traced system call: (time, name, arguments, duration).
+type Call = (f64, String, String, Option<f64>);
+
 /// One line of strace output: (time, syscall, the rest), resumed lines joined to their start.
-fn strace_calls(text: &str) -> Vec<(f64, String, String, Option<f64>)> {
+fn strace_calls(text: &str) -> Vec<Call> {
     let mut calls: Vec<(f64, String, String, Option<f64>)> = Vec::new();
     let mut open: HashMap<(String, String), usize> = HashMap::new(); // (tid, syscall) -> index
     for line in text.lines() {
@@ -1321,7 +1324,7 @@ fn acknowledged_writes_are_fsynced_on_a_majority_before_the_ack() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let nodes: Vec<Vec<(f64, String, String, Option<f64>)>> =
+    let nodes: Vec<Vec<Call>> =
         traced.files.iter().map(|f| strace_calls(&std::fs::read_to_string(f).unwrap())).collect();
     let mut bad = Vec::new();
     let mut checked = 0;
@@ -1377,8 +1380,9 @@ fn acknowledged_writes_are_fsynced_on_a_majority_before_the_ack() {
     drop(tracers);
 }
 
-/// 3. One node in a crash loop: the same node (the leader whenever there is one, else node 1)
-/// SIGKILLed 30 times after 50-400 ms of life each, under load, with snapshots every 10 entries.
+/// (3.) One node in a crash loop: the same node (the leader whenever there is one, else the
+/// first) SIGKILLed 30 times after 50-400 ms of life each, under load, with snapshots every
+/// 10 entries.
 #[test]
 fn one_node_in_a_fast_crash_loop() {
     let _s = serial();
