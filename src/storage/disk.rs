@@ -191,6 +191,12 @@ where
     /// starts from `bootstrap` (ignored when the directory already holds a log). Replays the
     /// log: a torn last record is truncated away (with a warning); anything else wrong is a
     /// [`StorageError`] naming the file and offset.
+    ///
+    /// An empty directory looks the same whether this is the node's first start or its
+    /// directory was wiped or lost. Create a store only when the operator says it is a first
+    /// start (or a new node under a new id), as the `kv_server` example does with
+    /// `--bootstrap` and `--join`: a voter restarted empty under its old id has forgotten
+    /// its votes and log, and can help elect a leader that lacks committed entries.
     pub fn open(
         dir: impl AsRef<Path>,
         identity: NodeIdentity,
