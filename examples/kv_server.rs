@@ -24,11 +24,13 @@
 //! with `--bootstrap` (the cluster's first start: each node begins as a voter of `--peers`) or
 //! with `--join` (a new node under a new id). Without either the server refuses it, since a
 //! voter restarted empty under its old id (its directory wiped or lost) has forgotten its
-//! votes and log and can help elect a leader that lacks acknowledged writes. Without it the node keeps its state in memory, for trying things
-//! out only: a restarted process starts empty, having forgotten its votes and log, and with
-//! one more node down that can elect a leader that lacks committed writes. A node whose
+//! votes and log and can help elect a leader that lacks acknowledged writes. A node whose
 //! directory is lost is replaced (removed, then added back under a new id with `--join`),
 //! never restarted empty under its old id.
+//!
+//! Without `--data` the node keeps its state in memory, for trying things out only: a
+//! restarted process starts empty, having forgotten its votes and log, and with one more node
+//! down that can elect a leader that lacks committed writes.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
