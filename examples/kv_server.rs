@@ -10,8 +10,8 @@
 //! `kv_client add ID HOST:PORT`: the leader first writes `__peer/ID = HOST:PORT` through the log,
 //! so every server learns the address as it applies it (into the transport's address book),
 //! then adds the node as a learner and promotes it once caught up. `kv_client remove ID` removes
-//! one; stop its process afterwards. (Addresses learnt this way are not rebuilt from a
-//! snapshot on restart; a restarted server knows those in its `--peers`.)
+//! one; stop its process afterwards. The addresses live in the store, so a server restarted
+//! from a snapshot learns them again from it, beside those in its `--peers`.
 //!
 //! The node listens on its own entry in `--peers`. Clients (`kv_client`) connect to the same
 //! port with a client handshake (see `common/kv_wire.rs`); a node that does not lead answers
