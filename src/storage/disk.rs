@@ -14,6 +14,10 @@
 //! snap-<index>.snap        the latest snapshot, named by its last included index
 //! ```
 //!
+//! [`DiskStorage::factory`] keeps one such directory per node, `n<id>`, in a cluster
+//! directory that also holds `CLUSTER` (the cluster's id) and `NODES` (the nodes it created,
+//! one id per line, so a wiped node directory is told from a new one).
+//!
 //! Writes are encoded into one reusable buffer and reach the file in one `pwrite` per
 //! [`Storage::sync`], at the write offset, which then `fdatasync`s (group commit: the driver
 //! syncs once per step). **Segments are pre-zeroed**: a segment is filled with zeros to
@@ -31,12 +35,13 @@
 //! The store keeps a copy of the persistent state in memory (what `load` returns and what a
 //! checkpoint writes), so it never reads its files after opening them.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::marker::PhantomData;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -51,6 +56,8 @@ use crate::types::{LogIndex, NodeId, Term};
 const IDENTITY: &str = "IDENTITY";
 const LOCK: &str = "LOCK";
 const CLUSTER: &str = "CLUSTER";
+/// In a cluster directory ([`DiskStorage::factory`]): the ids of the nodes it created.
+const NODES: &str = "NODES";
 const IDENTITY_MAGIC: &str = "ferraft node v2";
 /// The identity line of directories written before segments were pre-zeroed.
 const IDENTITY_MAGIC_V1: &str = "ferraft node v1";
@@ -195,8 +202,9 @@ where
     /// An empty directory looks the same whether this is the node's first start or its
     /// directory was wiped or lost. Create a store only when the operator says it is a first
     /// start (or a new node under a new id), as the `kv_server` example does with
-    /// `--bootstrap` and `--join`: a voter restarted empty under its old id has forgotten
-    /// its votes and log, and can help elect a leader that lacks committed entries.
+    /// `--bootstrap` and `--join`, and [`DiskStorage::factory`] with its list of the nodes it
+    /// created: a voter restarted empty under its old id has forgotten its votes and log,
+    /// and can help elect a leader that lacks committed entries.
     pub fn open(
         dir: impl AsRef<Path>,
         identity: NodeIdentity,
@@ -233,6 +241,12 @@ where
     /// A storage factory for [`crate::ClusterBuilder::storage`]: node `id` lives in
     /// `dir/n<id>`, and `dir/CLUSTER` holds the cluster's id (drawn at random the first time).
     /// Restarting a node, or a whole cluster in a new process, reopens the same directories.
+    ///
+    /// `dir/NODES` lists the nodes whose directories the factory created, so it tells a
+    /// first start from a wiped one: a node it created before whose directory now holds no
+    /// store is refused with [`StorageError::Lost`] (a voter restarted empty under its old id
+    /// can help elect a leader that lacks committed entries), while an id it never created
+    /// gets a new directory.
     pub fn factory(
         dir: impl Into<PathBuf>,
     ) -> impl Fn(NodeId, &Configuration) -> io::Result<DiskStorage<C>> + Send + Sync + 'static {
@@ -245,10 +259,24 @@ where
         options: DiskOptions,
     ) -> impl Fn(NodeId, &Configuration) -> io::Result<DiskStorage<C>> + Send + Sync + 'static {
         let dir = dir.into();
+        // NB: one start at a time reads and extends the list of created nodes.
+        let created = Mutex::new(());
         move |id, bootstrap| {
+            let _one = created.lock().unwrap_or_else(|p| p.into_inner());
             let cluster = cluster_id(&dir)?;
             let identity = NodeIdentity { cluster, node: id };
-            Ok(DiskStorage::open(node_dir(&dir, id), identity, bootstrap, options)?)
+            let mut nodes = created_nodes(&dir)?;
+            let node_dir = node_dir(&dir, id);
+            if nodes.contains(&id) && !holds_store(&node_dir)? {
+                return Err(StorageError::Lost { dir: node_dir, node: id }.into());
+            }
+            let store = DiskStorage::open(&node_dir, identity, bootstrap, options)?;
+            // NB: recorded once its store exists: a start cut short before leaves the id
+            // unrecorded, so the next start creates the directory again instead of refusing it.
+            if nodes.insert(id) {
+                record_created_nodes(&dir, &nodes)?;
+            }
+            Ok(store)
         }
     }
 
@@ -774,6 +802,60 @@ fn cluster_id(dir: &Path) -> Result<u64, StorageError> {
         }
         Err(e) => Err(StorageError::io(path, "read", e)),
     }
+}
+
+/// The nodes a cluster directory's factory created (`NODES`). A directory written before
+/// the list existed gets one, naming every node directory that holds a store.
+fn created_nodes(dir: &Path) -> Result<BTreeSet<NodeId>, StorageError> {
+    let path = dir.join(NODES);
+    match fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .map(|line| line.trim().parse().map(NodeId))
+            .collect::<Result<_, _>>()
+            .map_err(|_| StorageError::BadNodeList { path: path.clone() }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let mut nodes = BTreeSet::new();
+            let entries = fs::read_dir(dir).map_err(|e| StorageError::io(dir, "read", e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| StorageError::io(dir, "read", e))?;
+                let name = entry.file_name();
+                let id = name.to_str().and_then(|n| n.strip_prefix('n')?.parse().ok());
+                if let Some(id) = id.filter(|_| entry.path().is_dir()) {
+                    if holds_store(&entry.path())? {
+                        nodes.insert(NodeId(id));
+                    }
+                }
+            }
+            record_created_nodes(dir, &nodes)?;
+            Ok(nodes)
+        }
+        Err(e) => Err(StorageError::io(path, "read", e)),
+    }
+}
+
+fn record_created_nodes(dir: &Path, nodes: &BTreeSet<NodeId>) -> Result<(), StorageError> {
+    let text: String = nodes.iter().map(|id| format!("{}\n", id.0)).collect();
+    write_atomically(dir, NODES, text.as_bytes())
+}
+
+/// Whether a node directory holds anything of a store: its identity file, a segment or a
+/// snapshot. (What it holds is for [`DiskStorage::open`] to judge.)
+fn holds_store(dir: &Path) -> Result<bool, StorageError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(StorageError::io(dir, "read", e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io(dir, "read", e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == IDENTITY || name.starts_with("wal-") || name.starts_with("snap-") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Writes `name` whole or not at all: a temp file, fsync'd, renamed, the directory fsync'd.

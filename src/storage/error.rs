@@ -95,6 +95,19 @@ pub enum StorageError {
         /// What is wrong, naming the field.
         why: String,
     },
+    /// A node directory holds no store although its cluster directory created it before
+    /// (`NODES` in [`super::DiskStorage::factory`]'s directory lists it): it was wiped or lost.
+    Lost {
+        /// The node's directory.
+        dir: PathBuf,
+        /// The node.
+        node: NodeId,
+    },
+    /// A cluster directory's list of the nodes it created (`NODES`) does not parse.
+    BadNodeList {
+        /// The list.
+        path: PathBuf,
+    },
     /// The identity file declares an on-disk format this build does not read (a newer one).
     UnsupportedFormat {
         /// The identity file.
@@ -193,6 +206,16 @@ impl fmt::Display for StorageError {
                 dir.display()
             ),
             StorageError::BadOptions { why } => write!(f, "bad disk options: {why}"),
+            StorageError::BadNodeList { path } => write!(
+                f,
+                "{} does not parse (one node id per line): restore it from a backup, or delete it and it is written again, listing the node directories that hold a store",
+                path.display()
+            ),
+            StorageError::Lost { dir, node } => write!(
+                f,
+                "{} holds no store, although node {node} was created there before: its directory was wiped or lost; restore it from a backup, or {REPLACE}",
+                dir.display()
+            ),
             StorageError::UnsupportedFormat { path, found } => write!(
                 f,
                 "{} declares on-disk format {found}, but this build reads v1 and v2: run a newer ferraft on this directory",
@@ -218,9 +241,9 @@ impl From<StorageError> for io::Error {
             StorageError::NotADirectory { .. } => io::ErrorKind::NotADirectory,
             StorageError::Locked { .. } => io::ErrorKind::WouldBlock,
             StorageError::BadOptions { .. } => io::ErrorKind::InvalidInput,
-            StorageError::MissingSegment { .. } | StorageError::MissingSnapshot { .. } => {
-                io::ErrorKind::NotFound
-            }
+            StorageError::MissingSegment { .. }
+            | StorageError::MissingSnapshot { .. }
+            | StorageError::Lost { .. } => io::ErrorKind::NotFound,
             _ => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, error)
@@ -247,6 +270,7 @@ mod tests {
             StorageError::Corrupt { path: path.clone(), offset: 7, why: why.clone() },
             StorageError::Contradiction { path: path.clone(), offset: 7, why },
             StorageError::MissingSnapshot { path },
+            StorageError::Lost { dir: PathBuf::from("/data/n2"), node: NodeId(2) },
         ];
         for error in errors {
             let text = error.to_string();
