@@ -183,6 +183,30 @@ fn a_wiped_node_directory_is_refused_on_restart_and_no_committed_write_is_lost()
     cluster.shutdown();
 }
 
+/// A cluster started again from its directory with the ids it first started with, after
+/// its membership changed (`.nodes(3)` where the configuration is now n2, n3, n4):
+/// `add_node` hands out an id no configuration has, where it used to hand out n4, hear
+/// `AlreadyMember` and then remove that voter as its clean-up (found by an embedding review).
+#[test]
+fn add_node_after_a_reopen_with_stale_ids_hands_out_a_fresh_id_and_removes_no_one() {
+    let _serial = serial();
+    let dir = TempDir::new("disk-stale-ids");
+    let mut cluster = disk_cluster(37, 3, &dir.0);
+    let added = cluster.add_node().expect("n4");
+    cluster.remove_node(NodeId(1)).expect("remove n1");
+    cluster.shutdown();
+
+    let mut cluster = disk_cluster(38, 3, &dir.0); // n1, n2, n3 as at first; n4 not started
+    let fresh = cluster.add_node().expect("a fresh node");
+    assert!(fresh.0 > added.0, "add_node handed out {fresh}, the configuration has {added}");
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let config = cluster.status(leader).expect("status").core.config;
+    assert!(config.voters.contains(&added) && config.voters.contains(&fresh), "{config:?}");
+    assert!(matches!(cluster.status(added), Err(Error::UnknownNode(id)) if id == added));
+    cluster.propose(append("k", "v;")).expect("a write");
+    cluster.shutdown();
+}
+
 /// `dir/NODES` lists the node directories the factory created. A list that is missing (a
 /// directory from before it existed) is written again from the node directories that hold a
 /// store; a node whose store exists but is not listed (a start cut short after creating it)

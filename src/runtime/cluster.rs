@@ -13,7 +13,7 @@
 //! for it (no slot, and the default storage drops its store; a user's storage hears of it
 //! through [`ClusterBuilder::on_removed`]). Calls naming a retired id get `NotMember`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -206,7 +206,7 @@ impl<S: StateMachine> ClusterBuilder<S> {
         let next_id = self.ids.iter().map(|id| id.0).max().unwrap_or(0) + 1;
         let mut cluster = Cluster {
             next_id,
-            first_added: next_id,
+            added: BTreeSet::new(),
             started_with: local.clone(),
             client: Client::new(self.config.request_timeout, retry_pause),
             peers: Peers::default(),
@@ -281,10 +281,11 @@ pub struct Cluster<S: StateMachine> {
     router: Arc<Router<S::Command>>,
     /// A slot per node started and not retired.
     slots: BTreeMap<NodeId, Slot<S>>,
-    /// The ids this process started with; with `first_added..next_id` (the ids `add_node`
-    /// handed out), every id it ever had: those without a slot are retired.
+    /// The ids this process started with; with `added` (the ids `add_node` handed out),
+    /// every id it ever had: those without a slot are retired.
     started_with: Vec<NodeId>,
-    first_added: u64,
+    added: BTreeSet<NodeId>,
+    /// Where `add_node` looks for a fresh id.
     next_id: u64,
     client: Client<S>,
     /// The running nodes: a leader among them runs steps for the others when idle.
@@ -393,8 +394,7 @@ impl<S: StateMachine> Cluster<S> {
     /// Why there is no slot for `id`: `NotMember` if it was retired, `UnknownNode` if this
     /// cluster never had it.
     fn missing(&self, id: NodeId) -> Error {
-        let added = (self.first_added..self.next_id).contains(&id.0);
-        if added || self.started_with.contains(&id) {
+        if self.added.contains(&id) || self.started_with.contains(&id) {
             Error::NotMember(id)
         } else {
             Error::UnknownNode(id)
@@ -545,6 +545,21 @@ impl<S: StateMachine> Cluster<S> {
     /// The core's status of the running leader with the highest term (see
     /// [`Cluster::leader_by`]).
     fn leader_status_by(&self, deadline: Instant) -> Option<crate::core::Status> {
+        let leader = self
+            .core_statuses_by(deadline)
+            .into_iter()
+            .filter(|core| core.role == Role::Leader)
+            .max_by_key(|core| core.term);
+        if let Some(core) = &leader {
+            self.client.learn_leader(core.id);
+        }
+        leader
+    }
+
+    /// The core's status of every running node that has not failed and answers by
+    /// `deadline` (its loop answers, even while its state machine is busy). Every node is
+    /// asked first, then heard.
+    fn core_statuses_by(&self, deadline: Instant) -> Vec<crate::core::Status> {
         let asked: Vec<_> = self
             .slots
             .values()
@@ -556,15 +571,7 @@ impl<S: StateMachine> Cluster<S> {
                 Some(status)
             })
             .collect();
-        let leader = asked
-            .iter()
-            .filter_map(|status| status.recv_deadline(deadline).ok())
-            .filter(|core| core.role == Role::Leader)
-            .max_by_key(|core| core.term);
-        if let Some(core) = &leader {
-            self.client.learn_leader(core.id);
-        }
-        leader
+        asked.iter().filter_map(|status| status.recv_deadline(deadline).ok()).collect()
     }
 
     /// Waits until some node leads, up to `timeout`.
@@ -619,11 +626,23 @@ impl<S: StateMachine> Cluster<S> {
     /// Adds a new node (a fresh id, never reused): it joins as a learner, catches up, and is
     /// promoted to voter. Waits until the change commits or fails.
     pub fn add_node(&mut self) -> Result<NodeId, Error> {
+        // NB: a cluster started again from its directory with fewer ids than its
+        // configuration now holds (say `.nodes(3)` after n4 was added) must not hand out an
+        // id a configuration already has: found by an embedding review.
+        let deadline = deadline_after(self.config.request_timeout);
+        let configured = self.core_statuses_by(deadline).into_iter().flat_map(|core| {
+            let config = core.config;
+            config.voters.into_iter().chain(config.learners).map(|id| id.0)
+        });
+        if let Some(highest) = configured.max() {
+            self.next_id = self.next_id.max(highest.saturating_add(1));
+        }
         let id = NodeId(self.next_id);
         if id.0 == u64::MAX {
             return Err(ConfigError::ReservedNodeId(id).into());
         }
         self.next_id += 1;
+        self.added.insert(id);
         self.slots.insert(id, Slot::new(Configuration::default()));
         if let Err(e) = self.spawn(id) {
             self.retire(id);
@@ -633,8 +652,9 @@ impl<S: StateMachine> Cluster<S> {
         match self.change_membership_timeout(MembershipChange::AddNode(id), timeout) {
             Ok(_) => Ok(id),
             Err(e) => {
-                // Best effort: do not leave a learner nobody will promote in the configuration.
-                if !matches!(e, Error::CatchUpFailed(_)) {
+                // Best effort: do not leave a learner nobody will promote in the configuration
+                // (never when the configuration had the id already: that member is not ours).
+                if !matches!(e, Error::CatchUpFailed(_) | Error::AlreadyMember(_)) {
                     let _ = self.change_membership(MembershipChange::RemoveNode(id));
                 }
                 let _ = self.kill(id);
