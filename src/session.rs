@@ -24,7 +24,7 @@
 //! alike, and the window's floor is in the snapshot. [`Session`] never has more than
 //! `max_responses` commands in flight unless its clones do, together.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -320,10 +320,12 @@ where
     }
 }
 
+/// A session's numbers: the next one `propose` takes, and those in flight (with how many
+/// calls have each: a number retried from two threads at once stays pending until both end).
 #[derive(Default)]
 struct Numbers {
     next: u64,
-    pending: BTreeSet<u64>,
+    pending: BTreeMap<u64, usize>,
 }
 
 impl<S: StateMachine> Session<S>
@@ -337,14 +339,14 @@ where
             SessionOutput::Registered(id) => id,
             other => unreachable!("a registration is answered Registered, not {other:?}"),
         };
-        let state = Arc::new(Mutex::new(Numbers { next: 1, pending: BTreeSet::new() }));
+        let state = Arc::new(Mutex::new(Numbers { next: 1, pending: BTreeMap::new() }));
         Ok(Session { client: client.clone(), id, state })
     }
 
     /// Continues an existing session (for example after a client restart) from `next_seq`.
     pub fn resume(client: &Client<Sessions<S>>, id: ClientId, next_seq: u64) -> Self {
         let state =
-            Arc::new(Mutex::new(Numbers { next: next_seq.max(1), pending: BTreeSet::new() }));
+            Arc::new(Mutex::new(Numbers { next: next_seq.max(1), pending: BTreeMap::new() }));
         Session { client: client.clone(), id, state }
     }
 
@@ -362,14 +364,28 @@ where
     /// `SessionExhausted` (its numbers are used up, `u64::MAX` being none: nothing proposed).
     pub fn propose(&self, command: S::Command) -> Result<S::Output, Error> {
         let seq = self.lock().take_next().ok_or(Error::SessionExhausted { client: self.id.0 })?;
-        let result = self.propose_seq(seq, command, self.client.timeout());
-        self.lock().pending.remove(&seq);
+        let result = self.attempts(seq, command, self.client.timeout());
+        self.lock().release(seq);
         result
     }
 
     /// Proposes `command` as number `seq` of this session, retrying until `timeout`. Safe to
     /// call again with the same `seq` and command: it is applied at most once.
+    /// [`Session::propose`] never takes a number used here: it goes on after the largest.
     pub fn propose_seq(
+        &self,
+        seq: u64,
+        command: S::Command,
+        timeout: Duration,
+    ) -> Result<S::Output, Error> {
+        self.lock().claim(seq);
+        let result = self.attempts(seq, command, timeout);
+        self.lock().release(seq);
+        result
+    }
+
+    /// Proposes `command` as number `seq` (pending in `Numbers` meanwhile) until `timeout`.
+    fn attempts(
         &self,
         seq: u64,
         command: S::Command,
@@ -433,12 +449,30 @@ impl Numbers {
             return None;
         }
         self.next = seq + 1;
-        self.pending.insert(seq);
+        *self.pending.entry(seq).or_default() += 1;
         Some(seq)
     }
 
+    /// A number the caller chose (`propose_seq`): pending while its call runs, and never
+    /// handed out by `take_next` after (found by an embedding review: `propose` drew a number
+    /// `propose_seq` had used, and was answered with that command's output, its own command
+    /// never applied).
+    fn claim(&mut self, seq: u64) {
+        self.next = self.next.max(seq.saturating_add(1));
+        *self.pending.entry(seq).or_default() += 1;
+    }
+
+    fn release(&mut self, seq: u64) {
+        if let Some(calls) = self.pending.get_mut(&seq) {
+            *calls -= 1;
+            if *calls == 0 {
+                self.pending.remove(&seq);
+            }
+        }
+    }
+
     fn lowest_pending(&self, seq: u64) -> u64 {
-        self.pending.first().copied().unwrap_or(seq).min(seq)
+        self.pending.first_key_value().map_or(seq, |(&lowest, _)| lowest).min(seq)
     }
 }
 

@@ -97,3 +97,24 @@ fn a_session_command_with_no_node_running_is_a_typed_error() {
         Err(Error::NodeDown(ferraft::NodeId(1)))
     );
 }
+
+/// `Session::propose` never draws a number `Session::propose_seq` used: it used to draw 1
+/// after `propose_seq(1, ..)`, and the session table answered it with the first command's
+/// output, its own command never applied (found by an embedding review).
+#[test]
+fn propose_after_propose_seq_takes_a_number_of_its_own() {
+    let _serial = serial();
+    let cluster = Cluster::new(fast_config(92), 3, |_| Sessions::new(KvStateMachine::new(), 10))
+        .expect("start");
+    let session = Session::register(&cluster.client()).expect("registered");
+    let add = |token: &str| KvCommand::Append { key: "k".into(), value: token.into() };
+    assert_eq!(session.propose_seq(1, add("a;"), LONG).expect("#1").as_deref(), Some("a;"));
+    assert_eq!(session.propose_seq(5, add("b;"), LONG).expect("#5").as_deref(), Some("a;b;"));
+    let again = session.propose_seq(5, add("b;"), LONG).expect("#5 retried");
+    assert_eq!(again.as_deref(), Some("a;b;"), "a retry answers the first attempt's output");
+    assert_eq!(session.propose(add("c;")).expect("#6").as_deref(), Some("a;b;c;"));
+    assert_eq!(session.propose(add("d;")).expect("#7").as_deref(), Some("a;b;c;d;"));
+    let value = cluster.read("k".to_string()).expect("read");
+    assert_eq!(value.as_deref(), Some("a;b;c;d;"), "each command applied once, in order");
+    cluster.shutdown();
+}

@@ -157,3 +157,26 @@ fn the_default_cap_leaves_the_bundled_clients_alone() {
     }
     assert_eq!(sm.responses(), 1);
 }
+
+/// A session's own numbers: `take_next` skips every number `claim` (a `propose_seq`) used,
+/// a number stays pending until each call that has it ends, and the lowest pending number is
+/// what a command tells the table it may keep answers from.
+#[test]
+fn numbers_claimed_by_hand_are_never_taken_and_stay_pending_while_in_flight() {
+    let mut numbers = Numbers { next: 1, pending: BTreeMap::new() };
+    numbers.claim(1);
+    assert_eq!(numbers.take_next(), Some(2));
+    numbers.claim(9);
+    numbers.claim(4); // a number below the next: a retry, the next stays
+    assert_eq!(numbers.take_next(), Some(10));
+    numbers.claim(4); // the same number from a second thread
+    assert_eq!(numbers.lowest_pending(11), 1);
+    for seq in [1, 2, 9, 10, 4] {
+        numbers.release(seq);
+    }
+    assert_eq!(numbers.lowest_pending(11), 4, "4 is still pending in its second call");
+    numbers.release(4);
+    assert_eq!(numbers.lowest_pending(11), 11);
+    numbers.claim(u64::MAX);
+    assert_eq!(numbers.take_next(), None, "every number used up");
+}
