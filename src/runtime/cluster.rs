@@ -489,8 +489,14 @@ impl<S: StateMachine> Cluster<S> {
         Ok(())
     }
 
-    /// Restarts a killed (or failed) node from its persisted state; its state machine is
-    /// rebuilt by re-applying the log as entries are known committed.
+    /// Restarts a killed (or failed) node from its persisted state: a fresh state machine from
+    /// the cluster's factory restores the node's latest snapshot, if any, and applies the log
+    /// after it as the node learns what is committed. Returns once the node's threads run, not
+    /// once it has caught up (compare `status(id)?.core.last_applied` with the leader's
+    /// `commit_index` to wait for that). A failed node is killed first. Errors:
+    /// `AlreadyRunning` (kill it first), `NotMember` / `UnknownNode` (see [`Cluster::node`]),
+    /// `Storage` when its storage cannot be opened or read (the message names the file),
+    /// `RestoreFailed` when the state machine refuses the snapshot.
     pub fn restart(&mut self, id: NodeId) -> Result<(), Error> {
         self.slot(id)?;
         if self.failure(id).is_some() {
