@@ -69,7 +69,8 @@ use crate::types::LogIndex;
 ///         self.0.to_le_bytes().to_vec()
 ///     }
 ///     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
-///         let bytes: [u8; 8] = bytes.try_into().map_err(|_| format!("{} bytes, not 8", bytes.len()))?;
+///         let len = bytes.len();
+///         let bytes: [u8; 8] = bytes.try_into().map_err(|_| format!("{len} bytes, not 8"))?;
 ///         self.0 = u64::from_le_bytes(bytes);
 ///         Ok(())
 ///     }
@@ -96,8 +97,8 @@ pub trait StateMachine: Send + 'static {
     fn apply(&mut self, index: LogIndex, command: &Self::Command) -> Self::Output;
 
     /// A point-in-time image of the whole state, as bytes (log compaction, §7). The library
-    /// calls it where it applies (off the heartbeat loop), so it sees the state after exactly the entries
-    /// applied so far; while it runs, applies wait, but heartbeats do not.
+    /// calls it where it applies (off the heartbeat loop), so it sees the state after exactly
+    /// the entries applied so far; while it runs, applies wait, but heartbeats do not.
     ///
     /// Contract: `restore(&snapshot())` on a fresh state machine must give a state machine that
     /// behaves exactly like this one (same outputs for the same later commands, same digest).
