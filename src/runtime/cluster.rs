@@ -243,6 +243,15 @@ where
     ///
     /// A removed node's directory is left as it is: the cluster never deletes your data.
     /// Delete it yourself once you no longer need it (see [`ClusterBuilder::on_removed`]).
+    ///
+    /// NB: a node whose directory is missing starts empty, whether this is its first start or
+    /// its directory was wiped or lost; nothing here tells the two apart. Never restart a
+    /// voter whose directory was lost under its old id: it has forgotten its votes and log,
+    /// and with a node that missed a committed write it can elect a leader without that write.
+    /// Remove it ([`Cluster::remove_node`]) and add a fresh node instead. To start a cluster
+    /// again from its directory, pass the ids of its current configuration (`.ids(..)`), not
+    /// the ones it first started with: [`Cluster::add_node`] numbers new nodes after the
+    /// largest id given here, and an id the configuration still has is not fresh.
     pub fn data_dir(self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.storage(DiskStorage::factory(dir))
     }

@@ -233,6 +233,11 @@ where
     /// A storage factory for [`crate::ClusterBuilder::storage`]: node `id` lives in
     /// `dir/n<id>`, and `dir/CLUSTER` holds the cluster's id (drawn at random the first time).
     /// Restarting a node, or a whole cluster in a new process, reopens the same directories.
+    ///
+    /// NB: it creates a missing node directory at every start, restarts included, so it does
+    /// not catch a directory that was wiped or lost (see [`DiskStorage::open`]). If that can
+    /// happen to you, write a factory that calls [`DiskStorage::open`] only after checking that
+    /// the node's directory exists or that you mean to create it.
     pub fn factory(
         dir: impl Into<PathBuf>,
     ) -> impl Fn(NodeId, &Configuration) -> io::Result<DiskStorage<C>> + Send + Sync + 'static {
