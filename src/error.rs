@@ -437,7 +437,10 @@ impl fmt::Display for Error {
             Error::NotLeader { leader_hint: None } => {
                 write!(f, "not the leader and no leader known; retry after an election")
             }
-            Error::Timeout => write!(f, "timed out; the operation's effect is unknown"),
+            Error::Timeout => write!(
+                f,
+                "timed out; the operation's effect is unknown: a proposal may still be applied (retry it only under its session number, Session::propose_seq, or read to find out), a read or status request changed nothing and may be retried"
+            ),
             Error::Unavailable { last } => write!(
                 f,
                 "no node took the command before the deadline (last refusal: {last}); it was never applied: retry; if this lasts, check that a majority of nodes is running and connected"

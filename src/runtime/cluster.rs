@@ -631,8 +631,12 @@ impl<S: StateMachine> Cluster<S> {
         &self.config
     }
 
-    /// Adds a new node (a fresh id, never reused): it joins as a learner, catches up, and is
-    /// promoted to voter. Waits until the change commits or fails.
+    /// Adds a new node: it joins as a learner, catches up, and is promoted to voter. Waits
+    /// until the change commits or fails, up to [`Config::request_timeout`] plus
+    /// [`Config::catch_up_timeout`]. Its id is the one after the largest this `Cluster` was
+    /// built with or has handed out, never reused by this `Cluster` (a cluster started again
+    /// from disk: see [`ClusterBuilder::data_dir`]). On an error the new node is stopped and
+    /// retired, and its id is not used again.
     pub fn add_node(&mut self) -> Result<NodeId, Error> {
         let id = NodeId(self.next_id);
         if id.0 == u64::MAX {
