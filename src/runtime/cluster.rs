@@ -173,7 +173,10 @@ impl<S: StateMachine> ClusterBuilder<S> {
         self
     }
 
-    /// Validates the configuration and the ids, then starts every node.
+    /// Validates the configuration and the ids, then starts every node. Errors:
+    /// `InvalidConfig` (the message names the setting and what to change), `Storage` (a
+    /// node's storage cannot be opened: see [`Error::Storage`]), `Spawn` (the OS refused a
+    /// thread). If a node cannot start, the nodes already started are stopped again.
     pub fn start(self) -> Result<Cluster<S>, Error> {
         self.config.validate()?;
         if self.asked > MAX_NODES {
