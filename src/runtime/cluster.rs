@@ -243,6 +243,11 @@ where
     /// on every step), so killed nodes, and a whole cluster started again in a new process
     /// with the same ids and directory, resume from what they persisted. Shorthand for
     /// `.storage(DiskStorage::factory(dir))`; use [`DiskStorage::factory_with`] for options.
+    /// Each node's directory takes 16 MiB of disk from its first start, since log segments
+    /// are filled with zeros when created; more as the log grows, until a snapshot lets old
+    /// segments go. For tests, choose smaller segments with
+    /// [`DiskOptions::segment_bytes`](crate::storage::DiskOptions::segment_bytes).
+    /// `S::Command` must be serde-serializable (see [`StateMachine`]'s module docs).
     ///
     /// A removed node's directory is left as it is: the cluster never deletes your data.
     /// Delete it yourself once you no longer need it (see [`ClusterBuilder::on_removed`]).
