@@ -2,7 +2,7 @@
 //! keeps serving writes with 3 of 5, and ends with every replica identical.
 //!
 //! Run with `cargo run --release --example kv_cluster` (set `RUST_LOG=ferraft=debug` to see
-//! every RPC).
+//! every role change and election; the RPC counts are in the final table).
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! A key-value service shape (issue 9): writes, linearizable reads through every path, a client
+//! A key-value service shape: writes, linearizable reads through every path, a client
 //! whose session carries its writes through a leader failure exactly once, and a leadership
 //! transfer before maintenance, ending with the replica table and each node's counters.
 //!

@@ -312,6 +312,12 @@ pub enum Error {
     /// the rest of the cluster: its outcome is unknown, and
     /// [`Client::propose`](crate::Client::propose) does not retry it. Kill and restart the
     /// node once the storage is fixed.
+    ///
+    /// [`ClusterBuilder::start`](crate::ClusterBuilder::start),
+    /// [`Cluster::restart`](crate::Cluster::restart) and
+    /// [`Cluster::add_node`](crate::Cluster::add_node) return it too when a node's storage
+    /// cannot be opened (its directory locked by another process, not a directory, damaged):
+    /// the node did not start and wrote nothing. The text names the file and what to do.
     Storage(String),
     /// The OS refused to start a node's thread; the text is the OS error.
     Spawn(String),
@@ -437,7 +443,10 @@ impl fmt::Display for Error {
             Error::NotLeader { leader_hint: None } => {
                 write!(f, "not the leader and no leader known; retry after an election")
             }
-            Error::Timeout => write!(f, "timed out; the operation's effect is unknown"),
+            Error::Timeout => write!(
+                f,
+                "timed out; the operation's effect is unknown: a proposal may still be applied (retry it only under its session number, Session::propose_seq, or read to find out), a read or status request changed nothing and may be retried"
+            ),
             Error::Unavailable { last } => write!(
                 f,
                 "no node took the command before the deadline (last refusal: {last}); it was never applied: retry; if this lasts, check that a majority of nodes is running and connected"
@@ -475,7 +484,7 @@ impl fmt::Display for Error {
             Error::AlreadyRunning(id) => write!(f, "{id} is already running; kill it first"),
             Error::Storage(why) => write!(
                 f,
-                "storage failed: {why}; the node stopped: fix the storage, then restart the node (a proposal it was writing may or may not be applied)"
+                "storage failed: {why}; the node stopped, or did not start: fix the storage, then start or restart the node (a proposal it was writing, if any, may or may not be applied)"
             ),
             Error::Spawn(why) => write!(
                 f,

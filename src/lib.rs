@@ -4,9 +4,12 @@
 //!
 //! **The embedder's layer**, at the crate root: [`Cluster`] (and [`ClusterBuilder`] to choose
 //! ids, storage and transport), the shareable [`Client`], [`NodeHandle`], [`Receipt`] and
-//! [`Applied`], the [`StateMachine`] you implement, [`Config`], the errors ([`Error`],
-//! [`ConfigError`], [`FaultError`]), [`NetworkFaults`] for testing on real threads, and
-//! [`sim`] for testing your state machine in virtual time.
+//! [`Applied`], the [`StateMachine`] you implement (and [`ReadStateMachine`] for linearizable
+//! reads that skip the log), [`Config`], the errors ([`Error`], [`ConfigError`],
+//! [`FaultError`]), [`NetworkFaults`] for testing on real threads, and [`sim`] for testing
+//! your state machine in virtual time. [`ClusterBuilder::data_dir`] keeps each node's state
+//! on disk ([`DiskStorage`]); [`Sessions`] and [`Session`] apply each command exactly once
+//! through retries. The README walks through each of these with an example.
 //!
 //! **The driver writer's layer**: [`core`], the protocol as a pure, deterministic state machine
 //! ([`Core::step`] takes an [`Input`] and yields ordered [`Action`]s: persist, send, apply,

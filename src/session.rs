@@ -302,6 +302,11 @@ where
 /// A registered client of a [`Sessions`] cluster: its commands are applied exactly once, and
 /// [`Session::propose`] retries through timeouts and leader changes until it has the answer.
 /// Cheap to clone; clones share the session, so several threads may have commands in flight.
+///
+/// Each command carries a sequence number. The session numbers them
+/// ([`Session::propose`], [`Session::propose_timeout`]), or you do
+/// ([`Session::propose_seq`], which lets you retry a command whose answer was lost); the
+/// session's own numbers go on after the largest you used.
 pub struct Session<S: StateMachine>
 where
     S::Output: Serialize + DeserializeOwned,
@@ -343,7 +348,9 @@ where
         Ok(Session { client: client.clone(), id, state })
     }
 
-    /// Continues an existing session (for example after a client restart) from `next_seq`.
+    /// Continues an existing session (for example after a client restart) from `next_seq`:
+    /// the [`Session::next_seq`] the client saved before it stopped, or any larger number. A
+    /// number used before must not be used again (see [`Session::propose_seq`]).
     pub fn resume(client: &Client<Sessions<S>>, id: ClientId, next_seq: u64) -> Self {
         let state =
             Arc::new(Mutex::new(Numbers { next: next_seq.max(1), pending: BTreeMap::new() }));
@@ -355,23 +362,71 @@ where
         self.id
     }
 
+    /// The number the next [`Session::propose`] of this session (or of a clone) takes. To
+    /// continue the session after the client restarts, save it with [`Session::id`] and pass
+    /// both to [`Session::resume`].
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next
+    }
+
     /// Applies `command` exactly once and returns its output, retrying (with the same sequence
     /// number) through timeouts, crashes and leader changes until the client's timeout
-    /// ([`Config::request_timeout`](crate::Config::request_timeout)) runs out. Errors:
-    /// `SessionExpired` (the session was evicted), `Timeout` (no answer in time; the command
-    /// may still be applied once, and a retry with [`Session::propose_seq`] is still safe),
-    /// `Unavailable` (every attempt was refused before appending: never applied),
-    /// `SessionExhausted` (its numbers are used up, `u64::MAX` being none: nothing proposed).
+    /// ([`Config::request_timeout`](crate::Config::request_timeout)) runs out. See
+    /// [`Session::propose_timeout`] for the errors.
     pub fn propose(&self, command: S::Command) -> Result<S::Output, Error> {
+        self.propose_timeout(command, self.client.timeout())
+    }
+
+    /// [`Session::propose`], retrying until `timeout` instead of the client's timeout. The
+    /// session numbers the command itself (the next number). Errors:
+    /// - `Timeout`: no answer in time. The command may still be applied, once. Its number is
+    ///   spent and this call does not retry it later; to retry a command after a timeout,
+    ///   number it yourself with [`Session::propose_seq`].
+    /// - `Unavailable`: every attempt was refused before appending: never applied.
+    /// - `SessionExpired`: the session was evicted; register a new one.
+    /// - `SessionExhausted`: its numbers are used up (`u64::MAX` being none): nothing proposed.
+    /// - `SequenceTooOld`, `ResponseNotKept`: the number was used before, or the session has
+    ///   more commands in flight than [`Sessions::max_responses`]; see those errors.
+    /// - `StateMachinePanicked`, `NodePanicked`, `CommandTooLarge`, `Shutdown`: as from
+    ///   [`Client::propose`], not retried.
+    pub fn propose_timeout(
+        &self,
+        command: S::Command,
+        timeout: Duration,
+    ) -> Result<S::Output, Error> {
         let seq = self.lock().take_next().ok_or(Error::SessionExhausted { client: self.id.0 })?;
-        let result = self.attempts(seq, command, self.client.timeout());
+        let result = self.attempts(seq, command, timeout);
         self.lock().release(seq);
         result
     }
 
     /// Proposes `command` as number `seq` of this session, retrying until `timeout`. Safe to
-    /// call again with the same `seq` and command: it is applied at most once.
+    /// call again with the same `seq` and command after an answer was lost (a `Timeout`, a
+    /// client crash): it is applied at most once, and a retry gets the first attempt's output.
+    ///
+    /// To retry a command, number it yourself: give each command a number of its own, in
+    /// increasing order, and retry a number only until its answer came (a later command tells
+    /// the table to drop earlier answers: a retry then gets `SequenceTooOld`).
     /// [`Session::propose`] never takes a number used here: it goes on after the largest.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ferraft::{Cluster, Config, KvCommand, KvStateMachine, Session, Sessions};
+    ///
+    /// let sessions = |_| Sessions::new(KvStateMachine::new(), 100);
+    /// let cluster = Cluster::new(Config::default(), 3, sessions)?;
+    /// let session = Session::register(&cluster.client())?;
+    /// let append = KvCommand::Append { key: "k".into(), value: "a;".into() };
+    /// let timeout = Duration::from_secs(5);
+    /// let first = session.propose_seq(1, append.clone(), timeout); // say its answer is lost
+    /// let again = session.propose_seq(1, append, timeout)?; // the retry: applied at most once
+    /// assert_eq!(again.as_deref(), Some("a;"));
+    /// assert_eq!(cluster.read("k".to_string())?.as_deref(), Some("a;"));
+    /// let next = KvCommand::Append { key: "k".into(), value: "b;".into() };
+    /// assert_eq!(session.propose(next)?.as_deref(), Some("a;b;")); // number 2
+    /// # drop(first);
+    /// # Ok::<(), ferraft::Error>(())
+    /// ```
     pub fn propose_seq(
         &self,
         seq: u64,

@@ -4,7 +4,10 @@
 //!
 //! * **Order.** `apply` is called with committed commands in log order, exactly once per entry
 //!   per node incarnation. No-op and configuration entries never reach it. A restarted node
-//!   starts from a fresh state machine (from the cluster's factory) and re-applies the log.
+//!   starts from a fresh state machine (from the cluster's factory), `restore`s its latest
+//!   snapshot if it has one, and applies the log entries after it as it learns they are
+//!   committed. So `apply` sees each entry again after a restart; keep side effects outside
+//!   the state machine, or make them idempotent.
 //! * **Determinism.** `apply` must be a pure function of the state and the command: same
 //!   commands in the same order give the same state and outputs on every node. No clocks, no
 //!   randomness, no iteration over a `HashMap` whose order differs between processes.
@@ -34,13 +37,57 @@
 //!   fields or `type Command = Arc<MyCommand>`, so each clone is a reference count rather
 //!   than an allocation and a copy. [`KvCommand`](crate::KvCommand) does: its `Arc<str>`
 //!   fields made key-value writes 1.7x faster than `String`s (NOTES.md).
+//! * **Serialization.** The trait asks for none: with the default in-memory storage and
+//!   network, commands are only cloned. [`DiskStorage`](crate::DiskStorage) (and
+//!   [`ClusterBuilder::data_dir`](crate::ClusterBuilder::data_dir)) and
+//!   [`TcpTransport`](crate::transport::TcpTransport) need `Command: serde::Serialize +
+//!   serde::de::DeserializeOwned`, and [`Sessions`](crate::Sessions) needs the same of
+//!   `Output`. Derive them (add `serde` with the `derive` feature to your `Cargo.toml`, and
+//!   its `rc` feature for `Arc<str>` fields).
 
 use crate::types::LogIndex;
 
-/// A deterministic state machine replicated by Raft.
+/// A deterministic state machine replicated by Raft. The module docs give the contract
+/// (order, determinism, panics, time, clones, serialization).
+///
+/// ```
+/// use std::time::Duration;
+/// use ferraft::{Cluster, Config, LogIndex, StateMachine};
+///
+/// /// A counter; each command adds to it and returns the new total.
+/// #[derive(Default)]
+/// struct Counter(u64);
+///
+/// impl StateMachine for Counter {
+///     type Command = u64;
+///     type Output = u64;
+///     fn apply(&mut self, _index: LogIndex, add: &u64) -> u64 {
+///         self.0 = self.0.wrapping_add(*add); // total: never panics
+///         self.0
+///     }
+///     fn snapshot(&self) -> Vec<u8> {
+///         self.0.to_le_bytes().to_vec()
+///     }
+///     fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+///         let len = bytes.len();
+///         let bytes: [u8; 8] = bytes.try_into().map_err(|_| format!("{len} bytes, not 8"))?;
+///         self.0 = u64::from_le_bytes(bytes);
+///         Ok(())
+///     }
+///     fn digest(&self) -> u64 {
+///         self.0
+///     }
+/// }
+///
+/// let cluster = Cluster::new(Config::default(), 3, |_| Counter::default())?;
+/// let applied = cluster.client().propose_timeout(5, Duration::from_secs(5))?;
+/// assert_eq!(applied.output, 5);
+/// # Ok::<(), ferraft::Error>(())
+/// ```
 pub trait StateMachine: Send + 'static {
-    /// A command proposed by clients and stored in the log. Cloned, never serialized, in-process
-    /// (keep clones cheap: see the module docs).
+    /// A command proposed by clients and stored in the log. In process it is cloned, never
+    /// serialized (keep clones cheap); on disk or over TCP it must also be serde-serializable
+    /// (see the module docs).
     type Command: Clone + Send + std::fmt::Debug + 'static;
     /// What applying a command returns to the client that proposed it.
     type Output: Clone + Send + std::fmt::Debug + 'static;
@@ -50,8 +97,8 @@ pub trait StateMachine: Send + 'static {
     fn apply(&mut self, index: LogIndex, command: &Self::Command) -> Self::Output;
 
     /// A point-in-time image of the whole state, as bytes (log compaction, §7). The library
-    /// calls it where it applies (off the heartbeat loop), so it sees the state after exactly the entries
-    /// applied so far; while it runs, applies wait, but heartbeats do not.
+    /// calls it where it applies (off the heartbeat loop), so it sees the state after exactly
+    /// the entries applied so far; while it runs, applies wait, but heartbeats do not.
     ///
     /// Contract: `restore(&snapshot())` on a fresh state machine must give a state machine that
     /// behaves exactly like this one (same outputs for the same later commands, same digest).

@@ -118,3 +118,23 @@ fn propose_after_propose_seq_takes_a_number_of_its_own() {
     assert_eq!(value.as_deref(), Some("a;b;c;d;"), "each command applied once, in order");
     cluster.shutdown();
 }
+
+#[test]
+fn a_session_saved_by_its_next_number_resumes_without_reusing_one() {
+    let _serial = serial();
+    let cluster = Cluster::new(fast_config(84), 3, |_| Sessions::new(KvStateMachine::new(), 10))
+        .expect("start");
+    wait_for_agreement(&cluster, LONG);
+    let client = cluster.client();
+    let session = Session::register(&client).expect("registered");
+    assert_eq!(session.next_seq(), 1);
+    let append = |v: &str| KvCommand::Append { key: "k".into(), value: v.into() };
+    session.propose(append("a;")).expect("#1");
+    session.propose_timeout(append("b;"), LONG).expect("#2, with a deadline of its own");
+    let (id, next) = (session.id(), session.next_seq());
+    assert_eq!(next, 3);
+    drop(session); // the client restarts, with (id, next) saved
+    let resumed = Session::resume(&client, id, next);
+    let output = resumed.propose(append("c;")).expect("#3");
+    assert_eq!(output.as_deref(), Some("a;b;c;"), "each command applied once");
+}

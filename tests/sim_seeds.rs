@@ -145,7 +145,7 @@ fn replay() {
         config.record_trace = true;
         println!("{name} seed {seed}: {config:?}\n{schedule:?}");
         if let Ok(file) = std::env::var("FERRAFT_TIMELINE") {
-            write_timeline(&config, &schedule, &format!("{name}-{file}"));
+            write_timeline(&config, &schedule, &scenario_file(name, &file));
         }
         if let Ok(grep) = std::env::var("FERRAFT_TRACE") {
             print_trace(&config, &schedule, &grep);
@@ -170,6 +170,14 @@ fn print_trace(config: &SimConfig, schedule: &Schedule, grep: &str) {
         }
     }
     println!("verdict: {}", if verdict.is_ok() { "passed" } else { "failed" });
+}
+
+/// `file` with the scenario's name before its file name: `dir/run7.svg` gives
+/// `dir/sweep-run7.svg`, so a path with directories works too.
+fn scenario_file(name: &str, file: &str) -> String {
+    let path = std::path::Path::new(file);
+    let base = path.file_name().map_or(file.into(), |f| f.to_string_lossy());
+    path.with_file_name(format!("{name}-{base}")).to_string_lossy().into_owned()
 }
 
 /// Replays `config` and `schedule` and writes the run's timeline picture to `file`, whatever

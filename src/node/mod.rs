@@ -199,7 +199,9 @@ pub struct NodeStatus {
     pub digest: u64,
     /// RPCs this node received in this incarnation, by kind.
     pub rpcs: RpcCounts,
-    /// Why the node stopped, if its state machine panicked.
+    /// Why the node stopped taking part, if it failed: `StateMachinePanicked`,
+    /// `RestoreFailed`, `NodePanicked` or `Storage`. Kill and restart it once the cause is
+    /// fixed.
     pub failure: Option<Error>,
     /// Counters: RPCs sent, elections, proposals, reads by path, commits, applies.
     pub metrics: Metrics,

@@ -350,7 +350,8 @@ impl<O> Drop for Responder<O> {
 /// | answer | meaning | retry? |
 /// |---|---|---|
 /// | `Ok(Applied)` | committed and applied at `(index, term)` | no |
-/// | `Err(NotLeader)`, `Err(CommandTooLarge)`, ... before [`Receipt::was_appended`] | refused before appending: never applied | yes (at the hinted leader) |
+/// | `Err(NotLeader)`, `Err(TransferInProgress)`, ... before [`Receipt::was_appended`] | refused before appending: never applied | yes (at the hinted leader) |
+/// | `Err(CommandTooLarge)` | refused before appending: never applied | no: every node refuses it; split the command or raise `Config::max_command_bytes` |
 /// | `Err(UncommittedLogFull)` | refused before appending, the leader holding `Config::max_uncommitted_bytes` it cannot commit yet: never applied | yes, after a pause |
 /// | `Err(ProposalDropped)` | appended, then a different entry was committed at its index: by State Machine Safety it is never applied | yes |
 /// | `Err(Timeout)`, `Err(NodeDown)` after appending | unknown: it may still commit | only with a client session |

@@ -173,7 +173,10 @@ impl<S: StateMachine> ClusterBuilder<S> {
         self
     }
 
-    /// Validates the configuration and the ids, then starts every node.
+    /// Validates the configuration and the ids, then starts every node. Errors:
+    /// `InvalidConfig` (the message names the setting and what to change), `Storage` (a
+    /// node's storage cannot be opened: see [`Error::Storage`]), `Spawn` (the OS refused a
+    /// thread). If a node cannot start, the nodes already started are stopped again.
     pub fn start(self) -> Result<Cluster<S>, Error> {
         self.config.validate()?;
         if self.asked > MAX_NODES {
@@ -240,9 +243,22 @@ where
     /// on every step), so killed nodes, and a whole cluster started again in a new process
     /// with the same ids and directory, resume from what they persisted. Shorthand for
     /// `.storage(DiskStorage::factory(dir))`; use [`DiskStorage::factory_with`] for options.
+    /// Each node's directory takes 16 MiB of disk from its first start, since log segments
+    /// are filled with zeros when created; more as the log grows, until a snapshot lets old
+    /// segments go. For tests, choose smaller segments with
+    /// [`DiskOptions::segment_bytes`](crate::storage::DiskOptions::segment_bytes).
+    /// `S::Command` must be serde-serializable (see [`StateMachine`]'s module docs).
     ///
     /// A removed node's directory is left as it is: the cluster never deletes your data.
     /// Delete it yourself once you no longer need it (see [`ClusterBuilder::on_removed`]).
+    ///
+    /// A node the cluster created whose directory was wiped or lost since is refused at its
+    /// start with `Storage` ([`StorageError::Lost`](crate::storage::StorageError::Lost); see
+    /// [`DiskStorage::factory`]): back empty under its old id it would have forgotten its
+    /// votes and log, and with a node that missed a committed write it could elect a leader
+    /// without that write. Remove it ([`Cluster::remove_node`]) and add a fresh node instead.
+    /// To start a cluster again from its directory, pass the ids of its current configuration
+    /// (`.ids(..)`): nodes that are not started cannot vote.
     pub fn data_dir(self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.storage(DiskStorage::factory(dir))
     }
@@ -489,8 +505,14 @@ impl<S: StateMachine> Cluster<S> {
         Ok(())
     }
 
-    /// Restarts a killed (or failed) node from its persisted state; its state machine is
-    /// rebuilt by re-applying the log as entries are known committed.
+    /// Restarts a killed (or failed) node from its persisted state: a fresh state machine from
+    /// the cluster's factory restores the node's latest snapshot, if any, and applies the log
+    /// after it as the node learns what is committed. Returns once the node's threads run, not
+    /// once it has caught up (compare `status(id)?.core.last_applied` with the leader's
+    /// `commit_index` to wait for that). A failed node is killed first. Errors:
+    /// `AlreadyRunning` (kill it first), `NotMember` / `UnknownNode` (see [`Cluster::node`]),
+    /// `Storage` when its storage cannot be opened or read (the message names the file),
+    /// `RestoreFailed` when the state machine refuses the snapshot.
     pub fn restart(&mut self, id: NodeId) -> Result<(), Error> {
         self.slot(id)?;
         if self.failure(id).is_some() {
@@ -623,8 +645,12 @@ impl<S: StateMachine> Cluster<S> {
         &self.config
     }
 
-    /// Adds a new node (a fresh id, never reused): it joins as a learner, catches up, and is
-    /// promoted to voter. Waits until the change commits or fails.
+    /// Adds a new node: it joins as a learner, catches up, and is promoted to voter. Waits
+    /// until the change commits or fails, up to [`Config::request_timeout`] plus
+    /// [`Config::catch_up_timeout`]. Its id is the one after the largest this `Cluster` was
+    /// built with, has handed out, or finds in a running node's configuration; never reused by
+    /// this `Cluster`. On an error the new node is stopped and retired, and its id is not used
+    /// again.
     pub fn add_node(&mut self) -> Result<NodeId, Error> {
         // NB: a cluster started again from its directory with fewer ids than its
         // configuration now holds (say `.nodes(3)` after n4 was added) must not hand out an

@@ -111,8 +111,11 @@ impl<S: ReadStateMachine> Client<S> {
         self.read_timeout(query, self.timeout())
     }
 
-    /// [`Client::read`] with an explicit deadline. Any failure is retried: a read changes
-    /// nothing.
+    /// [`Client::read`] with an explicit deadline. A failure is retried at the hinted leader
+    /// or another node until the deadline, since a read changes nothing; then the answer is
+    /// `Err(Timeout)`, whatever the last failure was, and the read may be retried. It gives
+    /// up early only with `Shutdown` (no node runs) and when the one node running reports
+    /// that its state machine failed (`StateMachinePanicked`, `RestoreFailed`).
     pub fn read_timeout(&self, query: S::Query, timeout: Duration) -> Result<S::Answer, Error>
     where
         S::Query: Clone,
