@@ -98,10 +98,10 @@ mod server {
         let snapshot_entries: u64 = parts[4].parse().unwrap();
         let node: Arc<OnceLock<Node>> = Arc::default();
         let mut tcp = TcpConfig::new(cluster_id, peers.clone());
-        let n2 = Arc::clone(&node);
+        let (n2, book) = (Arc::clone(&node), Arc::new(peers.clone()));
         tcp.clients = Some(Arc::new(move |stream: TcpStream| {
             let Some(node) = n2.get().cloned() else { return };
-            serve_client(stream, node);
+            serve_client(stream, node, &book);
         }));
         if let Err(e) = TcpListener::bind(peers[&id]) {
             eprintln!("audit_server: listening on {}: {e}", peers[&id]);
@@ -141,9 +141,13 @@ mod server {
         Proposal(Receipt<Output>),
     }
 
-    fn serve_client(stream: TcpStream, node: Node) {
+    /// Every node's address, for the leader hints in `NotLeader` answers.
+    type Peers = Arc<BTreeMap<NodeId, SocketAddr>>;
+
+    fn serve_client(stream: TcpStream, node: Node, peers: &Peers) {
         let Ok(mut writer) = stream.try_clone() else { return };
         let (tx, rx) = crossbeam_channel::bounded::<Pending>(1024);
+        let peers_w = Arc::clone(peers);
         let answer = std::thread::spawn(move || {
             for p in rx {
                 let response = match p {
@@ -156,10 +160,7 @@ mod server {
                             SessionOutput::Output(o) => KvResponse::Value(o.map(|s| s.to_string())),
                             other => KvResponse::Error(format!("session: {other:?}")),
                         },
-                        Err(ferraft::Error::NotLeader { .. }) => {
-                            KvResponse::NotLeader { leader: None }
-                        }
-                        Err(e) => KvResponse::Error(e.to_string()),
+                        Err(e) => refusal(e, &peers_w),
                     },
                 };
                 if frame::write_value(&mut writer, FrameKind::Response, &response).is_err() {
@@ -171,7 +172,7 @@ mod server {
         while let Ok(request) =
             frame::read_value::<KvRequest>(&mut reader, FrameKind::Request, MAX_CLIENT_FRAME)
         {
-            if tx.send(start(&node, request)).is_err() {
+            if tx.send(start(&node, request, peers)).is_err() {
                 break;
             }
         }
@@ -179,7 +180,7 @@ mod server {
         let _ = answer.join();
     }
 
-    fn start(node: &Node, request: KvRequest) -> Pending {
+    fn start(node: &Node, request: KvRequest, peers: &Peers) -> Pending {
         let command = match request {
             KvRequest::Status => return Pending::Ready(status(node)),
             KvRequest::Put { key, value } => match parse(&key, value) {
@@ -190,10 +191,18 @@ mod server {
         };
         match node.propose_async(command) {
             Ok(r) => Pending::Proposal(r),
-            Err(ferraft::Error::NotLeader { .. }) => {
-                Pending::Ready(KvResponse::NotLeader { leader: None })
-            }
-            Err(e) => Pending::Ready(KvResponse::Error(e.to_string())),
+            Err(e) => Pending::Ready(refusal(e, peers)),
+        }
+    }
+
+    /// `NotLeader` carries the leader's address, so a client goes straight there (as
+    /// `kv_server` answers); without it a client waits out its timeout on a follower.
+    fn refusal(e: ferraft::Error, peers: &Peers) -> KvResponse {
+        match e {
+            ferraft::Error::NotLeader { leader_hint } => KvResponse::NotLeader {
+                leader: leader_hint.and_then(|id| Some((id.0, *peers.get(&id)?))),
+            },
+            e => KvResponse::Error(e.to_string()),
         }
     }
 
