@@ -21,7 +21,7 @@
 //!
 //! Every process is SIGKILLed and reaped by a guard, also on failure; data directories are
 //! temporary and removed. Heavy tests are serialized by a mutex (two cores). The random-kill
-//! tests under load are ignored in CI (about 8 minutes together: `cargo test --release --test
+//! tests under load are ignored in CI (about 3.5 minutes together: `cargo test --release --test
 //! adversarial_crash -- --include-ignored`); the random schedules print their seed
 //! (`AUDIT_SEED=<seed>` replays the nemesis's choices, not thread timing).
 
