@@ -4,6 +4,9 @@
 //!
 //! Tests never sleep for a fixed time to wait for an outcome: they poll a condition with
 //! [`wait_until`], which panics with the last observed state when its deadline passes.
+//!
+//! The process tests' machinery (server processes, their guard, client calls) is
+//! `processes.rs` beside this file, included with `#[path]` by those tests only.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
