@@ -207,6 +207,41 @@ fn add_node_after_a_reopen_with_stale_ids_hands_out_a_fresh_id_and_removes_no_on
     cluster.shutdown();
 }
 
+/// A rolling restart: each node in turn is killed, the others write on, and once restarted
+/// `wait_caught_up` returns only when it has applied everything committed before the call.
+/// A node that cannot catch up (cut off) times out; a down or unknown node is a typed error.
+#[test]
+fn a_rolling_restart_waits_for_each_node_to_catch_up() {
+    let _serial = serial();
+    let dir = TempDir::new("disk-rolling");
+    let mut cluster = disk_cluster(39, 3, &dir.0);
+    for (round, id) in cluster.ids().into_iter().enumerate() {
+        cluster.kill(id).expect("kill");
+        for i in 0..50 {
+            cluster.propose(append("k", &token(format!("{round}.{i}")))).expect("a write");
+        }
+        let committed = cluster.propose(get("k")).expect("a read through the log").index;
+        cluster.restart(id).expect("restart");
+        let applied = cluster.wait_caught_up(id, LONG).expect("caught up");
+        assert!(applied >= committed, "{id} caught up to {applied}, below {committed}");
+        let status = cluster.status(id).expect("status");
+        assert!(status.core.last_applied >= committed, "{:?}", status.core);
+    }
+
+    let id = cluster.ids()[0];
+    cluster.kill(id).expect("kill");
+    assert!(matches!(cluster.wait_caught_up(id, ms(100)), Err(Error::NodeDown(n)) if n == id));
+    let unknown = cluster.wait_caught_up(NodeId(99), ms(100));
+    assert!(matches!(unknown, Err(Error::UnknownNode(NodeId(99)))), "{unknown:?}");
+    cluster.restart(id).expect("restart");
+    cluster.isolate(id).expect("isolate");
+    cluster.propose(append("k", "late;")).expect("a write it cannot hear");
+    assert!(matches!(cluster.wait_caught_up(id, ms(300)), Err(Error::Timeout)));
+    cluster.heal();
+    cluster.wait_caught_up(id, LONG).expect("caught up once healed");
+    cluster.shutdown();
+}
+
 /// `dir/NODES` lists the node directories the factory created. A list that is missing (a
 /// directory from before it existed) is written again from the node directories that hold a
 /// store; a node whose store exists but is not listed (a start cut short after creating it)

@@ -33,7 +33,7 @@ use crate::node::{
 use crate::state_machine::StateMachine;
 use crate::storage::{DiskStorage, MemStorage, Storage};
 use crate::transport::{inbox, BudgetCloser, Inbox, Router, Transport};
-use crate::types::NodeId;
+use crate::types::{LogIndex, NodeId};
 
 type Factory<S> = Arc<dyn Fn(NodeId) -> S + Send + Sync>;
 
@@ -603,6 +603,47 @@ impl<S: StateMachine> Cluster<S> {
             let asking = deadline.min(deadline_after(self.config.request_timeout));
             if let Some(id) = self.leader_by(asking) {
                 return Ok(id);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            std::thread::sleep(self.config.tick);
+        }
+    }
+
+    /// Waits until node `id` has applied every entry the leader had committed when the call
+    /// began (a restarted node replaying its log and catching up, a new node after
+    /// [`Cluster::add_node`]), up to `timeout`: what a rolling restart waits for before it
+    /// restarts the next node. Returns the index the node has applied. Errors: `Timeout` (no
+    /// leader, or the node not caught up in time), `NodeDown` (not running), `NotMember` /
+    /// `UnknownNode` (see [`Cluster::node`]), the node's failure if it failed.
+    pub fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<LogIndex, Error> {
+        let deadline = deadline_after(timeout);
+        self.node(id)?;
+        let target = loop {
+            let asking = deadline.min(deadline_after(self.config.request_timeout));
+            if let Some(leader) = self.leader_status_by(asking) {
+                break leader.commit_index;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            std::thread::sleep(self.config.tick);
+        };
+        loop {
+            // NB: the full status waits behind the node's applier, so what it reports
+            // applied has been applied, not only handed over.
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.node(id)?.status(left.min(self.config.request_timeout)) {
+                Ok(status) => match status.failure {
+                    Some(failure) => return Err(failure),
+                    None if status.core.last_applied >= target => {
+                        return Ok(status.core.last_applied)
+                    }
+                    None => {}
+                },
+                Err(Error::Timeout) => {}
+                Err(e) => return Err(e),
             }
             if Instant::now() >= deadline {
                 return Err(Error::Timeout);
