@@ -170,7 +170,7 @@ fn a_wiped_node_directory_is_refused_on_restart_and_no_committed_write_is_lost()
     let error = cluster.restart(wiped).expect_err("a wiped directory is refused");
     let text = error.to_string();
     assert!(matches!(error, Error::Storage(_)), "{error:?}");
-    assert!(text.contains("wiped or lost") && text.contains("under a new id"), "{text}");
+    assert!(text.contains("emptied, deleted or lost") && text.contains("under a new id"), "{text}");
     assert!(!wiped_dir.exists(), "the refused restart created {}", wiped_dir.display());
 
     cluster.heal();

@@ -213,7 +213,7 @@ impl fmt::Display for StorageError {
             ),
             StorageError::Lost { dir, node } => write!(
                 f,
-                "{} holds no store, although node {node} was created there before: its directory was wiped or lost; restore it from a backup, or {REPLACE}",
+                "{} holds no store, although node {node} was created there before: its directory was emptied, deleted or lost; restore it from a backup, or {REPLACE}",
                 dir.display()
             ),
             StorageError::UnsupportedFormat { path, found } => write!(
