@@ -279,6 +279,41 @@ fn the_factory_lists_the_nodes_it_created() {
     assert!(typed.to_string().contains("delete it"), "{typed}");
 }
 
+/// Two factories on one cluster directory (two clusters in one process, or two processes
+/// each running some of the nodes with `.local(..)`) creating nodes at the same time: each
+/// reads `NODES`, adds its node and writes it back, with nothing between the two processes,
+/// so one's write can drop the other's node (and both write `NODES.tmp`). A node left out of
+/// the list is one whose wiped directory is no longer refused.
+#[test]
+#[ignore = "defect: concurrent factories on one cluster dir lose NODES entries (no lock across factories)"]
+fn two_factories_on_one_cluster_dir_list_every_node_they_created() {
+    let dir = TempDir::new("disk-nodes-race");
+    let options = DiskOptions { segment_bytes: 4096, sync: SyncPolicy::Never };
+    std::fs::create_dir_all(&dir.0).expect("cluster dir");
+    drop(DiskStorage::<u64>::factory_with(&dir.0, options)(
+        NodeId(1000),
+        &Configuration::default(),
+    ));
+    let create = |first: u64| {
+        let dir = dir.0.clone();
+        std::thread::spawn(move || {
+            let factory = DiskStorage::<u64>::factory_with(&dir, options);
+            let boot = Configuration::default();
+            (first..first + 40)
+                .filter_map(|id| factory(NodeId(id), &boot).err().map(|e| format!("n{id}: {e}")))
+                .collect::<Vec<_>>()
+        })
+    };
+    let (a, b) = (create(1), create(101));
+    let mut errors = a.join().expect("thread a");
+    errors.extend(b.join().expect("thread b"));
+    assert!(errors.is_empty(), "a factory refused a new node: {errors:?}");
+    let listed = std::fs::read_to_string(dir.0.join("NODES")).expect("NODES");
+    let listed: Vec<u64> = listed.lines().map(|l| l.parse().expect("an id")).collect();
+    let missing: Vec<u64> = (1..41).chain(101..141).filter(|id| !listed.contains(id)).collect();
+    assert!(missing.is_empty(), "created but not listed (a wipe would go unnoticed): {missing:?}");
+}
+
 fn cluster_of(dir: &Path) -> u64 {
     let text = std::fs::read_to_string(dir.join("CLUSTER")).expect("CLUSTER");
     u64::from_str_radix(text.trim(), 16).expect("a hexadecimal cluster id")
