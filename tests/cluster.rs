@@ -393,7 +393,6 @@ fn a_killed_node_is_down_and_restarts_with_its_persisted_term() {
 /// restarted node is then "caught up" without the write, though it was committed before
 /// the call (README: "waits until one has applied what was committed before").
 #[test]
-#[ignore = "defect: wait_caught_up takes a new leader's stale commit_index as its target and returns early"]
 fn wait_caught_up_counts_what_the_previous_leader_committed() {
     let _serial = serial();
     let mut cluster = kv_cluster(roomy_config(93), 3);

@@ -33,7 +33,7 @@ use crate::node::{
 use crate::state_machine::StateMachine;
 use crate::storage::{DiskStorage, MemStorage, Storage};
 use crate::transport::{inbox, BudgetCloser, Inbox, Router, Transport};
-use crate::types::{LogIndex, NodeId};
+use crate::types::{LogIndex, NodeId, Term};
 
 type Factory<S> = Arc<dyn Fn(NodeId) -> S + Send + Sync>;
 
@@ -611,8 +611,8 @@ impl<S: StateMachine> Cluster<S> {
         }
     }
 
-    /// Waits until node `id` has applied every entry the leader had committed when the call
-    /// began (a restarted node replaying its log and catching up, a new node after
+    /// Waits until node `id` has applied every entry committed when the call began (a
+    /// restarted node replaying its log and catching up, a new node after
     /// [`Cluster::add_node`]), up to `timeout`: what a rolling restart waits for before it
     /// restarts the next node. Returns the index the node has applied. Errors: `Timeout` (no
     /// leader, or the node not caught up in time), `NodeDown` (not running), `NotMember` /
@@ -620,10 +620,22 @@ impl<S: StateMachine> Cluster<S> {
     pub fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<LogIndex, Error> {
         let deadline = deadline_after(timeout);
         self.node(id)?;
+        // NB: a new leader's `commit_index` may lag what its predecessor committed until it
+        // commits an entry of its own term; its log holds every committed entry, though, so
+        // once it has committed through its last index as first seen, that covers them all
+        // (found by a review: `wait_caught_up` returned below a write committed just before).
+        let mut pinned: Option<(Term, LogIndex)> = None;
         let target = loop {
             let asking = deadline.min(deadline_after(self.config.request_timeout));
             if let Some(leader) = self.leader_status_by(asking) {
-                break leader.commit_index;
+                let (term, last) = match pinned {
+                    Some((term, last)) if term == leader.term => (term, last),
+                    _ => (leader.term, leader.last_log_index),
+                };
+                pinned = Some((term, last));
+                if leader.commit_index >= last {
+                    break leader.commit_index;
+                }
             }
             if Instant::now() >= deadline {
                 return Err(Error::Timeout);
