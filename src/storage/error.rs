@@ -213,7 +213,7 @@ impl fmt::Display for StorageError {
             ),
             StorageError::Lost { dir, node } => write!(
                 f,
-                "{} holds no store, although node {node} was created there before: its directory was wiped or lost; restore it from a backup, or {REPLACE}",
+                "{} holds no store, although node {node} was created there before: its directory was wiped or lost. If it was moved or its disk is not mounted, restore that directory where it was (not an older backup: a voter back with less than it acknowledged is as unsafe as an empty one); otherwise {REPLACE}",
                 dir.display()
             ),
             StorageError::UnsupportedFormat { path, found } => write!(
@@ -287,7 +287,6 @@ mod tests {
     /// an empty directory. Only the directory itself (moved, or a disk not mounted) may go
     /// back.
     #[test]
-    #[ignore = "defect: StorageError::Lost advises restoring a backup, as unsafe for a voter as an empty directory"]
     fn a_lost_directory_is_not_to_be_restored_from_an_older_backup() {
         let lost = StorageError::Lost { dir: PathBuf::from("/data/n2"), node: NodeId(2) };
         let text = lost.to_string();
