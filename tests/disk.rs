@@ -354,11 +354,10 @@ fn the_factory_lists_the_nodes_it_created() {
 
 /// Two factories on one cluster directory (two clusters in one process, or two processes
 /// each running some of the nodes with `.local(..)`) creating nodes at the same time: each
-/// reads `NODES`, adds its node and writes it back, with nothing between the two processes,
-/// so one's write can drop the other's node (and both write `NODES.tmp`). A node left out of
-/// the list is one whose wiped directory is no longer refused.
+/// reads `NODES`, adds its node and writes it back, so without the directory's lock one's
+/// write dropped the other's node, and both wrote `NODES.tmp` (found by a review). A node
+/// left out of the list is one whose wiped directory is no longer refused.
 #[test]
-#[ignore = "defect: concurrent factories on one cluster dir lose NODES entries (no lock across factories)"]
 fn two_factories_on_one_cluster_dir_list_every_node_they_created() {
     let dir = TempDir::new("disk-nodes-race");
     let options = DiskOptions { segment_bytes: 4096, sync: SyncPolicy::Never };
