@@ -249,10 +249,10 @@ fn add_node_after_a_reopen_never_reuses_a_removed_nodes_id() {
 
 /// A node whose directory was wiped while the whole cluster was down: the cluster does not
 /// start with it (`Lost`), so the operator starts the others and, as `ClusterBuilder::data_dir`
-/// says, removes it with `Cluster::remove_node` and adds a fresh node. `remove_node` refuses
-/// a node this `Cluster` did not start (`UnknownNode`), though its configuration has it.
+/// says, removes it with `Cluster::remove_node` and adds a fresh node. `remove_node` refused
+/// a node this `Cluster` did not start (`UnknownNode`), though its configuration had it
+/// (found by a review).
 #[test]
-#[ignore = "defect: the documented recovery for a Lost node (remove_node) fails after a whole-cluster restart"]
 fn a_node_wiped_while_the_cluster_was_down_can_be_replaced_as_documented() {
     let _serial = serial();
     let dir = TempDir::new("disk-wiped-down");

@@ -748,8 +748,27 @@ impl<S: StateMachine> Cluster<S> {
     /// other storage), and calls naming it get `Err(NotMember)`. Removing the leader makes it
     /// step down once the change commits; the others elect a new leader. A node the leader's
     /// configuration no longer has (an earlier attempt went through, though it answered
-    /// `Timeout`) is retired all the same, so a removal may be retried.
+    /// `Timeout`) is retired all the same, so a removal may be retried. A member this
+    /// `Cluster` never started (a cluster started again from its directory without a node
+    /// refused as `Lost`) is taken out of the configuration, with nothing here to stop.
     pub fn remove_node(&mut self, id: NodeId) -> Result<(), Error> {
+        if let Err(unknown @ Error::UnknownNode(_)) = self.slot(id) {
+            // NB: the recovery `ClusterBuilder::data_dir` gives for a node whose directory was
+            // lost while the whole cluster was down (found by a review: it was refused).
+            let deadline = deadline_after(self.config.request_timeout);
+            let member = self
+                .core_statuses_by(deadline)
+                .into_iter()
+                .any(|core| core.config.voters.contains(&id) || core.config.learners.contains(&id));
+            if !member {
+                return Err(unknown);
+            }
+            self.next_id = self.next_id.max(id.0.saturating_add(1)); // never handed out again
+            return match self.change_membership(MembershipChange::RemoveNode(id)) {
+                Ok(_) | Err(Error::NotMember(_)) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
         self.slot(id)?;
         match self.change_membership(MembershipChange::RemoveNode(id)) {
             Ok(_) => {}
