@@ -209,11 +209,11 @@ fn add_node_after_a_reopen_with_stale_ids_hands_out_a_fresh_id_and_removes_no_on
 
 /// A node added and removed for good, its directory deleted as `ClusterBuilder::on_removed`
 /// suggests; the cluster is started again from its directory with its current ids. Module
-/// docs: "ids are never reused". `add_node` hands out the removed node's id again (no
-/// configuration has it any more), and the factory refuses it as a wiped node (`Lost`); had
-/// the directory been kept, the new node would have started from the removed node's log.
+/// docs: "ids are never reused". `add_node` handed out the removed node's id again (no
+/// configuration has it any more), and the factory refused it as a wiped node (`Lost`); had
+/// the directory been kept, the new node would have started from the removed node's log
+/// (found by a review).
 #[test]
-#[ignore = "defect: add_node after a reopen reuses a removed node's id (refused as Lost once its dir is deleted)"]
 fn add_node_after_a_reopen_never_reuses_a_removed_nodes_id() {
     let _serial = serial();
     init_tracing();

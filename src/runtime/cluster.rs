@@ -95,6 +95,9 @@ pub struct ClusterBuilder<S: StateMachine> {
     local: Option<Vec<NodeId>>,
     joining: bool,
     on_removed: Option<OnRemoved>,
+    /// The directory of [`ClusterBuilder::data_dir`], whose list of created nodes `add_node`
+    /// hands out ids past.
+    created_in: Option<std::path::PathBuf>,
 }
 
 impl<S: StateMachine> ClusterBuilder<S> {
@@ -122,6 +125,7 @@ impl<S: StateMachine> ClusterBuilder<S> {
         self.storage = Some(Arc::new(move |id, bootstrap: &Configuration| {
             Ok(Box::new(open(id, bootstrap)?) as Box<dyn Storage<S::Command>>)
         }));
+        self.created_in = None;
         self
     }
 
@@ -206,7 +210,14 @@ impl<S: StateMachine> ClusterBuilder<S> {
                 (storage, Some(stores))
             }
         };
-        let next_id = self.ids.iter().map(|id| id.0).max().unwrap_or(0) + 1;
+        let mut next_id = self.ids.iter().map(|id| id.0).max().unwrap_or(0) + 1;
+        // NB: a node removed for good before the cluster was started again is in no
+        // configuration, but its directory's factory refuses to create it again (found by a
+        // review: `add_node` handed out its id and failed with `Lost`).
+        if let Some(largest) = self.created_in.as_deref().and_then(crate::storage::largest_created)
+        {
+            next_id = next_id.max(largest.saturating_add(1));
+        }
         let mut cluster = Cluster {
             next_id,
             added: BTreeSet::new(),
@@ -260,7 +271,10 @@ where
     /// To start a cluster again from its directory, pass the ids of its current configuration
     /// (`.ids(..)`): nodes that are not started cannot vote.
     pub fn data_dir(self, dir: impl Into<std::path::PathBuf>) -> Self {
-        self.storage(DiskStorage::factory(dir))
+        let dir = dir.into();
+        let mut builder = self.storage(DiskStorage::factory(dir.clone()));
+        builder.created_in = Some(dir);
+        builder
     }
 }
 
@@ -343,6 +357,7 @@ impl<S: StateMachine> Cluster<S> {
             local: None,
             joining: false,
             on_removed: None,
+            created_in: None,
         }
     }
 
@@ -701,9 +716,9 @@ impl<S: StateMachine> Cluster<S> {
     /// Adds a new node: it joins as a learner, catches up, and is promoted to voter. Waits
     /// until the change commits or fails, up to [`Config::request_timeout`] plus
     /// [`Config::catch_up_timeout`]. Its id is the one after the largest this `Cluster` was
-    /// built with, has handed out, or finds in a running node's configuration; never reused by
-    /// this `Cluster`. On an error the new node is stopped and retired, and its id is not used
-    /// again.
+    /// built with, has handed out, or finds in a running node's configuration, and (with
+    /// [`ClusterBuilder::data_dir`]) past every node its directory created; never reused. On
+    /// an error the new node is stopped and retired, and its id is not used again.
     pub fn add_node(&mut self) -> Result<NodeId, Error> {
         // NB: a cluster started again from its directory with fewer ids than its
         // configuration now holds (say `.nodes(3)` after n4 was added) must not hand out an

@@ -810,6 +810,14 @@ fn cluster_id(dir: &Path) -> Result<u64, StorageError> {
     }
 }
 
+/// The largest node id a cluster directory's `NODES` lists (`None` if it has no readable
+/// list): a `Cluster` on the directory hands out new ids past it, so a node removed for good
+/// is never created again under its id.
+pub(crate) fn largest_created(dir: &Path) -> Option<u64> {
+    let text = fs::read_to_string(dir.join(NODES)).ok()?;
+    text.lines().filter_map(|line| line.trim().parse::<u64>().ok()).max()
+}
+
 /// Waits for, then holds, the cluster directory's lock on `NODES`: every factory on the
 /// directory, in any process, reads and extends the list (and draws the cluster's id) alone
 /// (found by a review: two factories each wrote back the list they had read, dropping the
