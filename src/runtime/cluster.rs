@@ -267,7 +267,8 @@ where
     /// start with `Storage` ([`StorageError::Lost`](crate::storage::StorageError::Lost); see
     /// [`DiskStorage::factory`]): back empty under its old id it would have forgotten its
     /// votes and log, and with a node that missed a committed write it could elect a leader
-    /// without that write. Remove it ([`Cluster::remove_node`]) and add a fresh node instead.
+    /// without that write. Remove it ([`Cluster::remove_node`]) and add a fresh node instead;
+    /// if the whole cluster was down, start it without that node's id, then remove it.
     /// To start a cluster again from its directory, pass the ids of its current configuration
     /// (`.ids(..)`): nodes that are not started cannot vote.
     pub fn data_dir(self, dir: impl Into<std::path::PathBuf>) -> Self {
