@@ -386,3 +386,51 @@ fn a_killed_node_is_down_and_restarts_with_its_persisted_term() {
     wait_converged(&cluster, 3, LONG);
     cluster.shutdown();
 }
+
+/// `wait_caught_up` right after a leader change: the old leader committed a write (its
+/// client heard so) and was cut off before telling the others; the new leader's
+/// `commit_index` is below that write until it commits an entry of its own term. The
+/// restarted node is then "caught up" without the write, though it was committed before
+/// the call (README: "waits until one has applied what was committed before").
+#[test]
+fn wait_caught_up_counts_what_the_previous_leader_committed() {
+    let _serial = serial();
+    let mut cluster = kv_cluster(roomy_config(93), 3);
+    let old = cluster.wait_for_leader(LONG).expect("leader");
+    propose_ok(&mut cluster, append("k", "a;"));
+    wait_converged(&cluster, 3, LONG);
+    let others: Vec<NodeId> = cluster.ids().into_iter().filter(|&id| id != old).collect();
+    let (next, down) = (others[0], others[1]);
+    cluster.kill(down).expect("kill");
+    // `next` stores the write and would hear it committed 150 ms after the fact (less than
+    // an election timeout: no election meanwhile).
+    let slow = |delay: Duration, spare_elections| ferraft::NetworkFaults {
+        delay: delay..delay,
+        spare_elections,
+        ..Default::default()
+    };
+    cluster.set_link_faults(old, next, slow(ms(150), false)).expect("faults");
+    let committed = propose_ok(&mut cluster, append("k", "b;")).index;
+    cluster.isolate(old).expect("isolate"); // what it sent since is lost when due
+                                            // The new leader's appends to `down` take 1.5 s: it commits nothing of its own term for
+                                            // that long.
+    cluster.set_link_faults(next, down, slow(ms(1500), true)).expect("faults");
+    cluster.restart(down).expect("restart");
+    let before = wait_until(LONG, "next to lead", || {
+        let status = cluster.status(next).map_err(|e| e.to_string())?;
+        match status.core.role {
+            Role::Leader => Ok(status.core),
+            role => Err(format!("{role:?}")),
+        }
+    });
+    assert!(
+        before.commit_index < committed,
+        "the scenario: a leader not yet committed in its term"
+    );
+    let applied = cluster.wait_caught_up(down, LONG).expect("caught up");
+    assert!(
+        applied >= committed,
+        "{down} 'caught up' at {applied}, below {committed} committed before"
+    );
+    cluster.shutdown();
+}

@@ -207,6 +207,79 @@ fn add_node_after_a_reopen_with_stale_ids_hands_out_a_fresh_id_and_removes_no_on
     cluster.shutdown();
 }
 
+/// A node added and removed for good, its directory deleted as `ClusterBuilder::on_removed`
+/// suggests; the cluster is started again from its directory with its current ids. Module
+/// docs: "ids are never reused". `add_node` handed out the removed node's id again (no
+/// configuration has it any more), and the factory refused it as a wiped node (`Lost`); had
+/// the directory been kept, the new node would have started from the removed node's log
+/// (found by a review).
+#[test]
+fn add_node_after_a_reopen_never_reuses_a_removed_nodes_id() {
+    let _serial = serial();
+    init_tracing();
+    let dir = TempDir::new("disk-reuse-removed");
+    let start = |seed: u64| {
+        let root = dir.0.clone();
+        Cluster::builder(fast_config(seed), |_| KvStateMachine::new())
+            .nodes(3)
+            .data_dir(&dir.0)
+            .on_removed(move |id| {
+                let _ = std::fs::remove_dir_all(root.join(format!("n{}", id.0)));
+            })
+            .start()
+            .expect("start")
+    };
+    let mut cluster = start(40);
+    let removed = cluster.add_node().expect("n4");
+    cluster.propose(append("k", "a;")).expect("a write");
+    cluster.remove_node(removed).expect("remove n4");
+    assert!(!dir.0.join(format!("n{}", removed.0)).exists(), "on_removed deleted it");
+    cluster.shutdown();
+
+    let mut cluster = start(41); // n1, n2, n3: the current configuration
+    let fresh = cluster.add_node();
+    assert!(
+        matches!(fresh, Ok(id) if id != removed),
+        "add_node after the reopen: {fresh:?} (n{} was removed for good)",
+        removed.0
+    );
+    cluster.propose(append("k", "b;")).expect("a write");
+    cluster.shutdown();
+}
+
+/// A node whose directory was wiped while the whole cluster was down: the cluster does not
+/// start with it (`Lost`), so the operator starts the others and, as `ClusterBuilder::data_dir`
+/// says, removes it with `Cluster::remove_node` and adds a fresh node. `remove_node` refused
+/// a node this `Cluster` did not start (`UnknownNode`), though its configuration had it
+/// (found by a review).
+#[test]
+fn a_node_wiped_while_the_cluster_was_down_can_be_replaced_as_documented() {
+    let _serial = serial();
+    let dir = TempDir::new("disk-wiped-down");
+    let cluster = disk_cluster(42, 3, &dir.0);
+    cluster.propose(append("k", "a;")).expect("a write");
+    cluster.shutdown();
+    std::fs::remove_dir_all(dir.0.join("n3")).expect("wipe n3");
+
+    let refused = Cluster::builder(fast_config(43), |_| KvStateMachine::new())
+        .nodes(3)
+        .data_dir(&dir.0)
+        .start();
+    let error = refused.err().expect("n3 is refused");
+    assert!(error.to_string().contains("emptied, deleted or lost"), "{error}");
+
+    let mut cluster = Cluster::builder(fast_config(43), |_| KvStateMachine::new())
+        .ids(&[NodeId(1), NodeId(2)])
+        .data_dir(&dir.0)
+        .start()
+        .expect("the two intact nodes");
+    cluster.remove_node(NodeId(3)).expect("remove the wiped node, as the docs say");
+    let fresh = cluster.add_node().expect("a fresh node");
+    assert!(fresh.0 > 3, "{fresh}");
+    assert_eq!(value_of(&cluster, "k"), "a;");
+    cluster.shutdown();
+}
+
 /// A rolling restart: each node in turn is killed, the others write on, and once restarted
 /// `wait_caught_up` returns only when it has applied everything committed before the call.
 /// A node that cannot catch up (cut off) times out; a down or unknown node is a typed error.
@@ -277,6 +350,40 @@ fn the_factory_lists_the_nodes_it_created() {
     let typed = StorageError::from_io(&error).expect("a StorageError inside");
     assert!(matches!(typed, StorageError::BadNodeList { .. }), "{typed}");
     assert!(typed.to_string().contains("delete it"), "{typed}");
+}
+
+/// Two factories on one cluster directory (two clusters in one process, or two processes
+/// each running some of the nodes with `.local(..)`) creating nodes at the same time: each
+/// reads `NODES`, adds its node and writes it back, so without the directory's lock one's
+/// write dropped the other's node, and both wrote `NODES.tmp` (found by a review). A node
+/// left out of the list is one whose wiped directory is no longer refused.
+#[test]
+fn two_factories_on_one_cluster_dir_list_every_node_they_created() {
+    let dir = TempDir::new("disk-nodes-race");
+    let options = DiskOptions { segment_bytes: 4096, sync: SyncPolicy::Never };
+    std::fs::create_dir_all(&dir.0).expect("cluster dir");
+    drop(DiskStorage::<u64>::factory_with(&dir.0, options)(
+        NodeId(1000),
+        &Configuration::default(),
+    ));
+    let create = |first: u64| {
+        let dir = dir.0.clone();
+        std::thread::spawn(move || {
+            let factory = DiskStorage::<u64>::factory_with(&dir, options);
+            let boot = Configuration::default();
+            (first..first + 40)
+                .filter_map(|id| factory(NodeId(id), &boot).err().map(|e| format!("n{id}: {e}")))
+                .collect::<Vec<_>>()
+        })
+    };
+    let (a, b) = (create(1), create(101));
+    let mut errors = a.join().expect("thread a");
+    errors.extend(b.join().expect("thread b"));
+    assert!(errors.is_empty(), "a factory refused a new node: {errors:?}");
+    let listed = std::fs::read_to_string(dir.0.join("NODES")).expect("NODES");
+    let listed: Vec<u64> = listed.lines().map(|l| l.parse().expect("an id")).collect();
+    let missing: Vec<u64> = (1..41).chain(101..141).filter(|id| !listed.contains(id)).collect();
+    assert!(missing.is_empty(), "created but not listed (a wipe would go unnoticed): {missing:?}");
 }
 
 fn cluster_of(dir: &Path) -> u64 {

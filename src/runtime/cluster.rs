@@ -33,7 +33,7 @@ use crate::node::{
 use crate::state_machine::StateMachine;
 use crate::storage::{DiskStorage, MemStorage, Storage};
 use crate::transport::{inbox, BudgetCloser, Inbox, Router, Transport};
-use crate::types::{LogIndex, NodeId};
+use crate::types::{LogIndex, NodeId, Term};
 
 type Factory<S> = Arc<dyn Fn(NodeId) -> S + Send + Sync>;
 
@@ -95,6 +95,9 @@ pub struct ClusterBuilder<S: StateMachine> {
     local: Option<Vec<NodeId>>,
     joining: bool,
     on_removed: Option<OnRemoved>,
+    /// The directory of [`ClusterBuilder::data_dir`], whose list of created nodes `add_node`
+    /// hands out ids past.
+    created_in: Option<std::path::PathBuf>,
 }
 
 impl<S: StateMachine> ClusterBuilder<S> {
@@ -122,6 +125,7 @@ impl<S: StateMachine> ClusterBuilder<S> {
         self.storage = Some(Arc::new(move |id, bootstrap: &Configuration| {
             Ok(Box::new(open(id, bootstrap)?) as Box<dyn Storage<S::Command>>)
         }));
+        self.created_in = None;
         self
     }
 
@@ -206,7 +210,14 @@ impl<S: StateMachine> ClusterBuilder<S> {
                 (storage, Some(stores))
             }
         };
-        let next_id = self.ids.iter().map(|id| id.0).max().unwrap_or(0) + 1;
+        let mut next_id = self.ids.iter().map(|id| id.0).max().unwrap_or(0) + 1;
+        // NB: a node removed for good before the cluster was started again is in no
+        // configuration, but its directory's factory refuses to create it again (found by a
+        // review: `add_node` handed out its id and failed with `Lost`).
+        if let Some(largest) = self.created_in.as_deref().and_then(crate::storage::largest_created)
+        {
+            next_id = next_id.max(largest.saturating_add(1));
+        }
         let mut cluster = Cluster {
             next_id,
             added: BTreeSet::new(),
@@ -256,11 +267,15 @@ where
     /// start with `Storage` ([`StorageError::Lost`](crate::storage::StorageError::Lost); see
     /// [`DiskStorage::factory`]): back empty under its old id it would have forgotten its
     /// votes and log, and with a node that missed a committed write it could elect a leader
-    /// without that write. Remove it ([`Cluster::remove_node`]) and add a fresh node instead.
+    /// without that write. Remove it ([`Cluster::remove_node`]) and add a fresh node instead;
+    /// if the whole cluster was down, start it without that node's id, then remove it.
     /// To start a cluster again from its directory, pass the ids of its current configuration
     /// (`.ids(..)`): nodes that are not started cannot vote.
     pub fn data_dir(self, dir: impl Into<std::path::PathBuf>) -> Self {
-        self.storage(DiskStorage::factory(dir))
+        let dir = dir.into();
+        let mut builder = self.storage(DiskStorage::factory(dir.clone()));
+        builder.created_in = Some(dir);
+        builder
     }
 }
 
@@ -343,6 +358,7 @@ impl<S: StateMachine> Cluster<S> {
             local: None,
             joining: false,
             on_removed: None,
+            created_in: None,
         }
     }
 
@@ -611,8 +627,8 @@ impl<S: StateMachine> Cluster<S> {
         }
     }
 
-    /// Waits until node `id` has applied every entry the leader had committed when the call
-    /// began (a restarted node replaying its log and catching up, a new node after
+    /// Waits until node `id` has applied every entry committed when the call began (a
+    /// restarted node replaying its log and catching up, a new node after
     /// [`Cluster::add_node`]), up to `timeout`: what a rolling restart waits for before it
     /// restarts the next node. Returns the index the node has applied. Errors: `Timeout` (no
     /// leader, or the node not caught up in time), `NodeDown` (not running), `NotMember` /
@@ -620,10 +636,22 @@ impl<S: StateMachine> Cluster<S> {
     pub fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<LogIndex, Error> {
         let deadline = deadline_after(timeout);
         self.node(id)?;
+        // NB: a new leader's `commit_index` may lag what its predecessor committed until it
+        // commits an entry of its own term; its log holds every committed entry, though, so
+        // once it has committed through its last index as first seen, that covers them all
+        // (found by a review: `wait_caught_up` returned below a write committed just before).
+        let mut pinned: Option<(Term, LogIndex)> = None;
         let target = loop {
             let asking = deadline.min(deadline_after(self.config.request_timeout));
             if let Some(leader) = self.leader_status_by(asking) {
-                break leader.commit_index;
+                let (term, last) = match pinned {
+                    Some((term, last)) if term == leader.term => (term, last),
+                    _ => (leader.term, leader.last_log_index),
+                };
+                pinned = Some((term, last));
+                if leader.commit_index >= last {
+                    break leader.commit_index;
+                }
             }
             if Instant::now() >= deadline {
                 return Err(Error::Timeout);
@@ -689,9 +717,9 @@ impl<S: StateMachine> Cluster<S> {
     /// Adds a new node: it joins as a learner, catches up, and is promoted to voter. Waits
     /// until the change commits or fails, up to [`Config::request_timeout`] plus
     /// [`Config::catch_up_timeout`]. Its id is the one after the largest this `Cluster` was
-    /// built with, has handed out, or finds in a running node's configuration; never reused by
-    /// this `Cluster`. On an error the new node is stopped and retired, and its id is not used
-    /// again.
+    /// built with, has handed out, or finds in a running node's configuration, and (with
+    /// [`ClusterBuilder::data_dir`]) past every node its directory created; never reused. On
+    /// an error the new node is stopped and retired, and its id is not used again.
     pub fn add_node(&mut self) -> Result<NodeId, Error> {
         // NB: a cluster started again from its directory with fewer ids than its
         // configuration now holds (say `.nodes(3)` after n4 was added) must not hand out an
@@ -736,8 +764,27 @@ impl<S: StateMachine> Cluster<S> {
     /// other storage), and calls naming it get `Err(NotMember)`. Removing the leader makes it
     /// step down once the change commits; the others elect a new leader. A node the leader's
     /// configuration no longer has (an earlier attempt went through, though it answered
-    /// `Timeout`) is retired all the same, so a removal may be retried.
+    /// `Timeout`) is retired all the same, so a removal may be retried. A member this
+    /// `Cluster` never started (a cluster started again from its directory without a node
+    /// refused as `Lost`) is taken out of the configuration, with nothing here to stop.
     pub fn remove_node(&mut self, id: NodeId) -> Result<(), Error> {
+        if let Err(unknown @ Error::UnknownNode(_)) = self.slot(id) {
+            // NB: the recovery `ClusterBuilder::data_dir` gives for a node whose directory was
+            // lost while the whole cluster was down (found by a review: it was refused).
+            let deadline = deadline_after(self.config.request_timeout);
+            let member = self
+                .core_statuses_by(deadline)
+                .into_iter()
+                .any(|core| core.config.voters.contains(&id) || core.config.learners.contains(&id));
+            if !member {
+                return Err(unknown);
+            }
+            self.next_id = self.next_id.max(id.0.saturating_add(1)); // never handed out again
+            return match self.change_membership(MembershipChange::RemoveNode(id)) {
+                Ok(_) | Err(Error::NotMember(_)) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
         self.slot(id)?;
         match self.change_membership(MembershipChange::RemoveNode(id)) {
             Ok(_) => {}

@@ -16,7 +16,8 @@
 //!
 //! [`DiskStorage::factory`] keeps one such directory per node, `n<id>`, in a cluster
 //! directory that also holds `CLUSTER` (the cluster's id) and `NODES` (the nodes it created,
-//! one id per line, so a wiped node directory is told from a new one).
+//! one id per line, so a wiped node directory is told from a new one; `NODES.lock` is locked
+//! while a factory, in any process, reads and extends it).
 //!
 //! Writes are encoded into one reusable buffer and reach the file in one `pwrite` per
 //! [`Storage::sync`], at the write offset, which then `fdatasync`s (group commit: the driver
@@ -58,6 +59,8 @@ const LOCK: &str = "LOCK";
 const CLUSTER: &str = "CLUSTER";
 /// In a cluster directory ([`DiskStorage::factory`]): the ids of the nodes it created.
 const NODES: &str = "NODES";
+/// In a cluster directory: locked while a factory reads and extends `NODES`.
+const NODES_LOCK: &str = "NODES.lock";
 const IDENTITY_MAGIC: &str = "ferraft node v2";
 /// The identity line of directories written before segments were pre-zeroed.
 const IDENTITY_MAGIC_V1: &str = "ferraft node v1";
@@ -259,10 +262,13 @@ where
         options: DiskOptions,
     ) -> impl Fn(NodeId, &Configuration) -> io::Result<DiskStorage<C>> + Send + Sync + 'static {
         let dir = dir.into();
-        // NB: one start at a time reads and extends the list of created nodes.
+        // NB: one start at a time reads and extends the list of created nodes: in this
+        // factory, and (the directory's lock) in every other on the directory, in this
+        // process or another.
         let created = Mutex::new(());
         move |id, bootstrap| {
             let _one = created.lock().unwrap_or_else(|p| p.into_inner());
+            let _all = lock_cluster_dir(&dir)?;
             let cluster = cluster_id(&dir)?;
             let identity = NodeIdentity { cluster, node: id };
             let mut nodes = created_nodes(&dir)?;
@@ -802,6 +808,31 @@ fn cluster_id(dir: &Path) -> Result<u64, StorageError> {
         }
         Err(e) => Err(StorageError::io(path, "read", e)),
     }
+}
+
+/// The largest node id a cluster directory's `NODES` lists (`None` if it has no readable
+/// list): a `Cluster` on the directory hands out new ids past it, so a node removed for good
+/// is never created again under its id.
+pub(crate) fn largest_created(dir: &Path) -> Option<u64> {
+    let text = fs::read_to_string(dir.join(NODES)).ok()?;
+    text.lines().filter_map(|line| line.trim().parse::<u64>().ok()).max()
+}
+
+/// Waits for, then holds, the cluster directory's lock on `NODES`: every factory on the
+/// directory, in any process, reads and extends the list (and draws the cluster's id) alone
+/// (found by a review: two factories each wrote back the list they had read, dropping the
+/// other's node, and collided on `NODES.tmp`).
+fn lock_cluster_dir(dir: &Path) -> Result<File, StorageError> {
+    prepare_dir(dir)?;
+    let path = dir.join(NODES_LOCK);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io(&path, "open", e))?;
+    file.lock().map_err(|e| StorageError::io(&path, "lock", e))?;
+    Ok(file)
 }
 
 /// The nodes a cluster directory's factory created (`NODES`). A directory written before

@@ -208,12 +208,12 @@ impl fmt::Display for StorageError {
             StorageError::BadOptions { why } => write!(f, "bad disk options: {why}"),
             StorageError::BadNodeList { path } => write!(
                 f,
-                "{} does not parse (one node id per line): restore it from a backup, or delete it and it is written again, listing the node directories that hold a store",
+                "{} does not parse (one node id per line): restore it from a backup, or delete it and it is written again, listing the node directories that hold a store (so first check that no node's directory was emptied: the new list cannot know that node)",
                 path.display()
             ),
             StorageError::Lost { dir, node } => write!(
                 f,
-                "{} holds no store, although node {node} was created there before: its directory was emptied, deleted or lost; restore it from a backup, or {REPLACE}",
+                "{} holds no store, although node {node} was created there before: its directory was emptied, deleted or lost. If it was moved or its disk is not mounted, restore that directory where it was (not an older backup: a voter back with less than it acknowledged is as unsafe as an empty one); otherwise {REPLACE}",
                 dir.display()
             ),
             StorageError::UnsupportedFormat { path, found } => write!(
@@ -278,5 +278,17 @@ mod tests {
             assert!(text.contains("under a new id"), "{text}");
             assert!(!text.contains("wipe") && !text.contains("catch up"), "{text}");
         }
+    }
+
+    /// A node directory found empty after its node ran: restoring an older backup of it
+    /// brings the voter back with fewer votes and entries than it acknowledged, as unsafe as
+    /// an empty directory. Only the directory itself (moved, or a disk not mounted) may go
+    /// back.
+    #[test]
+    fn a_lost_directory_is_not_to_be_restored_from_an_older_backup() {
+        let lost = StorageError::Lost { dir: PathBuf::from("/data/n2"), node: NodeId(2) };
+        let text = lost.to_string();
+        assert!(!text.contains("from a backup"), "{text}");
+        assert!(text.contains("under a new id"), "{text}");
     }
 }

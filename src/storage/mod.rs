@@ -16,6 +16,7 @@ mod error;
 mod mem;
 mod wal;
 
+pub(crate) use disk::largest_created;
 pub use disk::{DiskOptions, DiskStorage, NodeIdentity, SyncPolicy, MAX_SEGMENT_BYTES};
 pub use error::StorageError;
 pub use mem::MemStorage;
