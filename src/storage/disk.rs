@@ -676,14 +676,19 @@ fn lock_dir(dir: &Path) -> Result<DirLock, StorageError> {
     })
 }
 
-fn lock_file(dir: &Path) -> Result<File, StorageError> {
-    let path = dir.join(LOCK);
-    let file = OpenOptions::new()
+/// Opens (creating it if needed) a file that exists to be locked.
+fn open_lock_file(path: &Path) -> Result<File, StorageError> {
+    OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .map_err(|e| StorageError::io(&path, "open", e))?;
+        .open(path)
+        .map_err(|e| StorageError::io(path, "open", e))
+}
+
+fn lock_file(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join(LOCK);
+    let file = open_lock_file(&path)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(StorageError::Locked { path }),
@@ -825,12 +830,7 @@ pub(crate) fn largest_created(dir: &Path) -> Option<u64> {
 fn lock_cluster_dir(dir: &Path) -> Result<File, StorageError> {
     prepare_dir(dir)?;
     let path = dir.join(NODES_LOCK);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StorageError::io(&path, "open", e))?;
+    let file = open_lock_file(&path)?;
     file.lock().map_err(|e| StorageError::io(&path, "lock", e))?;
     Ok(file)
 }
