@@ -594,6 +594,14 @@ impl<S: StateMachine> Cluster<S> {
         leader
     }
 
+    /// Every member of any running node's configuration (each loop answers, even while its
+    /// state machine is busy), asked for up to [`Config::request_timeout`].
+    fn configured_ids(&self) -> BTreeSet<NodeId> {
+        let deadline = deadline_after(self.config.request_timeout);
+        let statuses = self.core_statuses_by(deadline);
+        statuses.iter().flat_map(|core| core.config.members()).collect()
+    }
+
     /// The core's status of every running node that has not failed and answers by
     /// `deadline` (its loop answers, even while its state machine is busy). Every node is
     /// asked first, then heard.
@@ -724,13 +732,8 @@ impl<S: StateMachine> Cluster<S> {
         // NB: a cluster started again from its directory with fewer ids than its
         // configuration now holds (say `.nodes(3)` after n4 was added) must not hand out an
         // id a configuration already has: found by an embedding review.
-        let deadline = deadline_after(self.config.request_timeout);
-        let configured = self.core_statuses_by(deadline).into_iter().flat_map(|core| {
-            let config = core.config;
-            config.voters.into_iter().chain(config.learners).map(|id| id.0)
-        });
-        if let Some(highest) = configured.max() {
-            self.next_id = self.next_id.max(highest.saturating_add(1));
+        if let Some(highest) = self.configured_ids().last() {
+            self.next_id = self.next_id.max(highest.0.saturating_add(1));
         }
         let id = NodeId(self.next_id);
         if id.0 == u64::MAX {
@@ -771,12 +774,7 @@ impl<S: StateMachine> Cluster<S> {
         if let Err(unknown @ Error::UnknownNode(_)) = self.slot(id) {
             // NB: the recovery `ClusterBuilder::data_dir` gives for a node whose directory was
             // lost while the whole cluster was down (found by a review: it was refused).
-            let deadline = deadline_after(self.config.request_timeout);
-            let member = self
-                .core_statuses_by(deadline)
-                .into_iter()
-                .any(|core| core.config.voters.contains(&id) || core.config.learners.contains(&id));
-            if !member {
+            if !self.configured_ids().contains(&id) {
                 return Err(unknown);
             }
             self.next_id = self.next_id.max(id.0.saturating_add(1)); // never handed out again
