@@ -50,7 +50,7 @@ use ferraft::{
 #[path = "common/kv_wire.rs"]
 mod kv_wire;
 
-use kv_wire::{KvRequest, KvResponse, KvStatus, MAX_CLIENT_FRAME};
+use kv_wire::{status_answer, KvRequest, KvResponse, MAX_CLIENT_FRAME};
 
 struct Args {
     id: NodeId,
@@ -298,7 +298,7 @@ fn start(node: &Node, request: KvRequest, peers: &AddressBook) -> Pending {
     let command = match request {
         KvRequest::Put { key, value } => KvCommand::Put { key: key.into(), value: value.into() },
         KvRequest::Get { key } => KvCommand::Get { key: key.into() },
-        KvRequest::Status => return Pending::Ready(status(node)),
+        KvRequest::Status => return Pending::Ready(status_answer(node)),
         KvRequest::AddNode { id, addr } => {
             let (node, peers) = (node.clone(), peers.clone());
             return Pending::Change(Box::new(move || add_node(&node, NodeId(id), addr, &peers)));
@@ -356,21 +356,5 @@ fn write_answers(mut stream: TcpStream, pending: &Receiver<Pending>, peers: &Add
         if frame::write_value(&mut stream, FrameKind::Response, &response).is_err() {
             return;
         }
-    }
-}
-
-fn status(node: &Node) -> KvResponse {
-    match node.status(Duration::from_secs(5)) {
-        Ok(s) => KvResponse::Status(KvStatus {
-            id: s.core.id.0,
-            role: s.core.role_name().to_string(),
-            term: s.core.term.0,
-            leader: s.core.leader.map(|l| l.0),
-            commit: s.core.commit_index.0,
-            applied: s.core.last_applied.0,
-            digest: s.digest,
-            voters: s.core.config.voters.iter().map(|v| v.0).collect(),
-        }),
-        Err(e) => KvResponse::Error(e.to_string()),
     }
 }

@@ -75,7 +75,7 @@ fn audit(snapshot_entries: u64, sync: &[&str]) -> Kind {
 // ---------------------------------------------------------------------------------------------
 
 mod server {
-    use super::processes::kv_wire::KvStatus;
+    use super::processes::kv_wire::status_answer;
     use super::*;
     use ferraft::storage::{DiskOptions, NodeIdentity};
     use ferraft::transport::frame::{self, FrameKind};
@@ -196,7 +196,7 @@ mod server {
 
     fn start(node: &Node, request: KvRequest, peers: &Peers) -> Pending {
         let command = match request {
-            KvRequest::Status => return Pending::Ready(status(node)),
+            KvRequest::Status => return Pending::Ready(status_answer(node)),
             KvRequest::Put { key, value } => match parse(&key, value) {
                 Some(c) => c,
                 None => return Pending::Ready(KvResponse::Error(format!("bad key {key}"))),
@@ -240,22 +240,6 @@ mod server {
             _ => return None,
         };
         Some(SessionCommand::Command { client, seq, lowest_pending, command })
-    }
-
-    fn status(node: &Node) -> KvResponse {
-        match node.status(Duration::from_secs(5)) {
-            Ok(s) => KvResponse::Status(KvStatus {
-                id: s.core.id.0,
-                role: s.core.role_name().to_string(),
-                term: s.core.term.0,
-                leader: s.core.leader.map(|l| l.0),
-                commit: s.core.commit_index.0,
-                applied: s.core.last_applied.0,
-                digest: s.digest,
-                voters: s.core.config.voters.iter().map(|v| v.0).collect(),
-            }),
-            Err(e) => KvResponse::Error(e.to_string()),
-        }
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use ferraft::transport::frame::{self, FrameKind, Peer};
 use ferraft::transport::{connect, TcpConfig};
+use ferraft::{NodeHandle, StateMachine};
 use serde::{Deserialize, Serialize};
 
 /// A client's request.
@@ -138,6 +139,24 @@ impl KvClient {
                 answer => return Ok(answer),
             }
         }
+    }
+}
+
+/// The answer to [`KvRequest::Status`] at `node`: its status, or why it has none. The one
+/// answer `kv_server` and the audit server of `tests/adversarial_crash.rs` give.
+pub fn status_answer<S: StateMachine>(node: &NodeHandle<S>) -> KvResponse {
+    match node.status(Duration::from_secs(5)) {
+        Ok(s) => KvResponse::Status(KvStatus {
+            id: s.core.id.0,
+            role: s.core.role_name().to_string(),
+            term: s.core.term.0,
+            leader: s.core.leader.map(|l| l.0),
+            commit: s.core.commit_index.0,
+            applied: s.core.last_applied.0,
+            digest: s.digest,
+            voters: s.core.config.voters.iter().map(|v| v.0).collect(),
+        }),
+        Err(e) => KvResponse::Error(e.to_string()),
     }
 }
 
