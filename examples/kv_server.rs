@@ -38,9 +38,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver};
 use ferraft::storage::{DiskOptions, NodeIdentity};
-use ferraft::transport::frame::{self, FrameKind};
 use ferraft::transport::{AddressBook, TcpConfig, TcpTransport};
 use ferraft::{
     Cluster, Config, Configuration, DiskStorage, Error, KvCommand, KvOutput, KvStateMachine,
@@ -50,7 +48,7 @@ use ferraft::{
 #[path = "common/kv_wire.rs"]
 mod kv_wire;
 
-use kv_wire::{status_answer, KvRequest, KvResponse, MAX_CLIENT_FRAME};
+use kv_wire::{serve_in_order, status_answer, KvRequest, KvResponse};
 
 struct Args {
     id: NodeId,
@@ -272,26 +270,11 @@ enum Pending {
     Change(Box<dyn FnOnce() -> KvResponse + Send>),
 }
 
-/// Reads requests and starts them at once; a writer thread answers them in order, so a client
-/// may keep many in flight.
+/// Starts each request as it arrives and answers them in order (`kv_wire::serve_in_order`).
 fn serve_client(stream: TcpStream, node: Node, peers: &AddressBook) {
-    let Ok(writer) = stream.try_clone() else { return };
-    let (tx, rx) = bounded(1024);
     let peers_w = peers.clone();
-    let answer = std::thread::Builder::new()
-        .name("kv-client-out".into())
-        .spawn(move || write_answers(writer, &rx, &peers_w));
-    let Ok(answer) = answer else { return };
-    let mut reader = std::io::BufReader::new(stream);
-    while let Ok(request) =
-        frame::read_value::<KvRequest>(&mut reader, FrameKind::Request, MAX_CLIENT_FRAME)
-    {
-        if tx.send(start(&node, request, peers)).is_err() {
-            break;
-        }
-    }
-    drop(tx);
-    let _ = answer.join();
+    let finish = move |pending| finish(pending, &peers_w);
+    serve_in_order(stream, |request| start(&node, request, peers), finish);
 }
 
 fn start(node: &Node, request: KvRequest, peers: &AddressBook) -> Pending {
@@ -343,18 +326,14 @@ fn refusal(e: Error, peers: &AddressBook) -> KvResponse {
     }
 }
 
-fn write_answers(mut stream: TcpStream, pending: &Receiver<Pending>, peers: &AddressBook) {
-    for answer in pending {
-        let response = match answer {
-            Pending::Ready(response) => response,
-            Pending::Proposal(mut receipt) => match receipt.wait(Duration::from_secs(10)) {
-                Ok(applied) => KvResponse::Value(applied.output.as_deref().map(str::to_owned)),
-                Err(e) => refusal(e, peers),
-            },
-            Pending::Change(run) => run(),
-        };
-        if frame::write_value(&mut stream, FrameKind::Response, &response).is_err() {
-            return;
-        }
+/// The answer to a started request, once it is done.
+fn finish(pending: Pending, peers: &AddressBook) -> KvResponse {
+    match pending {
+        Pending::Ready(response) => response,
+        Pending::Proposal(mut receipt) => match receipt.wait(Duration::from_secs(10)) {
+            Ok(applied) => KvResponse::Value(applied.output.as_deref().map(str::to_owned)),
+            Err(e) => refusal(e, peers),
+        },
+        Pending::Change(run) => run(),
     }
 }

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use processes::kv_wire::{KvRequest, KvResponse, MAX_CLIENT_FRAME};
+use processes::kv_wire::{KvRequest, KvResponse};
 use processes::{
     free_addr, get, leader, put, status, wait_converged, ChildGuard, Conn, Kind, Servers, CLUSTER,
     DEADLINE,
@@ -75,10 +75,9 @@ fn audit(snapshot_entries: u64, sync: &[&str]) -> Kind {
 // ---------------------------------------------------------------------------------------------
 
 mod server {
-    use super::processes::kv_wire::status_answer;
+    use super::processes::kv_wire::{serve_in_order, status_answer};
     use super::*;
     use ferraft::storage::{DiskOptions, NodeIdentity};
-    use ferraft::transport::frame::{self, FrameKind};
     use ferraft::transport::{TcpConfig, TcpTransport};
     use ferraft::{
         ClientId, Cluster, Config, Configuration, DiskStorage, KvCommand, KvStateMachine,
@@ -159,39 +158,23 @@ mod server {
     type Peers = Arc<BTreeMap<NodeId, SocketAddr>>;
 
     fn serve_client(stream: TcpStream, node: Node, peers: &Peers) {
-        let Ok(mut writer) = stream.try_clone() else { return };
-        let (tx, rx) = crossbeam_channel::bounded::<Pending>(1024);
         let peers_w = Arc::clone(peers);
-        let answer = std::thread::spawn(move || {
-            for p in rx {
-                let response = match p {
-                    Pending::Ready(r) => r,
-                    Pending::Proposal(mut receipt) => match receipt.wait(Duration::from_secs(10)) {
-                        Ok(applied) => match applied.output {
-                            SessionOutput::Registered(id) => {
-                                KvResponse::Value(Some(id.0.to_string()))
-                            }
-                            SessionOutput::Output(o) => KvResponse::Value(o.map(|s| s.to_string())),
-                            other => KvResponse::Error(format!("session: {other:?}")),
-                        },
-                        Err(e) => refusal(e, &peers_w),
-                    },
-                };
-                if frame::write_value(&mut writer, FrameKind::Response, &response).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut reader = std::io::BufReader::new(stream);
-        while let Ok(request) =
-            frame::read_value::<KvRequest>(&mut reader, FrameKind::Request, MAX_CLIENT_FRAME)
-        {
-            if tx.send(start(&node, request, peers)).is_err() {
-                break;
-            }
+        let finish = move |pending| finish(pending, &peers_w);
+        serve_in_order(stream, |request| start(&node, request, peers), finish);
+    }
+
+    fn finish(pending: Pending, peers: &Peers) -> KvResponse {
+        match pending {
+            Pending::Ready(r) => r,
+            Pending::Proposal(mut receipt) => match receipt.wait(Duration::from_secs(10)) {
+                Ok(applied) => match applied.output {
+                    SessionOutput::Registered(id) => KvResponse::Value(Some(id.0.to_string())),
+                    SessionOutput::Output(o) => KvResponse::Value(o.map(|s| s.to_string())),
+                    other => KvResponse::Error(format!("session: {other:?}")),
+                },
+                Err(e) => refusal(e, peers),
+            },
         }
-        drop(tx);
-        let _ = answer.join();
     }
 
     fn start(node: &Node, request: KvRequest, peers: &Peers) -> Pending {

@@ -142,6 +142,38 @@ impl KvClient {
     }
 }
 
+/// Serves one client connection: starts each request as it is read (`start`), while a thread
+/// of its own (`kv-client-out`) finishes them in order (`finish`, which may wait for a
+/// proposal to apply) and writes the answers, so a client may keep many in flight. Returns
+/// when the client hangs up or an answer cannot be written. The loop `kv_server` and the
+/// audit server of `tests/adversarial_crash.rs` share.
+pub fn serve_in_order<P: Send + 'static>(
+    stream: TcpStream,
+    mut start: impl FnMut(KvRequest) -> P,
+    mut finish: impl FnMut(P) -> KvResponse + Send + 'static,
+) {
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let (tx, rx) = crossbeam_channel::bounded::<P>(1024);
+    let answer = std::thread::Builder::new().name("kv-client-out".into()).spawn(move || {
+        for pending in rx {
+            if frame::write_value(&mut writer, FrameKind::Response, &finish(pending)).is_err() {
+                return;
+            }
+        }
+    });
+    let Ok(answer) = answer else { return };
+    let mut reader = std::io::BufReader::new(stream);
+    while let Ok(request) =
+        frame::read_value::<KvRequest>(&mut reader, FrameKind::Request, MAX_CLIENT_FRAME)
+    {
+        if tx.send(start(request)).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = answer.join();
+}
+
 /// The answer to [`KvRequest::Status`] at `node`: its status, or why it has none. The one
 /// answer `kv_server` and the audit server of `tests/adversarial_crash.rs` give.
 pub fn status_answer<S: StateMachine>(node: &NodeHandle<S>) -> KvResponse {
