@@ -9,6 +9,10 @@
 //! and that leader's address; [`KvClient::request`] follows it. Reads go through the log
 //! (`KvCommand::Get`), so they are linearizable but cost a round of replication.
 //!
+//! The server's side, shared by `kv_server` and the audit server of
+//! `tests/adversarial_crash.rs`: [`serve_in_order`] runs one client connection,
+//! [`status_answer`] answers [`KvRequest::Status`].
+//!
 //! Included with `#[path]` by the examples and tests that speak it.
 
 #![allow(dead_code)]
