@@ -369,3 +369,60 @@ fn a_cut_off_leader_refuses_tiny_commands_at_the_cap_counted_in_memory() {
     assert!(uncommitted <= appended as u64 + 1, "{uncommitted} uncommitted (a no-op at most)");
     cluster.clear_faults();
 }
+
+/// A read changes nothing, so `Client::read_timeout` retries every failure; at the deadline
+/// the caller learns why the last attempt failed. With one node of three running, no leader
+/// can be elected: every attempt is refused `NotLeader` with no hint, and the deadline
+/// answers `Unavailable` with that refusal (it answered `Timeout`, whatever the last failure
+/// was, before the twenty-second session).
+#[test]
+fn a_read_with_no_majority_running_is_unavailable_with_the_last_refusal() {
+    let _serial = serial();
+    let mut cluster = kv_cluster(3, fast_config(81));
+    cluster.propose(append("k", "v")).expect("applied");
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+        cluster.kill(id).expect("kill");
+    }
+    let client = cluster.client();
+    let started = std::time::Instant::now();
+    let answer = client.read_timeout("k".to_string(), ms(1000));
+    assert!(started.elapsed() < ms(1500), "returned after {:?}", started.elapsed());
+    match answer {
+        Err(Error::Unavailable { last }) => {
+            assert_eq!(*last, Error::NotLeader { leader_hint: None }, "the last refusal");
+        }
+        other => panic!("expected Unavailable with the last refusal, got {other:?}"),
+    }
+}
+
+/// A read whose node is alive but answers too late: the last attempt still waits at the
+/// deadline, so the answer is `Timeout`. The leader's state machine is held in `apply`
+/// after a write committed, so a read at the leader (confirmed at once, its read index past
+/// what the state machine applied) cannot run its query before the deadline.
+#[test]
+fn a_read_still_waiting_for_its_answer_at_the_deadline_is_a_timeout() {
+    let _serial = serial();
+    let gates = Gates::default();
+    let cluster = Cluster::new(fast_config(82), 3, gates.factory()).expect("start");
+    let client = cluster.client();
+    client.propose(append("k", "a;")).expect("applied"); // the client learns the leader
+    let leader = client.leader_hint().expect("a leader learned");
+    gates.shut(leader);
+    let node = cluster.node(leader).expect("handle");
+    let mut write = node.propose_async(append("k", "b;")).expect("sent");
+    let (index, _) = write.position(LONG).expect("appended");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    wait_until(LONG, "the write committed (a follower applied it)", || {
+        let status = cluster.status(follower).map_err(|e| e.to_string())?;
+        if status.core.last_applied >= index {
+            Ok(())
+        } else {
+            Err(format!("{:?}", status.core))
+        }
+    });
+    let answer = client.read_timeout("k".to_string(), ms(300));
+    assert_eq!(answer, Err(Error::Timeout), "the leader's state machine is held in apply");
+    gates.open_all();
+    assert_eq!(write.wait(LONG).expect("applied").output.as_deref(), Some("a;b;"));
+}

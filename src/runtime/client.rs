@@ -747,7 +747,7 @@ impl<S: StateMachine> Client<S> {
     /// when less than two pauses are. NB: an attempt started with a sliver of time left is
     /// likely cut off by the deadline before its node answers, and a proposal handed over
     /// but unanswered is `Timeout` (unknown) where a refusal would have been `Unavailable`.
-    fn pause_before_retry(&self, deadline: Instant) -> Duration {
+    pub(super) fn pause_before_retry(&self, deadline: Instant) -> Duration {
         let pause = self.shared.retry_pause;
         let left = deadline.saturating_duration_since(Instant::now());
         if left < pause.saturating_mul(2) {
