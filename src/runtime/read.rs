@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::client::{Client, NodeHandle};
 use super::cluster::Cluster;
+use crate::core::ReadPolicy;
 use crate::error::Error;
 use crate::node::{deadline_after, Applied, Monotonic, Receipt, Request};
 use crate::state_machine::ReadStateMachine;
@@ -33,32 +34,62 @@ impl<S: ReadStateMachine> NodeHandle<S> {
     /// receipt's [`Applied`] holds the answer, and as `index` the log index the state had been
     /// applied through when the query ran (`term` is 0: a read has no entry).
     pub fn read_async(&self, query: S::Query) -> Result<Receipt<S::Answer>, Error> {
-        self.read_by(query, None)
+        self.read_async_with(query, ReadPolicy::Lease)
     }
 
-    /// [`NodeHandle::read_async`], waiting for room in a full queue until `deadline` at most
-    /// (`None`: as long as it takes).
+    /// [`NodeHandle::read_async`], confirmed as `policy` allows: [`ReadPolicy::ReadIndex`]
+    /// always waits for a heartbeat round started after the read arrived, even while the
+    /// leader's lease holds (for a follower read too: the follower asks the leader for a
+    /// round); [`ReadPolicy::Lease`] is what `read_async` does.
+    pub fn read_async_with(
+        &self,
+        query: S::Query,
+        policy: ReadPolicy,
+    ) -> Result<Receipt<S::Answer>, Error> {
+        self.read_by(query, policy, None)
+    }
+
+    /// [`NodeHandle::read_async_with`], waiting for room in a full queue until `deadline` at
+    /// most (`None`: as long as it takes).
     pub(super) fn read_by(
         &self,
         query: S::Query,
+        policy: ReadPolicy,
         deadline: Option<Instant>,
     ) -> Result<Receipt<S::Answer>, Error> {
-        if let Some(applied) = self.read_locally(|sm| sm.query(&query)) {
-            return Ok(Receipt::ready(self.id(), Ok(applied)));
+        if policy == ReadPolicy::Lease {
+            if let Some(applied) = self.read_locally(|sm| sm.query(&query)) {
+                return Ok(Receipt::ready(self.id(), Ok(applied)));
+            }
         }
         let (read, receipt) = self.read_receipt(query, |sm: &S, query| sm.query(query));
-        self.send_read(Request::Read { read }, deadline)?;
+        self.send_read(Request::Read { read, policy }, deadline)?;
         Ok(receipt)
     }
 
     /// A linearizable read at this node, waiting up to `timeout`. Fails with `NotLeader` when
     /// neither this node nor a leader it knows can serve it; always safe to retry.
     pub fn read(&self, query: S::Query, timeout: Duration) -> Result<S::Answer, Error> {
-        if let Some(applied) = self.read_locally(|sm| sm.query(&query)) {
-            return Ok(applied.output); // a lease read: no receipt, no queue
+        self.read_with(query, ReadPolicy::Lease, timeout)
+    }
+
+    /// [`NodeHandle::read`], confirmed as `policy` allows (see [`ReadPolicy`]): say, most
+    /// reads by the lease and those that must not rely on clocks by a heartbeat round
+    /// (`ReadPolicy::ReadIndex`). On a cluster without `Config::lease_reads` there is no
+    /// lease, and `ReadPolicy::Lease` reads by a round too.
+    pub fn read_with(
+        &self,
+        query: S::Query,
+        policy: ReadPolicy,
+        timeout: Duration,
+    ) -> Result<S::Answer, Error> {
+        if policy == ReadPolicy::Lease {
+            if let Some(applied) = self.read_locally(|sm| sm.query(&query)) {
+                return Ok(applied.output); // a lease read: no receipt, no queue
+            }
         }
         let deadline = deadline_after(timeout);
-        Ok(self.read_by(query, Some(deadline))?.wait_until(deadline)?.output)
+        Ok(self.read_by(query, policy, Some(deadline))?.wait_until(deadline)?.output)
     }
 
     /// Hands a read to the node's queue (asking for forwarding if this handle does), by
@@ -95,7 +126,7 @@ impl<S: ReadStateMachine> NodeHandle<S> {
         }
         let run = |sm: &S, queries: &Vec<S::Query>| queries.iter().map(|q| sm.query(q)).collect();
         let (read, receipt) = self.read_receipt(queries, run);
-        self.send_read(Request::Read { read }, deadline)?;
+        self.send_read(Request::Read { read, policy: ReadPolicy::Lease }, deadline)?;
         Ok(receipt)
     }
 
@@ -121,7 +152,20 @@ impl<S: ReadStateMachine> Client<S> {
         self.read_timeout(query, self.timeout())
     }
 
-    /// [`Client::read`] with an explicit deadline. A read changes nothing, so every failure
+    /// [`Client::read`] with an explicit deadline: [`Client::read_with`] with
+    /// [`ReadPolicy::Lease`].
+    pub fn read_timeout(&self, query: S::Query, timeout: Duration) -> Result<S::Answer, Error>
+    where
+        S::Query: Clone,
+    {
+        self.read_with(query, ReadPolicy::Lease, timeout)
+    }
+
+    /// A linearizable read confirmed as `policy` allows ([`ReadPolicy`]), with an explicit
+    /// deadline. [`ReadPolicy::Lease`]: within the leader's lease when `Config::lease_reads`
+    /// is on and the lease holds, else by a heartbeat round (what [`Client::read`] does).
+    /// [`ReadPolicy::ReadIndex`]: always by a round started after the read arrived, relying on
+    /// no clock, whatever the configuration. A read changes nothing, so every failure
     /// is retried, at the hinted leader or another node, until the deadline. Then the answer
     /// says why the last attempt failed:
     /// - `Err(Unavailable { last })` if it was refused: `last` is its error (`NotLeader` with
@@ -135,7 +179,12 @@ impl<S: ReadStateMachine> Client<S> {
     /// runs) and when the one node running reports that its state machine failed
     /// (`StateMachinePanicked`, `RestoreFailed`). The simulator's retrying clients retry a
     /// failed read the same way (`SimConfig::client_retries`).
-    pub fn read_timeout(&self, query: S::Query, timeout: Duration) -> Result<S::Answer, Error>
+    pub fn read_with(
+        &self,
+        query: S::Query,
+        policy: ReadPolicy,
+        timeout: Duration,
+    ) -> Result<S::Answer, Error>
     where
         S::Query: Clone,
     {
@@ -145,7 +194,7 @@ impl<S: ReadStateMachine> Client<S> {
         loop {
             let Some(id) = target else { return Err(Error::Shutdown) };
             // NB: the first attempt has its whole timeout: no clock read before it.
-            let refusal = match self.try_read(id, query.clone(), deadline) {
+            let refusal = match self.try_read(id, query.clone(), policy, deadline) {
                 Ok(answer) => return Ok(answer),
                 Err(Error::Timeout) if Instant::now() >= deadline => return Err(Error::Timeout),
                 Err(refusal) => refusal,
@@ -175,9 +224,15 @@ impl<S: ReadStateMachine> Client<S> {
     /// One read attempt at node `id`, waiting until `deadline`: the answer, or the error
     /// (`Timeout` only if the node had not answered by then; `QueueFull` if its queue stayed
     /// full, `NodeDown` if it is not running).
-    fn try_read(&self, id: NodeId, query: S::Query, deadline: Instant) -> Result<S::Answer, Error> {
+    fn try_read(
+        &self,
+        id: NodeId,
+        query: S::Query,
+        policy: ReadPolicy,
+        deadline: Instant,
+    ) -> Result<S::Answer, Error> {
         let Some(node) = self.handle(id) else { return Err(Error::NodeDown(id)) };
-        let applied = node.read_by(query, Some(deadline))?.wait_until(deadline)?;
+        let applied = node.read_by(query, policy, Some(deadline))?.wait_until(deadline)?;
         if !self.forward {
             self.learn_leader(id); // (a forwarding node need not lead)
         }
