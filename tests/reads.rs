@@ -476,6 +476,13 @@ fn a_readindex_read_on_a_lease_cluster_confirms_with_a_round() {
     assert_eq!(value.as_deref(), Some("v"));
     let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
     reads_by(&cluster.node(follower).expect("handle"), ReadPolicy::ReadIndex, 5);
+    // Forwarded to the leader, the read keeps its policy: a round there, not the lease.
+    let before = metrics(&cluster, leader);
+    let forwarding = cluster.node(follower).expect("handle").forward_to_leader(true);
+    reads_by(&forwarding, ReadPolicy::ReadIndex, 5);
+    let after = metrics(&cluster, leader);
+    assert_eq!(after.reads_read_index - before.reads_read_index, 5, "{after:?}");
+    assert_eq!(after.reads_lease, before.reads_lease, "a forwarded read kept its policy");
 }
 
 /// Without `Config::lease_reads` no leader holds a lease, so a read that asks for one

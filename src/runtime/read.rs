@@ -68,7 +68,9 @@ impl<S: ReadStateMachine> NodeHandle<S> {
     }
 
     /// A linearizable read at this node, waiting up to `timeout`. Fails with `NotLeader` when
-    /// neither this node nor a leader it knows can serve it; always safe to retry.
+    /// neither this node nor a leader it knows can serve it, `QueueFull` when the node's
+    /// request queue stays full until the deadline, `Timeout` when the node had not answered
+    /// by then; always safe to retry (one attempt: [`Client::read`] retries for you).
     pub fn read(&self, query: S::Query, timeout: Duration) -> Result<S::Answer, Error> {
         self.read_with(query, ReadPolicy::Lease, timeout)
     }
