@@ -120,7 +120,9 @@ pub struct Config {
     pub snapshot_chunks_in_flight: usize,
     /// Lease reads (thesis §6.4.1): a leader answers reads without a confirmation round while
     /// its lease holds. Off by default; requires `check_quorum`. Safe only while every node's
-    /// clock runs within `clock_drift_bound` of every other's (see [`ClockDrift`]).
+    /// clock runs within `clock_drift_bound` of every other's (see [`ClockDrift`]). A read
+    /// may still insist on a round ([`ReadPolicy::ReadIndex`](crate::ReadPolicy), through
+    /// `read_with`); without this option no read is served by a lease, whatever it asks.
     pub lease_reads: bool,
     /// How much faster one node's clock may run than another's (at least 1): a lease lasts
     /// the minimum election timeout divided by this bound. Default 1.1.

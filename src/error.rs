@@ -254,18 +254,24 @@ pub enum Error {
     /// The operation did not finish within its deadline; its effect is unknown. From a
     /// proposal ([`Client::propose`](crate::Client::propose)): some attempt was handed to a
     /// node that appended it, or may have, so the command may still be applied; retry only
-    /// with a client session ([`Session`](crate::Session)), or read to find out.
+    /// with a client session ([`Session`](crate::Session)), or read to find out. From a read
+    /// ([`Client::read_timeout`](crate::Client::read_timeout)): the last attempt was handed to
+    /// a node that had not answered by the deadline; a read changed nothing, retry it.
     Timeout,
     /// [`Client::propose`](crate::Client::propose) found no node to take the command before
     /// its deadline: every attempt was refused before appending (no leader elected, the
     /// leader down or unreachable, its uncommitted log full) or its entry was replaced
     /// (`ProposalDropped`). The command was never applied and never will be: retrying it is
-    /// safe. `last` says why the last attempt failed. If this lasts, the cluster has no
+    /// safe. [`Client::read_timeout`](crate::Client::read_timeout) answers it when its last
+    /// attempt before the deadline was refused (a read changes nothing: always safe to
+    /// retry). `last` says why the last attempt failed. If this lasts, the cluster has no
     /// working majority: check that most nodes are running and can reach each other.
     Unavailable {
-        /// The last attempt's refusal: `NotLeader`, `LeaderUnreachable`,
+        /// The last attempt's refusal. From a proposal: `NotLeader`, `LeaderUnreachable`,
         /// `UncommittedLogFull`, `TransferInProgress`, `NodeDown` (before appending),
-        /// `QueueFull` or `ProposalDropped`.
+        /// `QueueFull` or `ProposalDropped`. From a read, any error a read attempt can end
+        /// with: also `Timeout` (a leader that could not confirm its leadership within an
+        /// election timeout) or a failed node's error (`NodePanicked`, `Storage`, ...).
         last: Box<Error>,
     },
     /// The cluster handle was shut down, or no node is running to serve the request (killed
@@ -273,11 +279,11 @@ pub enum Error {
     Shutdown,
     /// The node is not running (killed, or removed); restart it or ask another node.
     NodeDown(NodeId),
-    /// A proposal with a deadline found the node's request queue full
+    /// A proposal or read with a deadline found the node's request queue full
     /// ([`Config::inbox_capacity`](crate::Config::inbox_capacity) requests waiting) until the
     /// deadline: the node is stalled, say behind its apply backlog
     /// ([`Config::max_apply_backlog`](crate::Config::max_apply_backlog)) or a slow storage.
-    /// The proposal was never handed over, so never applied: retrying it is safe, after a
+    /// The request was never handed over, so never applied: retrying it is safe, after a
     /// pause or at another node.
     QueueFull(NodeId),
     /// No node with this id exists in the cluster.
@@ -449,7 +455,7 @@ impl fmt::Display for Error {
             ),
             Error::Unavailable { last } => write!(
                 f,
-                "no node took the command before the deadline (last refusal: {last}); it was never applied: retry; if this lasts, check that a majority of nodes is running and connected"
+                "no node took the request before the deadline (last refusal: {last}); a command was never applied, a read changed nothing: retry; if this lasts, check that a majority of nodes is running and connected"
             ),
             Error::Shutdown => write!(
                 f,
@@ -459,7 +465,7 @@ impl fmt::Display for Error {
             Error::QueueFull(id) => write!(
                 f,
                 "node {id}'s request queue stayed full until the deadline (the node is stalled); \
-                 the proposal was never handed over, so retrying it is safe"
+                 the request was never handed over, so retrying it is safe"
             ),
             Error::UnknownNode(id) => {
                 write!(f, "no node {id} in this cluster; use an id from Cluster::ids()")

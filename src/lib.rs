@@ -60,7 +60,7 @@ pub mod transport;
 pub mod types;
 
 pub use crate::config::{ClockDrift, Config, MAX_INBOX_CAPACITY, MAX_TIMER};
-pub use crate::core::{Action, Core, Input, MembershipChange, Role, Status};
+pub use crate::core::{Action, Core, Input, MembershipChange, ReadPolicy, Role, Status};
 pub use crate::error::{ConfigError, Error, FaultError, MAX_FAULT_DELAY};
 pub use crate::kv::{KvCommand, KvOutput, KvStateMachine};
 pub use crate::message::{Configuration, Entry, Message, Payload, Snapshot, SnapshotMeta};

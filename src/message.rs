@@ -102,10 +102,17 @@ pub enum Body<C> {
     /// The answer to a [`ReadConfirm`]: the follower still follows the sender in this term.
     ReadConfirmReply(ReadConfirm),
     /// Follower to leader: a read index for these reads, please (follower reads, thesis §6.4).
+    /// The leader may answer within its lease (`ReadPolicy::Lease`).
     ReadIndex(ReadIndex),
     /// The answer to a [`ReadIndex`]: the index to apply through before answering, or none
     /// (the receiver does not lead).
     ReadIndexReply(ReadIndexReply),
+    /// Follower to leader: [`Body::ReadIndex`] for reads whose caller chose
+    /// `ReadPolicy::ReadIndex`: the leader answers only after a confirmation round started
+    /// after it arrived, never from its lease. NB: a variant of its own (added last) rather
+    /// than a field of [`ReadIndex`], so every message an older node sends or reads keeps its
+    /// encoding; an older leader cannot decode this one.
+    ReadIndexByRound(ReadIndex),
 }
 
 /// A leadership confirmation round: rounds are numbered per leader term, so a reply names the

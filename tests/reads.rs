@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use ferraft::{
-    ClockDrift, Cluster, Config, ConfigError, Error, KvOutput, KvStateMachine, NodeHandle, NodeId,
+    ClockDrift, Cluster, Config, ConfigError, Error, KvOutput, KvStateMachine, Metrics, NodeHandle,
+    NodeId, ReadPolicy,
 };
 
 fn kv_cluster(n: usize, config: Config) -> Cluster<KvStateMachine> {
@@ -368,4 +369,140 @@ fn a_cut_off_leader_refuses_tiny_commands_at_the_cap_counted_in_memory() {
     let uncommitted = status.core.last_log_index.0 - status.core.commit_index.0;
     assert!(uncommitted <= appended as u64 + 1, "{uncommitted} uncommitted (a no-op at most)");
     cluster.clear_faults();
+}
+
+/// A read changes nothing, so `Client::read_timeout` retries every failure; at the deadline
+/// the caller learns why the last attempt failed. With one node of three running, no leader
+/// can be elected: every attempt is refused `NotLeader` with no hint, and the deadline
+/// answers `Unavailable` with that refusal (it answered `Timeout`, whatever the last failure
+/// was, before the twenty-second session).
+#[test]
+fn a_read_with_no_majority_running_is_unavailable_with_the_last_refusal() {
+    let _serial = serial();
+    let mut cluster = kv_cluster(3, fast_config(81));
+    cluster.propose(append("k", "v")).expect("applied");
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+        cluster.kill(id).expect("kill");
+    }
+    let client = cluster.client();
+    let started = std::time::Instant::now();
+    let answer = client.read_timeout("k".to_string(), ms(1000));
+    assert!(started.elapsed() < ms(1500), "returned after {:?}", started.elapsed());
+    match answer {
+        Err(Error::Unavailable { last }) => {
+            assert_eq!(*last, Error::NotLeader { leader_hint: None }, "the last refusal");
+        }
+        other => panic!("expected Unavailable with the last refusal, got {other:?}"),
+    }
+}
+
+/// A read whose node is alive but answers too late: the last attempt still waits at the
+/// deadline, so the answer is `Timeout`. The leader's state machine is held in `apply`
+/// after a write committed, so a read at the leader (confirmed at once, its read index past
+/// what the state machine applied) cannot run its query before the deadline.
+#[test]
+fn a_read_still_waiting_for_its_answer_at_the_deadline_is_a_timeout() {
+    let _serial = serial();
+    let gates = Gates::default();
+    let cluster = Cluster::new(fast_config(82), 3, gates.factory()).expect("start");
+    let client = cluster.client();
+    client.propose(append("k", "a;")).expect("applied"); // the client learns the leader
+    let leader = client.leader_hint().expect("a leader learned");
+    gates.shut(leader);
+    let node = cluster.node(leader).expect("handle");
+    let mut write = node.propose_async(append("k", "b;")).expect("sent");
+    let (index, _) = write.position(LONG).expect("appended");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    wait_until(LONG, "the write committed (a follower applied it)", || {
+        let status = cluster.status(follower).map_err(|e| e.to_string())?;
+        if status.core.last_applied >= index {
+            Ok(())
+        } else {
+            Err(format!("{:?}", status.core))
+        }
+    });
+    let answer = client.read_timeout("k".to_string(), ms(300));
+    assert_eq!(answer, Err(Error::Timeout), "the leader's state machine is held in apply");
+    gates.open_all();
+    assert_eq!(write.wait(LONG).expect("applied").output.as_deref(), Some("a;b;"));
+}
+
+/// Reads of one policy at `node`, one after another: each must see `k = v`.
+fn reads_by(node: &NodeHandle<KvStateMachine>, policy: ReadPolicy, n: u64) {
+    for _ in 0..n {
+        let value = node.read_with("k".to_string(), policy, LONG).expect("read");
+        assert_eq!(value.as_deref(), Some("v"));
+    }
+}
+
+fn metrics(cluster: &Cluster<KvStateMachine>, id: NodeId) -> Metrics {
+    cluster.status(id).expect("status").metrics
+}
+
+/// On a lease cluster, a read whose caller chose `ReadPolicy::ReadIndex` is confirmed by a
+/// heartbeat round started after it arrived, never by the lease: 20 such reads one after
+/// another are 20 reads by ReadIndex, none by the lease, and at least 20 rounds to both
+/// followers (40 `ReadConfirm`s; the lease's own renewal rounds come on top). Lease-policy
+/// reads beside them are still served by the lease.
+#[test]
+fn a_readindex_read_on_a_lease_cluster_confirms_with_a_round() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, lease_config(83));
+    cluster.propose(append("k", "v")).expect("applied");
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let node = cluster.node(leader).expect("handle");
+    wait_until(LONG, "the lease holds", || {
+        reads_by(&node, ReadPolicy::Lease, 1);
+        let m = metrics(&cluster, leader);
+        if m.reads_lease > 0 {
+            Ok(())
+        } else {
+            Err(format!("{m:?}"))
+        }
+    });
+    let before = metrics(&cluster, leader);
+    reads_by(&node, ReadPolicy::ReadIndex, 20);
+    let after = metrics(&cluster, leader);
+    assert_eq!(after.reads_read_index - before.reads_read_index, 20, "{after:?}");
+    assert_eq!(after.reads_lease, before.reads_lease, "no read chose the lease");
+    let rounds = after.sent.read_confirms - before.sent.read_confirms;
+    assert!(rounds >= 40, "{rounds} ReadConfirm messages for 20 reads by ReadIndex");
+    reads_by(&node, ReadPolicy::Lease, 20);
+    assert!(metrics(&cluster, leader).reads_lease > after.reads_lease, "lease reads resume");
+    // The client and a follower read take the policy too (the follower asks for a round).
+    let client = cluster.client();
+    let value = client.read_with("k".to_string(), ReadPolicy::ReadIndex, LONG).expect("read");
+    assert_eq!(value.as_deref(), Some("v"));
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    reads_by(&cluster.node(follower).expect("handle"), ReadPolicy::ReadIndex, 5);
+    // Forwarded to the leader, the read keeps its policy: a round there, not the lease.
+    let before = metrics(&cluster, leader);
+    let forwarding = cluster.node(follower).expect("handle").forward_to_leader(true);
+    reads_by(&forwarding, ReadPolicy::ReadIndex, 5);
+    let after = metrics(&cluster, leader);
+    assert_eq!(after.reads_read_index - before.reads_read_index, 5, "{after:?}");
+    assert_eq!(after.reads_lease, before.reads_lease, "a forwarded read kept its policy");
+}
+
+/// Without `Config::lease_reads` no leader holds a lease, so a read that asks for one
+/// (`ReadPolicy::Lease`) is confirmed by a round, as documented on `ReadPolicy::Lease`: never
+/// refused, never served by a lease the cluster does not keep.
+#[test]
+fn a_lease_read_on_a_cluster_without_leases_confirms_with_a_round() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, fast_config(84));
+    cluster.propose(append("k", "v")).expect("applied");
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let node = cluster.node(leader).expect("handle");
+    let before = metrics(&cluster, leader);
+    reads_by(&node, ReadPolicy::Lease, 20);
+    let after = metrics(&cluster, leader);
+    assert_eq!(after.reads_read_index - before.reads_read_index, 20, "{after:?}");
+    assert_eq!(after.reads_lease, 0, "no lease without Config::lease_reads");
+    let rounds = after.sent.read_confirms - before.sent.read_confirms;
+    assert!(rounds >= 40, "{rounds} ReadConfirm messages for 20 reads");
+    let client = cluster.client();
+    let value = client.read_with("k".to_string(), ReadPolicy::Lease, LONG).expect("read");
+    assert_eq!(value.as_deref(), Some("v"));
 }

@@ -6,7 +6,7 @@
 //! state. Past this point the handlers may assert on what a message says, because an assert can
 //! then only fire on a state the core produced itself. Must not mutate anything while checking.
 
-use super::{vote_reply, Core, Notice, Role, OVERWRITES_COMMITTED};
+use super::{vote_reply, Core, Notice, ReadPolicy, Role, OVERWRITES_COMMITTED};
 use crate::message::{
     AppendEntries, AppendEntriesReply, Body, InstallSnapshot, InstallSnapshotReply, Message,
     ReadIndex, ReadIndexReply,
@@ -45,7 +45,8 @@ impl<C: Clone> Core<C> {
             Body::InstallSnapshotReply(r) => self.handle_snapshot_reply(msg.from, r),
             Body::ReadConfirm(r) => self.handle_read_confirm(msg.from, r),
             Body::ReadConfirmReply(r) => self.handle_read_confirm_reply(msg.from, r),
-            Body::ReadIndex(r) => self.handle_read_index(msg.from, r),
+            Body::ReadIndex(r) => self.handle_read_index(msg.from, r, ReadPolicy::Lease),
+            Body::ReadIndexByRound(r) => self.handle_read_index(msg.from, r, ReadPolicy::ReadIndex),
             Body::ReadIndexReply(r) => self.handle_read_index_reply(r),
         }
     }
@@ -89,7 +90,7 @@ impl<C: Clone> Core<C> {
                 self.send(msg.from, Body::InstallSnapshotReply(reply));
             }
             // A stale follower learns our term from the refusal and fails its reads at once.
-            Body::ReadIndex(r) => {
+            Body::ReadIndex(r) | Body::ReadIndexByRound(r) => {
                 let reply = ReadIndexReply { ids: r.ids, index: None };
                 self.send(msg.from, Body::ReadIndexReply(reply));
             }
@@ -171,6 +172,7 @@ impl<C: Clone> Core<C> {
                 Err("acknowledges a read round the leader never started")
             }
             Body::ReadIndex(ReadIndex { ids })
+            | Body::ReadIndexByRound(ReadIndex { ids })
             | Body::ReadIndexReply(ReadIndexReply { ids, .. })
                 if ids.is_empty() =>
             {

@@ -48,7 +48,7 @@ use membership::Membership;
 pub use notice::Notice;
 pub(crate) use notice::OVERWRITES_COMMITTED;
 use progress::Progress;
-pub use read::{ReadId, ReadPath};
+pub use read::{ReadId, ReadPath, ReadPolicy};
 
 /// What a server currently is (§5.1), plus the thesis's pre-candidate (§9.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -81,9 +81,9 @@ pub enum Input<C> {
     /// The snapshot asked for by `Action::TakeSnapshot` was taken: drop the log prefix it covers.
     SnapshotTaken(Arc<Snapshot>),
     /// Linearizable reads (thesis §6.4), numbered by the driver: a leader answers them after a
-    /// confirmation round (or within its lease), a follower asks the leader for a read index.
-    /// Each is answered by `Action::ReadReady` or `Action::ReadFailed`.
-    Read(Vec<ReadId>),
+    /// confirmation round (or within its lease, if the policy allows it), a follower asks the
+    /// leader for a read index. Each is answered by `Action::ReadReady` or `Action::ReadFailed`.
+    Read(Vec<ReadId>, ReadPolicy),
     /// Hand leadership to this voter (thesis §3.10); answered by `Action::TransferDone`.
     /// Meanwhile the leader refuses proposals with `Error::TransferInProgress`.
     TransferLeadership(NodeId),
@@ -468,7 +468,7 @@ impl<C: Clone> Core<C> {
                 self.request_snapshot();
             }
             Input::SnapshotTaken(snapshot) => self.snapshot_taken(snapshot),
-            Input::Read(ids) => self.read(ids),
+            Input::Read(ids, policy) => self.read(ids, policy),
             Input::TransferLeadership(to) => self.transfer_leadership(to),
             Input::Synced => self.synced(self.log.last_index()),
             Input::SyncedThrough(index) => self.synced(index),

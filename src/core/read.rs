@@ -18,7 +18,9 @@
 //! With `Config::lease_reads`, a majority's acknowledgement of a round started at tick `t` gives
 //! the leader a lease until `t + Config::lease_ticks()`: no other leader can be elected before,
 //! because every follower that acknowledged ignores candidates for a minimum election timeout
-//! (thesis §4.2.3, `leader_is_recent`). While it holds, reads skip the round.
+//! (thesis §4.2.3, `leader_is_recent`). While it holds, reads skip the round, unless their
+//! caller chose [`ReadPolicy::ReadIndex`]: the policy travels with each read (a follower's in
+//! [`Body::ReadIndexByRound`]), and only here is it weighed against the lease.
 //!
 //! A follower forwards its reads' ids to the leader ([`ReadIndex`]), which treats them as its
 //! own reads and answers with the read index; the follower then waits until it has applied
@@ -44,6 +46,23 @@ pub enum ReadPath {
     Lease,
     /// A follower got the read index from the leader.
     Follower,
+}
+
+/// How a leader may confirm a read, chosen per read by its caller. Either way the read is
+/// linearizable; they differ in what they rely on and what they cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ReadPolicy {
+    /// Within the leader's lease if it holds (thesis §6.4.1), with no round; otherwise by a
+    /// confirmation round, as [`ReadPolicy::ReadIndex`]. A lease exists only with
+    /// `Config::lease_reads` (which requires `check_quorum`): on a cluster without it, or
+    /// while no lease holds (just elected, after a stall, handing leadership over), this
+    /// policy reads by ReadIndex. What a read without a policy does.
+    #[default]
+    Lease,
+    /// Always by a confirmation round started after the read arrived (thesis §6.4), even
+    /// while a lease holds: it relies on no clock (the lease relies on
+    /// `Config::clock_drift_bound`), at the cost of a round of messages and a round trip.
+    ReadIndex,
 }
 
 /// Who waits for a leader's read.
@@ -108,14 +127,14 @@ impl Reads {
 
 impl<C: Clone> Core<C> {
     /// `Input::Read`: serve `ids` as a leader, or ask the leader as a follower.
-    pub(super) fn read(&mut self, ids: Vec<ReadId>) {
+    pub(super) fn read(&mut self, ids: Vec<ReadId>, policy: ReadPolicy) {
         if ids.is_empty() {
             return;
         }
         self.sync_reads();
         match (self.role, self.leader) {
-            (Role::Leader, _) => self.leader_read(Origin::Local, ids),
-            (Role::Follower, Some(leader)) => self.ask_leader(leader, ids),
+            (Role::Leader, _) => self.leader_read(Origin::Local, ids, policy),
+            (Role::Follower, Some(leader)) => self.ask_leader(leader, ids, policy),
             _ => self.out.push(Action::ReadFailed { ids, error: self.not_leader() }),
         }
     }
@@ -161,7 +180,7 @@ impl<C: Clone> Core<C> {
         self.reads.round
     }
 
-    fn leader_read(&mut self, origin: Origin, ids: Vec<ReadId>) {
+    fn leader_read(&mut self, origin: Origin, ids: Vec<ReadId>, policy: ReadPolicy) {
         // Before its no-op commits, a leader's commit index may be behind; the no-op's index is
         // a safe read index since every entry committed before this term precedes it.
         let index = self.commit_index.max(self.term_start);
@@ -169,7 +188,7 @@ impl<C: Clone> Core<C> {
         if self.bugs.read_without_confirmation {
             return self.read_ready(origin, ids, index, ReadPath::ReadIndex);
         }
-        if self.has_lease() {
+        if policy == ReadPolicy::Lease && self.has_lease() {
             return self.read_ready(origin, ids, index, ReadPath::Lease);
         }
         let (round, arrived) = (self.reads.round + 1, self.now);
@@ -259,23 +278,33 @@ impl<C: Clone> Core<C> {
         }
     }
 
-    /// Leader: a follower asks for a read index.
-    pub(super) fn handle_read_index(&mut self, from: NodeId, request: ReadIndex) {
+    /// Leader: a follower asks for a read index, for reads of `policy`.
+    pub(super) fn handle_read_index(
+        &mut self,
+        from: NodeId,
+        request: ReadIndex,
+        policy: ReadPolicy,
+    ) {
         self.sync_reads();
         let ids = request.ids.into_iter().map(ReadId).collect();
         if self.role == Role::Leader {
-            return self.leader_read(Origin::Follower(from), ids);
+            return self.leader_read(Origin::Follower(from), ids, policy);
         }
         let ids = request_ids(ids);
         self.send(from, Body::ReadIndexReply(ReadIndexReply { ids, index: None }));
     }
 
-    fn ask_leader(&mut self, leader: NodeId, ids: Vec<ReadId>) {
+    fn ask_leader(&mut self, leader: NodeId, ids: Vec<ReadId>, policy: ReadPolicy) {
         let asked = Asked { leader, term: self.term, sent_at: self.now };
         for &id in &ids {
             self.reads.asked.insert(id, asked.clone());
         }
-        self.send(leader, Body::ReadIndex(ReadIndex { ids: request_ids(ids) }));
+        let request = ReadIndex { ids: request_ids(ids) };
+        let body = match policy {
+            ReadPolicy::Lease => Body::ReadIndex(request),
+            ReadPolicy::ReadIndex => Body::ReadIndexByRound(request),
+        };
+        self.send(leader, body);
     }
 
     /// Follower: the leader's answer. Ids this node no longer waits for are ignored.

@@ -28,7 +28,7 @@ use super::read::{LeaseClock, LeasePublisher, LeaseView, Monotonic, ReadFn};
 use super::receipt::Responder;
 use super::{Compaction, Forwarder, Measured, NodeStatus, Request, RpcCounts};
 use crate::config::Config;
-use crate::core::{Action, Core, Input, MembershipChange, ReadId, Role};
+use crate::core::{Action, Core, Input, MembershipChange, ReadId, ReadPolicy, Role};
 use crate::error::Error;
 use crate::message::{Body, Configuration, Message, Snapshot};
 use crate::state_machine::StateMachine;
@@ -391,7 +391,8 @@ where
         observe: &mut Observer<'_, S::Command>,
     ) -> Result<(), Error> {
         let mut commands = Vec::new();
-        let mut reads = Vec::new();
+        // NB: one batch per policy: each is one read to the core, confirmed as it allows.
+        let (mut by_lease, mut by_round) = (Vec::new(), Vec::new());
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
@@ -425,7 +426,8 @@ where
                 Request::Status { reply } => self.status(reply),
                 Request::CoreStatus { reply } => drop(reply.send(self.core.status())),
                 Request::Compact { reply } => self.compact(reply, observe)?,
-                Request::Read { read } => reads.push(read),
+                Request::Read { read, policy: ReadPolicy::Lease } => by_lease.push(read),
+                Request::Read { read, policy: ReadPolicy::ReadIndex } => by_round.push(read),
                 Request::TransferLeadership { to, reply } => self.transfer(to, reply, observe)?,
                 Request::Forward(inner) => match self.forward_target() {
                     Some(leader) => self.forward(leader, *inner),
@@ -443,9 +445,11 @@ where
             self.metrics.proposals += commands.len() as u64;
             self.step(Input::Propose(commands), observe)?;
         }
-        if !reads.is_empty() {
-            let id = self.number_reads(reads);
-            self.step(Input::Read(vec![id]), observe)?;
+        for (reads, policy) in [(by_lease, ReadPolicy::Lease), (by_round, ReadPolicy::ReadIndex)] {
+            if !reads.is_empty() {
+                let id = self.number_reads(reads);
+                self.step(Input::Read(vec![id], policy), observe)?;
+            }
         }
         Ok(())
     }
@@ -1047,7 +1051,7 @@ impl RpcCounts {
             | Body::ReadConfirmReply(_)
             | Body::ReadIndexReply(_) => self.replies += 1,
             Body::ReadConfirm(_) => self.read_confirms += 1,
-            Body::ReadIndex(_) => self.read_indexes += 1,
+            Body::ReadIndex(_) | Body::ReadIndexByRound(_) => self.read_indexes += 1,
         }
     }
 }

@@ -109,7 +109,7 @@ pub(crate) fn estimated_bytes<C>(msg: &Message<C>, sizer: impl Fn(&C) -> usize) 
             })
             .sum(),
         Body::InstallSnapshot(chunk) => chunk.data.len() as u64,
-        Body::ReadIndex(r) => 8 * r.ids.len() as u64,
+        Body::ReadIndex(r) | Body::ReadIndexByRound(r) => 8 * r.ids.len() as u64,
         Body::ReadIndexReply(r) => 8 * r.ids.len() as u64,
         _ => 0,
     };

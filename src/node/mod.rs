@@ -65,7 +65,7 @@ pub(crate) use receipt::{
 };
 pub use receipt::{Applied, Receipt};
 
-use crate::core::{MembershipChange, Status};
+use crate::core::{MembershipChange, ReadPolicy, Status};
 use crate::error::Error;
 use crate::message::{Configuration, Entry};
 use crate::state_machine::StateMachine;
@@ -100,9 +100,11 @@ pub(crate) enum Request<S: StateMachine> {
     Compact {
         reply: Sender<Result<Compaction, Error>>,
     },
-    /// A linearizable read (thesis §6.4): `read` runs on the state machine once it is safe.
+    /// A linearizable read (thesis §6.4): `read` runs on the state machine once it is safe,
+    /// confirmed as `policy` allows (the core decides).
     Read {
         read: ReadFn<S>,
+        policy: ReadPolicy,
     },
     /// Hand leadership to `to` (thesis §3.10); answered with the new leader.
     TransferLeadership {
@@ -159,7 +161,7 @@ impl<S: StateMachine> Request<S> {
     pub(crate) fn fail(self, error: Error) {
         match self {
             Request::Propose { responder, .. } => responder.finish(Err(error)),
-            Request::Read { read } => fail_read(read, error),
+            Request::Read { read, .. } => fail_read(read, error),
             Request::ChangeMembership { reply, .. } => drop(reply.send(Err(error))),
             Request::Compact { reply } => drop(reply.send(Err(error))),
             Request::TransferLeadership { reply, .. } => drop(reply.send(Err(error))),

@@ -747,7 +747,7 @@ impl<S: StateMachine> Client<S> {
     /// when less than two pauses are. NB: an attempt started with a sliver of time left is
     /// likely cut off by the deadline before its node answers, and a proposal handed over
     /// but unanswered is `Timeout` (unknown) where a refusal would have been `Unavailable`.
-    fn pause_before_retry(&self, deadline: Instant) -> Duration {
+    pub(super) fn pause_before_retry(&self, deadline: Instant) -> Duration {
         let pause = self.shared.retry_pause;
         let left = deadline.saturating_duration_since(Instant::now());
         if left < pause.saturating_mul(2) {
@@ -1047,5 +1047,25 @@ mod tests {
         drop(first);
         blocked.join().expect("proposer");
         stopper.join().expect("stopper");
+    }
+
+    /// A read at a node whose request queue stays full is never handed over: `QueueFull`
+    /// from the handle (was `Timeout`), and from a client that retried it until the deadline
+    /// `Unavailable` with that refusal, the last.
+    #[test]
+    fn a_read_at_a_full_queue_is_refused_queue_full_and_the_client_keeps_it() {
+        let id = NodeId(1);
+        let (requests, queue) = bounded::<Request<KvStateMachine>>(1);
+        let node = NodeHandle::new(id, RequestSender::plain(requests), 0);
+        let (reply, _) = bounded(1);
+        node.send_by(Request::Status { reply }, None).expect("fills the queue");
+        let answer = node.read("k".to_string(), Duration::from_millis(20));
+        assert_eq!(answer, Err(Error::QueueFull(id)));
+        let client: Client<KvStateMachine> =
+            Client::new(Duration::from_secs(5), Duration::from_millis(5));
+        client.node_started(node);
+        let answer = client.read_timeout("k".to_string(), Duration::from_millis(50));
+        assert_eq!(answer, Err(Error::Unavailable { last: Box::new(Error::QueueFull(id)) }));
+        assert_eq!(queue.len(), 1, "no read was handed over");
     }
 }

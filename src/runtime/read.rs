@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::client::{Client, NodeHandle};
 use super::cluster::Cluster;
+use crate::core::ReadPolicy;
 use crate::error::Error;
 use crate::node::{deadline_after, Applied, Monotonic, Receipt, Request};
 use crate::state_machine::ReadStateMachine;
@@ -33,32 +34,74 @@ impl<S: ReadStateMachine> NodeHandle<S> {
     /// receipt's [`Applied`] holds the answer, and as `index` the log index the state had been
     /// applied through when the query ran (`term` is 0: a read has no entry).
     pub fn read_async(&self, query: S::Query) -> Result<Receipt<S::Answer>, Error> {
-        self.read_by(query, None)
+        self.read_async_with(query, ReadPolicy::Lease)
     }
 
-    /// [`NodeHandle::read_async`], waiting for room in a full queue until `deadline` at most
-    /// (`None`: as long as it takes).
+    /// [`NodeHandle::read_async`], confirmed as `policy` allows: [`ReadPolicy::ReadIndex`]
+    /// always waits for a heartbeat round started after the read arrived, even while the
+    /// leader's lease holds (for a follower read too: the follower asks the leader for a
+    /// round); [`ReadPolicy::Lease`] is what `read_async` does.
+    pub fn read_async_with(
+        &self,
+        query: S::Query,
+        policy: ReadPolicy,
+    ) -> Result<Receipt<S::Answer>, Error> {
+        self.read_by(query, policy, None)
+    }
+
+    /// [`NodeHandle::read_async_with`], waiting for room in a full queue until `deadline` at
+    /// most (`None`: as long as it takes).
     pub(super) fn read_by(
         &self,
         query: S::Query,
+        policy: ReadPolicy,
         deadline: Option<Instant>,
     ) -> Result<Receipt<S::Answer>, Error> {
-        if let Some(applied) = self.read_locally(|sm| sm.query(&query)) {
-            return Ok(Receipt::ready(self.id(), Ok(applied)));
+        if policy == ReadPolicy::Lease {
+            if let Some(applied) = self.read_locally(|sm| sm.query(&query)) {
+                return Ok(Receipt::ready(self.id(), Ok(applied)));
+            }
         }
         let (read, receipt) = self.read_receipt(query, |sm: &S, query| sm.query(query));
-        self.send_by(self.forwardable(Request::Read { read }), deadline)?;
+        self.send_read(Request::Read { read, policy }, deadline)?;
         Ok(receipt)
     }
 
     /// A linearizable read at this node, waiting up to `timeout`. Fails with `NotLeader` when
-    /// neither this node nor a leader it knows can serve it; always safe to retry.
+    /// neither this node nor a leader it knows can serve it, `QueueFull` when the node's
+    /// request queue stays full until the deadline, `Timeout` when the node had not answered
+    /// by then; always safe to retry (one attempt: [`Client::read`] retries for you).
     pub fn read(&self, query: S::Query, timeout: Duration) -> Result<S::Answer, Error> {
-        if let Some(applied) = self.read_locally(|sm| sm.query(&query)) {
-            return Ok(applied.output); // a lease read: no receipt, no queue
+        self.read_with(query, ReadPolicy::Lease, timeout)
+    }
+
+    /// [`NodeHandle::read`], confirmed as `policy` allows (see [`ReadPolicy`]): say, most
+    /// reads by the lease and those that must not rely on clocks by a heartbeat round
+    /// (`ReadPolicy::ReadIndex`). On a cluster without `Config::lease_reads` there is no
+    /// lease, and `ReadPolicy::Lease` reads by a round too.
+    pub fn read_with(
+        &self,
+        query: S::Query,
+        policy: ReadPolicy,
+        timeout: Duration,
+    ) -> Result<S::Answer, Error> {
+        if policy == ReadPolicy::Lease {
+            if let Some(applied) = self.read_locally(|sm| sm.query(&query)) {
+                return Ok(applied.output); // a lease read: no receipt, no queue
+            }
         }
         let deadline = deadline_after(timeout);
-        Ok(self.read_by(query, Some(deadline))?.wait_until(deadline)?.output)
+        Ok(self.read_by(query, policy, Some(deadline))?.wait_until(deadline)?.output)
+    }
+
+    /// Hands a read to the node's queue (asking for forwarding if this handle does), by
+    /// `deadline` if any: a queue still full then is `QueueFull` (never handed over), as for
+    /// a proposal.
+    fn send_read(&self, read: Request<S>, deadline: Option<Instant>) -> Result<(), Error> {
+        self.send_by(self.forwardable(read), deadline).map_err(|e| match e {
+            Error::Timeout => Error::QueueFull(self.id()),
+            e => e,
+        })
     }
 
     /// Sends many linearizable reads as one request, without waiting: one receipt, one trip
@@ -85,7 +128,7 @@ impl<S: ReadStateMachine> NodeHandle<S> {
         }
         let run = |sm: &S, queries: &Vec<S::Query>| queries.iter().map(|q| sm.query(q)).collect();
         let (read, receipt) = self.read_receipt(queries, run);
-        self.send_by(self.forwardable(Request::Read { read }), deadline)?;
+        self.send_read(Request::Read { read, policy: ReadPolicy::Lease }, deadline)?;
         Ok(receipt)
     }
 
@@ -111,12 +154,39 @@ impl<S: ReadStateMachine> Client<S> {
         self.read_timeout(query, self.timeout())
     }
 
-    /// [`Client::read`] with an explicit deadline. A failure is retried at the hinted leader
-    /// or another node until the deadline, since a read changes nothing; then the answer is
-    /// `Err(Timeout)`, whatever the last failure was, and the read may be retried. It gives
-    /// up early only with `Shutdown` (no node runs) and when the one node running reports
-    /// that its state machine failed (`StateMachinePanicked`, `RestoreFailed`).
+    /// [`Client::read`] with an explicit deadline: [`Client::read_with`] with
+    /// [`ReadPolicy::Lease`].
     pub fn read_timeout(&self, query: S::Query, timeout: Duration) -> Result<S::Answer, Error>
+    where
+        S::Query: Clone,
+    {
+        self.read_with(query, ReadPolicy::Lease, timeout)
+    }
+
+    /// A linearizable read confirmed as `policy` allows ([`ReadPolicy`]), with an explicit
+    /// deadline. [`ReadPolicy::Lease`]: within the leader's lease when `Config::lease_reads`
+    /// is on and the lease holds, else by a heartbeat round (what [`Client::read`] does).
+    /// [`ReadPolicy::ReadIndex`]: always by a round started after the read arrived, relying on
+    /// no clock, whatever the configuration. A read changes nothing, so every failure
+    /// is retried, at the hinted leader or another node, until the deadline. Then the answer
+    /// says why the last attempt failed:
+    /// - `Err(Unavailable { last })` if it was refused: `last` is its error (`NotLeader` with
+    ///   no leader elected, `NodeDown`, `QueueFull` for a node's request queue full until the
+    ///   deadline, `LeaderUnreachable`, `Timeout` from a leader that could not confirm its
+    ///   leadership with a majority within an election timeout, a failed node's error...).
+    /// - `Err(Timeout)` if it was still waiting for its answer: handed to a node that had not
+    ///   answered by the deadline (a slow state machine, a confirmation round under way).
+    ///
+    /// Either way the read may be retried. It gives up early only with `Shutdown` (no node
+    /// runs) and when the one node running reports that its state machine failed
+    /// (`StateMachinePanicked`, `RestoreFailed`). The simulator's retrying clients retry a
+    /// failed read the same way (`SimConfig::client_retries`).
+    pub fn read_with(
+        &self,
+        query: S::Query,
+        policy: ReadPolicy,
+        timeout: Duration,
+    ) -> Result<S::Answer, Error>
     where
         S::Query: Clone,
     {
@@ -124,41 +194,51 @@ impl<S: ReadStateMachine> Client<S> {
         let mut target = self.leader_hint().or_else(|| self.running().first().copied());
         let mut attempt = 0usize;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::Timeout);
-            }
             let Some(id) = target else { return Err(Error::Shutdown) };
-            let answer = match self.handle(id) {
-                Some(node) => node
-                    .read_by(query.clone(), Some(deadline))
-                    .and_then(|mut r| r.wait_until(deadline)),
-                None => Err(Error::NodeDown(id)),
+            // NB: the first attempt has its whole timeout: no clock read before it.
+            let refusal = match self.try_read(id, query.clone(), policy, deadline) {
+                Ok(answer) => return Ok(answer),
+                Err(Error::Timeout) if Instant::now() >= deadline => return Err(Error::Timeout),
+                Err(refusal) => refusal,
             };
-            match answer {
-                Ok(applied) => {
-                    if !self.forward {
-                        self.learn_leader(id); // (a forwarding node need not lead)
-                    }
-                    return Ok(applied.output);
+            match &refusal {
+                Error::NotLeader { leader_hint: Some(hint) } if *hint != id => {
+                    self.learn_leader(*hint);
+                    target = Some(*hint);
                 }
-                Err(Error::NotLeader { leader_hint: Some(hint) }) if hint != id => {
-                    self.learn_leader(hint);
-                    target = Some(hint);
-                }
-                Err(e @ (Error::StateMachinePanicked { .. } | Error::RestoreFailed { .. }))
+                Error::StateMachinePanicked { .. } | Error::RestoreFailed { .. }
                     if self.running().len() <= 1 =>
                 {
-                    return Err(e)
+                    return Err(refusal)
                 }
-                Err(_) => {
+                _ => {
                     attempt += 1;
                     target = self.next_candidate(id, attempt);
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    std::thread::sleep(self.shared.retry_pause.min(left));
+                    std::thread::sleep(self.pause_before_retry(deadline));
                 }
             }
+            if Instant::now() >= deadline {
+                return Err(Error::Unavailable { last: Box::new(refusal) });
+            }
         }
+    }
+
+    /// One read attempt at node `id`, waiting until `deadline`: the answer, or the error
+    /// (`Timeout` only if the node had not answered by then; `QueueFull` if its queue stayed
+    /// full, `NodeDown` if it is not running).
+    fn try_read(
+        &self,
+        id: NodeId,
+        query: S::Query,
+        policy: ReadPolicy,
+        deadline: Instant,
+    ) -> Result<S::Answer, Error> {
+        let Some(node) = self.handle(id) else { return Err(Error::NodeDown(id)) };
+        let applied = node.read_by(query, policy, Some(deadline))?.wait_until(deadline)?;
+        if !self.forward {
+            self.learn_leader(id); // (a forwarding node need not lead)
+        }
+        Ok(applied.output)
     }
 }
 

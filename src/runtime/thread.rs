@@ -748,7 +748,7 @@ fn serve_failure<S: StateMachine>(node: &mut Node<S>, shared: &Shared<S>, error:
                 Ok(Request::Propose { responder, .. }) => responder.finish(Err(error.clone())),
                 Ok(Request::ChangeMembership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
                 Ok(Request::Compact { reply }) => { let _ = reply.send(Err(error.clone())); }
-                Ok(Request::Read { read }) => crate::node::fail_read(read, error.clone()),
+                Ok(Request::Read { read, .. }) => crate::node::fail_read(read, error.clone()),
                 Ok(Request::TransferLeadership { reply, .. }) => { let _ = reply.send(Err(error.clone())); }
                 Ok(forward @ Request::Forward(_)) => forward.fail(error.clone()),
                 // NB: dropped: a failed node leads nothing.

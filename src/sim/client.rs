@@ -22,6 +22,7 @@ use super::node::Delivery;
 use super::run::FailureKind;
 use super::trace::InputSummary;
 use super::{Event, Simulator};
+use crate::core::ReadPolicy;
 use crate::error::Error;
 use crate::node::{read_receipt, receipt, Applied, Measured, Receipt, Request};
 use crate::runtime::{failed_node, Retry};
@@ -47,6 +48,17 @@ pub trait Workload<S: StateMachine> {
     /// returned. Default: nothing.
     fn observe(&mut self, client: u64, command: &S::Command, output: &S::Output) {
         let _ = (client, command, output);
+    }
+}
+
+/// The policy read `op` asks for, as an embedder mixing them would: one read in four (chosen
+/// by op number, not by the RNG) insists on a confirmation round (`ReadPolicy::ReadIndex`),
+/// the others allow the lease (`ReadPolicy::Lease`, which is ReadIndex without
+/// `raft.lease_reads`). So the checkers judge both, side by side.
+pub(super) fn read_policy(op: usize) -> ReadPolicy {
+    match op % 4 {
+        3 => ReadPolicy::ReadIndex,
+        _ => ReadPolicy::Lease,
     }
 }
 
@@ -287,10 +299,14 @@ impl<S: StateMachine> Simulator<S> {
     ) -> Request<S> {
         let command = self.clients.history[op].command.clone();
         if let Some(query) = self.read_query(op) {
-            // The read as `NodeHandle::read_async` builds it: the query in the receipt.
+            // The read as `NodeHandle::read_async_with` builds it: the query in the receipt.
             let (read, receipt) = read_receipt(node, 0, command, query);
             self.clients.awaiting.push(Awaited { client, op, node, receipt });
-            return self.forwarding(Request::Read { read });
+            let policy = read_policy(op);
+            if policy == ReadPolicy::ReadIndex {
+                self.stats.reads_by_round += 1;
+            }
+            return self.forwarding(Request::Read { read, policy });
         }
         let (responder, receipt) = receipt(node);
         self.clients.awaiting.push(Awaited { client, op, node, receipt });
@@ -320,6 +336,9 @@ impl<S: StateMachine> Simulator<S> {
     /// is one of the share that tries that path (`SimConfig::caller_read_percent`) and the
     /// node's lease holds on its own clock; the answer then travels back to the client.
     fn served_on_caller(&mut self, client: u64, op: usize, node: NodeId) -> bool {
+        if read_policy(op) == ReadPolicy::ReadIndex {
+            return false; // as `NodeHandle::read_with`: never the lease, so never this path
+        }
         let percent = self.config.caller_read_percent;
         if percent == 0 || !super::reads::caller::takes_caller_path(op, percent) {
             return false;

@@ -209,6 +209,9 @@ pub struct Stats {
     pub snapshot_sender_crashes: u64,
     /// Reads served on a node's caller-thread lease path (`SimConfig::caller_read_percent`).
     pub caller_reads: u64,
+    /// Read requests sent asking for a confirmation round whatever the lease
+    /// (`ReadPolicy::ReadIndex`, one read in four); the others allow the lease.
+    pub reads_by_round: u64,
     /// Leadership transfers handed to a leader ([`Fault::Transfer`]).
     pub transfers: u64,
     /// Of those, the ones that ended with the target leading (counted in the run's report).

@@ -283,6 +283,7 @@ fn is_request<C>(body: &Body<C>) -> bool {
             | Body::InstallSnapshot(_)
             | Body::ReadConfirm(_)
             | Body::ReadIndex(_)
+            | Body::ReadIndexByRound(_)
     )
 }
 

@@ -135,7 +135,9 @@ impl BodySummary {
             }
             Body::ReadConfirm(r) => BodySummary::ReadConfirm { round: r.round, reply: false },
             Body::ReadConfirmReply(r) => BodySummary::ReadConfirm { round: r.round, reply: true },
-            Body::ReadIndex(r) => BodySummary::ReadIndex { reads: r.ids.len() as u64 },
+            Body::ReadIndex(r) | Body::ReadIndexByRound(r) => {
+                BodySummary::ReadIndex { reads: r.ids.len() as u64 }
+            }
             Body::ReadIndexReply(r) => {
                 BodySummary::ReadIndexReply { reads: r.ids.len() as u64, index: r.index }
             }

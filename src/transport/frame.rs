@@ -37,7 +37,10 @@
 //!
 //! After an accepted `Peer::Node` hello the connection carries [`FrameKind::Message`] frames
 //! (a postcard `Message<C>`) one way only, from the connector to the acceptor; a message whose
-//! `from` differs from the hello's id is dropped. After a `Peer::Client` hello it carries
+//! `from` differs from the hello's id is dropped. New message kinds are added as the last
+//! variant of `Body`, so every older kind keeps its encoding (`Body::ReadIndexByRound`, the
+//! twenty-second session's, is the only one an older node cannot decode; it is sent only for
+//! reads that ask for `ReadPolicy::ReadIndex` at a follower). After a `Peer::Client` hello it carries
 //! [`FrameKind::Request`] and [`FrameKind::Response`] frames whose payloads the application
 //! defines (e.g. the `kv_server` example's protocol).
 //!

@@ -139,6 +139,7 @@ impl NetworkFaults {
             | Body::ReadConfirm(_)
             | Body::ReadConfirmReply(_)
             | Body::ReadIndex(_)
+            | Body::ReadIndexByRound(_)
             | Body::ReadIndexReply(_) => self.spare_replication,
         }
     }

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ferraft::{
-    Cluster, Config, KvCommand, KvOutput, KvStateMachine, LogIndex, NodeId, NodeStatus, Role,
-    StateMachine, Term,
+    Cluster, Config, KvCommand, KvOutput, KvStateMachine, LogIndex, NodeId, NodeStatus,
+    ReadStateMachine, Role, StateMachine, Term,
 };
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -388,6 +388,15 @@ impl StateMachine for GatedKv {
 
     fn digest(&self) -> u64 {
         self.kv.digest()
+    }
+}
+
+impl ReadStateMachine for GatedKv {
+    type Query = String;
+    type Answer = KvOutput;
+
+    fn query(&self, key: &String) -> KvOutput {
+        self.kv.query(key)
     }
 }
 

@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 
 use super::harness::*;
-use crate::core::ReadId;
+use crate::core::{ReadId, ReadPolicy};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -112,7 +112,7 @@ impl Twins {
             Op::Propose(id) => self.both(id, Input::Propose(vec![id])),
             Op::Read(id) => {
                 self.reads += 1;
-                self.both(id, Input::Read(vec![ReadId(self.reads)]));
+                self.both(id, Input::Read(vec![ReadId(self.reads)], ReadPolicy::Lease));
             }
             Op::Transfer(id, to) => self.both(id, Input::TransferLeadership(NodeId(to))),
             Op::Change(id, add) => {

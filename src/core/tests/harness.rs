@@ -687,6 +687,9 @@ pub fn show_message(m: &Message<u64>) -> String {
         Body::ReadIndex(r) => {
             let _ = write!(s, "ReadIndex ids={:?}", r.ids);
         }
+        Body::ReadIndexByRound(r) => {
+            let _ = write!(s, "ReadIndexByRound ids={:?}", r.ids);
+        }
         Body::ReadIndexReply(r) => {
             let _ = write!(s, "ReadIndexReply ids={:?} index={:?}", r.ids, r.index);
         }

@@ -4,11 +4,15 @@
 //! leases (§6.4.1) skip the round only while they hold; losing leadership fails the reads.
 
 use super::harness::*;
-use crate::core::ReadId;
+use crate::core::{ReadId, ReadPolicy};
 use crate::message::{Message, ReadConfirm, ReadIndex, ReadIndexReply};
 
 fn read(ids: &[u64]) -> Input<u64> {
-    Input::Read(ids.iter().map(|&i| ReadId(i)).collect())
+    read_by(ids, ReadPolicy::Lease)
+}
+
+fn read_by(ids: &[u64], policy: ReadPolicy) -> Input<u64> {
+    Input::Read(ids.iter().map(|&i| ReadId(i)).collect(), policy)
 }
 
 fn confirm_reply(from: u64, to: u64, term: u64, round: u64) -> Message<u64> {
@@ -127,6 +131,72 @@ fn a_lease_skips_the_round_only_while_it_holds() {
     c.tick(11);
     let acts = c.step(read(&[3]));
     assert!(!trace(&acts).iter().any(|l| l.contains("ready")), "{:?}", trace(&acts));
+}
+
+/// A read whose caller chose `ReadPolicy::ReadIndex` waits for a round even while the lease
+/// holds, at the leader and for a follower (whose request says so); a lease read beside it
+/// is answered at once. The round it starts also renews the lease.
+#[test]
+fn a_read_by_round_waits_for_a_round_while_the_lease_holds() {
+    let config = Config { lease_reads: true, ..test_config() };
+    let mut c = boot(1).config(config).start();
+    c.campaign();
+    c.recv(vote(2, 1, 1, true));
+    c.recv(ae_ok(2, 1, 1, 1));
+    c.step(read(&[1]));
+    c.recv(confirm_reply(2, 1, 1, 1)); // the lease holds from here
+    assert_eq!(
+        trace(&c.step(read_by(&[2], ReadPolicy::ReadIndex))),
+        ["n1->n2 t1 ReadConfirm round=2", "n1->n3 t1 ReadConfirm round=2"]
+    );
+    assert_eq!(trace(&c.step(read(&[3]))), ["read ready [3] at i1 by Lease"]);
+    let ask = Body::ReadIndexByRound(ReadIndex { ids: vec![9] });
+    assert!(trace(&c.recv(Message { from: NodeId(2), to: NodeId(1), term: Term(1), body: ask }))
+        .is_empty());
+    // The follower's read came while round 2 was in flight: it waits for round 3.
+    assert_eq!(
+        trace(&c.recv(confirm_reply(3, 1, 1, 2))),
+        [
+            "read ready [2] at i1 by ReadIndex",
+            "n1->n2 t1 ReadConfirm round=3",
+            "n1->n3 t1 ReadConfirm round=3"
+        ]
+    );
+    assert_eq!(
+        trace(&c.recv(confirm_reply(3, 1, 1, 3))),
+        ["n1->n2 t1 ReadIndexReply ids=[9] index=Some(LogIndex(1))"]
+    );
+    // A follower's lease-policy request is answered from the lease, at once.
+    let ask = Body::ReadIndex(ReadIndex { ids: vec![10] });
+    assert_eq!(
+        trace(&c.recv(Message { from: NodeId(3), to: NodeId(1), term: Term(1), body: ask })),
+        ["n1->n3 t1 ReadIndexReply ids=[10] index=Some(LogIndex(1))"]
+    );
+}
+
+/// A follower sends its caller's policy with the request: a round-only read asks with
+/// `ReadIndexByRound`.
+#[test]
+fn a_follower_asks_for_a_round_when_its_caller_chose_readindex() {
+    let mut f = boot(2).start();
+    f.recv(ae(1, 2, 1).entries(&[1]).commit(1));
+    assert_eq!(
+        trace(&f.step(read_by(&[5], ReadPolicy::ReadIndex))),
+        ["n2->n1 t1 ReadIndexByRound ids=[5]"]
+    );
+}
+
+/// Without `Config::lease_reads` there is no lease: a lease-policy read is confirmed by a
+/// round, exactly as a ReadIndex read.
+#[test]
+fn a_lease_read_without_lease_reads_configured_confirms_by_a_round() {
+    let mut c = leader();
+    c.step(read(&[1]));
+    c.recv(confirm_reply(2, 1, 1, 1));
+    assert_eq!(
+        trace(&c.step(read(&[2]))),
+        ["n1->n2 t1 ReadConfirm round=2", "n1->n3 t1 ReadConfirm round=2"]
+    );
 }
 
 #[test]

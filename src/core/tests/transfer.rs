@@ -77,7 +77,7 @@ fn a_leader_with_a_lease_lets_it_run_out_before_timeout_now() {
     c.campaign();
     c.recv(vote(2, 1, 1, true));
     c.recv(ae_ok(2, 1, 1, 1));
-    c.step(Input::Read(vec![crate::core::ReadId(1)]));
+    c.step(Input::Read(vec![crate::core::ReadId(1)], crate::core::ReadPolicy::Lease));
     let reply = Message {
         from: NodeId(2),
         to: NodeId(1),

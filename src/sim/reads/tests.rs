@@ -55,10 +55,10 @@ fn run_scenario(
 
 #[test]
 fn reads_through_every_path_are_linearizable_under_faults() {
-    let mut reads = 0;
+    let (mut reads, mut by_round) = (0, 0);
     for seed in 0..6 {
         let report = run(seed, Bugs::default()).unwrap_or_else(|f| panic!("{f}"));
-        let _ = report;
+        by_round += report.stats.reads_by_round; // `ReadPolicy::ReadIndex`, lease or not
         let (config, schedule) = reading(seed);
         let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid");
         sim.start_clients(KvWorkload { keys: 3 });
@@ -70,6 +70,7 @@ fn reads_through_every_path_are_linearizable_under_faults() {
             .count();
     }
     assert!(reads > 100, "only {reads} reads completed");
+    assert!(by_round > 25, "only {by_round} reads chose a round over the lease");
 }
 
 /// Bug switch (a): the leader answers reads without confirming it still leads. A deposed
