@@ -8,13 +8,11 @@
 //! share one `Client`; each proposes, awaits its receipt, and proposes again (closed loop) until
 //! `--ops` proposals (default 200,000) are done. Same JSON fields as `clients`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use ferraft::Cluster;
 
-use super::{cpu_secs, report_closed_loop, Args, Sum};
+use super::{cpu_secs, report_closed_loop, share_of, Args, Sum};
 
 pub fn async_clients(cluster: &Cluster<Sum>, args: &Args) {
     let ops = if args.ops == 0 { 200_000 } else { args.ops };
@@ -25,17 +23,16 @@ pub fn async_clients(cluster: &Cluster<Sum>, args: &Args) {
         .build()
         .expect("a tokio runtime");
     let client = cluster.client();
-    let issued = Arc::new(AtomicUsize::new(0));
     let cpu_before = cpu_secs();
     let start = Instant::now();
     let samples: Vec<u64> = runtime.block_on(async {
         let tasks: Vec<_> = (0..args.clients)
-            .map(|_| {
-                let (client, issued) = (client.clone(), Arc::clone(&issued));
+            .map(|i| {
+                let (client, mine) = (client.clone(), share_of(ops, args.clients, i));
                 tokio::spawn(async move {
-                    let mut samples = Vec::new();
+                    let mut samples = Vec::with_capacity(mine);
                     let mut t = Instant::now(); // NB: one clock read per operation
-                    while issued.fetch_add(1, Ordering::Relaxed) < ops {
+                    for _ in 0..mine {
                         client.propose_async(8).await.expect("proposal applied");
                         let now = Instant::now();
                         samples.push((now - t).as_nanos() as u64);

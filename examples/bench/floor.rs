@@ -15,14 +15,14 @@
 //! Same JSON line as `clients`, with `"workload":"floor"`, the mode, and `"nodes"` the
 //! server threads' count of nodes (1 or 3).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::Thread;
 use std::time::Instant;
 
 use ferraft::Config;
 
-use super::{cpu_secs, report_closed_loop, Args};
+use super::{cpu_secs, report_closed_loop, share_of, Args};
 
 /// A slot is free (or answered), posted, or posted by a client that sleeps.
 const ANSWERED: u8 = 0;
@@ -85,13 +85,12 @@ pub fn floor(args: &Args) {
             servers.push(spawn(&shared, move |s| follower(s, f)));
         }
     }
-    let issued = Arc::new(AtomicUsize::new(0));
     let cpu_before = cpu_secs();
     let start = Instant::now();
     let workers: Vec<_> = (0..args.clients)
         .map(|c| {
-            let (shared, issued) = (Arc::clone(&shared), Arc::clone(&issued));
-            std::thread::spawn(move || client(&shared, c, &issued, ops, spin))
+            let (shared, mine) = (Arc::clone(&shared), share_of(ops, args.clients, c));
+            std::thread::spawn(move || client(&shared, c, mine, spin))
         })
         .collect();
     let samples = workers.into_iter().flat_map(|w| w.join().expect("client thread")).collect();
@@ -115,13 +114,13 @@ fn spawn(
     std::thread::spawn(move || run(&shared))
 }
 
-/// Posts, waits, repeats until `ops` requests were issued in all; the latency of each, in ns.
-fn client(shared: &Shared, c: usize, issued: &AtomicUsize, ops: usize, spin: u32) -> Vec<u64> {
+/// Posts, waits, repeats `ops` times; the latency of each, in ns.
+fn client(shared: &Shared, c: usize, ops: usize, spin: u32) -> Vec<u64> {
     let slot = &shared.slots[c];
     slot.thread.get_or_init(std::thread::current);
-    let mut samples = Vec::new();
+    let mut samples = Vec::with_capacity(ops);
     let mut t = Instant::now(); // NB: one clock read per operation, as in `clients`
-    while issued.fetch_add(1, Ordering::Relaxed) < ops {
+    for _ in 0..ops {
         slot.state.store(POSTED, Ordering::Release);
         let mut rounds = 0;
         while slot.state.load(Ordering::Acquire) != ANSWERED {
