@@ -286,6 +286,10 @@ pub struct Bugs {
     /// A leader appends proposals past `Config::max_uncommitted_bytes` (breaks the bound on
     /// the uncommitted log: the simulator's check U1).
     pub ignore_uncommitted_cap: bool,
+    /// A leader serves a read whose caller chose `ReadPolicy::ReadIndex` from its lease while
+    /// the lease holds (breaks the policy's promise to rely on no clock: where the clocks
+    /// drift past `Config::clock_drift_bound`, a deposed leader serves stale reads).
+    pub lease_for_every_read: bool,
 }
 
 /// Timing and limits in ticks, derived once from [`Config`].

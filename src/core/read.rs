@@ -188,7 +188,7 @@ impl<C: Clone> Core<C> {
         if self.bugs.read_without_confirmation {
             return self.read_ready(origin, ids, index, ReadPath::ReadIndex);
         }
-        if policy == ReadPolicy::Lease && self.has_lease() {
+        if self.lease_allowed(policy) && self.has_lease() {
             return self.read_ready(origin, ids, index, ReadPath::Lease);
         }
         let (round, arrived) = (self.reads.round + 1, self.now);
@@ -276,6 +276,16 @@ impl<C: Clone> Core<C> {
         if !self.reads.pending.is_empty() && self.reads.confirmed == self.reads.round {
             self.start_read_round();
         }
+    }
+
+    /// Whether reads of `policy` may be served from the lease (the test-only switch
+    /// `Bugs::lease_for_every_read` lets every read; always as chosen outside tests).
+    fn lease_allowed(&self, policy: ReadPolicy) -> bool {
+        #[cfg(test)]
+        if self.bugs.lease_for_every_read {
+            return true;
+        }
+        policy == ReadPolicy::Lease
     }
 
     /// Leader: a follower asks for a read index, for reads of `policy`.

@@ -11,7 +11,7 @@ use super::super::node::Delivery;
 use super::super::trace::InputSummary;
 use super::super::*;
 use crate::config::ClockDrift;
-use crate::core::Bugs;
+use crate::core::{Bugs, ReadPolicy};
 use crate::kv::{KvCommand, KvOutput, KvStateMachine};
 use crate::linearizability::{self, Operation};
 use crate::node::{LeaseBugs, Receipt, Request};
@@ -184,6 +184,8 @@ struct Staged {
     sim: Simulator<KvStateMachine>,
     seed: u64,
     history: Vec<Operation>,
+    /// Reads through the old leader's loop answered (`Staged::write_elsewhere_then_read_by`).
+    reads_by_loop_answered: usize,
 }
 
 const GET: fn() -> KvCommand = || KvCommand::Get { key: "k".into() };
@@ -204,7 +206,7 @@ impl Staged {
         let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid scenario");
         sim.set_lease_bugs(lease_bugs);
         sim.set_bugs(bugs);
-        Staged { sim, seed, history: Vec::new() }
+        Staged { sim, seed, history: Vec::new(), reads_by_loop_answered: 0 }
     }
 
     fn now_us(&self) -> u64 {
@@ -255,21 +257,53 @@ impl Staged {
     /// if deposed first); once that write returns, `old` is asked to read on the caller's
     /// thread every 0.1 ms, 200 ms in all. Whether the write returned.
     fn write_elsewhere_then_read_at(&mut self, old: NodeId) -> bool {
+        self.write_elsewhere_then(old, |staged, now| {
+            if let Some((output, _)) = staged.sim.read_on_caller(old, QUERY, &GET()) {
+                let completed = Some((now, output));
+                let read = Operation { client: 2, command: GET(), invoked_at: now, completed };
+                staged.history.push(read);
+            }
+        })
+    }
+
+    /// [`Staged::write_elsewhere_then_read_at`], the reads through `old`'s loop (a request to
+    /// its core, as `NodeHandle::read_with` sends), each asking for `policy`. A read counts as
+    /// done when it is seen answered (at most 0.1 ms late, which only widens its window);
+    /// a failed or unanswered one as an outcome unknown.
+    fn write_elsewhere_then_read_by(&mut self, old: NodeId, policy: ReadPolicy) -> bool {
+        let mut reads: Vec<(u64, Receipt<KvOutput>)> = Vec::new();
+        let written = self.write_elsewhere_then(old, |staged, now| {
+            let (read, receipt) = crate::node::read_receipt(old, 0, GET(), QUERY);
+            let summary = InputSummary::Propose { client: 2, op: reads.len() as u64 };
+            let request = Request::Read { read, policy };
+            staged.sim.step(old, Delivery::Request(request), summary).expect("safe");
+            reads.push((now, receipt));
+            for (invoked_at, receipt) in &mut reads {
+                if let Some(Ok(applied)) = receipt.try_result() {
+                    let completed = Some((now, applied.output));
+                    let read =
+                        Operation { client: 2, command: GET(), invoked_at: *invoked_at, completed };
+                    staged.history.push(read);
+                    *invoked_at = u64::MAX; // (recorded)
+                }
+            }
+            reads.retain(|(invoked_at, _)| *invoked_at != u64::MAX);
+        });
+        self.reads_by_loop_answered = self.history.iter().filter(|o| o.client == 2).count();
+        written
+    }
+
+    /// After the fault: the first other node to lead writes `k = new` (again at the next one
+    /// if deposed first); once that write returns, `read(self, now)` every 0.1 ms, 200 ms in
+    /// all. Whether the write returned.
+    fn write_elsewhere_then(&mut self, old: NodeId, mut read: impl FnMut(&mut Self, u64)) -> bool {
         let mut second: Option<(u64, KvCommand, Receipt<KvOutput>)> = None;
         let mut written = false;
         for _ in 0..2000 {
             self.sim.run_for(Duration::from_micros(100)).expect("safe");
             let now = self.now_us();
             if written {
-                if let Some((output, _)) = self.sim.read_on_caller(old, QUERY, &GET()) {
-                    let completed = Some((now, output));
-                    self.history.push(Operation {
-                        client: 2,
-                        command: GET(),
-                        invoked_at: now,
-                        completed,
-                    });
-                }
+                read(self, now);
                 continue;
             }
             let Some((invoked_at, command, receipt)) = second.take() else {
@@ -317,6 +351,29 @@ fn slow_leader_fast_voters(seed: u64, bugs: LeaseBugs) -> (Vec<Operation>, bool)
     staged.sim.pause(n1, Duration::from_millis(150)).expect("n1 runs");
     let written = staged.write_elsewhere_then_read_at(n1);
     (staged.history, written)
+}
+
+/// A read that chose `ReadPolicy::ReadIndex` relies on no clock, staged where the clocks
+/// break the configured drift bound: n1's clock runs 30% slow and n2's and n3's 30% fast
+/// while the configuration claims 1.01, so n1's lease (its minimum election timeout over
+/// 1.01, on its slow clock: about 47 × 1.3 = 61 ms) can outlive the fast voters' patience
+/// (50-100 of their ticks, 35-70 ms). n1 leads with a lease and is isolated; the voters
+/// elect a new leader, which writes `k = new`; then n1 is asked reads through its loop,
+/// each of `policy`. Returns the history, whether the write returned, and how many of n1's
+/// reads were answered.
+fn drift_past_the_bound_then_read_by(
+    seed: u64,
+    policy: ReadPolicy,
+    bugs: Bugs,
+) -> (Vec<Operation>, bool, usize) {
+    let mut staged = Staged::new(seed, 1.01, LeaseBugs::default(), bugs);
+    for (id, period_us) in [(1, 1300), (2, 700), (3, 700)] {
+        staged.sim.set_tick_us(NodeId(id), period_us);
+    }
+    let n1 = staged.lead_with_lease(Some(NodeId(1)));
+    staged.sim.apply_fault(&Fault::Isolate(Target::Node(n1))).expect("a known node");
+    let written = staged.write_elsewhere_then_read_by(n1, policy);
+    (staged.history, written, staged.reads_by_loop_answered)
 }
 
 /// Leadership transfer with leases (thesis §3.10 with §6.4.1), staged: the leader holds a
@@ -408,4 +465,46 @@ fn a_lease_that_ignores_the_drift_bound_is_caught_in_the_staged_scenario() {
     let bugs = LeaseBugs { ignore_drift_bound: true, ..LeaseBugs::default() };
     let (seed, violation) = first_stale_read(|seed| slow_leader_fast_voters(seed, bugs));
     println!("BITES | lease_ignores_drift_bound (staged) | seed {seed} | {violation}");
+}
+
+/// The scenario bites: with the clocks past the configured bound, a lease read at the
+/// isolated old leader (`ReadPolicy::Lease`) is stale in some seed; a misconfigured bound
+/// breaks the lease, as its docs warn.
+#[test]
+fn past_the_drift_bound_a_lease_read_is_stale() {
+    let scenario = |seed| {
+        let (history, written, _) =
+            drift_past_the_bound_then_read_by(seed, ReadPolicy::Lease, Bugs::default());
+        (history, written)
+    };
+    let (seed, violation) = first_stale_read(scenario);
+    println!("past the drift bound, a lease read is stale at seed {seed}: {violation}");
+}
+
+/// `ReadPolicy::ReadIndex` relies on no clock: in the same seeds, with the clocks past the
+/// bound, the old leader serves none of those reads (it cannot finish a round), and every
+/// history is linearizable.
+#[test]
+fn past_the_drift_bound_a_readindex_read_is_never_stale() {
+    for seed in 0..STAGED_SEEDS {
+        let (history, written, answered) =
+            drift_past_the_bound_then_read_by(seed, ReadPolicy::ReadIndex, Bugs::default());
+        assert!(written, "seed {seed}: the new leader's write never returned");
+        assert_eq!(answered, 0, "seed {seed}: the isolated old leader answered a ReadIndex read");
+        linearizability::check(&history).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
+    }
+}
+
+/// The bug switch `lease_for_every_read`: the leader serves ReadIndex reads from its lease
+/// too, and the checker catches a stale one past the drift bound.
+#[test]
+fn a_lease_for_every_read_is_caught_past_the_drift_bound() {
+    let bugs = Bugs { lease_for_every_read: true, ..Bugs::default() };
+    let scenario = |seed| {
+        let (history, written, _) =
+            drift_past_the_bound_then_read_by(seed, ReadPolicy::ReadIndex, bugs.clone());
+        (history, written)
+    };
+    let (seed, violation) = first_stale_read(scenario);
+    println!("BITES | lease_for_every_read (staged) | seed {seed} | {violation}");
 }
