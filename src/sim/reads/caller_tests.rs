@@ -502,7 +502,7 @@ fn a_lease_for_every_read_is_caught_past_the_drift_bound() {
     let bugs = Bugs { lease_for_every_read: true, ..Bugs::default() };
     let scenario = |seed| {
         let (history, written, _) =
-            drift_past_the_bound_then_read_by(seed, ReadPolicy::ReadIndex, bugs.clone());
+            drift_past_the_bound_then_read_by(seed, ReadPolicy::ReadIndex, bugs);
         (history, written)
     };
     let (seed, violation) = first_stale_read(scenario);
