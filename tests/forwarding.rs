@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ferraft::{Cluster, Config, Error, KvCommand, KvStateMachine, NodeId};
+use ferraft::{Cluster, Config, Error, KvCommand, KvOutput, KvStateMachine, NodeId, Receipt};
 
 fn kv_cluster(n: usize, config: Config) -> Cluster<KvStateMachine> {
     let cluster = Cluster::new(config, n, |_| KvStateMachine::new()).expect("start");
@@ -29,6 +29,27 @@ fn follower_knowing(cluster: &Cluster<KvStateMachine>, leader: NodeId) -> NodeId
         }
     });
     follower
+}
+
+/// Waits for every receipt: each is applied or fails with a typed error that says the
+/// leader changed or died, never a hang until the deadline. Returns how many were applied.
+fn applied_or_typed(receipts: Vec<Receipt<KvOutput>>) -> usize {
+    let mut applied = 0;
+    for mut receipt in receipts {
+        let start = Instant::now();
+        match receipt.wait(LONG) {
+            Ok(_) => applied += 1,
+            Err(
+                Error::NotLeader { .. }
+                | Error::TransferInProgress { .. }
+                | Error::ProposalDropped { .. }
+                | Error::NodeDown(_)
+                | Error::LeaderUnreachable(_),
+            ) => {}
+            Err(e) => panic!("a forwarded request got {e:?} after {:?}", start.elapsed()),
+        }
+    }
+    applied
 }
 
 #[test]
@@ -57,7 +78,15 @@ fn a_follower_handle_forwards_a_write_and_a_read_to_the_leader() {
 }
 
 /// Every forwarded proposal is answered, or fails with a typed error, while leadership moves
-/// (a transfer) and while the leader dies (a kill): never a hang until the deadline.
+/// (a transfer) and while the leader dies (a kill): never a hang until the deadline. Between
+/// the two, with the follower knowing the new leader and nothing changing, every forwarded
+/// proposal is applied.
+///
+/// NB: which requests in flight at a change are applied is a race, and nothing is asserted
+/// about it: on this 2-core machine the transfer (~0.1 ms) usually reaches the leader before
+/// the follower forwards the batch sent before it (all `TransferInProgress`), and the kill
+/// lands ~0.5 ms after the batch before it, often before that batch commits (`NodeDown`). The
+/// test once counted those races and failed 14 of 100 runs (twenty-second session).
 #[test]
 fn forwarded_requests_are_answered_or_fail_typed_when_the_leader_changes() {
     let _serial = serial();
@@ -71,29 +100,17 @@ fn forwarded_requests_are_answered_or_fail_typed_when_the_leader_changes() {
             .map(|i| handle.propose_async(append("k", &format!("{tag}{i};"))).expect("sent"))
             .collect()
     };
-    let mut receipts = send(100, "a");
+    let in_transfer = send(100, "a");
     cluster.transfer_leadership(other).expect("transferred");
-    receipts.extend(send(100, "b"));
-    let leader = cluster.wait_for_leader(LONG).expect("a leader after the transfer");
-    receipts.extend(send(100, "c"));
+    applied_or_typed(in_transfer);
+    // The follower knows the new leader (every node follows it): it forwards there.
+    let leader = wait_for_agreement(&cluster, LONG).leader;
+    let steady = applied_or_typed(send(100, "b"));
+    assert_eq!(steady, 100, "every request forwarded to a known, stable leader was applied");
+    let mut at_kill = send(100, "c");
     cluster.kill(leader).expect("kill the leader");
-    receipts.extend(send(100, "d"));
-    let mut answered = 0;
-    for mut receipt in receipts {
-        let start = Instant::now();
-        match receipt.wait(LONG) {
-            Ok(_) => answered += 1,
-            Err(
-                Error::NotLeader { .. }
-                | Error::TransferInProgress { .. }
-                | Error::ProposalDropped { .. }
-                | Error::NodeDown(_)
-                | Error::LeaderUnreachable(_),
-            ) => {}
-            Err(e) => panic!("a forwarded request got {e:?} after {:?}", start.elapsed()),
-        }
-    }
-    assert!(answered >= 100, "most requests before the kill were applied: {answered}");
+    at_kill.extend(send(100, "d"));
+    applied_or_typed(at_kill);
 }
 
 #[test]
