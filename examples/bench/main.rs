@@ -40,9 +40,12 @@
 //! (restore its snapshot, then the tail) is printed.
 //!
 //! cargo run --release --example bench -- floor --mode answer|replicate --clients C [--ops N]
+//! cargo run --release --example bench -- stalls [--threads T] [--ms M]
 //!
 //! `floor`: the same closed loop of C OS threads with no consensus work at all (see
-//! `floor.rs`): what the machine allows the `clients` workload.
+//! `floor.rs`): what the machine allows the `clients` workload. `stalls`: how often and how
+//! long the machine takes a running thread's CPU away (see `stalls.rs`). `latency --samples
+//! FILE` writes each operation's latency in nanoseconds, one per line, in the order they ran.
 //!
 //! `clients`: C OS threads, each with a clone of one `Client` (`--share-client true`: all the
 //! same clone); each proposes, waits for its answer, and proposes again (closed loop), until
@@ -67,6 +70,7 @@ mod compaction;
 mod disk;
 mod floor;
 mod read;
+mod stalls;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -163,6 +167,7 @@ fn main() {
         "rtt" => return tcp::rtt(&args),
         _ if args.text("--transport") == Some("tcp") => return tcp::run(&args),
         "floor" => return floor::floor(&args),
+        "stalls" => return stalls::stalls(&args),
         "read" => return read::read(&args),
         "mix" => return read::mix(&args),
         "transfer" => return read::transfer(&args),
@@ -197,7 +202,8 @@ fn main() {
     warm_up(&handle);
     match args.workload.as_str() {
         "latency" => {
-            latency(&handle, args.nodes, if args.ops == 0 { 20_000 } else { args.ops }, &storage);
+            let ops = if args.ops == 0 { 20_000 } else { args.ops };
+            latency(&handle, args.nodes, ops, &storage, args.text("--samples"));
             cluster.shutdown();
         }
         "throughput" => {
@@ -241,7 +247,13 @@ fn warm_up(handle: &NodeHandle<Sum>) {
     }
 }
 
-fn latency(handle: &NodeHandle<Sum>, nodes: usize, ops: usize, storage: &str) {
+fn latency(
+    handle: &NodeHandle<Sum>,
+    nodes: usize,
+    ops: usize,
+    storage: &str,
+    samples_file: Option<&str>,
+) {
     let mut samples = Vec::with_capacity(ops);
     let cpu_before = cpu_secs();
     let start = Instant::now();
@@ -252,6 +264,10 @@ fn latency(handle: &NodeHandle<Sum>, nodes: usize, ops: usize, storage: &str) {
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu_us_per_op = (cpu_secs() - cpu_before) * 1e6 / ops as f64;
+    if let Some(file) = samples_file {
+        let lines: String = samples.iter().map(|ns| format!("{ns}\n")).collect();
+        std::fs::write(file, lines).expect("--samples: a writable file");
+    }
     samples.sort_unstable();
     let pct =
         |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)] as f64 / 1e3;
