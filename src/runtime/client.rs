@@ -143,9 +143,10 @@ impl QueueBytes {
     }
 }
 
-/// A handle to one node: proposals and reads sent here fail with `NotLeader` (and a hint)
-/// unless it leads, or, with [`NodeHandle::forward_to_leader`], are forwarded by the node to
-/// the leader it knows, which answers the caller directly.
+/// A handle to one node: proposals sent here fail with `NotLeader` (and a hint) unless it
+/// leads, and reads are follower reads unless it leads (the node asks the leader it knows for
+/// a read index); or, with [`NodeHandle::forward_to_leader`], both are forwarded by the node
+/// to the leader it knows, which answers the caller directly.
 pub struct NodeHandle<S: StateMachine> {
     id: NodeId,
     requests: RequestSender<S>,
@@ -228,8 +229,9 @@ impl<S: StateMachine> NodeHandle<S> {
 
     /// This handle, choosing what a node that does not lead does with its proposals and reads:
     /// `true` forwards each one (once) to the leader the node knows, whose answer comes back to
-    /// the caller's receipt as if the leader had been asked; `false` (the default) refuses
-    /// with `NotLeader { leader_hint }`. A forwarded request still fails with `NotLeader`
+    /// the caller's receipt as if the leader had been asked; `false` (the default) refuses a
+    /// proposal with `NotLeader { leader_hint }` and serves a read as a follower read (see
+    /// [`NodeHandle::read`]). A forwarded request still fails with `NotLeader`
     /// when the node knows no leader, and with [`Error::LeaderUnreachable`] when the leader it
     /// knows is not running. A node that leads serves the request itself either way.
     pub fn forward_to_leader(mut self, forward: bool) -> Self {
@@ -1067,5 +1069,35 @@ mod tests {
         let answer = client.read_timeout("k".to_string(), Duration::from_millis(50));
         assert_eq!(answer, Err(Error::Unavailable { last: Box::new(Error::QueueFull(id)) }));
         assert_eq!(queue.len(), 1, "no read was handed over");
+    }
+
+    /// A node that serves every read from an empty key-value state, as a follower serves a
+    /// follower read, until its handle's queue goes.
+    fn node_serving_reads(id: NodeId) -> NodeHandle<KvStateMachine> {
+        let (requests, queue) = bounded::<Request<KvStateMachine>>(8);
+        std::thread::spawn(move || {
+            let state = KvStateMachine::new();
+            for request in queue {
+                if let Request::Read { read, .. } = request {
+                    read.answer(Ok((&state, crate::types::LogIndex(1))));
+                }
+            }
+        });
+        NodeHandle::new(id, RequestSender::plain(requests), 0)
+    }
+
+    /// Regression (twenty-third session's review): a node that answers a read need not lead,
+    /// since a follower answers reads too (a follower read). A client that knew no leader
+    /// and read at a follower took it for the leader (`leader_hint`, "the node last seen
+    /// leading", named the follower; its next proposal went there first); a read now
+    /// teaches the client no leader, as a forwarded one never did.
+    #[test]
+    fn a_read_answered_by_a_node_does_not_make_it_the_leader() {
+        let client: Client<KvStateMachine> =
+            Client::new(Duration::from_secs(5), Duration::from_millis(1));
+        client.node_started(node_serving_reads(NodeId(1)));
+        assert_eq!(client.read("k".to_string()), Ok(None));
+        assert_eq!(client.read_many(vec!["k".to_string()]), Ok(vec![None]));
+        assert_eq!(client.leader_hint(), None, "a read named the node that served it leader");
     }
 }

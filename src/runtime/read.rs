@@ -221,9 +221,12 @@ impl<S: ReadStateMachine> NodeHandle<S> {
 }
 
 impl<S: ReadStateMachine> Client<S> {
-    /// A linearizable read at the leader (ReadIndex, or the lease if configured), retrying at
-    /// other nodes until the client's timeout ([`Config::request_timeout`](crate::Config)).
-    /// The errors are [`Client::read_with`]'s.
+    /// A linearizable read at the leader the client knows (ReadIndex, or the lease if
+    /// configured; knowing none, at a running node, a follower read if it does not lead),
+    /// retrying at other nodes until the client's timeout
+    /// ([`Config::request_timeout`](crate::Config)). A read teaches the client no leader (a
+    /// node that answers need not lead); a refusal's hint does. The errors are
+    /// [`Client::read_with`]'s.
     pub fn read(&self, query: S::Query) -> Result<S::Answer, Error>
     where
         S::Query: Clone,
@@ -348,11 +351,8 @@ impl<S: ReadStateMachine> Client<S> {
         deadline: Instant,
     ) -> Result<R::Answer, Error> {
         let Some(node) = self.handle(id) else { return Err(Error::NodeDown(id)) };
-        let applied = node.read_of(read, policy, Some(deadline))?.wait_until(deadline)?;
-        if !self.forward {
-            self.learn_leader(id); // (a forwarding node need not lead)
-        }
-        Ok(applied.output)
+        // NB: no leader learned: a node that answers a read need not lead (a follower read).
+        Ok(node.read_of(read, policy, Some(deadline))?.wait_until(deadline)?.output)
     }
 }
 
