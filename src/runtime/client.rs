@@ -1071,6 +1071,33 @@ mod tests {
         assert_eq!(queue.len(), 1, "no read was handed over");
     }
 
+    /// Many queries as one read take the same path: at a full queue `QueueFull` from the
+    /// handle, of either policy, and from a client `Unavailable { last: QueueFull }` by its
+    /// deadline, never handed over.
+    #[test]
+    fn many_queries_at_a_full_queue_are_refused_queue_full_by_the_deadline() {
+        use crate::core::ReadPolicy;
+        let id = NodeId(1);
+        let (requests, queue) = bounded::<Request<KvStateMachine>>(1);
+        let node = NodeHandle::new(id, RequestSender::plain(requests), 0);
+        let (reply, _) = bounded(1);
+        node.send_by(Request::Status { reply }, None).expect("fills the queue");
+        let keys = || vec!["a".to_string(), "b".to_string()];
+        for policy in [ReadPolicy::Lease, ReadPolicy::ReadIndex] {
+            let answer = node.read_many_with(keys(), policy, Duration::from_millis(20));
+            assert_eq!(answer, Err(Error::QueueFull(id)), "{policy:?}");
+        }
+        let client: Client<KvStateMachine> =
+            Client::new(Duration::from_secs(5), Duration::from_millis(5));
+        client.node_started(node);
+        let started = Instant::now();
+        let timeout = Duration::from_millis(50);
+        let answer = client.read_many_with(keys(), ReadPolicy::ReadIndex, timeout);
+        assert_eq!(answer, Err(Error::Unavailable { last: Box::new(Error::QueueFull(id)) }));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(queue.len(), 1, "no read was handed over");
+    }
+
     /// A node that serves every read from an empty key-value state, as a follower serves a
     /// follower read, until its handle's queue goes.
     fn node_serving_reads(id: NodeId) -> NodeHandle<KvStateMachine> {
