@@ -1051,16 +1051,25 @@ mod tests {
         stopper.join().expect("stopper");
     }
 
+    /// A handle to node `id` whose request queue (one slot) is full, and that queue: nobody
+    /// takes from it.
+    fn node_with_a_full_queue(
+        id: NodeId,
+    ) -> (NodeHandle<KvStateMachine>, crossbeam_channel::Receiver<Request<KvStateMachine>>) {
+        let (requests, queue) = bounded::<Request<KvStateMachine>>(1);
+        let node = NodeHandle::new(id, RequestSender::plain(requests), 0);
+        let (reply, _) = bounded(1);
+        node.send_by(Request::Status { reply }, None).expect("fills the queue");
+        (node, queue)
+    }
+
     /// A read at a node whose request queue stays full is never handed over: `QueueFull`
     /// from the handle (was `Timeout`), and from a client that retried it until the deadline
     /// `Unavailable` with that refusal, the last.
     #[test]
     fn a_read_at_a_full_queue_is_refused_queue_full_and_the_client_keeps_it() {
         let id = NodeId(1);
-        let (requests, queue) = bounded::<Request<KvStateMachine>>(1);
-        let node = NodeHandle::new(id, RequestSender::plain(requests), 0);
-        let (reply, _) = bounded(1);
-        node.send_by(Request::Status { reply }, None).expect("fills the queue");
+        let (node, queue) = node_with_a_full_queue(id);
         let answer = node.read("k".to_string(), Duration::from_millis(20));
         assert_eq!(answer, Err(Error::QueueFull(id)));
         let client: Client<KvStateMachine> =
@@ -1078,10 +1087,7 @@ mod tests {
     fn many_queries_at_a_full_queue_are_refused_queue_full_by_the_deadline() {
         use crate::core::ReadPolicy;
         let id = NodeId(1);
-        let (requests, queue) = bounded::<Request<KvStateMachine>>(1);
-        let node = NodeHandle::new(id, RequestSender::plain(requests), 0);
-        let (reply, _) = bounded(1);
-        node.send_by(Request::Status { reply }, None).expect("fills the queue");
+        let (node, queue) = node_with_a_full_queue(id);
         let keys = || vec!["a".to_string(), "b".to_string()];
         for policy in [ReadPolicy::Lease, ReadPolicy::ReadIndex] {
             let answer = node.read_many_with(keys(), policy, Duration::from_millis(20));
