@@ -440,6 +440,19 @@ fn metrics(cluster: &Cluster<KvStateMachine>, id: NodeId) -> Metrics {
     cluster.status(id).expect("status").metrics
 }
 
+/// Waits until `leader` has served a read by its lease, calling `read` before each look.
+fn wait_for_lease(cluster: &Cluster<KvStateMachine>, leader: NodeId, read: impl Fn()) {
+    wait_until(LONG, "the lease holds", || {
+        read();
+        let m = metrics(cluster, leader);
+        if m.reads_lease > 0 {
+            Ok(())
+        } else {
+            Err(format!("{m:?}"))
+        }
+    });
+}
+
 /// On a lease cluster, a read whose caller chose `ReadPolicy::ReadIndex` is confirmed by a
 /// heartbeat round started after it arrived, never by the lease: 20 such reads one after
 /// another are 20 reads by ReadIndex, none by the lease, and at least 20 rounds to both
@@ -452,15 +465,7 @@ fn a_readindex_read_on_a_lease_cluster_confirms_with_a_round() {
     cluster.propose(append("k", "v")).expect("applied");
     let leader = cluster.wait_for_leader(LONG).expect("leader");
     let node = cluster.node(leader).expect("handle");
-    wait_until(LONG, "the lease holds", || {
-        reads_by(&node, ReadPolicy::Lease, 1);
-        let m = metrics(&cluster, leader);
-        if m.reads_lease > 0 {
-            Ok(())
-        } else {
-            Err(format!("{m:?}"))
-        }
-    });
+    wait_for_lease(&cluster, leader, || reads_by(&node, ReadPolicy::Lease, 1));
     let before = metrics(&cluster, leader);
     reads_by(&node, ReadPolicy::ReadIndex, 20);
     let after = metrics(&cluster, leader);
@@ -505,4 +510,111 @@ fn a_lease_read_on_a_cluster_without_leases_confirms_with_a_round() {
     let client = cluster.client();
     let value = client.read_with("k".to_string(), ReadPolicy::Lease, LONG).expect("read");
     assert_eq!(value.as_deref(), Some("v"));
+}
+
+/// Three keys written `k1;` each, and the queries that read them out of order, with a key
+/// that was never written, and their answers in the queries' order.
+fn three_keys(cluster: &Cluster<KvStateMachine>) -> (Vec<String>, Vec<KvOutput>) {
+    for key in ["a", "b", "c"] {
+        cluster.propose(append(key, &format!("{key}1;"))).expect("applied");
+    }
+    let queries = ["c", "a", "missing", "b"].iter().map(|k| k.to_string()).collect();
+    (queries, vec![Some("c1;".into()), Some("a1;".into()), None, Some("b1;".into())])
+}
+
+/// Many queries chosen `ReadPolicy::ReadIndex` on a lease cluster, at the leader: each call
+/// is one read confirmed by one round started after it arrived, never by the lease (10 calls:
+/// 10 reads by ReadIndex, none by the lease, at least 20 `ReadConfirm`s), with the answers in
+/// the queries' order; the async form answers the same; the lease policy still uses the
+/// lease; an empty list is answered with no answers, at the handle, the client and the
+/// cluster.
+#[test]
+fn many_queries_by_round_on_a_lease_cluster_confirm_with_a_round_in_order() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, lease_config(85));
+    let (queries, expected) = three_keys(&cluster);
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let node = cluster.node(leader).expect("handle");
+    wait_for_lease(&cluster, leader, || {
+        node.read_many_with(queries.clone(), ReadPolicy::Lease, LONG).expect("read");
+    });
+    let before = metrics(&cluster, leader);
+    for _ in 0..10 {
+        let answers = node.read_many_with(queries.clone(), ReadPolicy::ReadIndex, LONG);
+        assert_eq!(answers.expect("answered"), expected);
+    }
+    let after = metrics(&cluster, leader);
+    assert_eq!(after.reads_read_index - before.reads_read_index, 10, "{after:?}");
+    assert_eq!(after.reads_lease, before.reads_lease, "no read chose the lease");
+    let rounds = after.sent.read_confirms - before.sent.read_confirms;
+    assert!(rounds >= 20, "{rounds} ReadConfirm messages for 10 reads by ReadIndex");
+    let mut receipt =
+        node.read_many_async_with(queries.clone(), ReadPolicy::ReadIndex).expect("sent");
+    assert_eq!(receipt.wait(LONG).expect("answered").output, expected);
+    assert_eq!(metrics(&cluster, leader).reads_lease, before.reads_lease, "async: no lease");
+    for _ in 0..20 {
+        let answers = node.read_many_with(queries.clone(), ReadPolicy::Lease, LONG);
+        assert_eq!(answers.expect("answered"), expected);
+    }
+    assert!(metrics(&cluster, leader).reads_lease > after.reads_lease, "lease reads resume");
+    let none = node.read_many_with(Vec::new(), ReadPolicy::ReadIndex, LONG);
+    assert_eq!(none.expect("an empty list is answered"), Vec::<KvOutput>::new());
+    let client = cluster.client();
+    let none = client.read_many_with(Vec::new(), ReadPolicy::ReadIndex, LONG);
+    assert_eq!(none.expect("an empty list is answered"), Vec::<KvOutput>::new());
+    assert_eq!(client.read_many(Vec::new()).expect("answered"), Vec::<KvOutput>::new());
+    let answers = client.read_many_with(queries, ReadPolicy::ReadIndex, LONG);
+    assert_eq!(answers.expect("answered"), expected);
+    let value = cluster.read_with("a".to_string(), ReadPolicy::ReadIndex).expect("read");
+    assert_eq!(value.as_deref(), Some("a1;"));
+}
+
+/// A follower's handle that does not forward serves a read of either policy itself, as a
+/// follower read (it asks the leader for a read index, by a round for `ReadIndex`, and
+/// answers once it has applied that far): the answers in order, counted as follower reads
+/// at the follower, none served by the leader's own paths. Only proposals are refused there
+/// with `NotLeader { leader_hint }`.
+#[test]
+fn a_follower_handle_serves_many_queries_by_round_as_a_follower_read() {
+    let _serial = serial();
+    let cluster = kv_cluster(3, lease_config(86));
+    let (queries, expected) = three_keys(&cluster);
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    let handle = cluster.node(follower).expect("handle");
+    assert!(!handle.forwards());
+    let (before, at_leader) = (metrics(&cluster, follower), metrics(&cluster, leader));
+    for policy in [ReadPolicy::ReadIndex, ReadPolicy::Lease, ReadPolicy::ReadIndex] {
+        let answers = handle.read_many_with(queries.clone(), policy, LONG);
+        assert_eq!(answers.expect("a follower read"), expected, "{policy:?}");
+    }
+    let after = metrics(&cluster, follower);
+    assert_eq!(after.reads_follower - before.reads_follower, 3, "{after:?}");
+    let leader_after = metrics(&cluster, leader);
+    assert_eq!(leader_after.reads(), at_leader.reads(), "the leader served none itself");
+    let refused = handle.propose(append("a", "x;"), LONG).map(|a| a.output);
+    assert_eq!(refused, Err(Error::NotLeader { leader_hint: Some(leader) }));
+}
+
+/// `Client::read_many` right after the leader is killed (the client forgets it): an attempt
+/// at a follower that still follows the dead leader fails or waits, and the client retries
+/// the whole read through the election until a node answers it, with every answer right and
+/// in the queries' order; a write at the new leader is seen by the next.
+#[test]
+fn a_clients_many_reads_answer_in_order_across_a_leader_kill() {
+    let _serial = serial();
+    let mut cluster = kv_cluster(3, fast_config(87));
+    let (queries, expected) = three_keys(&cluster);
+    let client = cluster.client();
+    assert_eq!(client.read_many(queries.clone()).expect("answered"), expected);
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    assert_eq!(client.leader_hint(), Some(leader));
+    cluster.kill(leader).expect("kill");
+    let answers = client.read_many_with(queries.clone(), ReadPolicy::ReadIndex, LONG);
+    assert_eq!(answers.expect("answered after the election"), expected);
+    client.propose(append("a", "a2;")).expect("applied at the new leader");
+    let answers = client.read_many(queries).expect("answered");
+    assert_eq!(answers[1].as_deref(), Some("a1;a2;"), "{answers:?}");
+    assert_eq!((&answers[0], &answers[2], &answers[3]), (&expected[0], &None, &expected[3]));
+    assert_ne!(cluster.wait_for_leader(LONG).expect("a new leader"), leader);
 }

@@ -424,6 +424,27 @@ fn garbage_on_the_port_closes_the_connection() {
     still_serves(&dial, &inbox);
 }
 
+/// A whole frame (its checksum right) from an authenticated peer whose message this node
+/// cannot decode, such as a message kind newer than this node (`Body::ReadIndexByRound`
+/// reached nodes built before it that way), is dropped alone, as a lossy network would drop
+/// it: the connection stays, and the next message on it arrives. (The node closed the
+/// connection before, losing everything queued behind the message until the sender
+/// reconnected.)
+#[test]
+fn a_whole_frame_with_an_unknown_message_kind_is_dropped_and_the_connection_kept() {
+    let (_node, inbox, dial) = lone_node(|_| {});
+    let mut stream =
+        connect(dial.peers.get(NodeId(1)).unwrap(), Peer::Node(NodeId(2)), &dial).expect("hello");
+    // from n2, to n1, term 3 (postcard varints), then a `Body` variant no node knows.
+    let mut out = Vec::new();
+    frame::encode_frame(FrameKind::Message, &[2, 1, 3, 99], &mut out).expect("encode");
+    stream.write_all(&out).expect("write the unknown kind");
+    send_frame(&mut stream, &heartbeat(2, 1));
+    let got = inbox.recv_timeout(Duration::from_secs(5)).expect("the next message arrives");
+    assert_eq!(got, heartbeat(2, 1));
+    assert!(inbox.try_recv().is_err(), "the unknown message was dropped");
+}
+
 #[test]
 fn a_message_claiming_another_sender_is_dropped() {
     let (_node, inbox, dial) = lone_node(|_| {});

@@ -143,9 +143,10 @@ impl QueueBytes {
     }
 }
 
-/// A handle to one node: proposals and reads sent here fail with `NotLeader` (and a hint)
-/// unless it leads, or, with [`NodeHandle::forward_to_leader`], are forwarded by the node to
-/// the leader it knows, which answers the caller directly.
+/// A handle to one node: proposals sent here fail with `NotLeader` (and a hint) unless it
+/// leads, and reads are follower reads unless it leads (the node asks the leader it knows for
+/// a read index); or, with [`NodeHandle::forward_to_leader`], both are forwarded by the node
+/// to the leader it knows, which answers the caller directly.
 pub struct NodeHandle<S: StateMachine> {
     id: NodeId,
     requests: RequestSender<S>,
@@ -228,8 +229,9 @@ impl<S: StateMachine> NodeHandle<S> {
 
     /// This handle, choosing what a node that does not lead does with its proposals and reads:
     /// `true` forwards each one (once) to the leader the node knows, whose answer comes back to
-    /// the caller's receipt as if the leader had been asked; `false` (the default) refuses
-    /// with `NotLeader { leader_hint }`. A forwarded request still fails with `NotLeader`
+    /// the caller's receipt as if the leader had been asked; `false` (the default) refuses a
+    /// proposal with `NotLeader { leader_hint }` and serves a read as a follower read (see
+    /// [`NodeHandle::read`]). A forwarded request still fails with `NotLeader`
     /// when the node knows no leader, and with [`Error::LeaderUnreachable`] when the leader it
     /// knows is not running. A node that leads serves the request itself either way.
     pub fn forward_to_leader(mut self, forward: bool) -> Self {
@@ -1049,16 +1051,25 @@ mod tests {
         stopper.join().expect("stopper");
     }
 
+    /// A handle to node `id` whose request queue (one slot) is full, and that queue: nobody
+    /// takes from it.
+    fn node_with_a_full_queue(
+        id: NodeId,
+    ) -> (NodeHandle<KvStateMachine>, crossbeam_channel::Receiver<Request<KvStateMachine>>) {
+        let (requests, queue) = bounded::<Request<KvStateMachine>>(1);
+        let node = NodeHandle::new(id, RequestSender::plain(requests), 0);
+        let (reply, _) = bounded(1);
+        node.send_by(Request::Status { reply }, None).expect("fills the queue");
+        (node, queue)
+    }
+
     /// A read at a node whose request queue stays full is never handed over: `QueueFull`
     /// from the handle (was `Timeout`), and from a client that retried it until the deadline
     /// `Unavailable` with that refusal, the last.
     #[test]
     fn a_read_at_a_full_queue_is_refused_queue_full_and_the_client_keeps_it() {
         let id = NodeId(1);
-        let (requests, queue) = bounded::<Request<KvStateMachine>>(1);
-        let node = NodeHandle::new(id, RequestSender::plain(requests), 0);
-        let (reply, _) = bounded(1);
-        node.send_by(Request::Status { reply }, None).expect("fills the queue");
+        let (node, queue) = node_with_a_full_queue(id);
         let answer = node.read("k".to_string(), Duration::from_millis(20));
         assert_eq!(answer, Err(Error::QueueFull(id)));
         let client: Client<KvStateMachine> =
@@ -1067,5 +1078,59 @@ mod tests {
         let answer = client.read_timeout("k".to_string(), Duration::from_millis(50));
         assert_eq!(answer, Err(Error::Unavailable { last: Box::new(Error::QueueFull(id)) }));
         assert_eq!(queue.len(), 1, "no read was handed over");
+    }
+
+    /// Many queries as one read take the same path: at a full queue `QueueFull` from the
+    /// handle, of either policy, and from a client `Unavailable { last: QueueFull }` by its
+    /// deadline, never handed over.
+    #[test]
+    fn many_queries_at_a_full_queue_are_refused_queue_full_by_the_deadline() {
+        use crate::core::ReadPolicy;
+        let id = NodeId(1);
+        let (node, queue) = node_with_a_full_queue(id);
+        let keys = || vec!["a".to_string(), "b".to_string()];
+        for policy in [ReadPolicy::Lease, ReadPolicy::ReadIndex] {
+            let answer = node.read_many_with(keys(), policy, Duration::from_millis(20));
+            assert_eq!(answer, Err(Error::QueueFull(id)), "{policy:?}");
+        }
+        let client: Client<KvStateMachine> =
+            Client::new(Duration::from_secs(5), Duration::from_millis(5));
+        client.node_started(node);
+        let started = Instant::now();
+        let timeout = Duration::from_millis(50);
+        let answer = client.read_many_with(keys(), ReadPolicy::ReadIndex, timeout);
+        assert_eq!(answer, Err(Error::Unavailable { last: Box::new(Error::QueueFull(id)) }));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert_eq!(queue.len(), 1, "no read was handed over");
+    }
+
+    /// A node that serves every read from an empty key-value state, as a follower serves a
+    /// follower read, until its handle's queue goes.
+    fn node_serving_reads(id: NodeId) -> NodeHandle<KvStateMachine> {
+        let (requests, queue) = bounded::<Request<KvStateMachine>>(8);
+        std::thread::spawn(move || {
+            let state = KvStateMachine::new();
+            for request in queue {
+                if let Request::Read { read, .. } = request {
+                    read.answer(Ok((&state, crate::types::LogIndex(1))));
+                }
+            }
+        });
+        NodeHandle::new(id, RequestSender::plain(requests), 0)
+    }
+
+    /// Regression (twenty-third session's review): a node that answers a read need not lead,
+    /// since a follower answers reads too (a follower read). A client that knew no leader
+    /// and read at a follower took it for the leader (`leader_hint`, "the node last seen
+    /// leading", named the follower; its next proposal went there first); a read now
+    /// teaches the client no leader, as a forwarded one never did.
+    #[test]
+    fn a_read_answered_by_a_node_does_not_make_it_the_leader() {
+        let client: Client<KvStateMachine> =
+            Client::new(Duration::from_secs(5), Duration::from_millis(1));
+        client.node_started(node_serving_reads(NodeId(1)));
+        assert_eq!(client.read("k".to_string()), Ok(None));
+        assert_eq!(client.read_many(vec!["k".to_string()]), Ok(vec![None]));
+        assert_eq!(client.leader_hint(), None, "a read named the node that served it leader");
     }
 }

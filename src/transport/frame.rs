@@ -38,9 +38,13 @@
 //! After an accepted `Peer::Node` hello the connection carries [`FrameKind::Message`] frames
 //! (a postcard `Message<C>`) one way only, from the connector to the acceptor; a message whose
 //! `from` differs from the hello's id is dropped. New message kinds are added as the last
-//! variant of `Body`, so every older kind keeps its encoding (`Body::ReadIndexByRound`, the
-//! twenty-second session's, is the only one an older node cannot decode; it is sent only for
-//! reads that ask for `ReadPolicy::ReadIndex` at a follower). After a `Peer::Client` hello it carries
+//! variant of `Body`, so every older kind keeps its encoding, and a whole frame whose message
+//! does not decode (a newer node's kind) is dropped alone, the connection kept (twenty-third
+//! session). `Body::ReadIndexByRound`, the twenty-second session's, is the only kind an older
+//! node cannot decode; it is sent only for reads that ask for `ReadPolicy::ReadIndex` at a
+//! follower, and a node built before the twenty-third session closes the connection on it
+//! (losing what was queued behind it until the follower reconnects): while a leader may be
+//! such a node, do not ask followers for `ReadIndex` reads. After a `Peer::Client` hello it carries
 //! [`FrameKind::Request`] and [`FrameKind::Response`] frames whose payloads the application
 //! defines (e.g. the `kv_server` example's protocol).
 //!

@@ -1265,11 +1265,14 @@ fn read_messages<C: DeserializeOwned>(
             tracing::warn!(peer = %from, kind = ?frame.kind, "unexpected frame: connection closed");
             return;
         }
+        // NB: the frame is whole (its checksum held), so the stream is still in step: a
+        // message this node cannot decode (a newer node's new kind) is dropped alone, as a
+        // lossy network would; closing would lose everything queued behind it too.
         let msg: Message<C> = match frame::decode_payload(&frame.payload) {
             Ok(msg) => msg,
             Err(e) => {
-                tracing::warn!(peer = %from, error = %e, "undecodable message: connection closed");
-                return;
+                tracing::warn!(peer = %from, error = %e, "undecodable message: dropped");
+                continue;
             }
         };
         if (msg.from != from && !bugs::accepts_spoofed_senders()) || msg.to != shared.id {

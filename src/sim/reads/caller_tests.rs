@@ -194,7 +194,12 @@ const QUERY: client::ReadQuery<KvStateMachine> = |sm, c| sm.value(c.key());
 impl Staged {
     /// Leases on, CheckQuorum on, the drift bound given, a reliable 0.5-1 ms network.
     fn new(seed: u64, drift_bound: f64, lease_bugs: LeaseBugs, bugs: Bugs) -> Self {
-        let mut config = SimConfig::new(seed, 3);
+        Staged::of(3, seed, drift_bound, lease_bugs, bugs)
+    }
+
+    /// [`Staged::new`] on `nodes` nodes.
+    fn of(nodes: u64, seed: u64, drift_bound: f64, lease_bugs: LeaseBugs, bugs: Bugs) -> Self {
+        let mut config = SimConfig::new(seed, nodes);
         config.clients = 0;
         config.reads = true;
         config.raft.lease_reads = true;
@@ -266,17 +271,23 @@ impl Staged {
         })
     }
 
-    /// [`Staged::write_elsewhere_then_read_at`], the reads through `old`'s loop (a request to
-    /// its core, as `NodeHandle::read_with` sends), each asking for `policy`. A read counts as
-    /// done when it is seen answered (at most 0.1 ms late, which only widens its window);
-    /// a failed or unanswered one as an outcome unknown.
-    fn write_elsewhere_then_read_by(&mut self, old: NodeId, policy: ReadPolicy) -> bool {
+    /// [`Staged::write_elsewhere_then_read_at`], the reads through `at`'s loop (a request to
+    /// its core, as `NodeHandle::read_with` sends), each asking for `policy`: `at` is `old`,
+    /// or a follower still cut off with it. A read counts as done when it is seen answered
+    /// (at most 0.1 ms late, which only widens its window); a failed or unanswered one as an
+    /// outcome unknown.
+    fn write_elsewhere_then_read_by(
+        &mut self,
+        old: NodeId,
+        at: NodeId,
+        policy: ReadPolicy,
+    ) -> bool {
         let mut reads: Vec<(u64, Receipt<KvOutput>)> = Vec::new();
         let written = self.write_elsewhere_then(old, |staged, now| {
-            let (read, receipt) = crate::node::read_receipt(old, 0, GET(), QUERY);
+            let (read, receipt) = crate::node::read_receipt(at, 0, GET(), QUERY);
             let summary = InputSummary::Propose { client: 2, op: reads.len() as u64 };
             let request = Request::Read { read, policy };
-            staged.sim.step(old, Delivery::Request(request), summary).expect("safe");
+            staged.sim.step(at, Delivery::Request(request), summary).expect("safe");
             reads.push((now, receipt));
             for (invoked_at, receipt) in &mut reads {
                 if let Some(Ok(applied)) = receipt.try_result() {
@@ -372,7 +383,27 @@ fn drift_past_the_bound_then_read_by(
     }
     let n1 = staged.lead_with_lease(Some(NodeId(1)));
     staged.sim.apply_fault(&Fault::Isolate(Target::Node(n1))).expect("a known node");
-    let written = staged.write_elsewhere_then_read_by(n1, policy);
+    let written = staged.write_elsewhere_then_read_by(n1, n1, policy);
+    (staged.history, written, staged.reads_by_loop_answered)
+}
+
+/// [`drift_past_the_bound_then_read_by`] on five nodes, the reads at a follower: n1 (slow
+/// clock) leads with a lease and is cut off together with its follower n2, whose reads ask n1
+/// for a read index (a `ReadIndexByRound` message for `ReadPolicy::ReadIndex`); the other
+/// three (fast clocks) elect a leader, which writes `k = new`; then n2 is asked reads, each
+/// of `policy`. Returns the history, whether the write returned, and how many of n2's reads
+/// were answered.
+fn follower_of_a_cut_off_leader_past_the_bound_reads_by(
+    seed: u64,
+    policy: ReadPolicy,
+) -> (Vec<Operation>, bool, usize) {
+    let mut staged = Staged::of(5, seed, 1.01, LeaseBugs::default(), Bugs::default());
+    for (id, period_us) in [(1, 1300), (2, 700), (3, 700), (4, 700), (5, 700)] {
+        staged.sim.set_tick_us(NodeId(id), period_us);
+    }
+    let n1 = staged.lead_with_lease(Some(NodeId(1)));
+    staged.sim.apply_fault(&Fault::Split(0b00011)).expect("n1 and n2 on one side");
+    let written = staged.write_elsewhere_then_read_by(n1, NodeId(2), policy);
     (staged.history, written, staged.reads_by_loop_answered)
 }
 
@@ -486,11 +517,19 @@ fn past_the_drift_bound_a_lease_read_is_stale() {
 /// history is linearizable.
 #[test]
 fn past_the_drift_bound_a_readindex_read_is_never_stale() {
+    no_read_answered_in(|seed| {
+        drift_past_the_bound_then_read_by(seed, ReadPolicy::ReadIndex, Bugs::default())
+    });
+}
+
+/// The correct code in a staged scenario whose reads the cut-off side cannot confirm: in
+/// every seed the new leader's write returns, none of the reads is answered, and the history
+/// is linearizable.
+fn no_read_answered_in(scenario: impl Fn(u64) -> (Vec<Operation>, bool, usize)) {
     for seed in 0..STAGED_SEEDS {
-        let (history, written, answered) =
-            drift_past_the_bound_then_read_by(seed, ReadPolicy::ReadIndex, Bugs::default());
+        let (history, written, answered) = scenario(seed);
         assert!(written, "seed {seed}: the new leader's write never returned");
-        assert_eq!(answered, 0, "seed {seed}: the isolated old leader answered a ReadIndex read");
+        assert_eq!(answered, 0, "seed {seed}: a read the cut-off side cannot confirm answered");
         linearizability::check(&history).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
     }
 }
@@ -507,4 +546,27 @@ fn a_lease_for_every_read_is_caught_past_the_drift_bound() {
     };
     let (seed, violation) = first_stale_read(scenario);
     println!("BITES | lease_for_every_read (staged) | seed {seed} | {violation}");
+}
+
+/// The follower's side of the policy, past the drift bound: n2, cut off with the old leader
+/// n1, asks it for read indexes. Chosen `ReadPolicy::Lease`, n1 answers from its lease (too
+/// long for the real clocks), and some seed's read at n2 is stale: the scenario bites.
+#[test]
+fn past_the_drift_bound_a_followers_lease_read_is_stale() {
+    let (seed, violation) = first_stale_read(|seed| {
+        let (history, written, _) =
+            follower_of_a_cut_off_leader_past_the_bound_reads_by(seed, ReadPolicy::Lease);
+        (history, written)
+    });
+    println!("past the drift bound, a follower's lease read is stale at seed {seed}: {violation}");
+}
+
+/// Chosen `ReadPolicy::ReadIndex`, the same follower's reads travel as `ReadIndexByRound`:
+/// n1 must confirm each by a round, which the two of five cut off cannot finish, so n2
+/// answers none of them, in every seed, and every history is linearizable.
+#[test]
+fn past_the_drift_bound_a_followers_readindex_read_is_never_stale() {
+    no_read_answered_in(|seed| {
+        follower_of_a_cut_off_leader_past_the_bound_reads_by(seed, ReadPolicy::ReadIndex)
+    });
 }
