@@ -19,7 +19,10 @@
 //! `change_membership*`) for a whole operation, catch-up waits and thread joins included;
 //! the slot table's lock is held only to look up or edit a slot, never across a wait, a join
 //! or a user's callback. Lookups take the second alone, so they never wait behind an admin
-//! operation in progress. Lock order: admin, then slots.
+//! operation in progress. Lock order: admin, then slots. The factories and
+//! [`ClusterBuilder::on_removed`] run under the admin lock (starting or retiring a node is
+//! an admin operation): they may look the cluster up, but an admin call of the same cluster
+//! from one of them would wait for itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -141,9 +144,12 @@ impl<S: StateMachine> ClusterBuilder<S> {
     /// [`Cluster::remove_node`], or left out by an [`Cluster::add_node`] that failed. Its
     /// threads have stopped and the id is never started again (ids are never reused), so
     /// whatever a [`ClusterBuilder::storage`] factory keeps for it may go. Called once per
-    /// retired id, on the thread that retires it. The default in-memory storage drops its
+    /// retired id, on the thread that retires it, under the cluster's admin lock (so not to
+    /// call `kill`, `add_node`, ... of the same cluster). The default in-memory storage drops its
     /// store by itself. Not called for a node taken out with [`Cluster::change_membership`]
-    /// alone (the cluster keeps it, to inspect or restart), nor on shutdown.
+    /// alone (the cluster keeps it, to inspect or restart), nor on shutdown, nor for an id
+    /// [`Cluster::add_node`] found to be another member's (`AlreadyMember`): what your
+    /// storage keeps under it is that member's.
     ///
     /// The cluster deletes no files: with [`ClusterBuilder::data_dir`], a retired node's
     /// directory `dir/n<id>` stays until you delete it, here for instance.
