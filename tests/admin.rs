@@ -26,6 +26,11 @@ fn a_cluster_is_send_and_sync() {
     fn shared<T: Send + Sync>() {}
     shared::<Cluster<KvStateMachine>>();
     shared::<Arc<Cluster<common::GatedKv>>>();
+    // For every state machine: this compiles only if the bounds hold for any `S`.
+    fn any<S: ferraft::StateMachine>() {
+        shared::<Cluster<S>>();
+    }
+    any::<KvStateMachine>();
 }
 
 /// Holds every `append` of the nodes it wraps while shut: a new node so held cannot catch

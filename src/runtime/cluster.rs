@@ -144,9 +144,9 @@ impl<S: StateMachine> ClusterBuilder<S> {
     /// [`Cluster::remove_node`], or left out by an [`Cluster::add_node`] that failed. Its
     /// threads have stopped and the id is never started again (ids are never reused), so
     /// whatever a [`ClusterBuilder::storage`] factory keeps for it may go. Called once per
-    /// retired id, on the thread that retires it, under the cluster's admin lock (so not to
-    /// call `kill`, `add_node`, ... of the same cluster). The default in-memory storage drops its
-    /// store by itself. Not called for a node taken out with [`Cluster::change_membership`]
+    /// retired id, on the thread that retires it, under the cluster's admin lock: it must not
+    /// call `kill`, `add_node`, ... of the same cluster. The default in-memory storage drops
+    /// its store by itself. Not called for a node taken out with [`Cluster::change_membership`]
     /// alone (the cluster keeps it, to inspect or restart), nor on shutdown, nor for an id
     /// [`Cluster::add_node`] found to be another member's (`AlreadyMember`): what your
     /// storage keeps under it is that member's.
