@@ -268,7 +268,7 @@ fn threaded_line(trials: usize) -> Vec<f64> {
         seed: 16,
         ..Config::default()
     };
-    let mut cluster = Cluster::new(config, 5, |_| KvStateMachine::new()).expect("a cluster starts");
+    let cluster = Cluster::new(config, 5, |_| KvStateMachine::new()).expect("a cluster starts");
     let faults =
         NetworkFaults { delay: ms(DELAY_MS.0)..ms(DELAY_MS.1), ..NetworkFaults::default() };
     cluster.set_faults(faults).expect("valid faults");

@@ -15,27 +15,27 @@ fn main() -> Result<(), Error> {
     init_tracing();
     let start = Instant::now();
     let config = Config { seed: 7, ..Config::default() };
-    let mut cluster = Cluster::new(config, 5, |_| KvStateMachine::new())?;
+    let cluster = Cluster::new(config, 5, |_| KvStateMachine::new())?;
     say(start, "started 5 nodes (election timeout 150-300 ms, heartbeat 50 ms)");
 
     let leader = elect(&cluster, start, "first election")?;
-    write_keys(&mut cluster, start, 0..20)?;
+    write_keys(&cluster, start, 0..20)?;
 
     say(start, &format!("killing the leader {leader}"));
     cluster.kill(leader)?;
     let second = elect(&cluster, start, "re-election after the leader died")?;
-    write_keys(&mut cluster, start, 20..40)?;
+    write_keys(&cluster, start, 20..40)?;
 
     say(start, &format!("killing {second} as well: 3 of 5 remain, still a majority"));
     cluster.kill(second)?;
     let third = elect(&cluster, start, "re-election with 3 of 5")?;
-    write_keys(&mut cluster, start, 40..60)?;
+    write_keys(&cluster, start, 40..60)?;
 
     for id in [leader, second] {
         cluster.restart(id)?;
         say(start, &format!("restarted {id} from its persisted term, vote and log"));
     }
-    write_keys(&mut cluster, start, 60..70)?;
+    write_keys(&cluster, start, 60..70)?;
     let statuses = wait_converged(&cluster, Duration::from_secs(10))?;
     say(start, &format!("{third} still leads; every node caught up"));
     print_table(&statuses);
@@ -69,7 +69,7 @@ fn elect(cluster: &Cluster<KvStateMachine>, start: Instant, what: &str) -> Resul
 }
 
 fn write_keys(
-    cluster: &mut Cluster<KvStateMachine>,
+    cluster: &Cluster<KvStateMachine>,
     start: Instant,
     keys: std::ops::Range<u32>,
 ) -> Result<(), Error> {

@@ -16,7 +16,7 @@ fn main() -> Result<(), Error> {
     let start = Instant::now();
     let config = Config { seed: 9, lease_reads: true, ..Config::default() };
     // The session table keeps up to 1,000 clients; it is replicated and snapshotted with the store.
-    let mut cluster = Cluster::new(config, 3, |_| Sessions::new(KvStateMachine::new(), 1_000))?;
+    let cluster = Cluster::new(config, 3, |_| Sessions::new(KvStateMachine::new(), 1_000))?;
     let leader = cluster.wait_for_leader(Duration::from_secs(10))?;
     say(start, &format!("3 nodes, {leader} leads; lease reads on (drift bound 1.1)"));
 

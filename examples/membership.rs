@@ -15,7 +15,7 @@ use ferraft::{Client, Cluster, Config, Error, KvCommand, KvStateMachine};
 fn main() -> Result<(), Error> {
     init_tracing();
     let start = Instant::now();
-    let mut cluster = Cluster::new(Config::default(), 5, |_| KvStateMachine::new())?;
+    let cluster = Cluster::new(Config::default(), 5, |_| KvStateMachine::new())?;
     let leader = cluster.wait_for_leader(Duration::from_secs(10))?;
     say(start, &format!("5 voters; {leader} leads"));
     preload(&cluster.client(), 50_000)?;

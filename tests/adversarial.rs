@@ -76,7 +76,7 @@ fn a_tcp_queue_capacity_no_process_can_allocate_is_refused_by_validate() {
 fn a_membership_change_naming_the_reserved_id_is_refused_at_once() {
     let _serial = serial();
     let config = fast_config(0xad01);
-    let mut cluster = Cluster::new(config, 3, |_| KvStateMachine::new()).expect("start");
+    let cluster = Cluster::new(config, 3, |_| KvStateMachine::new()).expect("start");
     let reserved = NodeId(u64::MAX);
     let started = Instant::now();
     let error = cluster

@@ -512,7 +512,7 @@ struct Ops {
     partitions: bool,
 }
 
-fn chaos(cluster: &mut Cluster<Ledger>, world: &World, load: &Load, length: Duration, ops: Ops) {
+fn chaos(cluster: &Cluster<Ledger>, world: &World, load: &Load, length: Duration, ops: Ops) {
     let (mut rng, _) = seeded_rng("chaos");
     let end = Instant::now() + length;
     let mut down: Vec<NodeId> = Vec::new();
@@ -598,10 +598,10 @@ fn run(config: Config, sync_threads: usize, async_tasks: usize, ops: Ops, shutdo
     let _serial = serial();
     init_tracing();
     let world = World::default();
-    let mut cluster = Cluster::new(config, 3, world.factory()).expect("start");
+    let cluster = Cluster::new(config, 3, world.factory()).expect("start");
     wait_for_agreement(&cluster, LONG);
     let load = Load::start(&cluster, sync_threads, async_tasks);
-    chaos(&mut cluster, &world, &load, Duration::from_secs(6), ops);
+    chaos(&cluster, &world, &load, Duration::from_secs(6), ops);
     let start = Instant::now();
     if shutdown {
         cluster.shutdown(); // under load
@@ -706,7 +706,7 @@ fn callers_meet_bursts_of_slow_applies(
     deadline: Duration,
 ) -> Vec<Duration> {
     let reads = config.lease_reads;
-    let mut cluster = Cluster::new(config, 3, |_| Sleeper { sum: 0 }).expect("start");
+    let cluster = Cluster::new(config, 3, |_| Sleeper { sum: 0 }).expect("start");
     let leader = wait_for_agreement(&cluster, LONG).leader;
     let client = cluster.client();
     let stop = Arc::new(AtomicBool::new(false));
@@ -800,7 +800,7 @@ fn wait_for_leader_keeps_its_deadline_while_the_leaders_apply_is_long() {
     init_tracing();
     let gates = Gates::default();
     let config = Config { request_timeout: Duration::from_secs(3), ..fast_config(521) };
-    let mut cluster = Cluster::new(config, 3, gates.factory()).expect("start");
+    let cluster = Cluster::new(config, 3, gates.factory()).expect("start");
     let _open = OpenOnDrop(&gates);
     let leader = wait_for_agreement(&cluster, LONG).leader;
     let put = |v: &str| ferraft::KvCommand::Put { key: "k".into(), value: v.into() };
@@ -887,7 +887,7 @@ fn session_writers_apply_each_command_once_through_kills() {
     init_tracing();
     let world = World::default();
     let factory = world.factory();
-    let mut cluster =
+    let cluster =
         Cluster::new(base_config(531), 3, move |id| Sessions::new(factory(id), 64)).expect("start");
     wait_for_agreement(&cluster, LONG);
     let client = cluster.client();
@@ -981,7 +981,7 @@ fn a_removal_retried_after_it_went_through_retires_the_node() {
     let _serial = serial();
     init_tracing();
     let world = World::default();
-    let mut cluster = Cluster::new(base_config(541), 3, world.factory()).expect("start");
+    let cluster = Cluster::new(base_config(541), 3, world.factory()).expect("start");
     wait_for_agreement(&cluster, LONG);
     let added = cluster.add_node().expect("added");
     let leader = cluster.wait_for_leader(LONG).expect("a leader");

@@ -85,7 +85,7 @@ fn a_receipt_is_a_future_woken_by_the_node() {
 #[test]
 fn propose_async_never_blocks_even_without_a_leader() {
     let _serial = serial();
-    let mut cluster = kv_cluster(3, fast_config(43));
+    let cluster = kv_cluster(3, fast_config(43));
     for id in cluster.ids().into_iter().skip(1) {
         cluster.kill(id).expect("kill");
     }
@@ -104,7 +104,7 @@ fn propose_async_never_blocks_even_without_a_leader() {
 fn blocking_calls_give_up_at_the_request_timeout() {
     let _serial = serial();
     let config = Config { request_timeout: Duration::from_millis(500), ..fast_config(44) };
-    let mut cluster = kv_cluster(3, config);
+    let cluster = kv_cluster(3, config);
     for id in cluster.ids().into_iter().skip(1) {
         cluster.kill(id).expect("kill");
     }
@@ -130,7 +130,7 @@ fn blocking_calls_give_up_at_the_request_timeout() {
 #[test]
 fn without_a_majority_propose_answers_unavailable_at_its_deadline() {
     let _serial = serial();
-    let mut cluster = kv_cluster(3, fast_config(47));
+    let cluster = kv_cluster(3, fast_config(47));
     let leader = wait_for_agreement(&cluster, LONG).leader;
     cluster.propose(append("k", "before;")).expect("applied");
     // The leader and one follower go: the survivor never wins an election alone.
@@ -216,7 +216,7 @@ fn rpc_counters_count_requests_received_by_kind() {
 #[test]
 fn unknown_node_and_stopped_cluster_are_typed_errors() {
     let _serial = serial();
-    let mut cluster = kv_cluster(1, fast_config(46));
+    let cluster = kv_cluster(1, fast_config(46));
     assert_eq!(cluster.node(NodeId(9)).err(), Some(Error::UnknownNode(NodeId(9))));
     let client = cluster.client();
     cluster.kill(NodeId(1)).expect("kill");

@@ -21,7 +21,7 @@ fn kv_cluster(config: Config, nodes: usize) -> Cluster<KvStateMachine> {
 
 /// Proposes through the cluster (which finds the leader and retries) and expects success.
 fn propose_ok<S: ferraft::StateMachine>(
-    cluster: &mut Cluster<S>,
+    cluster: &Cluster<S>,
     command: S::Command,
 ) -> Applied<S::Output> {
     let shown = format!("{command:?}");
@@ -76,7 +76,7 @@ fn no_new_election_while_the_leader_is_healthy() {
 #[test]
 fn a_new_leader_with_a_higher_term_after_the_leader_is_killed() {
     let _serial = serial();
-    let mut cluster = kv_cluster(fast_config(13), 3);
+    let cluster = kv_cluster(fast_config(13), 3);
     let first = wait_for_agreement(&cluster, LONG);
 
     cluster.kill(first.leader).expect("killing the leader");
@@ -85,14 +85,14 @@ fn a_new_leader_with_a_higher_term_after_the_leader_is_killed() {
     assert_ne!(second.leader, first.leader);
     assert!(second.term > first.term, "new leader's {} not above {}", second.term, first.term);
     assert_eq!(second.statuses.len(), 2);
-    propose_ok(&mut cluster, append("k", "after"));
+    propose_ok(&cluster, append("k", "after"));
     cluster.shutdown();
 }
 
 #[test]
 fn all_nodes_agree_on_a_stream_of_commands() {
     let _serial = serial();
-    let mut cluster = kv_cluster(fast_config(14), 5);
+    let cluster = kv_cluster(fast_config(14), 5);
     let keys = ["a", "b", "c", "d"];
     let mut model: BTreeMap<&str, String> = BTreeMap::new();
     let mut last_index = LogIndex(0);
@@ -100,7 +100,7 @@ fn all_nodes_agree_on_a_stream_of_commands() {
     for i in 0..200 {
         let key = keys[i % keys.len()];
         let value = token(i);
-        let applied = propose_ok(&mut cluster, append(key, &value));
+        let applied = propose_ok(&cluster, append(key, &value));
         let expected = model.entry(key).or_default();
         expected.push_str(&value);
         // Each output is the key's value after the append: every earlier append exactly once,
@@ -113,7 +113,7 @@ fn all_nodes_agree_on_a_stream_of_commands() {
     let statuses = wait_converged(&cluster, 5, LONG);
     assert!(statuses[0].core.last_applied >= last_index);
     for key in keys {
-        let read = propose_ok(&mut cluster, get(key));
+        let read = propose_ok(&cluster, get(key));
         assert_eq!(read.output.as_deref(), Some(model[key].as_str()), "key {key}");
         assert_eq!(tokens(&model[key]).len(), 50);
     }
@@ -123,7 +123,7 @@ fn all_nodes_agree_on_a_stream_of_commands() {
 #[test]
 fn progress_with_a_minority_killed() {
     let _serial = serial();
-    let mut cluster = kv_cluster(fast_config(15), 5);
+    let cluster = kv_cluster(fast_config(15), 5);
     let agreed = wait_for_agreement(&cluster, LONG);
     let follower = cluster.ids().into_iter().find(|&id| id != agreed.leader).expect("a follower");
 
@@ -134,7 +134,7 @@ fn progress_with_a_minority_killed() {
     for i in 0..20 {
         let value = token(i);
         expected.push_str(&value);
-        let applied = propose_ok(&mut cluster, append("k", &value));
+        let applied = propose_ok(&cluster, append("k", &value));
         assert_eq!(applied.output.as_deref(), Some(expected.as_str()));
     }
     let statuses = wait_converged(&cluster, 3, LONG);
@@ -145,8 +145,8 @@ fn progress_with_a_minority_killed() {
 #[test]
 fn no_commit_without_a_majority_then_recovery() {
     let _serial = serial();
-    let mut cluster = kv_cluster(fast_config(16), 5);
-    propose_ok(&mut cluster, append("k", &token("before")));
+    let cluster = kv_cluster(fast_config(16), 5);
+    propose_ok(&cluster, append("k", &token("before")));
     let before = wait_converged(&cluster, 5, LONG);
     let agreed = wait_for_agreement(&cluster, LONG);
     // Kill 3 of 5 including the leader, so the survivors cannot form a majority.
@@ -172,7 +172,7 @@ fn no_commit_without_a_majority_then_recovery() {
     for &id in &victims {
         cluster.restart(id).expect("restart");
     }
-    let after = propose_ok(&mut cluster, append("k", &token("after")));
+    let after = propose_ok(&cluster, append("k", &token("after")));
     let value = after.output.expect("appended value");
     assert!(value.starts_with("before;"), "{value}");
     assert!(value.ends_with("after;"), "{value}");
@@ -187,24 +187,24 @@ fn a_restarted_node_applies_the_same_entries_in_the_same_order() {
     let _serial = serial();
     init_tracing();
     let records = Records::default();
-    let mut cluster = Cluster::new(fast_config(17), 3, records.factory()).expect("start");
+    let cluster = Cluster::new(fast_config(17), 3, records.factory()).expect("start");
     let mut proposed = Vec::new();
-    let mut write = |cluster: &mut Cluster<Recorder>, i: usize| {
+    let mut write = |cluster: &Cluster<Recorder>, i: usize| {
         let command = append(["x", "y"][i % 2], &token(i));
         proposed.push(command.clone());
         propose_ok(cluster, command);
     };
     for i in 0..30 {
-        write(&mut cluster, i);
+        write(&cluster, i);
     }
     let old_leader = wait_for_agreement(&cluster, LONG).leader;
     cluster.kill(old_leader).expect("kill");
     for i in 30..60 {
-        write(&mut cluster, i);
+        write(&cluster, i);
     }
     cluster.restart(old_leader).expect("restart");
     for i in 60..70 {
-        write(&mut cluster, i);
+        write(&cluster, i);
     }
     wait_converged(&cluster, 3, LONG);
     let leader = wait_for_agreement(&cluster, LONG).leader;
@@ -270,14 +270,14 @@ fn concurrent_proposals_from_several_threads_all_commit_exactly_once() {
         worker.join().expect("client thread panicked");
     }
 
-    let mut cluster = Arc::try_unwrap(cluster)
+    let cluster = Arc::try_unwrap(cluster)
         .ok()
         .expect("clients are done")
         .into_inner()
         .expect("cluster lock");
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for key in ["p", "q"] {
-        let value = propose_ok(&mut cluster, get(key)).output.unwrap_or_default();
+        let value = propose_ok(&cluster, get(key)).output.unwrap_or_default();
         let all = tokens(&value);
         for t in 0..threads {
             // Each thread proposes sequentially, so its values appear in its order.
@@ -337,10 +337,10 @@ fn dropping_the_cluster_joins_every_thread() {
     let _serial = serial();
     let before = raft_threads();
     let ids = [NodeId(71), NodeId(72), NodeId(73)];
-    let mut cluster =
+    let cluster =
         Cluster::with_ids(fast_config(20), &ids, |_| KvStateMachine::new()).expect("start");
     wait_for_agreement(&cluster, LONG);
-    propose_ok(&mut cluster, append("k", "v"));
+    propose_ok(&cluster, append("k", "v"));
     let during = raft_threads();
     for id in ids {
         assert!(during.contains(&format!("raft-{id}")), "no thread for {id}: {during:?}");
@@ -368,9 +368,9 @@ fn dropping_the_cluster_joins_every_thread() {
 #[test]
 fn a_killed_node_is_down_and_restarts_with_its_persisted_term() {
     let _serial = serial();
-    let mut cluster = kv_cluster(fast_config(21), 3);
+    let cluster = kv_cluster(fast_config(21), 3);
     let agreed = wait_for_agreement(&cluster, LONG);
-    propose_ok(&mut cluster, append("k", "v"));
+    propose_ok(&cluster, append("k", "v"));
     let victim = cluster.ids().into_iter().find(|&id| id != agreed.leader).expect("a follower");
     let term_before = cluster.status(victim).expect("status").core.term;
 
@@ -395,9 +395,9 @@ fn a_killed_node_is_down_and_restarts_with_its_persisted_term() {
 #[test]
 fn wait_caught_up_counts_what_the_previous_leader_committed() {
     let _serial = serial();
-    let mut cluster = kv_cluster(roomy_config(93), 3);
+    let cluster = kv_cluster(roomy_config(93), 3);
     let old = cluster.wait_for_leader(LONG).expect("leader");
-    propose_ok(&mut cluster, append("k", "a;"));
+    propose_ok(&cluster, append("k", "a;"));
     wait_converged(&cluster, 3, LONG);
     let others: Vec<NodeId> = cluster.ids().into_iter().filter(|&id| id != old).collect();
     let (next, down) = (others[0], others[1]);
@@ -410,7 +410,7 @@ fn wait_caught_up_counts_what_the_previous_leader_committed() {
         ..Default::default()
     };
     cluster.set_link_faults(old, next, slow(ms(150), false)).expect("faults");
-    let committed = propose_ok(&mut cluster, append("k", "b;")).index;
+    let committed = propose_ok(&cluster, append("k", "b;")).index;
     cluster.isolate(old).expect("isolate"); // what it sent since is lost when due
                                             // The new leader's appends to `down` take 1.5 s: it commits nothing of its own term for
                                             // that long.

@@ -44,27 +44,27 @@ fn a_restarted_node_applies_the_same_entries_in_the_same_order_from_disk() {
     init_tracing();
     let dir = TempDir::new("disk-same-order");
     let records = Records::default();
-    let mut cluster = Cluster::builder(fast_config(31), records.factory())
+    let cluster = Cluster::builder(fast_config(31), records.factory())
         .data_dir(&dir.0)
         .start()
         .expect("start");
     let mut proposed = Vec::new();
-    let mut write = |cluster: &mut Cluster<Recorder>, i: usize| {
+    let mut write = |cluster: &Cluster<Recorder>, i: usize| {
         let command = append(["x", "y"][i % 2], &token(i));
         proposed.push(command.clone());
         cluster.propose(command).unwrap_or_else(|e| panic!("proposing {i}: {e}"));
     };
     for i in 0..20 {
-        write(&mut cluster, i);
+        write(&cluster, i);
     }
     let old_leader = wait_for_agreement(&cluster, LONG).leader;
     cluster.kill(old_leader).expect("kill");
     for i in 20..40 {
-        write(&mut cluster, i);
+        write(&cluster, i);
     }
     cluster.restart(old_leader).expect("restart from its directory");
     for i in 40..50 {
-        write(&mut cluster, i);
+        write(&cluster, i);
     }
     wait_converged(&cluster, 3, LONG);
     let leader = wait_for_agreement(&cluster, LONG).leader;
@@ -80,7 +80,7 @@ fn a_restarted_node_applies_the_same_entries_in_the_same_order_from_disk() {
 fn no_commit_without_a_majority_then_recovery_from_disk() {
     let _serial = serial();
     let dir = TempDir::new("disk-majority");
-    let mut cluster = disk_cluster(32, 3, &dir.0);
+    let cluster = disk_cluster(32, 3, &dir.0);
     cluster.propose(append("k", &token("before"))).expect("a first write");
     let agreed = wait_for_agreement(&cluster, LONG);
     let follower = cluster.ids().into_iter().find(|&id| id != agreed.leader).expect("follower");
@@ -109,7 +109,7 @@ fn no_commit_without_a_majority_then_recovery_from_disk() {
 fn a_deferring_leader_keeps_committing_with_a_follower_down_and_loses_nothing() {
     let _serial = serial();
     let dir = TempDir::new("disk-deferred");
-    let mut cluster = disk_cluster(38, 3, &dir.0); // 2 mod 4: the leader defers its sync
+    let cluster = disk_cluster(38, 3, &dir.0); // 2 mod 4: the leader defers its sync
     for i in 0..50 {
         cluster.propose(append("k", &token(i))).expect("write with every node up");
     }
@@ -134,7 +134,7 @@ fn a_deferring_leader_keeps_committing_with_a_follower_down_and_loses_nothing() 
 fn a_killed_node_restarts_from_disk_with_its_persisted_term() {
     let _serial = serial();
     let dir = TempDir::new("disk-term");
-    let mut cluster = disk_cluster(33, 3, &dir.0);
+    let cluster = disk_cluster(33, 3, &dir.0);
     let agreed = wait_for_agreement(&cluster, LONG);
     cluster.propose(append("k", "v")).expect("write");
     let victim = cluster.ids().into_iter().find(|&id| id != agreed.leader).expect("a follower");
@@ -156,7 +156,7 @@ fn a_killed_node_restarts_from_disk_with_its_persisted_term() {
 fn a_wiped_node_directory_is_refused_on_restart_and_no_committed_write_is_lost() {
     let _serial = serial();
     let dir = TempDir::new("disk-wiped");
-    let mut cluster = disk_cluster(36, 3, &dir.0);
+    let cluster = disk_cluster(36, 3, &dir.0);
     let leader = cluster.wait_for_leader(LONG).expect("leader");
     let others: Vec<NodeId> = cluster.ids().into_iter().filter(|&id| id != leader).collect();
     let (wiped, lagging) = (others[0], others[1]);
@@ -191,12 +191,12 @@ fn a_wiped_node_directory_is_refused_on_restart_and_no_committed_write_is_lost()
 fn add_node_after_a_reopen_with_stale_ids_hands_out_a_fresh_id_and_removes_no_one() {
     let _serial = serial();
     let dir = TempDir::new("disk-stale-ids");
-    let mut cluster = disk_cluster(37, 3, &dir.0);
+    let cluster = disk_cluster(37, 3, &dir.0);
     let added = cluster.add_node().expect("n4");
     cluster.remove_node(NodeId(1)).expect("remove n1");
     cluster.shutdown();
 
-    let mut cluster = disk_cluster(38, 3, &dir.0); // n1, n2, n3 as at first; n4 not started
+    let cluster = disk_cluster(38, 3, &dir.0); // n1, n2, n3 as at first; n4 not started
     let fresh = cluster.add_node().expect("a fresh node");
     assert!(fresh.0 > added.0, "add_node handed out {fresh}, the configuration has {added}");
     let leader = cluster.wait_for_leader(LONG).expect("leader");
@@ -229,14 +229,14 @@ fn add_node_after_a_reopen_never_reuses_a_removed_nodes_id() {
             .start()
             .expect("start")
     };
-    let mut cluster = start(40);
+    let cluster = start(40);
     let removed = cluster.add_node().expect("n4");
     cluster.propose(append("k", "a;")).expect("a write");
     cluster.remove_node(removed).expect("remove n4");
     assert!(!dir.0.join(format!("n{}", removed.0)).exists(), "on_removed deleted it");
     cluster.shutdown();
 
-    let mut cluster = start(41); // n1, n2, n3: the current configuration
+    let cluster = start(41); // n1, n2, n3: the current configuration
     let fresh = cluster.add_node();
     assert!(
         matches!(fresh, Ok(id) if id != removed),
@@ -268,7 +268,7 @@ fn a_node_wiped_while_the_cluster_was_down_can_be_replaced_as_documented() {
     let error = refused.err().expect("n3 is refused");
     assert!(error.to_string().contains("emptied, deleted or lost"), "{error}");
 
-    let mut cluster = Cluster::builder(fast_config(43), |_| KvStateMachine::new())
+    let cluster = Cluster::builder(fast_config(43), |_| KvStateMachine::new())
         .ids(&[NodeId(1), NodeId(2)])
         .data_dir(&dir.0)
         .start()
@@ -287,7 +287,7 @@ fn a_node_wiped_while_the_cluster_was_down_can_be_replaced_as_documented() {
 fn a_rolling_restart_waits_for_each_node_to_catch_up() {
     let _serial = serial();
     let dir = TempDir::new("disk-rolling");
-    let mut cluster = disk_cluster(39, 3, &dir.0);
+    let cluster = disk_cluster(39, 3, &dir.0);
     for (round, id) in cluster.ids().into_iter().enumerate() {
         cluster.kill(id).expect("kill");
         for i in 0..50 {
@@ -425,7 +425,7 @@ fn leaders_killed_over_and_over_lose_no_acknowledged_write_on_disk() {
 /// Odd seeds sync in the background; seeds that are 2 or 3 mod 4 defer the leader's sync.
 fn kill_leaders_over_and_over(mut rng: impl rand::Rng, seed: u64) {
     let dir = TempDir::new("disk-kills");
-    let mut cluster = disk_cluster(seed, 5, &dir.0);
+    let cluster = disk_cluster(seed, 5, &dir.0);
     let mut acknowledged = Vec::new();
     for round in 0..6 {
         for i in 0..3 {
@@ -523,7 +523,7 @@ fn fill(switches: &Switches, id: NodeId, full: bool) {
 fn a_full_disk_stops_the_node_which_acknowledges_nothing_it_did_not_store() {
     let _serial = serial();
     let dir = TempDir::new("disk-full-one");
-    let (mut cluster, switches) = full_disk_cluster(36, 1, &dir.0);
+    let (cluster, switches) = full_disk_cluster(36, 1, &dir.0);
     cluster.propose(append("k", &token("stored"))).expect("a write before the disk fills");
     fill(&switches, NodeId(1), true);
     let result = cluster.propose_timeout(append("k", &token("lost")), ms(1500));
@@ -604,7 +604,7 @@ fn a_proposal_whose_write_failed_is_answered_unknown_not_never_applied() {
     let dir = TempDir::new("disk-write-then-fail");
     let failing = Arc::new(AtomicBool::new(false));
     let (open, switch) = (DiskStorage::factory(&dir.0), Arc::clone(&failing));
-    let mut cluster = Cluster::builder(fast_config(38), |_| KvStateMachine::new())
+    let cluster = Cluster::builder(fast_config(38), |_| KvStateMachine::new())
         .nodes(1)
         .storage(move |id, bootstrap: &Configuration| {
             Ok(WritesThenFails { inner: open(id, bootstrap)?, failing: Arc::clone(&switch) })

@@ -125,7 +125,7 @@ fn node_ids_at_both_ends_of_the_range() {
     cluster.shutdown();
 
     let top = [NodeId(u64::MAX - 1)];
-    let mut cluster =
+    let cluster =
         Cluster::with_ids(config, &top, |_| KvStateMachine::new()).expect("the largest valid id");
     cluster.wait_for_leader(LONG).expect("a leader");
     let refused = cluster.add_node();
@@ -210,7 +210,7 @@ fn a_receipt_hands_its_output_over_once() {
 
 #[test]
 fn unknown_node_ids_are_refused() {
-    let mut cluster = kv_cluster(fast_config(3), 3);
+    let cluster = kv_cluster(fast_config(3), 3);
     let ghost = NodeId(42);
     assert_eq!(cluster.kill(ghost), Err(Error::UnknownNode(ghost)));
     assert_eq!(cluster.restart(ghost), Err(Error::UnknownNode(ghost)));
@@ -224,7 +224,7 @@ fn unknown_node_ids_are_refused() {
 
 #[test]
 fn kill_restart_and_node_check_the_running_state() {
-    let mut cluster = kv_cluster(fast_config(4), 3);
+    let cluster = kv_cluster(fast_config(4), 3);
     let id = NodeId(2);
     let stale = cluster.node(id).expect("handle while running");
 
@@ -246,7 +246,7 @@ fn kill_restart_and_node_check_the_running_state() {
 /// 3 nodes without CheckQuorum, so the leader keeps leading after its followers die.
 fn leader_without_followers() -> (Cluster<KvStateMachine>, NodeId, Term) {
     let config = Config { check_quorum: false, ..fast_config(5) };
-    let mut cluster = kv_cluster(config, 3);
+    let cluster = kv_cluster(config, 3);
     let agreed = wait_for_agreement(&cluster, LONG);
     for id in cluster.ids().into_iter().filter(|&id| id != agreed.leader) {
         cluster.kill(id).expect("kill follower");
@@ -270,7 +270,7 @@ fn a_receipt_without_a_majority_times_out() {
 
 #[test]
 fn a_receipt_whose_node_is_killed_reports_it_down() {
-    let (mut cluster, leader, _) = leader_without_followers();
+    let (cluster, leader, _) = leader_without_followers();
     let handle = cluster.node(leader).expect("leader handle");
     let mut receipt = handle.propose_async(append("k", "v")).expect("sent");
     receipt.position(LONG).expect("appended");
@@ -283,7 +283,7 @@ fn a_receipt_whose_node_is_killed_reports_it_down() {
 
 #[test]
 fn membership_errors_are_typed() {
-    let mut cluster = kv_cluster(fast_config(6), 3);
+    let cluster = kv_cluster(fast_config(6), 3);
     wait_for_agreement(&cluster, LONG);
 
     let add_member = cluster.change_membership(MembershipChange::AddNode(NodeId(2)));
@@ -297,7 +297,7 @@ fn membership_errors_are_typed() {
     assert_eq!(cluster.ids(), vec![NodeId(1), NodeId(2)]);
     cluster.shutdown();
 
-    let mut single = kv_cluster(fast_config(7), 1);
+    let single = kv_cluster(fast_config(7), 1);
     wait_for_agreement(&single, LONG);
     assert_eq!(single.remove_node(NodeId(1)), Err(Error::LastVoter(NodeId(1))));
     single.shutdown();

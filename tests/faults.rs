@@ -165,7 +165,7 @@ fn pause(rng: &mut SmallRng) {
 /// Makes the network perfect (no cuts, no faults), restarts every killed node, commits one
 /// more write, waits until all nodes converge, and returns the final value of [`KEY`] read
 /// through the log.
-fn heal_and_read(cluster: &mut Cluster<Recorder>, history: &mut History) -> String {
+fn heal_and_read(cluster: &Cluster<Recorder>, history: &mut History) -> String {
     cluster.reset_network();
     for id in cluster.ids() {
         if !cluster.is_running(id) {
@@ -205,7 +205,7 @@ fn current_leader(cluster: &Cluster<Recorder>) -> Option<NodeId> {
 fn agreement_on_an_unreliable_network() {
     let _serial = serial();
     let (_, seed) = seeded_rng("agreement_on_an_unreliable_network");
-    let (mut cluster, records) = recording_cluster(fast_config(seed), 5);
+    let (cluster, records) = recording_cluster(fast_config(seed), 5);
     cluster.set_faults(unreliable()).expect("valid faults");
 
     let mut history = History::default();
@@ -223,7 +223,7 @@ fn agreement_on_an_unreliable_network() {
         history.record(value, result);
     }
 
-    let final_value = heal_and_read(&mut cluster, &mut history);
+    let final_value = heal_and_read(&cluster, &mut history);
     expected.push_str(&token("last"));
     assert_eq!(final_value, expected);
     history.check(&final_value, &records, &cluster.ids());
@@ -234,7 +234,7 @@ fn agreement_on_an_unreliable_network() {
 fn figure_8_unreliable() {
     let _serial = serial();
     let (mut rng, seed) = seeded_rng("figure_8_unreliable");
-    let (mut cluster, records) = recording_cluster(fast_config(seed), 5);
+    let (cluster, records) = recording_cluster(fast_config(seed), 5);
     cluster.set_faults(unreliable()).expect("valid faults");
     let mut history = History::default();
     let mut receipts = Vec::new();
@@ -267,7 +267,7 @@ fn figure_8_unreliable() {
         }
     }
 
-    let final_value = heal_and_read(&mut cluster, &mut history);
+    let final_value = heal_and_read(&cluster, &mut history);
     settle(&mut history, receipts);
     println!("figure 8: {}", history.summary());
     history.check(&final_value, &records, &cluster.ids());
@@ -322,7 +322,7 @@ fn churn_with_concurrent_clients() {
 
     for _ in 0..30 {
         std::thread::sleep(ms(rng.random_range(20..120))); // the next fault's moment
-        let mut cluster = cluster.lock().expect("cluster lock");
+        let cluster = cluster.lock().expect("cluster lock");
         let up = running(&cluster);
         let down: Vec<NodeId> = ids.iter().copied().filter(|id| !up.contains(id)).collect();
         match rng.random_range(0..20) {
@@ -365,12 +365,12 @@ fn churn_with_concurrent_clients() {
         history.writes.extend(client.join().expect("client panicked").writes);
     }
 
-    let mut cluster = Arc::try_unwrap(cluster)
+    let cluster = Arc::try_unwrap(cluster)
         .ok()
         .expect("clients are done")
         .into_inner()
         .expect("cluster lock");
-    let final_value = heal_and_read(&mut cluster, &mut history);
+    let final_value = heal_and_read(&cluster, &mut history);
     println!("churn: {}", history.summary());
     history.check(&final_value, &records, &ids);
     cluster.shutdown();
@@ -433,7 +433,7 @@ fn isolate_leader_with_proposals(
 fn old_leader_partitioned_away_then_rejoining() {
     let _serial = serial();
     let (_, seed) = seeded_rng("old_leader_partitioned_away_then_rejoining");
-    let (mut cluster, records) = recording_cluster(fast_config(seed), 5);
+    let (cluster, records) = recording_cluster(fast_config(seed), 5);
     let mut history = History::default();
     for i in 0..5 {
         let value = token(format!("a{i}"));
@@ -465,7 +465,7 @@ fn old_leader_partitioned_away_then_rejoining() {
     assert_ne!(old_status.core.role, Role::Leader);
     assert!(old_status.core.term > before.term);
 
-    let final_value = heal_and_read(&mut cluster, &mut history);
+    let final_value = heal_and_read(&cluster, &mut history);
     assert!(!final_value.contains("old"), "an uncommitted entry survived: {final_value}");
     history.check(&final_value, &records, &cluster.ids());
     cluster.shutdown();
@@ -476,7 +476,7 @@ fn long_reordering_with_duplicates() {
     let _serial = serial();
     let (_, seed) = seeded_rng("long_reordering_with_duplicates");
     // Round trips reach 600 ms, so elections need timeouts above that to finish.
-    let (mut cluster, records) = recording_cluster(roomy_config(seed), 5);
+    let (cluster, records) = recording_cluster(roomy_config(seed), 5);
     let mut history = History::default();
     let agreed = wait_for_agreement(&cluster, LONG);
     let faults =
@@ -498,7 +498,7 @@ fn long_reordering_with_duplicates() {
     }
     let elapsed = started.elapsed();
 
-    let final_value = heal_and_read(&mut cluster, &mut history);
+    let final_value = heal_and_read(&cluster, &mut history);
     settle(&mut history, receipts);
     println!("reordering: {} in {elapsed:?}", history.summary());
     history.check(&final_value, &records, &cluster.ids());
@@ -544,7 +544,7 @@ fn write_among(
 fn a_mute_leader_is_replaced_while_it_still_hears_everyone() {
     let _serial = serial();
     let (_, seed) = seeded_rng("a_mute_leader_is_replaced_while_it_still_hears_everyone");
-    let (mut cluster, records) = recording_cluster(fast_config(seed), 5);
+    let (cluster, records) = recording_cluster(fast_config(seed), 5);
     let mut history = History::default();
     write_among(&cluster, &cluster.ids(), &mut history, "before");
     let before = wait_for_agreement(&cluster, LONG);
@@ -566,7 +566,7 @@ fn a_mute_leader_is_replaced_while_it_still_hears_everyone() {
         cluster.restore(old, to).expect("known nodes");
     }
     assert_eq!(cluster.blocked_links(), vec![]);
-    let final_value = heal_and_read(&mut cluster, &mut history);
+    let final_value = heal_and_read(&cluster, &mut history);
     history.check(&final_value, &records, &cluster.ids());
     cluster.shutdown();
 }
@@ -577,7 +577,7 @@ fn a_deaf_leader_steps_down_and_the_others_elect_a_new_one() {
     let (_, seed) = seeded_rng("a_deaf_leader_steps_down_and_the_others_elect_a_new_one");
     let config = fast_config(seed);
     assert!(config.check_quorum && config.pre_vote, "this scenario relies on both");
-    let (mut cluster, records) = recording_cluster(config, 5);
+    let (cluster, records) = recording_cluster(config, 5);
     let mut history = History::default();
     let before = wait_for_agreement(&cluster, LONG);
     let old = before.leader;
@@ -599,7 +599,7 @@ fn a_deaf_leader_steps_down_and_the_others_elect_a_new_one() {
     cluster.connect(old).expect("known node");
     let all = wait_for_agreement(&cluster, LONG);
     assert_eq!(all.term, applied.term, "rejoining did not disrupt the new leader");
-    let final_value = heal_and_read(&mut cluster, &mut history);
+    let final_value = heal_and_read(&cluster, &mut history);
     history.check(&final_value, &records, &cluster.ids());
     cluster.shutdown();
 }
@@ -608,7 +608,7 @@ fn a_deaf_leader_steps_down_and_the_others_elect_a_new_one() {
 fn disconnect_and_connect_compose_node_by_node() {
     let _serial = serial();
     let (_, seed) = seeded_rng("disconnect_and_connect_compose_node_by_node");
-    let (mut cluster, records) = recording_cluster(fast_config(seed), 5);
+    let (cluster, records) = recording_cluster(fast_config(seed), 5);
     let mut history = History::default();
     let before = wait_for_agreement(&cluster, LONG);
     let leader = before.leader;
@@ -645,7 +645,7 @@ fn disconnect_and_connect_compose_node_by_node() {
 
     cluster.connect(loner).expect("known node");
     assert_eq!(cluster.blocked_links(), vec![]);
-    let final_value = heal_and_read(&mut cluster, &mut history);
+    let final_value = heal_and_read(&cluster, &mut history);
     history.check(&final_value, &records, &cluster.ids());
     cluster.shutdown();
 }
@@ -654,7 +654,7 @@ fn disconnect_and_connect_compose_node_by_node() {
 fn link_faults_hit_one_direction_and_one_kind_of_message() {
     let _serial = serial();
     let (_, seed) = seeded_rng("link_faults_hit_one_direction_and_one_kind_of_message");
-    let (mut cluster, records) = recording_cluster(fast_config(seed), 5);
+    let (cluster, records) = recording_cluster(fast_config(seed), 5);
     let mut history = History::default();
     let before = wait_for_agreement(&cluster, LONG);
     let followers = others(&cluster, &[before.leader]);
@@ -694,7 +694,7 @@ fn link_faults_hit_one_direction_and_one_kind_of_message() {
         let s = cluster.status(starved).map_err(|e| e.to_string())?;
         (s.core.commit_index >= last).then_some(()).ok_or_else(|| describe(&[s]))
     });
-    let final_value = heal_and_read(&mut cluster, &mut history);
+    let final_value = heal_and_read(&cluster, &mut history);
     history.check(&final_value, &records, &cluster.ids());
     cluster.shutdown();
 }
@@ -704,7 +704,7 @@ fn messages_held_for_seconds_arrive_terms_late_without_harm() {
     let _serial = serial();
     let (_, seed) = seeded_rng("messages_held_for_seconds_arrive_terms_late_without_harm");
     // Election timeouts above ordinary round trips; the held messages come seconds later.
-    let (mut cluster, records) = recording_cluster(roomy_config(seed), 5);
+    let (cluster, records) = recording_cluster(roomy_config(seed), 5);
     let mut history = History::default();
     let faults = NetworkFaults {
         long_hold: 0.1,
@@ -741,7 +741,7 @@ fn messages_held_for_seconds_arrive_terms_late_without_harm() {
         let held = cluster.messages_in_flight();
         (held == 0).then_some(()).ok_or_else(|| format!("{held} messages still held"))
     });
-    let final_value = heal_and_read(&mut cluster, &mut history);
+    let final_value = heal_and_read(&cluster, &mut history);
     settle(&mut history, receipts);
     println!("long hold: {} held; {}", cluster.messages_long_held(), history.summary());
     history.check(&final_value, &records, &cluster.ids());
@@ -847,7 +847,7 @@ fn delayed_messages_are_bounded_in_bytes_per_link() {
         max_inbox_bytes: budget,
         ..fast_config(seed)
     };
-    let (mut cluster, records) = recording_cluster(config, 3);
+    let (cluster, records) = recording_cluster(config, 3);
     let mut history = History::default();
     let leader = wait_for_agreement(&cluster, LONG).leader;
     let faults = NetworkFaults { delay: ms(300)..ms(500), ..NetworkFaults::default() };
@@ -877,7 +877,7 @@ fn delayed_messages_are_bounded_in_bytes_per_link() {
         let held = (cluster.messages_in_flight(), cluster.bytes_in_flight());
         (held == (0, 0)).then_some(()).ok_or_else(|| format!("{held:?} messages, bytes held"))
     });
-    let final_value = heal_and_read(&mut cluster, &mut history);
+    let final_value = heal_and_read(&cluster, &mut history);
     settle(&mut history, receipts);
     println!("held at most {most} bytes over {ticks} polls; {dropped} dropped for bytes");
     history.check(&final_value, &records, &cluster.ids());

@@ -90,7 +90,7 @@ fn a_follower_handle_forwards_a_write_and_a_read_to_the_leader() {
 #[test]
 fn forwarded_requests_are_answered_or_fail_typed_when_the_leader_changes() {
     let _serial = serial();
-    let mut cluster = kv_cluster(3, fast_config(92));
+    let cluster = kv_cluster(3, fast_config(92));
     let leader = cluster.wait_for_leader(LONG).expect("leader");
     let follower = follower_knowing(&cluster, leader);
     let other = cluster.ids().into_iter().find(|&id| id != leader && id != follower).unwrap();
@@ -117,7 +117,7 @@ fn forwarded_requests_are_answered_or_fail_typed_when_the_leader_changes() {
 fn forwarding_to_a_dead_leader_is_a_typed_error_within_the_deadline() {
     let _serial = serial();
     // Long election timeouts: the follower still believes in the dead leader for a while.
-    let mut cluster = kv_cluster(3, roomy_config(93));
+    let cluster = kv_cluster(3, roomy_config(93));
     let leader = cluster.wait_for_leader(LONG).expect("leader");
     let follower = follower_knowing(&cluster, leader);
     let handle = cluster.node(follower).expect("running").forward_to_leader(true);
@@ -145,7 +145,7 @@ fn forwarding_to_a_dead_leader_is_a_typed_error_within_the_deadline() {
 fn a_forwarding_client_retries_past_a_dead_leader() {
     let _serial = serial();
     // Long election timeouts: the followers still believe in the dead leader for a while.
-    let mut cluster = kv_cluster(3, roomy_config(95));
+    let cluster = kv_cluster(3, roomy_config(95));
     let leader = cluster.wait_for_leader(LONG).expect("leader");
     wait_until(LONG, "every follower knows the leader", || {
         for id in cluster.ids().into_iter().filter(|&id| id != leader) {

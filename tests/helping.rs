@@ -76,7 +76,7 @@ fn a_node_killed_and_restarted_on_disk_under_load_comes_back_and_agrees() {
     let dir = TempDir::new("helping-restart");
     let records = Records::default();
     let cluster = Cluster::builder(fast_config(63), records.factory()).data_dir(&dir.0).start();
-    let mut cluster = cluster.expect("start");
+    let cluster = cluster.expect("start");
     wait_for_agreement(&cluster, LONG);
     let client = cluster.client();
     let callers = load(&client, 16, 150);

@@ -161,7 +161,7 @@ fn a_kill_after_a_storage_failure_returns_without_waiting_for_the_apply_backlog(
     let switches = SyncSwitches::new();
     let config = Config { background_sync: true, callers_help: false, ..fast_config(81) };
     let opened = Arc::clone(&switches);
-    let mut cluster = Cluster::builder(config, DropFlags::default().factory())
+    let cluster = Cluster::builder(config, DropFlags::default().factory())
         .nodes(1)
         .storage(move |_, bootstrap: &Configuration| {
             let inner = MemStorage::new(bootstrap.clone());
@@ -221,7 +221,7 @@ fn a_handle_kept_past_a_kill_holds_no_state_machine_and_answers_node_down() {
     init_tracing();
     let flags = DropFlags::default();
     let config = Config { lease_reads: true, ..fast_config(82) };
-    let mut cluster = Cluster::new(config, 3, flags.factory()).expect("start");
+    let cluster = Cluster::new(config, 3, flags.factory()).expect("start");
     let leader = wait_for_agreement(&cluster, LONG).leader;
     let node = cluster.node(leader).expect("running");
     node.propose(5, LONG).expect("applied");
@@ -258,7 +258,7 @@ fn proposals_racing_a_kill_are_all_answered_though_a_handle_is_kept() {
     let _serial = serial();
     init_tracing();
     let flags = DropFlags::default();
-    let mut cluster = Cluster::new(fast_config(83), 3, flags.factory()).expect("start");
+    let cluster = Cluster::new(fast_config(83), 3, flags.factory()).expect("start");
     let leader = wait_for_agreement(&cluster, LONG).leader;
     let node = cluster.node(leader).expect("running");
     node.propose(0, LONG).expect("applied");

@@ -48,7 +48,7 @@ fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-fn put(c: &mut Cluster<KvStateMachine>, key: &str, value: &str) {
+fn put(c: &Cluster<KvStateMachine>, key: &str, value: &str) {
     let cmd = KvCommand::Put { key: key.into(), value: value.into() };
     c.propose(cmd).expect("write commits");
 }
@@ -62,23 +62,23 @@ fn converged(c: &Cluster<KvStateMachine>) -> bool {
 
 #[test]
 fn added_node_catches_up_as_learner_then_becomes_voter() {
-    let mut c = cluster(3);
+    let c = cluster(3);
     for i in 0..500 {
-        put(&mut c, &format!("k{}", i % 20), &i.to_string());
+        put(&c, &format!("k{}", i % 20), &i.to_string());
     }
     let id = c.add_node().expect("add succeeds");
     assert_eq!(id, NodeId(4), "ids continue after the initial ones");
     let leader = c.leader().expect("leader");
     let config = c.status(leader).expect("leader status").core.config;
     assert!(config.voters.contains(&id) && config.learners.is_empty(), "{config:?}");
-    put(&mut c, "after", "add");
+    put(&c, "after", "add");
     wait_until("the new node holds every write", Duration::from_secs(20), || converged(&c));
     assert_eq!(c.status(id).expect("status").core.role_name(), "Follower");
 }
 
 #[test]
 fn node_ids_are_never_reused() {
-    let mut c = cluster(3);
+    let c = cluster(3);
     let a = c.add_node().expect("add");
     c.remove_node(a).expect("remove");
     let b = c.add_node().expect("add again");
@@ -87,7 +87,7 @@ fn node_ids_are_never_reused() {
 
 #[test]
 fn removing_a_follower_shrinks_the_configuration() {
-    let mut c = roomy_cluster(5);
+    let c = roomy_cluster(5);
     let leader = c.leader().expect("leader");
     let victim = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
     c.remove_node(victim).expect("remove");
@@ -95,13 +95,13 @@ fn removing_a_follower_shrinks_the_configuration() {
     let config = c.status(leader).expect("status").core.config;
     assert_eq!(config.voters.len(), 4);
     assert!(!config.contains(victim));
-    put(&mut c, "still", "writable");
+    put(&c, "still", "writable");
 }
 
 #[test]
 fn removing_the_leader_makes_it_step_down_and_others_elect() {
-    let mut c = cluster(3);
-    put(&mut c, "before", "1");
+    let c = cluster(3);
+    put(&c, "before", "1");
     let old = c.leader().expect("leader");
     let old_term = c.status(old).expect("status").core.term;
     c.remove_node(old).expect("remove the leader");
@@ -110,12 +110,12 @@ fn removing_the_leader_makes_it_step_down_and_others_elect() {
     let status = c.status(new).expect("status").core;
     assert!(status.term > old_term, "new leader in a later term");
     assert!(!status.config.contains(old));
-    put(&mut c, "after", "2");
+    put(&c, "after", "2");
 }
 
 #[test]
 fn removed_node_that_keeps_running_never_disrupts_the_leader() {
-    let mut c = roomy_cluster(5);
+    let c = roomy_cluster(5);
     let leader = c.leader().expect("leader");
     let victim = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
     // Cut it off first so it never learns of its removal, then let it time out on its own.
@@ -134,18 +134,18 @@ fn removed_node_that_keeps_running_never_disrupts_the_leader() {
         assert_eq!((s.role, s.term), (Role::Leader, term), "leader disrupted by removed {victim}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    put(&mut c, "undisturbed", "yes");
+    put(&c, "undisturbed", "yes");
 }
 
 #[test]
 fn node_isolated_for_ten_election_timeouts_rejoins_without_deposing_the_leader() {
-    let mut c = roomy_cluster(5);
+    let c = roomy_cluster(5);
     let leader = c.leader().expect("leader");
     let term = c.status(leader).expect("status").core.term;
     let loner = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
     c.isolate(loner).expect("isolate");
     std::thread::sleep(roomy().election_timeout.end * 10); // NB: the fault's duration, not a wait for an outcome
-    put(&mut c, "while", "isolated");
+    put(&c, "while", "isolated");
     c.heal();
     wait_until("the loner catches up", Duration::from_secs(20), || converged(&c));
     let s = c.status(leader).expect("status").core;
@@ -180,7 +180,7 @@ fn catch_up_that_cannot_finish_fails_and_leaves_the_configuration_as_it_was() {
 
 #[test]
 fn membership_refusals_are_typed() {
-    let mut c = cluster(3);
+    let c = cluster(3);
     assert_eq!(c.remove_node(NodeId(42)), Err(Error::UnknownNode(NodeId(42))));
     let leader = c.leader().expect("leader");
     let victim = c.ids().into_iter().find(|&id| id != leader).expect("a follower");
@@ -204,19 +204,19 @@ fn membership_refusals_are_typed() {
 
 #[test]
 fn removing_the_last_voter_is_refused() {
-    let mut c = cluster(1);
+    let c = cluster(1);
     let only = c.ids()[0];
     assert_eq!(c.remove_node(only), Err(Error::LastVoter(only)));
-    put(&mut c, "still", "serving");
+    put(&c, "still", "serving");
 }
 
 #[test]
 fn membership_churn_keeps_nothing_for_removed_nodes() {
-    let mut c = cluster(3);
+    let c = cluster(3);
     assert_eq!(c.kept_for_nodes(), (3, 3), "a slot and an in-memory store per node");
     for round in 0..5 {
         let added = c.add_node().expect("add");
-        put(&mut c, "k", &round.to_string());
+        put(&c, "k", &round.to_string());
         // The oldest goes: the first rounds retire the initial ids (the leader, maybe).
         let oldest = c.ids()[0];
         c.remove_node(oldest).expect("remove");
@@ -230,7 +230,7 @@ fn membership_churn_keeps_nothing_for_removed_nodes() {
         assert!(!c.is_running(oldest) && c.failure(oldest).is_none());
     }
     assert_eq!(c.status(NodeId(99)), Err(Error::UnknownNode(NodeId(99))), "never had it");
-    put(&mut c, "after", "churn");
+    put(&c, "after", "churn");
     wait_until("the remaining nodes agree", Duration::from_secs(20), || converged(&c));
 }
 
@@ -241,7 +241,7 @@ fn an_addition_that_fails_keeps_nothing_for_the_new_node() {
         catch_up_timeout: Duration::from_millis(600),
         ..config()
     };
-    let mut c = Cluster::new(short, 3, |_| KvStateMachine::new()).expect("valid config");
+    let c = Cluster::new(short, 3, |_| KvStateMachine::new()).expect("valid config");
     let leader = c.wait_for_leader(Duration::from_secs(20)).expect("a leader");
     for id in c.ids().into_iter().filter(|&id| id != leader) {
         c.kill(id).expect("kill a follower");
@@ -260,7 +260,7 @@ fn a_users_storage_hears_when_a_node_is_retired() {
     use std::sync::{Arc, Mutex};
     let retired: Arc<Mutex<Vec<NodeId>>> = Arc::default();
     let told = Arc::clone(&retired);
-    let mut c = Cluster::builder(config(), |_| KvStateMachine::new())
+    let c = Cluster::builder(config(), |_| KvStateMachine::new())
         .storage(|id, bootstrap| match id {
             NodeId(4) => Err(std::io::Error::other("no room for n4")),
             _ => Ok(ferraft::MemStorage::new(bootstrap.clone())),

@@ -122,7 +122,7 @@ fn wait_for_a_commit_without(cluster: &Cluster<KvStateMachine>, failed: NodeId, 
 }
 
 /// Kills and restarts `id`, then waits until it has applied what the others have.
-fn restart_and_catch_up(cluster: &mut Cluster<KvStateMachine>, id: NodeId) {
+fn restart_and_catch_up(cluster: &Cluster<KvStateMachine>, id: NodeId) {
     cluster.kill(id).expect("kill the failed node");
     assert_eq!(cluster.failure(id), None, "a killed node reports no failure");
     cluster.restart(id).expect("restart the failed node");
@@ -148,7 +148,7 @@ fn restart_and_catch_up(cluster: &mut Cluster<KvStateMachine>, id: NodeId) {
 fn a_leader_whose_storage_panics_fails_with_node_panicked_and_the_rest_go_on() {
     let _serial = serial();
     init_tracing();
-    let (mut cluster, armed) = panicky_cluster(91);
+    let (cluster, armed) = panicky_cluster(91);
     let leader = cluster.wait_for_leader(LONG).expect("a leader");
     cluster.client().propose_timeout(put("before"), LONG).expect("applied");
 
@@ -172,7 +172,7 @@ fn a_leader_whose_storage_panics_fails_with_node_panicked_and_the_rest_go_on() {
     wait_for_a_commit_without(&cluster, leader, "without-the-old-leader");
     let new_leader = cluster.wait_for_leader(LONG).expect("a new leader");
     assert_ne!(new_leader, leader, "the failed node does not lead");
-    restart_and_catch_up(&mut cluster, leader);
+    restart_and_catch_up(&cluster, leader);
 }
 
 /// (1) A follower's storage panics appending what the leader replicates: it fails with
@@ -182,7 +182,7 @@ fn a_leader_whose_storage_panics_fails_with_node_panicked_and_the_rest_go_on() {
 fn a_follower_whose_storage_panics_fails_with_node_panicked_and_the_rest_go_on() {
     let _serial = serial();
     init_tracing();
-    let (mut cluster, armed) = panicky_cluster(92);
+    let (cluster, armed) = panicky_cluster(92);
     let leader = cluster.wait_for_leader(LONG).expect("a leader");
     let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
     cluster.client().propose_timeout(put("before"), LONG).expect("applied");
@@ -196,7 +196,7 @@ fn a_follower_whose_storage_panics_fails_with_node_panicked_and_the_rest_go_on()
     assert_eq!(panicked_at(&later), Some(follower), "later: {later:?}");
 
     wait_for_a_commit_without(&cluster, follower, "without-the-follower");
-    restart_and_catch_up(&mut cluster, follower);
+    restart_and_catch_up(&cluster, follower);
 }
 
 /// A KV store whose `command_size` panics on the key "poison".
@@ -230,7 +230,7 @@ impl StateMachine for Sized {
 fn a_command_whose_size_panics_answers_its_proposer_node_panicked_and_the_rest_go_on() {
     let _serial = serial();
     init_tracing();
-    let mut cluster =
+    let cluster =
         Cluster::new(fast_config(93), 3, |_| Sized(KvStateMachine::new())).expect("start");
     let leader = cluster.wait_for_leader(LONG).expect("a leader");
     let client = cluster.client();
@@ -266,7 +266,7 @@ fn a_command_whose_size_panics_answers_its_proposer_node_panicked_and_the_rest_g
 fn a_failed_write_answers_the_proposals_waiting_in_the_applier_at_once() {
     let _serial = serial();
     init_tracing();
-    let (mut cluster, _, fails) = failing_cluster(94);
+    let (cluster, _, fails) = failing_cluster(94);
     let leader = cluster.wait_for_leader(LONG).expect("a leader");
     cluster.client().propose_timeout(put("before"), LONG).expect("applied");
 
@@ -357,7 +357,7 @@ impl StateMachine for BrittleSum {
 fn a_command_whose_clone_or_drop_panics(switch: &AtomicBool, what: &str, seed: u64) {
     let _serial = serial();
     init_tracing();
-    let mut cluster = Cluster::new(fast_config(seed), 3, |_| BrittleSum::default()).expect("start");
+    let cluster = Cluster::new(fast_config(seed), 3, |_| BrittleSum::default()).expect("start");
     let leader = cluster.wait_for_leader(LONG).expect("a leader");
     let client = cluster.client();
     assert_eq!(client.propose_timeout(Brittle(1), LONG).map(|a| a.output), Ok(1));
@@ -423,7 +423,7 @@ fn a_command_whose_drop_panics_fails_the_node_that_dropped_it_and_the_rest_go_on
 fn a_client_leaves_a_leader_whose_write_failed_and_finds_the_new_one() {
     let _serial = serial();
     init_tracing();
-    let (mut cluster, _, fails) = failing_cluster(97);
+    let (cluster, _, fails) = failing_cluster(97);
     let leader = cluster.wait_for_leader(LONG).expect("a leader");
     let client = cluster.client();
     client.propose_timeout(put("before"), LONG).expect("applied");

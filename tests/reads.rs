@@ -130,7 +130,7 @@ fn an_isolated_old_leader_never_answers_a_stale_read() {
 #[test]
 fn a_read_at_a_dead_or_unknown_node_is_a_typed_error() {
     let _serial = serial();
-    let mut cluster = kv_cluster(3, fast_config(76));
+    let cluster = kv_cluster(3, fast_config(76));
     assert_eq!(cluster.read_at(NodeId(9), "k".into()), Err(Error::UnknownNode(NodeId(9))));
     let handle = cluster.node(NodeId(2)).expect("handle");
     cluster.kill(NodeId(2)).expect("kill");
@@ -167,7 +167,7 @@ fn lease_reads_need_check_quorum_and_a_drift_bound_of_at_least_one() {
 #[test]
 fn leadership_moves_to_the_chosen_node_and_bad_targets_are_refused() {
     let _serial = serial();
-    let mut cluster = kv_cluster(3, lease_config(77));
+    let cluster = kv_cluster(3, lease_config(77));
     cluster.propose(append("k", "a;")).expect("applied");
     let leader = cluster.wait_for_leader(LONG).expect("leader");
     let target = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
@@ -379,7 +379,7 @@ fn a_cut_off_leader_refuses_tiny_commands_at_the_cap_counted_in_memory() {
 #[test]
 fn a_read_with_no_majority_running_is_unavailable_with_the_last_refusal() {
     let _serial = serial();
-    let mut cluster = kv_cluster(3, fast_config(81));
+    let cluster = kv_cluster(3, fast_config(81));
     cluster.propose(append("k", "v")).expect("applied");
     let leader = cluster.wait_for_leader(LONG).expect("leader");
     for id in cluster.ids().into_iter().filter(|&id| id != leader) {
@@ -603,7 +603,7 @@ fn a_follower_handle_serves_many_queries_by_round_as_a_follower_read() {
 #[test]
 fn a_clients_many_reads_answer_in_order_across_a_leader_kill() {
     let _serial = serial();
-    let mut cluster = kv_cluster(3, fast_config(87));
+    let cluster = kv_cluster(3, fast_config(87));
     let (queries, expected) = three_keys(&cluster);
     let client = cluster.client();
     assert_eq!(client.read_many(queries.clone()).expect("answered"), expected);

@@ -9,9 +9,8 @@ use ferraft::{Cluster, Error, KvCommand, KvStateMachine, Session, Sessions};
 #[test]
 fn a_session_client_retries_through_leader_crashes_and_applies_each_write_once() {
     let _serial = serial();
-    let mut cluster =
-        Cluster::new(fast_config(81), 3, |_| Sessions::new(KvStateMachine::new(), 100))
-            .expect("start");
+    let cluster = Cluster::new(fast_config(81), 3, |_| Sessions::new(KvStateMachine::new(), 100))
+        .expect("start");
     wait_for_agreement(&cluster, LONG);
     let session = Session::register(&cluster.client()).expect("registered");
     const WRITES: usize = 400;
@@ -82,9 +81,8 @@ fn expired_and_unknown_sessions_and_old_numbers_are_typed_errors() {
 #[test]
 fn a_session_command_with_no_node_running_is_a_typed_error() {
     let _serial = serial();
-    let mut cluster =
-        Cluster::new(fast_config(83), 3, |_| Sessions::new(KvStateMachine::new(), 10))
-            .expect("start");
+    let cluster = Cluster::new(fast_config(83), 3, |_| Sessions::new(KvStateMachine::new(), 10))
+        .expect("start");
     wait_for_agreement(&cluster, LONG);
     let session = Session::register(&cluster.client()).expect("registered");
     for id in cluster.ids() {

@@ -91,7 +91,7 @@ fn install_snapshot_on_an_unreliable_network() {
 #[test]
 fn a_follower_restarts_from_snapshot_plus_tail_each_round() {
     let _serial = serial();
-    let mut cluster = start(3, 63);
+    let cluster = start(3, 63);
     for round in 0..4 {
         let leader = cluster.wait_for_leader(LONG).expect("leader");
         let victim = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
@@ -115,7 +115,7 @@ fn a_follower_restarts_from_snapshot_plus_tail_each_round() {
 #[test]
 fn every_node_restarts_together_from_its_snapshot() {
     let _serial = serial();
-    let mut cluster = start(3, 64);
+    let cluster = start(3, 64);
     write(&cluster, 0, 55);
     wait_until(LONG, "every node compacted", || {
         let statuses = running_statuses(&cluster)?;
@@ -146,7 +146,7 @@ fn every_node_restarts_together_from_its_snapshot() {
 fn compact_on_demand_says_what_it_did() {
     let _serial = serial();
     let config = Config { snapshot_entries: 0, ..fast_config(65) }; // no automatic policy
-    let mut cluster = Cluster::new(config, 3, |_| KvStateMachine::new()).expect("start");
+    let cluster = Cluster::new(config, 3, |_| KvStateMachine::new()).expect("start");
     wait_for_agreement(&cluster, LONG);
     let leader = cluster.leader().expect("leader");
     // Right after start: only the leader's no-op is applied.
@@ -173,7 +173,7 @@ fn compact_on_demand_says_what_it_did() {
 #[test]
 fn a_node_added_after_compaction_catches_up_by_snapshot() {
     let _serial = serial();
-    let mut cluster = start(3, 66);
+    let cluster = start(3, 66);
     write(&cluster, 0, 60);
     let id = cluster.add_node().expect("added: caught up through a snapshot, then promoted");
     let status = cluster.status(id).expect("status");

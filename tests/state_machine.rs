@@ -50,7 +50,7 @@ fn touchy(config: Config) -> Cluster<Touchy> {
 #[test]
 fn a_panicking_apply_fails_the_node_with_a_typed_error_that_says_what_to_do() {
     let _serial = serial();
-    let mut cluster = touchy(fast_config(51));
+    let cluster = touchy(fast_config(51));
     assert_eq!(cluster.propose(5).expect("applied").output, 5);
     let leader = cluster.leader().expect("leader");
     let mut receipt = cluster.node(leader).expect("leader").propose_async(PANIC).expect("sent");
@@ -318,7 +318,7 @@ fn a_slow_follower_holds_its_apply_backlog_near_the_limit_and_catches_up() {
     assert!(most_log <= log_bound, "log of {most_log} entries, bound {log_bound}: {slowed:?}");
 
     // Stalled or not, a kill stops it within a tick and an entry, not behind its backlog.
-    let mut cluster = cluster;
+    let cluster = cluster;
     let killing = Instant::now();
     cluster.kill(slow).expect("kill the slow node");
     let took = killing.elapsed();

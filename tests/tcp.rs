@@ -93,7 +93,7 @@ fn three_nodes_over_loopback_tcp_elect_a_leader_and_commit() {
     init_tracing();
     let peers = peers(&[1, 2, 3]);
     let ids: Vec<NodeId> = peers.keys().copied().collect();
-    let mut cluster = Cluster::builder(fast_config(11), |_| KvStateMachine::new())
+    let cluster = Cluster::builder(fast_config(11), |_| KvStateMachine::new())
         .ids(&ids)
         .transport(TcpTransport::factory(TcpConfig::new(11, peers)))
         .start()
@@ -703,7 +703,7 @@ fn a_killed_tcp_node_leaves_no_thread_and_restarts_on_its_port() {
         let mut buf = [0u8; 64];
         while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
     }));
-    let mut cluster = Cluster::builder(fast_config(81), |_| KvStateMachine::new())
+    let cluster = Cluster::builder(fast_config(81), |_| KvStateMachine::new())
         .ids(&ids)
         .transport(TcpTransport::factory(tcp.clone()))
         .start()

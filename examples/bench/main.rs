@@ -409,7 +409,7 @@ fn rss_bytes() -> u64 {
     kb * 1024
 }
 
-fn catchup(mut cluster: Cluster<Sum>, handle: &NodeHandle<Sum>, entries: usize) {
+fn catchup(cluster: Cluster<Sum>, handle: &NodeHandle<Sum>, entries: usize) {
     throughput(handle, 256, entries);
     let start = Instant::now();
     let id = cluster.add_node().expect("new node catches up and is promoted");
@@ -424,7 +424,7 @@ fn catchup(mut cluster: Cluster<Sum>, handle: &NodeHandle<Sum>, entries: usize) 
 }
 
 /// Counts completions in a background pipeline while the main thread reconfigures.
-fn reconfig(mut cluster: Cluster<Sum>, handle: NodeHandle<Sum>, clients: usize) {
+fn reconfig(cluster: Cluster<Sum>, handle: NodeHandle<Sum>, clients: usize) {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     let (stop, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
@@ -527,7 +527,7 @@ fn soak(args: &Args) {
 
 fn catchup_snapshot(args: &Args) {
     let entries = if args.ops == 0 { 1_000_000 } else { args.ops };
-    let mut cluster = Cluster::new(Config::default(), args.nodes, |_| KvStateMachine::new())
+    let cluster = Cluster::new(Config::default(), args.nodes, |_| KvStateMachine::new())
         .expect("valid config");
     kv_writes(&cluster, entries, args.keys, |_| {});
     let start = Instant::now();
@@ -541,7 +541,7 @@ fn catchup_snapshot(args: &Args) {
 
 fn restart_snapshot(args: &Args) {
     let entries = if args.ops == 0 { 1_000_000 } else { args.ops };
-    let mut cluster = Cluster::new(Config::default(), args.nodes, |_| KvStateMachine::new())
+    let cluster = Cluster::new(Config::default(), args.nodes, |_| KvStateMachine::new())
         .expect("valid config");
     kv_writes(&cluster, entries, args.keys, |_| {});
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).expect("a leader");
