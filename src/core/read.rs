@@ -111,7 +111,7 @@ pub(super) struct Reads {
     /// Follower: reads asked of the leader, by id.
     asked: BTreeMap<ReadId, Asked>,
     /// Leader: the voters of the configuration it was elected under (for the test-only
-    /// switch `Bugs::reads_count_elected_voters`).
+    /// switch `Bugs::leader_counts_elected_voters`).
     #[cfg(test)]
     elected_voters: BTreeSet<NodeId>,
 }
@@ -283,14 +283,23 @@ impl<C: Clone> Core<C> {
     }
 
     /// The voters whose acknowledgements confirm a round: those of the configuration in
-    /// force, the latest in the log (the test-only switch `Bugs::reads_count_elected_voters`
+    /// force, the latest in the log (the test-only switch `Bugs::leader_counts_elected_voters`
     /// counts those of the configuration this leader was elected under instead).
     fn read_voters(&self) -> &BTreeSet<NodeId> {
         #[cfg(test)]
-        if self.bugs.reads_count_elected_voters && !self.reads.elected_voters.is_empty() {
-            return &self.reads.elected_voters;
+        if let Some(v) = self.elected_voters().filter(|_| self.bugs.leader_counts_elected_voters) {
+            return v;
         }
         &self.config().voters
+    }
+
+    /// The voters of the configuration this leader was elected under, once its read state
+    /// is set up (for the test-only switch `Bugs::leader_counts_elected_voters`).
+    #[cfg(test)]
+    pub(super) fn elected_voters(&self) -> Option<&BTreeSet<NodeId>> {
+        let r = &self.reads;
+        (self.role == Role::Leader && r.term == self.term && !r.elected_voters.is_empty())
+            .then_some(&r.elected_voters)
     }
 
     /// Whether reads of `policy` may be served from the lease (the test-only switch
