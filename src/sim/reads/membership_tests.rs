@@ -2,9 +2,10 @@
 //! ReadIndex on even ones) with single-server changes on two seeds of three, and on half of
 //! those bursts of changes (two or three asked within a few milliseconds, so they follow each
 //! other as fast as the leader commits them, several within one election timeout), some
-//! followed by a partition that leaves the leader with one other member. Every check holds;
-//! a leader that counts its reads' acknowledgements against the configuration it was elected
-//! under is caught.
+//! followed by a partition that leaves the leader with a bare majority of the first
+//! configuration. Every check holds. A leader that confirms its leadership (read rounds,
+//! lease, CheckQuorum) against the configuration it was elected under is caught, in a
+//! staged scenario: two additions, then such a partition.
 
 use std::time::Duration;
 
@@ -17,10 +18,9 @@ use super::tests::reading;
 use crate::core::Bugs;
 use crate::kv::KvStateMachine;
 
-/// [`reading`] with membership changes: none on seeds that are 0 mod 3, the random
-/// generator's ([`Schedule::random_with_membership`]) on the others, and on those that are
-/// also odd mod 2 after halving (`(seed / 3) % 2 == 1`) one to three bursts of changes from a
-/// stream of their own.
+/// [`reading`] with membership changes: none on seeds that are 0 mod 3; on the others the
+/// random generator's ([`Schedule::random_with_membership`]), and on half of those (where
+/// `(seed / 3) % 2 == 1`) one to three bursts of changes from a stream of their own.
 pub(crate) fn reading_changes(seed: u64) -> (SimConfig, Schedule) {
     let (config, schedule) = reading(seed);
     if seed.is_multiple_of(3) {
@@ -34,8 +34,8 @@ pub(crate) fn reading_changes(seed: u64) -> (SimConfig, Schedule) {
 }
 
 /// One to three bursts: two additions (a majority of the new configuration may then share
-/// no node with a quorum of the old one), an addition and a removal of the leader, two
-/// removals, or an addition, a removal and another addition; each change asked 0 to 8 ms
+/// no node with a quorum of the old one), an addition and a removal of the leader, a
+/// removal and an addition, or an addition, a removal and another addition; each change asked 0 to 8 ms
 /// after the previous, so it is refused while the one before commits and retried (every
 /// 20 ms), and half of the bursts end with the leader cut off with a bare majority of the
 /// first configuration (one other member of three, two of five) for 200 to 500 ms.
@@ -93,8 +93,8 @@ fn reads_across_membership_changes_are_linearizable() {
 }
 
 /// The bursts do what they are for: on some seeds two changes finish within one minimum
-/// election timeout (50 ms) of each other, and three within two; and reads are served
-/// through them. Returns (seeds with two, seeds with three).
+/// election timeout (50 ms) of each other, and three within two. Returns (seeds with two,
+/// seeds with three) among the seeds with bursts.
 fn dense_seeds(seeds: std::ops::Range<u64>) -> (usize, usize) {
     let (mut two, mut three) = (0, 0);
     for seed in seeds.filter(|s| !s.is_multiple_of(3) && (s / 3) % 2 == 1) {
