@@ -290,6 +290,12 @@ pub struct Bugs {
     /// the lease holds (breaks the policy's promise to rely on no clock: where the clocks
     /// drift past `Config::clock_drift_bound`, a deposed leader serves stale reads).
     pub lease_for_every_read: bool,
+    /// A leader confirms that it still leads (the read rounds that release reads and renew
+    /// its lease, and CheckQuorum) against the voters of the configuration it was elected
+    /// under, not the one in force (breaks thesis §6.4 with §4: after two additions its old
+    /// quorum, say {1,2} of {1,2,3}, shares no node with {3,4,5}, a majority of the new
+    /// configuration, which can elect another leader while the old one still serves reads).
+    pub leader_counts_elected_voters: bool,
 }
 
 /// Timing and limits in ticks, derived once from [`Config`].

@@ -26,7 +26,7 @@
 //! own reads and answers with the read index; the follower then waits until it has applied
 //! through it. Owns only read bookkeeping: it never touches the log.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::{Action, Core, Role};
 use crate::error::Error;
@@ -110,6 +110,10 @@ pub(super) struct Reads {
     pending: VecDeque<Pending>,
     /// Follower: reads asked of the leader, by id.
     asked: BTreeMap<ReadId, Asked>,
+    /// Leader: the voters of the configuration it was elected under (for the test-only
+    /// switch `Bugs::leader_counts_elected_voters`).
+    #[cfg(test)]
+    elected_voters: BTreeSet<NodeId>,
 }
 
 impl Reads {
@@ -247,7 +251,7 @@ impl<C: Clone> Core<C> {
     fn maybe_confirm_reads(&mut self) {
         let (me, round) = (self.id, self.reads.round);
         let acked = &self.reads.acked;
-        let majority = majority_round(self.config().voters.iter().map(|&v| {
+        let majority = majority_round(self.read_voters().iter().map(|&v| {
             if v == me {
                 round
             } else {
@@ -276,6 +280,26 @@ impl<C: Clone> Core<C> {
         if !self.reads.pending.is_empty() && self.reads.confirmed == self.reads.round {
             self.start_read_round();
         }
+    }
+
+    /// The voters whose acknowledgements confirm a round: those of the configuration in
+    /// force, the latest in the log (the test-only switch `Bugs::leader_counts_elected_voters`
+    /// counts those of the configuration this leader was elected under instead).
+    fn read_voters(&self) -> &BTreeSet<NodeId> {
+        #[cfg(test)]
+        if let Some(v) = self.elected_voters().filter(|_| self.bugs.leader_counts_elected_voters) {
+            return v;
+        }
+        &self.config().voters
+    }
+
+    /// The voters of the configuration this leader was elected under, once its read state
+    /// is set up (for the test-only switch `Bugs::leader_counts_elected_voters`).
+    #[cfg(test)]
+    pub(super) fn elected_voters(&self) -> Option<&BTreeSet<NodeId>> {
+        let r = &self.reads;
+        (self.role == Role::Leader && r.term == self.term && !r.elected_voters.is_empty())
+            .then_some(&r.elected_voters)
     }
 
     /// Whether reads of `policy` may be served from the lease (the test-only switch
@@ -357,6 +381,10 @@ impl<C: Clone> Core<C> {
         let asked = std::mem::take(&mut self.reads.asked);
         self.reads =
             Reads { term: if leading { self.term } else { Term(0) }, asked, ..Reads::default() };
+        #[cfg(test)]
+        if leading {
+            self.reads.elected_voters = self.config().voters.clone();
+        }
         let error = self.not_leader();
         for p in pending {
             match p.origin {

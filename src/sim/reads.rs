@@ -12,4 +12,7 @@ pub(super) mod tests;
 mod caller_tests;
 
 #[cfg(test)]
+mod membership_tests;
+
+#[cfg(test)]
 mod sessions;
