@@ -279,6 +279,12 @@ where
         }
     }
 
+    /// What this node counted so far (its loop's part: a status adds the applier's and the
+    /// caller-thread lease reads).
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The state machine's panic, once seen: the node must stop.
     pub fn failure(&self) -> Option<Error> {
         self.apply.failure()

@@ -212,6 +212,9 @@ pub struct Stats {
     /// Read requests sent asking for a confirmation round whatever the lease
     /// (`ReadPolicy::ReadIndex`, one read in four); the others allow the lease.
     pub reads_by_round: u64,
+    /// Reads a leader's loop served from its lease, without a round (those served on the
+    /// caller-thread path count in `caller_reads`).
+    pub reads_by_lease: u64,
     /// Leadership transfers handed to a leader ([`Fault::Transfer`]).
     pub transfers: u64,
     /// Of those, the ones that ended with the target leading (counted in the run's report).

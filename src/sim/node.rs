@@ -166,9 +166,9 @@ impl<S: StateMachine> Simulator<S> {
     /// [`FaultError::UnknownNode`] if the simulation never had `id`.
     pub fn crash(&mut self, id: NodeId) -> Result<(), FaultError> {
         let node = self.nodes.get_mut(&id).ok_or(FaultError::UnknownNode(id))?;
-        if node.live.take().is_none() {
-            return Ok(());
-        }
+        let Some(live) = node.live.take() else { return Ok(()) };
+        self.stats.reads_by_lease += live.driver.metrics().reads_lease; // (the driver goes)
+        drop(live);
         if node.storage.lost_writes() {
             node.storage.crash(&mut self.rng); // NB: draws nothing
             self.note(format!("crash {id} loses what a failed sync lost and all written since"));

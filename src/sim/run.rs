@@ -334,6 +334,8 @@ impl<S: StateMachine> Simulator<S> {
         let mut stats = self.stats;
         stats.transfers_won = self.transfers_won();
         stats.dropped_link_bytes = self.network.refused_bytes();
+        let running = self.nodes.values().filter_map(|n| n.live.as_ref());
+        stats.reads_by_lease += running.map(|l| l.driver.metrics().reads_lease).sum::<u64>();
         RunReport {
             seed: self.config.seed,
             trace_hash: self.trace.hash(),

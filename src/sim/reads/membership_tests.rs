@@ -84,12 +84,15 @@ const CI_SEEDS: u64 = 1_000;
 
 #[test]
 fn reads_across_membership_changes_are_linearizable() {
-    let mut by_round = 0;
+    let (mut by_round, mut by_lease) = (0, 0);
     for seed in 0..CI_SEEDS {
         let report = run(seed, Bugs::default()).unwrap_or_else(|f| panic!("{f}"));
         by_round += report.stats.reads_by_round;
+        by_lease += report.stats.reads_by_lease + report.stats.caller_reads;
     }
+    println!("{by_round} reads chose a round, {by_lease} were served from a lease");
     assert!(by_round > 1_000, "only {by_round} reads chose a round over the lease");
+    assert!(by_lease > 1_000, "only {by_lease} reads were served from a lease");
 }
 
 /// The bursts do what they are for: on some seeds two changes finish within one minimum
