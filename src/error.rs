@@ -440,6 +440,11 @@ pub enum Error {
     /// already returned it. Keep the answer that call returned (`position` still reports
     /// where the entry went).
     AnswerTaken,
+    /// An admin call of a [`Cluster`](crate::Cluster) (`kill`, `restart`, `add_node`,
+    /// `remove_node`, `change_membership`) from its own storage factory or `on_removed` hook,
+    /// which run inside one of its admin operations: it would wait for itself. Nothing was
+    /// done; make the call after that operation returns.
+    AdminFromCallback,
 }
 
 impl fmt::Display for Error {
@@ -546,6 +551,10 @@ impl fmt::Display for Error {
             Error::AnswerTaken => write!(
                 f,
                 "this receipt's answer was already returned by an earlier wait or await; use the answer that call returned"
+            ),
+            Error::AdminFromCallback => write!(
+                f,
+                "an admin call (kill, restart, add_node, remove_node, change_membership) from this cluster's own storage factory or on_removed hook, which run inside one of its admin operations, would wait for itself; nothing was done: make the call after that operation returns"
             ),
             Error::UncommittedLogFull { bytes, max } => write!(
                 f,

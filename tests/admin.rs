@@ -292,3 +292,47 @@ fn add_node_keeps_its_bound_while_a_node_does_not_answer() {
     let config = cluster.status(leader).expect("leader status").core.config;
     assert!(config.voters.contains(&NodeId(4)), "{config:?}");
 }
+
+/// An `on_removed` hook runs inside `remove_node`'s admin operation: an admin call of the
+/// same cluster from it would wait for itself. It is refused with `AdminFromCallback`
+/// instead, doing nothing, while lookups from the hook still answer; the removal completes,
+/// and the same call made afterwards acts.
+#[test]
+fn an_admin_call_from_the_clusters_own_hook_is_refused_not_a_deadlock() {
+    use std::sync::{OnceLock, Weak};
+    let _serial = serial();
+    type Shared = Arc<OnceLock<Weak<Cluster<KvStateMachine>>>>;
+    /// What the hook heard: the id retired, its kill's answer, the ids it looked up.
+    type Heard = Vec<(NodeId, Result<(), Error>, Vec<NodeId>)>;
+    let this: Shared = Arc::default();
+    let heard: Arc<Mutex<Heard>> = Arc::default();
+    let cluster = {
+        let (this, heard) = (Arc::clone(&this), Arc::clone(&heard));
+        Cluster::builder(fast_config(233), |_| KvStateMachine::new())
+            .nodes(3)
+            .on_removed(move |id| {
+                let cluster = this.get().and_then(Weak::upgrade).expect("the cluster is up");
+                let other = cluster.ids().into_iter().find(|&n| n != id).expect("another node");
+                let killed = cluster.kill(other); // inside remove_node: refused
+                heard.lock().expect("not poisoned").push((id, killed, cluster.ids()));
+            })
+            .start()
+            .expect("start")
+    };
+    let cluster = Arc::new(cluster);
+    this.set(Arc::downgrade(&cluster)).expect("set once");
+    let leader = cluster.wait_for_leader(LONG).expect("a leader");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    cluster.remove_node(follower).expect("the removal completes");
+    let heard = heard.lock().expect("not poisoned").clone();
+    assert_eq!(heard.len(), 1, "the hook ran once: {heard:?}");
+    let (removed, killed, ids) = &heard[0];
+    assert_eq!(*removed, follower);
+    assert_eq!(killed, &Err(Error::AdminFromCallback), "refused, not waited for");
+    assert_eq!(ids.len(), 2, "lookups answer inside the hook: {ids:?}");
+    assert!(ids.iter().all(|&id| cluster.is_running(id)), "the refused kill did nothing");
+    assert!(Error::AdminFromCallback.to_string().contains("after that operation returns"));
+    let other = ids.iter().copied().find(|&id| id != leader).unwrap_or(leader);
+    cluster.kill(other).expect("the same call, made after the removal, acts");
+    assert!(!cluster.is_running(other));
+}

@@ -22,7 +22,7 @@
 //! operation in progress. Lock order: admin, then slots. The factories and
 //! [`ClusterBuilder::on_removed`] run under the admin lock (starting or retiring a node is
 //! an admin operation): they may look the cluster up, but an admin call of the same cluster
-//! from one of them would wait for itself.
+//! from one of them, which would wait for itself, is refused with `AdminFromCallback`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -144,8 +144,9 @@ impl<S: StateMachine> ClusterBuilder<S> {
     /// [`Cluster::remove_node`], or left out by an [`Cluster::add_node`] that failed. Its
     /// threads have stopped and the id is never started again (ids are never reused), so
     /// whatever a [`ClusterBuilder::storage`] factory keeps for it may go. Called once per
-    /// retired id, on the thread that retires it, under the cluster's admin lock: it must not
-    /// call `kill`, `add_node`, ... of the same cluster. The default in-memory storage drops
+    /// retired id, on the thread that retires it, under the cluster's admin lock: a call of
+    /// `kill`, `add_node`, ... of the same cluster from it is refused with
+    /// [`Error::AdminFromCallback`] (it would wait for itself). The default in-memory storage drops
     /// its store by itself. Not called for a node taken out with [`Cluster::change_membership`]
     /// alone (the cluster keeps it, to inspect or restart), nor on shutdown, nor for an id
     /// [`Cluster::add_node`] found to be another member's (`AlreadyMember`): what your
@@ -234,6 +235,7 @@ impl<S: StateMachine> ClusterBuilder<S> {
         }
         let cluster = Cluster {
             admin: Mutex::new(Admin { next_id }),
+            admin_thread: Mutex::new(None),
             slots: Mutex::new(Slots {
                 by_id: BTreeMap::new(),
                 added: BTreeSet::new(),
@@ -255,7 +257,7 @@ impl<S: StateMachine> ClusterBuilder<S> {
             Configuration::new(self.ids.iter().copied())
         };
         {
-            let mut admin = cluster.admin();
+            let mut admin = cluster.admin()?;
             for &id in self.ids.iter().filter(|id| local.contains(id)) {
                 cluster.slots().by_id.insert(id, Slot::new(bootstrap.clone()));
                 cluster.spawn(&mut admin, id)?;
@@ -326,6 +328,32 @@ struct Admin {
     next_id: u64,
 }
 
+/// The admin lock, held; it forgets its thread before letting go.
+struct AdminGuard<'a> {
+    admin: MutexGuard<'a, Admin>,
+    holder: &'a Mutex<Option<std::thread::ThreadId>>,
+}
+
+impl std::ops::Deref for AdminGuard<'_> {
+    type Target = Admin;
+    fn deref(&self) -> &Admin {
+        &self.admin
+    }
+}
+
+impl std::ops::DerefMut for AdminGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Admin {
+        &mut self.admin
+    }
+}
+
+impl Drop for AdminGuard<'_> {
+    fn drop(&mut self) {
+        // NB: before `admin` (a field) lets go of the lock: the next holder sets its own.
+        *self.holder.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// The slot table, behind a lock held for a lookup or an edit, never across a wait.
 struct Slots<S: StateMachine> {
     /// A slot per node started and not retired.
@@ -377,6 +405,9 @@ pub struct Cluster<S: StateMachine> {
     /// Serializes admin operations: two `add_node`s never hand out one id, nor a `kill` and a
     /// `restart` race on one slot.
     admin: Mutex<Admin>,
+    /// The thread holding `admin`, so that a callback run under it calling back in is
+    /// refused instead of waiting for itself.
+    admin_thread: Mutex<Option<std::thread::ThreadId>>,
     slots: Mutex<Slots<S>>,
     client: Client<S>,
     /// The running nodes: a leader among them runs steps for the others when idle.
@@ -422,8 +453,17 @@ impl<S: StateMachine> Cluster<S> {
         }
     }
 
-    fn admin(&self) -> MutexGuard<'_, Admin> {
-        self.admin.lock().unwrap_or_else(|p| p.into_inner())
+    /// Takes the admin lock for a whole admin operation. `AdminFromCallback` when this thread
+    /// holds it already: a storage factory or an `on_removed` hook, run inside an admin
+    /// operation, called an admin method of this cluster, which would wait for itself.
+    fn admin(&self) -> Result<AdminGuard<'_>, Error> {
+        let me = std::thread::current().id();
+        if *self.admin_thread.lock().unwrap_or_else(|p| p.into_inner()) == Some(me) {
+            return Err(Error::AdminFromCallback);
+        }
+        let guard = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        *self.admin_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(me);
+        Ok(AdminGuard { admin: guard, holder: &self.admin_thread })
     }
 
     /// The slot table. NB: held for a lookup or an edit only, never across a wait, a join
@@ -577,7 +617,8 @@ impl<S: StateMachine> Cluster<S> {
     /// Waits for an admin operation under way (another `kill`, an `add_node` catching up);
     /// lookups do not wait for this one.
     pub fn kill(&self, id: NodeId) -> Result<(), Error> {
-        self.kill_by(&mut self.admin(), id)
+        let mut admin = self.admin()?;
+        self.kill_by(&mut admin, id)
     }
 
     fn kill_by(&self, _admin: &mut Admin, id: NodeId) -> Result<(), Error> {
@@ -602,7 +643,7 @@ impl<S: StateMachine> Cluster<S> {
     /// `Storage` when its storage cannot be opened or read (the message names the file),
     /// `RestoreFailed` when the state machine refuses the snapshot.
     pub fn restart(&self, id: NodeId) -> Result<(), Error> {
-        let mut admin = self.admin();
+        let mut admin = self.admin()?;
         let (running, failed) = match &self.slots().get(id)?.running {
             Some(r) => (true, lock(&r.failure).is_some()),
             None => (false, false),
@@ -823,7 +864,7 @@ impl<S: StateMachine> Cluster<S> {
     /// Other threads' lookups, proposals and reads go on while a node catches up; other
     /// admin operations wait for this one.
     pub fn add_node(&self) -> Result<NodeId, Error> {
-        let mut admin = self.admin();
+        let mut admin = self.admin()?;
         let budget = self.config.request_timeout.saturating_add(self.config.catch_up_timeout);
         let deadline = deadline_after(budget);
         // NB: the nodes' answers count against the bound (a node slow to answer cost one
@@ -891,7 +932,7 @@ impl<S: StateMachine> Cluster<S> {
     /// refused as `Lost`) is taken out of the configuration, with nothing here to stop.
     /// Waits for an admin operation under way first.
     pub fn remove_node(&self, id: NodeId) -> Result<(), Error> {
-        let mut admin = self.admin();
+        let mut admin = self.admin()?;
         let deadline = deadline_after(self.config.request_timeout);
         let change = MembershipChange::RemoveNode(id);
         let known = self.slots().get(id).map(|_| ());
@@ -938,7 +979,7 @@ impl<S: StateMachine> Cluster<S> {
         change: MembershipChange,
         timeout: Duration,
     ) -> Result<Configuration, Error> {
-        let mut admin = self.admin();
+        let mut admin = self.admin()?;
         self.change_by(&mut admin, change, deadline_after(timeout), None)
     }
 
@@ -1011,7 +1052,8 @@ impl<S: StateMachine> Cluster<S> {
     }
 
     fn stop_all(&self) {
-        let mut admin = self.admin();
+        // NB: `shutdown` and `Drop` own the cluster: no callback of it runs on this thread.
+        let Ok(mut admin) = self.admin() else { return };
         for id in self.ids() {
             let _ = self.kill_by(&mut admin, id);
         }
@@ -1075,7 +1117,7 @@ mod tests {
             .start()
             .expect("start");
         let (theirs, ours) = (NodeId(4), NodeId(5));
-        let mut admin = cluster.admin();
+        let mut admin = cluster.admin().expect("not held");
         start_added(&cluster, &mut admin, theirs);
         start_added(&cluster, &mut admin, ours);
         let error = cluster.abandon(&mut admin, theirs, Error::AlreadyMember(theirs));
