@@ -1,7 +1,7 @@
 //! Figure 16 of the Raft paper (§9.3), reproduced: how long a 5-node cluster is without a
 //! leader after its leader crashes, for several election timeout ranges.
 //!
-//! `cargo run --release --example figure16 -- --out DIR [--trials N] [--threaded | --threaded-only]`
+//! `cargo run --release --example figure16 -- --out DIR [--trials N] [--lease] [--threaded | --threaded-only]`
 //!
 //! Each trial runs in the simulator (the production node driver in virtual time): a one-way
 //! delay of 6..9 ms (a broadcast time of about 15 ms), a heartbeat of half the minimum election
@@ -14,6 +14,9 @@
 //!
 //! Writes `DIR/figure16_top.svg`, `DIR/figure16_bottom.svg` (CDFs, PreVote off, as in the
 //! paper), the same two with `_prevote` for PreVote on, and `DIR/figure16.md` (the table).
+//! `--lease` runs every line with lease reads (and CheckQuorum) on, writing `_lease` files:
+//! followers then refuse votes for a minimum election timeout after the leader last reached
+//! them, which must not slow elections down (NOTES.md, twenty-fourth session).
 //! `--threaded` adds a spot check of the 150-300 ms line on real threads (100 trials);
 //! `--threaded-only` runs just that spot check.
 
@@ -35,6 +38,8 @@ struct Line {
     lo: f64,
     hi: f64,
     trials: usize,
+    /// Lease reads on (with CheckQuorum), `--lease`.
+    lease: bool,
 }
 
 impl Line {
@@ -64,12 +69,13 @@ fn main() {
     let trials: Option<usize> = flag("--trials").map(|t| t.parse().expect("--trials N"));
     let threaded_only = args.iter().any(|a| a == "--threaded-only");
     let threaded = threaded_only || args.iter().any(|a| a == "--threaded");
+    let lease = args.iter().any(|a| a == "--lease");
     std::fs::create_dir_all(&out).expect("the output directory can be created");
     let lines = |set: &[(f64, f64)]| -> Vec<Line> {
         set.iter()
             .map(|&(lo, hi)| {
                 let paper = if lo == hi { 100 } else { 1000 };
-                Line { lo, hi, trials: trials.unwrap_or(paper).min(paper) }
+                Line { lo, hi, trials: trials.unwrap_or(paper).min(paper), lease }
             })
             .collect()
     };
@@ -78,7 +84,12 @@ fn main() {
     );
     let pre_votes: &[bool] = if threaded_only { &[] } else { &[false, true] };
     for &pre_vote in pre_votes {
-        let suffix = if pre_vote { "_prevote" } else { "" };
+        let suffix = match (pre_vote, lease) {
+            (false, false) => "",
+            (true, false) => "_prevote",
+            (false, true) => "_lease",
+            (true, true) => "_prevote_lease",
+        };
         for (name, set, log_x) in [("top", &TOP[..], true), ("bottom", &BOTTOM[..], false)] {
             let mut curves = Vec::new();
             for line in lines(set) {
@@ -104,8 +115,9 @@ fn main() {
             }
             let file = out.join(format!("figure16_{name}{suffix}.svg"));
             let title = format!(
-                "Figure 16 ({name}), PreVote {}: time without a leader",
-                if pre_vote { "on" } else { "off" }
+                "Figure 16 ({name}), PreVote {}{}: time without a leader",
+                if pre_vote { "on" } else { "off" },
+                if lease { ", lease reads" } else { "" }
             );
             plot(&file, &title, &curves, log_x);
         }
@@ -123,7 +135,8 @@ fn main() {
         let _ =
             writeln!(table, "| threaded | 150-300 ms | on | {} | {} |", times.len(), stats.row());
     }
-    std::fs::write(out.join("figure16.md"), &table).expect("the table can be written");
+    let md = if lease { "figure16_lease.md" } else { "figure16.md" };
+    std::fs::write(out.join(md), &table).expect("the table can be written");
     println!("{table}");
 }
 
@@ -164,6 +177,10 @@ fn line_config(line: Line, pre_vote: bool, seed: u64) -> SimConfig {
     config.raft.heartbeat_interval = us(lo_us / 2);
     config.raft.tick = us(tick_us);
     config.raft.pre_vote = pre_vote;
+    if line.lease {
+        config.raft.lease_reads = true;
+        config.raft.check_quorum = true;
+    }
     // One entry per AppendEntries and one in flight: a lagging follower catches up slowly, so
     // the logs still differ when the leader crashes.
     config.raft.max_entries_per_append = 1;

@@ -62,7 +62,7 @@ fn after(elapsed: u64, limit: u64) -> u64 {
 impl<C: Clone + std::fmt::Debug> Core<C> {
     /// The whole protocol state as text, for comparing two cores in tests.
     pub(crate) fn fingerprint(&self) -> String {
-        let clock = (self.now, self.election_elapsed, self.election_timeout);
+        let clock = (self.now, self.election_elapsed, self.election_timeout, self.leader_heard_at);
         let durable = (self.heartbeat_elapsed, &self.rng, self.durable, self.term_start);
         let vote = (self.term, self.voted_for, self.role, self.leader, &self.votes);
         let log = (&self.log, self.commit_index, self.last_applied, &self.membership);

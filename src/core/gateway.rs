@@ -100,11 +100,25 @@ impl<C: Clone> Core<C> {
 
     /// Whether a leader was heard from within the minimum election timeout (thesis §4.2.3).
     fn leader_is_recent(&self) -> bool {
+        if self.role == Role::Leader {
+            return true; // (a leader is its own, and always recent)
+        }
         // NB: with leases, a node that may have acknowledged a leader's round (it forgot the
         // leader on a term change or a restart) keeps refusing for a whole timeout, or the
-        // lease could be cut short (thesis §6.4.1).
-        let leader_known = self.leader.is_some() || self.timing.lease_ticks > 0;
-        leader_known && self.election_elapsed < self.timing.election_ticks.start
+        // lease could be cut short (thesis §6.4.1). The timeout runs from the leader's last
+        // message, not from this node's own campaigns: a pre-candidate that refused every
+        // candidate for a minimum timeout after each of its own rounds left a cluster whose one
+        // eligible candidate needs every other vote leaderless for seconds (NOTES.md, twenty-
+        // fourth session; `Bugs::lease_refusal_from_own_campaign`).
+        #[cfg(test)]
+        if self.bugs.lease_refusal_from_own_campaign && self.timing.lease_ticks > 0 {
+            return self.election_elapsed < self.timing.election_ticks.start;
+        }
+        let lease = self.timing.lease_ticks > 0;
+        #[cfg(test)]
+        let lease = lease && !self.bugs.lease_refusal_forgets_leader;
+        let leader_known = self.leader.is_some() || lease;
+        leader_known && self.now - self.leader_heard_at < self.timing.election_ticks.start
     }
 
     /// Everything a correct peer guarantees about a message, checked before any state changes.

@@ -296,6 +296,17 @@ pub struct Bugs {
     /// quorum, say {1,2} of {1,2,3}, shares no node with {3,4,5}, a majority of the new
     /// configuration, which can elect another leader while the old one still serves reads).
     pub leader_counts_elected_voters: bool,
+    /// With leases, a node refuses votes for a minimum election timeout from its own last
+    /// (pre-)campaign as well as from the leader's last message (the rule before the twenty-
+    /// fourth session; breaks liveness, not safety: where the one eligible candidate needs
+    /// every other vote, the others' rounds keep refusing it and the cluster stays leaderless
+    /// for seconds).
+    pub lease_refusal_from_own_campaign: bool,
+    /// With leases, a node refuses votes only while it knows a leader, as without them: one
+    /// that forgot its leader (a higher term's pre-vote round, a restart) helps elect another
+    /// while the old one's lease, renewed by its acknowledgement, still holds (breaks
+    /// thesis §6.4.1: the old leader serves stale reads).
+    pub lease_refusal_forgets_leader: bool,
 }
 
 /// Timing and limits in ticks, derived once from [`Config`].
@@ -344,6 +355,12 @@ pub struct Core<C> {
     election_elapsed: u64,
     /// This round's randomized timeout, drawn at each reset (§5.2).
     election_timeout: u64,
+    /// `now` when a leader of this node's term last reached it (AppendEntries, InstallSnapshot,
+    /// a read round), or 0: the start counts as such a contact, since the node may have
+    /// acknowledged a leader before it restarted. Votes are refused for a minimum election
+    /// timeout from it (`gateway.rs`, `leader_is_recent`); unlike `election_elapsed` it is
+    /// not reset by this node's own campaigns.
+    leader_heard_at: u64,
     heartbeat_elapsed: u64,
     /// Votes (or pre-votes) received this election, by voter.
     votes: BTreeMap<NodeId, bool>,
@@ -424,6 +441,7 @@ impl<C: Clone> Core<C> {
             leader: None,
             election_elapsed: 0,
             election_timeout: 0,
+            leader_heard_at: 0,
             heartbeat_elapsed: 0,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
@@ -702,6 +720,13 @@ impl<C: Clone> Core<C> {
         self.progress.clear();
         self.sending.clear();
         self.votes.clear();
+    }
+
+    /// A message from the current leader (SUB-3): a fresh election timeout, and votes refused
+    /// for a minimum one from now.
+    fn heard_from_leader(&mut self) {
+        self.leader_heard_at = self.now;
+        self.reset_election_timer();
     }
 
     fn reset_election_timer(&mut self) {

@@ -231,7 +231,7 @@ impl<C: Clone> Core<C> {
         if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(self.term, Some(from));
         }
-        self.reset_election_timer();
+        self.heard_from_leader();
         self.send(from, Body::ReadConfirmReply(confirm));
     }
 

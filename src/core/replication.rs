@@ -153,7 +153,7 @@ impl<C: Clone> Core<C> {
         if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(self.term, Some(from)); // CAN-3
         }
-        self.reset_election_timer(); // SUB-3: a valid AppendEntries from the current leader
+        self.heard_from_leader(); // SUB-3: a valid AppendEntries from the current leader
         let Some(mut vouched) = self.append_entries(from, ae) else { return };
         // Requests held because they arrived ahead of the log may follow it now (reorder.rs).
         // NB: one of this leader's requests starting within what it vouched for passes AE-2.

@@ -183,7 +183,7 @@ impl<C: Clone> Core<C> {
         if self.role != Role::Follower || self.leader != Some(from) {
             self.become_follower(self.term, Some(from)); // as for AppendEntries (CAN-3)
         }
-        self.reset_election_timer(); // a message from the current leader (SUB-3)
+        self.heard_from_leader(); // a message from the current leader (SUB-3)
         let index = chunk.meta.index;
         if index <= self.commit_index {
             let received = chunk.offset + chunk.data.len() as u64;

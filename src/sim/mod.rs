@@ -61,6 +61,8 @@ mod fsync_tests;
 #[cfg(test)]
 mod inbox_tests;
 #[cfg(test)]
+mod lease_election_tests;
+#[cfg(test)]
 mod poison_tests;
 #[cfg(test)]
 mod request_queue_tests;

@@ -114,3 +114,42 @@ fn checkquorum_off_an_isolated_leader_keeps_its_role() {
     net.node_mut(1).tick(100);
     assert_eq!(net.node(1).role(), Role::Leader);
 }
+
+/// With leases, the refusal of §4.2.3 runs a minimum election timeout from the leader's last
+/// message (every follower that acknowledged it keeps the leader's lease safe), not from this
+/// node's own campaigns: a pre-candidate that timed out a moment ago grants the pre-vote and
+/// the vote of a candidate whose log is ahead of its own (before the twenty-fourth session it
+/// refused both, and a cluster whose one eligible candidate needs every other vote stayed
+/// leaderless for seconds: `sim/lease_election_tests.rs`).
+#[test]
+fn lease_refusal_runs_from_the_leaders_last_message_not_from_own_campaigns() {
+    let lease = Config { lease_reads: true, ..fixed_timeout() };
+    let mut f = boot(2).term(1).config(lease).start();
+    f.recv(ae(1, 2, 1));
+    f.tick(14);
+    let acts = f.recv(rv(3, 2, 2).last(9, 1).pre_vote());
+    assert_eq!(trace(&acts), ["n2->n3 t1 RequestVoteReply denied pre"], "the leader is recent");
+    f.tick(1); // the leader silent a minimum timeout: n2 campaigns, restarting its timer
+    assert_eq!(f.role(), Role::PreCandidate);
+    let acts = f.recv(rv(3, 2, 2).last(9, 1).pre_vote());
+    assert_eq!(trace(&acts), ["n2->n3 t2 RequestVoteReply granted pre"]);
+    let acts = f.recv(rv(3, 2, 2).last(9, 1));
+    assert_eq!(trace(&acts), ["persist t2 vote=n3", "n2->n3 t2 RequestVoteReply granted"]);
+}
+
+/// The other side of the same rule: a restart counts as the leader's last message (the node
+/// may have acknowledged a round before it crashed), so a node with leases refuses votes for
+/// a minimum election timeout after it starts, and grants them after.
+#[test]
+fn lease_refusal_covers_a_minimum_timeout_after_a_restart() {
+    let lease = Config { lease_reads: true, ..fixed_timeout() };
+    let mut f = boot(2).term(1).config(lease.clone()).start();
+    assert!(f.recv(rv(3, 2, 2).last(9, 1)).is_empty(), "refused right after the start");
+    let mut g = boot(2).term(1).config(lease).start();
+    g.tick(14);
+    assert!(g.recv(rv(3, 2, 2).last(9, 1)).is_empty(), "still within the timeout");
+    let mut h = boot(2).term(1).config(Config { lease_reads: true, ..no_pre_vote() }).start();
+    h.tick(15); // a minimum timeout after the start: n2 campaigns (term 2) itself
+    let acts = h.recv(rv(3, 2, 3).last(9, 1));
+    assert_eq!(trace(&acts), ["persist t3 vote=n3", "n2->n3 t3 RequestVoteReply granted"]);
+}

@@ -570,3 +570,46 @@ fn past_the_drift_bound_a_followers_readindex_read_is_never_stale() {
         follower_of_a_cut_off_leader_past_the_bound_reads_by(seed, ReadPolicy::ReadIndex)
     });
 }
+
+/// The voters' side of a lease (thesis §6.4.1 with §4.2.3), staged on five nodes: the leader
+/// holds a lease acknowledged by two followers while the other two, cut off, campaign in
+/// vain; then one acknowledging follower crashes and restarts at once (forgetting the
+/// leader), and the cut moves so the restarted one is on the campaigners' side. It must keep
+/// refusing votes for a minimum election timeout from its start, as if it had just heard the
+/// leader: its acknowledgement may be part of the lease. Returns the history (reads at the
+/// old leader through its lease) and whether the new leader's write returned.
+fn restarted_voter_during_a_lease(seed: u64, bugs: Bugs) -> (Vec<Operation>, bool) {
+    let mut staged = Staged::of(5, seed, 1.01, LeaseBugs::default(), bugs);
+    let leader = staged.lead_with_lease(None);
+    let others: Vec<NodeId> = staged.sim.node_ids().into_iter().filter(|&n| n != leader).collect();
+    let (acked, campaigners) = (&others[..2], &others[2..]);
+    let side = |ids: &[NodeId]| Fault::Partition(ids.iter().map(|&n| Target::Node(n)).collect());
+    let first: Vec<NodeId> = [leader].into_iter().chain(acked.iter().copied()).collect();
+    staged.sim.apply_fault(&side(&first)).expect("known nodes");
+    let ms = Duration::from_millis;
+    staged.sim.run_for(ms(200 + seed % 7 * 10)).expect("safe");
+    let restarted = acked[0];
+    staged.sim.crash(restarted).expect("a known node");
+    staged.sim.restart(restarted).expect("a known node");
+    let second: Vec<NodeId> = [restarted].into_iter().chain(campaigners.iter().copied()).collect();
+    staged.sim.apply_fault(&side(&second)).expect("known nodes");
+    let written = staged.write_elsewhere_then_read_at(leader);
+    (staged.history, written)
+}
+
+/// The correct refusal: by the time the restarted follower votes, the old leader's lease has
+/// run out, so it serves no stale read; in every seed the new leader's write returns.
+#[test]
+fn a_restarted_voter_waits_out_the_lease_so_the_old_leader_serves_no_stale_reads() {
+    no_stale_read_in(|seed| restarted_voter_during_a_lease(seed, Bugs::default()));
+}
+
+/// The bug switch `lease_refusal_forgets_leader`: the restarted follower, knowing no leader,
+/// votes at once; the campaigners elect a leader that writes while the old one's lease still
+/// holds, and the checker catches the old leader's stale read.
+#[test]
+fn a_restarted_voter_that_forgets_the_lease_is_caught() {
+    let bugs = Bugs { lease_refusal_forgets_leader: true, ..Bugs::default() };
+    let (seed, violation) = first_stale_read(|seed| restarted_voter_during_a_lease(seed, bugs));
+    println!("BITES | lease_refusal_forgets_leader (staged) | seed {seed} | {violation}");
+}
