@@ -205,9 +205,10 @@ const CAUGHT_SEEDS: u64 = 20;
 /// The same switch over the random scenario, in CI: bursts with impatient clients (20 ms
 /// timeouts, so writes move to the new majority's leader while reads stay with the cut-off
 /// one) make the miscount a random seed's find, not only a staged one's. With patient clients
-/// (200 ms) no seed of 0..6,000 caught it; now 8 of 0..3,000 do (22, 112, 256, 496, 556,
-/// 1474, 2092, 2452: all ReadIndex seeds; leases are caught in the staged scenario above, at
-/// 2 of its 10 lease seeds, and by one random seed, 899, of an earlier variant).
+/// (200 ms) no seed of 0..6,000 caught it; now 12 of 0..3,000 do: ReadIndex seeds 22, 112,
+/// 256, 496, 556, 1474, 2092, 2452 and lease seeds 353, 365, 989, 2765. (The lease seeds
+/// came only once a new majority elected its leader promptly with leases: before the fix of
+/// `Bugs::lease_refusal_from_own_campaign` its voters refused each other for most of the cut.)
 #[test]
 fn random_membership_reads_catch_the_elected_voters_miscount() {
     let bugs = Bugs { leader_counts_elected_voters: true, ..Bugs::default() };
@@ -218,10 +219,12 @@ fn random_membership_reads_catch_the_elected_voters_miscount() {
         })
         .collect();
     println!("BITES | leader_counts_elected_voters (random) | caught at seeds {caught:?}");
-    assert!(!caught.is_empty(), "not caught in {RANDOM_BUG_SEEDS} random seeds");
+    assert!(caught.iter().any(|s| s % 2 == 0), "ReadIndex: not caught in {RANDOM_BUG_SEEDS} seeds");
+    assert!(caught.iter().any(|s| s % 2 == 1), "leases: not caught in {RANDOM_BUG_SEEDS} seeds");
 }
 
-/// Seeds of the random scenario the bug test runs (three catch it; about 3 s in release).
+/// Seeds of the random scenario the bug test runs (seven catch it, two with leases; about
+/// 3 s in release).
 const RANDOM_BUG_SEEDS: u64 = 600;
 
 /// The same switch over the random scenario, by hand: `FERRAFT_HUNT=n` runs seeds 0..n and
