@@ -1,7 +1,15 @@
 //! Exactly-once sessions on real threads: a session client's writes survive leader crashes and
 //! retries without being applied twice; expired sessions and old numbers get typed errors.
+//! The same through `Session::propose_async` from tokio tasks: many tasks on one session, a
+//! leader crash mid-flight, a retry of a number, and no leader at all (a bounded count of
+//! pauses, never a spin).
 
 mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use common::*;
 use ferraft::{Cluster, Error, KvCommand, KvStateMachine, Session, Sessions};
@@ -135,4 +143,210 @@ fn a_session_saved_by_its_next_number_resumes_without_reusing_one() {
     let resumed = Session::resume(&client, id, next);
     let output = resumed.propose(append("c;")).expect("#3");
     assert_eq!(output.as_deref(), Some("a;b;c;"), "each command applied once");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Async calls (`Session::propose_async`, `Session::propose_seq_async`) from tokio tasks
+
+fn runtime() -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_time().build().expect("a tokio runtime")
+}
+
+fn session_cluster(seed: u64) -> Cluster<Sessions<KvStateMachine>> {
+    let cluster = Cluster::new(fast_config(seed), 3, |_| Sessions::new(KvStateMachine::new(), 100))
+        .expect("start");
+    wait_for_agreement(&cluster, LONG);
+    cluster
+}
+
+/// The value of key `k`, read through the log's leader.
+fn value_of(cluster: &Cluster<Sessions<KvStateMachine>>) -> String {
+    let value = cluster.read("k".into()).expect("read");
+    value.as_deref().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn async_calls_from_many_tasks_through_one_session_apply_each_command_once() {
+    let _serial = serial();
+    let cluster = session_cluster(93);
+    let session = Session::register(&cluster.client()).expect("registered");
+    let rt = runtime();
+    const TASKS: usize = 8;
+    const EACH: usize = 25;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let session = session.clone();
+            rt.spawn(async move {
+                let mut answers = Vec::new();
+                for i in 0..EACH {
+                    let value = token(format!("t{t}-{i}"));
+                    let call = session.propose_async(append("k", &value), LONG, tokio::time::sleep);
+                    answers.push((value, call.await));
+                }
+                answers
+            })
+        })
+        .collect();
+    let answers: Vec<(String, Result<_, Error>)> = rt.block_on(async {
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.expect("a task"));
+        }
+        all
+    });
+    let value = value_of(&cluster);
+    let mut lengths = BTreeSet::new();
+    for (token, answer) in &answers {
+        let output = answer.as_ref().expect("applied").as_deref().expect("a value");
+        assert!(output.ends_with(token.as_str()), "{token}: answered {output}");
+        assert!(value.starts_with(output), "{token}: {output} is not what the log applied");
+        lengths.insert(output.len());
+    }
+    assert_eq!(lengths.len(), TASKS * EACH, "each command answered at a place of its own");
+    let mut written = tokens(&value);
+    let mut expected: Vec<String> = answers.into_iter().map(|(token, _)| token).collect();
+    written.sort();
+    expected.sort();
+    assert_eq!(written, expected, "every command applied exactly once");
+    assert_eq!(session.next_seq(), (TASKS * EACH) as u64 + 1);
+}
+
+#[test]
+fn async_calls_through_leader_crashes_never_apply_a_command_twice() {
+    let _serial = serial();
+    let cluster = session_cluster(94);
+    let session = Session::register(&cluster.client()).expect("registered");
+    let rt = runtime();
+    let (done, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let (session, done, stop) = (session.clone(), Arc::clone(&done), Arc::clone(&stop));
+            rt.spawn(async move {
+                let mut answers = Vec::new();
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let value = token(format!("t{t}-{i}"));
+                    let call = session.propose_async(append("k", &value), LONG, tokio::time::sleep);
+                    answers.push((value, call.await));
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                answers
+            })
+        })
+        .collect();
+    // Each kill lands while the tasks keep four calls in flight, and the calls then go on
+    // (through the new leader) before the old one comes back.
+    for _ in 0..2 {
+        let before = done.load(Ordering::Relaxed);
+        wait_until(LONG, "calls answered", || {
+            let now = done.load(Ordering::Relaxed);
+            (now >= before + 40).then_some(()).ok_or(format!("{now} answered"))
+        });
+        let leader = cluster.wait_for_leader(LONG).expect("leader");
+        cluster.kill(leader).expect("kill");
+        let at_kill = done.load(Ordering::Relaxed);
+        wait_until(LONG, "calls answered after the kill", || {
+            let now = done.load(Ordering::Relaxed);
+            (now >= at_kill + 40).then_some(()).ok_or(format!("{now} answered"))
+        });
+        cluster.restart(leader).expect("restart");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let answers: Vec<(String, Result<_, Error>)> = rt.block_on(async {
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.expect("a task"));
+        }
+        all
+    });
+    let value = value_of(&cluster);
+    let written = tokens(&value);
+    let unique: BTreeSet<&String> = written.iter().collect();
+    assert_eq!(unique.len(), written.len(), "a command applied twice: {value}");
+    let mut applied = 0;
+    for (token, answer) in &answers {
+        match answer {
+            Ok(output) => {
+                let output = output.as_deref().expect("a value");
+                assert!(output.ends_with(token.as_str()), "{token}: answered {output}");
+                assert!(value.starts_with(output), "{token}: {output} is not what was applied");
+                assert!(unique.contains(token), "{token} answered but never applied");
+                applied += 1;
+            }
+            // Typed, and unknown: applied at most once (checked above).
+            Err(e) => assert!(matches!(e, Error::Timeout | Error::Unavailable { .. }), "{e:?}"),
+        }
+    }
+    println!("{applied} of {} calls applied", answers.len());
+    assert!(applied >= 160, "{applied} of {} calls applied", answers.len());
+    let asked: BTreeSet<&String> = answers.iter().map(|(token, _)| token).collect();
+    assert!(unique.is_subset(&asked), "applied a command nobody proposed");
+}
+
+#[test]
+fn an_async_retry_of_a_number_whose_answer_was_lost_gets_the_first_output() {
+    let _serial = serial();
+    let cluster = session_cluster(95);
+    let session = Session::register(&cluster.client()).expect("registered");
+    let rt = runtime();
+    let sleep = tokio::time::sleep;
+    // The first call's answer is lost: it is cut off after a millisecond, whether or not it
+    // was handed over (and applied) by then.
+    let first = session.propose_seq_async(1, append("k", "a;"), LONG, sleep);
+    let lost = rt.block_on(async { tokio::time::timeout(ms(1), first).await });
+    // Two retries of the number at once, from two tasks: one application, one output.
+    let retries: Vec<_> = (0..2)
+        .map(|_| rt.spawn(session.propose_seq_async(1, append("k", "a;"), LONG, sleep)))
+        .collect();
+    for retry in retries {
+        let output = rt.block_on(retry).expect("a task").expect("applied");
+        assert_eq!(output.as_deref(), Some("a;"), "(the first call answered {lost:?})");
+    }
+    let again = rt.block_on(session.propose_seq_async(1, append("k", "a;"), LONG, sleep));
+    assert_eq!(again.expect("answered from the table").as_deref(), Some("a;"));
+    let next = rt.block_on(session.propose_async(append("k", "b;"), LONG, sleep));
+    assert_eq!(next.expect("#2").as_deref(), Some("a;b;"), "the session's own number: 2");
+    assert_eq!(value_of(&cluster), "a;b;", "number 1 applied once");
+}
+
+#[test]
+fn with_no_leader_an_async_call_is_unavailable_by_its_deadline_and_never_spins() {
+    let _serial = serial();
+    let cluster = session_cluster(96);
+    let session = Session::register(&cluster.client()).expect("registered");
+    let leader = cluster.wait_for_leader(LONG).expect("leader");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    cluster.kill(leader).expect("kill");
+    cluster.kill(follower).expect("kill");
+    let rt = runtime();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let sleep = {
+        let calls = Arc::clone(&calls);
+        move |pause| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(pause)
+        }
+    };
+    let timeout = ms(1_000);
+    let started = Instant::now();
+    let answer = rt.block_on(session.propose_async(append("k", "x;"), timeout, sleep));
+    let took = started.elapsed();
+    // The lone follower refuses every attempt before appending: never applied.
+    assert!(matches!(answer, Err(Error::Unavailable { .. })), "{answer:?}");
+    assert!(took >= timeout && took < timeout + ms(5_000), "answered after {took:?}");
+    // Every sleep but each attempt's timer (one per 500 ms) and the last sliver before a
+    // deadline is a full retry pause: the client's, a tick at most 5 ms.
+    let pause = fast_config(96).tick.min(ms(5));
+    let most = (timeout.as_millis() / pause.as_millis()) as usize + 20;
+    let calls = calls.load(Ordering::Relaxed);
+    println!("{calls} sleeps in {took:?}, at most {most}");
+    assert!(calls > 0 && calls <= most, "{calls} sleeps in {took:?}: at most {most}");
+    // The blocking call answers alike.
+    assert!(matches!(
+        session.propose_timeout(append("k", "y;"), ms(200)),
+        Err(Error::Unavailable { .. })
+    ));
 }
