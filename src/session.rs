@@ -307,7 +307,9 @@ where
 /// Each command carries a sequence number. The session numbers them
 /// ([`Session::propose`], [`Session::propose_timeout`]), or you do
 /// ([`Session::propose_seq`], which lets you retry a command whose answer was lost); the
-/// session's own numbers go on after the largest you used.
+/// session's own numbers go on after the largest you used. Async code calls
+/// [`Session::propose_async`] and [`Session::propose_seq_async`], which retry alike without
+/// blocking a thread.
 pub struct Session<S: StateMachine>
 where
     S::Output: Serialize + DeserializeOwned,

@@ -73,6 +73,8 @@ fn expired_and_unknown_sessions_and_old_numbers_are_typed_errors() {
     assert!(expired.unwrap_err().to_string().contains("register a new session"));
     let unknown = Session::resume(&client, ferraft::ClientId(999_999), 1);
     assert_eq!(unknown.propose(put("c")), Err(Error::SessionExpired { client: 999_999 }));
+    let call = unknown.propose_async(put("c"), LONG, tokio::time::sleep);
+    assert_eq!(runtime().block_on(call), Err(Error::SessionExpired { client: 999_999 }));
 
     let third = Session::register(&client).expect("registered");
     third.propose_seq(1, put("x"), LONG).expect("#1");
@@ -82,6 +84,8 @@ fn expired_and_unknown_sessions_and_old_numbers_are_typed_errors() {
     let resumed = Session::resume(&client, third.id(), 3);
     resumed.propose(put("z")).expect("#3, lowest pending 3: #1 and #2 are discarded");
     let old = third.propose_seq(1, put("x"), LONG);
+    assert!(matches!(old, Err(Error::SequenceTooOld { seq: 1, .. })), "{old:?}");
+    let old = runtime().block_on(third.propose_seq_async(1, put("x"), LONG, tokio::time::sleep));
     assert!(matches!(old, Err(Error::SequenceTooOld { seq: 1, .. })), "{old:?}");
     assert_eq!(cluster.read("k".into()).expect("read").as_deref(), Some("z"));
 }
@@ -97,7 +101,9 @@ fn a_session_command_with_no_node_running_is_a_typed_error() {
         cluster.kill(id).expect("kill");
     }
     let put = KvCommand::Put { key: "k".into(), value: "v".into() };
-    assert_eq!(session.propose(put), Err(Error::Shutdown));
+    assert_eq!(session.propose(put.clone()), Err(Error::Shutdown));
+    let call = session.propose_async(put, LONG, tokio::time::sleep);
+    assert_eq!(runtime().block_on(call), Err(Error::Shutdown), "async alike, at once");
     assert_eq!(
         cluster.read_at(ferraft::NodeId(1), "k".into()),
         Err(Error::NodeDown(ferraft::NodeId(1)))
