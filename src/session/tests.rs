@@ -234,3 +234,33 @@ fn a_dropped_async_call_releases_its_number_as_a_blocking_timeout_does() {
     assert!(pending(&session).is_empty());
     cluster.shutdown();
 }
+
+/// The one judgement of an attempt's outcome, which the blocking and the async calls share:
+/// an answer or a final error ends the call; a refusal before appending is retried and, if
+/// every attempt was one, answered at the deadline; anything unknown is retried and makes the
+/// deadline's answer `Timeout`.
+#[test]
+fn an_attempts_outcome_is_judged_the_same_for_blocking_and_async_calls() {
+    let refused =
+        || Err(Error::Unavailable { last: Box::new(Error::NotLeader { leader_hint: None }) });
+    let mut tally = Tally::default();
+    assert_eq!(tally.judge::<KvOutput>(refused()), None, "retried");
+    assert_eq!(
+        tally.at_deadline(),
+        Error::Unavailable { last: Box::new(Error::NotLeader { leader_hint: None }) },
+        "never applied"
+    );
+    let mut tally = Tally::default();
+    assert_eq!(tally.judge::<KvOutput>(refused()), None);
+    assert_eq!(tally.judge::<KvOutput>(Err(Error::Timeout)), None, "unknown: retried");
+    assert_eq!(tally.judge::<KvOutput>(refused()), None);
+    assert_eq!(tally.at_deadline(), Error::Timeout, "an attempt may have been applied");
+    let mut tally = Tally::default();
+    assert_eq!(tally.judge(Ok(out("a;"))), Some(Ok(Some("a;".into()))));
+    let expired = Ok(SessionOutput::<KvOutput>::Expired(ClientId(3)));
+    assert_eq!(tally.judge(expired), Some(Err(Error::SessionExpired { client: 3 })));
+    assert_eq!(tally.judge::<KvOutput>(Err(Error::Shutdown)), Some(Err(Error::Shutdown)));
+    let node = crate::types::NodeId(1);
+    let down = Err(Error::NodeDown(node));
+    assert_eq!(tally.judge::<KvOutput>(down), None, "unknown after appending: retried");
+}
