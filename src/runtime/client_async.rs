@@ -41,20 +41,17 @@ impl<S: StateMachine> Client<S> {
         let (mut attempt, mut hops) = (0usize, 0u32);
         loop {
             let Some(id) = target else { return Err(Error::Shutdown) };
-            let (refusal, appended) = match self.send_now(id, command.clone()) {
-                Err(e) => (e, false), // never handed over
-                Ok(mut receipt) => match answer_before(&mut receipt, timer.as_mut()).await {
-                    // Handed over, unanswered: unknown, as `Receipt::wait_until` says.
-                    None => return Err(Error::Timeout),
-                    Some(Ok(applied)) => {
+            let (refusal, appended) =
+                match self.attempt_at(id, command.clone(), timer.as_mut()).await {
+                    Ok(applied) => {
                         if !self.forward {
                             self.learn_leader(id); // (a forwarding node need not lead)
                         }
                         return Ok(applied);
                     }
-                    Some(Err(e)) => (e, receipt.was_appended()),
-                },
-            };
+                    Err(failed) => failed,
+                };
+            // NB: `Timeout` (the timer ended) is never retried: the timer is not polled again.
             match self.next_after(refusal.clone(), id, appended, &mut attempt, deadline) {
                 Next::Stop(e) => {
                     self.leave_failed(&e, id);
@@ -81,6 +78,22 @@ impl<S: StateMachine> Client<S> {
             if Instant::now() >= deadline {
                 return Err(Error::Unavailable { last: Box::new(refusal) });
             }
+        }
+    }
+
+    /// One attempt at node `id`, as `Client::try_propose` makes it: the output, or the error
+    /// and whether the receipt learned its entry's place. Waits for the answer until `timer`
+    /// ends: then `Timeout`, as a blocking wait answers at its deadline.
+    async fn attempt_at<T: Future<Output = ()>>(
+        &self,
+        id: NodeId,
+        command: S::Command,
+        timer: Pin<&mut T>,
+    ) -> Result<Applied<S::Output>, (Error, bool)> {
+        let mut receipt = self.send_now(id, command).map_err(|e| (e, false))?; // not handed over
+        match answer_before(&mut receipt, timer).await {
+            Some(answer) => answer.map_err(|e| (e, receipt.was_appended())),
+            None => Err((Error::Timeout, receipt.was_appended())),
         }
     }
 
