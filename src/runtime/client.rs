@@ -1112,6 +1112,51 @@ mod tests {
         (node, queue)
     }
 
+    /// The async proposal loop (`Session::propose_async`'s) at a node whose request queue
+    /// stays full: refused `QueueFull` at once, where the blocking call waits for room, and
+    /// retried after a pause until its deadline, then `Unavailable { last: QueueFull }`, never
+    /// handed over. Its thread stays free throughout: a task beside it on a one-thread
+    /// runtime keeps ticking.
+    #[test]
+    fn an_async_proposal_at_a_full_queue_never_waits_on_its_thread() {
+        use std::sync::atomic::AtomicUsize;
+        let id = NodeId(1);
+        let (node, queue) = node_with_a_full_queue(id);
+        let pause = Duration::from_millis(5);
+        let client: Client<KvStateMachine> = Client::new(Duration::from_secs(5), pause);
+        client.node_started(node);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("rt");
+        let (sleeps, ticks) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let sleep = |d| {
+            sleeps.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(d)
+        };
+        let timeout = Duration::from_millis(200);
+        let put = KvCommand::Put { key: "k".into(), value: "v".into() };
+        let answer = rt.block_on(async {
+            let ticker = {
+                let ticks = Arc::clone(&ticks);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        ticks.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            };
+            let timer = std::pin::pin!(tokio::time::sleep(timeout));
+            let answer = client.propose_until(put, deadline_after(timeout), timer, &sleep).await;
+            ticker.abort();
+            answer
+        });
+        let refused = Error::Unavailable { last: Box::new(Error::QueueFull(id)) };
+        assert_eq!(answer.map(|a| a.output), Err(refused));
+        assert_eq!(queue.len(), 1, "never handed over");
+        let (sleeps, ticks) = (sleeps.load(Ordering::Relaxed), ticks.load(Ordering::Relaxed));
+        let most = (timeout.as_millis() / pause.as_millis()) as usize + 2;
+        assert!((2..=most).contains(&sleeps), "{sleeps} pauses, at most {most}");
+        assert!(ticks >= 2, "the thread was held: {ticks} ticks of 10 ms in {timeout:?}");
+    }
+
     /// A read at a node whose request queue stays full is never handed over: `QueueFull`
     /// from the handle (was `Timeout`), and from a client that retried it until the deadline
     /// `Unavailable` with that refusal, the last.
