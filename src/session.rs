@@ -449,7 +449,8 @@ where
     /// future's first poll. Cancelling the call (dropping the future, as
     /// `tokio::time::timeout` does) is a `Timeout` without the error: the number is spent and
     /// released, and the command, if an attempt was handed over, may still be applied, once.
-    /// The future is `Send` and `'static` when `sleep` and its futures are: spawn it.
+    /// The future is `Send` and `'static` when `sleep` is `Send + Sync + 'static` and its
+    /// futures are `Send` (as with `tokio::time::sleep`): spawn it.
     ///
     /// ```
     /// use std::time::Duration;
