@@ -9,7 +9,8 @@
 //! [`FaultError`]), [`NetworkFaults`] for testing on real threads, and [`sim`] for testing
 //! your state machine in virtual time. [`ClusterBuilder::data_dir`] keeps each node's state
 //! on disk ([`DiskStorage`]); [`Sessions`] and [`Session`] apply each command exactly once
-//! through retries. The README walks through each of these with an example.
+//! through retries, from threads or from async tasks ([`Session::propose_async`]). The
+//! README walks through each of these with an example.
 //!
 //! **The driver writer's layer**: [`core`], the protocol as a pure, deterministic state machine
 //! ([`Core::step`] takes an [`Input`] and yields ordered [`Action`]s: persist, send, apply,

@@ -25,6 +25,7 @@
 //! `max_responses` commands in flight unless its clones do, together.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -306,7 +307,9 @@ where
 /// Each command carries a sequence number. The session numbers them
 /// ([`Session::propose`], [`Session::propose_timeout`]), or you do
 /// ([`Session::propose_seq`], which lets you retry a command whose answer was lost); the
-/// session's own numbers go on after the largest you used.
+/// session's own numbers go on after the largest you used. Async code calls
+/// [`Session::propose_async`] and [`Session::propose_seq_async`], which retry alike without
+/// blocking a thread.
 pub struct Session<S: StateMachine>
 where
     S::Output: Serialize + DeserializeOwned,
@@ -394,10 +397,8 @@ where
         command: S::Command,
         timeout: Duration,
     ) -> Result<S::Output, Error> {
-        let seq = self.lock().take_next().ok_or(Error::SessionExhausted { client: self.id.0 })?;
-        let result = self.attempts(seq, command, timeout);
-        self.lock().release(seq);
-        result
+        let number = self.take_next()?;
+        self.attempts(number.seq, command, timeout)
     }
 
     /// Proposes `command` as number `seq` of this session, retrying until `timeout`. Safe to
@@ -433,10 +434,97 @@ where
         command: S::Command,
         timeout: Duration,
     ) -> Result<S::Output, Error> {
+        let _number = self.claim(seq);
+        self.attempts(seq, command, timeout)
+    }
+
+    /// [`Session::propose_timeout`] for async code: never blocks the caller's thread (a tokio
+    /// worker, say), answering as that call does, with the same errors. The library has no
+    /// async runtime, so the caller lends its timer: `sleep(d)` returns a future that ends
+    /// `d` after it is called, such as `tokio::time::sleep`. Each attempt waits for its answer
+    /// at most 500 ms (a leader cut off from its majority may never answer) and a try at
+    /// another node, when no leader is known, waits a pause (1 to 5 ms) first: it never spins.
+    ///
+    /// The session numbers the command when this is called; the deadline counts from the
+    /// future's first poll. Cancelling the call (dropping the future, as
+    /// `tokio::time::timeout` does) is a `Timeout` without the error: the number is spent and
+    /// released, and the command, if an attempt was handed over, may still be applied, once.
+    /// The future is `Send` and `'static` when `sleep` is `Send + Sync + 'static` and its
+    /// futures are `Send` (as with `tokio::time::sleep`): spawn it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ferraft::{Cluster, Config, KvCommand, KvStateMachine, Session, Sessions};
+    ///
+    /// let cluster = Cluster::new(Config::default(), 3, |_| Sessions::new(KvStateMachine::new(), 100))?;
+    /// let session = Session::register(&cluster.client())?; // blocking: one log entry
+    /// let runtime = tokio::runtime::Builder::new_multi_thread().enable_time().build().unwrap();
+    /// let timeout = Duration::from_secs(5);
+    /// let append = |v: &str| KvCommand::Append { key: "k".into(), value: v.into() };
+    /// runtime.block_on(async {
+    ///     let output = session.propose_async(append("a;"), timeout, tokio::time::sleep).await?;
+    ///     assert_eq!(output.as_deref(), Some("a;")); // applied once, retried as needed
+    ///     // Numbered by hand, a command whose answer was lost is retried: applied once.
+    ///     let first = session.propose_seq_async(2, append("b;"), timeout, tokio::time::sleep);
+    ///     drop(tokio::spawn(first).await); // say this answer is lost
+    ///     let again = session.propose_seq_async(2, append("b;"), timeout, tokio::time::sleep);
+    ///     assert_eq!(again.await?.as_deref(), Some("a;b;")); // answered from the table
+    ///     Ok::<(), ferraft::Error>(())
+    /// })?;
+    /// assert_eq!(cluster.read("k".to_string())?.as_deref(), Some("a;b;"));
+    /// # Ok::<(), ferraft::Error>(())
+    /// ```
+    pub fn propose_async<F, Fut>(
+        &self,
+        command: S::Command,
+        timeout: Duration,
+        sleep: F,
+    ) -> impl Future<Output = Result<S::Output, Error>>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let session = self.clone();
+        let number = self.take_next();
+        async move {
+            let number = number?;
+            session.attempts_async(number.seq, command, timeout, sleep).await
+        }
+    }
+
+    /// [`Session::propose_seq`] for async code: `command` as number `seq`, retried until
+    /// `timeout` as [`Session::propose_async`] retries (see there for `sleep`, cancellation
+    /// and the deadline). Safe to call again with the same `seq` and command after an answer
+    /// was lost: applied at most once, and a retry gets the first attempt's output.
+    pub fn propose_seq_async<F, Fut>(
+        &self,
+        seq: u64,
+        command: S::Command,
+        timeout: Duration,
+        sleep: F,
+    ) -> impl Future<Output = Result<S::Output, Error>>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let session = self.clone();
+        let number = self.claim(seq);
+        async move {
+            let _number = number;
+            session.attempts_async(seq, command, timeout, sleep).await
+        }
+    }
+
+    /// The next number, pending until the call that takes it ends.
+    fn take_next(&self) -> Result<InFlight, Error> {
+        let seq = self.lock().take_next().ok_or(Error::SessionExhausted { client: self.id.0 })?;
+        Ok(InFlight { state: Arc::clone(&self.state), seq })
+    }
+
+    /// Number `seq`, chosen by the caller, pending until the call that claims it ends.
+    fn claim(&self, seq: u64) -> InFlight {
         self.lock().claim(seq);
-        let result = self.attempts(seq, command, timeout);
-        self.lock().release(seq);
-        result
+        InFlight { state: Arc::clone(&self.state), seq }
     }
 
     /// Proposes `command` as number `seq` (pending in `Numbers` meanwhile) until `timeout`.
@@ -447,47 +535,48 @@ where
         timeout: Duration,
     ) -> Result<S::Output, Error> {
         let deadline = deadline_after(timeout);
-        // The last `Unavailable`, kept only while no attempt may have been applied.
-        let mut refused: Option<Error> = None;
-        let mut maybe_applied = false;
+        let mut tally = Tally::default();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(refused.filter(|_| !maybe_applied).unwrap_or(Error::Timeout));
-            }
-            let lowest_pending = self.lock().lowest_pending(seq);
-            let wrapped = SessionCommand::Command {
-                client: self.id,
-                seq,
-                lowest_pending,
-                command: command.clone(),
-            };
-            // NB: short attempts, so a leader change costs one attempt, not the whole deadline.
-            let attempt = left.min(Duration::from_millis(500));
-            match self.client.propose_timeout(wrapped, attempt).map(|a| a.output) {
-                Ok(SessionOutput::Output(output)) => return Ok(output),
-                Ok(SessionOutput::Expired(client)) => {
-                    return Err(Error::SessionExpired { client: client.0 })
-                }
-                Ok(SessionOutput::SeqTooOld { client, seq, discarded_below }) => {
-                    return Err(Error::SequenceTooOld { client: client.0, seq, discarded_below })
-                }
-                Ok(SessionOutput::ResponseNotKept { client, seq, kept_from }) => {
-                    return Err(Error::ResponseNotKept { client: client.0, seq, kept_from })
-                }
-                Ok(SessionOutput::Registered(_)) => unreachable!("a command is never Registered"),
-                // NB: `Shutdown`: no node runs at all; waiting would not help.
-                Err(
-                    e @ (Error::StateMachinePanicked { .. }
-                    | Error::NodePanicked { .. }
-                    | Error::CommandTooLarge { .. }
-                    | Error::Shutdown),
-                ) => return Err(e),
-                // Unknown or refused: retrying is safe, the table deduplicates.
-                Err(e @ Error::Unavailable { .. }) => refused = Some(e),
-                Err(_) => maybe_applied = true,
+            let Some(attempt) = attempt_bound(deadline) else { return Err(tally.at_deadline()) };
+            let wrapped = self.wrap(seq, &command);
+            let outcome = self.client.propose_timeout(wrapped, attempt).map(|a| a.output);
+            if let Some(answer) = tally.judge(outcome) {
+                return answer;
             }
         }
+    }
+
+    /// [`Session::attempts`], awaiting: each attempt a [`Client::propose_until`] raced
+    /// against `sleep(attempt)`.
+    async fn attempts_async<F, Fut>(
+        &self,
+        seq: u64,
+        command: S::Command,
+        timeout: Duration,
+        sleep: F,
+    ) -> Result<S::Output, Error>
+    where
+        F: Fn(Duration) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let deadline = deadline_after(timeout);
+        let mut tally = Tally::default();
+        loop {
+            let Some(attempt) = attempt_bound(deadline) else { return Err(tally.at_deadline()) };
+            let (wrapped, until) = (self.wrap(seq, &command), deadline_after(attempt));
+            let timer = std::pin::pin!(sleep(attempt));
+            let outcome = self.client.propose_until(wrapped, until, timer, &sleep).await;
+            if let Some(answer) = tally.judge(outcome.map(|a| a.output)) {
+                return answer;
+            }
+        }
+    }
+
+    /// `command` as number `seq` of this session, telling the table the lowest number still
+    /// pending.
+    fn wrap(&self, seq: u64, command: &S::Command) -> SessionCommand<S::Command> {
+        let lowest_pending = self.lock().lowest_pending(seq);
+        SessionCommand::Command { client: self.id, seq, lowest_pending, command: command.clone() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Numbers> {
@@ -528,6 +617,78 @@ impl Numbers {
 
     fn lowest_pending(&self, seq: u64) -> u64 {
         self.pending.first_key_value().map_or(seq, |(&lowest, _)| lowest).min(seq)
+    }
+}
+
+/// How long a session call's next attempt may take, `None` once `deadline` has passed. NB:
+/// short attempts, so a leader change costs one attempt, not the whole deadline.
+fn attempt_bound(deadline: Instant) -> Option<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    (!left.is_zero()).then(|| left.min(Duration::from_millis(500)))
+}
+
+/// A number in flight in a session call: released when the call ends, however it ends (an
+/// answer, a panic, or an async call's future dropped before it was done).
+struct InFlight {
+    state: Arc<Mutex<Numbers>>,
+    seq: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).release(self.seq);
+    }
+}
+
+/// What a session call's attempts have told so far. Its one judgement of an attempt's outcome
+/// serves the blocking calls and the async ones alike.
+#[derive(Default)]
+struct Tally {
+    /// The last `Unavailable`, which the call answers at its deadline if no attempt may have
+    /// been applied.
+    refused: Option<Error>,
+    maybe_applied: bool,
+}
+
+impl Tally {
+    /// The call's answer, if this attempt's `outcome` ends it; `None`: retry the same number
+    /// (safe: the table answers a duplicate from its cache).
+    fn judge<O>(&mut self, outcome: Result<SessionOutput<O>, Error>) -> Option<Result<O, Error>> {
+        let error = match outcome {
+            Ok(SessionOutput::Output(output)) => return Some(Ok(output)),
+            Ok(SessionOutput::Expired(client)) => Error::SessionExpired { client: client.0 },
+            Ok(SessionOutput::SeqTooOld { client, seq, discarded_below }) => {
+                Error::SequenceTooOld { client: client.0, seq, discarded_below }
+            }
+            Ok(SessionOutput::ResponseNotKept { client, seq, kept_from }) => {
+                Error::ResponseNotKept { client: client.0, seq, kept_from }
+            }
+            Ok(SessionOutput::Registered(_)) => unreachable!("a command is never Registered"),
+            // NB: `Shutdown`: no node runs at all; waiting would not help.
+            Err(
+                e @ (Error::StateMachinePanicked { .. }
+                | Error::NodePanicked { .. }
+                | Error::CommandTooLarge { .. }
+                | Error::Shutdown),
+            ) => e,
+            // Refused before appending: never applied.
+            Err(e @ Error::Unavailable { .. }) => {
+                self.refused = Some(e);
+                return None;
+            }
+            // Unknown: it may have been applied.
+            Err(_) => {
+                self.maybe_applied = true;
+                return None;
+            }
+        };
+        Some(Err(error))
+    }
+
+    /// The call's answer at its deadline: `Unavailable` if every attempt was refused before
+    /// appending, else `Timeout`.
+    fn at_deadline(self) -> Error {
+        self.refused.filter(|_| !self.maybe_applied).unwrap_or(Error::Timeout)
     }
 }
 

@@ -532,6 +532,16 @@ impl Retry {
     }
 }
 
+/// What a client's proposal loop does next after an attempt failed ([`Client::next_after`]).
+pub(super) enum Next {
+    /// End the call with this error.
+    Stop(Error),
+    /// Try the leader this node named, at once.
+    At(NodeId),
+    /// Try this node (none: no node runs) after this pause.
+    After(Option<NodeId>, Duration),
+}
+
 impl<S: StateMachine> Client<S> {
     pub(crate) fn new(timeout: Duration, retry_pause: Duration) -> Self {
         let shared = Shared {
@@ -589,7 +599,7 @@ impl<S: StateMachine> Client<S> {
     /// the handle is dropped only if that node says it failed (a failed node answers at once;
     /// one that does not answer within 100 ms is kept), and only if it is still the handle
     /// asked.
-    fn node_failed(&self, id: NodeId) {
+    pub(super) fn node_failed(&self, id: NodeId) {
         let Some(handle) = self.handle(id) else { return };
         let asked = handle.status(Duration::from_millis(100));
         let failed = asked.is_ok_and(|status| status.failure.is_some());
@@ -719,28 +729,49 @@ impl<S: StateMachine> Client<S> {
                 Err(failed) => failed,
             };
             // NB: cloned only on this slow path, for `Unavailable::last`.
-            match Retry::after(refusal.clone(), id, appended) {
-                Retry::No(e) => {
+            match self.next_after(refusal.clone(), id, appended, &mut attempt, deadline) {
+                Next::Stop(e) => {
                     if let Some(node) = failed_node(&e, id) {
                         // NB: failed for good: later calls look elsewhere (a restart adds it back).
                         self.node_failed(node);
                     }
                     return Err(e);
                 }
-                Retry::At(hint) => {
-                    self.learn_leader(hint);
-                    target = Some(hint);
-                }
-                Retry::Elsewhere => {
-                    attempt += 1;
-                    target = self.next_candidate(id, attempt);
-                    std::thread::sleep(self.pause_before_retry(deadline));
+                Next::At(hint) => target = Some(hint),
+                Next::After(next, pause) => {
+                    target = next;
+                    std::thread::sleep(pause);
                 }
             }
             // NB: every attempt so far was refused before appending or replaced (`Retry::No`
             // returned above): none can be applied, so this is not a `Timeout`.
             if Instant::now() >= deadline {
                 return Err(Error::Unavailable { last: Box::new(refusal) });
+            }
+        }
+    }
+
+    /// What a proposal loop does after its attempt at `id` failed with `refusal` (`appended`:
+    /// the receipt learned its entry's place), `attempt` counting its tries elsewhere: the
+    /// decisions of [`Client::propose_timeout`], which the async loop of
+    /// [`Session::propose_async`](crate::Session::propose_async) shares.
+    pub(super) fn next_after(
+        &self,
+        refusal: Error,
+        id: NodeId,
+        appended: bool,
+        attempt: &mut usize,
+        deadline: Instant,
+    ) -> Next {
+        match Retry::after(refusal, id, appended) {
+            Retry::No(e) => Next::Stop(e),
+            Retry::At(hint) => {
+                self.learn_leader(hint);
+                Next::At(hint)
+            }
+            Retry::Elsewhere => {
+                *attempt += 1;
+                Next::After(self.next_candidate(id, *attempt), self.pause_before_retry(deadline))
             }
         }
     }
@@ -796,6 +827,24 @@ impl<S: StateMachine> Client<S> {
             Err(_) => return Err((Error::NodeDown(id), false)),
         };
         receipt.wait_until(deadline).map_err(|e| (e, receipt.was_appended()))
+    }
+
+    /// Hands a proposal to node `id` if it can at once, never blocking (an async caller's
+    /// thread): a full queue is `QueueFull` and a node not running `NodeDown`, both never
+    /// handed over.
+    pub(super) fn send_now(
+        &self,
+        id: NodeId,
+        command: S::Command,
+    ) -> Result<Receipt<S::Output>, Error> {
+        let nodes = self.shared.nodes.read().unwrap_or_else(|p| p.into_inner());
+        let Some(node) = nodes.get(&id) else { return Err(Error::NodeDown(id)) };
+        // NB: a full queue's request is dropped unsent: its responder answers the discarded
+        // receipt, and it took no bytes of the queue's budget (`try_propose_with`).
+        node.try_propose(command, self.forward).map_err(|later| match later {
+            ProposeLater::Down => Error::NodeDown(id),
+            ProposeLater::Full(_) => Error::QueueFull(id),
+        })
     }
 
     /// Sends a proposal to the node believed to lead (or any running node when none is known)
@@ -1061,6 +1110,51 @@ mod tests {
         let (reply, _) = bounded(1);
         node.send_by(Request::Status { reply }, None).expect("fills the queue");
         (node, queue)
+    }
+
+    /// The async proposal loop (`Session::propose_async`'s) at a node whose request queue
+    /// stays full: refused `QueueFull` at once, where the blocking call waits for room, and
+    /// retried after a pause until its deadline, then `Unavailable { last: QueueFull }`, never
+    /// handed over. Its thread stays free throughout: a task beside it on a one-thread
+    /// runtime keeps ticking.
+    #[test]
+    fn an_async_proposal_at_a_full_queue_never_waits_on_its_thread() {
+        use std::sync::atomic::AtomicUsize;
+        let id = NodeId(1);
+        let (node, queue) = node_with_a_full_queue(id);
+        let pause = Duration::from_millis(5);
+        let client: Client<KvStateMachine> = Client::new(Duration::from_secs(5), pause);
+        client.node_started(node);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("rt");
+        let (sleeps, ticks) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let sleep = |d| {
+            sleeps.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(d)
+        };
+        let timeout = Duration::from_millis(200);
+        let put = KvCommand::Put { key: "k".into(), value: "v".into() };
+        let answer = rt.block_on(async {
+            let ticker = {
+                let ticks = Arc::clone(&ticks);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        ticks.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            };
+            let timer = std::pin::pin!(tokio::time::sleep(timeout));
+            let answer = client.propose_until(put, deadline_after(timeout), timer, &sleep).await;
+            ticker.abort();
+            answer
+        });
+        let refused = Error::Unavailable { last: Box::new(Error::QueueFull(id)) };
+        assert_eq!(answer.map(|a| a.output), Err(refused));
+        assert_eq!(queue.len(), 1, "never handed over");
+        let (sleeps, ticks) = (sleeps.load(Ordering::Relaxed), ticks.load(Ordering::Relaxed));
+        let most = (timeout.as_millis() / pause.as_millis()) as usize + 2;
+        assert!((2..=most).contains(&sleeps), "{sleeps} pauses, at most {most}");
+        assert!(ticks >= 2, "the thread was held: {ticks} ticks of 10 ms in {timeout:?}");
     }
 
     /// A read at a node whose request queue stays full is never handed over: `QueueFull`

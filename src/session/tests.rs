@@ -1,5 +1,6 @@
 //! The session table on its own: duplicates answered from the table, several commands in
 //! flight, expiry from the log only, retries from the past refused, and the table in snapshots.
+//! Also a session's numbers when an async call is cancelled (its future dropped).
 
 use super::*;
 use crate::kv::{KvCommand, KvOutput, KvStateMachine};
@@ -179,4 +180,87 @@ fn numbers_claimed_by_hand_are_never_taken_and_stay_pending_while_in_flight() {
     assert_eq!(numbers.lowest_pending(11), 11);
     numbers.claim(u64::MAX);
     assert_eq!(numbers.take_next(), None, "every number used up");
+}
+
+/// An async call cancelled mid-flight (its future dropped: `tokio::time::timeout` with no
+/// leader to answer) releases its number as a blocking call that timed out does: spent, no
+/// longer pending, so later commands tell the table it may drop that number's answer. Also a
+/// future dropped before its first poll, and a number claimed by hand.
+#[test]
+fn a_dropped_async_call_releases_its_number_as_a_blocking_timeout_does() {
+    use std::time::Duration;
+    let sleep = tokio::time::sleep;
+    let long = Duration::from_secs(20);
+    let sessions = |_| Sessions::new(KvStateMachine::new(), 10);
+    let cluster = crate::Cluster::new(crate::Config::default(), 3, sessions).expect("start");
+    let session = Session::register(&cluster.client()).expect("registered");
+    let pending = |s: &Session<KvStateMachine>| s.lock().pending.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_time().build().expect("tokio");
+    let first = rt.block_on(session.propose_async(append("a;"), long, sleep)).expect("#1");
+    assert_eq!(first.as_deref(), Some("a;"));
+    // No majority, and the node left follows: every attempt is refused, none answered.
+    let leader = cluster.wait_for_leader(long).expect("leader");
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).expect("a follower");
+    cluster.kill(leader).expect("kill");
+    cluster.kill(follower).expect("kill");
+    let call = session.propose_async(append("b;"), long, sleep);
+    assert_eq!((session.next_seq(), pending(&session)), (3, BTreeMap::from([(2, 1)])));
+    let cut = rt.block_on(async { tokio::time::timeout(Duration::from_millis(50), call).await });
+    assert!(cut.is_err(), "answered with no leader: {cut:?}");
+    assert_eq!((session.next_seq(), pending(&session)), (3, BTreeMap::new()), "#2 released");
+    // What a blocking call that times out leaves: the same.
+    let timed_out = session.propose_timeout(append("c;"), Duration::from_millis(50));
+    assert!(matches!(timed_out, Err(Error::Unavailable { .. } | Error::Timeout)), "{timed_out:?}");
+    assert_eq!((session.next_seq(), pending(&session)), (4, BTreeMap::new()), "#3 released");
+    // Dropped before its first poll: numbered at the call, released at the drop.
+    drop(session.propose_async(append("d;"), long, sleep));
+    let by_hand = session.propose_seq_async(2, append("b;"), long, sleep);
+    assert_eq!(pending(&session), BTreeMap::from([(2, 1)]));
+    drop(by_hand);
+    assert_eq!((session.next_seq(), pending(&session)), (5, BTreeMap::new()), "#4, #2 released");
+    // Back to a majority: the session goes on with #5, telling the table nothing below it is
+    // pending, so a late retry of the cancelled #2 is refused, never applied.
+    cluster.restart(leader).expect("restart");
+    cluster.restart(follower).expect("restart");
+    let fifth = rt.block_on(session.propose_async(append("e;"), long, sleep)).expect("#5");
+    let value = fifth.as_deref().expect("a value").to_owned();
+    assert!(value.starts_with("a;") && value.ends_with("e;"), "{value}");
+    assert!(!value.contains("d;"), "never proposed: {value}");
+    for token in ["a;", "b;", "c;", "e;"] {
+        assert!(value.matches(token).count() <= 1, "{token} applied twice: {value}");
+    }
+    let late = rt.block_on(session.propose_seq_async(2, append("b;"), long, sleep));
+    assert!(matches!(late, Err(Error::SequenceTooOld { seq: 2, .. })), "{late:?}");
+    assert!(pending(&session).is_empty());
+    cluster.shutdown();
+}
+
+/// The one judgement of an attempt's outcome, which the blocking and the async calls share:
+/// an answer or a final error ends the call; a refusal before appending is retried and, if
+/// every attempt was one, answered at the deadline; anything unknown is retried and makes the
+/// deadline's answer `Timeout`.
+#[test]
+fn an_attempts_outcome_is_judged_the_same_for_blocking_and_async_calls() {
+    let refused =
+        || Err(Error::Unavailable { last: Box::new(Error::NotLeader { leader_hint: None }) });
+    let mut tally = Tally::default();
+    assert_eq!(tally.judge::<KvOutput>(refused()), None, "retried");
+    assert_eq!(
+        tally.at_deadline(),
+        Error::Unavailable { last: Box::new(Error::NotLeader { leader_hint: None }) },
+        "never applied"
+    );
+    let mut tally = Tally::default();
+    assert_eq!(tally.judge::<KvOutput>(refused()), None);
+    assert_eq!(tally.judge::<KvOutput>(Err(Error::Timeout)), None, "unknown: retried");
+    assert_eq!(tally.judge::<KvOutput>(refused()), None);
+    assert_eq!(tally.at_deadline(), Error::Timeout, "an attempt may have been applied");
+    let mut tally = Tally::default();
+    assert_eq!(tally.judge(Ok(out("a;"))), Some(Ok(Some("a;".into()))));
+    let expired = Ok(SessionOutput::<KvOutput>::Expired(ClientId(3)));
+    assert_eq!(tally.judge(expired), Some(Err(Error::SessionExpired { client: 3 })));
+    assert_eq!(tally.judge::<KvOutput>(Err(Error::Shutdown)), Some(Err(Error::Shutdown)));
+    let node = crate::types::NodeId(1);
+    let down = Err(Error::NodeDown(node));
+    assert_eq!(tally.judge::<KvOutput>(down), None, "unknown after appending: retried");
 }
