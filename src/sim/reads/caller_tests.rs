@@ -20,7 +20,7 @@ use crate::types::NodeId;
 /// The nemesis with leases on every seed, every node's clock drifting up to 20% (the Raft
 /// drift bound set to what that allows: a tick period ratio of at most 1.2/0.8, plus 1%), and
 /// `percent` of the reads trying the caller's-thread path first.
-fn caller_leases(seed: u64, percent: u8) -> (SimConfig, Schedule) {
+pub(super) fn caller_leases(seed: u64, percent: u8) -> (SimConfig, Schedule) {
     let (mut config, _) = nemesis(seed);
     config.reads = true;
     config.clock_drift = Some(0.2);
