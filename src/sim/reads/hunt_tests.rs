@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::super::tests::is_safety;
 use super::super::*;
-use super::caller_tests::caller_leases;
+use super::caller_tests::{caller_leases, transfers_to_deaf_leaders};
 use super::membership_tests::reading_changes;
 use super::tests::reading;
 use crate::core::Bugs;
@@ -102,6 +102,20 @@ fn hunt_transfer_ignores_lease() {
     hunt("transfer_ignores_lease/reading_leases+transfers", reading_leases_transfers, |sim| {
         sim.set_bugs(b)
     });
+    hunt("transfer_ignores_lease/transfers_to_deaf_leaders", transfers_to_deaf_leaders, |sim| {
+        sim.set_bugs(b)
+    });
+}
+
+/// Only the deaf-transfer scenario, with the switch and without.
+#[test]
+#[ignore = "hunt, run by hand"]
+fn hunt_deaf_transfers() {
+    let b = bugs(|b| b.transfer_ignores_lease = true);
+    hunt("transfer_ignores_lease/transfers_to_deaf_leaders", transfers_to_deaf_leaders, |sim| {
+        sim.set_bugs(b)
+    });
+    hunt("control/transfers_to_deaf_leaders", transfers_to_deaf_leaders, |_| {});
 }
 
 #[test]
@@ -138,6 +152,55 @@ fn hunt_ignore_drift_bound() {
     let lb = LeaseBugs { ignore_drift_bound: true, ..LeaseBugs::default() };
     hunt("ignore_drift_bound/caller_leases", caller_leases_50, |sim| sim.set_lease_bugs(lb));
     hunt("ignore_drift_bound/reading_leases", reading_leases, |sim| sim.set_lease_bugs(lb));
+}
+
+/// [`caller_leases`] with clocks at the extremes of a 30% drift (each node's tick period
+/// 0.7 or 1.3 of nominal, set by [`extreme_clocks`]; the drift bound set to match), eight
+/// impatient clients (20 ms timeouts), and the leader frozen for 100 to 200 ms every 200 to
+/// 500 ms on top of the random faults: the random form of the staged
+/// `slow_leader_fast_voters`.
+fn paused_slow_leaders(seed: u64) -> (SimConfig, Schedule) {
+    use rand::{Rng, SeedableRng};
+    let (mut config, _) = caller_leases(seed, 100);
+    config.clock_drift = Some(0.3);
+    config.raft.clock_drift_bound = crate::config::ClockDrift(1.3 / 0.7 * 1.01);
+    config.clients = 8;
+    config.op_timeout = Duration::from_millis(20);
+    let mut events = Schedule::random(&config).events;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5104_c10c_0011);
+    let end = config.fault_phase.as_millis() as u64;
+    let mut at = 0;
+    loop {
+        at += rng.random_range(200..=500);
+        if at >= end {
+            break;
+        }
+        let pause = Duration::from_millis(rng.random_range(100..=200));
+        events.push((Duration::from_millis(at), Fault::Pause(Target::Leader, pause)));
+    }
+    (config, Schedule::new(events))
+}
+
+/// Each node's clock 0.7 or 1.3 of the nominal tick (drawn from the seed), before the run.
+fn extreme_clocks(sim: &mut Simulator<KvStateMachine>) {
+    use rand::{Rng, SeedableRng};
+    let tick = sim.config().raft.tick.as_micros() as u64;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(sim.config().seed ^ 0xc10c);
+    for id in sim.node_ids() {
+        let scale = if rng.random_bool(0.5) { 1.3 } else { 0.7 };
+        sim.set_tick_us(id, (tick as f64 * scale) as u64);
+    }
+}
+
+#[test]
+#[ignore = "hunt, run by hand"]
+fn hunt_drift_paused_slow_leaders() {
+    let lb = LeaseBugs { ignore_drift_bound: true, ..LeaseBugs::default() };
+    hunt("ignore_drift_bound/paused_slow_leaders", paused_slow_leaders, |sim| {
+        extreme_clocks(sim);
+        sim.set_lease_bugs(lb);
+    });
+    hunt("control/paused_slow_leaders", paused_slow_leaders, extreme_clocks);
 }
 
 #[test]
@@ -219,4 +282,67 @@ fn hunt_control() {
     ] {
         hunt(&format!("control/{name}"), scenario, |_| {});
     }
+}
+
+/// Exploration aid: `FERRAFT_SCENARIO=<name> FERRAFT_SEED=<s> FERRAFT_SWITCH=<switch>` runs
+/// one seed with the whole trace and prints the lines containing any of `FERRAFT_GREP`'s
+/// `|`-separated words (default: every line), then the verdict in full.
+#[test]
+#[ignore = "exploration aid, run by hand"]
+fn hunt_explore() {
+    let Ok(name) = std::env::var("FERRAFT_SCENARIO") else { return };
+    let scenario: Scenario = match name.as_str() {
+        "caller_leases" => caller_leases_50,
+        "caller_leases_transfers" => caller_leases_transfers,
+        "transfers_to_deaf_leaders" => transfers_to_deaf_leaders,
+        "reading_leases" => reading_leases,
+        "reading_changes_leases" => reading_changes_leases,
+        "windowed" => windowed,
+        "background" => background,
+        "deferring" => deferring,
+        "paused_slow_leaders" => paused_slow_leaders,
+        other => panic!("unknown scenario {other}"),
+    };
+    let seed = env("FERRAFT_SEED", 0);
+    let grep = std::env::var("FERRAFT_GREP").unwrap_or_default();
+    let (mut config, schedule) = scenario(seed);
+    config.record_trace = true;
+    println!("{config:?}\n{schedule:?}");
+    let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid");
+    if name == "paused_slow_leaders" {
+        extreme_clocks(&mut sim);
+    }
+    match std::env::var("FERRAFT_SWITCH").unwrap_or_default().as_str() {
+        "transfer_ignores_lease" => sim.set_bugs(bugs(|b| b.transfer_ignores_lease = true)),
+        "lease_refusal_forgets_leader" => {
+            sim.set_bugs(bugs(|b| b.lease_refusal_forgets_leader = true))
+        }
+        "leader_counts_unsynced" => sim.set_bugs(bugs(|b| b.leader_counts_unsynced = true)),
+        "ignore_drift_bound" => sim.set_lease_bugs(LeaseBugs {
+            ignore_drift_bound: true,
+            ..LeaseBugs::default()
+        }),
+        "deadline_in_ticks" => {
+            sim.set_lease_bugs(LeaseBugs { deadline_in_ticks: true, ..LeaseBugs::default() })
+        }
+        "no_sync_holds" => {
+            sim.set_sync_bugs(SyncBugs { no_sync_holds: true, ..SyncBugs::default() })
+        }
+        "deferral_claims_synced" => {
+            sim.set_sync_bugs(SyncBugs { deferral_claims_synced: true, ..SyncBugs::default() })
+        }
+        _ => {}
+    }
+    let keys = sim.config().keys;
+    sim.start_clients(KvWorkload { keys });
+    let verdict = sim.run_schedule(&schedule).and_then(|()| sim.settle().map(|_| ()));
+    let verdict = verdict.map_err(|f| f.to_string()).and_then(|()| {
+        check_kv_history(sim.history()).map(|_| ()).map_err(|v| format!("{v:?}"))
+    });
+    for line in sim.trace().unwrap_or_default() {
+        if grep.split('|').any(|g| line.contains(g)) {
+            println!("{line}");
+        }
+    }
+    println!("verdict: {verdict:?}");
 }
