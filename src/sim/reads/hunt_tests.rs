@@ -166,7 +166,17 @@ fn paused_slow_leaders(seed: u64) -> (SimConfig, Schedule) {
     config.raft.clock_drift_bound = crate::config::ClockDrift(1.3 / 0.7 * 1.01);
     config.clients = 8;
     config.op_timeout = Duration::from_millis(20);
+    if seed % 2 == 0 {
+        // A fast network on half the seeds (0.5 to 1 ms, as the staged scenario's): a new
+        // leader elected and writing within the lease's excess.
+        config.network.min_delay = Duration::from_micros(500);
+        config.network.max_delay = Duration::from_millis(1);
+    }
     let mut events = Schedule::random(&config).events;
+    if seed % 2 == 0 {
+        // (no network spells: they would slow it again)
+        events.retain(|(_, f)| !matches!(f, Fault::Network(_)));
+    }
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x5104_c10c_0011);
     let end = config.fault_phase.as_millis() as u64;
     let mut at = 0;
@@ -236,6 +246,44 @@ fn deferring(seed: u64) -> (SimConfig, Schedule) {
     config.raft.defer_leader_sync = true;
     let schedule = Schedule::random_with_membership(&config);
     (config, schedule)
+}
+
+/// The nemesis with storage faults, background syncs (up to 3 ms) and the leader deferring
+/// its own sync, plus one to four power outages: every node crashes at once (each losing
+/// what it had not synced), all restart 1 to 20 ms later, and a random follower is cut off
+/// for 100 to 400 ms: the random form of the staged
+/// `deferring_leader_crashes_with_its_followers`.
+fn deferring_outages(seed: u64) -> (SimConfig, Schedule) {
+    use rand::{Rng, SeedableRng};
+    let (mut config, _) = super::super::bites::nemesis(seed);
+    config.storage_faults = true;
+    config.background_sync = Some(Duration::from_millis(3));
+    config.raft.defer_leader_sync = true;
+    let mut events = Schedule::random(&config).events;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0x0a7a_6e50_0012);
+    let end = config.fault_phase.as_millis() as u64;
+    let ms = Duration::from_millis;
+    for _ in 0..rng.random_range(1..=4) {
+        let at = rng.random_range(100..end - 500);
+        for n in 0..config.nodes as usize {
+            events.push((ms(at), Fault::Crash(Target::Nth(n))));
+        }
+        let back = at + rng.random_range(1..=20);
+        events.push((ms(back), Fault::RestartAll));
+        events.push((ms(back), Fault::Isolate(Target::Nth(rng.random_range(0..64)))));
+        events.push((ms(back + rng.random_range(100..=400)), Fault::Heal));
+    }
+    (config, Schedule::new(events))
+}
+
+#[test]
+#[ignore = "hunt, run by hand"]
+fn hunt_deferring_outages() {
+    let claims = SyncBugs { deferral_claims_synced: true, ..SyncBugs::default() };
+    hunt("deferral_claims_synced/deferring_outages", deferring_outages, |sim| {
+        sim.set_sync_bugs(claims)
+    });
+    hunt("control/deferring_outages", deferring_outages, |_| {});
 }
 
 #[test]
