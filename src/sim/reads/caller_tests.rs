@@ -435,11 +435,8 @@ pub(super) fn transfers_to_deaf_leaders(seed: u64) -> (SimConfig, Schedule) {
     config.transfers = Some(Duration::from_millis(150));
     let mut events = Schedule::random(&config).events;
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0xdeaf_7a45_f3e2_0010);
-    let transfers: Vec<Duration> = events
-        .iter()
-        .filter(|(_, f)| matches!(f, Fault::Transfer(_)))
-        .map(|(at, _)| *at)
-        .collect();
+    let transfers: Vec<Duration> =
+        events.iter().filter(|(_, f)| matches!(f, Fault::Transfer(_))).map(|(at, _)| *at).collect();
     for at in transfers {
         if rng.random_bool(0.5) {
             let deaf = at + Duration::from_micros(rng.random_range(0..=4_000));

@@ -1,8 +1,10 @@
-//! Hunts (exploration aids, run by hand): the bug switches that only staged scenarios show
+//! Hunts (exploration aids, run by hand): the bug switches that only staged scenarios showed
 //! caught, run over the random scenarios that should be able to reach them. Each prints the
 //! seeds that caught its switch and a summary line; none asserts. `FERRAFT_HUNT=n` sets the
 //! seeds (default 2,000), `FERRAFT_HUNT_START` the first one:
 //! `nice cargo test --release --lib sim::reads::hunt_tests -- --ignored --nocapture`.
+//! The switches a random scenario here does catch have a CI test at the end (`random_*`),
+//! a window of seeds around the first catch, the catching seed checked clean without it.
 
 use std::time::Duration;
 
@@ -133,9 +135,7 @@ fn hunt_lease_refusal_forgets_leader() {
 #[ignore = "hunt, run by hand"]
 fn hunt_lease_from_own_campaign() {
     let b = bugs(|b| b.lease_refusal_from_own_campaign = true);
-    hunt("lease_refusal_from_own_campaign/caller_leases", caller_leases_50, |sim| {
-        sim.set_bugs(b)
-    });
+    hunt("lease_refusal_from_own_campaign/caller_leases", caller_leases_50, |sim| sim.set_bugs(b));
     hunt("lease_refusal_from_own_campaign/reading_leases", reading_leases, |sim| sim.set_bugs(b));
 }
 
@@ -366,10 +366,9 @@ fn hunt_explore() {
             sim.set_bugs(bugs(|b| b.lease_refusal_forgets_leader = true))
         }
         "leader_counts_unsynced" => sim.set_bugs(bugs(|b| b.leader_counts_unsynced = true)),
-        "ignore_drift_bound" => sim.set_lease_bugs(LeaseBugs {
-            ignore_drift_bound: true,
-            ..LeaseBugs::default()
-        }),
+        "ignore_drift_bound" => {
+            sim.set_lease_bugs(LeaseBugs { ignore_drift_bound: true, ..LeaseBugs::default() })
+        }
         "deadline_in_ticks" => {
             sim.set_lease_bugs(LeaseBugs { deadline_in_ticks: true, ..LeaseBugs::default() })
         }
@@ -384,13 +383,79 @@ fn hunt_explore() {
     let keys = sim.config().keys;
     sim.start_clients(KvWorkload { keys });
     let verdict = sim.run_schedule(&schedule).and_then(|()| sim.settle().map(|_| ()));
-    let verdict = verdict.map_err(|f| f.to_string()).and_then(|()| {
-        check_kv_history(sim.history()).map(|_| ()).map_err(|v| format!("{v:?}"))
-    });
+    let verdict = verdict
+        .map_err(|f| f.to_string())
+        .and_then(|()| check_kv_history(sim.history()).map(|_| ()).map_err(|v| format!("{v:?}")));
     for line in sim.trace().unwrap_or_default() {
         if grep.split('|').any(|g| line.contains(g)) {
             println!("{line}");
         }
     }
     println!("verdict: {verdict:?}");
+}
+
+/// The first seed in `seeds` whose run of `scenario` with `switch` fails (on safety, unless
+/// `any`), after checking that seed passes without the switch; panics if none does.
+fn first_catch(
+    name: &str,
+    scenario: Scenario,
+    seeds: impl Iterator<Item = u64>,
+    any: bool,
+    setup: impl Fn(&mut Simulator<KvStateMachine>),
+    switch: impl Fn(&mut Simulator<KvStateMachine>),
+) -> SimFailure {
+    let run = |seed, on: bool| {
+        let (config, schedule) = scenario(seed);
+        let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid");
+        setup(&mut sim);
+        if on {
+            switch(&mut sim);
+        }
+        run::drive_kv(sim, &schedule)
+    };
+    let mut seeds = seeds;
+    let failure = seeds
+        .find_map(|seed| run(seed, true).err().filter(|f| any || is_safety(f)))
+        .unwrap_or_else(|| panic!("{name}: not caught in the random seeds"));
+    run(failure.seed, false).unwrap_or_else(|f| panic!("{name}, without the switch: {f}"));
+    println!("BITES | {name} (random) | seed {} | {}", failure.seed, failure.kind);
+    failure
+}
+
+/// `LeaseBugs::ignore_drift_bound` over [`paused_slow_leaders`]: its fast-network seeds catch
+/// it (90, 94, 270, 840, 1198, 1320 of 0..1,500; none clean of them fails without it); no
+/// seed of 0..3,000 of `caller_leases` or of 0..6,000 of `reading` did.
+#[test]
+fn random_frozen_slow_leaders_catch_a_lease_that_ignores_the_drift_bound() {
+    let lb = LeaseBugs { ignore_drift_bound: true, ..LeaseBugs::default() };
+    let seeds = (0..120).filter(|s| s % 2 == 0);
+    first_catch("ignore_drift_bound", paused_slow_leaders, seeds, false, extreme_clocks, |sim| {
+        sim.set_lease_bugs(lb)
+    });
+}
+
+/// `Bugs::leader_counts_unsynced` over [`deferring`] (177 of 0..3,000 catch it, the first at
+/// 12; [`windowed`], where the leader syncs before it counts itself, none of 0..3,000).
+#[test]
+fn random_deferring_leaders_catch_a_leader_counting_its_unsynced_log() {
+    let b = bugs(|b| b.leader_counts_unsynced = true);
+    first_catch("leader_counts_unsynced", deferring, 0..60, false, |_| {}, |sim| sim.set_bugs(b));
+}
+
+/// `Bugs::leader_never_syncs` over [`deferring`]: a liveness failure (1,008 of 0..3,000, the
+/// first at 2; no safety one).
+#[test]
+fn random_deferring_leaders_catch_a_leader_that_never_syncs() {
+    let b = bugs(|b| b.leader_never_syncs = true);
+    let f =
+        first_catch("leader_never_syncs", deferring, 0..20, true, |_| {}, |sim| sim.set_bugs(b));
+    assert!(!is_safety(&f), "leader_never_syncs breaks liveness, not safety: {f}");
+}
+
+/// `SyncBugs::no_sync_holds` over [`background`] (7 of 0..3,000 on safety: 106, 1821, 1861,
+/// 2035, 2479, 2650, 2693; 16 more as liveness failures).
+#[test]
+fn random_background_syncs_catch_answers_before_the_sync() {
+    let s = SyncBugs { no_sync_holds: true, ..SyncBugs::default() };
+    first_catch("no_sync_holds", background, 90..130, false, |_| {}, |sim| sim.set_sync_bugs(s));
 }
