@@ -166,14 +166,14 @@ fn paused_slow_leaders(seed: u64) -> (SimConfig, Schedule) {
     config.raft.clock_drift_bound = crate::config::ClockDrift(1.3 / 0.7 * 1.01);
     config.clients = 8;
     config.op_timeout = Duration::from_millis(20);
-    if seed % 2 == 0 {
+    if seed.is_multiple_of(2) {
         // A fast network on half the seeds (0.5 to 1 ms, as the staged scenario's): a new
         // leader elected and writing within the lease's excess.
         config.network.min_delay = Duration::from_micros(500);
         config.network.max_delay = Duration::from_millis(1);
     }
     let mut events = Schedule::random(&config).events;
-    if seed % 2 == 0 {
+    if seed.is_multiple_of(2) {
         // (no network spells: they would slow it again)
         events.retain(|(_, f)| !matches!(f, Fault::Network(_)));
     }
