@@ -640,8 +640,8 @@ fn a_restarted_voter_that_forgets_the_lease_is_caught() {
 }
 
 /// The bug switch `transfer_ignores_lease` over a random scenario, in CI: transfers to deaf
-/// leaders ([`transfers_to_deaf_leaders`]) catch it at seeds 66 and 459 of 0..1,500 (none
-/// clean of them fails without the switch). Before the simulator's clients followed a
+/// leaders ([`transfers_to_deaf_leaders`]) catch it at seeds 66 and 459 of 0..1,500 (the
+/// same 1,500 seeds pass without the switch). Before the simulator's clients followed a
 /// `TransferInProgress` refusal to the target, and without the deafened leaders, no seed of
 /// 0..3,000 of `caller_leases` or the lease seeds of `reading` with transfers caught it.
 #[test]

@@ -423,7 +423,7 @@ fn first_catch(
 }
 
 /// `LeaseBugs::ignore_drift_bound` over [`paused_slow_leaders`]: its fast-network seeds catch
-/// it (90, 94, 270, 840, 1198, 1320 of 0..1,500; none clean of them fails without it); no
+/// it (90, 94, 270, 840, 1198, 1320 of 0..1,500; the same seeds pass without it); no
 /// seed of 0..3,000 of `caller_leases` or of 0..6,000 of `reading` did.
 #[test]
 fn random_frozen_slow_leaders_catch_a_lease_that_ignores_the_drift_bound() {
