@@ -640,10 +640,11 @@ fn a_restarted_voter_that_forgets_the_lease_is_caught() {
 }
 
 /// The bug switch `transfer_ignores_lease` over a random scenario, in CI: transfers to deaf
-/// leaders ([`transfers_to_deaf_leaders`]) catch it at seeds 66 and 459 of 0..1,500 (the
-/// same 1,500 seeds pass without the switch). Before the simulator's clients followed a
-/// `TransferInProgress` refusal to the target, and without the deafened leaders, no seed of
-/// 0..3,000 of `caller_leases` or the lease seeds of `reading` with transfers caught it.
+/// leaders ([`transfers_to_deaf_leaders`]) catch it at seeds 66 and 459 of 0..3,000 (the
+/// same seeds pass without the switch). Without the deafened leaders `caller_leases` with
+/// transfers caught it once in 0..3,000 (seed 2850), and the lease seeds of `reading` with
+/// transfers never; before the simulator's clients followed a `TransferInProgress` refusal to
+/// the target, neither caught it in 0..3,000, and the deaf transfers once in 0..1,500 (979).
 #[test]
 fn random_transfers_to_deaf_leaders_catch_a_transfer_that_ignores_the_lease() {
     let bugs = Bugs { transfer_ignores_lease: true, ..Bugs::default() };
