@@ -512,6 +512,12 @@ impl<S: StateMachine> Simulator<S> {
             Error::NotLeader { leader_hint } => {
                 self.reply_later(ClientEvent::Redirect { client, op, hint: leader_hint });
             }
+            // Refused before appending while leadership moves: as `Client::propose` does
+            // (`Retry::after`), the client follows it to the target. (Given up instead, it
+            // stayed with the old leader, so a random transfer never moved the writes.)
+            Error::TransferInProgress { to } => {
+                self.reply_later(ClientEvent::Redirect { client, op, hint: Some(to) });
+            }
             // The leader a forwarding node knew is down: never handed over, so the client
             // tries elsewhere.
             Error::LeaderUnreachable(_) => {

@@ -9,10 +9,13 @@ pub(crate) mod caller;
 pub(super) mod tests;
 
 #[cfg(test)]
-mod caller_tests;
+pub(super) mod caller_tests;
 
 #[cfg(test)]
-mod membership_tests;
+pub(super) mod membership_tests;
 
 #[cfg(test)]
 mod sessions;
+
+#[cfg(test)]
+mod hunt_tests;

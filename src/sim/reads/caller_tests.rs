@@ -20,7 +20,7 @@ use crate::types::NodeId;
 /// The nemesis with leases on every seed, every node's clock drifting up to 20% (the Raft
 /// drift bound set to what that allows: a tick period ratio of at most 1.2/0.8, plus 1%), and
 /// `percent` of the reads trying the caller's-thread path first.
-fn caller_leases(seed: u64, percent: u8) -> (SimConfig, Schedule) {
+pub(super) fn caller_leases(seed: u64, percent: u8) -> (SimConfig, Schedule) {
     let (mut config, _) = nemesis(seed);
     config.reads = true;
     config.clock_drift = Some(0.2);
@@ -423,6 +423,31 @@ fn transfer_from_a_deaf_lease_holder(seed: u64, bugs: Bugs) -> (Vec<Operation>, 
     (staged.history, written)
 }
 
+/// [`caller_leases`] with random leadership transfers (`SimConfig::transfers`, about every
+/// 150 ms), and on half of them the leader deafened 0 to 4 ms after it is asked (it still
+/// sends; it hears nothing, so not the target's campaign either), healed 100 to 300 ms later:
+/// the random form of [`transfer_from_a_deaf_lease_holder`]. Clients follow a
+/// `TransferInProgress` refusal to the target, so writes reach the new leader while reads
+/// stay with the old one.
+pub(super) fn transfers_to_deaf_leaders(seed: u64) -> (SimConfig, Schedule) {
+    use rand::{Rng, SeedableRng};
+    let (mut config, _) = caller_leases(seed, 50);
+    config.transfers = Some(Duration::from_millis(150));
+    let mut events = Schedule::random(&config).events;
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed ^ 0xdeaf_7a45_f3e2_0010);
+    let transfers: Vec<Duration> =
+        events.iter().filter(|(_, f)| matches!(f, Fault::Transfer(_))).map(|(at, _)| *at).collect();
+    for at in transfers {
+        if rng.random_bool(0.5) {
+            let deaf = at + Duration::from_micros(rng.random_range(0..=4_000));
+            events.push((deaf, Fault::Deafen(Target::Leader)));
+            let heal = deaf + Duration::from_millis(rng.random_range(100..=300));
+            events.push((heal, Fault::Heal));
+        }
+    }
+    (config, Schedule::new(events))
+}
+
 /// Leadership transfers in the random fault model (`SimConfig::transfers`: one about every
 /// 150 ms to a random follower), on nemesis seeds, every other one with leases and half the
 /// reads on the caller's thread: every check holds, and transfers are asked for and won.
@@ -612,4 +637,47 @@ fn a_restarted_voter_that_forgets_the_lease_is_caught() {
     let bugs = Bugs { lease_refusal_forgets_leader: true, ..Bugs::default() };
     let (seed, violation) = first_stale_read(|seed| restarted_voter_during_a_lease(seed, bugs));
     println!("BITES | lease_refusal_forgets_leader (staged) | seed {seed} | {violation}");
+}
+
+/// The bug switch `transfer_ignores_lease` over a random scenario, in CI: transfers to deaf
+/// leaders ([`transfers_to_deaf_leaders`]) catch it at seeds 66 and 459 of 0..3,000 (the
+/// same seeds pass without the switch). Without the deafened leaders `caller_leases` with
+/// transfers caught it once in 0..3,000 (seed 2850), and the lease seeds of `reading` with
+/// transfers never; before the simulator's clients followed a `TransferInProgress` refusal to
+/// the target, neither caught it in 0..3,000, and the deaf transfers once in 0..1,500 (979).
+#[test]
+fn random_transfers_to_deaf_leaders_catch_a_transfer_that_ignores_the_lease() {
+    let bugs = Bugs { transfer_ignores_lease: true, ..Bugs::default() };
+    let caught = (0..TRANSFER_BUG_SEEDS).find_map(|seed| {
+        let (config, schedule) = transfers_to_deaf_leaders(seed);
+        let mut sim = Simulator::new(config, |_| KvStateMachine::new()).expect("valid");
+        sim.set_bugs(bugs);
+        let failure = run::drive_kv(sim, &schedule).err();
+        failure.filter(|f| matches!(f.kind, FailureKind::NotLinearizable(_)))
+    });
+    let failure = caught.expect("transfer_ignores_lease: not caught in the random seeds");
+    let (config, schedule) = transfers_to_deaf_leaders(failure.seed);
+    run::run_kv(&config, &schedule).unwrap_or_else(|f| panic!("without the switch: {f}"));
+    println!("BITES | transfer_ignores_lease (random) | seed {} | {}", failure.seed, failure.kind);
+}
+
+/// Seeds of [`transfers_to_deaf_leaders`] the CI test may try (the first catch is 66).
+const TRANSFER_BUG_SEEDS: u64 = 120;
+
+/// The bug switch `LeaseBugs::deadline_in_ticks` over the random read scenario, in CI: the
+/// lease seeds of `reading` catch it (odd seeds 653, 711, 747, 1399, 3491 and 3715 of
+/// 0..6,000; `caller_leases` seed 653 of 0..3,000 too), where pauses freeze a leader's loop
+/// past its lease. The test runs a window around the first.
+#[test]
+fn random_lease_reads_catch_a_lease_deadline_counted_in_ticks() {
+    let bugs = LeaseBugs { deadline_in_ticks: true, ..LeaseBugs::default() };
+    let found = (600..760u64).filter(|s| s % 2 == 1).find_map(|seed| {
+        run_scenario(super::tests::reading(seed), bugs)
+            .err()
+            .filter(|f| matches!(f.kind, FailureKind::NotLinearizable(_)))
+    });
+    let failure = found.expect("deadline_in_ticks: not caught in reading's seeds 600..760");
+    run_scenario(super::tests::reading(failure.seed), LeaseBugs::default())
+        .unwrap_or_else(|f| panic!("without the switch: {f}"));
+    println!("BITES | deadline_in_ticks (random) | seed {} | {}", failure.seed, failure.kind);
 }
